@@ -1,0 +1,35 @@
+/*
+ * admin: the console — the virtual database "pgfunnel" (alias "pgbouncer") where admin_users
+ * and stats_users run SHOW and control commands with psql, answered with PgBouncer's columns.
+ *
+ * Commands are a {name, handler} table; each answer is RowDescription, DataRows,
+ * CommandComplete, ReadyForQuery. Only the simple query protocol is served.
+ */
+#ifndef PGFUNNEL_ADMIN_H
+#define PGFUNNEL_ADMIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "pgfunnel/client.h"
+
+/* The client authenticated to the console: sends the welcome, marks it admin. */
+void pf_admin_login(pf_client_t *c);
+
+/* A message from a console client. */
+pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+				size_t avail);
+
+/*
+ * True when c came over the unix socket from the OS user that runs pgfunnel (SO_PEERCRED),
+ * which PgBouncer admits to the console without a password.
+ */
+bool pf_admin_peer_is_owner(const pf_client_t *c);
+
+/*
+ * Runs one console command (the text of a Query message) and appends the complete answer,
+ * ending with ReadyForQuery, to out. Exposed for tests.
+ */
+void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out);
+
+#endif

@@ -1,0 +1,162 @@
+/*
+ * conn: one socket with its receive buffer, shared by clients and servers.
+ *
+ * A conn reads into a receive buffer of pkt_buf bytes taken from the worker's free list when data
+ * arrives and given back when it is empty, so an idle connection holds no buffer. The bytes are
+ * walked message by message; the owner's packet handler decides for each message whether it is
+ * forwarded to the linked peer, skipped, or acted on. Consecutive forwarded messages go out as one
+ * write that borrows the receive buffer; while such a write is pending the conn stops reading and
+ * processing (backpressure), and resumes when the peer's socket has taken the bytes.
+ *
+ * Messages pgfunnel makes itself go out through pf_conn_send(), which copies what the socket
+ * does not take at once. libuv keeps writes on one stream in order, so a forwarded region and a
+ * message of ours never overtake each other.
+ */
+#ifndef PGFUNNEL_CONN_H
+#define PGFUNNEL_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "pgfunnel/buf.h"
+#include "pgfunnel/list.h"
+#include "pgfunnel/proto.h"
+#include "pgfunnel/util.h"
+
+typedef struct pf_worker pf_worker_t;
+typedef struct pf_conn pf_conn_t;
+
+/* What a packet handler tells the loop to do with the message at hand. */
+typedef enum pf_pkt_action {
+	PF_PKT_FORWARD,  /* send the whole message to c->peer (coalesced with its neighbours) */
+	PF_PKT_SKIP,     /* drop the whole message */
+	PF_PKT_CONSUMED, /* the handler dealt with the whole message (it was entirely in buffer) */
+	PF_PKT_NEED_WHOLE, /* call again when the whole message is in the buffer */
+	PF_PKT_FLUSH,      /* flush what is queued for forwarding, then call again */
+	PF_PKT_STOP,       /* stop processing; the message stays; pf_conn_resume() restarts */
+} pf_pkt_action_t;
+
+/* Events besides messages, handed to the owner's event handler. */
+typedef enum pf_conn_event {
+	PF_CONN_EV_CONNECTED, /* outgoing connect finished (status 0 or -errno) */
+	PF_CONN_EV_EOF,       /* the peer closed its side */
+	PF_CONN_EV_ERROR,     /* read or write error (status) */
+	PF_CONN_EV_DRAINED,   /* processing ran out of bytes (after a batch of reads) */
+} pf_conn_event_t;
+
+typedef struct pf_conn_ops {
+	/*
+	 * Called for each message header at a message boundary. pkt points at the type byte; avail
+	 * bytes of the message (at most hdr->len + 1) are in the buffer. Must not free c.
+	 */
+	pf_pkt_action_t (*on_packet)(pf_conn_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+	                             size_t avail);
+	/*
+	 * Called for raw bytes while c->raw_mode is set (the startup phase, before message
+	 * framing applies). Returns how many bytes it consumed (0 = needs more), or a negative
+	 * value after it closed c.
+	 */
+	int (*on_raw)(pf_conn_t *c, const uint8_t *data, size_t len);
+	void (*on_event)(pf_conn_t *c, pf_conn_event_t ev, int status);
+	/* Called from the close callback, once nothing refers to c any more: free it here. */
+	void (*on_free)(pf_conn_t *c);
+} pf_conn_ops_t;
+
+struct pf_conn {
+	union {
+		uv_handle_t handle;
+		uv_stream_t stream;
+		uv_tcp_t tcp;
+		uv_pipe_t pipe;
+	} h;
+	const pf_conn_ops_t *ops;
+	pf_worker_t *worker;
+	pf_conn_t *peer; /* where PF_PKT_FORWARD sends bytes; NULL = nowhere (dropped) */
+	uint64_t id;     /* unique for the life of the process (SHOW CLIENTS id) */
+	bool is_unix;
+	bool is_client;
+	bool raw_mode;        /* before framing: startup packet, SSL negotiation */
+	bool closing;         /* pf_conn_close() was called */
+	bool reading;         /* uv_read_start is active */
+	bool read_paused;     /* the owner asked to stop reading */
+	bool fwd_pending;     /* a forward write borrows rbuf */
+	bool in_process;      /* re-entrancy guard for pf_conn_process() */
+	bool handle_open;     /* the uv handle is initialised and not yet closed */
+	bool connect_pending; /* an outgoing connect request refers to c */
+	bool lingering;       /* closing: waiting for queued bytes to leave */
+	uint8_t *rbuf;
+	uint32_t rcap, rpos, rend; /* unprocessed bytes are rbuf[rpos, rend) */
+	uint32_t fwd_start;        /* start of the forward region not yet flushed */
+	bool fwd_open;             /* fwd_start is valid */
+	uint32_t pkt_remain;       /* bytes of the current message still to pass */
+	bool pkt_forward;          /* ... forwarding them (else skipping) */
+	uint32_t max_packet;       /* max_packet_size for header validation */
+	uv_write_t fwd_req;
+	uint64_t bytes_in, bytes_out;
+	struct sockaddr_storage addr;       /* remote */
+	struct sockaddr_storage local_addr; /* local */
+	pf_usec_t connect_time;
+	pf_usec_t request_time;
+	pf_list_node_t node; /* the list its state puts it in */
+};
+
+/* Initialises c (zeroed by the caller) with ops; the handle is not yet created. */
+void pf_conn_init(pf_conn_t *c, pf_worker_t *w, const pf_conn_ops_t *ops, bool is_client);
+
+/* Accepts a pending connection from listener into c and starts reading. Returns 0 or -errno. */
+PF_MUSTCHECK int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix);
+
+/*
+ * Starts an outgoing connection to addr (TCP) or to the unix socket path (when path != NULL).
+ * ops->on_event(PF_CONN_EV_CONNECTED, status) follows. Returns 0 or -errno (then nothing
+ * follows, and c must still be closed with pf_conn_close()).
+ */
+PF_MUSTCHECK int pf_conn_connect(pf_conn_t *c, const struct sockaddr *addr, const char *path);
+
+/*
+ * Connects to host (a numeric address, or a name resolved asynchronously; the first address is
+ * used) at port. Same contract as pf_conn_connect().
+ */
+PF_MUSTCHECK int pf_conn_connect_host(pf_conn_t *c, const char *host, int port);
+
+/* Re-runs processing of buffered bytes and restarts reading as appropriate. */
+void pf_conn_resume(pf_conn_t *c);
+
+/* Stops (true) or allows (false) reading from the socket; buffered bytes stay. */
+void pf_conn_pause_reading(pf_conn_t *c, bool paused);
+
+/* Walks the buffered messages (see pf_conn_ops_t). Safe to call at any time. */
+void pf_conn_process(pf_conn_t *c);
+
+/*
+ * Sends len bytes that pgfunnel made (borrowed; copied if the socket does not take them at
+ * once). Dropped silently when c is closing. Returns 0 or -errno.
+ */
+int pf_conn_send(pf_conn_t *c, const void *data, size_t len);
+
+/* Sends a builder's content (see pf_conn_send) and empties the builder. */
+int pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b);
+
+/*
+ * Closes c: stops reading, lets already queued writes finish (bounded), then closes the handle.
+ * ops->on_free(c) runs once the handle is closed and no forward write borrows c's buffer.
+ * Idempotent.
+ */
+void pf_conn_close(pf_conn_t *c);
+
+/* True while bytes of c wait in the kernel-side queue of libuv (c's own writes). */
+bool pf_conn_has_pending_writes(const pf_conn_t *c);
+
+/* True when c has buffered bytes not yet processed. */
+static inline bool pf_conn_has_input(const pf_conn_t *c)
+{
+	return c->rpos < c->rend;
+}
+
+/* Formats the remote address as text ("127.0.0.1", "::1", "unix") and port. */
+void pf_conn_addr_text(const struct sockaddr_storage *ss, char *host, size_t n, int *port);
+
+#endif

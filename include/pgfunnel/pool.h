@@ -1,0 +1,215 @@
+/*
+ * pool: databases, users and the pools that join them; linking clients to servers; limits;
+ * the waiting queue.
+ *
+ * A pool is keyed by (database, user) where user is the database's forced user if it has one,
+ * else the client's login name. Every client and server of a pool is in exactly one of the pool's
+ * lists, and its state constant names that list; only pf_pool_set_client_state() and
+ * pf_pool_set_server_state() move them, so SHOW POOLS counts are list lengths.
+ *
+ * Waiting clients are served in arrival order: a server that becomes free goes to the client
+ * that has waited longest.
+ */
+#ifndef PGFUNNEL_POOL_H
+#define PGFUNNEL_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pgfunnel/auth.h"
+#include "pgfunnel/config.h"
+#include "pgfunnel/list.h"
+#include "pgfunnel/util.h"
+
+typedef struct pf_worker pf_worker_t;
+typedef struct pf_client pf_client_t;
+typedef struct pf_server pf_server_t;
+
+/* Where a client is; the comment names the list it lives on. */
+typedef enum pf_client_state {
+	PF_CL_FREE = 0,      /* on no list (being created or freed) */
+	PF_CL_LOGIN,         /* worker->login_clients: startup and authentication */
+	PF_CL_WAITING_LOGIN, /* pool->waiting_clients: authenticated, waits for server params */
+	PF_CL_ACTIVE,        /* pool->active_clients: logged in, linked or idle */
+	PF_CL_WAITING,       /* pool->waiting_clients: needs a server, none free yet */
+	PF_CL_CANCEL,        /* worker->cancel_clients: forwarding a cancel request */
+} pf_client_state_t;
+
+/* Where a server is; the comment names the list it lives on. */
+typedef enum pf_server_state {
+	PF_SV_FREE = 0, /* on no list */
+	PF_SV_LOGIN,    /* pool->new_servers: connecting and logging in */
+	PF_SV_IDLE,     /* pool->idle_servers: ready for a client */
+	PF_SV_ACTIVE,   /* pool->active_servers: linked to a client */
+	PF_SV_USED,     /* pool->used_servers: released, needs server_check_query before reuse */
+	PF_SV_TESTED,   /* pool->tested_servers: running server_reset_query or the check query */
+} pf_server_state_t;
+
+/* Where a server's password comes from when it logs in to Postgres. */
+typedef struct pf_secret {
+	pf_auth_secret_kind_t kind;
+	bool present;
+	char *text; /* plain password or md5 secret; NULL for SCRAM */
+	int scram_iterations;
+	uint8_t *scram_salt;
+	size_t scram_salt_len;
+	uint8_t scram_stored_key[32];
+	uint8_t scram_server_key[32];
+	/* ClientKey learnt from a client's successful SCRAM login (PgBouncer's passthrough). */
+	bool has_client_key;
+	uint8_t scram_client_key[32];
+} pf_secret_t;
+
+/* A login name known to the pooler: from auth_file, or a database's forced user. */
+typedef struct pf_user {
+	pf_list_node_t node; /* worker->users or the owning database */
+	char *name;
+	pf_secret_t secret;
+	int pool_mode;            /* from [users], or PF_POOL_INHERIT */
+	int pool_size;            /* -1 = inherit */
+	int reserve_pool_size;    /* -1 = inherit */
+	int max_user_connections; /* 0 or -1 = unlimited (global applies) */
+	int server_count;         /* servers of every pool of this user */
+	int client_count;
+} pf_user_t;
+
+/* A [databases] entry as the running pooler uses it (or one auto-created from "*"). */
+typedef struct pf_database {
+	pf_list_node_t node; /* worker->databases */
+	char *name;
+	char *host; /* NULL: the default unix socket directory */
+	int port;
+	char *dbname;
+	pf_user_t *forced_user; /* owned; NULL when clients log in as themselves */
+	char *connect_query;
+	char *startup_client_encoding;
+	char *startup_datestyle;
+	char *startup_timezone;
+	char *startup_application_name;
+	int pool_size;             /* -1 = default_pool_size */
+	int min_pool_size;         /* -1 = global */
+	int reserve_pool_size;     /* -1 = global */
+	int max_db_connections;    /* -1 = global */
+	int pool_mode;             /* PF_POOL_INHERIT = global */
+	pf_usec_t server_lifetime; /* -1 = global */
+	bool autodb;               /* created from the "*" entry */
+	bool admin;                /* the console's virtual database */
+	bool paused;
+	bool disabled;
+	bool in_config; /* false: removed by a reload, freed once unused */
+	pf_usec_t inactive_since;
+	int server_count;
+	int client_count;
+	unsigned host_rr; /* round-robin position in a host list */
+} pf_database_t;
+
+/* The statistics a pool keeps (SHOW STATS reads them; the admin issue completes the set). */
+typedef struct pf_pool_stats {
+	uint64_t server_assignment_count;
+	uint64_t xact_count;
+	uint64_t query_count;
+	uint64_t bytes_received;
+	uint64_t bytes_sent;
+	uint64_t xact_time;  /* usec */
+	uint64_t query_time; /* usec */
+	uint64_t wait_time;  /* usec */
+} pf_pool_stats_t;
+
+/* A (database, user) pool. */
+typedef struct pf_pool {
+	pf_list_node_t node; /* worker->pools */
+	pf_worker_t *worker;
+	pf_database_t *db;
+	pf_user_t *user; /* the user servers log in as (forced or the clients' own) */
+	pf_list_t active_clients;
+	pf_list_t waiting_clients;
+	pf_list_t active_servers;
+	pf_list_t idle_servers;
+	pf_list_t used_servers;
+	pf_list_t tested_servers;
+	pf_list_t new_servers;
+	/* ParameterStatus values of the first server: what a logging-in client is told. */
+	size_t n_welcome;
+	char **welcome_names;
+	char **welcome_values;
+	bool welcome_ready;
+	pf_usec_t last_login_failure; /* server_login_retry backs off from here */
+	pf_usec_t last_server_gone;
+	pf_pool_stats_t stats;
+} pf_pool_t;
+
+/* Effective settings of a pool: per-user over per-database over global. */
+int pf_pool_mode(const pf_pool_t *pool);
+int pf_pool_size(const pf_pool_t *pool);
+
+/* Finds or creates the pool for (db, user). Returns NULL on ENOMEM. */
+pf_pool_t *pf_pool_get(pf_worker_t *w, pf_database_t *db, pf_user_t *user);
+
+/* Moves a client/server to the list of state (removing it from its current one). */
+void pf_pool_set_client_state(pf_client_t *c, pf_client_state_t state);
+void pf_pool_set_server_state(pf_server_t *s, pf_server_state_t state);
+
+/*
+ * Called when a logged-in client has a message for a server and has none. Links an idle server
+ * (returns true), or queues the client (returns false; the client is resumed once linked) and
+ * opens servers as the limits allow.
+ */
+bool pf_pool_acquire(pf_client_t *c);
+
+/*
+ * Called when an authenticated client needs the pool's welcome parameters: finishes its login
+ * now when they are known (returns true) or queues it and opens a server (returns false).
+ */
+bool pf_pool_login_client(pf_client_t *c);
+
+/* Unlinks a client from its server; the server goes back to the pool (after a reset if the mode
+ * wants one) or is closed when it is not in a clean state. */
+void pf_pool_release_server(pf_server_t *s);
+
+/* A server finished logging in, a reset or a check: hand it to a waiting client or park it. */
+void pf_pool_server_ready(pf_server_t *s);
+
+/* A server failed to connect or log in (err: the server's ErrorResponse fields or NULL). */
+void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message);
+
+/* Opens servers while clients wait and limits allow. */
+void pf_pool_launch(pf_pool_t *pool);
+
+/* Stores the welcome parameters (name/value pairs, copied). Returns 0 or -ENOMEM. */
+int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s);
+
+/* Periodic maintenance (janitor): timeouts, idle servers, min_pool_size, reserve pool. */
+void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now);
+
+/* Total servers of the pool in every state. */
+size_t pf_pool_server_count(const pf_pool_t *pool);
+
+/* Frees a pool that has no clients and no servers. */
+void pf_pool_free(pf_pool_t *pool);
+
+/* Names of the console's virtual database. */
+#define PF_ADMIN_DBNAME       "pgfunnel"
+#define PF_ADMIN_DBNAME_ALIAS "pgbouncer"
+
+/*
+ * Brings the runtime databases in line with the worker's config snapshot: updates existing ones
+ * (tagging their servers for reconnect when the connection settings changed), adds new ones and
+ * retires removed ones. Returns 0 or -ENOMEM.
+ */
+PF_MUSTCHECK int pf_database_sync_config(pf_worker_t *w);
+
+/* Periodic: drops auto-created databases idle longer than autodb_idle_timeout. */
+void pf_database_maintain(pf_worker_t *w, pf_usec_t now);
+
+/* Frees every database, pool and user (at exit, when no connection is left). */
+void pf_database_free_all(pf_worker_t *w);
+void pf_user_free_all(pf_worker_t *w);
+
+/* Refreshes every known user's secret from the worker's auth_file (after it was reloaded). */
+void pf_user_sync_auth_file(pf_worker_t *w);
+
+/* Effective limits and timeouts of a pool's database (per-database over global). */
+pf_usec_t pf_database_server_lifetime(const pf_database_t *db, const pf_config_t *cfg);
+
+#endif

@@ -1,0 +1,337 @@
+/*
+ * Password authentication crypto: MD5 secrets and responses, SCRAM-SHA-256 secrets, both sides
+ * of a SCRAM-SHA-256 exchange (RFC 5802, RFC 7677, as Postgres speaks it), and a per-worker cache
+ * of PBKDF2 results so repeated logins cost no key derivation.
+ *
+ * Pure code: no I/O, no sockets, no locks, no globals except one relaxed atomic counter of
+ * PBKDF2 runs (for tests and stats). Every function returns 0 or a negative errno:
+ *   -EPROTO   a peer sent a malformed SCRAM message (SQLSTATE 08P01 toward a client);
+ *   -ENOTSUP  the client asked for channel binding ("p=..." gs2 flag), which we refuse (0A000);
+ *   -EACCES   wrong password / failed proof, or the server reported "e=..." (28P01);
+ *   -EPERM    (client side) the server's signature is wrong: it does not know the password;
+ *   -EINVAL   bad arguments, a malformed stored secret, or a call out of order;
+ *   -ENOBUFS  the caller's output buffer is too small;
+ *   -ENOMEM   allocation failed; -EIO an OpenSSL primitive failed.
+ * After any error a SCRAM state (server or client) is dead: later steps return -EINVAL.
+ *
+ * Passwords and SASLprep: Postgres runs SASLprep (RFC 4013) over the password before PBKDF2 and
+ * uses the raw bytes when SASLprep fails (invalid UTF-8, prohibited characters). For ASCII
+ * passwords SASLprep is the identity (printable ASCII maps to itself; control characters are
+ * prohibited, so Postgres falls back to the raw bytes), so we always hash the raw bytes. This
+ * matches Postgres for every ASCII password and for non-ASCII passwords that are already in
+ * NFKC form and contain no characters SASLprep maps (e.g. "pässwörd" typed precomposed). It does
+ * NOT match for passwords SASLprep would change: decomposed accents, full-width or other
+ * compatibility characters, soft hyphens / zero-width characters, non-ASCII spaces. Such users
+ * must keep a SCRAM secret (not a plain password) in the auth_file.
+ */
+#ifndef PGFUNNEL_SCRAM_H
+#define PGFUNNEL_SCRAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pgfunnel/util.h"
+
+#define PF_SCRAM_MECHANISM          "SCRAM-SHA-256"
+#define PF_SCRAM_KEY_LEN            32 /* SHA-256 output */
+#define PF_SCRAM_MAX_SALT_LEN       64
+#define PF_SCRAM_DEFAULT_SALT_LEN   16 /* what Postgres generates */
+#define PF_SCRAM_DEFAULT_ITERATIONS 4096
+/*
+ * Iteration cap when WE run PBKDF2 for an iteration count a server chose: one PBKDF2 at 1e6
+ * rounds is ~0.25 s of CPU on the worker's loop (4096 take ~1 ms), so anything larger is
+ * refused as hostile.
+ * Stored secrets (which cost us nothing to use) accept any positive int.
+ */
+#define PF_SCRAM_MAX_ITERATIONS 1000000
+/* Longest SCRAM message accepted from a peer, and longest client nonce (libpq sends 24). */
+#define PF_SCRAM_MAX_MSG_LEN    1024
+#define PF_SCRAM_MAX_NONCE_LEN  255
+#define PF_SCRAM_RAW_NONCE_LEN  18 /* random bytes behind our nonces: 24 base64 chars */
+#define PF_SCRAM_NONCE_B64_LEN  24
+#define PF_SCRAM_TEST_NONCE_MAX 32 /* longest nonce the test hooks accept */
+/* Room for any formatted secret: prefix, int, two 44-char keys, an 88-char salt, NUL. */
+#define PF_SCRAM_SECRET_MAX_LEN 256
+#define PF_MD5_SECRET_LEN       35 /* "md5" + 32 hex digits; buffers are 36 with the NUL */
+
+/* ---- MD5 (AuthenticationMD5Password) ---- */
+
+/*
+ * Writes "md5" + hex(md5(password || user)) and a NUL into out: the form Postgres stores and
+ * PgBouncer's auth_file accepts. Returns 0, -EINVAL on NULL arguments, -EIO if MD5 is unavailable
+ * (FIPS provider).
+ */
+PF_MUSTCHECK int pf_md5_secret(const char *user, const char *password, char out[36]);
+
+/* True when s is exactly "md5" followed by 32 lowercase hex digits. */
+bool pf_md5_is_secret(const char *s);
+
+/*
+ * Writes the answer a client sends to AuthenticationMD5Password with this salt:
+ * "md5" + hex(md5(hex part of md5_secret || salt)) and a NUL. md5_secret must satisfy
+ * pf_md5_is_secret (the caller turns a plain password into one with pf_md5_secret first).
+ * Returns 0, -EINVAL for a malformed secret, -EIO on OpenSSL failure.
+ */
+PF_MUSTCHECK int pf_md5_response(const char *md5_secret, const uint8_t salt[4], char out[36]);
+
+/*
+ * True when client_response (a NUL-terminated string, e.g. a PasswordMessage body) is the right
+ * answer for md5_secret and salt. Compares in constant time; false for any malformed input.
+ */
+bool pf_md5_verify(const char *md5_secret, const uint8_t salt[4], const char *client_response);
+
+/* ---- SCRAM secrets ---- */
+
+/* What Postgres stores for a SCRAM user: SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>. */
+typedef struct {
+	int iterations;
+	uint8_t salt[PF_SCRAM_MAX_SALT_LEN];
+	size_t salt_len;
+	uint8_t stored_key[PF_SCRAM_KEY_LEN];
+	uint8_t server_key[PF_SCRAM_KEY_LEN];
+} pf_scram_secret_t;
+
+/*
+ * Derives the secret for password with the given salt (1..64 bytes) and iterations (>= 1):
+ * SaltedPassword = PBKDF2-HMAC-SHA-256(password, salt, iterations), ClientKey, StoredKey,
+ * ServerKey per RFC 5802. Writes ClientKey into client_key_out when it is not NULL (needed for
+ * passthrough logins). Always runs PBKDF2; see pf_scram_cache_derive for the cached variant.
+ * Returns 0, -EINVAL, -EIO.
+ */
+PF_MUSTCHECK int pf_scram_secret_from_password(const char *password, const uint8_t *salt,
+                                               size_t salt_len, int iterations,
+                                               pf_scram_secret_t *out, uint8_t *client_key_out);
+
+/*
+ * Formats secret as "SCRAM-SHA-256$<iter>:<salt b64>$<StoredKey b64>:<ServerKey b64>" with a NUL
+ * into out (n bytes; PF_SCRAM_SECRET_MAX_LEN always suffices). Returns the string length (> 0),
+ * -ENOBUFS when n is too small, -EINVAL for an invalid secret.
+ */
+PF_MUSTCHECK int pf_scram_secret_format(const pf_scram_secret_t *secret, char *out, size_t n);
+
+/*
+ * Parses the format above (as found in pg_authid.rolpassword and PgBouncer auth_files).
+ * Strict: exact prefix, decimal iterations in [1, INT_MAX] without sign or spaces, canonical
+ * padded base64, salt of 1..64 bytes, keys of exactly 32 bytes, nothing trailing.
+ * Returns 0 or -EINVAL (out is zeroed on failure).
+ */
+PF_MUSTCHECK int pf_scram_secret_parse(const char *s, pf_scram_secret_t *out);
+
+/* True when s starts with "SCRAM-SHA-256$" (whether or not the rest parses). */
+bool pf_scram_is_secret(const char *s);
+
+/* ---- Derivation cache ---- */
+
+/*
+ * A fixed-capacity, set-associative LRU cache of PBKDF2 results, keyed by a SHA-256 over
+ * (password, salt, iterations) (or (user, password, iterations) for server-side salts). It never
+ * holds the password itself. Not thread-safe: each worker owns one. Evicted and freed entries
+ * are wiped with OPENSSL_cleanse.
+ */
+typedef struct pf_scram_cache pf_scram_cache_t;
+
+/*
+ * Allocates a cache holding at least capacity entries (rounded up to a multiple of 8; 0 picks
+ * 256). Stores the new cache in *out (caller frees with pf_scram_cache_free).
+ * Returns 0, -ENOMEM.
+ */
+PF_MUSTCHECK int pf_scram_cache_new(size_t capacity, pf_scram_cache_t **out);
+
+/* Wipes and frees the cache; NULL is a no-op. */
+void pf_scram_cache_free(pf_scram_cache_t *cache);
+
+/* Counters since creation: lookups answered from the cache, and lookups that ran PBKDF2. */
+void pf_scram_cache_stats(const pf_scram_cache_t *cache, uint64_t *hits, uint64_t *misses);
+
+/*
+ * pf_scram_secret_from_password through the cache: a hit copies the stored keys and runs no
+ * PBKDF2. cache may be NULL (then it is exactly pf_scram_secret_from_password).
+ * Returns 0, -EINVAL, -EIO.
+ */
+PF_MUSTCHECK int pf_scram_cache_derive(pf_scram_cache_t *cache, const char *password,
+                                       const uint8_t *salt, size_t salt_len, int iterations,
+                                       pf_scram_secret_t *out, uint8_t *client_key_out);
+
+/*
+ * For a plain-text password in the auth_file, when pgfunnel authenticates a client with SCRAM:
+ * returns in *out a secret with a random 16-byte salt drawn the first time this
+ * (user, password, iterations) is seen and reused afterwards, so only the first login of a user
+ * costs a PBKDF2 (until eviction). A changed password yields a new salt. With cache == NULL a
+ * fresh salt is drawn every call. Returns 0, -EINVAL, -EIO.
+ */
+PF_MUSTCHECK int pf_scram_cache_secret_for_password(pf_scram_cache_t *cache, const char *user,
+                                                    const char *password, int iterations,
+                                                    pf_scram_secret_t *out);
+
+/* Number of PBKDF2 computations run by this process so far (all threads). For tests/stats. */
+uint64_t pf_scram_pbkdf2_count(void);
+
+/* ---- Server side: pgfunnel authenticates a client ---- */
+
+/*
+ * Server exchange state. The body is public only so callers can embed or allocate it; its
+ * members are private to scram.c. It is about 2 KB: allocate it for the duration of the
+ * authentication, not for the life of a connection. Holds key material: always end with
+ * pf_scram_server_clear. Holds no pointers, owns no heap memory.
+ */
+typedef struct {
+	int state;
+	bool mock;
+	char cbind_flag; /* 'n' or 'y' from the gs2 header */
+	pf_scram_secret_t secret;
+	uint8_t client_key[PF_SCRAM_KEY_LEN]; /* recovered from the proof on success */
+	char nonce[PF_SCRAM_MAX_NONCE_LEN + PF_SCRAM_TEST_NONCE_MAX + 1]; /* client || server */
+	size_t client_nonce_len;
+	size_t nonce_len;
+	char test_nonce[PF_SCRAM_TEST_NONCE_MAX + 1];
+	char client_first_bare[PF_SCRAM_MAX_MSG_LEN + 1];
+	size_t client_first_bare_len;
+	char server_first[512];
+	size_t server_first_len;
+} pf_scram_server_t;
+
+/*
+ * Starts an exchange against a stored secret (copied; the caller may drop it afterwards).
+ * Returns 0 or -EINVAL (NULL or invalid secret).
+ */
+PF_MUSTCHECK int pf_scram_server_start(pf_scram_server_t *srv, const pf_scram_secret_t *secret);
+
+/*
+ * Starts a doomed exchange for an unknown user, so that probing for user names learns nothing:
+ * the salt (16 bytes) and keys are derived from HMAC-SHA-256(mock_key, user), iterations is
+ * PF_SCRAM_DEFAULT_ITERATIONS, and pf_scram_server_final always fails with -EACCES after doing
+ * the same work as a real check. mock_key is a per-process random key (pf_scram_mock_key_init).
+ * Returns 0 or -EINVAL.
+ */
+PF_MUSTCHECK int pf_scram_server_start_mock(pf_scram_server_t *srv, const char *user,
+                                            const uint8_t mock_key[32]);
+
+/* Fills mock_key with 32 random bytes (do it once per process). Returns 0 or -EIO. */
+PF_MUSTCHECK int pf_scram_mock_key_init(uint8_t mock_key[32]);
+
+/*
+ * TEST ONLY: makes the next pf_scram_server_first use this server nonce (1..32 printable chars
+ * except ',') instead of random bytes. Returns 0 or -EINVAL.
+ */
+PF_MUSTCHECK int pf_scram_server_set_nonce(pf_scram_server_t *srv, const char *nonce);
+
+/*
+ * Consumes the client-first-message (the SASLInitialResponse data, len bytes, not
+ * NUL-terminated; borrowed) and writes the server-first-message
+ * "r=<client nonce><server nonce>,s=<salt>,i=<iterations>" into out (outcap bytes, NUL added),
+ * its length without the NUL into *outlen.
+ * Accepts gs2 flags 'n' and 'y' (we never advertise SCRAM-SHA-256-PLUS, so a 'y' client is
+ * right that we do not bind), ignores the user name (Postgres takes it from the startup packet;
+ * libpq sends "n="), requires a printable nonce, ignores optional extensions.
+ * Returns 0; -ENOTSUP for channel binding ("p=..."); -EPROTO for a malformed message, an
+ * authzid ("a=") or a mandatory extension ("m="); -ENOBUFS; -EINVAL out of order; -EIO.
+ */
+PF_MUSTCHECK int pf_scram_server_first(pf_scram_server_t *srv, const uint8_t *client_first,
+                                       size_t len, char *out, size_t outcap, size_t *outlen);
+
+/*
+ * Consumes the client-final-message ("c=<b64 gs2 header>,r=<nonce>[,ext...],p=<proof>"; borrowed,
+ * not NUL-terminated) and, when the proof is right, writes the server-final-message
+ * "v=<ServerSignature>" into out (NUL added) and its length into *outlen.
+ * c= must be the base64 of the gs2 header used in client-first ("biws" for "n,,", "eSws" for
+ * "y,,"), r= the combined nonce, p= last. The proof is checked in constant time.
+ * Returns 0; -EACCES wrong password (or mock mode); -EPROTO malformed / wrong c= / wrong nonce;
+ * -ENOBUFS; -EINVAL out of order; -EIO.
+ */
+PF_MUSTCHECK int pf_scram_server_final(pf_scram_server_t *srv, const uint8_t *client_final,
+                                       size_t len, char *out, size_t outcap, size_t *outlen);
+
+/*
+ * After pf_scram_server_final succeeded: copies the ClientKey the client proved to know into out,
+ * so pgfunnel can log in to Postgres as this user with SCRAM passthrough (pf_scram_client_start
+ * with this ClientKey and the secret's ServerKey). Returns 0, or -EINVAL if the exchange did
+ * not succeed.
+ */
+PF_MUSTCHECK int pf_scram_server_client_key(const pf_scram_server_t *srv, uint8_t out[32]);
+
+/* True once pf_scram_server_final has succeeded. */
+bool pf_scram_server_is_done(const pf_scram_server_t *srv);
+
+/* Wipes all state and key material (idempotent; srv may be reused with a start call). */
+void pf_scram_server_clear(pf_scram_server_t *srv);
+
+/* ---- Client side: pgfunnel authenticates to a Postgres server ---- */
+
+/*
+ * Client exchange state; members private to scram.c. Owns a heap copy of the password (if
+ * any): always end with pf_scram_client_clear. Borrows the cache given to start.
+ */
+typedef struct {
+	int state;
+	bool have_keys; /* passthrough: client_key and server_key given at start */
+	char *password;
+	pf_scram_cache_t *cache;
+	uint8_t client_key[PF_SCRAM_KEY_LEN];
+	uint8_t server_key[PF_SCRAM_KEY_LEN];
+	uint8_t server_signature[PF_SCRAM_KEY_LEN];
+	char nonce[PF_SCRAM_TEST_NONCE_MAX + 1];
+	char user[PF_SCRAM_TEST_NONCE_MAX + 1];
+	char client_first_bare[8 + 2 * PF_SCRAM_TEST_NONCE_MAX];
+	size_t client_first_bare_len;
+} pf_scram_client_t;
+
+/*
+ * Starts an exchange either with a plain password (copied; client_key and server_key NULL) or
+ * with passthrough keys (password NULL; both 32-byte keys copied), e.g. from
+ * pf_scram_server_client_key and the user's stored secret. With passthrough keys the server's
+ * salt and iteration count are not used: the keys already embody them. cache (may be NULL) is
+ * borrowed until pf_scram_client_clear and saves the PBKDF2 on repeated password logins.
+ * Returns 0, -EINVAL (neither or both of password/keys), -ENOMEM.
+ */
+PF_MUSTCHECK int pf_scram_client_start(pf_scram_client_t *cl, const char *password,
+                                       const uint8_t *client_key, const uint8_t *server_key,
+                                       pf_scram_cache_t *cache);
+
+/*
+ * TEST ONLY: replaces the client nonce (1..32 printable chars except ',') before
+ * pf_scram_client_first. Returns 0 or -EINVAL.
+ */
+PF_MUSTCHECK int pf_scram_client_set_nonce(pf_scram_client_t *cl, const char *nonce);
+
+/*
+ * TEST ONLY: sends "n=<user>" instead of "n=" in client-first (to replay the RFC 7677 vector);
+ * user is 0..32 printable chars other than ',' and '='. Returns 0 or -EINVAL.
+ */
+PF_MUSTCHECK int pf_scram_client_set_user(pf_scram_client_t *cl, const char *user);
+
+/*
+ * Writes the client-first-message "n,,n=,r=<nonce>" (what libpq sends; the gs2 flag is 'n'
+ * since we never do channel binding) into out (NUL added), its length into *outlen.
+ * Returns 0, -ENOBUFS, -EINVAL out of order, -EIO.
+ */
+PF_MUSTCHECK int pf_scram_client_first(pf_scram_client_t *cl, char *out, size_t outcap,
+                                       size_t *outlen);
+
+/*
+ * Consumes the server-first-message (AuthenticationSASLContinue data; borrowed, not
+ * NUL-terminated): r= must extend our nonce with a non-empty printable server part, s= must be
+ * base64 of 1..64 bytes, i= in [1, PF_SCRAM_MAX_ITERATIONS] (only checked when we must run
+ * PBKDF2 ourselves; passthrough accepts any positive int). Writes the client-final-message
+ * "c=biws,r=<nonce>,p=<proof>" into out (NUL added), its length into *outlen.
+ * Returns 0, -EPROTO, -ENOBUFS, -EINVAL out of order, -EIO.
+ */
+PF_MUSTCHECK int pf_scram_client_final(pf_scram_client_t *cl, const uint8_t *server_first,
+                                       size_t len, char *out, size_t outcap, size_t *outlen);
+
+/*
+ * Checks the server-final-message (AuthenticationSASLFinal data; borrowed): "v=<signature>"
+ * compared in constant time, optional extensions after it ignored.
+ * Returns 0 when the server proved it knows the password; -EPERM for a wrong signature;
+ * -EACCES when the server sent "e=<error>"; -EPROTO malformed; -EINVAL out of order.
+ */
+PF_MUSTCHECK int pf_scram_client_verify(pf_scram_client_t *cl, const uint8_t *server_final,
+                                        size_t len);
+
+/*
+ * Wipes keys, frees the password copy (idempotent; cl may be reused with a start call). cl must
+ * have been through pf_scram_client_start (even a failed one) or be zeroed.
+ */
+void pf_scram_client_clear(pf_scram_client_t *cl);
+
+#endif

@@ -1,0 +1,92 @@
+/*
+ * server: the server side of the proxy — connect, log in to Postgres (cleartext, md5,
+ * SCRAM-SHA-256 including passthrough of a client's SCRAM keys), remember its ParameterStatus
+ * values, run the pooler's own queries (parameter sync, reset, check, connect_query) and forward
+ * results to the linked client, tracking ReadyForQuery to know when it is free again.
+ *
+ * Exactly one function, pf_server_close(), ends a server.
+ */
+#ifndef PGFUNNEL_SERVER_H
+#define PGFUNNEL_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pgfunnel/client.h"
+#include "pgfunnel/conn.h"
+#include "pgfunnel/pool.h"
+#include "pgfunnel/scram.h"
+#include "pgfunnel/vars.h"
+
+/* What the server is doing for the pooler itself (its replies are not forwarded). */
+typedef enum pf_server_task {
+	PF_SV_TASK_NONE = 0,
+	PF_SV_TASK_LOGIN,         /* startup and authentication */
+	PF_SV_TASK_CONNECT_QUERY, /* connect_query after login */
+	PF_SV_TASK_SYNC_VARS,     /* SET of the client's parameters before its messages */
+	PF_SV_TASK_RESET,         /* server_reset_query after a session */
+	PF_SV_TASK_CHECK,         /* server_check_query before reuse */
+} pf_server_task_t;
+
+typedef enum pf_server_close_reason {
+	PF_SV_CLOSE_CONNECT_FAILED,
+	PF_SV_CLOSE_LOGIN_FAILED,
+	PF_SV_CLOSE_EOF,          /* Postgres closed the connection */
+	PF_SV_CLOSE_ERROR,        /* socket error */
+	PF_SV_CLOSE_PROTOCOL,     /* bytes that are not the protocol */
+	PF_SV_CLOSE_CLIENT_GONE,  /* its client left mid-transaction */
+	PF_SV_CLOSE_LIFETIME,     /* server_lifetime */
+	PF_SV_CLOSE_IDLE_TIMEOUT, /* server_idle_timeout */
+	PF_SV_CLOSE_CONNECT_TIMEOUT,
+	PF_SV_CLOSE_RESET_FAILED, /* reset/check/sync query failed */
+	PF_SV_CLOSE_SHUTDOWN,
+	PF_SV_CLOSE_ADMIN,     /* RECONNECT / KILL */
+	PF_SV_CLOSE_POOL_GONE, /* database removed or too many servers after reload */
+	PF_SV_CLOSE_STATEMENT_MODE,
+} pf_server_close_reason_t;
+
+struct pf_server {
+	pf_conn_t conn; /* first: a pf_server_t * is a pf_conn_t * */
+	pf_server_state_t state;
+	pf_pool_t *pool;
+	pf_client_t *link;
+	pf_server_task_t task;
+	uint32_t be_pid, be_key; /* the real BackendKeyData */
+	pf_vars_t vars;          /* values the server reported */
+	/* ParameterStatus values seen at login, in order (the pool's welcome). */
+	size_t n_params;
+	char **param_names;
+	char **param_values;
+	int expect_rfq;      /* ReadyForQuery messages owed for what was sent */
+	uint8_t tx_status;   /* last ReadyForQuery status ('I', 'T', 'E') */
+	bool close_needed;   /* RECONNECT or lifetime: close at release */
+	bool task_failed;    /* the pooler's own query got an ErrorResponse */
+	bool ready;          /* logged in (first ReadyForQuery seen) */
+	pf_usec_t last_used; /* when it was last released */
+	pf_scram_client_t *scram;
+	char login_sqlstate[6];
+	char *login_error;
+};
+
+/* Opens a new server connection for pool (state LOGIN). Returns 0 or -errno. */
+PF_MUSTCHECK int pf_server_launch(pf_pool_t *pool);
+
+/* Ends s; its client (if linked) is told when reason makes it lose its session. Idempotent. */
+void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason);
+
+/* Starts the pooler's own query (reset/check/sync) on a server; returns 0 or -errno. */
+int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql);
+
+/* Links c and s; syncs parameters first when needed. */
+void pf_server_link(pf_server_t *s, pf_client_t *c);
+
+/* Forwards a CancelRequest for s's backend to its host (a fresh connection). */
+void pf_server_send_cancel(pf_worker_t *w, pf_pool_t *pool, uint32_t pid, uint32_t key);
+
+/* True when s can go back to the pool: idle transaction status and nothing owed. */
+bool pf_server_is_clean(const pf_server_t *s);
+
+/* Formats "S-0x…: db/user@addr:port" for the log. */
+size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n);
+
+#endif

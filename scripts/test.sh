@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Run the whole test suite: install dependencies (when root), build with
+# warnings as errors, then
+#   1. the unit suite (cmocka + man page lint),
+#   2. the unit suite again under AddressSanitizer + UndefinedBehaviorSanitizer,
+#   3. the fuzz targets for a short while (tests/fuzz/run.sh, when present),
+#   4. the integration suite (pytest against a real PostgreSQL 15) LAST,
+# so the output ends with meson test's summary. Every step runs even when an
+# earlier one failed; the exit status is non-zero if any failed.
+#
+# Usage (as root on Debian 12): ./scripts/test.sh [BUILD_DIR]   (default: build-ci)
+# FUZZ_SECONDS (default 30) sets the fuzzing time per target.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+builddir=${1:-build-ci}
+sandir=$builddir-san
+failed=()
+
+step() { printf '\n==== test.sh: %s\n' "$*"; }
+
+if [ "$(id -u)" -eq 0 ]; then
+	./scripts/install-deps.sh || exit 1
+else
+	echo "test.sh: not root: skipping scripts/install-deps.sh (the integration suite needs the pgfunnel user or a non-root run)"
+fi
+
+# configure DIR ARGS...: set up DIR, or apply ARGS to an existing one.
+configure() {
+	local dir=$1
+	shift
+	if [ -f "$dir/build.ninja" ]; then
+		meson configure "$dir" "$@"
+	else
+		meson setup "$dir" "$@"
+	fi
+}
+
+step "build ($builddir, -Dwerror=true)"
+if ! configure "$builddir" -Dwerror=true || ! ninja -C "$builddir"; then
+	echo "test.sh: the build failed; nothing to test"
+	exit 1
+fi
+
+step "unit suite"
+meson test -C "$builddir" --suite unit --print-errorlogs || failed+=(unit)
+
+step "unit suite under ASan+UBSan ($sandir)"
+if configure "$sandir" -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false \
+	-Dintegration=disabled && ninja -C "$sandir"; then
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		meson test -C "$sandir" --suite unit --print-errorlogs || failed+=(unit-sanitizers)
+else
+	failed+=(sanitizer-build)
+fi
+
+if [ -x tests/fuzz/run.sh ]; then
+	step "fuzzing (${FUZZ_SECONDS:-30} s per target)"
+	tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" || failed+=(fuzz)
+fi
+
+if [ "${#failed[@]}" -gt 0 ]; then
+	echo "test.sh: FAILED so far: ${failed[*]} (running the integration suite anyway)"
+fi
+
+step "integration suite"
+meson test -C "$builddir" --suite integration --print-errorlogs || failed+=(integration)
+
+[ "${#failed[@]}" -eq 0 ]

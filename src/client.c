@@ -1,0 +1,825 @@
+/*
+ * client: one application connection — startup packet, authentication against auth_file, the
+ * welcome, then forwarding its messages to whatever server the pool links it to.
+ *
+ * Login: raw mode reads the startup packet (answering SSLRequest and GSSENCRequest with 'N'
+ * until TLS lands, forwarding CancelRequests). The database and user are resolved, the
+ * client authenticates (trust, any, plain, md5, scram-sha-256; unknown users get a fake
+ * exchange that fails like a wrong password, so names cannot be probed), then the pool gives it
+ * the server parameters it knows (or opens a server to learn them) and the welcome goes out.
+ *
+ * pf_client_close() is the only way a client ends. Called from the worker (accept, janitor),
+ * pool.c (linking) and server.c (server gone).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "pgfunnel/admin.h"
+#include "pgfunnel/client.h"
+#include "pgfunnel/log.h"
+#include "pgfunnel/server.h"
+#include "pgfunnel/worker.h"
+
+enum auth_step {
+	AUTH_NONE = 0,
+	AUTH_PLAIN,	   /* waiting for a PasswordMessage with a cleartext password */
+	AUTH_MD5,	   /* waiting for a PasswordMessage with an md5 response */
+	AUTH_SCRAM_FIRST,  /* waiting for SASLInitialResponse */
+	AUTH_SCRAM_FINAL,  /* waiting for SASLResponse */
+	AUTH_DONE,
+};
+
+static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
+					const uint8_t *pkt, size_t avail);
+static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len);
+static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status);
+static void client_on_free(pf_conn_t *conn);
+
+static const pf_conn_ops_t client_ops = {
+	.on_packet = client_on_packet,
+	.on_raw = client_on_raw,
+	.on_event = client_on_event,
+	.on_free = client_on_free,
+};
+
+/* What each close reason logs and, where the client is told, its SQLSTATE and message. */
+static const struct {
+	const char *log;
+	const char *sqlstate; /* NULL: nothing is sent */
+	const char *message;
+} close_table[] = {
+	[PF_CLOSE_CLIENT_EXIT] = {"client close request", NULL, NULL},
+	[PF_CLOSE_CLIENT_EOF] = {"client unexpected eof", NULL, NULL},
+	[PF_CLOSE_CLIENT_ERROR] = {"client socket error", NULL, NULL},
+	[PF_CLOSE_CLIENT_PROTOCOL] = {"protocol violation", "08P01", "protocol violation"},
+	[PF_CLOSE_CLIENT_STARTUP] = {"bad startup packet", "08P01", "bad startup packet"},
+	[PF_CLOSE_CLIENT_AUTH] = {"authentication failed", "28P01", "authentication failed"},
+	[PF_CLOSE_CLIENT_NO_DB] = {"no such database", "3D000", "no such database"},
+	[PF_CLOSE_CLIENT_LIMIT] = {"connection limit reached", "53300",
+				   "no more connections allowed (max_client_conn)"},
+	[PF_CLOSE_CLIENT_LOGIN_TIMEOUT] = {"client_login_timeout", "08006",
+					   "client_login_timeout (server down or wrong password?)"},
+	[PF_CLOSE_CLIENT_IDLE_TIMEOUT] = {"client_idle_timeout", "57P05", "client_idle_timeout"},
+	[PF_CLOSE_CLIENT_WAIT_TIMEOUT] = {"query_wait_timeout", "57014", "query_wait_timeout"},
+	[PF_CLOSE_CLIENT_SERVER_GONE] = {"server connection lost", "08006", "server conn crashed?"},
+	[PF_CLOSE_CLIENT_SERVER_LOGIN] = {"server login failed", "08006", "server login failed"},
+	[PF_CLOSE_CLIENT_STATEMENT_MODE] = {"statement mode violation", "25001",
+					    "Long transactions not allowed"},
+	[PF_CLOSE_CLIENT_SHUTDOWN] = {"pooler is shutting down", "57P01",
+				      "pgfunnel is shutting down"},
+	[PF_CLOSE_CLIENT_ADMIN_KILL] = {"killed by admin", "57P01",
+					"terminating connection due to administrator command"},
+	[PF_CLOSE_CLIENT_CANCEL_DONE] = {"cancel request handled", NULL, NULL},
+	[PF_CLOSE_CLIENT_DB_DISABLED] = {"database disabled", "57P03",
+					 "database does not allow connections"},
+	[PF_CLOSE_CLIENT_OOM] = {"out of memory", "53200", "out of memory"},
+};
+
+size_t pf_client_describe(const pf_client_t *c, char *buf, size_t n)
+{
+	char host[64];
+	int port, len;
+
+	pf_conn_addr_text(&c->conn.addr, host, sizeof(host), &port);
+	len = snprintf(buf, n, "C-%p: %s/%s@%s:%d", (const void *)c,
+		       c->db_name ? c->db_name : "(nodb)", c->user_name ? c->user_name : "(nouser)",
+		       host, port);
+	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
+}
+
+static void send_error(pf_client_t *c, const char *severity, const char *sqlstate,
+		       const char *message, const char *detail)
+{
+	pf_buf_t b;
+
+	pf_buf_init(&b);
+	pf_proto_be_error(&b, severity, sqlstate, message, detail, NULL);
+	pf_conn_send_buf(&c->conn, &b);
+	pf_buf_free(&b);
+}
+
+void pf_client_send_error(pf_client_t *c, const char *severity, const char *sqlstate,
+			  const char *message, const char *detail)
+{
+	send_error(c, severity, sqlstate, message, detail);
+}
+
+void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
+{
+	pf_client_t *c = calloc(1, sizeof(*c));
+
+	if (!c) {
+		pf_log_error(NULL, "out of memory accepting a client");
+		return;
+	}
+	pf_conn_init(&c->conn, w, &client_ops, true);
+	pf_list_node_init(&c->cancel_node);
+	c->conn.raw_mode = true;
+	w->client_count++;
+	pf_pool_set_client_state(c, PF_CL_LOGIN);
+	if (pf_conn_accept(&c->conn, listener, is_unix) < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_ERROR, NULL, NULL);
+		return;
+	}
+	if (w->client_count > (size_t)w->cfg->max_client_conn) {
+		pf_client_close(c, PF_CLOSE_CLIENT_LIMIT, NULL, NULL);
+		return;
+	}
+}
+
+void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
+		     const char *message)
+{
+	pf_worker_t *w = c->conn.worker;
+	pf_server_t *s = c->link;
+	const char *state = sqlstate ? sqlstate : close_table[reason].sqlstate;
+	const char *text = message ? message : close_table[reason].message;
+
+	if (c->conn.closing)
+		return;
+	if (state && text)
+		send_error(c, "FATAL", state, text, NULL);
+	if (reason == PF_CLOSE_CLIENT_EXIT || reason == PF_CLOSE_CLIENT_EOF ||
+	    reason == PF_CLOSE_CLIENT_CANCEL_DONE) {
+		if (w->cfg->log_disconnections && c->state != PF_CL_LOGIN)
+			pf_log_info(c, "closing because: %s (age=%llds)", close_table[reason].log,
+				    (long long)((pf_worker_now(w) - c->conn.connect_time) /
+						PF_USEC_PER_SEC));
+	} else if (w->cfg->log_pooler_errors || !state) {
+		pf_log_info(c, "closing because: %s", message ? message : close_table[reason].log);
+	}
+	if (s) {
+		/* The server stays useful only if the client left it idle (pf_pool_release_server
+		 * checks); its open transaction never reaches another client. */
+		pf_pool_release_server(s);
+	}
+	pf_worker_remove_cancel_key(w, c);
+	if (c->pool)
+		c->db->client_count--;
+	pf_pool_set_client_state(c, PF_CL_FREE);
+	if (c->user)
+		c->user->client_count--;
+	c->user = NULL;
+	if (c->scram) {
+		pf_scram_server_clear(c->scram);
+		free(c->scram);
+		c->scram = NULL;
+	}
+	w->client_count--;
+	pf_conn_close(&c->conn);
+	if (w->shutdown != PF_SHUTDOWN_NONE)
+		pf_worker_check_shutdown(w);
+}
+
+static void client_on_free(pf_conn_t *conn)
+{
+	pf_client_t *c = (pf_client_t *)conn;
+
+	pf_vars_clear(&c->vars);
+	free(c->user_name);
+	free(c->db_name);
+	free(c);
+}
+
+void pf_client_resume(pf_client_t *c)
+{
+	pf_conn_resume(&c->conn);
+}
+
+/* ---- login ---- */
+
+static void send_auth_request(pf_client_t *c, void (*build)(pf_buf_t *))
+{
+	pf_buf_t b;
+
+	pf_buf_init(&b);
+	build(&b);
+	pf_conn_send_buf(&c->conn, &b);
+	pf_buf_free(&b);
+}
+
+static void auth_failed(pf_client_t *c)
+{
+	char msg[200];
+
+	/* Postgres' wording and SQLSTATE; the same for an unknown user and a wrong password. */
+	snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"",
+		 c->user_name);
+	pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28P01", msg);
+}
+
+void pf_client_finish_login(pf_client_t *c)
+{
+	pf_worker_t *w = c->conn.worker;
+	pf_pool_t *pool = c->pool;
+	pf_buf_t b;
+	uint32_t keys[2];
+
+	if (RAND_bytes((unsigned char *)keys, sizeof(keys)) != 1) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "could not generate a cancel key");
+		return;
+	}
+	c->cancel_pid = keys[0];
+	c->cancel_key = keys[1];
+	pf_worker_add_cancel_key(w, c);
+
+	pf_buf_init(&b);
+	pf_proto_be_auth_ok(&b);
+	for (size_t i = 0; i < pool->n_welcome; i++) {
+		const char *name = pool->welcome_names[i];
+		const char *value = pool->welcome_values[i];
+		int var = pf_var_lookup(name);
+
+		if (var >= 0) {
+			/* Its own startup value wins; otherwise it adopts the server's. */
+			if (c->vars.v[var])
+				value = c->vars.v[var];
+			else if (pf_vars_set(&c->vars, (pf_var_id_t)var, value) < 0)
+				b.failed = true;
+		}
+		pf_proto_be_parameter_status(&b, name, value);
+	}
+	pf_proto_be_backend_key_data(&b, c->cancel_pid, c->cancel_key);
+	pf_proto_be_ready_for_query(&b, PF_PROTO_TX_IDLE);
+	if (b.failed) {
+		pf_buf_free(&b);
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return;
+	}
+	pf_conn_send_buf(&c->conn, &b);
+	pf_buf_free(&b);
+	c->auth_step = AUTH_DONE;
+	if (w->cfg->log_connections)
+		pf_log_info(c, "login attempt: db=%s user=%s tls=no", c->db_name, c->user_name);
+	/* Messages it may have pipelined after its password. */
+	pf_conn_resume(&c->conn);
+}
+
+/* Authenticated: join the pool (or the console). */
+static void login_ok(pf_client_t *c)
+{
+	pf_worker_t *w = c->conn.worker;
+	pf_user_t *pool_user;
+
+	if (c->scram) {
+		pf_scram_server_clear(c->scram);
+		free(c->scram);
+		c->scram = NULL;
+	}
+	if (c->db->admin) {
+		pf_admin_login(c);
+		return;
+	}
+	pool_user = c->db->forced_user ? c->db->forced_user : c->user;
+	if (!pool_user) {
+		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000",
+				"no user to log in to the server as (auth_type=any needs a forced "
+				"user in the database entry)");
+		return;
+	}
+	c->pool = pf_pool_get(w, c->db, pool_user);
+	if (!c->pool) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return;
+	}
+	c->db->client_count++;
+	pf_pool_login_client(c);
+}
+
+static bool user_may_use_console(const pf_config_t *cfg, const char *user, bool *can_write)
+{
+	*can_write = pf_config_list_has(cfg->admin_users, user);
+	return *can_write || pf_config_list_has(cfg->stats_users, user);
+}
+
+/* The secret a client must prove, as an md5 secret (computed from a plain password). */
+static bool md5_secret_for(const pf_client_t *c, char out[36])
+{
+	const pf_secret_t *sec = c->user ? &c->user->secret : NULL;
+
+	if (!sec || !sec->present)
+		return false;
+	if (sec->kind == PF_AUTH_SECRET_MD5)
+		return pf_strlcpy(out, sec->text, 36) < 36;
+	if (sec->kind == PF_AUTH_SECRET_PLAIN)
+		return pf_md5_secret(c->user_name, sec->text, out) == 0;
+	return false;
+}
+
+static void start_scram(pf_client_t *c)
+{
+	pf_worker_t *w = c->conn.worker;
+	const pf_secret_t *sec = c->user ? &c->user->secret : NULL;
+	static const char *const mechs[] = {PF_SCRAM_MECHANISM};
+	pf_scram_secret_t secret;
+	int rc;
+	pf_buf_t b;
+
+	c->scram = calloc(1, sizeof(*c->scram));
+	if (!c->scram) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return;
+	}
+	if (sec && sec->present && sec->kind == PF_AUTH_SECRET_SCRAM) {
+		memset(&secret, 0, sizeof(secret));
+		secret.iterations = sec->scram_iterations;
+		secret.salt_len = sec->scram_salt_len < sizeof(secret.salt) ? sec->scram_salt_len
+									    : sizeof(secret.salt);
+		memcpy(secret.salt, sec->scram_salt, secret.salt_len);
+		memcpy(secret.stored_key, sec->scram_stored_key, 32);
+		memcpy(secret.server_key, sec->scram_server_key, 32);
+		rc = pf_scram_server_start(c->scram, &secret);
+	} else if (sec && sec->present && sec->kind == PF_AUTH_SECRET_PLAIN) {
+		/* Derived once per user and cached: later logins cost no PBKDF2. */
+		rc = pf_scram_cache_secret_for_password(w->scram_cache, c->user_name, sec->text,
+							w->cfg->scram_iterations > 0
+								? w->cfg->scram_iterations
+								: PF_SCRAM_DEFAULT_ITERATIONS,
+							&secret);
+		if (rc == 0)
+			rc = pf_scram_server_start(c->scram, &secret);
+	} else {
+		/* Unknown user, or only an md5 secret (SCRAM cannot use it): an exchange that
+		 * looks normal and fails like a wrong password. */
+		rc = pf_scram_server_start_mock(c->scram, c->user_name, w->mock_key);
+	}
+	OPENSSL_cleanse(&secret, sizeof(secret));
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "SCRAM setup failed");
+		return;
+	}
+	pf_buf_init(&b);
+	pf_proto_be_auth_sasl(&b, mechs, 1);
+	pf_conn_send_buf(&c->conn, &b);
+	pf_buf_free(&b);
+	c->auth_step = AUTH_SCRAM_FIRST;
+}
+
+static void start_auth(pf_client_t *c)
+{
+	pf_worker_t *w = c->conn.worker;
+	const pf_config_t *cfg = w->cfg;
+	char msg[200];
+
+	c->conn.raw_mode = false;
+	if (c->db->admin) {
+		bool can_write;
+
+		if (!user_may_use_console(cfg, c->user_name, &can_write) &&
+		    cfg->auth_type != PF_AUTH_ANY) {
+			/* PgBouncer also lets in the OS user that runs it over the unix socket. */
+			if (!pf_admin_peer_is_owner(c)) {
+				snprintf(msg, sizeof(msg),
+					 "not allowed to connect to the admin console as user \"%s\"",
+					 c->user_name);
+				pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "42501", msg);
+				return;
+			}
+			c->admin_can_write = true;
+			login_ok(c);
+			return;
+		}
+		c->admin_can_write = can_write;
+		if (pf_admin_peer_is_owner(c)) {
+			login_ok(c);
+			return;
+		}
+	}
+	switch (cfg->auth_type) {
+	case PF_AUTH_ANY:
+		login_ok(c);
+		return;
+	case PF_AUTH_TRUST:
+		if (!c->user) {
+			snprintf(msg, sizeof(msg), "no such user: %s", c->user_name);
+			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
+			return;
+		}
+		login_ok(c);
+		return;
+	case PF_AUTH_PLAIN:
+		c->auth_step = AUTH_PLAIN;
+		send_auth_request(c, pf_proto_be_auth_cleartext);
+		return;
+	case PF_AUTH_MD5:
+		/* A SCRAM secret cannot answer md5: PgBouncer switches to SCRAM then. */
+		if (c->user && c->user->secret.present &&
+		    c->user->secret.kind == PF_AUTH_SECRET_SCRAM) {
+			start_scram(c);
+			return;
+		}
+		if (RAND_bytes(c->md5_salt, sizeof(c->md5_salt)) != 1) {
+			pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "random generator failed");
+			return;
+		}
+		c->auth_step = AUTH_MD5;
+		{
+			pf_buf_t b;
+
+			pf_buf_init(&b);
+			pf_proto_be_auth_md5(&b, c->md5_salt);
+			pf_conn_send_buf(&c->conn, &b);
+			pf_buf_free(&b);
+		}
+		return;
+	case PF_AUTH_SCRAM_SHA_256:
+		start_scram(c);
+		return;
+	default: {
+		char tname[32];
+
+		pf_config_format(cfg, pf_config_find_param("auth_type"), tname, sizeof(tname));
+		snprintf(msg, sizeof(msg), "auth_type \"%s\" is not supported by pgfunnel yet",
+			 tname);
+		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
+		return;
+	}
+	}
+}
+
+/* Checks a cleartext password against whatever secret auth_file holds. */
+static bool plain_password_ok(pf_client_t *c, const char *password)
+{
+	pf_worker_t *w = c->conn.worker;
+	const pf_secret_t *sec = c->user ? &c->user->secret : NULL;
+	char md5[36];
+	bool ok = false;
+
+	if (!sec || !sec->present)
+		return false;
+	switch (sec->kind) {
+	case PF_AUTH_SECRET_PLAIN: {
+		size_t a = strlen(password), b = strlen(sec->text);
+
+		ok = a == b && pf_memeq_ct(password, sec->text, a);
+		break;
+	}
+	case PF_AUTH_SECRET_MD5:
+		ok = pf_md5_secret(c->user_name, password, md5) == 0 &&
+		     pf_memeq_ct(md5, sec->text, PF_MD5_SECRET_LEN);
+		OPENSSL_cleanse(md5, sizeof(md5));
+		break;
+	case PF_AUTH_SECRET_SCRAM: {
+		pf_scram_secret_t derived;
+
+		ok = pf_scram_cache_derive(w->scram_cache, password, sec->scram_salt,
+					   sec->scram_salt_len, sec->scram_iterations, &derived,
+					   NULL) == 0 &&
+		     pf_memeq_ct(derived.stored_key, sec->scram_stored_key, 32) &&
+		     pf_memeq_ct(derived.server_key, sec->scram_server_key, 32);
+		OPENSSL_cleanse(&derived, sizeof(derived));
+		break;
+	}
+	}
+	return ok;
+}
+
+/* A PasswordMessage / SASL message during authentication. */
+static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+				   size_t avail)
+{
+	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
+	size_t plen = hdr->payload_len;
+	char out[PF_SCRAM_MAX_MSG_LEN];
+	size_t outlen;
+	pf_buf_t b;
+	int rc;
+
+	if (hdr->type != PF_PROTO_FE_PASSWORD_MESSAGE) {
+		if (hdr->type == PF_PROTO_FE_TERMINATE) {
+			pf_client_close(c, PF_CLOSE_CLIENT_EXIT, NULL, NULL);
+			return PF_PKT_STOP;
+		}
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+				"expected a password message during authentication");
+		return PF_PKT_STOP;
+	}
+	if (avail < hdr->len + 1u)
+		return PF_PKT_NEED_WHOLE;
+	switch (c->auth_step) {
+	case AUTH_PLAIN:
+	case AUTH_MD5: {
+		char *pw = (char *)payload;
+		bool ok;
+
+		if (plen == 0 || payload[plen - 1] != '\0' || strlen(pw) != plen - 1) {
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+					"invalid password message");
+			return PF_PKT_STOP;
+		}
+		if (c->auth_step == AUTH_PLAIN) {
+			ok = plain_password_ok(c, pw);
+		} else {
+			char secret[36];
+
+			ok = md5_secret_for(c, secret) && pf_md5_verify(secret, c->md5_salt, pw);
+			OPENSSL_cleanse(secret, sizeof(secret));
+		}
+		/* The password bytes stay in our receive buffer only until it is reused. */
+		OPENSSL_cleanse(pw, plen);
+		if (!ok) {
+			auth_failed(c);
+			return PF_PKT_STOP;
+		}
+		login_ok(c);
+		return PF_PKT_CONSUMED;
+	}
+	case AUTH_SCRAM_FIRST: {
+		/* SASLInitialResponse: mechanism name, Int32 length, data. */
+		const uint8_t *nul = memchr(payload, 0, plen);
+		size_t mlen;
+		uint32_t dlen;
+
+		if (!nul || (size_t)(nul - payload) + 5 > plen) {
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+					"malformed SASLInitialResponse");
+			return PF_PKT_STOP;
+		}
+		mlen = (size_t)(nul - payload);
+		if (strcmp((const char *)payload, PF_SCRAM_MECHANISM) != 0) {
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+					"client selected an invalid SASL authentication mechanism");
+			return PF_PKT_STOP;
+		}
+		dlen = (uint32_t)nul[1] << 24 | (uint32_t)nul[2] << 16 | (uint32_t)nul[3] << 8 |
+		       nul[4];
+		if (dlen != plen - mlen - 5) {
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+					"malformed SASLInitialResponse");
+			return PF_PKT_STOP;
+		}
+		rc = pf_scram_server_first(c->scram, nul + 5, dlen, out, sizeof(out), &outlen);
+		if (rc < 0) {
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+					rc == -ENOTSUP ? "channel binding is not supported without TLS"
+						       : "malformed SCRAM message");
+			return PF_PKT_STOP;
+		}
+		pf_buf_init(&b);
+		pf_proto_be_auth_sasl_continue(&b, out, outlen);
+		pf_conn_send_buf(&c->conn, &b);
+		pf_buf_free(&b);
+		c->auth_step = AUTH_SCRAM_FINAL;
+		return PF_PKT_CONSUMED;
+	}
+	case AUTH_SCRAM_FINAL:
+		rc = pf_scram_server_final(c->scram, payload, plen, out, sizeof(out), &outlen);
+		if (rc == -EACCES) {
+			auth_failed(c);
+			return PF_PKT_STOP;
+		}
+		if (rc < 0) {
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+					"malformed SCRAM message");
+			return PF_PKT_STOP;
+		}
+		if (c->user && c->user->secret.kind == PF_AUTH_SECRET_SCRAM &&
+		    pf_scram_server_client_key(c->scram, c->user->secret.scram_client_key) == 0)
+			c->user->secret.has_client_key = true; /* for logging in to Postgres */
+		pf_buf_init(&b);
+		pf_proto_be_auth_sasl_final(&b, out, outlen);
+		pf_conn_send_buf(&c->conn, &b);
+		pf_buf_free(&b);
+		login_ok(c);
+		return PF_PKT_CONSUMED;
+	default:
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "unexpected password message");
+		return PF_PKT_STOP;
+	}
+}
+
+/* Applies one startup parameter; returns false (after closing c) when it is refused. */
+static bool startup_param(pf_client_t *c, const char *name, const char *value,
+			  const char **unsupported)
+{
+	const pf_config_t *cfg = c->conn.worker->cfg;
+	int var;
+
+	if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0)
+		return true;
+	var = pf_var_lookup(name);
+	if (var >= 0) {
+		if (pf_vars_set(&c->vars, (pf_var_id_t)var, value) < 0) {
+			pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+			return false;
+		}
+		return true;
+	}
+	if (pf_proto_is_protocol_option(name)) {
+		*unsupported = name;
+		return true;
+	}
+	if (pf_config_list_has(cfg->ignore_startup_parameters, name))
+		return true;
+	{
+		char msg[300];
+
+		/* PgBouncer's text; Postgres has no such error, so feature_not_supported. */
+		snprintf(msg, sizeof(msg), "unsupported startup parameter: %s", name);
+		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "0A000", msg);
+	}
+	return false;
+}
+
+static void handle_cancel(pf_client_t *c, uint32_t pid, uint32_t key)
+{
+	pf_worker_t *w = c->conn.worker;
+	pf_client_t *target = pf_worker_find_cancel_key(w, pid, key);
+
+	pf_pool_set_client_state(c, PF_CL_CANCEL);
+	/* A wrong key does nothing, and the requester is told nothing, as with Postgres. */
+	if (target && target->link && target->link->ready)
+		pf_server_send_cancel(w, target->pool, target->link->be_pid, target->link->be_key);
+	pf_client_close(c, PF_CLOSE_CLIENT_CANCEL_DONE, NULL, NULL);
+}
+
+static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int consumed)
+{
+	pf_worker_t *w = c->conn.worker;
+	const char *unsupported[PF_PROTO_STARTUP_MAX_PARAMS];
+	size_t n_unsupported = 0;
+	char msg[300];
+
+	switch (st->kind) {
+	case PF_PROTO_STARTUP_SSL:
+	case PF_PROTO_STARTUP_GSSENC:
+		/* Neither TLS nor GSSAPI encryption yet: 'N', and the client goes on in clear. */
+		pf_conn_send(&c->conn, "N", 1);
+		return consumed;
+	case PF_PROTO_STARTUP_CANCEL:
+		handle_cancel(c, st->cancel_pid, st->cancel_key);
+		return -1;
+	case PF_PROTO_STARTUP_NORMAL:
+		break;
+	}
+	c->user_name = strdup(st->user);
+	c->db_name = strdup(st->database);
+	if (!c->user_name || !c->db_name) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return -1;
+	}
+	for (size_t i = 0; i < st->nparams; i++) {
+		const char *u = NULL;
+
+		if (!startup_param(c, st->params[i].name, st->params[i].value, &u))
+			return -1;
+		if (u)
+			unsupported[n_unsupported++] = u;
+	}
+	if (st->minor > 0 || n_unsupported > 0) {
+		pf_buf_t b;
+
+		pf_buf_init(&b);
+		pf_proto_be_negotiate_protocol_version(&b, 0, unsupported, n_unsupported);
+		pf_conn_send_buf(&c->conn, &b);
+		pf_buf_free(&b);
+	}
+	c->db = pf_worker_find_database(w, c->db_name);
+	if (!c->db) {
+		snprintf(msg, sizeof(msg), "no such database: %s", c->db_name);
+		pf_client_close(c, PF_CLOSE_CLIENT_NO_DB, "3D000", msg);
+		return -1;
+	}
+	if (c->db->disabled) {
+		pf_client_close(c, PF_CLOSE_CLIENT_DB_DISABLED, NULL, NULL);
+		return -1;
+	}
+	if (w->shutdown != PF_SHUTDOWN_NONE && !c->db->admin) {
+		pf_client_close(c, PF_CLOSE_CLIENT_SHUTDOWN, NULL, NULL);
+		return -1;
+	}
+	c->user = pf_worker_find_user(w, c->user_name);
+	if (c->user)
+		c->user->client_count++;
+	c->conn.raw_mode = false;
+	start_auth(c);
+	return c->conn.closing ? -1 : consumed;
+}
+
+static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
+{
+	pf_client_t *c = (pf_client_t *)conn;
+	pf_proto_startup_t st;
+	int n = pf_proto_parse_startup(data, len, &st);
+	char msg[200];
+
+	if (n == 0)
+		return 0;
+	if (n < 0) {
+		switch (n) {
+		case -EPROTONOSUPPORT:
+			snprintf(msg, sizeof(msg), "unsupported frontend protocol or request code");
+			pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "0A000", msg);
+			break;
+		case -EINVAL:
+			pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "28000",
+					"no PostgreSQL user name specified in startup packet");
+			break;
+		default:
+			pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "08P01",
+					n == -EMSGSIZE ? "invalid length of startup packet"
+						       : "invalid startup packet layout");
+			break;
+		}
+		return -1;
+	}
+	return handle_startup(c, &st, n);
+}
+
+static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
+					const uint8_t *pkt, size_t avail)
+{
+	pf_client_t *c = (pf_client_t *)conn;
+	pf_server_t *s;
+
+	if (c->state == PF_CL_LOGIN && c->auth_step != AUTH_DONE)
+		return auth_packet(c, hdr, pkt, avail);
+	if (hdr->type == PF_PROTO_FE_TERMINATE) {
+		pf_client_close(c, PF_CLOSE_CLIENT_EXIT, NULL, NULL);
+		return PF_PKT_STOP;
+	}
+	if (!pf_proto_is_fe_type(hdr->type)) {
+		char msg[100];
+
+		snprintf(msg, sizeof(msg), "invalid frontend message type %d", hdr->type);
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", msg);
+		return PF_PKT_STOP;
+	}
+	if (c->admin)
+		return pf_admin_packet(c, hdr, pkt, avail);
+	if (c->state != PF_CL_ACTIVE && c->state != PF_CL_WAITING)
+		return PF_PKT_STOP; /* still waiting for its login to finish */
+	s = c->link;
+	if (!s) {
+		if (!pf_pool_acquire(c) || c->conn.closing)
+			return PF_PKT_STOP;
+		s = c->link;
+	}
+	if (s->task != PF_SV_TASK_NONE)
+		return PF_PKT_STOP; /* parameters being synced; resumed when done */
+	switch (hdr->type) {
+	case PF_PROTO_FE_QUERY:
+	case PF_PROTO_FE_SYNC:
+	case PF_PROTO_FE_FUNCTION_CALL: {
+		pf_usec_t now = c->conn.worker->now;
+
+		s->expect_rfq++;
+		if (!c->query_start)
+			c->query_start = now;
+		if (!c->xact_start)
+			c->xact_start = now;
+		c->conn.request_time = now;
+		break;
+	}
+	default:
+		break;
+	}
+	return PF_PKT_FORWARD;
+}
+
+static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
+{
+	pf_client_t *c = (pf_client_t *)conn;
+
+	switch (ev) {
+	case PF_CONN_EV_EOF:
+		pf_client_close(c, PF_CLOSE_CLIENT_EOF, NULL, NULL);
+		break;
+	case PF_CONN_EV_ERROR:
+		if (status == -EMSGSIZE)
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+					"message too long (max_packet_size)");
+		else if (status == -EBADMSG)
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+					"invalid message length or type");
+		else
+			pf_client_close(c, PF_CLOSE_CLIENT_ERROR, NULL, NULL);
+		break;
+	default:
+		break;
+	}
+}
+
+void pf_client_check_login_timeouts(pf_worker_t *w, pf_usec_t now)
+{
+	const pf_config_t *cfg = w->cfg;
+	pf_list_node_t *it, *tmp;
+
+	if (cfg->client_login_timeout <= 0)
+		return;
+	PF_LIST_FOREACH(&w->login_clients, it, tmp)
+	{
+		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+
+		if (now - c->conn.connect_time > cfg->client_login_timeout)
+			pf_client_close(c, PF_CLOSE_CLIENT_LOGIN_TIMEOUT, NULL, NULL);
+	}
+}

@@ -1,0 +1,643 @@
+/*
+ * conn: socket I/O shared by clients and servers — the receive buffer, the message walk, the
+ * coalesced forwarding with backpressure, our own writes, and the close sequence.
+ *
+ * Invariants:
+ * - rbuf is NULL or holds rcap bytes; unprocessed bytes are [rpos, rend); while fwd_pending a
+ *   write borrows [fwd_start, rpos) and neither reading nor compaction happens.
+ * - A conn is freed (ops->on_free) only when its handle is closed and no write borrows rbuf.
+ * - Nothing but pf_conn_close() calls uv_close() on a connection handle.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <sys/un.h>
+
+#include "pgfunnel/conn.h"
+#include "pgfunnel/log.h"
+#include "pgfunnel/worker.h"
+
+/* The largest message we hold whole to act on (ErrorResponse, ParameterStatus, auth, admin). */
+#define HOLD_MAX (1024u * 1024u)
+
+/* A copy of bytes libuv could not write at once. */
+typedef struct owned_write {
+	uv_write_t req;
+	size_t len;
+	uint8_t data[];
+} owned_write_t;
+
+static void maybe_free(pf_conn_t *c);
+static void update_reading(pf_conn_t *c);
+
+void pf_conn_init(pf_conn_t *c, pf_worker_t *w, const pf_conn_ops_t *ops, bool is_client)
+{
+	c->ops = ops;
+	c->worker = w;
+	c->is_client = is_client;
+	c->id = pf_worker_next_id(w);
+	c->max_packet = pf_worker_config(w)->max_packet_size;
+	c->connect_time = pf_worker_now(w);
+	c->request_time = c->connect_time;
+	pf_list_node_init(&c->node);
+}
+
+static void release_buffer(pf_conn_t *c)
+{
+	if (c->rbuf && !c->fwd_pending && c->rpos == c->rend) {
+		pf_worker_put_buffer(c->worker, c->rbuf, c->rcap);
+		c->rbuf = NULL;
+		c->rcap = c->rpos = c->rend = 0;
+		c->fwd_open = false;
+	}
+}
+
+/* Makes room for at least need more bytes after rend; returns false when impossible. */
+static bool make_room(pf_conn_t *c, uint32_t need)
+{
+	if (!c->rbuf) {
+		c->rbuf = pf_worker_get_buffer(c->worker, &c->rcap);
+		if (!c->rbuf)
+			return false;
+		c->rpos = c->rend = 0;
+	}
+	if (c->rcap - c->rend >= need)
+		return true;
+	if (c->fwd_pending)
+		return false;
+	if (c->rpos > 0) {
+		/* Only unprocessed bytes remain: no write borrows the region before rpos. */
+		memmove(c->rbuf, c->rbuf + c->rpos, c->rend - c->rpos);
+		c->rend -= c->rpos;
+		c->rpos = 0;
+		c->fwd_open = false;
+	}
+	if (c->rcap - c->rend >= need)
+		return true;
+	if ((uint64_t)c->rend + need > HOLD_MAX)
+		return false;
+	uint32_t ncap = c->rcap;
+
+	while (ncap - c->rend < need)
+		ncap *= 2;
+	uint8_t *nb = malloc(ncap);
+
+	if (!nb)
+		return false;
+	memcpy(nb, c->rbuf, c->rend);
+	pf_worker_put_buffer(c->worker, c->rbuf, c->rcap);
+	c->rbuf = nb;
+	c->rcap = ncap;
+	return true;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	pf_conn_t *c = h->data;
+
+	(void)suggested;
+	if (c->closing || !make_room(c, 1)) {
+		buf->base = NULL;
+		buf->len = 0;
+		return;
+	}
+	buf->base = (char *)c->rbuf + c->rend;
+	buf->len = c->rcap - c->rend;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	pf_conn_t *c = s->data;
+
+	(void)buf;
+	if (c->closing)
+		return;
+	if (nread > 0) {
+		c->rend += (uint32_t)nread;
+		c->bytes_in += (uint64_t)nread;
+		pf_conn_process(c);
+		return;
+	}
+	if (nread == 0)
+		return;
+	if (nread == UV_ENOBUFS) {
+		/* No room: stop until processing or a flush frees some. */
+		uv_read_stop(&c->h.stream);
+		c->reading = false;
+		return;
+	}
+	uv_read_stop(&c->h.stream);
+	c->reading = false;
+	if (nread == UV_EOF)
+		c->ops->on_event(c, PF_CONN_EV_EOF, 0);
+	else
+		c->ops->on_event(c, PF_CONN_EV_ERROR, (int)nread);
+}
+
+static void update_reading(pf_conn_t *c)
+{
+	bool want = c->handle_open && !c->closing && !c->read_paused && !c->fwd_pending &&
+		    !(c->rbuf && c->rend == c->rcap && c->rpos == 0);
+
+	if (want && !c->reading) {
+		if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
+			c->reading = true;
+	} else if (!want && c->reading) {
+		uv_read_stop(&c->h.stream);
+		c->reading = false;
+	}
+}
+
+static void on_forward_written(uv_write_t *req, int status)
+{
+	pf_conn_t *c = req->data;
+
+	(void)status; /* A failed write shows up on the peer as an error or EOF. */
+	c->fwd_pending = false;
+	if (c->closing) {
+		maybe_free(c);
+		return;
+	}
+	release_buffer(c);
+	pf_conn_resume(c);
+}
+
+/*
+ * Writes the forward region [fwd_start, rpos) to the peer. Returns true when processing may go
+ * on (everything written at once, or nothing to write), false when a write now borrows rbuf.
+ */
+static bool flush_forward(pf_conn_t *c)
+{
+	pf_conn_t *peer = c->peer;
+	uv_buf_t b;
+	int n;
+
+	if (!c->fwd_open)
+		return true;
+	c->fwd_open = false;
+	if (c->rpos == c->fwd_start)
+		return true;
+	if (!peer || peer->closing || !peer->handle_open)
+		return true; /* nobody to send to: the bytes are dropped */
+	b = uv_buf_init((char *)c->rbuf + c->fwd_start, c->rpos - c->fwd_start);
+	peer->bytes_out += b.len;
+	n = uv_try_write(&peer->h.stream, &b, 1);
+	if (n == (int)b.len)
+		return true;
+	if (n > 0) {
+		b.base += n;
+		b.len -= (size_t)n;
+	} else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+		return true; /* the peer's own read side reports the failure */
+	}
+	c->fwd_req.data = c;
+	if (uv_write(&c->fwd_req, &peer->h.stream, &b, 1, on_forward_written) < 0)
+		return true;
+	c->fwd_pending = true;
+	return false;
+}
+
+void pf_conn_process(pf_conn_t *c)
+{
+	if (c->in_process)
+		return;
+	c->in_process = true;
+	while (!c->closing && !c->fwd_pending && c->rpos < c->rend) {
+		uint32_t avail = c->rend - c->rpos;
+
+		if (c->raw_mode) {
+			int n = c->ops->on_raw(c, c->rbuf + c->rpos, avail);
+
+			if (n <= 0) {
+				if (n == 0 && !c->closing && !make_room(c, 1))
+					break;
+				break;
+			}
+			c->rpos += (uint32_t)n;
+			continue;
+		}
+		if (c->pkt_remain > 0) {
+			uint32_t n = avail < c->pkt_remain ? avail : c->pkt_remain;
+
+			if (c->pkt_forward && !c->fwd_open) {
+				c->fwd_open = true;
+				c->fwd_start = c->rpos;
+			}
+			c->rpos += n;
+			c->pkt_remain -= n;
+			continue;
+		}
+		if (avail < PF_PROTO_HDR_LEN) {
+			if (!flush_forward(c))
+				break;
+			make_room(c, PF_PROTO_HDR_LEN - avail);
+			break;
+		}
+
+		pf_proto_hdr_t hdr;
+		int rc = pf_proto_read_header(c->rbuf + c->rpos, avail, c->max_packet, &hdr);
+
+		if (rc < 0) {
+			flush_forward(c);
+			c->ops->on_event(c, PF_CONN_EV_ERROR, rc);
+			break;
+		}
+		uint32_t total = hdr.len + 1;
+		uint32_t have = avail < total ? avail : total;
+		pf_pkt_action_t act = c->ops->on_packet(c, &hdr, c->rbuf + c->rpos, have);
+
+		switch (act) {
+		case PF_PKT_FORWARD:
+			if (!c->fwd_open) {
+				c->fwd_open = true;
+				c->fwd_start = c->rpos;
+			}
+			c->pkt_forward = true;
+			c->pkt_remain = total;
+			break;
+		case PF_PKT_SKIP:
+			if (!flush_forward(c)) {
+				/* Skip once the write is done: the region ends at rpos. */
+				c->pkt_forward = false;
+				c->pkt_remain = total;
+				goto out;
+			}
+			c->pkt_forward = false;
+			c->pkt_remain = total;
+			break;
+		case PF_PKT_CONSUMED:
+			c->rpos += total;
+			break;
+		case PF_PKT_NEED_WHOLE:
+			if (!flush_forward(c))
+				goto out;
+			if (!make_room(c, total - have)) {
+				c->ops->on_event(c, PF_CONN_EV_ERROR, -EMSGSIZE);
+				goto out;
+			}
+			goto out;
+		case PF_PKT_FLUSH:
+			if (!flush_forward(c))
+				goto out;
+			break;
+		case PF_PKT_STOP:
+			flush_forward(c);
+			goto out;
+		}
+	}
+	if (!c->closing && !c->fwd_pending)
+		flush_forward(c);
+out:
+	c->in_process = false;
+	if (c->closing)
+		return;
+	release_buffer(c);
+	update_reading(c);
+	if (!c->closing && !c->fwd_pending && c->rpos == c->rend)
+		c->ops->on_event(c, PF_CONN_EV_DRAINED, 0);
+}
+
+void pf_conn_resume(pf_conn_t *c)
+{
+	if (c->closing)
+		return;
+	pf_conn_process(c);
+	if (!c->closing)
+		update_reading(c);
+}
+
+void pf_conn_pause_reading(pf_conn_t *c, bool paused)
+{
+	c->read_paused = paused;
+	update_reading(c);
+}
+
+static void on_owned_written(uv_write_t *req, int status)
+{
+	(void)status;
+	free(req);
+}
+
+int pf_conn_send(pf_conn_t *c, const void *data, size_t len)
+{
+	uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+	owned_write_t *w;
+	int n;
+
+	if (c->closing || !c->handle_open || len == 0)
+		return 0;
+	c->bytes_out += len;
+	n = uv_try_write(&c->h.stream, &b, 1);
+	if (n == (int)len)
+		return 0;
+	if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS)
+		return n;
+	if (n < 0)
+		n = 0;
+	w = malloc(sizeof(*w) + len - (size_t)n);
+	if (!w)
+		return -ENOMEM;
+	w->len = len - (size_t)n;
+	memcpy(w->data, (const uint8_t *)data + n, w->len);
+	b = uv_buf_init((char *)w->data, (unsigned)w->len);
+	n = uv_write(&w->req, &c->h.stream, &b, 1, on_owned_written);
+	if (n < 0) {
+		free(w);
+		return n;
+	}
+	return 0;
+}
+
+int pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b)
+{
+	int rc;
+
+	if (b->failed) {
+		pf_buf_reset(b);
+		return -ENOMEM;
+	}
+	rc = pf_conn_send(c, b->data, b->len);
+	pf_buf_reset(b);
+	return rc;
+}
+
+bool pf_conn_has_pending_writes(const pf_conn_t *c)
+{
+	return c->handle_open && c->h.stream.write_queue_size > 0;
+}
+
+int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix)
+{
+	uv_loop_t *loop = listener->loop;
+	int rc, len;
+
+	c->is_unix = is_unix;
+	rc = is_unix ? uv_pipe_init(loop, &c->h.pipe, 0) : uv_tcp_init(loop, &c->h.tcp);
+	if (rc < 0)
+		return rc;
+	c->h.handle.data = c;
+	c->handle_open = true;
+	rc = uv_accept(listener, &c->h.stream);
+	if (rc < 0)
+		return rc;
+	if (!is_unix) {
+		len = sizeof(c->addr);
+		uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&c->addr, &len);
+		len = sizeof(c->local_addr);
+		uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&c->local_addr, &len);
+		uv_tcp_nodelay(&c->h.tcp, 1);
+	} else {
+		c->addr.ss_family = AF_UNIX;
+		c->local_addr.ss_family = AF_UNIX;
+	}
+	update_reading(c);
+	return 0;
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+	pf_conn_t *c = req->data;
+
+	free(req);
+	c->connect_pending = false;
+	if (c->closing) {
+		maybe_free(c);
+		return;
+	}
+	if (status == 0 && !c->is_unix) {
+		int len = sizeof(c->local_addr);
+
+		uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&c->local_addr, &len);
+		uv_tcp_nodelay(&c->h.tcp, 1);
+	}
+	c->ops->on_event(c, PF_CONN_EV_CONNECTED, status);
+	if (status == 0 && !c->closing)
+		update_reading(c);
+}
+
+int pf_conn_connect(pf_conn_t *c, const struct sockaddr *addr, const char *path)
+{
+	uv_loop_t *loop = pf_worker_loop(c->worker);
+	uv_connect_t *req = malloc(sizeof(*req));
+	int rc;
+
+	if (!req)
+		return -ENOMEM;
+	c->is_unix = path != NULL;
+	rc = path ? uv_pipe_init(loop, &c->h.pipe, 0) : uv_tcp_init(loop, &c->h.tcp);
+	if (rc < 0) {
+		free(req);
+		return rc;
+	}
+	c->h.handle.data = c;
+	c->handle_open = true;
+	req->data = c;
+	if (path) {
+		c->addr.ss_family = AF_UNIX;
+		c->connect_pending = true;
+		uv_pipe_connect(req, &c->h.pipe, path, on_connected);
+		return 0;
+	}
+	memcpy(&c->addr, addr,
+	       addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+	rc = uv_tcp_connect(req, &c->h.tcp, addr, on_connected);
+	if (rc < 0) {
+		free(req);
+		return rc;
+	}
+	c->connect_pending = true;
+	return 0;
+}
+
+/* Closing: how long queued bytes (a final ErrorResponse) may take to leave before a hard close. */
+#define CLOSE_LINGER_MS 5000
+
+typedef struct close_linger {
+	uv_shutdown_t req;
+	uv_timer_t timer;
+	pf_conn_t *conn;
+	bool shutdown_done;
+} close_linger_t;
+
+static void maybe_free(pf_conn_t *c)
+{
+	if (!c->closing || c->handle_open || c->fwd_pending || c->connect_pending || c->lingering)
+		return;
+	if (c->rbuf) {
+		pf_worker_put_buffer(c->worker, c->rbuf, c->rcap);
+		c->rbuf = NULL;
+	}
+	c->ops->on_free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	pf_conn_t *c = h->data;
+
+	c->handle_open = false;
+	maybe_free(c);
+}
+
+static void close_handle(pf_conn_t *c)
+{
+	if (c->handle_open && !uv_is_closing(&c->h.handle))
+		uv_close(&c->h.handle, on_handle_closed);
+}
+
+static void on_linger_timer_closed(uv_handle_t *h)
+{
+	close_linger_t *l = h->data;
+	pf_conn_t *c = l->conn;
+
+	free(l);
+	c->lingering = false;
+	maybe_free(c);
+}
+
+static void free_linger(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+static void linger_finish(close_linger_t *l)
+{
+	close_handle(l->conn);
+	if (!uv_is_closing((uv_handle_t *)&l->timer))
+		uv_close((uv_handle_t *)&l->timer, on_linger_timer_closed);
+}
+
+static void on_linger_shutdown(uv_shutdown_t *req, int status)
+{
+	close_linger_t *l = req->data;
+
+	(void)status;
+	l->shutdown_done = true;
+	linger_finish(l);
+}
+
+static void on_linger_timeout(uv_timer_t *t)
+{
+	close_linger_t *l = t->data;
+
+	/* Closing the handle cancels the shutdown request; its callback runs before the close. */
+	close_handle(l->conn);
+}
+
+void pf_conn_close(pf_conn_t *c)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	c->peer = NULL;
+	if (c->reading) {
+		uv_read_stop(&c->h.stream);
+		c->reading = false;
+	}
+	if (!c->handle_open) {
+		maybe_free(c);
+		return;
+	}
+	if (!c->connect_pending && c->h.stream.write_queue_size > 0) {
+		close_linger_t *l = calloc(1, sizeof(*l));
+
+		if (l && uv_timer_init(pf_worker_loop(c->worker), &l->timer) == 0) {
+			l->conn = c;
+			l->req.data = l;
+			l->timer.data = l;
+			if (uv_shutdown(&l->req, &c->h.stream, on_linger_shutdown) == 0) {
+				c->lingering = true;
+				uv_timer_start(&l->timer, on_linger_timeout, CLOSE_LINGER_MS, 0);
+				return;
+			}
+			l->timer.data = l;
+			uv_close((uv_handle_t *)&l->timer, free_linger);
+		} else {
+			free(l);
+		}
+	}
+	close_handle(c);
+}
+
+void pf_conn_addr_text(const struct sockaddr_storage *ss, char *host, size_t n, int *port)
+{
+	*port = 0;
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+
+		inet_ntop(AF_INET, &sin->sin_addr, host, (socklen_t)n);
+		*port = ntohs(sin->sin_port);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+
+		inet_ntop(AF_INET6, &sin6->sin6_addr, host, (socklen_t)n);
+		*port = ntohs(sin6->sin6_port);
+	} else {
+		pf_strlcpy(host, "unix", n);
+	}
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	pf_conn_t *c = req->data;
+	int rc = status;
+
+	free(req);
+	c->connect_pending = false;
+	if (c->closing) {
+		if (res)
+			uv_freeaddrinfo(res);
+		maybe_free(c);
+		return;
+	}
+	if (rc == 0) {
+		struct addrinfo *ai = res;
+
+		while (ai && ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+			ai = ai->ai_next;
+		rc = ai ? pf_conn_connect(c, ai->ai_addr, NULL) : UV_EAI_NONAME;
+	}
+	if (res)
+		uv_freeaddrinfo(res);
+	if (rc < 0)
+		c->ops->on_event(c, PF_CONN_EV_CONNECTED, rc);
+}
+
+int pf_conn_connect_host(pf_conn_t *c, const char *host, int port)
+{
+	struct sockaddr_storage ss;
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	uv_getaddrinfo_t *req;
+	char service[16];
+	int rc;
+
+	memset(&ss, 0, sizeof(ss));
+	if (uv_inet_pton(AF_INET, host, &sin->sin_addr) == 0) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)port);
+		return pf_conn_connect(c, (struct sockaddr *)sin, NULL);
+	}
+	if (uv_inet_pton(AF_INET6, host, &sin6->sin6_addr) == 0) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)port);
+		return pf_conn_connect(c, (struct sockaddr *)sin6, NULL);
+	}
+	req = malloc(sizeof(*req));
+	if (!req)
+		return -ENOMEM;
+	req->data = c;
+	snprintf(service, sizeof(service), "%d", port);
+	rc = uv_getaddrinfo(pf_worker_loop(c->worker), req, on_resolved, host, service, &hints);
+	if (rc < 0) {
+		free(req);
+		return rc;
+	}
+	c->connect_pending = true;
+	return 0;
+}

@@ -1,0 +1,232 @@
+/*
+ * log: formats PgBouncer-style log lines and writes them to the configured sinks.
+ *
+ * Sinks: stderr (foreground and not -q), an append-mode logfile (reopened on SIGHUP), syslog.
+ * Each line is assembled in a stack buffer and written with one write(2) per sink, so lines
+ * from different threads do not interleave. The sink state is set at start-up and on reload
+ * from the main thread only.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pgfunnel/log.h"
+
+#define LINE_MAX_LEN 4096
+
+int pf_log_threshold = PF_LOG_INFO;
+
+static pf_log_describe_fn describer;
+static bool to_stderr = true;
+static int log_fd = -1;
+static char *log_path;
+static bool to_syslog;
+static char *syslog_ident;
+
+static const char *const level_names[] = {
+	[PF_LOG_FATAL] = "FATAL", [PF_LOG_ERROR] = "ERROR", [PF_LOG_WARNING] = "WARNING",
+	[PF_LOG_INFO] = "LOG",	  [PF_LOG_DEBUG] = "DEBUG", [PF_LOG_NOISE] = "NOISE",
+};
+
+static const int syslog_prio[] = {
+	[PF_LOG_FATAL] = LOG_CRIT, [PF_LOG_ERROR] = LOG_ERR,	 [PF_LOG_WARNING] = LOG_WARNING,
+	[PF_LOG_INFO] = LOG_INFO,  [PF_LOG_DEBUG] = LOG_DEBUG, [PF_LOG_NOISE] = LOG_DEBUG,
+};
+
+static const struct {
+	const char *name;
+	int value;
+} facilities[] = {
+	{"auth", LOG_AUTH},	{"authpriv", LOG_AUTHPRIV}, {"daemon", LOG_DAEMON},
+	{"user", LOG_USER},	{"local0", LOG_LOCAL0},	    {"local1", LOG_LOCAL1},
+	{"local2", LOG_LOCAL2}, {"local3", LOG_LOCAL3},	    {"local4", LOG_LOCAL4},
+	{"local5", LOG_LOCAL5}, {"local6", LOG_LOCAL6},	    {"local7", LOG_LOCAL7},
+};
+
+void pf_log_set_describer(pf_log_describe_fn fn)
+{
+	describer = fn;
+}
+
+void pf_log_set_verbosity(int verbose)
+{
+	int t = PF_LOG_INFO + (verbose < 0 ? 0 : verbose);
+
+	pf_log_threshold = t > PF_LOG_NOISE ? PF_LOG_NOISE : t;
+}
+
+void pf_log_set_stderr(bool on)
+{
+	to_stderr = on;
+}
+
+static int open_logfile(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+
+	return fd < 0 ? -errno : fd;
+}
+
+int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const char *facility,
+		char *err, size_t errlen)
+{
+	int fd = -1;
+	int fac = LOG_DAEMON;
+
+	if (logfile && *logfile) {
+		fd = open_logfile(logfile);
+		if (fd < 0) {
+			snprintf(err, errlen, "cannot open logfile \"%s\": %s", logfile,
+				 strerror(-fd));
+			return fd;
+		}
+	}
+	if (use_syslog) {
+		size_t i;
+
+		for (i = 0; i < PF_ARRAY_SIZE(facilities); i++) {
+			if (facility && strcmp(facility, facilities[i].name) == 0)
+				break;
+		}
+		if (i == PF_ARRAY_SIZE(facilities)) {
+			snprintf(err, errlen, "unknown syslog_facility \"%s\"",
+				 facility ? facility : "");
+			if (fd >= 0)
+				close(fd);
+			return -EINVAL;
+		}
+		fac = facilities[i].value;
+	}
+
+	pf_log_close();
+	log_fd = fd;
+	log_path = fd >= 0 ? strdup(logfile) : NULL;
+	if (use_syslog) {
+		/* openlog keeps the pointer: the copy lives until pf_log_close(). */
+		syslog_ident = strdup(ident && *ident ? ident : PF_PACKAGE);
+		openlog(syslog_ident, LOG_PID | LOG_NDELAY, fac);
+		to_syslog = true;
+	}
+	return 0;
+}
+
+int pf_log_reopen(void)
+{
+	int fd;
+
+	if (!log_path)
+		return 0;
+	fd = open_logfile(log_path);
+	if (fd < 0)
+		return fd;
+	dup2(fd, log_fd);
+	close(fd);
+	return 0;
+}
+
+void pf_log_close(void)
+{
+	if (log_fd >= 0)
+		close(log_fd);
+	log_fd = -1;
+	free(log_path);
+	log_path = NULL;
+	if (to_syslog)
+		closelog();
+	to_syslog = false;
+	free(syslog_ident);
+	syslog_ident = NULL;
+}
+
+size_t pf_log_format_time(char *buf, size_t n, long long usec)
+{
+	time_t sec = (time_t)(usec / 1000000);
+	struct tm tm;
+	size_t len;
+
+	localtime_r(&sec, &tm);
+	len = strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
+	len += (size_t)snprintf(buf + len, n - len, ".%03d ", (int)(usec % 1000000 / 1000));
+	if (len < n)
+		len += strftime(buf + len, n - len, "%Z", &tm);
+	return len < n ? len : n - 1;
+}
+
+static void write_all(int fd, const char *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t w = write(fd, p, len);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		p += w;
+		len -= (size_t)w;
+	}
+}
+
+static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list ap)
+{
+	char line[LINE_MAX_LEN];
+	size_t head, msg, len;
+	int n;
+
+	head = pf_log_format_time(line, sizeof(line), pf_now_wall_usec());
+	n = snprintf(line + head, sizeof(line) - head, " [%d] %s ", (int)getpid(),
+		     level_names[level]);
+	head += (size_t)n;
+	msg = head;
+	if (obj) {
+		if (describer)
+			msg += describer(obj, line + msg, sizeof(line) - msg - 2);
+		else
+			msg += (size_t)snprintf(line + msg, sizeof(line) - msg - 2, "%p", obj);
+		if (msg < sizeof(line) - 3) {
+			line[msg++] = ' ';
+		}
+	}
+	n = vsnprintf(line + msg, sizeof(line) - msg - 1, fmt, ap);
+	len = msg + (n < 0 ? 0 : (size_t)n);
+	if (len > sizeof(line) - 2)
+		len = sizeof(line) - 2;
+	line[len++] = '\n';
+	line[len] = '\0';
+
+	if (to_stderr)
+		write_all(STDERR_FILENO, line, len);
+	if (log_fd >= 0)
+		write_all(log_fd, line, len);
+	if (to_syslog) {
+		/* syslog adds its own time and pid: send the level and message only. */
+		syslog(syslog_prio[level], "%s", line + head - strlen(level_names[level]) - 1);
+	}
+}
+
+void pf_log_write(pf_log_level_t level, const void *obj, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(level, obj, fmt, ap);
+	va_end(ap);
+}
+
+void pf_fatal(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(PF_LOG_FATAL, NULL, fmt, ap);
+	va_end(ap);
+	exit(1);
+}

@@ -1,0 +1,506 @@
+/*
+ * main: the command line, the process (daemon, pidfile, privileges, systemd) and signals.
+ *
+ * Start-up order: parse the command line, load the config (exit 1 with one line on error), refuse
+ * root without -u, open the log sinks, open the listeners (as root if needed), daemonize, write the
+ * pidfile, drop privileges, tell systemd READY=1, run the loop. The config snapshot is replaced
+ * whole on SIGHUP; a bad file keeps the old snapshot. Signals have PgBouncer 1.23+ meanings.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/opensslv.h>
+#include <openssl/crypto.h>
+#include <uv.h>
+#if PF_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "pgfunnel/config.h"
+#include "pgfunnel/log.h"
+#include "pgfunnel/worker.h"
+
+typedef struct options {
+	bool daemon;
+	bool reboot;
+	bool quiet;
+	int verbose;
+	const char *user;
+	const char *config_path;
+} options_t;
+
+typedef struct process {
+	options_t opt;
+	uv_loop_t *loop;
+	pf_worker_t *worker;
+	pf_config_t *cfg;
+	char *pidfile; /* written by us; removed at exit */
+	uv_signal_t signals[6];
+	size_t nsignals;
+} process_t;
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"%s is a PostgreSQL connection pooler, a drop-in replacement for PgBouncer.\n"
+		"\n"
+		"Usage:\n"
+		"  %s [OPTION]... CONFIG_FILE\n"
+		"\n"
+		"Options:\n"
+		"  -d, --daemon         run in the background (needs logfile or syslog)\n"
+		"  -R, --reboot         PgBouncer's online restart: not supported, ignored\n"
+		"  -q, --quiet          do not log to standard error\n"
+		"  -v, --verbose        increase verbosity (repeat for more)\n"
+		"  -u, --user=USERNAME  switch to USERNAME after start-up (needs root)\n"
+		"  -V, --version        print version information and exit\n"
+		"  -h, --help           print this help and exit\n"
+		"\n"
+		"Signals: SIGHUP reload, SIGTERM shut down after clients finish, SIGINT shut down\n"
+		"after servers are released, SIGQUIT shut down now, SIGUSR1 pause, SIGUSR2 resume.\n"
+		"See pgfunnel(1) and pgfunnel(5).\n",
+		PF_PACKAGE, PF_PACKAGE);
+}
+
+static void print_version(void)
+{
+	printf("%s %s\n", PF_PACKAGE, PF_VERSION);
+	printf("libuv %s\n", uv_version_string());
+	printf("tls: %s\n", OpenSSL_version(OPENSSL_VERSION));
+	printf("systemd: %s\n", PF_HAVE_SYSTEMD ? "yes" : "no");
+}
+
+/* One line on stderr, then exit 1: the contract for every start-up failure. */
+PF_NORETURN static void die(const char *fmt, ...) PF_PRINTF(1, 2);
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", PF_PACKAGE);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static void parse_args(int argc, char **argv, options_t *opt)
+{
+	static const struct option longopts[] = {
+		{"daemon", no_argument, NULL, 'd'},  {"reboot", no_argument, NULL, 'R'},
+		{"quiet", no_argument, NULL, 'q'},   {"verbose", no_argument, NULL, 'v'},
+		{"user", required_argument, NULL, 'u'}, {"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},    {NULL, 0, NULL, 0},
+	};
+	int c;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":dRqvu:Vh", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'd':
+			opt->daemon = true;
+			break;
+		case 'R':
+			opt->reboot = true;
+			break;
+		case 'q':
+			opt->quiet = true;
+			break;
+		case 'v':
+			opt->verbose++;
+			break;
+		case 'u':
+			opt->user = optarg;
+			break;
+		case 'V':
+			print_version();
+			exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
+		case ':':
+			die("option \"%s\" needs an argument (try --help)", argv[optind - 1]);
+		default:
+			die("unknown option \"%s\" (try --help)", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		die("no configuration file given (try --help)");
+	if (optind + 1 < argc)
+		die("unexpected argument \"%s\" (try --help)", argv[optind + 1]);
+	opt->config_path = argv[optind];
+}
+
+static void config_warning(void *arg, const char *file, int line, const char *msg)
+{
+	(void)arg;
+	if (line > 0)
+		pf_log_warning(NULL, "%s:%d: %s", file, line, msg);
+	else
+		pf_log_warning(NULL, "%s: %s", file, msg);
+}
+
+/* Opens the log sinks the snapshot asks for. */
+static int open_log(const pf_config_t *cfg, char *err, size_t errlen)
+{
+	char facility[32];
+
+	pf_config_format(cfg, pf_config_find_param("syslog_facility"), facility, sizeof(facility));
+	return pf_log_open(cfg->logfile, cfg->syslog, cfg->syslog_ident, facility, err, errlen);
+}
+
+static int load_config(const char *path, pf_config_t **out, char *err, size_t errlen)
+{
+	return pf_config_load(path, out, config_warning, NULL, err, errlen);
+}
+
+/* Returns the pid in an existing pidfile whose process is alive, else 0. */
+static pid_t pidfile_owner(const char *path)
+{
+	char buf[32] = "";
+	ssize_t n;
+	long pid;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	pid = strtol(buf, NULL, 10);
+	if (pid <= 0 || pid > INT_MAX)
+		return 0;
+	if (kill((pid_t)pid, 0) == 0 || errno == EPERM)
+		return (pid_t)pid;
+	return 0;
+}
+
+static void pidfile_check(const char *path)
+{
+	pid_t owner = pidfile_owner(path);
+
+	if (owner > 0)
+		die("pidfile \"%s\" names running process %d: is another instance running?", path,
+		    (int)owner);
+}
+
+static int pidfile_write(const char *path)
+{
+	char buf[32];
+	int len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, buf, (size_t)len) != len) {
+		int e = -errno;
+
+		close(fd);
+		unlink(path);
+		return e ? e : -EIO;
+	}
+	close(fd);
+	return 0;
+}
+
+/*
+ * Forks into the background. The parent waits on a pipe until the child has written its pidfile,
+ * so that `pgfunnel -d` returns only once the daemon is up (or exits 1 if it failed).
+ */
+static int daemon_pipe_fd = -1;
+
+static void go_daemon(process_t *p)
+{
+	int fds[2];
+	pid_t pid;
+
+	if (pipe(fds) < 0)
+		die("pipe: %s", strerror(errno));
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid > 0) {
+		char status = 1;
+
+		close(fds[1]);
+		if (read(fds[0], &status, 1) != 1)
+			status = 1;
+		_exit(status == 0 ? 0 : 1);
+	}
+	close(fds[0]);
+	daemon_pipe_fd = fds[1];
+	if (setsid() < 0)
+		pf_fatal("setsid: %s", strerror(errno));
+	/* A second fork so the daemon can never reacquire a controlling terminal. */
+	pid = fork();
+	if (pid < 0)
+		pf_fatal("fork: %s", strerror(errno));
+	if (pid > 0)
+		_exit(0);
+	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (nullfd >= 0) {
+		dup2(nullfd, STDIN_FILENO);
+		dup2(nullfd, STDOUT_FILENO);
+		dup2(nullfd, STDERR_FILENO);
+		if (nullfd > STDERR_FILENO)
+			close(nullfd);
+	}
+	pf_log_set_stderr(false);
+	int rc = uv_loop_fork(p->loop);
+
+	if (rc < 0)
+		pf_fatal("uv_loop_fork: %s", uv_strerror(rc));
+}
+
+static void daemon_ready(void)
+{
+	if (daemon_pipe_fd >= 0) {
+		char ok = 0;
+
+		if (write(daemon_pipe_fd, &ok, 1) != 1)
+			pf_log_warning(NULL, "could not tell the parent process we are up");
+		close(daemon_pipe_fd);
+		daemon_pipe_fd = -1;
+	}
+}
+
+static void drop_privileges(const char *user)
+{
+	struct passwd *pw = getpwnam(user);
+
+	if (!pw)
+		pf_fatal("unknown user \"%s\"", user);
+	if (getuid() == pw->pw_uid)
+		return;
+	if (geteuid() != 0)
+		pf_fatal("cannot switch to user \"%s\": not started as root", user);
+	if (setgid(pw->pw_gid) < 0 || initgroups(pw->pw_name, pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0)
+		pf_fatal("cannot switch to user \"%s\": %s", user, strerror(errno));
+	if (setuid(0) == 0)
+		pf_fatal("cannot switch to user \"%s\": root privileges could be regained", user);
+}
+
+static void notify_systemd(const char *state)
+{
+#if PF_HAVE_SYSTEMD
+	sd_notify(0, state);
+#else
+	(void)state;
+#endif
+}
+
+static void on_shutdown_done(void *arg)
+{
+	process_t *p = arg;
+
+	for (size_t i = 0; i < p->nsignals; i++)
+		uv_close((uv_handle_t *)&p->signals[i], NULL);
+	uv_stop(p->loop);
+}
+
+static void reload(process_t *p)
+{
+	char err[512];
+	pf_config_t *fresh = NULL;
+	const char *param = NULL;
+
+	pf_log_info(NULL, "got SIGHUP, re-reading config");
+	notify_systemd("RELOADING=1");
+	if (pf_log_reopen() < 0)
+		pf_log_warning(NULL, "could not reopen logfile: %s", strerror(errno));
+	if (load_config(p->opt.config_path, &fresh, err, sizeof(err)) < 0) {
+		pf_log_error(NULL, "config reload failed, keeping the old config: %s", err);
+		notify_systemd("READY=1");
+		return;
+	}
+	if (!pf_config_is_reload_safe(p->cfg, fresh, &param))
+		pf_log_warning(NULL,
+			       "parameter \"%s\" cannot be changed without a restart; "
+			       "the running process keeps its old value until then",
+			       param);
+	pf_log_set_verbosity(fresh->verbose + p->opt.verbose);
+	if (open_log(fresh, err, sizeof(err)) < 0)
+		pf_log_warning(NULL, "keeping the old log settings: %s", err);
+	pf_worker_set_config(p->worker, fresh);
+	pf_config_free(p->cfg);
+	p->cfg = fresh;
+	pf_log_info(NULL, "config reloaded");
+	notify_systemd("READY=1");
+}
+
+static void begin_shutdown(process_t *p, pf_shutdown_mode_t mode)
+{
+	pf_shutdown_mode_t cur = pf_worker_shutdown_mode(p->worker);
+
+	/* A second SIGTERM/SIGINT during a shutdown means: now. */
+	if (cur != PF_SHUTDOWN_NONE && mode != PF_SHUTDOWN_IMMEDIATE)
+		mode = PF_SHUTDOWN_IMMEDIATE;
+	switch (mode) {
+	case PF_SHUTDOWN_WAIT_FOR_CLIENTS:
+		pf_log_info(NULL, "got SIGTERM, shutting down, waiting for clients");
+		break;
+	case PF_SHUTDOWN_WAIT_FOR_SERVERS:
+		pf_log_info(NULL, "got SIGINT, shutting down, waiting for servers");
+		break;
+	default:
+		pf_log_info(NULL, "shutting down immediately");
+		break;
+	}
+	notify_systemd("STOPPING=1");
+	pf_worker_shutdown(p->worker, mode, on_shutdown_done, p);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	process_t *p = h->data;
+
+	switch (signum) {
+	case SIGHUP:
+		reload(p);
+		break;
+	case SIGTERM:
+		begin_shutdown(p, PF_SHUTDOWN_WAIT_FOR_CLIENTS);
+		break;
+	case SIGINT:
+		begin_shutdown(p, PF_SHUTDOWN_WAIT_FOR_SERVERS);
+		break;
+	case SIGQUIT:
+		begin_shutdown(p, PF_SHUTDOWN_IMMEDIATE);
+		break;
+	case SIGUSR1:
+		pf_log_info(NULL, "got SIGUSR1, pausing all activity");
+		pf_worker_pause(p->worker);
+		break;
+	case SIGUSR2:
+		pf_log_info(NULL, "got SIGUSR2, continuing");
+		pf_worker_resume(p->worker);
+		break;
+	default:
+		break;
+	}
+}
+
+static void setup_signals(process_t *p)
+{
+	static const int sigs[] = {SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2};
+
+	signal(SIGPIPE, SIG_IGN);
+	for (size_t i = 0; i < PF_ARRAY_SIZE(sigs); i++) {
+		uv_signal_t *h = &p->signals[p->nsignals];
+		int rc = uv_signal_init(p->loop, h);
+
+		if (rc == 0)
+			rc = uv_signal_start(h, on_signal, sigs[i]);
+		if (rc < 0)
+			pf_fatal("cannot install handler for signal %d: %s", sigs[i], uv_strerror(rc));
+		h->data = p;
+		p->nsignals++;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	process_t p = {0};
+	char err[512];
+	const char *run_as;
+	uid_t owner_uid = (uid_t)-1;
+	gid_t owner_gid = (gid_t)-1;
+	int rc;
+
+	parse_args(argc, argv, &p.opt);
+	if (load_config(p.opt.config_path, &p.cfg, err, sizeof(err)) < 0)
+		die("%s", err);
+
+	/* -u wins over the config's `user`, as in PgBouncer. */
+	run_as = p.opt.user ? p.opt.user : (p.cfg->user && *p.cfg->user ? p.cfg->user : NULL);
+	if (geteuid() == 0 && !run_as)
+		die("refusing to run as root: use -u USER or the \"user\" parameter");
+	if (run_as) {
+		struct passwd *pw = getpwnam(run_as);
+
+		if (!pw)
+			die("unknown user \"%s\"", run_as);
+		owner_uid = pw->pw_uid;
+		owner_gid = pw->pw_gid;
+	}
+	if (p.opt.daemon && !(p.cfg->logfile && *p.cfg->logfile) && !p.cfg->syslog)
+		die("daemon mode (-d) needs a logfile or syslog in the config");
+	if (p.cfg->pidfile && *p.cfg->pidfile)
+		pidfile_check(p.cfg->pidfile);
+
+	pf_worker_setup_logging();
+	pf_log_set_stderr(!p.opt.quiet);
+	pf_log_set_verbosity(p.cfg->verbose + p.opt.verbose);
+	if (open_log(p.cfg, err, sizeof(err)) < 0)
+		die("%s", err);
+	if (p.opt.reboot)
+		pf_log_warning(NULL, "online restart (-R) is not supported; starting normally");
+
+	p.loop = uv_default_loop();
+	rc = pf_worker_create(p.loop, p.cfg, &p.worker);
+	if (rc < 0)
+		die("cannot create worker: %s", uv_strerror(rc));
+	if (pf_worker_listen(p.worker, owner_uid, owner_gid, err, sizeof(err)) < 0)
+		die("%s", err);
+
+	if (p.opt.daemon)
+		go_daemon(&p);
+	if (p.cfg->pidfile && *p.cfg->pidfile) {
+		rc = pidfile_write(p.cfg->pidfile);
+		if (rc < 0)
+			pf_fatal("cannot write pidfile \"%s\": %s", p.cfg->pidfile, strerror(-rc));
+		p.pidfile = strdup(p.cfg->pidfile);
+		if (owner_uid != (uid_t)-1 && chown(p.pidfile, owner_uid, owner_gid) < 0)
+			pf_log_warning(NULL, "cannot chown pidfile: %s", strerror(errno));
+	}
+	if (run_as)
+		drop_privileges(run_as);
+	if (geteuid() == 0)
+		pf_fatal("refusing to run as root");
+
+	setup_signals(&p);
+	{
+		char where[512];
+
+		pf_worker_describe_listeners(p.worker, where, sizeof(where));
+		pf_log_info(NULL, "listening on %s", where);
+	}
+	pf_log_info(NULL, "process up: %s %s, libuv %s, %s", PF_PACKAGE, PF_VERSION,
+		    uv_version_string(), OpenSSL_version(OPENSSL_VERSION));
+	daemon_ready();
+	notify_systemd("READY=1");
+
+	uv_run(p.loop, UV_RUN_DEFAULT);
+
+	/* The worker has closed its handles; let the close callbacks run, then free. */
+	uv_run(p.loop, UV_RUN_DEFAULT);
+	pf_worker_free(p.worker);
+	rc = uv_loop_close(p.loop);
+	if (rc < 0)
+		pf_log_warning(NULL, "event loop still had open handles at exit");
+	if (p.pidfile) {
+		unlink(p.pidfile);
+		free(p.pidfile);
+	}
+	pf_config_free(p.cfg);
+	pf_log_info(NULL, "shutdown complete");
+	pf_log_close();
+	return 0;
+}

@@ -1,0 +1,938 @@
+/*
+ * pool: runtime databases and users built from the config snapshot and auth_file, the
+ * (database, user) pools, and every move of a client or server between the pools' lists.
+ *
+ * Invariants:
+ * - A client or server is on exactly the list its state names (pool.h); only
+ *   pf_pool_set_client_state() and pf_pool_set_server_state() write ->state.
+ * - A server is linked to at most one client and vice versa; both links change together.
+ * - waiting_clients is in arrival order; a server that becomes free goes to its head.
+ *
+ * Called by client.c (acquire, login), server.c (ready, failed, release) and the worker's janitor.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/crypto.h>
+
+#include "pgfunnel/client.h"
+#include "pgfunnel/log.h"
+#include "pgfunnel/pool.h"
+#include "pgfunnel/scram.h"
+#include "pgfunnel/server.h"
+#include "pgfunnel/worker.h"
+
+/* ---- secrets and users ---- */
+
+static void secret_clear(pf_secret_t *sec)
+{
+	if (sec->text) {
+		OPENSSL_cleanse(sec->text, strlen(sec->text));
+		free(sec->text);
+	}
+	free(sec->scram_salt);
+	OPENSSL_cleanse(sec, sizeof(*sec));
+}
+
+static int secret_from_entry(pf_secret_t *sec, const pf_auth_entry_t *e)
+{
+	memset(sec, 0, sizeof(*sec));
+	sec->present = true;
+	sec->kind = e->kind;
+	if (e->kind == PF_AUTH_SECRET_SCRAM) {
+		sec->scram_iterations = e->scram_iterations;
+		sec->scram_salt = malloc(e->scram_salt_len ? e->scram_salt_len : 1);
+		if (!sec->scram_salt)
+			return -ENOMEM;
+		memcpy(sec->scram_salt, e->scram_salt, e->scram_salt_len);
+		sec->scram_salt_len = e->scram_salt_len;
+		memcpy(sec->scram_stored_key, e->scram_stored_key, 32);
+		memcpy(sec->scram_server_key, e->scram_server_key, 32);
+		return 0;
+	}
+	sec->text = strdup(e->secret);
+	return sec->text ? 0 : -ENOMEM;
+}
+
+/* A password given in a [databases] entry: plain, or an md5/SCRAM secret. */
+static int secret_from_text(pf_secret_t *sec, const char *text)
+{
+	pf_scram_secret_t ss;
+
+	memset(sec, 0, sizeof(*sec));
+	sec->present = true;
+	if (pf_scram_is_secret(text) && pf_scram_secret_parse(text, &ss) == 0) {
+		sec->kind = PF_AUTH_SECRET_SCRAM;
+		sec->scram_iterations = ss.iterations;
+		sec->scram_salt = malloc(ss.salt_len ? ss.salt_len : 1);
+		if (!sec->scram_salt)
+			return -ENOMEM;
+		memcpy(sec->scram_salt, ss.salt, ss.salt_len);
+		sec->scram_salt_len = ss.salt_len;
+		memcpy(sec->scram_stored_key, ss.stored_key, 32);
+		memcpy(sec->scram_server_key, ss.server_key, 32);
+		OPENSSL_cleanse(&ss, sizeof(ss));
+		return 0;
+	}
+	sec->kind = pf_md5_is_secret(text) ? PF_AUTH_SECRET_MD5 : PF_AUTH_SECRET_PLAIN;
+	sec->text = strdup(text);
+	return sec->text ? 0 : -ENOMEM;
+}
+
+static bool secret_equal(const pf_secret_t *a, const pf_secret_t *b)
+{
+	if (a->present != b->present || a->kind != b->kind)
+		return false;
+	if (a->kind == PF_AUTH_SECRET_SCRAM)
+		return a->scram_iterations == b->scram_iterations &&
+		       a->scram_salt_len == b->scram_salt_len &&
+		       memcmp(a->scram_salt, b->scram_salt, a->scram_salt_len) == 0 &&
+		       memcmp(a->scram_stored_key, b->scram_stored_key, 32) == 0 &&
+		       memcmp(a->scram_server_key, b->scram_server_key, 32) == 0;
+	if (!a->text || !b->text)
+		return a->text == b->text;
+	return strcmp(a->text, b->text) == 0;
+}
+
+static void user_apply_config(pf_user_t *u, const pf_config_t *cfg)
+{
+	const pf_config_user_t *cu = pf_config_find_user(cfg, u->name);
+
+	u->pool_mode = cu ? cu->pool_mode : PF_POOL_INHERIT;
+	u->pool_size = cu ? cu->pool_size : -1;
+	u->reserve_pool_size = cu ? cu->reserve_pool_size : -1;
+	u->max_user_connections = cu ? cu->max_user_connections : -1;
+}
+
+static pf_user_t *user_new(const char *name)
+{
+	pf_user_t *u = calloc(1, sizeof(*u));
+
+	if (!u)
+		return NULL;
+	u->name = strdup(name);
+	if (!u->name) {
+		free(u);
+		return NULL;
+	}
+	pf_list_node_init(&u->node);
+	u->pool_mode = PF_POOL_INHERIT;
+	u->pool_size = u->reserve_pool_size = u->max_user_connections = -1;
+	return u;
+}
+
+static void user_free(pf_user_t *u)
+{
+	if (!u)
+		return;
+	secret_clear(&u->secret);
+	free(u->name);
+	free(u);
+}
+
+pf_user_t *pf_worker_find_user(pf_worker_t *w, const char *name)
+{
+	const pf_auth_entry_t *e;
+	pf_list_node_t *it, *tmp;
+	pf_user_t *u;
+
+	PF_LIST_FOREACH(&w->users, it, tmp)
+	{
+		u = PF_CONTAINER_OF(it, pf_user_t, node);
+		if (strcmp(u->name, name) == 0)
+			return u;
+	}
+	/*
+	 * auth_type=any ignores the user name entirely (every database must force a user), so a
+	 * name need not be in auth_file; everywhere else an unknown name is refused by the caller.
+	 */
+	e = w->auth_file ? pf_auth_file_find(w->auth_file, name) : NULL;
+	if (!e && w->cfg->auth_type != PF_AUTH_ANY)
+		return NULL;
+	u = user_new(name);
+	if (!u)
+		return NULL;
+	if (e && secret_from_entry(&u->secret, e) < 0) {
+		user_free(u);
+		return NULL;
+	}
+	user_apply_config(u, w->cfg);
+	pf_list_append(&w->users, &u->node);
+	return u;
+}
+
+void pf_user_sync_auth_file(pf_worker_t *w)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(&w->users, it, tmp)
+	{
+		pf_user_t *u = PF_CONTAINER_OF(it, pf_user_t, node);
+		const pf_auth_entry_t *e = w->auth_file ? pf_auth_file_find(w->auth_file, u->name)
+							: NULL;
+		pf_secret_t fresh = {0};
+
+		user_apply_config(u, w->cfg);
+		if (e && secret_from_entry(&fresh, e) < 0)
+			continue;
+		if (secret_equal(&fresh, &u->secret)) {
+			secret_clear(&fresh);
+			continue;
+		}
+		/* A changed secret also forgets the ClientKey learnt from the old one. */
+		secret_clear(&u->secret);
+		u->secret = fresh;
+	}
+}
+
+void pf_user_free_all(pf_worker_t *w)
+{
+	pf_list_node_t *n;
+
+	while ((n = pf_list_pop(&w->users)))
+		user_free(PF_CONTAINER_OF(n, pf_user_t, node));
+}
+
+/* ---- databases ---- */
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static bool str_equal(const char *a, const char *b)
+{
+	if (!a || !b)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+static void database_free(pf_database_t *db)
+{
+	free(db->name);
+	free(db->host);
+	free(db->dbname);
+	free(db->connect_query);
+	free(db->startup_client_encoding);
+	free(db->startup_datestyle);
+	free(db->startup_timezone);
+	free(db->startup_application_name);
+	user_free(db->forced_user);
+	free(db);
+}
+
+static void tag_servers_for_reconnect(pf_worker_t *w, pf_database_t *db)
+{
+	pf_list_node_t *it, *tmp, *sit, *stmp;
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_t *lists[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
+				      &p->tested_servers, &p->new_servers};
+
+		if (p->db != db)
+			continue;
+		for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
+			PF_LIST_FOREACH(lists[i], sit, stmp)
+			{
+				PF_CONTAINER_OF(sit, pf_server_t, conn.node)->close_needed = true;
+			}
+		}
+		p->welcome_ready = false;
+	}
+}
+
+/*
+ * Copies a [databases] entry into db. For an auto-created database the entry is the "*" one and
+ * dbname defaults to the name the client asked for. Returns 0 or -ENOMEM.
+ */
+static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_t *e)
+{
+	const char *dbname = e->dbname ? e->dbname : db->name;
+	bool changed;
+	pf_user_t *forced = NULL;
+
+	if (e->user) {
+		forced = user_new(e->user);
+		if (!forced)
+			return -ENOMEM;
+		if (e->password) {
+			if (secret_from_text(&forced->secret, e->password) < 0) {
+				user_free(forced);
+				return -ENOMEM;
+			}
+		} else if (w->auth_file) {
+			const pf_auth_entry_t *ae = pf_auth_file_find(w->auth_file, e->user);
+
+			if (ae && secret_from_entry(&forced->secret, ae) < 0) {
+				user_free(forced);
+				return -ENOMEM;
+			}
+		}
+		user_apply_config(forced, w->cfg);
+	}
+	changed = !str_equal(db->host, e->host) || db->port != e->port ||
+		  !str_equal(db->dbname, dbname) ||
+		  !str_equal(db->forced_user ? db->forced_user->name : NULL, e->user) ||
+		  (forced && db->forced_user && !secret_equal(&forced->secret, &db->forced_user->secret));
+
+	if (changed && db->dbname)
+		tag_servers_for_reconnect(w, db);
+	if (db->forced_user && forced && strcmp(db->forced_user->name, forced->name) == 0) {
+		/* Same user: keep the object pools point at, refresh its secret and settings. */
+		if (!secret_equal(&forced->secret, &db->forced_user->secret)) {
+			secret_clear(&db->forced_user->secret);
+			db->forced_user->secret = forced->secret;
+			memset(&forced->secret, 0, sizeof(forced->secret));
+		}
+		user_apply_config(db->forced_user, w->cfg);
+		user_free(forced);
+	} else if (forced || db->forced_user) {
+		/* The old forced user lives on with its pools until they go (leaked until exit). */
+		if (db->forced_user && db->server_count == 0 && db->client_count == 0)
+			user_free(db->forced_user);
+		db->forced_user = forced;
+	}
+
+	free(db->host);
+	free(db->dbname);
+	free(db->connect_query);
+	free(db->startup_client_encoding);
+	free(db->startup_datestyle);
+	free(db->startup_timezone);
+	free(db->startup_application_name);
+	db->host = dup_or_null(e->host);
+	db->port = e->port > 0 ? e->port : 5432;
+	db->dbname = strdup(dbname);
+	db->connect_query = dup_or_null(e->connect_query);
+	db->startup_client_encoding = dup_or_null(e->client_encoding);
+	db->startup_datestyle = dup_or_null(e->datestyle);
+	db->startup_timezone = dup_or_null(e->timezone);
+	db->startup_application_name = dup_or_null(e->application_name);
+	db->pool_size = e->pool_size;
+	db->min_pool_size = e->min_pool_size;
+	db->reserve_pool_size = e->reserve_pool_size;
+	db->max_db_connections = e->max_db_connections;
+	db->pool_mode = e->pool_mode;
+	db->server_lifetime = e->server_lifetime;
+	db->in_config = true;
+	if (!db->dbname || (e->host && !db->host))
+		return -ENOMEM;
+	return 0;
+}
+
+static pf_database_t *database_new(pf_worker_t *w, const char *name)
+{
+	pf_database_t *db = calloc(1, sizeof(*db));
+
+	if (!db)
+		return NULL;
+	db->name = strdup(name);
+	if (!db->name) {
+		free(db);
+		return NULL;
+	}
+	db->pool_mode = PF_POOL_INHERIT;
+	db->pool_size = db->min_pool_size = db->reserve_pool_size = db->max_db_connections = -1;
+	db->server_lifetime = -1;
+	pf_list_append(&w->databases, &db->node);
+	return db;
+}
+
+static pf_database_t *database_lookup(pf_worker_t *w, const char *name)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(&w->databases, it, tmp)
+	{
+		pf_database_t *db = PF_CONTAINER_OF(it, pf_database_t, node);
+
+		if (strcmp(db->name, name) == 0)
+			return db;
+	}
+	return NULL;
+}
+
+int pf_database_sync_config(pf_worker_t *w)
+{
+	const pf_config_t *cfg = w->cfg;
+	pf_list_node_t *it, *tmp;
+	pf_database_t *db;
+
+	PF_LIST_FOREACH(&w->databases, it, tmp)
+	{
+		db = PF_CONTAINER_OF(it, pf_database_t, node);
+		if (!db->admin)
+			db->in_config = false;
+	}
+	for (size_t i = 0; i < cfg->n_dbs; i++) {
+		const pf_config_db_t *e = &cfg->dbs[i];
+
+		db = database_lookup(w, e->name);
+		if (!db) {
+			db = database_new(w, e->name);
+			if (!db)
+				return -ENOMEM;
+		}
+		db->autodb = false;
+		if (database_apply(w, db, e) < 0)
+			return -ENOMEM;
+	}
+	/* Auto-created databases follow the "*" entry while it exists. */
+	PF_LIST_FOREACH(&w->databases, it, tmp)
+	{
+		db = PF_CONTAINER_OF(it, pf_database_t, node);
+		if (db->autodb && cfg->fallback_db && database_apply(w, db, cfg->fallback_db) < 0)
+			return -ENOMEM;
+	}
+	db = database_lookup(w, PF_ADMIN_DBNAME);
+	if (!db || !db->admin) {
+		db = database_new(w, PF_ADMIN_DBNAME);
+		if (!db)
+			return -ENOMEM;
+		db->admin = true;
+		db->dbname = strdup(PF_ADMIN_DBNAME);
+		db->pool_mode = PF_POOL_STATEMENT;
+		/* Console clients are listed under this pseudo user, as PgBouncer's are. */
+		db->forced_user = user_new(PF_ADMIN_DBNAME_ALIAS);
+		if (!db->dbname || !db->forced_user)
+			return -ENOMEM;
+	}
+	db->in_config = true;
+	return 0;
+}
+
+pf_database_t *pf_worker_find_database(pf_worker_t *w, const char *name)
+{
+	pf_database_t *db;
+
+	if (strcmp(name, PF_ADMIN_DBNAME_ALIAS) == 0)
+		name = PF_ADMIN_DBNAME;
+	db = database_lookup(w, name);
+	if (db && db->in_config)
+		return db;
+	if (!w->cfg->fallback_db)
+		return NULL;
+	if (!db) {
+		db = database_new(w, name);
+		if (!db)
+			return NULL;
+	}
+	db->autodb = true;
+	if (database_apply(w, db, w->cfg->fallback_db) < 0)
+		return NULL;
+	pf_log_info(NULL, "registered new auto-database: %s", name);
+	return db;
+}
+
+void pf_database_maintain(pf_worker_t *w, pf_usec_t now)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(&w->databases, it, tmp)
+	{
+		pf_database_t *db = PF_CONTAINER_OF(it, pf_database_t, node);
+
+		if (db->admin || db->server_count > 0 || db->client_count > 0) {
+			db->inactive_since = 0;
+			continue;
+		}
+		if (!db->inactive_since) {
+			db->inactive_since = now;
+			continue;
+		}
+		if ((db->autodb && w->cfg->autodb_idle_timeout > 0 &&
+		     now - db->inactive_since > w->cfg->autodb_idle_timeout) ||
+		    !db->in_config) {
+			pf_list_node_t *pit, *ptmp;
+
+			PF_LIST_FOREACH(&w->pools, pit, ptmp)
+			{
+				pf_pool_t *p = PF_CONTAINER_OF(pit, pf_pool_t, node);
+
+				if (p->db == db)
+					pf_pool_free(p);
+			}
+			if (db->autodb)
+				pf_log_info(NULL, "dropping idle auto-database: %s", db->name);
+			pf_list_remove(&w->databases, &db->node);
+			database_free(db);
+		}
+	}
+}
+
+void pf_database_free_all(pf_worker_t *w)
+{
+	pf_list_node_t *n;
+
+	while ((n = pf_list_pop(&w->pools)))
+		pf_pool_free(PF_CONTAINER_OF(n, pf_pool_t, node));
+	while ((n = pf_list_pop(&w->databases)))
+		database_free(PF_CONTAINER_OF(n, pf_database_t, node));
+}
+
+pf_usec_t pf_database_server_lifetime(const pf_database_t *db, const pf_config_t *cfg)
+{
+	return db->server_lifetime >= 0 ? db->server_lifetime : cfg->server_lifetime;
+}
+
+/* ---- pools ---- */
+
+int pf_pool_mode(const pf_pool_t *pool)
+{
+	if (pool->user->pool_mode != PF_POOL_INHERIT)
+		return pool->user->pool_mode;
+	if (pool->db->pool_mode != PF_POOL_INHERIT)
+		return pool->db->pool_mode;
+	return pool->worker->cfg->pool_mode;
+}
+
+int pf_pool_size(const pf_pool_t *pool)
+{
+	if (pool->user->pool_size >= 0)
+		return pool->user->pool_size;
+	if (pool->db->pool_size >= 0)
+		return pool->db->pool_size;
+	return pool->worker->cfg->default_pool_size;
+}
+
+static int pool_reserve_size(const pf_pool_t *pool)
+{
+	if (pool->user->reserve_pool_size >= 0)
+		return pool->user->reserve_pool_size;
+	if (pool->db->reserve_pool_size >= 0)
+		return pool->db->reserve_pool_size;
+	return pool->worker->cfg->reserve_pool_size;
+}
+
+static int pool_min_size(const pf_pool_t *pool)
+{
+	if (pool->db->min_pool_size >= 0)
+		return pool->db->min_pool_size;
+	return pool->worker->cfg->min_pool_size;
+}
+
+size_t pf_pool_server_count(const pf_pool_t *pool)
+{
+	return pool->active_servers.len + pool->idle_servers.len + pool->used_servers.len +
+	       pool->tested_servers.len + pool->new_servers.len;
+}
+
+pf_pool_t *pf_pool_get(pf_worker_t *w, pf_database_t *db, pf_user_t *user)
+{
+	pf_list_node_t *it, *tmp;
+	pf_pool_t *p;
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		if (p->db == db && p->user == user)
+			return p;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return NULL;
+	p->worker = w;
+	p->db = db;
+	p->user = user;
+	pf_list_init(&p->active_clients);
+	pf_list_init(&p->waiting_clients);
+	pf_list_init(&p->active_servers);
+	pf_list_init(&p->idle_servers);
+	pf_list_init(&p->used_servers);
+	pf_list_init(&p->tested_servers);
+	pf_list_init(&p->new_servers);
+	pf_list_append(&w->pools, &p->node);
+	return p;
+}
+
+static void welcome_clear(pf_pool_t *pool)
+{
+	for (size_t i = 0; i < pool->n_welcome; i++) {
+		free(pool->welcome_names[i]);
+		free(pool->welcome_values[i]);
+	}
+	free(pool->welcome_names);
+	free(pool->welcome_values);
+	pool->welcome_names = pool->welcome_values = NULL;
+	pool->n_welcome = 0;
+	pool->welcome_ready = false;
+}
+
+int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s)
+{
+	size_t n = s->n_params;
+
+	welcome_clear(pool);
+	pool->welcome_names = calloc(n ? n : 1, sizeof(char *));
+	pool->welcome_values = calloc(n ? n : 1, sizeof(char *));
+	if (!pool->welcome_names || !pool->welcome_values) {
+		welcome_clear(pool);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		pool->welcome_names[i] = strdup(s->param_names[i]);
+		pool->welcome_values[i] = strdup(s->param_values[i]);
+		pool->n_welcome = i + 1;
+		if (!pool->welcome_names[i] || !pool->welcome_values[i]) {
+			welcome_clear(pool);
+			return -ENOMEM;
+		}
+	}
+	pool->welcome_ready = true;
+	return 0;
+}
+
+void pf_pool_free(pf_pool_t *pool)
+{
+	if (pool->node.next != &pool->node)
+		pf_list_remove(&pool->worker->pools, &pool->node);
+	welcome_clear(pool);
+	free(pool);
+}
+
+static pf_list_t *client_list(pf_client_t *c, pf_client_state_t st)
+{
+	pf_worker_t *w = c->conn.worker;
+
+	switch (st) {
+	case PF_CL_LOGIN:
+		return &w->login_clients;
+	case PF_CL_CANCEL:
+		return &w->cancel_clients;
+	case PF_CL_WAITING_LOGIN:
+	case PF_CL_WAITING:
+		return &c->pool->waiting_clients;
+	case PF_CL_ACTIVE:
+		return &c->pool->active_clients;
+	default:
+		return NULL;
+	}
+}
+
+void pf_pool_set_client_state(pf_client_t *c, pf_client_state_t st)
+{
+	pf_list_t *from = client_list(c, c->state);
+	pf_list_t *to = client_list(c, st);
+
+	if (from)
+		pf_list_remove(from, &c->conn.node);
+	c->state = st;
+	if (to)
+		pf_list_append(to, &c->conn.node);
+}
+
+static pf_list_t *server_list(pf_server_t *s, pf_server_state_t st)
+{
+	switch (st) {
+	case PF_SV_LOGIN:
+		return &s->pool->new_servers;
+	case PF_SV_IDLE:
+		return &s->pool->idle_servers;
+	case PF_SV_ACTIVE:
+		return &s->pool->active_servers;
+	case PF_SV_USED:
+		return &s->pool->used_servers;
+	case PF_SV_TESTED:
+		return &s->pool->tested_servers;
+	default:
+		return NULL;
+	}
+}
+
+void pf_pool_set_server_state(pf_server_t *s, pf_server_state_t st)
+{
+	pf_list_t *from = server_list(s, s->state);
+	pf_list_t *to = server_list(s, st);
+
+	if (from)
+		pf_list_remove(from, &s->conn.node);
+	s->state = st;
+	if (!to)
+		return;
+	/*
+	 * Idle servers are taken from the head: the most recently used first (warm caches), or
+	 * the longest idle first when server_round_robin spreads the load.
+	 */
+	if (st == PF_SV_IDLE && !s->pool->worker->cfg->server_round_robin)
+		pf_list_prepend(to, &s->conn.node);
+	else
+		pf_list_append(to, &s->conn.node);
+}
+
+/* Whether one more server may be opened for pool now. */
+static bool can_launch(pf_pool_t *pool, bool use_reserve)
+{
+	pf_worker_t *w = pool->worker;
+	const pf_config_t *cfg = w->cfg;
+	int size = pf_pool_size(pool) + (use_reserve ? pool_reserve_size(pool) : 0);
+	int max_db = pool->db->max_db_connections >= 0 ? pool->db->max_db_connections
+						       : cfg->max_db_connections;
+	int max_user = pool->user->max_user_connections >= 0 ? pool->user->max_user_connections
+							     : cfg->max_user_connections;
+
+	if (w->shutdown != PF_SHUTDOWN_NONE || pool->db->admin)
+		return false;
+	if ((int)pf_pool_server_count(pool) >= size)
+		return false;
+	if (max_db > 0 && pool->db->server_count >= max_db)
+		return false;
+	if (max_user > 0 && pool->user->server_count >= max_user)
+		return false;
+	if (pool->last_login_failure &&
+	    pf_worker_now(w) - pool->last_login_failure < cfg->server_login_retry)
+		return false;
+	return true;
+}
+
+static void launch(pf_pool_t *pool, bool use_reserve)
+{
+	/* One new connection per waiting client, as the limits allow. */
+	while (pool->waiting_clients.len > pool->new_servers.len && can_launch(pool, use_reserve)) {
+		int rc = pf_server_launch(pool);
+
+		if (rc < 0) {
+			pf_log_warning(NULL, "cannot open a server connection for %s/%s: %s",
+				       pool->db->name, pool->user->name, uv_strerror(rc));
+			break;
+		}
+	}
+}
+
+void pf_pool_launch(pf_pool_t *pool)
+{
+	launch(pool, false);
+}
+
+static bool pool_is_paused(const pf_pool_t *pool)
+{
+	return pool->worker->paused || pool->db->paused;
+}
+
+/*
+ * Whether an idle server must run server_check_query before it is used: it has been idle for
+ * more than server_check_delay and a check query is configured.
+ */
+static const char *check_query_for(const pf_server_t *s, pf_usec_t now)
+{
+	const pf_config_t *cfg = s->pool->worker->cfg;
+	const char *q = cfg->server_check_query;
+
+	if (!q || !*q)
+		return NULL;
+	if (now - s->last_used <= cfg->server_check_delay)
+		return NULL;
+	return strcmp(q, "<empty>") == 0 ? "" : q;
+}
+
+bool pf_pool_acquire(pf_client_t *c)
+{
+	pf_pool_t *pool = c->pool;
+	pf_worker_t *w = pool->worker;
+	pf_usec_t now = pf_worker_now(w);
+	pf_list_node_t *n;
+
+	if (!pool_is_paused(pool)) {
+		while ((n = pf_list_first(&pool->idle_servers))) {
+			pf_server_t *s = PF_CONTAINER_OF(n, pf_server_t, conn.node);
+			const char *check = check_query_for(s, now);
+
+			if (!check) {
+				pf_server_link(s, c);
+				return true;
+			}
+			/* The checked server goes to the longest-waiting client when it passes. */
+			if (pf_server_run_task(s, PF_SV_TASK_CHECK, check) == 0)
+				break;
+		}
+	}
+	if (c->state != PF_CL_WAITING) {
+		pf_pool_set_client_state(c, PF_CL_WAITING);
+		c->wait_start = now;
+	}
+	pf_conn_pause_reading(&c->conn, true);
+	if (!pool_is_paused(pool))
+		launch(pool, false);
+	return false;
+}
+
+bool pf_pool_login_client(pf_client_t *c)
+{
+	pf_pool_t *pool = c->pool;
+
+	if (pool->welcome_ready) {
+		pf_pool_set_client_state(c, PF_CL_ACTIVE);
+		pf_client_finish_login(c);
+		return true;
+	}
+	pf_pool_set_client_state(c, PF_CL_WAITING_LOGIN);
+	c->wait_start = pf_worker_now(pool->worker);
+	/* Its login needs a server's parameters: open one even if no query waits. */
+	if (pool->new_servers.len == 0 && can_launch(pool, false)) {
+		int rc = pf_server_launch(pool);
+
+		if (rc < 0)
+			pf_log_warning(NULL, "cannot open a server connection for %s/%s: %s",
+				       pool->db->name, pool->user->name, uv_strerror(rc));
+	}
+	if (pool->new_servers.len == 0 && pf_pool_server_count(pool) == 0)
+		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006",
+				"server login has been failing, try again later (server_login_retry)");
+	return false;
+}
+
+/* Hands a free server to the longest-waiting client, else parks it as idle. */
+static void give_server(pf_server_t *s)
+{
+	pf_pool_t *pool = s->pool;
+	pf_list_node_t *it, *tmp;
+
+	if (!pool_is_paused(pool)) {
+		PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
+		{
+			pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+
+			if (c->state != PF_CL_WAITING)
+				continue;
+			pf_server_link(s, c);
+			return;
+		}
+	}
+	pf_pool_set_server_state(s, PF_SV_IDLE);
+}
+
+void pf_pool_server_ready(pf_server_t *s)
+{
+	pf_pool_t *pool = s->pool;
+	pf_worker_t *w = pool->worker;
+	pf_list_node_t *it, *tmp;
+	pf_usec_t lifetime = pf_database_server_lifetime(pool->db, w->cfg);
+
+	if (!pool->welcome_ready && pf_pool_set_welcome(pool, s) < 0) {
+		pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
+		return;
+	}
+	/* Clients that waited for the parameters finish their login first. */
+	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
+	{
+		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+
+		if (c->state == PF_CL_WAITING_LOGIN) {
+			pf_pool_set_client_state(c, PF_CL_ACTIVE);
+			pf_client_finish_login(c);
+		}
+	}
+	if (s->close_needed || w->shutdown == PF_SHUTDOWN_IMMEDIATE ||
+	    (lifetime > 0 && pf_worker_now(w) - s->conn.connect_time > lifetime)) {
+		pf_server_close(s, s->close_needed ? PF_SV_CLOSE_ADMIN : PF_SV_CLOSE_LIFETIME);
+		pf_pool_launch(pool);
+		return;
+	}
+	give_server(s);
+}
+
+void pf_pool_release_server(pf_server_t *s)
+{
+	pf_pool_t *pool = s->pool;
+	pf_worker_t *w = pool->worker;
+	const pf_config_t *cfg = w->cfg;
+	pf_client_t *c = s->link;
+	int mode = pf_pool_mode(pool);
+
+	if (c) {
+		c->link = NULL;
+		c->conn.peer = NULL;
+	}
+	s->link = NULL;
+	s->conn.peer = NULL;
+	s->last_used = pf_worker_now(w);
+
+	if (!pf_server_is_clean(s)) {
+		pf_server_close(s, PF_SV_CLOSE_CLIENT_GONE);
+		pf_pool_launch(pool);
+		return;
+	}
+	if ((mode == PF_POOL_SESSION || cfg->server_reset_query_always) && cfg->server_reset_query &&
+	    *cfg->server_reset_query && !s->close_needed) {
+		if (pf_server_run_task(s, PF_SV_TASK_RESET, cfg->server_reset_query) == 0)
+			return;
+		pf_server_close(s, PF_SV_CLOSE_RESET_FAILED);
+		return;
+	}
+	pf_pool_server_ready(s);
+	if (w->shutdown == PF_SHUTDOWN_WAIT_FOR_SERVERS)
+		pf_worker_check_shutdown(w);
+}
+
+void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message)
+{
+	pf_list_node_t *it, *tmp;
+	char text[512];
+
+	pool->last_login_failure = pf_worker_now(pool->worker);
+	/* While other servers live, waiting clients will get one of them. */
+	if (pf_pool_server_count(pool) > 0)
+		return;
+	snprintf(text, sizeof(text), "%s", message ? message : "server connection failed");
+	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
+	{
+		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+
+		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, sqlstate ? sqlstate : "08006",
+				text);
+	}
+}
+
+void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
+{
+	pf_worker_t *w = pool->worker;
+	const pf_config_t *cfg = w->cfg;
+	pf_list_node_t *it, *tmp, *n;
+	pf_usec_t lifetime = pf_database_server_lifetime(pool->db, cfg);
+	int min_size = pool_min_size(pool);
+
+	if (pool->db->admin)
+		return;
+	/* Servers that are stuck connecting or logging in. */
+	PF_LIST_FOREACH(&pool->new_servers, it, tmp)
+	{
+		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
+
+		if (cfg->server_connect_timeout > 0 &&
+		    now - s->conn.connect_time > cfg->server_connect_timeout)
+			pf_server_close(s, PF_SV_CLOSE_CONNECT_TIMEOUT);
+	}
+	/* Idle servers past their lifetime or idle timeout (oldest last in the list). */
+	PF_LIST_FOREACH(&pool->idle_servers, it, tmp)
+	{
+		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
+		bool too_old = lifetime > 0 && now - s->conn.connect_time > lifetime;
+		bool too_idle = cfg->server_idle_timeout > 0 &&
+				now - s->last_used > cfg->server_idle_timeout &&
+				(int)pf_pool_server_count(pool) > min_size;
+
+		if (s->close_needed || too_old || too_idle)
+			pf_server_close(s, s->close_needed ? PF_SV_CLOSE_ADMIN
+					   : too_old	   ? PF_SV_CLOSE_LIFETIME
+							   : PF_SV_CLOSE_IDLE_TIMEOUT);
+	}
+	if (pool_is_paused(pool) || w->shutdown != PF_SHUTDOWN_NONE)
+		return;
+	/* The reserve pool opens when the first client has waited reserve_pool_timeout. */
+	n = pf_list_first(&pool->waiting_clients);
+	if (n) {
+		pf_client_t *c = PF_CONTAINER_OF(n, pf_client_t, conn.node);
+
+		launch(pool, pool_reserve_size(pool) > 0 && cfg->reserve_pool_timeout >= 0 &&
+				     now - c->wait_start >= cfg->reserve_pool_timeout);
+	}
+	/* min_pool_size keeps servers open for pools that have had clients. */
+	while ((int)pf_pool_server_count(pool) < min_size && pool->welcome_ready &&
+	       can_launch(pool, false)) {
+		if (pf_server_launch(pool) < 0)
+			break;
+	}
+}

@@ -1,0 +1,863 @@
+/*
+ * server: a connection from pgfunnel to Postgres — connect, log in, run the pooler's own
+ * queries, forward results to the linked client and notice when it is free again.
+ *
+ * ReadyForQuery bookkeeping: every Query, Sync and FunctionCall sent to the server owes one
+ * ReadyForQuery (expect_rfq). A server is clean — may go back to the pool — only when nothing is
+ * owed, the last ReadyForQuery said 'I' and no task of the pooler's own is running. In
+ * transaction mode the server is released at such a ReadyForQuery; in statement mode a
+ * ReadyForQuery that is not 'I' ends the client ("Long transactions not allowed", as PgBouncer);
+ * in session mode it is released when the client leaves.
+ *
+ * Called by pool.c (launch, link, tasks) and client.c (cancel); pf_server_close() is the only
+ * way a server ends.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/crypto.h>
+
+#include "pgfunnel/log.h"
+#include "pgfunnel/server.h"
+#include "pgfunnel/worker.h"
+
+#ifndef PF_DEFAULT_UNIX_SOCKET_DIR
+#define PF_DEFAULT_UNIX_SOCKET_DIR "/var/run/postgresql"
+#endif
+
+static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
+					const uint8_t *pkt, size_t avail);
+static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status);
+static void server_on_free(pf_conn_t *conn);
+
+static const pf_conn_ops_t server_ops = {
+	.on_packet = server_on_packet,
+	.on_event = server_on_event,
+	.on_free = server_on_free,
+};
+
+static const char *const close_texts[] = {
+	[PF_SV_CLOSE_CONNECT_FAILED] = "connect failed",
+	[PF_SV_CLOSE_LOGIN_FAILED] = "login failed",
+	[PF_SV_CLOSE_EOF] = "server closed the connection",
+	[PF_SV_CLOSE_ERROR] = "socket error",
+	[PF_SV_CLOSE_PROTOCOL] = "protocol violation",
+	[PF_SV_CLOSE_CLIENT_GONE] = "client disconnected while the server was not idle",
+	[PF_SV_CLOSE_LIFETIME] = "server lifetime over",
+	[PF_SV_CLOSE_IDLE_TIMEOUT] = "server idle timeout",
+	[PF_SV_CLOSE_CONNECT_TIMEOUT] = "connect timeout",
+	[PF_SV_CLOSE_RESET_FAILED] = "reset or check query failed",
+	[PF_SV_CLOSE_SHUTDOWN] = "shutting down",
+	[PF_SV_CLOSE_ADMIN] = "reconnect requested",
+	[PF_SV_CLOSE_POOL_GONE] = "database removed",
+	[PF_SV_CLOSE_STATEMENT_MODE] = "Long transactions not allowed",
+};
+
+size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
+{
+	char host[64];
+	int port, len;
+
+	pf_conn_addr_text(&s->conn.addr, host, sizeof(host), &port);
+	len = snprintf(buf, n, "S-%p: %s/%s@%s:%d", (const void *)s, s->pool->db->name,
+		       s->pool->user->name, host, port);
+	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
+}
+
+bool pf_server_is_clean(const pf_server_t *s)
+{
+	return s->ready && s->tx_status == PF_PROTO_TX_IDLE && s->expect_rfq == 0 &&
+	       s->task == PF_SV_TASK_NONE && !s->conn.closing && !s->conn.pkt_remain;
+}
+
+/* Where a database's servers live: a unix socket path, or a host name and port. */
+typedef struct target {
+	char path[108];
+	const char *host;
+	char host_buf[256];
+	int port;
+} target_t;
+
+static int pick_target(pf_database_t *db, target_t *t)
+{
+	const char *hosts = db->host;
+	char item[256];
+	int count = 0, want, len;
+
+	t->port = db->port;
+	t->host = NULL;
+	t->path[0] = '\0';
+	if (!hosts || !*hosts) {
+		snprintf(t->path, sizeof(t->path), "%s/.s.PGSQL.%d", PF_DEFAULT_UNIX_SOCKET_DIR,
+			 t->port);
+		return 0;
+	}
+	/* A comma list of hosts is used round-robin (load_balance_hosts=round-robin). */
+	for (const char *cur = hosts; pf_config_list_next(&cur, item, sizeof(item)) > 0;)
+		count++;
+	if (count == 0)
+		return -EINVAL;
+	want = (int)(db->host_rr++ % (unsigned)count);
+	const char *cur = hosts;
+
+	for (int i = 0; i <= want; i++) {
+		len = pf_config_list_next(&cur, item, sizeof(item));
+		if (len <= 0)
+			return -EINVAL;
+	}
+	if (item[0] == '/') {
+		len = snprintf(t->path, sizeof(t->path), "%s/.s.PGSQL.%d", item, t->port);
+		return len < (int)sizeof(t->path) ? 0 : -ENAMETOOLONG;
+	}
+	if (item[0] == '@')
+		return -EAFNOSUPPORT; /* abstract sockets need libuv >= 1.46 */
+	pf_strlcpy(t->host_buf, item, sizeof(t->host_buf));
+	t->host = t->host_buf;
+	return 0;
+}
+
+static int connect_target(pf_conn_t *conn, pf_database_t *db)
+{
+	target_t t;
+	int rc = pick_target(db, &t);
+
+	if (rc < 0)
+		return rc;
+	if (t.path[0])
+		return pf_conn_connect(conn, NULL, t.path);
+	return pf_conn_connect_host(conn, t.host, t.port);
+}
+
+int pf_server_launch(pf_pool_t *pool)
+{
+	pf_worker_t *w = pool->worker;
+	pf_server_t *s = calloc(1, sizeof(*s));
+	int rc;
+
+	if (!s)
+		return -ENOMEM;
+	pf_conn_init(&s->conn, w, &server_ops, false);
+	s->pool = pool;
+	s->task = PF_SV_TASK_LOGIN;
+	s->tx_status = PF_PROTO_TX_IDLE;
+	pool->db->server_count++;
+	pool->user->server_count++;
+	pf_pool_set_server_state(s, PF_SV_LOGIN);
+	rc = connect_target(&s->conn, pool->db);
+	if (rc < 0) {
+		pf_log_warning(NULL, "%s/%s: cannot connect to the server: %s", pool->db->name,
+			       pool->user->name, uv_strerror(rc));
+		pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
+		return 0;
+	}
+	pf_log_debug(s, "new server connection");
+	return 0;
+}
+
+static void send_startup(pf_server_t *s)
+{
+	pf_database_t *db = s->pool->db;
+	pf_proto_param_t params[8];
+	size_t n = 0;
+	pf_buf_t b;
+
+	params[n++] = (pf_proto_param_t){"user", s->pool->user->name};
+	params[n++] = (pf_proto_param_t){"database", db->dbname};
+	if (db->startup_application_name)
+		params[n++] = (pf_proto_param_t){"application_name", db->startup_application_name};
+	if (db->startup_client_encoding)
+		params[n++] = (pf_proto_param_t){"client_encoding", db->startup_client_encoding};
+	if (db->startup_datestyle)
+		params[n++] = (pf_proto_param_t){"datestyle", db->startup_datestyle};
+	if (db->startup_timezone)
+		params[n++] = (pf_proto_param_t){"timezone", db->startup_timezone};
+	pf_buf_init(&b);
+	pf_proto_fe_startup(&b, params, n);
+	if (pf_conn_send_buf(&s->conn, &b) < 0)
+		pf_server_close(s, PF_SV_CLOSE_ERROR);
+	pf_buf_free(&b);
+}
+
+static void login_failed(pf_server_t *s, const char *sqlstate, const char *fmt, ...)
+	PF_PRINTF(3, 4);
+static void login_failed(pf_server_t *s, const char *sqlstate, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	free(s->login_error);
+	s->login_error = strdup(msg);
+	pf_strlcpy(s->login_sqlstate, sqlstate, sizeof(s->login_sqlstate));
+	pf_log_warning(s, "server login failed: %s", msg);
+	pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
+}
+
+static void send_password(pf_server_t *s, const char *text)
+{
+	pf_buf_t b;
+
+	pf_buf_init(&b);
+	pf_proto_fe_password(&b, text);
+	pf_conn_send_buf(&s->conn, &b);
+	OPENSSL_cleanse(b.data, b.cap);
+	pf_buf_free(&b);
+}
+
+/* Handles an Authentication* request during login. Returns false when s was closed. */
+static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
+{
+	pf_user_t *u = s->pool->user;
+	pf_secret_t *sec = &u->secret;
+	pf_proto_auth_t a;
+	char out[PF_SCRAM_MAX_MSG_LEN];
+	size_t outlen;
+	pf_buf_t b;
+	int rc;
+
+	if (pf_proto_parse_auth(payload, len, &a) < 0) {
+		login_failed(s, "08P01", "%s", "malformed authentication request from server");
+		return false;
+	}
+	switch (a.subtype) {
+	case PF_PROTO_AUTH_OK:
+		return true;
+	case PF_PROTO_AUTH_CLEARTEXT:
+		if (!sec->present || sec->kind != PF_AUTH_SECRET_PLAIN) {
+			login_failed(s, "28P01",
+				     "server asks for a cleartext password and no plain password is "
+				     "known for user \"%s\"",
+				     u->name);
+			return false;
+		}
+		send_password(s, sec->text);
+		return true;
+	case PF_PROTO_AUTH_MD5: {
+		char secret[36], resp[36];
+
+		if (!sec->present || sec->kind == PF_AUTH_SECRET_SCRAM) {
+			login_failed(s, "28P01",
+				     "server asks for md5 and no plain password or md5 secret is "
+				     "known for user \"%s\"",
+				     u->name);
+			return false;
+		}
+		if (sec->kind == PF_AUTH_SECRET_PLAIN)
+			rc = pf_md5_secret(u->name, sec->text, secret);
+		else
+			rc = (int)pf_strlcpy(secret, sec->text, sizeof(secret)) >= 36 ? -EINVAL : 0;
+		if (rc == 0)
+			rc = pf_md5_response(secret, a.rest, resp);
+		OPENSSL_cleanse(secret, sizeof(secret));
+		if (rc < 0) {
+			login_failed(s, "28P01", "cannot compute the md5 response for user \"%s\"",
+				     u->name);
+			return false;
+		}
+		send_password(s, resp);
+		OPENSSL_cleanse(resp, sizeof(resp));
+		return true;
+	}
+	case PF_PROTO_AUTH_SASL:
+		if (!pf_proto_auth_has_sasl_mech(&a, PF_SCRAM_MECHANISM)) {
+			login_failed(s, "28000", "%s", "server offers no SASL mechanism we support");
+			return false;
+		}
+		s->scram = calloc(1, sizeof(*s->scram));
+		if (!s->scram) {
+			login_failed(s, "53200", "%s", "out of memory");
+			return false;
+		}
+		if (sec->present && sec->kind == PF_AUTH_SECRET_PLAIN)
+			rc = pf_scram_client_start(s->scram, sec->text, NULL, NULL,
+						   s->conn.worker->scram_cache);
+		else if (sec->present && sec->kind == PF_AUTH_SECRET_SCRAM && sec->has_client_key)
+			rc = pf_scram_client_start(s->scram, NULL, sec->scram_client_key,
+						   sec->scram_server_key, NULL);
+		else {
+			login_failed(s, "28P01",
+				     "server asks for SCRAM and neither a plain password nor the "
+				     "client's SCRAM keys are known for user \"%s\"",
+				     u->name);
+			return false;
+		}
+		if (rc == 0)
+			rc = pf_scram_client_first(s->scram, out, sizeof(out), &outlen);
+		if (rc < 0) {
+			login_failed(s, "28P01", "SCRAM start failed for user \"%s\"", u->name);
+			return false;
+		}
+		pf_buf_init(&b);
+		pf_proto_fe_sasl_initial_response(&b, PF_SCRAM_MECHANISM, out, outlen);
+		pf_conn_send_buf(&s->conn, &b);
+		pf_buf_free(&b);
+		return true;
+	case PF_PROTO_AUTH_SASL_CONTINUE:
+		if (!s->scram ||
+		    pf_scram_client_final(s->scram, a.rest, a.rest_len, out, sizeof(out), &outlen) <
+			    0) {
+			login_failed(s, "28P01", "SCRAM exchange with the server failed for user \"%s\"",
+				     u->name);
+			return false;
+		}
+		pf_buf_init(&b);
+		pf_proto_fe_sasl_response(&b, out, outlen);
+		pf_conn_send_buf(&s->conn, &b);
+		OPENSSL_cleanse(b.data, b.cap);
+		pf_buf_free(&b);
+		return true;
+	case PF_PROTO_AUTH_SASL_FINAL:
+		if (!s->scram || pf_scram_client_verify(s->scram, a.rest, a.rest_len) < 0) {
+			login_failed(s, "28P01", "%s",
+				     "the server's SCRAM signature is wrong: not the server we expect");
+			return false;
+		}
+		pf_scram_client_clear(s->scram);
+		free(s->scram);
+		s->scram = NULL;
+		return true;
+	default:
+		login_failed(s, "28000", "unsupported authentication method %u requested by server",
+			     a.subtype);
+		return false;
+	}
+}
+
+static int remember_param(pf_server_t *s, const char *name, const char *value)
+{
+	int var = pf_var_lookup(name);
+	char **names, **values;
+
+	if (var >= 0 && pf_vars_set(&s->vars, (pf_var_id_t)var, value) < 0)
+		return -ENOMEM;
+	if (s->ready)
+		return 0;
+	/* Before the first ReadyForQuery: part of the welcome a pool gives its clients. */
+	for (size_t i = 0; i < s->n_params; i++) {
+		if (strcmp(s->param_names[i], name) == 0) {
+			char *v = strdup(value);
+
+			if (!v)
+				return -ENOMEM;
+			free(s->param_values[i]);
+			s->param_values[i] = v;
+			return 0;
+		}
+	}
+	names = realloc(s->param_names, (s->n_params + 1) * sizeof(char *));
+	if (!names)
+		return -ENOMEM;
+	s->param_names = names;
+	values = realloc(s->param_values, (s->n_params + 1) * sizeof(char *));
+	if (!values)
+		return -ENOMEM;
+	s->param_values = values;
+	names[s->n_params] = strdup(name);
+	values[s->n_params] = strdup(value);
+	if (!names[s->n_params] || !values[s->n_params]) {
+		free(names[s->n_params]);
+		free(values[s->n_params]);
+		return -ENOMEM;
+	}
+	s->n_params++;
+	return 0;
+}
+
+int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql)
+{
+	pf_buf_t b;
+	int rc;
+
+	pf_buf_init(&b);
+	pf_proto_fe_query(&b, sql);
+	s->task = task;
+	s->task_failed = false;
+	s->expect_rfq++;
+	if (task == PF_SV_TASK_RESET || task == PF_SV_TASK_CHECK)
+		pf_pool_set_server_state(s, PF_SV_TESTED);
+	rc = pf_conn_send_buf(&s->conn, &b);
+	pf_buf_free(&b);
+	return rc;
+}
+
+void pf_server_link(pf_server_t *s, pf_client_t *c)
+{
+	pf_pool_t *pool = s->pool;
+	pf_worker_t *w = pool->worker;
+	pf_buf_t sql;
+
+	pf_pool_set_server_state(s, PF_SV_ACTIVE);
+	s->link = c;
+	c->link = s;
+	s->conn.peer = &c->conn;
+	c->conn.peer = &s->conn;
+	if (c->state != PF_CL_ACTIVE) {
+		pf_usec_t now = pf_worker_now(w);
+
+		if (c->wait_start)
+			pool->stats.wait_time += (uint64_t)(now - c->wait_start);
+		pf_pool_set_client_state(c, PF_CL_ACTIVE);
+	}
+	c->wait_start = 0;
+	pool->stats.server_assignment_count++;
+
+	/* The client's session parameters follow it to whatever server it gets. */
+	pf_buf_init(&sql);
+	if (pf_vars_build_set(&c->vars, &s->vars, &sql) > 0) {
+		pf_buf_put_u8(&sql, 0);
+		if (!sql.failed && pf_server_run_task(s, PF_SV_TASK_SYNC_VARS, (char *)sql.data) < 0)
+			pf_log_warning(s, "cannot send parameter sync query");
+	}
+	pf_buf_free(&sql);
+	pf_conn_pause_reading(&c->conn, false);
+	pf_client_resume(c);
+}
+
+/* A task query finished (its ReadyForQuery arrived). */
+static void task_done(pf_server_t *s, uint8_t status)
+{
+	pf_server_task_t task = s->task;
+	pf_client_t *c = s->link;
+
+	s->task = PF_SV_TASK_NONE;
+	if (s->task_failed || status != PF_PROTO_TX_IDLE) {
+		pf_log_warning(s, "%s query failed, closing the server connection",
+			       task == PF_SV_TASK_SYNC_VARS	 ? "parameter sync"
+			       : task == PF_SV_TASK_CONNECT_QUERY ? "connect_query"
+			       : task == PF_SV_TASK_RESET	 ? "server_reset_query"
+								 : "server_check_query");
+		if (task == PF_SV_TASK_CONNECT_QUERY) {
+			pf_strlcpy(s->login_sqlstate, "08006", sizeof(s->login_sqlstate));
+			free(s->login_error);
+			s->login_error = strdup("connect_query failed");
+		}
+		pf_server_close(s, task == PF_SV_TASK_CONNECT_QUERY ? PF_SV_CLOSE_LOGIN_FAILED
+								    : PF_SV_CLOSE_RESET_FAILED);
+		return;
+	}
+	switch (task) {
+	case PF_SV_TASK_SYNC_VARS:
+		if (c)
+			pf_client_resume(c);
+		break;
+	case PF_SV_TASK_CONNECT_QUERY:
+	case PF_SV_TASK_RESET:
+	case PF_SV_TASK_CHECK:
+		pf_pool_server_ready(s);
+		break;
+	default:
+		break;
+	}
+}
+
+/* Messages while the pooler's own query runs: nothing goes to the client. */
+static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+				   size_t avail)
+{
+	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
+	size_t plen = hdr->payload_len;
+
+	switch (hdr->type) {
+	case PF_PROTO_BE_READY_FOR_QUERY: {
+		uint8_t st;
+
+		if (avail < hdr->len + 1u)
+			return PF_PKT_NEED_WHOLE;
+		if (pf_proto_parse_ready_for_query(payload, plen, &st) < 0) {
+			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+			return PF_PKT_STOP;
+		}
+		s->tx_status = st;
+		if (s->expect_rfq > 0)
+			s->expect_rfq--;
+		if (s->expect_rfq == 0) {
+			task_done(s, st);
+			return PF_PKT_CONSUMED;
+		}
+		return PF_PKT_CONSUMED;
+	}
+	case PF_PROTO_BE_ERROR_RESPONSE: {
+		pf_proto_error_t e;
+
+		if (avail < hdr->len + 1u)
+			return PF_PKT_NEED_WHOLE;
+		s->task_failed = true;
+		if (pf_proto_parse_error_fields(payload, plen, &e) == 0)
+			pf_log_warning(s, "pooler query error: %s %s", e.sqlstate ? e.sqlstate : "",
+				       e.message ? e.message : "");
+		return PF_PKT_CONSUMED;
+	}
+	case PF_PROTO_BE_PARAMETER_STATUS: {
+		const char *name, *value;
+
+		if (avail < hdr->len + 1u)
+			return PF_PKT_NEED_WHOLE;
+		if (pf_proto_parse_parameter_status(payload, plen, &name, &value) == 0)
+			remember_param(s, name, value);
+		return PF_PKT_CONSUMED;
+	}
+	default:
+		return PF_PKT_SKIP;
+	}
+}
+
+static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+				    size_t avail)
+{
+	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
+	size_t plen = hdr->payload_len;
+
+	if (hdr->type == PF_PROTO_BE_NOTICE_RESPONSE || hdr->type == 'v')
+		return PF_PKT_SKIP;
+	if (avail < hdr->len + 1u)
+		return PF_PKT_NEED_WHOLE;
+	switch (hdr->type) {
+	case PF_PROTO_BE_AUTHENTICATION:
+		return handle_auth(s, payload, plen) ? PF_PKT_CONSUMED : PF_PKT_STOP;
+	case PF_PROTO_BE_ERROR_RESPONSE: {
+		pf_proto_error_t e;
+
+		if (pf_proto_parse_error_fields(payload, plen, &e) < 0 || !e.sqlstate)
+			login_failed(s, "08P01", "%s", "malformed error from server");
+		else {
+			pf_strlcpy(s->login_sqlstate, e.sqlstate, sizeof(s->login_sqlstate));
+			free(s->login_error);
+			s->login_error = strdup(e.message ? e.message : "server login failed");
+			pf_log_warning(s, "server login failed: %s %s", e.sqlstate,
+				       e.message ? e.message : "");
+			pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
+		}
+		return PF_PKT_STOP;
+	}
+	case PF_PROTO_BE_PARAMETER_STATUS: {
+		const char *name, *value;
+
+		if (pf_proto_parse_parameter_status(payload, plen, &name, &value) < 0 ||
+		    remember_param(s, name, value) < 0) {
+			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+			return PF_PKT_STOP;
+		}
+		return PF_PKT_CONSUMED;
+	}
+	case PF_PROTO_BE_BACKEND_KEY_DATA:
+		if (pf_proto_parse_backend_key_data(payload, plen, &s->be_pid, &s->be_key) < 0) {
+			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+			return PF_PKT_STOP;
+		}
+		return PF_PKT_CONSUMED;
+	case PF_PROTO_BE_READY_FOR_QUERY: {
+		uint8_t st;
+
+		if (pf_proto_parse_ready_for_query(payload, plen, &st) < 0) {
+			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+			return PF_PKT_STOP;
+		}
+		s->tx_status = st;
+		s->ready = true;
+		pf_log_debug(s, "server login ok, backend pid %u", s->be_pid);
+		if (s->pool->db->connect_query && *s->pool->db->connect_query)
+			pf_server_run_task(s, PF_SV_TASK_CONNECT_QUERY, s->pool->db->connect_query);
+		else {
+			s->task = PF_SV_TASK_NONE;
+			pf_pool_server_ready(s);
+		}
+		return PF_PKT_CONSUMED;
+	}
+	default:
+		pf_log_warning(s, "unexpected message '%c' from server during login", hdr->type);
+		pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+		return PF_PKT_STOP;
+	}
+}
+
+/* ReadyForQuery for the linked client: decides whether the server is released. */
+static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr,
+				       const uint8_t *pkt, size_t avail)
+{
+	pf_client_t *c = s->link;
+	pf_pool_t *pool = s->pool;
+	int mode = pf_pool_mode(pool);
+	pf_usec_t now;
+	uint8_t st;
+
+	if (avail < hdr->len + 1u)
+		return PF_PKT_NEED_WHOLE;
+	if (pf_proto_parse_ready_for_query(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &st) < 0) {
+		pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+		return PF_PKT_STOP;
+	}
+	now = pf_worker_now(pool->worker);
+	if (s->expect_rfq > 0)
+		s->expect_rfq--;
+	if (c->query_start) {
+		pool->stats.query_count++;
+		pool->stats.query_time += (uint64_t)(now - c->query_start);
+		c->query_start = 0;
+	}
+	if (st == PF_PROTO_TX_IDLE && c->xact_start) {
+		pool->stats.xact_count++;
+		pool->stats.xact_time += (uint64_t)(now - c->xact_start);
+		c->xact_start = 0;
+	}
+	s->tx_status = st;
+	if (mode == PF_POOL_SESSION || s->expect_rfq > 0)
+		return PF_PKT_FORWARD;
+	if (st != PF_PROTO_TX_IDLE) {
+		if (mode == PF_POOL_STATEMENT) {
+			pf_server_close(s, PF_SV_CLOSE_STATEMENT_MODE);
+			return PF_PKT_STOP;
+		}
+		return PF_PKT_FORWARD;
+	}
+	/* The server is free: what came before the ReadyForQuery leaves first, then it, then
+	 * the server goes back to the pool. */
+	if (s->conn.fwd_open)
+		return PF_PKT_FLUSH;
+	pf_conn_send(&c->conn, pkt, hdr->len + 1);
+	pf_pool_release_server(s);
+	return PF_PKT_CONSUMED;
+}
+
+static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
+					const uint8_t *pkt, size_t avail)
+{
+	pf_server_t *s = (pf_server_t *)conn;
+	pf_client_t *c = s->link;
+
+	if (s->task == PF_SV_TASK_LOGIN)
+		return login_packet(s, hdr, pkt, avail);
+	if (s->task != PF_SV_TASK_NONE)
+		return task_packet(s, hdr, pkt, avail);
+	if (!c) {
+		/* Idle in the pool: only asynchronous messages may come. */
+		switch (hdr->type) {
+		case PF_PROTO_BE_NOTICE_RESPONSE:
+		case PF_PROTO_BE_NOTIFICATION_RESPONSE:
+			return PF_PKT_SKIP;
+		case PF_PROTO_BE_PARAMETER_STATUS: {
+			const char *name, *value;
+
+			if (avail < hdr->len + 1u)
+				return PF_PKT_NEED_WHOLE;
+			if (pf_proto_parse_parameter_status(pkt + PF_PROTO_HDR_LEN,
+							    hdr->payload_len, &name, &value) == 0)
+				remember_param(s, name, value);
+			return PF_PKT_CONSUMED;
+		}
+		default:
+			/* e.g. FATAL "terminating connection due to administrator command" */
+			pf_log_info(s, "idle server sent '%c', closing it", hdr->type);
+			pf_server_close(s, hdr->type == PF_PROTO_BE_ERROR_RESPONSE
+						   ? PF_SV_CLOSE_EOF
+						   : PF_SV_CLOSE_PROTOCOL);
+			return PF_PKT_STOP;
+		}
+	}
+	switch (hdr->type) {
+	case PF_PROTO_BE_READY_FOR_QUERY:
+		return ready_for_query(s, hdr, pkt, avail);
+	case PF_PROTO_BE_PARAMETER_STATUS: {
+		const char *name, *value;
+		int var;
+
+		if (avail < hdr->len + 1u)
+			return PF_PKT_NEED_WHOLE;
+		if (pf_proto_parse_parameter_status(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &name,
+						    &value) == 0) {
+			/* A SET by the client: it now wants this value on every server. */
+			remember_param(s, name, value);
+			var = pf_var_lookup(name);
+			if (var >= 0 && pf_vars_set(&c->vars, (pf_var_id_t)var, value) < 0) {
+				pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+				return PF_PKT_STOP;
+			}
+		}
+		return PF_PKT_FORWARD;
+	}
+	default:
+		return PF_PKT_FORWARD;
+	}
+}
+
+static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
+{
+	pf_server_t *s = (pf_server_t *)conn;
+
+	switch (ev) {
+	case PF_CONN_EV_CONNECTED:
+		if (status < 0) {
+			pf_strlcpy(s->login_sqlstate, "08006", sizeof(s->login_sqlstate));
+			free(s->login_error);
+			s->login_error = malloc(256);
+			if (s->login_error)
+				snprintf(s->login_error, 256, "server connection failed: %s",
+					 uv_strerror(status));
+			pf_log_warning(s, "server connection failed: %s", uv_strerror(status));
+			pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
+			return;
+		}
+		send_startup(s);
+		break;
+	case PF_CONN_EV_EOF:
+		pf_server_close(s, PF_SV_CLOSE_EOF);
+		break;
+	case PF_CONN_EV_ERROR:
+		if (status == -EBADMSG || status == -EMSGSIZE)
+			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+		else
+			pf_server_close(s, PF_SV_CLOSE_ERROR);
+		break;
+	case PF_CONN_EV_DRAINED:
+		break;
+	}
+}
+
+void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
+{
+	pf_pool_t *pool = s->pool;
+	pf_worker_t *w = pool->worker;
+	pf_client_t *c = s->link;
+	bool was_login = s->state == PF_SV_LOGIN;
+	bool graceful;
+
+	if (s->conn.closing)
+		return;
+	if (w->cfg->log_disconnections || reason != PF_SV_CLOSE_CLIENT_GONE)
+		pf_log_info(s, "closing because: %s (age=%llds)", close_texts[reason],
+			    (long long)((pf_worker_now(w) - s->conn.connect_time) / PF_USEC_PER_SEC));
+	if (c) {
+		s->link = NULL;
+		c->link = NULL;
+		c->conn.peer = NULL;
+		s->conn.peer = NULL;
+		switch (reason) {
+		case PF_SV_CLOSE_STATEMENT_MODE:
+			pf_client_close(c, PF_CLOSE_CLIENT_STATEMENT_MODE, NULL, NULL);
+			break;
+		case PF_SV_CLOSE_SHUTDOWN:
+			pf_client_close(c, PF_CLOSE_CLIENT_SHUTDOWN, NULL, NULL);
+			break;
+		case PF_SV_CLOSE_ADMIN:
+			pf_client_close(c, PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
+			break;
+		default:
+			pf_client_close(c, PF_CLOSE_CLIENT_SERVER_GONE, NULL, NULL);
+			break;
+		}
+	}
+	graceful = s->ready && reason != PF_SV_CLOSE_EOF && reason != PF_SV_CLOSE_ERROR &&
+		   reason != PF_SV_CLOSE_PROTOCOL;
+	if (graceful) {
+		pf_buf_t b;
+
+		pf_buf_init(&b);
+		pf_proto_fe_terminate(&b);
+		pf_conn_send_buf(&s->conn, &b);
+		pf_buf_free(&b);
+	}
+	pf_pool_set_server_state(s, PF_SV_FREE);
+	pool->db->server_count--;
+	pool->user->server_count--;
+	pf_conn_close(&s->conn);
+	if (was_login && (reason == PF_SV_CLOSE_CONNECT_FAILED || reason == PF_SV_CLOSE_LOGIN_FAILED ||
+			  reason == PF_SV_CLOSE_EOF || reason == PF_SV_CLOSE_ERROR ||
+			  reason == PF_SV_CLOSE_CONNECT_TIMEOUT || reason == PF_SV_CLOSE_PROTOCOL)) {
+		char msg[600];
+
+		snprintf(msg, sizeof(msg), "%s",
+			 s->login_error ? s->login_error
+					: (reason == PF_SV_CLOSE_CONNECT_TIMEOUT
+						   ? "server connection timed out (server_connect_timeout)"
+						   : "server closed the connection during login"));
+		pf_pool_server_failed(pool, s->login_sqlstate[0] ? s->login_sqlstate : "08006",
+				      msg);
+	} else if (pool->waiting_clients.len > 0) {
+		pf_pool_launch(pool);
+	}
+	if (w->shutdown != PF_SHUTDOWN_NONE)
+		pf_worker_check_shutdown(w);
+}
+
+static void server_on_free(pf_conn_t *conn)
+{
+	pf_server_t *s = (pf_server_t *)conn;
+
+	pf_vars_clear(&s->vars);
+	for (size_t i = 0; i < s->n_params; i++) {
+		free(s->param_names[i]);
+		free(s->param_values[i]);
+	}
+	free(s->param_names);
+	free(s->param_values);
+	if (s->scram) {
+		pf_scram_client_clear(s->scram);
+		free(s->scram);
+	}
+	free(s->login_error);
+	free(s);
+}
+
+/* ---- cancel requests: a short-lived connection that sends 16 bytes ---- */
+
+typedef struct cancel_conn {
+	pf_conn_t conn;
+	uint32_t pid, key;
+} cancel_conn_t;
+
+static pf_pkt_action_t cancel_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
+					const uint8_t *pkt, size_t avail)
+{
+	(void)hdr;
+	(void)pkt;
+	(void)avail;
+	pf_conn_close(conn);
+	return PF_PKT_STOP;
+}
+
+static void cancel_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
+{
+	cancel_conn_t *cc = (cancel_conn_t *)conn;
+
+	if (ev == PF_CONN_EV_CONNECTED && status == 0) {
+		pf_buf_t b;
+
+		pf_buf_init(&b);
+		pf_proto_fe_cancel_request(&b, cc->pid, cc->key);
+		pf_conn_send_buf(conn, &b);
+		pf_buf_free(&b);
+		/* Postgres closes the connection once it has read the request. */
+		return;
+	}
+	if (ev != PF_CONN_EV_DRAINED)
+		pf_conn_close(conn);
+}
+
+static void cancel_on_free(pf_conn_t *conn)
+{
+	free(conn);
+}
+
+static const pf_conn_ops_t cancel_ops = {
+	.on_packet = cancel_on_packet,
+	.on_event = cancel_on_event,
+	.on_free = cancel_on_free,
+};
+
+void pf_server_send_cancel(pf_worker_t *w, pf_pool_t *pool, uint32_t pid, uint32_t key)
+{
+	cancel_conn_t *cc = calloc(1, sizeof(*cc));
+
+	if (!cc)
+		return;
+	pf_conn_init(&cc->conn, w, &cancel_ops, false);
+	cc->pid = pid;
+	cc->key = key;
+	if (connect_target(&cc->conn, pool->db) < 0)
+		pf_conn_close(&cc->conn);
+}

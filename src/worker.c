@@ -1,0 +1,715 @@
+/*
+ * worker: owns one event loop's listeners and the connections accepted on them.
+ *
+ * Listeners are opened with plain socket calls (so SO_REUSEPORT, TCP_DEFER_ACCEPT and
+ * IPV6_V6ONLY can be set before bind) and then handed to libuv. A shutdown first closes the
+ * listeners, then waits as the mode says, then reports completion once every handle it owns has
+ * gone through its close callback.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "pgfunnel/client.h"
+#include "pgfunnel/log.h"
+#include "pgfunnel/pool.h"
+#include "pgfunnel/scram.h"
+#include "pgfunnel/server.h"
+#include "pgfunnel/worker.h"
+
+#define MAX_LISTENERS PF_WORKER_MAX_LISTENERS
+
+typedef pf_listener_t listener_t;
+
+static void on_janitor(uv_timer_t *t);
+
+int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
+{
+	pf_worker_t *w = calloc(1, sizeof(*w));
+	int rc;
+
+	if (!w)
+		return -ENOMEM;
+	w->loop = loop;
+	w->cfg = cfg;
+	w->buffer_size = (size_t)(cfg->pkt_buf > 0 ? cfg->pkt_buf : 4096);
+	pf_list_init(&w->login_clients);
+	pf_list_init(&w->cancel_clients);
+	pf_list_init(&w->databases);
+	pf_list_init(&w->users);
+	pf_list_init(&w->pools);
+	for (size_t i = 0; i < PF_CANCEL_BUCKETS; i++)
+		pf_list_init(&w->cancel_buckets[i]);
+	if (RAND_bytes(w->mock_key, sizeof(w->mock_key)) != 1) {
+		free(w);
+		return -EIO;
+	}
+	rc = pf_scram_cache_new(256, &w->scram_cache);
+	if (rc < 0) {
+		free(w);
+		return rc;
+	}
+	w->start_time = pf_worker_now(w);
+	w->start_wall = pf_now_wall_usec();
+	pf_worker_load_auth_file(w);
+	rc = pf_database_sync_config(w);
+	if (rc == 0)
+		rc = uv_timer_init(loop, &w->janitor);
+	if (rc < 0) {
+		pf_worker_free(w);
+		return rc;
+	}
+	w->janitor.data = w;
+	w->open_handles++;
+	uv_timer_start(&w->janitor, on_janitor, 1000, 1000);
+	uv_unref((uv_handle_t *)&w->janitor);
+	*out = w;
+	return 0;
+}
+
+pf_usec_t pf_worker_now(pf_worker_t *w)
+{
+	w->now = (pf_usec_t)(uv_hrtime() / 1000);
+	return w->now;
+}
+
+pf_usec_t pf_worker_wall_time(const pf_worker_t *w, pf_usec_t t)
+{
+	return w->start_wall + (t - w->start_time);
+}
+
+uint8_t *pf_worker_get_buffer(pf_worker_t *w, uint32_t *cap)
+{
+	pf_free_buffer_t *b = w->free_buffers;
+
+	*cap = (uint32_t)w->buffer_size;
+	if (b) {
+		w->free_buffers = b->next;
+		w->free_buffer_count--;
+		return (uint8_t *)b;
+	}
+	return malloc(w->buffer_size);
+}
+
+/* Buffers kept for reuse; beyond this they go back to malloc. */
+#define FREE_BUFFERS_MAX 1024
+
+void pf_worker_put_buffer(pf_worker_t *w, uint8_t *buf, uint32_t cap)
+{
+	pf_free_buffer_t *b = (pf_free_buffer_t *)buf;
+
+	if (!buf)
+		return;
+	if (cap != w->buffer_size || w->free_buffer_count >= FREE_BUFFERS_MAX) {
+		free(buf);
+		return;
+	}
+	b->next = w->free_buffers;
+	w->free_buffers = b;
+	w->free_buffer_count++;
+}
+
+void pf_worker_load_auth_file(pf_worker_t *w)
+{
+	const pf_config_t *cfg = w->cfg;
+	pf_auth_file_t *af = NULL;
+	char err[512];
+
+	if (!cfg->auth_file || !*cfg->auth_file) {
+		pf_auth_file_free(w->auth_file);
+		w->auth_file = NULL;
+		pf_user_sync_auth_file(w);
+		return;
+	}
+	if (pf_auth_file_load(cfg->auth_file, &af, err, sizeof(err)) < 0) {
+		/* PgBouncer keeps running (and the old list) when auth_file cannot be read. */
+		pf_log_warning(NULL, "could not load auth_file: %s", err);
+		return;
+	}
+	pf_auth_file_free(w->auth_file);
+	w->auth_file = af;
+	pf_user_sync_auth_file(w);
+}
+
+static uint32_t cancel_bucket(uint32_t pid)
+{
+	return (pid * 2654435761u) >> 20 & (PF_CANCEL_BUCKETS - 1);
+}
+
+void pf_worker_add_cancel_key(pf_worker_t *w, pf_client_t *c)
+{
+	pf_list_append(&w->cancel_buckets[cancel_bucket(c->cancel_pid)], &c->cancel_node);
+}
+
+void pf_worker_remove_cancel_key(pf_worker_t *w, pf_client_t *c)
+{
+	if (c->cancel_node.next != &c->cancel_node)
+		pf_list_remove(&w->cancel_buckets[cancel_bucket(c->cancel_pid)], &c->cancel_node);
+}
+
+pf_client_t *pf_worker_find_cancel_key(pf_worker_t *w, uint32_t pid, uint32_t key)
+{
+	pf_list_t *l = &w->cancel_buckets[cancel_bucket(pid)];
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(l, it, tmp)
+	{
+		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, cancel_node);
+		uint8_t a[8], b[8];
+
+		memcpy(a, &c->cancel_pid, 4);
+		memcpy(a + 4, &c->cancel_key, 4);
+		memcpy(b, &pid, 4);
+		memcpy(b + 4, &key, 4);
+		if (pf_memeq_ct(a, b, sizeof(a)))
+			return c;
+	}
+	return NULL;
+}
+
+static void maybe_done(pf_worker_t *w)
+{
+	if (w->shutdown == PF_SHUTDOWN_NONE || w->done_reported || w->open_handles > 0)
+		return;
+	w->done_reported = true;
+	if (w->shutdown_done)
+		w->shutdown_done(w->shutdown_arg);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	pf_worker_t *w = h->data;
+
+	w->open_handles--;
+	maybe_done(w);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+	listener_t *l = h->data;
+
+	l->open = false;
+	l->worker->open_handles--;
+	maybe_done(l->worker);
+}
+
+static void on_accept(uv_stream_t *server, int status)
+{
+	listener_t *l = server->data;
+
+	if (status < 0) {
+		pf_log_warning(NULL, "accept() failed on %s: %s", l->desc, uv_strerror(status));
+		return;
+	}
+	pf_client_accept(l->worker, server, l->is_unix);
+}
+
+static void on_janitor(uv_timer_t *t)
+{
+	pf_worker_t *w = t->data;
+	pf_usec_t now = pf_worker_now(w);
+	pf_list_node_t *it, *tmp;
+
+	pf_client_check_login_timeouts(w, now);
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_maintain(PF_CONTAINER_OF(it, pf_pool_t, node), now);
+	}
+	pf_database_maintain(w, now);
+	pf_worker_check_shutdown(w);
+}
+
+/* Opens a TCP listener on one resolved address. */
+static int listen_tcp(pf_worker_t *w, const struct addrinfo *ai, char *err, size_t errlen)
+{
+	const pf_config_t *cfg = w->cfg;
+	listener_t *l;
+	char host[NI_MAXHOST], serv[NI_MAXSERV];
+	int fd, on = 1, rc;
+
+	if (w->nlisteners >= MAX_LISTENERS) {
+		snprintf(err, errlen, "too many listen addresses (at most %d)", MAX_LISTENERS);
+		return -E2BIG;
+	}
+	l = &w->listeners[w->nlisteners];
+	getnameinfo(ai->ai_addr, ai->ai_addrlen, host, sizeof(host), serv, sizeof(serv),
+		    NI_NUMERICHOST | NI_NUMERICSERV);
+	snprintf(l->desc, sizeof(l->desc), ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host,
+		 serv);
+
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		goto fail;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0)
+		goto fail;
+	if (cfg->so_reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0)
+		goto fail;
+	if (ai->ai_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) < 0)
+		goto fail;
+#ifdef TCP_DEFER_ACCEPT
+	if (cfg->tcp_defer_accept > 0) {
+		int secs = cfg->tcp_defer_accept;
+
+		if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs)) < 0)
+			goto fail;
+	}
+#endif
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+		goto fail;
+	if (listen(fd, cfg->listen_backlog > 0 ? cfg->listen_backlog : 128) < 0)
+		goto fail;
+
+	rc = uv_tcp_init(w->loop, &l->h.tcp);
+	if (rc == 0) {
+		rc = uv_tcp_open(&l->h.tcp, fd);
+		if (rc < 0) {
+			uv_close(&l->h.handle, NULL);
+			close(fd);
+		}
+	} else {
+		close(fd);
+	}
+	if (rc < 0) {
+		snprintf(err, errlen, "cannot listen on %s: %s", l->desc, uv_strerror(rc));
+		return rc;
+	}
+	l->worker = w;
+	l->open = true;
+	l->h.handle.data = l;
+	w->nlisteners++;
+	w->open_handles++;
+	return 0;
+fail:
+	rc = -errno;
+	snprintf(err, errlen, "cannot listen on %s: %s", l->desc, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+static int listen_tcp_addrs(pf_worker_t *w, char *err, size_t errlen)
+{
+	const pf_config_t *cfg = w->cfg;
+	char *list, *save = NULL, *tok;
+	char port[16];
+	int rc = 0;
+
+	if (!cfg->listen_addr || !*cfg->listen_addr)
+		return 0;
+	list = strdup(cfg->listen_addr);
+	if (!list)
+		return -ENOMEM;
+	snprintf(port, sizeof(port), "%d", cfg->listen_port);
+	for (tok = strtok_r(list, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+		struct addrinfo hints = {0}, *res = NULL, *ai;
+		const char *host;
+
+		while (*tok == ' ' || *tok == '\t')
+			tok++;
+		for (char *end = tok + strlen(tok); end > tok && (end[-1] == ' ' || end[-1] == '\t');)
+			*--end = '\0';
+		if (!*tok)
+			continue;
+		/* "*" means every IPv4 and IPv6 address, as in PgBouncer. */
+		host = strcmp(tok, "*") == 0 ? NULL : tok;
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_socktype = SOCK_STREAM;
+		hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+		int gai = getaddrinfo(host, port, &hints, &res);
+
+		if (gai != 0) {
+			snprintf(err, errlen, "cannot resolve listen_addr \"%s\": %s", tok,
+				 gai_strerror(gai));
+			rc = -EINVAL;
+			break;
+		}
+		for (ai = res; ai && rc == 0; ai = ai->ai_next) {
+			if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+				continue;
+			rc = listen_tcp(w, ai, err, errlen);
+			/* A host without IPv6 should not stop "*" from listening on IPv4. */
+			if (rc == -EAFNOSUPPORT && host == NULL)
+				rc = 0;
+		}
+		freeaddrinfo(res);
+	}
+	free(list);
+	return rc;
+}
+
+/*
+ * An existing socket file may belong to a running instance (refuse) or be left over from a crash
+ * (remove it), as PgBouncer decides by trying to connect.
+ */
+static int check_stale_socket(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, rc;
+
+	if (access(path, F_OK) < 0)
+		return 0;
+	pf_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	close(fd);
+	if (rc == 0)
+		return -EADDRINUSE;
+	unlink(path);
+	return 0;
+}
+
+static int listen_unix(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *err, size_t errlen)
+{
+	const pf_config_t *cfg = w->cfg;
+	listener_t *l;
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	socklen_t salen;
+	bool abstract;
+	int fd, rc;
+
+	if (!cfg->unix_socket_dir || !*cfg->unix_socket_dir)
+		return 0;
+	if (w->nlisteners >= MAX_LISTENERS) {
+		snprintf(err, errlen, "too many listen addresses (at most %d)", MAX_LISTENERS);
+		return -E2BIG;
+	}
+	l = &w->listeners[w->nlisteners];
+	/* A leading '@' names the Linux abstract namespace, as in PgBouncer. */
+	abstract = cfg->unix_socket_dir[0] == '@';
+	rc = snprintf(l->path, sizeof(l->path), "%s/.s.PGSQL.%d",
+		      cfg->unix_socket_dir + (abstract ? 1 : 0), cfg->listen_port);
+	if (rc < 0 || (size_t)rc >= sizeof(l->path) - 1) {
+		snprintf(err, errlen, "unix_socket_dir \"%s\" is too long", cfg->unix_socket_dir);
+		return -ENAMETOOLONG;
+	}
+	{
+		char desc[sizeof(l->desc)];
+
+		snprintf(desc, sizeof(desc), "unix:%s%s", abstract ? "@" : "", l->path);
+		memcpy(l->desc, desc, sizeof(desc));
+	}
+	if (abstract) {
+		memcpy(sa.sun_path + 1, l->path, strlen(l->path));
+		salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(l->path));
+		l->path[0] = '\0'; /* nothing to remove at exit */
+	} else {
+		rc = check_stale_socket(l->path);
+		if (rc < 0) {
+			snprintf(err, errlen, "cannot listen on %s: %s", l->desc,
+				 rc == -EADDRINUSE ? "another process is listening there"
+						   : strerror(-rc));
+			return rc;
+		}
+		pf_strlcpy(sa.sun_path, l->path, sizeof(sa.sun_path));
+		salen = sizeof(sa);
+	}
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, salen) < 0)
+		goto fail;
+	if (!abstract) {
+		gid_t gid = owner_gid;
+
+		if (cfg->unix_socket_group && *cfg->unix_socket_group) {
+			struct group *gr = getgrnam(cfg->unix_socket_group);
+
+			if (!gr) {
+				snprintf(err, errlen, "unknown unix_socket_group \"%s\"",
+					 cfg->unix_socket_group);
+				close(fd);
+				unlink(l->path);
+				return -EINVAL;
+			}
+			gid = gr->gr_gid;
+		}
+		if ((owner_uid != (uid_t)-1 || gid != (gid_t)-1) && chown(l->path, owner_uid, gid) < 0)
+			goto fail;
+		if (chmod(l->path, (mode_t)cfg->unix_socket_mode) < 0)
+			goto fail;
+	}
+	if (listen(fd, cfg->listen_backlog > 0 ? cfg->listen_backlog : 128) < 0)
+		goto fail;
+	rc = uv_pipe_init(w->loop, &l->h.pipe, 0);
+	if (rc == 0) {
+		rc = uv_pipe_open(&l->h.pipe, fd);
+		if (rc < 0)
+			uv_close(&l->h.handle, NULL);
+	}
+	if (rc < 0) {
+		close(fd);
+		snprintf(err, errlen, "cannot listen on %s: %s", l->desc, uv_strerror(rc));
+		if (l->path[0])
+			unlink(l->path);
+		return rc;
+	}
+	l->worker = w;
+	l->is_unix = true;
+	l->open = true;
+	l->h.handle.data = l;
+	w->nlisteners++;
+	w->open_handles++;
+	return 0;
+fail:
+	rc = -errno;
+	snprintf(err, errlen, "cannot listen on %s: %s", l->desc, strerror(errno));
+	if (fd >= 0) {
+		close(fd);
+		if (l->path[0])
+			unlink(l->path);
+	}
+	return rc;
+}
+
+int pf_worker_listen(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *err, size_t errlen)
+{
+	int rc = listen_tcp_addrs(w, err, errlen);
+
+	if (rc == 0)
+		rc = listen_unix(w, owner_uid, owner_gid, err, errlen);
+	if (rc == 0 && w->nlisteners == 0) {
+		snprintf(err, errlen, "nothing to listen on: listen_addr and unix_socket_dir are empty");
+		rc = -EINVAL;
+	}
+	if (rc == 0)
+		uv_ref((uv_handle_t *)&w->janitor);
+	for (size_t i = 0; rc == 0 && i < w->nlisteners; i++) {
+		listener_t *l = &w->listeners[i];
+
+		rc = uv_listen(&l->h.stream, w->cfg->listen_backlog > 0 ? w->cfg->listen_backlog : 128,
+			       on_accept);
+		if (rc < 0)
+			snprintf(err, errlen, "cannot listen on %s: %s", l->desc, uv_strerror(rc));
+	}
+	return rc;
+}
+
+size_t pf_worker_describe_listeners(const pf_worker_t *w, char *buf, size_t n)
+{
+	size_t len = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < w->nlisteners && len < n; i++) {
+		int r = snprintf(buf + len, n - len, "%s%s", i ? ", " : "", w->listeners[i].desc);
+
+		if (r < 0)
+			break;
+		len += (size_t)r;
+	}
+	return len < n ? len : n - 1;
+}
+
+void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
+{
+	const pf_config_t *old = w->cfg;
+
+	w->cfg = cfg;
+	if (cfg->pkt_buf > 0 && (size_t)cfg->pkt_buf != w->buffer_size) {
+		/* Buffers of the old size are freed as they come back. */
+		while (w->free_buffers) {
+			pf_free_buffer_t *b = w->free_buffers;
+
+			w->free_buffers = b->next;
+			free(b);
+		}
+		w->free_buffer_count = 0;
+		w->buffer_size = (size_t)cfg->pkt_buf;
+	}
+	(void)old;
+	pf_worker_load_auth_file(w);
+	if (pf_database_sync_config(w) < 0)
+		pf_log_error(NULL, "out of memory applying the new [databases]");
+}
+
+static void close_listeners(pf_worker_t *w)
+{
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		listener_t *l = &w->listeners[i];
+
+		if (!l->open || uv_is_closing(&l->h.handle))
+			continue;
+		if (l->is_unix && l->path[0])
+			unlink(l->path);
+		uv_close(&l->h.handle, on_listener_closed);
+	}
+}
+
+/*
+ * Decides whether the shutdown can finish now: WAIT_FOR_CLIENTS once no client is left,
+ * WAIT_FOR_SERVERS once no server is linked to a client, IMMEDIATE at once. Then every client and
+ * server is closed and the timer with it; maybe_done() reports when the handles are gone.
+ */
+void pf_worker_check_shutdown(pf_worker_t *w)
+{
+	pf_list_node_t *it, *tmp;
+	bool ready;
+
+	if (w->shutdown == PF_SHUTDOWN_NONE || w->done_reported)
+		return;
+	switch (w->shutdown) {
+	case PF_SHUTDOWN_WAIT_FOR_CLIENTS:
+		ready = w->client_count == 0;
+		break;
+	case PF_SHUTDOWN_WAIT_FOR_SERVERS:
+		ready = true;
+		PF_LIST_FOREACH(&w->pools, it, tmp)
+		{
+			pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+			if (p->active_servers.len > 0)
+				ready = false;
+		}
+		break;
+	default:
+		ready = true;
+		break;
+	}
+	if (!ready)
+		return;
+	pf_worker_close_all(w);
+	if (!uv_is_closing((uv_handle_t *)&w->janitor))
+		uv_close((uv_handle_t *)&w->janitor, on_handle_closed);
+	maybe_done(w);
+}
+
+void pf_worker_shutdown(pf_worker_t *w, pf_shutdown_mode_t mode, void (*done)(void *), void *arg)
+{
+	if (mode <= w->shutdown)
+		return;
+	w->shutdown = mode;
+	w->shutdown_done = done;
+	w->shutdown_arg = arg;
+	close_listeners(w);
+	pf_worker_check_shutdown(w);
+}
+
+pf_shutdown_mode_t pf_worker_shutdown_mode(const pf_worker_t *w)
+{
+	return w->shutdown;
+}
+
+void pf_worker_pause(pf_worker_t *w)
+{
+	w->paused = true;
+}
+
+void pf_worker_resume(pf_worker_t *w)
+{
+	w->paused = false;
+	pf_worker_kick_pools(w);
+}
+
+void pf_worker_free(pf_worker_t *w)
+{
+	pf_database_free_all(w);
+	pf_user_free_all(w);
+	pf_auth_file_free(w->auth_file);
+	pf_scram_cache_free(w->scram_cache);
+	while (w->free_buffers) {
+		pf_free_buffer_t *b = w->free_buffers;
+
+		w->free_buffers = b->next;
+		free(b);
+	}
+	free(w);
+}
+
+static void close_client_list(pf_list_t *l, pf_close_reason_t reason)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(l, it, tmp)
+	{
+		pf_client_close(PF_CONTAINER_OF(it, pf_client_t, conn.node), reason, NULL, NULL);
+	}
+}
+
+static void close_server_list(pf_list_t *l)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(l, it, tmp)
+	{
+		pf_server_close(PF_CONTAINER_OF(it, pf_server_t, conn.node), PF_SV_CLOSE_SHUTDOWN);
+	}
+}
+
+void pf_worker_close_all(pf_worker_t *w)
+{
+	pf_list_node_t *it, *tmp;
+
+	close_client_list(&w->login_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+	close_client_list(&w->cancel_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		close_client_list(&p->active_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+		close_client_list(&p->waiting_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+		close_server_list(&p->active_servers);
+		close_server_list(&p->idle_servers);
+		close_server_list(&p->used_servers);
+		close_server_list(&p->tested_servers);
+		close_server_list(&p->new_servers);
+	}
+}
+
+void pf_worker_kick_pools(pf_worker_t *w)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_node_t *n;
+
+		/* Idle servers go to waiting clients, then new ones open for the rest. */
+		while ((n = pf_list_first(&p->idle_servers))) {
+			pf_list_node_t *wn, *wtmp;
+			pf_client_t *waiting = NULL;
+
+			PF_LIST_FOREACH(&p->waiting_clients, wn, wtmp)
+			{
+				pf_client_t *c = PF_CONTAINER_OF(wn, pf_client_t, conn.node);
+
+				if (c->state == PF_CL_WAITING) {
+					waiting = c;
+					break;
+				}
+			}
+			if (!waiting)
+				break;
+			pf_server_link(PF_CONTAINER_OF(n, pf_server_t, conn.node), waiting);
+		}
+		pf_pool_launch(p);
+	}
+}
+
+static size_t describe(const void *obj, char *buf, size_t n)
+{
+	const pf_conn_t *c = obj;
+
+	if (c->is_client)
+		return pf_client_describe((const pf_client_t *)c, buf, n);
+	return pf_server_describe((const pf_server_t *)c, buf, n);
+}
+
+void pf_worker_setup_logging(void)
+{
+	pf_log_set_describer(describe);
+}

@@ -1,0 +1,824 @@
+"""Shared helpers for the pgfunnel integration tests.
+
+Everything here is plain functions and small classes so that conftest.py
+(fixtures) and the test modules of later issues can use them directly:
+
+- port allocation that cannot collide between parallel pytest processes
+  (a per-port flock in a shared directory, plus a bind check),
+- the unprivileged OS user that runs Postgres and pgfunnel when the tests run
+  as root (initdb refuses root, pgfunnel refuses root without -u),
+- a throwaway Postgres cluster (PgCluster),
+- a pgfunnel process started from a generated ini (PgFunnel),
+- psql, log reading and waiting helpers.
+
+Only the standard library and psycopg (Debian's python3-psycopg) are used.
+"""
+
+import fcntl
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+
+PG_BINDIR = os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin")
+PSQL = os.path.join(PG_BINDIR, "psql")
+
+# The system user created by scripts/install-deps.sh.
+RUN_USER = os.environ.get("PGFUNNEL_TEST_USER", "pgfunnel")
+
+# Ports handed out by alloc_port(): below Linux's default ephemeral range
+# (32768-60999), so outgoing connections never hold one of them.
+PORT_LOW = 21000
+PORT_HIGH = 30000
+PORT_LOCK_DIR = os.path.join(tempfile.gettempdir(), "pgfunnel-test-ports")
+
+# A PgBouncer-style log line: "2026-11-26 07:00:00.123 UTC [1234] LOG message".
+LOG_LINE_RE = re.compile(
+    r"^(?P<date>\d{4}-\d\d-\d\d) (?P<time>\d\d:\d\d:\d\d\.\d{3}) (?P<tz>\S+) "
+    r"\[(?P<pid>\d+)\] (?P<level>[A-Z]+) (?P<msg>.*)$"
+)
+PROCESS_UP_RE = re.compile(r"process up: ")
+
+# PgFunnel.signal() shadows the module inside the class body.
+SIGINT = signal.SIGINT
+
+
+def pgfunnel_bin():
+    """Path of the binary under test (PGFUNNEL_BIN), or a clear failure."""
+    path = os.environ.get("PGFUNNEL_BIN")
+    if not path:
+        raise RuntimeError("PGFUNNEL_BIN is not set: point it at the built pgfunnel binary")
+    return os.path.abspath(path)
+
+
+def source_root():
+    """The repository root (PGFUNNEL_SOURCE_ROOT, else derived from this file)."""
+    root = os.environ.get("PGFUNNEL_SOURCE_ROOT")
+    if root:
+        return os.path.abspath(root)
+    return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def project_version():
+    """The version in meson.build's project() call."""
+    with open(os.path.join(source_root(), "meson.build"), encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"project\s*\([^)]*?version\s*:\s*'([^']+)'", text, re.S)
+    if not m:
+        raise RuntimeError("no version in meson.build's project()")
+    return m.group(1)
+
+
+# ---------------------------------------------------------------- ports
+
+
+_held_ports = {}  # port -> fd of its lock file, for this process
+
+
+def port_bindable(port, host="127.0.0.1"):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # Same option servers use, so a port left in TIME_WAIT counts as free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def lock_port(port):
+    """Take port's lock file; return True if this process now holds it.
+
+    The lock is an flock on PORT_LOCK_DIR/<port>.lock: it is released when
+    release_port() closes it or when the process dies, so a crashed pytest
+    never leaks a port.
+    """
+    if port in _held_ports:
+        return False
+    os.makedirs(PORT_LOCK_DIR, exist_ok=True)
+    try:
+        os.chmod(PORT_LOCK_DIR, 0o1777)
+    except PermissionError:
+        pass
+    fd = os.open(os.path.join(PORT_LOCK_DIR, "%d.lock" % port), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held_ports[port] = fd
+    return True
+
+
+def release_port(port):
+    """Give back a port taken by alloc_port() or lock_port()."""
+    fd = _held_ports.pop(port, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def alloc_port():
+    """A TCP port on 127.0.0.1 that nobody listens on and no other test process holds."""
+    span = PORT_HIGH - PORT_LOW
+    start = random.randrange(span)
+    for i in range(span):
+        port = PORT_LOW + (start + i) % span
+        if not lock_port(port):
+            continue
+        if port_bindable(port):
+            return port
+        release_port(port)
+    raise RuntimeError("no free TCP port in %d-%d" % (PORT_LOW, PORT_HIGH))
+
+
+def port_accepts(port, host="127.0.0.1", timeout=0.5):
+    """True if a TCP connection to host:port succeeds now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- users
+
+
+def is_root():
+    return os.geteuid() == 0
+
+
+def ensure_run_user():
+    """Make sure RUN_USER exists when running as root; return (uid, gid) or None.
+
+    None means we are not root: servers simply run as the current user.
+    """
+    if not is_root():
+        return None
+    try:
+        pw = pwd.getpwnam(RUN_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home",
+             "--shell", "/usr/sbin/nologin", RUN_USER],
+            check=True,
+        )
+        pw = pwd.getpwnam(RUN_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def as_run_user(cmd):
+    """cmd prefixed so it runs as RUN_USER when we are root (exec in place: same PID)."""
+    if not is_root():
+        return list(cmd)
+    ensure_run_user()
+    return ["setpriv", "--reuid=" + RUN_USER, "--regid=" + RUN_USER, "--init-groups", "--"] + list(cmd)
+
+
+def make_tempdir(prefix):
+    """A fresh directory under /tmp owned by RUN_USER (when root), mode 0700.
+
+    Not pytest's tmp_path: that lives under a root-only 0700 directory the
+    unprivileged user cannot traverse.
+    """
+    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    chown_run_user(d)
+    return d
+
+
+def chown_run_user(path):
+    ids = ensure_run_user()
+    if ids is not None:
+        os.chown(path, ids[0], ids[1])
+
+
+def write_file(path, text, mode=0o600):
+    """Write text to path, owned by RUN_USER when root (so reloads can read it)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    chown_run_user(path)
+
+
+def remove_tree(path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def pid_alive(pid):
+    """True while pid exists and is not a zombie (PID 1 may not reap orphans)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def wait_pid_gone(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def pids_with_arg(arg):
+    """PIDs of live processes that have arg as one of their command-line arguments."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % name, "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if arg.encode() in args:
+            found.append(int(name))
+    return found
+
+
+_subreaper = None
+
+
+def enable_subreaper():
+    """Make this process the reaper of its orphaned descendants (Linux prctl); True if it is.
+
+    A daemon that double-forks then stays our descendant, so waitpid() can
+    report its exit status (and no zombie is left when PID 1 does not reap).
+    """
+    global _subreaper
+    if _subreaper is None:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_CHILD_SUBREAPER = 36
+            _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            _subreaper = False
+    return _subreaper
+
+
+def reap(pid):
+    """waitpid(pid) without blocking: the exit status, or None if pid is not our (dead) child."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if got == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def kill_quietly(pid, sig=signal.SIGKILL):
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def read_text(path):
+    """File contents, or '' if it does not exist (yet)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def log_lines(text):
+    """Parsed PgBouncer-style log lines (dicts); other lines are skipped."""
+    out = []
+    for line in text.splitlines():
+        m = LOG_LINE_RE.match(line)
+        if m:
+            d = m.groupdict()
+            d["pid"] = int(d["pid"])
+            d["line"] = line
+            out.append(d)
+    return out
+
+
+def wait_for(predicate, timeout, interval=0.05):
+    """Poll predicate() until it returns a truthy value or timeout passes; return the value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def is_socket(path):
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------- psql
+
+
+def psql(sql, *, host="127.0.0.1", port, user="postgres", dbname="postgres",
+         password=None, extra_args=(), timeout=30, check=False):
+    """Run psql -X -A -t -c sql; return subprocess.CompletedProcess (text).
+
+    check=True raises with psql's stderr when it fails.
+    """
+    env = dict(os.environ)
+    env.pop("PGSERVICE", None)
+    env["PGCONNECT_TIMEOUT"] = "5"
+    if password is not None:
+        env["PGPASSWORD"] = password
+    else:
+        env.pop("PGPASSWORD", None)
+    cmd = [PSQL, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", str(host), "-p", str(port),
+           "-U", user, "-d", dbname, "-c", sql] + list(extra_args)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                         stdin=subprocess.DEVNULL)
+    if check and res.returncode != 0:
+        raise AssertionError("psql failed (%d): %s\n%s" % (res.returncode, " ".join(cmd),
+                                                           res.stderr))
+    return res
+
+
+# ---------------------------------------------------------------- Postgres
+
+
+class PgCluster:
+    """A throwaway Postgres cluster, started by start() and removed by destroy().
+
+    Listens on 127.0.0.1:port only, plus a unix socket in socket_dir. Every
+    login needs a password: hba method md5, which does SCRAM for roles whose
+    password is stored as SCRAM (alice, postgres) and MD5 for md5-stored
+    ones (bob).
+    """
+
+    SUPERUSER = "postgres"
+    PASSWORDS = {
+        "postgres": "pg-super-secret",
+        "alice": "alice-scram-secret",
+        "bob": "bob-md5-secret",
+    }
+
+    def __init__(self):
+        self.host = "127.0.0.1"
+        self.port = None
+        self.dir = None
+        self.datadir = None
+        self.socket_dir = None
+        self.logfile = None
+        self.passwords = dict(self.PASSWORDS)
+        self.superuser = self.SUPERUSER
+        self.bindir = PG_BINDIR
+
+    def _run(self, cmd, **kw):
+        return subprocess.run(as_run_user(cmd), cwd=self.dir, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, **kw)
+
+    def start(self):
+        self.dir = make_tempdir("pgfunnel-pg.")
+        self.datadir = os.path.join(self.dir, "data")
+        self.socket_dir = self.dir
+        self.logfile = os.path.join(self.dir, "postgres.log")
+        self.port = alloc_port()
+        pwfile = os.path.join(self.dir, "pwfile")
+        write_file(pwfile, self.passwords[self.superuser] + "\n")
+        res = self._run([os.path.join(self.bindir, "initdb"), "-D", self.datadir,
+                         "-U", self.superuser, "--auth=scram-sha-256", "--pwfile=" + pwfile,
+                         "--locale=C", "--encoding=UTF8", "--no-sync"], timeout=120)
+        assert res.returncode == 0, "initdb failed:\n%s\n%s" % (res.stdout, res.stderr)
+        os.unlink(pwfile)
+        with open(os.path.join(self.datadir, "postgresql.conf"), "a", encoding="utf-8") as f:
+            f.write("\n# pgfunnel integration tests\n"
+                    "listen_addresses = '127.0.0.1'\n"
+                    "port = %d\n"
+                    "unix_socket_directories = '%s'\n"
+                    "password_encryption = 'scram-sha-256'\n"
+                    "fsync = off\n"
+                    "synchronous_commit = off\n"
+                    "full_page_writes = off\n"
+                    "max_connections = 200\n"
+                    "shared_buffers = 32MB\n"
+                    "log_connections = on\n"
+                    "log_line_prefix = '%%m [%%p] %%q%%u@%%d '\n"
+                    % (self.port, self.socket_dir))
+        # initdb --auth=scram-sha-256 would refuse md5-stored passwords; the md5
+        # method picks SCRAM or MD5 by how each role's password is stored.
+        with open(os.path.join(self.datadir, "pg_hba.conf"), "w", encoding="utf-8") as f:
+            f.write("# TYPE  DATABASE  USER  ADDRESS       METHOD\n"
+                    "local   all       all                 md5\n"
+                    "host    all       all   127.0.0.1/32  md5\n")
+        res = self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-l",
+                         self.logfile, "-w", "-t", "60", "start"], timeout=90)
+        assert res.returncode == 0, "pg_ctl start failed:\n%s\n%s\n%s" % (
+            res.stdout, res.stderr, read_text(self.logfile))
+        self._create_roles()
+        return self
+
+    def _create_roles(self):
+        pw = self.passwords
+        with self.connect(autocommit=True) as conn:
+            conn.execute("CREATE ROLE alice LOGIN PASSWORD '%s'" % pw["alice"])
+            conn.execute("SET password_encryption = 'md5'")
+            conn.execute("CREATE ROLE bob LOGIN PASSWORD '%s'" % pw["bob"])
+            conn.execute("RESET password_encryption")
+            conn.execute("CREATE DATABASE appdb OWNER alice")
+
+    def postmaster_pid(self):
+        text = read_text(os.path.join(self.datadir, "postmaster.pid"))
+        return int(text.split("\n", 1)[0]) if text.strip() else None
+
+    def stop(self):
+        """pg_ctl stop -m fast; SIGQUIT the postmaster by PID if that fails."""
+        if not self.datadir or not os.path.exists(os.path.join(self.datadir, "postmaster.pid")):
+            return
+        pid = self.postmaster_pid()
+        res = self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-m", "fast",
+                         "-w", "-t", "30", "stop"], timeout=60)
+        if res.returncode != 0 and pid:
+            kill_quietly(pid, signal.SIGQUIT)
+            wait_pid_gone(pid, 10)
+
+    def destroy(self):
+        try:
+            self.stop()
+        finally:
+            if self.port:
+                release_port(self.port)
+            if self.dir:
+                remove_tree(self.dir)
+
+    def conninfo(self, user=None, dbname="postgres", password=None, host=None, port=None):
+        """A libpq keyword/value string; the password defaults to the user's known one."""
+        user = user or self.superuser
+        if password is None:
+            password = self.passwords.get(user, "")
+        return "host=%s port=%d user=%s dbname=%s password='%s' connect_timeout=5" % (
+            host or self.host, port or self.port, user, dbname,
+            password.replace("\\", "\\\\").replace("'", "\\'"))
+
+    def connect(self, user=None, dbname="postgres", password=None, host=None, port=None, **kw):
+        """psycopg.connect() to this cluster (TCP by default; host=socket_dir for the socket)."""
+        import psycopg
+        return psycopg.connect(self.conninfo(user, dbname, password, host, port), **kw)
+
+    def psql(self, sql, user=None, dbname="postgres", password=None, **kw):
+        user = user or self.superuser
+        if password is None:
+            password = self.passwords.get(user)
+        return psql(sql, host=self.host, port=self.port, user=user, dbname=dbname,
+                    password=password, **kw)
+
+    def db_entry(self, dbname="postgres", **extra):
+        """A [databases] value pointing at this cluster over TCP."""
+        parts = ["host=%s" % self.host, "port=%d" % self.port, "dbname=%s" % dbname]
+        parts += ["%s=%s" % kv for kv in extra.items()]
+        return " ".join(parts)
+
+    def userlist(self):
+        """{user: plain password} for every role this fixture created."""
+        return dict(self.passwords)
+
+
+# ---------------------------------------------------------------- pgfunnel
+
+
+def format_ini(sections):
+    """Render [(section, {key: value})] as ini text; values are written as given."""
+    out = []
+    for name, params in sections:
+        out.append("[%s]" % name)
+        for k, v in params.items():
+            out.append("%s = %s" % (k, v))
+        out.append("")
+    return "\n".join(out)
+
+
+def format_userlist(users):
+    """auth_file text: one `"user" "secret"` line per entry (quotes doubled)."""
+    return "".join('"%s" "%s"\n' % (u.replace('"', '""'), s.replace('"', '""'))
+                   for u, s in users.items())
+
+
+class PgFunnel:
+    """One pgfunnel process and its files (ini, userlist, log, pidfile) in its own dir.
+
+    Create with PgFunnelFactory.start(). Attributes: proc (Popen of the
+    command we ran), pid (the pgfunnel process: the daemon's in -d mode),
+    host, port, dir, ini_path, userlist_path, logfile, pidfile,
+    unix_socket_dir, stderr_path, cmd.
+    """
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        self.proc = None
+        self.pid = None
+        self.host = "127.0.0.1"
+        self.port = None
+        self.params = {}
+        self.databases = {}
+        self.users = {}
+        self.section = "pgbouncer"
+        self.ini_path = os.path.join(workdir, "pgfunnel.ini")
+        self.userlist_path = os.path.join(workdir, "userlist.txt")
+        self.logfile = os.path.join(workdir, "pgfunnel.log")
+        self.pidfile = os.path.join(workdir, "pgfunnel.pid")
+        self.unix_socket_dir = workdir
+        self.stderr_path = os.path.join(workdir, "stderr.txt")
+        self.cmd = None
+        self.daemon = False
+        self.returncode = None
+
+    # -- files
+
+    def write_ini(self, params=None, databases=None, users=None, section=None, extra_text=""):
+        """(Re)write the ini from the given dicts (default: the current ones)."""
+        if params is not None:
+            self.params = dict(params)
+        if databases is not None:
+            self.databases = dict(databases)
+        if users is not None:
+            self.users = dict(users)
+        if section is not None:
+            self.section = section
+        sections = [("databases", self.databases)]
+        if self.users:
+            sections.append(("users", self.users))
+        sections.append((self.section, self.params))
+        write_file(self.ini_path, format_ini(sections) + extra_text)
+
+    def write_userlist(self, users):
+        write_file(self.userlist_path, format_userlist(users))
+
+    def ini_line_of(self, key):
+        """1-based line number of `key =` in the ini (for FILE:LINE assertions)."""
+        for i, line in enumerate(read_text(self.ini_path).splitlines(), 1):
+            if re.match(r"\s*%s\s*=" % re.escape(key), line):
+                return i
+        raise KeyError(key)
+
+    @property
+    def socket_path(self):
+        return os.path.join(self.unix_socket_dir, ".s.PGSQL.%d" % self.port)
+
+    # -- output
+
+    def log_text(self):
+        """The logfile if it has anything, else what the process wrote to stderr."""
+        text = read_text(self.logfile) if self.logfile else ""
+        return text if text else read_text(self.stderr_path)
+
+    def stderr_text(self):
+        return read_text(self.stderr_path)
+
+    def all_output(self):
+        return "--- logfile %s:\n%s\n--- stdout/stderr:\n%s" % (
+            self.logfile, read_text(self.logfile) if self.logfile else "", self.stderr_text())
+
+    def log_lines(self):
+        return log_lines(self.log_text())
+
+    def wait_for_log(self, pattern, timeout=10.0, after=0):
+        """Wait until a log line at index >= after matches pattern (regex); return the line.
+
+        Fails with the whole log if it does not appear or the process exits.
+        """
+        rx = re.compile(pattern)
+
+        def found():
+            for line in self.log_text().splitlines()[after:]:
+                if rx.search(line):
+                    return line
+            if not self.is_running():
+                # One last look: the line may have been written just before exiting.
+                for line in self.log_text().splitlines()[after:]:
+                    if rx.search(line):
+                        return line
+                return "<exited>"
+            return None
+
+        line = wait_for(found, timeout)
+        assert line and line != "<exited>", "no log line matching %r within %.0fs (%s)\n%s" % (
+            pattern, timeout, "process exited" if line == "<exited>" else "still running",
+            self.all_output())
+        return line
+
+    def log_len(self):
+        """Number of log lines so far: pass as after= to wait for a newer line."""
+        return len(self.log_text().splitlines())
+
+    # -- process
+
+    def is_running(self):
+        if self.pid is None:
+            return False
+        if self.proc is not None and self.proc.pid == self.pid:
+            if self.proc.poll() is not None:
+                self.returncode = self.proc.returncode
+                return False
+            return True
+        return pid_alive(self.pid)
+
+    def signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout=10.0):
+        """Wait for the process to end; return its exit status (None for a daemon)."""
+        if self.proc is not None and self.proc.pid == self.pid:
+            try:
+                self.returncode = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("pgfunnel (pid %d) still running after %.0fs\n%s" % (
+                    self.pid, timeout, self.all_output()))
+            return self.returncode
+        assert wait_pid_gone(self.pid, timeout), "pgfunnel daemon (pid %d) still running after %.0fs\n%s" % (
+            self.pid, timeout, self.all_output())
+        # Known only when we are its subreaper (see enable_subreaper()).
+        self.returncode = reap(self.pid) if _subreaper else None
+        return self.returncode
+
+    def stop(self, sig=SIGINT, timeout=10.0, expect=0):
+        """Send sig, wait for the exit and assert the exit status is expect (None: no check).
+
+        For a daemon the status is known only when this process is its
+        subreaper (enable_subreaper(), done by start(daemon=True)); otherwise
+        only its disappearance is checked. Returns the status (or None).
+        """
+        self.signal(sig)
+        rc = self.wait(timeout)
+        if expect is not None and rc is not None:
+            assert rc == expect, "pgfunnel exited with %r, expected %r\ncommand: %s\n%s" % (
+                rc, expect, " ".join(self.cmd), self.all_output())
+        return rc
+
+    def kill(self):
+        """SIGKILL by PID if still running (teardown).
+
+        Also kills any process whose command line names this instance's ini
+        (a daemon that forked when the test did not expect it to).
+        """
+        pids = {self.pid, self.proc.pid if self.proc else None}
+        pids.update(pids_with_arg(self.ini_path))
+        for pid in pids:
+            if pid is not None and pid_alive(pid):
+                kill_quietly(pid)
+        if self.proc is not None:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.daemon and self.pid:
+            wait_pid_gone(self.pid, 5)
+            reap(self.pid)
+
+
+class PgFunnelFactory:
+    """Starts PgFunnel instances for one test and cleans all of them up.
+
+    start() arguments:
+      params: [pgbouncer] parameters; merged over defaults (listen_addr
+        127.0.0.1, a free listen_port, unix_socket_dir/logfile/pidfile/auth_file
+        in the instance dir, auth_type scram-sha-256). A value of None drops a
+        default.
+      databases, users: [databases] / [users] entries {name: value string}.
+      userlist: {user: secret} written to the auth_file.
+      section: name of the main section ("pgbouncer" or "pgfunnel").
+      config_path: run this existing file verbatim instead (then params are
+        only used to know the port / logfile; see start()).
+      args: extra command-line arguments (before the config path).
+      drop: "flag" = pass -u RUN_USER when root; "exec" = run the process
+        itself as RUN_USER (setpriv), no -u; None = neither.
+      wrapper: command prefix (e.g. valgrind ...), applied inside setpriv.
+      daemon: pass -d; the started command must exit 0 and the daemon's PID
+        is read from the pidfile.
+      wait: wait for readiness ("process up" in the log, or the TCP port
+        accepting) within timeout seconds.
+    """
+
+    def __init__(self):
+        self.instances = []
+        self.ports = []
+        self.dirs = []
+
+    def new_port(self):
+        port = alloc_port()
+        self.ports.append(port)
+        return port
+
+    def start(self, params=None, databases=None, users=None, userlist=None, *, section="pgbouncer",
+              config_path=None, args=(), drop="flag", wrapper=(), daemon=False, wait=True,
+              timeout=10.0, port=None):
+        workdir = make_tempdir("pgfunnel-it.")
+        self.dirs.append(workdir)
+        pf = PgFunnel(workdir)
+        self.instances.append(pf)
+        pf.daemon = daemon
+        if config_path is None:
+            pf.port = port or self.new_port()
+            merged = {
+                "listen_addr": "127.0.0.1",
+                "listen_port": pf.port,
+                "unix_socket_dir": workdir,
+                "logfile": pf.logfile,
+                "pidfile": pf.pidfile,
+                "auth_type": "scram-sha-256",
+                "auth_file": pf.userlist_path,
+            }
+            merged.update(params or {})
+            merged = {k: v for k, v in merged.items() if v is not None}
+            pf.logfile = merged.get("logfile")
+            pf.pidfile = merged.get("pidfile")
+            pf.unix_socket_dir = merged.get("unix_socket_dir") or None
+            pf.write_ini(merged, databases or {}, users or {}, section)
+            pf.write_userlist(userlist or {})
+        else:
+            pf.ini_path = config_path
+            pf.port = port
+            p = params or {}
+            pf.logfile = p.get("logfile")
+            pf.pidfile = p.get("pidfile")
+            pf.unix_socket_dir = p.get("unix_socket_dir")
+
+        cmd = [pgfunnel_bin()]
+        if drop == "flag" and is_root():
+            ensure_run_user()
+            cmd += ["-u", RUN_USER]
+        if daemon:
+            cmd.append("-d")
+        cmd += list(args) + [pf.ini_path]
+        cmd = list(wrapper) + cmd
+        if drop == "exec":
+            cmd = as_run_user(cmd)
+        pf.cmd = cmd
+        err = open(pf.stderr_path, "wb")
+        try:
+            pf.proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=err,
+                                       stderr=subprocess.STDOUT)
+        finally:
+            err.close()
+        pf.pid = pf.proc.pid
+        if daemon:
+            enable_subreaper()
+            try:
+                rc = pf.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("pgfunnel -d did not return within %.0fs\n%s" % (
+                    timeout, pf.all_output()))
+            assert rc == 0, "pgfunnel -d exited with %d\ncommand: %s\n%s" % (
+                rc, " ".join(cmd), pf.all_output())
+            text = wait_for(lambda: read_text(pf.pidfile).strip(), timeout)
+            assert text.isdigit(), "pidfile %s holds %r after -d\n%s" % (
+                pf.pidfile, text, pf.all_output())
+            pf.pid = int(text)
+        if wait:
+            self.wait_ready(pf, timeout)
+        return pf
+
+    @staticmethod
+    def wait_ready(pf, timeout=10.0):
+        def ready():
+            if PROCESS_UP_RE.search(pf.log_text()) or PROCESS_UP_RE.search(pf.stderr_text()):
+                return True
+            if pf.port and port_accepts(pf.port, pf.host, 0.2):
+                return True
+            if not pf.is_running():
+                return "exited"
+            return False
+
+        state = wait_for(ready, timeout)
+        assert state is True, "pgfunnel not ready within %.0fs (%s)\ncommand: %s\n%s" % (
+            timeout, "it exited with %r" % pf.returncode if state == "exited" else "no 'process up'",
+            " ".join(pf.cmd), pf.all_output())
+
+    def cleanup(self):
+        for pf in self.instances:
+            pf.kill()
+        for port in self.ports:
+            release_port(port)
+        for d in self.dirs:
+            remove_tree(d)
+
+
+def run_pgfunnel(args, timeout=10.0, cwd=None):
+    """Run PGFUNNEL_BIN with args to completion; return CompletedProcess (text)."""
+    return subprocess.run([pgfunnel_bin()] + list(args), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd or "/")

@@ -1,0 +1,231 @@
+"""Process life cycle: start, listeners, log format, signals, reload, daemon mode."""
+
+import hashlib
+import os
+import re
+import signal
+import time
+
+import pytest
+
+import pfhelpers
+
+RELOAD_RE = r"(?i)reload|re-reading"
+
+
+def check_up_line(pf, version):
+    """The 'process up' line has PgBouncer's format, our PID and our version."""
+    ups = [rec for rec in pf.log_lines() if rec["msg"].startswith("process up: ")]
+    assert len(ups) == 1, "expected one 'process up' line:\n" + pf.all_output()
+    rec = ups[0]
+    assert rec["level"] == "LOG"
+    assert rec["pid"] == pf.pid, rec["line"]
+    assert rec["msg"].startswith("process up: pgfunnel %s" % version), rec["line"]
+
+
+def test_start_and_sigint(pgfunnel, version):
+    pf = pgfunnel.start()
+    pf.wait_for_log(r"process up: ")
+    check_up_line(pf, version)
+    assert pfhelpers.port_accepts(pf.port)
+    assert pfhelpers.is_socket(pf.socket_path), "no unix socket %s" % pf.socket_path
+    assert pfhelpers.read_text(pf.pidfile).strip() == str(pf.pid)
+    # Logging also goes to stderr unless -q.
+    assert "process up: " in pf.stderr_text()
+
+    pf.stop(signal.SIGINT)
+    assert re.search(r"(?i)shutting down", pf.log_text()), pf.all_output()
+    assert not os.path.exists(pf.socket_path), "unix socket left behind"
+    assert not os.path.exists(pf.pidfile), "pidfile left behind"
+    assert not pfhelpers.port_accepts(pf.port)
+
+
+def test_quiet_keeps_stderr_empty(pgfunnel):
+    pf = pgfunnel.start(args=["-q"])
+    pf.wait_for_log(r"process up: ")
+    pf.stop()
+    assert pf.stderr_text() == ""
+
+
+def test_pgfunnel_section_alias(pgfunnel, version):
+    pf = pgfunnel.start(section="pgfunnel")
+    pf.wait_for_log(r"process up: ")
+    assert pfhelpers.port_accepts(pf.port)
+    pf.stop()
+
+
+def test_no_unix_socket_when_dir_empty(pgfunnel):
+    pf = pgfunnel.start({"unix_socket_dir": ""})
+    pf.wait_for_log(r"process up: ")
+    assert not [n for n in os.listdir(pf.dir) if n.startswith(".s.PGSQL")]
+    pf.stop()
+
+
+def shipped_socket_dir(path):
+    """unix_socket_dir of the shipped ini (it names the systemd RuntimeDirectory)."""
+    for line in pfhelpers.read_text(path).splitlines():
+        m = re.match(r"\s*unix_socket_dir\s*=\s*(\S*)", line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def test_shipped_config_verbatim(pgfunnel, source_root):
+    path = os.path.join(source_root, "etc", "pgfunnel.ini")
+    assert os.path.getsize(path) > 0, "etc/pgfunnel.ini is empty"
+    if not pfhelpers.lock_port(6432):
+        pytest.skip("port 6432 is held by another test process")
+    made_dir = None
+    try:
+        if pfhelpers.port_accepts(6432) or not pfhelpers.port_bindable(6432):
+            pytest.skip("port 6432 is busy")
+        # The sample expects the directory systemd's RuntimeDirectory= creates.
+        sockdir = shipped_socket_dir(path)
+        if sockdir and not os.path.isdir(sockdir):
+            if not pfhelpers.is_root():
+                pytest.skip("%s does not exist and we are not root" % sockdir)
+            os.makedirs(sockdir, 0o755)
+            pfhelpers.chown_run_user(sockdir)
+            made_dir = sockdir
+        pf = pgfunnel.start(config_path=path, port=6432, params={"unix_socket_dir": sockdir})
+        assert pfhelpers.port_accepts(6432)
+        pf.stop(signal.SIGINT)
+        if sockdir:
+            assert not os.path.exists(os.path.join(sockdir, ".s.PGSQL.6432"))
+    finally:
+        if made_dir:
+            pfhelpers.remove_tree(made_dir)
+        pfhelpers.release_port(6432)
+
+
+def test_sigterm_exits_0(pgfunnel):
+    pf = pgfunnel.start()
+    pf.stop(signal.SIGTERM)
+    assert not os.path.exists(pf.socket_path)
+    assert not os.path.exists(pf.pidfile)
+
+
+def test_sigquit_exits_immediately(pgfunnel):
+    pf = pgfunnel.start()
+    pf.signal(signal.SIGQUIT)
+    rc = pf.wait(10)
+    assert rc == 0, "exit %r\n%s" % (rc, pf.all_output())
+
+
+def test_sighup_reload_valid(pgfunnel):
+    pf = pgfunnel.start({"default_pool_size": 10}, databases={"appdb": "host=127.0.0.1 dbname=appdb"})
+    pf.wait_for_log(r"process up: ")
+    n = pf.log_len()
+    pf.params["default_pool_size"] = 30
+    pf.databases["otherdb"] = "host=127.0.0.1 dbname=otherdb"
+    pf.write_ini()
+    pf.signal(signal.SIGHUP)
+    pf.wait_for_log(RELOAD_RE, after=n)
+    time.sleep(0.3)
+    assert pf.is_running(), pf.all_output()
+    bad = [r["line"] for r in pf.log_lines() if r["level"] in ("ERROR", "FATAL")]
+    assert not bad, pf.all_output()
+    assert pfhelpers.port_accepts(pf.port)
+    pf.stop()
+
+
+def test_sighup_reload_broken_keeps_running(pgfunnel):
+    pf = pgfunnel.start({"pool_mode": "transaction"})
+    pf.wait_for_log(r"process up: ")
+    n = pf.log_len()
+    pf.params["pool_mode"] = "bogus"
+    pf.write_ini()
+    pf.signal(signal.SIGHUP)
+    line = pf.wait_for_log(r"\b(ERROR|WARNING)\b.*pool_mode", after=n)
+    assert "bogus" in line or "pool_mode" in line
+    time.sleep(0.3)
+    assert pf.is_running(), "exited after a bad reload\n" + pf.all_output()
+    assert pfhelpers.port_accepts(pf.port)
+    assert pfhelpers.is_socket(pf.socket_path)
+
+    # A later good file still reloads.
+    n = pf.log_len()
+    pf.params["pool_mode"] = "session"
+    pf.write_ini()
+    pf.signal(signal.SIGHUP)
+    pf.wait_for_log(RELOAD_RE, after=n)
+    pf.stop()
+
+
+def test_sighup_reopens_logfile(pgfunnel):
+    """logrotate's pattern: move the file away, SIGHUP, the new file gets the next lines."""
+    pf = pgfunnel.start()
+    pf.wait_for_log(r"process up: ")
+    rotated = pf.logfile + ".1"
+    os.rename(pf.logfile, rotated)
+    pf.signal(signal.SIGHUP)
+    ok = pfhelpers.wait_for(lambda: re.search(RELOAD_RE, pfhelpers.read_text(pf.logfile)), 10)
+    assert ok, "nothing logged to a fresh %s after SIGHUP\n%s" % (pf.logfile, pf.all_output())
+    assert "process up: " in pfhelpers.read_text(rotated)
+    pf.stop()
+
+
+def test_daemon(pgfunnel, version):
+    pf = pgfunnel.start(daemon=True)
+    assert pf.pid != pf.proc.pid
+    assert pf.proc.returncode == 0
+    assert pfhelpers.pid_alive(pf.pid)
+    pf.wait_for_log(r"process up: ")
+    check_up_line(pf, version)
+    assert pfhelpers.port_accepts(pf.port)
+    assert pfhelpers.is_socket(pf.socket_path)
+
+    pf.stop(signal.SIGINT)
+    assert not pfhelpers.pid_alive(pf.pid)
+    assert pfhelpers.wait_for(lambda: not os.path.exists(pf.pidfile), 5), "pidfile left behind"
+    assert not os.path.exists(pf.socket_path)
+    assert re.search(r"(?i)shutting down", pf.log_text()), pf.all_output()
+
+
+def test_daemon_without_logfile_refused(pgfunnel):
+    pf = pgfunnel.start({"logfile": None}, daemon=False, args=["-d"], wait=False)
+    rc = pf.wait(10)
+    out = pf.stderr_text()
+    assert rc == 1, "exit %r\n%s" % (rc, out)
+    assert len(out.splitlines()) == 1, "expected one line:\n%s" % out
+    assert not os.path.exists(pf.pidfile)
+    assert not pfhelpers.port_accepts(pf.port)
+
+
+DEBIAN_OVERRIDES = ("logfile", "pidfile", "listen_port", "unix_socket_dir", "auth_file")
+
+
+def test_debian_config_loads(pgfunnel, source_root, tmpdir_user, new_port):
+    src = os.path.join(source_root, "tests", "unit", "data", "debian-pgbouncer.ini")
+    if not os.path.exists(src):
+        pytest.skip("tests/unit/data/debian-pgbouncer.ini not there yet")
+    port = new_port()
+    values = {
+        "logfile": os.path.join(tmpdir_user, "pgbouncer.log"),
+        "pidfile": os.path.join(tmpdir_user, "pgbouncer.pid"),
+        "listen_port": str(port),
+        "unix_socket_dir": tmpdir_user,
+        "auth_file": os.path.join(tmpdir_user, "userlist.txt"),
+    }
+    seen = set()
+    out = []
+    for line in pfhelpers.read_text(src).splitlines():
+        m = re.match(r"\s*(\w+)\s*=", line)
+        if m and m.group(1) in values:
+            seen.add(m.group(1))
+            line = "%s = %s" % (m.group(1), values[m.group(1)])
+        out.append(line)
+    assert seen == set(DEBIAN_OVERRIDES), "Debian file lacks %s" % (set(DEBIAN_OVERRIDES) - seen)
+    path = os.path.join(tmpdir_user, "pgbouncer.ini")
+    pfhelpers.write_file(path, "\n".join(out) + "\n")
+    secret = "md5" + hashlib.md5(b"some-password" + b"someuser").hexdigest()
+    pfhelpers.write_file(values["auth_file"], '"someuser" "%s"\n' % secret)
+
+    pf = pgfunnel.start(config_path=path, port=port,
+                        params={"logfile": values["logfile"], "pidfile": values["pidfile"],
+                                "unix_socket_dir": tmpdir_user})
+    pf.wait_for_log(r"process up: ")
+    complaints = [r["line"] for r in pf.log_lines() if r["level"] in ("WARNING", "ERROR", "FATAL")]
+    assert not complaints, "stock Debian config produced complaints:\n" + pf.all_output()
+    pf.stop(signal.SIGINT)
+    assert not os.path.exists(values["pidfile"])
