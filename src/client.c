@@ -69,6 +69,11 @@ static const struct {
 					   "client_login_timeout (server down or wrong password?)"},
 	[PF_CLOSE_CLIENT_IDLE_TIMEOUT] = {"client_idle_timeout", "57P05", "client_idle_timeout"},
 	[PF_CLOSE_CLIENT_WAIT_TIMEOUT] = {"query_wait_timeout", "57014", "query_wait_timeout"},
+	[PF_CLOSE_CLIENT_QUERY_TIMEOUT] = {"query_timeout", "57014",
+					   "canceling statement due to query_timeout"},
+	[PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT] = {"idle_transaction_timeout", "25P03",
+					     "terminating connection due to "
+					     "idle_transaction_timeout"},
 	[PF_CLOSE_CLIENT_SERVER_GONE] = {"server connection lost", "08006", "server conn crashed?"},
 	[PF_CLOSE_CLIENT_SERVER_LOGIN] = {"server login failed", "08006", "server login failed"},
 	[PF_CLOSE_CLIENT_STATEMENT_MODE] = {"statement mode violation", "25001",
@@ -673,6 +678,20 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 			return -1;
 		if (u)
 			unsupported[n_unsupported++] = u;
+	}
+	if (w->cfg->application_name_add_host) {
+		/* PgBouncer's format: "<application_name> - <host>:<port>". */
+		char host[64], app[512];
+		int port;
+
+		pf_conn_addr_text(&c->conn.addr, host, sizeof(host), &port);
+		snprintf(app, sizeof(app), "%s - %s:%d",
+			 c->vars.v[PF_VAR_APPLICATION_NAME] ? c->vars.v[PF_VAR_APPLICATION_NAME] : "",
+			 host, port);
+		if (pf_vars_set(&c->vars, PF_VAR_APPLICATION_NAME, app) < 0) {
+			pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+			return -1;
+		}
 	}
 	if (st->minor > 0 || n_unsupported > 0) {
 		pf_buf_t b;

@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -94,6 +95,44 @@ static bool make_room(pf_conn_t *c, uint32_t need)
 	c->rbuf = nb;
 	c->rcap = ncap;
 	return true;
+}
+
+/*
+ * TCP options from the config, as PgBouncer applies them to both sides: keepalive with the
+ * kernel defaults unless tcp_keepidle/keepintvl/keepcnt say otherwise, and TCP_NODELAY.
+ */
+static void tune_tcp(pf_conn_t *c)
+{
+	const pf_config_t *cfg = pf_worker_config(c->worker);
+	uv_os_fd_t fd;
+	int on = 1;
+
+	uv_tcp_nodelay(&c->h.tcp, 1);
+	if (uv_fileno(&c->h.handle, &fd) < 0)
+		return;
+	if (cfg->tcp_keepalive) {
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+		if (cfg->tcp_keepidle > 0)
+			setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &cfg->tcp_keepidle,
+				   sizeof(cfg->tcp_keepidle));
+		if (cfg->tcp_keepintvl > 0)
+			setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &cfg->tcp_keepintvl,
+				   sizeof(cfg->tcp_keepintvl));
+		if (cfg->tcp_keepcnt > 0)
+			setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cfg->tcp_keepcnt,
+				   sizeof(cfg->tcp_keepcnt));
+	}
+	if (cfg->tcp_user_timeout > 0) {
+		unsigned int ms = (unsigned int)cfg->tcp_user_timeout;
+
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+	}
+	if (cfg->tcp_socket_buffer > 0) {
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &cfg->tcp_socket_buffer,
+			   sizeof(cfg->tcp_socket_buffer));
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &cfg->tcp_socket_buffer,
+			   sizeof(cfg->tcp_socket_buffer));
+	}
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -390,7 +429,7 @@ int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix)
 		uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&c->addr, &len);
 		len = sizeof(c->local_addr);
 		uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&c->local_addr, &len);
-		uv_tcp_nodelay(&c->h.tcp, 1);
+		tune_tcp(c);
 	} else {
 		c->addr.ss_family = AF_UNIX;
 		c->local_addr.ss_family = AF_UNIX;
@@ -413,7 +452,7 @@ static void on_connected(uv_connect_t *req, int status)
 		int len = sizeof(c->local_addr);
 
 		uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&c->local_addr, &len);
-		uv_tcp_nodelay(&c->h.tcp, 1);
+		tune_tcp(c);
 	}
 	c->ops->on_event(c, PF_CONN_EV_CONNECTED, status);
 	if (status == 0 && !c->closing)

@@ -919,6 +919,36 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 					   : too_old	   ? PF_SV_CLOSE_LIFETIME
 							   : PF_SV_CLOSE_IDLE_TIMEOUT);
 	}
+	/* Client-side timeouts (0 = off for each). */
+	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
+	{
+		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+
+		if (cfg->query_wait_timeout > 0 && c->wait_start &&
+		    now - c->wait_start > cfg->query_wait_timeout)
+			pf_client_close(c, PF_CLOSE_CLIENT_WAIT_TIMEOUT, NULL, NULL);
+	}
+	PF_LIST_FOREACH(&pool->active_clients, it, tmp)
+	{
+		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+		pf_server_t *s = c->link;
+
+		if (!s) {
+			if (cfg->client_idle_timeout > 0 &&
+			    now - c->conn.request_time > cfg->client_idle_timeout)
+				pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TIMEOUT, NULL, NULL);
+			continue;
+		}
+		if (cfg->query_timeout > 0 && c->query_start &&
+		    now - c->query_start > cfg->query_timeout) {
+			pf_client_close(c, PF_CLOSE_CLIENT_QUERY_TIMEOUT, NULL, NULL);
+			continue;
+		}
+		if (cfg->idle_transaction_timeout > 0 && !c->query_start &&
+		    s->tx_status != PF_PROTO_TX_IDLE &&
+		    now - c->conn.request_time > cfg->idle_transaction_timeout)
+			pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT, NULL, NULL);
+	}
 	if (pool_is_paused(pool) || w->shutdown != PF_SHUTDOWN_NONE)
 		return;
 	/* The reserve pool opens when the first client has waited reserve_pool_timeout. */

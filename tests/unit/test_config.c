@@ -93,6 +93,16 @@ static void assert_format(const pf_config_t *cfg, const char *name, const char *
 
 /* The parameters the lead marked as implemented; every other one must be flagged false. */
 static const char *const implemented[] = {
+        "tcp_socket_buffer",
+        "tcp_user_timeout",
+        "autodb_idle_timeout",
+        "server_round_robin",
+        "scram_iterations",
+        "so_reuseport",
+        "query_wait_timeout",
+        "client_idle_timeout",
+        "query_timeout",
+        "idle_transaction_timeout",
         "listen_addr",
         "listen_port",
         "listen_backlog",
