@@ -12,7 +12,7 @@ set -euo pipefail
 PACKAGES=(
 	# build
 	meson ninja-build pkg-config gcc clang build-essential
-	libuv1-dev libssl-dev libinih-dev libcmocka-dev libsystemd-dev
+	libuv1-dev libssl-dev libcmocka-dev libsystemd-dev
 	# fuzzing with clang (libFuzzer and sanitizer runtimes)
 	libclang-rt-14-dev
 	# tests: man page lint, integration suite, leak checks, side-by-side runs

@@ -12,7 +12,7 @@
 # FUZZ_SECONDS (default 30) sets the fuzzing time per target.
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 builddir=${1:-build-ci}
 sandir=$builddir-san
 failed=()

@@ -697,7 +697,8 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		pf_buf_t b;
 
 		pf_buf_init(&b);
-		pf_proto_be_negotiate_protocol_version(&b, 0, unsupported, n_unsupported);
+		pf_proto_be_negotiate_protocol_version(&b, PF_PROTO_VERSION_3_0, unsupported,
+						       n_unsupported);
 		pf_conn_send_buf(&c->conn, &b);
 		pf_buf_free(&b);
 	}

@@ -109,7 +109,7 @@ def lock_port(port):
         os.chmod(PORT_LOCK_DIR, 0o1777)
     except PermissionError:
         pass
-    fd = os.open(os.path.join(PORT_LOCK_DIR, "%d.lock" % port), os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(os.path.join(PORT_LOCK_DIR, "%d.lock" % port), os.O_RDONLY | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

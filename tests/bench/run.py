@@ -1,0 +1,645 @@
+#!/usr/bin/python3
+"""Side-by-side benchmark: pgfunnel vs PgBouncer in front of a throwaway PostgreSQL 15.
+
+One command (as root or as an ordinary user; root runs the servers as the
+unprivileged system user `pgfunnel`, created if missing):
+
+    tests/bench/run.py [--duration 10] [--rounds 3] [--quick] [--pooler-only]
+
+What it does:
+  1. initdb + start a PostgreSQL 15 on a free loopback port (fsync=off,
+     synchronous_commit=off, shared_buffers=128MB, max_connections=200),
+     create a SCRAM user `bench` and a database `pgbench` (pgbench -i -s 10).
+  2. Write ONE ini + userlist (scram-sha-256, plain password so both poolers
+     can log in to PostgreSQL with SCRAM, pool_mode=transaction,
+     default_pool_size=20, max_client_conn=1000), copied per pooler with only
+     listen_port and file paths changed, and start pgfunnel and PgBouncer.
+  3. For each scenario, run pgbench against each pooler alternately
+     (A, B, A, B, ... for --rounds rounds).
+  4. Per run: TPS, average latency, failed transactions, pooler CPU time per
+     transaction (utime+stime from /proc/PID/stat around the run, divided by
+     the transactions processed) and pooler RSS after the run.
+  5. Print a table per scenario with medians over the rounds and the ratio
+     pgfunnel/PgBouncer for TPS and CPU per transaction.
+  6. Stop everything it started (by PID; pg_ctl stop for PostgreSQL) and
+     remove its temp dir, also on Ctrl-C or failure.
+
+Exit status: 0 if every pgbench run finished without errors or failed
+transactions and both poolers stayed up; 1 otherwise; 2 on bad usage or a
+set-up failure (PostgreSQL or a pooler did not start).
+
+Stdlib only; no third-party modules.
+"""
+
+import argparse
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RUN_USER = "pgfunnel"
+DB_USER = "bench"
+DB_PASSWORD = "bench-scram-password"
+DB_NAME = "pgbench"
+PG_BINDIR_DEFAULT = "/usr/lib/postgresql/15/bin"
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# (name, pgbench arguments, which tps line is meaningful)
+#   "excl": "tps = N (without initial connection time)"
+#   "incl": "tps = N (including reconnection times)"   (-C: every transaction logs in)
+SCENARIOS = [
+    ("select-only", ["-S", "-c", "200", "-j", "2", "-M", "simple"], "excl"),
+    ("select-only-extended", ["-S", "-c", "200", "-j", "2", "-M", "extended"], "excl"),
+    ("connect-per-txn", ["-S", "-C", "-c", "50", "-j", "2", "-M", "simple"], "incl"),
+    ("tpc-b", ["-c", "100", "-j", "2", "-M", "simple"], "excl"),
+    ("1-client-latency", ["-S", "-c", "1", "-M", "simple"], "excl"),
+]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class SetupError(Exception):
+    """PostgreSQL or a pooler could not be started: exit status 2."""
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGHUP received: unwind through the finally blocks."""
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- users, files
+
+
+def run_ids():
+    """(uid, gid) of RUN_USER when we are root (creating the user if missing), else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(RUN_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--shell", "/usr/sbin/nologin", RUN_USER], check=True)
+        pw = pwd.getpwnam(RUN_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def as_run_user(cmd):
+    """cmd run as RUN_USER when root; setpriv execs in place, so the PID is the program's."""
+    if os.geteuid() != 0:
+        return list(cmd)
+    return ["setpriv", "--reuid=" + RUN_USER, "--regid=" + RUN_USER, "--init-groups", "--"] + list(cmd)
+
+
+def chown_run_user(path, ids):
+    if ids is not None:
+        os.chown(path, ids[0], ids[1])
+
+
+def write_file(path, text, ids, mode=0o600):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    chown_run_user(path, ids)
+
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def tail(path, n=30):
+    lines = read_text(path).splitlines()
+    return "\n".join(lines[-n:])
+
+
+# ---------------------------------------------------------------- ports, processes
+
+_ports_taken = set()
+
+
+def free_port():
+    """A loopback TCP port that was free a moment ago and not handed out before by us."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_taken:
+            _ports_taken.add(port)
+            return port
+    raise SetupError("no free port")
+
+
+def port_accepts(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid (all its threads) in seconds, from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the comm field: state is field 3 (index 0 here); utime 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid):
+    """VmRSS of pid in KiB (0 if unreadable)."""
+    for line in read_text("/proc/%d/status" % pid).splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+class Postgres:
+    def __init__(self, bindir, workdir, ids):
+        self.bindir = bindir
+        self.ids = ids
+        self.datadir = os.path.join(workdir, "pgdata")
+        self.sockdir = workdir
+        self.logfile = os.path.join(workdir, "postgres.log")
+        self.port = free_port()
+        self.started = False
+
+    def _bin(self, name):
+        return os.path.join(self.bindir, name)
+
+    def _run(self, cmd, timeout, env=None):
+        res = subprocess.run(as_run_user(cmd), cwd=self.sockdir, capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=timeout, env=env)
+        if res.returncode != 0:
+            raise SetupError("%s failed (%d):\n%s%s\n%s" % (
+                " ".join(cmd), res.returncode, res.stdout, res.stderr, tail(self.logfile)))
+        return res
+
+    def start(self, scale):
+        self._run([self._bin("initdb"), "-D", self.datadir, "-U", "postgres", "--auth=trust",
+                   "--locale=C", "--encoding=UTF8", "--no-sync"], timeout=120)
+        with open(os.path.join(self.datadir, "postgresql.conf"), "a", encoding="utf-8") as f:
+            f.write("\n# pgfunnel benchmark (tests/bench/run.py)\n"
+                    "listen_addresses = '127.0.0.1'\n"
+                    "port = %d\n"
+                    "unix_socket_directories = '%s'\n"
+                    "max_connections = 200\n"
+                    "fsync = off\n"
+                    "synchronous_commit = off\n"
+                    "full_page_writes = off\n"
+                    "shared_buffers = 128MB\n"
+                    "password_encryption = 'scram-sha-256'\n"
+                    % (self.port, self.sockdir))
+        # Local socket: trust (set-up as superuser); TCP (the poolers, pgbench -i): SCRAM.
+        with open(os.path.join(self.datadir, "pg_hba.conf"), "w", encoding="utf-8") as f:
+            f.write("local  all  all                trust\n"
+                    "host   all  all  127.0.0.1/32  scram-sha-256\n")
+        self._run([self._bin("pg_ctl"), "-D", self.datadir, "-l", self.logfile, "-w", "-t", "60",
+                   "start"], timeout=90)
+        self.started = True
+        psql = [self._bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.sockdir,
+                "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-c"]
+        self._run(psql + ["CREATE ROLE %s LOGIN PASSWORD '%s'" % (DB_USER, DB_PASSWORD)], timeout=30)
+        self._run(psql + ["CREATE DATABASE %s OWNER %s" % (DB_NAME, DB_USER)], timeout=60)
+        # Initialise over TCP with SCRAM, exactly like the clients will authenticate.
+        env = dict(os.environ, PGPASSWORD=DB_PASSWORD)
+        self._run([self._bin("pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1",
+                   "-p", str(self.port), "-U", DB_USER, DB_NAME], timeout=600, env=env)
+
+    def stop(self):
+        if not self.started:
+            return
+        self.started = False
+        pidtext = read_text(os.path.join(self.datadir, "postmaster.pid"))
+        res = subprocess.run(as_run_user([self._bin("pg_ctl"), "-D", self.datadir, "-m", "fast",
+                                          "-w", "-t", "30", "stop"]),
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        if res.returncode != 0 and pidtext.strip():
+            pid = int(pidtext.split("\n", 1)[0])
+            try:
+                os.kill(pid, signal.SIGQUIT)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- poolers
+
+
+def make_ini(pg_port, port, workdir, name):
+    """The common configuration; only listen_port and file paths differ per pooler."""
+    return ("[databases]\n"
+            "%s = host=127.0.0.1 port=%d dbname=%s\n"
+            "\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            "listen_port = %d\n"
+            "unix_socket_dir =\n"
+            "auth_type = scram-sha-256\n"
+            "auth_file = %s\n"
+            "pool_mode = transaction\n"
+            "default_pool_size = 20\n"
+            "max_client_conn = 1000\n"
+            "logfile = %s\n"
+            "pidfile = %s\n"
+            % (DB_NAME, pg_port, DB_NAME, port, os.path.join(workdir, "userlist.txt"),
+               os.path.join(workdir, name + ".log"), os.path.join(workdir, name + ".pid")))
+
+
+class Pooler:
+    def __init__(self, name, binary, workdir, pg_port, ids, extra_args=()):
+        self.name = name
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.ini = os.path.join(workdir, name + ".ini")
+        self.logfile = os.path.join(workdir, name + ".log")
+        self.outfile = os.path.join(workdir, name + ".out")
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.rss_trace = []  # (label, KiB)
+        self.exit_note = ""
+        write_file(self.ini, make_ini(pg_port, self.port, workdir, name), ids)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def start(self):
+        # Foreground, -q: logs only to its logfile (stdout/stderr kept in NAME.out).
+        cmd = as_run_user([self.binary, "-q"] + self.extra_args + [self.ini])
+        with open(self.outfile, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SetupError("%s exited with status %d at start-up:\n%s\n%s" % (
+                    self.name, self.proc.returncode, read_text(self.outfile), tail(self.logfile)))
+            if port_accepts(self.port):
+                self.rss_trace.append(("start", rss_kib(self.pid)))
+                return
+            time.sleep(0.05)
+        raise SetupError("%s did not listen on port %d within 15 s:\n%s\n%s" % (
+            self.name, self.port, read_text(self.outfile), tail(self.logfile)))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=10):
+        """SIGTERM, then SIGKILL after timeout s; None if it exited cleanly, else what went wrong."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            return "%s had already exited (status %d)" % (self.name, self.proc.returncode)
+        try:
+            cpu0 = cpu_seconds(self.pid)
+        except OSError:
+            cpu0 = None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                busy = cpu_seconds(self.pid) - cpu0 if cpu0 is not None else None
+            except OSError:
+                busy = None
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            return ("%s did not exit within %d s of SIGTERM (used %s s of CPU meanwhile); killed"
+                    % (self.name, timeout, fmt(busy, ".2f")))
+        # Not a failure: PgBouncer 1.18 logs "got SIGTERM, fast exit" and exits with status 1.
+        self.exit_note = "exited with status %d %.1f s after SIGTERM" % (rc, time.monotonic() - t0)
+        return None
+
+    def log_problems(self, limit=8):
+        """(count, first distinct messages) of ERROR/WARNING/FATAL/PANIC lines in the logfile."""
+        count = 0
+        seen = []
+        for line in read_text(self.logfile).splitlines():
+            if re.search(r"\b(ERROR|WARNING|FATAL|PANIC)\b", line):
+                count += 1
+                # Drop timestamp / pid / connection ids so repeats collapse.
+                msg = re.sub(r"^\S+ \S+ (\S+ )?\[\d+\] ", "", line)
+                msg = re.sub(r"\b[SC]-0x[0-9a-f]+\b", "X", msg)
+                msg = re.sub(r"\d+", "N", msg)
+                if msg not in seen and len(seen) < limit:
+                    seen.append(msg)
+        return count, seen
+
+
+# ---------------------------------------------------------------- pgbench
+
+RE_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+RE_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+RE_LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
+RE_TPS_EXCL = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+RE_TPS_INCL = re.compile(r"^tps = ([0-9.]+) \(including (?:reconnection times|connections establishing)\)",
+                         re.M)
+
+
+def run_pgbench(bindir, pooler, args, duration, tps_kind):
+    """One pgbench run against pooler; a dict of measurements (errors listed in "errors")."""
+    cmd = [os.path.join(bindir, "pgbench"), "-n", "-T", str(duration), "-h", "127.0.0.1",
+           "-p", str(pooler.port), "-U", DB_USER] + args + [DB_NAME]
+    env = dict(os.environ, PGPASSWORD=DB_PASSWORD, PGSSLMODE="disable")
+    cpu0 = cpu_seconds(pooler.pid)
+    t0 = time.monotonic()
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             env=env, timeout=duration + 120)
+        rc, out, err = res.returncode, res.stdout, res.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = -1, e.stdout or "", (e.stderr or "") + "\n(pgbench timed out)"
+        out = out.decode() if isinstance(out, bytes) else out
+        err = err.decode() if isinstance(err, bytes) else err
+    wall = time.monotonic() - t0
+    alive = pooler.alive()
+    cpu1 = cpu_seconds(pooler.pid) if alive else cpu0
+    rss = rss_kib(pooler.pid) if alive else 0
+
+    r = {"pooler": pooler.name, "rc": rc, "wall_s": round(wall, 2), "errors": []}
+    m = RE_PROCESSED.search(out)
+    r["txns"] = int(m.group(1)) if m else 0
+    m = RE_FAILED.search(out)
+    r["failed"] = int(m.group(1)) if m else 0
+    m = RE_LATENCY.search(out)
+    r["latency_ms"] = float(m.group(1)) if m else None
+    m = (RE_TPS_INCL if tps_kind == "incl" else RE_TPS_EXCL).search(out)
+    r["tps"] = float(m.group(1)) if m else None
+    r["cpu_s"] = cpu1 - cpu0
+    r["cpu_us_per_txn"] = (r["cpu_s"] * 1e6 / r["txns"]) if r["txns"] else None
+    r["rss_kib"] = rss
+
+    if not alive:
+        r["errors"].append("%s is no longer running (exit status %s)" % (pooler.name,
+                                                                         pooler.proc.returncode))
+    if rc != 0:
+        r["errors"].append("pgbench exit status %d" % rc)
+    if r["failed"]:
+        r["errors"].append("%d failed transactions" % r["failed"])
+    if r["tps"] is None or r["txns"] == 0:
+        r["errors"].append("no tps / transactions in pgbench output")
+    aborted = [l for l in err.splitlines() if "aborted" in l or "error" in l.lower()]
+    if aborted:
+        r["errors"].append("pgbench stderr: %s%s" % (
+            aborted[0].strip(), " (+%d more lines)" % (len(aborted) - 1) if len(aborted) > 1 else ""))
+    r["stdout"] = out
+    r["stderr"] = err
+    return r
+
+
+# ---------------------------------------------------------------- report
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, spec):
+    return format(v, spec) if v is not None else "-"
+
+
+def summarize(runs):
+    return {
+        "tps": med([r["tps"] for r in runs]),
+        "latency_ms": med([r["latency_ms"] for r in runs]),
+        "cpu_us_per_txn": med([r["cpu_us_per_txn"] for r in runs]),
+        "rss_kib": max((r["rss_kib"] for r in runs), default=0),
+        "failed": sum(r["failed"] for r in runs),
+        "all_tps": [r["tps"] for r in runs],
+    }
+
+
+def print_table(name, cmdline, rounds, duration, poolers, results):
+    print()
+    print("== %s: pgbench %s -T %d  (%d round%s, medians) ==" % (
+        name, cmdline, duration, rounds, "" if rounds == 1 else "s"))
+    print("%-10s %10s %11s %11s %9s %7s   %s" % (
+        "pooler", "TPS", "latency ms", "CPU us/txn", "RSS MiB", "failed", "TPS per round"))
+    sums = {}
+    for p in poolers:
+        s = summarize(results[p.name])
+        sums[p.name] = s
+        print("%-10s %10s %11s %11s %9s %7d   %s" % (
+            p.name, fmt(s["tps"], ".1f"), fmt(s["latency_ms"], ".3f"),
+            fmt(s["cpu_us_per_txn"], ".1f"), "%.1f" % (s["rss_kib"] / 1024.0), s["failed"],
+            " ".join(fmt(t, ".0f") for t in s["all_tps"])))
+    if "pgfunnel" in sums and "pgbouncer" in sums:
+        a, b = sums["pgfunnel"], sums["pgbouncer"]
+        tps_ratio = a["tps"] / b["tps"] if a["tps"] and b["tps"] else None
+        cpu_ratio = (a["cpu_us_per_txn"] / b["cpu_us_per_txn"]
+                     if a["cpu_us_per_txn"] and b["cpu_us_per_txn"] else None)
+        print("pgfunnel/pgbouncer: TPS x%s, CPU/txn x%s" % (fmt(tps_ratio, ".2f"),
+                                                            fmt(cpu_ratio, ".2f")))
+        if tps_ratio is not None and tps_ratio < 0.5:
+            print("  !! pgfunnel below 50%% of PgBouncer's TPS in %s" % name)
+    sys.stdout.flush()
+    return sums
+
+
+# ---------------------------------------------------------------- main
+
+
+def find_pgfunnel():
+    for cand in ("build-bench", "build"):
+        path = os.path.join(SOURCE_ROOT, cand, "pgfunnel")
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("pgfunnel")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="pgfunnel vs PgBouncer side-by-side pgbench benchmark")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run (default 10)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per scenario and pooler; medians are reported (default 3)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 3 s per run, 1 round (overrides --duration/--rounds)")
+    ap.add_argument("--pooler-only", action="store_true",
+                    help="benchmark pgfunnel alone (automatic when PgBouncer is not installed)")
+    ap.add_argument("--scenario", action="append", metavar="NAME",
+                    choices=[s[0] for s in SCENARIOS],
+                    help="run only this scenario (repeatable); default all: %s"
+                    % ", ".join(s[0] for s in SCENARIOS))
+    ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
+    ap.add_argument("--pgfunnel", default=None,
+                    help="pgfunnel binary (default build-bench/pgfunnel, then build/pgfunnel, then PATH)")
+    ap.add_argument("--pgbouncer", default=shutil.which("pgbouncer") or "/usr/sbin/pgbouncer",
+                    help="PgBouncer binary (default: from PATH or /usr/sbin/pgbouncer)")
+    ap.add_argument("--pg-bindir", default=PG_BINDIR_DEFAULT,
+                    help="PostgreSQL 15 bin directory (default %s)" % PG_BINDIR_DEFAULT)
+    ap.add_argument("--verbose-pooler", action="count", default=0,
+                    help="pass -v to pgfunnel (repeatable); its log grows accordingly")
+    ap.add_argument("--json", metavar="PATH", help="also write all runs as JSON to PATH")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temp dir (logs, ini, data) instead of removing it")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.duration, a.rounds = 3, 1
+    if a.duration < 1 or a.rounds < 1:
+        ap.error("--duration and --rounds must be >= 1")
+    a.pgfunnel = a.pgfunnel or find_pgfunnel()
+    if not a.pgfunnel or not os.access(a.pgfunnel, os.X_OK):
+        ap.error("pgfunnel binary not found; build it (meson setup build-bench --buildtype=release"
+                 " && ninja -C build-bench) or pass --pgfunnel")
+    if not os.access(os.path.join(a.pg_bindir, "pgbench"), os.X_OK):
+        ap.error("no pgbench in %s (install postgresql-15 or pass --pg-bindir)" % a.pg_bindir)
+    if not a.pooler_only and not os.access(a.pgbouncer, os.X_OK):
+        log("PgBouncer not found at %s: benchmarking pgfunnel only" % a.pgbouncer)
+        a.pooler_only = True
+    return a
+
+
+def on_signal(signum, _frame):
+    raise Interrupted("signal %d" % signum)
+
+
+def main(argv):
+    a = parse_args(argv)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    ids = run_ids()
+    workdir = tempfile.mkdtemp(prefix="pgfunnel-bench.", dir="/tmp")
+    chown_run_user(workdir, ids)
+    pg = None
+    poolers = []
+    failed = False
+    all_runs = []
+    try:
+        pg = Postgres(a.pg_bindir, workdir, ids)
+        log("starting PostgreSQL on port %d and initialising pgbench -s %d ..." % (pg.port, a.scale))
+        t0 = time.monotonic()
+        pg.start(a.scale)
+        log("  done in %.1f s" % (time.monotonic() - t0))
+
+        write_file(os.path.join(workdir, "userlist.txt"),
+                   '"%s" "%s"\n' % (DB_USER, DB_PASSWORD), ids)
+        poolers.append(Pooler("pgfunnel", a.pgfunnel, workdir, pg.port, ids,
+                              ["-v"] * a.verbose_pooler))
+        if not a.pooler_only:
+            poolers.append(Pooler("pgbouncer", a.pgbouncer, workdir, pg.port, ids))
+        for p in poolers:
+            p.start()
+            log("%s (%s) pid %d on 127.0.0.1:%d" % (p.name, p.binary, p.pid, p.port))
+
+        # Warm-up: open the server pools so the first measured run does not pay for it.
+        for p in poolers:
+            r = run_pgbench(a.pg_bindir, p, ["-S", "-c", "20", "-j", "2", "-M", "simple"], 2, "excl")
+            if r["errors"]:
+                log("warm-up against %s failed: %s\n%s%s" % (p.name, "; ".join(r["errors"]),
+                                                            r["stdout"], r["stderr"]))
+                raise SetupError("%s does not serve pgbench:\n%s" % (p.name, tail(p.logfile)))
+
+        scenarios = [s for s in SCENARIOS if not a.scenario or s[0] in a.scenario]
+        pg_version = subprocess.run([os.path.join(a.pg_bindir, "postgres"), "--version"],
+                                    capture_output=True, text=True).stdout.strip()
+        print("pgfunnel benchmark: %s; %s; %d s x %d round(s); %d CPU(s); CLK_TCK %d" % (
+            ", ".join(p.name for p in poolers), pg_version or "PostgreSQL ?", a.duration, a.rounds,
+            os.cpu_count(), CLK_TCK))
+        print("pool_mode=transaction default_pool_size=20 auth_type=scram-sha-256; "
+              "TPS excludes connection time except connect-per-txn (-C)")
+        summary = {}
+        for name, args, tps_kind in scenarios:
+            results = {p.name: [] for p in poolers}
+            for rnd in range(a.rounds):
+                for p in poolers:
+                    r = run_pgbench(a.pg_bindir, p, args, a.duration, tps_kind)
+                    r["scenario"], r["round"] = name, rnd + 1
+                    results[p.name].append(r)
+                    all_runs.append(r)
+                    log("  %-20s round %d %-9s tps %s lat %s ms cpu %s us/txn rss %d KiB%s" % (
+                        name, rnd + 1, p.name, fmt(r["tps"], ".1f"), fmt(r["latency_ms"], ".3f"),
+                        fmt(r["cpu_us_per_txn"], ".1f"), r["rss_kib"],
+                        ("  ERRORS: " + "; ".join(r["errors"])) if r["errors"] else ""))
+                    if r["errors"]:
+                        failed = True
+                        log(r["stderr"].strip()[-2000:])
+                    if not p.alive():
+                        raise SetupError("%s died during %s:\n%s\n%s" % (
+                            p.name, name, read_text(p.outfile), tail(p.logfile)))
+                    time.sleep(0.5)
+            for p in poolers:
+                p.rss_trace.append((name, rss_kib(p.pid)))
+            summary[name] = print_table(name, " ".join(args), a.rounds, a.duration, poolers,
+                                        results)
+
+        print()
+        for p in poolers:
+            print("%s RSS KiB: %s" % (p.name, ", ".join("%s %d" % t for t in p.rss_trace)))
+        for p in poolers:
+            count, msgs = p.log_problems()
+            print("%s log: %d ERROR/WARNING/FATAL line(s)%s" % (p.name, count,
+                                                               ":" if msgs else ""))
+            for m in msgs:
+                print("    " + m)
+        # Orderly stop, checked: a pooler that hangs or fails on SIGTERM is a failure too.
+        for p in poolers:
+            problem = p.stop()
+            print("%s shutdown: %s" % (p.name, problem or p.exit_note))
+            if problem:
+                failed = True
+                print("    log tail: " + tail(p.logfile, 5).replace("\n", "\n    "))
+        if a.json:
+            with open(a.json, "w", encoding="utf-8") as f:
+                json.dump({"duration": a.duration, "rounds": a.rounds, "summary": summary,
+                           "runs": [{k: v for k, v in r.items() if k not in ("stdout", "stderr")}
+                                    for r in all_runs]}, f, indent=1)
+        if failed:
+            print("\nFAILED: pgbench errors, failed transactions or a pooler that did not shut down"
+                  " (see above)")
+        return 1 if failed else 0
+    except SetupError as e:
+        log("benchmark aborted: %s" % e)
+        return 2
+    except (KeyboardInterrupt, Interrupted):
+        log("interrupted; cleaning up")
+        return 130
+    finally:
+        for p in poolers:
+            try:
+                p.stop()
+            except Exception as e:  # keep cleaning up
+                log("stopping %s: %s" % (p.name, e))
+        if pg is not None:
+            try:
+                pg.stop()
+            except Exception as e:
+                log("stopping PostgreSQL: %s" % e)
+        if a.keep:
+            log("kept %s" % workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
