@@ -27,7 +27,6 @@
 #include "pgfunnel/auth.h"
 
 #define SCRAM_PREFIX     "SCRAM-SHA-256$"
-#define SCRAM_MAX_SALT   1024
 #define MAX_AUTH_FILE_SZ (256u * 1024 * 1024)
 
 struct pf_auth_file {
@@ -58,10 +57,6 @@ static void free_entry(pf_auth_entry_t *e)
 {
 	free(e->name);
 	free_secret_str(e->secret);
-	if (e->scram_salt) {
-		OPENSSL_cleanse(e->scram_salt, e->scram_salt_len);
-		free(e->scram_salt);
-	}
 	OPENSSL_cleanse(e, sizeof(*e));
 }
 
@@ -78,122 +73,6 @@ void pf_auth_file_free(pf_auth_file_t *af)
 size_t pf_auth_file_count(const pf_auth_file_t *af)
 {
 	return af->n;
-}
-
-static int b64_value(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
-int pf_auth_base64_decode(const char *in, size_t len, uint8_t *out, size_t cap)
-{
-	size_t o = 0;
-
-	if (len % 4 != 0)
-		return -EINVAL;
-	for (size_t i = 0; i < len; i += 4) {
-		int v[4], pad = 0;
-		uint32_t w;
-
-		for (int j = 0; j < 4; j++) {
-			unsigned char c = (unsigned char)in[i + j];
-
-			if (c == '=') {
-				/* padding only in the last quantum, only at its end */
-				if (i + 4 != len || j < 2)
-					return -EINVAL;
-				pad++;
-				v[j] = 0;
-				continue;
-			}
-			if (pad)
-				return -EINVAL;
-			if ((v[j] = b64_value(c)) < 0)
-				return -EINVAL;
-		}
-		w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-		    (uint32_t)v[3];
-		/* bits dropped by padding must be zero (canonical encoding) */
-		if ((pad == 1 && (w & 0xff)) || (pad == 2 && (w & 0xffff)))
-			return -EINVAL;
-		if (o + (size_t)(3 - pad) > cap)
-			return -ENOSPC;
-		out[o++] = (uint8_t)(w >> 16);
-		if (pad < 2)
-			out[o++] = (uint8_t)(w >> 8);
-		if (pad < 1)
-			out[o++] = (uint8_t)w;
-	}
-	return (int)o;
-}
-
-/* Decodes exactly PF_AUTH_SCRAM_KEY_LEN bytes from in[0..len). */
-static bool decode_key(const char *in, size_t len, uint8_t *key)
-{
-	uint8_t buf[PF_AUTH_SCRAM_KEY_LEN + 3];
-	int n = pf_auth_base64_decode(in, len, buf, sizeof(buf));
-	bool ok = n == PF_AUTH_SCRAM_KEY_LEN;
-
-	if (ok)
-		memcpy(key, buf, PF_AUTH_SCRAM_KEY_LEN);
-	OPENSSL_cleanse(buf, sizeof(buf));
-	return ok;
-}
-
-/*
- * Fills the SCRAM fields of e from e->secret, which starts with SCRAM_PREFIX. Format (Postgres
- * and RFC 5803): SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, base64 parts.
- */
-static bool parse_scram(pf_auth_entry_t *e)
-{
-	const char *s = e->secret + strlen(SCRAM_PREFIX);
-	const char *colon1, *dollar, *colon2, *salt;
-	size_t salt_b64_len;
-	long iter = 0;
-	int n;
-
-	colon1 = strchr(s, ':');
-	if (!colon1 || colon1 == s)
-		return false;
-	for (const char *p = s; p < colon1; p++) {
-		if (!isdigit((unsigned char)*p) || iter > (INT_MAX - 9) / 10)
-			return false;
-		iter = iter * 10 + (*p - '0');
-	}
-	if (iter < 1)
-		return false;
-	salt = colon1 + 1;
-	dollar = strchr(salt, '$');
-	if (!dollar)
-		return false;
-	colon2 = strchr(dollar + 1, ':');
-	if (!colon2 || strchr(colon2 + 1, ':') || strchr(dollar + 1, '$'))
-		return false;
-	salt_b64_len = (size_t)(dollar - salt);
-	if (salt_b64_len == 0 || salt_b64_len > SCRAM_MAX_SALT)
-		return false;
-	e->scram_salt = malloc(salt_b64_len);
-	if (!e->scram_salt)
-		return false;
-	n = pf_auth_base64_decode(salt, salt_b64_len, e->scram_salt, salt_b64_len);
-	if (n <= 0)
-		return false;
-	e->scram_salt_len = (size_t)n;
-	if (!decode_key(dollar + 1, (size_t)(colon2 - dollar - 1), e->scram_stored_key) ||
-	    !decode_key(colon2 + 1, strlen(colon2 + 1), e->scram_server_key))
-		return false;
-	e->scram_iterations = (int)iter;
-	return true;
 }
 
 /* Postgres' rule for an md5 secret: "md5" followed by exactly 32 hex digits. */
@@ -352,7 +231,7 @@ int pf_auth_file_parse(const char *text, size_t len, const char *name, pf_auth_f
 		/* The rest of the line is ignored, as in PgBouncer. */
 		if (strncmp(e.secret, SCRAM_PREFIX, strlen(SCRAM_PREFIX)) == 0) {
 			e.kind = PF_AUTH_SECRET_SCRAM;
-			if (!parse_scram(&e)) {
+			if (pf_scram_secret_parse(e.secret, &e.scram) < 0) {
 				set_err(err, errlen,
 				        "%s:%d: user \"%s\": malformed SCRAM-SHA-256 secret "
 				        "(expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:"

@@ -333,15 +333,9 @@ static void start_scram(pf_client_t *c)
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return;
 	}
+	memset(&secret, 0, sizeof(secret));
 	if (sec && sec->present && sec->kind == PF_AUTH_SECRET_SCRAM) {
-		memset(&secret, 0, sizeof(secret));
-		secret.iterations = sec->scram_iterations;
-		secret.salt_len = sec->scram_salt_len < sizeof(secret.salt) ? sec->scram_salt_len
-									    : sizeof(secret.salt);
-		memcpy(secret.salt, sec->scram_salt, secret.salt_len);
-		memcpy(secret.stored_key, sec->scram_stored_key, 32);
-		memcpy(secret.server_key, sec->scram_server_key, 32);
-		rc = pf_scram_server_start(c->scram, &secret);
+		rc = pf_scram_server_start(c->scram, &sec->scram);
 	} else if (sec && sec->present && sec->kind == PF_AUTH_SECRET_PLAIN) {
 		/* Derived once per user and cached: later logins cost no PBKDF2. */
 		rc = pf_scram_cache_secret_for_password(w->scram_cache, c->user_name, sec->text,
@@ -475,11 +469,11 @@ static bool plain_password_ok(pf_client_t *c, const char *password)
 	case PF_AUTH_SECRET_SCRAM: {
 		pf_scram_secret_t derived;
 
-		ok = pf_scram_cache_derive(w->scram_cache, password, sec->scram_salt,
-					   sec->scram_salt_len, sec->scram_iterations, &derived,
+		ok = pf_scram_cache_derive(w->scram_cache, password, sec->scram.salt,
+					   sec->scram.salt_len, sec->scram.iterations, &derived,
 					   NULL) == 0 &&
-		     pf_memeq_ct(derived.stored_key, sec->scram_stored_key, 32) &&
-		     pf_memeq_ct(derived.server_key, sec->scram_server_key, 32);
+		     pf_memeq_ct(derived.stored_key, sec->scram.stored_key, PF_SCRAM_KEY_LEN) &&
+		     pf_memeq_ct(derived.server_key, sec->scram.server_key, PF_SCRAM_KEY_LEN);
 		OPENSSL_cleanse(&derived, sizeof(derived));
 		break;
 	}

@@ -32,7 +32,6 @@ static void secret_clear(pf_secret_t *sec)
 		OPENSSL_cleanse(sec->text, strlen(sec->text));
 		free(sec->text);
 	}
-	free(sec->scram_salt);
 	OPENSSL_cleanse(sec, sizeof(*sec));
 }
 
@@ -42,14 +41,7 @@ static int secret_from_entry(pf_secret_t *sec, const pf_auth_entry_t *e)
 	sec->present = true;
 	sec->kind = e->kind;
 	if (e->kind == PF_AUTH_SECRET_SCRAM) {
-		sec->scram_iterations = e->scram_iterations;
-		sec->scram_salt = malloc(e->scram_salt_len ? e->scram_salt_len : 1);
-		if (!sec->scram_salt)
-			return -ENOMEM;
-		memcpy(sec->scram_salt, e->scram_salt, e->scram_salt_len);
-		sec->scram_salt_len = e->scram_salt_len;
-		memcpy(sec->scram_stored_key, e->scram_stored_key, 32);
-		memcpy(sec->scram_server_key, e->scram_server_key, 32);
+		sec->scram = e->scram;
 		return 0;
 	}
 	sec->text = strdup(e->secret);
@@ -59,21 +51,10 @@ static int secret_from_entry(pf_secret_t *sec, const pf_auth_entry_t *e)
 /* A password given in a [databases] entry: plain, or an md5/SCRAM secret. */
 static int secret_from_text(pf_secret_t *sec, const char *text)
 {
-	pf_scram_secret_t ss;
-
 	memset(sec, 0, sizeof(*sec));
 	sec->present = true;
-	if (pf_scram_is_secret(text) && pf_scram_secret_parse(text, &ss) == 0) {
+	if (pf_scram_is_secret(text) && pf_scram_secret_parse(text, &sec->scram) == 0) {
 		sec->kind = PF_AUTH_SECRET_SCRAM;
-		sec->scram_iterations = ss.iterations;
-		sec->scram_salt = malloc(ss.salt_len ? ss.salt_len : 1);
-		if (!sec->scram_salt)
-			return -ENOMEM;
-		memcpy(sec->scram_salt, ss.salt, ss.salt_len);
-		sec->scram_salt_len = ss.salt_len;
-		memcpy(sec->scram_stored_key, ss.stored_key, 32);
-		memcpy(sec->scram_server_key, ss.server_key, 32);
-		OPENSSL_cleanse(&ss, sizeof(ss));
 		return 0;
 	}
 	sec->kind = pf_md5_is_secret(text) ? PF_AUTH_SECRET_MD5 : PF_AUTH_SECRET_PLAIN;
@@ -86,11 +67,11 @@ static bool secret_equal(const pf_secret_t *a, const pf_secret_t *b)
 	if (a->present != b->present || a->kind != b->kind)
 		return false;
 	if (a->kind == PF_AUTH_SECRET_SCRAM)
-		return a->scram_iterations == b->scram_iterations &&
-		       a->scram_salt_len == b->scram_salt_len &&
-		       memcmp(a->scram_salt, b->scram_salt, a->scram_salt_len) == 0 &&
-		       memcmp(a->scram_stored_key, b->scram_stored_key, 32) == 0 &&
-		       memcmp(a->scram_server_key, b->scram_server_key, 32) == 0;
+		return a->scram.iterations == b->scram.iterations &&
+		       a->scram.salt_len == b->scram.salt_len &&
+		       memcmp(a->scram.salt, b->scram.salt, a->scram.salt_len) == 0 &&
+		       memcmp(a->scram.stored_key, b->scram.stored_key, PF_SCRAM_KEY_LEN) == 0 &&
+		       memcmp(a->scram.server_key, b->scram.server_key, PF_SCRAM_KEY_LEN) == 0;
 	if (!a->text || !b->text)
 		return a->text == b->text;
 	return strcmp(a->text, b->text) == 0;

@@ -279,7 +279,7 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 						   s->conn.worker->scram_cache);
 		else if (sec->present && sec->kind == PF_AUTH_SECRET_SCRAM && sec->has_client_key)
 			rc = pf_scram_client_start(s->scram, NULL, sec->scram_client_key,
-						   sec->scram_server_key, NULL);
+						   sec->scram.server_key, NULL);
 		else {
 			login_failed(s, "28P01",
 				     "server asks for SCRAM and neither a plain password nor the "

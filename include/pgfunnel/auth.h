@@ -11,9 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pgfunnel/scram.h"
 #include "pgfunnel/util.h"
 
-#define PF_AUTH_SCRAM_KEY_LEN 32 /* SHA-256 output */
 
 /* What the second field of an auth_file line holds. */
 typedef enum {
@@ -31,12 +31,8 @@ typedef struct {
 	 * (hex lowercased) for MD5, the whole SCRAM-SHA-256$... text for SCRAM.
 	 */
 	char *secret;
-	/* SCRAM only: the decoded parts. */
-	int scram_iterations;
-	uint8_t *scram_salt;
-	size_t scram_salt_len;
-	uint8_t scram_stored_key[PF_AUTH_SCRAM_KEY_LEN];
-	uint8_t scram_server_key[PF_AUTH_SCRAM_KEY_LEN];
+	/* SCRAM only: the decoded secret (pf_scram_secret_parse). */
+	pf_scram_secret_t scram;
 } pf_auth_entry_t;
 
 /* A parsed auth_file: entries sorted by name, at most one per name. Opaque. */
@@ -70,11 +66,5 @@ size_t pf_auth_file_count(const pf_auth_file_t *af);
 /* Zeroes every secret and frees af. NULL is allowed. */
 void pf_auth_file_free(pf_auth_file_t *af);
 
-/*
- * Decodes strict standard base64 (RFC 4648 alphabet, '=' padding required, no whitespace) of
- * len bytes from in into out (capacity cap). Returns the decoded length, or -EINVAL for bad
- * input, -ENOSPC when out is too small.
- */
-int pf_auth_base64_decode(const char *in, size_t len, uint8_t *out, size_t cap);
 
 #endif

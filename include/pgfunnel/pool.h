@@ -20,6 +20,7 @@
 #include "pgfunnel/auth.h"
 #include "pgfunnel/config.h"
 #include "pgfunnel/list.h"
+#include "pgfunnel/scram.h"
 #include "pgfunnel/util.h"
 
 typedef struct pf_worker pf_worker_t;
@@ -46,19 +47,15 @@ typedef enum pf_server_state {
 	PF_SV_TESTED,   /* pool->tested_servers: running server_reset_query or the check query */
 } pf_server_state_t;
 
-/* Where a server's password comes from when it logs in to Postgres. */
+/* A user's secret: for checking clients and for logging in to Postgres. */
 typedef struct pf_secret {
 	pf_auth_secret_kind_t kind;
 	bool present;
-	char *text; /* plain password or md5 secret; NULL for SCRAM */
-	int scram_iterations;
-	uint8_t *scram_salt;
-	size_t scram_salt_len;
-	uint8_t scram_stored_key[32];
-	uint8_t scram_server_key[32];
+	char *text;		 /* plain password or md5 secret; NULL for SCRAM */
+	pf_scram_secret_t scram; /* SCRAM only */
 	/* ClientKey learnt from a client's successful SCRAM login (PgBouncer's passthrough). */
 	bool has_client_key;
-	uint8_t scram_client_key[32];
+	uint8_t scram_client_key[PF_SCRAM_KEY_LEN];
 } pf_secret_t;
 
 /* A login name known to the pooler: from auth_file, or a database's forced user. */

@@ -526,6 +526,7 @@ def on_signal(signum, _frame):
 
 def main(argv):
     a = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     ids = run_ids()
