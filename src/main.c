@@ -143,13 +143,41 @@ static void parse_args(int argc, char **argv, options_t *opt)
 	opt->config_path = argv[optind];
 }
 
+/*
+ * Config warnings. At start-up the log sinks are not open yet (the config says where they
+ * are), so warnings are kept and replayed once they are; on reload they are logged at once.
+ */
+#define EARLY_WARNINGS_MAX 64
+static char *early_warnings[EARLY_WARNINGS_MAX];
+static size_t n_early_warnings;
+static bool log_ready;
+
 static void config_warning(void *arg, const char *file, int line, const char *msg)
 {
+	char text[1024];
+
 	(void)arg;
 	if (line > 0)
-		pf_log_warning(NULL, "%s:%d: %s", file, line, msg);
+		snprintf(text, sizeof(text), "%s:%d: %s", file, line, msg);
 	else
-		pf_log_warning(NULL, "%s: %s", file, msg);
+		snprintf(text, sizeof(text), "%s: %s", file, msg);
+	if (log_ready) {
+		pf_log_warning(NULL, "%s", text);
+		return;
+	}
+	if (n_early_warnings < EARLY_WARNINGS_MAX)
+		early_warnings[n_early_warnings++] = strdup(text);
+}
+
+static void replay_early_warnings(void)
+{
+	log_ready = true;
+	for (size_t i = 0; i < n_early_warnings; i++) {
+		if (early_warnings[i])
+			pf_log_warning(NULL, "%s", early_warnings[i]);
+		free(early_warnings[i]);
+	}
+	n_early_warnings = 0;
 }
 
 /* Opens the log sinks the snapshot asks for. */
@@ -450,6 +478,7 @@ int main(int argc, char **argv)
 	pf_log_set_verbosity(p.cfg->verbose + p.opt.verbose);
 	if (open_log(p.cfg, err, sizeof(err)) < 0)
 		die("%s", err);
+	replay_early_warnings();
 	if (p.opt.reboot)
 		pf_log_warning(NULL, "online restart (-R) is not supported; starting normally");
 

@@ -128,11 +128,14 @@ def test_unimplemented_parameter_warns_and_starts(pgfunnel):
     # accepted with a warning naming it. Pick another one when peers land.
     pf = pgfunnel.start({"peer_id": "7"})
     n = pf.ini_line_of("peer_id")
-    # stderr (not -q) has every line; the logfile may open only after the config is read.
-    warnings = [rec for rec in pfhelpers.log_lines(pf.stderr_text())
-                if rec["level"] == "WARNING" and "peer_id" in rec["msg"]]
-    assert len(warnings) == 1, "expected one WARNING naming peer_id:\n" + pf.all_output()
-    assert "%s:%d" % (pf.ini_path, n) in warnings[0]["msg"], warnings[0]["line"]
+    # Warnings found while reading the config are kept until the log sinks are open, so they
+    # reach both stderr and the logfile (where a daemon's only output goes).
+    for where, text in (("stderr", pf.stderr_text()), ("logfile", pf.log_text())):
+        warnings = [rec for rec in pfhelpers.log_lines(text)
+                    if rec["level"] == "WARNING" and "peer_id" in rec["msg"]]
+        assert len(warnings) == 1, \
+            "expected one WARNING naming peer_id on %s:\n%s" % (where, pf.all_output())
+        assert "%s:%d" % (pf.ini_path, n) in warnings[0]["msg"], warnings[0]["line"]
     assert pf.is_running()
     pf.stop()
 
