@@ -327,6 +327,20 @@ void pf_conn_process(pf_conn_t *c)
 		case PF_PKT_STOP:
 			flush_forward(c);
 			goto out;
+		case PF_PKT_FORWARD_LAST: {
+			bool done;
+
+			if (!c->fwd_open) {
+				c->fwd_open = true;
+				c->fwd_start = c->rpos;
+			}
+			c->rpos += total;
+			done = flush_forward(c);
+			c->ops->on_forwarded(c);
+			if (!done)
+				goto out;
+			break;
+		}
 		}
 	}
 	if (!c->closing && !c->fwd_pending)

@@ -32,11 +32,13 @@
 static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
 					const uint8_t *pkt, size_t avail);
 static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status);
+static void server_on_forwarded(pf_conn_t *conn);
 static void server_on_free(pf_conn_t *conn);
 
 static const pf_conn_ops_t server_ops = {
 	.on_packet = server_on_packet,
 	.on_event = server_on_event,
+	.on_forwarded = server_on_forwarded,
 	.on_free = server_on_free,
 };
 
@@ -615,13 +617,9 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 		}
 		return PF_PKT_FORWARD;
 	}
-	/* The server is free: what came before the ReadyForQuery leaves first, then it, then
-	 * the server goes back to the pool. */
-	if (s->conn.fwd_open)
-		return PF_PKT_FLUSH;
-	pf_conn_send(&c->conn, pkt, hdr->len + 1);
-	pf_pool_release_server(s);
-	return PF_PKT_CONSUMED;
+	/* The server is free: the reply up to and including this ReadyForQuery goes out in one
+	 * write, then server_on_forwarded() gives the server back to the pool. */
+	return PF_PKT_FORWARD_LAST;
 }
 
 static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
@@ -683,6 +681,14 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	default:
 		return PF_PKT_FORWARD;
 	}
+}
+
+static void server_on_forwarded(pf_conn_t *conn)
+{
+	pf_server_t *s = (pf_server_t *)conn;
+
+	if (s->link)
+		pf_pool_release_server(s);
 }
 
 static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)

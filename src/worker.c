@@ -559,7 +559,8 @@ void pf_worker_check_shutdown(pf_worker_t *w)
 	pf_list_node_t *it, *tmp;
 	bool ready;
 
-	if (w->shutdown == PF_SHUTDOWN_NONE || w->done_reported)
+	/* Closing everything below calls back here for every connection: once is enough. */
+	if (w->shutdown == PF_SHUTDOWN_NONE || w->done_reported || w->closing_all)
 		return;
 	switch (w->shutdown) {
 	case PF_SHUTDOWN_WAIT_FOR_CLIENTS:
@@ -581,7 +582,9 @@ void pf_worker_check_shutdown(pf_worker_t *w)
 	}
 	if (!ready)
 		return;
+	w->closing_all = true;
 	pf_worker_close_all(w);
+	w->closing_all = false;
 	if (!uv_is_closing((uv_handle_t *)&w->janitor))
 		uv_close((uv_handle_t *)&w->janitor, on_handle_closed);
 	maybe_done(w);
@@ -629,24 +632,25 @@ void pf_worker_free(pf_worker_t *w)
 	free(w);
 }
 
+/*
+ * Closing one connection can close others (a client takes its server along, a server its
+ * client), so these loops take the head of the list each time instead of walking it: each
+ * close removes the connection from its list.
+ */
 static void close_client_list(pf_list_t *l, pf_close_reason_t reason)
 {
-	pf_list_node_t *it, *tmp;
+	pf_list_node_t *n;
 
-	PF_LIST_FOREACH(l, it, tmp)
-	{
-		pf_client_close(PF_CONTAINER_OF(it, pf_client_t, conn.node), reason, NULL, NULL);
-	}
+	while ((n = pf_list_first(l)))
+		pf_client_close(PF_CONTAINER_OF(n, pf_client_t, conn.node), reason, NULL, NULL);
 }
 
 static void close_server_list(pf_list_t *l)
 {
-	pf_list_node_t *it, *tmp;
+	pf_list_node_t *n;
 
-	PF_LIST_FOREACH(l, it, tmp)
-	{
-		pf_server_close(PF_CONTAINER_OF(it, pf_server_t, conn.node), PF_SV_CLOSE_SHUTDOWN);
-	}
+	while ((n = pf_list_first(l)))
+		pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node), PF_SV_CLOSE_SHUTDOWN);
 }
 
 void pf_worker_close_all(pf_worker_t *w)

@@ -37,6 +37,9 @@ typedef enum pf_pkt_action {
 	PF_PKT_NEED_WHOLE, /* call again when the whole message is in the buffer */
 	PF_PKT_FLUSH,      /* flush what is queued for forwarding, then call again */
 	PF_PKT_STOP,       /* stop processing; the message stays; pf_conn_resume() restarts */
+	/* Forward the whole message (entirely in the buffer) in one write with what precedes
+	 * it, then call ops->on_forwarded(). */
+	PF_PKT_FORWARD_LAST,
 } pf_pkt_action_t;
 
 /* Events besides messages, handed to the owner's event handler. */
@@ -61,6 +64,11 @@ typedef struct pf_conn_ops {
 	 */
 	int (*on_raw)(pf_conn_t *c, const uint8_t *data, size_t len);
 	void (*on_event)(pf_conn_t *c, pf_conn_event_t ev, int status);
+	/*
+	 * After PF_PKT_FORWARD_LAST: the bytes are queued to the peer (possibly still being
+	 * written, in which case c reads no more until they are out). May relink c.
+	 */
+	void (*on_forwarded)(pf_conn_t *c);
 	/* Called from the close callback, once nothing refers to c any more: free it here. */
 	void (*on_free)(pf_conn_t *c);
 } pf_conn_ops_t;

@@ -90,6 +90,7 @@ struct pf_worker {
 	void (*shutdown_done)(void *);
 	void *shutdown_arg;
 	bool done_reported;
+	bool closing_all; /* pf_worker_check_shutdown() is closing every connection */
 	pf_usec_t start_time;
 	pf_usec_t start_wall;
 };

@@ -95,3 +95,13 @@ def pgfunnel(pgfunnel_bin, run_user):
         yield factory
     finally:
         factory.cleanup()
+
+
+@pytest.fixture
+def proxy(postgres, pgfunnel):
+    """Factory: proxy(params=..., databases=..., users=..., userlist=...) starts a pgfunnel in
+    front of the postgres fixture (pfhelpers.start_proxy: appdb and postgres databases,
+    auth_type md5, admin_users postgres, the cluster's plain passwords in the auth_file)."""
+    def start(**kw):
+        return pfhelpers.start_proxy(pgfunnel, postgres, **kw)
+    return start

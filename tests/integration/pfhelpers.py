@@ -822,3 +822,88 @@ def run_pgfunnel(args, timeout=10.0, cwd=None):
     """Run PGFUNNEL_BIN with args to completion; return CompletedProcess (text)."""
     return subprocess.run([pgfunnel_bin()] + list(args), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd or "/")
+
+
+# ---------------------------------------------------------------- proxy tests (issue 3)
+
+
+def md5_secret(user, password):
+    """An auth_file md5 secret: 'md5' + md5(password + user)."""
+    import hashlib
+    return "md5" + hashlib.md5((password + user).encode()).hexdigest()
+
+
+def scram_secret(password, iterations=4096, salt=None):
+    """An auth_file / pg_authid SCRAM-SHA-256 secret for password."""
+    import base64
+    import hashlib
+    import hmac
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, b64(salt), b64(stored), b64(server))
+
+
+def new_role(cluster, prefix="pfr", password=None, md5=False):
+    """CREATE ROLE with a unique name on cluster; return (name, plain password).
+
+    Tests that count backends in pg_stat_activity use their own role, so
+    nothing left over by other tests is counted.
+    """
+    name = "%s_%d_%d" % (prefix, os.getpid(), random.randrange(10 ** 9))
+    password = password or "pw-" + name
+    with cluster.connect(autocommit=True) as conn:
+        if md5:
+            conn.execute("SET password_encryption = 'md5'")
+        conn.execute("CREATE ROLE %s LOGIN PASSWORD '%s'" % (name, password))
+        conn.execute("GRANT ALL ON SCHEMA public TO %s" % name)
+    with cluster.connect(dbname="appdb", autocommit=True) as conn:
+        conn.execute("GRANT ALL ON SCHEMA public TO %s" % name)
+    return name, password
+
+
+def start_proxy(factory, cluster, params=None, databases=None, users=None, userlist=None, **kw):
+    """pgfunnel in front of cluster: databases appdb and postgres, auth_type md5,
+    admin_users postgres, auth_file with the cluster's plain passwords; params /
+    databases / userlist are merged over those defaults (None drops a key)."""
+    p = {"auth_type": "md5", "admin_users": "postgres"}
+    p.update(params or {})
+    d = {"appdb": cluster.db_entry("appdb"), "postgres": cluster.db_entry("postgres")}
+    d.update(databases or {})
+    d = {k: v for k, v in d.items() if v is not None}
+    u = cluster.userlist()
+    u.update(userlist or {})
+    u = {k: v for k, v in u.items() if v is not None}
+    return factory.start(params=p, databases=d, users=users, userlist=u, **kw)
+
+
+def proxy_connect(pf, user, dbname, password, host=None, **kw):
+    """psycopg.connect() through pgfunnel (TCP, or host=a directory for its unix socket)."""
+    import psycopg
+    info = "host=%s port=%d user=%s dbname=%s connect_timeout=5" % (
+        host or pf.host, pf.port, user, dbname)
+    if password is not None:
+        info += " password='%s'" % password.replace("\\", "\\\\").replace("'", "\\'")
+    return psycopg.connect(info, **kw)
+
+
+def console(pf, sql, user="postgres", password="pg-super-secret", dbname="pgbouncer"):
+    """Run one command on pgfunnel's admin console; return (column names, rows)."""
+    with proxy_connect(pf, user, dbname, password, autocommit=True) as conn:
+        cur = conn.execute(sql)
+        cols = [d.name for d in cur.description] if cur.description else []
+        return cols, cur.fetchall() if cur.description else []
+
+
+def rows_as_dicts(cols, rows):
+    return [dict(zip(cols, r)) for r in rows]
+
+
+def backend_count(cluster, where, args=()):
+    """Number of client backends in pg_stat_activity matching the SQL condition where."""
+    with cluster.connect(autocommit=True) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND "
+            + where, args).fetchone()[0]

@@ -168,7 +168,15 @@ class Connection:
         Rows of every statement are concatenated; the first ErrorResponse is
         raised as PgError after ReadyForQuery arrives.
         """
+        self.send_query(sql)
+        return self.read_result()
+
+    def send_query(self, sql):
+        """Send a simple Query message without waiting (read_result() collects the answer)."""
         self.send(message(b"Q", sql.encode() + b"\0"))
+
+    def read_result(self):
+        """Read up to ReadyForQuery; return rows like simple_query() (raises PgError)."""
         rows, error = [], None
         while True:
             kind, payload = self.read_message()
@@ -248,3 +256,50 @@ def connect(host, port, user, dbname, password=None, options=None, timeout=10.0)
     except BaseException:
         conn.sock.close()
         raise
+
+
+def cancel_request(host, port, pid, secret, timeout=5.0):
+    """Send a CancelRequest for (pid, secret) on a new connection and wait for it to close."""
+    s = open_socket(host, port, timeout)
+    try:
+        s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret))
+        try:
+            while s.recv(1024):
+                pass
+        except OSError:
+            pass
+    finally:
+        s.close()
+
+
+def login_refused(host, port, user, dbname, password=None, options=None, timeout=5.0):
+    """Log in expecting a refusal; return (PgError, closed) where closed tells whether the
+    server closed the connection after the error (EOF within timeout).
+
+    Fails (AssertionError) if the login succeeds.
+    """
+    conn = Connection(open_socket(host, port, timeout))
+    try:
+        try:
+            conn.login(user, dbname, password, options)
+        except PgError as e:
+            err = e
+        else:
+            raise AssertionError("login of %s to %s succeeded" % (user, dbname))
+        return err, wait_closed(conn, timeout)
+    finally:
+        conn.sock.close()
+
+
+def wait_closed(conn, timeout=5.0):
+    """True if the peer closes conn within timeout (anything still buffered is skipped)."""
+    conn.sock.settimeout(timeout)
+    try:
+        while True:
+            chunk = conn.sock.recv(65536)
+            if not chunk:
+                return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
