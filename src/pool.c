@@ -645,7 +645,15 @@ void pf_pool_set_server_state(pf_server_t *s, pf_server_state_t st)
 }
 
 /* Whether one more server may be opened for pool now. */
-static bool can_launch(pf_pool_t *pool, bool use_reserve)
+/* Why a pool may not open another server now. */
+typedef enum launch_verdict {
+	LAUNCH_OK,
+	LAUNCH_NO,	   /* pool full, backing off, shutting down */
+	LAUNCH_DB_FULL,	   /* max_db_connections reached by this database's pools */
+	LAUNCH_USER_FULL,  /* max_user_connections reached by this user's pools */
+} launch_verdict_t;
+
+static launch_verdict_t launch_verdict(pf_pool_t *pool, bool use_reserve)
 {
 	pf_worker_t *w = pool->worker;
 	const pf_config_t *cfg = w->cfg;
@@ -656,25 +664,68 @@ static bool can_launch(pf_pool_t *pool, bool use_reserve)
 							     : cfg->max_user_connections;
 
 	if (w->shutdown != PF_SHUTDOWN_NONE || pool->db->admin)
-		return false;
+		return LAUNCH_NO;
 	if ((int)pf_pool_server_count(pool) >= size)
-		return false;
-	if (max_db > 0 && pool->db->server_count >= max_db)
-		return false;
-	if (max_user > 0 && pool->user->server_count >= max_user)
-		return false;
+		return LAUNCH_NO;
 	if (pool->last_login_failure &&
 	    pf_worker_now(w) - pool->last_login_failure < cfg->server_login_retry)
-		return false;
-	return true;
+		return LAUNCH_NO;
+	if (max_db > 0 && pool->db->server_count >= max_db)
+		return LAUNCH_DB_FULL;
+	if (max_user > 0 && pool->user->server_count >= max_user)
+		return LAUNCH_USER_FULL;
+	return LAUNCH_OK;
+}
+
+static bool can_launch(pf_pool_t *pool, bool use_reserve)
+{
+	return launch_verdict(pool, use_reserve) == LAUNCH_OK;
+}
+
+/*
+ * When a database or user limit blocks a pool with waiting clients, an idle server of another
+ * pool sharing that database or user is closed to make room (PgBouncer evicts the same way):
+ * otherwise idle servers elsewhere could starve this pool until server_idle_timeout.
+ */
+static bool evict_idle_server(pf_pool_t *pool, launch_verdict_t why)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(&pool->worker->pools, it, tmp)
+	{
+		pf_pool_t *other = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_node_t *n;
+
+		if (other == pool)
+			continue;
+		if (why == LAUNCH_DB_FULL ? other->db != pool->db : other->user != pool->user)
+			continue;
+		/* The idle server used longest ago sits at the tail (see set_server_state). */
+		n = pf_list_is_empty(&other->idle_servers) ? NULL : other->idle_servers.head.prev;
+		if (n) {
+			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node),
+					PF_SV_CLOSE_EVICTED);
+			return true;
+		}
+	}
+	return false;
 }
 
 static void launch(pf_pool_t *pool, bool use_reserve)
 {
 	/* One new connection per waiting client, as the limits allow. */
-	while (pool->waiting_clients.len > pool->new_servers.len && can_launch(pool, use_reserve)) {
-		int rc = pf_server_launch(pool);
+	while (pool->waiting_clients.len > pool->new_servers.len) {
+		launch_verdict_t v = launch_verdict(pool, use_reserve);
+		int rc;
 
+		if (v == LAUNCH_DB_FULL || v == LAUNCH_USER_FULL) {
+			if (!evict_idle_server(pool, v))
+				break;
+			v = launch_verdict(pool, use_reserve);
+		}
+		if (v != LAUNCH_OK)
+			break;
+		rc = pf_server_launch(pool);
 		if (rc < 0) {
 			pf_log_warning(NULL, "cannot open a server connection for %s/%s: %s",
 				       pool->db->name, pool->user->name, uv_strerror(rc));

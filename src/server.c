@@ -57,6 +57,7 @@ static const char *const close_texts[] = {
 	[PF_SV_CLOSE_ADMIN] = "reconnect requested",
 	[PF_SV_CLOSE_POOL_GONE] = "database removed",
 	[PF_SV_CLOSE_STATEMENT_MODE] = "Long transactions not allowed",
+	[PF_SV_CLOSE_EVICTED] = "evicted to make room for another pool",
 };
 
 size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)

@@ -43,6 +43,7 @@ typedef enum pf_server_close_reason {
 	PF_SV_CLOSE_ADMIN,     /* RECONNECT / KILL */
 	PF_SV_CLOSE_POOL_GONE, /* database removed or too many servers after reload */
 	PF_SV_CLOSE_STATEMENT_MODE,
+	PF_SV_CLOSE_EVICTED,	   /* idle, closed to make room under max_db/user_connections */
 } pf_server_close_reason_t;
 
 struct pf_server {
