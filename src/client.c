@@ -796,6 +796,7 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	default:
 		break;
 	}
+	c->pool->stats.bytes_received += hdr->len + 1u;
 	return PF_PKT_FORWARD;
 }
 

@@ -623,11 +623,16 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 	return PF_PKT_FORWARD_LAST;
 }
 
+static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_proto_hdr_t *hdr,
+				     const uint8_t *pkt, size_t avail);
+
 static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
 					const uint8_t *pkt, size_t avail)
 {
 	pf_server_t *s = (pf_server_t *)conn;
 	pf_client_t *c = s->link;
+	pf_pool_stats_t *pool_stats = &s->pool->stats;
+	pf_pkt_action_t act;
 
 	if (s->task == PF_SV_TASK_LOGIN)
 		return login_packet(s, hdr, pkt, avail);
@@ -658,6 +663,16 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 			return PF_PKT_STOP;
 		}
 	}
+	act = linked_packet(s, c, hdr, pkt, avail);
+	if (act == PF_PKT_FORWARD || act == PF_PKT_FORWARD_LAST)
+		pool_stats->bytes_sent += hdr->len + 1u;
+	return act;
+}
+
+/* A message from a server linked to client c. */
+static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_proto_hdr_t *hdr,
+				     const uint8_t *pkt, size_t avail)
+{
 	switch (hdr->type) {
 	case PF_PROTO_BE_READY_FOR_QUERY:
 		return ready_for_query(s, hdr, pkt, avail);

@@ -13,6 +13,17 @@
 
 #include "pgfunnel/client.h"
 
+/* A SHOW command: name (upper case, after SHOW) and its handler. */
+typedef struct pf_admin_show {
+	const char *name;
+	/* Appends the answer without ReadyForQuery; arg is the rest of the command line. */
+	void (*handler)(pf_client_t *c, const char *arg, pf_buf_t *out);
+	bool admin_only; /* refused to stats_users (SHOW FDS) */
+} pf_admin_show_t;
+
+/* The SHOW command called name (upper case), or NULL. */
+const pf_admin_show_t *pf_admin_find_show(const char *name);
+
 /* The client authenticated to the console: sends the welcome, marks it admin. */
 void pf_admin_login(pf_client_t *c);
 

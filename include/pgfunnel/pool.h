@@ -71,6 +71,21 @@ typedef struct pf_user {
 	int client_count;
 } pf_user_t;
 
+/* The statistics a pool keeps (SHOW STATS reads them; the admin issue completes the set). */
+typedef struct pf_pool_stats {
+	uint64_t server_assignment_count;
+	uint64_t xact_count;
+	uint64_t query_count;
+	uint64_t bytes_received;
+	uint64_t bytes_sent;
+	uint64_t xact_time;  /* usec */
+	uint64_t query_time; /* usec */
+	uint64_t wait_time;  /* usec */
+	uint64_t client_parse_count;
+	uint64_t server_parse_count;
+	uint64_t bind_count;
+} pf_pool_stats_t;
+
 /* A [databases] entry as the running pooler uses it (or one auto-created from "*"). */
 typedef struct pf_database {
 	pf_list_node_t node; /* worker->databases */
@@ -99,19 +114,16 @@ typedef struct pf_database {
 	int server_count;
 	int client_count;
 	unsigned host_rr; /* round-robin position in a host list */
+	/*
+	 * Statistics of pools that were freed (so totals never go backwards), the totals at the
+	 * start of the current stats_period and the averages of the last complete period (counts
+	 * and bytes per second; times per transaction or query), as SHOW STATS reports them.
+	 */
+	pf_pool_stats_t stats_retired;
+	pf_pool_stats_t stats_period_start;
+	pf_pool_stats_t stats_avg;
 } pf_database_t;
 
-/* The statistics a pool keeps (SHOW STATS reads them; the admin issue completes the set). */
-typedef struct pf_pool_stats {
-	uint64_t server_assignment_count;
-	uint64_t xact_count;
-	uint64_t query_count;
-	uint64_t bytes_received;
-	uint64_t bytes_sent;
-	uint64_t xact_time;  /* usec */
-	uint64_t query_time; /* usec */
-	uint64_t wait_time;  /* usec */
-} pf_pool_stats_t;
 
 /* A (database, user) pool. */
 typedef struct pf_pool {
