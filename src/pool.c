@@ -22,6 +22,7 @@
 #include "pgfunnel/pool.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/server.h"
+#include "pgfunnel/stats.h"
 #include "pgfunnel/worker.h"
 
 /* ---- secrets and users ---- */
@@ -569,21 +570,8 @@ int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s)
 
 void pf_pool_free(pf_pool_t *pool)
 {
-	pf_pool_stats_t *r = &pool->db->stats_retired;
-	const pf_pool_stats_t *st = &pool->stats;
-
 	/* The database's totals keep what this pool counted. */
-	r->server_assignment_count += st->server_assignment_count;
-	r->xact_count += st->xact_count;
-	r->query_count += st->query_count;
-	r->bytes_received += st->bytes_received;
-	r->bytes_sent += st->bytes_sent;
-	r->xact_time += st->xact_time;
-	r->query_time += st->query_time;
-	r->wait_time += st->wait_time;
-	r->client_parse_count += st->client_parse_count;
-	r->server_parse_count += st->server_parse_count;
-	r->bind_count += st->bind_count;
+	pf_stats_add(&pool->db->stats_retired, &pool->stats);
 	if (pool->node.next != &pool->node)
 		pf_list_remove(&pool->worker->pools, &pool->node);
 	welcome_clear(pool);

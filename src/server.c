@@ -23,6 +23,7 @@
 
 #include "pgfunnel/log.h"
 #include "pgfunnel/server.h"
+#include "pgfunnel/stats.h"
 #include "pgfunnel/worker.h"
 
 #ifndef PF_DEFAULT_UNIX_SOCKET_DIR
@@ -403,8 +404,10 @@ void pf_server_link(pf_server_t *s, pf_client_t *c)
 	if (c->state != PF_CL_ACTIVE) {
 		pf_usec_t now = pf_worker_now(w);
 
-		if (c->wait_start)
+		if (c->wait_start) {
 			pool->stats.wait_time += (uint64_t)(now - c->wait_start);
+			pf_stats_note_wait(pool, now - c->wait_start);
+		}
 		pf_pool_set_client_state(c, PF_CL_ACTIVE);
 	}
 	c->wait_start = 0;
@@ -692,6 +695,17 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_pr
 				return PF_PKT_STOP;
 			}
 		}
+		return PF_PKT_FORWARD;
+	}
+	case PF_PROTO_BE_ERROR_RESPONSE: {
+		pf_proto_error_t e;
+
+		/* Errors are counted by SQLSTATE class; they are rare, so reading them is cheap. */
+		if (avail < hdr->len + 1u && hdr->len < 8192)
+			return PF_PKT_NEED_WHOLE;
+		if (avail >= hdr->len + 1u &&
+		    pf_proto_parse_error_fields(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &e) == 0)
+			pf_stats_note_error(s->pool, e.sqlstate);
 		return PF_PKT_FORWARD;
 	}
 	default:

@@ -28,6 +28,7 @@
 #include "pgfunnel/pool.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/server.h"
+#include "pgfunnel/stats.h"
 #include "pgfunnel/worker.h"
 
 #define MAX_LISTENERS PF_WORKER_MAX_LISTENERS
@@ -96,6 +97,7 @@ uint8_t *pf_worker_get_buffer(pf_worker_t *w, uint32_t *cap)
 	pf_free_buffer_t *b = w->free_buffers;
 
 	*cap = (uint32_t)w->buffer_size;
+	w->buffers_in_use++;
 	if (b) {
 		w->free_buffers = b->next;
 		w->free_buffer_count--;
@@ -113,6 +115,8 @@ void pf_worker_put_buffer(pf_worker_t *w, uint8_t *buf, uint32_t cap)
 
 	if (!buf)
 		return;
+	if (cap == w->buffer_size && w->buffers_in_use > 0)
+		w->buffers_in_use--;
 	if (cap != w->buffer_size || w->free_buffer_count >= FREE_BUFFERS_MAX) {
 		free(buf);
 		return;
@@ -229,6 +233,7 @@ static void on_janitor(uv_timer_t *t)
 		pf_pool_maintain(PF_CONTAINER_OF(it, pf_pool_t, node), now);
 	}
 	pf_database_maintain(w, now);
+	pf_stats_tick(w, now);
 	pf_worker_check_shutdown(w);
 }
 

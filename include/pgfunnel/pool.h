@@ -144,6 +144,16 @@ typedef struct pf_pool {
 	char **welcome_values;
 	bool welcome_ready;
 	pf_usec_t last_login_failure; /* server_login_retry backs off from here */
+	/* ErrorResponses sent to clients by SQLSTATE class ("23", "42", ...). */
+	struct {
+		char cls[2];
+		uint64_t count;
+	} errors[32];
+	size_t n_error_classes;
+	uint64_t errors_other; /* classes beyond the table */
+	/* Clients that waited for a server, by wait time (pf_stats_wait_bounds) and in total. */
+	uint64_t wait_buckets[12];
+	uint64_t wait_count;
 	pf_usec_t last_server_gone;
 	pf_pool_stats_t stats;
 } pf_pool_t;

@@ -84,8 +84,10 @@ struct pf_worker {
 	/* receive buffers of pkt_buf bytes */
 	pf_free_buffer_t *free_buffers;
 	size_t free_buffer_count;
+	size_t buffers_in_use; /* pkt_buf-sized receive buffers held by connections */
 	size_t buffer_size;
-	bool paused;
+	bool paused;	 /* PAUSE / SIGUSR1: no server is given to a client */
+	bool suspended; /* SUSPEND: no socket is read */
 	pf_shutdown_mode_t shutdown;
 	void (*shutdown_done)(void *);
 	void *shutdown_arg;

@@ -891,7 +891,7 @@ def proxy_connect(pf, user, dbname, password, host=None, **kw):
 
 def console(pf, sql, user="postgres", password="pg-super-secret", dbname="pgbouncer"):
     """Run one command on pgfunnel's admin console; return (column names, rows)."""
-    with proxy_connect(pf, user, dbname, password, autocommit=True) as conn:
+    with proxy_connect(pf, user, dbname, password, autocommit=True, prepare_threshold=None) as conn:
         cur = conn.execute(sql)
         cols = [d.name for d in cur.description] if cur.description else []
         return cols, cur.fetchall() if cur.description else []

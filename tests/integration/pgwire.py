@@ -303,3 +303,20 @@ def wait_closed(conn, timeout=5.0):
         return False
     except OSError:
         return True
+
+
+def expect_error(conn, timeout=5.0):
+    """Read messages until an ErrorResponse (returned as PgError) or ReadyForQuery (None).
+
+    For errors after which the server closes the connection without ReadyForQuery
+    (FATAL); ProtocolError if the connection closes first.
+    """
+    conn.sock.settimeout(timeout)
+    while True:
+        kind, payload = conn.read_message()
+        if kind == "E":
+            return PgError(parse_fields(payload))
+        if kind == "N":
+            conn.notices.append(parse_fields(payload))
+        if kind == "Z":
+            return None

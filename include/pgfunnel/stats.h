@@ -1,0 +1,45 @@
+/*
+ * stats: the counters SHOW STATS / STATS_TOTALS / STATS_AVERAGES / TOTALS report and the
+ * metrics endpoint exports — totals per pool (pool->stats), per database (sum of its pools plus
+ * the pools already freed), averages over stats_period, the periodic "stats:" log line, errors
+ * by SQLSTATE class and a histogram of how long clients waited for a server.
+ *
+ * Everything runs on the worker's loop; nothing here does socket I/O.
+ */
+#ifndef PGFUNNEL_STATS_H
+#define PGFUNNEL_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pgfunnel/pool.h"
+#include "pgfunnel/util.h"
+
+typedef struct pf_worker pf_worker_t;
+
+/* Upper bounds (usec) of the wait-time histogram buckets; the last bucket is +Inf. */
+#define PF_STATS_WAIT_BUCKETS 12
+extern const pf_usec_t pf_stats_wait_bounds[PF_STATS_WAIT_BUCKETS - 1];
+
+/* Totals of db: the sum of its live pools' counters and of those already freed. */
+void pf_stats_db_totals(pf_worker_t *w, const pf_database_t *db, pf_pool_stats_t *out);
+
+/* Adds b's counters to a. */
+void pf_stats_add(pf_pool_stats_t *a, const pf_pool_stats_t *b);
+
+/*
+ * Counts an ErrorResponse a server sent to a client of pool, by the first two characters of
+ * its SQLSTATE (the class, e.g. "23" integrity constraint violation).
+ */
+void pf_stats_note_error(pf_pool_t *pool, const char *sqlstate);
+
+/* Counts a client that waited usec for a server in pool's wait histogram. */
+void pf_stats_note_wait(pf_pool_t *pool, pf_usec_t usec);
+
+/*
+ * Called by the janitor every second: at each stats_period boundary computes every database's
+ * averages (db->stats_avg) and, with log_stats, logs PgBouncer's "stats:" line per database.
+ */
+void pf_stats_tick(pf_worker_t *w, pf_usec_t now);
+
+#endif

@@ -1,0 +1,271 @@
+"""Pooling through pgfunnel (issue 3): many clients over few servers, transaction boundaries,
+clients that vanish mid-transaction, session reset, pool modes."""
+
+import socket
+import struct
+import threading
+import time
+
+import psycopg
+import pytest
+
+import pfhelpers
+import pgwire
+
+
+def table(postgres, role, name, ddl="id int"):
+    """A fresh table in appdb owned by role."""
+    with postgres.connect(dbname="appdb", autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS %s" % name)
+        conn.execute("CREATE TABLE %s (%s)" % (name, ddl))
+        conn.execute("ALTER TABLE %s OWNER TO %s" % (name, role))
+
+
+def test_300_clients_through_5_servers(proxy, postgres):
+    role, pw = pfhelpers.new_role(postgres, "p300")
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 5,
+                       "max_client_conn": 400, "query_wait_timeout": 60},
+               userlist={role: pw})
+    nclients, nxact = 300, 20
+    errors, done = [], []
+    max_backends = [0]
+    saw_waiting = [0]
+    max_servers_in_pools = [0]
+    stop = threading.Event()
+    start = threading.Barrier(nclients + 1, timeout=60)
+
+    def client(i):
+        try:
+            # prepare_threshold=None: no named prepared statements (another feature)
+            with pfhelpers.proxy_connect(pf, role, "appdb", pw, prepare_threshold=None) as conn:
+                start.wait()
+                for j in range(nxact):
+                    with conn.transaction():
+                        a = conn.execute("SELECT pg_backend_pid(), %s::int", (i,)).fetchone()
+                        b = conn.execute("SELECT pg_backend_pid(), %s::int", (j,)).fetchone()
+                    assert a[0] == b[0] and (a[1], b[1]) == (i, j), (a, b)
+            done.append(i)
+        except Exception as e:  # noqa: BLE001
+            errors.append("client %d: %r" % (i, e))
+            try:
+                start.abort()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def monitor():
+        with postgres.connect(autocommit=True) as pg, \
+                pfhelpers.proxy_connect(pf, "postgres", "pgbouncer",
+                                        postgres.passwords["postgres"], autocommit=True,
+                                        prepare_threshold=None) as adm:
+            while not stop.is_set():
+                n = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                               (role,)).fetchone()[0]
+                max_backends[0] = max(max_backends[0], n)
+                cur = adm.execute("SHOW POOLS")
+                cols = [d.name for d in cur.description]
+                for row in pfhelpers.rows_as_dicts(cols, cur.fetchall()):
+                    if row["user"] == role and row["database"] == "appdb":
+                        sv = sum(row[k] for k in ("sv_active", "sv_idle", "sv_used",
+                                                  "sv_tested", "sv_login"))
+                        max_servers_in_pools[0] = max(max_servers_in_pools[0], sv)
+                        saw_waiting[0] = max(saw_waiting[0], row["cl_waiting"])
+                time.sleep(0.02)
+
+    mon = threading.Thread(target=monitor)
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(nclients)]
+    for t in threads:
+        t.start()
+    mon.start()
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        pass
+    t0 = time.monotonic()
+    for t in threads:
+        t.join(120)
+    stop.set()
+    mon.join(10)
+    elapsed = time.monotonic() - t0
+    assert not errors, "%d clients failed, first: %s\n%s" % (
+        len(errors), errors[:3], pf.log_text()[-3000:])
+    assert len(done) == nclients
+    assert 1 <= max_backends[0] <= 5, max_backends[0]
+    assert 1 <= max_servers_in_pools[0] <= 5, max_servers_in_pools[0]
+    assert saw_waiting[0] > 0, "cl_waiting never > 0 in %.1fs" % elapsed
+    # Every transaction really went through Postgres.
+    with postgres.connect(dbname="appdb", autocommit=True) as pg:
+        n = pg.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = 'appdb'")
+        assert n.fetchone()[0] > 0
+
+
+def test_backend_stable_inside_transaction(proxy, postgres):
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 2})
+    pw = postgres.passwords["alice"]
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as a, \
+            pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as b:
+        a.execute("BEGIN")
+        pid_a = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        b_pids = set()
+        for _ in range(5):
+            b_pids.add(b.execute("SELECT pg_backend_pid()").fetchone()[0])
+            assert a.execute("SELECT pg_backend_pid()").fetchone()[0] == pid_a
+        a.execute("COMMIT")
+        assert len(b_pids) == 1 and pid_a not in b_pids
+
+
+def test_clients_share_backends_outside_transactions(proxy, postgres):
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1})
+    pw = postgres.passwords["alice"]
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as a, \
+            pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as b:
+        pids = set()
+        for _ in range(3):
+            pids.add(a.execute("SELECT pg_backend_pid()").fetchone()[0])
+            pids.add(b.execute("SELECT pg_backend_pid()").fetchone()[0])
+        assert len(pids) == 1
+
+
+def abort_socket(sock):
+    """Close with an RST, as a killed process would on a busy connection."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("how", ["rst", "kill-psql"])
+def test_client_gone_mid_transaction(proxy, postgres, how):
+    import subprocess
+    role, pw = pfhelpers.new_role(postgres, "pgone")
+    tbl = "gone_" + role
+    table(postgres, role, tbl)
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1},
+               userlist={role: pw})
+    if how == "rst":
+        conn = pgwire.connect(pf.host, pf.port, role, "appdb", pw)
+        conn.simple_query("BEGIN; INSERT INTO %s VALUES (1)" % tbl)
+        abort_socket(conn.sock)
+    else:
+        env = dict(__import__("os").environ, PGPASSWORD=pw)
+        p = subprocess.Popen([pfhelpers.PSQL, "-X", "-h", pf.host, "-p", str(pf.port), "-U", role,
+                              "-d", "appdb", "-v", "ON_ERROR_STOP=1"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        p.stdin.write("BEGIN;\nINSERT INTO %s VALUES (1);\n\\echo inserted\n" % tbl)
+        p.stdin.flush()
+        assert "inserted" in p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
+        p.kill()
+        p.wait(5)
+
+    def no_open_xact():
+        return pfhelpers.backend_count(
+            postgres, "usename = %s AND state LIKE 'idle in transaction%%'", (role,)) == 0
+
+    assert pfhelpers.wait_for(no_open_xact, 5), pf.log_text()[-2000:]
+    # The pool (one server) still works; the next client is not inside the dead transaction.
+    with pgwire.connect(pf.host, pf.port, role, "appdb", pw) as nxt:
+        assert nxt.simple_query("SELECT count(*) FROM %s" % tbl) == [("0",)]
+        nxt.simple_query("BEGIN")
+        nxt.simple_query("COMMIT")
+        assert [n.get("C") for n in nxt.notices] == []
+    with postgres.connect(dbname="appdb") as pg:
+        assert pg.execute("SELECT count(*) FROM %s" % tbl).fetchone() == (0,)
+
+
+def test_session_mode_reset_between_clients(proxy, postgres):
+    pf = proxy(params={"pool_mode": "session", "default_pool_size": 1})
+    pw = postgres.passwords["alice"]
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as a:
+        pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        a.execute("SET work_mem = '7MB'")
+        a.execute("SET myapp.flag = 'on'")
+        a.execute("PREPARE pf_stmt AS SELECT 1")
+        a.execute("CREATE TEMP TABLE pf_tmp (x int)")
+        for _ in range(3):  # persists within the session
+            assert a.execute("SHOW work_mem").fetchone() == ("7MB",)
+            assert a.execute("SELECT current_setting('myapp.flag')").fetchone() == ("on",)
+            assert a.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as b:
+        assert b.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+        assert b.execute("SHOW work_mem").fetchone() == ("4MB",)
+        assert b.execute("SELECT current_setting('myapp.flag', true)").fetchone()[0] in (None, "")
+        assert b.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        assert b.execute("SELECT count(*) FROM pg_class WHERE relname = 'pf_tmp'"
+                         " AND relpersistence = 't'").fetchone() == (0,)
+
+
+# ------------------------------------------------ pool modes
+
+
+def assert_statement_mode_refuses(pf, user, password, dbname="appdb"):
+    with pgwire.connect(pf.host, pf.port, user, dbname, password) as conn:
+        assert conn.simple_query("SELECT 1") == [("1",)]
+        conn.send_query("BEGIN")
+        err = pgwire.expect_error(conn)
+        assert err is not None, "BEGIN accepted in statement mode"
+        assert (err.sqlstate, err.message.lower()) == ("25001", "long transactions not allowed")
+        assert pgwire.wait_closed(conn, 5), "client not disconnected after 25001"
+
+
+def test_statement_mode_refuses_transactions(proxy, postgres):
+    pf = proxy(params={"pool_mode": "statement", "default_pool_size": 1})
+    pw = postgres.passwords["alice"]
+    assert_statement_mode_refuses(pf, "alice", pw)
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw) as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            with conn.transaction():
+                conn.execute("SELECT 1")
+        assert "ong transactions not allowed" in str(exc.value)
+
+
+def test_statement_mode_next_client_not_in_transaction(proxy, postgres):
+    pf = proxy(params={"pool_mode": "statement", "default_pool_size": 1})
+    pw = postgres.passwords["alice"]
+    assert_statement_mode_refuses(pf, "alice", pw)
+    with pgwire.connect(pf.host, pf.port, "alice", "appdb", pw) as conn:
+        # now() is the transaction start: equal to statement_timestamp() only outside a block
+        assert conn.simple_query("SELECT now() = statement_timestamp()") == [("t",)]
+        assert conn.simple_query("SELECT 2") == [("2",)]
+
+
+def wait_timeout_pool(pf, user, pw, dbname="appdb"):
+    """True if a second client gets a server while a first one is connected and idle
+    (transaction/statement mode), False if it waits (session mode; query_wait_timeout)."""
+    with pfhelpers.proxy_connect(pf, user, dbname, pw, autocommit=True) as a:
+        a.execute("SELECT 1")
+        try:
+            with pfhelpers.proxy_connect(pf, user, dbname, pw, autocommit=True) as b:
+                b.execute("SELECT 1")
+                a.execute("SELECT 1")
+                return True
+        except psycopg.Error:
+            return False
+
+
+def pool_modes(pf):
+    cols, rows = pfhelpers.console(pf, "SHOW POOLS")
+    return {(r["database"], r["user"]): r["pool_mode"] for r in pfhelpers.rows_as_dicts(cols, rows)}
+
+
+def test_pool_mode_overrides(proxy, postgres):
+    pf = proxy(
+        params={"pool_mode": "session", "default_pool_size": 1, "query_wait_timeout": 1},
+        databases={"txdb": postgres.db_entry("appdb", pool_mode="transaction"),
+                   "stdb": postgres.db_entry("appdb", pool_mode="statement")},
+        users={"bob": "pool_mode=statement"})
+    apw, bpw = postgres.passwords["alice"], postgres.passwords["bob"]
+    # global session: a connected client keeps its server
+    assert wait_timeout_pool(pf, "alice", apw, "appdb") is False
+    # per database: transaction
+    assert wait_timeout_pool(pf, "alice", apw, "txdb") is True
+    with pfhelpers.proxy_connect(pf, "alice", "txdb", apw) as conn:
+        with conn.transaction():
+            conn.execute("SELECT 1")
+    # per database: statement
+    assert_statement_mode_refuses(pf, "alice", apw, "stdb")
+    # per user (over database and global): bob is in statement mode everywhere
+    assert_statement_mode_refuses(pf, "bob", bpw, "appdb")
+    assert_statement_mode_refuses(pf, "bob", bpw, "txdb")
+    modes = pool_modes(pf)
+    assert modes[("appdb", "alice")] == "session"
+    assert modes[("txdb", "alice")] == "transaction"
+    assert modes[("stdb", "alice")] == "statement"
+    assert modes[("appdb", "bob")] == "statement"
+    assert modes[("txdb", "bob")] == "statement"
