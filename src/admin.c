@@ -9,12 +9,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "pgfunnel/admin.h"
 #include "pgfunnel/log.h"
+#include "pgfunnel/server.h"
+#include "pgfunnel/worker.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/worker.h"
 
@@ -67,41 +70,507 @@ void pf_admin_login(pf_client_t *c)
 			    c->user_name);
 }
 
-/* Next word of s (letters, digits, '_'), uppercased into buf; returns the rest. */
-static const char *next_word(const char *s, char *buf, size_t n)
+/*
+ * Next word of s into buf (size n), upper-cased unless quoted: letters, digits and '_', or a
+ * "double-quoted" identifier (kept as written, as PgBouncer's console allows for database
+ * names). Returns the rest of s.
+ */
+static const char *next_word(const char *s, char *buf, size_t n, bool upper)
 {
 	size_t len = 0;
 
 	while (isspace((unsigned char)*s))
 		s++;
-	while (*s && (isalnum((unsigned char)*s) || *s == '_')) {
-		if (len + 1 < n)
-			buf[len++] = (char)toupper((unsigned char)*s);
-		s++;
+	if (*s == '"') {
+		for (s++; *s && *s != '"'; s++) {
+			if (len + 1 < n)
+				buf[len++] = *s;
+		}
+		if (*s == '"')
+			s++;
+	} else {
+		while (*s && (isalnum((unsigned char)*s) || *s == '_' || *s == '-' || *s == '.')) {
+			if (len + 1 < n)
+				buf[len++] = upper ? (char)toupper((unsigned char)*s) : *s;
+			s++;
+		}
 	}
 	buf[len] = '\0';
 	return s;
 }
 
+static bool only_blanks(const char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	return *s == '\0';
+}
+
+static void command_ok(pf_buf_t *out, const char *tag)
+{
+	pf_proto_be_command_complete(out, tag);
+	pf_proto_be_ready_for_query(out, PF_PROTO_TX_IDLE);
+}
+
+static void command_error(pf_buf_t *out, const char *sqlstate, const char *msg, const char *hint)
+{
+	pf_proto_be_error(out, "ERROR", sqlstate, msg, NULL, hint);
+	pf_proto_be_ready_for_query(out, PF_PROTO_TX_IDLE);
+}
+
+/* The non-console database called name, or NULL after an error in out. */
+static pf_database_t *target_db(pf_worker_t *w, const char *name, pf_buf_t *out)
+{
+	pf_list_node_t *it, *tmp;
+	char msg[320];
+
+	PF_LIST_FOREACH(&w->databases, it, tmp)
+	{
+		pf_database_t *db = PF_CONTAINER_OF(it, pf_database_t, node);
+
+		if (!db->admin && strcmp(db->name, name) == 0)
+			return db;
+	}
+	snprintf(msg, sizeof(msg), "no such database: %s", name);
+	command_error(out, "3D000", msg, NULL);
+	return NULL;
+}
+
+/* Whether pool belongs to the command's target (db NULL = every database but the console). */
+static bool pool_in_scope(const pf_pool_t *p, const pf_database_t *db)
+{
+	return !p->db->admin && (!db || p->db == db);
+}
+
+static void close_server_list(pf_list_t *l, pf_server_close_reason_t reason)
+{
+	pf_list_node_t *n;
+
+	while ((n = pf_list_first(l)))
+		pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node), reason);
+}
+
+static void close_client_list(pf_list_t *l)
+{
+	pf_list_node_t *n;
+
+	while ((n = pf_list_first(l)))
+		pf_client_close(PF_CONTAINER_OF(n, pf_client_t, conn.node),
+				PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
+}
+
+/* Whether a waiting command (PAUSE, WAIT_CLOSE, SUSPEND) may answer now. */
+static bool wait_done(pf_client_t *c)
+{
+	pf_worker_t *w = c->conn.worker;
+	pf_list_node_t *it, *tmp, *sit, *stmp;
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_t *lists[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
+				      &p->tested_servers, &p->new_servers};
+
+		if (!pool_in_scope(p, c->admin_wait_db))
+			continue;
+		if (c->admin_wait == PF_ADMIN_WAIT_PAUSE && pf_pool_server_count(p) > 0)
+			return false;
+		if (c->admin_wait != PF_ADMIN_WAIT_CLOSE)
+			continue;
+		for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
+			PF_LIST_FOREACH(lists[i], sit, stmp)
+			{
+				if (PF_CONTAINER_OF(sit, pf_server_t, conn.node)->close_needed)
+					return false;
+			}
+		}
+	}
+	return true;
+}
+
+static const char *const wait_tags[] = {
+	[PF_ADMIN_WAIT_NONE] = "",
+	[PF_ADMIN_WAIT_PAUSE] = "PAUSE",
+	[PF_ADMIN_WAIT_CLOSE] = "WAIT_CLOSE",
+};
+
+void pf_admin_poll(pf_worker_t *w)
+{
+	pf_list_node_t *it, *tmp, *cit, *ctmp;
+
+	/* Answering one waiter runs its next command, which may close servers and call here. */
+	if (w->in_admin_poll)
+		return;
+	w->in_admin_poll = true;
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		if (!p->db->admin)
+			continue;
+		PF_LIST_FOREACH(&p->active_clients, cit, ctmp)
+		{
+			pf_client_t *c = PF_CONTAINER_OF(cit, pf_client_t, conn.node);
+			pf_buf_t out;
+
+			if (c->admin_wait == PF_ADMIN_WAIT_NONE || !wait_done(c))
+				continue;
+			pf_buf_init(&out);
+			command_ok(&out, wait_tags[c->admin_wait]);
+			c->admin_wait = PF_ADMIN_WAIT_NONE;
+			c->admin_wait_db = NULL;
+			pf_conn_send_buf(&c->conn, &out);
+			pf_buf_free(&out);
+			/* Commands it sent meanwhile. */
+			pf_conn_resume(&c->conn);
+		}
+	}
+	w->in_admin_poll = false;
+}
+
+/* Starts a command that answers later; pf_admin_poll() answers it. */
+static void wait_for(pf_client_t *c, pf_admin_wait_t what, pf_database_t *db, pf_buf_t *out)
+{
+	c->admin_wait = what;
+	c->admin_wait_db = db;
+	if (wait_done(c)) {
+		c->admin_wait = PF_ADMIN_WAIT_NONE;
+		c->admin_wait_db = NULL;
+		command_ok(out, wait_tags[what]);
+	}
+}
+
+static void cmd_pause(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
+{
+	pf_worker_t *w = c->conn.worker;
+
+	if (db)
+		db->paused = true;
+	else
+		w->paused = true;
+	/* PAUSE disconnects every server of the scope once its client is done with it. */
+	pf_pool_tag_reconnect(w, db);
+	wait_for(c, PF_ADMIN_WAIT_PAUSE, db, out);
+}
+
+static void cmd_resume(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
+{
+	pf_worker_t *w = c->conn.worker;
+	pf_list_node_t *it, *tmp;
+
+	if (db) {
+		db->paused = false;
+	} else {
+		w->paused = false;
+		PF_LIST_FOREACH(&w->databases, it, tmp)
+		{
+			PF_CONTAINER_OF(it, pf_database_t, node)->paused = false;
+		}
+		if (w->suspended)
+			pf_worker_set_suspended(w, false);
+	}
+	pf_worker_kick_pools(w);
+	command_ok(out, "RESUME");
+}
+
+static void cmd_kill(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
+{
+	pf_worker_t *w = c->conn.worker;
+	pf_list_node_t *it, *tmp;
+
+	/* New clients of a killed database wait until RESUME, as in PgBouncer. */
+	PF_LIST_FOREACH(&w->databases, it, tmp)
+	{
+		pf_database_t *d = PF_CONTAINER_OF(it, pf_database_t, node);
+
+		if (!d->admin && (!db || d == db))
+			d->paused = true;
+	}
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		if (!pool_in_scope(p, db))
+			continue;
+		close_client_list(&p->active_clients);
+		close_client_list(&p->waiting_clients);
+		close_server_list(&p->active_servers, PF_SV_CLOSE_ADMIN);
+		close_server_list(&p->idle_servers, PF_SV_CLOSE_ADMIN);
+		close_server_list(&p->used_servers, PF_SV_CLOSE_ADMIN);
+		close_server_list(&p->tested_servers, PF_SV_CLOSE_ADMIN);
+		close_server_list(&p->new_servers, PF_SV_CLOSE_ADMIN);
+	}
+	command_ok(out, "KILL");
+}
+
+static void cmd_kill_client(pf_client_t *c, const char *arg, pf_buf_t *out)
+{
+	pf_worker_t *w = c->conn.worker;
+	pf_list_node_t *it, *tmp, *cit, *ctmp;
+	char *end;
+	unsigned long long id = strtoull(arg, &end, 10);
+	char msg[100];
+
+	if (!*arg || *end) {
+		command_error(out, "42601", "KILL_CLIENT needs a client id (SHOW CLIENTS, column id)",
+			      NULL);
+		return;
+	}
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_t *lists[] = {&p->active_clients, &p->waiting_clients};
+
+		for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
+			PF_LIST_FOREACH(lists[i], cit, ctmp)
+			{
+				pf_client_t *victim = PF_CONTAINER_OF(cit, pf_client_t, conn.node);
+
+				if (victim->conn.id != id)
+					continue;
+				command_ok(out, "KILL_CLIENT");
+				if (victim != c)
+					pf_client_close(victim, PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
+				else
+					c->admin_kill_self = true;
+				return;
+			}
+		}
+	}
+	snprintf(msg, sizeof(msg), "no client with id %llu", id);
+	command_error(out, "42704", msg, NULL);
+}
+
+/* SET key = value: a changed copy of the config replaces the running one. */
+static void cmd_set(pf_client_t *c, const char *rest, pf_buf_t *out)
+{
+	pf_worker_t *w = c->conn.worker;
+	char key[64], value[1024], err[300];
+	const char *p = next_word(rest, key, sizeof(key), false);
+	const pf_config_param_t *param;
+	pf_config_t *copy = NULL;
+	const char *unsafe = NULL;
+	size_t len = 0;
+
+	while (isspace((unsigned char)*p))
+		p++;
+	if (*p == '=')
+		p++;
+	else if (strncasecmp(p, "to", 2) == 0 && isspace((unsigned char)p[2]))
+		p += 2;
+	else {
+		command_error(out, "42601", "syntax: SET key = value", NULL);
+		return;
+	}
+	while (isspace((unsigned char)*p))
+		p++;
+	/* A value may be 'quoted' ('' is a quote) or a bare word. */
+	if (*p == '\'') {
+		for (p++; *p; p++) {
+			if (*p == '\'' && p[1] != '\'')
+				break;
+			if (*p == '\'')
+				p++;
+			if (len + 1 < sizeof(value))
+				value[len++] = *p;
+		}
+		if (*p != '\'') {
+			command_error(out, "42601", "unterminated quoted value", NULL);
+			return;
+		}
+		p++;
+	} else {
+		while (*p && !isspace((unsigned char)*p) && len + 1 < sizeof(value))
+			value[len++] = *p++;
+	}
+	value[len] = '\0';
+	if (!only_blanks(p)) {
+		command_error(out, "42601", "syntax: SET key = value", NULL);
+		return;
+	}
+	/* Drivers set these on connect; the console accepts them harmlessly. */
+	if (pf_var_lookup(key) >= 0 || pf_strcaseeq(key, "extra_float_digits")) {
+		command_ok(out, "SET");
+		return;
+	}
+	param = pf_config_find_param(key);
+	if (!param) {
+		snprintf(err, sizeof(err), "unknown config parameter: %s", key);
+		command_error(out, "42704", err, NULL);
+		return;
+	}
+	if (!param->reloadable) {
+		snprintf(err, sizeof(err), "parameter \"%s\" cannot be changed online", param->name);
+		command_error(out, "55P02", err, "change it in the config file and restart");
+		return;
+	}
+	if (pf_config_copy(w->cfg, &copy) < 0) {
+		command_error(out, "53200", "out of memory", NULL);
+		return;
+	}
+	if (pf_config_set(copy, param->name, value, err, sizeof(err)) < 0 ||
+	    !pf_config_is_reload_safe(w->cfg, copy, &unsafe)) {
+		if (unsafe)
+			snprintf(err, sizeof(err), "parameter \"%s\" cannot be changed online",
+				 unsafe);
+		pf_config_free(copy);
+		command_error(out, "22023", err, NULL);
+		return;
+	}
+	if (!w->hooks || !w->hooks->set_config || w->hooks->set_config(w->hooks_arg, copy) < 0) {
+		pf_config_free(copy);
+		command_error(out, "F0000", "SET failed, see logs for details", NULL);
+		return;
+	}
+	pf_log_info(c, "SET %s = %s", param->name, value);
+	command_ok(out, "SET");
+}
+
+/* SHOW of session settings that drivers ask for on connect (PgBouncer's "fake" SHOWs). */
+static bool fake_show(const char *what, pf_buf_t *out)
+{
+	static const char *const settings[][2] = {
+		{"CLIENT_ENCODING", "UTF8"},
+		{"DEFAULT_TRANSACTION_ISOLATION", "read committed"},
+		{"STANDARD_CONFORMING_STRINGS", "on"},
+		{"DATESTYLE", "ISO"},
+		{"TIMEZONE", "GMT"},
+	};
+
+	for (size_t i = 0; i < PF_ARRAY_SIZE(settings); i++) {
+		if (strcmp(what, settings[i][0]) == 0) {
+			char name[64];
+			const char *names[1] = {name};
+			size_t j;
+
+			for (j = 0; settings[i][0][j] && j + 1 < sizeof(name); j++)
+				name[j] = (char)tolower((unsigned char)settings[i][0][j]);
+			name[j] = '\0';
+			pf_proto_be_row_description(out, "s", names);
+			pf_proto_be_data_row(out, "s", settings[i][1]);
+			command_ok(out, "SHOW");
+			return true;
+		}
+	}
+	return false;
+}
+
+static const char *const usage_hint =
+	"SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATS|STATS_TOTALS|"
+	"STATS_AVERAGES|TOTALS|LISTS|MEM|FDS|SOCKETS|ACTIVE_SOCKETS|STATE|DNS_HOSTS|DNS_ZONES|"
+	"PEERS|PEER_POOLS; SET key = arg; RELOAD; PAUSE [db]; RESUME [db]; DISABLE db; ENABLE db; "
+	"RECONNECT [db]; KILL [db]; KILL_CLIENT id; SUSPEND; SHUTDOWN [WAIT_FOR_SERVERS|"
+	"WAIT_FOR_CLIENTS]; WAIT_CLOSE [db]";
+
 void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 {
-	char verb[32], what[32], msg[200];
-	const char *rest = next_word(sql, verb, sizeof(verb));
+	pf_worker_t *w = c->conn.worker;
+	char verb[32], arg[256], msg[300];
+	const char *rest = next_word(sql, verb, sizeof(verb), true);
+	pf_database_t *db = NULL;
 
-	if (strcmp(verb, "SHOW") == 0) {
-		rest = next_word(rest, what, sizeof(what));
-		const pf_admin_show_t *cmd = pf_admin_find_show(what);
+	if (strcmp(verb, "SHOW") == 0 || strcmp(verb, "SELECT") == 0) {
+		const pf_admin_show_t *cmd;
 
+		rest = next_word(rest, arg, sizeof(arg), true);
+		if (fake_show(arg, out))
+			return;
+		cmd = pf_admin_find_show(arg);
+		if (cmd && cmd->admin_only && !c->admin_can_write) {
+			command_error(out, "42501", "admin access needed", NULL);
+			return;
+		}
 		if (cmd) {
 			cmd->handler(c, rest, out);
 			pf_proto_be_ready_for_query(out, PF_PROTO_TX_IDLE);
 			return;
 		}
+		goto invalid;
 	}
+	if (strcmp(verb, "SET") == 0) {
+		if (!c->admin_can_write)
+			command_error(out, "42501", "admin access needed", NULL);
+		else
+			cmd_set(c, rest, out);
+		return;
+	}
+	rest = next_word(rest, arg, sizeof(arg), false);
+	if (!only_blanks(rest))
+		goto invalid;
+	{
+		static const char *const control[] = {
+			"PAUSE",    "RESUME", "SUSPEND",   "DISABLE",     "ENABLE",	    "RECONNECT",
+			"KILL",	    "RELOAD", "SHUTDOWN",  "WAIT_CLOSE",  "KILL_CLIENT",
+		};
+		bool known = false;
+
+		for (size_t i = 0; i < PF_ARRAY_SIZE(control); i++)
+			known |= strcmp(verb, control[i]) == 0;
+		if (!known)
+			goto invalid;
+	}
+	if (!c->admin_can_write) {
+		command_error(out, "42501", "admin access needed", NULL);
+		return;
+	}
+	if (strcmp(verb, "KILL_CLIENT") == 0) {
+		cmd_kill_client(c, arg, out);
+		return;
+	}
+	if (strcmp(verb, "SHUTDOWN") == 0) {
+		pf_shutdown_mode_t mode = PF_SHUTDOWN_IMMEDIATE;
+
+		if (pf_strcaseeq(arg, "WAIT_FOR_SERVERS"))
+			mode = PF_SHUTDOWN_WAIT_FOR_SERVERS;
+		else if (pf_strcaseeq(arg, "WAIT_FOR_CLIENTS"))
+			mode = PF_SHUTDOWN_WAIT_FOR_CLIENTS;
+		else if (arg[0])
+			goto invalid;
+		pf_log_info(c, "SHUTDOWN%s%s requested", arg[0] ? " " : "", arg);
+		command_ok(out, "SHUTDOWN");
+		if (w->hooks && w->hooks->shutdown)
+			c->admin_shutdown = mode;
+		return;
+	}
+	if (strcmp(verb, "RELOAD") == 0) {
+		if (arg[0])
+			goto invalid;
+		if (!w->hooks || !w->hooks->reload || w->hooks->reload(w->hooks_arg) < 0)
+			command_error(out, "F0000", "RELOAD failed, see logs for details", NULL);
+		else
+			command_ok(out, "RELOAD");
+		return;
+	}
+	if (strcmp(verb, "SUSPEND") == 0) {
+		if (arg[0])
+			goto invalid;
+		pf_worker_set_suspended(w, true);
+		command_ok(out, "SUSPEND");
+		return;
+	}
+	if (arg[0] && !(db = target_db(w, arg, out)))
+		return;
+	if (strcmp(verb, "PAUSE") == 0)
+		cmd_pause(c, db, out);
+	else if (strcmp(verb, "RESUME") == 0)
+		cmd_resume(c, db, out);
+	else if (strcmp(verb, "RECONNECT") == 0) {
+		pf_pool_tag_reconnect(w, db);
+		command_ok(out, "RECONNECT");
+	} else if (strcmp(verb, "WAIT_CLOSE") == 0)
+		wait_for(c, PF_ADMIN_WAIT_CLOSE, db, out);
+	else if (strcmp(verb, "KILL") == 0)
+		cmd_kill(c, db, out);
+	else if (!db)
+		command_error(out, "42601", "DISABLE and ENABLE need a database name", NULL);
+	else {
+		db->disabled = strcmp(verb, "DISABLE") == 0;
+		command_ok(out, db->disabled ? "DISABLE" : "ENABLE");
+	}
+	return;
+invalid:
 	snprintf(msg, sizeof(msg), "invalid command \"%s\", use SHOW HELP;", sql);
-	pf_proto_be_error(out, "ERROR", "42601", msg, NULL,
-			  "Available: SHOW HELP|POOLS|CLIENTS|SERVERS|VERSION");
-	pf_proto_be_ready_for_query(out, PF_PROTO_TX_IDLE);
+	command_error(out, "42601", msg, usage_hint);
 }
 
 pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
@@ -110,7 +579,10 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 	pf_buf_t out;
 	char *sql;
 	size_t len;
+	pf_shutdown_mode_t shutdown;
 
+	if (c->admin_wait != PF_ADMIN_WAIT_NONE)
+		return PF_PKT_STOP; /* one command at a time: PAUSE/WAIT_CLOSE answer later */
 	if (hdr->type != PF_PROTO_FE_QUERY) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 				"extended query protocol not supported by admin console");
@@ -136,5 +608,18 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 	pf_conn_send_buf(&c->conn, &out);
 	pf_buf_free(&out);
 	free(sql);
+	if (c->admin_kill_self) {
+		pf_client_close(c, PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
+		return PF_PKT_STOP;
+	}
+	/* The answer went out first; a shutdown may close this very connection. */
+	shutdown = c->admin_shutdown;
+	if (shutdown != PF_SHUTDOWN_NONE) {
+		pf_worker_t *w = c->conn.worker;
+
+		c->admin_shutdown = PF_SHUTDOWN_NONE;
+		w->hooks->shutdown(w->hooks_arg, shutdown);
+		return PF_PKT_STOP;
+	}
 	return PF_PKT_CONSUMED;
 }

@@ -180,7 +180,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void update_reading(pf_conn_t *c)
 {
-	bool want = c->handle_open && !c->closing && !c->read_paused && !c->fwd_pending &&
+	bool want = c->handle_open && !c->closing && !c->read_paused && !c->suspended &&
+		    !c->fwd_pending &&
 		    !(c->rbuf && c->rend == c->rcap && c->rpos == 0);
 
 	if (want && !c->reading) {
@@ -367,6 +368,12 @@ void pf_conn_resume(pf_conn_t *c)
 void pf_conn_pause_reading(pf_conn_t *c, bool paused)
 {
 	c->read_paused = paused;
+	update_reading(c);
+}
+
+void pf_conn_suspend(pf_conn_t *c, bool on)
+{
+	c->suspended = on;
 	update_reading(c);
 }
 

@@ -343,54 +343,56 @@ static void on_shutdown_done(void *arg)
 	uv_stop(p->loop);
 }
 
-static void reload(process_t *p)
+/* Makes cfg (owned from now on) the running snapshot. */
+static void install_config(process_t *p, pf_config_t *cfg)
+{
+	char err[512];
+
+	pf_log_set_verbosity(cfg->verbose + p->opt.verbose);
+	if (open_log(cfg, err, sizeof(err)) < 0)
+		pf_log_warning(NULL, "keeping the old log settings: %s", err);
+	pf_worker_set_config(p->worker, cfg);
+	pf_config_free(p->cfg);
+	p->cfg = cfg;
+}
+
+static int reload(process_t *p)
 {
 	char err[512];
 	pf_config_t *fresh = NULL;
 	const char *param = NULL;
 
-	pf_log_info(NULL, "got SIGHUP, re-reading config");
 	notify_systemd("RELOADING=1");
 	if (pf_log_reopen() < 0)
 		pf_log_warning(NULL, "could not reopen logfile: %s", strerror(errno));
 	if (load_config(p->opt.config_path, &fresh, err, sizeof(err)) < 0) {
 		pf_log_error(NULL, "config reload failed, keeping the old config: %s", err);
 		notify_systemd("READY=1");
-		return;
+		return -EINVAL;
 	}
 	if (!pf_config_is_reload_safe(p->cfg, fresh, &param))
 		pf_log_warning(NULL,
 			       "parameter \"%s\" cannot be changed without a restart; "
 			       "the running process keeps its old value until then",
 			       param);
-	pf_log_set_verbosity(fresh->verbose + p->opt.verbose);
-	if (open_log(fresh, err, sizeof(err)) < 0)
-		pf_log_warning(NULL, "keeping the old log settings: %s", err);
-	pf_worker_set_config(p->worker, fresh);
-	pf_config_free(p->cfg);
-	p->cfg = fresh;
+	install_config(p, fresh);
 	pf_log_info(NULL, "config reloaded");
 	notify_systemd("READY=1");
+	return 0;
 }
 
-static void begin_shutdown(process_t *p, pf_shutdown_mode_t mode)
+/* Begins (or escalates) a shutdown; why names the signal or command in the log line. */
+static void begin_shutdown(process_t *p, pf_shutdown_mode_t mode, const char *why)
 {
 	pf_shutdown_mode_t cur = pf_worker_shutdown_mode(p->worker);
 
 	/* A second SIGTERM/SIGINT during a shutdown means: now. */
 	if (cur != PF_SHUTDOWN_NONE && mode != PF_SHUTDOWN_IMMEDIATE)
 		mode = PF_SHUTDOWN_IMMEDIATE;
-	switch (mode) {
-	case PF_SHUTDOWN_WAIT_FOR_CLIENTS:
-		pf_log_info(NULL, "got SIGTERM, shutting down, waiting for clients");
-		break;
-	case PF_SHUTDOWN_WAIT_FOR_SERVERS:
-		pf_log_info(NULL, "got SIGINT, shutting down, waiting for servers");
-		break;
-	default:
-		pf_log_info(NULL, "shutting down immediately");
-		break;
-	}
+	pf_log_info(NULL, "%s, shutting down%s", why,
+		    mode == PF_SHUTDOWN_WAIT_FOR_CLIENTS   ? ", waiting for clients"
+		    : mode == PF_SHUTDOWN_WAIT_FOR_SERVERS ? ", waiting for servers"
+							   : " immediately");
 	notify_systemd("STOPPING=1");
 	pf_worker_shutdown(p->worker, mode, on_shutdown_done, p);
 }
@@ -401,16 +403,17 @@ static void on_signal(uv_signal_t *h, int signum)
 
 	switch (signum) {
 	case SIGHUP:
-		reload(p);
+		pf_log_info(NULL, "got SIGHUP, re-reading config");
+		(void)reload(p);
 		break;
 	case SIGTERM:
-		begin_shutdown(p, PF_SHUTDOWN_WAIT_FOR_CLIENTS);
+		begin_shutdown(p, PF_SHUTDOWN_WAIT_FOR_CLIENTS, "got SIGTERM");
 		break;
 	case SIGINT:
-		begin_shutdown(p, PF_SHUTDOWN_WAIT_FOR_SERVERS);
+		begin_shutdown(p, PF_SHUTDOWN_WAIT_FOR_SERVERS, "got SIGINT");
 		break;
 	case SIGQUIT:
-		begin_shutdown(p, PF_SHUTDOWN_IMMEDIATE);
+		begin_shutdown(p, PF_SHUTDOWN_IMMEDIATE, "got SIGQUIT");
 		break;
 	case SIGUSR1:
 		pf_log_info(NULL, "got SIGUSR1, pausing all activity");
@@ -424,6 +427,30 @@ static void on_signal(uv_signal_t *h, int signum)
 		break;
 	}
 }
+
+/* The console's RELOAD, SHUTDOWN and SET reach the process through these. */
+static int hook_reload(void *arg)
+{
+	pf_log_info(NULL, "RELOAD command issued");
+	return reload(arg);
+}
+
+static void hook_shutdown(void *arg, pf_shutdown_mode_t mode)
+{
+	begin_shutdown(arg, mode, "SHUTDOWN command");
+}
+
+static int hook_set_config(void *arg, pf_config_t *cfg)
+{
+	install_config(arg, cfg);
+	return 0;
+}
+
+static const pf_worker_hooks_t worker_hooks = {
+	.reload = hook_reload,
+	.shutdown = hook_shutdown,
+	.set_config = hook_set_config,
+};
 
 static void setup_signals(process_t *p)
 {
@@ -505,6 +532,8 @@ int main(int argc, char **argv)
 		pf_fatal("refusing to run as root");
 
 	setup_signals(&p);
+	p.worker->hooks = &worker_hooks;
+	p.worker->hooks_arg = &p;
 	{
 		char where[512];
 

@@ -461,6 +461,29 @@ pf_usec_t pf_database_server_lifetime(const pf_database_t *db, const pf_config_t
 	return db->server_lifetime >= 0 ? db->server_lifetime : cfg->server_lifetime;
 }
 
+void pf_pool_tag_reconnect(pf_worker_t *w, const pf_database_t *db)
+{
+	pf_list_node_t *it, *tmp, *sit, *stmp, *n;
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_t *busy[] = {&p->active_servers, &p->used_servers, &p->tested_servers,
+				     &p->new_servers};
+
+		if (p->db->admin || (db && p->db != db))
+			continue;
+		for (size_t i = 0; i < PF_ARRAY_SIZE(busy); i++) {
+			PF_LIST_FOREACH(busy[i], sit, stmp)
+			{
+				PF_CONTAINER_OF(sit, pf_server_t, conn.node)->close_needed = true;
+			}
+		}
+		while ((n = pf_list_first(&p->idle_servers)))
+			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node), PF_SV_CLOSE_ADMIN);
+	}
+}
+
 /* ---- pools ---- */
 
 int pf_pool_mode(const pf_pool_t *pool)
@@ -714,27 +737,31 @@ static bool evict_idle_server(pf_pool_t *pool, launch_verdict_t why)
 	return false;
 }
 
+/* Opens one server if the limits allow (evicting another pool's idle one if needed). */
+static bool launch_one(pf_pool_t *pool, bool use_reserve)
+{
+	launch_verdict_t v = launch_verdict(pool, use_reserve);
+	int rc;
+
+	if ((v == LAUNCH_DB_FULL || v == LAUNCH_USER_FULL) && evict_idle_server(pool, v))
+		v = launch_verdict(pool, use_reserve);
+	if (v != LAUNCH_OK)
+		return false;
+	rc = pf_server_launch(pool);
+	if (rc < 0) {
+		pf_log_warning(NULL, "cannot open a server connection for %s/%s: %s",
+			       pool->db->name, pool->user->name, uv_strerror(rc));
+		return false;
+	}
+	return true;
+}
+
 static void launch(pf_pool_t *pool, bool use_reserve)
 {
-	/* One new connection per waiting client, as the limits allow. */
-	while (pool->waiting_clients.len > pool->new_servers.len) {
-		launch_verdict_t v = launch_verdict(pool, use_reserve);
-		int rc;
-
-		if (v == LAUNCH_DB_FULL || v == LAUNCH_USER_FULL) {
-			if (!evict_idle_server(pool, v))
-				break;
-			v = launch_verdict(pool, use_reserve);
-		}
-		if (v != LAUNCH_OK)
-			break;
-		rc = pf_server_launch(pool);
-		if (rc < 0) {
-			pf_log_warning(NULL, "cannot open a server connection for %s/%s: %s",
-				       pool->db->name, pool->user->name, uv_strerror(rc));
-			break;
-		}
-	}
+	/* One new connection per waiting client (less those a checked server will serve). */
+	while (pool->waiting_clients.len > pool->new_servers.len + pool->tested_servers.len &&
+	       launch_one(pool, use_reserve))
+		;
 }
 
 void pf_pool_launch(pf_pool_t *pool)
@@ -806,16 +833,15 @@ bool pf_pool_login_client(pf_client_t *c)
 	pf_pool_set_client_state(c, PF_CL_WAITING_LOGIN);
 	c->wait_start = pf_worker_now(pool->worker);
 	/* Its login needs a server's parameters: open one even if no query waits. */
-	if (pool->new_servers.len == 0 && can_launch(pool, false)) {
-		int rc = pf_server_launch(pool);
-
-		if (rc < 0)
-			pf_log_warning(NULL, "cannot open a server connection for %s/%s: %s",
-				       pool->db->name, pool->user->name, uv_strerror(rc));
+	if (pool->new_servers.len == 0 && pf_pool_server_count(pool) == 0 &&
+	    !launch_one(pool, false)) {
+		/* Nothing can be opened now; the janitor retries while the client waits (up to
+		 * query_wait_timeout), unless the last login failed: then say so at once. */
+		if (pool->last_login_failure)
+			pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006",
+					"server login has been failing, try again later "
+					"(server_login_retry)");
 	}
-	if (pool->new_servers.len == 0 && pf_pool_server_count(pool) == 0)
-		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006",
-				"server login has been failing, try again later (server_login_retry)");
 	return false;
 }
 

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <openssl/crypto.h>
 
+#include "pgfunnel/admin.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
@@ -566,6 +567,8 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 		}
 		s->tx_status = st;
 		s->ready = true;
+		/* Just logged in: fresh enough that server_check_query need not run before use. */
+		s->last_used = pf_worker_now(s->pool->worker);
 		pf_log_debug(s, "server login ok, backend pid %u", s->be_pid);
 		if (s->pool->db->connect_query && *s->pool->db->connect_query)
 			pf_server_run_task(s, PF_SV_TASK_CONNECT_QUERY, s->pool->db->connect_query);
@@ -818,6 +821,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 	}
 	if (w->shutdown != PF_SHUTDOWN_NONE)
 		pf_worker_check_shutdown(w);
+	pf_admin_poll(w);
 }
 
 static void server_on_free(pf_conn_t *conn)

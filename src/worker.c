@@ -23,6 +23,7 @@
 
 #include <openssl/rand.h>
 
+#include "pgfunnel/admin.h"
 #include "pgfunnel/client.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/pool.h"
@@ -234,6 +235,7 @@ static void on_janitor(uv_timer_t *t)
 	}
 	pf_database_maintain(w, now);
 	pf_stats_tick(w, now);
+	pf_admin_poll(w);
 	pf_worker_check_shutdown(w);
 }
 
@@ -541,12 +543,13 @@ void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 		pf_log_error(NULL, "out of memory applying the new [databases]");
 }
 
-static void close_listeners(pf_worker_t *w)
+/* Closes the listeners; with tcp_only the unix socket stays open for the console. */
+static void close_listeners(pf_worker_t *w, bool tcp_only)
 {
 	for (size_t i = 0; i < w->nlisteners; i++) {
 		listener_t *l = &w->listeners[i];
 
-		if (!l->open || uv_is_closing(&l->h.handle))
+		if (!l->open || uv_is_closing(&l->h.handle) || (tcp_only && l->is_unix))
 			continue;
 		if (l->is_unix && l->path[0])
 			unlink(l->path);
@@ -568,9 +571,20 @@ void pf_worker_check_shutdown(pf_worker_t *w)
 	if (w->shutdown == PF_SHUTDOWN_NONE || w->done_reported || w->closing_all)
 		return;
 	switch (w->shutdown) {
-	case PF_SHUTDOWN_WAIT_FOR_CLIENTS:
-		ready = w->client_count == 0;
+	case PF_SHUTDOWN_WAIT_FOR_CLIENTS: {
+		/* Console sessions do not hold the shutdown up (they may be watching it). */
+		size_t console = 0;
+
+		PF_LIST_FOREACH(&w->pools, it, tmp)
+		{
+			pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+			if (p->db->admin)
+				console += p->active_clients.len;
+		}
+		ready = w->client_count <= console;
 		break;
+	}
 	case PF_SHUTDOWN_WAIT_FOR_SERVERS:
 		ready = true;
 		PF_LIST_FOREACH(&w->pools, it, tmp)
@@ -587,6 +601,7 @@ void pf_worker_check_shutdown(pf_worker_t *w)
 	}
 	if (!ready)
 		return;
+	close_listeners(w, false);
 	w->closing_all = true;
 	pf_worker_close_all(w);
 	w->closing_all = false;
@@ -602,7 +617,8 @@ void pf_worker_shutdown(pf_worker_t *w, pf_shutdown_mode_t mode, void (*done)(vo
 	w->shutdown = mode;
 	w->shutdown_done = done;
 	w->shutdown_arg = arg;
-	close_listeners(w);
+	/* While waiting, the unix socket still admits the console (PgBouncer 1.23+). */
+	close_listeners(w, mode != PF_SHUTDOWN_IMMEDIATE);
 	pf_worker_check_shutdown(w);
 }
 
@@ -613,7 +629,44 @@ pf_shutdown_mode_t pf_worker_shutdown_mode(const pf_worker_t *w)
 
 void pf_worker_pause(pf_worker_t *w)
 {
+	/* SIGUSR1 = PAUSE: servers are disconnected as their clients release them. */
 	w->paused = true;
+	pf_pool_tag_reconnect(w, NULL);
+}
+
+static void suspend_list(pf_list_t *l, bool on)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(l, it, tmp)
+	{
+		pf_conn_t *c = PF_CONTAINER_OF(it, pf_conn_t, node);
+
+		/* The console stays usable: RESUME must be able to arrive. */
+		if (c->is_client && ((pf_client_t *)c)->admin)
+			continue;
+		pf_conn_suspend(c, on);
+	}
+}
+
+void pf_worker_set_suspended(pf_worker_t *w, bool on)
+{
+	pf_list_node_t *it, *tmp;
+
+	w->suspended = on;
+	suspend_list(&w->login_clients, on);
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		suspend_list(&p->active_clients, on);
+		suspend_list(&p->waiting_clients, on);
+		suspend_list(&p->active_servers, on);
+		suspend_list(&p->idle_servers, on);
+		suspend_list(&p->used_servers, on);
+		suspend_list(&p->tested_servers, on);
+		suspend_list(&p->new_servers, on);
+	}
 }
 
 void pf_worker_resume(pf_worker_t *w)

@@ -21,6 +21,10 @@ typedef struct pf_admin_show {
 	bool admin_only; /* refused to stats_users (SHOW FDS) */
 } pf_admin_show_t;
 
+/* Runs console commands that answer later (PAUSE, WAIT_CLOSE) once they may: called by the
+ * janitor and when servers are released or closed. */
+void pf_admin_poll(pf_worker_t *w);
+
 /* The SHOW command called name (upper case), or NULL. */
 const pf_admin_show_t *pf_admin_find_show(const char *name);
 

@@ -42,6 +42,13 @@ typedef enum pf_close_reason {
 	PF_CLOSE_CLIENT_OOM,
 } pf_close_reason_t;
 
+/* A console command that answers later. */
+typedef enum pf_admin_wait {
+	PF_ADMIN_WAIT_NONE = 0,
+	PF_ADMIN_WAIT_PAUSE, /* until every server of the scope is gone */
+	PF_ADMIN_WAIT_CLOSE, /* WAIT_CLOSE: until no server of the scope is tagged for closing */
+} pf_admin_wait_t;
+
 struct pf_client {
 	pf_conn_t conn; /* first: a pf_client_t * is a pf_conn_t * */
 	pf_client_state_t state;
@@ -56,6 +63,10 @@ struct pf_client {
 	pf_list_node_t cancel_node;      /* worker's cancel-key bucket */
 	bool admin;                      /* logged in to the console */
 	bool admin_can_write;            /* admin_users rather than stats_users */
+	bool admin_kill_self;            /* KILL_CLIENT named the console client itself */
+	pf_admin_wait_t admin_wait;      /* PAUSE / WAIT_CLOSE in progress */
+	pf_database_t *admin_wait_db;    /* ... for this database (NULL = all) */
+	int admin_shutdown;              /* pf_shutdown_mode_t a SHUTDOWN asked for */
 	bool wait_counted;
 	pf_usec_t wait_start;  /* when it started waiting (0 = not waiting) */
 	pf_usec_t xact_start;  /* when its current transaction began */

@@ -184,6 +184,8 @@ typedef struct pf_config {
 	int max_prepared_statements;
 	int max_user_client_connections;
 	int max_user_connections;
+	char *metrics_addr; /* pgfunnel's own: the Prometheus endpoint's address */
+	int metrics_port;   /* 0 = no metrics endpoint */
 	int min_pool_size;
 	int peer_id;
 	char *pidfile;

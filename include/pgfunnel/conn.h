@@ -90,6 +90,7 @@ struct pf_conn {
 	bool closing;         /* pf_conn_close() was called */
 	bool reading;         /* uv_read_start is active */
 	bool read_paused;     /* the owner asked to stop reading */
+	bool suspended;    /* SUSPEND: no reading until RESUME */
 	bool fwd_pending;     /* a forward write borrows rbuf */
 	bool in_process;      /* re-entrancy guard for pf_conn_process() */
 	bool handle_open;     /* the uv handle is initialised and not yet closed */
@@ -135,6 +136,9 @@ void pf_conn_resume(pf_conn_t *c);
 
 /* Stops (true) or allows (false) reading from the socket; buffered bytes stay. */
 void pf_conn_pause_reading(pf_conn_t *c, bool paused);
+
+/* SUSPEND (true) / RESUME (false): stops or restarts reading, independently of pausing. */
+void pf_conn_suspend(pf_conn_t *c, bool on);
 
 /* Walks the buffered messages (see pf_conn_ops_t). Safe to call at any time. */
 void pf_conn_process(pf_conn_t *c);

@@ -198,6 +198,12 @@ void pf_pool_launch(pf_pool_t *pool);
 /* Stores the welcome parameters (name/value pairs, copied). Returns 0 or -ENOMEM. */
 int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s);
 
+/*
+ * RECONNECT / PAUSE: tags every server of db's pools (NULL: every database but the console) to
+ * be closed when released, and closes the idle ones now.
+ */
+void pf_pool_tag_reconnect(pf_worker_t *w, const pf_database_t *db);
+
 /* Periodic maintenance (janitor): timeouts, idle servers, min_pool_size, reserve pool. */
 void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now);
 

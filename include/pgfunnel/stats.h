@@ -37,8 +37,27 @@ void pf_stats_note_error(pf_pool_t *pool, const char *sqlstate);
 void pf_stats_note_wait(pf_pool_t *pool, pf_usec_t usec);
 
 /*
- * Called by the janitor every second: at each stats_period boundary computes every database's
- * averages (db->stats_avg) and, with log_stats, logs PgBouncer's "stats:" line per database.
+ * The averages PgBouncer reports for the interval of dur usec in which the counters went from
+ * old to cur, into avg: counts and bytes per second; xact_time per transaction, query_time per
+ * query and wait_time per server assignment (PgBouncer's calc_average()), in usec. Integer
+ * arithmetic, truncated as PgBouncer's. dur <= 0 gives all zeros.
+ */
+void pf_stats_average(const pf_pool_stats_t *cur, const pf_pool_stats_t *old, pf_usec_t dur,
+                      pf_pool_stats_t *avg);
+
+/*
+ * Formats PgBouncer's periodic log text for the averages avg into buf (size n):
+ * "stats: 12 xacts/s, 15 queries/s, 0 client parses/s, 0 server parses/s, 0 binds/s,
+ * in 1234 B/s, out 5678 B/s, xact 150 us, query 120 us, wait 3 us". Returns its length
+ * (truncated to n - 1).
+ */
+size_t pf_stats_format_line(const pf_pool_stats_t *avg, char *buf, size_t n);
+
+/*
+ * Called by the janitor every second with the loop time: once stats_period seconds have passed
+ * since the last time (w->stats_stamp), stores every database's averages over that interval in
+ * db->stats_avg, moves db->stats_period_start to the current totals and, with log_stats, logs
+ * the "stats:" line once for the whole process (as PgBouncer does, not one per database).
  */
 void pf_stats_tick(pf_worker_t *w, pf_usec_t now);
 

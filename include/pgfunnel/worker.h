@@ -37,6 +37,17 @@ typedef enum pf_shutdown_mode {
 #define PF_WORKER_MAX_LISTENERS 16
 #define PF_CANCEL_BUCKETS       4096
 
+/*
+ * What the console asks of the process (main owns the config snapshot and the shutdown):
+ * reload the config file (0 or -errno), begin a shutdown, install a changed copy of the config
+ * (SET; takes ownership of cfg on success, returns 0 or -errno).
+ */
+typedef struct pf_worker_hooks {
+	int (*reload)(void *arg);
+	void (*shutdown)(void *arg, pf_shutdown_mode_t mode);
+	int (*set_config)(void *arg, pf_config_t *cfg);
+} pf_worker_hooks_t;
+
 /* A listening socket. */
 typedef struct pf_listener {
 	union {
@@ -93,8 +104,13 @@ struct pf_worker {
 	void *shutdown_arg;
 	bool done_reported;
 	bool closing_all; /* pf_worker_check_shutdown() is closing every connection */
+	bool in_admin_poll;
+	const pf_worker_hooks_t *hooks;
+	void *hooks_arg;
 	pf_usec_t start_time;
 	pf_usec_t start_wall;
+	pf_usec_t stats_stamp;	    /* loop time of the last stats_period boundary (stats.c) */
+	struct pf_metrics *metrics; /* the metrics endpoint, NULL when off (metrics.c) */
 };
 
 
@@ -134,6 +150,9 @@ pf_shutdown_mode_t pf_worker_shutdown_mode(const pf_worker_t *w);
 /* SIGUSR1 / PAUSE and SIGUSR2 / RESUME for every pool of this worker. */
 void pf_worker_pause(pf_worker_t *w);
 void pf_worker_resume(pf_worker_t *w);
+
+/* SUSPEND (true): stop reading every client and server socket; RESUME (false) reads again. */
+void pf_worker_set_suspended(pf_worker_t *w, bool on);
 
 /* Frees a worker whose shutdown has completed. */
 void pf_worker_free(pf_worker_t *w);
