@@ -636,7 +636,7 @@ static void handle_cancel(pf_client_t *c, uint32_t pid, uint32_t key)
 	pf_pool_set_client_state(c, PF_CL_CANCEL);
 	/* A wrong key does nothing, and the requester is told nothing, as with Postgres. */
 	if (target && target->link && target->link->ready)
-		pf_server_send_cancel(w, target->pool, target->link->be_pid, target->link->be_key);
+		pf_server_send_cancel(target->link);
 	pf_client_close(c, PF_CLOSE_CLIENT_CANCEL_DONE, NULL, NULL);
 }
 

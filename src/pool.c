@@ -899,9 +899,7 @@ void pf_pool_release_server(pf_server_t *s)
 {
 	pf_pool_t *pool = s->pool;
 	pf_worker_t *w = pool->worker;
-	const pf_config_t *cfg = w->cfg;
 	pf_client_t *c = s->link;
-	int mode = pf_pool_mode(pool);
 
 	if (c) {
 		c->link = NULL;
@@ -916,6 +914,22 @@ void pf_pool_release_server(pf_server_t *s)
 		pf_pool_launch(pool);
 		return;
 	}
+	if (!pf_list_is_empty(&s->cancels)) {
+		/* A cancel for its last query is in flight: park it until that is done. */
+		s->cancel_hold = true;
+		pf_pool_set_server_state(s, PF_SV_USED);
+		return;
+	}
+	pf_pool_finish_release(s);
+}
+
+void pf_pool_finish_release(pf_server_t *s)
+{
+	pf_pool_t *pool = s->pool;
+	pf_worker_t *w = pool->worker;
+	const pf_config_t *cfg = w->cfg;
+	int mode = pf_pool_mode(pool);
+
 	if ((mode == PF_POOL_SESSION || cfg->server_reset_query_always) && cfg->server_reset_query &&
 	    *cfg->server_reset_query && !s->close_needed) {
 		if (pf_server_run_task(s, PF_SV_TASK_RESET, cfg->server_reset_query) == 0)

@@ -36,6 +36,7 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status);
 static void server_on_forwarded(pf_conn_t *conn);
 static void server_on_free(pf_conn_t *conn);
+static void detach_cancels(pf_server_t *s);
 
 static const pf_conn_ops_t server_ops = {
 	.on_packet = server_on_packet,
@@ -146,6 +147,7 @@ int pf_server_launch(pf_pool_t *pool)
 	if (!s)
 		return -ENOMEM;
 	pf_conn_init(&s->conn, w, &server_ops, false);
+	pf_list_init(&s->cancels);
 	s->pool = pool;
 	s->task = PF_SV_TASK_LOGIN;
 	s->tx_status = PF_PROTO_TX_IDLE;
@@ -800,6 +802,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		pf_conn_send_buf(&s->conn, &b);
 		pf_buf_free(&b);
 	}
+	detach_cancels(s);
 	pf_pool_set_server_state(s, PF_SV_FREE);
 	pool->db->server_count--;
 	pool->user->server_count--;
@@ -845,10 +848,44 @@ static void server_on_free(pf_conn_t *conn)
 
 /* ---- cancel requests: a short-lived connection that sends 16 bytes ---- */
 
+/*
+ * A CancelRequest on its way to Postgres. While it is in flight its server is not given to
+ * another client: Postgres signals a canceled backend more than once (the process and its
+ * group), and a late signal must not cancel the next client's query. The server keeps a list
+ * of its cancels; whichever goes first detaches from the other.
+ */
 typedef struct cancel_conn {
 	pf_conn_t conn;
+	pf_server_t *target; /* NULL once the server is gone */
+	pf_list_node_t target_node;
 	uint32_t pid, key;
 } cancel_conn_t;
+
+static void cancel_detach(cancel_conn_t *cc)
+{
+	pf_server_t *s = cc->target;
+
+	if (!s)
+		return;
+	pf_list_remove(&s->cancels, &cc->target_node);
+	cc->target = NULL;
+	/* The last cancel finished: a server held back at its release may go on now. */
+	if (pf_list_is_empty(&s->cancels) && s->cancel_hold) {
+		s->cancel_hold = false;
+		pf_pool_finish_release(s);
+	}
+}
+
+static void cancel_finish(cancel_conn_t *cc)
+{
+	pf_worker_t *w = cc->conn.worker;
+
+	if (cc->conn.closing)
+		return;
+	pf_list_remove(&w->cancel_conns, &cc->conn.node);
+	pf_conn_close(&cc->conn);
+	cancel_detach(cc);
+}
 
 static pf_pkt_action_t cancel_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
 					const uint8_t *pkt, size_t avail)
@@ -856,7 +893,7 @@ static pf_pkt_action_t cancel_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	(void)hdr;
 	(void)pkt;
 	(void)avail;
-	pf_conn_close(conn);
+	cancel_finish((cancel_conn_t *)conn);
 	return PF_PKT_STOP;
 }
 
@@ -871,11 +908,11 @@ static void cancel_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 		pf_proto_fe_cancel_request(&b, cc->pid, cc->key);
 		pf_conn_send_buf(conn, &b);
 		pf_buf_free(&b);
-		/* Postgres closes the connection once it has read the request. */
+		/* Postgres closes the connection once it has signalled the backend. */
 		return;
 	}
 	if (ev != PF_CONN_EV_DRAINED)
-		pf_conn_close(conn);
+		cancel_finish(cc);
 }
 
 static void cancel_on_free(pf_conn_t *conn)
@@ -889,15 +926,54 @@ static const pf_conn_ops_t cancel_ops = {
 	.on_free = cancel_on_free,
 };
 
-void pf_server_send_cancel(pf_worker_t *w, pf_pool_t *pool, uint32_t pid, uint32_t key)
+void pf_server_send_cancel(pf_server_t *s)
 {
+	pf_worker_t *w = s->pool->worker;
 	cancel_conn_t *cc = calloc(1, sizeof(*cc));
 
 	if (!cc)
 		return;
 	pf_conn_init(&cc->conn, w, &cancel_ops, false);
-	cc->pid = pid;
-	cc->key = key;
-	if (connect_target(&cc->conn, pool->db) < 0)
-		pf_conn_close(&cc->conn);
+	cc->pid = s->be_pid;
+	cc->key = s->be_key;
+	cc->target = s;
+	pf_list_append(&s->cancels, &cc->target_node);
+	pf_list_append(&w->cancel_conns, &cc->conn.node);
+	if (connect_target(&cc->conn, s->pool->db) < 0)
+		cancel_finish(cc);
+}
+
+void pf_server_close_cancels(pf_worker_t *w)
+{
+	pf_list_node_t *n;
+
+	while ((n = pf_list_first(&w->cancel_conns)))
+		cancel_finish(PF_CONTAINER_OF(n, cancel_conn_t, conn.node));
+}
+
+void pf_server_expire_cancels(pf_worker_t *w, pf_usec_t now)
+{
+	pf_list_node_t *n;
+
+	/* Oldest first; cancel_wait_timeout bounds how long a server is held back. */
+	while ((n = pf_list_first(&w->cancel_conns))) {
+		cancel_conn_t *cc = PF_CONTAINER_OF(n, cancel_conn_t, conn.node);
+
+		if (w->cfg->cancel_wait_timeout <= 0 ||
+		    now - cc->conn.connect_time <= w->cfg->cancel_wait_timeout)
+			break;
+		pf_log_warning(NULL, "cancel request to backend %u timed out (cancel_wait_timeout)",
+			       cc->pid);
+		cancel_finish(cc);
+	}
+}
+
+/* Forgets the cancels still in flight for s (s is closing). */
+static void detach_cancels(pf_server_t *s)
+{
+	pf_list_node_t *n;
+
+	while ((n = pf_list_pop(&s->cancels)))
+		PF_CONTAINER_OF(n, cancel_conn_t, target_node)->target = NULL;
+	s->cancel_hold = false;
 }

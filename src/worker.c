@@ -50,6 +50,7 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	w->buffer_size = (size_t)(cfg->pkt_buf > 0 ? cfg->pkt_buf : 4096);
 	pf_list_init(&w->login_clients);
 	pf_list_init(&w->cancel_clients);
+	pf_list_init(&w->cancel_conns);
 	pf_list_init(&w->databases);
 	pf_list_init(&w->users);
 	pf_list_init(&w->pools);
@@ -229,6 +230,7 @@ static void on_janitor(uv_timer_t *t)
 	pf_list_node_t *it, *tmp;
 
 	pf_client_check_login_timeouts(w, now);
+	pf_server_expire_cancels(w, now);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_maintain(PF_CONTAINER_OF(it, pf_pool_t, node), now);
@@ -717,6 +719,7 @@ void pf_worker_close_all(pf_worker_t *w)
 
 	close_client_list(&w->login_clients, PF_CLOSE_CLIENT_SHUTDOWN);
 	close_client_list(&w->cancel_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+	pf_server_close_cancels(w);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);

@@ -186,6 +186,10 @@ bool pf_pool_login_client(pf_client_t *c);
  * wants one) or is closed when it is not in a clean state. */
 void pf_pool_release_server(pf_server_t *s);
 
+/* The second half of pf_pool_release_server(), after any cancel in flight is done: reset query
+ * in session mode, then back to the pool. */
+void pf_pool_finish_release(pf_server_t *s);
+
 /* A server finished logging in, a reset or a check: hand it to a waiting client or park it. */
 void pf_pool_server_ready(pf_server_t *s);
 

@@ -64,6 +64,8 @@ struct pf_server {
 	bool task_failed;    /* the pooler's own query got an ErrorResponse */
 	bool ready;          /* logged in (first ReadyForQuery seen) */
 	pf_usec_t last_used; /* when it was last released */
+	pf_list_t cancels;  /* cancel requests in flight for this backend */
+	bool cancel_hold;   /* released, held back until those cancels are done */
 	pf_scram_client_t *scram;
 	char login_sqlstate[6];
 	char *login_error;
@@ -81,8 +83,17 @@ int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql);
 /* Links c and s; syncs parameters first when needed. */
 void pf_server_link(pf_server_t *s, pf_client_t *c);
 
-/* Forwards a CancelRequest for s's backend to its host (a fresh connection). */
-void pf_server_send_cancel(pf_worker_t *w, pf_pool_t *pool, uint32_t pid, uint32_t key);
+/*
+ * Forwards a CancelRequest for s's backend to its host (a fresh connection). Until it is done
+ * (or cancel_wait_timeout passes), s is not given to another client.
+ */
+void pf_server_send_cancel(pf_server_t *s);
+
+/* Shutdown: drops every cancel request in flight. */
+void pf_server_close_cancels(pf_worker_t *w);
+
+/* Janitor: gives up on cancel requests older than cancel_wait_timeout. */
+void pf_server_expire_cancels(pf_worker_t *w, pf_usec_t now);
 
 /* True when s can go back to the pool: idle transaction status and nothing owed. */
 bool pf_server_is_clean(const pf_server_t *s);

@@ -83,6 +83,7 @@ struct pf_worker {
 	uint64_t next_id;
 	/* login_clients: clients in PF_CL_LOGIN; cancel_clients: PF_CL_CANCEL. */
 	pf_list_t login_clients;
+	pf_list_t cancel_conns; /* CancelRequests on their way to Postgres, oldest first */
 	pf_list_t cancel_clients;
 	pf_list_t databases;
 	pf_list_t users; /* from auth_file, created on first use */

@@ -907,3 +907,194 @@ def backend_count(cluster, where, args=()):
         return conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND "
             + where, args).fetchone()[0]
+
+
+# ---------------------------------------------------------------- robustness tests (issue 5)
+
+
+def proc_rss_kib(pid):
+    """VmRSS of pid in KiB (from /proc/PID/status), or None if it is gone."""
+    for line in read_text("/proc/%d/status" % pid).splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def proc_fd_count(pid):
+    """Number of open file descriptors of pid (/proc/PID/fd), or None if it is gone."""
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return None
+
+
+SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|"
+                          r"SUMMARY: (Address|Undefined|Leak)Sanitizer")
+
+
+def sanitizer_reports(pf):
+    """Lines of pf's stderr / log that look like an ASan/UBSan/LSan report ([] if none)."""
+    text = pf.stderr_text() + "\n" + (read_text(pf.logfile) if pf.logfile else "")
+    return [line for line in text.splitlines() if SANITIZER_RE.search(line)]
+
+
+def pg_ctl(cluster, *args, timeout=90):
+    """Run pg_ctl -D <datadir> args... as the cluster's user; return CompletedProcess."""
+    return cluster._run([os.path.join(cluster.bindir, "pg_ctl"), "-D", cluster.datadir] +
+                        list(args), timeout=timeout)
+
+
+def restart_cluster(cluster, mode="fast"):
+    """pg_ctl restart -m mode, waiting until it accepts connections again."""
+    res = pg_ctl(cluster, "-l", cluster.logfile, "-m", mode, "-w", "-t", "60", "restart")
+    assert res.returncode == 0, "pg_ctl restart failed:\n%s\n%s\n%s" % (
+        res.stdout, res.stderr, read_text(cluster.logfile)[-3000:])
+
+
+def start_dedicated_cluster(extra_conf=""):
+    """A new PgCluster (like the session fixture's) with extra postgresql.conf lines applied
+    (by a restart after the normal start). The caller must destroy() it."""
+    cluster = PgCluster()
+    try:
+        cluster.start()
+        if extra_conf:
+            with open(os.path.join(cluster.datadir, "postgresql.conf"), "a",
+                      encoding="utf-8") as f:
+                f.write("\n# dedicated cluster\n" + extra_conf + "\n")
+            restart_cluster(cluster)
+    except BaseException:
+        cluster.destroy()
+        raise
+    return cluster
+
+
+class Canary:
+    """A well-behaved client: a psycopg connection through pgfunnel running `SELECT n` in a
+    background thread every interval seconds, recording every failure.
+
+        with Canary(pf, user, dbname, password) as canary:
+            ... hostile things ...
+            canary.expect_progress()     # at least one more good query since the last call
+        canary.check()                   # no failures at all, and it ran queries throughout
+    """
+
+    def __init__(self, pf, user, dbname, password, interval=0.02):
+        import threading
+        self.pf = pf
+        self.args = (user, dbname, password)
+        self.interval = interval
+        self.ok = 0
+        self.errors = []
+        self.max_latency = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._mark = 0
+
+    def start(self):
+        self.conn = proxy_connect(self.pf, *self.args, autocommit=True)
+        self._query()  # before
+        self._thread.start()
+        return self
+
+    def _query(self):
+        n = self.ok + 1
+        t0 = time.monotonic()
+        got = self.conn.execute("SELECT %d" % n).fetchone()
+        dt = time.monotonic() - t0
+        self.max_latency = max(self.max_latency, dt)
+        if got != (n,):
+            raise AssertionError("canary got %r for SELECT %d" % (got, n))
+        self.ok += 1
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self._query()
+            except Exception as e:  # noqa: BLE001 - recorded and asserted by check()
+                self.errors.append("%.3f %r" % (time.monotonic(), e))
+                if self.conn.closed:
+                    return
+                self._stop.wait(0.2)
+            self._stop.wait(self.interval)
+
+    def expect_progress(self, timeout=5.0):
+        """Assert the canary completed a query since the previous call (waits up to timeout)."""
+        mark = self._mark
+        assert wait_for(lambda: self.ok > mark or self.errors, timeout), (
+            "canary made no progress for %.0fs (stuck at %d queries)" % (timeout, self.ok))
+        assert not self.errors, "canary failed: %s" % self.errors
+        self._mark = self.ok
+
+    def stop(self):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def check(self, min_queries=1, max_latency=2.0):
+        """Stop; assert no failures, >= min_queries queries, none slower than max_latency,
+        and one more query after the stop (the connection still works)."""
+        self.stop()
+        assert not self._thread.is_alive(), "canary thread stuck in a query"
+        assert not self.errors, "canary failed: %s" % self.errors
+        assert self.ok >= min_queries, "canary ran only %d queries" % self.ok
+        assert self.max_latency <= max_latency, "a canary query took %.2fs" % self.max_latency
+        self._query()  # after
+        self.conn.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class FakeServer:
+    """A TCP listener on 127.0.0.1 that plays a broken Postgres server in a thread.
+
+    behaviour "silent": accept and never answer (the connection stays open until stop());
+    "close": accept and close at once. accepts counts accepted connections; times holds
+    their time.monotonic().
+    """
+
+    def __init__(self, behaviour="silent"):
+        import threading
+        self.behaviour = behaviour
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.port = alloc_port()
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.accepts = 0
+        self.times = []
+        self.held = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.accepts += 1
+            self.times.append(time.monotonic())
+            if self.behaviour == "close":
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        for c in self.held:
+            c.close()
+        self.sock.close()
+        release_port(self.port)

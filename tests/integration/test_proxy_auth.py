@@ -169,3 +169,13 @@ def test_pool_login_failure_passed_to_client(proxy, postgres):
     assert (err.severity, err.sqlstate, err.message) == (
         "FATAL", "28P01", 'password authentication failed for user "alice"')
     assert closed
+
+
+def test_scram_secret_without_scram_client_cannot_log_in(proxy, postgres):
+    """With trust there is no SCRAM exchange with the client, so no ClientKey: pgfunnel cannot
+    log in to Postgres with a SCRAM secret, and the client is told so instead of hanging."""
+    secret = pg_authid_secret(postgres, "alice")
+    pf = proxy(params={"auth_type": "trust"}, userlist={"alice": secret})
+    err, closed = pgwire.login_refused(pf.host, pf.port, "alice", "appdb", timeout=10)
+    assert err.severity == "FATAL"
+    assert closed

@@ -4,6 +4,7 @@ LISTEN/NOTIFY, multi-statement queries, the extended protocol, errors."""
 import os
 import re
 import subprocess
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -137,7 +138,7 @@ def test_extended_protocol_parameters(proxy, postgres, prepare):
         for i in range(8):
             row = conn.execute("SELECT %s::int * 2, %s::text || '!', %s::numeric",
                                (i, "x%d" % i, "1.5"), prepare=prepare).fetchone()
-            assert row == (i * 2, "x%d!" % i, __import__("decimal").Decimal("1.5"))
+            assert row == (i * 2, "x%d!" % i, Decimal("1.5"))
         cur = conn.cursor()
         cur.executemany("SELECT %s::int", [(1,), (2,), (3,)])
         with conn.transaction():

@@ -1,7 +1,9 @@
 """Pooling through pgfunnel (issue 3): many clients over few servers, transaction boundaries,
 clients that vanish mid-transaction, session reset, pool modes."""
 
+import os
 import socket
+import subprocess
 import struct
 import threading
 import time
@@ -133,7 +135,6 @@ def abort_socket(sock):
 
 @pytest.mark.parametrize("how", ["rst", "kill-psql"])
 def test_client_gone_mid_transaction(proxy, postgres, how):
-    import subprocess
     role, pw = pfhelpers.new_role(postgres, "pgone")
     tbl = "gone_" + role
     table(postgres, role, tbl)
@@ -142,15 +143,20 @@ def test_client_gone_mid_transaction(proxy, postgres, how):
     if how == "rst":
         conn = pgwire.connect(pf.host, pf.port, role, "appdb", pw)
         conn.simple_query("BEGIN; INSERT INTO %s VALUES (1)" % tbl)
+        pid = int(conn.simple_query("SELECT pg_backend_pid()")[0][0])
         abort_socket(conn.sock)
     else:
-        env = dict(__import__("os").environ, PGPASSWORD=pw)
-        p = subprocess.Popen([pfhelpers.PSQL, "-X", "-h", pf.host, "-p", str(pf.port), "-U", role,
-                              "-d", "appdb", "-v", "ON_ERROR_STOP=1"], stdin=subprocess.PIPE,
+        env = dict(os.environ, PGPASSWORD=pw)
+        p = subprocess.Popen([pfhelpers.PSQL, "-X", "-A", "-t", "-q", "-h", pf.host,
+                              "-p", str(pf.port), "-U", role, "-d", "appdb",
+                              "-v", "ON_ERROR_STOP=1"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        p.stdin.write("BEGIN;\nINSERT INTO %s VALUES (1);\n\\echo inserted\n" % tbl)
+        p.stdin.write("BEGIN;\nINSERT INTO %s VALUES (1);\nSELECT 'pid=' || pg_backend_pid();\n"
+                      % tbl)
         p.stdin.flush()
-        assert "inserted" in p.stdout.readline() + p.stdout.readline() + p.stdout.readline()
+        line = p.stdout.readline()
+        assert line.startswith("pid="), line
+        pid = int(line[4:])
         p.kill()
         p.wait(5)
 
@@ -159,6 +165,8 @@ def test_client_gone_mid_transaction(proxy, postgres, how):
             postgres, "usename = %s AND state LIKE 'idle in transaction%%'", (role,)) == 0
 
     assert pfhelpers.wait_for(no_open_xact, 5), pf.log_text()[-2000:]
+    # the server that was inside the transaction is closed, not reused
+    assert pfhelpers.wait_for(lambda: pfhelpers.backend_count(postgres, "pid = %s", (pid,)) == 0, 5)
     # The pool (one server) still works; the next client is not inside the dead transaction.
     with pgwire.connect(pf.host, pf.port, role, "appdb", pw) as nxt:
         assert nxt.simple_query("SELECT count(*) FROM %s" % tbl) == [("0",)]
@@ -269,3 +277,30 @@ def test_pool_mode_overrides(proxy, postgres):
     assert modes[("stdb", "alice")] == "statement"
     assert modes[("appdb", "bob")] == "statement"
     assert modes[("txdb", "bob")] == "statement"
+
+
+def test_custom_server_reset_query(proxy, postgres):
+    pf = proxy(params={"pool_mode": "session", "default_pool_size": 1,
+                       "server_reset_query": "RESET ALL"})
+    pw = postgres.passwords["alice"]
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as a:
+        pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        a.execute("SET work_mem = '7MB'")
+        a.execute("PREPARE pf_kept AS SELECT 1")
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as b:
+        assert b.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+        assert b.execute("SHOW work_mem").fetchone() == ("4MB",)  # RESET ALL ran
+        # ... and DISCARD ALL did not: the prepared statement survives
+        assert b.execute("SELECT name FROM pg_prepared_statements").fetchall() == [("pf_kept",)]
+
+
+def test_no_reset_query_in_transaction_mode(proxy, postgres):
+    """server_reset_query is for session pooling only (server_reset_query_always = 0)."""
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1})
+    pw = postgres.passwords["alice"]
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as a:
+        a.execute("PREPARE pf_tx_kept AS SELECT 1")
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as b:
+        assert b.execute("SELECT name FROM pg_prepared_statements").fetchall() == [
+            ("pf_tx_kept",)]
+        b.execute("DEALLOCATE pf_tx_kept")
