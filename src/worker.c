@@ -26,6 +26,7 @@
 #include "pgfunnel/admin.h"
 #include "pgfunnel/client.h"
 #include "pgfunnel/log.h"
+#include "pgfunnel/metrics.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/server.h"
@@ -505,6 +506,8 @@ int pf_worker_listen(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *err
 		if (rc < 0)
 			snprintf(err, errlen, "cannot listen on %s: %s", l->desc, uv_strerror(rc));
 	}
+	if (rc == 0)
+		rc = pf_metrics_start(w, err, errlen);
 	return rc;
 }
 
@@ -557,6 +560,8 @@ static void close_listeners(pf_worker_t *w, bool tcp_only)
 			unlink(l->path);
 		uv_close(&l->h.handle, on_listener_closed);
 	}
+	if (!tcp_only)
+		pf_metrics_stop(w);
 }
 
 /*
