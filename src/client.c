@@ -813,8 +813,11 @@ static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 					"message too long (max_packet_size)");
 		else if (status == -EBADMSG)
+			/* The header at rpos is what was refused: type byte 0 or a length < 4. */
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					"invalid message length or type");
+					c->conn.rbuf && c->conn.rbuf[c->conn.rpos] == 0
+						? "invalid frontend message type 0"
+						: "invalid message length");
 		else
 			pf_client_close(c, PF_CLOSE_CLIENT_ERROR, NULL, NULL);
 		break;

@@ -69,6 +69,11 @@ size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 	int port, len;
 
 	pf_conn_addr_text(&s->conn.addr, host, sizeof(host), &port);
+	if (s->conn.addr.ss_family == AF_UNSPEC) {
+		/* Still resolving the host name: name it as configured. */
+		pf_strlcpy(host, s->pool->db->host ? s->pool->db->host : "?", sizeof(host));
+		port = s->pool->db->port;
+	}
 	len = snprintf(buf, n, "S-%p: %s/%s@%s:%d", (const void *)s, s->pool->db->name,
 		       s->pool->user->name, host, port);
 	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
@@ -765,7 +770,8 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 	pf_worker_t *w = pool->worker;
 	pf_client_t *c = s->link;
 	bool was_login = s->state == PF_SV_LOGIN;
-	bool graceful;
+	bool graceful, login_failed;
+	char msg[600], sqlstate[6];
 
 	if (s->conn.closing)
 		return;
@@ -802,23 +808,27 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		pf_conn_send_buf(&s->conn, &b);
 		pf_buf_free(&b);
 	}
-	detach_cancels(s);
-	pf_pool_set_server_state(s, PF_SV_FREE);
-	pool->db->server_count--;
-	pool->user->server_count--;
-	pf_conn_close(&s->conn);
-	if (was_login && (reason == PF_SV_CLOSE_CONNECT_FAILED || reason == PF_SV_CLOSE_LOGIN_FAILED ||
-			  reason == PF_SV_CLOSE_EOF || reason == PF_SV_CLOSE_ERROR ||
-			  reason == PF_SV_CLOSE_CONNECT_TIMEOUT || reason == PF_SV_CLOSE_PROTOCOL)) {
-		char msg[600];
-
+	login_failed = was_login &&
+		       (reason == PF_SV_CLOSE_CONNECT_FAILED || reason == PF_SV_CLOSE_LOGIN_FAILED ||
+			reason == PF_SV_CLOSE_EOF || reason == PF_SV_CLOSE_ERROR ||
+			reason == PF_SV_CLOSE_CONNECT_TIMEOUT || reason == PF_SV_CLOSE_PROTOCOL);
+	if (login_failed) {
 		snprintf(msg, sizeof(msg), "%s",
 			 s->login_error ? s->login_error
 					: (reason == PF_SV_CLOSE_CONNECT_TIMEOUT
 						   ? "server connection timed out (server_connect_timeout)"
 						   : "server closed the connection during login"));
-		pf_pool_server_failed(pool, s->login_sqlstate[0] ? s->login_sqlstate : "08006",
-				      msg);
+		pf_strlcpy(sqlstate, s->login_sqlstate[0] ? s->login_sqlstate : "08006",
+			   sizeof(sqlstate));
+	}
+	detach_cancels(s);
+	pf_pool_set_server_state(s, PF_SV_FREE);
+	pool->db->server_count--;
+	pool->user->server_count--;
+	/* s may be freed from here on (a connection that never got a socket goes at once). */
+	pf_conn_close(&s->conn);
+	if (login_failed) {
+		pf_pool_server_failed(pool, sqlstate, msg);
 	} else if (pool->waiting_clients.len > 0) {
 		pf_pool_launch(pool);
 	}
@@ -883,8 +893,8 @@ static void cancel_finish(cancel_conn_t *cc)
 	if (cc->conn.closing)
 		return;
 	pf_list_remove(&w->cancel_conns, &cc->conn.node);
-	pf_conn_close(&cc->conn);
 	cancel_detach(cc);
+	pf_conn_close(&cc->conn); /* may free cc */
 }
 
 static pf_pkt_action_t cancel_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
