@@ -689,7 +689,8 @@ static launch_verdict_t launch_verdict(pf_pool_t *pool, bool use_reserve)
 	int max_user = pool->user->max_user_connections >= 0 ? pool->user->max_user_connections
 							     : cfg->max_user_connections;
 
-	if (w->shutdown != PF_SHUTDOWN_NONE || pool->db->admin)
+	/* A paused pool opens nothing (PAUSE waits for its servers to be gone). */
+	if (w->shutdown != PF_SHUTDOWN_NONE || pool->db->admin || w->paused || pool->db->paused)
 		return LAUNCH_NO;
 	if ((int)pf_pool_server_count(pool) >= size)
 		return LAUNCH_NO;
