@@ -4,7 +4,8 @@
 #   1. the unit suite (cmocka + man page lint),
 #   2. the unit suite again under AddressSanitizer + UndefinedBehaviorSanitizer,
 #   3. the fuzz targets for a short while (tests/fuzz/run.sh, when present),
-#   4. the integration suite (pytest against a real PostgreSQL 15) LAST,
+#   4. the integration suite against the sanitizer build (reports fail the tests),
+#   5. the integration suite (pytest against a real PostgreSQL 15) LAST,
 # so the output ends with meson test's summary. Every step runs even when an
 # earlier one failed; the exit status is non-zero if any failed.
 #
@@ -57,6 +58,16 @@ fi
 if [ -x tests/fuzz/run.sh ]; then
 	step "fuzzing (${FUZZ_SECONDS:-30} s per target)"
 	tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" || failed+=(fuzz)
+fi
+
+if [ -x "$sandir/pgfunnel" ]; then
+	# The integration suite against the ASan+UBSan binary: every sanitizer or LeakSanitizer
+	# report a pgfunnel instance prints fails its test (see tests/integration/conftest.py).
+	step "integration suite under ASan+UBSan ($sandir/pgfunnel)"
+	PGFUNNEL_BIN="$PWD/$sandir/pgfunnel" PGFUNNEL_SOURCE_ROOT="$PWD" PGFUNNEL_SANITIZED=1 \
+		ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		/usr/bin/python3 -m pytest -q -p no:cacheprovider -rfE tests/integration ||
+		failed+=(integration-sanitizers)
 fi
 
 if [ "${#failed[@]}" -gt 0 ]; then

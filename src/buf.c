@@ -45,12 +45,13 @@ int pf_buf_reserve(pf_buf_t *b, size_t n)
 		return -ENOMEM;
 	if (n <= b->cap - b->len)
 		return 0;
-	if (n > SIZE_MAX - b->len)
+	/* Nothing pgfunnel builds comes near this; a larger request is a bug or an overflow. */
+	if (n > PF_BUF_MAX - b->len)
 		goto fail;
 	need = b->len + n;
 	cap = b->cap ? b->cap : PF_BUF_MIN_CAP;
 	while (cap < need) {
-		if (cap > SIZE_MAX / 2) {
+		if (cap > PF_BUF_MAX / 2) {
 			cap = need;
 			break;
 		}

@@ -98,7 +98,7 @@ static void put_sample_ext(pf_buf_t *b, const char *name, const char *suffix,
 
 	if (total > PF_METRICS_MAX_LABELS) {
 		/* A misuse: make the builder fail rather than emit a partial line. */
-		(void)pf_buf_reserve(b, SIZE_MAX);
+		b->failed = true;
 		return;
 	}
 	put_str(b, name);

@@ -21,6 +21,9 @@
  * `data` is NULL until the first write. Fields may be read directly; write them only through
  * the functions below.
  */
+/* The most a builder holds (4 GiB): protocol messages are limited to 1 GiB anyway. */
+#define PF_BUF_MAX ((size_t)1 << 32)
+
 typedef struct pf_buf {
 	uint8_t *data;
 	size_t len, cap;

@@ -95,6 +95,11 @@ def pgfunnel(pgfunnel_bin, run_user):
         yield factory
     finally:
         factory.cleanup()
+    # With a sanitizer build (scripts/test.sh runs the suite on one too), any ASan, UBSan or
+    # LeakSanitizer report an instance printed fails the test that started it.
+    reports = [line for pf in factory.instances for line in pfhelpers.sanitizer_reports(pf)]
+    if reports:
+        pytest.fail("sanitizer report from pgfunnel:\n" + "\n".join(reports[:40]))
 
 
 @pytest.fixture

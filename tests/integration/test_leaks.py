@@ -12,6 +12,8 @@ VALGRIND = shutil.which("valgrind")
 
 
 @pytest.mark.skipif(VALGRIND is None, reason="valgrind not installed")
+@pytest.mark.skipif(os.environ.get("PGFUNNEL_SANITIZED") == "1",
+                    reason="a sanitizer build cannot run under valgrind (LeakSanitizer checks it)")
 def test_start_reload_stop_under_valgrind(pgfunnel, postgres):
     vglog = None
 
