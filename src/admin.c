@@ -159,12 +159,64 @@ static void close_client_list(pf_list_t *l)
 				PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
 }
 
+/*
+ * SUSPEND: whether every non-console socket has flushed what it owes. Past suspend_timeout the
+ * connections that still have not are dropped, as PgBouncer does, and the answer goes out.
+ */
+static bool suspend_flushed(pf_worker_t *w)
+{
+	bool expired = w->cfg->suspend_timeout > 0 &&
+		       pf_worker_now(w) - w->suspend_start > w->cfg->suspend_timeout;
+	pf_list_node_t *it, *tmp, *cit, *ctmp;
+	bool flushed = true;
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_t *clients[] = {&p->active_clients, &p->waiting_clients};
+		pf_list_t *servers[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
+					&p->tested_servers, &p->new_servers};
+
+		if (p->db->admin)
+			continue;
+		for (size_t i = 0; i < PF_ARRAY_SIZE(clients); i++) {
+			PF_LIST_FOREACH(clients[i], cit, ctmp)
+			{
+				pf_client_t *cl = PF_CONTAINER_OF(cit, pf_client_t, conn.node);
+
+				if (!pf_conn_has_pending_writes(&cl->conn))
+					continue;
+				flushed = false;
+				if (expired)
+					pf_client_close(cl, PF_CLOSE_CLIENT_ADMIN_KILL, "08006",
+							"could not flush the connection within "
+							"suspend_timeout");
+			}
+		}
+		for (size_t i = 0; i < PF_ARRAY_SIZE(servers); i++) {
+			PF_LIST_FOREACH(servers[i], cit, ctmp)
+			{
+				pf_server_t *sv = PF_CONTAINER_OF(cit, pf_server_t, conn.node);
+
+				if (!pf_conn_has_pending_writes(&sv->conn))
+					continue;
+				flushed = false;
+				if (expired)
+					pf_server_close(sv, PF_SV_CLOSE_ADMIN);
+			}
+		}
+	}
+	return flushed || expired;
+}
+
 /* Whether a waiting command (PAUSE, WAIT_CLOSE, SUSPEND) may answer now. */
 static bool wait_done(pf_client_t *c)
 {
 	pf_worker_t *w = c->conn.worker;
 	pf_list_node_t *it, *tmp, *sit, *stmp;
 
+	if (c->admin_wait == PF_ADMIN_WAIT_SUSPEND)
+		return suspend_flushed(w);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
@@ -192,6 +244,7 @@ static const char *const wait_tags[] = {
 	[PF_ADMIN_WAIT_NONE] = "",
 	[PF_ADMIN_WAIT_PAUSE] = "PAUSE",
 	[PF_ADMIN_WAIT_CLOSE] = "WAIT_CLOSE",
+	[PF_ADMIN_WAIT_SUSPEND] = "SUSPEND",
 };
 
 void pf_admin_poll(pf_worker_t *w)
@@ -545,7 +598,9 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 		if (arg[0])
 			goto invalid;
 		pf_worker_set_suspended(w, true);
-		command_ok(out, "SUSPEND");
+		w->suspend_start = pf_worker_now(w);
+		/* Answers once every socket buffer is flushed (or suspend_timeout drops the rest). */
+		wait_for(c, PF_ADMIN_WAIT_SUSPEND, NULL, out);
 		return;
 	}
 	if (arg[0] && !(db = target_db(w, arg, out)))

@@ -160,7 +160,7 @@ static const pf_config_param_t params[] = {
         P_BOOL(so_reuseport, RESTART, IMPL, "0"),
         P_INT(stats_period, RELOAD, IMPL, "60", 1, INT_MAX),
         P_LIST(stats_users, RELOAD, IMPL, ""),
-        P_TIME(suspend_timeout, RELOAD, NOT_IMPL, "10"),
+        P_TIME(suspend_timeout, RELOAD, IMPL, "10"),
         P_BOOL(syslog, RELOAD, IMPL, "0"),
         P_ENUM(syslog_facility, RELOAD, IMPL, "daemon", facility_values),
         P_STR(syslog_ident, RELOAD, IMPL, "pgfunnel"),

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/opensslv.h>
@@ -325,6 +326,48 @@ static void drop_privileges(const char *user)
 		pf_fatal("cannot switch to user \"%s\": root privileges could be regained", user);
 }
 
+/*
+ * Raises the soft RLIMIT_NOFILE to the hard limit (as root, first the hard limit itself towards
+ * what max_client_conn needs) and logs the connection capacity that results, as PgBouncer
+ * warns when its file limit is too small for max_client_conn.
+ */
+static void raise_fd_limit(const pf_config_t *cfg)
+{
+	struct rlimit rl;
+	/* Every client may bring a server; a few descriptors go to listeners, logs, stdio. */
+	rlim_t want = (rlim_t)cfg->max_client_conn * 2 + 64;
+	rlim_t room;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (geteuid() == 0 && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+		struct rlimit more = {.rlim_cur = want, .rlim_max = want};
+
+		if (setrlimit(RLIMIT_NOFILE, &more) == 0)
+			rl = more;
+	}
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	room = rl.rlim_cur > 64 ? rl.rlim_cur - 64 : 0;
+	if (rl.rlim_cur == RLIM_INFINITY)
+		pf_log_info(NULL, "file descriptor limit: unlimited");
+	else if (room / 2 < (rlim_t)cfg->max_client_conn)
+		pf_log_warning(NULL,
+			       "file descriptor limit %llu leaves room for about %llu clients with "
+			       "their servers, less than max_client_conn=%d",
+			       (unsigned long long)rl.rlim_cur, (unsigned long long)(room / 2),
+			       cfg->max_client_conn);
+	else
+		pf_log_info(NULL,
+			    "file descriptor limit %llu: room for about %llu clients with their "
+			    "servers (max_client_conn=%d)",
+			    (unsigned long long)rl.rlim_cur, (unsigned long long)(room / 2),
+			    cfg->max_client_conn);
+}
+
 static void notify_systemd(const char *state)
 {
 #if PF_HAVE_SYSTEMD
@@ -508,6 +551,7 @@ int main(int argc, char **argv)
 	replay_early_warnings();
 	if (p.opt.reboot)
 		pf_log_warning(NULL, "online restart (-R) is not supported; starting normally");
+	raise_fd_limit(p.cfg);
 
 	p.loop = uv_default_loop();
 	rc = pf_worker_create(p.loop, p.cfg, &p.worker);

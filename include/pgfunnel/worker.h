@@ -100,6 +100,7 @@ struct pf_worker {
 	size_t buffer_size;
 	bool paused;	 /* PAUSE / SIGUSR1: no server is given to a client */
 	bool suspended; /* SUSPEND: no socket is read */
+	pf_usec_t suspend_start;
 	pf_shutdown_mode_t shutdown;
 	void (*shutdown_done)(void *);
 	void *shutdown_arg;

@@ -14,6 +14,7 @@ import select
 import signal
 import struct
 import threading
+import socket
 import time
 
 import pytest
@@ -315,6 +316,26 @@ def test_suspend_stops_reading_sockets_until_resume(setup, postgres):
     assert read_answer(a)[2] == [("during suspend",)]
     assert read_answer(b)[2] == [("", "late")]
     assert adm.state() == {"active": "yes", "paused": "no", "suspended": "no"}
+
+
+def test_suspend_waits_for_flush_then_drops_after_suspend_timeout(setup, postgres):
+    # SUSPEND answers only once every socket buffer is flushed; a client that does not read
+    # keeps its buffer full, so after suspend_timeout it is dropped and SUSPEND answers.
+    pf, role, pw = setup(pool_size=2, suspend_timeout=2)
+    slow = client(pf, role, pw)
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.send_query("SELECT repeat('x', 1024 * 1024) FROM generate_series(1, 20)")
+    time.sleep(0.5)  # pgfunnel's writes to the non-reading client are now queued
+    well = client(pf, role, pw)
+    adm = Admin(pf)
+    t0 = time.monotonic()
+    adm.send("SUSPEND")
+    assert not adm.pending(1.0), "SUSPEND answered while a client's buffer was not flushed"
+    assert adm.answer(timeout=6)[0] == ["SUSPEND"]
+    assert 1.5 <= time.monotonic() - t0 <= 5.0
+    assert adm.run("RESUME") == "RESUME"
+    assert well.simple_query("SELECT 'still served'") == [("still served",)]
+    assert pfhelpers.wait_for(lambda: "suspend_timeout" in pf.log_text(), LONG), pf.log_text()
 
 
 # ---------------------------------------------------------------- DISABLE / ENABLE

@@ -229,3 +229,32 @@ def test_debian_config_loads(pgfunnel, source_root, tmpdir_user, new_port):
     assert not complaints, "stock Debian config produced complaints:\n" + pf.all_output()
     pf.stop(signal.SIGINT)
     assert not os.path.exists(values["pidfile"])
+
+
+def test_fd_limit_raised_and_logged(pgfunnel):
+    # The soft RLIMIT_NOFILE is raised to the hard limit and the capacity logged; a
+    # max_client_conn beyond that capacity is warned about.
+    pf = pgfunnel.start({"max_client_conn": "100"})
+    pf.wait_for_log(r"process up: ")
+    soft, hard = read_nofile(pf.pid)
+    assert soft == hard, "soft limit %s not raised to the hard limit %s" % (soft, hard)
+    line = [r for r in pf.log_lines() if "file descriptor limit" in r["msg"]]
+    assert line and line[0]["level"] == "LOG", pf.all_output()
+    assert "max_client_conn=100" in line[0]["msg"]
+    pf.stop()
+
+    big = pgfunnel.start({"max_client_conn": str(10 ** 8)})
+    big.wait_for_log(r"process up: ")
+    warn = [r for r in big.log_lines() if "file descriptor limit" in r["msg"]]
+    assert warn and warn[0]["level"] == "WARNING", big.all_output()
+    assert "less than max_client_conn=100000000" in warn[0]["msg"]
+    big.stop()
+
+
+def read_nofile(pid):
+    """(soft, hard) 'Max open files' of a running process from /proc."""
+    for line in pfhelpers.read_text("/proc/%d/limits" % pid).splitlines():
+        if line.startswith("Max open files"):
+            parts = line.split()
+            return parts[3], parts[4]
+    raise AssertionError("no Max open files line for pid %d" % pid)
