@@ -39,14 +39,14 @@ void pf_admin_login(pf_client_t *c)
 	pf_worker_t *w = c->conn.worker;
 	pf_buf_t b;
 	static const char *const params[][2] = {
-		{"server_version", PF_VERSION "/pgfunnel"},
-		{"server_encoding", "UTF8"},
-		{"client_encoding", "UTF8"},
-		{"DateStyle", "ISO"},
-		{"TimeZone", "UTC"},
-		{"standard_conforming_strings", "on"},
-		{"integer_datetimes", "on"},
-		{"application_name", ""},
+	        {"server_version", PF_VERSION "/pgfunnel"},
+	        {"server_encoding", "UTF8"},
+	        {"client_encoding", "UTF8"},
+	        {"DateStyle", "ISO"},
+	        {"TimeZone", "UTC"},
+	        {"standard_conforming_strings", "on"},
+	        {"integer_datetimes", "on"},
+	        {"application_name", ""},
 	};
 
 	c->admin = true;
@@ -67,7 +67,7 @@ void pf_admin_login(pf_client_t *c)
 	pf_buf_free(&b);
 	if (w->cfg->log_connections)
 		pf_log_info(c, "login attempt: db=%s user=%s tls=no (admin console)", c->db_name,
-			    c->user_name);
+		            c->user_name);
 }
 
 /*
@@ -156,7 +156,7 @@ static void close_client_list(pf_list_t *l)
 
 	while ((n = pf_list_first(l)))
 		pf_client_close(PF_CONTAINER_OF(n, pf_client_t, conn.node),
-				PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
+		                PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
 }
 
 /*
@@ -166,7 +166,7 @@ static void close_client_list(pf_list_t *l)
 static bool suspend_flushed(pf_worker_t *w)
 {
 	bool expired = w->cfg->suspend_timeout > 0 &&
-		       pf_worker_now(w) - w->suspend_start > w->cfg->suspend_timeout;
+	               pf_worker_now(w) - w->suspend_start > w->cfg->suspend_timeout;
 	pf_list_node_t *it, *tmp, *cit, *ctmp;
 	bool flushed = true;
 
@@ -175,7 +175,7 @@ static bool suspend_flushed(pf_worker_t *w)
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
 		pf_list_t *clients[] = {&p->active_clients, &p->waiting_clients};
 		pf_list_t *servers[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
-					&p->tested_servers, &p->new_servers};
+		                        &p->tested_servers, &p->new_servers};
 
 		if (p->db->admin)
 			continue;
@@ -189,8 +189,8 @@ static bool suspend_flushed(pf_worker_t *w)
 				flushed = false;
 				if (expired)
 					pf_client_close(cl, PF_CLOSE_CLIENT_ADMIN_KILL, "08006",
-							"could not flush the connection within "
-							"suspend_timeout");
+					                "could not flush the connection within "
+					                "suspend_timeout");
 			}
 		}
 		for (size_t i = 0; i < PF_ARRAY_SIZE(servers); i++) {
@@ -221,7 +221,7 @@ static bool wait_done(pf_client_t *c)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
 		pf_list_t *lists[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
-				      &p->tested_servers, &p->new_servers};
+		                      &p->tested_servers, &p->new_servers};
 
 		if (!pool_in_scope(p, c->admin_wait_db))
 			continue;
@@ -241,10 +241,10 @@ static bool wait_done(pf_client_t *c)
 }
 
 static const char *const wait_tags[] = {
-	[PF_ADMIN_WAIT_NONE] = "",
-	[PF_ADMIN_WAIT_PAUSE] = "PAUSE",
-	[PF_ADMIN_WAIT_CLOSE] = "WAIT_CLOSE",
-	[PF_ADMIN_WAIT_SUSPEND] = "SUSPEND",
+        [PF_ADMIN_WAIT_NONE] = "",
+        [PF_ADMIN_WAIT_PAUSE] = "PAUSE",
+        [PF_ADMIN_WAIT_CLOSE] = "WAIT_CLOSE",
+        [PF_ADMIN_WAIT_SUSPEND] = "SUSPEND",
 };
 
 void pf_admin_poll(pf_worker_t *w)
@@ -365,8 +365,8 @@ static void cmd_kill_client(pf_client_t *c, const char *arg, pf_buf_t *out)
 	char msg[100];
 
 	if (!*arg || *end) {
-		command_error(out, "42601", "KILL_CLIENT needs a client id (SHOW CLIENTS, column id)",
-			      NULL);
+		command_error(out, "42601",
+		              "KILL_CLIENT needs a client id (SHOW CLIENTS, column id)", NULL);
 		return;
 	}
 	PF_LIST_FOREACH(&w->pools, it, tmp)
@@ -383,7 +383,8 @@ static void cmd_kill_client(pf_client_t *c, const char *arg, pf_buf_t *out)
 					continue;
 				command_ok(out, "KILL_CLIENT");
 				if (victim != c)
-					pf_client_close(victim, PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
+					pf_client_close(victim, PF_CLOSE_CLIENT_ADMIN_KILL, NULL,
+					                NULL);
 				else
 					c->admin_kill_self = true;
 				return;
@@ -453,7 +454,8 @@ static void cmd_set(pf_client_t *c, const char *rest, pf_buf_t *out)
 		return;
 	}
 	if (!param->reloadable) {
-		snprintf(err, sizeof(err), "parameter \"%s\" cannot be changed online", param->name);
+		snprintf(err, sizeof(err), "parameter \"%s\" cannot be changed online",
+		         param->name);
 		command_error(out, "55P02", err, "change it in the config file and restart");
 		return;
 	}
@@ -465,7 +467,7 @@ static void cmd_set(pf_client_t *c, const char *rest, pf_buf_t *out)
 	    !pf_config_is_reload_safe(w->cfg, copy, &unsafe)) {
 		if (unsafe)
 			snprintf(err, sizeof(err), "parameter \"%s\" cannot be changed online",
-				 unsafe);
+			         unsafe);
 		pf_config_free(copy);
 		command_error(out, "22023", err, NULL);
 		return;
@@ -483,11 +485,11 @@ static void cmd_set(pf_client_t *c, const char *rest, pf_buf_t *out)
 static bool fake_show(const char *what, pf_buf_t *out)
 {
 	static const char *const settings[][2] = {
-		{"CLIENT_ENCODING", "UTF8"},
-		{"DEFAULT_TRANSACTION_ISOLATION", "read committed"},
-		{"STANDARD_CONFORMING_STRINGS", "on"},
-		{"DATESTYLE", "ISO"},
-		{"TIMEZONE", "GMT"},
+	        {"CLIENT_ENCODING", "UTF8"},
+	        {"DEFAULT_TRANSACTION_ISOLATION", "read committed"},
+	        {"STANDARD_CONFORMING_STRINGS", "on"},
+	        {"DATESTYLE", "ISO"},
+	        {"TIMEZONE", "GMT"},
 	};
 
 	for (size_t i = 0; i < PF_ARRAY_SIZE(settings); i++) {
@@ -509,11 +511,11 @@ static bool fake_show(const char *what, pf_buf_t *out)
 }
 
 static const char *const usage_hint =
-	"SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATS|STATS_TOTALS|"
-	"STATS_AVERAGES|TOTALS|LISTS|MEM|FDS|SOCKETS|ACTIVE_SOCKETS|STATE|DNS_HOSTS|DNS_ZONES|"
-	"PEERS|PEER_POOLS; SET key = arg; RELOAD; PAUSE [db]; RESUME [db]; DISABLE db; ENABLE db; "
-	"RECONNECT [db]; KILL [db]; KILL_CLIENT id; SUSPEND; SHUTDOWN [WAIT_FOR_SERVERS|"
-	"WAIT_FOR_CLIENTS]; WAIT_CLOSE [db]";
+        "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATS|STATS_TOTALS|"
+        "STATS_AVERAGES|TOTALS|LISTS|MEM|FDS|SOCKETS|ACTIVE_SOCKETS|STATE|DNS_HOSTS|DNS_ZONES|"
+        "PEERS|PEER_POOLS; SET key = arg; RELOAD; PAUSE [db]; RESUME [db]; DISABLE db; ENABLE db; "
+        "RECONNECT [db]; KILL [db]; KILL_CLIENT id; SUSPEND; SHUTDOWN [WAIT_FOR_SERVERS|"
+        "WAIT_FOR_CLIENTS]; WAIT_CLOSE [db]";
 
 void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 {
@@ -552,8 +554,8 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 		goto invalid;
 	{
 		static const char *const control[] = {
-			"PAUSE",    "RESUME", "SUSPEND",   "DISABLE",     "ENABLE",	    "RECONNECT",
-			"KILL",	    "RELOAD", "SHUTDOWN",  "WAIT_CLOSE",  "KILL_CLIENT",
+		        "PAUSE", "RESUME", "SUSPEND",  "DISABLE",    "ENABLE",      "RECONNECT",
+		        "KILL",  "RELOAD", "SHUTDOWN", "WAIT_CLOSE", "KILL_CLIENT",
 		};
 		bool known = false;
 
@@ -599,7 +601,8 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 			goto invalid;
 		pf_worker_set_suspended(w, true);
 		w->suspend_start = pf_worker_now(w);
-		/* Answers once every socket buffer is flushed (or suspend_timeout drops the rest). */
+		/* Answers once every socket buffer is flushed (or suspend_timeout drops the rest).
+		 */
 		wait_for(c, PF_ADMIN_WAIT_SUSPEND, NULL, out);
 		return;
 	}
@@ -629,7 +632,7 @@ invalid:
 }
 
 pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
-				size_t avail)
+                                size_t avail)
 {
 	pf_buf_t out;
 	char *sql;
@@ -640,7 +643,7 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 		return PF_PKT_STOP; /* one command at a time: PAUSE/WAIT_CLOSE answer later */
 	if (hdr->type != PF_PROTO_FE_QUERY) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-				"extended query protocol not supported by admin console");
+		                "extended query protocol not supported by admin console");
 		return PF_PKT_STOP;
 	}
 	if (avail < hdr->len + 1u)
@@ -656,7 +659,8 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 		return PF_PKT_STOP;
 	}
 	/* Trailing blanks and semicolons are optional. */
-	for (len = strlen(sql); len > 0 && (isspace((unsigned char)sql[len - 1]) || sql[len - 1] == ';');)
+	for (len = strlen(sql);
+	     len > 0 && (isspace((unsigned char)sql[len - 1]) || sql[len - 1] == ';');)
 		sql[--len] = '\0';
 	pf_buf_init(&out);
 	pf_admin_run(c, sql, &out);

@@ -30,24 +30,24 @@
 
 enum auth_step {
 	AUTH_NONE = 0,
-	AUTH_PLAIN,	   /* waiting for a PasswordMessage with a cleartext password */
-	AUTH_MD5,	   /* waiting for a PasswordMessage with an md5 response */
-	AUTH_SCRAM_FIRST,  /* waiting for SASLInitialResponse */
-	AUTH_SCRAM_FINAL,  /* waiting for SASLResponse */
+	AUTH_PLAIN,       /* waiting for a PasswordMessage with a cleartext password */
+	AUTH_MD5,         /* waiting for a PasswordMessage with an md5 response */
+	AUTH_SCRAM_FIRST, /* waiting for SASLInitialResponse */
+	AUTH_SCRAM_FINAL, /* waiting for SASLResponse */
 	AUTH_DONE,
 };
 
 static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
-					const uint8_t *pkt, size_t avail);
+                                        const uint8_t *pkt, size_t avail);
 static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len);
 static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status);
 static void client_on_free(pf_conn_t *conn);
 
 static const pf_conn_ops_t client_ops = {
-	.on_packet = client_on_packet,
-	.on_raw = client_on_raw,
-	.on_event = client_on_event,
-	.on_free = client_on_free,
+        .on_packet = client_on_packet,
+        .on_raw = client_on_raw,
+        .on_event = client_on_event,
+        .on_free = client_on_free,
 };
 
 /* What each close reason logs and, where the client is told, its SQLSTATE and message. */
@@ -56,36 +56,36 @@ static const struct {
 	const char *sqlstate; /* NULL: nothing is sent */
 	const char *message;
 } close_table[] = {
-	[PF_CLOSE_CLIENT_EXIT] = {"client close request", NULL, NULL},
-	[PF_CLOSE_CLIENT_EOF] = {"client unexpected eof", NULL, NULL},
-	[PF_CLOSE_CLIENT_ERROR] = {"client socket error", NULL, NULL},
-	[PF_CLOSE_CLIENT_PROTOCOL] = {"protocol violation", "08P01", "protocol violation"},
-	[PF_CLOSE_CLIENT_STARTUP] = {"bad startup packet", "08P01", "bad startup packet"},
-	[PF_CLOSE_CLIENT_AUTH] = {"authentication failed", "28P01", "authentication failed"},
-	[PF_CLOSE_CLIENT_NO_DB] = {"no such database", "3D000", "no such database"},
-	[PF_CLOSE_CLIENT_LIMIT] = {"connection limit reached", "53300",
-				   "no more connections allowed (max_client_conn)"},
-	[PF_CLOSE_CLIENT_LOGIN_TIMEOUT] = {"client_login_timeout", "08006",
-					   "client_login_timeout (server down or wrong password?)"},
-	[PF_CLOSE_CLIENT_IDLE_TIMEOUT] = {"client_idle_timeout", "57P05", "client_idle_timeout"},
-	[PF_CLOSE_CLIENT_WAIT_TIMEOUT] = {"query_wait_timeout", "57014", "query_wait_timeout"},
-	[PF_CLOSE_CLIENT_QUERY_TIMEOUT] = {"query_timeout", "57014",
-					   "canceling statement due to query_timeout"},
-	[PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT] = {"idle_transaction_timeout", "25P03",
-					     "terminating connection due to "
-					     "idle_transaction_timeout"},
-	[PF_CLOSE_CLIENT_SERVER_GONE] = {"server connection lost", "08006", "server conn crashed?"},
-	[PF_CLOSE_CLIENT_SERVER_LOGIN] = {"server login failed", "08006", "server login failed"},
-	[PF_CLOSE_CLIENT_STATEMENT_MODE] = {"statement mode violation", "25001",
-					    "Long transactions not allowed"},
-	[PF_CLOSE_CLIENT_SHUTDOWN] = {"pooler is shutting down", "57P01",
-				      "pgfunnel is shutting down"},
-	[PF_CLOSE_CLIENT_ADMIN_KILL] = {"killed by admin", "57P01",
-					"terminating connection due to administrator command"},
-	[PF_CLOSE_CLIENT_CANCEL_DONE] = {"cancel request handled", NULL, NULL},
-	[PF_CLOSE_CLIENT_DB_DISABLED] = {"database disabled", "57P03",
-					 "database does not allow connections"},
-	[PF_CLOSE_CLIENT_OOM] = {"out of memory", "53200", "out of memory"},
+        [PF_CLOSE_CLIENT_EXIT] = {"client close request", NULL, NULL},
+        [PF_CLOSE_CLIENT_EOF] = {"client unexpected eof", NULL, NULL},
+        [PF_CLOSE_CLIENT_ERROR] = {"client socket error", NULL, NULL},
+        [PF_CLOSE_CLIENT_PROTOCOL] = {"protocol violation", "08P01", "protocol violation"},
+        [PF_CLOSE_CLIENT_STARTUP] = {"bad startup packet", "08P01", "bad startup packet"},
+        [PF_CLOSE_CLIENT_AUTH] = {"authentication failed", "28P01", "authentication failed"},
+        [PF_CLOSE_CLIENT_NO_DB] = {"no such database", "3D000", "no such database"},
+        [PF_CLOSE_CLIENT_LIMIT] = {"connection limit reached", "53300",
+                                   "no more connections allowed (max_client_conn)"},
+        [PF_CLOSE_CLIENT_LOGIN_TIMEOUT] = {"client_login_timeout", "08006",
+                                           "client_login_timeout (server down or wrong password?)"},
+        [PF_CLOSE_CLIENT_IDLE_TIMEOUT] = {"client_idle_timeout", "57P05", "client_idle_timeout"},
+        [PF_CLOSE_CLIENT_WAIT_TIMEOUT] = {"query_wait_timeout", "57014", "query_wait_timeout"},
+        [PF_CLOSE_CLIENT_QUERY_TIMEOUT] = {"query_timeout", "57014",
+                                           "canceling statement due to query_timeout"},
+        [PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT] = {"idle_transaction_timeout", "25P03",
+                                             "terminating connection due to "
+                                             "idle_transaction_timeout"},
+        [PF_CLOSE_CLIENT_SERVER_GONE] = {"server connection lost", "08006", "server conn crashed?"},
+        [PF_CLOSE_CLIENT_SERVER_LOGIN] = {"server login failed", "08006", "server login failed"},
+        [PF_CLOSE_CLIENT_STATEMENT_MODE] = {"statement mode violation", "25001",
+                                            "Long transactions not allowed"},
+        [PF_CLOSE_CLIENT_SHUTDOWN] = {"pooler is shutting down", "57P01",
+                                      "pgfunnel is shutting down"},
+        [PF_CLOSE_CLIENT_ADMIN_KILL] = {"killed by admin", "57P01",
+                                        "terminating connection due to administrator command"},
+        [PF_CLOSE_CLIENT_CANCEL_DONE] = {"cancel request handled", NULL, NULL},
+        [PF_CLOSE_CLIENT_DB_DISABLED] = {"database disabled", "57P03",
+                                         "database does not allow connections"},
+        [PF_CLOSE_CLIENT_OOM] = {"out of memory", "53200", "out of memory"},
 };
 
 size_t pf_client_describe(const pf_client_t *c, char *buf, size_t n)
@@ -95,13 +95,13 @@ size_t pf_client_describe(const pf_client_t *c, char *buf, size_t n)
 
 	pf_conn_addr_text(&c->conn.addr, host, sizeof(host), &port);
 	len = snprintf(buf, n, "C-%p: %s/%s@%s:%d", (const void *)c,
-		       c->db_name ? c->db_name : "(nodb)", c->user_name ? c->user_name : "(nouser)",
-		       host, port);
+	               c->db_name ? c->db_name : "(nodb)", c->user_name ? c->user_name : "(nouser)",
+	               host, port);
 	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
 }
 
 static void send_error(pf_client_t *c, const char *severity, const char *sqlstate,
-		       const char *message, const char *detail)
+                       const char *message, const char *detail)
 {
 	pf_buf_t b;
 
@@ -112,7 +112,7 @@ static void send_error(pf_client_t *c, const char *severity, const char *sqlstat
 }
 
 void pf_client_send_error(pf_client_t *c, const char *severity, const char *sqlstate,
-			  const char *message, const char *detail)
+                          const char *message, const char *detail)
 {
 	send_error(c, severity, sqlstate, message, detail);
 }
@@ -141,7 +141,7 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
 }
 
 void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
-		     const char *message)
+                     const char *message)
 {
 	pf_worker_t *w = c->conn.worker;
 	pf_server_t *s = c->link;
@@ -156,8 +156,8 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 	    reason == PF_CLOSE_CLIENT_CANCEL_DONE) {
 		if (w->cfg->log_disconnections && c->state != PF_CL_LOGIN)
 			pf_log_info(c, "closing because: %s (age=%llds)", close_table[reason].log,
-				    (long long)((pf_worker_now(w) - c->conn.connect_time) /
-						PF_USEC_PER_SEC));
+			            (long long)((pf_worker_now(w) - c->conn.connect_time) /
+			                        PF_USEC_PER_SEC));
 	} else if (w->cfg->log_pooler_errors || !state) {
 		pf_log_info(c, "closing because: %s", message ? message : close_table[reason].log);
 	}
@@ -216,8 +216,7 @@ static void auth_failed(pf_client_t *c)
 	char msg[200];
 
 	/* Postgres' wording and SQLSTATE; the same for an unknown user and a wrong password. */
-	snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"",
-		 c->user_name);
+	snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"", c->user_name);
 	pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28P01", msg);
 }
 
@@ -286,8 +285,8 @@ static void login_ok(pf_client_t *c)
 	pool_user = c->db->forced_user ? c->db->forced_user : c->user;
 	if (!pool_user) {
 		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000",
-				"no user to log in to the server as (auth_type=any needs a forced "
-				"user in the database entry)");
+		                "no user to log in to the server as (auth_type=any needs a forced "
+		                "user in the database entry)");
 		return;
 	}
 	c->pool = pf_pool_get(w, c->db, pool_user);
@@ -339,10 +338,10 @@ static void start_scram(pf_client_t *c)
 	} else if (sec && sec->present && sec->kind == PF_AUTH_SECRET_PLAIN) {
 		/* Derived once per user and cached: later logins cost no PBKDF2. */
 		rc = pf_scram_cache_secret_for_password(w->scram_cache, c->user_name, sec->text,
-							w->cfg->scram_iterations > 0
-								? w->cfg->scram_iterations
-								: PF_SCRAM_DEFAULT_ITERATIONS,
-							&secret);
+		                                        w->cfg->scram_iterations > 0
+		                                                ? w->cfg->scram_iterations
+		                                                : PF_SCRAM_DEFAULT_ITERATIONS,
+		                                        &secret);
 		if (rc == 0)
 			rc = pf_scram_server_start(c->scram, &secret);
 	} else {
@@ -377,8 +376,9 @@ static void start_auth(pf_client_t *c)
 			/* PgBouncer also lets in the OS user that runs it over the unix socket. */
 			if (!pf_admin_peer_is_owner(c)) {
 				snprintf(msg, sizeof(msg),
-					 "not allowed to connect to the admin console as user \"%s\"",
-					 c->user_name);
+				         "not allowed to connect to the admin console as user "
+				         "\"%s\"",
+				         c->user_name);
 				pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "42501", msg);
 				return;
 			}
@@ -437,7 +437,7 @@ static void start_auth(pf_client_t *c)
 
 		pf_config_format(cfg, pf_config_find_param("auth_type"), tname, sizeof(tname));
 		snprintf(msg, sizeof(msg), "auth_type \"%s\" is not supported by pgfunnel yet",
-			 tname);
+		         tname);
 		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
 		return;
 	}
@@ -470,8 +470,8 @@ static bool plain_password_ok(pf_client_t *c, const char *password)
 		pf_scram_secret_t derived;
 
 		ok = pf_scram_cache_derive(w->scram_cache, password, sec->scram.salt,
-					   sec->scram.salt_len, sec->scram.iterations, &derived,
-					   NULL) == 0 &&
+		                           sec->scram.salt_len, sec->scram.iterations, &derived,
+		                           NULL) == 0 &&
 		     pf_memeq_ct(derived.stored_key, sec->scram.stored_key, PF_SCRAM_KEY_LEN) &&
 		     pf_memeq_ct(derived.server_key, sec->scram.server_key, PF_SCRAM_KEY_LEN);
 		OPENSSL_cleanse(&derived, sizeof(derived));
@@ -483,7 +483,7 @@ static bool plain_password_ok(pf_client_t *c, const char *password)
 
 /* A PasswordMessage / SASL message during authentication. */
 static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
-				   size_t avail)
+                                   size_t avail)
 {
 	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
 	size_t plen = hdr->payload_len;
@@ -498,7 +498,7 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 			return PF_PKT_STOP;
 		}
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-				"expected a password message during authentication");
+		                "expected a password message during authentication");
 		return PF_PKT_STOP;
 	}
 	if (avail < hdr->len + 1u)
@@ -511,7 +511,7 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 
 		if (plen == 0 || payload[plen - 1] != '\0' || strlen(pw) != plen - 1) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					"invalid password message");
+			                "invalid password message");
 			return PF_PKT_STOP;
 		}
 		if (c->auth_step == AUTH_PLAIN) {
@@ -539,27 +539,28 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 
 		if (!nul || (size_t)(nul - payload) + 5 > plen) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					"malformed SASLInitialResponse");
+			                "malformed SASLInitialResponse");
 			return PF_PKT_STOP;
 		}
 		mlen = (size_t)(nul - payload);
 		if (strcmp((const char *)payload, PF_SCRAM_MECHANISM) != 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					"client selected an invalid SASL authentication mechanism");
+			                "client selected an invalid SASL authentication mechanism");
 			return PF_PKT_STOP;
 		}
 		dlen = (uint32_t)nul[1] << 24 | (uint32_t)nul[2] << 16 | (uint32_t)nul[3] << 8 |
 		       nul[4];
 		if (dlen != plen - mlen - 5) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					"malformed SASLInitialResponse");
+			                "malformed SASLInitialResponse");
 			return PF_PKT_STOP;
 		}
 		rc = pf_scram_server_first(c->scram, nul + 5, dlen, out, sizeof(out), &outlen);
 		if (rc < 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					rc == -ENOTSUP ? "channel binding is not supported without TLS"
-						       : "malformed SCRAM message");
+			                rc == -ENOTSUP
+			                        ? "channel binding is not supported without TLS"
+			                        : "malformed SCRAM message");
 			return PF_PKT_STOP;
 		}
 		pf_buf_init(&b);
@@ -577,7 +578,7 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 		}
 		if (rc < 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					"malformed SCRAM message");
+			                "malformed SCRAM message");
 			return PF_PKT_STOP;
 		}
 		if (c->user && c->user->secret.kind == PF_AUTH_SECRET_SCRAM &&
@@ -590,14 +591,15 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 		login_ok(c);
 		return PF_PKT_CONSUMED;
 	default:
-		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "unexpected password message");
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+		                "unexpected password message");
 		return PF_PKT_STOP;
 	}
 }
 
 /* Applies one startup parameter; returns false (after closing c) when it is refused. */
 static bool startup_param(pf_client_t *c, const char *name, const char *value,
-			  const char **unsupported)
+                          const char **unsupported)
 {
 	const pf_config_t *cfg = c->conn.worker->cfg;
 	int var;
@@ -680,8 +682,9 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 
 		pf_conn_addr_text(&c->conn.addr, host, sizeof(host), &port);
 		snprintf(app, sizeof(app), "%s - %s:%d",
-			 c->vars.v[PF_VAR_APPLICATION_NAME] ? c->vars.v[PF_VAR_APPLICATION_NAME] : "",
-			 host, port);
+		         c->vars.v[PF_VAR_APPLICATION_NAME] ? c->vars.v[PF_VAR_APPLICATION_NAME]
+		                                            : "",
+		         host, port);
 		if (pf_vars_set(&c->vars, PF_VAR_APPLICATION_NAME, app) < 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 			return -1;
@@ -692,7 +695,7 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 
 		pf_buf_init(&b);
 		pf_proto_be_negotiate_protocol_version(&b, PF_PROTO_VERSION_3_0, unsupported,
-						       n_unsupported);
+		                                       n_unsupported);
 		pf_conn_send_buf(&c->conn, &b);
 		pf_buf_free(&b);
 	}
@@ -735,12 +738,12 @@ static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 			break;
 		case -EINVAL:
 			pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "28000",
-					"no PostgreSQL user name specified in startup packet");
+			                "no PostgreSQL user name specified in startup packet");
 			break;
 		default:
 			pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "08P01",
-					n == -EMSGSIZE ? "invalid length of startup packet"
-						       : "invalid startup packet layout");
+			                n == -EMSGSIZE ? "invalid length of startup packet"
+			                               : "invalid startup packet layout");
 			break;
 		}
 		return -1;
@@ -749,7 +752,7 @@ static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 }
 
 static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
-					const uint8_t *pkt, size_t avail)
+                                        const uint8_t *pkt, size_t avail)
 {
 	pf_client_t *c = (pf_client_t *)conn;
 	pf_server_t *s;
@@ -811,13 +814,13 @@ static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 	case PF_CONN_EV_ERROR:
 		if (status == -EMSGSIZE)
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					"message too long (max_packet_size)");
+			                "message too long (max_packet_size)");
 		else if (status == -EBADMSG)
 			/* The header at rpos is what was refused: type byte 0 or a length < 4. */
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-					c->conn.rbuf && c->conn.rbuf[c->conn.rpos] == 0
-						? "invalid frontend message type 0"
-						: "invalid message length");
+			                c->conn.rbuf && c->conn.rbuf[c->conn.rpos] == 0
+			                        ? "invalid frontend message type 0"
+			                        : "invalid message length");
 		else
 			pf_client_close(c, PF_CLOSE_CLIENT_ERROR, NULL, NULL);
 		break;

@@ -114,13 +114,13 @@ static void tune_tcp(pf_conn_t *c)
 		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
 		if (cfg->tcp_keepidle > 0)
 			setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &cfg->tcp_keepidle,
-				   sizeof(cfg->tcp_keepidle));
+			           sizeof(cfg->tcp_keepidle));
 		if (cfg->tcp_keepintvl > 0)
 			setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &cfg->tcp_keepintvl,
-				   sizeof(cfg->tcp_keepintvl));
+			           sizeof(cfg->tcp_keepintvl));
 		if (cfg->tcp_keepcnt > 0)
 			setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cfg->tcp_keepcnt,
-				   sizeof(cfg->tcp_keepcnt));
+			           sizeof(cfg->tcp_keepcnt));
 	}
 	if (cfg->tcp_user_timeout > 0) {
 		unsigned int ms = (unsigned int)cfg->tcp_user_timeout;
@@ -129,9 +129,9 @@ static void tune_tcp(pf_conn_t *c)
 	}
 	if (cfg->tcp_socket_buffer > 0) {
 		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &cfg->tcp_socket_buffer,
-			   sizeof(cfg->tcp_socket_buffer));
+		           sizeof(cfg->tcp_socket_buffer));
 		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &cfg->tcp_socket_buffer,
-			   sizeof(cfg->tcp_socket_buffer));
+		           sizeof(cfg->tcp_socket_buffer));
 	}
 }
 
@@ -181,8 +181,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 static void update_reading(pf_conn_t *c)
 {
 	bool want = c->handle_open && !c->closing && !c->read_paused && !c->suspended &&
-		    !c->fwd_pending &&
-		    !(c->rbuf && c->rend == c->rcap && c->rpos == 0);
+	            !c->fwd_pending && !(c->rbuf && c->rend == c->rcap && c->rpos == 0);
 
 	if (want && !c->reading) {
 		if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
@@ -504,7 +503,8 @@ int pf_conn_connect(pf_conn_t *c, const struct sockaddr *addr, const char *path)
 		return 0;
 	}
 	memcpy(&c->addr, addr,
-	       addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+	       addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+	                                   : sizeof(struct sockaddr_in));
 	rc = uv_tcp_connect(req, &c->h.tcp, addr, on_connected);
 	if (rc < 0) {
 		free(req);

@@ -32,23 +32,23 @@ static bool to_syslog;
 static char *syslog_ident;
 
 static const char *const level_names[] = {
-	[PF_LOG_FATAL] = "FATAL", [PF_LOG_ERROR] = "ERROR", [PF_LOG_WARNING] = "WARNING",
-	[PF_LOG_INFO] = "LOG",	  [PF_LOG_DEBUG] = "DEBUG", [PF_LOG_NOISE] = "NOISE",
+        [PF_LOG_FATAL] = "FATAL", [PF_LOG_ERROR] = "ERROR", [PF_LOG_WARNING] = "WARNING",
+        [PF_LOG_INFO] = "LOG",    [PF_LOG_DEBUG] = "DEBUG", [PF_LOG_NOISE] = "NOISE",
 };
 
 static const int syslog_prio[] = {
-	[PF_LOG_FATAL] = LOG_CRIT, [PF_LOG_ERROR] = LOG_ERR,	 [PF_LOG_WARNING] = LOG_WARNING,
-	[PF_LOG_INFO] = LOG_INFO,  [PF_LOG_DEBUG] = LOG_DEBUG, [PF_LOG_NOISE] = LOG_DEBUG,
+        [PF_LOG_FATAL] = LOG_CRIT, [PF_LOG_ERROR] = LOG_ERR,   [PF_LOG_WARNING] = LOG_WARNING,
+        [PF_LOG_INFO] = LOG_INFO,  [PF_LOG_DEBUG] = LOG_DEBUG, [PF_LOG_NOISE] = LOG_DEBUG,
 };
 
 static const struct {
 	const char *name;
 	int value;
 } facilities[] = {
-	{"auth", LOG_AUTH},	{"authpriv", LOG_AUTHPRIV}, {"daemon", LOG_DAEMON},
-	{"user", LOG_USER},	{"local0", LOG_LOCAL0},	    {"local1", LOG_LOCAL1},
-	{"local2", LOG_LOCAL2}, {"local3", LOG_LOCAL3},	    {"local4", LOG_LOCAL4},
-	{"local5", LOG_LOCAL5}, {"local6", LOG_LOCAL6},	    {"local7", LOG_LOCAL7},
+        {"auth", LOG_AUTH},     {"authpriv", LOG_AUTHPRIV}, {"daemon", LOG_DAEMON},
+        {"user", LOG_USER},     {"local0", LOG_LOCAL0},     {"local1", LOG_LOCAL1},
+        {"local2", LOG_LOCAL2}, {"local3", LOG_LOCAL3},     {"local4", LOG_LOCAL4},
+        {"local5", LOG_LOCAL5}, {"local6", LOG_LOCAL6},     {"local7", LOG_LOCAL7},
 };
 
 void pf_log_set_describer(pf_log_describe_fn fn)
@@ -76,7 +76,7 @@ static int open_logfile(const char *path)
 }
 
 int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const char *facility,
-		char *err, size_t errlen)
+                char *err, size_t errlen)
 {
 	int fd = -1;
 	int fac = LOG_DAEMON;
@@ -85,7 +85,7 @@ int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const c
 		fd = open_logfile(logfile);
 		if (fd < 0) {
 			snprintf(err, errlen, "cannot open logfile \"%s\": %s", logfile,
-				 strerror(-fd));
+			         strerror(-fd));
 			return fd;
 		}
 	}
@@ -98,7 +98,7 @@ int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const c
 		}
 		if (i == PF_ARRAY_SIZE(facilities)) {
 			snprintf(err, errlen, "unknown syslog_facility \"%s\"",
-				 facility ? facility : "");
+			         facility ? facility : "");
 			if (fd >= 0)
 				close(fd);
 			return -EINVAL;
@@ -183,7 +183,7 @@ static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list
 
 	head = pf_log_format_time(line, sizeof(line), pf_now_wall_usec());
 	n = snprintf(line + head, sizeof(line) - head, " [%d] %s ", (int)getpid(),
-		     level_names[level]);
+	             level_names[level]);
 	head += (size_t)n;
 	msg = head;
 	if (obj) {

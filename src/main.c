@@ -55,24 +55,25 @@ typedef struct process {
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"%s is a PostgreSQL connection pooler, a drop-in replacement for PgBouncer.\n"
-		"\n"
-		"Usage:\n"
-		"  %s [OPTION]... CONFIG_FILE\n"
-		"\n"
-		"Options:\n"
-		"  -d, --daemon         run in the background (needs logfile or syslog)\n"
-		"  -R, --reboot         PgBouncer's online restart: not supported, ignored\n"
-		"  -q, --quiet          do not log to standard error\n"
-		"  -v, --verbose        increase verbosity (repeat for more)\n"
-		"  -u, --user=USERNAME  switch to USERNAME after start-up (needs root)\n"
-		"  -V, --version        print version information and exit\n"
-		"  -h, --help           print this help and exit\n"
-		"\n"
-		"Signals: SIGHUP reload, SIGTERM shut down after clients finish, SIGINT shut down\n"
-		"after servers are released, SIGQUIT shut down now, SIGUSR1 pause, SIGUSR2 resume.\n"
-		"See pgfunnel(1) and pgfunnel(5).\n",
-		PF_PACKAGE, PF_PACKAGE);
+	        "%s is a PostgreSQL connection pooler, a drop-in replacement for PgBouncer.\n"
+	        "\n"
+	        "Usage:\n"
+	        "  %s [OPTION]... CONFIG_FILE\n"
+	        "\n"
+	        "Options:\n"
+	        "  -d, --daemon         run in the background (needs logfile or syslog)\n"
+	        "  -R, --reboot         PgBouncer's online restart: not supported, ignored\n"
+	        "  -q, --quiet          do not log to standard error\n"
+	        "  -v, --verbose        increase verbosity (repeat for more)\n"
+	        "  -u, --user=USERNAME  switch to USERNAME after start-up (needs root)\n"
+	        "  -V, --version        print version information and exit\n"
+	        "  -h, --help           print this help and exit\n"
+	        "\n"
+	        "Signals: SIGHUP reload, SIGTERM shut down after clients finish, SIGINT shut down\n"
+	        "after servers are released, SIGQUIT shut down now, SIGUSR1 pause, SIGUSR2 "
+	        "resume.\n"
+	        "See pgfunnel(1) and pgfunnel(5).\n",
+	        PF_PACKAGE, PF_PACKAGE);
 }
 
 static void print_version(void)
@@ -100,10 +101,10 @@ static void die(const char *fmt, ...)
 static void parse_args(int argc, char **argv, options_t *opt)
 {
 	static const struct option longopts[] = {
-		{"daemon", no_argument, NULL, 'd'},  {"reboot", no_argument, NULL, 'R'},
-		{"quiet", no_argument, NULL, 'q'},   {"verbose", no_argument, NULL, 'v'},
-		{"user", required_argument, NULL, 'u'}, {"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},    {NULL, 0, NULL, 0},
+	        {"daemon", no_argument, NULL, 'd'},     {"reboot", no_argument, NULL, 'R'},
+	        {"quiet", no_argument, NULL, 'q'},      {"verbose", no_argument, NULL, 'v'},
+	        {"user", required_argument, NULL, 'u'}, {"version", no_argument, NULL, 'V'},
+	        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
 	};
 	int c;
 
@@ -356,16 +357,16 @@ static void raise_fd_limit(const pf_config_t *cfg)
 		pf_log_info(NULL, "file descriptor limit: unlimited");
 	else if (room / 2 < (rlim_t)cfg->max_client_conn)
 		pf_log_warning(NULL,
-			       "file descriptor limit %llu leaves room for about %llu clients with "
-			       "their servers, less than max_client_conn=%d",
-			       (unsigned long long)rl.rlim_cur, (unsigned long long)(room / 2),
-			       cfg->max_client_conn);
+		               "file descriptor limit %llu leaves room for about %llu clients with "
+		               "their servers, less than max_client_conn=%d",
+		               (unsigned long long)rl.rlim_cur, (unsigned long long)(room / 2),
+		               cfg->max_client_conn);
 	else
 		pf_log_info(NULL,
-			    "file descriptor limit %llu: room for about %llu clients with their "
-			    "servers (max_client_conn=%d)",
-			    (unsigned long long)rl.rlim_cur, (unsigned long long)(room / 2),
-			    cfg->max_client_conn);
+		            "file descriptor limit %llu: room for about %llu clients with their "
+		            "servers (max_client_conn=%d)",
+		            (unsigned long long)rl.rlim_cur, (unsigned long long)(room / 2),
+		            cfg->max_client_conn);
 }
 
 static void notify_systemd(const char *state)
@@ -415,9 +416,9 @@ static int reload(process_t *p)
 	}
 	if (!pf_config_is_reload_safe(p->cfg, fresh, &param))
 		pf_log_warning(NULL,
-			       "parameter \"%s\" cannot be changed without a restart; "
-			       "the running process keeps its old value until then",
-			       param);
+		               "parameter \"%s\" cannot be changed without a restart; "
+		               "the running process keeps its old value until then",
+		               param);
 	install_config(p, fresh);
 	pf_log_info(NULL, "config reloaded");
 	notify_systemd("READY=1");
@@ -433,9 +434,9 @@ static void begin_shutdown(process_t *p, pf_shutdown_mode_t mode, const char *wh
 	if (cur != PF_SHUTDOWN_NONE && mode != PF_SHUTDOWN_IMMEDIATE)
 		mode = PF_SHUTDOWN_IMMEDIATE;
 	pf_log_info(NULL, "%s, shutting down%s", why,
-		    mode == PF_SHUTDOWN_WAIT_FOR_CLIENTS   ? ", waiting for clients"
-		    : mode == PF_SHUTDOWN_WAIT_FOR_SERVERS ? ", waiting for servers"
-							   : " immediately");
+	            mode == PF_SHUTDOWN_WAIT_FOR_CLIENTS   ? ", waiting for clients"
+	            : mode == PF_SHUTDOWN_WAIT_FOR_SERVERS ? ", waiting for servers"
+	                                                   : " immediately");
 	notify_systemd("STOPPING=1");
 	pf_worker_shutdown(p->worker, mode, on_shutdown_done, p);
 }
@@ -490,9 +491,9 @@ static int hook_set_config(void *arg, pf_config_t *cfg)
 }
 
 static const pf_worker_hooks_t worker_hooks = {
-	.reload = hook_reload,
-	.shutdown = hook_shutdown,
-	.set_config = hook_set_config,
+        .reload = hook_reload,
+        .shutdown = hook_shutdown,
+        .set_config = hook_set_config,
 };
 
 static void setup_signals(process_t *p)
@@ -507,7 +508,8 @@ static void setup_signals(process_t *p)
 		if (rc == 0)
 			rc = uv_signal_start(h, on_signal, sigs[i]);
 		if (rc < 0)
-			pf_fatal("cannot install handler for signal %d: %s", sigs[i], uv_strerror(rc));
+			pf_fatal("cannot install handler for signal %d: %s", sigs[i],
+			         uv_strerror(rc));
 		h->data = p;
 		p->nsignals++;
 	}
@@ -585,7 +587,7 @@ int main(int argc, char **argv)
 		pf_log_info(NULL, "listening on %s", where);
 	}
 	pf_log_info(NULL, "process up: %s %s, libuv %s, %s", PF_PACKAGE, PF_VERSION,
-		    uv_version_string(), OpenSSL_version(OPENSSL_VERSION));
+	            uv_version_string(), OpenSSL_version(OPENSSL_VERSION));
 	daemon_ready();
 	notify_systemd("READY=1");
 

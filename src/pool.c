@@ -152,8 +152,8 @@ void pf_user_sync_auth_file(pf_worker_t *w)
 	PF_LIST_FOREACH(&w->users, it, tmp)
 	{
 		pf_user_t *u = PF_CONTAINER_OF(it, pf_user_t, node);
-		const pf_auth_entry_t *e = w->auth_file ? pf_auth_file_find(w->auth_file, u->name)
-							: NULL;
+		const pf_auth_entry_t *e =
+		        w->auth_file ? pf_auth_file_find(w->auth_file, u->name) : NULL;
 		pf_secret_t fresh = {0};
 
 		user_apply_config(u, w->cfg);
@@ -213,7 +213,7 @@ static void tag_servers_for_reconnect(pf_worker_t *w, pf_database_t *db)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
 		pf_list_t *lists[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
-				      &p->tested_servers, &p->new_servers};
+		                      &p->tested_servers, &p->new_servers};
 
 		if (p->db != db)
 			continue;
@@ -257,9 +257,10 @@ static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_
 		user_apply_config(forced, w->cfg);
 	}
 	changed = !str_equal(db->host, e->host) || db->port != e->port ||
-		  !str_equal(db->dbname, dbname) ||
-		  !str_equal(db->forced_user ? db->forced_user->name : NULL, e->user) ||
-		  (forced && db->forced_user && !secret_equal(&forced->secret, &db->forced_user->secret));
+	          !str_equal(db->dbname, dbname) ||
+	          !str_equal(db->forced_user ? db->forced_user->name : NULL, e->user) ||
+	          (forced && db->forced_user &&
+	           !secret_equal(&forced->secret, &db->forced_user->secret));
 
 	if (changed && db->dbname)
 		tag_servers_for_reconnect(w, db);
@@ -469,7 +470,7 @@ void pf_pool_tag_reconnect(pf_worker_t *w, const pf_database_t *db)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
 		pf_list_t *busy[] = {&p->active_servers, &p->used_servers, &p->tested_servers,
-				     &p->new_servers};
+		                     &p->new_servers};
 
 		if (p->db->admin || (db && p->db != db))
 			continue;
@@ -480,7 +481,8 @@ void pf_pool_tag_reconnect(pf_worker_t *w, const pf_database_t *db)
 			}
 		}
 		while ((n = pf_list_first(&p->idle_servers)))
-			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node), PF_SV_CLOSE_ADMIN);
+			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node),
+			                PF_SV_CLOSE_ADMIN);
 	}
 }
 
@@ -674,9 +676,9 @@ void pf_pool_set_server_state(pf_server_t *s, pf_server_state_t st)
 /* Why a pool may not open another server now. */
 typedef enum launch_verdict {
 	LAUNCH_OK,
-	LAUNCH_NO,	   /* pool full, backing off, shutting down */
-	LAUNCH_DB_FULL,	   /* max_db_connections reached by this database's pools */
-	LAUNCH_USER_FULL,  /* max_user_connections reached by this user's pools */
+	LAUNCH_NO,        /* pool full, backing off, shutting down */
+	LAUNCH_DB_FULL,   /* max_db_connections reached by this database's pools */
+	LAUNCH_USER_FULL, /* max_user_connections reached by this user's pools */
 } launch_verdict_t;
 
 static launch_verdict_t launch_verdict(pf_pool_t *pool, bool use_reserve)
@@ -685,9 +687,9 @@ static launch_verdict_t launch_verdict(pf_pool_t *pool, bool use_reserve)
 	const pf_config_t *cfg = w->cfg;
 	int size = pf_pool_size(pool) + (use_reserve ? pool_reserve_size(pool) : 0);
 	int max_db = pool->db->max_db_connections >= 0 ? pool->db->max_db_connections
-						       : cfg->max_db_connections;
+	                                               : cfg->max_db_connections;
 	int max_user = pool->user->max_user_connections >= 0 ? pool->user->max_user_connections
-							     : cfg->max_user_connections;
+	                                                     : cfg->max_user_connections;
 
 	/* A paused pool opens nothing (PAUSE waits for its servers to be gone). */
 	if (w->shutdown != PF_SHUTDOWN_NONE || pool->db->admin || w->paused || pool->db->paused)
@@ -731,7 +733,7 @@ static bool evict_idle_server(pf_pool_t *pool, launch_verdict_t why)
 		n = pf_list_is_empty(&other->idle_servers) ? NULL : other->idle_servers.head.prev;
 		if (n) {
 			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node),
-					PF_SV_CLOSE_EVICTED);
+			                PF_SV_CLOSE_EVICTED);
 			return true;
 		}
 	}
@@ -751,7 +753,7 @@ static bool launch_one(pf_pool_t *pool, bool use_reserve)
 	rc = pf_server_launch(pool);
 	if (rc < 0) {
 		pf_log_warning(NULL, "cannot open a server connection for %s/%s: %s",
-			       pool->db->name, pool->user->name, uv_strerror(rc));
+		               pool->db->name, pool->user->name, uv_strerror(rc));
 		return false;
 	}
 	return true;
@@ -840,8 +842,8 @@ bool pf_pool_login_client(pf_client_t *c)
 		 * query_wait_timeout), unless the last login failed: then say so at once. */
 		if (pool->last_login_failure)
 			pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006",
-					"server login has been failing, try again later "
-					"(server_login_retry)");
+			                "server login has been failing, try again later "
+			                "(server_login_retry)");
 	}
 	return false;
 }
@@ -931,8 +933,8 @@ void pf_pool_finish_release(pf_server_t *s)
 	const pf_config_t *cfg = w->cfg;
 	int mode = pf_pool_mode(pool);
 
-	if ((mode == PF_POOL_SESSION || cfg->server_reset_query_always) && cfg->server_reset_query &&
-	    *cfg->server_reset_query && !s->close_needed) {
+	if ((mode == PF_POOL_SESSION || cfg->server_reset_query_always) &&
+	    cfg->server_reset_query && *cfg->server_reset_query && !s->close_needed) {
 		if (pf_server_run_task(s, PF_SV_TASK_RESET, cfg->server_reset_query) == 0)
 			return;
 		pf_server_close(s, PF_SV_CLOSE_RESET_FAILED);
@@ -958,7 +960,7 @@ void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *me
 		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
 
 		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, sqlstate ? sqlstate : "08006",
-				text);
+		                text);
 	}
 }
 
@@ -987,13 +989,13 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
 		bool too_old = lifetime > 0 && now - s->conn.connect_time > lifetime;
 		bool too_idle = cfg->server_idle_timeout > 0 &&
-				now - s->last_used > cfg->server_idle_timeout &&
-				(int)pf_pool_server_count(pool) > min_size;
+		                now - s->last_used > cfg->server_idle_timeout &&
+		                (int)pf_pool_server_count(pool) > min_size;
 
 		if (s->close_needed || too_old || too_idle)
 			pf_server_close(s, s->close_needed ? PF_SV_CLOSE_ADMIN
-					   : too_old	   ? PF_SV_CLOSE_LIFETIME
-							   : PF_SV_CLOSE_IDLE_TIMEOUT);
+			                   : too_old       ? PF_SV_CLOSE_LIFETIME
+			                                   : PF_SV_CLOSE_IDLE_TIMEOUT);
 	}
 	/* Client-side timeouts (0 = off for each). */
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
@@ -1033,7 +1035,7 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 		pf_client_t *c = PF_CONTAINER_OF(n, pf_client_t, conn.node);
 
 		launch(pool, pool_reserve_size(pool) > 0 && cfg->reserve_pool_timeout >= 0 &&
-				     now - c->wait_start >= cfg->reserve_pool_timeout);
+		                     now - c->wait_start >= cfg->reserve_pool_timeout);
 	}
 	/* min_pool_size keeps servers open for pools that have had clients. */
 	while ((int)pf_pool_server_count(pool) < min_size && pool->welcome_ready &&

@@ -32,35 +32,35 @@
 #endif
 
 static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
-					const uint8_t *pkt, size_t avail);
+                                        const uint8_t *pkt, size_t avail);
 static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status);
 static void server_on_forwarded(pf_conn_t *conn);
 static void server_on_free(pf_conn_t *conn);
 static void detach_cancels(pf_server_t *s);
 
 static const pf_conn_ops_t server_ops = {
-	.on_packet = server_on_packet,
-	.on_event = server_on_event,
-	.on_forwarded = server_on_forwarded,
-	.on_free = server_on_free,
+        .on_packet = server_on_packet,
+        .on_event = server_on_event,
+        .on_forwarded = server_on_forwarded,
+        .on_free = server_on_free,
 };
 
 static const char *const close_texts[] = {
-	[PF_SV_CLOSE_CONNECT_FAILED] = "connect failed",
-	[PF_SV_CLOSE_LOGIN_FAILED] = "login failed",
-	[PF_SV_CLOSE_EOF] = "server closed the connection",
-	[PF_SV_CLOSE_ERROR] = "socket error",
-	[PF_SV_CLOSE_PROTOCOL] = "protocol violation",
-	[PF_SV_CLOSE_CLIENT_GONE] = "client disconnected while the server was not idle",
-	[PF_SV_CLOSE_LIFETIME] = "server lifetime over",
-	[PF_SV_CLOSE_IDLE_TIMEOUT] = "server idle timeout",
-	[PF_SV_CLOSE_CONNECT_TIMEOUT] = "connect timeout",
-	[PF_SV_CLOSE_RESET_FAILED] = "reset or check query failed",
-	[PF_SV_CLOSE_SHUTDOWN] = "shutting down",
-	[PF_SV_CLOSE_ADMIN] = "reconnect requested",
-	[PF_SV_CLOSE_POOL_GONE] = "database removed",
-	[PF_SV_CLOSE_STATEMENT_MODE] = "Long transactions not allowed",
-	[PF_SV_CLOSE_EVICTED] = "evicted to make room for another pool",
+        [PF_SV_CLOSE_CONNECT_FAILED] = "connect failed",
+        [PF_SV_CLOSE_LOGIN_FAILED] = "login failed",
+        [PF_SV_CLOSE_EOF] = "server closed the connection",
+        [PF_SV_CLOSE_ERROR] = "socket error",
+        [PF_SV_CLOSE_PROTOCOL] = "protocol violation",
+        [PF_SV_CLOSE_CLIENT_GONE] = "client disconnected while the server was not idle",
+        [PF_SV_CLOSE_LIFETIME] = "server lifetime over",
+        [PF_SV_CLOSE_IDLE_TIMEOUT] = "server idle timeout",
+        [PF_SV_CLOSE_CONNECT_TIMEOUT] = "connect timeout",
+        [PF_SV_CLOSE_RESET_FAILED] = "reset or check query failed",
+        [PF_SV_CLOSE_SHUTDOWN] = "shutting down",
+        [PF_SV_CLOSE_ADMIN] = "reconnect requested",
+        [PF_SV_CLOSE_POOL_GONE] = "database removed",
+        [PF_SV_CLOSE_STATEMENT_MODE] = "Long transactions not allowed",
+        [PF_SV_CLOSE_EVICTED] = "evicted to make room for another pool",
 };
 
 size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
@@ -75,7 +75,7 @@ size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 		port = s->pool->db->port;
 	}
 	len = snprintf(buf, n, "S-%p: %s/%s@%s:%d", (const void *)s, s->pool->db->name,
-		       s->pool->user->name, host, port);
+	               s->pool->user->name, host, port);
 	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
 }
 
@@ -104,7 +104,7 @@ static int pick_target(pf_database_t *db, target_t *t)
 	t->path[0] = '\0';
 	if (!hosts || !*hosts) {
 		snprintf(t->path, sizeof(t->path), "%s/.s.PGSQL.%d", PF_DEFAULT_UNIX_SOCKET_DIR,
-			 t->port);
+		         t->port);
 		return 0;
 	}
 	/* A comma list of hosts is used round-robin (load_balance_hosts=round-robin). */
@@ -162,7 +162,7 @@ int pf_server_launch(pf_pool_t *pool)
 	rc = connect_target(&s->conn, pool->db);
 	if (rc < 0) {
 		pf_log_warning(NULL, "%s/%s: cannot connect to the server: %s", pool->db->name,
-			       pool->user->name, uv_strerror(rc));
+		               pool->user->name, uv_strerror(rc));
 		pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
 		return 0;
 	}
@@ -195,7 +195,7 @@ static void send_startup(pf_server_t *s)
 }
 
 static void login_failed(pf_server_t *s, const char *sqlstate, const char *fmt, ...)
-	PF_PRINTF(3, 4);
+        PF_PRINTF(3, 4);
 static void login_failed(pf_server_t *s, const char *sqlstate, const char *fmt, ...)
 {
 	char msg[512];
@@ -242,10 +242,11 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		return true;
 	case PF_PROTO_AUTH_CLEARTEXT:
 		if (!sec->present || sec->kind != PF_AUTH_SECRET_PLAIN) {
-			login_failed(s, "28P01",
-				     "server asks for a cleartext password and no plain password is "
-				     "known for user \"%s\"",
-				     u->name);
+			login_failed(
+			        s, "28P01",
+			        "server asks for a cleartext password and no plain password is "
+			        "known for user \"%s\"",
+			        u->name);
 			return false;
 		}
 		send_password(s, sec->text);
@@ -255,9 +256,9 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 
 		if (!sec->present || sec->kind == PF_AUTH_SECRET_SCRAM) {
 			login_failed(s, "28P01",
-				     "server asks for md5 and no plain password or md5 secret is "
-				     "known for user \"%s\"",
-				     u->name);
+			             "server asks for md5 and no plain password or md5 secret is "
+			             "known for user \"%s\"",
+			             u->name);
 			return false;
 		}
 		if (sec->kind == PF_AUTH_SECRET_PLAIN)
@@ -269,7 +270,7 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		OPENSSL_cleanse(secret, sizeof(secret));
 		if (rc < 0) {
 			login_failed(s, "28P01", "cannot compute the md5 response for user \"%s\"",
-				     u->name);
+			             u->name);
 			return false;
 		}
 		send_password(s, resp);
@@ -278,7 +279,8 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 	}
 	case PF_PROTO_AUTH_SASL:
 		if (!pf_proto_auth_has_sasl_mech(&a, PF_SCRAM_MECHANISM)) {
-			login_failed(s, "28000", "%s", "server offers no SASL mechanism we support");
+			login_failed(s, "28000", "%s",
+			             "server offers no SASL mechanism we support");
 			return false;
 		}
 		s->scram = calloc(1, sizeof(*s->scram));
@@ -288,15 +290,15 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		}
 		if (sec->present && sec->kind == PF_AUTH_SECRET_PLAIN)
 			rc = pf_scram_client_start(s->scram, sec->text, NULL, NULL,
-						   s->conn.worker->scram_cache);
+			                           s->conn.worker->scram_cache);
 		else if (sec->present && sec->kind == PF_AUTH_SECRET_SCRAM && sec->has_client_key)
 			rc = pf_scram_client_start(s->scram, NULL, sec->scram_client_key,
-						   sec->scram.server_key, NULL);
+			                           sec->scram.server_key, NULL);
 		else {
 			login_failed(s, "28P01",
-				     "server asks for SCRAM and neither a plain password nor the "
-				     "client's SCRAM keys are known for user \"%s\"",
-				     u->name);
+			             "server asks for SCRAM and neither a plain password nor the "
+			             "client's SCRAM keys are known for user \"%s\"",
+			             u->name);
 			return false;
 		}
 		if (rc == 0)
@@ -311,11 +313,11 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		pf_buf_free(&b);
 		return true;
 	case PF_PROTO_AUTH_SASL_CONTINUE:
-		if (!s->scram ||
-		    pf_scram_client_final(s->scram, a.rest, a.rest_len, out, sizeof(out), &outlen) <
-			    0) {
-			login_failed(s, "28P01", "SCRAM exchange with the server failed for user \"%s\"",
-				     u->name);
+		if (!s->scram || pf_scram_client_final(s->scram, a.rest, a.rest_len, out,
+		                                       sizeof(out), &outlen) < 0) {
+			login_failed(s, "28P01",
+			             "SCRAM exchange with the server failed for user \"%s\"",
+			             u->name);
 			return false;
 		}
 		pf_buf_init(&b);
@@ -326,8 +328,9 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		return true;
 	case PF_PROTO_AUTH_SASL_FINAL:
 		if (!s->scram || pf_scram_client_verify(s->scram, a.rest, a.rest_len) < 0) {
-			login_failed(s, "28P01", "%s",
-				     "the server's SCRAM signature is wrong: not the server we expect");
+			login_failed(
+			        s, "28P01", "%s",
+			        "the server's SCRAM signature is wrong: not the server we expect");
 			return false;
 		}
 		pf_scram_client_clear(s->scram);
@@ -336,7 +339,7 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		return true;
 	default:
 		login_failed(s, "28000", "unsupported authentication method %u requested by server",
-			     a.subtype);
+		             a.subtype);
 		return false;
 	}
 }
@@ -425,7 +428,8 @@ void pf_server_link(pf_server_t *s, pf_client_t *c)
 	pf_buf_init(&sql);
 	if (pf_vars_build_set(&c->vars, &s->vars, &sql) > 0) {
 		pf_buf_put_u8(&sql, 0);
-		if (!sql.failed && pf_server_run_task(s, PF_SV_TASK_SYNC_VARS, (char *)sql.data) < 0)
+		if (!sql.failed &&
+		    pf_server_run_task(s, PF_SV_TASK_SYNC_VARS, (char *)sql.data) < 0)
 			pf_log_warning(s, "cannot send parameter sync query");
 	}
 	pf_buf_free(&sql);
@@ -442,17 +446,17 @@ static void task_done(pf_server_t *s, uint8_t status)
 	s->task = PF_SV_TASK_NONE;
 	if (s->task_failed || status != PF_PROTO_TX_IDLE) {
 		pf_log_warning(s, "%s query failed, closing the server connection",
-			       task == PF_SV_TASK_SYNC_VARS	 ? "parameter sync"
-			       : task == PF_SV_TASK_CONNECT_QUERY ? "connect_query"
-			       : task == PF_SV_TASK_RESET	 ? "server_reset_query"
-								 : "server_check_query");
+		               task == PF_SV_TASK_SYNC_VARS       ? "parameter sync"
+		               : task == PF_SV_TASK_CONNECT_QUERY ? "connect_query"
+		               : task == PF_SV_TASK_RESET         ? "server_reset_query"
+		                                                  : "server_check_query");
 		if (task == PF_SV_TASK_CONNECT_QUERY) {
 			pf_strlcpy(s->login_sqlstate, "08006", sizeof(s->login_sqlstate));
 			free(s->login_error);
 			s->login_error = strdup("connect_query failed");
 		}
 		pf_server_close(s, task == PF_SV_TASK_CONNECT_QUERY ? PF_SV_CLOSE_LOGIN_FAILED
-								    : PF_SV_CLOSE_RESET_FAILED);
+		                                                    : PF_SV_CLOSE_RESET_FAILED);
 		return;
 	}
 	switch (task) {
@@ -472,7 +476,7 @@ static void task_done(pf_server_t *s, uint8_t status)
 
 /* Messages while the pooler's own query runs: nothing goes to the client. */
 static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
-				   size_t avail)
+                                   size_t avail)
 {
 	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
 	size_t plen = hdr->payload_len;
@@ -504,7 +508,7 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 		s->task_failed = true;
 		if (pf_proto_parse_error_fields(payload, plen, &e) == 0)
 			pf_log_warning(s, "pooler query error: %s %s", e.sqlstate ? e.sqlstate : "",
-				       e.message ? e.message : "");
+			               e.message ? e.message : "");
 		return PF_PKT_CONSUMED;
 	}
 	case PF_PROTO_BE_PARAMETER_STATUS: {
@@ -522,7 +526,7 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 }
 
 static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
-				    size_t avail)
+                                    size_t avail)
 {
 	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
 	size_t plen = hdr->payload_len;
@@ -544,7 +548,7 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 			free(s->login_error);
 			s->login_error = strdup(e.message ? e.message : "server login failed");
 			pf_log_warning(s, "server login failed: %s %s", e.sqlstate,
-				       e.message ? e.message : "");
+			               e.message ? e.message : "");
 			pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
 		}
 		return PF_PKT_STOP;
@@ -594,7 +598,7 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 
 /* ReadyForQuery for the linked client: decides whether the server is released. */
 static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr,
-				       const uint8_t *pkt, size_t avail)
+                                       const uint8_t *pkt, size_t avail)
 {
 	pf_client_t *c = s->link;
 	pf_pool_t *pool = s->pool;
@@ -637,10 +641,10 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 }
 
 static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_proto_hdr_t *hdr,
-				     const uint8_t *pkt, size_t avail);
+                                     const uint8_t *pkt, size_t avail);
 
 static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
-					const uint8_t *pkt, size_t avail)
+                                        const uint8_t *pkt, size_t avail)
 {
 	pf_server_t *s = (pf_server_t *)conn;
 	pf_client_t *c = s->link;
@@ -663,7 +667,7 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 			if (avail < hdr->len + 1u)
 				return PF_PKT_NEED_WHOLE;
 			if (pf_proto_parse_parameter_status(pkt + PF_PROTO_HDR_LEN,
-							    hdr->payload_len, &name, &value) == 0)
+			                                    hdr->payload_len, &name, &value) == 0)
 				remember_param(s, name, value);
 			return PF_PKT_CONSUMED;
 		}
@@ -671,8 +675,8 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 			/* e.g. FATAL "terminating connection due to administrator command" */
 			pf_log_info(s, "idle server sent '%c', closing it", hdr->type);
 			pf_server_close(s, hdr->type == PF_PROTO_BE_ERROR_RESPONSE
-						   ? PF_SV_CLOSE_EOF
-						   : PF_SV_CLOSE_PROTOCOL);
+			                           ? PF_SV_CLOSE_EOF
+			                           : PF_SV_CLOSE_PROTOCOL);
 			return PF_PKT_STOP;
 		}
 	}
@@ -684,7 +688,7 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 
 /* A message from a server linked to client c. */
 static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_proto_hdr_t *hdr,
-				     const uint8_t *pkt, size_t avail)
+                                     const uint8_t *pkt, size_t avail)
 {
 	switch (hdr->type) {
 	case PF_PROTO_BE_READY_FOR_QUERY:
@@ -696,7 +700,7 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_pr
 		if (avail < hdr->len + 1u)
 			return PF_PKT_NEED_WHOLE;
 		if (pf_proto_parse_parameter_status(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &name,
-						    &value) == 0) {
+		                                    &value) == 0) {
 			/* A SET by the client: it now wants this value on every server. */
 			remember_param(s, name, value);
 			var = pf_var_lookup(name);
@@ -743,7 +747,7 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 			s->login_error = malloc(256);
 			if (s->login_error)
 				snprintf(s->login_error, 256, "server connection failed: %s",
-					 uv_strerror(status));
+				         uv_strerror(status));
 			pf_log_warning(s, "server connection failed: %s", uv_strerror(status));
 			pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
 			return;
@@ -776,8 +780,9 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 	if (s->conn.closing)
 		return;
 	if (w->cfg->log_disconnections || reason != PF_SV_CLOSE_CLIENT_GONE)
-		pf_log_info(s, "closing because: %s (age=%llds)", close_texts[reason],
-			    (long long)((pf_worker_now(w) - s->conn.connect_time) / PF_USEC_PER_SEC));
+		pf_log_info(
+		        s, "closing because: %s (age=%llds)", close_texts[reason],
+		        (long long)((pf_worker_now(w) - s->conn.connect_time) / PF_USEC_PER_SEC));
 	if (c) {
 		s->link = NULL;
 		c->link = NULL;
@@ -799,7 +804,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		}
 	}
 	graceful = s->ready && reason != PF_SV_CLOSE_EOF && reason != PF_SV_CLOSE_ERROR &&
-		   reason != PF_SV_CLOSE_PROTOCOL;
+	           reason != PF_SV_CLOSE_PROTOCOL;
 	if (graceful) {
 		pf_buf_t b;
 
@@ -808,18 +813,20 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		pf_conn_send_buf(&s->conn, &b);
 		pf_buf_free(&b);
 	}
-	login_failed = was_login &&
-		       (reason == PF_SV_CLOSE_CONNECT_FAILED || reason == PF_SV_CLOSE_LOGIN_FAILED ||
-			reason == PF_SV_CLOSE_EOF || reason == PF_SV_CLOSE_ERROR ||
-			reason == PF_SV_CLOSE_CONNECT_TIMEOUT || reason == PF_SV_CLOSE_PROTOCOL);
+	login_failed =
+	        was_login &&
+	        (reason == PF_SV_CLOSE_CONNECT_FAILED || reason == PF_SV_CLOSE_LOGIN_FAILED ||
+	         reason == PF_SV_CLOSE_EOF || reason == PF_SV_CLOSE_ERROR ||
+	         reason == PF_SV_CLOSE_CONNECT_TIMEOUT || reason == PF_SV_CLOSE_PROTOCOL);
 	if (login_failed) {
 		snprintf(msg, sizeof(msg), "%s",
-			 s->login_error ? s->login_error
-					: (reason == PF_SV_CLOSE_CONNECT_TIMEOUT
-						   ? "server connection timed out (server_connect_timeout)"
-						   : "server closed the connection during login"));
+		         s->login_error
+		                 ? s->login_error
+		                 : (reason == PF_SV_CLOSE_CONNECT_TIMEOUT
+		                            ? "server connection timed out (server_connect_timeout)"
+		                            : "server closed the connection during login"));
 		pf_strlcpy(sqlstate, s->login_sqlstate[0] ? s->login_sqlstate : "08006",
-			   sizeof(sqlstate));
+		           sizeof(sqlstate));
 	}
 	detach_cancels(s);
 	pf_pool_set_server_state(s, PF_SV_FREE);
@@ -898,7 +905,7 @@ static void cancel_finish(cancel_conn_t *cc)
 }
 
 static pf_pkt_action_t cancel_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
-					const uint8_t *pkt, size_t avail)
+                                        const uint8_t *pkt, size_t avail)
 {
 	(void)hdr;
 	(void)pkt;
@@ -931,9 +938,9 @@ static void cancel_on_free(pf_conn_t *conn)
 }
 
 static const pf_conn_ops_t cancel_ops = {
-	.on_packet = cancel_on_packet,
-	.on_event = cancel_on_event,
-	.on_free = cancel_on_free,
+        .on_packet = cancel_on_packet,
+        .on_event = cancel_on_event,
+        .on_free = cancel_on_free,
 };
 
 void pf_server_send_cancel(pf_server_t *s)
@@ -973,7 +980,7 @@ void pf_server_expire_cancels(pf_worker_t *w, pf_usec_t now)
 		    now - cc->conn.connect_time <= w->cfg->cancel_wait_timeout)
 			break;
 		pf_log_warning(NULL, "cancel request to backend %u timed out (cancel_wait_timeout)",
-			       cc->pid);
+		               cc->pid);
 		cancel_finish(cc);
 	}
 }

@@ -10,12 +10,12 @@
 #include "pgfunnel/vars.h"
 
 static const char *const names[PF_VAR_COUNT] = {
-	[PF_VAR_CLIENT_ENCODING] = "client_encoding",
-	[PF_VAR_DATESTYLE] = "DateStyle",
-	[PF_VAR_TIMEZONE] = "TimeZone",
-	[PF_VAR_STANDARD_CONFORMING_STRINGS] = "standard_conforming_strings",
-	[PF_VAR_APPLICATION_NAME] = "application_name",
-	[PF_VAR_INTERVALSTYLE] = "IntervalStyle",
+        [PF_VAR_CLIENT_ENCODING] = "client_encoding",
+        [PF_VAR_DATESTYLE] = "DateStyle",
+        [PF_VAR_TIMEZONE] = "TimeZone",
+        [PF_VAR_STANDARD_CONFORMING_STRINGS] = "standard_conforming_strings",
+        [PF_VAR_APPLICATION_NAME] = "application_name",
+        [PF_VAR_INTERVALSTYLE] = "IntervalStyle",
 };
 
 const char *pf_var_name(pf_var_id_t id)

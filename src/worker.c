@@ -256,9 +256,9 @@ static int listen_tcp(pf_worker_t *w, const struct addrinfo *ai, char *err, size
 	}
 	l = &w->listeners[w->nlisteners];
 	getnameinfo(ai->ai_addr, ai->ai_addrlen, host, sizeof(host), serv, sizeof(serv),
-		    NI_NUMERICHOST | NI_NUMERICSERV);
+	            NI_NUMERICHOST | NI_NUMERICSERV);
 	snprintf(l->desc, sizeof(l->desc), ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host,
-		 serv);
+	         serv);
 
 	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
@@ -330,7 +330,8 @@ static int listen_tcp_addrs(pf_worker_t *w, char *err, size_t errlen)
 
 		while (*tok == ' ' || *tok == '\t')
 			tok++;
-		for (char *end = tok + strlen(tok); end > tok && (end[-1] == ' ' || end[-1] == '\t');)
+		for (char *end = tok + strlen(tok);
+		     end > tok && (end[-1] == ' ' || end[-1] == '\t');)
 			*--end = '\0';
 		if (!*tok)
 			continue;
@@ -343,7 +344,7 @@ static int listen_tcp_addrs(pf_worker_t *w, char *err, size_t errlen)
 
 		if (gai != 0) {
 			snprintf(err, errlen, "cannot resolve listen_addr \"%s\": %s", tok,
-				 gai_strerror(gai));
+			         gai_strerror(gai));
 			rc = -EINVAL;
 			break;
 		}
@@ -403,7 +404,7 @@ static int listen_unix(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *e
 	/* A leading '@' names the Linux abstract namespace, as in PgBouncer. */
 	abstract = cfg->unix_socket_dir[0] == '@';
 	rc = snprintf(l->path, sizeof(l->path), "%s/.s.PGSQL.%d",
-		      cfg->unix_socket_dir + (abstract ? 1 : 0), cfg->listen_port);
+	              cfg->unix_socket_dir + (abstract ? 1 : 0), cfg->listen_port);
 	if (rc < 0 || (size_t)rc >= sizeof(l->path) - 1) {
 		snprintf(err, errlen, "unix_socket_dir \"%s\" is too long", cfg->unix_socket_dir);
 		return -ENAMETOOLONG;
@@ -422,8 +423,8 @@ static int listen_unix(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *e
 		rc = check_stale_socket(l->path);
 		if (rc < 0) {
 			snprintf(err, errlen, "cannot listen on %s: %s", l->desc,
-				 rc == -EADDRINUSE ? "another process is listening there"
-						   : strerror(-rc));
+			         rc == -EADDRINUSE ? "another process is listening there"
+			                           : strerror(-rc));
 			return rc;
 		}
 		pf_strlcpy(sa.sun_path, l->path, sizeof(sa.sun_path));
@@ -441,14 +442,15 @@ static int listen_unix(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *e
 
 			if (!gr) {
 				snprintf(err, errlen, "unknown unix_socket_group \"%s\"",
-					 cfg->unix_socket_group);
+				         cfg->unix_socket_group);
 				close(fd);
 				unlink(l->path);
 				return -EINVAL;
 			}
 			gid = gr->gr_gid;
 		}
-		if ((owner_uid != (uid_t)-1 || gid != (gid_t)-1) && chown(l->path, owner_uid, gid) < 0)
+		if ((owner_uid != (uid_t)-1 || gid != (gid_t)-1) &&
+		    chown(l->path, owner_uid, gid) < 0)
 			goto fail;
 		if (chmod(l->path, (mode_t)cfg->unix_socket_mode) < 0)
 			goto fail;
@@ -493,7 +495,8 @@ int pf_worker_listen(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *err
 	if (rc == 0)
 		rc = listen_unix(w, owner_uid, owner_gid, err, errlen);
 	if (rc == 0 && w->nlisteners == 0) {
-		snprintf(err, errlen, "nothing to listen on: listen_addr and unix_socket_dir are empty");
+		snprintf(err, errlen,
+		         "nothing to listen on: listen_addr and unix_socket_dir are empty");
 		rc = -EINVAL;
 	}
 	if (rc == 0)
@@ -501,8 +504,9 @@ int pf_worker_listen(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *err
 	for (size_t i = 0; rc == 0 && i < w->nlisteners; i++) {
 		listener_t *l = &w->listeners[i];
 
-		rc = uv_listen(&l->h.stream, w->cfg->listen_backlog > 0 ? w->cfg->listen_backlog : 128,
-			       on_accept);
+		rc = uv_listen(&l->h.stream,
+		               w->cfg->listen_backlog > 0 ? w->cfg->listen_backlog : 128,
+		               on_accept);
 		if (rc < 0)
 			snprintf(err, errlen, "cannot listen on %s: %s", l->desc, uv_strerror(rc));
 	}

@@ -33,7 +33,7 @@ void pf_admin_login(pf_client_t *c);
 
 /* A message from a console client. */
 pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
-				size_t avail);
+                                size_t avail);
 
 /*
  * True when c came over the unix socket from the OS user that runs pgfunnel (SO_PEERCRED),

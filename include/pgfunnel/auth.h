@@ -14,7 +14,6 @@
 #include "pgfunnel/scram.h"
 #include "pgfunnel/util.h"
 
-
 /* What the second field of an auth_file line holds. */
 typedef enum {
 	PF_AUTH_SECRET_PLAIN, /* a clear-text password */
@@ -65,6 +64,5 @@ size_t pf_auth_file_count(const pf_auth_file_t *af);
 
 /* Zeroes every secret and frees af. NULL is allowed. */
 void pf_auth_file_free(pf_auth_file_t *af);
-
 
 #endif

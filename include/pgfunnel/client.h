@@ -45,8 +45,8 @@ typedef enum pf_close_reason {
 /* A console command that answers later. */
 typedef enum pf_admin_wait {
 	PF_ADMIN_WAIT_NONE = 0,
-	PF_ADMIN_WAIT_PAUSE, /* until every server of the scope is gone */
-	PF_ADMIN_WAIT_CLOSE, /* WAIT_CLOSE: until no server of the scope is tagged for closing */
+	PF_ADMIN_WAIT_PAUSE,   /* until every server of the scope is gone */
+	PF_ADMIN_WAIT_CLOSE,   /* WAIT_CLOSE: until no server of the scope is tagged for closing */
 	PF_ADMIN_WAIT_SUSPEND, /* SUSPEND: until every socket buffer is flushed (suspend_timeout) */
 } pf_admin_wait_t;
 

@@ -90,7 +90,7 @@ struct pf_conn {
 	bool closing;         /* pf_conn_close() was called */
 	bool reading;         /* uv_read_start is active */
 	bool read_paused;     /* the owner asked to stop reading */
-	bool suspended;    /* SUSPEND: no reading until RESUME */
+	bool suspended;       /* SUSPEND: no reading until RESUME */
 	bool fwd_pending;     /* a forward write borrows rbuf */
 	bool in_process;      /* re-entrancy guard for pf_conn_process() */
 	bool handle_open;     /* the uv handle is initialised and not yet closed */

@@ -51,7 +51,7 @@ typedef enum pf_server_state {
 typedef struct pf_secret {
 	pf_auth_secret_kind_t kind;
 	bool present;
-	char *text;		 /* plain password or md5 secret; NULL for SCRAM */
+	char *text;              /* plain password or md5 secret; NULL for SCRAM */
 	pf_scram_secret_t scram; /* SCRAM only */
 	/* ClientKey learnt from a client's successful SCRAM login (PgBouncer's passthrough). */
 	bool has_client_key;
@@ -123,7 +123,6 @@ typedef struct pf_database {
 	pf_pool_stats_t stats_period_start;
 	pf_pool_stats_t stats_avg;
 } pf_database_t;
-
 
 /* A (database, user) pool. */
 typedef struct pf_pool {

@@ -43,7 +43,7 @@ typedef enum pf_server_close_reason {
 	PF_SV_CLOSE_ADMIN,     /* RECONNECT / KILL */
 	PF_SV_CLOSE_POOL_GONE, /* database removed or too many servers after reload */
 	PF_SV_CLOSE_STATEMENT_MODE,
-	PF_SV_CLOSE_EVICTED,	   /* idle, closed to make room under max_db/user_connections */
+	PF_SV_CLOSE_EVICTED, /* idle, closed to make room under max_db/user_connections */
 } pf_server_close_reason_t;
 
 struct pf_server {
@@ -64,8 +64,8 @@ struct pf_server {
 	bool task_failed;    /* the pooler's own query got an ErrorResponse */
 	bool ready;          /* logged in (first ReadyForQuery seen) */
 	pf_usec_t last_used; /* when it was last released */
-	pf_list_t cancels;  /* cancel requests in flight for this backend */
-	bool cancel_hold;   /* released, held back until those cancels are done */
+	pf_list_t cancels;   /* cancel requests in flight for this backend */
+	bool cancel_hold;    /* released, held back until those cancels are done */
 	pf_scram_client_t *scram;
 	char login_sqlstate[6];
 	char *login_error;

@@ -8,13 +8,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PF_MUSTCHECK		    __attribute__((warn_unused_result))
+#define PF_MUSTCHECK                __attribute__((warn_unused_result))
 #define PF_PRINTF(fmt_idx, arg_idx) __attribute__((format(printf, fmt_idx, arg_idx)))
-#define PF_NORETURN		    _Noreturn
-#define PF_UNUSED		    __attribute__((unused))
-#define PF_LIKELY(x)		    __builtin_expect(!!(x), 1)
-#define PF_UNLIKELY(x)		    __builtin_expect(!!(x), 0)
-#define PF_ARRAY_SIZE(a)	    (sizeof(a) / sizeof((a)[0]))
+#define PF_NORETURN                 _Noreturn
+#define PF_UNUSED                   __attribute__((unused))
+#define PF_LIKELY(x)                __builtin_expect(!!(x), 1)
+#define PF_UNLIKELY(x)              __builtin_expect(!!(x), 0)
+#define PF_ARRAY_SIZE(a)            (sizeof(a) / sizeof((a)[0]))
 
 /* Durations and timestamps are microseconds, as in PgBouncer's usec_t. */
 typedef int64_t pf_usec_t;

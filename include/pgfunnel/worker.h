@@ -98,7 +98,7 @@ struct pf_worker {
 	size_t free_buffer_count;
 	size_t buffers_in_use; /* pkt_buf-sized receive buffers held by connections */
 	size_t buffer_size;
-	bool paused;	 /* PAUSE / SIGUSR1: no server is given to a client */
+	bool paused;    /* PAUSE / SIGUSR1: no server is given to a client */
 	bool suspended; /* SUSPEND: no socket is read */
 	pf_usec_t suspend_start;
 	pf_shutdown_mode_t shutdown;
@@ -111,10 +111,9 @@ struct pf_worker {
 	void *hooks_arg;
 	pf_usec_t start_time;
 	pf_usec_t start_wall;
-	pf_usec_t stats_stamp;	    /* loop time of the last stats_period boundary (stats.c) */
+	pf_usec_t stats_stamp;      /* loop time of the last stats_period boundary (stats.c) */
 	struct pf_metrics *metrics; /* the metrics endpoint, NULL when off (metrics.c) */
 };
-
 
 /*
  * Creates a worker on loop with the config snapshot cfg (borrowed; the caller keeps it alive

@@ -133,7 +133,8 @@ static int man_says_not_implemented(const lines_t *man, const char *name)
 	for (size_t i = 0; i + 1 < man->n; i++) {
 		if (strcmp(man->lines[i], ".SH DATABASE SECTION") == 0)
 			break;
-		if (strcmp(man->lines[i], ".TP") != 0 || strncmp(man->lines[i + 1], ".B ", 3) != 0 ||
+		if (strcmp(man->lines[i], ".TP") != 0 ||
+		    strncmp(man->lines[i + 1], ".B ", 3) != 0 ||
 		    strcmp(man->lines[i + 1] + 3, name) != 0)
 			continue;
 		int depth = 0; /* inside .RS/.RE a .TP belongs to a value list */
@@ -145,8 +146,8 @@ static int man_says_not_implemented(const lines_t *man, const char *name)
 				depth++;
 			else if (strncmp(l, ".RE", 3) == 0 && depth > 0)
 				depth--;
-			else if ((strcmp(l, ".TP") == 0 && depth == 0) || strncmp(l, ".SH", 3) == 0 ||
-				 strncmp(l, ".SS", 3) == 0)
+			else if ((strcmp(l, ".TP") == 0 && depth == 0) ||
+			         strncmp(l, ".SH", 3) == 0 || strncmp(l, ".SS", 3) == 0)
 				return 0;
 			if (strstr(l, NOT_IMPLEMENTED_NOTE))
 				return 1;
@@ -172,8 +173,9 @@ static void test_implemented_flags_match_man(void **state)
 	}
 	free_lines(&man);
 	if (wrong[0])
-		fail_msg("man/pgfunnel.5 disagrees with the table on whether these are implemented: %s",
-			 wrong);
+		fail_msg("man/pgfunnel.5 disagrees with the table on whether these are "
+		         "implemented: %s",
+		         wrong);
 }
 
 static void test_parameters_in_sample_ini(void **state)
