@@ -1379,6 +1379,8 @@ static int set_main_param(loader_t *ld, pos_t pos, const char *key, const char *
 static int parse_text(loader_t *ld, const char *file, const char *text);
 
 /* Reads a whole file into a NUL-terminated buffer the caller frees. */
+#define CONFIG_FILE_MAX (64u * 1024 * 1024)
+
 static int read_file(const char *path, char **out, struct stat *st)
 {
 	char *buf = NULL;
@@ -1418,6 +1420,11 @@ static int read_file(const char *path, char **out, struct stat *st)
 		if (n == 0)
 			break;
 		len += (size_t)n;
+		/* A config file is small; this stops "%include /dev/zero" from eating memory. */
+		if (len > CONFIG_FILE_MAX) {
+			rc = -EFBIG;
+			goto out;
+		}
 	}
 	buf[len] = '\0';
 	*out = buf;

@@ -20,7 +20,8 @@ if [ ! -f "$builddir/build.ninja" ]; then
 		-Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
 		-Dintegration=disabled -Dbuildtype=debugoptimized
 fi
-ninja -C "$builddir" tests/fuzz_startup tests/fuzz_header tests/fuzz_scram
+ninja -C "$builddir" tests/fuzz_startup tests/fuzz_header tests/fuzz_scram tests/fuzz_config \
+	tests/fuzz_authfile
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
@@ -28,7 +29,7 @@ artifacts="$builddir/fuzz-artifacts"
 mkdir -p "$artifacts"
 
 status=0
-for target in startup header scram; do
+for target in startup header scram config authfile; do
 	mkdir -p "$work/corpus-$target"
 	cp "$root/tests/fuzz/corpus/$target/"* "$work/corpus-$target/"
 	log="$work/$target.log"
