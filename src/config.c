@@ -138,7 +138,7 @@ static const pf_config_param_t params[] = {
         P_INT(reserve_pool_size, RELOAD, IMPL, "0", 0, INT_MAX),
         P_TIME(reserve_pool_timeout, RELOAD, IMPL, "5"),
         P_STR(resolv_conf, RESTART, NOT_IMPL, ""),
-        P_INT(sbuf_loopcnt, RELOAD, NOT_IMPL, "5", 0, INT_MAX),
+        P_INT(sbuf_loopcnt, RELOAD, IMPL, "5", 0, INT_MAX),
         P_INT(scram_iterations, RELOAD, IMPL, "4096", 1, INT_MAX),
         P_TIME(server_check_delay, RELOAD, IMPL, "30"),
         P_STR(server_check_query, RELOAD, IMPL, "<empty>"),

@@ -46,6 +46,7 @@ void pf_conn_init(pf_conn_t *c, pf_worker_t *w, const pf_conn_ops_t *ops, bool i
 	c->connect_time = pf_worker_now(w);
 	c->request_time = c->connect_time;
 	pf_list_node_init(&c->node);
+	pf_list_node_init(&c->throttle_node);
 }
 
 static void release_buffer(pf_conn_t *c)
@@ -149,6 +150,38 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	buf->len = c->rcap - c->rend;
 }
 
+/*
+ * sbuf_loopcnt: after that many reads in one loop iteration a connection yields until the next
+ * iteration, so one busy connection (a big result) cannot starve the others. libuv would read
+ * a readable stream up to 32 times in a row.
+ */
+static void count_read(pf_conn_t *c)
+{
+	pf_worker_t *w = c->worker;
+	int limit = pf_worker_config(w)->sbuf_loopcnt;
+
+	if (limit <= 0 || c->closing)
+		return;
+	if (c->read_iteration != w->iteration) {
+		c->read_iteration = w->iteration;
+		c->reads_this_iteration = 0;
+	}
+	if (++c->reads_this_iteration < (uint32_t)limit || c->throttled)
+		return;
+	c->throttled = true;
+	pf_list_append(&w->throttled_conns, &c->throttle_node);
+	update_reading(c);
+}
+
+void pf_conn_unthrottle(pf_conn_t *c)
+{
+	if (!c->throttled)
+		return;
+	c->throttled = false;
+	pf_list_remove(&c->worker->throttled_conns, &c->throttle_node);
+	update_reading(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
 	pf_conn_t *c = s->data;
@@ -160,6 +193,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		c->rend += (uint32_t)nread;
 		c->bytes_in += (uint64_t)nread;
 		pf_conn_process(c);
+		count_read(c);
 		return;
 	}
 	if (nread == 0)
@@ -181,7 +215,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 static void update_reading(pf_conn_t *c)
 {
 	bool want = c->handle_open && !c->closing && !c->read_paused && !c->suspended &&
-	            !c->fwd_pending && !(c->rbuf && c->rend == c->rcap && c->rpos == 0);
+	            !c->throttled && !c->fwd_pending &&
+	            !(c->rbuf && c->rend == c->rcap && c->rpos == 0);
 
 	if (want && !c->reading) {
 		if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
@@ -592,6 +627,7 @@ void pf_conn_close(pf_conn_t *c)
 {
 	if (c->closing)
 		return;
+	pf_conn_unthrottle(c);
 	c->closing = true;
 	c->peer = NULL;
 	if (c->reading) {

@@ -39,6 +39,17 @@ typedef pf_listener_t listener_t;
 
 static void on_janitor(uv_timer_t *t);
 
+/* After each poll: a new loop iteration; throttled connections may read again. */
+static void on_iteration(uv_check_t *h)
+{
+	pf_worker_t *w = h->data;
+	pf_list_node_t *n;
+
+	w->iteration++;
+	while ((n = pf_list_first(&w->throttled_conns)))
+		pf_conn_unthrottle(PF_CONTAINER_OF(n, pf_conn_t, throttle_node));
+}
+
 int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 {
 	pf_worker_t *w = calloc(1, sizeof(*w));
@@ -52,6 +63,7 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	pf_list_init(&w->login_clients);
 	pf_list_init(&w->cancel_clients);
 	pf_list_init(&w->cancel_conns);
+	pf_list_init(&w->throttled_conns);
 	pf_list_init(&w->databases);
 	pf_list_init(&w->users);
 	pf_list_init(&w->pools);
@@ -78,6 +90,16 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	}
 	w->janitor.data = w;
 	w->open_handles++;
+	rc = uv_check_init(loop, &w->iteration_check);
+	if (rc < 0) {
+		uv_close((uv_handle_t *)&w->janitor, NULL);
+		pf_worker_free(w);
+		return rc;
+	}
+	w->iteration_check.data = w;
+	w->open_handles++;
+	uv_check_start(&w->iteration_check, on_iteration);
+	uv_unref((uv_handle_t *)&w->iteration_check);
 	uv_timer_start(&w->janitor, on_janitor, 1000, 1000);
 	uv_unref((uv_handle_t *)&w->janitor);
 	*out = w;
@@ -618,6 +640,8 @@ void pf_worker_check_shutdown(pf_worker_t *w)
 	w->closing_all = false;
 	if (!uv_is_closing((uv_handle_t *)&w->janitor))
 		uv_close((uv_handle_t *)&w->janitor, on_handle_closed);
+	if (!uv_is_closing((uv_handle_t *)&w->iteration_check))
+		uv_close((uv_handle_t *)&w->iteration_check, on_handle_closed);
 	maybe_done(w);
 }
 

@@ -91,6 +91,7 @@ struct pf_conn {
 	bool reading;         /* uv_read_start is active */
 	bool read_paused;     /* the owner asked to stop reading */
 	bool suspended;       /* SUSPEND: no reading until RESUME */
+	bool throttled;    /* sbuf_loopcnt reached: reading resumes next loop iteration */
 	bool fwd_pending;     /* a forward write borrows rbuf */
 	bool in_process;      /* re-entrancy guard for pf_conn_process() */
 	bool handle_open;     /* the uv handle is initialised and not yet closed */
@@ -110,6 +111,9 @@ struct pf_conn {
 	pf_usec_t connect_time;
 	pf_usec_t request_time;
 	pf_list_node_t node; /* the list its state puts it in */
+	pf_list_node_t throttle_node; /* worker->throttled_conns while throttled */
+	uint64_t read_iteration;      /* loop iteration of reads_this_iteration */
+	uint32_t reads_this_iteration;
 };
 
 /* Initialises c (zeroed by the caller) with ops; the handle is not yet created. */
@@ -136,6 +140,9 @@ void pf_conn_resume(pf_conn_t *c);
 
 /* Stops (true) or allows (false) reading from the socket; buffered bytes stay. */
 void pf_conn_pause_reading(pf_conn_t *c, bool paused);
+
+/* Lets a connection throttled by sbuf_loopcnt read again (the worker's next iteration). */
+void pf_conn_unthrottle(pf_conn_t *c);
 
 /* SUSPEND (true) / RESUME (false): stops or restarts reading, independently of pausing. */
 void pf_conn_suspend(pf_conn_t *c, bool on);

@@ -79,6 +79,9 @@ struct pf_worker {
 	size_t nlisteners;
 	size_t open_handles; /* listeners + timer */
 	uv_timer_t janitor;
+	uv_check_t iteration_check; /* counts loop iterations, lifts sbuf_loopcnt throttling */
+	uint64_t iteration;
+	pf_list_t throttled_conns;
 	pf_usec_t now; /* loop time, refreshed each janitor tick and on demand */
 	uint64_t next_id;
 	/* login_clients: clients in PF_CL_LOGIN; cancel_clients: PF_CL_CANCEL. */

@@ -93,6 +93,7 @@ static void assert_format(const pf_config_t *cfg, const char *name, const char *
 
 /* The parameters the lead marked as implemented; every other one must be flagged false. */
 static const char *const implemented[] = {
+        "sbuf_loopcnt",
         "suspend_timeout",
         "metrics_addr",
         "metrics_port",
