@@ -486,8 +486,8 @@ int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix)
 		uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&c->local_addr, &len);
 		tune_tcp(c);
 	} else {
-		c->addr.ss_family = AF_UNIX;
-		c->local_addr.ss_family = AF_UNIX;
+		c->addr.sa.sa_family = AF_UNIX;
+		c->local_addr.sa.sa_family = AF_UNIX;
 	}
 	update_reading(c);
 	return 0;
@@ -532,7 +532,7 @@ int pf_conn_connect(pf_conn_t *c, const struct sockaddr *addr, const char *path)
 	c->handle_open = true;
 	req->data = c;
 	if (path) {
-		c->addr.ss_family = AF_UNIX;
+		c->addr.sa.sa_family = AF_UNIX;
 		c->connect_pending = true;
 		uv_pipe_connect(req, &c->h.pipe, path, on_connected);
 		return 0;
@@ -659,15 +659,17 @@ void pf_conn_close(pf_conn_t *c)
 	close_handle(c);
 }
 
-void pf_conn_addr_text(const struct sockaddr_storage *ss, char *host, size_t n, int *port)
+void pf_conn_addr_text(const void *sa, char *host, size_t n, int *port)
 {
+	const struct sockaddr *ss = sa;
+
 	*port = 0;
-	if (ss->ss_family == AF_INET) {
+	if (ss->sa_family == AF_INET) {
 		const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
 
 		inet_ntop(AF_INET, &sin->sin_addr, host, (socklen_t)n);
 		*port = ntohs(sin->sin_port);
-	} else if (ss->ss_family == AF_INET6) {
+	} else if (ss->sa_family == AF_INET6) {
 		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
 
 		inet_ntop(AF_INET6, &sin6->sin6_addr, host, (socklen_t)n);

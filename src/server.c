@@ -69,7 +69,7 @@ size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 	int port, len;
 
 	pf_conn_addr_text(&s->conn.addr, host, sizeof(host), &port);
-	if (s->conn.addr.ss_family == AF_UNSPEC) {
+	if (s->conn.addr.sa.sa_family == AF_UNSPEC) {
 		/* Still resolving the host name: name it as configured. */
 		pf_strlcpy(host, s->pool->db->host ? s->pool->db->host : "?", sizeof(host));
 		port = s->pool->db->port;

@@ -798,7 +798,11 @@ class PgFunnelFactory:
         def ready():
             if PROCESS_UP_RE.search(pf.log_text()) or PROCESS_UP_RE.search(pf.stderr_text()):
                 return True
-            if pf.port and port_accepts(pf.port, pf.host, 0.2):
+            # "process up" comes once every listener (TCP, unix socket, metrics) is open and
+            # the signal handlers are installed; the TCP port alone accepts earlier. Only a
+            # quiet instance without a logfile leaves nothing else to watch.
+            if (pf.port and not pf.logfile and "-q" in pf.cmd and
+                    port_accepts(pf.port, pf.host, 0.2)):
                 return True
             if not pf.is_running():
                 return "exited"
