@@ -304,3 +304,34 @@ def test_no_reset_query_in_transaction_mode(proxy, postgres):
         assert b.execute("SELECT name FROM pg_prepared_statements").fetchall() == [
             ("pf_tx_kept",)]
         b.execute("DEALLOCATE pf_tx_kept")
+
+
+def check_runs(postgres, seq):
+    with postgres.connect(dbname="appdb", autocommit=True) as conn:
+        return conn.execute("SELECT last_value, is_called FROM %s" % seq).fetchone()
+
+
+@pytest.mark.parametrize("delay,expect_checks", [("0", True), ("30", False)])
+def test_server_check_query_runs_after_server_check_delay(proxy, postgres, delay,
+                                                         expect_checks):
+    # A check query with a visible side effect: nextval() of a sequence. With
+    # server_check_delay 0 every reuse of an idle server is checked first; with 30 s a server
+    # used a moment ago is not (and a fresh one never is).
+    seq = "pf_check_seq_%s" % delay
+    with postgres.connect(dbname="appdb", autocommit=True) as conn:
+        conn.execute("DROP SEQUENCE IF EXISTS %s" % seq)
+        conn.execute("CREATE SEQUENCE %s" % seq)
+        conn.execute("GRANT USAGE, SELECT, UPDATE ON SEQUENCE %s TO alice" % seq)
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
+                       "server_check_delay": delay,
+                       "server_check_query": "SELECT nextval('%s')" % seq})
+    pw = postgres.passwords["alice"]
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as a:
+        for i in range(5):
+            time.sleep(0.01)  # the server's last use is now in the past
+            assert a.execute("SELECT %s::int" % i).fetchone() == (i,)
+    last, called = check_runs(postgres, seq)
+    if expect_checks:
+        assert called and last >= 4, (last, called)  # the first query got a fresh server
+    else:
+        assert not called, "server_check_query ran although the server was used just now"
