@@ -205,25 +205,21 @@ static void database_free(pf_database_t *db)
 	free(db);
 }
 
+/*
+ * The connection settings of db changed (reload): its servers are replaced as they are
+ * released, and the next server's parameters become the pools' welcome.
+ */
 static void tag_servers_for_reconnect(pf_worker_t *w, pf_database_t *db)
 {
-	pf_list_node_t *it, *tmp, *sit, *stmp;
+	pf_list_node_t *it, *tmp;
 
+	pf_pool_tag_reconnect(w, db);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
-		pf_list_t *lists[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
-		                      &p->tested_servers, &p->new_servers};
 
-		if (p->db != db)
-			continue;
-		for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
-			PF_LIST_FOREACH(lists[i], sit, stmp)
-			{
-				PF_CONTAINER_OF(sit, pf_server_t, conn.node)->close_needed = true;
-			}
-		}
-		p->welcome_ready = false;
+		if (p->db == db)
+			p->welcome_ready = false;
 	}
 }
 
@@ -875,13 +871,16 @@ void pf_pool_server_ready(pf_server_t *s)
 	pf_list_node_t *it, *tmp;
 	pf_usec_t lifetime = pf_database_server_lifetime(pool->db, w->cfg);
 
-	if (!pool->welcome_ready && pf_pool_set_welcome(pool, s) < 0) {
+	/* A server tagged for replacement (changed settings) does not set the welcome. */
+	if (!pool->welcome_ready && !s->close_needed && pf_pool_set_welcome(pool, s) < 0) {
 		pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
 		return;
 	}
 	/* Clients that waited for the parameters finish their login first. */
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
 	{
+		if (!pool->welcome_ready)
+			break;
 		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
 
 		if (c->state == PF_CL_WAITING_LOGIN) {

@@ -560,6 +560,30 @@ def test_reload_pool_size_applies_to_running_pool(setup, postgres):
     assert adm.config("default_pool_size") == "3"
 
 
+def test_reload_changed_connection_string_replaces_servers(setup, postgres):
+    # The database entry now points at another Postgres database: idle servers go at once, a
+    # busy one when released, and every client gets the new database from then on.
+    pf, role, pw = setup(pool_size=2)
+    adm = Admin(pf)
+    idle = client(pf, role, pw)
+    assert idle.simple_query("SELECT current_database()") == [("appdb",)]
+    busy = client(pf, role, pw)
+    busy.simple_query("BEGIN")
+    pid_busy = backend_pid(busy)
+    pf.databases["appdb"] = postgres.db_entry("postgres")
+    pf.write_ini()
+    assert adm.run("RELOAD") == "RELOAD"
+    # The transaction keeps its backend (and database) until it ends.
+    assert backend_pid(busy) == pid_busy
+    assert busy.simple_query("SELECT current_database()") == [("appdb",)]
+    busy.simple_query("COMMIT")
+    assert idle.simple_query("SELECT current_database()") == [("postgres",)]
+    assert busy.simple_query("SELECT current_database()") == [("postgres",)]
+    with client(pf, role, pw) as fresh:
+        assert fresh.simple_query("SELECT current_database()") == [("postgres",)]
+    wait_pids(postgres, role, set(), "appdb")  # no backend of the old database is left
+
+
 def test_reload_broken_file_keeps_old_config(setup, postgres):
     pf, role, pw = setup(pool_size=2)
     a = client(pf, role, pw)
