@@ -625,7 +625,11 @@ void pf_pool_set_client_state(pf_client_t *c, pf_client_state_t st)
 
 	if (from)
 		pf_list_remove(from, &c->conn.node);
+	if (c->state == PF_CL_WAITING_LOGIN)
+		c->pool->waiting_login_count--;
 	c->state = st;
+	if (st == PF_CL_WAITING_LOGIN)
+		c->pool->waiting_login_count++;
 	if (to)
 		pf_list_append(to, &c->conn.node);
 }
@@ -876,10 +880,11 @@ void pf_pool_server_ready(pf_server_t *s)
 		pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
 		return;
 	}
-	/* Clients that waited for the parameters finish their login first. */
+	/* Clients that waited for the parameters finish their login first (this runs at every
+	 * release, so the walk happens only when such clients exist). */
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
 	{
-		if (!pool->welcome_ready)
+		if (!pool->welcome_ready || pool->waiting_login_count == 0)
 			break;
 		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
 

@@ -132,6 +132,7 @@ typedef struct pf_pool {
 	pf_user_t *user; /* the user servers log in as (forced or the clients' own) */
 	pf_list_t active_clients;
 	pf_list_t waiting_clients;
+	size_t waiting_login_count; /* of waiting_clients, those in PF_CL_WAITING_LOGIN */
 	pf_list_t active_servers;
 	pf_list_t idle_servers;
 	pf_list_t used_servers;
