@@ -88,6 +88,13 @@ static const struct {
         [PF_CLOSE_CLIENT_OOM] = {"out of memory", "53200", "out of memory"},
 };
 
+_Static_assert(PF_CLOSE_CLIENT_REASONS <= 32, "worker.h's client_closes[] is too small");
+
+const char *pf_client_close_reason_name(pf_close_reason_t reason)
+{
+	return close_table[reason].log;
+}
+
 size_t pf_client_describe(const pf_client_t *c, char *buf, size_t n)
 {
 	char host[64];
@@ -150,6 +157,7 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 
 	if (c->conn.closing)
 		return;
+	w->client_closes[reason]++;
 	if (state && text)
 		send_error(c, "FATAL", state, text, NULL);
 	if (reason == PF_CLOSE_CLIENT_EXIT || reason == PF_CLOSE_CLIENT_EOF ||

@@ -28,6 +28,7 @@
 #include "pgfunnel/log.h"
 #include "pgfunnel/metrics.h"
 #include "pgfunnel/pool.h"
+#include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
 #include "pgfunnel/worker.h"
 
@@ -378,6 +379,27 @@ static const struct {
          offsetof(pf_pool_stats_t, bind_count), false},
 };
 
+/* Connections ended, by reason: every timeout, limit and fault is counted here. */
+static void render_closes(pf_worker_t *w, pf_buf_t *b)
+{
+	pf_metrics_put_family(b, "pgfunnel_client_disconnects_total", "counter",
+			      "Client connections ended, by reason (timeouts, limits, faults, "
+			      "normal exits).");
+	for (int i = 0; i < PF_CLOSE_CLIENT_REASONS; i++) {
+		pf_metrics_label_t l = {"reason", pf_client_close_reason_name((pf_close_reason_t)i)};
+
+		put_u64(b, "pgfunnel_client_disconnects_total", &l, 1, w->client_closes[i]);
+	}
+	pf_metrics_put_family(b, "pgfunnel_server_disconnects_total", "counter",
+			      "Server connections ended, by reason.");
+	for (int i = 0; i < PF_SV_CLOSE_REASONS; i++) {
+		pf_metrics_label_t l = {"reason",
+					pf_server_close_reason_name((pf_server_close_reason_t)i)};
+
+		put_u64(b, "pgfunnel_server_disconnects_total", &l, 1, w->server_closes[i]);
+	}
+}
+
 static void render_databases(pf_worker_t *w, pf_buf_t *b)
 {
 	for (size_t i = 0; i < PF_ARRAY_SIZE(db_counters); i++) {
@@ -423,6 +445,7 @@ void pf_metrics_render(pf_worker_t *w, pf_buf_t *out)
 	render_pool_errors(w, out);
 	render_pool_waits(w, out);
 	render_databases(w, out);
+	render_closes(w, out);
 }
 
 /*

@@ -63,6 +63,13 @@ static const char *const close_texts[] = {
         [PF_SV_CLOSE_EVICTED] = "evicted to make room for another pool",
 };
 
+_Static_assert(PF_SV_CLOSE_REASONS <= 32, "worker.h's server_closes[] is too small");
+
+const char *pf_server_close_reason_name(pf_server_close_reason_t reason)
+{
+	return close_texts[reason];
+}
+
 size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 {
 	char host[64];
@@ -779,6 +786,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 
 	if (s->conn.closing)
 		return;
+	w->server_closes[reason]++;
 	if (w->cfg->log_disconnections || reason != PF_SV_CLOSE_CLIENT_GONE)
 		pf_log_info(
 		        s, "closing because: %s (age=%llds)", close_texts[reason],

@@ -40,6 +40,7 @@ typedef enum pf_close_reason {
 	PF_CLOSE_CLIENT_CANCEL_DONE, /* a cancel request connection finished */
 	PF_CLOSE_CLIENT_DB_DISABLED,
 	PF_CLOSE_CLIENT_OOM,
+	PF_CLOSE_CLIENT_REASONS /* how many there are */
 } pf_close_reason_t;
 
 /* A console command that answers later. */
@@ -100,6 +101,9 @@ void pf_client_resume(pf_client_t *c);
 /* Sends an ErrorResponse without closing (e.g. admin console errors). */
 void pf_client_send_error(pf_client_t *c, const char *severity, const char *sqlstate,
                           const char *message, const char *detail);
+
+/* The reason's short text, as logged and as the metrics endpoint labels it. */
+const char *pf_client_close_reason_name(pf_close_reason_t reason);
 
 /* Janitor: closes clients that have been logging in for longer than client_login_timeout. */
 void pf_client_check_login_timeouts(pf_worker_t *w, pf_usec_t now);

@@ -44,6 +44,7 @@ typedef enum pf_server_close_reason {
 	PF_SV_CLOSE_POOL_GONE, /* database removed or too many servers after reload */
 	PF_SV_CLOSE_STATEMENT_MODE,
 	PF_SV_CLOSE_EVICTED, /* idle, closed to make room under max_db/user_connections */
+	PF_SV_CLOSE_REASONS  /* how many there are */
 } pf_server_close_reason_t;
 
 struct pf_server {
@@ -97,6 +98,9 @@ void pf_server_expire_cancels(pf_worker_t *w, pf_usec_t now);
 
 /* True when s can go back to the pool: idle transaction status and nothing owed. */
 bool pf_server_is_clean(const pf_server_t *s);
+
+/* The reason's short text, as logged and as the metrics endpoint labels it. */
+const char *pf_server_close_reason_name(pf_server_close_reason_t reason);
 
 /* Formats "S-0x…: db/user@addr:port" for the log. */
 size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n);

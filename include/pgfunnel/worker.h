@@ -92,6 +92,9 @@ struct pf_worker {
 	pf_list_t users; /* from auth_file, created on first use */
 	pf_list_t pools;
 	size_t client_count; /* every client connection, for max_client_conn */
+	/* Connections ended, by pf_close_reason_t / pf_server_close_reason_t (metrics). */
+	uint64_t client_closes[32];
+	uint64_t server_closes[32];
 	pf_list_t cancel_buckets[PF_CANCEL_BUCKETS];
 	pf_auth_file_t *auth_file;
 	pf_scram_cache_t *scram_cache;

@@ -578,3 +578,27 @@ def test_shutdown_with_scrape_connections_open(proxy, new_port, postgres):
     assert "shutdown complete" in text
     assert "still had open handles" not in text
     assert not pfhelpers.port_accepts(pf.metrics_port)
+
+
+def test_disconnects_counted_by_reason(proxy, new_port, postgres):
+    # Every ended connection is counted once under its reason: a wrong password, a
+    # query_timeout, a normal exit.
+    pf = start(proxy, new_port, query_timeout=1, default_pool_size=1, pool_mode="transaction")
+    fam = "pgfunnel_client_disconnects_total"
+    before = scrape(pf.metrics_port)
+    err, closed = pgwire.login_refused(pf.host, pf.port, "alice", "appdb", "wrong")
+    assert err.sqlstate == "28P01" and closed
+    slow = wire(pf, postgres)
+    slow.send_query("SELECT pg_sleep(5)")
+    assert pgwire.expect_error(slow, timeout=10).sqlstate == "57014"
+    with wire(pf, postgres) as ok:
+        ok.simple_query("SELECT 1")
+    assert pfhelpers.wait_for(
+        lambda: value(scrape(pf.metrics_port), fam, reason="client close request") -
+        value(before, fam, reason="client close request") == 1, 5)
+    after = scrape(pf.metrics_port)
+    for reason, n in (("authentication failed", 1), ("query_timeout", 1)):
+        assert value(after, fam, reason=reason) - value(before, fam, reason=reason) == n, reason
+    # The server under the timed-out query was closed with its client.
+    assert value(after, "pgfunnel_server_disconnects_total",
+                 reason="client disconnected while the server was not idle") >= 1
