@@ -383,18 +383,19 @@ static const struct {
 static void render_closes(pf_worker_t *w, pf_buf_t *b)
 {
 	pf_metrics_put_family(b, "pgfunnel_client_disconnects_total", "counter",
-			      "Client connections ended, by reason (timeouts, limits, faults, "
-			      "normal exits).");
+	                      "Client connections ended, by reason (timeouts, limits, faults, "
+	                      "normal exits).");
 	for (int i = 0; i < PF_CLOSE_CLIENT_REASONS; i++) {
-		pf_metrics_label_t l = {"reason", pf_client_close_reason_name((pf_close_reason_t)i)};
+		pf_metrics_label_t l = {"reason",
+		                        pf_client_close_reason_name((pf_close_reason_t)i)};
 
 		put_u64(b, "pgfunnel_client_disconnects_total", &l, 1, w->client_closes[i]);
 	}
 	pf_metrics_put_family(b, "pgfunnel_server_disconnects_total", "counter",
-			      "Server connections ended, by reason.");
+	                      "Server connections ended, by reason.");
 	for (int i = 0; i < PF_SV_CLOSE_REASONS; i++) {
 		pf_metrics_label_t l = {"reason",
-					pf_server_close_reason_name((pf_server_close_reason_t)i)};
+		                        pf_server_close_reason_name((pf_server_close_reason_t)i)};
 
 		put_u64(b, "pgfunnel_server_disconnects_total", &l, 1, w->server_closes[i]);
 	}

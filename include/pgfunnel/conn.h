@@ -102,7 +102,7 @@ struct pf_conn {
 	bool reading;         /* uv_read_start is active */
 	bool read_paused;     /* the owner asked to stop reading */
 	bool suspended;       /* SUSPEND: no reading until RESUME */
-	bool throttled;    /* sbuf_loopcnt reached: reading resumes next loop iteration */
+	bool throttled;       /* sbuf_loopcnt reached: reading resumes next loop iteration */
 	bool fwd_pending;     /* a forward write borrows rbuf */
 	bool in_process;      /* re-entrancy guard for pf_conn_process() */
 	bool handle_open;     /* the uv handle is initialised and not yet closed */
@@ -121,7 +121,7 @@ struct pf_conn {
 	pf_sockaddr_t local_addr; /* local */
 	pf_usec_t connect_time;
 	pf_usec_t request_time;
-	pf_list_node_t node; /* the list its state puts it in */
+	pf_list_node_t node;          /* the list its state puts it in */
 	pf_list_node_t throttle_node; /* worker->throttled_conns while throttled */
 	uint64_t read_iteration;      /* loop iteration of reads_this_iteration */
 	uint32_t reads_this_iteration;
