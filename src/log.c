@@ -176,6 +176,8 @@ static void write_all(int fd, const char *p, size_t len)
 }
 
 static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list ap)
+        PF_PRINTF(3, 0);
+static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list ap)
 {
 	char line[LINE_MAX_LEN];
 	size_t head, msg, len;
