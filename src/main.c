@@ -387,6 +387,35 @@ static void on_shutdown_done(void *arg)
 	uv_stop(p->loop);
 }
 
+/*
+ * A reload cannot change what only a restart applies (listen_addr, listen_port, user, ...): each
+ * such parameter that differs keeps its running value in the new snapshot, with a warning
+ * naming it, so SHOW CONFIG keeps telling the truth.
+ */
+static void keep_restart_only_values(const pf_config_t *old, pf_config_t *fresh)
+{
+	size_t count;
+	const pf_config_param_t *params = pf_config_params(&count);
+	char was[1024], now[1024], err[256];
+
+	for (size_t i = 0; i < count; i++) {
+		const pf_config_param_t *prm = &params[i];
+		int rc_was, rc_now;
+
+		if (prm->reloadable)
+			continue;
+		rc_was = pf_config_format(old, prm, was, sizeof(was));
+		rc_now = pf_config_format(fresh, prm, now, sizeof(now));
+		if (rc_was == rc_now && strcmp(was, now) == 0)
+			continue;
+		pf_log_warning(NULL,
+			       "parameter \"%s\" cannot be changed without a restart; keeping \"%s\"",
+			       prm->name, rc_was == 0 ? was : "");
+		if (pf_config_set(fresh, prm->name, rc_was == 0 ? was : "", err, sizeof(err)) < 0)
+			pf_log_warning(NULL, "could not keep %s: %s", prm->name, err);
+	}
+}
+
 /* Makes cfg (owned from now on) the running snapshot. */
 static void install_config(process_t *p, pf_config_t *cfg)
 {
@@ -415,10 +444,7 @@ static int reload(process_t *p)
 		return -EINVAL;
 	}
 	if (!pf_config_is_reload_safe(p->cfg, fresh, &param))
-		pf_log_warning(NULL,
-		               "parameter \"%s\" cannot be changed without a restart; "
-		               "the running process keeps its old value until then",
-		               param);
+		keep_restart_only_values(p->cfg, fresh);
 	install_config(p, fresh);
 	pf_log_info(NULL, "config reloaded");
 	notify_systemd("READY=1");

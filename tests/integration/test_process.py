@@ -129,6 +129,27 @@ def test_sighup_reload_valid(pgfunnel):
     pf.stop()
 
 
+def test_sighup_restart_only_change_is_refused_by_name(proxy, postgres, new_port):
+    # listen_port needs a restart: the reload keeps the running value (SHOW CONFIG says so),
+    # names the parameter in a warning, and applies the reloadable change next to it.
+    pf = proxy(params={"default_pool_size": 10})
+    n = pf.log_len()
+    old_port = pf.port
+    pf.params["listen_port"] = new_port()
+    pf.params["default_pool_size"] = 12
+    pf.write_ini()
+    pf.signal(signal.SIGHUP)
+    line = pf.wait_for_log(r"WARNING .*listen_port", after=n)
+    assert "cannot be changed without a restart" in line, line
+    pf.wait_for_log(r"config reloaded", after=n)
+    cols, rows = pfhelpers.console(pf, "SHOW CONFIG")
+    config = {r["key"]: r["value"] for r in pfhelpers.rows_as_dicts(cols, rows)}
+    assert config["listen_port"] == str(old_port)
+    assert config["default_pool_size"] == "12"
+    assert pfhelpers.port_accepts(old_port)
+    pf.stop()
+
+
 def test_sighup_reload_broken_keeps_running(pgfunnel):
     pf = pgfunnel.start({"pool_mode": "transaction"})
     pf.wait_for_log(r"process up: ")
