@@ -142,7 +142,7 @@ cat <<MSG
   Connect through pgfunnel (password: $password):
       PGPASSWORD=$password psql -h 127.0.0.1 -p $pf_port -U postgres postgres
 
-  Admin console (arrives with the admin-console issue):
+  Admin console (SHOW HELP lists the commands):
       PGPASSWORD=$password psql -h 127.0.0.1 -p $pf_port -U postgres pgfunnel
 
   Postgres directly:
