@@ -365,6 +365,13 @@ static void show_users(pf_client_t *c, const char *arg, pf_buf_t *out)
 			user_row(out, cfg, e->name, e->pool_size, e->reserve_pool_size,
 			         e->pool_mode, e->max_user_connections, 0, 0);
 	}
+	/* And, as in PgBouncer, every other auth_file user. */
+	for (size_t i = 0; w->auth_file && i < pf_auth_file_count(w->auth_file); i++) {
+		const char *name = pf_auth_file_entry(w->auth_file, i)->name;
+
+		if (!user_is_known(w, name) && !pf_config_find_user(cfg, name))
+			user_row(out, cfg, name, -1, -1, PF_POOL_INHERIT, -1, 0, 0);
+	}
 	pf_proto_be_command_complete(out, "SHOW");
 }
 

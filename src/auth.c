@@ -75,6 +75,11 @@ size_t pf_auth_file_count(const pf_auth_file_t *af)
 	return af->n;
 }
 
+const pf_auth_entry_t *pf_auth_file_entry(const pf_auth_file_t *af, size_t i)
+{
+	return i < af->n ? &af->entries[i] : NULL;
+}
+
 /* Postgres' rule for an md5 secret: "md5" followed by exactly 32 hex digits. */
 static bool is_md5_secret(char *s)
 {

@@ -571,6 +571,17 @@ def test_show_users_config_values(proxy, postgres, console_factory):
         assert pg["max_user_connections"] == 40 and pg["pool_size"] == ""
 
 
+def test_show_users_lists_every_auth_file_user(proxy, postgres, console_factory):
+    # As PgBouncer, SHOW USERS lists the auth_file's users before they ever log in, each once.
+    pf = proxy(userlist={"never_logged_in_1": "x", "never_logged_in_2": "y"})
+    con = console_factory(pf)
+    names = [r["name"] for r in con.rows("USERS")]
+    for name in ("never_logged_in_1", "never_logged_in_2", "alice", "bob", "postgres"):
+        assert names.count(name) == 1, (name, names)
+    u = [r for r in con.rows("USERS") if r["name"] == "never_logged_in_1"][0]
+    assert (u["current_connections"], u["current_client_connections"]) == (0, 0)
+
+
 def test_show_state_peers_dns(proxy, console_factory):
     pf = proxy()
     con = console_factory(pf)
