@@ -142,23 +142,6 @@ static bool pool_in_scope(const pf_pool_t *p, const pf_database_t *db)
 	return !p->db->admin && (!db || p->db == db);
 }
 
-static void close_server_list(pf_list_t *l, pf_server_close_reason_t reason)
-{
-	pf_list_node_t *n;
-
-	while ((n = pf_list_first(l)))
-		pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node), reason);
-}
-
-static void close_client_list(pf_list_t *l)
-{
-	pf_list_node_t *n;
-
-	while ((n = pf_list_first(l)))
-		pf_client_close(PF_CONTAINER_OF(n, pf_client_t, conn.node),
-		                PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
-}
-
 /*
  * SUSPEND: whether every non-console socket has flushed what it owes. Past suspend_timeout the
  * connections that still have not are dropped, as PgBouncer does, and the answer goes out.
@@ -345,13 +328,7 @@ static void cmd_kill(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
 
 		if (!pool_in_scope(p, db))
 			continue;
-		close_client_list(&p->active_clients);
-		close_client_list(&p->waiting_clients);
-		close_server_list(&p->active_servers, PF_SV_CLOSE_ADMIN);
-		close_server_list(&p->idle_servers, PF_SV_CLOSE_ADMIN);
-		close_server_list(&p->used_servers, PF_SV_CLOSE_ADMIN);
-		close_server_list(&p->tested_servers, PF_SV_CLOSE_ADMIN);
-		close_server_list(&p->new_servers, PF_SV_CLOSE_ADMIN);
+		pf_pool_close_all(p, PF_CLOSE_CLIENT_ADMIN_KILL, PF_SV_CLOSE_ADMIN);
 	}
 	command_ok(out, "KILL");
 }

@@ -408,9 +408,10 @@ static void keep_restart_only_values(const pf_config_t *old, pf_config_t *fresh)
 		rc_now = pf_config_format(fresh, prm, now, sizeof(now));
 		if (rc_was == rc_now && strcmp(was, now) == 0)
 			continue;
-		pf_log_warning(NULL,
-			       "parameter \"%s\" cannot be changed without a restart; keeping \"%s\"",
-			       prm->name, rc_was == 0 ? was : "");
+		pf_log_warning(
+		        NULL,
+		        "parameter \"%s\" cannot be changed without a restart; keeping \"%s\"",
+		        prm->name, rc_was == 0 ? was : "");
 		if (pf_config_set(fresh, prm->name, rc_was == 0 ? was : "", err, sizeof(err)) < 0)
 			pf_log_warning(NULL, "could not keep %s: %s", prm->name, err);
 	}

@@ -673,6 +673,36 @@ void pf_pool_set_server_state(pf_server_t *s, pf_server_state_t st)
 }
 
 /* Whether one more server may be opened for pool now. */
+void pf_pool_close_clients(pf_list_t *l, pf_close_reason_t reason)
+{
+	pf_list_node_t *n;
+
+	/* Each close removes the client from l (and may close others): take the head each time. */
+	while ((n = pf_list_first(l)))
+		pf_client_close(PF_CONTAINER_OF(n, pf_client_t, conn.node), reason, NULL, NULL);
+}
+
+void pf_pool_close_all(pf_pool_t *p, pf_close_reason_t client_reason,
+                       pf_server_close_reason_t server_reason)
+{
+	pf_list_t *servers[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
+	                        &p->tested_servers, &p->new_servers};
+	pf_list_node_t *n;
+
+	pf_pool_close_clients(&p->active_clients, client_reason);
+	pf_pool_close_clients(&p->waiting_clients, client_reason);
+	for (size_t i = 0; i < PF_ARRAY_SIZE(servers); i++) {
+		while ((n = pf_list_first(servers[i])))
+			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node), server_reason);
+	}
+}
+
+/* PAUSE (of everything or of the pool's database) or SIGUSR1. */
+static bool pool_is_paused(const pf_pool_t *pool)
+{
+	return pool->worker->paused || pool->db->paused;
+}
+
 /* Why a pool may not open another server now. */
 typedef enum launch_verdict {
 	LAUNCH_OK,
@@ -692,7 +722,7 @@ static launch_verdict_t launch_verdict(pf_pool_t *pool, bool use_reserve)
 	                                                     : cfg->max_user_connections;
 
 	/* A paused pool opens nothing (PAUSE waits for its servers to be gone). */
-	if (w->shutdown != PF_SHUTDOWN_NONE || pool->db->admin || w->paused || pool->db->paused)
+	if (w->shutdown != PF_SHUTDOWN_NONE || pool->db->admin || pool_is_paused(pool))
 		return LAUNCH_NO;
 	if ((int)pf_pool_server_count(pool) >= size)
 		return LAUNCH_NO;
@@ -772,11 +802,6 @@ void pf_pool_launch(pf_pool_t *pool)
 	launch(pool, false);
 }
 
-static bool pool_is_paused(const pf_pool_t *pool)
-{
-	return pool->worker->paused || pool->db->paused;
-}
-
 /*
  * Whether an idle server must run server_check_query before it is used: it has been idle for
  * more than server_check_delay and a check query is configured.
@@ -819,8 +844,7 @@ bool pf_pool_acquire(pf_client_t *c)
 		c->wait_start = now;
 	}
 	pf_conn_pause_reading(&c->conn, true);
-	if (!pool_is_paused(pool))
-		launch(pool, false);
+	launch(pool, false); /* refuses by itself while paused */
 	return false;
 }
 

@@ -725,45 +725,17 @@ void pf_worker_free(pf_worker_t *w)
 	free(w);
 }
 
-/*
- * Closing one connection can close others (a client takes its server along, a server its
- * client), so these loops take the head of the list each time instead of walking it: each
- * close removes the connection from its list.
- */
-static void close_client_list(pf_list_t *l, pf_close_reason_t reason)
-{
-	pf_list_node_t *n;
-
-	while ((n = pf_list_first(l)))
-		pf_client_close(PF_CONTAINER_OF(n, pf_client_t, conn.node), reason, NULL, NULL);
-}
-
-static void close_server_list(pf_list_t *l)
-{
-	pf_list_node_t *n;
-
-	while ((n = pf_list_first(l)))
-		pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node), PF_SV_CLOSE_SHUTDOWN);
-}
-
 void pf_worker_close_all(pf_worker_t *w)
 {
 	pf_list_node_t *it, *tmp;
 
-	close_client_list(&w->login_clients, PF_CLOSE_CLIENT_SHUTDOWN);
-	close_client_list(&w->cancel_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+	pf_pool_close_clients(&w->login_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+	pf_pool_close_clients(&w->cancel_clients, PF_CLOSE_CLIENT_SHUTDOWN);
 	pf_server_close_cancels(w);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
-		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
-
-		close_client_list(&p->active_clients, PF_CLOSE_CLIENT_SHUTDOWN);
-		close_client_list(&p->waiting_clients, PF_CLOSE_CLIENT_SHUTDOWN);
-		close_server_list(&p->active_servers);
-		close_server_list(&p->idle_servers);
-		close_server_list(&p->used_servers);
-		close_server_list(&p->tested_servers);
-		close_server_list(&p->new_servers);
+		pf_pool_close_all(PF_CONTAINER_OF(it, pf_pool_t, node), PF_CLOSE_CLIENT_SHUTDOWN,
+		                  PF_SV_CLOSE_SHUTDOWN);
 	}
 }
 

@@ -72,6 +72,15 @@ struct pf_server {
 	char *login_error;
 };
 
+/*
+ * Closes every client of l for reason (clients' lists; closing one may close others, so the
+ * head is taken each time), and every client and server of pool p (KILL, shutdown). Part of
+ * pool.c, declared here where both close-reason enums are known.
+ */
+void pf_pool_close_clients(pf_list_t *l, pf_close_reason_t reason);
+void pf_pool_close_all(pf_pool_t *p, pf_close_reason_t client_reason,
+                       pf_server_close_reason_t server_reason);
+
 /* Opens a new server connection for pool (state LOGIN). Returns 0 or -errno. */
 PF_MUSTCHECK int pf_server_launch(pf_pool_t *pool);
 
