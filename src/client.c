@@ -135,6 +135,10 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
 	pf_conn_init(&c->conn, w, &client_ops, true);
 	pf_list_node_init(&c->cancel_node);
 	c->conn.raw_mode = true;
+	/* Before login a client may make us hold no more than a startup packet, and then no
+	 * more than pkt_buf for an authentication message (PgBouncer's bound). */
+	c->conn.hold_max = w->cfg->pkt_buf > PF_PROTO_STARTUP_MAX ? (uint32_t)w->cfg->pkt_buf
+	                                                          : PF_PROTO_STARTUP_MAX;
 	w->client_count++;
 	pf_pool_set_client_state(c, PF_CL_LOGIN);
 	if (pf_conn_accept(&c->conn, listener, is_unix) < 0) {
@@ -170,8 +174,10 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 		pf_log_info(c, "closing because: %s", message ? message : close_table[reason].log);
 	}
 	if (s) {
-		/* The server stays useful only if the client left it idle (pf_pool_release_server
-		 * checks); its open transaction never reaches another client. */
+		/* What it sent before leaving still goes out; then the server stays useful only if
+		 * the client left it idle (pf_pool_release_server checks), so its open transaction
+		 * or unanswered requests never reach another client. */
+		pf_conn_flush(&c->conn);
 		pf_pool_release_server(s);
 	}
 	pf_worker_remove_cancel_key(w, c);
@@ -281,6 +287,7 @@ static void login_ok(pf_client_t *c)
 	pf_worker_t *w = c->conn.worker;
 	pf_user_t *pool_user;
 
+	c->conn.hold_max = PF_CONN_HOLD_MAX;
 	if (c->scram) {
 		pf_scram_server_clear(c->scram);
 		free(c->scram);
@@ -376,6 +383,7 @@ static void start_auth(pf_client_t *c)
 	char msg[200];
 
 	c->conn.raw_mode = false;
+	c->conn.hold_max = (uint32_t)cfg->pkt_buf;
 	if (c->db->admin) {
 		bool can_write;
 
@@ -764,6 +772,7 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 {
 	pf_client_t *c = (pf_client_t *)conn;
 	pf_server_t *s;
+	int rc;
 
 	if (c->state == PF_CL_LOGIN && c->auth_step != AUTH_DONE)
 		return auth_packet(c, hdr, pkt, avail);
@@ -790,13 +799,22 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	}
 	if (s->task != PF_SV_TASK_NONE)
 		return PF_PKT_STOP; /* parameters being synced; resumed when done */
+	/* Every forwarded message is recorded with what it will make the server answer. */
+	rc = pf_reqq_push(&s->rq, hdr->type, 0);
+	if (rc == -ENOBUFS) {
+		c->rq_full = true; /* resumed by the server side as answers arrive */
+		return PF_PKT_STOP;
+	}
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return PF_PKT_STOP;
+	}
 	switch (hdr->type) {
 	case PF_PROTO_FE_QUERY:
 	case PF_PROTO_FE_SYNC:
 	case PF_PROTO_FE_FUNCTION_CALL: {
 		pf_usec_t now = c->conn.worker->now;
 
-		s->expect_rfq++;
 		if (!c->query_start)
 			c->query_start = now;
 		if (!c->xact_start)
@@ -822,7 +840,9 @@ static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 	case PF_CONN_EV_ERROR:
 		if (status == -EMSGSIZE)
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-			                "message too long (max_packet_size)");
+			                c->state == PF_CL_LOGIN
+			                        ? "authentication message too long (pkt_buf)"
+			                        : "message too long (max_packet_size)");
 		else if (status == -EBADMSG)
 			/* The header at rpos is what was refused: type byte 0 or a length < 4. */
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",

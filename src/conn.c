@@ -7,6 +7,12 @@
  *   write borrows [fwd_start, rpos) and neither reading nor compaction happens.
  * - A conn is freed (ops->on_free) only when its handle is closed and no write borrows rbuf.
  * - Nothing but pf_conn_close() calls uv_close() on a connection handle.
+ * - Reading goes on while processing is held back (paused by the owner, or a forward write
+ *   pending) as long as the buffer has room, so a peer's EOF or error is seen in every state;
+ *   only processing waits. A read never grows the buffer (only holding a whole message does,
+ *   up to hold_max), and bytes read while paused are not processed until resumed.
+ * - Our own output that the socket did not take is bounded: past PF_CONN_OUT_MAX queued bytes
+ *   the conn neither reads nor processes until the peer has taken them (out_blocked).
  */
 #include "config.h"
 
@@ -14,6 +20,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -23,8 +30,8 @@
 #include "pgfunnel/log.h"
 #include "pgfunnel/worker.h"
 
-/* The largest message we hold whole to act on (ErrorResponse, ParameterStatus, auth, admin). */
-#define HOLD_MAX (1024u * 1024u)
+/* What a conn may queue of its own output before it stops reading and processing. */
+#define PF_CONN_OUT_MAX (256u * 1024u)
 
 /* A copy of bytes libuv could not write at once. */
 typedef struct owned_write {
@@ -43,6 +50,7 @@ void pf_conn_init(pf_conn_t *c, pf_worker_t *w, const pf_conn_ops_t *ops, bool i
 	c->is_client = is_client;
 	c->id = pf_worker_next_id(w);
 	c->max_packet = pf_worker_config(w)->max_packet_size;
+	c->hold_max = PF_CONN_HOLD_MAX;
 	c->connect_time = pf_worker_now(w);
 	c->request_time = c->connect_time;
 	pf_list_node_init(&c->node);
@@ -59,8 +67,11 @@ static void release_buffer(pf_conn_t *c)
 	}
 }
 
-/* Makes room for at least need more bytes after rend; returns false when impossible. */
-static bool make_room(pf_conn_t *c, uint32_t need)
+/*
+ * Makes room for at least need more bytes after rend, compacting and (when grow) growing the
+ * buffer up to hold_max; returns false when impossible.
+ */
+static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
 {
 	if (!c->rbuf) {
 		c->rbuf = pf_worker_get_buffer(c->worker, &c->rcap);
@@ -81,7 +92,7 @@ static bool make_room(pf_conn_t *c, uint32_t need)
 	}
 	if (c->rcap - c->rend >= need)
 		return true;
-	if ((uint64_t)c->rend + need > HOLD_MAX)
+	if (!grow || (uint64_t)c->rend + need > c->hold_max)
 		return false;
 	uint32_t ncap = c->rcap;
 
@@ -141,7 +152,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	pf_conn_t *c = h->data;
 
 	(void)suggested;
-	if (c->closing || !make_room(c, 1)) {
+	if (c->closing || !make_room(c, 1, false)) {
 		buf->base = NULL;
 		buf->len = 0;
 		return;
@@ -192,7 +203,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	if (nread > 0) {
 		c->rend += (uint32_t)nread;
 		c->bytes_in += (uint64_t)nread;
-		pf_conn_process(c);
+		if (c->read_paused || c->out_blocked)
+			update_reading(c); /* kept for later; stops when the buffer is full */
+		else
+			pf_conn_process(c);
 		count_read(c);
 		return;
 	}
@@ -214,9 +228,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void update_reading(pf_conn_t *c)
 {
-	bool want = c->handle_open && !c->closing && !c->read_paused && !c->suspended &&
-	            !c->throttled && !c->fwd_pending &&
-	            !(c->rbuf && c->rend == c->rcap && c->rpos == 0);
+	/* A full buffer can be compacted only when no write borrows it. */
+	bool full = c->rbuf && c->rend == c->rcap && (c->rpos == 0 || c->fwd_pending);
+	bool want = c->handle_open && !c->closing && !c->suspended && !c->throttled && !full;
 
 	if (want && !c->reading) {
 		if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
@@ -276,20 +290,27 @@ static bool flush_forward(pf_conn_t *c)
 	return false;
 }
 
+void pf_conn_flush(pf_conn_t *c)
+{
+	if (!c->closing && !c->fwd_pending)
+		flush_forward(c);
+}
+
 void pf_conn_process(pf_conn_t *c)
 {
 	if (c->in_process)
 		return;
 	c->in_process = true;
-	while (!c->closing && !c->fwd_pending && c->rpos < c->rend) {
+	while (!c->closing && !c->fwd_pending && !c->read_paused && !c->out_blocked &&
+	       c->rpos < c->rend) {
 		uint32_t avail = c->rend - c->rpos;
 
 		if (c->raw_mode) {
 			int n = c->ops->on_raw(c, c->rbuf + c->rpos, avail);
 
 			if (n <= 0) {
-				if (n == 0 && !c->closing && !make_room(c, 1))
-					break;
+				if (n == 0 && !c->closing)
+					make_room(c, 1, true);
 				break;
 			}
 			c->rpos += (uint32_t)n;
@@ -309,7 +330,7 @@ void pf_conn_process(pf_conn_t *c)
 		if (avail < PF_PROTO_HDR_LEN) {
 			if (!flush_forward(c))
 				break;
-			make_room(c, PF_PROTO_HDR_LEN - avail);
+			make_room(c, PF_PROTO_HDR_LEN - avail, true);
 			break;
 		}
 
@@ -350,7 +371,7 @@ void pf_conn_process(pf_conn_t *c)
 		case PF_PKT_NEED_WHOLE:
 			if (!flush_forward(c))
 				goto out;
-			if (!make_room(c, total - have)) {
+			if (!make_room(c, total - have, true)) {
 				c->ops->on_event(c, PF_CONN_EV_ERROR, -EMSGSIZE);
 				goto out;
 			}
@@ -413,8 +434,21 @@ void pf_conn_suspend(pf_conn_t *c, bool on)
 
 static void on_owned_written(uv_write_t *req, int status)
 {
+	owned_write_t *w = (owned_write_t *)req;
+	pf_conn_t *c = req->data;
+
 	(void)status;
-	free(req);
+	c->out_queued -= (uint32_t)(sizeof(*w) + w->len);
+	free(w);
+	if (c->closing) {
+		maybe_free(c);
+		return;
+	}
+	/* Below half the bound again: read and process what waits. */
+	if (c->out_blocked && c->out_queued <= PF_CONN_OUT_MAX / 2) {
+		c->out_blocked = false;
+		pf_conn_resume(c);
+	}
 }
 
 int pf_conn_send(pf_conn_t *c, const void *data, size_t len)
@@ -437,12 +471,19 @@ int pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 	if (!w)
 		return -ENOMEM;
 	w->len = len - (size_t)n;
+	w->req.data = c;
 	memcpy(w->data, (const uint8_t *)data + n, w->len);
 	b = uv_buf_init((char *)w->data, (unsigned)w->len);
 	n = uv_write(&w->req, &c->h.stream, &b, 1, on_owned_written);
 	if (n < 0) {
 		free(w);
 		return n;
+	}
+	/* Counted with the copy's overhead, so that many tiny replies are bounded too. */
+	c->out_queued += (uint32_t)(sizeof(*w) + w->len);
+	if (c->out_queued > PF_CONN_OUT_MAX && !c->out_blocked) {
+		c->out_blocked = true;
+		update_reading(c);
 	}
 	return 0;
 }
@@ -561,7 +602,8 @@ typedef struct close_linger {
 
 static void maybe_free(pf_conn_t *c)
 {
-	if (!c->closing || c->handle_open || c->fwd_pending || c->connect_pending || c->lingering)
+	if (!c->closing || c->handle_open || c->fwd_pending || c->connect_pending || c->lingering ||
+	    c->out_queued > 0)
 		return;
 	if (c->rbuf) {
 		pf_worker_put_buffer(c->worker, c->rbuf, c->rcap);
@@ -657,6 +699,20 @@ void pf_conn_close(pf_conn_t *c)
 		}
 	}
 	close_handle(c);
+}
+
+bool pf_conn_peer_hung_up(pf_conn_t *c)
+{
+	uv_os_fd_t fd;
+	struct pollfd p;
+
+	if (c->reading || c->closing || !c->handle_open || c->connect_pending ||
+	    uv_fileno(&c->h.handle, &fd) < 0)
+		return false;
+	p.fd = fd;
+	p.events = POLLRDHUP;
+	p.revents = 0;
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
 void pf_conn_addr_text(const void *sa, char *host, size_t n, int *port)

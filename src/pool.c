@@ -931,6 +931,8 @@ void pf_pool_release_server(pf_server_t *s)
 	pf_pool_t *pool = s->pool;
 	pf_worker_t *w = pool->worker;
 	pf_client_t *c = s->link;
+	/* A message of the client's only partly sent: the rest would never follow. */
+	bool half_sent = c && pf_conn_mid_message(&c->conn);
 
 	if (c) {
 		c->link = NULL;
@@ -940,8 +942,9 @@ void pf_pool_release_server(pf_server_t *s)
 	s->conn.peer = NULL;
 	s->last_used = pf_worker_now(w);
 
-	if (!pf_server_is_clean(s)) {
-		pf_server_close(s, PF_SV_CLOSE_CLIENT_GONE);
+	if (half_sent || !pf_server_is_clean(s)) {
+		pf_server_close(s, !half_sent && pf_server_is_uncertain(s) ? PF_SV_CLOSE_UNCERTAIN
+		                                                           : PF_SV_CLOSE_CLIENT_GONE);
 		pf_pool_launch(pool);
 		return;
 	}
@@ -992,6 +995,34 @@ void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *me
 	}
 }
 
+/*
+ * Connections that are not reading (a full buffer, our output piling up) would not see their
+ * peer leave: ask the kernel. A client queued for a server or stuck behind a server that does
+ * not read goes with its unprocessed input; a server that hung up is closed.
+ */
+static void close_hung_up(pf_pool_t *pool)
+{
+	pf_list_t *lists[] = {&pool->waiting_clients, &pool->active_clients};
+	pf_list_node_t *it, *tmp;
+
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		PF_LIST_FOREACH(lists[i], it, tmp)
+		{
+			pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+
+			if (pf_conn_peer_hung_up(&c->conn))
+				pf_client_close(c, PF_CLOSE_CLIENT_EOF, NULL, NULL);
+		}
+	}
+	PF_LIST_FOREACH(&pool->active_servers, it, tmp)
+	{
+		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
+
+		if (pf_conn_peer_hung_up(&s->conn))
+			pf_server_close(s, PF_SV_CLOSE_EOF);
+	}
+}
+
 void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 {
 	pf_worker_t *w = pool->worker;
@@ -1002,6 +1033,7 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 
 	if (pool->db->admin)
 		return;
+	close_hung_up(pool);
 	/* Servers that are stuck connecting or logging in. */
 	PF_LIST_FOREACH(&pool->new_servers, it, tmp)
 	{

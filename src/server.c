@@ -2,12 +2,14 @@
  * server: a connection from pgfunnel to Postgres — connect, log in, run the pooler's own
  * queries, forward results to the linked client and notice when it is free again.
  *
- * ReadyForQuery bookkeeping: every Query, Sync and FunctionCall sent to the server owes one
- * ReadyForQuery (expect_rfq). A server is clean — may go back to the pool — only when nothing is
- * owed, the last ReadyForQuery said 'I' and no task of the pooler's own is running. In
- * transaction mode the server is released at such a ReadyForQuery; in statement mode a
- * ReadyForQuery that is not 'I' ends the client ("Long transactions not allowed", as PgBouncer);
- * in session mode it is released when the client leaves.
+ * Answer bookkeeping: every message forwarded to the server is recorded in its request queue
+ * (reqq.h), and every message it sends is matched against that queue. A server is clean — may
+ * go back to the pool — only when the queue says nothing is owed or awaited, the last
+ * ReadyForQuery said 'I', no task of the pooler's own is running and no message is half-way
+ * through in either direction. In transaction mode the server is released at such a
+ * ReadyForQuery; in statement mode a ReadyForQuery that is not 'I' ends the client ("Long
+ * transactions not allowed", as PgBouncer); in session mode it is released when the client
+ * leaves. A server whose answers cannot be accounted for is never reused.
  *
  * Called by pool.c (launch, link, tasks) and client.c (cancel); pf_server_close() is the only
  * way a server ends.
@@ -61,6 +63,7 @@ static const char *const close_texts[] = {
         [PF_SV_CLOSE_POOL_GONE] = "database removed",
         [PF_SV_CLOSE_STATEMENT_MODE] = "Long transactions not allowed",
         [PF_SV_CLOSE_EVICTED] = "evicted to make room for another pool",
+        [PF_SV_CLOSE_UNCERTAIN] = "cannot tell what the server still owes",
 };
 
 _Static_assert(PF_SV_CLOSE_REASONS <= 32, "worker.h's server_closes[] is too small");
@@ -88,8 +91,13 @@ size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 
 bool pf_server_is_clean(const pf_server_t *s)
 {
-	return s->ready && s->tx_status == PF_PROTO_TX_IDLE && s->expect_rfq == 0 &&
-	       s->task == PF_SV_TASK_NONE && !s->conn.closing && !s->conn.pkt_remain;
+	return s->ready && s->tx_status == PF_PROTO_TX_IDLE && pf_reqq_is_reusable(&s->rq) &&
+	       s->task == PF_SV_TASK_NONE && !s->conn.closing && !pf_conn_mid_message(&s->conn);
+}
+
+bool pf_server_is_uncertain(const pf_server_t *s)
+{
+	return s->rq.broken || s->rq.doubtful;
 }
 
 /* Where a database's servers live: a unix socket path, or a host name and port. */
@@ -396,11 +404,13 @@ int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql)
 	pf_buf_t b;
 	int rc;
 
+	rc = pf_reqq_push(&s->rq, PF_PROTO_FE_QUERY, PF_REQQ_POOLER);
+	if (rc < 0)
+		return rc;
 	pf_buf_init(&b);
 	pf_proto_fe_query(&b, sql);
 	s->task = task;
 	s->task_failed = false;
-	s->expect_rfq++;
 	if (task == PF_SV_TASK_RESET || task == PF_SV_TASK_CHECK)
 		pf_pool_set_server_state(s, PF_SV_TESTED);
 	rc = pf_conn_send_buf(&s->conn, &b);
@@ -487,11 +497,10 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 {
 	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
 	size_t plen = hdr->payload_len;
+	uint8_t st = PF_PROTO_TX_IDLE;
 
 	switch (hdr->type) {
-	case PF_PROTO_BE_READY_FOR_QUERY: {
-		uint8_t st;
-
+	case PF_PROTO_BE_READY_FOR_QUERY:
 		if (avail < hdr->len + 1u)
 			return PF_PKT_NEED_WHOLE;
 		if (pf_proto_parse_ready_for_query(payload, plen, &st) < 0) {
@@ -499,14 +508,7 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 			return PF_PKT_STOP;
 		}
 		s->tx_status = st;
-		if (s->expect_rfq > 0)
-			s->expect_rfq--;
-		if (s->expect_rfq == 0) {
-			task_done(s, st);
-			return PF_PKT_CONSUMED;
-		}
-		return PF_PKT_CONSUMED;
-	}
+		break;
 	case PF_PROTO_BE_ERROR_RESPONSE: {
 		pf_proto_error_t e;
 
@@ -516,7 +518,7 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 		if (pf_proto_parse_error_fields(payload, plen, &e) == 0)
 			pf_log_warning(s, "pooler query error: %s %s", e.sqlstate ? e.sqlstate : "",
 			               e.message ? e.message : "");
-		return PF_PKT_CONSUMED;
+		break;
 	}
 	case PF_PROTO_BE_PARAMETER_STATUS: {
 		const char *name, *value;
@@ -528,8 +530,19 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 		return PF_PKT_CONSUMED;
 	}
 	default:
-		return PF_PKT_SKIP;
+		break;
 	}
+	if (pf_reqq_answer(&s->rq, hdr->type, NULL) == PF_REQQ_MISMATCH) {
+		pf_log_warning(s, "unexpected message '%c' from server during a pooler query",
+		               hdr->type);
+		pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+		return PF_PKT_STOP;
+	}
+	if (hdr->type != PF_PROTO_BE_READY_FOR_QUERY)
+		return hdr->type == PF_PROTO_BE_ERROR_RESPONSE ? PF_PKT_CONSUMED : PF_PKT_SKIP;
+	if (pf_reqq_len(&s->rq) == 0)
+		task_done(s, st);
+	return PF_PKT_CONSUMED;
 }
 
 static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
@@ -603,6 +616,18 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 	}
 }
 
+/* Accounts for a message from a linked server in its request queue. */
+static void account_answer(pf_server_t *s, uint8_t type)
+{
+	bool was_broken = s->rq.broken;
+
+	if (pf_reqq_answer(&s->rq, type, NULL) == PF_REQQ_MISMATCH && !was_broken)
+		pf_log_warning(s,
+		               "server sent '%c', which answers nothing we sent: it will not be "
+		               "reused",
+		               type);
+}
+
 /* ReadyForQuery for the linked client: decides whether the server is released. */
 static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr,
                                        const uint8_t *pkt, size_t avail)
@@ -619,9 +644,8 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 		pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
 		return PF_PKT_STOP;
 	}
+	account_answer(s, hdr->type);
 	now = pf_worker_now(pool->worker);
-	if (s->expect_rfq > 0)
-		s->expect_rfq--;
 	if (c->query_start) {
 		pool->stats.query_count++;
 		pool->stats.query_time += (uint64_t)(now - c->query_start);
@@ -633,7 +657,9 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 		c->xact_start = 0;
 	}
 	s->tx_status = st;
-	if (mode == PF_POOL_SESSION || s->expect_rfq > 0)
+	/* Released only when nothing the client sent can still produce a byte and no message of
+	 * the client's is half-way through to the server. */
+	if (mode == PF_POOL_SESSION || !pf_reqq_is_idle(&s->rq) || pf_conn_mid_message(&c->conn))
 		return PF_PKT_FORWARD;
 	if (st != PF_PROTO_TX_IDLE) {
 		if (mode == PF_POOL_STATEMENT) {
@@ -727,11 +753,13 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_pr
 		if (avail >= hdr->len + 1u &&
 		    pf_proto_parse_error_fields(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &e) == 0)
 			pf_stats_note_error(s->pool, e.sqlstate);
-		return PF_PKT_FORWARD;
+		break;
 	}
 	default:
-		return PF_PKT_FORWARD;
+		break;
 	}
+	account_answer(s, hdr->type);
+	return PF_PKT_FORWARD;
 }
 
 static void server_on_forwarded(pf_conn_t *conn)
@@ -771,6 +799,12 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 			pf_server_close(s, PF_SV_CLOSE_ERROR);
 		break;
 	case PF_CONN_EV_DRAINED:
+		/* A client held back by a full request queue goes on once half of it is answered
+		 * (here, outside message handling, so its messages cannot interleave with ours). */
+		if (s->link && s->link->rq_full && pf_reqq_len(&s->rq) <= PF_REQQ_MAX / 2) {
+			s->link->rq_full = false;
+			pf_client_resume(s->link);
+		}
 		break;
 	}
 }
@@ -868,6 +902,7 @@ static void server_on_free(pf_conn_t *conn)
 		free(s->scram);
 	}
 	free(s->login_error);
+	pf_reqq_free(&s->rq);
 	free(s);
 }
 

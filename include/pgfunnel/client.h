@@ -70,6 +70,7 @@ struct pf_client {
 	pf_database_t *admin_wait_db;    /* ... for this database (NULL = all) */
 	int admin_shutdown;              /* pf_shutdown_mode_t a SHUTDOWN asked for */
 	bool wait_counted;
+	bool rq_full; /* held back: its server's request queue is full (server.c resumes it) */
 	pf_usec_t wait_start;  /* when it started waiting (0 = not waiting) */
 	pf_usec_t xact_start;  /* when its current transaction began */
 	pf_usec_t query_start; /* when its current query began */

@@ -30,6 +30,9 @@
 typedef struct pf_worker pf_worker_t;
 typedef struct pf_conn pf_conn_t;
 
+/* The largest message a conn holds whole to act on (ErrorResponse, ParameterStatus, admin). */
+#define PF_CONN_HOLD_MAX (1024u * 1024u)
+
 /*
  * A peer address: IPv4, IPv6, or just the family AF_UNIX (unix socket paths are not kept).
  * 28 bytes instead of sockaddr_storage's 128, twice per connection.
@@ -108,6 +111,7 @@ struct pf_conn {
 	bool handle_open;     /* the uv handle is initialised and not yet closed */
 	bool connect_pending; /* an outgoing connect request refers to c */
 	bool lingering;       /* closing: waiting for queued bytes to leave */
+	bool out_blocked;     /* too much of our own output queued: no reading or processing */
 	uint8_t *rbuf;
 	uint32_t rcap, rpos, rend; /* unprocessed bytes are rbuf[rpos, rend) */
 	uint32_t fwd_start;        /* start of the forward region not yet flushed */
@@ -115,6 +119,8 @@ struct pf_conn {
 	uint32_t pkt_remain;       /* bytes of the current message still to pass */
 	bool pkt_forward;          /* ... forwarding them (else skipping) */
 	uint32_t max_packet;       /* max_packet_size for header validation */
+	uint32_t hold_max;   /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
+	uint32_t out_queued; /* bytes of our own output (with overhead) the socket holds */
 	uv_write_t fwd_req;
 	uint64_t bytes_in, bytes_out;
 	pf_sockaddr_t addr;       /* remote */
@@ -158,6 +164,12 @@ void pf_conn_unthrottle(pf_conn_t *c);
 /* SUSPEND (true) / RESUME (false): stops or restarts reading, independently of pausing. */
 void pf_conn_suspend(pf_conn_t *c, bool on);
 
+/*
+ * Sends the whole messages already marked for forwarding but not yet written (from inside a
+ * packet handler: those before the current message) to the peer now.
+ */
+void pf_conn_flush(pf_conn_t *c);
+
 /* Walks the buffered messages (see pf_conn_ops_t). Safe to call at any time. */
 void pf_conn_process(pf_conn_t *c);
 
@@ -177,8 +189,20 @@ int pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b);
  */
 void pf_conn_close(pf_conn_t *c);
 
+/*
+ * True when c is not reading (buffer full, suspended) and its peer has closed or reset the
+ * connection: the EOF a read would report. One poll(2) call; for the janitor.
+ */
+bool pf_conn_peer_hung_up(pf_conn_t *c);
+
 /* True while bytes of c wait in the kernel-side queue of libuv (c's own writes). */
 bool pf_conn_has_pending_writes(const pf_conn_t *c);
+
+/* True while a message read from c is only partly passed on (or skipped). */
+static inline bool pf_conn_mid_message(const pf_conn_t *c)
+{
+	return c->pkt_remain > 0;
+}
 
 /* True when c has buffered bytes not yet processed. */
 static inline bool pf_conn_has_input(const pf_conn_t *c)

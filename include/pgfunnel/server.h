@@ -15,6 +15,7 @@
 #include "pgfunnel/client.h"
 #include "pgfunnel/conn.h"
 #include "pgfunnel/pool.h"
+#include "pgfunnel/reqq.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/vars.h"
 
@@ -43,8 +44,9 @@ typedef enum pf_server_close_reason {
 	PF_SV_CLOSE_ADMIN,     /* RECONNECT / KILL */
 	PF_SV_CLOSE_POOL_GONE, /* database removed or too many servers after reload */
 	PF_SV_CLOSE_STATEMENT_MODE,
-	PF_SV_CLOSE_EVICTED, /* idle, closed to make room under max_db/user_connections */
-	PF_SV_CLOSE_REASONS  /* how many there are */
+	PF_SV_CLOSE_EVICTED,   /* idle, closed to make room under max_db/user_connections */
+	PF_SV_CLOSE_UNCERTAIN, /* what it still owes cannot be known: never reused */
+	PF_SV_CLOSE_REASONS    /* how many there are */
 } pf_server_close_reason_t;
 
 struct pf_server {
@@ -59,7 +61,7 @@ struct pf_server {
 	size_t n_params;
 	char **param_names;
 	char **param_values;
-	int expect_rfq;      /* ReadyForQuery messages owed for what was sent */
+	pf_reqq_t rq;        /* what it still owes, request by request */
 	uint8_t tx_status;   /* last ReadyForQuery status ('I', 'T', 'E') */
 	bool close_needed;   /* RECONNECT or lifetime: close at release */
 	bool task_failed;    /* the pooler's own query got an ErrorResponse */
@@ -105,8 +107,14 @@ void pf_server_close_cancels(pf_worker_t *w);
 /* Janitor: gives up on cancel requests older than cancel_wait_timeout. */
 void pf_server_expire_cancels(pf_worker_t *w, pf_usec_t now);
 
-/* True when s can go back to the pool: idle transaction status and nothing owed. */
+/*
+ * True when s can go back to the pool: logged in, idle transaction status, no task of the
+ * pooler's own, nothing owed or half-sent in either direction (its request queue is reusable).
+ */
 bool pf_server_is_clean(const pf_server_t *s);
+
+/* True when what s owes can no longer be known (a mismatch or a doubtful COPY): close it. */
+bool pf_server_is_uncertain(const pf_server_t *s);
 
 /* The reason's short text, as logged and as the metrics endpoint labels it. */
 const char *pf_server_close_reason_name(pf_server_close_reason_t reason);
