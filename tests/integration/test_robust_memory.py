@@ -22,7 +22,7 @@ from test_robust_clients import SSL_REQUEST, canary, finish, raw, read_until_clo
 
 # What the unbounded code grew by in these scenarios was hundreds of MiB; the bound leaves room
 # for allocator and sanitizer noise.
-RSS_GROWTH_LIMIT_KIB = 40 * 1024
+RSS_GROWTH_LIMIT_KIB = 30 * 1024
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_console_replies_do_not_pile_up(proxy, canary_role):
     rss0 = pfhelpers.proc_rss_kib(pf.pid)
 
     query = pgwire.message(b"Q", b"SHOW CONFIG;\0")
-    n = send_until_blocked(s, query, 40000 * len(query))
+    n = send_until_blocked(s, query, 12000 * len(query))
     grown = settled_rss_kib(pf.pid) - rss0
     print("console: %d queries sent, RSS grew by %d KiB" % (n, grown))
     assert grown < RSS_GROWTH_LIMIT_KIB, "RSS grew by %d KiB for %d unread replies" % (grown, n)
@@ -103,7 +103,8 @@ def test_console_replies_do_not_pile_up(proxy, canary_role):
         rows = conn.read_result()
         assert len(rows) == len(one), "reply %d of %d has %d rows" % (i, n, len(rows))
     conn.close()
-    can.check()
+    # Generous: tens of MiB of replies go out on a shared, possibly sanitized, 2-core machine.
+    can.check(max_latency=10.0)
     finish(pf)
 
 
