@@ -43,6 +43,18 @@ typedef struct owned_write {
 static void maybe_free(pf_conn_t *c);
 static void update_reading(pf_conn_t *c);
 
+/* Tells the owner about the EOF or read error that ended reading (once). */
+static void deliver_end(pf_conn_t *c)
+{
+	if (c->end_delivered || c->closing)
+		return;
+	c->end_delivered = true;
+	if (c->read_status == 0)
+		c->ops->on_event(c, PF_CONN_EV_EOF, 0);
+	else
+		c->ops->on_event(c, PF_CONN_EV_ERROR, c->read_status);
+}
+
 void pf_conn_init(pf_conn_t *c, pf_worker_t *w, const pf_conn_ops_t *ops, bool is_client)
 {
 	c->ops = ops;
@@ -220,17 +232,23 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	}
 	uv_read_stop(&c->h.stream);
 	c->reading = false;
-	if (nread == UV_EOF)
-		c->ops->on_event(c, PF_CONN_EV_EOF, 0);
+	c->read_done = true;
+	c->read_status = nread == UV_EOF ? 0 : (int)nread;
+	/* Bytes that arrived before the end are still passed on first (a server's last rows and
+	 * its FATAL error; pf_conn_process() tells the end once they are through or can go no
+	 * further); a client queued for a server leaves with its input. */
+	if (c->read_paused)
+		deliver_end(c);
 	else
-		c->ops->on_event(c, PF_CONN_EV_ERROR, (int)nread);
+		pf_conn_process(c);
 }
 
 static void update_reading(pf_conn_t *c)
 {
 	/* A full buffer can be compacted only when no write borrows it. */
 	bool full = c->rbuf && c->rend == c->rcap && (c->rpos == 0 || c->fwd_pending);
-	bool want = c->handle_open && !c->closing && !c->suspended && !c->throttled && !full;
+	bool want = c->handle_open && !c->closing && !c->read_done && !c->suspended &&
+	            !c->throttled && !full;
 
 	if (want && !c->reading) {
 		if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
@@ -247,6 +265,7 @@ static void on_forward_written(uv_write_t *req, int status)
 
 	(void)status; /* A failed write shows up on the peer as an error or EOF. */
 	c->fwd_pending = false;
+	c->fwd_writes++;
 	if (c->closing) {
 		maybe_free(c);
 		return;
@@ -298,6 +317,8 @@ void pf_conn_flush(pf_conn_t *c)
 
 void pf_conn_process(pf_conn_t *c)
 {
+	bool starved = false; /* stopped for want of bytes not yet read */
+
 	if (c->in_process)
 		return;
 	c->in_process = true;
@@ -311,6 +332,7 @@ void pf_conn_process(pf_conn_t *c)
 			if (n <= 0) {
 				if (n == 0 && !c->closing)
 					make_room(c, 1, true);
+				starved = n == 0;
 				break;
 			}
 			c->rpos += (uint32_t)n;
@@ -331,6 +353,7 @@ void pf_conn_process(pf_conn_t *c)
 			if (!flush_forward(c))
 				break;
 			make_room(c, PF_PROTO_HDR_LEN - avail, true);
+			starved = true;
 			break;
 		}
 
@@ -375,6 +398,7 @@ void pf_conn_process(pf_conn_t *c)
 				c->ops->on_event(c, PF_CONN_EV_ERROR, -EMSGSIZE);
 				goto out;
 			}
+			starved = true;
 			goto out;
 		case PF_PKT_FLUSH:
 			if (!flush_forward(c))
@@ -407,7 +431,11 @@ out:
 		return;
 	release_buffer(c);
 	update_reading(c);
-	if (!c->closing && !c->fwd_pending && c->rpos == c->rend)
+	if (c->closing || c->fwd_pending)
+		return;
+	if (c->read_done && (c->rpos == c->rend || starved || c->read_paused))
+		deliver_end(c);
+	else if (c->rpos == c->rend)
 		c->ops->on_event(c, PF_CONN_EV_DRAINED, 0);
 }
 
@@ -701,12 +729,14 @@ void pf_conn_close(pf_conn_t *c)
 	close_handle(c);
 }
 
-bool pf_conn_peer_hung_up(pf_conn_t *c)
+bool pf_conn_is_abandoned(pf_conn_t *c)
 {
 	uv_os_fd_t fd;
 	struct pollfd p;
+	bool moved = c->fwd_writes != c->fwd_writes_seen;
 
-	if (c->reading || c->closing || !c->handle_open || c->connect_pending ||
+	c->fwd_writes_seen = c->fwd_writes;
+	if (c->reading || moved || c->closing || !c->handle_open || c->connect_pending ||
 	    uv_fileno(&c->h.handle, &fd) < 0)
 		return false;
 	p.fd = fd;

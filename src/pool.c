@@ -943,8 +943,9 @@ void pf_pool_release_server(pf_server_t *s)
 	s->last_used = pf_worker_now(w);
 
 	if (half_sent || !pf_server_is_clean(s)) {
-		pf_server_close(s, !half_sent && pf_server_is_uncertain(s) ? PF_SV_CLOSE_UNCERTAIN
-		                                                           : PF_SV_CLOSE_CLIENT_GONE);
+		pf_server_close(s, !half_sent && pf_server_is_uncertain(s)
+		                           ? PF_SV_CLOSE_UNCERTAIN
+		                           : PF_SV_CLOSE_CLIENT_GONE);
 		pf_pool_launch(pool);
 		return;
 	}
@@ -996,11 +997,12 @@ void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *me
 }
 
 /*
- * Connections that are not reading (a full buffer, our output piling up) would not see their
- * peer leave: ask the kernel. A client queued for a server or stuck behind a server that does
- * not read goes with its unprocessed input; a server that hung up is closed.
+ * Clients that cannot read (a full buffer behind a server that does not read, or queued for a
+ * server) would not see their peer leave: ask the kernel. A client gone while nothing it sent
+ * moved on for a janitor period goes with its unprocessed input. (A server's EOF is told only
+ * after its last bytes reached the client: those are the client's to read.)
  */
-static void close_hung_up(pf_pool_t *pool)
+static void close_abandoned(pf_pool_t *pool)
 {
 	pf_list_t *lists[] = {&pool->waiting_clients, &pool->active_clients};
 	pf_list_node_t *it, *tmp;
@@ -1010,16 +1012,9 @@ static void close_hung_up(pf_pool_t *pool)
 		{
 			pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
 
-			if (pf_conn_peer_hung_up(&c->conn))
+			if (pf_conn_is_abandoned(&c->conn))
 				pf_client_close(c, PF_CLOSE_CLIENT_EOF, NULL, NULL);
 		}
-	}
-	PF_LIST_FOREACH(&pool->active_servers, it, tmp)
-	{
-		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
-
-		if (pf_conn_peer_hung_up(&s->conn))
-			pf_server_close(s, PF_SV_CLOSE_EOF);
 	}
 }
 
@@ -1033,7 +1028,7 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 
 	if (pool->db->admin)
 		return;
-	close_hung_up(pool);
+	close_abandoned(pool);
 	/* Servers that are stuck connecting or logging in. */
 	PF_LIST_FOREACH(&pool->new_servers, it, tmp)
 	{

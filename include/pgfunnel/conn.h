@@ -112,6 +112,8 @@ struct pf_conn {
 	bool connect_pending; /* an outgoing connect request refers to c */
 	bool lingering;       /* closing: waiting for queued bytes to leave */
 	bool out_blocked;     /* too much of our own output queued: no reading or processing */
+	bool read_done;       /* the peer's EOF or a read error ended reading (read_status) */
+	bool end_delivered;   /* ... and ops->on_event() was told */
 	uint8_t *rbuf;
 	uint32_t rcap, rpos, rend; /* unprocessed bytes are rbuf[rpos, rend) */
 	uint32_t fwd_start;        /* start of the forward region not yet flushed */
@@ -121,6 +123,8 @@ struct pf_conn {
 	uint32_t max_packet;       /* max_packet_size for header validation */
 	uint32_t hold_max;   /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
 	uint32_t out_queued; /* bytes of our own output (with overhead) the socket holds */
+	int read_status;     /* 0 for EOF, else the read error */
+	uint32_t fwd_writes, fwd_writes_seen; /* forward writes completed; as the janitor saw */
 	uv_write_t fwd_req;
 	uint64_t bytes_in, bytes_out;
 	pf_sockaddr_t addr;       /* remote */
@@ -190,10 +194,11 @@ int pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b);
 void pf_conn_close(pf_conn_t *c);
 
 /*
- * True when c is not reading (buffer full, suspended) and its peer has closed or reset the
- * connection: the EOF a read would report. One poll(2) call; for the janitor.
+ * For the janitor, once a second: true when c is not reading (buffer full, or its EOF waits
+ * behind unprocessed bytes), no forward write of c's completed since the previous call, and the
+ * peer has closed or reset the connection. One poll(2) call.
  */
-bool pf_conn_peer_hung_up(pf_conn_t *c);
+bool pf_conn_is_abandoned(pf_conn_t *c);
 
 /* True while bytes of c wait in the kernel-side queue of libuv (c's own writes). */
 bool pf_conn_has_pending_writes(const pf_conn_t *c);
