@@ -623,7 +623,7 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 		                "extended query protocol not supported by admin console");
 		return PF_PKT_STOP;
 	}
-	if (avail < hdr->len + 1u)
+	if (avail < hdr->total)
 		return PF_PKT_NEED_WHOLE;
 	len = hdr->payload_len;
 	if (len == 0 || pkt[PF_PROTO_HDR_LEN + len - 1] != '\0') {

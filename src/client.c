@@ -509,7 +509,7 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 		                "expected a password message during authentication");
 		return PF_PKT_STOP;
 	}
-	if (avail < hdr->len + 1u)
+	if (avail < hdr->total)
 		return PF_PKT_NEED_WHOLE;
 	switch (c->auth_step) {
 	case AUTH_PLAIN:

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "pgfunnel/config.h"
+#include "pgfunnel/proto.h"
 
 #define DATA_DIR PF_SOURCE_ROOT "/tests/unit/data"
 #define SEC      PF_USEC_PER_SEC
@@ -294,9 +295,20 @@ static void test_int_values(void **state)
 	assert_int_equal(cfg->listen_port, 65535);
 	assert_format(cfg, "listen_port", "65535");
 	pf_config_free(cfg);
-	cfg = load_param("max_packet_size = 4294967295");
-	assert_int_equal(cfg->max_packet_size, 4294967295u);
-	assert_format(cfg, "max_packet_size", "4294967295");
+	/* max_packet_size stops at INT32_MAX: above it len + 1 would wrap (security issue). */
+	cfg = load_param("max_packet_size = 0");
+	assert_int_equal(cfg->max_packet_size, 0);
+	pf_config_free(cfg);
+	cfg = load_param("max_packet_size = 1");
+	assert_int_equal(cfg->max_packet_size, 1);
+	pf_config_free(cfg);
+	cfg = load_param("max_packet_size = 2147483646");
+	assert_int_equal(cfg->max_packet_size, 2147483646u);
+	pf_config_free(cfg);
+	cfg = load_param("max_packet_size = 2147483647");
+	assert_int_equal(cfg->max_packet_size, 2147483647u);
+	assert_int_equal(cfg->max_packet_size, PF_PROTO_MAX_MSG_LEN);
+	assert_format(cfg, "max_packet_size", "2147483647");
 	pf_config_free(cfg);
 
 	param_fails("listen_port = 0", "t.ini:2: parameter \"listen_port\": invalid value \"0\" "
@@ -314,9 +326,18 @@ static void test_int_values(void **state)
 	            "integer from 0 to 2147483647)");
 	param_fails("default_pool_size =", "t.ini:2: parameter \"default_pool_size\": invalid "
 	                                   "value \"\" (expected an integer from 0 to 2147483647)");
+	param_fails("max_packet_size = 2147483648",
+	            "t.ini:2: parameter \"max_packet_size\": invalid value \"2147483648\" "
+	            "(expected an integer from 0 to 2147483647)");
+	param_fails("max_packet_size = 4294967295",
+	            "t.ini:2: parameter \"max_packet_size\": invalid value \"4294967295\" "
+	            "(expected an integer from 0 to 2147483647)");
 	param_fails("max_packet_size = 4294967296",
 	            "t.ini:2: parameter \"max_packet_size\": invalid value \"4294967296\" "
-	            "(expected an integer from 0 to 4294967295)");
+	            "(expected an integer from 0 to 2147483647)");
+	param_fails("max_packet_size = -1",
+	            "t.ini:2: parameter \"max_packet_size\": invalid value \"-1\" "
+	            "(expected an integer from 0 to 2147483647)");
 }
 
 static void test_bool_values(void **state)

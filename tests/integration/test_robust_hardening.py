@@ -1,0 +1,101 @@
+"""Hardening against the security issue's findings (wip-h2): length arithmetic with the largest
+max_packet_size, the unix-socket admin login, log injection through names, the console's word
+parser, heap addresses in SHOW output, and TLS modes that would fail open.
+
+Each test was seen failing against the code before its fix. Run them on the ASan build
+(PGFUNNEL_BIN=build-san/pgfunnel PGFUNNEL_SANITIZED=1): the pgfunnel fixture fails a test on
+any sanitizer report."""
+
+import os
+import re
+import socket
+import struct
+
+import psycopg
+import pytest
+
+import pfhelpers
+import pgwire
+
+
+def _start_refused(pgfunnel, params, postgres=None):
+    """Start an instance that must refuse its config; return it once it exited (non-zero)."""
+    d = {"appdb": postgres.db_entry("appdb")} if postgres else {"appdb": "host=127.0.0.1"}
+    pf = pgfunnel.start(params=params, databases=d, wait=False)
+    rc = pf.wait(10)
+    assert rc not in (0, None), "pgfunnel started with %r\n%s" % (params, pf.all_output())
+    return pf
+
+
+def _reload_refused(pf, key, value, keep):
+    """Rewrite key = value in the ini, RELOAD (refused: F0000), and check the running value
+    stays `keep` (SHOW CONFIG) and a log line names the parameter."""
+    params = dict(pf.params)
+    params[key] = value
+    pf.write_ini(params)
+    after = pf.log_len()
+    with pytest.raises(psycopg.Error) as ei:
+        pfhelpers.console(pf, "RELOAD")
+    assert ei.value.sqlstate == "F0000", ei.value
+    pf.wait_for_log(r"%s" % re.escape(key), after=after)
+    cols, rows = pfhelpers.console(pf, "SHOW CONFIG")
+    cfg = {r[0]: r[1] for r in rows}
+    assert cfg[key] == keep, cfg[key]
+    assert pf.is_running()
+
+
+def _raw_login(pf, user, dbname, password, host=None):
+    return pgwire.connect(host or pf.host, pf.port, user, dbname, password)
+
+
+# ---------------------------------------------------------------- 1. max_packet_size
+
+
+@pytest.mark.parametrize("value", ["4294967295", "2147483648"])
+def test_max_packet_size_above_int32_refused_at_load(pgfunnel, postgres, value):
+    pf = _start_refused(pgfunnel, {"max_packet_size": value}, postgres)
+    line = pf.ini_line_of("max_packet_size")
+    assert re.search(r'pgfunnel\.ini:%d: parameter "max_packet_size": invalid value "%s" '
+                     r'\(expected an integer from 0 to 2147483647\)' % (line, value),
+                     pf.all_output()), pf.all_output()
+
+
+def test_max_packet_size_reload_and_set_above_int32_refused(proxy):
+    pf = proxy(params={"max_packet_size": "2147483647"})
+    _reload_refused(pf, "max_packet_size", "4294967295", "2147483647")
+    with pytest.raises(psycopg.Error) as ei:
+        pfhelpers.console(pf, "SET max_packet_size = 4294967295")
+    assert ei.value.sqlstate == "22023", ei.value
+    assert "max_packet_size" in str(ei.value)
+
+
+def test_huge_lengths_with_largest_max_packet_size(proxy, postgres):
+    """A SASLInitialResponse and, after login, a Query whose length field is 0xFFFFFFFF get
+    08P01 "message too long" (no heap overflow in auth, no endless loop), and pgfunnel keeps
+    serving."""
+    pf = proxy(params={"max_packet_size": "2147483647", "auth_type": "scram-sha-256"})
+    conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port))
+    try:
+        conn.send(pgwire.startup_message({"user": "postgres", "database": "appdb"}))
+        kind, payload = conn.read_message()
+        assert kind == "R" and struct.unpack("!I", payload[:4])[0] == 10  # AuthenticationSASL
+        conn.send(b"p" + struct.pack("!I", 0xFFFFFFFF) + b"SCRAM-SHA-256\0" + b"\0" * 64)
+        err = pgwire.expect_error(conn)
+        assert err and err.sqlstate == "08P01" and "max_packet_size" in err.message, err
+        assert pgwire.wait_closed(conn)
+    finally:
+        conn.sock.close()
+
+    conn = _raw_login(pf, "postgres", "appdb", "pg-super-secret")
+    try:
+        assert conn.simple_query("SELECT 1") == [("1",)]
+        conn.send(b"Q" + struct.pack("!I", 0xFFFFFFFF) + b"SELECT 1\0")
+        err = pgwire.expect_error(conn)
+        assert err and err.sqlstate == "08P01" and "max_packet_size" in err.message, err
+        assert pgwire.wait_closed(conn)
+    finally:
+        conn.sock.close()
+    # Still serving, promptly.
+    with _raw_login(pf, "postgres", "appdb", "pg-super-secret") as c2:
+        assert c2.simple_query("SELECT 2") == [("2",)]
+    assert pf.is_running()
