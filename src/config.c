@@ -425,6 +425,18 @@ static void describe_expected(const pf_config_param_t *p, char *out, size_t n)
 }
 
 /*
+ * Until TLS lands, a client_tls_sslmode or server_tls_sslmode that demands encryption (require,
+ * verify-ca, verify-full) is refused, from the file, a RELOAD or SET alike: accepting it would
+ * serve plaintext to whoever configured it to be impossible (failing open). disable, allow and
+ * prefer keep working, since plaintext is within what they promise (server_tls_sslmode's
+ * PgBouncer default is prefer).
+ */
+static bool tls_mode_needs_tls(const pf_config_param_t *p, int mode)
+{
+	return p->type == PF_CFG_ENUM && p->values == sslmode_values && mode >= PF_SSLMODE_REQUIRE;
+}
+
+/*
  * Parses value for p into cfg. On failure cfg is unchanged and err gets the message.
  */
 static int set_value(pf_config_t *cfg, const pf_config_param_t *p, const char *value, char *err,
@@ -449,9 +461,21 @@ static int set_value(pf_config_t *cfg, const pf_config_param_t *p, const char *v
 	case PF_CFG_TIME:
 		ok = parse_time(value, (pf_usec_t *)dst);
 		break;
-	case PF_CFG_ENUM:
-		ok = parse_enum(value, p->values, (int *)dst);
+	case PF_CFG_ENUM: {
+		int mode;
+
+		if ((ok = parse_enum(value, p->values, &mode)) && tls_mode_needs_tls(p, mode)) {
+			set_err(err, errlen,
+			        "parameter \"%s\": \"%s\" requires TLS, which pgfunnel does not "
+			        "support yet; refusing it rather than using plaintext (accepted "
+			        "until then: disable, allow, prefer)",
+			        p->name, p->values[mode]);
+			return -EINVAL;
+		}
+		if (ok)
+			*(int *)dst = mode;
 		break;
+	}
 	case PF_CFG_MODE:
 		ok = parse_mode(value, (int *)dst);
 		break;

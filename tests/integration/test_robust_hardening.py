@@ -99,3 +99,39 @@ def test_huge_lengths_with_largest_max_packet_size(proxy, postgres):
     with _raw_login(pf, "postgres", "appdb", "pg-super-secret") as c2:
         assert c2.simple_query("SELECT 2") == [("2",)]
     assert pf.is_running()
+
+
+# ---------------------------------------------------------------- 6. TLS modes that need TLS
+
+
+@pytest.mark.parametrize("key,value", [
+    ("client_tls_sslmode", "require"), ("client_tls_sslmode", "verify-ca"),
+    ("client_tls_sslmode", "verify-full"), ("server_tls_sslmode", "require"),
+    ("server_tls_sslmode", "verify-ca"), ("server_tls_sslmode", "verify-full")])
+def test_tls_mode_requiring_tls_refuses_to_start(pgfunnel, postgres, key, value):
+    pf = _start_refused(pgfunnel, {key: value}, postgres)
+    line = pf.ini_line_of(key)
+    assert re.search(r'pgfunnel\.ini:%d: parameter "%s": "%s" requires TLS' % (line, key, value),
+                     pf.all_output()), pf.all_output()
+    assert not pfhelpers.port_accepts(pf.port)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("client_tls_sslmode", "allow"), ("client_tls_sslmode", "prefer"),
+    ("server_tls_sslmode", "disable"), ("server_tls_sslmode", "allow")])
+def test_tls_modes_allowing_plaintext_still_work(proxy, key, value):
+    pf = proxy(params={key: value})
+    with pfhelpers.proxy_connect(pf, "postgres", "appdb", "pg-super-secret") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("key", ["client_tls_sslmode", "server_tls_sslmode"])
+def test_tls_mode_reload_and_set_to_require_refused(proxy, key):
+    pf = proxy()
+    keep = "disable" if key == "client_tls_sslmode" else "prefer"
+    _reload_refused(pf, key, "require", keep)
+    with pytest.raises(psycopg.Error) as ei:
+        pfhelpers.console(pf, "SET %s = 'verify-full'" % key)
+    assert ei.value.sqlstate == "22023" and "requires TLS" in str(ei.value), ei.value
+    with pfhelpers.proxy_connect(pf, "postgres", "appdb", "pg-super-secret") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
