@@ -135,3 +135,63 @@ def test_tls_mode_reload_and_set_to_require_refused(proxy, key):
     assert ei.value.sqlstate == "22023" and "requires TLS" in str(ei.value), ei.value
     with pfhelpers.proxy_connect(pf, "postgres", "appdb", "pg-super-secret") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# ---------------------------------------------------------------- 4. console word parser
+
+
+def _console_error(pf, sql):
+    with pytest.raises(psycopg.Error) as ei:
+        pfhelpers.console(pf, sql)
+    return ei.value
+
+
+@pytest.mark.parametrize("sql", ["KILL_CLIENT -1", "KILL_CLIENT +1", "KILL_CLIENT 1x",
+                                 "KILL_CLIENT 0x1"])
+def test_kill_client_refuses_non_numbers(proxy, sql):
+    pf = proxy()
+    with pfhelpers.proxy_connect(pf, "postgres", "appdb", "pg-super-secret") as victim:
+        err = _console_error(pf, sql)
+        assert err.sqlstate == "42601", err
+        assert err.diag.message_primary == 'invalid command "%s", use SHOW HELP;' % sql
+        assert victim.execute("SELECT 1").fetchone() == (1,)
+    assert pf.is_running()
+
+
+def test_kill_client_id_too_large(proxy):
+    pf = proxy()
+    err = _console_error(pf, "KILL_CLIENT 99999999999999999999999")
+    assert err.sqlstate == "42704" and "no client with id" in str(err), err
+
+
+@pytest.mark.parametrize("sql", ['PAUSE "appdb', 'PAUSE ""', 'RESUME "appdb""',
+                                 'PAUSE "appdb"x', "PAUSE appdb x", 'DISABLE "" appdb',
+                                 "SHOW POOLS extra", 'SHOW "POOLS'])
+def test_console_syntax_errors(proxy, sql):
+    pf = proxy()
+    err = _console_error(pf, sql)
+    assert err.sqlstate == "42601", err
+    assert err.diag.message_primary.startswith("invalid command"), err
+    cols, rows = pfhelpers.console(pf, "SHOW STATE")
+    assert dict(rows)["paused"] == "no"
+
+
+def test_console_long_name_not_truncated(proxy):
+    """A database name longer than the console's buffer is refused, not cut to a prefix that
+    may name another database."""
+    pf = proxy()
+    err = _console_error(pf, "PAUSE " + "appdb" + "x" * 400)
+    assert err.sqlstate == "42601", err
+    err = _console_error(pf, "SET server_reset_query = '%s'" % ("x" * 1100))
+    assert err.sqlstate == "22023", err
+    cols, rows = pfhelpers.console(pf, "SHOW STATE")
+    assert dict(rows)["paused"] == "no"
+
+
+def test_console_quoted_names_still_work(proxy, postgres):
+    pf = proxy(databases={'"my""db"': postgres.db_entry("appdb")})
+    assert pfhelpers.console(pf, 'PAUSE "my""db"') == ([], [])
+    cols, rows = pfhelpers.console(pf, "SHOW DATABASES")
+    paused = {r[cols.index("name")]: r[cols.index("paused")] for r in rows}
+    assert paused['my"db'] == 1 and paused["appdb"] == 0, paused
+    assert pfhelpers.console(pf, 'RESUME "my""db"') == ([], [])
