@@ -23,17 +23,26 @@
 #include "pgfunnel/server.h"
 #include "pgfunnel/worker.h"
 
+bool pf_admin_is_owner_name(const char *user)
+{
+	return user && (strcmp(user, "pgbouncer") == 0 || strcmp(user, "pgfunnel") == 0);
+}
+
 bool pf_admin_peer_is_owner(const pf_client_t *c)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	uv_os_fd_t fd;
 
+	/* PgBouncer's admin_pre_login: the user name must be the special one, and the peer's uid
+	 * the process's (real) uid, which after -u is the uid it runs as. */
+	if (!pf_admin_is_owner_name(c->user_name))
+		return false;
 	if (!c->conn.is_unix || uv_fileno(&c->conn.h.handle, &fd) < 0)
 		return false;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return false;
-	return cred.uid == geteuid();
+	return cred.uid == getuid();
 }
 
 void pf_admin_login(pf_client_t *c)

@@ -379,26 +379,25 @@ static void start_auth(pf_client_t *c)
 	if (c->db->admin) {
 		bool can_write;
 
+		/* As PgBouncer: the OS user that runs it, over the unix socket and as the user
+		 * "pgbouncer" (or "pgfunnel"), is admin without a password; under any other name
+		 * it is an ordinary console user. */
+		if (pf_admin_peer_is_owner(c)) {
+			c->admin_can_write = true;
+			if (cfg->log_connections)
+				pf_log_info(c, "%s access from unix socket", c->user_name);
+			login_ok(c);
+			return;
+		}
 		if (!user_may_use_console(cfg, c->user_name, &can_write) &&
 		    cfg->auth_type != PF_AUTH_ANY) {
-			/* PgBouncer also lets in the OS user that runs it over the unix socket. */
-			if (!pf_admin_peer_is_owner(c)) {
-				snprintf(msg, sizeof(msg),
-				         "not allowed to connect to the admin console as user "
-				         "\"%s\"",
-				         c->user_name);
-				pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "42501", msg);
-				return;
-			}
-			c->admin_can_write = true;
-			login_ok(c);
+			snprintf(msg, sizeof(msg),
+			         "not allowed to connect to the admin console as user \"%s\"",
+			         c->user_name);
+			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "42501", msg);
 			return;
 		}
 		c->admin_can_write = can_write;
-		if (pf_admin_peer_is_owner(c)) {
-			login_ok(c);
-			return;
-		}
 	}
 	switch (cfg->auth_type) {
 	case PF_AUTH_ANY:

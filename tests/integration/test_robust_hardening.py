@@ -195,3 +195,56 @@ def test_console_quoted_names_still_work(proxy, postgres):
     paused = {r[cols.index("name")]: r[cols.index("paused")] for r in rows}
     assert paused['my"db'] == 1 and paused["appdb"] == 0, paused
     assert pfhelpers.console(pf, 'RESUME "my""db"') == ([], [])
+
+
+# ---------------------------------------------------------------- 2. unix-socket admin
+
+
+def _unix_console(pf, user, sql=""):
+    return pfhelpers.wire_as_run_user(pf.unix_socket_dir, pf.port, user, "pgbouncer", sql)
+
+
+@pytest.mark.skipif(not pfhelpers.is_root(), reason="needs root to act as pgfunnel's OS user")
+@pytest.mark.parametrize("user", ["postgres", "alice", "pgfunnelx", "PGBOUNCER"])
+def test_unix_owner_under_other_name_is_not_admin(proxy, user):
+    """The OS user that runs pgfunnel, over the unix socket, under a name other than
+    pgbouncer/pgfunnel, gets no password-less console: postgres (an admin_user) must give its
+    password, and an unlisted name is refused."""
+    pf = proxy()
+    res = _unix_console(pf, user, "SHUTDOWN")
+    assert not res["login"], res
+    if user == "postgres":
+        assert "password" in res.get("error", ""), res  # asked for one; none was given
+    else:
+        assert res["sqlstate"] == "42501", res
+        assert 'not allowed to connect to the admin console as user "%s"' % user in \
+            res["message"], res
+    assert pf.is_running()
+    cols, rows = pfhelpers.console(pf, "SHOW STATE")
+    assert dict(rows)["active"] == "yes"
+
+
+@pytest.mark.skipif(not pfhelpers.is_root(), reason="needs root to act as pgfunnel's OS user")
+@pytest.mark.parametrize("user", ["pgbouncer", "pgfunnel"])
+def test_unix_owner_as_pgbouncer_is_admin(proxy, user):
+    pf = proxy()
+    after = pf.log_len()
+    res = _unix_console(pf, user, "PAUSE appdb")
+    assert res["login"] and "sqlstate" not in res, res
+    assert res["auth_methods"] == [0], res  # AuthenticationOk at once: no password asked
+    pf.wait_for_log(r"%s access from unix socket" % user, after=after)
+    cols, rows = pfhelpers.console(pf, "SHOW DATABASES")
+    paused = {r[cols.index("name")]: r[cols.index("paused")] for r in rows}
+    assert paused["appdb"] == 1, paused
+    assert _unix_console(pf, user, "RESUME appdb")["login"]
+
+
+@pytest.mark.skipif(not pfhelpers.is_root(), reason="needs root to act as pgfunnel's OS user")
+def test_pgbouncer_name_over_tcp_or_other_uid_needs_password(proxy):
+    pf = proxy()
+    # Over TCP, as pgfunnel's OS user: not the unix socket, so no special login.
+    res = pfhelpers.wire_as_run_user(pf.host, pf.port, "pgbouncer", "pgbouncer", "SHOW STATE")
+    assert not res["login"] and res["sqlstate"] == "42501", res
+    # Over the unix socket, as root (another uid).
+    err, closed = pgwire.login_refused(pf.unix_socket_dir, pf.port, "pgbouncer", "pgbouncer")
+    assert err.sqlstate == "42501" and closed, err
