@@ -248,3 +248,65 @@ def test_pgbouncer_name_over_tcp_or_other_uid_needs_password(proxy):
     # Over the unix socket, as root (another uid).
     err, closed = pgwire.login_refused(pf.unix_socket_dir, pf.port, "pgbouncer", "pgbouncer")
     assert err.sqlstate == "42501" and closed, err
+
+
+# ---------------------------------------------------------------- 3. log injection
+
+FORGED = "2026-12-02 12:00:00.000 UTC [1] LOG FORGEDLINE"
+
+
+def _raw_startup(pf, params, host=None):
+    """Send a startup packet with raw byte values; return the first error (or None)."""
+    body = struct.pack("!I", pgwire.PROTOCOL_3_0)
+    for k, v in params.items():
+        body += k.encode() + b"\0" + v + b"\0"
+    conn = pgwire.Connection(pgwire.open_socket(host or pf.host, pf.port))
+    try:
+        conn.send(pgwire.message(b"", body + b"\0"))
+        try:
+            kind, payload = conn.read_message()
+        except pgwire.ProtocolError:
+            return None
+        if kind == "E":
+            return pgwire.PgError(pgwire.parse_fields(payload))
+        if kind == "R" and struct.unpack("!I", payload[:4])[0] == 5:  # md5: answer wrong
+            conn.send(pgwire.message(b"p", b"md5" + b"0" * 32 + b"\0"))
+        return pgwire.expect_error(conn)
+    finally:
+        conn.sock.close()
+
+
+@pytest.mark.parametrize("field", ["user", "database"])
+def test_names_cannot_forge_log_lines(proxy, field):
+    pf = proxy(params={"log_connections": "1", "log_disconnections": "1",
+                       "log_pooler_errors": "1"})
+    evil = ("x\n" + FORGED + "\r\n" + FORGED + "\x1b[2J\xff").encode("latin-1")
+    params = {"user": b"postgres", "database": b"appdb"}
+    params[field] = evil
+    after = pf.log_len()
+    err = _raw_startup(pf, params)
+    assert err is not None and err.sqlstate in ("28P01", "3D000"), err
+    pf.wait_for_log(r"FORGEDLINE", after=after)
+    text = pf.log_text()
+    assert not re.search(r"(?m)^2026-12-02 12:00:00\.000 UTC \[1\] LOG FORGEDLINE", text), text
+    assert "x\\n2026-12-02 12:00:00.000 UTC [1] LOG FORGEDLINE\\r\\n" in text, text[-2000:]
+    assert "\\x1b[2J\\xff" in text
+    assert "\x1b" not in text
+    assert pf.is_running()
+
+
+def test_console_and_app_name_cannot_forge_log_lines(proxy):
+    pf = proxy(params={"log_connections": "1"})
+    after = pf.log_len()
+    # A SET value is logged ("SET key = value"): a quoted value may hold a newline.
+    pfhelpers.console(pf, "SET server_reset_query = 'DISCARD ALL\n%s'" % FORGED)
+    # An invalid command echoes the text in the error; application_name travels with the client.
+    with pytest.raises(psycopg.Error):
+        pfhelpers.console(pf, "PAUSE x\n%s" % FORGED)
+    with pfhelpers.proxy_connect(pf, "postgres", "appdb", "pg-super-secret",
+                                 application_name="app\n" + FORGED) as conn:
+        conn.execute("SELECT 1")
+    pf.wait_for_log(r"FORGEDLINE", after=after)
+    text = pf.log_text()
+    assert not re.search(r"(?m)^2026-12-02 12:00:00\.000 UTC \[1\] LOG FORGEDLINE", text), text
+    assert pf.is_running()
