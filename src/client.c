@@ -14,6 +14,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,7 +102,8 @@ size_t pf_client_describe(const pf_client_t *c, char *buf, size_t n)
 	int port, len;
 
 	pf_conn_addr_text(&c->conn.addr, host, sizeof(host), &port);
-	len = snprintf(buf, n, "C-%p: %s/%s@%s:%d", (const void *)c,
+	/* The id, not the heap address: the same value SHOW CLIENTS prints as ptr. */
+	len = snprintf(buf, n, "C-0x%" PRIx64 ": %s/%s@%s:%d", c->conn.id,
 	               c->db_name ? c->db_name : "(nodb)", c->user_name ? c->user_name : "(nouser)",
 	               host, port);
 	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);

@@ -15,6 +15,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,7 +82,8 @@ size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 		pf_strlcpy(host, s->pool->db->host ? s->pool->db->host : "?", sizeof(host));
 		port = s->pool->db->port;
 	}
-	len = snprintf(buf, n, "S-%p: %s/%s@%s:%d", (const void *)s, s->pool->db->name,
+	/* The id, not the heap address: the same value SHOW SERVERS prints as ptr. */
+	len = snprintf(buf, n, "S-0x%" PRIx64 ": %s/%s@%s:%d", s->conn.id, s->pool->db->name,
 	               s->pool->user->name, host, port);
 	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
 }

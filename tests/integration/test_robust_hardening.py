@@ -310,3 +310,33 @@ def test_console_and_app_name_cannot_forge_log_lines(proxy):
     text = pf.log_text()
     assert not re.search(r"(?m)^2026-12-02 12:00:00\.000 UTC \[1\] LOG FORGEDLINE", text), text
     assert pf.is_running()
+
+
+# ---------------------------------------------------------------- 5. no heap addresses in SHOW
+
+
+def test_show_ptr_and_link_are_ids_not_addresses(proxy):
+    """ptr is the connection's id in hex (stable, unique, not a heap address), link the
+    linked connection's ptr, the same in SHOW CLIENTS, SERVERS and SOCKETS, and it is the value
+    in the C-0x…/S-0x… log prefixes."""
+    pf = proxy(params={"log_connections": "1"})
+    with pfhelpers.proxy_connect(pf, "postgres", "appdb", "pg-super-secret") as conn:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")  # linked while the transaction is open
+        lists = {}
+        for what in ("CLIENTS", "SERVERS", "SOCKETS", "ACTIVE_SOCKETS"):
+            cols, rows = pfhelpers.console(pf, "SHOW " + what)
+            lists[what] = pfhelpers.rows_as_dicts(cols, rows)
+        for what, rows in lists.items():
+            for r in rows:
+                assert r["ptr"] == "0x%x" % r["id"], (what, r)
+                assert r["link"] == "" or re.match(r"^0x[0-9a-f]+$", r["link"]), (what, r)
+        mine = [c for c in lists["CLIENTS"] if c["database"] == "appdb"]
+        assert len(mine) == 1, lists["CLIENTS"]
+        by_ptr = {s["ptr"]: s for s in lists["SERVERS"]}
+        assert by_ptr[mine[0]["link"]]["link"] == mine[0]["ptr"]
+        socks = {r["ptr"]: r for r in lists["SOCKETS"]}
+        assert socks[mine[0]["ptr"]]["link"] == mine[0]["link"]
+        pf.wait_for_log(r"C-%s: appdb/postgres@127\.0\.0\.1:\d+ login attempt" %
+                        re.escape(mine[0]["ptr"]))
+        conn.execute("COMMIT")
