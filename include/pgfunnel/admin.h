@@ -53,9 +53,8 @@ bool pf_admin_is_owner_name(const char *user);
  * "double-quoted" identifier kept as written, where "" stands for one quote. Returns 1 with
  * *s moved past the word; 0 when no word starts after the blanks (end of text or another
  * character: *s moved past the blanks, buf empty); -EINVAL for an unterminated or empty
- * quoted identifier;
- * -ENAMETOOLONG when the word does not fit in buf (never cut short: a truncated name could
- * name something else). *s is left unchanged on errors.
+ * quoted identifier; -ENAMETOOLONG when the word does not fit in buf (never cut short: a
+ * truncated name could name something else). *s is left unchanged on errors.
  */
 PF_MUSTCHECK int pf_admin_next_word(const char **s, char *buf, size_t n, bool upper);
 

@@ -1,6 +1,7 @@
 /*
  * Unit tests for the admin console's word parser (pf_admin_next_word) and client id parser
- * (pf_admin_parse_id): the pure pieces of command parsing, without sockets.
+ * (pf_admin_parse_id), and the user names of the unix-socket owner login: the pure pieces of
+ * the console, without sockets.
  */
 #include "config.h"
 
@@ -93,11 +94,25 @@ static void test_parse_id(void **state)
 	id_is("", -EINVAL, 0);
 }
 
+static void test_owner_names(void **state)
+{
+	(void)state;
+	/* PgBouncer's special user, and ours; nothing else, not even by case. */
+	assert_true(pf_admin_is_owner_name("pgbouncer"));
+	assert_true(pf_admin_is_owner_name("pgfunnel"));
+	assert_false(pf_admin_is_owner_name("PGBOUNCER"));
+	assert_false(pf_admin_is_owner_name("pgbouncer "));
+	assert_false(pf_admin_is_owner_name("postgres"));
+	assert_false(pf_admin_is_owner_name(""));
+	assert_false(pf_admin_is_owner_name(NULL));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_next_word),
 	        cmocka_unit_test(test_parse_id),
+	        cmocka_unit_test(test_owner_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
