@@ -6,6 +6,8 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,17 +23,26 @@
 #include "pgfunnel/server.h"
 #include "pgfunnel/worker.h"
 
+bool pf_admin_is_owner_name(const char *user)
+{
+	return user && (strcmp(user, "pgbouncer") == 0 || strcmp(user, "pgfunnel") == 0);
+}
+
 bool pf_admin_peer_is_owner(const pf_client_t *c)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	uv_os_fd_t fd;
 
+	/* PgBouncer's admin_pre_login: the user name must be the special one, and the peer's uid
+	 * the process's (real) uid, which after -u is the uid it runs as. */
+	if (!pf_admin_is_owner_name(c->user_name))
+		return false;
 	if (!c->conn.is_unix || uv_fileno(&c->conn.h.handle, &fd) < 0)
 		return false;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return false;
-	return cred.uid == geteuid();
+	return cred.uid == getuid();
 }
 
 void pf_admin_login(pf_client_t *c)
@@ -70,33 +81,64 @@ void pf_admin_login(pf_client_t *c)
 		            c->user_name);
 }
 
-/*
- * Next word of s into buf (size n), upper-cased unless quoted: letters, digits and '_', or a
- * "double-quoted" identifier (kept as written, as PgBouncer's console allows for database
- * names). Returns the rest of s.
- */
-static const char *next_word(const char *s, char *buf, size_t n, bool upper)
+int pf_admin_next_word(const char **s, char *buf, size_t n, bool upper)
 {
+	const char *p = *s;
 	size_t len = 0;
 
-	while (isspace((unsigned char)*s))
-		s++;
-	if (*s == '"') {
-		for (s++; *s && *s != '"'; s++) {
-			if (len + 1 < n)
-				buf[len++] = *s;
+	if (n == 0)
+		return -ENAMETOOLONG;
+	buf[0] = '\0';
+	while (isspace((unsigned char)*p))
+		p++;
+	if (*p == '"') {
+		/* A quoted identifier, as in SQL: "" stands for one quote; it must be closed and
+		 * must not be empty (Postgres: "zero-length delimited identifier", 42601). */
+		for (p++;; p++) {
+			if (*p == '\0')
+				return -EINVAL;
+			if (*p == '"' && p[1] != '"')
+				break;
+			if (*p == '"')
+				p++;
+			if (len + 1 >= n)
+				return -ENAMETOOLONG;
+			buf[len++] = *p;
 		}
-		if (*s == '"')
-			s++;
+		if (len == 0)
+			return -EINVAL;
+		p++;
 	} else {
-		while (*s && (isalnum((unsigned char)*s) || *s == '_' || *s == '-' || *s == '.')) {
-			if (len + 1 < n)
-				buf[len++] = upper ? (char)toupper((unsigned char)*s) : *s;
-			s++;
+		while (*p && (isalnum((unsigned char)*p) || *p == '_' || *p == '-' || *p == '.')) {
+			if (len + 1 >= n)
+				return -ENAMETOOLONG;
+			buf[len++] = upper ? (char)toupper((unsigned char)*p) : *p;
+			p++;
 		}
 	}
 	buf[len] = '\0';
-	return s;
+	*s = p;
+	return len > 0;
+}
+
+int pf_admin_parse_id(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (!*s)
+		return -EINVAL;
+	for (; *s; s++) {
+		unsigned d = (unsigned)(*s - '0');
+
+		/* Digits only: strtoull would take "-1" as 2^64-1, and "+1", "0x1" or " 1". */
+		if (d > 9)
+			return -EINVAL;
+		if (v > (UINT64_MAX - d) / 10)
+			return -ERANGE;
+		v = v * 10 + d;
+	}
+	*out = v;
+	return 0;
 }
 
 static bool only_blanks(const char *s)
@@ -333,17 +375,32 @@ static void cmd_kill(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
 	command_ok(out, "KILL");
 }
 
-static void cmd_kill_client(pf_client_t *c, const char *arg, pf_buf_t *out)
+/* Answers a command the console cannot parse, in PgBouncer's words. */
+static void invalid_command(pf_buf_t *out, const char *sql);
+
+static void cmd_kill_client(pf_client_t *c, const char *arg, const char *sql, pf_buf_t *out)
 {
 	pf_worker_t *w = c->conn.worker;
 	pf_list_node_t *it, *tmp, *cit, *ctmp;
-	char *end;
-	unsigned long long id = strtoull(arg, &end, 10);
+	uint64_t id = 0;
 	char msg[100];
+	int rc;
 
-	if (!*arg || *end) {
+	if (!*arg) {
 		command_error(out, "42601",
 		              "KILL_CLIENT needs a client id (SHOW CLIENTS, column id)", NULL);
+		return;
+	}
+	rc = pf_admin_parse_id(arg, &id);
+	if (rc == -EINVAL) {
+		/* "-1", "+1", "1x": PgBouncer's grammar has no such word either. */
+		invalid_command(out, sql);
+		return;
+	}
+	if (rc < 0) {
+		/* Too large to be an id: no client has it (PgBouncer: "client not found"). */
+		snprintf(msg, sizeof(msg), "no client with id %.40s", arg);
+		command_error(out, "42704", msg, NULL);
 		return;
 	}
 	PF_LIST_FOREACH(&w->pools, it, tmp)
@@ -368,7 +425,7 @@ static void cmd_kill_client(pf_client_t *c, const char *arg, pf_buf_t *out)
 			}
 		}
 	}
-	snprintf(msg, sizeof(msg), "no client with id %llu", id);
+	snprintf(msg, sizeof(msg), "no client with id %" PRIu64, id);
 	command_error(out, "42704", msg, NULL);
 }
 
@@ -377,12 +434,16 @@ static void cmd_set(pf_client_t *c, const char *rest, pf_buf_t *out)
 {
 	pf_worker_t *w = c->conn.worker;
 	char key[64], value[1024], err[300];
-	const char *p = next_word(rest, key, sizeof(key), false);
+	const char *p = rest;
 	const pf_config_param_t *param;
 	pf_config_t *copy = NULL;
 	const char *unsafe = NULL;
 	size_t len = 0;
 
+	if (pf_admin_next_word(&p, key, sizeof(key), false) <= 0) {
+		command_error(out, "42601", "syntax: SET key = value", NULL);
+		return;
+	}
 	while (isspace((unsigned char)*p))
 		p++;
 	if (*p == '=')
@@ -402,19 +463,25 @@ static void cmd_set(pf_client_t *c, const char *rest, pf_buf_t *out)
 				break;
 			if (*p == '\'')
 				p++;
-			if (len + 1 < sizeof(value))
-				value[len++] = *p;
+			if (len + 1 >= sizeof(value))
+				break; /* refused below rather than cut short */
+			value[len++] = *p;
 		}
-		if (*p != '\'') {
+		if (*p != '\'' && len + 1 < sizeof(value)) {
 			command_error(out, "42601", "unterminated quoted value", NULL);
 			return;
 		}
-		p++;
+		if (*p)
+			p++;
 	} else {
 		while (*p && !isspace((unsigned char)*p) && len + 1 < sizeof(value))
 			value[len++] = *p++;
 	}
 	value[len] = '\0';
+	if (len + 1 >= sizeof(value)) {
+		command_error(out, "22023", "SET value too long", NULL);
+		return;
+	}
 	if (!only_blanks(p)) {
 		command_error(out, "42601", "syntax: SET key = value", NULL);
 		return;
@@ -497,14 +564,18 @@ static const char *const usage_hint =
 void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 {
 	pf_worker_t *w = c->conn.worker;
-	char verb[32], arg[256], msg[300];
-	const char *rest = next_word(sql, verb, sizeof(verb), true);
+	char verb[32], arg[256];
+	const char *rest = sql;
 	pf_database_t *db = NULL;
 
+	/* A word cut short or a broken quoted identifier would name something else: refuse. */
+	if (pf_admin_next_word(&rest, verb, sizeof(verb), true) < 0)
+		goto invalid;
 	if (strcmp(verb, "SHOW") == 0 || strcmp(verb, "SELECT") == 0) {
 		const pf_admin_show_t *cmd;
 
-		rest = next_word(rest, arg, sizeof(arg), true);
+		if (pf_admin_next_word(&rest, arg, sizeof(arg), true) < 0 || !only_blanks(rest))
+			goto invalid;
 		if (fake_show(arg, out))
 			return;
 		cmd = pf_admin_find_show(arg);
@@ -526,8 +597,7 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 			cmd_set(c, rest, out);
 		return;
 	}
-	rest = next_word(rest, arg, sizeof(arg), false);
-	if (!only_blanks(rest))
+	if (pf_admin_next_word(&rest, arg, sizeof(arg), false) < 0 || !only_blanks(rest))
 		goto invalid;
 	{
 		static const char *const control[] = {
@@ -546,7 +616,7 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 		return;
 	}
 	if (strcmp(verb, "KILL_CLIENT") == 0) {
-		cmd_kill_client(c, arg, out);
+		cmd_kill_client(c, arg, sql, out);
 		return;
 	}
 	if (strcmp(verb, "SHUTDOWN") == 0) {
@@ -604,7 +674,14 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 	}
 	return;
 invalid:
-	snprintf(msg, sizeof(msg), "invalid command \"%s\", use SHOW HELP;", sql);
+	invalid_command(out, sql);
+}
+
+static void invalid_command(pf_buf_t *out, const char *sql)
+{
+	char msg[300];
+
+	snprintf(msg, sizeof(msg), "invalid command \"%.200s\", use SHOW HELP;", sql);
 	command_error(out, "42601", msg, usage_hint);
 }
 
@@ -623,7 +700,7 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 		                "extended query protocol not supported by admin console");
 		return PF_PKT_STOP;
 	}
-	if (avail < hdr->len + 1u)
+	if (avail < hdr->total)
 		return PF_PKT_NEED_WHOLE;
 	len = hdr->payload_len;
 	if (len == 0 || pkt[PF_PROTO_HDR_LEN + len - 1] != '\0') {

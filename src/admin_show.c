@@ -12,6 +12,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -502,7 +503,7 @@ typedef struct socket_info {
 	const char *user;
 	const char *db;
 	const char *state;
-	const void *link;
+	const pf_conn_t *link; /* the linked server or client, or NULL */
 	int32_t remote_pid;
 	const char *appname;
 	pf_usec_t wait;
@@ -529,9 +530,11 @@ static void socket_row(pf_buf_t *out, pf_worker_t *w, const pf_conn_t *conn,
 	pf_conn_addr_text(&conn->local_addr, laddr, sizeof(laddr), &lport);
 	format_time(w, conn->connect_time, ctime, sizeof(ctime));
 	format_time(w, conn->request_time, rtime, sizeof(rtime));
-	snprintf(ptr, sizeof(ptr), "%p", (const void *)conn);
+	/* Not heap addresses, which a stats user has no business seeing: the connection's id in
+	 * hex, as in the C-0x…/S-0x… log prefixes, so link still names the other side's ptr. */
+	snprintf(ptr, sizeof(ptr), "0x%" PRIx64, conn->id);
 	if (si->link)
-		snprintf(lptr, sizeof(lptr), "%p", si->link);
+		snprintf(lptr, sizeof(lptr), "0x%" PRIx64, si->link->id);
 	if (!debug) {
 		pf_proto_be_data_row(out, SOCKET_TYPES, si->type, si->user, si->db, "none",
 		                     si->state, addr, (int32_t)port, laddr, (int32_t)lport, ctime,
@@ -573,7 +576,7 @@ static void client_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 		              : cl->db_name ? cl->db_name
 		                            : "(nodb)",
 		        .state = state,
-		        .link = cl->link,
+		        .link = cl->link ? &cl->link->conn : NULL,
 		        .remote_pid = unix_peer_pid(&cl->conn),
 		        .appname = cl->vars.v[PF_VAR_APPLICATION_NAME],
 		        .wait = cl->wait_start && cl->state == PF_CL_WAITING
@@ -603,7 +606,7 @@ static void server_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 		        .user = s->pool->user->name,
 		        .db = s->pool->db->name,
 		        .state = state,
-		        .link = s->link,
+		        .link = s->link ? &s->link->conn : NULL,
 		        .remote_pid = (int32_t)s->be_pid,
 		        .appname = s->vars.v[PF_VAR_APPLICATION_NAME],
 		        .wait = 0,

@@ -14,6 +14,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,7 +102,8 @@ size_t pf_client_describe(const pf_client_t *c, char *buf, size_t n)
 	int port, len;
 
 	pf_conn_addr_text(&c->conn.addr, host, sizeof(host), &port);
-	len = snprintf(buf, n, "C-%p: %s/%s@%s:%d", (const void *)c,
+	/* The id, not the heap address: the same value SHOW CLIENTS prints as ptr. */
+	len = snprintf(buf, n, "C-0x%" PRIx64 ": %s/%s@%s:%d", c->conn.id,
 	               c->db_name ? c->db_name : "(nodb)", c->user_name ? c->user_name : "(nouser)",
 	               host, port);
 	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
@@ -387,26 +389,25 @@ static void start_auth(pf_client_t *c)
 	if (c->db->admin) {
 		bool can_write;
 
+		/* As PgBouncer: the OS user that runs it, over the unix socket and as the user
+		 * "pgbouncer" (or "pgfunnel"), is admin without a password; under any other name
+		 * it is an ordinary console user. */
+		if (pf_admin_peer_is_owner(c)) {
+			c->admin_can_write = true;
+			if (cfg->log_connections)
+				pf_log_info(c, "%s access from unix socket", c->user_name);
+			login_ok(c);
+			return;
+		}
 		if (!user_may_use_console(cfg, c->user_name, &can_write) &&
 		    cfg->auth_type != PF_AUTH_ANY) {
-			/* PgBouncer also lets in the OS user that runs it over the unix socket. */
-			if (!pf_admin_peer_is_owner(c)) {
-				snprintf(msg, sizeof(msg),
-				         "not allowed to connect to the admin console as user "
-				         "\"%s\"",
-				         c->user_name);
-				pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "42501", msg);
-				return;
-			}
-			c->admin_can_write = true;
-			login_ok(c);
+			snprintf(msg, sizeof(msg),
+			         "not allowed to connect to the admin console as user \"%s\"",
+			         c->user_name);
+			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "42501", msg);
 			return;
 		}
 		c->admin_can_write = can_write;
-		if (pf_admin_peer_is_owner(c)) {
-			login_ok(c);
-			return;
-		}
 	}
 	switch (cfg->auth_type) {
 	case PF_AUTH_ANY:
@@ -517,7 +518,7 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 		                "expected a password message during authentication");
 		return PF_PKT_STOP;
 	}
-	if (avail < hdr->len + 1u)
+	if (avail < hdr->total)
 		return PF_PKT_NEED_WHOLE;
 	switch (c->auth_step) {
 	case AUTH_PLAIN:
@@ -825,7 +826,7 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	default:
 		break;
 	}
-	c->pool->stats.bytes_received += hdr->len + 1u;
+	c->pool->stats.bytes_received += hdr->total;
 	return PF_PKT_FORWARD;
 }
 

@@ -55,14 +55,14 @@ static const char *const load_balance_values[] = {"disable", "round-robin", NULL
 
 /* clang-format off */
 /* Table rows: name, reloadable, implemented, default text (and range or values). */
-#define P_INT(n, r, i, d, lo, hi) { #n, PF_CFG_INT, OFS(n), r, i, d, NULL, lo, hi }
-#define P_UINT(n, r, i, d)        { #n, PF_CFG_UINT, OFS(n), r, i, d, NULL, 0, UINT32_MAX }
-#define P_BOOL(n, r, i, d)        { #n, PF_CFG_BOOL, OFS(n), r, i, d, NULL, 0, 0 }
-#define P_STR(n, r, i, d)         { #n, PF_CFG_STRING, OFS(n), r, i, d, NULL, 0, 0 }
-#define P_LIST(n, r, i, d)        { #n, PF_CFG_LIST, OFS(n), r, i, d, NULL, 0, 0 }
-#define P_TIME(n, r, i, d)        { #n, PF_CFG_TIME, OFS(n), r, i, d, NULL, 0, 0 }
-#define P_ENUM(n, r, i, d, v)     { #n, PF_CFG_ENUM, OFS(n), r, i, d, v, 0, 0 }
-#define P_MODE(n, r, i, d)        { #n, PF_CFG_MODE, OFS(n), r, i, d, NULL, 0, 07777 }
+#define P_INT(n, r, i, d, lo, hi)  { #n, PF_CFG_INT, OFS(n), r, i, d, NULL, lo, hi }
+#define P_UINT(n, r, i, d, lo, hi) { #n, PF_CFG_UINT, OFS(n), r, i, d, NULL, lo, hi }
+#define P_BOOL(n, r, i, d)         { #n, PF_CFG_BOOL, OFS(n), r, i, d, NULL, 0, 0 }
+#define P_STR(n, r, i, d)          { #n, PF_CFG_STRING, OFS(n), r, i, d, NULL, 0, 0 }
+#define P_LIST(n, r, i, d)         { #n, PF_CFG_LIST, OFS(n), r, i, d, NULL, 0, 0 }
+#define P_TIME(n, r, i, d)         { #n, PF_CFG_TIME, OFS(n), r, i, d, NULL, 0, 0 }
+#define P_ENUM(n, r, i, d, v)      { #n, PF_CFG_ENUM, OFS(n), r, i, d, v, 0, 0 }
+#define P_MODE(n, r, i, d)         { #n, PF_CFG_MODE, OFS(n), r, i, d, NULL, 0, 07777 }
 /* clang-format on */
 
 #define RELOAD   true
@@ -121,7 +121,10 @@ static const pf_config_param_t params[] = {
         P_INT(max_client_conn, RELOAD, IMPL, "100", 0, INT_MAX),
         P_INT(max_db_client_connections, RELOAD, NOT_IMPL, "0", 0, INT_MAX),
         P_INT(max_db_connections, RELOAD, IMPL, "0", 0, INT_MAX),
-        P_UINT(max_packet_size, RELOAD, IMPL, "2147483647"),
+        /* PgBouncer takes any unsigned int, but a message length is a signed Int32: above
+         * INT32_MAX (proto.h's PF_PROTO_MAX_MSG_LEN) no message could ever be refused, and
+         * the length of a whole message (len + 1) would no longer fit in 32 bits. */
+        P_UINT(max_packet_size, RELOAD, IMPL, "2147483647", 0, INT32_MAX),
         P_INT(max_prepared_statements, RELOAD, NOT_IMPL, "200", 0, INT_MAX),
         P_INT(max_user_client_connections, RELOAD, NOT_IMPL, "0", 0, INT_MAX),
         P_INT(max_user_connections, RELOAD, IMPL, "0", 0, INT_MAX),
@@ -422,6 +425,18 @@ static void describe_expected(const pf_config_param_t *p, char *out, size_t n)
 }
 
 /*
+ * Until TLS lands, a client_tls_sslmode or server_tls_sslmode that demands encryption (require,
+ * verify-ca, verify-full) is refused, from the file, a RELOAD or SET alike: accepting it would
+ * serve plaintext to whoever configured it to be impossible (failing open). disable, allow and
+ * prefer keep working, since plaintext is within what they promise (server_tls_sslmode's
+ * PgBouncer default is prefer).
+ */
+static bool tls_mode_needs_tls(const pf_config_param_t *p, int mode)
+{
+	return p->type == PF_CFG_ENUM && p->values == sslmode_values && mode >= PF_SSLMODE_REQUIRE;
+}
+
+/*
  * Parses value for p into cfg. On failure cfg is unchanged and err gets the message.
  */
 static int set_value(pf_config_t *cfg, const pf_config_param_t *p, const char *value, char *err,
@@ -446,9 +461,21 @@ static int set_value(pf_config_t *cfg, const pf_config_param_t *p, const char *v
 	case PF_CFG_TIME:
 		ok = parse_time(value, (pf_usec_t *)dst);
 		break;
-	case PF_CFG_ENUM:
-		ok = parse_enum(value, p->values, (int *)dst);
+	case PF_CFG_ENUM: {
+		int mode;
+
+		if ((ok = parse_enum(value, p->values, &mode)) && tls_mode_needs_tls(p, mode)) {
+			set_err(err, errlen,
+			        "parameter \"%s\": \"%s\" requires TLS, which pgfunnel does not "
+			        "support yet; refusing it rather than using plaintext (accepted "
+			        "until then: disable, allow, prefer)",
+			        p->name, p->values[mode]);
+			return -EINVAL;
+		}
+		if (ok)
+			*(int *)dst = mode;
 		break;
+	}
 	case PF_CFG_MODE:
 		ok = parse_mode(value, (int *)dst);
 		break;

@@ -365,7 +365,7 @@ void pf_conn_process(pf_conn_t *c)
 			c->ops->on_event(c, PF_CONN_EV_ERROR, rc);
 			break;
 		}
-		uint32_t total = hdr.len + 1;
+		uint32_t total = hdr.total;
 		uint32_t have = avail < total ? avail : total;
 		pf_pkt_action_t act = c->ops->on_packet(c, &hdr, c->rbuf + c->rpos, have);
 

@@ -175,32 +175,123 @@ static void write_all(int fd, const char *p, size_t len)
 	}
 }
 
+/* Length of the well-formed UTF-8 sequence at s (avail bytes), or 0 when it is not one. */
+static size_t utf8_len(const unsigned char *s, size_t avail)
+{
+	unsigned char c = s[0];
+	size_t need;
+	unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+
+	if (c >= 0xc2 && c <= 0xdf)
+		need = 2;
+	else if (c >= 0xe0 && c <= 0xef) {
+		need = 3;
+		if (c == 0xe0)
+			lo = 0xa0; /* overlong */
+		else if (c == 0xed)
+			hi = 0x9f; /* surrogates */
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		need = 4;
+		if (c == 0xf0)
+			lo = 0x90; /* overlong */
+		else if (c == 0xf4)
+			hi = 0x8f; /* above U+10FFFF */
+	} else
+		return 0;
+	if (avail < need || s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < need; i++) {
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	}
+	/* C1 controls (U+0080..U+009F): some terminals act on them (0x9b is CSI). */
+	if (c == 0xc2 && s[1] <= 0x9f)
+		return 0;
+	return need;
+}
+
+size_t pf_log_escape(char *dst, size_t n, const char *src, size_t srclen)
+{
+	const unsigned char *s = (const unsigned char *)src;
+	size_t out = 0, i = 0;
+
+	if (n == 0)
+		return 0;
+	while (i < srclen) {
+		unsigned char c = s[i];
+		char esc[5];
+		size_t k, elen;
+
+		if (c >= 0x20 && c < 0x7f && c != '\\') {
+			if (out + 1 >= n)
+				break;
+			dst[out++] = (char)c;
+			i++;
+			continue;
+		}
+		if (c >= 0x80 && (k = utf8_len(s + i, srclen - i)) > 0) {
+			if (out + k >= n)
+				break;
+			memcpy(dst + out, s + i, k);
+			out += k;
+			i += k;
+			continue;
+		}
+		switch (c) {
+		case '\\':
+			memcpy(esc, "\\\\", 3);
+			break;
+		case '\n':
+			memcpy(esc, "\\n", 3);
+			break;
+		case '\r':
+			memcpy(esc, "\\r", 3);
+			break;
+		case '\t':
+			memcpy(esc, "\\t", 3);
+			break;
+		default:
+			snprintf(esc, sizeof(esc), "\\x%02x", c);
+			break;
+		}
+		elen = strlen(esc);
+		if (out + elen >= n)
+			break;
+		memcpy(dst + out, esc, elen);
+		out += elen;
+		i++;
+	}
+	dst[out] = '\0';
+	return out;
+}
+
 static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list ap)
         PF_PRINTF(3, 0);
 static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list ap)
 {
-	char line[LINE_MAX_LEN];
-	size_t head, msg, len;
+	char line[LINE_MAX_LEN], raw[LINE_MAX_LEN];
+	size_t head, rlen = 0, len;
 	int n;
 
 	head = pf_log_format_time(line, sizeof(line), pf_now_wall_usec());
 	n = snprintf(line + head, sizeof(line) - head, " [%d] %s ", (int)getpid(),
 	             level_names[level]);
 	head += (size_t)n;
-	msg = head;
+	/* The prefix and the message may carry what a client chose: assembled raw, then escaped. */
 	if (obj) {
 		if (describer)
-			msg += describer(obj, line + msg, sizeof(line) - msg - 2);
+			rlen = describer(obj, raw, sizeof(raw) - 1);
 		else
-			msg += (size_t)snprintf(line + msg, sizeof(line) - msg - 2, "%p", obj);
-		if (msg < sizeof(line) - 3) {
-			line[msg++] = ' ';
-		}
+			rlen = (size_t)snprintf(raw, sizeof(raw) - 1, "%p", obj);
+		if (rlen > sizeof(raw) - 2)
+			rlen = sizeof(raw) - 2;
+		raw[rlen++] = ' ';
 	}
-	n = vsnprintf(line + msg, sizeof(line) - msg - 1, fmt, ap);
-	len = msg + (n < 0 ? 0 : (size_t)n);
-	if (len > sizeof(line) - 2)
-		len = sizeof(line) - 2;
+	n = vsnprintf(raw + rlen, sizeof(raw) - rlen, fmt, ap);
+	rlen += n < 0 ? 0 : (size_t)n;
+	if (rlen > sizeof(raw) - 1)
+		rlen = sizeof(raw) - 1;
+	len = head + pf_log_escape(line + head, sizeof(line) - head - 1, raw, rlen);
 	line[len++] = '\n';
 	line[len] = '\0';
 

@@ -162,11 +162,13 @@ int pf_proto_read_header(const uint8_t *data, size_t len, uint32_t max_packet_si
 	mlen = get_u32(data + 1);
 	if (data[0] == 0 || mlen < 4)
 		return -EBADMSG;
-	if (mlen > max_packet_size)
+	/* The second test holds even for a caller passing an unbounded max_packet_size. */
+	if (mlen > max_packet_size || mlen > PF_PROTO_MAX_MSG_LEN)
 		return -EMSGSIZE;
 	out->type = data[0];
 	out->len = mlen;
 	out->payload_len = mlen - 4;
+	out->total = mlen + 1;
 	return PF_PROTO_HDR_LEN;
 }
 

@@ -17,6 +17,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,7 +85,8 @@ size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 		pf_strlcpy(host, s->pool->db->host ? s->pool->db->host : "?", sizeof(host));
 		port = s->pool->db->port;
 	}
-	len = snprintf(buf, n, "S-%p: %s/%s@%s:%d", (const void *)s, s->pool->db->name,
+	/* The id, not the heap address: the same value SHOW SERVERS prints as ptr. */
+	len = snprintf(buf, n, "S-0x%" PRIx64 ": %s/%s@%s:%d", s->conn.id, s->pool->db->name,
 	               s->pool->user->name, host, port);
 	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
 }
@@ -501,7 +503,7 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 
 	switch (hdr->type) {
 	case PF_PROTO_BE_READY_FOR_QUERY:
-		if (avail < hdr->len + 1u)
+		if (avail < hdr->total)
 			return PF_PKT_NEED_WHOLE;
 		if (pf_proto_parse_ready_for_query(payload, plen, &st) < 0) {
 			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
@@ -512,7 +514,7 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 	case PF_PROTO_BE_ERROR_RESPONSE: {
 		pf_proto_error_t e;
 
-		if (avail < hdr->len + 1u)
+		if (avail < hdr->total)
 			return PF_PKT_NEED_WHOLE;
 		s->task_failed = true;
 		if (pf_proto_parse_error_fields(payload, plen, &e) == 0)
@@ -523,7 +525,7 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 	case PF_PROTO_BE_PARAMETER_STATUS: {
 		const char *name, *value;
 
-		if (avail < hdr->len + 1u)
+		if (avail < hdr->total)
 			return PF_PKT_NEED_WHOLE;
 		if (pf_proto_parse_parameter_status(payload, plen, &name, &value) == 0)
 			remember_param(s, name, value);
@@ -553,7 +555,7 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 
 	if (hdr->type == PF_PROTO_BE_NOTICE_RESPONSE || hdr->type == 'v')
 		return PF_PKT_SKIP;
-	if (avail < hdr->len + 1u)
+	if (avail < hdr->total)
 		return PF_PKT_NEED_WHOLE;
 	switch (hdr->type) {
 	case PF_PROTO_BE_AUTHENTICATION:
@@ -638,7 +640,7 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 	pf_usec_t now;
 	uint8_t st;
 
-	if (avail < hdr->len + 1u)
+	if (avail < hdr->total)
 		return PF_PKT_NEED_WHOLE;
 	if (pf_proto_parse_ready_for_query(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &st) < 0) {
 		pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
@@ -697,7 +699,7 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 		case PF_PROTO_BE_PARAMETER_STATUS: {
 			const char *name, *value;
 
-			if (avail < hdr->len + 1u)
+			if (avail < hdr->total)
 				return PF_PKT_NEED_WHOLE;
 			if (pf_proto_parse_parameter_status(pkt + PF_PROTO_HDR_LEN,
 			                                    hdr->payload_len, &name, &value) == 0)
@@ -715,7 +717,7 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	}
 	act = linked_packet(s, c, hdr, pkt, avail);
 	if (act == PF_PKT_FORWARD || act == PF_PKT_FORWARD_LAST)
-		pool_stats->bytes_sent += hdr->len + 1u;
+		pool_stats->bytes_sent += hdr->total;
 	return act;
 }
 
@@ -730,7 +732,7 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_pr
 		const char *name, *value;
 		int var;
 
-		if (avail < hdr->len + 1u)
+		if (avail < hdr->total)
 			return PF_PKT_NEED_WHOLE;
 		if (pf_proto_parse_parameter_status(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &name,
 		                                    &value) == 0) {
@@ -748,9 +750,9 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_pr
 		pf_proto_error_t e;
 
 		/* Errors are counted by SQLSTATE class; they are rare, so reading them is cheap. */
-		if (avail < hdr->len + 1u && hdr->len < 8192)
+		if (avail < hdr->total && hdr->len < 8192)
 			return PF_PKT_NEED_WHOLE;
-		if (avail >= hdr->len + 1u &&
+		if (avail >= hdr->total &&
 		    pf_proto_parse_error_fields(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &e) == 0)
 			pf_stats_note_error(s->pool, e.sqlstate);
 		break;

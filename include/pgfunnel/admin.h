@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "pgfunnel/client.h"
 
@@ -36,10 +37,33 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
                                 size_t avail);
 
 /*
- * True when c came over the unix socket from the OS user that runs pgfunnel (SO_PEERCRED),
- * which PgBouncer admits to the console without a password.
+ * True when c asks for the console as the user "pgbouncer" or "pgfunnel" over the unix socket
+ * from the OS user that runs pgfunnel (SO_PEERCRED uid = getuid()): PgBouncer admits exactly
+ * that (as "pgbouncer") without a password, with admin rights. Any other name goes through
+ * admin_users / stats_users and the normal authentication, whoever the peer is.
  */
 bool pf_admin_peer_is_owner(const pf_client_t *c);
+
+/* True for the user names pf_admin_peer_is_owner() accepts: "pgbouncer" and "pgfunnel". */
+bool pf_admin_is_owner_name(const char *user);
+
+/*
+ * The console's word reader (pure; exposed for tests). Skips blanks at *s, then reads one
+ * word into buf (size n): letters, digits, '_', '-' and '.', upper-cased when `upper`; or a
+ * "double-quoted" identifier kept as written, where "" stands for one quote. Returns 1 with
+ * *s moved past the word; 0 when no word starts after the blanks (end of text or another
+ * character: *s moved past the blanks, buf empty); -EINVAL for an unterminated or empty
+ * quoted identifier; -ENAMETOOLONG when the word does not fit in buf (never cut short: a
+ * truncated name could name something else). *s is left unchanged on errors.
+ */
+PF_MUSTCHECK int pf_admin_next_word(const char **s, char *buf, size_t n, bool upper);
+
+/*
+ * Parses a client id (SHOW CLIENTS, column id) for KILL_CLIENT: decimal digits only. Returns
+ * 0 with *out set, -EINVAL for anything else (empty, a sign, blanks, junk), -ERANGE when it
+ * does not fit in 64 bits.
+ */
+PF_MUSTCHECK int pf_admin_parse_id(const char *s, uint64_t *out);
 
 /*
  * Runs one console command (the text of a Query message) and appends the complete answer,

@@ -4,7 +4,9 @@
  * A line looks like PgBouncer's so that DBAs' grep patterns carry over:
  *   2026-11-26 07:00:00.123 UTC [4242] LOG C-0x55d0c2a0: appdb/alice@127.0.0.1:51234 login attempt
  * The level is tested before the arguments are evaluated. Each line is written with a single
- * write(2), so lines from several threads never interleave. Never log a password or secret.
+ * write(2), so lines from several threads never interleave. The text after the level is escaped
+ * (pf_log_escape()), so no logged string can start a line of its own. Never log a password or
+ * secret.
  */
 #ifndef PGFUNNEL_LOG_H
 #define PGFUNNEL_LOG_H
@@ -71,6 +73,18 @@ void pf_log_write(pf_log_level_t level, const void *obj, const char *fmt, ...) P
 #define pf_log_info(obj, ...)    PF_LOG_AT(PF_LOG_INFO, obj, __VA_ARGS__)
 #define pf_log_debug(obj, ...)   PF_LOG_AT(PF_LOG_DEBUG, obj, __VA_ARGS__)
 #define pf_log_noise(obj, ...)   PF_LOG_AT(PF_LOG_NOISE, obj, __VA_ARGS__)
+
+/*
+ * Copies srclen bytes of src into dst (size n > 0; always NUL-terminated) so that they cannot
+ * forge or garble a log line: control bytes (< 0x20, 0x7f) become \n, \r, \t or \xNN, a
+ * backslash becomes \\ (so the escaping is unambiguous), and bytes that are not well-formed
+ * UTF-8 (RFC 3629: no overlong forms, surrogates or code points above U+10FFFF), as well as the
+ * C1 controls U+0080..U+009F, become \xNN per byte. An escape is never cut in half when dst is
+ * short. Returns the length written (excluding the NUL). Every log line's text after the
+ * "[pid] LEVEL " head goes through it, so names a client chose (user, database,
+ * application_name, console commands) are safe wherever they are logged.
+ */
+size_t pf_log_escape(char *dst, size_t n, const char *src, size_t srclen);
 
 /* Logs at FATAL and exits with status 1. For start-up, config and broken invariants only. */
 PF_NORETURN void pf_fatal(const char *fmt, ...) PF_PRINTF(1, 2);

@@ -173,11 +173,23 @@ bool pf_proto_is_protocol_option(const char *name);
 
 /* ---- Message headers ---- */
 
-/* A regular message header: type byte, wire length (counts itself), payload length = len - 4. */
+/*
+ * Longest wire length a message header may carry, whatever max_packet_size says: the protocol's
+ * length is a signed Int32, so Postgres never sends more, and it keeps `total` (len + 1) within
+ * uint32_t. The config refuses a max_packet_size above it.
+ */
+#define PF_PROTO_MAX_MSG_LEN 0x7fffffffu
+
+/*
+ * A regular message header: type byte, wire length (counts itself, 4..PF_PROTO_MAX_MSG_LEN),
+ * payload length = len - 4, and total = len + 1, the whole message with its type byte. Use
+ * `total` rather than adding to `len`: the reader guarantees it cannot overflow.
+ */
 typedef struct pf_proto_hdr {
 	uint8_t type;
 	uint32_t len;
 	uint32_t payload_len;
+	uint32_t total;
 } pf_proto_hdr_t;
 
 /* Collects a header that arrives split across reads. Zero it (or pf_proto_hdr_reader_init). */
@@ -194,7 +206,8 @@ void pf_proto_hdr_reader_init(pf_proto_hdr_reader_t *r);
  * fills *out when len >= 5; 0 when len < 5 (use the reader); or
  *   -EBADMSG   type byte 0 (no message has it; it is what a startup packet sent in mid-session
  *              or a desynchronised stream looks like) or length < 4;
- *   -EMSGSIZE  length > max_packet_size (compared with the wire length, which counts itself).
+ *   -EMSGSIZE  length > max_packet_size (compared with the wire length, which counts itself)
+ *              or > PF_PROTO_MAX_MSG_LEN, whatever max_packet_size is.
  */
 PF_MUSTCHECK int pf_proto_read_header(const uint8_t *data, size_t len, uint32_t max_packet_size,
                                       pf_proto_hdr_t *out);

@@ -1102,3 +1102,43 @@ class FakeServer:
             c.close()
         self.sock.close()
         release_port(self.port)
+
+
+# ---------------------------------------------------------------- hardening tests (wip-h2)
+
+
+_WIRE_CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import pgwire
+host, port, user, dbname, sql = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+out = {}
+try:
+    conn = pgwire.connect(host, port, user, dbname, None, timeout=5.0)
+except pgwire.PgError as e:
+    out = {"login": False, "sqlstate": e.sqlstate, "message": e.message}
+except Exception as e:  # noqa: BLE001 - reported to the test
+    out = {"login": False, "error": repr(e)}
+else:
+    out = {"login": True, "auth_methods": conn.auth_methods}
+    try:
+        out["rows"] = conn.simple_query(sql) if sql else []
+    except pgwire.PgError as e:
+        out.update(sqlstate=e.sqlstate, message=e.message)
+    conn.close()
+print(json.dumps(out))
+"""
+
+
+def wire_as_run_user(host, port, user, dbname, sql="", timeout=15.0):
+    """Log in with pgwire (no password) from a child process running as RUN_USER (the OS user
+    pgfunnel runs as under -u), then run sql; host may be a unix socket directory. Returns a
+    dict: login (bool), and sqlstate/message of a refusal or error, rows of the query."""
+    import json
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = as_run_user(["/usr/bin/python3", "-c", _WIRE_CHILD, here, host, str(port), user,
+                       dbname, sql])
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                         stdin=subprocess.DEVNULL, cwd="/")
+    assert res.returncode == 0, "child failed: %s %s" % (res.stdout, res.stderr)
+    return json.loads(res.stdout)

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "pgfunnel/config.h"
+#include "pgfunnel/proto.h"
 
 #define DATA_DIR PF_SOURCE_ROOT "/tests/unit/data"
 #define SEC      PF_USEC_PER_SEC
@@ -294,9 +295,20 @@ static void test_int_values(void **state)
 	assert_int_equal(cfg->listen_port, 65535);
 	assert_format(cfg, "listen_port", "65535");
 	pf_config_free(cfg);
-	cfg = load_param("max_packet_size = 4294967295");
-	assert_int_equal(cfg->max_packet_size, 4294967295u);
-	assert_format(cfg, "max_packet_size", "4294967295");
+	/* max_packet_size stops at INT32_MAX: above it len + 1 would wrap (security issue). */
+	cfg = load_param("max_packet_size = 0");
+	assert_int_equal(cfg->max_packet_size, 0);
+	pf_config_free(cfg);
+	cfg = load_param("max_packet_size = 1");
+	assert_int_equal(cfg->max_packet_size, 1);
+	pf_config_free(cfg);
+	cfg = load_param("max_packet_size = 2147483646");
+	assert_int_equal(cfg->max_packet_size, 2147483646u);
+	pf_config_free(cfg);
+	cfg = load_param("max_packet_size = 2147483647");
+	assert_int_equal(cfg->max_packet_size, 2147483647u);
+	assert_int_equal(cfg->max_packet_size, PF_PROTO_MAX_MSG_LEN);
+	assert_format(cfg, "max_packet_size", "2147483647");
 	pf_config_free(cfg);
 
 	param_fails("listen_port = 0", "t.ini:2: parameter \"listen_port\": invalid value \"0\" "
@@ -314,9 +326,18 @@ static void test_int_values(void **state)
 	            "integer from 0 to 2147483647)");
 	param_fails("default_pool_size =", "t.ini:2: parameter \"default_pool_size\": invalid "
 	                                   "value \"\" (expected an integer from 0 to 2147483647)");
+	param_fails("max_packet_size = 2147483648",
+	            "t.ini:2: parameter \"max_packet_size\": invalid value \"2147483648\" "
+	            "(expected an integer from 0 to 2147483647)");
+	param_fails("max_packet_size = 4294967295",
+	            "t.ini:2: parameter \"max_packet_size\": invalid value \"4294967295\" "
+	            "(expected an integer from 0 to 2147483647)");
 	param_fails("max_packet_size = 4294967296",
 	            "t.ini:2: parameter \"max_packet_size\": invalid value \"4294967296\" "
-	            "(expected an integer from 0 to 4294967295)");
+	            "(expected an integer from 0 to 2147483647)");
+	param_fails("max_packet_size = -1",
+	            "t.ini:2: parameter \"max_packet_size\": invalid value \"-1\" "
+	            "(expected an integer from 0 to 2147483647)");
 }
 
 static void test_bool_values(void **state)
@@ -407,12 +428,12 @@ static void test_enum_values(void **state)
 
 	(void)state;
 	cfg = load_ok("[pgbouncer]\npool_mode = Transaction\nauth_type = scram-sha-256\n"
-	              "server_tls_sslmode = verify-full\nclient_tls_sslmode = require\n"
+	              "server_tls_sslmode = allow\nclient_tls_sslmode = prefer\n"
 	              "syslog_facility = local3\n");
 	assert_int_equal(cfg->pool_mode, PF_POOL_TRANSACTION);
 	assert_int_equal(cfg->auth_type, PF_AUTH_SCRAM_SHA_256);
-	assert_int_equal(cfg->server_tls_sslmode, PF_SSLMODE_VERIFY_FULL);
-	assert_int_equal(cfg->client_tls_sslmode, PF_SSLMODE_REQUIRE);
+	assert_int_equal(cfg->server_tls_sslmode, PF_SSLMODE_ALLOW);
+	assert_int_equal(cfg->client_tls_sslmode, PF_SSLMODE_PREFER);
 	assert_int_equal(cfg->syslog_facility, PF_SYSLOG_LOCAL3);
 	assert_format(cfg, "pool_mode", "transaction");
 	assert_format(cfg, "auth_type", "scram-sha-256");
@@ -424,6 +445,42 @@ static void test_enum_values(void **state)
 	param_fails("auth_type = password",
 	            "t.ini:2: parameter \"auth_type\": invalid value \"password\" (accepted: any, "
 	            "trust, plain, md5, cert, hba, ldap, pam, scram-sha-256)");
+	/* Without TLS, the modes that demand it are refused instead of serving plaintext. */
+	{
+		static const char *const names[] = {"client_tls_sslmode", "server_tls_sslmode"};
+		static const char *const modes[] = {"require", "verify-ca", "verify-full"};
+		static const char *const fine[] = {"disable", "allow", "prefer"};
+
+		for (size_t i = 0; i < PF_ARRAY_SIZE(names); i++) {
+			pf_config_t *copy;
+			char line[100], want[400], err[400];
+
+			for (size_t j = 0; j < PF_ARRAY_SIZE(modes); j++) {
+				snprintf(line, sizeof(line), "%s = %s", names[i], modes[j]);
+				snprintf(want, sizeof(want),
+				         "t.ini:2: parameter \"%s\": \"%s\" requires TLS, which "
+				         "pgfunnel does not support yet; refusing it rather than "
+				         "using "
+				         "plaintext (accepted until then: disable, allow, prefer)",
+				         names[i], modes[j]);
+				param_fails(line, want);
+			}
+			for (size_t j = 0; j < PF_ARRAY_SIZE(fine); j++) {
+				snprintf(line, sizeof(line), "%s = %s", names[i], fine[j]);
+				cfg = load_param(line);
+				assert_format(cfg, names[i], fine[j]);
+				/* SET on the console goes through the same check. */
+				assert_int_equal(pf_config_copy(cfg, &copy), 0);
+				assert_int_equal(pf_config_set(copy, names[i], "VERIFY-FULL", err,
+				                               sizeof(err)),
+				                 -EINVAL);
+				assert_non_null(strstr(err, "requires TLS"));
+				assert_format(copy, names[i], fine[j]);
+				pf_config_free(copy);
+				pf_config_free(cfg);
+			}
+		}
+	}
 	param_fails("server_tls_sslmode = on",
 	            "t.ini:2: parameter \"server_tls_sslmode\": invalid value \"on\" (accepted: "
 	            "disable, allow, prefer, require, verify-ca, verify-full)");

@@ -142,6 +142,96 @@ static void test_sink_errors(void **state)
 	pf_log_close();
 }
 
+/* Escapes srclen bytes into a buffer of n bytes; checks the result. */
+static void escape_is(const char *src, size_t srclen, size_t n, const char *want)
+{
+	char dst[256];
+	size_t len;
+
+	assert_true(n <= sizeof(dst));
+	memset(dst, 'Z', sizeof(dst));
+	len = pf_log_escape(dst, n, src, srclen);
+	assert_string_equal(dst, want);
+	assert_int_equal(len, strlen(want));
+	assert_true(len < n);
+}
+
+#define ESC(lit, want) escape_is(lit, sizeof(lit) - 1, 256, want)
+
+static void test_escape(void **state)
+{
+	(void)state;
+	ESC("appdb/alice@127.0.0.1:5000 login attempt", "appdb/alice@127.0.0.1:5000 login attempt");
+	/* A newline in a name would start a forged line. */
+	ESC("bob\n2026-12-02 12:00:00.000 UTC [1] LOG forged",
+	    "bob\\n2026-12-02 12:00:00.000 UTC [1] LOG forged");
+	ESC("a\rb\tc", "a\\rb\\tc");
+	ESC("\x01\x1b[31m\x7f", "\\x01\\x1b[31m\\x7f");
+	escape_is("a\0b", 3, 256, "a\\x00b");
+	/* Backslash doubles, so an escape in the output always means an escaped byte. */
+	ESC("a\\x0ab", "a\\\\x0ab");
+	/* Well-formed UTF-8 passes; broken or dangerous sequences are escaped byte by byte. */
+	ESC("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+	    "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+	ESC("\xc3", "\\xc3");                            /* truncated */
+	ESC("\xc3(", "\\xc3(");                          /* bad continuation */
+	ESC("\xc0\xaf", "\\xc0\\xaf");                   /* overlong '/' */
+	ESC("\xe0\x80\xaf", "\\xe0\\x80\\xaf");          /* overlong */
+	ESC("\xed\xa0\x80", "\\xed\\xa0\\x80");          /* surrogate */
+	ESC("\xf4\x90\x80\x80", "\\xf4\\x90\\x80\\x80"); /* above U+10FFFF */
+	ESC("\xff\xfe", "\\xff\\xfe");
+	ESC("\xc2\x9b"
+	    "31m",
+	    "\\xc2\\x9b"
+	    "31m");                          /* C1 CSI */
+	ESC("\xc2\xa0", "\xc2\xa0");         /* U+00A0 is fine */
+	ESC("\xe2\x80\xa8", "\xe2\x80\xa8"); /* valid UTF-8 passes */
+	/* A short buffer never holds half an escape or half a character. */
+	escape_is("ab\n", 3, 4, "ab");
+	escape_is("ab\n", 3, 5, "ab\\n");
+	escape_is("a\x01", 2, 5, "a");
+	escape_is("a\x01", 2, 6, "a\\x01");
+	escape_is("a\xe2\x82\xac", 4, 4, "a");
+	escape_is("a\xe2\x82\xac", 4, 5, "a\xe2\x82\xac");
+	escape_is("abc", 3, 1, "");
+	{
+		char one = 'Z';
+
+		assert_int_equal(pf_log_escape(&one, 0, "x", 1), 0);
+		assert_int_equal(one, 'Z');
+	}
+}
+
+/* A line whose prefix and message carry a newline stays one line in the logfile. */
+static void test_line_is_escaped(void **state)
+{
+	char path[] = "/tmp/pf-test-log-XXXXXX";
+	char err[256];
+	int fd = mkstemp(path);
+	const char *text;
+	int lines = 0;
+
+	(void)state;
+	assert_true(fd >= 0);
+	close(fd);
+	pf_log_set_stderr(false);
+	pf_log_set_describer(describe);
+	pf_log_set_verbosity(0);
+	assert_int_equal(pf_log_open(path, false, NULL, NULL, err, sizeof(err)), 0);
+	pf_log_info("0x1: appdb/x\nLOG forged@h:1", "login attempt: user=%s",
+	            "y\r\n2026-01-01 00:00:00.000 UTC [1] LOG forged");
+	pf_log_close();
+	pf_log_set_describer(NULL);
+	text = read_all(path);
+	assert_non_null(text);
+	for (const char *p = text; *p; p++)
+		lines += *p == '\n';
+	assert_int_equal(lines, 1);
+	assert_non_null(strstr(text, "LOG C-0x1: appdb/x\\nLOG forged@h:1: login attempt: "
+	                             "user=y\\r\\n2026-01-01 00:00:00.000 UTC [1] LOG forged\n"));
+	unlink(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -149,6 +239,8 @@ int main(void)
 	        cmocka_unit_test(test_file_sink_format_and_threshold),
 	        cmocka_unit_test(test_reopen_follows_rotation),
 	        cmocka_unit_test(test_sink_errors),
+	        cmocka_unit_test(test_escape),
+	        cmocka_unit_test(test_line_is_escaped),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -454,10 +454,10 @@ static const char stream[] = "Z\x00\x00\x00\x05I"
                              "D\x00\x00\x00\x0a\x00\x01\xff\xff\xff\xff";
 
 static const pf_proto_hdr_t stream_hdrs[] = {
-        {'Z', 5, 1},
-        {'C', 13, 9},
-        {'I', 4, 0},
-        {'D', 10, 6},
+        {'Z', 5, 1, 6},
+        {'C', 13, 9, 14},
+        {'I', 4, 0, 5},
+        {'D', 10, 6, 11},
 };
 
 /*
@@ -504,6 +504,7 @@ static void walk_stream(size_t step)
 			assert_int_equal(h.type, stream_hdrs[nh].type);
 			assert_int_equal(h.len, stream_hdrs[nh].len);
 			assert_int_equal(h.payload_len, stream_hdrs[nh].payload_len);
+			assert_int_equal(h.total, stream_hdrs[nh].total);
 			nh++;
 			skip = h.payload_len;
 		}
@@ -612,8 +613,8 @@ static void test_hdr_max_packet_size(void **state)
 	assert_int_equal(h.payload_len, 8188);
 	assert_int_equal(pf_proto_read_header(LIT(over_max), 8192, &h), -EMSGSIZE);
 	assert_int_equal(pf_proto_read_header(LIT(huge), 8192, &h), -EMSGSIZE);
-	assert_int_equal(pf_proto_read_header(LIT(huge), UINT32_MAX, &h), 5);
-	assert_int_equal(h.payload_len, UINT32_MAX - 4);
+	/* Whatever the caller's limit, a length above INT32_MAX is refused: len + 1 fits. */
+	assert_int_equal(pf_proto_read_header(LIT(huge), UINT32_MAX, &h), -EMSGSIZE);
 
 	pf_proto_hdr_reader_init(&r);
 	for (j = 0; j < 4; j++)
@@ -632,6 +633,75 @@ static void test_hdr_max_packet_size(void **state)
 	                 1);
 	assert_int_equal(h.type, 'd');
 	assert_int_equal(h.len, 8192);
+}
+
+/* Reads a header with wire length len against limit max; returns the reader's result. */
+static int read_len(uint32_t len, uint32_t max, pf_proto_hdr_t *h)
+{
+	uint8_t b[5] = {'Q', (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
+	                (uint8_t)len};
+	pf_proto_hdr_reader_t r;
+	pf_proto_hdr_t h2;
+	size_t consumed;
+	int rc = pf_proto_read_header(b, 5, max, h);
+
+	/* The byte-at-a-time reader must agree with the fast path. */
+	pf_proto_hdr_reader_init(&r);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(pf_proto_hdr_feed(&r, b + i, 1, &consumed, max, &h2), 0);
+	assert_int_equal(pf_proto_hdr_feed(&r, b + 4, 1, &consumed, max, &h2), rc < 0 ? rc : 1);
+	if (rc > 0)
+		assert_int_equal(h2.total, h->total);
+	return rc;
+}
+
+/*
+ * The lengths at the bounds (0, 1, max-1, max, max+1, INT32_MAX, UINT32_MAX) against limits at
+ * the bounds: a header the reader accepts always has total = len + 1 without wrapping, so no
+ * caller can compute a whole-message size of 0 (the max_packet_size = 4294967295 bug).
+ */
+static void test_hdr_length_bounds(void **state)
+{
+	static const uint32_t limits[] = {0,
+	                                  1,
+	                                  4,
+	                                  5,
+	                                  8192,
+	                                  PF_PROTO_MAX_MSG_LEN - 1,
+	                                  PF_PROTO_MAX_MSG_LEN,
+	                                  PF_PROTO_MAX_MSG_LEN + 1u,
+	                                  UINT32_MAX - 1,
+	                                  UINT32_MAX};
+	pf_proto_hdr_t h;
+
+	(void)state;
+	for (size_t i = 0; i < PF_ARRAY_SIZE(limits); i++) {
+		uint32_t max = limits[i];
+		uint32_t eff = max < PF_PROTO_MAX_MSG_LEN ? max : PF_PROTO_MAX_MSG_LEN;
+		uint32_t lens[] = {0,          1,   3,       4,          5,
+		                   eff - 1,    eff, eff + 1, UINT32_MAX, PF_PROTO_MAX_MSG_LEN,
+		                   0x80000000u};
+
+		for (size_t j = 0; j < PF_ARRAY_SIZE(lens); j++) {
+			uint32_t len = lens[j];
+			int rc = read_len(len, max, &h);
+
+			if (len < 4) {
+				assert_int_equal(rc, -EBADMSG);
+			} else if (len > eff) {
+				assert_int_equal(rc, -EMSGSIZE);
+			} else {
+				assert_int_equal(rc, PF_PROTO_HDR_LEN);
+				assert_int_equal(h.len, len);
+				assert_int_equal(h.payload_len, len - 4);
+				assert_int_equal(h.total, (uint64_t)len + 1);
+				assert_true(h.total > h.len);
+			}
+		}
+	}
+	/* The largest message the protocol allows is accepted, and its total still fits. */
+	assert_int_equal(read_len(PF_PROTO_MAX_MSG_LEN, UINT32_MAX, &h), PF_PROTO_HDR_LEN);
+	assert_int_equal(h.total, 0x80000000u);
 }
 
 static void test_type_predicates(void **state)
@@ -1136,6 +1206,7 @@ int main(void)
 	        cmocka_unit_test(test_hdr_bad_lengths),
 	        cmocka_unit_test(test_hdr_type_zero),
 	        cmocka_unit_test(test_hdr_max_packet_size),
+	        cmocka_unit_test(test_hdr_length_bounds),
 	        cmocka_unit_test(test_type_predicates),
 	        cmocka_unit_test(test_be_error),
 	        cmocka_unit_test(test_be_notice),
