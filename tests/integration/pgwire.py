@@ -97,8 +97,8 @@ class Connection:
             if deadline is None:
                 chunk = self.sock.recv(65536)
             else:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([self.sock], [], [], left)[0]:
                     raise Timeout("no whole message within the timeout (%d bytes buffered: %r)"
                                   % (len(self.buf), self.buf[:80]))
                 chunk = self.sock.recv(65536)
