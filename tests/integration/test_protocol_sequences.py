@@ -45,7 +45,7 @@ from pgwire import (fe_bind, fe_close, fe_copy_data, fe_copy_done, fe_copy_fail,
 
 DEADLINE = 5.0  # seconds a correct pooler may take to deliver everything owed
 TX_SEEDS, TX_STEPS = list(range(1, 21)), 40
-SESSION_SEEDS, SESSION_STEPS = list(range(101, 107)), 25
+SESSION_SEEDS, SESSION_STEPS = list(range(101, 113)), 25
 DIRECT_SEEDS = [1, 2, 3]
 
 
