@@ -134,13 +134,14 @@ class Model:
         self._add(["E:%s:%s" % (sqlstate, msg)], flush=True)
 
     def apply(self, m):
-        """Account for message m (a Msg) having been sent completely."""
+        """Account for message m (a Msg) having been sent completely. Returns a note for the
+        step log when Postgres ignores the message (else None)."""
         k = m.kind
         if self.copy is not None:
             if k == "d":
                 self.copy_rows += m.info
             elif k in ("H", "S"):
-                pass  # ignored during COPY IN (copyfromparse.c CopyGetData)
+                return "%s ignored during COPY IN" % k  # copyfromparse.c CopyGetData
             elif k == "c":
                 mode, self.copy = self.copy, None
                 self._add(["C:COPY %d" % self.copy_rows], flush=(mode == "simple"))
@@ -155,11 +156,11 @@ class Model:
                     self.skip = True
             else:
                 raise AssertionError("generator sent %r during COPY" % k)
-            return
+            return None
         if k in ("P", "B", "D", "E", "C", "H"):
             self.open = True
         if self.skip and k != "S":
-            return  # postgres.c: ignore_till_sync
+            return "%s ignored (skip till Sync)" % k  # postgres.c: ignore_till_sync
         if k == "S":
             self.skip = False
             self.open = False
@@ -219,9 +220,10 @@ class Model:
             self._add(["3"])
             self.portal = None
         elif k in ("d", "c", "f"):
-            pass  # postgres.c: CopyData/Done/Fail outside COPY are ignored
+            return "%s ignored outside COPY" % k  # postgres.c
         else:
             raise AssertionError("no model for %r" % k)
+        return None
 
     def _query(self, info):
         qkind, tags = info
@@ -338,8 +340,9 @@ class Client:
                                            self.outbox[0][0].kind) if self.outbox else ""
         self.run.log("%s sends %s%s %s" % (self.id, names or "-", partial,
                                            "; ".join(m.text for m in done if m.text)))
-        for m in done:
-            self.model.apply(m)
+        notes = [n for n in (self.model.apply(m) for m in done) if n]
+        if notes:
+            self.run.log("%s   (Postgres: %s)" % (self.id, ", ".join(notes)))
 
     # -- receiving
 
@@ -684,6 +687,7 @@ def run_through_pgfunnel(proxy, postgres, oid, mode, seed, steps):
 
     run = Run(seed, steps, mode, login, oid).play()
     assert pf.is_running(), pf.all_output()[-3000:]
+    assert sum(c.received for c in run.clients) > 10, "the run checked almost nothing"
     return run
 
 
