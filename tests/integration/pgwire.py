@@ -305,17 +305,7 @@ class Connection:
         while True:
             kind, payload = self.read_message()
             if kind == "D":
-                (n,) = struct.unpack("!H", payload[:2])
-                pos, row = 2, []
-                for _ in range(n):
-                    (ln,) = struct.unpack("!i", payload[pos:pos + 4])
-                    pos += 4
-                    if ln < 0:
-                        row.append(None)
-                    else:
-                        row.append(payload[pos:pos + ln].decode())
-                        pos += ln
-                rows.append(tuple(row))
+                rows.append(decode_data_row(payload))
             elif kind == "E":
                 error = error or PgError(parse_fields(payload))
             elif kind == "N":
