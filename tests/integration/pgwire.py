@@ -11,14 +11,29 @@ ErrorResponse field.
     conn.close()
 
 A refused login raises PgError with .fields ({'S': 'FATAL', 'C': '28P01', ...}).
+
+Extended protocol and raw bytes: fe_parse/fe_bind/fe_describe/fe_execute/fe_close/fe_sync/
+fe_flush/fe_copy_data/fe_copy_done/fe_copy_fail/fe_function_call/fe_query/fe_terminate build one
+frontend message each (bytes), so a test can concatenate them into one write or send any prefix
+of them (Connection.send_partial). Connection.send_parse(...) etc. send one at once.
+Connection.read_message(timeout) returns the next (type, payload) or raises Timeout;
+read_until_ready(timeout) returns every message up to and including ReadyForQuery.
+Decoders: decode_data_row, decode_command_complete, decode_ready, decode_row_description,
+decode_error (= parse_fields). token(kind, payload) turns a message into a short readable string
+("D:A:1", "C:SELECT 1", "Z:I", "E:42601:syntax error ...") for exact sequence assertions.
+
+    conn.send(fe_parse("SELECT 'x'") + fe_bind() + fe_execute() + fe_sync())
+    assert tokens(conn.read_until_ready(5)) == ["1", "2", "D:x", "C:SELECT 1", "Z:I"]
 """
 
 import base64
 import hashlib
 import hmac
 import os
+import select
 import socket
 import struct
+import time
 
 PROTOCOL_3_0 = 196608
 
@@ -36,6 +51,10 @@ class PgError(Exception):
 
 class ProtocolError(Exception):
     """The peer sent something this client did not expect (or closed the connection)."""
+
+
+class Timeout(ProtocolError):
+    """No whole message arrived within the timeout (the bytes read so far stay buffered)."""
 
 
 def parse_fields(payload):
@@ -73,24 +92,129 @@ class Connection:
     def send(self, data):
         self.sock.sendall(data)
 
-    def _fill(self, n):
+    def _fill(self, n, deadline=None):
         while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
+            if deadline is None:
+                chunk = self.sock.recv(65536)
+            else:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([self.sock], [], [], left)[0]:
+                    raise Timeout("no whole message within the timeout (%d bytes buffered: %r)"
+                                  % (len(self.buf), self.buf[:80]))
+                chunk = self.sock.recv(65536)
             if not chunk:
                 raise ProtocolError("connection closed by peer")
             self.buf += chunk
 
-    def read_message(self):
-        """Next backend message as (type byte as str, payload bytes)."""
-        self._fill(5)
+    def read_message(self, timeout=None):
+        """Next backend message as (type byte as str, payload bytes).
+
+        timeout None: block as the socket's own timeout says (socket.timeout when it passes);
+        a number of seconds: raise Timeout when no whole message arrived by then (0 polls).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._fill(5, deadline)
         kind = chr(self.buf[0])
         (length,) = struct.unpack("!I", self.buf[1:5])
         if length < 4:
             raise ProtocolError("bad message length %d" % length)
-        self._fill(1 + length)
+        self._fill(1 + length, deadline)
         payload = self.buf[5:1 + length]
         self.buf = self.buf[1 + length:]
         return kind, payload
+
+    def poll_message(self):
+        """The next message if a whole one is buffered or readable right now, else None."""
+        try:
+            return self.read_message(timeout=0)
+        except Timeout:
+            return None
+
+    def read_until_ready(self, timeout):
+        """Every message up to and including the next ReadyForQuery, as [(type, payload)];
+        Timeout (carrying .messages read so far) if it does not come within timeout seconds."""
+        deadline = time.monotonic() + timeout
+        out = []
+        while True:
+            try:
+                kind, payload = self.read_message(max(0.0, deadline - time.monotonic()))
+            except ProtocolError as e:
+                e.messages = out
+                e.args = ("%s; got before: %r" % (e.args[0] if e.args else e, tokens(out)),)
+                raise
+            out.append((kind, payload))
+            if kind == "Z":
+                return out
+
+    def read_messages(self, n, timeout):
+        """Exactly the next n messages (Timeout with .messages if they do not all come)."""
+        deadline = time.monotonic() + timeout
+        out = []
+        while len(out) < n:
+            try:
+                out.append(self.read_message(max(0.0, deadline - time.monotonic())))
+            except ProtocolError as e:
+                e.messages = out
+                e.args = ("%s; got before: %r" % (e.args[0] if e.args else e, tokens(out)),)
+                raise
+        return out
+
+    def is_silent(self, timeout):
+        """True if nothing at all (no byte, no EOF) arrives within timeout seconds.
+
+        Only for asserting that something does NOT happen, after the event that would cause it
+        has been observed some other way; never as a wait for something to happen."""
+        if self.buf:
+            return False
+        return not select.select([self.sock], [], [], timeout)[0]
+
+    # -- raw and extended-protocol sends (see the fe_* builders)
+
+    def send_partial(self, data, nbytes):
+        """Send only the first nbytes of data (e.g. half a message); returns the rest."""
+        self.sock.sendall(data[:nbytes])
+        return data[nbytes:]
+
+    def send_parse(self, sql, name="", param_types=()):
+        self.send(fe_parse(sql, name, param_types))
+
+    def send_bind(self, portal="", statement="", params=(), param_formats=(), result_formats=()):
+        self.send(fe_bind(portal, statement, params, param_formats, result_formats))
+
+    def send_describe(self, kind, name=""):
+        self.send(fe_describe(kind, name))
+
+    def send_execute(self, portal="", max_rows=0):
+        self.send(fe_execute(portal, max_rows))
+
+    def send_close(self, kind, name=""):
+        self.send(fe_close(kind, name))
+
+    def send_sync(self):
+        self.send(fe_sync())
+
+    def send_flush(self):
+        self.send(fe_flush())
+
+    def send_copy_data(self, data):
+        self.send(fe_copy_data(data))
+
+    def send_copy_done(self):
+        self.send(fe_copy_done())
+
+    def send_copy_fail(self, reason):
+        self.send(fe_copy_fail(reason))
+
+    def send_function_call(self, oid, args=(), arg_formats=(), result_format=0):
+        self.send(fe_function_call(oid, args, arg_formats, result_format))
+
+    def abort(self):
+        """Drop the connection without Terminate (a client that just vanishes)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
 
     def close(self):
         try:
@@ -181,17 +305,7 @@ class Connection:
         while True:
             kind, payload = self.read_message()
             if kind == "D":
-                (n,) = struct.unpack("!H", payload[:2])
-                pos, row = 2, []
-                for _ in range(n):
-                    (ln,) = struct.unpack("!i", payload[pos:pos + 4])
-                    pos += 4
-                    if ln < 0:
-                        row.append(None)
-                    else:
-                        row.append(payload[pos:pos + ln].decode())
-                        pos += ln
-                rows.append(tuple(row))
+                rows.append(decode_data_row(payload))
             elif kind == "E":
                 error = error or PgError(parse_fields(payload))
             elif kind == "N":
@@ -200,6 +314,186 @@ class Connection:
                 if error:
                     raise error
                 return rows
+
+
+# ---------------------------------------------------------------- extended protocol builders
+#
+# Each returns one whole frontend message (protocol 3.0, "Message Formats" in the PostgreSQL
+# documentation) as bytes. Text values may be str (encoded as UTF-8) or bytes; None is NULL.
+
+
+def _cstr(text):
+    if isinstance(text, str):
+        text = text.encode()
+    return text + b"\0"
+
+
+def _value(v):
+    if v is None:
+        return struct.pack("!i", -1)
+    if isinstance(v, str):
+        v = v.encode()
+    return struct.pack("!i", len(v)) + v
+
+
+def fe_query(sql):
+    return message(b"Q", _cstr(sql))
+
+
+def fe_parse(sql, name="", param_types=()):
+    """Parse: statement name, query text, parameter type OIDs (0 = unspecified)."""
+    return message(b"P", _cstr(name) + _cstr(sql) + struct.pack("!H", len(param_types)) +
+                   b"".join(struct.pack("!I", t) for t in param_types))
+
+
+def fe_bind(portal="", statement="", params=(), param_formats=(), result_formats=()):
+    """Bind: portal, statement, parameter format codes, values (text unless formats say 1),
+    result format codes."""
+    body = _cstr(portal) + _cstr(statement)
+    body += struct.pack("!H", len(param_formats)) + b"".join(
+        struct.pack("!H", f) for f in param_formats)
+    body += struct.pack("!H", len(params)) + b"".join(_value(v) for v in params)
+    body += struct.pack("!H", len(result_formats)) + b"".join(
+        struct.pack("!H", f) for f in result_formats)
+    return message(b"B", body)
+
+
+def fe_describe(kind, name=""):
+    """Describe: kind "S" (statement: ParameterDescription + RowDescription/NoData) or "P"
+    (portal: RowDescription/NoData)."""
+    assert kind in ("S", "P"), kind
+    return message(b"D", kind.encode() + _cstr(name))
+
+
+def fe_execute(portal="", max_rows=0):
+    """Execute: portal, row limit (0 = all; a limit that is reached ends in PortalSuspended)."""
+    return message(b"E", _cstr(portal) + struct.pack("!I", max_rows))
+
+
+def fe_close(kind, name=""):
+    assert kind in ("S", "P"), kind
+    return message(b"C", kind.encode() + _cstr(name))
+
+
+def fe_sync():
+    return message(b"S")
+
+
+def fe_flush():
+    return message(b"H")
+
+
+def fe_copy_data(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return message(b"d", data)
+
+
+def fe_copy_done():
+    return message(b"c")
+
+
+def fe_copy_fail(reason):
+    return message(b"f", _cstr(reason))
+
+
+def fe_function_call(oid, args=(), arg_formats=(), result_format=0):
+    """FunctionCall (the legacy fast-path, answered by FunctionCallResponse + ReadyForQuery)."""
+    body = struct.pack("!I", oid)
+    body += struct.pack("!H", len(arg_formats)) + b"".join(
+        struct.pack("!H", f) for f in arg_formats)
+    body += struct.pack("!H", len(args)) + b"".join(_value(v) for v in args)
+    body += struct.pack("!H", result_format)
+    return message(b"F", body)
+
+
+def fe_terminate():
+    return message(b"X")
+
+
+# ---------------------------------------------------------------- backend message decoders
+
+
+def decode_data_row(payload):
+    """DataRow -> tuple of str (text format, UTF-8) or None for NULL."""
+    (n,) = struct.unpack("!H", payload[:2])
+    pos, row = 2, []
+    for _ in range(n):
+        (ln,) = struct.unpack("!i", payload[pos:pos + 4])
+        pos += 4
+        if ln < 0:
+            row.append(None)
+        else:
+            row.append(payload[pos:pos + ln].decode("utf-8", "replace"))
+            pos += ln
+    return tuple(row)
+
+
+def decode_command_complete(payload):
+    """CommandComplete -> its tag ("SELECT 1", "COPY 3", ...)."""
+    return payload.rstrip(b"\0").decode()
+
+
+def decode_ready(payload):
+    """ReadyForQuery -> transaction status "I", "T" or "E"."""
+    return chr(payload[0])
+
+
+def decode_row_description(payload):
+    """RowDescription -> column names."""
+    (n,) = struct.unpack("!H", payload[:2])
+    pos, cols = 2, []
+    for _ in range(n):
+        end = payload.index(b"\0", pos)
+        cols.append(payload[pos:end].decode())
+        pos = end + 1 + 18
+    return cols
+
+
+def decode_function_result(payload):
+    """FunctionCallResponse -> value as str (None for NULL)."""
+    (ln,) = struct.unpack("!i", payload[:4])
+    return None if ln < 0 else payload[4:4 + ln].decode("utf-8", "replace")
+
+
+decode_error = parse_fields
+
+
+def token(kind, payload):
+    """A short, exact, readable form of one backend message for sequence assertions:
+    "1" ParseComplete, "2" BindComplete, "3" CloseComplete, "n" NoData, "s" PortalSuspended,
+    "I" EmptyQueryResponse, "G"/"H" CopyIn/OutResponse, "c" CopyDone, "d:<data>", "t:<nparams>",
+    "T:<col,...>", "D:<v|v>", "C:<tag>", "E:<SQLSTATE>:<message>", "N:<SQLSTATE>:<message>",
+    "Z:<status>", "V:<value>", "S:<name>=<value>", "A:<channel>"; anything else is its type."""
+    if kind == "D":
+        return "D:" + "|".join("NULL" if v is None else v for v in decode_data_row(payload))
+    if kind == "C":
+        return "C:" + decode_command_complete(payload)
+    if kind in ("E", "N"):
+        f = parse_fields(payload)
+        return "%s:%s:%s" % (kind, f.get("C"), f.get("M"))
+    if kind == "Z":
+        return "Z:" + decode_ready(payload)
+    if kind == "T":
+        return "T:" + ",".join(decode_row_description(payload))
+    if kind == "t":
+        return "t:%d" % struct.unpack("!H", payload[:2])
+    if kind == "d":
+        return "d:" + payload.decode("utf-8", "replace")
+    if kind == "V":
+        v = decode_function_result(payload)
+        return "V:" + ("NULL" if v is None else v)
+    if kind == "S":
+        return "S:" + "=".join(p.decode() for p in payload.rstrip(b"\0").split(b"\0", 1))
+    if kind == "A":
+        return "A:" + payload[4:].split(b"\0")[0].decode()
+    return kind
+
+
+def tokens(messages, skip="SN"):
+    """token() of each (type, payload), leaving out the types in skip (by default the
+    asynchronous ParameterStatus and NoticeResponse)."""
+    return [token(k, p) for k, p in messages if k not in skip]
 
 
 class _Scram:
