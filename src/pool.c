@@ -7,11 +7,14 @@
  *   pf_pool_set_client_state() and pf_pool_set_server_state() write ->state.
  * - A server is linked to at most one client and vice versa; both links change together.
  * - waiting_clients is in arrival order; a server that becomes free goes to its head.
+ * - Every pool's user is alive: a user counts its pools (pool_refs) and is freed only when
+ *   none is left; a forced user replaced by a reload is retired until its pools are gone.
  *
  * Called by client.c (acquire, login), server.c (ready, failed, release) and the worker's janitor.
  */
 #include "config.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +112,7 @@ static void user_free(pf_user_t *u)
 {
 	if (!u)
 		return;
+	assert(u->pool_refs == 0);
 	secret_clear(&u->secret);
 	free(u->name);
 	free(u);
@@ -191,6 +195,21 @@ static bool str_equal(const char *a, const char *b)
 	return strcmp(a, b) == 0;
 }
 
+/*
+ * A forced user its database no longer uses: freed now if no pool points at it, else when its
+ * last pool goes (pf_pool_free); until then its pools keep working and SHOW POOLS lists them.
+ */
+static void user_retire(pf_user_t *u)
+{
+	if (!u)
+		return;
+	if (u->pool_refs == 0) {
+		user_free(u);
+		return;
+	}
+	u->retired = true;
+}
+
 static void database_free(pf_database_t *db)
 {
 	free(db->name);
@@ -201,7 +220,7 @@ static void database_free(pf_database_t *db)
 	free(db->startup_datestyle);
 	free(db->startup_timezone);
 	free(db->startup_application_name);
-	user_free(db->forced_user);
+	user_retire(db->forced_user);
 	free(db);
 }
 
@@ -270,9 +289,8 @@ static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_
 		user_apply_config(db->forced_user, w->cfg);
 		user_free(forced);
 	} else if (forced || db->forced_user) {
-		/* The old forced user lives on with its pools until they go (leaked until exit). */
-		if (db->forced_user && db->server_count == 0 && db->client_count == 0)
-			user_free(db->forced_user);
+		/* The old forced user lives on with its pools until they go. */
+		user_retire(db->forced_user);
 		db->forced_user = forced;
 	}
 
@@ -407,9 +425,24 @@ pf_database_t *pf_worker_find_database(pf_worker_t *w, const char *name)
 	return db;
 }
 
+static bool pool_is_empty(const pf_pool_t *p)
+{
+	return pf_pool_server_count(p) == 0 && pf_list_is_empty(&p->active_clients) &&
+	       pf_list_is_empty(&p->waiting_clients);
+}
+
 void pf_database_maintain(pf_worker_t *w, pf_usec_t now)
 {
 	pf_list_node_t *it, *tmp;
+
+	/* Pools of a retired forced user take no new clients: drop them once empty. */
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		if (p->user->retired && pool_is_empty(p))
+			pf_pool_free(p);
+	}
 
 	PF_LIST_FOREACH(&w->databases, it, tmp)
 	{
@@ -538,9 +571,11 @@ pf_pool_t *pf_pool_get(pf_worker_t *w, pf_database_t *db, pf_user_t *user)
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
+	assert(!user->retired);
 	p->worker = w;
 	p->db = db;
 	p->user = user;
+	user->pool_refs++;
 	pf_list_init(&p->active_clients);
 	pf_list_init(&p->waiting_clients);
 	pf_list_init(&p->active_servers);
@@ -596,6 +631,9 @@ void pf_pool_free(pf_pool_t *pool)
 	if (pool->node.next != &pool->node)
 		pf_list_remove(&pool->worker->pools, &pool->node);
 	welcome_clear(pool);
+	assert(pool->user->pool_refs > 0);
+	if (--pool->user->pool_refs == 0 && pool->user->retired)
+		user_free(pool->user);
 	free(pool);
 }
 
