@@ -1063,6 +1063,29 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 			                   : too_old       ? PF_SV_CLOSE_LIFETIME
 			                                   : PF_SV_CLOSE_IDLE_TIMEOUT);
 	}
+	/*
+	 * Servers running server_reset_query or server_check_query (tested) that do not answer
+	 * within server_idle_timeout, or are past their lifetime: PgBouncer's janitor closes
+	 * tested servers on the same two limits. It measures the idle time from the server's
+	 * last packet; we measure from when the query was sent, which a stuck server cannot
+	 * postpone by trickling notices. Unlike an idle server, a stuck one is closed even when
+	 * min_pool_size would keep it: it serves nobody (min_pool_size opens a fresh one).
+	 */
+	PF_LIST_FOREACH(&pool->tested_servers, it, tmp)
+	{
+		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
+		bool too_old = lifetime > 0 && now - s->conn.connect_time > lifetime;
+		bool stuck = cfg->server_idle_timeout > 0 &&
+		             now - s->task_start > cfg->server_idle_timeout;
+
+		if (!too_old && !stuck)
+			continue;
+		if (stuck)
+			pf_log_warning(s, "%s did not finish within server_idle_timeout",
+			               s->task == PF_SV_TASK_RESET ? "server_reset_query"
+			                                           : "server_check_query");
+		pf_server_close(s, too_old ? PF_SV_CLOSE_LIFETIME : PF_SV_CLOSE_IDLE_TIMEOUT);
+	}
 	/* Client-side timeouts (0 = off for each). */
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
 	{

@@ -509,6 +509,7 @@ int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql)
 	pf_proto_fe_query(&b, sql);
 	s->task = task;
 	s->task_failed = false;
+	s->task_start = pf_worker_now(s->pool->worker);
 	s->expect_rfq++;
 	if (task == PF_SV_TASK_RESET || task == PF_SV_TASK_CHECK)
 		pf_pool_set_server_state(s, PF_SV_TESTED);

@@ -91,6 +91,8 @@ struct pf_server {
 	pf_usec_t last_used; /* when it was last released */
 	pf_list_t cancels;   /* cancel requests in flight for this backend */
 	bool cancel_hold;    /* released, held back until those cancels are done */
+	/* When the running task's query was sent (the janitor times out a tested server). */
+	pf_usec_t task_start;
 	/* The SCRAM exchange while it runs (wiped and freed at its end), and its progress. */
 	pf_scram_client_t *scram;
 	pf_server_sasl_step_t sasl_step;
