@@ -63,3 +63,39 @@ def test_reload_replaces_forced_user_of_empty_pool(proxy, postgres, canary_role,
     can.expect_progress()
     can.check()
     finish(pf)
+
+
+# ---------------------------------------------------------------- logfile and -u
+
+REOPEN_FAILURES = ("could not reopen logfile", "keeping the old log settings")
+
+
+@pytest.mark.skipif(not pfhelpers.is_root(), reason="-u needs root")
+def test_logfile_created_as_root_is_given_to_the_user(proxy, run_user):
+    pf = proxy()  # as root with -u RUN_USER (the factory's default)
+    uid = pfhelpers.pwd.getpwnam(run_user).pw_uid
+    assert pfhelpers.os.stat(pf.logfile).st_uid == uid
+    pfhelpers.console(pf, "RELOAD")
+    pf.wait_for_log(r"LOG config reloaded")
+    # logrotate: move the file away, SIGHUP; the new file is the user's too.
+    pfhelpers.os.rename(pf.logfile, pf.logfile + ".1")
+    pf.signal(pfhelpers.signal.SIGHUP)
+    assert pfhelpers.wait_for(lambda: "config reloaded" in pfhelpers.read_text(pf.logfile), 10)
+    assert pfhelpers.os.stat(pf.logfile).st_uid == uid
+    text = pfhelpers.read_text(pf.logfile + ".1") + pfhelpers.read_text(pf.logfile)
+    for bad in REOPEN_FAILURES:
+        assert bad not in text, text
+    finish(pf)
+
+
+@pytest.mark.skipif(not pfhelpers.is_root(), reason="-u needs root")
+def test_existing_root_logfile_is_reported_at_start(proxy, run_user, tmpdir_user):
+    path = pfhelpers.os.path.join(tmpdir_user, "root-owned.log")
+    fd = pfhelpers.os.open(path, pfhelpers.os.O_WRONLY | pfhelpers.os.O_CREAT, 0o600)
+    pfhelpers.os.close(fd)
+    pf = proxy(params={"logfile": path})
+    # Not chowned (pgfunnel did not create it), and said so once, at start-up.
+    assert pfhelpers.os.stat(path).st_uid == 0
+    pf.wait_for_log(r'WARNING logfile "%s" cannot be reopened as user "%s": Permission denied'
+                    % (pfhelpers.re.escape(path), run_user))
+    finish(pf)
