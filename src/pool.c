@@ -66,19 +66,24 @@ static int secret_from_text(pf_secret_t *sec, const char *text)
 	return sec->text ? 0 : -ENOMEM;
 }
 
+/* Compares two secrets; the secret bytes in constant time (lengths are not secret). */
 static bool secret_equal(const pf_secret_t *a, const pf_secret_t *b)
 {
+	size_t alen, blen;
+
 	if (a->present != b->present || a->kind != b->kind)
 		return false;
 	if (a->kind == PF_AUTH_SECRET_SCRAM)
 		return a->scram.iterations == b->scram.iterations &&
 		       a->scram.salt_len == b->scram.salt_len &&
 		       memcmp(a->scram.salt, b->scram.salt, a->scram.salt_len) == 0 &&
-		       memcmp(a->scram.stored_key, b->scram.stored_key, PF_SCRAM_KEY_LEN) == 0 &&
-		       memcmp(a->scram.server_key, b->scram.server_key, PF_SCRAM_KEY_LEN) == 0;
+		       pf_memeq_ct(a->scram.stored_key, b->scram.stored_key, PF_SCRAM_KEY_LEN) &&
+		       pf_memeq_ct(a->scram.server_key, b->scram.server_key, PF_SCRAM_KEY_LEN);
 	if (!a->text || !b->text)
 		return a->text == b->text;
-	return strcmp(a->text, b->text) == 0;
+	alen = strlen(a->text);
+	blen = strlen(b->text);
+	return alen == blen && pf_memeq_ct(a->text, b->text, alen);
 }
 
 static void user_apply_config(pf_user_t *u, const pf_config_t *cfg)
