@@ -1009,7 +1009,8 @@ static int cstr_next(cstr_t *cs)
 		d = cs->val;
 		for (;;) {
 			if (!*p) {
-				free(cs->val);
+				*d = '\0';
+				free_str(cs->val); /* may be a password */
 				cs->val = NULL;
 				return -EINVAL;
 			}
@@ -1429,10 +1430,16 @@ static int read_file(const char *path, char **out, struct stat *st)
 		ssize_t n;
 
 		if (cap - len < 4096) {
-			char *nb = realloc(buf, cap + 65536);
+			/* Not realloc: the old block may hold passwords and must be wiped. */
+			char *nb = malloc(cap + 65536);
 			if (!nb) {
 				rc = -ENOMEM;
 				goto out;
+			}
+			if (buf) {
+				memcpy(nb, buf, len);
+				OPENSSL_cleanse(buf, cap);
+				free(buf);
 			}
 			buf = nb;
 			cap += 65536;
@@ -1457,7 +1464,10 @@ static int read_file(const char *path, char **out, struct stat *st)
 	*out = buf;
 	buf = NULL;
 out:
-	free(buf);
+	if (buf) {
+		OPENSSL_cleanse(buf, cap);
+		free(buf);
+	}
 	close(fd);
 	return rc;
 }
@@ -1481,7 +1491,7 @@ static int include_file(loader_t *ld, pos_t pos, const char *path)
 	}
 	for (int i = 0; i < ld->n_open; i++) {
 		if (ld->open_files[i].dev == st.st_dev && ld->open_files[i].ino == st.st_ino) {
-			free(text);
+			free_str(text);
 			load_err(ld, pos, "%%include \"%s\": include cycle", path);
 			return -ELOOP;
 		}
@@ -1493,7 +1503,7 @@ static int include_file(loader_t *ld, pos_t pos, const char *path)
 	rc = parse_text(ld, path, text);
 	ld->level--;
 	ld->n_open--;
-	free(text);
+	free_str(text);
 	return rc;
 }
 
@@ -1822,7 +1832,7 @@ int pf_config_load(const char *path, pf_config_t **out, pf_config_diag_fn warn, 
 		return rc;
 	}
 	rc = load_common(text, path, &st, &cfg, warn, arg, err, errlen);
-	free(text);
+	free_str(text); /* the file may hold passwords */
 	if (rc < 0)
 		return rc;
 	/* PgBouncer's conffile shows the file given on the command line. */

@@ -28,6 +28,7 @@ static pf_log_describe_fn describer;
 static bool to_stderr = true;
 static int log_fd = -1;
 static char *log_path;
+static bool log_created; /* pf_log_open created the file (it did not exist) */
 static bool to_syslog;
 static char *syslog_ident;
 
@@ -68,10 +69,15 @@ void pf_log_set_stderr(bool on)
 	to_stderr = on;
 }
 
-static int open_logfile(const char *path)
+/* Opens path for appending, creating it (0640) if needed; *created tells which happened. */
+static int open_logfile(const char *path, bool *created)
 {
-	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	/* O_EXCL first, so that "created" is certain (and never true through a symlink). */
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
 
+	*created = fd >= 0;
+	if (fd < 0 && errno == EEXIST)
+		fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
 	return fd < 0 ? -errno : fd;
 }
 
@@ -80,9 +86,10 @@ int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const c
 {
 	int fd = -1;
 	int fac = LOG_DAEMON;
+	bool created = false;
 
 	if (logfile && *logfile) {
-		fd = open_logfile(logfile);
+		fd = open_logfile(logfile, &created);
 		if (fd < 0) {
 			snprintf(err, errlen, "cannot open logfile \"%s\": %s", logfile,
 			         strerror(-fd));
@@ -109,6 +116,7 @@ int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const c
 	pf_log_close();
 	log_fd = fd;
 	log_path = fd >= 0 ? strdup(logfile) : NULL;
+	log_created = created;
 	if (use_syslog) {
 		/* openlog keeps the pointer: the copy lives until pf_log_close(). */
 		syslog_ident = strdup(ident && *ident ? ident : PF_PACKAGE);
@@ -121,15 +129,23 @@ int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const c
 int pf_log_reopen(void)
 {
 	int fd;
+	bool created;
 
 	if (!log_path)
 		return 0;
-	fd = open_logfile(log_path);
+	fd = open_logfile(log_path, &created);
 	if (fd < 0)
 		return fd;
 	dup2(fd, log_fd);
 	close(fd);
 	return 0;
+}
+
+int pf_log_give_to(uid_t uid, gid_t gid)
+{
+	if (log_fd < 0 || !log_created)
+		return 0;
+	return fchown(log_fd, uid, gid) < 0 ? -errno : 0;
 }
 
 void pf_log_close(void)
@@ -139,6 +155,7 @@ void pf_log_close(void)
 	log_fd = -1;
 	free(log_path);
 	log_path = NULL;
+	log_created = false;
 	if (to_syslog)
 		closelog();
 	to_syslog = false;

@@ -599,8 +599,22 @@ int main(int argc, char **argv)
 		if (owner_uid != (uid_t)-1 && chown(p.pidfile, owner_uid, owner_gid) < 0)
 			pf_log_warning(NULL, "cannot chown pidfile: %s", strerror(errno));
 	}
-	if (run_as)
+	if (run_as) {
+		/*
+		 * PgBouncer switches user before it opens its logfile; we open it as root (to log
+		 * start-up problems) and give a file we created to the user, so that SIGHUP and
+		 * RELOAD can reopen it. An existing file that user cannot write is reported now
+		 * rather than at every reload.
+		 */
+		if (geteuid() == 0 && (rc = pf_log_give_to(owner_uid, owner_gid)) < 0)
+			pf_log_warning(NULL, "cannot chown logfile: %s", strerror(-rc));
 		drop_privileges(run_as);
+		if ((rc = pf_log_reopen()) < 0)
+			pf_log_warning(NULL,
+			               "logfile \"%s\" cannot be reopened as user \"%s\": %s; log "
+			               "rotation and RELOAD will keep writing to the old file",
+			               p.cfg->logfile, run_as, strerror(-rc));
+	}
 	if (geteuid() == 0)
 		pf_fatal("refusing to run as root");
 

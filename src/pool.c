@@ -7,11 +7,14 @@
  *   pf_pool_set_client_state() and pf_pool_set_server_state() write ->state.
  * - A server is linked to at most one client and vice versa; both links change together.
  * - waiting_clients is in arrival order; a server that becomes free goes to its head.
+ * - Every pool's user is alive: a user counts its pools (pool_refs) and is freed only when
+ *   none is left; a forced user replaced by a reload is retired until its pools are gone.
  *
  * Called by client.c (acquire, login), server.c (ready, failed, release) and the worker's janitor.
  */
 #include "config.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,19 +66,24 @@ static int secret_from_text(pf_secret_t *sec, const char *text)
 	return sec->text ? 0 : -ENOMEM;
 }
 
+/* Compares two secrets; the secret bytes in constant time (lengths are not secret). */
 static bool secret_equal(const pf_secret_t *a, const pf_secret_t *b)
 {
+	size_t alen, blen;
+
 	if (a->present != b->present || a->kind != b->kind)
 		return false;
 	if (a->kind == PF_AUTH_SECRET_SCRAM)
 		return a->scram.iterations == b->scram.iterations &&
 		       a->scram.salt_len == b->scram.salt_len &&
 		       memcmp(a->scram.salt, b->scram.salt, a->scram.salt_len) == 0 &&
-		       memcmp(a->scram.stored_key, b->scram.stored_key, PF_SCRAM_KEY_LEN) == 0 &&
-		       memcmp(a->scram.server_key, b->scram.server_key, PF_SCRAM_KEY_LEN) == 0;
+		       pf_memeq_ct(a->scram.stored_key, b->scram.stored_key, PF_SCRAM_KEY_LEN) &&
+		       pf_memeq_ct(a->scram.server_key, b->scram.server_key, PF_SCRAM_KEY_LEN);
 	if (!a->text || !b->text)
 		return a->text == b->text;
-	return strcmp(a->text, b->text) == 0;
+	alen = strlen(a->text);
+	blen = strlen(b->text);
+	return alen == blen && pf_memeq_ct(a->text, b->text, alen);
 }
 
 static void user_apply_config(pf_user_t *u, const pf_config_t *cfg)
@@ -109,6 +117,7 @@ static void user_free(pf_user_t *u)
 {
 	if (!u)
 		return;
+	assert(u->pool_refs == 0);
 	secret_clear(&u->secret);
 	free(u->name);
 	free(u);
@@ -191,6 +200,21 @@ static bool str_equal(const char *a, const char *b)
 	return strcmp(a, b) == 0;
 }
 
+/*
+ * A forced user its database no longer uses: freed now if no pool points at it, else when its
+ * last pool goes (pf_pool_free); until then its pools keep working and SHOW POOLS lists them.
+ */
+static void user_retire(pf_user_t *u)
+{
+	if (!u)
+		return;
+	if (u->pool_refs == 0) {
+		user_free(u);
+		return;
+	}
+	u->retired = true;
+}
+
 static void database_free(pf_database_t *db)
 {
 	free(db->name);
@@ -201,7 +225,7 @@ static void database_free(pf_database_t *db)
 	free(db->startup_datestyle);
 	free(db->startup_timezone);
 	free(db->startup_application_name);
-	user_free(db->forced_user);
+	user_retire(db->forced_user);
 	free(db);
 }
 
@@ -270,9 +294,8 @@ static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_
 		user_apply_config(db->forced_user, w->cfg);
 		user_free(forced);
 	} else if (forced || db->forced_user) {
-		/* The old forced user lives on with its pools until they go (leaked until exit). */
-		if (db->forced_user && db->server_count == 0 && db->client_count == 0)
-			user_free(db->forced_user);
+		/* The old forced user lives on with its pools until they go. */
+		user_retire(db->forced_user);
 		db->forced_user = forced;
 	}
 
@@ -407,9 +430,24 @@ pf_database_t *pf_worker_find_database(pf_worker_t *w, const char *name)
 	return db;
 }
 
+static bool pool_is_empty(const pf_pool_t *p)
+{
+	return pf_pool_server_count(p) == 0 && pf_list_is_empty(&p->active_clients) &&
+	       pf_list_is_empty(&p->waiting_clients);
+}
+
 void pf_database_maintain(pf_worker_t *w, pf_usec_t now)
 {
 	pf_list_node_t *it, *tmp;
+
+	/* Pools of a retired forced user take no new clients: drop them once empty. */
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		if (p->user->retired && pool_is_empty(p))
+			pf_pool_free(p);
+	}
 
 	PF_LIST_FOREACH(&w->databases, it, tmp)
 	{
@@ -538,9 +576,11 @@ pf_pool_t *pf_pool_get(pf_worker_t *w, pf_database_t *db, pf_user_t *user)
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
+	assert(!user->retired);
 	p->worker = w;
 	p->db = db;
 	p->user = user;
+	user->pool_refs++;
 	pf_list_init(&p->active_clients);
 	pf_list_init(&p->waiting_clients);
 	pf_list_init(&p->active_servers);
@@ -596,6 +636,9 @@ void pf_pool_free(pf_pool_t *pool)
 	if (pool->node.next != &pool->node)
 		pf_list_remove(&pool->worker->pools, &pool->node);
 	welcome_clear(pool);
+	assert(pool->user->pool_refs > 0);
+	if (--pool->user->pool_refs == 0 && pool->user->retired)
+		user_free(pool->user);
 	free(pool);
 }
 
@@ -1051,6 +1094,29 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 			pf_server_close(s, s->close_needed ? PF_SV_CLOSE_ADMIN
 			                   : too_old       ? PF_SV_CLOSE_LIFETIME
 			                                   : PF_SV_CLOSE_IDLE_TIMEOUT);
+	}
+	/*
+	 * Servers running server_reset_query or server_check_query (tested) that do not answer
+	 * within server_idle_timeout, or are past their lifetime: PgBouncer's janitor closes
+	 * tested servers on the same two limits. It measures the idle time from the server's
+	 * last packet; we measure from when the query was sent, which a stuck server cannot
+	 * postpone by trickling notices. Unlike an idle server, a stuck one is closed even when
+	 * min_pool_size would keep it: it serves nobody (min_pool_size opens a fresh one).
+	 */
+	PF_LIST_FOREACH(&pool->tested_servers, it, tmp)
+	{
+		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
+		bool too_old = lifetime > 0 && now - s->conn.connect_time > lifetime;
+		bool stuck = cfg->server_idle_timeout > 0 &&
+		             now - s->task_start > cfg->server_idle_timeout;
+
+		if (!too_old && !stuck)
+			continue;
+		if (stuck)
+			pf_log_warning(s, "%s did not finish within server_idle_timeout",
+			               s->task == PF_SV_TASK_RESET ? "server_reset_query"
+			                                           : "server_check_query");
+		pf_server_close(s, too_old ? PF_SV_CLOSE_LIFETIME : PF_SV_CLOSE_IDLE_TIMEOUT);
 	}
 	/* Client-side timeouts (0 = off for each). */
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)

@@ -1106,8 +1106,10 @@ int pf_scram_client_final(pf_scram_client_t *cl, const uint8_t *server_first, si
 
 	if (!cl->have_keys) {
 		if (iterations > PF_SCRAM_MAX_ITERATIONS) {
-			rc = -EPROTO;
-			goto fail;
+			client_fail(cl);
+			cl->refused_iterations = iterations;
+			rc = -E2BIG;
+			goto out;
 		}
 		rc = pf_scram_cache_derive(cl->cache, cl->password, salt, (size_t)salt_len,
 		                           iterations, &derived, cl->client_key);

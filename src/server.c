@@ -239,6 +239,67 @@ static void send_password(pf_server_t *s, const char *text)
 	pf_buf_free(&b);
 }
 
+static const char *auth_request_name(uint32_t subtype)
+{
+	switch (subtype) {
+	case PF_PROTO_AUTH_OK:
+		return "AuthenticationOk";
+	case PF_PROTO_AUTH_CLEARTEXT:
+		return "AuthenticationCleartextPassword";
+	case PF_PROTO_AUTH_MD5:
+		return "AuthenticationMD5Password";
+	case PF_PROTO_AUTH_SASL:
+		return "AuthenticationSASL";
+	case PF_PROTO_AUTH_SASL_CONTINUE:
+		return "AuthenticationSASLContinue";
+	case PF_PROTO_AUTH_SASL_FINAL:
+		return "AuthenticationSASLFinal";
+	default:
+		return "an unsupported authentication request";
+	}
+}
+
+/*
+ * Whether the Authentication request subtype may come at this point of the SCRAM exchange
+ * (pf_server_sasl_step_t). Fails the login (false: s was closed) when it may not.
+ */
+static bool sasl_step_allows(pf_server_t *s, uint32_t subtype)
+{
+	static const uint32_t expected[] = {
+	        [PF_SV_SASL_FIRST_SENT] = PF_PROTO_AUTH_SASL_CONTINUE,
+	        [PF_SV_SASL_FINAL_SENT] = PF_PROTO_AUTH_SASL_FINAL,
+	        [PF_SV_SASL_VERIFIED] = PF_PROTO_AUTH_OK,
+	};
+
+	if (s->sasl_step == PF_SV_SASL_NONE) {
+		if (subtype != PF_PROTO_AUTH_SASL_CONTINUE && subtype != PF_PROTO_AUTH_SASL_FINAL)
+			return true;
+		login_failed(s, "08P01", "server sent %s without a SCRAM exchange",
+		             auth_request_name(subtype));
+		return false;
+	}
+	if (subtype == expected[s->sasl_step])
+		return true;
+	if (subtype == PF_PROTO_AUTH_OK)
+		login_failed(s, "08P01", "%s",
+		             "server sent AuthenticationOk before proving it knows the password "
+		             "(SCRAM exchange not finished)");
+	else
+		login_failed(s, "08P01", "server sent %s during the SCRAM exchange, expected %s",
+		             auth_request_name(subtype), auth_request_name(expected[s->sasl_step]));
+	return false;
+}
+
+static void scram_free(pf_server_t *s)
+{
+	if (!s->scram)
+		return;
+	pf_scram_client_clear(s->scram); /* wipes the password copy and the keys */
+	OPENSSL_cleanse(s->scram, sizeof(*s->scram));
+	free(s->scram);
+	s->scram = NULL;
+}
+
 /* Handles an Authentication* request during login. Returns false when s was closed. */
 static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 {
@@ -254,6 +315,8 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		login_failed(s, "08P01", "%s", "malformed authentication request from server");
 		return false;
 	}
+	if (!sasl_step_allows(s, a.subtype))
+		return false;
 	switch (a.subtype) {
 	case PF_PROTO_AUTH_OK:
 		return true;
@@ -286,6 +349,7 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 			rc = pf_md5_response(secret, a.rest, resp);
 		OPENSSL_cleanse(secret, sizeof(secret));
 		if (rc < 0) {
+			OPENSSL_cleanse(resp, sizeof(resp));
 			login_failed(s, "28P01", "cannot compute the md5 response for user \"%s\"",
 			             u->name);
 			return false;
@@ -324,35 +388,47 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 			login_failed(s, "28P01", "SCRAM start failed for user \"%s\"", u->name);
 			return false;
 		}
+		s->sasl_step = PF_SV_SASL_FIRST_SENT;
 		pf_buf_init(&b);
 		pf_proto_fe_sasl_initial_response(&b, PF_SCRAM_MECHANISM, out, outlen);
 		pf_conn_send_buf(&s->conn, &b);
 		pf_buf_free(&b);
 		return true;
 	case PF_PROTO_AUTH_SASL_CONTINUE:
-		if (!s->scram || pf_scram_client_final(s->scram, a.rest, a.rest_len, out,
-		                                       sizeof(out), &outlen) < 0) {
+		rc = pf_scram_client_final(s->scram, a.rest, a.rest_len, out, sizeof(out), &outlen);
+		if (rc == -E2BIG) {
+			/* A PBKDF2 this long would stall every connection of the worker. */
+			login_failed(
+			        s, "28000",
+			        "server asks for %d SCRAM iterations, more than the %d pgfunnel "
+			        "allows (PBKDF2 runs on the event loop)",
+			        s->scram->refused_iterations, PF_SCRAM_MAX_ITERATIONS);
+			return false;
+		}
+		if (rc < 0) {
+			OPENSSL_cleanse(out, sizeof(out));
 			login_failed(s, "28P01",
 			             "SCRAM exchange with the server failed for user \"%s\"",
 			             u->name);
 			return false;
 		}
+		s->sasl_step = PF_SV_SASL_FINAL_SENT;
 		pf_buf_init(&b);
 		pf_proto_fe_sasl_response(&b, out, outlen);
+		OPENSSL_cleanse(out, sizeof(out));
 		pf_conn_send_buf(&s->conn, &b);
 		OPENSSL_cleanse(b.data, b.cap);
 		pf_buf_free(&b);
 		return true;
 	case PF_PROTO_AUTH_SASL_FINAL:
-		if (!s->scram || pf_scram_client_verify(s->scram, a.rest, a.rest_len) < 0) {
+		if (pf_scram_client_verify(s->scram, a.rest, a.rest_len) < 0) {
 			login_failed(
 			        s, "28P01", "%s",
 			        "the server's SCRAM signature is wrong: not the server we expect");
 			return false;
 		}
-		pf_scram_client_clear(s->scram);
-		free(s->scram);
-		s->scram = NULL;
+		s->sasl_step = PF_SV_SASL_VERIFIED;
+		scram_free(s);
 		return true;
 	default:
 		login_failed(s, "28000", "unsupported authentication method %u requested by server",
@@ -361,26 +437,58 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 	}
 }
 
+/* Slots of the login ParameterStatus index: a power of two, over twice the most it holds. */
+#define PARAM_INDEX_SLOTS 2048u
+_Static_assert((PARAM_INDEX_SLOTS & (PARAM_INDEX_SLOTS - 1)) == 0 &&
+                       PARAM_INDEX_SLOTS >= 2 * PF_SERVER_MAX_LOGIN_PARAMS &&
+                       PF_SERVER_MAX_LOGIN_PARAMS < UINT16_MAX,
+               "the login parameter index must stay sparse and fit uint16_t");
+
+/*
+ * The slot of name in s->param_index: the one holding it, or the empty slot where it goes.
+ * Linear probing ends because at most PF_SERVER_MAX_LOGIN_PARAMS of the slots are used.
+ */
+static size_t param_slot(const pf_server_t *s, const char *name)
+{
+	size_t i = pf_hash_str(name) & (PARAM_INDEX_SLOTS - 1);
+
+	while (s->param_index[i] && strcmp(s->param_names[s->param_index[i] - 1], name) != 0)
+		i = (i + 1) & (PARAM_INDEX_SLOTS - 1);
+	return i;
+}
+
+/*
+ * Records a ParameterStatus. Returns 0, -ENOMEM, or -E2BIG when the server sent more than
+ * PF_SERVER_MAX_LOGIN_PARAMS of them before its first ReadyForQuery.
+ */
 static int remember_param(pf_server_t *s, const char *name, const char *value)
 {
 	int var = pf_var_lookup(name);
 	char **names, **values;
+	size_t slot;
 
 	if (var >= 0 && pf_vars_set(&s->vars, (pf_var_id_t)var, value) < 0)
 		return -ENOMEM;
 	if (s->ready)
 		return 0;
 	/* Before the first ReadyForQuery: part of the welcome a pool gives its clients. */
-	for (size_t i = 0; i < s->n_params; i++) {
-		if (strcmp(s->param_names[i], name) == 0) {
-			char *v = strdup(value);
+	if (++s->login_param_msgs > PF_SERVER_MAX_LOGIN_PARAMS)
+		return -E2BIG;
+	if (!s->param_index) {
+		s->param_index = calloc(PARAM_INDEX_SLOTS, sizeof(*s->param_index));
+		if (!s->param_index)
+			return -ENOMEM;
+	}
+	slot = param_slot(s, name);
+	if (s->param_index[slot]) {
+		size_t i = s->param_index[slot] - 1u;
+		char *v = strdup(value);
 
-			if (!v)
-				return -ENOMEM;
-			free(s->param_values[i]);
-			s->param_values[i] = v;
-			return 0;
-		}
+		if (!v)
+			return -ENOMEM;
+		free(s->param_values[i]);
+		s->param_values[i] = v;
+		return 0;
 	}
 	names = realloc(s->param_names, (s->n_params + 1) * sizeof(char *));
 	if (!names)
@@ -398,6 +506,7 @@ static int remember_param(pf_server_t *s, const char *name, const char *value)
 		return -ENOMEM;
 	}
 	s->n_params++;
+	s->param_index[slot] = (uint16_t)s->n_params;
 	return 0;
 }
 
@@ -413,6 +522,7 @@ int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql)
 	pf_proto_fe_query(&b, sql);
 	s->task = task;
 	s->task_failed = false;
+	s->task_start = pf_worker_now(s->pool->worker);
 	if (task == PF_SV_TASK_RESET || task == PF_SV_TASK_CHECK)
 		pf_pool_set_server_state(s, PF_SV_TESTED);
 	rc = pf_conn_send_buf(&s->conn, &b);
@@ -577,10 +687,22 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 	}
 	case PF_PROTO_BE_PARAMETER_STATUS: {
 		const char *name, *value;
+		int rc;
 
-		if (pf_proto_parse_parameter_status(payload, plen, &name, &value) < 0 ||
-		    remember_param(s, name, value) < 0) {
+		if (pf_proto_parse_parameter_status(payload, plen, &name, &value) < 0) {
 			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+			return PF_PKT_STOP;
+		}
+		rc = remember_param(s, name, value);
+		if (rc == -E2BIG) {
+			login_failed(
+			        s, "08P01",
+			        "server sent more than %d ParameterStatus messages during login",
+			        PF_SERVER_MAX_LOGIN_PARAMS);
+			return PF_PKT_STOP;
+		}
+		if (rc < 0) {
+			login_failed(s, "53200", "%s", "out of memory");
 			return PF_PKT_STOP;
 		}
 		return PF_PKT_CONSUMED;
@@ -600,6 +722,8 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 		}
 		s->tx_status = st;
 		s->ready = true;
+		free(s->param_index); /* remember_param needs it only during login */
+		s->param_index = NULL;
 		/* Just logged in: fresh enough that server_check_query need not run before use. */
 		s->last_used = pf_worker_now(s->pool->worker);
 		pf_log_debug(s, "server login ok, backend pid %u", s->be_pid);
@@ -899,10 +1023,8 @@ static void server_on_free(pf_conn_t *conn)
 	}
 	free(s->param_names);
 	free(s->param_values);
-	if (s->scram) {
-		pf_scram_client_clear(s->scram);
-		free(s->scram);
-	}
+	free(s->param_index);
+	scram_free(s);
 	free(s->login_error);
 	pf_reqq_free(&s->rq);
 	free(s);

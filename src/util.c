@@ -41,6 +41,17 @@ int pf_memeq_ct(const void *a, const void *b, size_t n)
 	return diff == 0;
 }
 
+uint32_t pf_hash_str(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *s; s++) {
+		h ^= (unsigned char)*s;
+		h *= 16777619u;
+	}
+	return h;
+}
+
 pf_usec_t pf_now_wall_usec(void)
 {
 	struct timespec ts;

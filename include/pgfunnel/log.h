@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "pgfunnel/util.h"
 
@@ -55,6 +56,14 @@ PF_MUSTCHECK int pf_log_open(const char *logfile, bool use_syslog, const char *i
 
 /* Reopens the logfile (SIGHUP; logrotate). Keeps the old descriptor if the open fails. */
 PF_MUSTCHECK int pf_log_reopen(void);
+
+/*
+ * Start-up as root with -u: gives the logfile to uid/gid when this process created it (it did
+ * not exist before pf_log_open), so that the unprivileged process can reopen it on SIGHUP and
+ * RELOAD. An existing file (or a symlink) is left alone. Returns 0 (also when there is nothing
+ * to do) or a negative errno from fchown.
+ */
+PF_MUSTCHECK int pf_log_give_to(uid_t uid, gid_t gid);
 
 /* Closes the file and syslog sinks. */
 void pf_log_close(void);

@@ -69,6 +69,12 @@ typedef struct pf_user {
 	int max_user_connections; /* 0 or -1 = unlimited (global applies) */
 	int server_count;         /* servers of every pool of this user */
 	int client_count;
+	/*
+	 * Pools whose ->user is this one. A forced user its database stopped using (reload) is
+	 * retired and freed with its last pool, so no pool ever points at a freed user.
+	 */
+	int pool_refs;
+	bool retired;
 } pf_user_t;
 
 /* The statistics a pool keeps (SHOW STATS reads them; the admin issue completes the set). */

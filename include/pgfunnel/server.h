@@ -29,6 +29,26 @@ typedef enum pf_server_task {
 	PF_SV_TASK_CHECK,         /* server_check_query before reuse */
 } pf_server_task_t;
 
+/*
+ * How far the server's SCRAM exchange got. Each step admits exactly one next Authentication
+ * message (protocol docs, "SASL Authentication"): SASLContinue, then SASLFinal, whose signature
+ * proves the server knows the password, then AuthenticationOk. Anything else fails the login,
+ * so a server cannot skip its proof or restart the exchange.
+ */
+typedef enum pf_server_sasl_step {
+	PF_SV_SASL_NONE = 0,   /* no exchange: any Authentication request may come */
+	PF_SV_SASL_FIRST_SENT, /* client-first-message sent: only SASLContinue */
+	PF_SV_SASL_FINAL_SENT, /* client-final-message sent: only SASLFinal */
+	PF_SV_SASL_VERIFIED,   /* server signature checked: only AuthenticationOk */
+} pf_server_sasl_step_t;
+
+/*
+ * Most ParameterStatus messages a server may send before its first ReadyForQuery. Postgres 15
+ * sends 14 (a few more with extensions reporting GUCs); far above that is a hostile or broken
+ * server, and the login is refused rather than storing them all as the pool's welcome.
+ */
+#define PF_SERVER_MAX_LOGIN_PARAMS 1000
+
 typedef enum pf_server_close_reason {
 	PF_SV_CLOSE_CONNECT_FAILED,
 	PF_SV_CLOSE_LOGIN_FAILED,
@@ -61,7 +81,11 @@ struct pf_server {
 	size_t n_params;
 	char **param_names;
 	char **param_values;
-	pf_reqq_t rq;        /* what it still owes, request by request */
+	pf_reqq_t rq; /* what it still owes, request by request */
+	/* During login: a hash index of param_names (index + 1; 0 = empty slot), and how many
+	 * ParameterStatus messages came (at most PF_SERVER_MAX_LOGIN_PARAMS). */
+	uint16_t *param_index;
+	uint32_t login_param_msgs;
 	uint8_t tx_status;   /* last ReadyForQuery status ('I', 'T', 'E') */
 	bool close_needed;   /* RECONNECT or lifetime: close at release */
 	bool task_failed;    /* the pooler's own query got an ErrorResponse */
@@ -69,7 +93,11 @@ struct pf_server {
 	pf_usec_t last_used; /* when it was last released */
 	pf_list_t cancels;   /* cancel requests in flight for this backend */
 	bool cancel_hold;    /* released, held back until those cancels are done */
+	/* When the running task's query was sent (the janitor times out a tested server). */
+	pf_usec_t task_start;
+	/* The SCRAM exchange while it runs (wiped and freed at its end), and its progress. */
 	pf_scram_client_t *scram;
+	pf_server_sasl_step_t sasl_step;
 	char login_sqlstate[6];
 	char *login_error;
 };

@@ -35,6 +35,12 @@ int pf_strcaseeq(const char *a, const char *b);
  */
 int pf_memeq_ct(const void *a, const void *b, size_t n);
 
+/*
+ * 32-bit FNV-1a hash of a NUL-terminated string, for small open-addressing tables of names.
+ * Not for anything a peer could exploit by choosing colliding keys unless the table is bounded.
+ */
+uint32_t pf_hash_str(const char *s);
+
 /* Wall-clock time (CLOCK_REALTIME) in microseconds. */
 pf_usec_t pf_now_wall_usec(void);
 

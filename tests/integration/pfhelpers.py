@@ -1142,3 +1142,191 @@ def wire_as_run_user(host, port, user, dbname, sql="", timeout=15.0):
                          stdin=subprocess.DEVNULL, cwd="/")
     assert res.returncode == 0, "child failed: %s %s" % (res.stdout, res.stderr)
     return json.loads(res.stdout)
+
+
+# ---------------------------------------------------------------- scripted fake servers (h1)
+
+
+class FakePeer:
+    """pgfunnel's server connection as a ScriptedServer script sees it: blocking helpers to read
+    its startup and messages and to send Postgres backend messages (raw bytes, so a script may
+    break the protocol on purpose)."""
+
+    def __init__(self, sock):
+        import struct
+        self._struct = struct
+        self.sock = sock
+        self.sock.settimeout(10)
+        self._buf = b""
+
+    def _read(self, n):
+        while len(self._buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("pgfunnel closed the connection")
+            self._buf += chunk
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def read_startup(self):
+        """The StartupMessage's parameters (an SSLRequest first is answered 'N')."""
+        while True:
+            (n,) = self._struct.unpack("!I", self._read(4))
+            body = self._read(n - 4)
+            (code,) = self._struct.unpack("!I", body[:4])
+            if code == 80877103:  # SSLRequest
+                self.sock.sendall(b"N")
+                continue
+            parts = body[4:].split(b"\0")
+            return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts) - 2, 2)}
+
+    def read_message(self):
+        """(type as str, payload bytes) of the next frontend message."""
+        kind = self._read(1)
+        (n,) = self._struct.unpack("!I", self._read(4))
+        return kind.decode(), self._read(n - 4)
+
+    def send(self, kind, payload=b""):
+        self.sock.sendall(self.message(kind, payload))
+
+    def message(self, kind, payload=b""):
+        return kind.encode() + self._struct.pack("!I", len(payload) + 4) + payload
+
+    def auth(self, code, rest=b""):
+        """An Authentication message (R) with this subtype code."""
+        self.send("R", self._struct.pack("!I", code) + rest)
+
+    def finish_login(self, params=(("server_version", "15.0"),), status=b"I"):
+        """ParameterStatus for each (name, value), BackendKeyData, ReadyForQuery."""
+        out = b"".join(self.message("S", n.encode() + b"\0" + v.encode() + b"\0")
+                       for n, v in params)
+        out += self.message("K", self._struct.pack("!II", 4242, 1234))
+        out += self.message("Z", status)
+        self.sock.sendall(out)
+
+    def error(self, sqlstate, text):
+        self.send("E", b"SFATAL\0C" + sqlstate.encode() + b"\0M" + text.encode() + b"\0\0")
+
+    # SCRAM-SHA-256, the server side as Postgres speaks it (no channel binding).
+
+    def sasl_start(self):
+        """AuthenticationSASL offering SCRAM-SHA-256; returns the client-first-message."""
+        self.auth(10, b"SCRAM-SHA-256\0\0")
+        kind, payload = self.read_message()
+        assert kind == "p", "expected SASLInitialResponse, got %r" % kind
+        mech, rest = payload.split(b"\0", 1)
+        assert mech == b"SCRAM-SHA-256", mech
+        (n,) = self._struct.unpack("!i", rest[:4])
+        self.client_first = rest[4:4 + n].decode()
+        self.client_first_bare = self.client_first.split(",", 2)[2]
+        self.client_nonce = dict(a.split("=", 1)
+                                 for a in self.client_first_bare.split(","))["r"]
+        return self.client_first
+
+    def sasl_continue(self, iterations=4096, salt=b"pgfunnel-h1-salt"):
+        """AuthenticationSASLContinue with a server-first-message extending the client nonce."""
+        import base64
+        self.salt, self.iterations = salt, iterations
+        self.nonce = self.client_nonce + "fakeServerNonce"
+        self.server_first = "r=%s,s=%s,i=%d" % (self.nonce, base64.b64encode(salt).decode(),
+                                                 iterations)
+        self.auth(11, self.server_first.encode())
+
+    def read_sasl_response(self):
+        kind, payload = self.read_message()
+        assert kind == "p", "expected SASLResponse, got %r" % kind
+        self.client_final = payload.decode()
+        return self.client_final
+
+    def sasl_final(self, password):
+        """AuthenticationSASLFinal with the right server signature for password."""
+        import base64
+        import hashlib
+        import hmac
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), self.salt, self.iterations)
+        server_key = hmac.digest(salted, b"Server Key", "sha256")
+        without_proof = self.client_final.rsplit(",p=", 1)[0]
+        msg = ",".join([self.client_first_bare, self.server_first, without_proof]).encode()
+        sig = base64.b64encode(hmac.digest(server_key, msg, "sha256")).decode()
+        self.auth(12, ("v=" + sig).encode())
+
+    def wait_closed(self, timeout=10):
+        """Read until pgfunnel closes the connection; True if it did within timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+            return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+
+
+class ScriptedServer:
+    """A TCP listener on 127.0.0.1 that plays a deliberately misbehaving Postgres: every
+    accepted connection runs script(peer) in its own thread, peer being a FakePeer. The
+    connection is closed when the script returns. accepts counts connections; errors holds
+    the exceptions scripts raised (EOF when pgfunnel hangs up is not one)."""
+
+    def __init__(self, script):
+        import threading
+        self.script = script
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.port = alloc_port()
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.accepts = 0
+        self.errors = []
+        self.results = []
+        self._threads = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import threading
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.accepts += 1
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn):
+        try:
+            self.results.append(self.script(FakePeer(conn)))
+        except (EOFError, ConnectionError):
+            pass
+        except Exception as e:  # noqa: BLE001 - reported by the test through .errors
+            self.errors.append(repr(e))
+        finally:
+            conn.close()
+
+    def db_entry(self, **extra):
+        """A [databases] value pointing at this fake server."""
+        parts = ["host=127.0.0.1", "port=%d" % self.port, "dbname=fake"]
+        parts += ["%s=%s" % kv for kv in extra.items()]
+        return " ".join(parts)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        for t in self._threads:
+            t.join(5)
+        self.sock.close()
+        release_port(self.port)
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU time pid has used so far, in seconds (from /proc/PID/stat)."""
+    text = read_text("/proc/%d/stat" % pid)
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

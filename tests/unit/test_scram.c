@@ -639,8 +639,9 @@ static void test_passthrough_any_iterations(void **state)
 	assert_int_equal(pf_scram_client_set_nonce(&cl, "abc"), 0);
 	assert_int_equal(pf_scram_client_first(&cl, out, sizeof(out), &n), 0);
 	assert_int_equal(
-	        pf_scram_client_final(&cl, M("r=abcdef,s=QUJD,i=1000001"), out, sizeof(out), &n),
-	        -EPROTO);
+	        pf_scram_client_final(&cl, M("r=abcdef,s=QUJD,i=1000000"), out, sizeof(out), &n),
+	        -E2BIG);
+	assert_int_equal(cl.refused_iterations, 1000000);
 	pf_scram_client_clear(&cl);
 }
 
@@ -658,6 +659,37 @@ static int client_final_rc(const char *sfirst)
 	rc = pf_scram_client_final(&cl, M(sfirst), out, sizeof(out), &n);
 	pf_scram_client_clear(&cl);
 	return rc;
+}
+
+static void test_iteration_cap(void **state)
+{
+	pf_scram_client_t cl;
+	char out[256], sfirst[64];
+	size_t n;
+	uint64_t runs;
+
+	(void)state;
+	/* Just above the cap: refused before any PBKDF2, the state is dead, the count kept. */
+	snprintf(sfirst, sizeof(sfirst), "r=abcdef,s=QUJD,i=%d", PF_SCRAM_MAX_ITERATIONS + 1);
+	runs = pf_scram_pbkdf2_count();
+	assert_int_equal(pf_scram_client_start(&cl, "pw", NULL, NULL, NULL), 0);
+	assert_int_equal(pf_scram_client_set_nonce(&cl, "abc"), 0);
+	assert_int_equal(pf_scram_client_first(&cl, out, sizeof(out), &n), 0);
+	assert_int_equal(pf_scram_client_final(&cl, M(sfirst), out, sizeof(out), &n), -E2BIG);
+	assert_int_equal(cl.refused_iterations, PF_SCRAM_MAX_ITERATIONS + 1);
+	assert_true(pf_scram_pbkdf2_count() == runs);
+	assert_int_equal(pf_scram_client_verify(&cl, M("v=x")), -EINVAL);
+	pf_scram_client_clear(&cl);
+	/* INT_MAX too. */
+	assert_int_equal(pf_scram_client_start(&cl, "pw", NULL, NULL, NULL), 0);
+	assert_int_equal(pf_scram_client_set_nonce(&cl, "abc"), 0);
+	assert_int_equal(pf_scram_client_first(&cl, out, sizeof(out), &n), 0);
+	assert_int_equal(
+	        pf_scram_client_final(&cl, M("r=abcdef,s=QUJD,i=2147483647"), out, sizeof(out), &n),
+	        -E2BIG);
+	pf_scram_client_clear(&cl);
+	/* Far below it: accepted (real servers use 4096). */
+	assert_int_equal(client_final_rc("r=abcdef,s=QUJD,i=4096"), 0);
 }
 
 static void test_server_first_refusals(void **state)
@@ -956,6 +988,7 @@ int main(void)
 	        cmocka_unit_test(test_mock),
 	        cmocka_unit_test(test_passthrough),
 	        cmocka_unit_test(test_passthrough_any_iterations),
+	        cmocka_unit_test(test_iteration_cap),
 	        cmocka_unit_test(test_server_first_refusals),
 	        cmocka_unit_test(test_server_final_checks),
 	        cmocka_unit_test(test_misuse),
