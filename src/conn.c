@@ -26,6 +26,8 @@
 #include <stdio.h>
 #include <sys/un.h>
 
+#include <openssl/crypto.h>
+
 #include "pgfunnel/conn.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/worker.h"
@@ -467,6 +469,8 @@ static void on_owned_written(uv_write_t *req, int status)
 
 	(void)status;
 	c->out_queued -= (uint32_t)(sizeof(*w) + w->len);
+	/* It may have held a password or SCRAM proof on its way to a server. */
+	OPENSSL_cleanse(w->data, w->len);
 	free(w);
 	if (c->closing) {
 		maybe_free(c);
