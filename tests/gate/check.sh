@@ -5,7 +5,9 @@
 # planted bug, and passes only if
 #   - without a planted bug the tests pass (so what fails below is the bug), and
 #   - with each bug (leak, overflow, undefined) pytest FAILS and its output carries the
-#     sanitizer's own report for that bug, as the fixture teardown prints it.
+#     sanitizer's own report for that bug, as the fixture teardown prints it;
+#   - with a pgfunnel that never finishes exiting (hang) it FAILS because the teardown had to
+#     SIGKILL it (no leak check ran); stop timeouts are shortened for that.
 #
 #   tests/gate/check.sh BINARY
 set -u
@@ -16,11 +18,13 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT INT TERM
 status=0
 
-# run BUG: pytest against the binary with PF_PLANTED_BUG=BUG; output in $out, returns its status.
+# run BUG [TEST]: pytest (of test_sanitizer_gate.py, or only its test TEST) against the binary
+# with PF_PLANTED_BUG=BUG and short stop timeouts; output in $out, returns pytest's status.
 run() {
-	PF_PLANTED_BUG=$1 PGFUNNEL_BIN=$bin PGFUNNEL_SOURCE_ROOT=$root PGFUNNEL_SANITIZED=1 \
+	PF_PLANTED_BUG=$1 PGFUNNEL_STOP_GRACE=1 PGFUNNEL_STOP_TIMEOUT=2 \
+		PGFUNNEL_BIN=$bin PGFUNNEL_SOURCE_ROOT=$root PGFUNNEL_SANITIZED=1 \
 		/usr/bin/python3 -m pytest -q -p no:cacheprovider -rfEs \
-		"$root/tests/integration/test_sanitizer_gate.py" >"$out" 2>&1
+		"$root/tests/integration/test_sanitizer_gate.py${2:+::$2}" >"$out" 2>&1
 }
 
 if run ""; then
@@ -31,13 +35,17 @@ else
 	status=1
 fi
 
-# Each bug with the report text the failure must show (a grep -E pattern).
+# Each bug with the report text the failure must show (a grep -E pattern). A hang is tried on
+# the fixture's instance only (a hanging "pgfunnel --version" would just time out).
 for spec in "leak:ERROR: LeakSanitizer: detected memory leaks" \
 	"overflow:ERROR: AddressSanitizer: heap-buffer-overflow" \
-	"undefined:runtime error: signed integer overflow"; do
+	"undefined:runtime error: signed integer overflow" \
+	"hang:SIGKILLed, so no exit-time leak check ran"; do
 	bug=${spec%%:*}
 	want=${spec#*:}
-	if run "$bug"; then
+	test=
+	[ "$bug" = hang ] && test=test_instance_left_running_for_teardown
+	if run "$bug" "$test"; then
 		echo "gate: FAILED: planted bug '$bug' went unnoticed: the tests passed"
 		cat "$out"
 		status=1

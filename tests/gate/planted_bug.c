@@ -7,16 +7,22 @@
  * The environment variable PF_PLANTED_BUG picks the bug; unset, nothing happens:
  *   leak       a block allocated at start-up and never freed (only LeakSanitizer at exit sees it);
  *   overflow   a one-byte heap read past a block at exit (AddressSanitizer);
- *   undefined  a signed integer overflow at exit (UndefinedBehaviorSanitizer).
+ *   undefined  a signed integer overflow at exit (UndefinedBehaviorSanitizer);
+ *   hang       a process that never finishes exiting and blocks the stop signals (the teardown
+ *              has to SIGKILL it, so its exit-time checks never run: the gate must call that
+ *              a failure too).
  * The bugs fire at start-up and at exit, so the test itself passes and only the gate (the
  * reports read after a graceful stop) can fail it.
  */
 
 #include <limits.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-void *volatile pf_planted_sink;
+volatile uintptr_t pf_planted_hidden;
 volatile int pf_planted_int = INT_MAX;
 
 static const char *planted(void)
@@ -26,13 +32,21 @@ static const char *planted(void)
 	return v ? v : "";
 }
 
-/* The only pointer to the block dies with this frame. */
-__attribute__((noinline)) static void leak_a_block(void)
+/*
+ * Leaks 32 blocks. LeakSanitizer is conservative: a stale copy of a pointer left in a register
+ * or an uninitialised stack slot makes its block look reachable, so one block alone is not
+ * reliably reported; of 32, only the last few can have such copies. What is kept is the XOR of
+ * the addresses, which points nowhere.
+ */
+__attribute__((noinline)) static void leak_blocks(void)
 {
-	pf_planted_sink = malloc(4242);
-	if (pf_planted_sink)
-		memset(pf_planted_sink, 0x5a, 4242);
-	pf_planted_sink = NULL;
+	for (int i = 0; i < 32; i++) {
+		void *p = malloc(4242);
+
+		if (p)
+			memset(p, 0x5a, 4242);
+		pf_planted_hidden ^= (uintptr_t)p;
+	}
 }
 
 /*
@@ -51,7 +65,7 @@ __attribute__((noinline)) static void scrub_stack(void)
 __attribute__((constructor)) static void planted_at_start(void)
 {
 	if (strcmp(planted(), "leak") == 0) {
-		leak_a_block();
+		leak_blocks();
 		scrub_stack();
 	}
 }
@@ -69,5 +83,15 @@ __attribute__((destructor)) static void planted_at_exit(void)
 		}
 	} else if (strcmp(planted(), "undefined") == 0) {
 		pf_planted_int = pf_planted_int + 1;
+	} else if (strcmp(planted(), "hang") == 0) {
+		sigset_t set;
+
+		sigemptyset(&set);
+		sigaddset(&set, SIGINT);
+		sigaddset(&set, SIGTERM);
+		sigaddset(&set, SIGQUIT);
+		sigprocmask(SIG_BLOCK, &set, NULL);
+		for (;;)
+			pause();
 	}
 }
