@@ -43,6 +43,21 @@ static const char *const allowed[] = {"inc1.ini", "inc2.ini", "inc3.ini", "missi
 /* Texts of this run's include files (NULL: absent). */
 static char *files[NFILES];
 
+/* The private directory the include files are written to (mkdtemp). */
+static char dir[] = "/tmp/pgfunnel-fuzz-config.XXXXXX";
+
+/* At exit: removes the directory and what is in it. */
+static void remove_dir(void)
+{
+	char path[sizeof(dir) + 16];
+
+	for (int i = 0; i < NFILES; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, file_names[i]);
+		(void)unlink(path);
+	}
+	(void)rmdir(dir);
+}
+
 static void ignore_warning(void *arg, const char *file, int line, const char *msg)
 {
 	(void)arg;
@@ -190,7 +205,6 @@ static void check_same_as_expanded(const char *text, const pf_config_t *cfg)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static char dir[] = "/tmp/pgfunnel-fuzz-config.XXXXXX";
 	static int home = -1;
 	char *text, err[512], value[4096];
 	const char *parts[1 + NFILES] = {NULL};
@@ -201,6 +215,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (home < 0) {
 		CHECK(mkdtemp(dir) != NULL);
+		atexit(remove_dir);
 		home = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		CHECK(home >= 0);
 	}
