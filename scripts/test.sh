@@ -5,12 +5,16 @@
 #   2. the unit suite again under AddressSanitizer + UndefinedBehaviorSanitizer,
 #   3. the fuzz targets for a short while (tests/fuzz/run.sh, when present),
 #   4. the integration suite against the sanitizer build (reports fail the tests),
-#   5. the integration suite (pytest against a real PostgreSQL 15) LAST,
+#   5. the sanitizer gate check: a sanitizer build with planted bugs (-Dplanted_bug=true) must
+#      FAIL tests/integration/test_sanitizer_gate.py with each bug's report (tests/gate/),
+#   6. the integration suite (pytest against a real PostgreSQL 15) LAST,
 # so the output ends with meson test's summary. Every step runs even when an
 # earlier one failed; the exit status is non-zero if any failed.
 #
 # Usage (as root on Debian 12): ./scripts/test.sh [BUILD_DIR]   (default: build-ci)
-# FUZZ_SECONDS (default 30) sets the fuzzing time per target.
+# FUZZ_SECONDS sets the fuzzing time per target (default: tests/fuzz/run.sh's).
+# As root (dependencies installed) an unexpected pytest skip fails the suite (PGFUNNEL_NO_SKIP=1,
+# allowed skips in tests/integration/conftest.py); pytest lists every skip (-rfEs).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -22,6 +26,7 @@ step() { printf '\n==== test.sh: %s\n' "$*"; }
 
 if [ "$(id -u)" -eq 0 ]; then
 	./scripts/install-deps.sh || exit 1
+	export PGFUNNEL_NO_SKIP=${PGFUNNEL_NO_SKIP:-1}
 else
 	echo "test.sh: not root: skipping scripts/install-deps.sh (the integration suite needs the pgfunnel user or a non-root run)"
 fi
@@ -56,18 +61,31 @@ else
 fi
 
 if [ -x tests/fuzz/run.sh ]; then
-	step "fuzzing (${FUZZ_SECONDS:-30} s per target)"
-	tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" || failed+=(fuzz)
+	step "fuzzing (${FUZZ_SECONDS:-default} s per target)"
+	tests/fuzz/run.sh ${FUZZ_SECONDS:+"$FUZZ_SECONDS"} || failed+=(fuzz)
 fi
 
 if [ -x "$sandir/pgfunnel" ]; then
 	# The integration suite against the ASan+UBSan binary: every sanitizer or LeakSanitizer
-	# report a pgfunnel instance prints fails its test (see tests/integration/conftest.py).
+	# report a pgfunnel writes fails the test that ran it, and so does an instance that has to
+	# be SIGKILLed at teardown (its leak check never ran). conftest.py adds log_path (a report
+	# file per process) and quarantine_size_mb=16 to these options.
 	step "integration suite under ASan+UBSan ($sandir/pgfunnel)"
 	PGFUNNEL_BIN="$PWD/$sandir/pgfunnel" PGFUNNEL_SOURCE_ROOT="$PWD" PGFUNNEL_SANITIZED=1 \
-		ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-		/usr/bin/python3 -m pytest -q -p no:cacheprovider -rfE tests/integration ||
+		ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		/usr/bin/python3 -m pytest -q -p no:cacheprovider -rfEs tests/integration ||
 		failed+=(integration-sanitizers)
+fi
+
+# A gate that cannot fire proves nothing: a build with planted bugs must fail the gate tests.
+gatedir=$builddir-gate
+step "sanitizer gate check ($gatedir, -Dplanted_bug=true: these runs MUST fail)"
+if configure "$gatedir" -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false \
+	-Dplanted_bug=true -Dintegration=disabled && ninja -C "$gatedir" pgfunnel; then
+	tests/gate/check.sh "$PWD/$gatedir/pgfunnel" || failed+=(sanitizer-gate)
+else
+	failed+=(sanitizer-gate-build)
 fi
 
 if [ "${#failed[@]}" -gt 0 ]; then

@@ -1,7 +1,9 @@
 #include "config.h"
 /*
- * libFuzzer target for the message-header reader. Input: byte 0 picks max_packet_size,
- * byte 1 seeds the fragment sizes, the rest is the stream. The stream is walked twice: once
+ * libFuzzer target for the message-header reader. Input: byte 0 picks max_packet_size (one of
+ * the bounds 0, 1, 4, 5, INT32_MAX, INT32_MAX + 1, UINT32_MAX - 1, UINT32_MAX and a few usual
+ * values; or, for byte 0 >= 16, the next four bytes as the limit itself), byte 1 seeds the
+ * fragment sizes, the rest is the stream. The stream is walked twice: once
  * with pf_proto_read_header() on the whole buffer, once through pf_proto_hdr_feed() in
  * fragments of 1..16 bytes (each its own heap block, so ASan catches reads past a fragment),
  * skipping payloads in both. Checks: consumed never exceeds what was offered (nor 5), a 0
@@ -50,6 +52,11 @@ static void walk_whole(const uint8_t *p, size_t n, uint32_t max, walk_t *w)
 		}
 		CHECK(rc == PF_PROTO_HDR_LEN);
 		CHECK(h.len >= 4 && h.len <= max && h.payload_len == h.len - 4 && h.type != 0);
+#ifdef PF_PROTO_MAX_MSG_LEN
+		/* The wire length is a signed Int32, whatever max_packet_size allows; so len + 1
+		 * (the whole message with its type byte) cannot wrap in a uint32_t. */
+		CHECK(h.len <= PF_PROTO_MAX_MSG_LEN);
+#endif
 		w->hdrs[w->nhdrs++] = h;
 		pos += PF_PROTO_HDR_LEN;
 		pos += n - pos < h.payload_len ? n - pos : h.payload_len;
@@ -114,14 +121,40 @@ static void walk_fragments(const uint8_t *p, size_t n, uint32_t max, uint32_t se
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static const uint32_t maxes[] = {0, 4, 5, 64, 8192, 0x7fffffff, UINT32_MAX, 1u << 20};
+	static const uint32_t maxes[16] = {
+	        0,
+	        1,
+	        4,
+	        5,
+	        64,
+	        8192,
+	        1u << 20,
+	        0x7fffffff,
+	        0x80000000,
+	        0xfffffff0,
+	        UINT32_MAX - 1,
+	        UINT32_MAX,
+	        UINT32_MAX,
+	        0,
+	        1,
+	        UINT32_MAX - 1,
+	};
 	static walk_t whole, frag;
 	uint32_t max;
 	size_t i;
 
 	if (size < 2)
 		return 0;
-	max = maxes[data[0] & 7];
+	if (data[0] < 16) {
+		max = maxes[data[0]];
+	} else {
+		if (size < 6)
+			return 0;
+		max = (uint32_t)data[2] << 24 | (uint32_t)data[3] << 16 | (uint32_t)data[4] << 8 |
+		      data[5];
+		data += 4;
+		size -= 4;
+	}
 	walk_whole(data + 2, size - 2, max, &whole);
 	walk_fragments(data + 2, size - 2, max, data[1], &frag);
 

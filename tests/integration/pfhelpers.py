@@ -15,6 +15,7 @@ Only the standard library and psycopg (Debian's python3-psycopg) are used.
 """
 
 import fcntl
+import glob
 import os
 import pwd
 import random
@@ -544,6 +545,8 @@ class PgFunnel:
         self.pidfile = os.path.join(workdir, "pgfunnel.pid")
         self.unix_socket_dir = workdir
         self.stderr_path = os.path.join(workdir, "stderr.txt")
+        # Sanitizer reports go to <prefix>.<pid> (log_path; see sanitizer_env()).
+        self.sanitizer_prefix = os.path.join(workdir, "sanitizer")
         self.cmd = None
         self.daemon = False
         self.returncode = None
@@ -670,25 +673,85 @@ class PgFunnel:
                 rc, expect, " ".join(self.cmd), self.all_output())
         return rc
 
-    def kill(self):
-        """SIGKILL by PID if still running (teardown).
-
-        Also kills any process whose command line names this instance's ini
-        (a daemon that forked when the test did not expect it to).
-        """
+    def _pids(self):
+        """Live processes of this instance: its PID, the command we ran, and any process whose
+        command line names its ini (a daemon that forked when the test did not expect it to)."""
         pids = {self.pid, self.proc.pid if self.proc else None}
         pids.update(pids_with_arg(self.ini_path))
-        for pid in pids:
-            if pid is not None and pid_alive(pid):
-                kill_quietly(pid)
+        return {pid for pid in pids if pid is not None and self._alive(pid)}
+
+    def _alive(self, pid):
+        if self.proc is not None and self.proc.pid == pid:
+            return self.proc.poll() is None
+        return pid_alive(pid)
+
+    def _wait_gone(self, pids, timeout):
+        return wait_for(lambda: not any(self._alive(pid) for pid in pids), timeout)
+
+    def _reap(self):
         if self.proc is not None:
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+            if self.proc.pid == self.pid:
+                self.returncode = self.proc.returncode
         if self.daemon and self.pid:
             wait_pid_gone(self.pid, 5)
-            reap(self.pid)
+            rc = reap(self.pid)
+            if rc is not None:
+                self.returncode = rc
+
+    def kill(self):
+        """SIGKILL by PID if still running (see _pids()). No sanitizer leak check runs."""
+        for pid in self._pids():
+            kill_quietly(pid)
+        self._reap()
+
+    def shutdown(self, grace=None, timeout=None):
+        """Teardown that lets the process exit by itself, so LeakSanitizer (which runs at exit)
+        and a sanitizer build's exit-time checks get their say.
+
+        SIGINT (after a SIGCONT, in case a test stopped it): pgfunnel stops once its servers
+        are released. After `grace` seconds a second SIGINT, which pgfunnel treats as "shut
+        down now" (PgBouncer 1.23+). Only when it is still there `timeout` seconds later is it
+        SIGKILLed. Returns None when every process of the instance exited by itself, else a
+        one-line description of what had to be killed. The defaults come from
+        PGFUNNEL_STOP_GRACE (2) and PGFUNNEL_STOP_TIMEOUT (30), so tests/gate/check.sh can
+        prove the SIGKILL path quickly.
+        """
+        if grace is None:
+            grace = float(os.environ.get("PGFUNNEL_STOP_GRACE", "2"))
+        if timeout is None:
+            timeout = float(os.environ.get("PGFUNNEL_STOP_TIMEOUT", "30"))
+        pids = self._pids()
+        if pids:
+            for pid in pids:
+                kill_quietly(pid, signal.SIGCONT)
+                kill_quietly(pid, signal.SIGINT)
+            if not self._wait_gone(pids, grace):
+                for pid in pids:
+                    kill_quietly(pid, signal.SIGINT)
+                if not self._wait_gone(pids, timeout):
+                    left = sorted(pid for pid in pids if self._alive(pid))
+                    for pid in left:
+                        kill_quietly(pid)
+                    self._wait_gone(left, 5)
+                    self._reap()
+                    return ("pgfunnel pid %s (%s) did not exit within %.0fs of SIGINT, SIGINT: "
+                            "SIGKILLed, so no exit-time leak check ran" % (
+                                ",".join(map(str, left)), self.ini_path, grace + timeout))
+        self._reap()
+        # Died of the signal itself (no handler installed yet, or no longer): no exit-time
+        # checks ran either. Known for our child, and for a daemon when we are its subreaper.
+        if pids and self.returncode == -signal.SIGINT:
+            return ("pgfunnel pid %d (%s) was killed by the SIGINT of the teardown (no handler), "
+                    "so no exit-time leak check ran" % (self.pid, self.ini_path))
+        return None
+
+    def sanitizer_files(self):
+        """The sanitizer report files its processes wrote (<sanitizer_prefix>.<pid>)."""
+        return sorted(glob.glob(glob.escape(self.sanitizer_prefix) + ".*"))
 
 
 class PgFunnelFactory:
@@ -772,7 +835,8 @@ class PgFunnelFactory:
         err = open(pf.stderr_path, "wb")
         try:
             pf.proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=err,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT,
+                                       env=sanitizer_env(pf.sanitizer_prefix))
         finally:
             err.close()
         pf.pid = pf.proc.pid
@@ -813,9 +877,24 @@ class PgFunnelFactory:
             timeout, "it exited with %r" % pf.returncode if state == "exited" else "no 'process up'",
             " ".join(pf.cmd), pf.all_output())
 
-    def cleanup(self):
+    def stop_all(self):
+        """Stops every instance still running (PgFunnel.shutdown(): gracefully, SIGKILL only
+        as a last resort). Returns the list of shutdown() complaints ([] when all exited)."""
+        problems = []
         for pf in self.instances:
-            pf.kill()
+            problem = pf.shutdown()
+            if problem:
+                problems.append(problem)
+        return problems
+
+    def sanitizer_reports(self):
+        """Report lines of every instance (sanitizer_reports()); read them after stop_all()
+        and before cleanup(), which deletes the files they are in."""
+        return [line for pf in self.instances for line in sanitizer_reports(pf)]
+
+    def cleanup(self):
+        """Stops what still runs (stop_all()), releases the ports, deletes every instance dir."""
+        self.stop_all()
         for port in self.ports:
             release_port(port)
         for d in self.dirs:
@@ -932,14 +1011,33 @@ def proc_fd_count(pid):
         return None
 
 
-SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|"
-                          r"SUMMARY: (Address|Undefined|Leak)Sanitizer")
+SANITIZER_RE = re.compile(r"ERROR: \w*Sanitizer|\bruntime error:|SUMMARY: \w*Sanitizer|"
+                          r"Sanitizer has encountered a fatal error|"
+                          r"ERROR: Can't open file: .*sanitizer")
+
+
+def sanitizer_env(log_prefix, base=None):
+    """A copy of the environment (base, default os.environ) whose ASAN_OPTIONS and UBSAN_OPTIONS
+    send every sanitizer report to the file <log_prefix>.<pid> (log_path), instead of stderr
+    where a report is easily lost among other output. Options given last win."""
+    env = dict(os.environ if base is None else base)
+    for var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        opts = env.get(var, "")
+        env[var] = (opts + ":" if opts else "") + "log_path=" + log_prefix
+    return env
 
 
 def sanitizer_reports(pf):
-    """Lines of pf's stderr / log that look like an ASan/UBSan/LSan report ([] if none)."""
+    """pf's sanitizer reports ([] if none): the whole text of each report file its processes
+    wrote (PgFunnel.sanitizer_files()), then the lines of its stderr / log that look like one."""
+    out = []
+    for path in pf.sanitizer_files():
+        text = read_text(path).strip()
+        out.append("--- %s:" % path)
+        out.extend(text.splitlines() if text else ["(empty report file)"])
     text = pf.stderr_text() + "\n" + (read_text(pf.logfile) if pf.logfile else "")
-    return [line for line in text.splitlines() if SANITIZER_RE.search(line)]
+    out.extend(line for line in text.splitlines() if SANITIZER_RE.search(line))
+    return out
 
 
 def pg_ctl(cluster, *args, timeout=90):
