@@ -841,9 +841,13 @@ static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 	case PF_CONN_EV_ERROR:
 		if (status == -EMSGSIZE)
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+			                "message too long (max_packet_size)");
+		else if (status == -ENOBUFS)
+			/* A message pgfunnel must read whole is longer than it may hold. */
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 			                c->state == PF_CL_LOGIN
 			                        ? "authentication message too long (pkt_buf)"
-			                        : "message too long (max_packet_size)");
+			                        : "message too long to be held whole");
 		else if (status == -EBADMSG)
 			/* The header at rpos is what was refused: type byte 0 or a length < 4. */
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",

@@ -397,7 +397,7 @@ void pf_conn_process(pf_conn_t *c)
 			if (!flush_forward(c))
 				goto out;
 			if (!make_room(c, total - have, true)) {
-				c->ops->on_event(c, PF_CONN_EV_ERROR, -EMSGSIZE);
+				c->ops->on_event(c, PF_CONN_EV_ERROR, -ENOBUFS);
 				goto out;
 			}
 			starved = true;

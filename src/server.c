@@ -919,7 +919,7 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 		pf_server_close(s, PF_SV_CLOSE_EOF);
 		break;
 	case PF_CONN_EV_ERROR:
-		if (status == -EBADMSG || status == -EMSGSIZE)
+		if (status == -EBADMSG || status == -EMSGSIZE || status == -ENOBUFS)
 			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
 		else
 			pf_server_close(s, PF_SV_CLOSE_ERROR);

@@ -60,8 +60,10 @@ typedef enum pf_pkt_action {
 typedef enum pf_conn_event {
 	PF_CONN_EV_CONNECTED, /* outgoing connect finished (status 0 or -errno) */
 	PF_CONN_EV_EOF,       /* the peer closed its side */
-	PF_CONN_EV_ERROR,     /* read or write error (status) */
-	PF_CONN_EV_DRAINED,   /* processing ran out of bytes (after a batch of reads) */
+	/* A read error, -EBADMSG or -EMSGSIZE for a refused header, -ENOBUFS for a message
+	 * longer than hold_max that must be held whole (status). */
+	PF_CONN_EV_ERROR,
+	PF_CONN_EV_DRAINED, /* processing ran out of bytes (after a batch of reads) */
 } pf_conn_event_t;
 
 typedef struct pf_conn_ops {
