@@ -523,10 +523,11 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 	switch (c->auth_step) {
 	case AUTH_PLAIN:
 	case AUTH_MD5: {
-		char *pw = (char *)payload;
+		char *pw = (char *)payload; /* not const: wiped after use */
+		const char *checked;
 		bool ok;
 
-		if (plen == 0 || payload[plen - 1] != '\0' || strlen(pw) != plen - 1) {
+		if (pf_proto_parse_password(payload, plen, &checked) < 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 			                "invalid password message");
 			return PF_PKT_STOP;
@@ -549,30 +550,22 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 		return PF_PKT_CONSUMED;
 	}
 	case AUTH_SCRAM_FIRST: {
-		/* SASLInitialResponse: mechanism name, Int32 length, data. */
-		const uint8_t *nul = memchr(payload, 0, plen);
-		size_t mlen;
-		uint32_t dlen;
+		const char *mech;
+		const uint8_t *data;
+		size_t dlen;
 
-		if (!nul || (size_t)(nul - payload) + 5 > plen) {
+		if (pf_proto_parse_sasl_initial_response(payload, plen, &mech, &data, &dlen) < 0 ||
+		    !data) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 			                "malformed SASLInitialResponse");
 			return PF_PKT_STOP;
 		}
-		mlen = (size_t)(nul - payload);
-		if (strcmp((const char *)payload, PF_SCRAM_MECHANISM) != 0) {
+		if (strcmp(mech, PF_SCRAM_MECHANISM) != 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 			                "client selected an invalid SASL authentication mechanism");
 			return PF_PKT_STOP;
 		}
-		dlen = (uint32_t)nul[1] << 24 | (uint32_t)nul[2] << 16 | (uint32_t)nul[3] << 8 |
-		       nul[4];
-		if (dlen != plen - mlen - 5) {
-			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-			                "malformed SASLInitialResponse");
-			return PF_PKT_STOP;
-		}
-		rc = pf_scram_server_first(c->scram, nul + 5, dlen, out, sizeof(out), &outlen);
+		rc = pf_scram_server_first(c->scram, data, dlen, out, sizeof(out), &outlen);
 		if (rc < 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 			                rc == -ENOTSUP

@@ -691,6 +691,43 @@ int pf_proto_parse_backend_key_data(const uint8_t *payload, size_t len, uint32_t
 	return 0;
 }
 
+int pf_proto_parse_password(const uint8_t *payload, size_t len, const char **password)
+{
+	/* Exactly one NUL, the last byte: a password cannot hide bytes after its end. */
+	if (len == 0 || memchr(payload, 0, len) != payload + len - 1)
+		return -EBADMSG;
+	*password = (const char *)payload;
+	return 0;
+}
+
+int pf_proto_parse_sasl_initial_response(const uint8_t *payload, size_t len, const char **mech,
+                                         const uint8_t **data, size_t *data_len)
+{
+	const uint8_t *nul = memchr(payload, 0, len);
+	size_t rest;
+	uint32_t n;
+
+	if (!nul || nul == payload)
+		return -EBADMSG;
+	rest = len - (size_t)(nul + 1 - payload);
+	if (rest < 4)
+		return -EBADMSG;
+	n = (uint32_t)nul[1] << 24 | (uint32_t)nul[2] << 16 | (uint32_t)nul[3] << 8 | nul[4];
+	if (n == UINT32_MAX) {
+		if (rest != 4)
+			return -EBADMSG;
+		*data = NULL;
+		*data_len = 0;
+	} else {
+		if (n != rest - 4)
+			return -EBADMSG;
+		*data = nul + 5;
+		*data_len = n;
+	}
+	*mech = (const char *)payload;
+	return 0;
+}
+
 int pf_proto_parse_ready_for_query(const uint8_t *payload, size_t len, uint8_t *status)
 {
 	if (len != 1)

@@ -370,6 +370,21 @@ PF_MUSTCHECK int pf_proto_parse_parameter_status(const uint8_t *payload, size_t 
 PF_MUSTCHECK int pf_proto_parse_backend_key_data(const uint8_t *payload, size_t len, uint32_t *pid,
                                                  uint32_t *key);
 
+/*
+ * PasswordMessage payload: one String filling it exactly (cleartext or md5 answer). Returns 0
+ * with *password pointing into payload, or -EBADMSG.
+ */
+PF_MUSTCHECK int pf_proto_parse_password(const uint8_t *payload, size_t len, const char **password);
+
+/*
+ * SASLInitialResponse payload: the mechanism name (a String), an Int32 length and that many
+ * bytes filling the rest exactly; a length of -1 means no initial response (*data NULL,
+ * *data_len 0). Returns 0 with *mech and *data pointing into payload, or -EBADMSG.
+ */
+PF_MUSTCHECK int pf_proto_parse_sasl_initial_response(const uint8_t *payload, size_t len,
+                                                      const char **mech, const uint8_t **data,
+                                                      size_t *data_len);
+
 /* ReadyForQuery payload: one byte 'I', 'T' or 'E'. Returns 0, or -EBADMSG. */
 PF_MUSTCHECK int pf_proto_parse_ready_for_query(const uint8_t *payload, size_t len,
                                                 uint8_t *status);

@@ -1110,6 +1110,57 @@ static void test_parse_backend_key_data(void **state)
 	                 -EBADMSG);
 }
 
+static void test_parse_password_and_sasl_initial_response(void **state)
+{
+	const char *pw, *mech;
+	const uint8_t *data;
+	size_t dlen;
+
+	(void)state;
+	assert_int_equal(pf_proto_parse_password(LIT("secret\0"), &pw), 0);
+	assert_string_equal(pw, "secret");
+	assert_int_equal(pf_proto_parse_password(LIT("\0"), &pw), 0);
+	assert_string_equal(pw, "");
+	assert_int_equal(pf_proto_parse_password(LIT(""), &pw), -EBADMSG);
+	assert_int_equal(pf_proto_parse_password(LIT("secret"), &pw), -EBADMSG);
+	assert_int_equal(pf_proto_parse_password(LIT("sec\0ret\0"), &pw), -EBADMSG);
+
+	assert_int_equal(pf_proto_parse_sasl_initial_response(LIT("SCRAM-SHA-256\0\0\0\0\3abc"),
+	                                                      &mech, &data, &dlen),
+	                 0);
+	assert_string_equal(mech, "SCRAM-SHA-256");
+	assert_int_equal(dlen, 3);
+	assert_memory_equal(data, "abc", 3);
+	/* -1: no initial response. */
+	assert_int_equal(pf_proto_parse_sasl_initial_response(
+	                         LIT("SCRAM-SHA-256\0\377\377\377\377"), &mech, &data, &dlen),
+	                 0);
+	assert_null(data);
+	assert_int_equal(dlen, 0);
+	/* Lengths that do not add up, a missing length, no name, no NUL, a huge length. */
+	assert_int_equal(pf_proto_parse_sasl_initial_response(LIT("SCRAM-SHA-256\0\0\0\0\4abc"),
+	                                                      &mech, &data, &dlen),
+	                 -EBADMSG);
+	assert_int_equal(pf_proto_parse_sasl_initial_response(LIT("SCRAM-SHA-256\0\0\0\0\2abc"),
+	                                                      &mech, &data, &dlen),
+	                 -EBADMSG);
+	assert_int_equal(pf_proto_parse_sasl_initial_response(LIT("SCRAM-SHA-256\0\0\0"), &mech,
+	                                                      &data, &dlen),
+	                 -EBADMSG);
+	assert_int_equal(
+	        pf_proto_parse_sasl_initial_response(LIT("\0\0\0\0\0"), &mech, &data, &dlen),
+	        -EBADMSG);
+	assert_int_equal(
+	        pf_proto_parse_sasl_initial_response(LIT("SCRAM-SHA-256"), &mech, &data, &dlen),
+	        -EBADMSG);
+	assert_int_equal(pf_proto_parse_sasl_initial_response(
+	                         LIT("SCRAM-SHA-256\0\377\377\377\376x"), &mech, &data, &dlen),
+	                 -EBADMSG);
+	assert_int_equal(pf_proto_parse_sasl_initial_response(
+	                         LIT("SCRAM-SHA-256\0\377\377\377\377x"), &mech, &data, &dlen),
+	                 -EBADMSG);
+}
+
 static void test_parse_ready_for_query(void **state)
 {
 	uint8_t st = 0;
@@ -1224,6 +1275,7 @@ int main(void)
 	        cmocka_unit_test(test_parse_error_fields_malformed),
 	        cmocka_unit_test(test_parse_parameter_status),
 	        cmocka_unit_test(test_parse_backend_key_data),
+	        cmocka_unit_test(test_parse_password_and_sasl_initial_response),
 	        cmocka_unit_test(test_parse_ready_for_query),
 	        cmocka_unit_test(test_parse_auth),
 	        cmocka_unit_test(test_parse_auth_malformed),
