@@ -217,6 +217,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	if (nread > 0) {
 		c->rend += (uint32_t)nread;
 		c->bytes_in += (uint64_t)nread;
+		c->progress++;
 		if (c->read_paused || c->out_blocked)
 			update_reading(c); /* kept for later; stops when the buffer is full */
 		else
@@ -267,7 +268,7 @@ static void on_forward_written(uv_write_t *req, int status)
 
 	(void)status; /* A failed write shows up on the peer as an error or EOF. */
 	c->fwd_pending = false;
-	c->fwd_writes++;
+	c->progress++;
 	if (c->closing) {
 		maybe_free(c);
 		return;
@@ -295,6 +296,7 @@ static bool flush_forward(pf_conn_t *c)
 		return true; /* nobody to send to: the bytes are dropped */
 	b = uv_buf_init((char *)c->rbuf + c->fwd_start, c->rpos - c->fwd_start);
 	peer->bytes_out += b.len;
+	c->progress++;
 	n = uv_try_write(&peer->h.stream, &b, 1);
 	if (n == (int)b.len)
 		return true;
@@ -737,11 +739,11 @@ bool pf_conn_is_abandoned(pf_conn_t *c)
 {
 	uv_os_fd_t fd;
 	struct pollfd p;
-	bool moved = c->fwd_writes != c->fwd_writes_seen;
+	bool moved = c->progress != c->progress_seen;
 
-	c->fwd_writes_seen = c->fwd_writes;
-	if (c->reading || moved || c->closing || !c->handle_open || c->connect_pending ||
-	    uv_fileno(&c->h.handle, &fd) < 0)
+	c->progress_seen = c->progress;
+	if (c->reading || moved || c->throttled || c->closing || !c->handle_open ||
+	    c->connect_pending || uv_fileno(&c->h.handle, &fd) < 0)
 		return false;
 	p.fd = fd;
 	p.events = POLLRDHUP;

@@ -1041,9 +1041,9 @@ void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *me
 
 /*
  * Clients that cannot read (a full buffer behind a server that does not read, or queued for a
- * server) would not see their peer leave: ask the kernel. A client gone while nothing it sent
- * moved on for a janitor period goes with its unprocessed input. (A server's EOF is told only
- * after its last bytes reached the client: those are the client's to read.)
+ * server) would not see their peer leave: ask the kernel. A client gone that neither read nor
+ * forwarded anything for a janitor period goes with its unprocessed input. (A server's EOF is told
+ * only after its last bytes reached the client: those are the client's to read.)
  */
 static void close_abandoned(pf_pool_t *pool)
 {

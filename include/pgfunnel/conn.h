@@ -123,10 +123,11 @@ struct pf_conn {
 	uint32_t pkt_remain;       /* bytes of the current message still to pass */
 	bool pkt_forward;          /* ... forwarding them (else skipping) */
 	uint32_t max_packet;       /* max_packet_size for header validation */
-	uint32_t hold_max;   /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
-	uint32_t out_queued; /* bytes of our own output (with overhead) the socket holds */
-	int read_status;     /* 0 for EOF, else the read error */
-	uint32_t fwd_writes, fwd_writes_seen; /* forward writes completed; as the janitor saw */
+	uint32_t hold_max;      /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
+	uint32_t out_queued;    /* bytes of our own output (with overhead) the socket holds */
+	int read_status;        /* 0 for EOF, else the read error */
+	uint32_t progress;      /* bumped by every read and every forward write */
+	uint32_t progress_seen; /* ... as the janitor last saw it (pf_conn_is_abandoned) */
 	uv_write_t fwd_req;
 	uint64_t bytes_in, bytes_out;
 	pf_sockaddr_t addr;       /* remote */
@@ -197,8 +198,8 @@ void pf_conn_close(pf_conn_t *c);
 
 /*
  * For the janitor, once a second: true when c is not reading (buffer full, or its EOF waits
- * behind unprocessed bytes), no forward write of c's completed since the previous call, and the
- * peer has closed or reset the connection. One poll(2) call.
+ * behind unprocessed bytes), neither read nor forwarded anything since the previous call, and
+ * the peer has closed or reset the connection. One poll(2) call.
  */
 bool pf_conn_is_abandoned(pf_conn_t *c);
 
