@@ -10,6 +10,8 @@ pgfunnel keeps serving everyone else meanwhile.
 Nothing here sleeps to prove an event: waits poll SHOW POOLS / SHOW CLIENTS / pg_stat_activity
 with a deadline, and every read has a timeout (pgwire.Timeout fails the test)."""
 
+import socket
+import struct
 import threading
 import time
 
@@ -450,4 +452,50 @@ def test_server_that_stops_reading_a_copy_stream(iso):
     assert answer(a, fe_query("SELECT count(*) FROM iso_big")) == select_tokens(
         str(nchunks * chunk_rows), column="count")
     a.close()
+    iso.finish()
+
+
+def test_client_stuck_behind_a_server_that_stops_reading_is_noticed_when_it_leaves(iso):
+    """Postgres stops reading A's COPY stream (a lock another session holds), so pgfunnel's
+    forward to it stays pending and A's buffer is full; then A disconnects. pgfunnel must
+    notice (no read can tell it: it asks the kernel) and let both A and its server go, instead
+    of keeping them until the lock is released."""
+    chunk = fe_copy_data(("A-%s\n" % ("z" * 1020)) * 1000)  # about 1 MiB
+    holder = iso.postgres.connect(dbname="appdb")
+    holder.execute("LOCK TABLE iso_big IN ACCESS EXCLUSIVE MODE")
+    try:
+        a = iso.login()
+        a_port = a.sock.getsockname()[1]
+        a.send(fe_query("COPY iso_big FROM STDIN"))
+        assert pfhelpers.wait_for(lambda: iso.backends(
+            "wait_event_type = 'Lock' AND query LIKE 'COPY iso_big%%'"), DEADLINE), (
+            "A's COPY is not waiting for the lock")
+        # Fill every buffer on the way: stop once nothing more is taken for a second.
+        a.sock.setblocking(False)
+        pending, idle_since = chunk, time.monotonic()
+        while time.monotonic() - idle_since < 1.0:
+            try:
+                n = a.sock.send(pending)
+            except BlockingIOError:
+                time.sleep(0.02)
+                continue
+            pending = pending[n:] or chunk
+            idle_since = time.monotonic()
+        assert a_port in iso.client_ports()
+        # Its last bytes still sit in its own send queue (pgfunnel's window is closed), so a
+        # FIN would wait behind them: the process dies and its socket is reset.
+        a.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        a.sock.close()
+        assert pfhelpers.wait_for(lambda: a_port not in iso.client_ports(), DEADLINE), (
+            "A still listed %.0fs after it left while stuck" % DEADLINE)
+        # Its server went too (it was mid-COPY), while the lock is still held. (Postgres itself
+        # notices the closed socket only once the lock is released.)
+        iso.wait_pool("iso", lambda r: r["sv_active"] == 0 and r["cl_active"] == 0,
+                      "A's server was not let go")
+    finally:
+        holder.rollback()
+        holder.close()
+    b = iso.login()
+    assert_own_answer(b, "SELECT 'B-own'", select_tokens("B-own"), "B after A left")
+    b.close()
     iso.finish()
