@@ -96,6 +96,8 @@ def test_auth_ok_before_server_signature(proxy, postgres, canary_role, script):
     try:
         refused(pf, canary_role, "08P01", AUTH_OK_EARLY)
         logged(pf, AUTH_OK_EARLY)
+        # The fake server's thread sees the close on its own time: wait for it.
+        pfhelpers.wait_for(lambda: fake.results, 10)
         assert fake.results == [True], "pgfunnel did not close the impostor's connection"
         check_done(fake, pf, can)
     finally:
@@ -164,6 +166,7 @@ def test_scram_messages_out_of_order(proxy, postgres, canary_role, script, messa
     try:
         refused(pf, canary_role, "08P01", message)
         logged(pf, message)
+        pfhelpers.wait_for(lambda: fake.results, 10)
         assert fake.results == [True], "pgfunnel did not close the connection"
         check_done(fake, pf, can)
     finally:
@@ -221,6 +224,7 @@ def test_scram_iteration_count_is_capped(proxy, postgres, canary_role):
             can.expect_progress()
         cpu = pfhelpers.proc_cpu_seconds(pf.pid) - cpu0
         logged(pf, ITERATION_REFUSAL)
+        pfhelpers.wait_for(lambda: len(fake.results) >= HOSTILE_LOGINS, 10)
         assert fake.results == ["refused"] * HOSTILE_LOGINS, fake.results
         # Each PBKDF2 of 1e6 rounds costs ~0.4 s of the loop; refused, none runs.
         assert cpu < 0.25 * HOSTILE_LOGINS, "pgfunnel used %.2fs of CPU" % cpu
