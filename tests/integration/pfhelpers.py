@@ -1188,16 +1188,22 @@ class FakeServer:
                 return
             self.accepts += 1
             self.times.append(time.monotonic())
-            if self.behaviour == "close":
-                conn.close()
-            else:
-                self.held.append(conn)
+            self._accepted(conn)
+
+    def _accepted(self, conn):
+        if self.behaviour == "close":
+            conn.close()
+        else:
+            self.held.append(conn)
+
+    def _stopped(self):
+        for c in self.held:
+            c.close()
 
     def stop(self):
         self._stop.set()
         self._thread.join(5)
-        for c in self.held:
-            c.close()
+        self._stopped()
         self.sock.close()
         release_port(self.port)
 
@@ -1361,42 +1367,25 @@ class FakePeer:
             return True
 
 
-class ScriptedServer:
+class ScriptedServer(FakeServer):
     """A TCP listener on 127.0.0.1 that plays a deliberately misbehaving Postgres: every
     accepted connection runs script(peer) in its own thread, peer being a FakePeer. The
     connection is closed when the script returns. accepts counts connections; errors holds
-    the exceptions scripts raised (EOF when pgfunnel hangs up is not one)."""
+    the exceptions scripts raised (EOF when pgfunnel hangs up is not one); results what the
+    scripts returned."""
 
     def __init__(self, script):
-        import threading
         self.script = script
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.port = alloc_port()
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(64)
-        self.sock.settimeout(0.1)
-        self.accepts = 0
         self.errors = []
         self.results = []
         self._threads = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(behaviour="script")
 
-    def _run(self):
+    def _accepted(self, conn):
         import threading
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.accepts += 1
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(t)
-            t.start()
+        t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def _serve(self, conn):
         try:
@@ -1414,13 +1403,9 @@ class ScriptedServer:
         parts += ["%s=%s" % kv for kv in extra.items()]
         return " ".join(parts)
 
-    def stop(self):
-        self._stop.set()
-        self._thread.join(5)
+    def _stopped(self):
         for t in self._threads:
             t.join(5)
-        self.sock.close()
-        release_port(self.port)
 
 
 def proc_cpu_seconds(pid):
