@@ -45,21 +45,9 @@ def read_answer(conn, timeout=LONG):
     while True:
         kind, payload = conn.read_message()
         if kind == "T":
-            (n,) = struct.unpack("!H", payload[:2])
-            pos, cols = 2, []
-            for _ in range(n):
-                end = payload.index(b"\0", pos)
-                cols.append(payload[pos:end].decode())
-                pos = end + 1 + 18
+            cols = pgwire.decode_row_description(payload)
         elif kind == "D":
-            (n,) = struct.unpack("!H", payload[:2])
-            pos, row = 2, []
-            for _ in range(n):
-                (ln,) = struct.unpack("!i", payload[pos:pos + 4])
-                pos += 4
-                row.append(None if ln < 0 else payload[pos:pos + ln].decode())
-                pos += max(ln, 0)
-            rows.append(tuple(row))
+            rows.append(pgwire.decode_data_row(payload))
         elif kind == "C":
             tags.append(payload[:-1].decode())
         elif kind == "E":
