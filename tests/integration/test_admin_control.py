@@ -12,7 +12,6 @@ each test uses its own role so pg_stat_activity counts only its own backends.
 
 import select
 import signal
-import struct
 import threading
 import socket
 import time
