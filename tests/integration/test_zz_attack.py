@@ -183,3 +183,175 @@ def test_pipelined_copydone_for_two_copies_pins_server(proxy, role, copy_table):
     finally:
         a.close()
     finish(pf)
+
+
+# ---------------------------------------------------------------- 3: hostile servers
+
+
+def recv_exact(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def read_fe(s):
+    kind = recv_exact(s, 1)
+    (n,) = struct.unpack("!I", recv_exact(s, 4))
+    return kind, recv_exact(s, n - 4)
+
+
+def be_row(*vals):
+    p = struct.pack("!H", len(vals))
+    for v in vals:
+        v = v.encode()
+        p += struct.pack("!i", len(v)) + v
+    return msg(b"D", p)
+
+
+def be_cc(tag="SELECT 1"):
+    return msg(b"C", cstr(tag))
+
+
+def be_z(st=b"I"):
+    return msg(b"Z", st)
+
+
+def be_err(text="boom", severity="ERROR", code="XX000"):
+    return msg(b"E", b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(code) +
+               b"M" + cstr(text) + b"\0")
+
+
+WELCOME = b"".join(msg(b"S", cstr(k) + cstr(v)) for k, v in [
+    ("server_version", "15.0"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO, MDY"), ("TimeZone", "UTC"), ("integer_datetimes", "on"),
+    ("standard_conforming_strings", "on"), ("application_name", ""),
+    ("IntervalStyle", "postgres"), ("is_superuser", "off"), ("session_authorization", "x")])
+
+
+class FakePg:
+    """A scripted 'Postgres' on 127.0.0.1: logs anyone in (AuthenticationOk), then runs
+    script(sock, index) in a thread per connection. Queries are read with read_fe()."""
+
+    def __init__(self, script):
+        self.script = script
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.port = pfhelpers.alloc_port()
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.conns = []
+        self.errors = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            idx = len(self.conns)
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c, idx), daemon=True).start()
+
+    def _serve(self, c, idx):
+        try:
+            c.settimeout(30)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                (n,) = struct.unpack("!I", recv_exact(c, 4))
+                body = recv_exact(c, n - 4)
+                if struct.unpack("!I", body[:4])[0] == 80877103:
+                    c.sendall(b"N")
+                    continue
+                break
+            c.sendall(msg(b"R", struct.pack("!I", 0)) + WELCOME +
+                      msg(b"K", struct.pack("!II", 4242 + idx, 7)) + be_z())
+            self.script(c, idx)
+        except (EOFError, OSError):
+            pass
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.errors.append(repr(e))
+
+    def entry(self):
+        return "host=127.0.0.1 port=%d dbname=fake" % self.port
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        self.sock.close()
+        pfhelpers.release_port(self.port)
+
+
+def answer_queries(c, extra_first=b"", delay_first=0.0):
+    """Answers every Query with one row: the query text after SELECT (the client's name)."""
+    first = True
+    while True:
+        kind, payload = read_fe(c)
+        if kind == b"X":
+            return
+        if kind != b"Q":
+            continue
+        text = payload[:-1].decode().replace("SELECT ", "").strip("'")
+        if first and delay_first:
+            time.sleep(delay_first)
+        c.sendall(be_row(text) + be_cc() + be_z() + (extra_first if first else b""))
+        first = False
+
+
+@pytest.fixture
+def fake_env(proxy, postgres, role):
+    """(start(script, **params) -> (pf, fake), role): pgfunnel with database 'fake' (pool of
+    one server) at a FakePg and appdb at the real cluster for a canary."""
+    made = []
+
+    def start(script, **params):
+        fake = FakePg(script)
+        made.append(fake)
+        p = {"pool_mode": "transaction", "default_pool_size": 1, "query_wait_timeout": 30,
+             "server_login_retry": 1}
+        p.update(params)
+        pf = proxy(params=p, databases={"fake": fake.entry()}, userlist={role[0]: role[1]})
+        return pf, fake
+    yield start, role
+    for f in made:
+        f.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: server bytes read while linked to A reach B")
+def test_hostile_bytes_after_last_ready_go_to_next_client(fake_env):
+    """FAILS: the fake server answers A's query and, in the same segment, sends one more
+    DataRow after the ReadyForQuery that frees it. ready_for_query() returns
+    PF_PKT_FORWARD_LAST, server_on_forwarded() releases the server and the pool links the
+    waiting client B at once (pf_server_link -> B's Query is pushed), then pf_conn_process()
+    goes on with the rest of the same read buffer, now with s->link == B: B receives the
+    DataRow the server sent while it was linked to A (pf_server_is_clean() does not look at
+    pf_conn_has_input(), and the release happens inside the server's message walk)."""
+    start, role = fake_env
+    pf, fake = start(lambda c, i: answer_queries(c, extra_first=be_row("LEAK-for-A"),
+                                                 delay_first=0.5))
+    a = wire(pf, role, "fake")
+    b = wire(pf, role, "fake")
+    a.send_query("SELECT 'A'")
+    time.sleep(0.1)
+    b.send_query("SELECT 'B'")
+    got_a = data_values(read_n_ready(a, 1))
+    got_b = data_values(read_n_ready(b, 1))
+    a.close()
+    b.close()
+    assert got_a == ["A"], got_a
+    assert got_b == ["B"], "B got %r" % got_b
+    finish(pf)
