@@ -355,3 +355,89 @@ def test_hostile_bytes_after_last_ready_go_to_next_client(fake_env):
     assert got_a == ["A"], got_a
     assert got_b == ["B"], "B got %r" % got_b
     finish(pf)
+
+
+def _row_for(text):
+    return be_row(text) + be_cc() + be_z()
+
+
+HOSTILE = {
+    # name: function(sock, text) doing the misbehaviour for the first query of connection 0
+    "extra_ready": lambda c, t: c.sendall(_row_for(t) + be_z()),
+    "unasked_parse_complete": lambda c, t: c.sendall(msg(b"1") + _row_for(t)),
+    "copy_in_to_select": lambda c, t: c.sendall(msg(b"G", b"\0\0\0")),
+    "copy_both": lambda c, t: c.sendall(msg(b"W", b"\0\0\0") + msg(b"d", b"A-copyboth")),
+    "error_without_request": lambda c, t: c.sendall(_row_for(t) + be_err("A-stray")),
+    "split_per_byte": lambda c, t: [c.sendall(bytes([x])) for x in _row_for(t)],
+    "huge_length": lambda c, t: c.sendall(b"D" + struct.pack("!I", 0x7ffffff0) + b"A" * 5000),
+    "close_mid_message": lambda c, t: (c.sendall(_row_for(t)[:7]), c.close()),
+    "garbage_type0": lambda c, t: c.sendall(b"\0\0\0\0\0" + _row_for(t)),
+    "negative_length": lambda c, t: c.sendall(b"D\xff\xff\xff\xff"),
+    "rfq_bad_status": lambda c, t: c.sendall(be_row(t) + be_cc() + msg(b"Z", b"Q")),
+    "rfq_in_transaction_then_idle": lambda c, t: c.sendall(be_row(t) + be_cc() + be_z(b"T")),
+}
+
+
+def hostile_script(behaviour):
+    def script(c, idx):
+        first = idx == 0
+        while True:
+            kind, payload = read_fe(c)
+            if kind == b"X":
+                return
+            if kind != b"Q":
+                continue
+            text = payload[:-1].decode().replace("SELECT ", "").strip("'")
+            if first:
+                first = False
+                HOSTILE[behaviour](c, text)
+                continue
+            c.sendall(_row_for(text))
+    return script
+
+
+def drain(conn, timeout=2.0):
+    """Everything conn gets within timeout (or until it is closed)."""
+    conn.sock.settimeout(0.2)
+    data = b""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            chunk = conn.sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += conn.buf + chunk
+        conn.buf = b""
+    return data
+
+
+@pytest.mark.parametrize("behaviour", sorted(HOSTILE))
+def test_hostile_server_answers(fake_env, postgres, behaviour):
+    """The only server of db 'fake' misbehaves on A's first query; afterwards client B on the
+    same db must get its own answer (or an error), never a byte tagged A; a canary on the
+    real cluster keeps working; no sanitizer report."""
+    start, role = fake_env
+    pf, fake = start(hostile_script(behaviour), server_connect_timeout=3)
+    can = pfhelpers.Canary(pf, role[0], "appdb", role[1]).start()
+    a = wire(pf, role, "fake")
+    a.send_query("SELECT 'A'")
+    got_a = drain(a, 0.5)
+    a.sock.close()
+    b = wire(pf, role, "fake")
+    b.send_query("SELECT 'B'")
+    b.sock.settimeout(5)
+    try:
+        got_b = read_n_ready(b, 1)
+    except (pgwire.ProtocolError, OSError) as e:
+        got_b = [("closed", repr(e).encode())]
+    b.sock.close()
+    vals = data_values(got_b)
+    assert all("A" not in v for v in vals if v), "B got %r" % got_b
+    assert not any(k == "E" and b"A-stray" in p for k, p in got_b), got_b
+    can.check()
+    assert not fake.errors, fake.errors
+    finish(pf)
