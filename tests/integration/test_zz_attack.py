@@ -441,3 +441,118 @@ def test_hostile_server_answers(fake_env, postgres, behaviour):
     can.check()
     assert not fake.errors, fake.errors
     finish(pf)
+
+
+# ---------------------------------------------------------------- 1: disconnects / concurrency
+
+
+def F_backend_pid():
+    # FunctionCall pg_backend_pid() (oid 2026): no argument formats, no arguments, text result
+    return msg(b"F", struct.pack("!IHHH", 2026, 0, 0, 0))
+
+
+def sequences(t):
+    """(name, bytes, number of ReadyForQuery) for client tag t; every value names t."""
+    return [
+        ("two_queries", Q("SELECT '%s-1'" % t) + Q("SELECT '%s-2'" % t), 2),
+        ("extended", P("SELECT '%s-3'" % t) + B() + D() + E() + SYNC, 1),
+        ("extended_error", P("SELECT 1/0") + B() + E() + Q("SELECT '%s-x'" % t) + SYNC +
+         Q("SELECT '%s-4'" % t), 2),
+        ("flush_then_sync", P("SELECT '%s-5'" % t) + B() + D() + E() + FLUSH + SYNC, 1),
+        ("copy_in", Q("COPY atk_copy FROM STDIN") + CD(b"%s-6\n" % t.encode()) + COPY_DONE, 1),
+        ("copy_in_fail", Q("COPY atk_copy FROM STDIN") + CD(b"x\n") + CF() +
+         Q("SELECT '%s-7'" % t), 2),
+        ("copy_in_query_inside", Q("COPY atk_copy FROM STDIN") + Q("SELECT '%s-y'" % t) +
+         Q("SELECT '%s-8'" % t), None),  # Postgres 15 ends the session on this
+        ("copy_in_extended", P("COPY atk_copy FROM STDIN") + B() + E() + SYNC +
+         CD(b"%s-9\n" % t.encode()) + FLUSH + COPY_DONE + SYNC, 1),
+        ("copy_out", Q("COPY (SELECT '%s-10' FROM generate_series(1,300)) TO STDOUT" % t), 1),
+        ("copy_out_extended", P("COPY (SELECT '%s-11') TO STDOUT" % t) + B() + E() + SYNC, 1),
+        ("empty", Q("") + P("") + B() + E() + SYNC, 2),
+        ("function_call", F_backend_pid() + Q("SELECT '%s-12'" % t), 2),
+        ("begin_commit", Q("BEGIN") + Q("SELECT '%s-13'" % t) + Q("COMMIT"), 3),
+        ("suspended", P("SELECT '%s-14' FROM generate_series(1,5)" % t) + B() + E(maxrows=2) +
+         E(maxrows=2) + SYNC, 1),
+        ("close_describe", P("SELECT '%s-15'" % t, "s1") + D(b"S", "s1") + msg(b"C", b"Ss1\0") +
+         SYNC, 1),
+        ("copydone_outside_copy", COPY_DONE + Q("SELECT '%s-16'" % t) + COPY_DONE + CF() +
+         CD(b"zz") + Q("SELECT '%s-17'" % t), 2),
+    ]
+
+
+def own_values_only(vals, t):
+    for v in vals:
+        if v is None or v.isdigit():
+            continue
+        assert v.startswith(t + "-") or v.startswith(t.encode().decode() + "-"), (
+            "client %s got %r" % (t, v))
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement", "session"])
+def test_disconnect_at_every_message_boundary(proxy, role, copy_table, mode):
+    """A sends a prefix of each sequence (cut inside and at every message boundary) and hangs
+    up; a persistent client B then must get exactly its own answer within 2 s."""
+    pf = one_server(proxy, role, mode)
+    b = wire(pf, role)
+    b.sock.settimeout(3)
+    n = 0
+    for name, data, _ in sequences("A"):
+        cuts = set()
+        pos = 0
+        for _k, p in parse_all(data):
+            cuts.update({pos + 1, pos + 5 + len(p) // 2})
+            pos += 5 + len(p)
+        cuts.add(len(data))
+        for cut in sorted(cuts):
+            a = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, 5))
+            a.login(role[0], "appdb", role[1])
+            a.send(data[:cut])
+            if cut % 2:
+                time.sleep(0.01)
+            a.sock.close()
+            n += 1
+            try:
+                rows = b.simple_query("SELECT 'B-%d'" % n)
+            except socket.timeout:
+                pytest.fail("B stuck after A sent %s[:%d] and left; servers %r" % (
+                    name, cut, servers(pf, "appdb")))
+            assert rows == [("B-%d" % n,)], (name, cut, rows)
+    b.close()
+    finish(pf)
+
+
+def _worker(pf, role, t, rounds, errors, seed):
+    import random
+    rnd = random.Random(seed)
+    try:
+        conn = wire(pf, role)
+        conn.sock.settimeout(10)
+        seqs = [x for x in sequences(t) if x[2]]
+        for _ in range(rounds):
+            name, data, nz = rnd.choice(seqs)
+            if rnd.random() < 0.3:
+                for i in range(0, len(data), 3):  # split into 3-byte writes
+                    conn.send(data[i:i + 3])
+            else:
+                conn.send(data)
+            got = read_n_ready(conn, nz, timeout=10)
+            own_values_only(data_values(got), t)
+        conn.close()
+    except Exception as e:  # noqa: BLE001
+        errors.append("%s: %r" % (t, e))
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_concurrent_odd_pipelines_no_cross_talk(proxy, role, copy_table, mode):
+    """Four clients on a pool of one server run random odd sequences (some split into 3-byte
+    writes); every value each one gets must be its own."""
+    pf = one_server(proxy, role, mode)
+    errors = []
+    ths = [threading.Thread(target=_worker, args=(pf, role, t, 60, errors, i))
+           for i, t in enumerate(["A", "B", "C", "D"])]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(60)
+    assert not errors, "\n".join(errors + [l for l in pf.log_text().splitlines() if "closing" in l or "WARN" in l][-12:])
+    finish(pf)
