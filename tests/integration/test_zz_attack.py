@@ -556,3 +556,165 @@ def test_concurrent_odd_pipelines_no_cross_talk(proxy, role, copy_table, mode):
         th.join(60)
     assert not errors, "\n".join(errors + [l for l in pf.log_text().splitlines() if "closing" in l or "WARN" in l][-12:])
     finish(pf)
+
+
+# ---------------------------------------------------------------- 5: auth path
+
+
+def startup(user, db):
+    return pgwire.startup_message({"user": user, "database": db})
+
+
+def sasl_init(first, mech=b"SCRAM-SHA-256", dlen=None):
+    first = first if isinstance(first, bytes) else first.encode()
+    return msg(b"p", mech + b"\0" + struct.pack("!I", len(first) if dlen is None else dlen) +
+               first)
+
+
+def auth_exchange(pf, role, steps, timeout=3.0):
+    """Log in, then for each step: bytes to send, or a callable(server_first) -> bytes, or
+    'read' (one message). Returns everything received until the close (or timeout)."""
+    s = socket.create_connection((pf.host, pf.port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = pgwire.Connection(s)
+    got = []
+    conn.send(startup(role[0], "appdb"))
+    try:
+        got.append(conn.read_message())  # the authentication request
+        for st in steps:
+            if st == "read":
+                got.append(conn.read_message())
+            elif callable(st):
+                conn.send(st(got[-1][1][4:].decode()))
+            else:
+                conn.send(st)
+        while True:
+            got.append(conn.read_message())
+    except (pgwire.ProtocolError, OSError):
+        pass
+    finally:
+        s.close()
+    return got
+
+
+def _scram_cases(pw):
+    sc = pgwire._Scram(pw)
+    first = sc.client_first()
+    good_init = sasl_init(first)
+    cases = {
+        "init_no_nul": msg(b"p", b"SCRAM-SHA-256"),
+        "init_short_len": msg(b"p", b"SCRAM-SHA-256\0\0\0"),
+        "init_len_huge": sasl_init(first, dlen=0xffffffff),
+        "init_len_minus": sasl_init(first, dlen=len(first) - 1),
+        "init_len_zero_empty": sasl_init(b""),
+        "init_wrong_mech": sasl_init(first, mech=b"SCRAM-SHA-1"),
+        "init_plus_mech": sasl_init("p=tls-server-end-point,," + sc.first_bare,
+                                    mech=b"SCRAM-SHA-256-PLUS"),
+        "init_cbind_p": sasl_init("p=tls-server-end-point,," + sc.first_bare),
+        "init_cbind_y": sasl_init("y,," + sc.first_bare),
+        "init_authzid": sasl_init("n,a=postgres," + sc.first_bare),
+        "init_ext_m": sasl_init("n,,m=ext,n=,r=abc"),
+        "init_no_nonce": sasl_init("n,,n=,r="),
+        "init_nonce_comma": sasl_init("n,,n=,r=a,b"),
+        "init_nonce_nonprint": sasl_init(b"n,,n=,r=\x01\x02\xff"),
+        "init_nul_inside": sasl_init(b"n,,n=\0,r=abc"),
+        "init_huge_nonce": sasl_init("n,,n=,r=" + "x" * 3000),
+        "init_bigger_than_pkt_buf": sasl_init("n,,n=,r=" + "x" * 70000),
+        "init_twice": good_init + good_init,
+        "password_instead": msg(b"p", b"secret\0"),
+        "query_instead": Q("SELECT 1"),
+        "terminate": msg(b"X"),
+        "type0": b"\0\0\0\0\x08abcd",
+        "len3": b"p\0\0\0\x03",
+    }
+    steps = {k: [v] for k, v in cases.items()}
+    # after a good SASLInitialResponse
+    finals = {
+        "final_empty": msg(b"p", b""),
+        "final_garbage": msg(b"p", b"\xff" * 50),
+        "final_no_proof": lambda sf: msg(b"p", ("c=biws,r=" + sf.split(",")[0][2:]).encode()),
+        "final_wrong_nonce": msg(b"p", b"c=biws,r=zzz,p=AAAA"),
+        "final_bad_b64": lambda sf: msg(b"p", ("c=biws,r=%s,p=!!!!" % sf.split(",")[0][2:]
+                                               ).encode()),
+        "final_short_proof": lambda sf: msg(b"p", ("c=biws,r=%s,p=AAAA" % sf.split(",")[0][2:]
+                                                   ).encode()),
+        "final_long_proof": lambda sf: msg(b"p", ("c=biws,r=%s,p=%s" % (
+            sf.split(",")[0][2:], "A" * 400)).encode()),
+        "final_ext_then_proof": lambda sf: msg(b"p", ("c=biws,r=%s,x=1,y=,p=%s" % (
+            sf.split(",")[0][2:], "A" * 44)).encode()),
+        "final_proof_not_last": lambda sf: msg(b"p", ("c=biws,r=%s,p=%s,z=1" % (
+            sf.split(",")[0][2:], "A" * 44)).encode()),
+        "final_cbind_y": lambda sf: msg(b"p", ("c=eSws,r=%s,p=%s" % (
+            sf.split(",")[0][2:], "A" * 44)).encode()),
+        "final_nul": lambda sf: msg(b"p", ("c=biws,r=%s\0,p=%s" % (
+            sf.split(",")[0][2:], "A" * 44)).encode()),
+        "final_then_init_again": good_init,
+        "final_query": Q("SELECT 1"),
+        "final_terminate": msg(b"X"),
+        "final_wrong_password": lambda sf: msg(b"p", pgwire._Scram.client_final(
+            _with_pw(sc, "wrong"), sf).encode()),
+    }
+    for k, v in finals.items():
+        steps[k] = [good_init, "read", v]
+    return steps
+
+
+def _with_pw(sc, pw):
+    import copy
+    x = copy.copy(sc)
+    x.password = pw.encode()
+    return x
+
+
+def test_scram_malformed_messages(proxy, role):
+    """Malformed, repeated, misordered and oversized SASL messages: each ends the login with
+    an error (never AuthenticationOk), pgfunnel stays up, no sanitizer report; a good login
+    works afterwards."""
+    pf = proxy(params={"auth_type": "scram-sha-256", "pkt_buf": 4096},
+               userlist={role[0]: role[1]})
+    for name, steps in _scram_cases(role[1]).items():
+        got = auth_exchange(pf, role, steps)
+        kinds = [k for k, _ in got]
+        oks = [p for k, p in got if k == "R" and p[:4] == b"\0\0\0\0"]
+        assert not oks, (name, got)
+        assert "Z" not in kinds, (name, got)
+    with wire(pf, role) as c:
+        assert c.simple_query("SELECT 'ok'") == [("ok",)]
+    finish(pf)
+
+
+def test_scram_disconnect_at_every_byte(proxy, role):
+    """The client hangs up after every byte of a SCRAM exchange."""
+    pf = proxy(params={"auth_type": "scram-sha-256"}, userlist={role[0]: role[1]})
+    sc = pgwire._Scram(role[1])
+    data = startup(role[0], "appdb") + sasl_init(sc.client_first())
+    for cut in range(1, len(data)):
+        s = socket.create_connection((pf.host, pf.port), timeout=3)
+        s.sendall(data[:cut])
+        s.close()
+    def logged_in_clients():
+        cols, rows = pfhelpers.console(pf, "SHOW CLIENTS")
+        return len(rows)
+    ok = pfhelpers.wait_for(lambda: logged_in_clients() <= 1, 5)
+    assert ok, "clients still listed 5 s after they hung up: %r" % (
+        pfhelpers.console(pf, "SHOW CLIENTS")[1][:5],)
+    with wire(pf, role) as c:
+        assert c.simple_query("SELECT 'ok'") == [("ok",)]
+    finish(pf)
+
+
+@pytest.mark.parametrize("auth", ["md5", "plain"])
+def test_password_message_malformed(proxy, role, auth):
+    pf = proxy(params={"auth_type": auth}, userlist={role[0]: role[1]})
+    cases = [msg(b"p", b""), msg(b"p", b"abc"), msg(b"p", b"ab\0cd\0"),
+             msg(b"p", b"x" * 100000 + b"\0"), msg(b"p", b"md5\0"),
+             msg(b"p", b"md5" + b"z" * 32 + b"\0"), msg(b"p", role[1].encode() + b"\0") * 2,
+             sasl_init("n,,n=,r=abc"), Q("SELECT 1"), msg(b"X")]
+    for data in cases:
+        got = auth_exchange(pf, role, [data])
+        if data == msg(b"p", role[1].encode() + b"\0") * 2 and auth == "plain":
+            continue  # the first one is right
+        assert not [p for k, p in got if k == "R" and p[:4] == b"\0\0\0\0"], (data[:40], got)
+    with wire(pf, role) as c:
+        assert c.simple_query("SELECT 'ok'") == [("ok",)]
+    finish(pf)
