@@ -718,3 +718,130 @@ def test_password_message_malformed(proxy, role, auth):
     with wire(pf, role) as c:
         assert c.simple_query("SELECT 'ok'") == [("ok",)]
     finish(pf)
+
+
+# ---------------------------------------------------------------- 4: resource bounds
+
+
+def _sender(sock, data, errors):
+    try:
+        sock.sendall(data)
+    except OSError as e:
+        errors.append(repr(e))
+
+
+def count_ready(conn, n, timeout=30.0):
+    """Reads until n ReadyForQuery arrived; returns the counts by message type."""
+    conn.sock.settimeout(timeout)
+    counts = {}
+    buf = conn.buf
+    seen = 0
+    while seen < n:
+        while len(buf) >= 5:
+            (ln,) = struct.unpack("!I", buf[1:5])
+            if len(buf) < 1 + ln:
+                break
+            k = chr(buf[0])
+            counts[k] = counts.get(k, 0) + 1
+            if k == "Z":
+                seen += 1
+            buf = buf[1 + ln:]
+        if seen >= n:
+            break
+        chunk = conn.sock.recv(1 << 20)
+        if not chunk:
+            raise AssertionError("closed after %d ReadyForQuery: %r" % (seen, counts))
+        buf += chunk
+    conn.buf = buf
+    return counts
+
+
+@pytest.mark.parametrize("what", ["sync", "parse_sync"])
+def test_request_queue_bound_100k(proxy, role, what):
+    """100k Syncs (or Parse+Sync pairs) pipelined by a client that reads nothing for 2 s:
+    pgfunnel's memory stays bounded, then every answer arrives in order and the server is
+    reusable."""
+    pf = one_server(proxy, role)
+    rss0 = pfhelpers.proc_rss_kib(pf.pid)
+    a = wire(pf, role)
+    n = 100000
+    unit = SYNC if what == "sync" else P("SELECT 1") + SYNC
+    errors = []
+    th = threading.Thread(target=_sender, args=(a.sock, unit * n, errors), daemon=True)
+    th.start()
+    time.sleep(2)
+    rss1 = pfhelpers.proc_rss_kib(pf.pid)
+    counts = count_ready(a, n, timeout=60)
+    th.join(10)
+    assert not errors, errors
+    assert counts.get("Z") == n and counts.get("E", 0) == 0, counts
+    if what == "parse_sync":
+        assert counts.get("1") == n, counts
+    assert rss1 - rss0 < 64 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
+    b_check(pf, role, timeout=3)
+    a.close()
+    finish(pf)
+
+
+def test_client_never_reads_big_result(proxy, role, postgres):
+    """A client asks for ~200 MB and reads nothing: pgfunnel's RSS stays bounded and a canary
+    (another database, same pgfunnel) is not slowed."""
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 2},
+               userlist={role[0]: role[1]})
+    can = pfhelpers.Canary(pf, role[0], "postgres", role[1]).start()
+    rss0 = pfhelpers.proc_rss_kib(pf.pid)
+    a = wire(pf, role)
+    a.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    a.send_query("SELECT repeat('A', 1000) FROM generate_series(1, 200000)")
+    time.sleep(2)
+    can.expect_progress()
+    rss1 = pfhelpers.proc_rss_kib(pf.pid)
+    a.sock.close()
+    assert rss1 - rss0 < 32 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
+    can.check()
+    finish(pf)
+
+
+def test_ssl_request_flood_unread(proxy, role):
+    """One connection sends SSLRequest 200k times and reads nothing; another sends Cancel
+    requests in a loop. RSS stays bounded, pgfunnel stays responsive."""
+    pf = one_server(proxy, role)
+    rss0 = pfhelpers.proc_rss_kib(pf.pid)
+    s = socket.create_connection((pf.host, pf.port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    errors = []
+    th = threading.Thread(target=_sender, args=(s, struct.pack("!II", 8, 80877103) * 200000,
+                                                errors), daemon=True)
+    th.start()
+    for i in range(200):
+        c = socket.create_connection((pf.host, pf.port), timeout=5)
+        c.sendall(struct.pack("!IIII", 16, 80877102, i, i))
+        c.close()
+    time.sleep(1)
+    rss1 = pfhelpers.proc_rss_kib(pf.pid)
+    b_check(pf, role, timeout=3)
+    s.close()
+    th.join(5)
+    assert rss1 - rss0 < 32 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
+    finish(pf)
+
+
+def test_console_client_never_reads(proxy, role):
+    """A console client pipelines 20k SHOW commands and reads nothing: RSS bounded; the
+    console and the pool keep answering others."""
+    pf = one_server(proxy, role)
+    rss0 = pfhelpers.proc_rss_kib(pf.pid)
+    c = pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret")
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    errors = []
+    data = (Q("SHOW CONFIG") + Q("SHOW CLIENTS") + Q("SHOW HELP")) * 7000
+    th = threading.Thread(target=_sender, args=(c.sock, data, errors), daemon=True)
+    th.start()
+    time.sleep(2)
+    rss1 = pfhelpers.proc_rss_kib(pf.pid)
+    assert pools(pf, "appdb") is not None
+    b_check(pf, role, timeout=3)
+    c.sock.close()
+    th.join(5)
+    assert rss1 - rss0 < 32 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
+    finish(pf)
