@@ -927,3 +927,72 @@ def test_backend_terminated_mid_row_error_inside_row(proxy, role, postgres):
     # own ErrorResponse must not be written into the middle of the row.
     assert b"SFATAL" not in data[-400:], "ErrorResponse inside the DataRow: %r" % data[-200:]
     finish(pf)
+
+
+# ---------------------------------------------------------------- recursion on release
+
+
+def waiting_raw(pf, db):
+    """cl_waiting of db from SHOW POOLS, over pgwire (psycopg's select() cannot take fds
+    above 1024)."""
+    with pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret") as c:
+        c.send_query("SHOW POOLS")
+        msgs = read_n_ready(c, 1)
+    cols = []
+    for k, p in msgs:
+        if k == "T":
+            (cnt,) = struct.unpack("!H", p[:2])
+            pos = 2
+            for _ in range(cnt):
+                end = p.index(b"\0", pos)
+                cols.append(p[pos:end].decode())
+                pos = end + 1 + 18
+    total = 0
+    for k, p in msgs:
+        if k == "D":
+            vals = data_values([(k, p)])
+            row = dict(zip(cols, vals))
+            if row["database"] == db:
+                total += int(row["cl_waiting"])
+    return total
+
+
+def _queue_flush_terminate(pf, role, n):
+    """n clients that log in (trust), send Flush (which queues them for a server) and
+    Terminate, all in one write, and keep their sockets open."""
+    socks = []
+    data = startup(role[0], "appdb") + FLUSH + msg(b"X")
+    for _ in range(n):
+        s = socket.create_connection((pf.host, pf.port), timeout=10)
+        s.sendall(data)
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: unbounded recursion release->link->close->release")
+def test_release_recursion_many_waiting_flush_terminate(proxy, role):
+    """FAILS (stack overflow): A holds the only server (BEGIN). N clients queue for it with
+    Flush+Terminate. When A commits, pf_pool_release_server -> pf_pool_server_ready ->
+    give_server -> pf_server_link -> pf_client_resume (nested processing of the waiting
+    client) -> Flush forwarded (no request: server stays clean) -> Terminate ->
+    pf_client_close -> pf_pool_release_server -> ... one nesting level per waiting client,
+    all on one stack."""
+    n = 1200  # with a 512 KiB stack; ~15000 overflow the default 8 MiB one
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
+                       "max_db_connections": 1, "max_client_conn": n + 50,
+                       "auth_type": "trust", "query_wait_timeout": 60},
+               userlist={role[0]: role[1]}, wrapper=["prlimit", "--stack=524288", "--"])
+    a = wire(pf, role)
+    a.simple_query("BEGIN")
+    socks = _queue_flush_terminate(pf, role, n)
+    assert pfhelpers.wait_for(lambda: waiting_raw(pf, "appdb") >= n, 60), waiting_raw(
+        pf, "appdb")
+    a.simple_query("COMMIT")
+    time.sleep(1)
+    alive = pf.is_running()
+    for s in socks:
+        s.close()
+    assert alive, "pgfunnel died:\n" + pf.all_output()[-3000:]
+    b_check(pf, role, timeout=5)
+    a.close()
+    finish(pf)
