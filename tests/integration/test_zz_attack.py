@@ -996,3 +996,65 @@ def test_release_recursion_many_waiting_flush_terminate(proxy, role):
     b_check(pf, role, timeout=5)
     a.close()
     finish(pf)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: server kept after ReadyForQuery seen mid client message")
+def test_ready_while_client_mid_message_then_idle(proxy, role):
+    """FAILS: A sends a Query and the first bytes of a CopyData (ignored by the server outside
+    a COPY); the ReadyForQuery arrives while A is mid-message, so ready_for_query() keeps the
+    server (pf_conn_mid_message). A then completes the message and goes idle, but nothing
+    re-checks the release when a client's message ends (client.c / conn.c): the idle A pins
+    the only server until it sends another query or leaves."""
+    pf = one_server(proxy, role)
+    a = wire(pf, role)
+    cd = CD(b"z" * 100)
+    a.send(Q("SELECT 'A-1'") + cd[:20])
+    got = read_n_ready(a, 1)
+    assert data_values(got) == ["A-1"], got
+    a.send(cd[20:])
+    time.sleep(0.2)
+    try:
+        b_check(pf, role, timeout=2.0)
+    except socket.timeout:
+        pytest.fail("B got no server while A is idle: %r" % servers(pf, "appdb"))
+    a.close()
+    finish(pf)
+
+
+def test_hostile_server_never_reads_and_floods(fake_env):
+    """Server 0 never reads after login and sends DataRows forever; client A pushes 20 MB
+    at it and reads nothing. pgfunnel's RSS stays bounded, a canary on the real cluster keeps
+    going, and when A leaves the server is closed (not reused)."""
+    stop = threading.Event()
+
+    def script(c, idx):
+        if idx == 0:
+            row = be_row("A" * 1000) * 64
+            try:
+                while not stop.is_set():
+                    c.sendall(row)
+            except OSError:
+                return
+        answer_queries(c)
+    start, role = fake_env
+    pf, fake = start(script)
+    can = pfhelpers.Canary(pf, role[0], "appdb", role[1]).start()
+    rss0 = pfhelpers.proc_rss_kib(pf.pid)
+    a = wire(pf, role, "fake")
+    a.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    errors = []
+    th = threading.Thread(target=_sender, args=(a.sock, Q("SELECT 'A'") +
+                                                 CD(b"x" * 100000) * 200, errors), daemon=True)
+    th.start()
+    time.sleep(1.5)
+    can.expect_progress()
+    rss1 = pfhelpers.proc_rss_kib(pf.pid)
+    a.sock.close()
+    stop.set()
+    assert rss1 - rss0 < 32 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
+    b = wire(pf, role, "fake")
+    b.send_query("SELECT 'B'")
+    assert data_values(read_n_ready(b, 1)) == ["B"]
+    b.close()
+    can.check()
+    finish(pf)
