@@ -236,8 +236,9 @@ class FakePg:
     """A scripted 'Postgres' on 127.0.0.1: logs anyone in (AuthenticationOk), then runs
     script(sock, index) in a thread per connection. Queries are read with read_fe()."""
 
-    def __init__(self, script):
+    def __init__(self, script, auth=None):
         self.script = script
+        self.auth = auth
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.port = pfhelpers.alloc_port()
@@ -273,6 +274,8 @@ class FakePg:
                     c.sendall(b"N")
                     continue
                 break
+            if self.auth and not self.auth(c):
+                return
             c.sendall(msg(b"R", struct.pack("!I", 0)) + WELCOME +
                       msg(b"K", struct.pack("!II", 4242 + idx, 7)) + be_z())
             self.script(c, idx)
@@ -318,8 +321,8 @@ def fake_env(proxy, postgres, role):
     one server) at a FakePg and appdb at the real cluster for a canary."""
     made = []
 
-    def start(script, **params):
-        fake = FakePg(script)
+    def start(script, auth=None, **params):
+        fake = FakePg(script, auth)
         made.append(fake)
         p = {"pool_mode": "transaction", "default_pool_size": 1, "query_wait_timeout": 30,
              "server_login_retry": 1}
@@ -1057,4 +1060,118 @@ def test_hostile_server_never_reads_and_floods(fake_env):
     assert data_values(read_n_ready(b, 1)) == ["B"]
     b.close()
     can.check()
+    finish(pf)
+
+
+def R(code, rest=b""):
+    return msg(b"R", struct.pack("!I", code) + rest)
+
+
+SASL_OFFER = R(10, b"SCRAM-SHA-256\0\0")
+
+
+def _auth_sasl_twice(c):
+    c.sendall(SASL_OFFER)
+    read_fe(c)
+    c.sendall(SASL_OFFER)
+    read_fe(c)
+    return True  # then AuthenticationOk
+
+
+def _auth_ok_without_final(c):
+    c.sendall(SASL_OFFER)
+    read_fe(c)
+    return True
+
+
+def _auth_continue_garbage(c):
+    c.sendall(SASL_OFFER)
+    read_fe(c)
+    c.sendall(R(11, b"r=zzz,s=!!,i=-1"))
+    read_fe(c)
+    return True
+
+
+def _auth_final_first(c):
+    c.sendall(SASL_OFFER)
+    read_fe(c)
+    c.sendall(R(12, b"v=AAAA"))
+    return True
+
+
+def _auth_continue_twice(c):
+    c.sendall(SASL_OFFER)
+    _k, p = read_fe(c)
+    cnonce = p.split(b"r=", 1)[1].decode()
+    sf = R(11, ("r=%sXYZ,s=QUJDRA==,i=4096" % cnonce).encode())
+    c.sendall(sf)
+    read_fe(c)
+    c.sendall(sf)
+    read_fe(c)
+    return True
+
+
+def _auth_md5_then_sasl(c):
+    c.sendall(R(5, b"salt"))
+    read_fe(c)
+    c.sendall(SASL_OFFER)
+    read_fe(c)
+    return True
+
+
+def _auth_huge_iterations(c):
+    c.sendall(SASL_OFFER)
+    _k, p = read_fe(c)
+    cnonce = p.split(b"r=", 1)[1].decode()
+    c.sendall(R(11, ("r=%sXYZ,s=QUJDRA==,i=2147483647" % cnonce).encode()))
+    read_fe(c)
+    return True
+
+
+SERVER_AUTH = {
+    "sasl_twice": _auth_sasl_twice,
+    "sasl_ok_without_final": _auth_ok_without_final,
+    "sasl_continue_garbage": _auth_continue_garbage,
+    "sasl_final_first": _auth_final_first,
+    "sasl_continue_twice": _auth_continue_twice,
+    "md5_then_sasl": _auth_md5_then_sasl,
+    "huge_iterations": _auth_huge_iterations,
+}
+
+
+def _xf(case, why):
+    return pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=why))
+
+
+@pytest.mark.parametrize("case", [
+    _xf("sasl_twice", "BUG: 2nd AuthenticationSASL leaks s->scram (and the password strdup)"),
+    _xf("sasl_ok_without_final", "BUG: AuthenticationOk accepted before SASLFinal"),
+    "sasl_continue_garbage", "sasl_final_first", "sasl_continue_twice", "md5_then_sasl",
+    "huge_iterations"])
+def test_hostile_server_auth(fake_env, case):
+    """The fake server's login misbehaves; pgfunnel must not leak (LSan at exit), crash or
+    hang, and a client gets an answer or an error within a few seconds.
+
+    FAILS for sasl_twice: server.c handle_auth() case PF_PROTO_AUTH_SASL does
+    `s->scram = calloc(...)` over an existing exchange: LeakSanitizer reports the first
+    pf_scram_client state and the copy of the plain password (scram.c pf_scram_client_start
+    strdup), never cleansed.
+    FAILS for sasl_ok_without_final: AuthenticationOk in the middle of SCRAM (before
+    AuthenticationSASLFinal) is accepted (handle_auth case PF_PROTO_AUTH_OK returns true
+    while s->scram is set), so the server's signature is never checked -- the "not the
+    server we expect" check is bypassed by an impostor that simply skips it."""
+    start, role = fake_env
+    pf, fake = start(lambda c, i: answer_queries(c), auth=SERVER_AUTH[case],
+                     server_connect_timeout=3, server_login_retry=1)
+    t0 = time.monotonic()
+    try:
+        with wire(pf, role, "fake") as a:
+            a.sock.settimeout(8)
+            a.simple_query("SELECT 'A'")
+            outcome = "logged in"
+    except (pgwire.PgError, pgwire.ProtocolError, OSError) as e:
+        outcome = repr(e)
+    assert time.monotonic() - t0 < 8
+    if case == "sasl_ok_without_final":
+        assert outcome != "logged in", "SCRAM never finished, yet pgfunnel used the server"
     finish(pf)
