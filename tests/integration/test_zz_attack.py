@@ -1175,3 +1175,33 @@ def test_hostile_server_auth(fake_env, case):
     if case == "sasl_ok_without_final":
         assert outcome != "logged in", "SCRAM never finished, yet pgfunnel used the server"
     finish(pf)
+
+
+def test_cancel_race_never_hits_next_client(proxy, role):
+    """A cancels its own short query right around the moment it finishes; B is queued for the
+    same (only) server. B's queries must never be cancelled by A's late CancelRequest."""
+    pf = one_server(proxy, role)
+    a = wire(pf, role)
+    b = wire(pf, role)
+    b.sock.settimeout(10)
+    a.sock.settimeout(10)
+    hits = []
+    for i in range(12):
+        a.send_query("SELECT pg_sleep(0.05), 'A'")
+        time.sleep(0.005)
+        b.send_query("SELECT pg_sleep(0.05), 'B-%d'" % i)
+        time.sleep(0.035 + (i % 10) * 0.003)
+        pgwire.cancel_request(pf.host, pf.port, *a.backend_key)
+        try:
+            a.read_result()
+        except pgwire.PgError:
+            pass
+        try:
+            rows = b.read_result()
+            assert rows == [("", "B-%d" % i)], rows
+        except pgwire.PgError as e:
+            hits.append((i, e.sqlstate, e.message))
+    a.close()
+    b.close()
+    assert not hits, "B's queries cancelled by A's CancelRequest: %r" % hits
+    finish(pf)
