@@ -1205,3 +1205,26 @@ def test_cancel_race_never_hits_next_client(proxy, role):
     b.close()
     assert not hits, "B's queries cancelled by A's CancelRequest: %r" % hits
     finish(pf)
+
+
+def test_tracked_params_do_not_follow_server_to_next_client(proxy, role):
+    """A sets DateStyle / TimeZone / application_name / IntervalStyle (startup and SET); B,
+    who asked for nothing, must see the defaults on the same server, not A's values."""
+    pf = one_server(proxy, role)
+    with wire(pf, role) as b0:
+        defaults = b0.simple_query("SELECT current_setting('DateStyle'), "
+                                   "current_setting('TimeZone'), "
+                                   "current_setting('application_name'), "
+                                   "current_setting('IntervalStyle')")
+    a = pgwire.connect(pf.host, pf.port, role[0], "appdb", role[1],
+                       options={"application_name": "A-app", "DateStyle": "German"})
+    a.simple_query("SET TimeZone = 'Asia/Tokyo'")
+    a.simple_query("SET IntervalStyle = 'sql_standard'")
+    a.close()
+    with wire(pf, role) as b:
+        got = b.simple_query("SELECT current_setting('DateStyle'), "
+                             "current_setting('TimeZone'), "
+                             "current_setting('application_name'), "
+                             "current_setting('IntervalStyle')")
+    assert got == defaults, "B sees %r, defaults %r" % (got, defaults)
+    finish(pf)
