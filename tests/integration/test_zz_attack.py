@@ -113,6 +113,10 @@ def finish(pf):
 BUG = "FAILS (bug, see docstring)"
 
 
+def _xf(case, why):
+    return pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=why))
+
+
 def pools(pf, db):
     cols, rows = pfhelpers.console(pf, "SHOW POOLS")
     return [r for r in pfhelpers.rows_as_dicts(cols, rows) if r["database"] == db]
@@ -1139,10 +1143,6 @@ SERVER_AUTH = {
 }
 
 
-def _xf(case, why):
-    return pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=why))
-
-
 @pytest.mark.parametrize("case", [
     _xf("sasl_twice", "BUG: 2nd AuthenticationSASL leaks s->scram (and the password strdup)"),
     _xf("sasl_ok_without_final", "BUG: AuthenticationOk accepted before SASLFinal"),
@@ -1227,4 +1227,40 @@ def test_tracked_params_do_not_follow_server_to_next_client(proxy, role):
                              "current_setting('application_name'), "
                              "current_setting('IntervalStyle')")
     assert got == defaults, "B sees %r, defaults %r" % (got, defaults)
+    finish(pf)
+
+
+_PIN = "BUG: lone Flush / CopyDone / Parse+Flush pins the server; no timeout applies"
+
+
+@pytest.mark.parametrize("opening", [_xf("flush", _PIN), _xf("parse_describe_flush", _PIN),
+                                     _xf("copydone", _PIN), "begin"])
+def test_idle_client_pins_server_past_idle_transaction_timeout(proxy, role, opening):
+    """FAILS: in transaction mode a client whose first message is a Flush (or a CopyDone, or
+    Parse+Describe+Flush without Sync) gets the only server linked (pool.c pf_pool_acquire)
+    and keeps it for good: no ReadyForQuery ever comes to trigger the release
+    (server.c ready_for_query is the only release point), s->tx_status is still the 'I' of
+    the last ReadyForQuery and c->query_start is 0, so pool.c pf_pool_maintain applies
+    neither idle_transaction_timeout nor query_timeout nor client_idle_timeout. A 5-byte
+    message from an idle client pins a pool forever."""
+    pf = one_server(proxy, role, extra={"idle_transaction_timeout": 1, "query_timeout": 1,
+                                        "client_idle_timeout": 1})
+    a = wire(pf, role)
+    if opening == "begin":  # control: idle_transaction_timeout frees the server
+        a.simple_query("BEGIN")
+    elif opening == "flush":
+        a.send(FLUSH)
+    elif opening == "copydone":
+        a.send(COPY_DONE)
+    else:
+        a.send(P("SELECT 'A'") + D(b"S") + FLUSH)
+        a.sock.settimeout(5)
+        kinds = [a.read_message()[0] for _ in range(3)]
+        assert kinds == ["1", "t", "T"], kinds
+    time.sleep(0.2)
+    try:
+        b_check(pf, role, timeout=2.5)
+    except socket.timeout:
+        pytest.fail("B got no server in 2.5 s (timeouts 1 s): %r" % servers(pf, "appdb"))
+    a.sock.close()
     finish(pf)
