@@ -1277,3 +1277,54 @@ def test_idle_client_pins_server_past_idle_transaction_timeout(proxy, role, open
         pytest.fail("B got no server in 2.5 s (timeouts 1 s): %r" % servers(pf, "appdb"))
     a.sock.close()
     finish(pf)
+
+
+# ---------------------------------------------------------------- console
+
+
+CONSOLE_INPUTS = [
+    'SHOW "POOLS"', 'SHOW ""', 'SHOW "', 'SHOW "a""b"', "SHOW " + "X" * 300, "SHOW POOLS x",
+    "SHOW\tCLIENTS;;;  ", "show\nservers", "SHOW POOLS; SHOW CLIENTS", "KILL_CLIENT -1",
+    "KILL_CLIENT 18446744073709551616", "KILL_CLIENT 0x1", "KILL_CLIENT 99999999999",
+    "KILL_CLIENT", "KILL_CLIENT 1 2", 'PAUSE "pgbouncer"', "PAUSE pgbouncer", "RESUME pgbouncer",
+    "RECONNECT pgbouncer", "DISABLE pgbouncer", "ENABLE pgbouncer", "KILL nosuchdb",
+    'KILL "appdb', "WAIT_CLOSE nosuch", "SET", "SET x", "SET log_connections",
+    "SET log_connections = ", "SET log_connections = 'unterminated",
+    "SET log_connections = '" + "x" * 2000 + "'", "SET log_connections TO 1",
+    "SET application_name = 'x'", "SET listen_port = 1", "SET max_packet_size = -1",
+    "SET max_packet_size = 99999999999999", "SET pkt_buf = 1", "SET \"log_connections\" = 1",
+    "SELECT 1", "SHOW \x01\x02", "\xff\xfe", "", ";", "   ", "SUSPEND x", "RELOAD now",
+    "SHUTDOWN maybe", "SHOW HELP", "SHOW STATS", "SHOW FDS", "SHOW LISTS", "SHOW MEM",
+    "SHOW DNS_HOSTS", "SHOW DNS_ZONES", "SHOW SOCKETS", "SHOW ACTIVE_SOCKETS", "SHOW USERS",
+    "SHOW DATABASES", "SHOW STATS_TOTALS", "SHOW STATS_AVERAGES", "SHOW TOTALS",
+    "SHOW VERSION", "SHOW STATE", "SHOW CONFIG", "SHOW PEERS", "SHOW PEER_POOLS",
+]
+
+
+def test_console_odd_commands(proxy, role):
+    """Odd console input, one connection, reconnecting when the console hangs up; the pool
+    and the console keep working, no sanitizer report."""
+    pf = one_server(proxy, role)
+    c = None
+    for sql in CONSOLE_INPUTS:
+        if c is None:
+            c = pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret")
+            c.sock.settimeout(5)
+        try:
+            c.send(msg(b"Q", sql.encode("latin-1") + b"\0"))
+            read_n_ready(c, 1)
+        except (pgwire.ProtocolError, OSError):
+            c.sock.close()
+            c = None
+    # raw oddities: Query without NUL, extended protocol, Sync, empty Query
+    for raw in [msg(b"Q", b"SHOW POOLS"), msg(b"Q", b""), P("SHOW POOLS"), SYNC, FLUSH,
+                msg(b"Q", b"SHOW\0POOLS\0")]:
+        s = pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret")
+        s.send(raw)
+        drain(s, 0.2)
+        s.sock.close()
+    if c:
+        c.close()
+    assert pools(pf, "appdb") is not None
+    b_check(pf, role)
+    finish(pf)
