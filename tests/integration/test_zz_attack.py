@@ -1328,3 +1328,28 @@ def test_console_odd_commands(proxy, role):
     assert pools(pf, "appdb") is not None
     b_check(pf, role)
     finish(pf)
+
+
+@pytest.mark.parametrize("tail", ["terminate", "invalid_type", "password_msg", "startup_again",
+                                  "zero_length_query", "huge_header_then_close"])
+def test_odd_message_inside_copy_or_pipeline(proxy, role, copy_table, tail):
+    """A starts a COPY FROM STDIN (and a pipeline behind it), then sends something odd; B must
+    get exactly its own answer afterwards."""
+    pf = one_server(proxy, role)
+    a = wire(pf, role)
+    a.send(Q("COPY atk_copy FROM STDIN") + CD(b"A-1\n"))
+    a.sock.settimeout(5)
+    assert a.read_message()[0] == "G"
+    odd = {
+        "terminate": msg(b"X"),
+        "invalid_type": msg(b"A", b"xx"),
+        "password_msg": msg(b"p", b"pw\0"),
+        "startup_again": pgwire.startup_message({"user": role[0], "database": "appdb"}),
+        "zero_length_query": b"Q\0\0\0\x04" + SYNC,
+        "huge_header_then_close": b"d\x10\0\0\0" + b"x" * 1000,
+    }[tail]
+    a.send(P("SELECT 'A-2'") + B() + E() + odd + SYNC)
+    drain(a, 0.3)
+    a.sock.close()
+    b_check(pf, role, timeout=3)
+    finish(pf)
