@@ -1357,13 +1357,13 @@ def test_odd_message_inside_copy_or_pipeline(proxy, role, copy_table, tail):
 
 @pytest.mark.xfail(strict=True, reason="BUG: O(n^2) unbounded ParameterStatus list at login stalls")
 def test_hostile_server_many_parameter_status_at_login(fake_env):
-    """FAILS: a server sends 30000 distinct ParameterStatus before its first ReadyForQuery.
+    """FAILS: a server sends 20000 distinct ParameterStatus before its first ReadyForQuery.
     server.c remember_param() keeps every one (no bound) and looks each name up linearly:
     O(n^2) strcmp on the worker's only thread, so every other client stalls (the canary on
     the real cluster sees multi-second latency); afterwards every client login to that pool
-    is sent all 30000 parameters (4.5 s stall measured with 40000)."""
+    is sent all 20000 parameters (4.5 s stall measured with 40000)."""
     def auth(c):
-        c.sendall(R(0) + b"".join(msg(b"S", cstr("p%06d" % i) + cstr("v")) for i in range(30000)))
+        c.sendall(R(0) + b"".join(msg(b"S", cstr("p%06d" % i) + cstr("v")) for i in range(20000)))
         return True
     start, role = fake_env
     pf, fake = start(lambda c, i: answer_queries(c), auth=auth, server_connect_timeout=30)
