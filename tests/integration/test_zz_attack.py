@@ -1394,3 +1394,21 @@ def test_hostile_server_many_parameter_status_at_login(fake_env):
     can.check(max_latency=1.0)
     assert nparams is None or nparams < 1000, "a client got %d ParameterStatus" % nparams
     finish(pf)
+
+
+@pytest.mark.parametrize("variant", ["ok", "error"])
+def test_query_after_unsynced_extended_messages(proxy, role, variant):
+    """Parse/Bind/Execute without Sync, then a simple Query (which ends the implicit
+    transaction when the extended messages succeeded, and is skipped after an error until
+    the Sync). A then goes idle; B must get its own answer, and A's next query its own."""
+    pf = one_server(proxy, role)
+    a = wire(pf, role)
+    sql = "SELECT 'A-1'" if variant == "ok" else "SELECT 1/0"
+    a.send(P(sql) + B() + E() + Q("SELECT 'A-2'") + SYNC)
+    got = read_n_ready(a, 2 if variant == "ok" else 1)
+    vals = data_values(got)
+    assert vals == (["A-1", "A-2"] if variant == "ok" else []), got
+    b_check(pf, role, timeout=2)
+    assert a.simple_query("SELECT 'A-3'") == [("A-3",)]
+    a.close()
+    finish(pf)
