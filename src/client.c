@@ -77,6 +77,8 @@ static const struct {
                                              "idle_transaction_timeout"},
         [PF_CLOSE_CLIENT_SERVER_GONE] = {"server connection lost", "08006", "server conn crashed?"},
         [PF_CLOSE_CLIENT_SERVER_LOGIN] = {"server login failed", "08006", "server login failed"},
+        /* Nothing is sent: it would land inside the server's half-sent message. */
+        [PF_CLOSE_CLIENT_SERVER_GONE_MID] = {"server connection lost mid-message", NULL, NULL},
         [PF_CLOSE_CLIENT_STATEMENT_MODE] = {"statement mode violation", "25001",
                                             "Long transactions not allowed"},
         [PF_CLOSE_CLIENT_SHUTDOWN] = {"pooler is shutting down", "57P01",
@@ -803,6 +805,7 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
+	c->conn.request_time = c->conn.worker->now;
 	switch (hdr->type) {
 	case PF_PROTO_FE_QUERY:
 	case PF_PROTO_FE_SYNC:
@@ -813,7 +816,6 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 			c->query_start = now;
 		if (!c->xact_start)
 			c->xact_start = now;
-		c->conn.request_time = now;
 		break;
 	}
 	default:
@@ -849,6 +851,13 @@ static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 			                        : "invalid message length");
 		else
 			pf_client_close(c, PF_CLOSE_CLIENT_ERROR, NULL, NULL);
+		break;
+	case PF_CONN_EV_DRAINED:
+		/* Everything it sent is through. A message that owes no answer (a lone Flush, a
+		 * CopyDone outside a COPY), or the end of one that was half-way through when its
+		 * server's ReadyForQuery came, leaves a server that nobody releases otherwise. */
+		if (c->link && pf_server_may_release(c->link))
+			pf_pool_release_server(c->link);
 		break;
 	default:
 		break;

@@ -193,18 +193,34 @@ static void count_read(pf_conn_t *c)
 	}
 	if (++c->reads_this_iteration < (uint32_t)limit || c->throttled)
 		return;
+	if (!c->resume_pending)
+		pf_list_append(&w->throttled_conns, &c->throttle_node);
 	c->throttled = true;
-	pf_list_append(&w->throttled_conns, &c->throttle_node);
 	update_reading(c);
 }
 
 void pf_conn_unthrottle(pf_conn_t *c)
 {
-	if (!c->throttled)
+	bool resume = c->resume_pending && !c->closing;
+
+	if (!c->throttled && !c->resume_pending)
 		return;
 	c->throttled = false;
+	c->resume_pending = false;
 	pf_list_remove(&c->worker->throttled_conns, &c->throttle_node);
-	update_reading(c);
+	if (resume)
+		pf_conn_resume(c);
+	else
+		update_reading(c);
+}
+
+void pf_conn_defer_resume(pf_conn_t *c)
+{
+	if (c->closing || c->resume_pending)
+		return;
+	if (!c->throttled)
+		pf_list_append(&c->worker->throttled_conns, &c->throttle_node);
+	c->resume_pending = true;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -703,8 +719,8 @@ void pf_conn_close(pf_conn_t *c)
 {
 	if (c->closing)
 		return;
-	pf_conn_unthrottle(c);
 	c->closing = true;
+	pf_conn_unthrottle(c);
 	c->peer = NULL;
 	if (c->reading) {
 		uv_read_stop(&c->h.stream);

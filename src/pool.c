@@ -1143,8 +1143,11 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 			pf_client_close(c, PF_CLOSE_CLIENT_QUERY_TIMEOUT, NULL, NULL);
 			continue;
 		}
+		/* Idle in a transaction, or holding its server with extended-protocol messages
+		 * whose Sync it does not send. */
 		if (cfg->idle_transaction_timeout > 0 && !c->query_start &&
-		    s->tx_status != PF_PROTO_TX_IDLE &&
+		    (s->tx_status != PF_PROTO_TX_IDLE ||
+		     (pf_reqq_len(&s->rq) == 0 && !pf_reqq_is_idle(&s->rq))) &&
 		    now - c->conn.request_time > cfg->idle_transaction_timeout)
 			pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT, NULL, NULL);
 	}

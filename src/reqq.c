@@ -175,9 +175,9 @@ int pf_reqq_push(pf_reqq_t *q, uint8_t fe_type, unsigned flags)
 		return 0; /* no answer of their own; CopyData outside a COPY is ignored */
 	case PF_PROTO_FE_COPY_DONE:
 	case PF_PROTO_FE_COPY_FAIL:
-		/* Ignored by the server unless a request still owed starts a COPY IN; one is
-		 * enough (a second one would be read outside the COPY). */
-		if (q->len == 0 || KIND(*at(q, q->len - 1)) == RQ_COPY_END)
+		/* Ignored by the server unless a request still owed starts a COPY IN. Each one
+		 * is kept: a Query may run several COPYs, each ended by its own. */
+		if (q->len == 0)
 			return 0;
 		kind = RQ_COPY_END;
 		break;

@@ -93,8 +93,20 @@ size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 
 bool pf_server_is_clean(const pf_server_t *s)
 {
+	/* Unprocessed input after the answer that freed it answers nothing the client sent. */
 	return s->ready && s->tx_status == PF_PROTO_TX_IDLE && pf_reqq_is_reusable(&s->rq) &&
-	       s->task == PF_SV_TASK_NONE && !s->conn.closing && !pf_conn_mid_message(&s->conn);
+	       s->task == PF_SV_TASK_NONE && !s->conn.closing && !pf_conn_mid_message(&s->conn) &&
+	       !pf_conn_has_input(&s->conn);
+}
+
+bool pf_server_may_release(const pf_server_t *s)
+{
+	const pf_client_t *c = s->link;
+
+	return c && pf_pool_mode(s->pool) != PF_POOL_SESSION && pf_reqq_is_idle(&s->rq) &&
+	       s->tx_status == PF_PROTO_TX_IDLE && s->task == PF_SV_TASK_NONE &&
+	       !pf_conn_mid_message(&c->conn) && !pf_conn_mid_message(&s->conn) &&
+	       !s->conn.fwd_pending && !pf_conn_has_input(&s->conn);
 }
 
 bool pf_server_is_uncertain(const pf_server_t *s)
@@ -563,7 +575,15 @@ void pf_server_link(pf_server_t *s, pf_client_t *c)
 	}
 	pf_buf_free(&sql);
 	pf_conn_pause_reading(&c->conn, false);
-	pf_client_resume(c);
+	/* Its queued messages run now, unless links nest too deep: a client that leaves at once
+	 * releases the server to the next one, and so on, one stack frame each. */
+	if (w->link_depth < PF_SERVER_LINK_DEPTH_MAX) {
+		w->link_depth++;
+		pf_client_resume(c);
+		w->link_depth--;
+	} else {
+		pf_conn_defer_resume(&c->conn);
+	}
 }
 
 /* A task query finished (its ReadyForQuery arrived). */
@@ -952,11 +972,18 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		        s, "closing because: %s (age=%llds)", close_texts[reason],
 		        (long long)((pf_worker_now(w) - s->conn.connect_time) / PF_USEC_PER_SEC));
 	if (c) {
+		/* Half of a message of the server's already went to the client: anything we add
+		 * would be read as the rest of it, so the client is closed without a word. */
+		bool mid = pf_conn_mid_message(&s->conn) && s->conn.pkt_forward;
+
 		s->link = NULL;
 		c->link = NULL;
 		c->conn.peer = NULL;
 		s->conn.peer = NULL;
-		switch (reason) {
+		switch (mid ? PF_SV_CLOSE_REASONS : reason) {
+		case PF_SV_CLOSE_REASONS:
+			pf_client_close(c, PF_CLOSE_CLIENT_SERVER_GONE_MID, NULL, NULL);
+			break;
 		case PF_SV_CLOSE_STATEMENT_MODE:
 			pf_client_close(c, PF_CLOSE_CLIENT_STATEMENT_MODE, NULL, NULL);
 			break;

@@ -39,15 +39,22 @@ typedef pf_listener_t listener_t;
 
 static void on_janitor(uv_timer_t *t);
 
-/* After each poll: a new loop iteration; throttled connections may read again. */
+/* Throttled connections read again; deferred ones process their input (pf_conn_defer_resume). */
+static void run_deferred(pf_worker_t *w)
+{
+	pf_list_node_t *n;
+
+	while ((n = pf_list_first(&w->throttled_conns)))
+		pf_conn_unthrottle(PF_CONTAINER_OF(n, pf_conn_t, throttle_node));
+}
+
+/* After each poll: a new loop iteration. */
 static void on_iteration(uv_check_t *h)
 {
 	pf_worker_t *w = h->data;
-	pf_list_node_t *n;
 
 	w->iteration++;
-	while ((n = pf_list_first(&w->throttled_conns)))
-		pf_conn_unthrottle(PF_CONTAINER_OF(n, pf_conn_t, throttle_node));
+	run_deferred(w);
 }
 
 int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
@@ -262,6 +269,8 @@ static void on_janitor(uv_timer_t *t)
 	pf_stats_tick(w, now);
 	pf_admin_poll(w);
 	pf_worker_check_shutdown(w);
+	/* Work deferred from here would otherwise wait for the next poll to return. */
+	run_deferred(w);
 }
 
 /* Opens a TCP listener on one resolved address. */

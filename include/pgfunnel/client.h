@@ -32,8 +32,9 @@ typedef enum pf_close_reason {
 	PF_CLOSE_CLIENT_WAIT_TIMEOUT,
 	PF_CLOSE_CLIENT_QUERY_TIMEOUT,
 	PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT,
-	PF_CLOSE_CLIENT_SERVER_GONE,  /* its server died */
-	PF_CLOSE_CLIENT_SERVER_LOGIN, /* no server could log in (message given) */
+	PF_CLOSE_CLIENT_SERVER_GONE,     /* its server died */
+	PF_CLOSE_CLIENT_SERVER_LOGIN,    /* no server could log in (message given) */
+	PF_CLOSE_CLIENT_SERVER_GONE_MID, /* its server died half-way through a message to it */
 	PF_CLOSE_CLIENT_STATEMENT_MODE,
 	PF_CLOSE_CLIENT_SHUTDOWN,
 	PF_CLOSE_CLIENT_ADMIN_KILL,

@@ -108,6 +108,7 @@ struct pf_conn {
 	bool read_paused;     /* the owner asked to stop reading */
 	bool suspended;       /* SUSPEND: no reading until RESUME */
 	bool throttled;       /* sbuf_loopcnt reached: reading resumes next loop iteration */
+	bool resume_pending;  /* pf_conn_defer_resume(): processing resumes next loop iteration */
 	bool fwd_pending;     /* a forward write borrows rbuf */
 	bool in_process;      /* re-entrancy guard for pf_conn_process() */
 	bool handle_open;     /* the uv handle is initialised and not yet closed */
@@ -134,9 +135,10 @@ struct pf_conn {
 	pf_sockaddr_t local_addr; /* local */
 	pf_usec_t connect_time;
 	pf_usec_t request_time;
-	pf_list_node_t node;          /* the list its state puts it in */
-	pf_list_node_t throttle_node; /* worker->throttled_conns while throttled */
-	uint64_t read_iteration;      /* loop iteration of reads_this_iteration */
+	pf_list_node_t node; /* the list its state puts it in */
+	pf_list_node_t
+	        throttle_node;   /* worker->throttled_conns while throttled or resume_pending */
+	uint64_t read_iteration; /* loop iteration of reads_this_iteration */
 	uint32_t reads_this_iteration;
 };
 
@@ -164,6 +166,12 @@ void pf_conn_resume(pf_conn_t *c);
 
 /* Stops (true) or allows (false) reading from the socket; buffered bytes stay. */
 void pf_conn_pause_reading(pf_conn_t *c, bool paused);
+
+/*
+ * Processes c's buffered input a little later, from the event loop (which does not block
+ * meanwhile), instead of now: bounds the nesting of one connection's work inside another's.
+ */
+void pf_conn_defer_resume(pf_conn_t *c);
 
 /* Lets a connection throttled by sbuf_loopcnt read again (the worker's next iteration). */
 void pf_conn_unthrottle(pf_conn_t *c);

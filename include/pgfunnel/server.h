@@ -141,6 +141,15 @@ void pf_server_expire_cancels(pf_worker_t *w, pf_usec_t now);
  */
 bool pf_server_is_clean(const pf_server_t *s);
 
+/*
+ * True when s, linked in transaction or statement mode, could go back to the pool right now:
+ * nothing owed or awaited, idle transaction status, nothing half-way in either direction.
+ */
+bool pf_server_may_release(const pf_server_t *s);
+
+/* How deep pf_server_link() resumes newly linked clients inline before deferring to the loop. */
+#define PF_SERVER_LINK_DEPTH_MAX 16
+
 /* True when what s owes can no longer be known (a mismatch or a doubtful COPY): close it. */
 bool pf_server_is_uncertain(const pf_server_t *s);
 

@@ -81,6 +81,7 @@ struct pf_worker {
 	uv_timer_t janitor;
 	uv_check_t iteration_check; /* counts loop iterations, lifts sbuf_loopcnt throttling */
 	uint64_t iteration;
+	int link_depth; /* pf_server_link() resuming clients inline, nested this deep */
 	pf_list_t throttled_conns;
 	pf_usec_t now; /* loop time, refreshed each janitor tick and on demand */
 	uint64_t next_id;

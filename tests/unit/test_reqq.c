@@ -290,6 +290,24 @@ static void test_copy_data_sent_before_copy_in_response(void **state)
 	pf_reqq_free(&q);
 }
 
+static void test_two_copies_in_one_query_pipelined(void **state)
+{
+	pf_reqq_t q;
+
+	(void)state;
+	pf_reqq_init(&q);
+	/* "COPY a FROM STDIN; COPY b FROM STDIN" with both data streams sent up front. */
+	send_msgs(&q, "QdcdcQ");
+	answer(&q, "G", ".");
+	assert_false(q.copy_in_open);
+	answer(&q, "CG", "..");
+	assert_false(q.copy_in_open);
+	answer(&q, "CZ", ".d");
+	answer(&q, "TDCZ", "...d");
+	assert_true(pf_reqq_is_reusable(&q));
+	pf_reqq_free(&q);
+}
+
 static void test_message_consumed_by_copy(void **state)
 {
 	pf_reqq_t q;
@@ -315,7 +333,7 @@ static void test_copy_done_outside_copy_is_ignored(void **state)
 	send_msgs(&q, "cfd"); /* nothing owed: ignored at once */
 	assert_int_equal(pf_reqq_len(&q), 0);
 	send_msgs(&q, "Qcc");
-	assert_int_equal(pf_reqq_len(&q), 2); /* one CopyDone kept, in case the Query copies */
+	assert_int_equal(pf_reqq_len(&q), 3); /* kept, in case the Query copies */
 	answer(&q, "TCZ", "..d");
 	assert_int_equal(pf_reqq_len(&q), 0);
 	assert_true(pf_reqq_is_reusable(&q));
@@ -439,6 +457,7 @@ int main(void)
 	        cmocka_unit_test(test_extended_copy_in_as_libpq_sends_it),
 	        cmocka_unit_test(test_extended_copy_fail_is_doubtful),
 	        cmocka_unit_test(test_copy_data_sent_before_copy_in_response),
+	        cmocka_unit_test(test_two_copies_in_one_query_pipelined),
 	        cmocka_unit_test(test_message_consumed_by_copy),
 	        cmocka_unit_test(test_copy_done_outside_copy_is_ignored),
 	        cmocka_unit_test(test_copy_out),
