@@ -342,8 +342,11 @@ void pf_conn_process(pf_conn_t *c)
 	if (c->in_process)
 		return;
 	c->in_process = true;
-	while (!c->closing && !c->fwd_pending && !c->read_paused && !c->out_blocked &&
-	       c->rpos < c->rend) {
+	/* Paused by the owner or by our own output: processing waits. (Only a handler's own
+	 * replies can block output, so that is checked after the handlers that send them.) */
+	if (c->read_paused || c->out_blocked)
+		goto out;
+	while (!c->closing && !c->fwd_pending && c->rpos < c->rend) {
 		uint32_t avail = c->rend - c->rpos;
 
 		if (c->raw_mode) {
@@ -356,6 +359,8 @@ void pf_conn_process(pf_conn_t *c)
 				break;
 			}
 			c->rpos += (uint32_t)n;
+			if (c->out_blocked)
+				goto out;
 			continue;
 		}
 		if (c->pkt_remain > 0) {
@@ -410,6 +415,8 @@ void pf_conn_process(pf_conn_t *c)
 			break;
 		case PF_PKT_CONSUMED:
 			c->rpos += total;
+			if (c->out_blocked || c->read_paused)
+				goto out;
 			break;
 		case PF_PKT_NEED_WHOLE:
 			if (!flush_forward(c))

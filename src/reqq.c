@@ -20,17 +20,28 @@
 #include "pgfunnel/proto.h"
 #include "pgfunnel/reqq.h"
 
-/* Entry kinds (the low four bits of an entry; the high four are PF_REQQ_* flags). */
-enum {
-	RQ_QUERY = 1,
-	RQ_FUNCTION,
-	RQ_PARSE,
-	RQ_BIND,
-	RQ_DESCRIBE,
-	RQ_EXECUTE,
-	RQ_CLOSE,
-	RQ_SYNC,
-	RQ_COPY_END, /* CopyDone/CopyFail: ends a COPY IN the server may be about to start */
+#define RQ_QUERY    PF_RQ_QUERY
+#define RQ_FUNCTION PF_RQ_FUNCTION
+#define RQ_PARSE    PF_RQ_PARSE
+#define RQ_BIND     PF_RQ_BIND
+#define RQ_DESCRIBE PF_RQ_DESCRIBE
+#define RQ_EXECUTE  PF_RQ_EXECUTE
+#define RQ_CLOSE    PF_RQ_CLOSE
+#define RQ_SYNC     PF_RQ_SYNC
+#define RQ_COPY_END PF_RQ_COPY_END
+
+/* For the inline fast paths in reqq.h; everything else goes through the functions here. */
+const uint8_t pf_reqq_kind_of[256] = {
+        [PF_PROTO_FE_QUERY] = RQ_QUERY,       [PF_PROTO_FE_FUNCTION_CALL] = RQ_FUNCTION,
+        [PF_PROTO_FE_PARSE] = RQ_PARSE,       [PF_PROTO_FE_BIND] = RQ_BIND,
+        [PF_PROTO_FE_DESCRIBE] = RQ_DESCRIBE, [PF_PROTO_FE_EXECUTE] = RQ_EXECUTE,
+        [PF_PROTO_FE_CLOSE] = RQ_CLOSE,       [PF_PROTO_FE_SYNC] = RQ_SYNC,
+};
+const uint8_t pf_reqq_done_by[16] = {
+        [RQ_QUERY] = PF_PROTO_BE_READY_FOR_QUERY,    [RQ_FUNCTION] = PF_PROTO_BE_READY_FOR_QUERY,
+        [RQ_PARSE] = PF_PROTO_BE_PARSE_COMPLETE,     [RQ_BIND] = PF_PROTO_BE_BIND_COMPLETE,
+        [RQ_DESCRIBE] = PF_PROTO_BE_ROW_DESCRIPTION, [RQ_EXECUTE] = PF_PROTO_BE_COMMAND_COMPLETE,
+        [RQ_CLOSE] = PF_PROTO_BE_CLOSE_COMPLETE,     [RQ_SYNC] = PF_PROTO_BE_READY_FOR_QUERY,
 };
 
 #define KIND(e)   ((e)&0x0fu)
@@ -113,7 +124,7 @@ static bool is_extended(unsigned kind)
 	return kind >= RQ_PARSE && kind <= RQ_CLOSE;
 }
 
-int pf_reqq_push(pf_reqq_t *q, uint8_t fe_type, unsigned flags)
+int pf_reqq_push_any(pf_reqq_t *q, uint8_t fe_type, unsigned flags)
 {
 	uint8_t kind;
 
@@ -322,7 +333,7 @@ static pf_reqq_verdict_t statement_answer(pf_reqq_t *q, unsigned kind, uint8_t b
 	}
 }
 
-pf_reqq_verdict_t pf_reqq_answer(pf_reqq_t *q, uint8_t be_type, unsigned *flags)
+pf_reqq_verdict_t pf_reqq_answer_any(pf_reqq_t *q, uint8_t be_type, unsigned *flags)
 {
 	unsigned kind;
 

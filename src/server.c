@@ -103,10 +103,11 @@ bool pf_server_may_release(const pf_server_t *s)
 {
 	const pf_client_t *c = s->link;
 
-	return c && pf_pool_mode(s->pool) != PF_POOL_SESSION && pf_reqq_is_idle(&s->rq) &&
-	       s->tx_status == PF_PROTO_TX_IDLE && s->task == PF_SV_TASK_NONE &&
-	       !pf_conn_mid_message(&c->conn) && !pf_conn_mid_message(&s->conn) &&
-	       !s->conn.fwd_pending && !pf_conn_has_input(&s->conn);
+	/* Cheapest first: usually the client has just sent a request that is owed. */
+	return pf_reqq_is_idle(&s->rq) && c && s->tx_status == PF_PROTO_TX_IDLE &&
+	       s->task == PF_SV_TASK_NONE && !pf_conn_mid_message(&c->conn) &&
+	       !pf_conn_mid_message(&s->conn) && !s->conn.fwd_pending &&
+	       !pf_conn_has_input(&s->conn) && pf_pool_mode(s->pool) != PF_POOL_SESSION;
 }
 
 bool pf_server_is_uncertain(const pf_server_t *s)

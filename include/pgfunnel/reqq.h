@@ -63,25 +63,79 @@ typedef struct pf_reqq {
 	bool broken;         /* something did not match: nothing here can be trusted */
 } pf_reqq_t;
 
+/* Entry kinds (the low four bits of an entry; the high four are PF_REQQ_* flags). */
+enum {
+	PF_RQ_QUERY = 1,
+	PF_RQ_FUNCTION,
+	PF_RQ_PARSE, /* PF_RQ_PARSE..PF_RQ_CLOSE: extended-protocol messages awaiting a Sync */
+	PF_RQ_BIND,
+	PF_RQ_DESCRIBE,
+	PF_RQ_EXECUTE,
+	PF_RQ_CLOSE,
+	PF_RQ_SYNC,
+	PF_RQ_COPY_END, /* CopyDone/CopyFail: ends a COPY IN the server may be about to start */
+};
+
+/* The entry kind a frontend message type records in the common case (0: none). */
+extern const uint8_t pf_reqq_kind_of[256];
+/* The backend message type that completes an entry of each kind in the common case. */
+extern const uint8_t pf_reqq_done_by[16];
+
 /* An empty queue (no memory held). */
 void pf_reqq_init(pf_reqq_t *q);
 
 /* Frees the ring; q is empty again. */
 void pf_reqq_free(pf_reqq_t *q);
 
+/* pf_reqq_push() and pf_reqq_answer() in full; the inline versions below call them. */
+PF_MUSTCHECK int pf_reqq_push_any(pf_reqq_t *q, uint8_t fe_type, unsigned flags);
+pf_reqq_verdict_t pf_reqq_answer_any(pf_reqq_t *q, uint8_t be_type, unsigned *flags);
+
 /*
  * Records that a frontend message of type fe_type goes to the server now (call it before the
  * message's first byte is forwarded). flags: 0 for a client's message, PF_REQQ_POOLER for the
  * pooler's own. Returns 0, -ENOBUFS when PF_REQQ_MAX requests are owed already (nothing was
  * recorded: hold the message back until answers arrive), or -ENOMEM.
+ * Inline for the common case (a message that records an entry, no COPY or error pending).
  */
-PF_MUSTCHECK int pf_reqq_push(pf_reqq_t *q, uint8_t fe_type, unsigned flags);
+PF_MUSTCHECK static inline int pf_reqq_push(pf_reqq_t *q, uint8_t fe_type, unsigned flags)
+{
+	unsigned kind = pf_reqq_kind_of[fe_type];
+
+	if (kind && !(q->copy_in_open | q->skip_to_sync | q->broken) && q->len < q->cap) {
+		q->ring[(q->head + q->len) & (q->cap - 1)] = (uint8_t)(kind | (flags & 0xf0u));
+		q->len++;
+		q->need_sync = kind >= PF_RQ_PARSE && kind <= PF_RQ_CLOSE;
+		return 0;
+	}
+	return pf_reqq_push_any(q, fe_type, flags);
+}
 
 /*
  * Accounts for a message of type be_type that the server sent. *flags (may be NULL) gets the
  * flags of the request it answers (0 when none). On PF_REQQ_MISMATCH q->broken is set.
+ * Inline for the common case: a DataRow, or the message that completes the oldest request.
  */
-pf_reqq_verdict_t pf_reqq_answer(pf_reqq_t *q, uint8_t be_type, unsigned *flags);
+static inline pf_reqq_verdict_t pf_reqq_answer(pf_reqq_t *q, uint8_t be_type, unsigned *flags)
+{
+	if (!flags && q->len > 0 && !(q->broken | q->copy_in | q->copy_out)) {
+		uint32_t mask = q->cap - 1;
+		unsigned kind = q->ring[q->head] & 0x0fu;
+
+		if (be_type == 'D' && (kind == PF_RQ_QUERY || kind == PF_RQ_EXECUTE))
+			return PF_REQQ_ANSWER;
+		/* A Query's RowDescription, CommandComplete, EmptyQueryResponse: more follows. */
+		if (kind == PF_RQ_QUERY && (be_type == 'T' || be_type == 'C' || be_type == 'I'))
+			return PF_REQQ_ANSWER;
+		if (pf_reqq_done_by[kind] == be_type &&
+		    (q->len == 1 || (q->ring[(q->head + 1) & mask] & 0x0fu) != PF_RQ_COPY_END)) {
+			q->head = (q->head + 1) & mask;
+			q->len--;
+			return PF_REQQ_DONE;
+		}
+	}
+	return pf_reqq_answer_any(q, be_type, flags);
+}
 
 /* True when the server owes nothing and waits for nothing from the client. */
 static inline bool pf_reqq_is_idle(const pf_reqq_t *q)
