@@ -74,3 +74,109 @@ def test_param_sync_then_query_released(proxy, role):
     b_check(pf, role, timeout=2.0)
     a.close()
     finish(pf)
+
+
+# ---------------------------------------------------------------- admin wait loop
+
+
+def admin(pf):
+    return pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret",
+                          timeout=5.0)
+
+
+def client_ids(pf):
+    cols, rows = pfhelpers.console(pf, "SHOW CLIENTS")
+    return pfhelpers.rows_as_dicts(cols, rows)
+
+
+@pytest.mark.parametrize("kill_b", [
+    pytest.param(True, marks=pytest.mark.xfail(strict=True), id="kill_next_console"),
+    pytest.param(False, id="kill_unknown_id")])
+def test_wait_close_then_kill_client(proxy, kill_role, kill_b):
+    """FAILS (kill_next_console): console A runs RECONNECT, then WAIT_CLOSE with KILL_CLIENT <console B>
+    pipelined behind it; B logged in right after A, so it is A's successor in the admin
+    pool's active_clients. When the busy server closes, pf_admin_poll() answers A and
+    pf_conn_resume()s it inside PF_LIST_FOREACH(&p->active_clients): KILL_CLIENT closes B,
+    pf_list_remove() self-links B's node, which is the loop's saved next pointer, and the
+    loop spins on B forever: the whole worker hangs (100% CPU, nobody is answered).
+    Likely cause: admin.c pf_admin_poll (iteration over a list the resumed command changes)."""
+    role = kill_role
+    pf = one_server(proxy, role)
+    x = wire(pf, role)
+    x.simple_query("BEGIN")
+    a = admin(pf)
+    bb = admin(pf)
+    # Ids are handed out in order: x, x's server, A, B (the pool is full: nothing else).
+    xid = [int(r["id"]) for r in client_ids(pf) if r["database"] == "appdb"][0]
+    srv = [int(r["id"]) for r in servers(pf, "appdb")]
+    assert srv == [xid + 1], (xid, srv)
+    bid = xid + 3
+    run_wait_close_kill(pf, x, a, bid if kill_b else 987654)
+    for c in (a, bb, x):
+        c.close()
+    finish(pf)
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+def run_wait_close_kill(pf, x, a, victim):
+    a.simple_query("RECONNECT appdb")
+    a.send(Q("WAIT_CLOSE appdb") + Q("KILL_CLIENT %d" % victim))
+    time.sleep(0.2)
+    x.simple_query("COMMIT")
+    try:
+        got = read_n_ready(a, 2, timeout=3)
+        b_check(pf, role=_ROLE[0], timeout=3)
+    except (socket.timeout, OSError) as e:
+        t0 = cpu_seconds(pf.pid)
+        time.sleep(1)
+        spin = cpu_seconds(pf.pid) - t0
+        pf.stop(pfhelpers.SIGKILL if hasattr(pfhelpers, "SIGKILL") else 9, timeout=10,
+                expect=None)
+        pytest.fail("pgfunnel stopped answering after WAIT_CLOSE + KILL_CLIENT (%r); it used "
+                    "%.2f s of CPU in the next second" % (e, spin))
+    tags = b"".join(p for k, p in got if k == "C")
+    assert b"WAIT_CLOSE" in tags, got
+
+
+_ROLE = []
+
+
+@pytest.fixture
+def kill_role(role):
+    _ROLE[:] = [role]
+    return role
+
+
+# ---------------------------------------------------------------- statement mode
+
+
+@pytest.mark.xfail(strict=True)
+def test_statement_mode_transaction_kept_by_mid_message(proxy, role):
+    """FAILS: in statement mode a client keeps a transaction open over several statements by
+    always having half a CopyData (ignored outside a COPY) in flight when the ReadyForQuery
+    comes: ready_for_query() returns FORWARD for any status while the client is mid-message,
+    before the statement-mode check, so 'T' reaches the client and the server stays linked.
+    Likely cause: server.c ready_for_query (the mid-message test precedes the
+    PF_POOL_STATEMENT close)."""
+    pf = one_server(proxy, role, mode="statement")
+    a = wire(pf, role)
+    cd = CD(b"z" * 100)
+    a.send(Q("BEGIN") + cd[:20])
+    a.sock.settimeout(3)
+    got = []
+    try:
+        got += read_n_ready(a, 1)
+        a.send(cd[20:] + Q("SELECT 'A-2'") + cd[:20])
+        got += read_n_ready(a, 1)
+    except (socket.timeout, OSError, EOFError, ConnectionError):
+        pass
+    statuses = [p for k, p in got if k == "Z"]
+    assert b"T" not in statuses or "A-2" not in data_values(got), (
+        "two statements ran in one transaction in statement mode: %r" % got)
+    a.close()
+    finish(pf)
