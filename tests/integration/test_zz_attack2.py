@@ -180,3 +180,104 @@ def test_statement_mode_transaction_kept_by_mid_message(proxy, role):
         "two statements ran in one transaction in statement mode: %r" % got)
     a.close()
     finish(pf)
+
+
+# ---------------------------------------------------------------- queued chains (hold up)
+
+
+def raw_queue(pf, role, tail, n):
+    """n raw clients (trust) that send startup + tail in one write and keep the socket."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((pf.host, pf.port), timeout=10)
+        s.sendall(startup(role[0], "appdb") + tail)
+        socks.append(s)
+    return socks
+
+
+def read_all(s, timeout=3.0):
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return data
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+@pytest.mark.parametrize("loopcnt", [1, 0])
+def test_queued_chain_leavers_and_askers(proxy, role, mode, loopcnt):
+    """Holds: A holds the only server; 40 clients queue behind it, each sending
+    Flush+Terminate, Query+Terminate, CopyDone+Terminate, Sync+Terminate or a named Query it
+    stays for (mixed), with sbuf_loopcnt=1 forcing throttling next to the link deferral
+    (depth 16). When A finishes, every staying client gets exactly its own answer once, and
+    SHOW POOLS settles (nobody active or waiting, one server)."""
+    pf = one_server(proxy, role, mode=mode,
+                    extra={"auth_type": "trust", "sbuf_loopcnt": loopcnt,
+                           "max_client_conn": 200})
+    a = wire(pf, role)
+    a.send(Q("SELECT pg_sleep(0.5)"))
+    kinds = [FLUSH, Q("SELECT 'gone'"), COPY_DONE, SYNC, None]
+    socks, names = [], []
+    for i in range(40):
+        k = kinds[i % len(kinds)]
+        if k is None:
+            name = "asker-%d" % i
+            tail = Q("SELECT '%s'" % name)
+        else:
+            name = None
+            tail = k + msg(b"X")
+        socks += raw_queue(pf, role, tail, 1)
+        names.append(name)
+    read_n_ready(a, 1, timeout=5)
+    for s, name in zip(socks, names):
+        if name is None:
+            continue
+        got = []
+        data = b""
+        s.settimeout(5)
+        while [k for k, _ in parse_all(data)].count("Z") < 2:
+            chunk = s.recv(65536)
+            assert chunk, "%s closed: %r" % (name, data)
+            data += chunk
+        got = parse_all(data)
+        vals = data_values(got)
+        assert vals == [name], (name, got)
+        assert [k for k, _ in got].count("Z") == 2 and got[-1][0] == "Z", (name, got)
+        s.sendall(msg(b"X"))
+    for s in socks:
+        s.close()
+    assert settled(pf, cl_active=1, cl_waiting=0, sv_active=0, sv_idle=1), pool_row(pf)
+    b_check(pf, role, timeout=2)
+    a.close()
+    finish(pf)
+
+
+def test_kill_client_while_queued_and_deferred(proxy, role):
+    """Holds: 40 clients queue with a lone Flush behind A; KILL_CLIENT hits every third one
+    while queued, then A finishes: the chain links, defers (depth 16) and releases the rest,
+    the killed ones are gone cleanly, B is served and the counts settle."""
+    pf = one_server(proxy, role, extra={"auth_type": "trust", "max_client_conn": 200})
+    a = wire(pf, role)
+    a.simple_query("BEGIN")
+    socks = raw_queue(pf, role, FLUSH, 40)
+    assert pfhelpers.wait_for(lambda: int(pool_row(pf).get("cl_waiting", 0)) >= 40, 5)
+    ids = [int(r["id"]) for r in client_ids(pf)
+           if r["database"] == "appdb" and r["state"] == "waiting"]
+    with admin(pf) as adm:
+        for cid in ids[::3]:
+            adm.simple_query("KILL_CLIENT %d" % cid)
+        adm.send(Q("SHOW POOLS"))
+        a.simple_query("COMMIT")
+        read_n_ready(adm, 1)
+    assert settled(pf, cl_waiting=0, sv_active=0), pool_row(pf)
+    b_check(pf, role, timeout=2)
+    for s in socks:
+        s.close()
+    a.close()
+    finish(pf)
