@@ -281,3 +281,28 @@ def test_kill_client_while_queued_and_deferred(proxy, role):
         s.close()
     a.close()
     finish(pf)
+
+
+@pytest.mark.parametrize("tail", ["flush", "copydone", "sync", "parse_sync", "query"])
+def test_byte_split_pipeline_then_idle_releases(proxy, role, tail):
+    """Holds: A sends Query + tail one byte at a time (every split point relative to the
+    server's ReadyForQuery, which arrives while A is still trickling), then goes idle; its
+    answers are its own and complete, and B gets the only server at once."""
+    pf = one_server(proxy, role)
+    a = wire(pf, role)
+    extra = {"flush": FLUSH, "copydone": COPY_DONE, "sync": SYNC,
+             "parse_sync": P("SELECT 'A-p'") + B() + E() + SYNC,
+             "query": Q("SELECT 'A-q'")}[tail]
+    data = Q("SELECT 'A-1'") + CD(b"x" * 30) + extra + CD(b"y" * 10)
+    for i in range(len(data)):
+        a.send(data[i:i + 1])
+        time.sleep(0.002)
+    want = {"flush": 1, "copydone": 1, "sync": 2, "parse_sync": 2, "query": 2}[tail]
+    got = read_n_ready(a, want, timeout=3)
+    vals = data_values(got)
+    assert vals == {"parse_sync": ["A-1", "A-p"], "query": ["A-1", "A-q"]}.get(tail, ["A-1"]), got
+    time.sleep(0.1)
+    b_check(pf, role, timeout=2)
+    assert a.is_silent(0.2)
+    a.close()
+    finish(pf)
