@@ -15,7 +15,8 @@ import pfhelpers
 import pgwire
 from test_zz_attack import (  # noqa: F401 - fixtures are used by name
     CD, COPY_DONE, FLUSH, SYNC, Q, P, B, E, D, msg, cstr, data_values, finish, one_server,
-    pools, read_n_ready, role, servers, startup, wire, b_check, parse_all, copy_table)
+    pools, read_n_ready, role, servers, startup, wire, b_check, parse_all, copy_table,
+    fake_env, be_row, be_cc, be_z, read_fe)
 
 
 def raw_login(pf, params, timeout=5.0):
@@ -305,4 +306,99 @@ def test_byte_split_pipeline_then_idle_releases(proxy, role, tail):
     b_check(pf, role, timeout=2)
     assert a.is_silent(0.2)
     a.close()
+    finish(pf)
+
+
+def _answer_once_then_close(c, idx):
+    """Answers the first Query (its text after SELECT) and closes right after the
+    ReadyForQuery, in the same segment."""
+    while True:
+        kind, payload = read_fe(c)
+        if kind == b"X":
+            return
+        if kind != b"Q":
+            continue
+        text = payload[:-1].decode().replace("SELECT ", "").strip("'")
+        c.sendall(be_row(text) + be_cc() + be_z())
+        c.shutdown(socket.SHUT_RDWR)
+        c.close()
+        return
+
+
+@pytest.mark.xfail(strict=True)
+def test_server_dies_after_ready_while_chain_deferred(fake_env, role):
+    """FAILS (same cause as test_new_server_login_links_lone_flush_client_pins): after the
+    first fake server dies, the next one logs in and pf_pool_server_ready() gives it to the
+    first queued client from inside login_packet (its ReadyForQuery still unprocessed input);
+    that client's lone Flush goes through, its DRAINED release is refused
+    (pf_conn_has_input(&s->conn)) and it pins the server: the askers behind it hang.
+    Intent: every fake server answers one query and closes right after its ReadyForQuery;
+    40 clients queue with a lone Flush (the chain links 16 inline and defers the rest, some
+    of which are linked to a server that is dying) among 8 askers. Every asker gets its own
+    value or a clean error, never another's; pgfunnel keeps serving (canary on appdb)."""
+    start, _ = fake_env
+    pf, fake = start(_answer_once_then_close, auth_type="trust", max_client_conn=200)
+    a = wire(pf, role, "fake")
+    a.send(Q("SELECT 'A'"))
+    time.sleep(0.05)
+    socks, names = [], []
+    for i in range(48):
+        name = "asker-%d" % i if i % 6 == 5 else None
+        tail = Q("SELECT '%s'" % name) if name else FLUSH
+        s = socket.create_connection((pf.host, pf.port), timeout=10)
+        s.sendall(startup(role[0], "fake") + tail)
+        socks.append(s)
+        names.append(name)
+    deadline = time.monotonic() + 4
+    for s, name in zip(socks, names):
+        if name is None:
+            continue
+        data = b""
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            while [k for k, _ in parse_all(data)].count("Z") < 2:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            cl = [(r["state"], r["link"], r["id"]) for r in client_ids(pf)
+                  if r["database"] == "fake"]
+            pytest.fail("%s hung: %r\nPOOL %r\nSERVERS %r\nCLIENTS %r\nLOG %s" % (
+                name, parse_all(data)[-1:], pool_row(pf, "fake"), servers(pf, "fake"), cl,
+                "\n".join(pf.log_text().splitlines()[-25:])))
+        vals = data_values(parse_all(data))
+        assert vals in ([name], []), (name, parse_all(data))
+    for s in socks:
+        s.close()
+    a.close()
+    b_check(pf, role, timeout=3)
+    finish(pf)
+
+
+@pytest.mark.xfail(strict=True)
+def test_new_server_login_links_lone_flush_client_pins(proxy, role):
+    """FAILS: C waits for the only server with a lone Flush; A, holding it in a transaction,
+    leaves, so the dirty server is closed and a new one opened for C. At the new server's
+    login ReadyForQuery, login_packet -> pf_pool_server_ready -> give_server ->
+    pf_server_link resumes C inside the server's message walk: the Flush goes through, C's
+    DRAINED asks pf_server_may_release(), which refuses because that ReadyForQuery is still
+    unprocessed input (rpos advances only after on_packet returns). Nothing re-checks: the
+    idle C pins the server for good and B waits for query_wait_timeout. The same happens for
+    every link made from a task's ReadyForQuery (task_done: SYNC_VARS, CONNECT_QUERY, CHECK).
+    Likely cause: server.c login_packet/task_done linking inside the walk +
+    pf_server_may_release's pf_conn_has_input test, with no re-check in server_on_event."""
+    pf = one_server(proxy, role)
+    a = wire(pf, role)
+    a.simple_query("BEGIN")
+    c = wire(pf, role)
+    c.send(FLUSH)
+    assert pfhelpers.wait_for(lambda: int(pool_row(pf).get("cl_waiting", 0)) == 1, 3)
+    a.close()
+    time.sleep(0.5)
+    try:
+        b_check(pf, role, timeout=2.0)
+    except socket.timeout:
+        pytest.fail("B got no server while C is idle after a Flush: %r" % servers(pf, "appdb"))
+    c.close()
     finish(pf)
