@@ -1,8 +1,17 @@
 """Red-team attacks, round 2 (wip-atk2): the DRAINED release, deferred links, EOF delivery,
 the admin wait loop and statement mode after the round-1 fixes.
 
-Failing tests are xfail(strict=True) with a docstring starting "FAILS:"; the others are fast
-regressions for attacks that held up."""
+Failing tests are xfail(strict=True) with a docstring starting "FAILS"; the others are fast
+regressions for attacks that held up.
+
+Failing (most severe first):
+  test_new_server_login_links_lone_flush_client_pins   server.c login_packet/task_done link
+  test_check_query_link_lone_flush_client_pins         inside the server's message walk; the
+  test_param_sync_then_lone_flush_pins_server          DRAINED release is refused
+  test_server_dies_after_ready_while_chain_deferred    (pf_conn_has_input) and never retried
+  test_wait_close_then_kill_client[kill_next_console]  admin.c pf_admin_poll: endless loop
+  test_statement_mode_transaction_kept_by_mid_message  server.c ready_for_query
+"""
 
 import socket
 import struct
@@ -396,6 +405,27 @@ def test_new_server_login_links_lone_flush_client_pins(proxy, role):
     assert pfhelpers.wait_for(lambda: int(pool_row(pf).get("cl_waiting", 0)) == 1, 3)
     a.close()
     time.sleep(0.5)
+    try:
+        b_check(pf, role, timeout=2.0)
+    except socket.timeout:
+        pytest.fail("B got no server while C is idle after a Flush: %r" % servers(pf, "appdb"))
+    c.close()
+    finish(pf)
+
+
+@pytest.mark.xfail(strict=True)
+def test_check_query_link_lone_flush_client_pins(proxy, role):
+    """FAILS (same cause as test_new_server_login_links_lone_flush_client_pins): with
+    server_check_delay=0 every acquire runs server_check_query; the checked server goes to
+    the waiting C from task_done() -> pf_pool_server_ready() inside task_packet, C's lone
+    Flush goes through, its DRAINED release is refused (the check's ReadyForQuery is still
+    unprocessed input) and C pins the only server."""
+    pf = one_server(proxy, role, extra={"server_check_delay": 0,
+                                        "server_check_query": "select 1"})
+    c = wire(pf, role)
+    time.sleep(0.05)
+    c.send(FLUSH)
+    time.sleep(0.3)
     try:
         b_check(pf, role, timeout=2.0)
     except socket.timeout:
