@@ -280,6 +280,7 @@ void pf_admin_poll(pf_worker_t *w)
 	if (w->in_admin_poll)
 		return;
 	w->in_admin_poll = true;
+again:
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
@@ -299,8 +300,11 @@ void pf_admin_poll(pf_worker_t *w)
 			c->admin_wait_db = NULL;
 			pf_conn_send_buf(&c->conn, &out);
 			pf_buf_free(&out);
-			/* Commands it sent meanwhile. */
+			/* Commands it sent meanwhile; they may close any client (KILL_CLIENT) or
+			 * free pools (RELOAD), so both walks start over. Each pass answers one
+			 * waiter. */
 			pf_conn_resume(&c->conn);
+			goto again;
 		}
 	}
 	w->in_admin_poll = false;

@@ -804,17 +804,17 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 		c->xact_start = 0;
 	}
 	s->tx_status = st;
+	/* Statement mode: a statement that leaves a transaction open ends the client, whatever
+	 * it has sent or half-sent after it (as PgBouncer refuses BEGIN there). */
+	if (mode == PF_POOL_STATEMENT && st != PF_PROTO_TX_IDLE) {
+		pf_server_close(s, PF_SV_CLOSE_STATEMENT_MODE);
+		return PF_PKT_STOP;
+	}
 	/* Released only when nothing the client sent can still produce a byte and no message of
 	 * the client's is half-way through to the server. */
-	if (mode == PF_POOL_SESSION || !pf_reqq_is_idle(&s->rq) || pf_conn_mid_message(&c->conn))
+	if (mode == PF_POOL_SESSION || st != PF_PROTO_TX_IDLE || !pf_reqq_is_idle(&s->rq) ||
+	    pf_conn_mid_message(&c->conn))
 		return PF_PKT_FORWARD;
-	if (st != PF_PROTO_TX_IDLE) {
-		if (mode == PF_POOL_STATEMENT) {
-			pf_server_close(s, PF_SV_CLOSE_STATEMENT_MODE);
-			return PF_PKT_STOP;
-		}
-		return PF_PKT_FORWARD;
-	}
 	/* The server is free: the reply up to and including this ReadyForQuery goes out in one
 	 * write, then server_on_forwarded() gives the server back to the pool. */
 	return PF_PKT_FORWARD_LAST;
@@ -952,6 +952,11 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 			s->link->rq_full = false;
 			pf_client_resume(s->link);
 		}
+		/* Linked while its own input was being read (after login, a task, or a write to
+		 * the previous client), to a client whose input owes nothing: the client's drain
+		 * could not release it then, so release it now. */
+		if (s->link && pf_server_may_release(s))
+			pf_pool_release_server(s);
 		break;
 	}
 }
