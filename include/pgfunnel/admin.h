@@ -37,17 +37,6 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
                                 size_t avail);
 
 /*
- * True when c asks for the console as the user "pgbouncer" or "pgfunnel" over the unix socket
- * from the OS user that runs pgfunnel (SO_PEERCRED uid = getuid()): PgBouncer admits exactly
- * that (as "pgbouncer") without a password, with admin rights. Any other name goes through
- * admin_users / stats_users and the normal authentication, whoever the peer is.
- */
-bool pf_admin_peer_is_owner(const pf_client_t *c);
-
-/* True for the user names pf_admin_peer_is_owner() accepts: "pgbouncer" and "pgfunnel". */
-bool pf_admin_is_owner_name(const char *user);
-
-/*
  * The console's word reader (pure; exposed for tests). Skips blanks at *s, then reads one
  * word into buf (size n): letters, digits, '_', '-' and '.', upper-cased when `upper`; or a
  * "double-quoted" identifier kept as written, where "" stands for one quote. Returns 1 with

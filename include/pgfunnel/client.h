@@ -12,37 +12,14 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "pgfunnel/cancelkey.h"
 #include "pgfunnel/conn.h"
 #include "pgfunnel/pool.h"
+#include "pgfunnel/runtime.h"
 #include "pgfunnel/scram.h"
+#include "pgfunnel/server.h"
 #include "pgfunnel/vars.h"
 
-/* Why a client or server connection ends. One table maps each to log text and client message. */
-typedef enum pf_close_reason {
-	PF_CLOSE_CLIENT_EXIT,     /* Terminate message */
-	PF_CLOSE_CLIENT_EOF,      /* socket closed by the client */
-	PF_CLOSE_CLIENT_ERROR,    /* socket error */
-	PF_CLOSE_CLIENT_PROTOCOL, /* bytes that are not the protocol */
-	PF_CLOSE_CLIENT_STARTUP,  /* bad startup packet / parameters (message given) */
-	PF_CLOSE_CLIENT_AUTH,     /* authentication failed (message given) */
-	PF_CLOSE_CLIENT_NO_DB,    /* unknown database */
-	PF_CLOSE_CLIENT_LIMIT,    /* max_client_conn and friends */
-	PF_CLOSE_CLIENT_LOGIN_TIMEOUT,
-	PF_CLOSE_CLIENT_IDLE_TIMEOUT,
-	PF_CLOSE_CLIENT_WAIT_TIMEOUT,
-	PF_CLOSE_CLIENT_QUERY_TIMEOUT,
-	PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT,
-	PF_CLOSE_CLIENT_SERVER_GONE,     /* its server died */
-	PF_CLOSE_CLIENT_SERVER_LOGIN,    /* no server could log in (message given) */
-	PF_CLOSE_CLIENT_SERVER_GONE_MID, /* its server died half-way through a message to it */
-	PF_CLOSE_CLIENT_STATEMENT_MODE,
-	PF_CLOSE_CLIENT_SHUTDOWN,
-	PF_CLOSE_CLIENT_ADMIN_KILL,
-	PF_CLOSE_CLIENT_CANCEL_DONE, /* a cancel request connection finished */
-	PF_CLOSE_CLIENT_DB_DISABLED,
-	PF_CLOSE_CLIENT_OOM,
-	PF_CLOSE_CLIENT_REASONS /* how many there are */
-} pf_close_reason_t;
 
 /* A console command that answers later. */
 typedef enum pf_admin_wait {
@@ -53,28 +30,21 @@ typedef enum pf_admin_wait {
 } pf_admin_wait_t;
 
 struct pf_client {
-	pf_conn_t conn; /* first: a pf_client_t * is a pf_conn_t * */
-	pf_client_state_t state;
-	pf_pool_t *pool;
+	pf_conn_t conn;      /* first: a pf_client_t * is a pf_conn_t * */
+	pf_pool_client_t pc; /* its place in the pool (state, lists, link) */
+	pf_server_peer_t peer; /* what its server keeps up to date (vars, timings) */
 	pf_database_t *db;
 	pf_user_t *user; /* the login name the client authenticated as */
-	pf_server_t *link;
 	char *user_name;
 	char *db_name;
 	pf_vars_t vars;
-	uint32_t cancel_pid, cancel_key; /* the BackendKeyData we gave it */
-	pf_list_node_t cancel_node;      /* worker's cancel-key bucket */
+	pf_cancel_key_t ck; /* the BackendKeyData we gave it, in the worker's table */
 	bool admin;                      /* logged in to the console */
 	bool admin_can_write;            /* admin_users rather than stats_users */
 	bool admin_kill_self;            /* KILL_CLIENT named the console client itself */
 	pf_admin_wait_t admin_wait;      /* PAUSE / WAIT_CLOSE in progress */
 	pf_database_t *admin_wait_db;    /* ... for this database (NULL = all) */
 	int admin_shutdown;              /* pf_shutdown_mode_t a SHUTDOWN asked for */
-	bool wait_counted;
-	bool rq_full; /* held back: its server's request queue is full (server.c resumes it) */
-	pf_usec_t wait_start;  /* when it started waiting (0 = not waiting) */
-	pf_usec_t xact_start;  /* when its current transaction began */
-	pf_usec_t query_start; /* when its current query began */
 	/* login */
 	uint8_t auth_step;
 	uint8_t md5_salt[4];
@@ -82,6 +52,37 @@ struct pf_client {
 	/* cancel request being forwarded */
 	uint32_t cancel_target_pid, cancel_target_key;
 };
+
+/* The client of a pool member; a list node of a pool's client list. */
+static inline pf_client_t *pf_client_of(const pf_pool_client_t *m)
+{
+	return m ? PF_CONTAINER_OF(m, pf_client_t, pc) : NULL;
+}
+static inline pf_client_t *pf_client_from_node(pf_list_node_t *n)
+{
+	return PF_CONTAINER_OF(n, pf_client_t, pc.node);
+}
+
+/* The server linked to c, or NULL; the client linked to s, or NULL. */
+static inline pf_server_t *pf_client_server(const pf_client_t *c)
+{
+	return pf_server_of(c->pc.link);
+}
+static inline pf_client_t *pf_server_client(const pf_server_t *s)
+{
+	return pf_client_of(s->ps.link);
+}
+
+/*
+ * True when c asks for the console as the user "pgbouncer" or "pgfunnel" over the unix socket
+ * from the OS user that runs pgfunnel (SO_PEERCRED uid = getuid()): PgBouncer admits exactly
+ * that (as "pgbouncer") without a password, with admin rights. Any other name goes through
+ * admin_users / stats_users and the normal authentication, whoever the peer is.
+ */
+bool pf_client_peer_is_owner(const pf_client_t *c);
+
+/* True for the user names pf_client_peer_is_owner() accepts: "pgbouncer" and "pgfunnel". */
+bool pf_client_is_owner_name(const char *user);
 
 /* Accepts a connection from listener and starts the login. */
 void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix);
@@ -106,6 +107,13 @@ void pf_client_send_error(pf_client_t *c, const char *severity, const char *sqls
 
 /* The reason's short text, as logged and as the metrics endpoint labels it. */
 const char *pf_client_close_reason_name(pf_close_reason_t reason);
+
+/*
+ * Janitor, for each pool: closes clients whose peer is gone while they cannot read, and
+ * applies client_idle_timeout, query_timeout and idle_transaction_timeout (the [users] value
+ * over the global one).
+ */
+void pf_client_maintain(pf_pool_t *pool, pf_usec_t now);
 
 /* Janitor: closes clients that have been logging in for longer than client_login_timeout. */
 void pf_client_check_login_timeouts(pf_worker_t *w, pf_usec_t now);

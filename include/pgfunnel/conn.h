@@ -24,10 +24,10 @@
 
 #include "pgfunnel/buf.h"
 #include "pgfunnel/list.h"
+#include "pgfunnel/net.h"
 #include "pgfunnel/proto.h"
 #include "pgfunnel/util.h"
 
-typedef struct pf_worker pf_worker_t;
 typedef struct pf_conn pf_conn_t;
 
 /* The largest message a conn holds whole to act on (ErrorResponse, ParameterStatus, admin). */
@@ -97,7 +97,7 @@ struct pf_conn {
 		uv_pipe_t pipe;
 	} h;
 	const pf_conn_ops_t *ops;
-	pf_worker_t *worker;
+	pf_net_t *net;  /* the loop it lives on */
 	pf_conn_t *peer; /* where PF_PKT_FORWARD sends bytes; NULL = nowhere (dropped) */
 	uint64_t id;     /* unique for the life of the process (SHOW CLIENTS id) */
 	bool is_unix;
@@ -143,7 +143,7 @@ struct pf_conn {
 };
 
 /* Initialises c (zeroed by the caller) with ops; the handle is not yet created. */
-void pf_conn_init(pf_conn_t *c, pf_worker_t *w, const pf_conn_ops_t *ops, bool is_client);
+void pf_conn_init(pf_conn_t *c, pf_net_t *net, const pf_conn_ops_t *ops, bool is_client);
 
 /* Accepts a pending connection from listener into c and starts reading. Returns 0 or -errno. */
 PF_MUSTCHECK int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix);
@@ -175,6 +175,9 @@ void pf_conn_defer_resume(pf_conn_t *c);
 
 /* Lets a connection throttled by sbuf_loopcnt read again (the worker's next iteration). */
 void pf_conn_unthrottle(pf_conn_t *c);
+
+/* A new loop iteration began: throttled connections read again, deferred ones process. */
+void pf_conn_next_iteration(pf_net_t *n);
 
 /* SUSPEND (true) / RESUME (false): stops or restarts reading, independently of pausing. */
 void pf_conn_suspend(pf_conn_t *c, bool on);

@@ -20,12 +20,61 @@
 #include "pgfunnel/auth.h"
 #include "pgfunnel/config.h"
 #include "pgfunnel/list.h"
+#include "pgfunnel/runtime.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/util.h"
 
-typedef struct pf_worker pf_worker_t;
-typedef struct pf_client pf_client_t;
-typedef struct pf_server pf_server_t;
+typedef struct pf_pool pf_pool_t;
+typedef struct pf_pool_client pf_pool_client_t;
+typedef struct pf_pool_server pf_pool_server_t;
+
+/* Why a client or server connection ends. One table maps each to log text and client message. */
+typedef enum pf_close_reason {
+	PF_CLOSE_CLIENT_EXIT,     /* Terminate message */
+	PF_CLOSE_CLIENT_EOF,      /* socket closed by the client */
+	PF_CLOSE_CLIENT_ERROR,    /* socket error */
+	PF_CLOSE_CLIENT_PROTOCOL, /* bytes that are not the protocol */
+	PF_CLOSE_CLIENT_STARTUP,  /* bad startup packet / parameters (message given) */
+	PF_CLOSE_CLIENT_AUTH,     /* authentication failed (message given) */
+	PF_CLOSE_CLIENT_NO_DB,    /* unknown database */
+	PF_CLOSE_CLIENT_LIMIT,    /* max_client_conn and friends */
+	PF_CLOSE_CLIENT_LOGIN_TIMEOUT,
+	PF_CLOSE_CLIENT_IDLE_TIMEOUT,
+	PF_CLOSE_CLIENT_WAIT_TIMEOUT,
+	PF_CLOSE_CLIENT_QUERY_TIMEOUT,
+	PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT,
+	PF_CLOSE_CLIENT_SERVER_GONE,     /* its server died */
+	PF_CLOSE_CLIENT_SERVER_LOGIN,    /* no server could log in (message given) */
+	PF_CLOSE_CLIENT_SERVER_GONE_MID, /* its server died half-way through a message to it */
+	PF_CLOSE_CLIENT_STATEMENT_MODE,
+	PF_CLOSE_CLIENT_SHUTDOWN,
+	PF_CLOSE_CLIENT_ADMIN_KILL,
+	PF_CLOSE_CLIENT_CANCEL_DONE, /* a cancel request connection finished */
+	PF_CLOSE_CLIENT_DB_DISABLED,
+	PF_CLOSE_CLIENT_OOM,
+	PF_CLOSE_CLIENT_REASONS /* how many there are */
+} pf_close_reason_t;
+
+/* Why a server connection ends. */
+typedef enum pf_server_close_reason {
+	PF_SV_CLOSE_CONNECT_FAILED,
+	PF_SV_CLOSE_LOGIN_FAILED,
+	PF_SV_CLOSE_EOF,          /* Postgres closed the connection */
+	PF_SV_CLOSE_ERROR,        /* socket error */
+	PF_SV_CLOSE_PROTOCOL,     /* bytes that are not the protocol */
+	PF_SV_CLOSE_CLIENT_GONE,  /* its client left mid-transaction */
+	PF_SV_CLOSE_LIFETIME,     /* server_lifetime */
+	PF_SV_CLOSE_IDLE_TIMEOUT, /* server_idle_timeout */
+	PF_SV_CLOSE_CONNECT_TIMEOUT,
+	PF_SV_CLOSE_RESET_FAILED, /* reset/check/sync query failed */
+	PF_SV_CLOSE_SHUTDOWN,
+	PF_SV_CLOSE_ADMIN,     /* RECONNECT / KILL */
+	PF_SV_CLOSE_POOL_GONE, /* database removed or too many servers after reload */
+	PF_SV_CLOSE_STATEMENT_MODE,
+	PF_SV_CLOSE_EVICTED,   /* idle, closed to make room under max_db/user_connections */
+	PF_SV_CLOSE_UNCERTAIN, /* what it still owes cannot be known: never reused */
+	PF_SV_CLOSE_REASONS    /* how many there are */
+} pf_server_close_reason_t;
 
 /* Where a client is; the comment names the list it lives on. */
 typedef enum pf_client_state {
@@ -67,6 +116,11 @@ typedef struct pf_user {
 	int pool_size;            /* -1 = inherit */
 	int reserve_pool_size;    /* -1 = inherit */
 	int max_user_connections; /* 0 or -1 = unlimited (global applies) */
+	/* [users] timeouts; -1 = the global setting applies. */
+	pf_usec_t query_timeout;
+	pf_usec_t query_wait_timeout;
+	pf_usec_t idle_transaction_timeout;
+	pf_usec_t client_idle_timeout;
 	int server_count;         /* servers of every pool of this user */
 	int client_count;
 	/*
@@ -92,6 +146,10 @@ typedef struct pf_pool_stats {
 	uint64_t bind_count;
 } pf_pool_stats_t;
 
+/* Upper bounds (usec) of the wait-time histogram buckets; the last bucket is +Inf. */
+#define PF_POOL_WAIT_BUCKETS 12
+extern const pf_usec_t pf_pool_wait_bounds[PF_POOL_WAIT_BUCKETS - 1];
+
 /* A [databases] entry as the running pooler uses it (or one auto-created from "*"). */
 typedef struct pf_database {
 	pf_list_node_t node; /* worker->databases */
@@ -111,6 +169,7 @@ typedef struct pf_database {
 	int max_db_connections;    /* -1 = global */
 	int pool_mode;             /* PF_POOL_INHERIT = global */
 	pf_usec_t server_lifetime; /* -1 = global */
+	pf_usec_t query_wait_timeout; /* -1 = global */
 	bool autodb;               /* created from the "*" entry */
 	bool admin;                /* the console's virtual database */
 	bool paused;
@@ -130,8 +189,63 @@ typedef struct pf_database {
 	pf_pool_stats_t stats_avg;
 } pf_database_t;
 
+/*
+ * The pool's part of a client: embedded in pf_client_t (client.h), which the pool never sees.
+ * Only the pool writes these fields; the layers above read them.
+ */
+struct pf_pool_client {
+	pf_list_node_t node; /* the list its state names */
+	pf_pool_t *pool;     /* NULL until it logged in to a pool */
+	pf_pool_server_t *link;
+	pf_client_state_t state;
+	pf_usec_t wait_start; /* when it started waiting (0 = not waiting) */
+};
+
+/* The pool's part of a server: embedded in pf_server_t (server.h). */
+struct pf_pool_server {
+	pf_list_node_t node; /* the list its state names */
+	pf_pool_t *pool;
+	pf_pool_client_t *link;
+	pf_server_state_t state;
+	bool close_needed;    /* RECONNECT, changed settings: close when released */
+	bool test_is_reset;   /* in PF_SV_TESTED: running server_reset_query (else the check) */
+	pf_usec_t born;       /* when its connection was started (server_lifetime) */
+	pf_usec_t last_used;  /* when it was last released */
+	pf_usec_t test_start; /* when its reset or check query was sent */
+};
+
+/*
+ * What the pool asks of the layers above (registered in worker->pool_ops by the process
+ * layer; unit tests register fakes). The pool decides; these carry the decisions out.
+ */
+typedef struct pf_pool_ops {
+	/* Opens a server connection for pool, which joins with pf_pool_add_server(). 0/-errno. */
+	int (*launch_server)(pf_pool_t *pool);
+	/* Ends a server, a client (message and sqlstate may be NULL: the reason's own text). */
+	void (*close_server)(pf_pool_server_t *s, pf_server_close_reason_t reason);
+	void (*close_client)(pf_pool_client_t *c, pf_close_reason_t reason, const char *sqlstate,
+	                     const char *message);
+	/* s was linked to c (both members already say so): let c's messages flow. */
+	void (*linked)(pf_pool_server_t *s, pf_pool_client_t *c);
+	/* c's server is ready for c's messages again (a parameter sync ended, its request
+	 * queue has room again). */
+	void (*resume_client)(pf_pool_client_t *c);
+	/* c has the pool's welcome parameters: finish its login. */
+	void (*login_done)(pf_pool_client_t *c);
+	/* Sends server_reset_query (reset) or server_check_query on s. 0 or -errno. */
+	int (*test_server)(pf_pool_server_t *s, bool reset, const char *sql);
+	/* Whether s may be reused: logged in, idle, nothing owed or half-sent (server.c). */
+	bool (*server_is_clean)(const pf_pool_server_t *s);
+	/* Whether what s still owes cannot be known (closed as PF_SV_CLOSE_UNCERTAIN). */
+	bool (*server_is_uncertain)(const pf_pool_server_t *s);
+	/* Whether a cancel request for s's backend is still in flight. */
+	bool (*server_has_cancels)(const pf_pool_server_t *s);
+	/* Whether a message of c's is only partly passed on (its server cannot be reused). */
+	bool (*client_mid_message)(const pf_pool_client_t *c);
+} pf_pool_ops_t;
+
 /* A (database, user) pool. */
-typedef struct pf_pool {
+struct pf_pool {
 	pf_list_node_t node; /* worker->pools */
 	pf_worker_t *worker;
 	pf_database_t *db;
@@ -157,56 +271,93 @@ typedef struct pf_pool {
 	} errors[32];
 	size_t n_error_classes;
 	uint64_t errors_other; /* classes beyond the table */
-	/* Clients that waited for a server, by wait time (pf_stats_wait_bounds) and in total. */
-	uint64_t wait_buckets[12];
+	/* Clients that waited for a server, by wait time (pf_pool_wait_bounds) and in total. */
+	uint64_t wait_buckets[PF_POOL_WAIT_BUCKETS];
 	uint64_t wait_count;
 	pf_usec_t last_server_gone;
 	pf_pool_stats_t stats;
-} pf_pool_t;
+};
+
+/* Adds b's counters to a. */
+void pf_pool_stats_add(pf_pool_stats_t *a, const pf_pool_stats_t *b);
+
+/* Counts a client that waited usec for a server in pool's wait histogram. */
+void pf_pool_note_wait(pf_pool_t *pool, pf_usec_t usec);
+
+/* Moves a pool-less client between the worker's lists (PF_CL_LOGIN, PF_CL_CANCEL, FREE). */
+void pf_pool_set_worker_client_state(pf_worker_t *w, pf_pool_client_t *c, pf_client_state_t st);
 
 /* Effective settings of a pool: per-user over per-database over global. */
 int pf_pool_mode(const pf_pool_t *pool);
 int pf_pool_size(const pf_pool_t *pool);
+pf_usec_t pf_pool_query_timeout(const pf_pool_t *pool);
+pf_usec_t pf_pool_idle_transaction_timeout(const pf_pool_t *pool);
+pf_usec_t pf_pool_client_idle_timeout(const pf_pool_t *pool);
 
 /* Finds or creates the pool for (db, user). Returns NULL on ENOMEM. */
 pf_pool_t *pf_pool_get(pf_worker_t *w, pf_database_t *db, pf_user_t *user);
 
 /* Moves a client/server to the list of state (removing it from its current one). */
-void pf_pool_set_client_state(pf_client_t *c, pf_client_state_t state);
-void pf_pool_set_server_state(pf_server_t *s, pf_server_state_t state);
+void pf_pool_set_client_state(pf_pool_client_t *c, pf_client_state_t state);
+void pf_pool_set_server_state(pf_pool_server_t *s, pf_server_state_t state);
+
+/* Prepares a client's member (on no list); the client joins with pf_pool_set_client_state(). */
+void pf_pool_client_init(pf_pool_client_t *c);
+
+/* A new server connection of pool, started at now: in PF_SV_LOGIN. */
+void pf_pool_add_server(pf_pool_t *pool, pf_pool_server_t *s, pf_usec_t now);
 
 /*
  * Called when a logged-in client has a message for a server and has none. Links an idle server
- * (returns true), or queues the client (returns false; the client is resumed once linked) and
- * opens servers as the limits allow.
+ * (returns true), or queues the client (returns false; it is linked later) and opens servers as
+ * the limits allow.
  */
-bool pf_pool_acquire(pf_client_t *c);
+bool pf_pool_acquire(pf_pool_client_t *c);
 
 /*
  * Called when an authenticated client needs the pool's welcome parameters: finishes its login
  * now when they are known (returns true) or queues it and opens a server (returns false).
  */
-bool pf_pool_login_client(pf_client_t *c);
+bool pf_pool_login_client(pf_pool_client_t *c);
 
-/* Unlinks a client from its server; the server goes back to the pool (after a reset if the mode
- * wants one) or is closed when it is not in a clean state. */
-void pf_pool_release_server(pf_server_t *s);
+/*
+ * Unlinks a server from its client; the server goes back to the pool (after a reset if the mode
+ * wants one) or is closed when it is not in a clean state.
+ */
+void pf_pool_release_server(pf_pool_server_t *s);
 
-/* The second half of pf_pool_release_server(), after any cancel in flight is done: reset query
- * in session mode, then back to the pool. */
-void pf_pool_finish_release(pf_server_t *s);
+/*
+ * The second half of pf_pool_release_server(), after any cancel in flight is done: reset query
+ * in session mode, then back to the pool.
+ */
+void pf_pool_finish_release(pf_pool_server_t *s);
 
 /* A server finished logging in, a reset or a check: hand it to a waiting client or park it. */
-void pf_pool_server_ready(pf_server_t *s);
+void pf_pool_server_ready(pf_pool_server_t *s);
 
-/* A server failed to connect or log in (err: the server's ErrorResponse fields or NULL). */
+/*
+ * A server ends (from its close): unlinks it (its client, if any, stays in the pool's active
+ * list without a server) and takes it off the pool's lists.
+ */
+void pf_pool_server_gone(pf_pool_server_t *s);
+
+/* A client ends: takes it off its list (w's for a client without a pool). It has no server. */
+void pf_pool_client_gone(pf_worker_t *w, pf_pool_client_t *c);
+
+/* Undoes a link from the server's side (s is being closed; its client goes on or is closed). */
+void pf_pool_unlink(pf_pool_server_t *s);
+
+/* A server failed to connect or log in (the server's ErrorResponse fields or NULL). */
 void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message);
 
 /* Opens servers while clients wait and limits allow. */
 void pf_pool_launch(pf_pool_t *pool);
 
-/* Stores the welcome parameters (name/value pairs, copied). Returns 0 or -ENOMEM. */
-int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s);
+/* RESUME, reload: gives idle servers to waiting clients, then opens servers for the rest. */
+void pf_pool_kick(pf_pool_t *pool);
+
+/* Stores the welcome parameters (n name/value pairs, copied). Returns 0 or -ENOMEM. */
+int pf_pool_set_welcome(pf_pool_t *pool, size_t n, char *const *names, char *const *values);
 
 /*
  * RECONNECT / PAUSE: tags every server of db's pools (NULL: every database but the console) to
@@ -214,8 +365,19 @@ int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s);
  */
 void pf_pool_tag_reconnect(pf_worker_t *w, const pf_database_t *db);
 
-/* Periodic maintenance (janitor): timeouts, idle servers, min_pool_size, reserve pool. */
+/*
+ * Periodic maintenance (janitor), at loop time now: connect timeouts, idle servers past
+ * server_idle_timeout or server_lifetime, stuck tests, query_wait_timeout, min_pool_size and
+ * the reserve pool. (Client-side timeouts of linked clients are the client layer's.)
+ */
 void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now);
+
+/* Closes every client of list l (the head each time: closing one may close others). */
+void pf_pool_close_clients(pf_worker_t *w, pf_list_t *l, pf_close_reason_t reason);
+
+/* KILL, shutdown: closes every client and server of pool p. */
+void pf_pool_close_all(pf_pool_t *p, pf_close_reason_t client_reason,
+                       pf_server_close_reason_t server_reason);
 
 /* Total servers of the pool in every state. */
 size_t pf_pool_server_count(const pf_pool_t *pool);
@@ -246,5 +408,14 @@ void pf_user_sync_auth_file(pf_worker_t *w);
 
 /* Effective limits and timeouts of a pool's database (per-database over global). */
 pf_usec_t pf_database_server_lifetime(const pf_database_t *db, const pf_config_t *cfg);
+
+/*
+ * The runtime database for a client's database name: a configured one, one auto-created from
+ * "*", or NULL. The admin console's names (pgfunnel, pgbouncer) give the console database.
+ */
+pf_database_t *pf_worker_find_database(pf_worker_t *w, const char *name);
+
+/* The user for a login name from auth_file (created on first use), or NULL if unknown. */
+pf_user_t *pf_worker_find_user(pf_worker_t *w, const char *name);
 
 #endif

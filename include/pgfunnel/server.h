@@ -12,7 +12,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "pgfunnel/client.h"
 #include "pgfunnel/conn.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/reqq.h"
@@ -49,31 +48,24 @@ typedef enum pf_server_sasl_step {
  */
 #define PF_SERVER_MAX_LOGIN_PARAMS 1000
 
-typedef enum pf_server_close_reason {
-	PF_SV_CLOSE_CONNECT_FAILED,
-	PF_SV_CLOSE_LOGIN_FAILED,
-	PF_SV_CLOSE_EOF,          /* Postgres closed the connection */
-	PF_SV_CLOSE_ERROR,        /* socket error */
-	PF_SV_CLOSE_PROTOCOL,     /* bytes that are not the protocol */
-	PF_SV_CLOSE_CLIENT_GONE,  /* its client left mid-transaction */
-	PF_SV_CLOSE_LIFETIME,     /* server_lifetime */
-	PF_SV_CLOSE_IDLE_TIMEOUT, /* server_idle_timeout */
-	PF_SV_CLOSE_CONNECT_TIMEOUT,
-	PF_SV_CLOSE_RESET_FAILED, /* reset/check/sync query failed */
-	PF_SV_CLOSE_SHUTDOWN,
-	PF_SV_CLOSE_ADMIN,     /* RECONNECT / KILL */
-	PF_SV_CLOSE_POOL_GONE, /* database removed or too many servers after reload */
-	PF_SV_CLOSE_STATEMENT_MODE,
-	PF_SV_CLOSE_EVICTED,   /* idle, closed to make room under max_db/user_connections */
-	PF_SV_CLOSE_UNCERTAIN, /* what it still owes cannot be known: never reused */
-	PF_SV_CLOSE_REASONS    /* how many there are */
-} pf_server_close_reason_t;
+
+/*
+ * What a linked server keeps up to date for its client (embedded in the client; the server
+ * knows it only through this struct, handed over by pf_server_attach()).
+ */
+typedef struct pf_server_peer {
+	pf_vars_t *vars;       /* the client's session parameters: a SET reported updates them */
+	pf_usec_t query_start; /* when its current query began (0 = none) */
+	pf_usec_t xact_start;  /* when its current transaction began (0 = none) */
+	bool rq_full; /* held back: the request queue is full; resumed once half is answered */
+} pf_server_peer_t;
+
+typedef struct pf_server pf_server_t;
 
 struct pf_server {
-	pf_conn_t conn; /* first: a pf_server_t * is a pf_conn_t * */
-	pf_server_state_t state;
-	pf_pool_t *pool;
-	pf_client_t *link;
+	pf_conn_t conn;      /* first: a pf_server_t * is a pf_conn_t * */
+	pf_pool_server_t ps; /* its place in the pool (state, lists, link) */
+	pf_server_peer_t *peer; /* the linked client's part, while linked */
 	pf_server_task_t task;
 	uint32_t be_pid, be_key; /* the real BackendKeyData */
 	pf_vars_t vars;          /* values the server reported */
@@ -87,29 +79,15 @@ struct pf_server {
 	uint16_t *param_index;
 	uint32_t login_param_msgs;
 	uint8_t tx_status;   /* last ReadyForQuery status ('I', 'T', 'E') */
-	bool close_needed;   /* RECONNECT or lifetime: close at release */
 	bool task_failed;    /* the pooler's own query got an ErrorResponse */
 	bool ready;          /* logged in (first ReadyForQuery seen) */
-	pf_usec_t last_used; /* when it was last released */
 	pf_list_t cancels;   /* cancel requests in flight for this backend */
-	bool cancel_hold;    /* released, held back until those cancels are done */
-	/* When the running task's query was sent (the janitor times out a tested server). */
-	pf_usec_t task_start;
 	/* The SCRAM exchange while it runs (wiped and freed at its end), and its progress. */
 	pf_scram_client_t *scram;
 	pf_server_sasl_step_t sasl_step;
 	char login_sqlstate[6];
 	char *login_error;
 };
-
-/*
- * Closes every client of l for reason (clients' lists; closing one may close others, so the
- * head is taken each time), and every client and server of pool p (KILL, shutdown). Part of
- * pool.c, declared here where both close-reason enums are known.
- */
-void pf_pool_close_clients(pf_list_t *l, pf_close_reason_t reason);
-void pf_pool_close_all(pf_pool_t *p, pf_close_reason_t client_reason,
-                       pf_server_close_reason_t server_reason);
 
 /* Opens a new server connection for pool (state LOGIN). Returns 0 or -errno. */
 PF_MUSTCHECK int pf_server_launch(pf_pool_t *pool);
@@ -120,8 +98,25 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason);
 /* Starts the pooler's own query (reset/check/sync) on a server; returns 0 or -errno. */
 int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql);
 
-/* Links c and s; syncs parameters first when needed. */
-void pf_server_link(pf_server_t *s, pf_client_t *c);
+/*
+ * The pool linked s (s->ps.link is set): s forwards to client_conn and keeps peer up to date.
+ * Sends the parameter sync first when the client's parameters differ from the server's;
+ * returns true when it did (the client is resumed when the sync is done).
+ */
+bool pf_server_attach(pf_server_t *s, pf_server_peer_t *peer, pf_conn_t *client_conn);
+
+/* The linked client is done with s: s goes back to the pool (or is closed if not clean). */
+void pf_server_release(pf_server_t *s);
+
+/* The server of a pool member, a list node of a pool's server list. */
+static inline pf_server_t *pf_server_of(const pf_pool_server_t *m)
+{
+	return m ? PF_CONTAINER_OF(m, pf_server_t, ps) : NULL;
+}
+static inline pf_server_t *pf_server_from_node(pf_list_node_t *n)
+{
+	return PF_CONTAINER_OF(n, pf_server_t, ps.node);
+}
 
 /*
  * Forwards a CancelRequest for s's backend to its host (a fresh connection). Until it is done
@@ -147,8 +142,6 @@ bool pf_server_is_clean(const pf_server_t *s);
  */
 bool pf_server_may_release(const pf_server_t *s);
 
-/* How deep pf_server_link() resumes newly linked clients inline before deferring to the loop. */
-#define PF_SERVER_LINK_DEPTH_MAX 16
 
 /* True when what s owes can no longer be known (a mismatch or a doubtful COPY): close it. */
 bool pf_server_is_uncertain(const pf_server_t *s);

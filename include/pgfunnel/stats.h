@@ -13,19 +13,15 @@
 #include <stdint.h>
 
 #include "pgfunnel/pool.h"
+#include "pgfunnel/runtime.h"
 #include "pgfunnel/util.h"
 
 typedef struct pf_worker pf_worker_t;
 
-/* Upper bounds (usec) of the wait-time histogram buckets; the last bucket is +Inf. */
-#define PF_STATS_WAIT_BUCKETS 12
-extern const pf_usec_t pf_stats_wait_bounds[PF_STATS_WAIT_BUCKETS - 1];
 
 /* Totals of db: the sum of its live pools' counters and of those already freed. */
 void pf_stats_db_totals(pf_worker_t *w, const pf_database_t *db, pf_pool_stats_t *out);
 
-/* Adds b's counters to a. */
-void pf_stats_add(pf_pool_stats_t *a, const pf_pool_stats_t *b);
 
 /*
  * Counts an ErrorResponse a server sent to a client of pool, by the first two characters of
@@ -33,8 +29,6 @@ void pf_stats_add(pf_pool_stats_t *a, const pf_pool_stats_t *b);
  */
 void pf_stats_note_error(pf_pool_t *pool, const char *sqlstate);
 
-/* Counts a client that waited usec for a server in pool's wait histogram. */
-void pf_stats_note_wait(pf_pool_t *pool, pf_usec_t usec);
 
 /*
  * The averages PgBouncer reports for the interval of dur usec in which the counters went from

@@ -1,6 +1,9 @@
 /*
- * worker: one libuv event loop and everything that lives on it — listeners, clients, servers and
- * this worker's share of the pools.
+ * worker: the process layer of one event loop — creates the runtime state (runtime.h), opens
+ * the listeners and accepts on them, runs the janitor, and carries out reloads, PAUSE/RESUME,
+ * SUSPEND and the shutdown sequence. It registers the callbacks through which the lower layers
+ * report news upwards (pf_worker_ops_t, pf_pool_ops_t) and is the only module that knows them
+ * all.
  *
  * The first version runs one worker on the main loop; the interface keeps the loop, the config
  * snapshot and the shutdown sequence per worker so that N workers (each with its own SO_REUSEPORT
@@ -14,113 +17,9 @@
 #include <sys/types.h>
 #include <uv.h>
 
-#include "pgfunnel/auth.h"
 #include "pgfunnel/config.h"
-#include "pgfunnel/list.h"
-#include "pgfunnel/scram.h"
+#include "pgfunnel/runtime.h"
 #include "pgfunnel/util.h"
-
-typedef struct pf_worker pf_worker_t;
-typedef struct pf_client pf_client_t;
-typedef struct pf_database pf_database_t;
-typedef struct pf_user pf_user_t;
-
-/* How a shutdown proceeds (PgBouncer 1.23+ semantics; see pgbouncer-compat.md, Signals). */
-typedef enum pf_shutdown_mode {
-	PF_SHUTDOWN_NONE = 0,
-	PF_SHUTDOWN_WAIT_FOR_CLIENTS, /* SIGTERM: stop accepting, exit when no client is left */
-	PF_SHUTDOWN_WAIT_FOR_SERVERS, /* SIGINT: stop accepting, exit when every server is released
-	                               */
-	PF_SHUTDOWN_IMMEDIATE,        /* SIGQUIT or a second SIGTERM/SIGINT */
-} pf_shutdown_mode_t;
-
-#define PF_WORKER_MAX_LISTENERS 16
-#define PF_CANCEL_BUCKETS       4096
-
-/*
- * What the console asks of the process (main owns the config snapshot and the shutdown):
- * reload the config file (0 or -errno), begin a shutdown, install a changed copy of the config
- * (SET; takes ownership of cfg on success, returns 0 or -errno).
- */
-typedef struct pf_worker_hooks {
-	int (*reload)(void *arg);
-	void (*shutdown)(void *arg, pf_shutdown_mode_t mode);
-	int (*set_config)(void *arg, pf_config_t *cfg);
-} pf_worker_hooks_t;
-
-/* A listening socket. */
-typedef struct pf_listener {
-	union {
-		uv_handle_t handle;
-		uv_stream_t stream;
-		uv_tcp_t tcp;
-		uv_pipe_t pipe;
-	} h;
-	pf_worker_t *worker;
-	bool is_unix;
-	bool open;
-	char desc[128];
-	char path[108]; /* unix socket file to remove at exit ("" = none) */
-} pf_listener_t;
-
-/* A receive buffer waiting on the free list. */
-typedef struct pf_free_buffer {
-	struct pf_free_buffer *next;
-} pf_free_buffer_t;
-
-/*
- * Everything that lives on one loop. Modules of the proxy (client, server, pool, admin) read and
- * change it from the loop's thread only.
- */
-struct pf_worker {
-	uv_loop_t *loop;
-	const pf_config_t *cfg;
-	pf_listener_t listeners[PF_WORKER_MAX_LISTENERS];
-	size_t nlisteners;
-	size_t open_handles; /* listeners + timer */
-	uv_timer_t janitor;
-	uv_check_t iteration_check; /* counts loop iterations, lifts sbuf_loopcnt throttling */
-	uint64_t iteration;
-	int link_depth; /* pf_server_link() resuming clients inline, nested this deep */
-	pf_list_t throttled_conns;
-	pf_usec_t now; /* loop time, refreshed each janitor tick and on demand */
-	uint64_t next_id;
-	/* login_clients: clients in PF_CL_LOGIN; cancel_clients: PF_CL_CANCEL. */
-	pf_list_t login_clients;
-	pf_list_t cancel_conns; /* CancelRequests on their way to Postgres, oldest first */
-	pf_list_t cancel_clients;
-	pf_list_t databases;
-	pf_list_t users; /* from auth_file, created on first use */
-	pf_list_t pools;
-	size_t client_count; /* every client connection, for max_client_conn */
-	/* Connections ended, by pf_close_reason_t / pf_server_close_reason_t (metrics). */
-	uint64_t client_closes[32];
-	uint64_t server_closes[32];
-	pf_list_t cancel_buckets[PF_CANCEL_BUCKETS];
-	pf_auth_file_t *auth_file;
-	pf_scram_cache_t *scram_cache;
-	uint8_t mock_key[32]; /* fake SCRAM secrets for unknown users */
-	/* receive buffers of pkt_buf bytes */
-	pf_free_buffer_t *free_buffers;
-	size_t free_buffer_count;
-	size_t buffers_in_use; /* pkt_buf-sized receive buffers held by connections */
-	size_t buffer_size;
-	bool paused;    /* PAUSE / SIGUSR1: no server is given to a client */
-	bool suspended; /* SUSPEND: no socket is read */
-	pf_usec_t suspend_start;
-	pf_shutdown_mode_t shutdown;
-	void (*shutdown_done)(void *);
-	void *shutdown_arg;
-	bool done_reported;
-	bool closing_all; /* pf_worker_check_shutdown() is closing every connection */
-	bool in_admin_poll;
-	const pf_worker_hooks_t *hooks;
-	void *hooks_arg;
-	pf_usec_t start_time;
-	pf_usec_t start_wall;
-	pf_usec_t stats_stamp;      /* loop time of the last stats_period boundary (stats.c) */
-	struct pf_metrics *metrics; /* the metrics endpoint, NULL when off (metrics.c) */
-};
 
 /*
  * Creates a worker on loop with the config snapshot cfg (borrowed; the caller keeps it alive
@@ -165,43 +64,6 @@ void pf_worker_set_suspended(pf_worker_t *w, bool on);
 /* Frees a worker whose shutdown has completed. */
 void pf_worker_free(pf_worker_t *w);
 
-/* The loop, the current config, a fresh connection id, the cached loop time in usec. */
-static inline uv_loop_t *pf_worker_loop(const pf_worker_t *w)
-{
-	return w->loop;
-}
-static inline const pf_config_t *pf_worker_config(const pf_worker_t *w)
-{
-	return w->cfg;
-}
-static inline uint64_t pf_worker_next_id(pf_worker_t *w)
-{
-	return ++w->next_id;
-}
-pf_usec_t pf_worker_now(pf_worker_t *w);
-
-/*
- * Takes a receive buffer of pkt_buf bytes (from the free list, else malloc); *cap receives its
- * size. Returns NULL on ENOMEM. pf_worker_put_buffer() takes it back (any size: buffers that
- * are not pkt_buf bytes are freed).
- */
-uint8_t *pf_worker_get_buffer(pf_worker_t *w, uint32_t *cap);
-void pf_worker_put_buffer(pf_worker_t *w, uint8_t *buf, uint32_t cap);
-
-/*
- * The runtime database for a client's database name: a configured one, one auto-created from
- * "*", or NULL. The admin console's names (pgfunnel, pgbouncer) give the console database.
- */
-pf_database_t *pf_worker_find_database(pf_worker_t *w, const char *name);
-
-/* The user for a login name from auth_file (created on first use), or NULL if unknown. */
-pf_user_t *pf_worker_find_user(pf_worker_t *w, const char *name);
-
-/* Cancel-key registry: add a logged-in client, remove it, find one by its key. */
-void pf_worker_add_cancel_key(pf_worker_t *w, pf_client_t *c);
-void pf_worker_remove_cancel_key(pf_worker_t *w, pf_client_t *c);
-pf_client_t *pf_worker_find_cancel_key(pf_worker_t *w, uint32_t pid, uint32_t key);
-
 /* Called when the last client or server of a shutdown goes away: completes it when possible. */
 void pf_worker_check_shutdown(pf_worker_t *w);
 
@@ -216,8 +78,5 @@ void pf_worker_kick_pools(pf_worker_t *w);
 
 /* Registers how clients and servers are named in log lines. */
 void pf_worker_setup_logging(void);
-
-/* The wall-clock time (usec since the epoch) of a loop time t from pf_worker_now(). */
-pf_usec_t pf_worker_wall_time(const pf_worker_t *w, pf_usec_t t);
 
 #endif

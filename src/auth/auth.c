@@ -8,7 +8,7 @@
  *
  * Callers: main/config reload (pf_auth_file_load), client login (pf_auth_file_find).
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * scram: MD5 and SCRAM-SHA-256 password crypto, both sides of a SCRAM exchange, and the
  * per-worker PBKDF2 cache. See include/pgfunnel/scram.h for the contracts.

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * buf: growable byte builder with a sticky failure flag (see include/pgfunnel/buf.h).
  *

@@ -6,7 +6,7 @@
  * from different threads do not interleave. The sink state is set at start-up and on reload
  * from the main thread only.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <errno.h>
 #include <fcntl.h>

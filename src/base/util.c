@@ -1,7 +1,7 @@
 /*
  * util: small pure helpers used by every module (see include/pgfunnel/util.h).
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <ctype.h>
 #include <string.h>

@@ -11,7 +11,7 @@
  * pf_client_close() is the only way a client ends. Called from the worker (accept, janitor),
  * pool.c (linking) and server.c (server gone).
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -23,11 +23,11 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include "pgfunnel/admin.h"
 #include "pgfunnel/client.h"
 #include "pgfunnel/log.h"
+#include "pgfunnel/pool.h"
+#include "pgfunnel/runtime.h"
 #include "pgfunnel/server.h"
-#include "pgfunnel/worker.h"
 
 enum auth_step {
 	AUTH_NONE = 0,
@@ -136,15 +136,17 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
 		pf_log_error(NULL, "out of memory accepting a client");
 		return;
 	}
-	pf_conn_init(&c->conn, w, &client_ops, true);
-	pf_list_node_init(&c->cancel_node);
+	pf_conn_init(&c->conn, &w->net, &client_ops, true);
+	pf_pool_client_init(&c->pc);
+	pf_cancel_key_init(&c->ck);
+	c->peer.vars = &c->vars;
 	c->conn.raw_mode = true;
 	/* Before login a client may make us hold no more than a startup packet, and then no
 	 * more than pkt_buf for an authentication message (PgBouncer's bound). */
 	c->conn.hold_max = w->cfg->pkt_buf > PF_PROTO_STARTUP_MAX ? (uint32_t)w->cfg->pkt_buf
 	                                                          : PF_PROTO_STARTUP_MAX;
 	w->client_count++;
-	pf_pool_set_client_state(c, PF_CL_LOGIN);
+	pf_pool_set_worker_client_state(w, &c->pc, PF_CL_LOGIN);
 	if (pf_conn_accept(&c->conn, listener, is_unix) < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_ERROR, NULL, NULL);
 		return;
@@ -158,8 +160,8 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
 void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
                      const char *message)
 {
-	pf_worker_t *w = c->conn.worker;
-	pf_server_t *s = c->link;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+	pf_server_t *s = pf_client_server(c);
 	const char *state = sqlstate ? sqlstate : close_table[reason].sqlstate;
 	const char *text = message ? message : close_table[reason].message;
 
@@ -170,7 +172,7 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 		send_error(c, "FATAL", state, text, NULL);
 	if (reason == PF_CLOSE_CLIENT_EXIT || reason == PF_CLOSE_CLIENT_EOF ||
 	    reason == PF_CLOSE_CLIENT_CANCEL_DONE) {
-		if (w->cfg->log_disconnections && c->state != PF_CL_LOGIN)
+		if (w->cfg->log_disconnections && c->pc.state != PF_CL_LOGIN)
 			pf_log_info(c, "closing because: %s (age=%llds)", close_table[reason].log,
 			            (long long)((pf_worker_now(w) - c->conn.connect_time) /
 			                        PF_USEC_PER_SEC));
@@ -182,12 +184,12 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 		 * the client left it idle (pf_pool_release_server checks), so its open transaction
 		 * or unanswered requests never reach another client. */
 		pf_conn_flush(&c->conn);
-		pf_pool_release_server(s);
+		pf_server_release(s);
 	}
-	pf_worker_remove_cancel_key(w, c);
-	if (c->pool)
+	pf_cancel_table_remove(&w->cancel_keys, &c->ck);
+	if (c->pc.pool)
 		c->db->client_count--;
-	pf_pool_set_client_state(c, PF_CL_FREE);
+	pf_pool_client_gone(w, &c->pc);
 	if (c->user)
 		c->user->client_count--;
 	c->user = NULL;
@@ -198,8 +200,7 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 	}
 	w->client_count--;
 	pf_conn_close(&c->conn);
-	if (w->shutdown != PF_SHUTDOWN_NONE)
-		pf_worker_check_shutdown(w);
+	pf_worker_settled(w);
 }
 
 static void client_on_free(pf_conn_t *conn)
@@ -238,10 +239,32 @@ static void auth_failed(pf_client_t *c)
 	pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28P01", msg);
 }
 
+bool pf_client_is_owner_name(const char *user)
+{
+	return user && (strcmp(user, "pgbouncer") == 0 || strcmp(user, "pgfunnel") == 0);
+}
+
+bool pf_client_peer_is_owner(const pf_client_t *c)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	uv_os_fd_t fd;
+
+	/* PgBouncer's admin_pre_login: the user name must be the special one, and the peer's uid
+	 * the process's (real) uid, which after -u is the uid it runs as. */
+	if (!pf_client_is_owner_name(c->user_name))
+		return false;
+	if (!c->conn.is_unix || uv_fileno(&c->conn.h.handle, &fd) < 0)
+		return false;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return false;
+	return cred.uid == getuid();
+}
+
 void pf_client_finish_login(pf_client_t *c)
 {
-	pf_worker_t *w = c->conn.worker;
-	pf_pool_t *pool = c->pool;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+	pf_pool_t *pool = c->pc.pool;
 	pf_buf_t b;
 	uint32_t keys[2];
 
@@ -249,9 +272,9 @@ void pf_client_finish_login(pf_client_t *c)
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "could not generate a cancel key");
 		return;
 	}
-	c->cancel_pid = keys[0];
-	c->cancel_key = keys[1];
-	pf_worker_add_cancel_key(w, c);
+	c->ck.pid = keys[0];
+	c->ck.key = keys[1];
+	pf_cancel_table_add(&w->cancel_keys, &c->ck);
 
 	pf_buf_init(&b);
 	pf_proto_be_auth_ok(&b);
@@ -269,7 +292,7 @@ void pf_client_finish_login(pf_client_t *c)
 		}
 		pf_proto_be_parameter_status(&b, name, value);
 	}
-	pf_proto_be_backend_key_data(&b, c->cancel_pid, c->cancel_key);
+	pf_proto_be_backend_key_data(&b, c->ck.pid, c->ck.key);
 	pf_proto_be_ready_for_query(&b, PF_PROTO_TX_IDLE);
 	if (b.failed) {
 		pf_buf_free(&b);
@@ -288,7 +311,7 @@ void pf_client_finish_login(pf_client_t *c)
 /* Authenticated: join the pool (or the console). */
 static void login_ok(pf_client_t *c)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_user_t *pool_user;
 
 	c->conn.hold_max = PF_CONN_HOLD_MAX;
@@ -298,7 +321,7 @@ static void login_ok(pf_client_t *c)
 		c->scram = NULL;
 	}
 	if (c->db->admin) {
-		pf_admin_login(c);
+		w->ops->console_login(c);
 		return;
 	}
 	pool_user = c->db->forced_user ? c->db->forced_user : c->user;
@@ -308,13 +331,13 @@ static void login_ok(pf_client_t *c)
 		                "user in the database entry)");
 		return;
 	}
-	c->pool = pf_pool_get(w, c->db, pool_user);
-	if (!c->pool) {
+	c->pc.pool = pf_pool_get(w, c->db, pool_user);
+	if (!c->pc.pool) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return;
 	}
 	c->db->client_count++;
-	pf_pool_login_client(c);
+	pf_pool_login_client(&c->pc);
 }
 
 static bool user_may_use_console(const pf_config_t *cfg, const char *user, bool *can_write)
@@ -339,7 +362,7 @@ static bool md5_secret_for(const pf_client_t *c, char out[36])
 
 static void start_scram(pf_client_t *c)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const pf_secret_t *sec = c->user ? &c->user->secret : NULL;
 	static const char *const mechs[] = {PF_SCRAM_MECHANISM};
 	pf_scram_secret_t secret;
@@ -382,7 +405,7 @@ static void start_scram(pf_client_t *c)
 
 static void start_auth(pf_client_t *c)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const pf_config_t *cfg = w->cfg;
 	char msg[200];
 
@@ -394,7 +417,7 @@ static void start_auth(pf_client_t *c)
 		/* As PgBouncer: the OS user that runs it, over the unix socket and as the user
 		 * "pgbouncer" (or "pgfunnel"), is admin without a password; under any other name
 		 * it is an ordinary console user. */
-		if (pf_admin_peer_is_owner(c)) {
+		if (pf_client_peer_is_owner(c)) {
 			c->admin_can_write = true;
 			if (cfg->log_connections)
 				pf_log_info(c, "%s access from unix socket", c->user_name);
@@ -466,7 +489,7 @@ static void start_auth(pf_client_t *c)
 /* Checks a cleartext password against whatever secret auth_file holds. */
 static bool plain_password_ok(pf_client_t *c, const char *password)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const pf_secret_t *sec = c->user ? &c->user->secret : NULL;
 	char md5[36];
 	bool ok = false;
@@ -613,7 +636,7 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 static bool startup_param(pf_client_t *c, const char *name, const char *value,
                           const char **unsupported)
 {
-	const pf_config_t *cfg = c->conn.worker->cfg;
+	const pf_config_t *cfg = pf_conn_worker(&c->conn)->cfg;
 	int var;
 
 	if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0)
@@ -644,19 +667,20 @@ static bool startup_param(pf_client_t *c, const char *name, const char *value,
 
 static void handle_cancel(pf_client_t *c, uint32_t pid, uint32_t key)
 {
-	pf_worker_t *w = c->conn.worker;
-	pf_client_t *target = pf_worker_find_cancel_key(w, pid, key);
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+	pf_cancel_key_t *k = pf_cancel_table_find(&w->cancel_keys, pid, key);
+	pf_server_t *target = k ? pf_client_server(PF_CONTAINER_OF(k, pf_client_t, ck)) : NULL;
 
-	pf_pool_set_client_state(c, PF_CL_CANCEL);
+	pf_pool_set_worker_client_state(w, &c->pc, PF_CL_CANCEL);
 	/* A wrong key does nothing, and the requester is told nothing, as with Postgres. */
-	if (target && target->link && target->link->ready)
-		pf_server_send_cancel(target->link);
+	if (target && target->ready)
+		pf_server_send_cancel(target);
 	pf_client_close(c, PF_CLOSE_CLIENT_CANCEL_DONE, NULL, NULL);
 }
 
 static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int consumed)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const char *unsupported[PF_PROTO_STARTUP_MAX_PARAMS];
 	size_t n_unsupported = 0;
 	char msg[300];
@@ -770,7 +794,7 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	pf_server_t *s;
 	int rc;
 
-	if (c->state == PF_CL_LOGIN && c->auth_step != AUTH_DONE)
+	if (c->pc.state == PF_CL_LOGIN && c->auth_step != AUTH_DONE)
 		return auth_packet(c, hdr, pkt, avail);
 	if (hdr->type == PF_PROTO_FE_TERMINATE) {
 		pf_client_close(c, PF_CLOSE_CLIENT_EXIT, NULL, NULL);
@@ -784,44 +808,50 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 		return PF_PKT_STOP;
 	}
 	if (c->admin)
-		return pf_admin_packet(c, hdr, pkt, avail);
-	if (c->state != PF_CL_ACTIVE && c->state != PF_CL_WAITING)
+		return pf_conn_worker(conn)->ops->console_packet(c, hdr, pkt, avail);
+	if (c->pc.state != PF_CL_ACTIVE && c->pc.state != PF_CL_WAITING)
 		return PF_PKT_STOP; /* still waiting for its login to finish */
-	s = c->link;
+	s = pf_client_server(c);
 	if (!s) {
-		if (!pf_pool_acquire(c) || c->conn.closing)
+		if (!pf_pool_acquire(&c->pc)) {
+			/* Queued: no reading until a server is linked (session.c resumes it). */
+			if (!c->conn.closing)
+				pf_conn_pause_reading(&c->conn, true);
 			return PF_PKT_STOP;
-		s = c->link;
+		}
+		if (c->conn.closing)
+			return PF_PKT_STOP;
+		s = pf_client_server(c);
 	}
 	if (s->task != PF_SV_TASK_NONE)
 		return PF_PKT_STOP; /* parameters being synced; resumed when done */
 	/* Every forwarded message is recorded with what it will make the server answer. */
 	rc = pf_reqq_push(&s->rq, hdr->type, 0);
 	if (rc == -ENOBUFS) {
-		c->rq_full = true; /* resumed by the server side as answers arrive */
+		c->peer.rq_full = true; /* resumed by the server side as answers arrive */
 		return PF_PKT_STOP;
 	}
 	if (rc < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
-	c->conn.request_time = c->conn.worker->now;
+	c->conn.request_time = c->conn.net->now;
 	switch (hdr->type) {
 	case PF_PROTO_FE_QUERY:
 	case PF_PROTO_FE_SYNC:
 	case PF_PROTO_FE_FUNCTION_CALL: {
-		pf_usec_t now = c->conn.worker->now;
+		pf_usec_t now = c->conn.net->now;
 
-		if (!c->query_start)
-			c->query_start = now;
-		if (!c->xact_start)
-			c->xact_start = now;
+		if (!c->peer.query_start)
+			c->peer.query_start = now;
+		if (!c->peer.xact_start)
+			c->peer.xact_start = now;
 		break;
 	}
 	default:
 		break;
 	}
-	c->pool->stats.bytes_received += hdr->total;
+	c->pc.pool->stats.bytes_received += hdr->total;
 	return PF_PKT_FORWARD;
 }
 
@@ -840,7 +870,7 @@ static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 		else if (status == -ENOBUFS)
 			/* A message pgfunnel must read whole is longer than it may hold. */
 			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-			                c->state == PF_CL_LOGIN
+			                c->pc.state == PF_CL_LOGIN
 			                        ? "authentication message too long (pkt_buf)"
 			                        : "message too long to be held whole");
 		else if (status == -EBADMSG)
@@ -856,8 +886,8 @@ static void client_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 		/* Everything it sent is through. A message that owes no answer (a lone Flush, a
 		 * CopyDone outside a COPY), or the end of one that was half-way through when its
 		 * server's ReadyForQuery came, leaves a server that nobody releases otherwise. */
-		if (c->link && pf_server_may_release(c->link))
-			pf_pool_release_server(c->link);
+		if (c->pc.link && pf_server_may_release(pf_client_server(c)))
+			pf_server_release(pf_client_server(c));
 		break;
 	default:
 		break;
@@ -873,9 +903,67 @@ void pf_client_check_login_timeouts(pf_worker_t *w, pf_usec_t now)
 		return;
 	PF_LIST_FOREACH(&w->login_clients, it, tmp)
 	{
-		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+		pf_client_t *c = pf_client_from_node(it);
 
 		if (now - c->conn.connect_time > cfg->client_login_timeout)
 			pf_client_close(c, PF_CLOSE_CLIENT_LOGIN_TIMEOUT, NULL, NULL);
+	}
+}
+
+/*
+ * Clients that cannot read (a full buffer behind a server that does not read, or queued for a
+ * server) would not see their peer leave: ask the kernel. A client gone that neither read nor
+ * forwarded anything for a janitor period goes with its unprocessed input. (A server's EOF is told
+ * only after its last bytes reached the client: those are the client's to read.)
+ */
+static void close_abandoned(pf_pool_t *pool)
+{
+	pf_list_t *lists[] = {&pool->waiting_clients, &pool->active_clients};
+	pf_list_node_t *it, *tmp;
+
+	for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
+		PF_LIST_FOREACH(lists[i], it, tmp)
+		{
+			pf_client_t *c = pf_client_from_node(it);
+
+			if (pf_conn_is_abandoned(&c->conn))
+				pf_client_close(c, PF_CLOSE_CLIENT_EOF, NULL, NULL);
+		}
+	}
+}
+
+void pf_client_maintain(pf_pool_t *pool, pf_usec_t now)
+{
+	pf_list_node_t *it, *tmp;
+	pf_usec_t idle_limit = pf_pool_client_idle_timeout(pool);
+	pf_usec_t query_limit = pf_pool_query_timeout(pool);
+	pf_usec_t idle_tx_limit = pf_pool_idle_transaction_timeout(pool);
+
+	if (pool->db->admin)
+		return;
+	close_abandoned(pool);
+	/* Timeouts of logged-in clients (0 = off for each). */
+	PF_LIST_FOREACH(&pool->active_clients, it, tmp)
+	{
+		pf_client_t *c = pf_client_from_node(it);
+		pf_server_t *s = pf_client_server(c);
+
+		if (!s) {
+			if (idle_limit > 0 && now - c->conn.request_time > idle_limit)
+				pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TIMEOUT, NULL, NULL);
+			continue;
+		}
+		if (query_limit > 0 && c->peer.query_start &&
+		    now - c->peer.query_start > query_limit) {
+			pf_client_close(c, PF_CLOSE_CLIENT_QUERY_TIMEOUT, NULL, NULL);
+			continue;
+		}
+		/* Idle in a transaction, or holding its server with extended-protocol messages
+		 * whose Sync it does not send. */
+		if (idle_tx_limit > 0 && !c->peer.query_start &&
+		    (s->tx_status != PF_PROTO_TX_IDLE ||
+		     (pf_reqq_len(&s->rq) == 0 && !pf_reqq_is_idle(&s->rq))) &&
+		    now - c->conn.request_time > idle_tx_limit)
+			pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT, NULL, NULL);
 	}
 }

@@ -13,7 +13,7 @@
  * Callers: main (start-up, SIGHUP, RELOAD), admin (SHOW CONFIG, SET on a copy). No logging here:
  * warnings go to the caller's callback, errors into the caller's buffer as "FILE:LINE: ...".
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -3,7 +3,7 @@
  * command table and answers with PgBouncer's column names and order
  * (../shared/pgbouncer-compat.md). The SHOW handlers live in admin_show.c.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -19,35 +19,13 @@
 #include "pgfunnel/admin.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/server.h"
-#include "pgfunnel/worker.h"
+#include "pgfunnel/runtime.h"
 #include "pgfunnel/server.h"
-#include "pgfunnel/worker.h"
-
-bool pf_admin_is_owner_name(const char *user)
-{
-	return user && (strcmp(user, "pgbouncer") == 0 || strcmp(user, "pgfunnel") == 0);
-}
-
-bool pf_admin_peer_is_owner(const pf_client_t *c)
-{
-	struct ucred cred;
-	socklen_t len = sizeof(cred);
-	uv_os_fd_t fd;
-
-	/* PgBouncer's admin_pre_login: the user name must be the special one, and the peer's uid
-	 * the process's (real) uid, which after -u is the uid it runs as. */
-	if (!pf_admin_is_owner_name(c->user_name))
-		return false;
-	if (!c->conn.is_unix || uv_fileno(&c->conn.h.handle, &fd) < 0)
-		return false;
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
-		return false;
-	return cred.uid == getuid();
-}
+#include "pgfunnel/runtime.h"
 
 void pf_admin_login(pf_client_t *c)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_buf_t b;
 	static const char *const params[][2] = {
 	        {"server_version", PF_VERSION "/pgfunnel"},
@@ -61,13 +39,13 @@ void pf_admin_login(pf_client_t *c)
 	};
 
 	c->admin = true;
-	c->pool = pf_pool_get(w, c->db, c->db->forced_user);
-	if (!c->pool) {
+	c->pc.pool = pf_pool_get(w, c->db, c->db->forced_user);
+	if (!c->pc.pool) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return;
 	}
 	c->db->client_count++;
-	pf_pool_set_client_state(c, PF_CL_ACTIVE);
+	pf_pool_set_client_state(&c->pc, PF_CL_ACTIVE);
 	pf_buf_init(&b);
 	pf_proto_be_auth_ok(&b);
 	for (size_t i = 0; i < PF_ARRAY_SIZE(params); i++)
@@ -207,7 +185,7 @@ static bool suspend_flushed(pf_worker_t *w)
 		for (size_t i = 0; i < PF_ARRAY_SIZE(clients); i++) {
 			PF_LIST_FOREACH(clients[i], cit, ctmp)
 			{
-				pf_client_t *cl = PF_CONTAINER_OF(cit, pf_client_t, conn.node);
+				pf_client_t *cl = pf_client_from_node(cit);
 
 				if (!pf_conn_has_pending_writes(&cl->conn))
 					continue;
@@ -221,7 +199,7 @@ static bool suspend_flushed(pf_worker_t *w)
 		for (size_t i = 0; i < PF_ARRAY_SIZE(servers); i++) {
 			PF_LIST_FOREACH(servers[i], cit, ctmp)
 			{
-				pf_server_t *sv = PF_CONTAINER_OF(cit, pf_server_t, conn.node);
+				pf_server_t *sv = pf_server_from_node(cit);
 
 				if (!pf_conn_has_pending_writes(&sv->conn))
 					continue;
@@ -237,7 +215,7 @@ static bool suspend_flushed(pf_worker_t *w)
 /* Whether a waiting command (PAUSE, WAIT_CLOSE, SUSPEND) may answer now. */
 static bool wait_done(pf_client_t *c)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp, *sit, *stmp;
 
 	if (c->admin_wait == PF_ADMIN_WAIT_SUSPEND)
@@ -257,7 +235,7 @@ static bool wait_done(pf_client_t *c)
 		for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
 			PF_LIST_FOREACH(lists[i], sit, stmp)
 			{
-				if (PF_CONTAINER_OF(sit, pf_server_t, conn.node)->close_needed)
+				if (pf_server_from_node(sit)->ps.close_needed)
 					return false;
 			}
 		}
@@ -289,7 +267,7 @@ again:
 			continue;
 		PF_LIST_FOREACH(&p->active_clients, cit, ctmp)
 		{
-			pf_client_t *c = PF_CONTAINER_OF(cit, pf_client_t, conn.node);
+			pf_client_t *c = pf_client_from_node(cit);
 			pf_buf_t out;
 
 			if (c->admin_wait == PF_ADMIN_WAIT_NONE || !wait_done(c))
@@ -324,7 +302,7 @@ static void wait_for(pf_client_t *c, pf_admin_wait_t what, pf_database_t *db, pf
 
 static void cmd_pause(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 
 	if (db)
 		db->paused = true;
@@ -337,7 +315,7 @@ static void cmd_pause(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
 
 static void cmd_resume(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp;
 
 	if (db) {
@@ -349,15 +327,15 @@ static void cmd_resume(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
 			PF_CONTAINER_OF(it, pf_database_t, node)->paused = false;
 		}
 		if (w->suspended)
-			pf_worker_set_suspended(w, false);
+			w->ops->set_suspended(w, false);
 	}
-	pf_worker_kick_pools(w);
+	w->ops->kick_pools(w);
 	command_ok(out, "RESUME");
 }
 
 static void cmd_kill(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp;
 
 	/* New clients of a killed database wait until RESUME, as in PgBouncer. */
@@ -384,7 +362,7 @@ static void invalid_command(pf_buf_t *out, const char *sql);
 
 static void cmd_kill_client(pf_client_t *c, const char *arg, const char *sql, pf_buf_t *out)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp, *cit, *ctmp;
 	uint64_t id = 0;
 	char msg[100];
@@ -415,7 +393,7 @@ static void cmd_kill_client(pf_client_t *c, const char *arg, const char *sql, pf
 		for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
 			PF_LIST_FOREACH(lists[i], cit, ctmp)
 			{
-				pf_client_t *victim = PF_CONTAINER_OF(cit, pf_client_t, conn.node);
+				pf_client_t *victim = pf_client_from_node(cit);
 
 				if (victim->conn.id != id)
 					continue;
@@ -436,7 +414,7 @@ static void cmd_kill_client(pf_client_t *c, const char *arg, const char *sql, pf
 /* SET key = value: a changed copy of the config replaces the running one. */
 static void cmd_set(pf_client_t *c, const char *rest, pf_buf_t *out)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	char key[64], value[1024], err[300];
 	const char *p = rest;
 	const pf_config_param_t *param;
@@ -567,7 +545,7 @@ static const char *const usage_hint =
 
 void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	char verb[32], arg[256];
 	const char *rest = sql;
 	pf_database_t *db = NULL;
@@ -650,7 +628,7 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 	if (strcmp(verb, "SUSPEND") == 0) {
 		if (arg[0])
 			goto invalid;
-		pf_worker_set_suspended(w, true);
+		w->ops->set_suspended(w, true);
 		w->suspend_start = pf_worker_now(w);
 		/* Answers once every socket buffer is flushed (or suspend_timeout drops the rest).
 		 */
@@ -732,7 +710,7 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 	/* The answer went out first; a shutdown may close this very connection. */
 	shutdown = c->admin_shutdown;
 	if (shutdown != PF_SHUTDOWN_NONE) {
-		pf_worker_t *w = c->conn.worker;
+		pf_worker_t *w = pf_conn_worker(&c->conn);
 
 		c->admin_shutdown = PF_SHUTDOWN_NONE;
 		w->hooks->shutdown(w->hooks_arg, shutdown);

@@ -8,7 +8,7 @@
  * follow PgBouncer's code (stats columns numeric, timestamps text, flags int 0/1). Secrets never
  * appear: SHOW FDS sends NULL in its password and SCRAM key columns.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -22,7 +22,7 @@
 #include "pgfunnel/admin.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
-#include "pgfunnel/worker.h"
+#include "pgfunnel/runtime.h"
 
 typedef void (*show_fn)(pf_client_t *c, const char *arg, pf_buf_t *out);
 
@@ -200,7 +200,7 @@ static void show_version(pf_client_t *c, const char *arg, pf_buf_t *out)
 static void show_state(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	static const char *const names[] = {"key", "value"};
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	bool suspended = w->suspended;
 	bool paused = w->paused && !suspended;
 
@@ -217,7 +217,7 @@ static void show_state(pf_client_t *c, const char *arg, pf_buf_t *out)
 static void show_config(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	static const char *const names[] = {"key", "value", "default", "changeable"};
-	const pf_config_t *cfg = c->conn.worker->cfg;
+	const pf_config_t *cfg = pf_conn_worker(&c->conn)->cfg;
 	pf_config_t *defaults = pf_config_new_defaults();
 	const pf_config_param_t *params;
 	size_t n;
@@ -266,7 +266,7 @@ static void show_databases(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        "disabled",
 	};
 	static const char types[] = "ssissiiiissiiiiii";
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const pf_config_t *cfg = w->cfg;
 	pf_list_node_t *it, *tmp;
 
@@ -345,7 +345,7 @@ static void show_users(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        "max_user_client_connections",
 	        "current_client_connections",
 	};
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const pf_config_t *cfg = w->cfg;
 	pf_list_node_t *it, *tmp;
 
@@ -379,7 +379,7 @@ static void show_users(pf_client_t *c, const char *arg, pf_buf_t *out)
 static void show_peers(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	static const char *const names[] = {"peer_id", "host", "port", "pool_size"};
-	const pf_config_t *cfg = c->conn.worker->cfg;
+	const pf_config_t *cfg = pf_conn_worker(&c->conn)->cfg;
 
 	(void)arg;
 	pf_proto_be_row_description(out, "isii", names);
@@ -430,7 +430,7 @@ static void show_pools(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        "load_balance_hosts",
 	};
 	static const char types[] = "ssiiiiiiiiiiiiiss";
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_usec_t now = pf_worker_now(w);
 	pf_list_node_t *it, *tmp;
 
@@ -445,10 +445,10 @@ static void show_pools(pf_client_t *c, const char *arg, pf_buf_t *out)
 		/* The longest current wait (the queue is in arrival order, but be exact). */
 		PF_LIST_FOREACH(&p->waiting_clients, wit, wtmp)
 		{
-			pf_client_t *wc = PF_CONTAINER_OF(wit, pf_client_t, conn.node);
+			pf_client_t *wc = pf_client_from_node(wit);
 
-			if (wc->wait_start && now - wc->wait_start > maxwait)
-				maxwait = now - wc->wait_start;
+			if (wc->pc.wait_start && now - wc->pc.wait_start > maxwait)
+				maxwait = now - wc->pc.wait_start;
 		}
 		pf_proto_be_data_row(
 		        out, types, p->db->name, p->user->name, (int32_t)p->active_clients.len,
@@ -568,7 +568,7 @@ static void client_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 
 	PF_LIST_FOREACH(list, it, tmp)
 	{
-		pf_client_t *cl = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+		pf_client_t *cl = pf_client_from_node(it);
 		socket_info_t si = {
 		        .type = "C",
 		        .user = cl->user_name ? cl->user_name : "(nouser)",
@@ -576,18 +576,18 @@ static void client_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 		              : cl->db_name ? cl->db_name
 		                            : "(nodb)",
 		        .state = state,
-		        .link = cl->link ? &cl->link->conn : NULL,
+		        .link = pf_client_server(cl) ? &pf_client_server(cl)->conn : NULL,
 		        .remote_pid = unix_peer_pid(&cl->conn),
 		        .appname = cl->vars.v[PF_VAR_APPLICATION_NAME],
-		        .wait = cl->wait_start && cl->state == PF_CL_WAITING
-		                        ? sl->now - cl->wait_start
+		        .wait = cl->pc.wait_start && cl->pc.state == PF_CL_WAITING
+		                        ? sl->now - cl->pc.wait_start
 		                        : 0,
 		};
 
 		if (sl->only_active && !conn_has_buffered(&cl->conn))
 			continue;
 		/* A logged-in client without a server is idle (PgBouncer 1.2x). */
-		if (!cl->link && strcmp(state, "active") == 0)
+		if (!pf_client_server(cl) && strcmp(state, "active") == 0)
 			si.state = "idle";
 		socket_row(out, w, &cl->conn, &si, sl->debug);
 	}
@@ -600,17 +600,17 @@ static void server_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 
 	PF_LIST_FOREACH(list, it, tmp)
 	{
-		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
+		pf_server_t *s = pf_server_from_node(it);
 		socket_info_t si = {
 		        .type = "S",
-		        .user = s->pool->user->name,
-		        .db = s->pool->db->name,
+		        .user = s->ps.pool->user->name,
+		        .db = s->ps.pool->db->name,
 		        .state = state,
-		        .link = s->link ? &s->link->conn : NULL,
+		        .link = pf_server_client(s) ? &pf_server_client(s)->conn : NULL,
 		        .remote_pid = (int32_t)s->be_pid,
 		        .appname = s->vars.v[PF_VAR_APPLICATION_NAME],
 		        .wait = 0,
-		        .close_needed = s->close_needed,
+		        .close_needed = s->ps.close_needed,
 		};
 
 		if (sl->only_active && !conn_has_buffered(&s->conn))
@@ -621,7 +621,7 @@ static void server_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 
 static void show_clients(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	socket_listing_t sl = {.now = pf_worker_now(w)};
 	pf_list_node_t *it, *tmp;
 
@@ -641,7 +641,7 @@ static void show_clients(pf_client_t *c, const char *arg, pf_buf_t *out)
 
 static void show_servers(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	socket_listing_t sl = {.now = pf_worker_now(w)};
 	pf_list_node_t *it, *tmp;
 
@@ -662,7 +662,7 @@ static void show_servers(pf_client_t *c, const char *arg, pf_buf_t *out)
 
 static void socket_listing(pf_client_t *c, pf_buf_t *out, bool only_active)
 {
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	socket_listing_t sl = {.debug = true, .only_active = only_active, .now = pf_worker_now(w)};
 	pf_list_node_t *it, *tmp;
 
@@ -722,11 +722,11 @@ static void fd_client_rows(pf_buf_t *out, const pf_list_t *list)
 
 	PF_LIST_FOREACH(list, it, tmp)
 	{
-		pf_client_t *cl = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+		pf_client_t *cl = pf_client_from_node(it);
 
 		fd_row(out, &cl->conn, "client", cl->user_name, cl->db ? cl->db->name : NULL,
-		       ((uint64_t)cl->cancel_pid << 32) | cl->cancel_key,
-		       cl->link ? &cl->link->conn : NULL, &cl->vars);
+		       ((uint64_t)cl->ck.pid << 32) | cl->ck.key,
+		       pf_client_server(cl) ? &pf_client_server(cl)->conn : NULL, &cl->vars);
 	}
 }
 
@@ -736,10 +736,10 @@ static void fd_server_rows(pf_buf_t *out, const pf_list_t *list)
 
 	PF_LIST_FOREACH(list, it, tmp)
 	{
-		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
+		pf_server_t *s = pf_server_from_node(it);
 
-		fd_row(out, &s->conn, "server", s->pool->user->name, s->pool->db->name,
-		       ((uint64_t)s->be_pid << 32) | s->be_key, s->link ? &s->link->conn : NULL,
+		fd_row(out, &s->conn, "server", s->ps.pool->user->name, s->ps.pool->db->name,
+		       ((uint64_t)s->be_pid << 32) | s->be_key, pf_server_client(s) ? &pf_server_client(s)->conn : NULL,
 		       &s->vars);
 	}
 }
@@ -751,7 +751,7 @@ static void show_fds(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        "port",      "cancel",   "link",     "client_encoding",  "std_strings",
 	        "datestyle", "timezone", "password", "scram_client_key", "scram_server_key",
 	};
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp;
 
 	(void)arg;
@@ -836,7 +836,7 @@ static void count_objects(pf_worker_t *w, object_counts_t *n)
 static void show_lists(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	static const char *const names[] = {"list", "items"};
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	object_counts_t n;
 	size_t listed_dbs = 0;
 	pf_list_node_t *it, *tmp;
@@ -877,7 +877,7 @@ static void show_lists(pf_client_t *c, const char *arg, pf_buf_t *out)
 static void show_mem(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	static const char *const names[] = {"name", "size", "used", "free", "memtotal"};
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	object_counts_t n;
 
 	(void)arg;
@@ -891,7 +891,7 @@ static void show_mem(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        {"pool_cache", sizeof(pf_pool_t), n.pools, 0},
 	        {"server_cache", sizeof(pf_server_t), n.servers, 0},
 	        {"client_cache", sizeof(pf_client_t), n.clients, 0},
-	        {"iobuf_cache", w->buffer_size, w->buffers_in_use, w->free_buffer_count},
+	        {"iobuf_cache", w->net.buffer_size, w->net.buffers_in_use, w->net.free_buffer_count},
 	};
 
 	pf_proto_be_row_description(out, "siiii", names);
@@ -973,7 +973,7 @@ static void show_stats(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        "avg_bind_count",
 	};
 	static const char types[] = "sNNNNNNNNNNNNNNNNNNNNNN";
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp;
 
 	(void)arg;
@@ -1017,7 +1017,7 @@ static void stats_one_set(pf_client_t *c, pf_buf_t *out, bool averages)
 	        "avg_bind_count",
 	};
 	static const char types[] = "sNNNNNNNNNNN";
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp;
 
 	pf_proto_be_row_description(out, types, averages ? avg_names : total_names);
@@ -1065,7 +1065,7 @@ static void show_totals(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        "ps_server_parse_count",
 	        "ps_bind_count",
 	};
-	pf_worker_t *w = c->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_pool_stats_t total = {0}, avg = {0};
 	/* Weighted sums of the per-database average times (weights: their rates). */
 	uint64_t xact_w = 0, query_w = 0, wait_w = 0;
@@ -1080,7 +1080,7 @@ static void show_totals(pf_client_t *c, const char *arg, pf_buf_t *out)
 		pf_pool_stats_t t;
 
 		pf_stats_db_totals(w, db, &t);
-		pf_stats_add(&total, &t);
+		pf_pool_stats_add(&total, &t);
 		/* Rates add up; times per transaction/query/assignment are averaged by weight. */
 		avg.server_assignment_count += a->server_assignment_count;
 		avg.xact_count += a->xact_count;

@@ -11,7 +11,7 @@
  *
  * Called by: worker.c (pf_metrics_start/stop), the unit tests (the pure formatting functions).
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -30,7 +30,7 @@
 #include "pgfunnel/pool.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
-#include "pgfunnel/worker.h"
+#include "pgfunnel/runtime.h"
 
 /*
  * Exposition formatting.
@@ -222,7 +222,7 @@ static void render_pool_clients(pf_worker_t *w, pf_buf_t *b)
 
 		PF_LIST_FOREACH(&p->active_clients, cit, ctmp)
 		{
-			if (PF_CONTAINER_OF(cit, pf_client_t, conn.node)->link)
+			if (pf_client_from_node(cit)->pc.link)
 				linked++;
 		}
 		l[n].name = "state";
@@ -282,10 +282,10 @@ static void render_pool_maxwait(pf_worker_t *w, pf_buf_t *b)
 		size_t n = pool_labels(p, l);
 
 		if (first) {
-			const pf_client_t *c = PF_CONTAINER_OF(first, pf_client_t, conn.node);
+			const pf_client_t *c = pf_client_from_node(first);
 
-			if (c->wait_start)
-				wait = now - c->wait_start;
+			if (c->pc.wait_start)
+				wait = now - c->pc.wait_start;
 		}
 		put_seconds(b, "pgfunnel_pool_max_wait_seconds", l, n, wait);
 	}
@@ -333,7 +333,7 @@ static void render_pool_waits(pf_worker_t *w, pf_buf_t *b)
 		size_t n = pool_labels(p, l);
 
 		pf_metrics_put_histogram(b, "pgfunnel_pool_wait_seconds", l, n,
-		                         pf_stats_wait_bounds, PF_ARRAY_SIZE(pf_stats_wait_bounds),
+		                         pf_pool_wait_bounds, PF_ARRAY_SIZE(pf_pool_wait_bounds),
 		                         p->wait_buckets, (pf_usec_t)p->stats.wait_time);
 	}
 }
@@ -722,7 +722,7 @@ static void on_metrics_connection(uv_stream_t *server, int status)
 		return;
 	}
 	s = calloc(1, sizeof(*s));
-	if (!s || uv_tcp_init(m->worker->loop, &s->tcp) < 0) {
+	if (!s || uv_tcp_init(m->worker->net.loop, &s->tcp) < 0) {
 		/* Out of memory: the connection stays in the backlog until one is freed. */
 		free(s);
 		return;
@@ -736,7 +736,7 @@ static void on_metrics_connection(uv_stream_t *server, int status)
 	pf_list_append(&m->scrapes, &s->node);
 	m->nscrapes++;
 	s->open_handles = 1;
-	if (uv_timer_init(m->worker->loop, &s->timer) == 0)
+	if (uv_timer_init(m->worker->net.loop, &s->timer) == 0)
 		s->open_handles++;
 	else
 		s->closing = true; /* no timer to close; the tcp handle is closed below */
@@ -830,7 +830,7 @@ int pf_metrics_start(pf_worker_t *w, char *err, size_t errlen)
 		uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof(host));
 	snprintf(m->desc, sizeof(m->desc), ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host,
 	         cfg->metrics_port);
-	rc = uv_tcp_init(w->loop, &m->listener);
+	rc = uv_tcp_init(w->net.loop, &m->listener);
 	if (rc < 0) {
 		free(m);
 		snprintf(err, errlen, "metrics endpoint: %s", uv_strerror(rc));

@@ -14,7 +14,7 @@
  * - Our own output that the socket did not take is bounded: past PF_CONN_OUT_MAX queued bytes
  *   the conn neither reads nor processes until the peer has taken them (out_blocked).
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,7 +30,7 @@
 
 #include "pgfunnel/conn.h"
 #include "pgfunnel/log.h"
-#include "pgfunnel/worker.h"
+#include "pgfunnel/net.h"
 
 /* What a conn may queue of its own output before it stops reading and processing. */
 #define PF_CONN_OUT_MAX (256u * 1024u)
@@ -57,15 +57,15 @@ static void deliver_end(pf_conn_t *c)
 		c->ops->on_event(c, PF_CONN_EV_ERROR, c->read_status);
 }
 
-void pf_conn_init(pf_conn_t *c, pf_worker_t *w, const pf_conn_ops_t *ops, bool is_client)
+void pf_conn_init(pf_conn_t *c, pf_net_t *net, const pf_conn_ops_t *ops, bool is_client)
 {
 	c->ops = ops;
-	c->worker = w;
+	c->net = net;
 	c->is_client = is_client;
-	c->id = pf_worker_next_id(w);
-	c->max_packet = pf_worker_config(w)->max_packet_size;
+	c->id = pf_net_next_id(net);
+	c->max_packet = net->cfg->max_packet_size;
 	c->hold_max = PF_CONN_HOLD_MAX;
-	c->connect_time = pf_worker_now(w);
+	c->connect_time = pf_net_now(net);
 	c->request_time = c->connect_time;
 	pf_list_node_init(&c->node);
 	pf_list_node_init(&c->throttle_node);
@@ -74,7 +74,7 @@ void pf_conn_init(pf_conn_t *c, pf_worker_t *w, const pf_conn_ops_t *ops, bool i
 static void release_buffer(pf_conn_t *c)
 {
 	if (c->rbuf && !c->fwd_pending && c->rpos == c->rend) {
-		pf_worker_put_buffer(c->worker, c->rbuf, c->rcap);
+		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
 		c->rbuf = NULL;
 		c->rcap = c->rpos = c->rend = 0;
 		c->fwd_open = false;
@@ -88,7 +88,7 @@ static void release_buffer(pf_conn_t *c)
 static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
 {
 	if (!c->rbuf) {
-		c->rbuf = pf_worker_get_buffer(c->worker, &c->rcap);
+		c->rbuf = pf_net_get_buffer(c->net, &c->rcap);
 		if (!c->rbuf)
 			return false;
 		c->rpos = c->rend = 0;
@@ -117,7 +117,7 @@ static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
 	if (!nb)
 		return false;
 	memcpy(nb, c->rbuf, c->rend);
-	pf_worker_put_buffer(c->worker, c->rbuf, c->rcap);
+	pf_net_put_buffer(c->net, c->rbuf, c->rcap);
 	c->rbuf = nb;
 	c->rcap = ncap;
 	return true;
@@ -129,7 +129,7 @@ static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
  */
 static void tune_tcp(pf_conn_t *c)
 {
-	const pf_config_t *cfg = pf_worker_config(c->worker);
+	const pf_config_t *cfg = c->net->cfg;
 	uv_os_fd_t fd;
 	int on = 1;
 
@@ -182,8 +182,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
  */
 static void count_read(pf_conn_t *c)
 {
-	pf_worker_t *w = c->worker;
-	int limit = pf_worker_config(w)->sbuf_loopcnt;
+	pf_net_t *w = c->net;
+	int limit = w->cfg->sbuf_loopcnt;
 
 	if (limit <= 0 || c->closing)
 		return;
@@ -207,11 +207,20 @@ void pf_conn_unthrottle(pf_conn_t *c)
 		return;
 	c->throttled = false;
 	c->resume_pending = false;
-	pf_list_remove(&c->worker->throttled_conns, &c->throttle_node);
+	pf_list_remove(&c->net->throttled_conns, &c->throttle_node);
 	if (resume)
 		pf_conn_resume(c);
 	else
 		update_reading(c);
+}
+
+void pf_conn_next_iteration(pf_net_t *n)
+{
+	pf_list_node_t *node;
+
+	n->iteration++;
+	while ((node = pf_list_first(&n->throttled_conns)))
+		pf_conn_unthrottle(PF_CONTAINER_OF(node, pf_conn_t, throttle_node));
 }
 
 void pf_conn_defer_resume(pf_conn_t *c)
@@ -219,7 +228,7 @@ void pf_conn_defer_resume(pf_conn_t *c)
 	if (c->closing || c->resume_pending)
 		return;
 	if (!c->throttled)
-		pf_list_append(&c->worker->throttled_conns, &c->throttle_node);
+		pf_list_append(&c->net->throttled_conns, &c->throttle_node);
 	c->resume_pending = true;
 }
 
@@ -614,7 +623,7 @@ static void on_connected(uv_connect_t *req, int status)
 
 int pf_conn_connect(pf_conn_t *c, const struct sockaddr *addr, const char *path)
 {
-	uv_loop_t *loop = pf_worker_loop(c->worker);
+	uv_loop_t *loop = c->net->loop;
 	uv_connect_t *req = malloc(sizeof(*req));
 	int rc;
 
@@ -663,7 +672,7 @@ static void maybe_free(pf_conn_t *c)
 	    c->out_queued > 0)
 		return;
 	if (c->rbuf) {
-		pf_worker_put_buffer(c->worker, c->rbuf, c->rcap);
+		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
 		c->rbuf = NULL;
 	}
 	c->ops->on_free(c);
@@ -740,7 +749,7 @@ void pf_conn_close(pf_conn_t *c)
 	if (!c->connect_pending && c->h.stream.write_queue_size > 0) {
 		close_linger_t *l = calloc(1, sizeof(*l));
 
-		if (l && uv_timer_init(pf_worker_loop(c->worker), &l->timer) == 0) {
+		if (l && uv_timer_init(c->net->loop, &l->timer) == 0) {
 			l->conn = c;
 			l->req.data = l;
 			l->timer.data = l;
@@ -846,7 +855,7 @@ int pf_conn_connect_host(pf_conn_t *c, const char *host, int port)
 		return -ENOMEM;
 	req->data = c;
 	snprintf(service, sizeof(service), "%d", port);
-	rc = uv_getaddrinfo(pf_worker_loop(c->worker), req, on_resolved, host, service, &hints);
+	rc = uv_getaddrinfo(c->net->loop, req, on_resolved, host, service, &hints);
 	if (rc < 0) {
 		free(req);
 		return rc;

@@ -10,9 +10,11 @@
  * - Every pool's user is alive: a user counts its pools (pool_refs) and is freed only when
  *   none is left; a forced user replaced by a reload is retired until its pools are gone.
  *
- * Called by client.c (acquire, login), server.c (ready, failed, release) and the worker's janitor.
+ * Called by client.c (acquire, login), server.c (ready, failed, release) and the worker's janitor;
+ * it reaches clients and servers only through their embedded members and worker->pool_ops, so the
+ * unit tests drive it without sockets (tests/unit/test_pool.c).
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -20,13 +22,15 @@
 #include <string.h>
 #include <openssl/crypto.h>
 
-#include "pgfunnel/client.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/pool.h"
+#include "pgfunnel/runtime.h"
 #include "pgfunnel/scram.h"
-#include "pgfunnel/server.h"
-#include "pgfunnel/stats.h"
-#include "pgfunnel/worker.h"
+
+static const pf_pool_ops_t *ops_of(const pf_pool_t *pool)
+{
+	return pool->worker->pool_ops;
+}
 
 /* ---- secrets and users ---- */
 
@@ -94,6 +98,10 @@ static void user_apply_config(pf_user_t *u, const pf_config_t *cfg)
 	u->pool_size = cu ? cu->pool_size : -1;
 	u->reserve_pool_size = cu ? cu->reserve_pool_size : -1;
 	u->max_user_connections = cu ? cu->max_user_connections : -1;
+	u->query_timeout = cu ? cu->query_timeout : -1;
+	u->query_wait_timeout = cu ? cu->query_wait_timeout : -1;
+	u->idle_transaction_timeout = cu ? cu->idle_transaction_timeout : -1;
+	u->client_idle_timeout = cu ? cu->client_idle_timeout : -1;
 }
 
 static pf_user_t *user_new(const char *name)
@@ -110,6 +118,8 @@ static pf_user_t *user_new(const char *name)
 	pf_list_node_init(&u->node);
 	u->pool_mode = PF_POOL_INHERIT;
 	u->pool_size = u->reserve_pool_size = u->max_user_connections = -1;
+	u->query_timeout = u->query_wait_timeout = -1;
+	u->idle_transaction_timeout = u->client_idle_timeout = -1;
 	return u;
 }
 
@@ -320,6 +330,7 @@ static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_
 	db->max_db_connections = e->max_db_connections;
 	db->pool_mode = e->pool_mode;
 	db->server_lifetime = e->server_lifetime;
+	db->query_wait_timeout = e->query_wait_timeout;
 	db->in_config = true;
 	if (!db->dbname || (e->host && !db->host))
 		return -ENOMEM;
@@ -340,6 +351,7 @@ static pf_database_t *database_new(pf_worker_t *w, const char *name)
 	db->pool_mode = PF_POOL_INHERIT;
 	db->pool_size = db->min_pool_size = db->reserve_pool_size = db->max_db_connections = -1;
 	db->server_lifetime = -1;
+	db->query_wait_timeout = -1;
 	pf_list_append(&w->databases, &db->node);
 	return db;
 }
@@ -511,12 +523,12 @@ void pf_pool_tag_reconnect(pf_worker_t *w, const pf_database_t *db)
 		for (size_t i = 0; i < PF_ARRAY_SIZE(busy); i++) {
 			PF_LIST_FOREACH(busy[i], sit, stmp)
 			{
-				PF_CONTAINER_OF(sit, pf_server_t, conn.node)->close_needed = true;
+				PF_CONTAINER_OF(sit, pf_pool_server_t, node)->close_needed = true;
 			}
 		}
 		while ((n = pf_list_first(&p->idle_servers)))
-			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node),
-			                PF_SV_CLOSE_ADMIN);
+			ops_of(p)->close_server(PF_CONTAINER_OF(n, pf_pool_server_t, node),
+			                        PF_SV_CLOSE_ADMIN);
 	}
 }
 
@@ -605,10 +617,8 @@ static void welcome_clear(pf_pool_t *pool)
 	pool->welcome_ready = false;
 }
 
-int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s)
+int pf_pool_set_welcome(pf_pool_t *pool, size_t n, char *const *names, char *const *values)
 {
-	size_t n = s->n_params;
-
 	welcome_clear(pool);
 	pool->welcome_names = calloc(n ? n : 1, sizeof(char *));
 	pool->welcome_values = calloc(n ? n : 1, sizeof(char *));
@@ -617,8 +627,8 @@ int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s)
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < n; i++) {
-		pool->welcome_names[i] = strdup(s->param_names[i]);
-		pool->welcome_values[i] = strdup(s->param_values[i]);
+		pool->welcome_names[i] = strdup(names[i]);
+		pool->welcome_values[i] = strdup(values[i]);
 		pool->n_welcome = i + 1;
 		if (!pool->welcome_names[i] || !pool->welcome_values[i]) {
 			welcome_clear(pool);
@@ -632,7 +642,7 @@ int pf_pool_set_welcome(pf_pool_t *pool, const pf_server_t *s)
 void pf_pool_free(pf_pool_t *pool)
 {
 	/* The database's totals keep what this pool counted. */
-	pf_stats_add(&pool->db->stats_retired, &pool->stats);
+	pf_pool_stats_add(&pool->db->stats_retired, &pool->stats);
 	if (pool->node.next != &pool->node)
 		pf_list_remove(&pool->worker->pools, &pool->node);
 	welcome_clear(pool);
@@ -642,10 +652,41 @@ void pf_pool_free(pf_pool_t *pool)
 	free(pool);
 }
 
-static pf_list_t *client_list(pf_client_t *c, pf_client_state_t st)
-{
-	pf_worker_t *w = c->conn.worker;
+/* ---- statistics the pool keeps itself ---- */
 
+const pf_usec_t pf_pool_wait_bounds[PF_POOL_WAIT_BUCKETS - 1] = {
+        100, 500, 1000, 5000, 10000, 50000, 100000, 500000, 1000000, 5000000, 10000000,
+};
+
+void pf_pool_stats_add(pf_pool_stats_t *a, const pf_pool_stats_t *b)
+{
+	a->server_assignment_count += b->server_assignment_count;
+	a->xact_count += b->xact_count;
+	a->query_count += b->query_count;
+	a->bytes_received += b->bytes_received;
+	a->bytes_sent += b->bytes_sent;
+	a->xact_time += b->xact_time;
+	a->query_time += b->query_time;
+	a->wait_time += b->wait_time;
+	a->client_parse_count += b->client_parse_count;
+	a->server_parse_count += b->server_parse_count;
+	a->bind_count += b->bind_count;
+}
+
+void pf_pool_note_wait(pf_pool_t *pool, pf_usec_t usec)
+{
+	size_t b = 0;
+
+	while (b < PF_POOL_WAIT_BUCKETS - 1 && usec > pf_pool_wait_bounds[b])
+		b++;
+	pool->wait_buckets[b]++;
+	pool->wait_count++;
+}
+
+/* ---- the lists ---- */
+
+static pf_list_t *client_list(pf_worker_t *w, pf_pool_client_t *c, pf_client_state_t st)
+{
 	switch (st) {
 	case PF_CL_LOGIN:
 		return &w->login_clients;
@@ -661,23 +702,46 @@ static pf_list_t *client_list(pf_client_t *c, pf_client_state_t st)
 	}
 }
 
-void pf_pool_set_client_state(pf_client_t *c, pf_client_state_t st)
+void pf_pool_client_init(pf_pool_client_t *c)
 {
-	pf_list_t *from = client_list(c, c->state);
-	pf_list_t *to = client_list(c, st);
+	memset(c, 0, sizeof(*c));
+	pf_list_node_init(&c->node);
+}
 
+/*
+ * Clients in PF_CL_LOGIN and PF_CL_CANCEL have no pool yet: their lists are the worker's, which
+ * the caller names through the member of a pool-less client (worker of the conn). To keep the
+ * pool free of the connection layer, those two states take the worker from w.
+ */
+static void set_client_state(pf_worker_t *w, pf_pool_client_t *c, pf_client_state_t st)
+{
+	pf_list_t *from = client_list(w, c, c->state);
+	pf_list_t *to = client_list(w, c, st);
+
+	assert((st != PF_CL_WAITING && st != PF_CL_WAITING_LOGIN && st != PF_CL_ACTIVE) || c->pool);
 	if (from)
-		pf_list_remove(from, &c->conn.node);
+		pf_list_remove(from, &c->node);
 	if (c->state == PF_CL_WAITING_LOGIN)
 		c->pool->waiting_login_count--;
 	c->state = st;
 	if (st == PF_CL_WAITING_LOGIN)
 		c->pool->waiting_login_count++;
 	if (to)
-		pf_list_append(to, &c->conn.node);
+		pf_list_append(to, &c->node);
 }
 
-static pf_list_t *server_list(pf_server_t *s, pf_server_state_t st)
+void pf_pool_set_client_state(pf_pool_client_t *c, pf_client_state_t st)
+{
+	assert(c->pool);
+	set_client_state(c->pool->worker, c, st);
+}
+
+void pf_pool_set_worker_client_state(pf_worker_t *w, pf_pool_client_t *c, pf_client_state_t st)
+{
+	set_client_state(w, c, st);
+}
+
+static pf_list_t *server_list(pf_pool_server_t *s, pf_server_state_t st)
 {
 	switch (st) {
 	case PF_SV_LOGIN:
@@ -695,13 +759,15 @@ static pf_list_t *server_list(pf_server_t *s, pf_server_state_t st)
 	}
 }
 
-void pf_pool_set_server_state(pf_server_t *s, pf_server_state_t st)
+void pf_pool_set_server_state(pf_pool_server_t *s, pf_server_state_t st)
 {
 	pf_list_t *from = server_list(s, s->state);
 	pf_list_t *to = server_list(s, st);
 
+	/* Only an active server is linked. */
+	assert(st == PF_SV_ACTIVE || st == PF_SV_FREE || !s->link);
 	if (from)
-		pf_list_remove(from, &s->conn.node);
+		pf_list_remove(from, &s->node);
 	s->state = st;
 	if (!to)
 		return;
@@ -710,19 +776,31 @@ void pf_pool_set_server_state(pf_server_t *s, pf_server_state_t st)
 	 * the longest idle first when server_round_robin spreads the load.
 	 */
 	if (st == PF_SV_IDLE && !s->pool->worker->cfg->server_round_robin)
-		pf_list_prepend(to, &s->conn.node);
+		pf_list_prepend(to, &s->node);
 	else
-		pf_list_append(to, &s->conn.node);
+		pf_list_append(to, &s->node);
 }
 
-/* Whether one more server may be opened for pool now. */
-void pf_pool_close_clients(pf_list_t *l, pf_close_reason_t reason)
+void pf_pool_add_server(pf_pool_t *pool, pf_pool_server_t *s, pf_usec_t now)
+{
+	memset(s, 0, sizeof(*s));
+	pf_list_node_init(&s->node);
+	s->pool = pool;
+	s->born = now;
+	s->last_used = now;
+	pool->db->server_count++;
+	pool->user->server_count++;
+	pf_pool_set_server_state(s, PF_SV_LOGIN);
+}
+
+void pf_pool_close_clients(pf_worker_t *w, pf_list_t *l, pf_close_reason_t reason)
 {
 	pf_list_node_t *n;
 
 	/* Each close removes the client from l (and may close others): take the head each time. */
 	while ((n = pf_list_first(l)))
-		pf_client_close(PF_CONTAINER_OF(n, pf_client_t, conn.node), reason, NULL, NULL);
+		w->pool_ops->close_client(PF_CONTAINER_OF(n, pf_pool_client_t, node), reason, NULL,
+		                          NULL);
 }
 
 void pf_pool_close_all(pf_pool_t *p, pf_close_reason_t client_reason,
@@ -732,13 +810,48 @@ void pf_pool_close_all(pf_pool_t *p, pf_close_reason_t client_reason,
 	                        &p->tested_servers, &p->new_servers};
 	pf_list_node_t *n;
 
-	pf_pool_close_clients(&p->active_clients, client_reason);
-	pf_pool_close_clients(&p->waiting_clients, client_reason);
+	pf_pool_close_clients(p->worker, &p->active_clients, client_reason);
+	pf_pool_close_clients(p->worker, &p->waiting_clients, client_reason);
 	for (size_t i = 0; i < PF_ARRAY_SIZE(servers); i++) {
 		while ((n = pf_list_first(servers[i])))
-			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node), server_reason);
+			ops_of(p)->close_server(PF_CONTAINER_OF(n, pf_pool_server_t, node),
+			                        server_reason);
 	}
 }
+
+/* ---- linking ---- */
+
+/* Links s to c: both move to their active lists, and the layer above lets c's messages flow. */
+static void link_pair(pf_pool_server_t *s, pf_pool_client_t *c, pf_usec_t now)
+{
+	pf_pool_t *pool = s->pool;
+
+	assert(!s->link && !c->link && c->pool == pool);
+	pf_pool_set_server_state(s, PF_SV_ACTIVE);
+	s->link = c;
+	c->link = s;
+	if (c->state != PF_CL_ACTIVE) {
+		if (c->wait_start) {
+			pool->stats.wait_time += (uint64_t)(now - c->wait_start);
+			pf_pool_note_wait(pool, now - c->wait_start);
+		}
+		pf_pool_set_client_state(c, PF_CL_ACTIVE);
+	}
+	c->wait_start = 0;
+	pool->stats.server_assignment_count++;
+	ops_of(pool)->linked(s, c);
+}
+
+static void unlink_pair(pf_pool_server_t *s)
+{
+	if (s->link) {
+		assert(s->link->link == s);
+		s->link->link = NULL;
+	}
+	s->link = NULL;
+}
+
+/* ---- opening servers ---- */
 
 /* PAUSE (of everything or of the pool's database) or SIGUSR1. */
 static bool pool_is_paused(const pf_pool_t *pool)
@@ -805,8 +918,8 @@ static bool evict_idle_server(pf_pool_t *pool, launch_verdict_t why)
 		/* The idle server used longest ago sits at the tail (see set_server_state). */
 		n = pf_list_is_empty(&other->idle_servers) ? NULL : other->idle_servers.head.prev;
 		if (n) {
-			pf_server_close(PF_CONTAINER_OF(n, pf_server_t, conn.node),
-			                PF_SV_CLOSE_EVICTED);
+			ops_of(pool)->close_server(PF_CONTAINER_OF(n, pf_pool_server_t, node),
+			                           PF_SV_CLOSE_EVICTED);
 			return true;
 		}
 	}
@@ -823,10 +936,10 @@ static bool launch_one(pf_pool_t *pool, bool use_reserve)
 		v = launch_verdict(pool, use_reserve);
 	if (v != LAUNCH_OK)
 		return false;
-	rc = pf_server_launch(pool);
+	rc = ops_of(pool)->launch_server(pool);
 	if (rc < 0) {
 		pf_log_warning(NULL, "cannot open a server connection for %s/%s: %s",
-		               pool->db->name, pool->user->name, uv_strerror(rc));
+		               pool->db->name, pool->user->name, strerror(-rc));
 		return false;
 	}
 	return true;
@@ -845,11 +958,13 @@ void pf_pool_launch(pf_pool_t *pool)
 	launch(pool, false);
 }
 
+/* ---- giving servers to clients ---- */
+
 /*
  * Whether an idle server must run server_check_query before it is used: it has been idle for
  * more than server_check_delay and a check query is configured.
  */
-static const char *check_query_for(const pf_server_t *s, pf_usec_t now)
+static const char *check_query_for(const pf_pool_server_t *s, pf_usec_t now)
 {
 	const pf_config_t *cfg = s->pool->worker->cfg;
 	const char *q = cfg->server_check_query;
@@ -861,43 +976,57 @@ static const char *check_query_for(const pf_server_t *s, pf_usec_t now)
 	return strcmp(q, "<empty>") == 0 ? "" : q;
 }
 
-bool pf_pool_acquire(pf_client_t *c)
+/* Sends a reset or check query on s, which waits in PF_SV_TESTED. 0 or -errno. */
+static int test_server(pf_pool_server_t *s, bool reset, const char *sql, pf_usec_t now)
+{
+	int rc = ops_of(s->pool)->test_server(s, reset, sql);
+
+	if (rc < 0)
+		return rc;
+	s->test_is_reset = reset;
+	s->test_start = now;
+	pf_pool_set_server_state(s, PF_SV_TESTED);
+	return 0;
+}
+
+bool pf_pool_acquire(pf_pool_client_t *c)
 {
 	pf_pool_t *pool = c->pool;
-	pf_worker_t *w = pool->worker;
-	pf_usec_t now = pf_worker_now(w);
+	pf_usec_t now = pf_worker_now(pool->worker);
 	pf_list_node_t *n;
 
+	assert(!c->link && (c->state == PF_CL_ACTIVE || c->state == PF_CL_WAITING));
 	if (!pool_is_paused(pool)) {
 		while ((n = pf_list_first(&pool->idle_servers))) {
-			pf_server_t *s = PF_CONTAINER_OF(n, pf_server_t, conn.node);
+			pf_pool_server_t *s = PF_CONTAINER_OF(n, pf_pool_server_t, node);
 			const char *check = check_query_for(s, now);
 
 			if (!check) {
-				pf_server_link(s, c);
+				link_pair(s, c, now);
 				return true;
 			}
 			/* The checked server goes to the longest-waiting client when it passes. */
-			if (pf_server_run_task(s, PF_SV_TASK_CHECK, check) == 0)
+			if (test_server(s, false, check, now) == 0)
 				break;
+			/* A failed send closes the server (its close takes it off the list). */
+			ops_of(pool)->close_server(s, PF_SV_CLOSE_RESET_FAILED);
 		}
 	}
 	if (c->state != PF_CL_WAITING) {
 		pf_pool_set_client_state(c, PF_CL_WAITING);
 		c->wait_start = now;
 	}
-	pf_conn_pause_reading(&c->conn, true);
 	launch(pool, false); /* refuses by itself while paused */
 	return false;
 }
 
-bool pf_pool_login_client(pf_client_t *c)
+bool pf_pool_login_client(pf_pool_client_t *c)
 {
 	pf_pool_t *pool = c->pool;
 
 	if (pool->welcome_ready) {
 		pf_pool_set_client_state(c, PF_CL_ACTIVE);
-		pf_client_finish_login(c);
+		ops_of(pool)->login_done(c);
 		return true;
 	}
 	pf_pool_set_client_state(c, PF_CL_WAITING_LOGIN);
@@ -908,15 +1037,15 @@ bool pf_pool_login_client(pf_client_t *c)
 		/* Nothing can be opened now; the janitor retries while the client waits (up to
 		 * query_wait_timeout), unless the last login failed: then say so at once. */
 		if (pool->last_login_failure)
-			pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006",
-			                "server login has been failing, try again later "
-			                "(server_login_retry)");
+			ops_of(pool)->close_client(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006",
+			                           "server login has been failing, try again later "
+			                           "(server_login_retry)");
 	}
 	return false;
 }
 
 /* Hands a free server to the longest-waiting client, else parks it as idle. */
-static void give_server(pf_server_t *s)
+static void give_server(pf_pool_server_t *s)
 {
 	pf_pool_t *pool = s->pool;
 	pf_list_node_t *it, *tmp;
@@ -924,84 +1053,101 @@ static void give_server(pf_server_t *s)
 	if (!pool_is_paused(pool)) {
 		PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
 		{
-			pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+			pf_pool_client_t *c = PF_CONTAINER_OF(it, pf_pool_client_t, node);
 
 			if (c->state != PF_CL_WAITING)
 				continue;
-			pf_server_link(s, c);
+			link_pair(s, c, pf_worker_now(pool->worker));
 			return;
 		}
 	}
 	pf_pool_set_server_state(s, PF_SV_IDLE);
 }
 
-void pf_pool_server_ready(pf_server_t *s)
+void pf_pool_kick(pf_pool_t *pool)
+{
+	pf_list_node_t *n;
+
+	/* Idle servers go to waiting clients, then new ones open for the rest. */
+	while (!pool_is_paused(pool) && (n = pf_list_first(&pool->idle_servers))) {
+		pf_list_node_t *wn, *wtmp;
+		pf_pool_client_t *waiting = NULL;
+
+		PF_LIST_FOREACH(&pool->waiting_clients, wn, wtmp)
+		{
+			pf_pool_client_t *c = PF_CONTAINER_OF(wn, pf_pool_client_t, node);
+
+			if (c->state == PF_CL_WAITING) {
+				waiting = c;
+				break;
+			}
+		}
+		if (!waiting)
+			break;
+		link_pair(PF_CONTAINER_OF(n, pf_pool_server_t, node), waiting,
+		          pf_worker_now(pool->worker));
+	}
+	pf_pool_launch(pool);
+}
+
+void pf_pool_server_ready(pf_pool_server_t *s)
 {
 	pf_pool_t *pool = s->pool;
 	pf_worker_t *w = pool->worker;
 	pf_list_node_t *it, *tmp;
 	pf_usec_t lifetime = pf_database_server_lifetime(pool->db, w->cfg);
 
-	/* A server tagged for replacement (changed settings) does not set the welcome. */
-	if (!pool->welcome_ready && !s->close_needed && pf_pool_set_welcome(pool, s) < 0) {
-		pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
-		return;
-	}
+	assert(!s->link);
 	/* Clients that waited for the parameters finish their login first (this runs at every
 	 * release, so the walk happens only when such clients exist). */
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
 	{
 		if (!pool->welcome_ready || pool->waiting_login_count == 0)
 			break;
-		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+		pf_pool_client_t *c = PF_CONTAINER_OF(it, pf_pool_client_t, node);
 
 		if (c->state == PF_CL_WAITING_LOGIN) {
 			pf_pool_set_client_state(c, PF_CL_ACTIVE);
-			pf_client_finish_login(c);
+			ops_of(pool)->login_done(c);
 		}
 	}
 	if (s->close_needed || w->shutdown == PF_SHUTDOWN_IMMEDIATE ||
-	    (lifetime > 0 && pf_worker_now(w) - s->conn.connect_time > lifetime)) {
-		pf_server_close(s, s->close_needed ? PF_SV_CLOSE_ADMIN : PF_SV_CLOSE_LIFETIME);
+	    (lifetime > 0 && pf_worker_now(w) - s->born > lifetime)) {
+		ops_of(pool)->close_server(s, s->close_needed ? PF_SV_CLOSE_ADMIN
+		                                              : PF_SV_CLOSE_LIFETIME);
 		pf_pool_launch(pool);
 		return;
 	}
 	give_server(s);
 }
 
-void pf_pool_release_server(pf_server_t *s)
+void pf_pool_release_server(pf_pool_server_t *s)
 {
 	pf_pool_t *pool = s->pool;
-	pf_worker_t *w = pool->worker;
-	pf_client_t *c = s->link;
+	const pf_pool_ops_t *ops = ops_of(pool);
+	pf_pool_client_t *c = s->link;
 	/* A message of the client's only partly sent: the rest would never follow. */
-	bool half_sent = c && pf_conn_mid_message(&c->conn);
+	bool half_sent = c && ops->client_mid_message(c);
 
-	if (c) {
-		c->link = NULL;
-		c->conn.peer = NULL;
-	}
-	s->link = NULL;
-	s->conn.peer = NULL;
-	s->last_used = pf_worker_now(w);
-
-	if (half_sent || !pf_server_is_clean(s)) {
-		pf_server_close(s, !half_sent && pf_server_is_uncertain(s)
-		                           ? PF_SV_CLOSE_UNCERTAIN
-		                           : PF_SV_CLOSE_CLIENT_GONE);
+	unlink_pair(s);
+	s->last_used = pf_worker_now(pool->worker);
+	if (half_sent || !ops->server_is_clean(s)) {
+		ops->close_server(s, !half_sent && ops->server_is_uncertain(s)
+		                             ? PF_SV_CLOSE_UNCERTAIN
+		                             : PF_SV_CLOSE_CLIENT_GONE);
 		pf_pool_launch(pool);
 		return;
 	}
-	if (!pf_list_is_empty(&s->cancels)) {
-		/* A cancel for its last query is in flight: park it until that is done. */
-		s->cancel_hold = true;
+	if (ops->server_has_cancels(s)) {
+		/* A cancel for its last query is in flight: park it until that is done
+		 * (pf_pool_finish_release() follows). */
 		pf_pool_set_server_state(s, PF_SV_USED);
 		return;
 	}
 	pf_pool_finish_release(s);
 }
 
-void pf_pool_finish_release(pf_server_t *s)
+void pf_pool_finish_release(pf_pool_server_t *s)
 {
 	pf_pool_t *pool = s->pool;
 	pf_worker_t *w = pool->worker;
@@ -1010,14 +1156,38 @@ void pf_pool_finish_release(pf_server_t *s)
 
 	if ((mode == PF_POOL_SESSION || cfg->server_reset_query_always) &&
 	    cfg->server_reset_query && *cfg->server_reset_query && !s->close_needed) {
-		if (pf_server_run_task(s, PF_SV_TASK_RESET, cfg->server_reset_query) == 0)
-			return;
-		pf_server_close(s, PF_SV_CLOSE_RESET_FAILED);
+		if (test_server(s, true, cfg->server_reset_query, pf_worker_now(w)) < 0)
+			ops_of(pool)->close_server(s, PF_SV_CLOSE_RESET_FAILED);
 		return;
 	}
 	pf_pool_server_ready(s);
 	if (w->shutdown == PF_SHUTDOWN_WAIT_FOR_SERVERS)
-		pf_worker_check_shutdown(w);
+		pf_worker_settled(w);
+}
+
+void pf_pool_server_gone(pf_pool_server_t *s)
+{
+	pf_pool_t *pool = s->pool;
+
+	unlink_pair(s);
+	if (s->state != PF_SV_FREE) {
+		pf_pool_set_server_state(s, PF_SV_FREE);
+		assert(pool->db->server_count > 0 && pool->user->server_count > 0);
+		pool->db->server_count--;
+		pool->user->server_count--;
+	}
+}
+
+void pf_pool_client_gone(pf_worker_t *w, pf_pool_client_t *c)
+{
+	assert(!c->link);
+	if (c->state != PF_CL_FREE)
+		set_client_state(w, c, PF_CL_FREE);
+}
+
+void pf_pool_unlink(pf_pool_server_t *s)
+{
+	unlink_pair(s);
 }
 
 void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message)
@@ -1032,68 +1202,44 @@ void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *me
 	snprintf(text, sizeof(text), "%s", message ? message : "server connection failed");
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
 	{
-		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+		pf_pool_client_t *c = PF_CONTAINER_OF(it, pf_pool_client_t, node);
 
-		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, sqlstate ? sqlstate : "08006",
-		                text);
+		ops_of(pool)->close_client(c, PF_CLOSE_CLIENT_SERVER_LOGIN,
+		                           sqlstate ? sqlstate : "08006", text);
 	}
 }
 
-/*
- * Clients that cannot read (a full buffer behind a server that does not read, or queued for a
- * server) would not see their peer leave: ask the kernel. A client gone that neither read nor
- * forwarded anything for a janitor period goes with its unprocessed input. (A server's EOF is told
- * only after its last bytes reached the client: those are the client's to read.)
- */
-static void close_abandoned(pf_pool_t *pool)
+/* ---- the janitor ---- */
+
+/* Servers that are stuck connecting or logging in, idle too long or too old, stuck testing. */
+static void expire_servers(pf_pool_t *pool, pf_usec_t now)
 {
-	pf_list_t *lists[] = {&pool->waiting_clients, &pool->active_clients};
-	pf_list_node_t *it, *tmp;
-
-	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-		PF_LIST_FOREACH(lists[i], it, tmp)
-		{
-			pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
-
-			if (pf_conn_is_abandoned(&c->conn))
-				pf_client_close(c, PF_CLOSE_CLIENT_EOF, NULL, NULL);
-		}
-	}
-}
-
-void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
-{
-	pf_worker_t *w = pool->worker;
-	const pf_config_t *cfg = w->cfg;
-	pf_list_node_t *it, *tmp, *n;
+	const pf_config_t *cfg = pool->worker->cfg;
+	const pf_pool_ops_t *ops = ops_of(pool);
 	pf_usec_t lifetime = pf_database_server_lifetime(pool->db, cfg);
 	int min_size = pool_min_size(pool);
+	pf_list_node_t *it, *tmp;
 
-	if (pool->db->admin)
-		return;
-	close_abandoned(pool);
-	/* Servers that are stuck connecting or logging in. */
 	PF_LIST_FOREACH(&pool->new_servers, it, tmp)
 	{
-		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
+		pf_pool_server_t *s = PF_CONTAINER_OF(it, pf_pool_server_t, node);
 
-		if (cfg->server_connect_timeout > 0 &&
-		    now - s->conn.connect_time > cfg->server_connect_timeout)
-			pf_server_close(s, PF_SV_CLOSE_CONNECT_TIMEOUT);
+		if (cfg->server_connect_timeout > 0 && now - s->born > cfg->server_connect_timeout)
+			ops->close_server(s, PF_SV_CLOSE_CONNECT_TIMEOUT);
 	}
 	/* Idle servers past their lifetime or idle timeout (oldest last in the list). */
 	PF_LIST_FOREACH(&pool->idle_servers, it, tmp)
 	{
-		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
-		bool too_old = lifetime > 0 && now - s->conn.connect_time > lifetime;
+		pf_pool_server_t *s = PF_CONTAINER_OF(it, pf_pool_server_t, node);
+		bool too_old = lifetime > 0 && now - s->born > lifetime;
 		bool too_idle = cfg->server_idle_timeout > 0 &&
 		                now - s->last_used > cfg->server_idle_timeout &&
 		                (int)pf_pool_server_count(pool) > min_size;
 
 		if (s->close_needed || too_old || too_idle)
-			pf_server_close(s, s->close_needed ? PF_SV_CLOSE_ADMIN
-			                   : too_old       ? PF_SV_CLOSE_LIFETIME
-			                                   : PF_SV_CLOSE_IDLE_TIMEOUT);
+			ops->close_server(s, s->close_needed ? PF_SV_CLOSE_ADMIN
+			                     : too_old       ? PF_SV_CLOSE_LIFETIME
+			                                     : PF_SV_CLOSE_IDLE_TIMEOUT);
 	}
 	/*
 	 * Servers running server_reset_query or server_check_query (tested) that do not answer
@@ -1105,58 +1251,73 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 	 */
 	PF_LIST_FOREACH(&pool->tested_servers, it, tmp)
 	{
-		pf_server_t *s = PF_CONTAINER_OF(it, pf_server_t, conn.node);
-		bool too_old = lifetime > 0 && now - s->conn.connect_time > lifetime;
+		pf_pool_server_t *s = PF_CONTAINER_OF(it, pf_pool_server_t, node);
+		bool too_old = lifetime > 0 && now - s->born > lifetime;
 		bool stuck = cfg->server_idle_timeout > 0 &&
-		             now - s->task_start > cfg->server_idle_timeout;
+		             now - s->test_start > cfg->server_idle_timeout;
 
 		if (!too_old && !stuck)
 			continue;
 		if (stuck)
-			pf_log_warning(s, "%s did not finish within server_idle_timeout",
-			               s->task == PF_SV_TASK_RESET ? "server_reset_query"
-			                                           : "server_check_query");
-		pf_server_close(s, too_old ? PF_SV_CLOSE_LIFETIME : PF_SV_CLOSE_IDLE_TIMEOUT);
+			pf_log_warning(NULL, "%s/%s: %s did not finish within server_idle_timeout",
+			               pool->db->name, pool->user->name,
+			               s->test_is_reset ? "server_reset_query" : "server_check_query");
+		ops->close_server(s, too_old ? PF_SV_CLOSE_LIFETIME : PF_SV_CLOSE_IDLE_TIMEOUT);
 	}
-	/* Client-side timeouts (0 = off for each). */
+}
+
+/* query_wait_timeout: per-user over per-database over global. */
+static pf_usec_t query_wait_timeout(const pf_pool_t *pool)
+{
+	if (pool->user->query_wait_timeout >= 0)
+		return pool->user->query_wait_timeout;
+	return pool->db->query_wait_timeout >= 0 ? pool->db->query_wait_timeout
+	                                         : pool->worker->cfg->query_wait_timeout;
+}
+
+pf_usec_t pf_pool_query_timeout(const pf_pool_t *pool)
+{
+	return pool->user->query_timeout >= 0 ? pool->user->query_timeout
+	                                      : pool->worker->cfg->query_timeout;
+}
+
+pf_usec_t pf_pool_idle_transaction_timeout(const pf_pool_t *pool)
+{
+	return pool->user->idle_transaction_timeout >= 0 ? pool->user->idle_transaction_timeout
+	                                                 : pool->worker->cfg->idle_transaction_timeout;
+}
+
+pf_usec_t pf_pool_client_idle_timeout(const pf_pool_t *pool)
+{
+	return pool->user->client_idle_timeout >= 0 ? pool->user->client_idle_timeout
+	                                            : pool->worker->cfg->client_idle_timeout;
+}
+
+void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
+{
+	pf_worker_t *w = pool->worker;
+	const pf_config_t *cfg = w->cfg;
+	pf_list_node_t *it, *tmp, *n;
+	int min_size = pool_min_size(pool);
+
+	if (pool->db->admin)
+		return;
+	expire_servers(pool, now);
+	/* query_wait_timeout (0 = off). */
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
 	{
-		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
+		pf_pool_client_t *c = PF_CONTAINER_OF(it, pf_pool_client_t, node);
+		pf_usec_t limit = query_wait_timeout(pool);
 
-		if (cfg->query_wait_timeout > 0 && c->wait_start &&
-		    now - c->wait_start > cfg->query_wait_timeout)
-			pf_client_close(c, PF_CLOSE_CLIENT_WAIT_TIMEOUT, NULL, NULL);
-	}
-	PF_LIST_FOREACH(&pool->active_clients, it, tmp)
-	{
-		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, conn.node);
-		pf_server_t *s = c->link;
-
-		if (!s) {
-			if (cfg->client_idle_timeout > 0 &&
-			    now - c->conn.request_time > cfg->client_idle_timeout)
-				pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TIMEOUT, NULL, NULL);
-			continue;
-		}
-		if (cfg->query_timeout > 0 && c->query_start &&
-		    now - c->query_start > cfg->query_timeout) {
-			pf_client_close(c, PF_CLOSE_CLIENT_QUERY_TIMEOUT, NULL, NULL);
-			continue;
-		}
-		/* Idle in a transaction, or holding its server with extended-protocol messages
-		 * whose Sync it does not send. */
-		if (cfg->idle_transaction_timeout > 0 && !c->query_start &&
-		    (s->tx_status != PF_PROTO_TX_IDLE ||
-		     (pf_reqq_len(&s->rq) == 0 && !pf_reqq_is_idle(&s->rq))) &&
-		    now - c->conn.request_time > cfg->idle_transaction_timeout)
-			pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT, NULL, NULL);
+		if (limit > 0 && c->wait_start && now - c->wait_start > limit)
+			ops_of(pool)->close_client(c, PF_CLOSE_CLIENT_WAIT_TIMEOUT, NULL, NULL);
 	}
 	if (pool_is_paused(pool) || w->shutdown != PF_SHUTDOWN_NONE)
 		return;
 	/* The reserve pool opens when the first client has waited reserve_pool_timeout. */
 	n = pf_list_first(&pool->waiting_clients);
 	if (n) {
-		pf_client_t *c = PF_CONTAINER_OF(n, pf_client_t, conn.node);
+		pf_pool_client_t *c = PF_CONTAINER_OF(n, pf_pool_client_t, node);
 
 		launch(pool, pool_reserve_size(pool) > 0 && cfg->reserve_pool_timeout >= 0 &&
 		                     now - c->wait_start >= cfg->reserve_pool_timeout);
@@ -1164,7 +1325,7 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 	/* min_pool_size keeps servers open for pools that have had clients. */
 	while ((int)pf_pool_server_count(pool) < min_size && pool->welcome_ready &&
 	       can_launch(pool, false)) {
-		if (pf_server_launch(pool) < 0)
+		if (ops_of(pool)->launch_server(pool) < 0)
 			break;
 	}
 }

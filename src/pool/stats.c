@@ -5,7 +5,7 @@
  * Invariant: counters only grow; a database's totals include the pools it already freed
  * (db->stats_retired), so rates computed from two readings are never negative.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,29 +13,9 @@
 
 #include "pgfunnel/log.h"
 #include "pgfunnel/stats.h"
-#include "pgfunnel/worker.h"
+#include "pgfunnel/runtime.h"
 
-_Static_assert(sizeof(((pf_pool_t *)0)->wait_buckets) / sizeof(uint64_t) == PF_STATS_WAIT_BUCKETS,
-               "pool.h's wait_buckets must have PF_STATS_WAIT_BUCKETS entries");
 
-const pf_usec_t pf_stats_wait_bounds[PF_STATS_WAIT_BUCKETS - 1] = {
-        100, 500, 1000, 5000, 10000, 50000, 100000, 500000, 1000000, 5000000, 10000000,
-};
-
-void pf_stats_add(pf_pool_stats_t *a, const pf_pool_stats_t *b)
-{
-	a->server_assignment_count += b->server_assignment_count;
-	a->xact_count += b->xact_count;
-	a->query_count += b->query_count;
-	a->bytes_received += b->bytes_received;
-	a->bytes_sent += b->bytes_sent;
-	a->xact_time += b->xact_time;
-	a->query_time += b->query_time;
-	a->wait_time += b->wait_time;
-	a->client_parse_count += b->client_parse_count;
-	a->server_parse_count += b->server_parse_count;
-	a->bind_count += b->bind_count;
-}
 
 void pf_stats_db_totals(pf_worker_t *w, const pf_database_t *db, pf_pool_stats_t *out)
 {
@@ -47,7 +27,7 @@ void pf_stats_db_totals(pf_worker_t *w, const pf_database_t *db, pf_pool_stats_t
 		const pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
 
 		if (p->db == db)
-			pf_stats_add(out, &p->stats);
+			pf_pool_stats_add(out, &p->stats);
 	}
 }
 
@@ -72,15 +52,6 @@ void pf_stats_note_error(pf_pool_t *pool, const char *sqlstate)
 	pool->n_error_classes++;
 }
 
-void pf_stats_note_wait(pf_pool_t *pool, pf_usec_t usec)
-{
-	size_t b = 0;
-
-	while (b < PF_STATS_WAIT_BUCKETS - 1 && usec > pf_stats_wait_bounds[b])
-		b++;
-	pool->wait_buckets[b]++;
-	pool->wait_count++;
-}
 
 /* usec * delta / dur without overflowing for large byte counts: a per-second rate. */
 static uint64_t per_second(uint64_t delta, pf_usec_t dur)
@@ -169,8 +140,8 @@ void pf_stats_tick(pf_worker_t *w, pf_usec_t now)
 
 		pf_stats_db_totals(w, db, &cur);
 		pf_stats_average(&cur, &db->stats_period_start, dur, &db->stats_avg);
-		pf_stats_add(&cur_all, &cur);
-		pf_stats_add(&old_all, &db->stats_period_start);
+		pf_pool_stats_add(&cur_all, &cur);
+		pf_pool_stats_add(&old_all, &db->stats_period_start);
 		db->stats_period_start = cur;
 	}
 	w->stats_stamp = now;

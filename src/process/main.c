@@ -6,7 +6,7 @@
  * pidfile, drop privileges, tell systemd READY=1, run the loop. The config snapshot is replaced
  * whole on SIGHUP; a bad file keeps the old snapshot. Signals have PgBouncer 1.23+ meanings.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -6,7 +6,7 @@
  * listeners, then waits as the mode says, then reports completion once every handle it owns has
  * gone through its close callback.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -30,6 +30,7 @@
 #include "pgfunnel/pool.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/server.h"
+#include "pgfunnel/session.h"
 #include "pgfunnel/stats.h"
 #include "pgfunnel/worker.h"
 
@@ -39,23 +40,30 @@ typedef pf_listener_t listener_t;
 
 static void on_janitor(uv_timer_t *t);
 
-/* Throttled connections read again; deferred ones process their input (pf_conn_defer_resume). */
-static void run_deferred(pf_worker_t *w)
-{
-	pf_list_node_t *n;
-
-	while ((n = pf_list_first(&w->throttled_conns)))
-		pf_conn_unthrottle(PF_CONTAINER_OF(n, pf_conn_t, throttle_node));
-}
-
-/* After each poll: a new loop iteration. */
+/* After each poll: a new loop iteration. Throttled connections read again; deferred ones
+ * process their input (pf_conn_defer_resume). */
 static void on_iteration(uv_check_t *h)
 {
 	pf_worker_t *w = h->data;
 
-	w->iteration++;
-	run_deferred(w);
+	pf_conn_next_iteration(&w->net);
 }
+
+/* A client or server went away, or a server was released. */
+static void on_settled(pf_worker_t *w)
+{
+	if (w->shutdown != PF_SHUTDOWN_NONE)
+		pf_worker_check_shutdown(w);
+	pf_admin_poll(w);
+}
+
+static const pf_worker_ops_t worker_ops = {
+        .settled = on_settled,
+        .kick_pools = pf_worker_kick_pools,
+        .set_suspended = pf_worker_set_suspended,
+        .console_login = pf_admin_login,
+        .console_packet = pf_admin_packet,
+};
 
 int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 {
@@ -64,18 +72,17 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 
 	if (!w)
 		return -ENOMEM;
-	w->loop = loop;
+	pf_net_init(&w->net, loop, cfg);
 	w->cfg = cfg;
-	w->buffer_size = (size_t)(cfg->pkt_buf > 0 ? cfg->pkt_buf : 4096);
+	w->ops = &worker_ops;
+	w->pool_ops = &pf_session_pool_ops;
 	pf_list_init(&w->login_clients);
 	pf_list_init(&w->cancel_clients);
 	pf_list_init(&w->cancel_conns);
-	pf_list_init(&w->throttled_conns);
 	pf_list_init(&w->databases);
 	pf_list_init(&w->users);
 	pf_list_init(&w->pools);
-	for (size_t i = 0; i < PF_CANCEL_BUCKETS; i++)
-		pf_list_init(&w->cancel_buckets[i]);
+	pf_cancel_table_init(&w->cancel_keys);
 	if (RAND_bytes(w->mock_key, sizeof(w->mock_key)) != 1) {
 		free(w);
 		return -EIO;
@@ -113,51 +120,6 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	return 0;
 }
 
-pf_usec_t pf_worker_now(pf_worker_t *w)
-{
-	w->now = (pf_usec_t)(uv_hrtime() / 1000);
-	return w->now;
-}
-
-pf_usec_t pf_worker_wall_time(const pf_worker_t *w, pf_usec_t t)
-{
-	return w->start_wall + (t - w->start_time);
-}
-
-uint8_t *pf_worker_get_buffer(pf_worker_t *w, uint32_t *cap)
-{
-	pf_free_buffer_t *b = w->free_buffers;
-
-	*cap = (uint32_t)w->buffer_size;
-	w->buffers_in_use++;
-	if (b) {
-		w->free_buffers = b->next;
-		w->free_buffer_count--;
-		return (uint8_t *)b;
-	}
-	return malloc(w->buffer_size);
-}
-
-/* Buffers kept for reuse; beyond this they go back to malloc. */
-#define FREE_BUFFERS_MAX 1024
-
-void pf_worker_put_buffer(pf_worker_t *w, uint8_t *buf, uint32_t cap)
-{
-	pf_free_buffer_t *b = (pf_free_buffer_t *)buf;
-
-	if (!buf)
-		return;
-	if (cap == w->buffer_size && w->buffers_in_use > 0)
-		w->buffers_in_use--;
-	if (cap != w->buffer_size || w->free_buffer_count >= FREE_BUFFERS_MAX) {
-		free(buf);
-		return;
-	}
-	b->next = w->free_buffers;
-	w->free_buffers = b;
-	w->free_buffer_count++;
-}
-
 void pf_worker_load_auth_file(pf_worker_t *w)
 {
 	const pf_config_t *cfg = w->cfg;
@@ -178,42 +140,6 @@ void pf_worker_load_auth_file(pf_worker_t *w)
 	pf_auth_file_free(w->auth_file);
 	w->auth_file = af;
 	pf_user_sync_auth_file(w);
-}
-
-static uint32_t cancel_bucket(uint32_t pid)
-{
-	return (pid * 2654435761u) >> 20 & (PF_CANCEL_BUCKETS - 1);
-}
-
-void pf_worker_add_cancel_key(pf_worker_t *w, pf_client_t *c)
-{
-	pf_list_append(&w->cancel_buckets[cancel_bucket(c->cancel_pid)], &c->cancel_node);
-}
-
-void pf_worker_remove_cancel_key(pf_worker_t *w, pf_client_t *c)
-{
-	if (c->cancel_node.next != &c->cancel_node)
-		pf_list_remove(&w->cancel_buckets[cancel_bucket(c->cancel_pid)], &c->cancel_node);
-}
-
-pf_client_t *pf_worker_find_cancel_key(pf_worker_t *w, uint32_t pid, uint32_t key)
-{
-	pf_list_t *l = &w->cancel_buckets[cancel_bucket(pid)];
-	pf_list_node_t *it, *tmp;
-
-	PF_LIST_FOREACH(l, it, tmp)
-	{
-		pf_client_t *c = PF_CONTAINER_OF(it, pf_client_t, cancel_node);
-		uint8_t a[8], b[8];
-
-		memcpy(a, &c->cancel_pid, 4);
-		memcpy(a + 4, &c->cancel_key, 4);
-		memcpy(b, &pid, 4);
-		memcpy(b + 4, &key, 4);
-		if (pf_memeq_ct(a, b, sizeof(a)))
-			return c;
-	}
-	return NULL;
 }
 
 static void maybe_done(pf_worker_t *w)
@@ -263,14 +189,17 @@ static void on_janitor(uv_timer_t *t)
 	pf_server_expire_cancels(w, now);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
-		pf_pool_maintain(PF_CONTAINER_OF(it, pf_pool_t, node), now);
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		pf_client_maintain(p, now);
+		pf_pool_maintain(p, now);
 	}
 	pf_database_maintain(w, now);
 	pf_stats_tick(w, now);
 	pf_admin_poll(w);
 	pf_worker_check_shutdown(w);
 	/* Work deferred from here would otherwise wait for the next poll to return. */
-	run_deferred(w);
+	pf_conn_next_iteration(&w->net);
 }
 
 /* Opens a TCP listener on one resolved address. */
@@ -314,7 +243,7 @@ static int listen_tcp(pf_worker_t *w, const struct addrinfo *ai, char *err, size
 	if (listen(fd, cfg->listen_backlog > 0 ? cfg->listen_backlog : 128) < 0)
 		goto fail;
 
-	rc = uv_tcp_init(w->loop, &l->h.tcp);
+	rc = uv_tcp_init(w->net.loop, &l->h.tcp);
 	if (rc == 0) {
 		rc = uv_tcp_open(&l->h.tcp, fd);
 		if (rc < 0) {
@@ -488,7 +417,7 @@ static int listen_unix(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *e
 	}
 	if (listen(fd, cfg->listen_backlog > 0 ? cfg->listen_backlog : 128) < 0)
 		goto fail;
-	rc = uv_pipe_init(w->loop, &l->h.pipe, 0);
+	rc = uv_pipe_init(w->net.loop, &l->h.pipe, 0);
 	if (rc == 0) {
 		rc = uv_pipe_open(&l->h.pipe, fd);
 		if (rc < 0)
@@ -563,21 +492,13 @@ size_t pf_worker_describe_listeners(const pf_worker_t *w, char *buf, size_t n)
 
 void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 {
-	const pf_config_t *old = w->cfg;
-
 	w->cfg = cfg;
-	if (cfg->pkt_buf > 0 && (size_t)cfg->pkt_buf != w->buffer_size) {
+	w->net.cfg = cfg;
+	if (cfg->pkt_buf > 0 && (size_t)cfg->pkt_buf != w->net.buffer_size) {
 		/* Buffers of the old size are freed as they come back. */
-		while (w->free_buffers) {
-			pf_free_buffer_t *b = w->free_buffers;
-
-			w->free_buffers = b->next;
-			free(b);
-		}
-		w->free_buffer_count = 0;
-		w->buffer_size = (size_t)cfg->pkt_buf;
+		pf_net_free(&w->net);
+		w->net.buffer_size = (size_t)cfg->pkt_buf;
 	}
-	(void)old;
 	pf_worker_load_auth_file(w);
 	if (pf_database_sync_config(w) < 0)
 		pf_log_error(NULL, "out of memory applying the new [databases]");
@@ -678,18 +599,27 @@ void pf_worker_pause(pf_worker_t *w)
 	pf_pool_tag_reconnect(w, NULL);
 }
 
-static void suspend_list(pf_list_t *l, bool on)
+static void suspend_clients(pf_list_t *l, bool on)
 {
 	pf_list_node_t *it, *tmp;
 
 	PF_LIST_FOREACH(l, it, tmp)
 	{
-		pf_conn_t *c = PF_CONTAINER_OF(it, pf_conn_t, node);
+		pf_client_t *c = pf_client_from_node(it);
 
 		/* The console stays usable: RESUME must be able to arrive. */
-		if (c->is_client && ((pf_client_t *)c)->admin)
-			continue;
-		pf_conn_suspend(c, on);
+		if (!c->admin)
+			pf_conn_suspend(&c->conn, on);
+	}
+}
+
+static void suspend_servers(pf_list_t *l, bool on)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(l, it, tmp)
+	{
+		pf_conn_suspend(&pf_server_from_node(it)->conn, on);
 	}
 }
 
@@ -698,18 +628,18 @@ void pf_worker_set_suspended(pf_worker_t *w, bool on)
 	pf_list_node_t *it, *tmp;
 
 	w->suspended = on;
-	suspend_list(&w->login_clients, on);
+	suspend_clients(&w->login_clients, on);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
 
-		suspend_list(&p->active_clients, on);
-		suspend_list(&p->waiting_clients, on);
-		suspend_list(&p->active_servers, on);
-		suspend_list(&p->idle_servers, on);
-		suspend_list(&p->used_servers, on);
-		suspend_list(&p->tested_servers, on);
-		suspend_list(&p->new_servers, on);
+		suspend_clients(&p->active_clients, on);
+		suspend_clients(&p->waiting_clients, on);
+		suspend_servers(&p->active_servers, on);
+		suspend_servers(&p->idle_servers, on);
+		suspend_servers(&p->used_servers, on);
+		suspend_servers(&p->tested_servers, on);
+		suspend_servers(&p->new_servers, on);
 	}
 }
 
@@ -725,12 +655,7 @@ void pf_worker_free(pf_worker_t *w)
 	pf_user_free_all(w);
 	pf_auth_file_free(w->auth_file);
 	pf_scram_cache_free(w->scram_cache);
-	while (w->free_buffers) {
-		pf_free_buffer_t *b = w->free_buffers;
-
-		w->free_buffers = b->next;
-		free(b);
-	}
+	pf_net_free(&w->net);
 	free(w);
 }
 
@@ -738,8 +663,8 @@ void pf_worker_close_all(pf_worker_t *w)
 {
 	pf_list_node_t *it, *tmp;
 
-	pf_pool_close_clients(&w->login_clients, PF_CLOSE_CLIENT_SHUTDOWN);
-	pf_pool_close_clients(&w->cancel_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+	pf_pool_close_clients(w, &w->login_clients, PF_CLOSE_CLIENT_SHUTDOWN);
+	pf_pool_close_clients(w, &w->cancel_clients, PF_CLOSE_CLIENT_SHUTDOWN);
 	pf_server_close_cancels(w);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
@@ -754,28 +679,7 @@ void pf_worker_kick_pools(pf_worker_t *w)
 
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
-		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
-		pf_list_node_t *n;
-
-		/* Idle servers go to waiting clients, then new ones open for the rest. */
-		while ((n = pf_list_first(&p->idle_servers))) {
-			pf_list_node_t *wn, *wtmp;
-			pf_client_t *waiting = NULL;
-
-			PF_LIST_FOREACH(&p->waiting_clients, wn, wtmp)
-			{
-				pf_client_t *c = PF_CONTAINER_OF(wn, pf_client_t, conn.node);
-
-				if (c->state == PF_CL_WAITING) {
-					waiting = c;
-					break;
-				}
-			}
-			if (!waiting)
-				break;
-			pf_server_link(PF_CONTAINER_OF(n, pf_server_t, conn.node), waiting);
-		}
-		pf_pool_launch(p);
+		pf_pool_kick(PF_CONTAINER_OF(it, pf_pool_t, node));
 	}
 }
 

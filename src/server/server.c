@@ -14,8 +14,9 @@
  * Called by pool.c (launch, link, tasks) and client.c (cancel); pf_server_close() is the only
  * way a server ends.
  */
-#include "config.h"
+#include "pfbuild.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -24,11 +25,11 @@
 #include <string.h>
 #include <openssl/crypto.h>
 
-#include "pgfunnel/admin.h"
 #include "pgfunnel/log.h"
+#include "pgfunnel/pool.h"
+#include "pgfunnel/runtime.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
-#include "pgfunnel/worker.h"
 
 #ifndef PF_DEFAULT_UNIX_SOCKET_DIR
 #define PF_DEFAULT_UNIX_SOCKET_DIR "/var/run/postgresql"
@@ -82,12 +83,12 @@ size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n)
 	pf_conn_addr_text(&s->conn.addr, host, sizeof(host), &port);
 	if (s->conn.addr.sa.sa_family == AF_UNSPEC) {
 		/* Still resolving the host name: name it as configured. */
-		pf_strlcpy(host, s->pool->db->host ? s->pool->db->host : "?", sizeof(host));
-		port = s->pool->db->port;
+		pf_strlcpy(host, s->ps.pool->db->host ? s->ps.pool->db->host : "?", sizeof(host));
+		port = s->ps.pool->db->port;
 	}
 	/* The id, not the heap address: the same value SHOW SERVERS prints as ptr. */
-	len = snprintf(buf, n, "S-0x%" PRIx64 ": %s/%s@%s:%d", s->conn.id, s->pool->db->name,
-	               s->pool->user->name, host, port);
+	len = snprintf(buf, n, "S-0x%" PRIx64 ": %s/%s@%s:%d", s->conn.id, s->ps.pool->db->name,
+	               s->ps.pool->user->name, host, port);
 	return len < 0 ? 0 : ((size_t)len < n ? (size_t)len : n - 1);
 }
 
@@ -101,13 +102,13 @@ bool pf_server_is_clean(const pf_server_t *s)
 
 bool pf_server_may_release(const pf_server_t *s)
 {
-	const pf_client_t *c = s->link;
+	const pf_conn_t *cc = s->conn.peer;
 
 	/* Cheapest first: usually the client has just sent a request that is owed. */
-	return pf_reqq_is_idle(&s->rq) && c && s->tx_status == PF_PROTO_TX_IDLE &&
-	       s->task == PF_SV_TASK_NONE && !pf_conn_mid_message(&c->conn) &&
+	return pf_reqq_is_idle(&s->rq) && s->ps.link && cc && s->tx_status == PF_PROTO_TX_IDLE &&
+	       s->task == PF_SV_TASK_NONE && !pf_conn_mid_message(cc) &&
 	       !pf_conn_mid_message(&s->conn) && !s->conn.fwd_pending &&
-	       !pf_conn_has_input(&s->conn) && pf_pool_mode(s->pool) != PF_POOL_SESSION;
+	       !pf_conn_has_input(&s->conn) && pf_pool_mode(s->ps.pool) != PF_POOL_SESSION;
 }
 
 bool pf_server_is_uncertain(const pf_server_t *s)
@@ -181,14 +182,11 @@ int pf_server_launch(pf_pool_t *pool)
 
 	if (!s)
 		return -ENOMEM;
-	pf_conn_init(&s->conn, w, &server_ops, false);
+	pf_conn_init(&s->conn, &w->net, &server_ops, false);
 	pf_list_init(&s->cancels);
-	s->pool = pool;
 	s->task = PF_SV_TASK_LOGIN;
 	s->tx_status = PF_PROTO_TX_IDLE;
-	pool->db->server_count++;
-	pool->user->server_count++;
-	pf_pool_set_server_state(s, PF_SV_LOGIN);
+	pf_pool_add_server(pool, &s->ps, s->conn.connect_time);
 	rc = connect_target(&s->conn, pool->db);
 	if (rc < 0) {
 		pf_log_warning(NULL, "%s/%s: cannot connect to the server: %s", pool->db->name,
@@ -202,12 +200,12 @@ int pf_server_launch(pf_pool_t *pool)
 
 static void send_startup(pf_server_t *s)
 {
-	pf_database_t *db = s->pool->db;
+	pf_database_t *db = s->ps.pool->db;
 	pf_proto_param_t params[8];
 	size_t n = 0;
 	pf_buf_t b;
 
-	params[n++] = (pf_proto_param_t){"user", s->pool->user->name};
+	params[n++] = (pf_proto_param_t){"user", s->ps.pool->user->name};
 	params[n++] = (pf_proto_param_t){"database", db->dbname};
 	if (db->startup_application_name)
 		params[n++] = (pf_proto_param_t){"application_name", db->startup_application_name};
@@ -316,7 +314,7 @@ static void scram_free(pf_server_t *s)
 /* Handles an Authentication* request during login. Returns false when s was closed. */
 static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 {
-	pf_user_t *u = s->pool->user;
+	pf_user_t *u = s->ps.pool->user;
 	pf_secret_t *sec = &u->secret;
 	pf_proto_auth_t a;
 	char out[PF_SCRAM_MAX_MSG_LEN];
@@ -384,7 +382,7 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		}
 		if (sec->present && sec->kind == PF_AUTH_SECRET_PLAIN)
 			rc = pf_scram_client_start(s->scram, sec->text, NULL, NULL,
-			                           s->conn.worker->scram_cache);
+			                           pf_conn_worker(&s->conn)->scram_cache);
 		else if (sec->present && sec->kind == PF_AUTH_SECRET_SCRAM && sec->has_client_key)
 			rc = pf_scram_client_start(s->scram, NULL, sec->scram_client_key,
 			                           sec->scram.server_key, NULL);
@@ -535,63 +533,75 @@ int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql)
 	pf_proto_fe_query(&b, sql);
 	s->task = task;
 	s->task_failed = false;
-	s->task_start = pf_worker_now(s->pool->worker);
-	if (task == PF_SV_TASK_RESET || task == PF_SV_TASK_CHECK)
-		pf_pool_set_server_state(s, PF_SV_TESTED);
 	rc = pf_conn_send_buf(&s->conn, &b);
 	pf_buf_free(&b);
 	return rc;
 }
 
-void pf_server_link(pf_server_t *s, pf_client_t *c)
+bool pf_server_attach(pf_server_t *s, pf_server_peer_t *peer, pf_conn_t *client_conn)
 {
-	pf_pool_t *pool = s->pool;
-	pf_worker_t *w = pool->worker;
 	pf_buf_t sql;
+	bool syncing = false;
 
-	pf_pool_set_server_state(s, PF_SV_ACTIVE);
-	s->link = c;
-	c->link = s;
-	s->conn.peer = &c->conn;
-	c->conn.peer = &s->conn;
-	if (c->state != PF_CL_ACTIVE) {
-		pf_usec_t now = pf_worker_now(w);
-
-		if (c->wait_start) {
-			pool->stats.wait_time += (uint64_t)(now - c->wait_start);
-			pf_stats_note_wait(pool, now - c->wait_start);
-		}
-		pf_pool_set_client_state(c, PF_CL_ACTIVE);
-	}
-	c->wait_start = 0;
-	pool->stats.server_assignment_count++;
-
+	assert(s->ps.link && !s->peer && !s->conn.peer && !client_conn->peer);
+	s->peer = peer;
+	s->conn.peer = client_conn;
+	client_conn->peer = &s->conn;
 	/* The client's session parameters follow it to whatever server it gets. */
 	pf_buf_init(&sql);
-	if (pf_vars_build_set(&c->vars, &s->vars, &sql) > 0) {
+	if (pf_vars_build_set(peer->vars, &s->vars, &sql) > 0) {
 		pf_buf_put_u8(&sql, 0);
-		if (!sql.failed &&
-		    pf_server_run_task(s, PF_SV_TASK_SYNC_VARS, (char *)sql.data) < 0)
+		if (sql.failed)
+			pf_log_warning(s, "cannot build the parameter sync query");
+		else if (pf_server_run_task(s, PF_SV_TASK_SYNC_VARS, (char *)sql.data) < 0)
 			pf_log_warning(s, "cannot send parameter sync query");
+		else
+			syncing = true;
 	}
 	pf_buf_free(&sql);
-	pf_conn_pause_reading(&c->conn, false);
-	/* Its queued messages run now, unless links nest too deep: a client that leaves at once
-	 * releases the server to the next one, and so on, one stack frame each. */
-	if (w->link_depth < PF_SERVER_LINK_DEPTH_MAX) {
-		w->link_depth++;
-		pf_client_resume(c);
-		w->link_depth--;
-	} else {
-		pf_conn_defer_resume(&c->conn);
+	return syncing;
+}
+
+/* Takes the link away on the server's side (its conn and the client's stop pointing at
+ * each other). */
+static void detach(pf_server_t *s)
+{
+	if (s->conn.peer) {
+		assert(s->conn.peer->peer == &s->conn);
+		s->conn.peer->peer = NULL;
 	}
+	s->conn.peer = NULL;
+	s->peer = NULL;
+}
+
+void pf_server_release(pf_server_t *s)
+{
+	assert(s->ps.link);
+	detach(s);
+	pf_pool_release_server(&s->ps);
+}
+
+/*
+ * Logged in (and connect_query done): the first server of a pool gives the pool its welcome
+ * parameters, unless it is tagged for replacement (changed settings).
+ */
+static void server_ready(pf_server_t *s)
+{
+	pf_pool_t *pool = s->ps.pool;
+
+	if (!pool->welcome_ready && !s->ps.close_needed &&
+	    pf_pool_set_welcome(pool, s->n_params, s->param_names, s->param_values) < 0) {
+		pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
+		return;
+	}
+	pf_pool_server_ready(&s->ps);
 }
 
 /* A task query finished (its ReadyForQuery arrived). */
 static void task_done(pf_server_t *s, uint8_t status)
 {
 	pf_server_task_t task = s->task;
-	pf_client_t *c = s->link;
+	pf_pool_client_t *c = s->ps.link;
 
 	s->task = PF_SV_TASK_NONE;
 	if (s->task_failed || status != PF_PROTO_TX_IDLE) {
@@ -612,12 +622,14 @@ static void task_done(pf_server_t *s, uint8_t status)
 	switch (task) {
 	case PF_SV_TASK_SYNC_VARS:
 		if (c)
-			pf_client_resume(c);
+			s->ps.pool->worker->pool_ops->resume_client(c);
 		break;
 	case PF_SV_TASK_CONNECT_QUERY:
+		server_ready(s);
+		break;
 	case PF_SV_TASK_RESET:
 	case PF_SV_TASK_CHECK:
-		pf_pool_server_ready(s);
+		pf_pool_server_ready(&s->ps);
 		break;
 	default:
 		break;
@@ -746,13 +758,13 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 		free(s->param_index); /* remember_param needs it only during login */
 		s->param_index = NULL;
 		/* Just logged in: fresh enough that server_check_query need not run before use. */
-		s->last_used = pf_worker_now(s->pool->worker);
+		s->ps.last_used = pf_worker_now(s->ps.pool->worker);
 		pf_log_debug(s, "server login ok, backend pid %u", s->be_pid);
-		if (s->pool->db->connect_query && *s->pool->db->connect_query)
-			pf_server_run_task(s, PF_SV_TASK_CONNECT_QUERY, s->pool->db->connect_query);
+		if (s->ps.pool->db->connect_query && *s->ps.pool->db->connect_query)
+			pf_server_run_task(s, PF_SV_TASK_CONNECT_QUERY, s->ps.pool->db->connect_query);
 		else {
 			s->task = PF_SV_TASK_NONE;
-			pf_pool_server_ready(s);
+			server_ready(s);
 		}
 		return PF_PKT_CONSUMED;
 	}
@@ -779,8 +791,8 @@ static void account_answer(pf_server_t *s, uint8_t type)
 static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr,
                                        const uint8_t *pkt, size_t avail)
 {
-	pf_client_t *c = s->link;
-	pf_pool_t *pool = s->pool;
+	pf_server_peer_t *c = s->peer;
+	pf_pool_t *pool = s->ps.pool;
 	int mode = pf_pool_mode(pool);
 	pf_usec_t now;
 	uint8_t st;
@@ -813,29 +825,28 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 	/* Released only when nothing the client sent can still produce a byte and no message of
 	 * the client's is half-way through to the server. */
 	if (mode == PF_POOL_SESSION || st != PF_PROTO_TX_IDLE || !pf_reqq_is_idle(&s->rq) ||
-	    pf_conn_mid_message(&c->conn))
+	    pf_conn_mid_message(s->conn.peer))
 		return PF_PKT_FORWARD;
 	/* The server is free: the reply up to and including this ReadyForQuery goes out in one
 	 * write, then server_on_forwarded() gives the server back to the pool. */
 	return PF_PKT_FORWARD_LAST;
 }
 
-static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_proto_hdr_t *hdr,
+static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr,
                                      const uint8_t *pkt, size_t avail);
 
 static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
                                         const uint8_t *pkt, size_t avail)
 {
 	pf_server_t *s = (pf_server_t *)conn;
-	pf_client_t *c = s->link;
-	pf_pool_stats_t *pool_stats = &s->pool->stats;
+	pf_pool_stats_t *pool_stats = &s->ps.pool->stats;
 	pf_pkt_action_t act;
 
 	if (s->task == PF_SV_TASK_LOGIN)
 		return login_packet(s, hdr, pkt, avail);
 	if (s->task != PF_SV_TASK_NONE)
 		return task_packet(s, hdr, pkt, avail);
-	if (!c) {
+	if (!s->peer) {
 		/* Idle in the pool: only asynchronous messages may come. */
 		switch (hdr->type) {
 		case PF_PROTO_BE_NOTICE_RESPONSE:
@@ -860,14 +871,14 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 			return PF_PKT_STOP;
 		}
 	}
-	act = linked_packet(s, c, hdr, pkt, avail);
+	act = linked_packet(s, hdr, pkt, avail);
 	if (act == PF_PKT_FORWARD || act == PF_PKT_FORWARD_LAST)
 		pool_stats->bytes_sent += hdr->total;
 	return act;
 }
 
-/* A message from a server linked to client c. */
-static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_proto_hdr_t *hdr,
+/* A message from a server linked to a client. */
+static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr,
                                      const uint8_t *pkt, size_t avail)
 {
 	switch (hdr->type) {
@@ -884,8 +895,9 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_pr
 			/* A SET by the client: it now wants this value on every server. */
 			remember_param(s, name, value);
 			var = pf_var_lookup(name);
-			if (var >= 0 && pf_vars_set(&c->vars, (pf_var_id_t)var, value) < 0) {
-				pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+			if (var >= 0 && pf_vars_set(s->peer->vars, (pf_var_id_t)var, value) < 0) {
+				s->ps.pool->worker->pool_ops->close_client(
+				        s->ps.link, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 				return PF_PKT_STOP;
 			}
 		}
@@ -899,7 +911,7 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, pf_client_t *c, const pf_pr
 			return PF_PKT_NEED_WHOLE;
 		if (avail >= hdr->total &&
 		    pf_proto_parse_error_fields(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &e) == 0)
-			pf_stats_note_error(s->pool, e.sqlstate);
+			pf_stats_note_error(s->ps.pool, e.sqlstate);
 		break;
 	}
 	default:
@@ -913,8 +925,8 @@ static void server_on_forwarded(pf_conn_t *conn)
 {
 	pf_server_t *s = (pf_server_t *)conn;
 
-	if (s->link)
-		pf_pool_release_server(s);
+	if (s->ps.link)
+		pf_server_release(s);
 }
 
 static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
@@ -948,25 +960,25 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 	case PF_CONN_EV_DRAINED:
 		/* A client held back by a full request queue goes on once half of it is answered
 		 * (here, outside message handling, so its messages cannot interleave with ours). */
-		if (s->link && s->link->rq_full && pf_reqq_len(&s->rq) <= PF_REQQ_MAX / 2) {
-			s->link->rq_full = false;
-			pf_client_resume(s->link);
+		if (s->peer && s->peer->rq_full && pf_reqq_len(&s->rq) <= PF_REQQ_MAX / 2) {
+			s->peer->rq_full = false;
+			s->ps.pool->worker->pool_ops->resume_client(s->ps.link);
 		}
 		/* Linked while its own input was being read (after login, a task, or a write to
 		 * the previous client), to a client whose input owes nothing: the client's drain
 		 * could not release it then, so release it now. */
-		if (s->link && pf_server_may_release(s))
-			pf_pool_release_server(s);
+		if (s->ps.link && pf_server_may_release(s))
+			pf_server_release(s);
 		break;
 	}
 }
 
 void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 {
-	pf_pool_t *pool = s->pool;
+	pf_pool_t *pool = s->ps.pool;
 	pf_worker_t *w = pool->worker;
-	pf_client_t *c = s->link;
-	bool was_login = s->state == PF_SV_LOGIN;
+	pf_pool_client_t *c = s->ps.link;
+	bool was_login = s->ps.state == PF_SV_LOGIN;
 	bool graceful, login_failed;
 	char msg[600], sqlstate[6];
 
@@ -982,27 +994,28 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		 * would be read as the rest of it, so the client is closed without a word. */
 		bool mid = pf_conn_mid_message(&s->conn) && s->conn.pkt_forward;
 
-		s->link = NULL;
-		c->link = NULL;
-		c->conn.peer = NULL;
-		s->conn.peer = NULL;
+		pf_close_reason_t cr;
+
+		detach(s);
+		pf_pool_unlink(&s->ps);
 		switch (mid ? PF_SV_CLOSE_REASONS : reason) {
 		case PF_SV_CLOSE_REASONS:
-			pf_client_close(c, PF_CLOSE_CLIENT_SERVER_GONE_MID, NULL, NULL);
+			cr = PF_CLOSE_CLIENT_SERVER_GONE_MID;
 			break;
 		case PF_SV_CLOSE_STATEMENT_MODE:
-			pf_client_close(c, PF_CLOSE_CLIENT_STATEMENT_MODE, NULL, NULL);
+			cr = PF_CLOSE_CLIENT_STATEMENT_MODE;
 			break;
 		case PF_SV_CLOSE_SHUTDOWN:
-			pf_client_close(c, PF_CLOSE_CLIENT_SHUTDOWN, NULL, NULL);
+			cr = PF_CLOSE_CLIENT_SHUTDOWN;
 			break;
 		case PF_SV_CLOSE_ADMIN:
-			pf_client_close(c, PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
+			cr = PF_CLOSE_CLIENT_ADMIN_KILL;
 			break;
 		default:
-			pf_client_close(c, PF_CLOSE_CLIENT_SERVER_GONE, NULL, NULL);
+			cr = PF_CLOSE_CLIENT_SERVER_GONE;
 			break;
 		}
+		w->pool_ops->close_client(c, cr, NULL, NULL);
 	}
 	graceful = s->ready && reason != PF_SV_CLOSE_EOF && reason != PF_SV_CLOSE_ERROR &&
 	           reason != PF_SV_CLOSE_PROTOCOL;
@@ -1030,9 +1043,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		           sizeof(sqlstate));
 	}
 	detach_cancels(s);
-	pf_pool_set_server_state(s, PF_SV_FREE);
-	pool->db->server_count--;
-	pool->user->server_count--;
+	pf_pool_server_gone(&s->ps);
 	/* s may be freed from here on (a connection that never got a socket goes at once). */
 	pf_conn_close(&s->conn);
 	if (login_failed) {
@@ -1040,9 +1051,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 	} else if (pool->waiting_clients.len > 0) {
 		pf_pool_launch(pool);
 	}
-	if (w->shutdown != PF_SHUTDOWN_NONE)
-		pf_worker_check_shutdown(w);
-	pf_admin_poll(w);
+	pf_worker_settled(w);
 }
 
 static void server_on_free(pf_conn_t *conn)
@@ -1087,15 +1096,13 @@ static void cancel_detach(cancel_conn_t *cc)
 	pf_list_remove(&s->cancels, &cc->target_node);
 	cc->target = NULL;
 	/* The last cancel finished: a server held back at its release may go on now. */
-	if (pf_list_is_empty(&s->cancels) && s->cancel_hold) {
-		s->cancel_hold = false;
-		pf_pool_finish_release(s);
-	}
+	if (pf_list_is_empty(&s->cancels) && s->ps.state == PF_SV_USED && !s->conn.closing)
+		pf_pool_finish_release(&s->ps);
 }
 
 static void cancel_finish(cancel_conn_t *cc)
 {
-	pf_worker_t *w = cc->conn.worker;
+	pf_worker_t *w = pf_conn_worker(&cc->conn);
 
 	if (cc->conn.closing)
 		return;
@@ -1145,18 +1152,18 @@ static const pf_conn_ops_t cancel_ops = {
 
 void pf_server_send_cancel(pf_server_t *s)
 {
-	pf_worker_t *w = s->pool->worker;
+	pf_worker_t *w = s->ps.pool->worker;
 	cancel_conn_t *cc = calloc(1, sizeof(*cc));
 
 	if (!cc)
 		return;
-	pf_conn_init(&cc->conn, w, &cancel_ops, false);
+	pf_conn_init(&cc->conn, &w->net, &cancel_ops, false);
 	cc->pid = s->be_pid;
 	cc->key = s->be_key;
 	cc->target = s;
 	pf_list_append(&s->cancels, &cc->target_node);
 	pf_list_append(&w->cancel_conns, &cc->conn.node);
-	if (connect_target(&cc->conn, s->pool->db) < 0)
+	if (connect_target(&cc->conn, s->ps.pool->db) < 0)
 		cancel_finish(cc);
 }
 
@@ -1192,5 +1199,4 @@ static void detach_cancels(pf_server_t *s)
 
 	while ((n = pf_list_pop(&s->cancels)))
 		PF_CONTAINER_OF(n, cancel_conn_t, target_node)->target = NULL;
-	s->cancel_hold = false;
 }

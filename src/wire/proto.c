@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * proto: PostgreSQL protocol 3.0 codec (see include/pgfunnel/proto.h).
  *

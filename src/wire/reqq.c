@@ -10,7 +10,7 @@
  * Called by the client side (push, for every message it forwards) and the server side (answer,
  * for every message it reads); both on the worker's thread.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <assert.h>
 #include <errno.h>

@@ -1,7 +1,7 @@
 /*
  * vars: tracked session parameters and the SET query that syncs them (see vars.h).
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <errno.h>
 #include <stdlib.h>

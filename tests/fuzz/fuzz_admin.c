@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for the admin console's command parser, through its public entry
  * pf_admin_run() (the text of a Query message, which any admin_users or stats_users login

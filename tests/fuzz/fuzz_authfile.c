@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for the auth_file parser (pf_auth_file_parse): any bytes either parse into
  * a table in which every entry is found again by name, or fail with a one-line message that

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for what a client sends while it authenticates: the PasswordMessage and
  * SASLInitialResponse framing (pf_proto_parse_password, pf_proto_parse_sasl_initial_response).

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for the config parser (pf_config_load_string) with %include. The input is
  * split at NUL bytes: the first part is the main text ("fuzz.ini"), the next up to three are

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for the message-header reader. Input: byte 0 picks max_packet_size (one of
  * the bounds 0, 1, 4, 5, INT32_MAX, INT32_MAX + 1, UINT32_MAX - 1, UINT32_MAX and a few usual

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for the metrics endpoint's HTTP request parser (pf_metrics_parse_request):
  * whatever a scraper, or anyone who reaches metrics_port, sends. The input is the bytes received

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for the SCRAM/MD5 parsers. The first byte picks a mode, the next two give
  * where the rest splits into two peer messages:

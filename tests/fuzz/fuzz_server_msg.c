@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for the readers of server message payloads in proto.c: ErrorResponse /
  * NoticeResponse fields (pf_proto_parse_error_fields), ParameterStatus, BackendKeyData,

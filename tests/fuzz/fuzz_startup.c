@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * libFuzzer target for pf_proto_parse_startup(). Beyond "does not crash" (ASan/UBSan watch
  * the parser), it checks the contract: a positive result is the packet's own length and fits

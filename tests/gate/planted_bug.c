@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * Deliberate memory bugs for proving the integration suite's sanitizer gate (scripts/test.sh,
  * step "sanitizer gate"). Linked into the pgfunnel executable ONLY when meson is configured with

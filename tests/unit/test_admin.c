@@ -3,7 +3,7 @@
  * (pf_admin_parse_id), and the user names of the unix-socket owner login: the pure pieces of
  * the console, without sockets.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -98,13 +98,13 @@ static void test_owner_names(void **state)
 {
 	(void)state;
 	/* PgBouncer's special user, and ours; nothing else, not even by case. */
-	assert_true(pf_admin_is_owner_name("pgbouncer"));
-	assert_true(pf_admin_is_owner_name("pgfunnel"));
-	assert_false(pf_admin_is_owner_name("PGBOUNCER"));
-	assert_false(pf_admin_is_owner_name("pgbouncer "));
-	assert_false(pf_admin_is_owner_name("postgres"));
-	assert_false(pf_admin_is_owner_name(""));
-	assert_false(pf_admin_is_owner_name(NULL));
+	assert_true(pf_client_is_owner_name("pgbouncer"));
+	assert_true(pf_client_is_owner_name("pgfunnel"));
+	assert_false(pf_client_is_owner_name("PGBOUNCER"));
+	assert_false(pf_client_is_owner_name("pgbouncer "));
+	assert_false(pf_client_is_owner_name("postgres"));
+	assert_false(pf_client_is_owner_name(""));
+	assert_false(pf_client_is_owner_name(NULL));
 }
 
 int main(void)

@@ -3,7 +3,7 @@
  * messages without secrets), lookups among many users. SCRAM secrets are decoded by
  * pf_scram_secret_parse(), whose strictness test_scram covers.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <errno.h>
 #include <stdarg.h>

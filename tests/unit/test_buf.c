@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * Unit tests for buf: exact bytes of every writer, growth, reset, message framing, detach and
  * the sticky failed flag.

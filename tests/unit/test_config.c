@@ -2,7 +2,7 @@
  * Unit tests for config: the parameter table, every value type, PgBouncer's defaults, the ini
  * grammar (comments, sections, quoting, %include), [databases]/[users]/[peers] and messages.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <errno.h>
 #include <limits.h>

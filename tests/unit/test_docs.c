@@ -4,7 +4,7 @@
  * "<name> =" (optionally commented out as ";<name> =" or "; <name> ="); every [databases],
  * [users] and [peers] key must be documented in man/pgfunnel.5 the same way.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <stdarg.h>
 #include <stddef.h>

@@ -2,7 +2,7 @@
  * Unit tests for log: PgBouncer's line format, the level threshold (arguments are not evaluated
  * below it), the describer prefix, the logfile sink and its reopening, and sink errors.
  */
-#include "config.h"
+#include "pfbuild.h"
 
 #include <stdarg.h>
 #include <stddef.h>

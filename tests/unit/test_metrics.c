@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * Unit tests for the metrics exposition (exact bytes of the formatting helpers, escaping,
  * cumulative histogram buckets, a whole render of a hand-built worker), the HTTP request
@@ -20,7 +20,7 @@
 #include "pgfunnel/metrics.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/stats.h"
-#include "pgfunnel/worker.h"
+#include "pgfunnel/runtime.h"
 
 /* The builder's bytes as a NUL-terminated string (the builder keeps owning them). */
 static const char *text_of(pf_buf_t *b)
@@ -131,8 +131,8 @@ static void test_histogram_cumulative(void **state)
 static void test_wait_bounds_ascending(void **state)
 {
 	(void)state;
-	for (size_t i = 1; i < PF_ARRAY_SIZE(pf_stats_wait_bounds); i++)
-		assert_true(pf_stats_wait_bounds[i - 1] < pf_stats_wait_bounds[i]);
+	for (size_t i = 1; i < PF_ARRAY_SIZE(pf_pool_wait_bounds); i++)
+		assert_true(pf_pool_wait_bounds[i - 1] < pf_pool_wait_bounds[i]);
 }
 
 static int parse(const char *req, bool *head)
@@ -251,6 +251,12 @@ static void test_stats_line(void **state)
 	assert_string_equal(line, "stats: 12");
 }
 
+/* The fake worker's clock: a fixed loop time. */
+static pf_usec_t fixed_clock(void)
+{
+	return 0;
+}
+
 /* A worker with one database and one pool, built by hand (no loop, no sockets). */
 typedef struct fake {
 	pf_worker_t w;
@@ -264,6 +270,7 @@ static void fake_init(fake_t *f)
 	memset(f, 0, sizeof(*f));
 	pf_list_init(&f->w.pools);
 	pf_list_init(&f->w.databases);
+	f->w.net.clock = fixed_clock;
 	f->w.start_wall = 1700000000250000;
 	f->w.client_count = 4;
 	f->db.name = "app\"db";
@@ -310,10 +317,10 @@ static void test_render(void **state)
 	f->pool.stats.wait_time = 1500;
 	f->db.stats_retired.xact_count = 3;
 	f->db.stats_retired.query_time = 2500000;
-	pf_stats_note_wait(&f->pool, 50);
-	pf_stats_note_wait(&f->pool, 100);
-	pf_stats_note_wait(&f->pool, 101);
-	pf_stats_note_wait(&f->pool, 20000000);
+	pf_pool_note_wait(&f->pool, 50);
+	pf_pool_note_wait(&f->pool, 100);
+	pf_pool_note_wait(&f->pool, 101);
+	pf_pool_note_wait(&f->pool, 20000000);
 	pf_stats_note_error(&f->pool, "23505");
 	pf_stats_note_error(&f->pool, "23503");
 	pf_stats_note_error(&f->pool, "42601");

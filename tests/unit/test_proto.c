@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * Unit tests for proto. Expected wire bytes are written out literally from the PostgreSQL
  * "Message Formats" page, never computed with the code under test.

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * Unit tests for reqq: message sequences a client sends and the answers PostgreSQL gives, checked
  * answer by answer — pipelines, errors in the middle of a pipeline (the server skips to Sync),

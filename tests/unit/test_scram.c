@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * Unit tests for scram: the RFC 7677 test vector on both sides, secrets produced by Postgres 15
  * itself (reproduced byte for byte), full exchanges, every refusal path with its errno,

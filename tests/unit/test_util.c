@@ -1,4 +1,4 @@
-#include "config.h"
+#include "pfbuild.h"
 /*
  * Unit tests for util: the string hash used by small name indexes (FNV-1a reference values),
  * constant-time comparison and bounded string copying.

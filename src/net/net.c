@@ -1,0 +1,65 @@
+/*
+ * net: the per-loop context every connection shares (see include/pgfunnel/net.h).
+ */
+#include "pfbuild.h"
+
+#include <stdlib.h>
+
+#include "pgfunnel/net.h"
+
+static pf_usec_t hrtime_usec(void)
+{
+	return (pf_usec_t)(uv_hrtime() / 1000);
+}
+
+void pf_net_init(pf_net_t *n, uv_loop_t *loop, const pf_config_t *cfg)
+{
+	n->loop = loop;
+	n->cfg = cfg;
+	n->clock = hrtime_usec;
+	n->buffer_size = (size_t)(cfg->pkt_buf > 0 ? cfg->pkt_buf : 4096);
+	pf_list_init(&n->throttled_conns);
+	pf_net_now(n);
+}
+
+void pf_net_free(pf_net_t *n)
+{
+	while (n->free_buffers) {
+		pf_free_buffer_t *b = n->free_buffers;
+
+		n->free_buffers = b->next;
+		free(b);
+	}
+	n->free_buffer_count = 0;
+}
+
+uint8_t *pf_net_get_buffer(pf_net_t *n, uint32_t *cap)
+{
+	pf_free_buffer_t *b = n->free_buffers;
+
+	*cap = (uint32_t)n->buffer_size;
+	n->buffers_in_use++;
+	if (b) {
+		n->free_buffers = b->next;
+		n->free_buffer_count--;
+		return (uint8_t *)b;
+	}
+	return malloc(n->buffer_size);
+}
+
+void pf_net_put_buffer(pf_net_t *n, uint8_t *buf, uint32_t cap)
+{
+	pf_free_buffer_t *b = (pf_free_buffer_t *)buf;
+
+	if (!buf)
+		return;
+	if (cap == n->buffer_size && n->buffers_in_use > 0)
+		n->buffers_in_use--;
+	if (cap != n->buffer_size || n->free_buffer_count >= PF_NET_FREE_BUFFERS_MAX) {
+		free(buf);
+		return;
+	}
+	b->next = n->free_buffers;
+	n->free_buffers = b;
+	n->free_buffer_count++;
+}
