@@ -10,11 +10,16 @@
  * limit, inline ';' comments, continuation lines and ':' as a separator, each of which changes
  * what a PgBouncer file means.
  *
+ * Snapshots are reference-counted: every allocation (pf_config_new_defaults, pf_config_copy, so
+ * every load) starts with one reference; pf_config_unref() frees at zero. live_snapshots counts
+ * allocations not yet freed, so tests can prove that each snapshot is freed exactly once.
+ *
  * Callers: main (start-up, SIGHUP, RELOAD), admin (SHOW CONFIG, SET on a copy). No logging here:
  * warnings go to the caller's callback, errors into the caller's buffer as "FILE:LINE: ...".
  */
 #include "config.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -726,10 +731,24 @@ static void free_peer(pf_config_peer_t *p)
 	memset(p, 0, sizeof(*p));
 }
 
-void pf_config_free(pf_config_t *cfg)
+/* Snapshots allocated and not yet freed (pf_config_live_count). */
+static atomic_size_t live_snapshots;
+
+/* A zeroed snapshot with one reference, or NULL. */
+static pf_config_t *snapshot_alloc(void)
 {
+	pf_config_t *cfg = calloc(1, sizeof(*cfg));
+
 	if (!cfg)
-		return;
+		return NULL;
+	atomic_init(&cfg->refs, 1);
+	atomic_fetch_add_explicit(&live_snapshots, 1, memory_order_relaxed);
+	return cfg;
+}
+
+/* Frees a snapshot and everything it owns, whatever its count (the count reached 0). */
+static void snapshot_destroy(pf_config_t *cfg)
+{
 	for (size_t i = 0; i < PF_ARRAY_SIZE(params); i++) {
 		if (is_string_type(params[i].type))
 			free_str(*(char **)field(cfg, &params[i]));
@@ -748,11 +767,56 @@ void pf_config_free(pf_config_t *cfg)
 		free_peer(&cfg->peers[i]);
 	free(cfg->peers);
 	free(cfg);
+	atomic_fetch_sub_explicit(&live_snapshots, 1, memory_order_relaxed);
+}
+
+const pf_config_t *pf_config_ref(const pf_config_t *cfg)
+{
+	/* The count is not part of the snapshot's value: changing it through const is intended. */
+	pf_config_t *mut = (pf_config_t *)cfg;
+
+	if (mut) {
+		unsigned prev = atomic_fetch_add_explicit(&mut->refs, 1, memory_order_relaxed);
+
+		assert(prev > 0); /* a reference on a freed snapshot */
+		(void)prev;
+	}
+	return cfg;
+}
+
+void pf_config_unref(const pf_config_t *cfg)
+{
+	pf_config_t *mut = (pf_config_t *)cfg;
+	unsigned prev;
+
+	if (!mut)
+		return;
+	/*
+	 * Release: this holder's reads of the snapshot happen before the free; the acquire fence
+	 * makes every other holder's reads happen before it too (the usual refcount pairing).
+	 */
+	prev = atomic_fetch_sub_explicit(&mut->refs, 1, memory_order_release);
+	assert(prev > 0); /* more unrefs than refs */
+	if (prev != 1)
+		return;
+	atomic_thread_fence(memory_order_acquire);
+	snapshot_destroy(mut);
+}
+
+void pf_config_free(pf_config_t *cfg)
+{
+	assert(!cfg || atomic_load_explicit(&cfg->refs, memory_order_relaxed) == 1);
+	pf_config_unref(cfg);
+}
+
+size_t pf_config_live_count(void)
+{
+	return atomic_load_explicit(&live_snapshots, memory_order_relaxed);
 }
 
 pf_config_t *pf_config_new_defaults(void)
 {
-	pf_config_t *cfg = calloc(1, sizeof(*cfg));
+	pf_config_t *cfg = snapshot_alloc();
 
 	if (!cfg)
 		return NULL;
@@ -766,6 +830,15 @@ pf_config_t *pf_config_new_defaults(void)
 		}
 	}
 	return cfg;
+}
+
+/*
+ * Every field of src into dst except the reference count (a struct assignment would copy it,
+ * non-atomically): the owned pointers are detached by the caller.
+ */
+static void copy_plain_fields(pf_config_t *dst, const pf_config_t *src)
+{
+	memcpy(dst, src, offsetof(pf_config_t, refs));
 }
 
 static int copy_db(pf_config_db_t *dst, const pf_config_db_t *src)
@@ -786,11 +859,11 @@ static int copy_db(pf_config_db_t *dst, const pf_config_db_t *src)
 
 int pf_config_copy(const pf_config_t *src, pf_config_t **out)
 {
-	pf_config_t *cfg = calloc(1, sizeof(*cfg));
+	pf_config_t *cfg = snapshot_alloc();
 
 	if (!cfg)
 		return -ENOMEM;
-	*cfg = *src;
+	copy_plain_fields(cfg, src);
 	/* Detach everything owned, so a failure half-way frees only what was copied. */
 	for (size_t i = 0; i < PF_ARRAY_SIZE(params); i++) {
 		if (is_string_type(params[i].type))
