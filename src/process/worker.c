@@ -65,7 +65,7 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	if (!w)
 		return -ENOMEM;
 	w->loop = loop;
-	w->cfg = cfg;
+	w->cfg = pf_config_ref(cfg); /* the worker's own reference, dropped in pf_worker_free() */
 	w->buffer_size = (size_t)(cfg->pkt_buf > 0 ? cfg->pkt_buf : 4096);
 	pf_list_init(&w->login_clients);
 	pf_list_init(&w->cancel_clients);
@@ -77,11 +77,13 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	for (size_t i = 0; i < PF_CANCEL_BUCKETS; i++)
 		pf_list_init(&w->cancel_buckets[i]);
 	if (RAND_bytes(w->mock_key, sizeof(w->mock_key)) != 1) {
+		pf_config_unref(w->cfg);
 		free(w);
 		return -EIO;
 	}
 	rc = pf_scram_cache_new(256, &w->scram_cache);
 	if (rc < 0) {
+		pf_config_unref(w->cfg);
 		free(w);
 		return rc;
 	}
@@ -561,11 +563,16 @@ size_t pf_worker_describe_listeners(const pf_worker_t *w, char *buf, size_t n)
 	return len < n ? len : n - 1;
 }
 
+/*
+ * The worker holds one reference to its snapshot: it takes one on cfg and drops the old one last,
+ * once the pools, users and auth_file have been brought up to date (they copy what they keep).
+ * Callers may drop their own reference to either snapshot as soon as this returns.
+ */
 void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 {
 	const pf_config_t *old = w->cfg;
 
-	w->cfg = cfg;
+	w->cfg = pf_config_ref(cfg);
 	if (cfg->pkt_buf > 0 && (size_t)cfg->pkt_buf != w->buffer_size) {
 		/* Buffers of the old size are freed as they come back. */
 		while (w->free_buffers) {
@@ -577,10 +584,10 @@ void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 		w->free_buffer_count = 0;
 		w->buffer_size = (size_t)cfg->pkt_buf;
 	}
-	(void)old;
 	pf_worker_load_auth_file(w);
 	if (pf_database_sync_config(w) < 0)
 		pf_log_error(NULL, "out of memory applying the new [databases]");
+	pf_config_unref(old);
 }
 
 /* Closes the listeners; with tcp_only the unix socket stays open for the console. */
@@ -725,6 +732,7 @@ void pf_worker_free(pf_worker_t *w)
 	pf_user_free_all(w);
 	pf_auth_file_free(w->auth_file);
 	pf_scram_cache_free(w->scram_cache);
+	pf_config_unref(w->cfg);
 	while (w->free_buffers) {
 		pf_free_buffer_t *b = w->free_buffers;
 
