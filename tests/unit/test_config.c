@@ -600,6 +600,55 @@ static void test_grammar_errors(void **state)
 	           "t.ini:2: syntax error: unterminated quoted name");
 }
 
+/* The pieces of a line: include, section header, quoted and bare names, the value. */
+static void test_line_pieces(void **state)
+{
+	pf_config_t *cfg;
+
+	(void)state;
+	/* %include needs a blank and a name; without a blank it is not an include at all. */
+	load_fails("[pgbouncer]\n%include \t \n", -EINVAL, "t.ini:2: %include without a file name");
+	load_fails("[pgbouncer]\n  %include /nonexistent/pf-x.ini\n", -ENOENT,
+	           "t.ini:2: %include \"/nonexistent/pf-x.ini\": cannot open: No such file or "
+	           "directory");
+	load_fails("[pgbouncer]\n%includex = 1\n", -EINVAL,
+	           "t.ini:2: syntax error: expected \"name = value\"");
+
+	/* Section names in any case; a comment may follow the header; nothing else may. */
+	cfg = load_ok("[PgFunnel] # main\nlisten_port = 7001\n[DataBases]\t;dbs\n"
+	              "a = dbname=b\n[USERS]\nu = pool_size=3\n[Peers]\n1 = host=h\n");
+	assert_int_equal(cfg->listen_port, 7001);
+	assert_int_equal(cfg->n_dbs, 1);
+	assert_int_equal(cfg->n_users, 1);
+	assert_int_equal(cfg->n_peers, 1);
+	pf_config_free(cfg);
+	load_fails("[pgbouncer]\n[]\n", -EINVAL, "t.ini:2: unknown section []");
+	load_fails("[pgbouncer]\n[users]]\n", -EINVAL,
+	           "t.ini:2: syntax error: text after section name");
+	load_fails("[pgbouncer]\n[pgbouncer2]\n", -EINVAL, "t.ini:2: unknown section [pgbouncer2]");
+
+	/* Names: an empty quoted name, a name cut short by a character keys cannot hold. */
+	load_fails("[pgbouncer]\n'' = 1\n", -EINVAL,
+	           "t.ini:2: syntax error: expected \"name = value\"");
+	load_fails("[pgbouncer]\nlisten_port: 1\n", -EINVAL,
+	           "t.ini:2: syntax error: expected \"name = value\"");
+	load_fails("[pgbouncer]\n\"listen_port = 1\n", -EINVAL,
+	           "t.ini:2: syntax error: unterminated quoted name");
+	cfg = load_ok("[pgbouncer]\n'listen_port'=7002\n\"auth_file\"\t=\t/x\n[databases]\n"
+	              "\xc3\xa9t\xc3\xa9 = dbname=x\n");
+	assert_int_equal(cfg->listen_port, 7002);
+	assert_string_equal(cfg->auth_file, "/x");
+	assert_string_equal(cfg->dbs[0].name, "\xc3\xa9t\xc3\xa9");
+	pf_config_free(cfg);
+
+	/* The value: the rest of the line, trimmed; ';' and '#' inside it are data. */
+	cfg = load_ok("[pgbouncer]\nserver_reset_query =  \tSELECT 1; # not a comment \t\r\n"
+	              "server_check_query=\n");
+	assert_string_equal(cfg->server_reset_query, "SELECT 1; # not a comment");
+	assert_string_equal(cfg->server_check_query, "");
+	pf_config_free(cfg);
+}
+
 static void test_comments_and_aliases(void **state)
 {
 	pf_config_t *cfg;
@@ -1116,6 +1165,7 @@ int main(void)
 	        cmocka_unit_test(test_strings_and_lists),
 	        cmocka_unit_test(test_set_format_copy),
 	        cmocka_unit_test(test_grammar_errors),
+	        cmocka_unit_test(test_line_pieces),
 	        cmocka_unit_test(test_comments_and_aliases),
 	        cmocka_unit_test(test_long_lines),
 	        cmocka_unit_test(test_databases),
