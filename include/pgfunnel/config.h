@@ -6,6 +6,11 @@
  * mutates a snapshot that others can see (pf_config_set is for the loader and for a private copy
  * the admin SET command edits before publishing it).
  *
+ * Snapshots are reference-counted (pf_config_ref()/pf_config_unref(), an atomic counter): each
+ * holder (main's "current" pointer, every worker) keeps one reference, and a snapshot replaced by
+ * a reload is freed when its last holder lets go. Nothing else may keep a pointer into a snapshot
+ * beyond the call that received it: modules that need a value later copy it.
+ *
  * The module does no logging: warnings go to a caller-supplied callback, errors come back as a
  * one-line message "FILE:LINE: ..." in a caller buffer. Secrets (passwords) never appear in
  * messages.
@@ -13,6 +18,7 @@
 #ifndef PGFUNNEL_CONFIG_H
 #define PGFUNNEL_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -248,6 +254,13 @@ typedef struct pf_config {
 	/* [peers], sorted by peer_id. */
 	pf_config_peer_t *peers;
 	size_t n_peers;
+
+	/*
+	 * Not a parameter: the references held on this snapshot. Changed only by pf_config_ref()
+	 * and pf_config_unref() (also through a const pointer: the count is not part of the
+	 * snapshot's value), never copied by pf_config_copy(). Must stay the last member.
+	 */
+	atomic_uint refs;
 } pf_config_t;
 
 /* Parameter value kinds of the table. */
@@ -284,12 +297,12 @@ typedef void (*pf_config_diag_fn)(void *arg, const char *file, int line, const c
 /*
  * Loads the ini file at path (following %include directives; relative include paths are taken
  * from the current working directory, as PgBouncer does). On success returns 0 and stores a new
- * snapshot in *out that the caller frees with pf_config_free(). On failure returns a negative
- * errno (-ENOENT/-EACCES/... when a file cannot be read, -EINVAL for content errors, -ENOMEM),
- * leaves *out untouched and writes a one-line message to err (if errlen > 0), e.g.
- * 'pgfunnel.ini:12: parameter "pool_mode": invalid value "x" (accepted: session, transaction,
- * statement)'. warn (may be NULL) receives warnings, e.g. for unimplemented parameters set to a
- * non-default value.
+ * snapshot in *out holding one reference, owned by the caller (drop it with pf_config_unref()).
+ * On failure returns a negative errno (-ENOENT/-EACCES/... when a file cannot be read, -EINVAL
+ * for content errors, -ENOMEM), leaves *out untouched and writes a one-line message to err (if
+ * errlen > 0), e.g. 'pgfunnel.ini:12: parameter "pool_mode": invalid value "x" (accepted:
+ * session, transaction, statement)'. warn (may be NULL) receives warnings, e.g. for
+ * unimplemented parameters set to a non-default value.
  */
 PF_MUSTCHECK int pf_config_load(const char *path, pf_config_t **out, pf_config_diag_fn warn,
                                 void *arg, char *err, size_t errlen);
@@ -301,14 +314,39 @@ PF_MUSTCHECK int pf_config_load(const char *path, pf_config_t **out, pf_config_d
 PF_MUSTCHECK int pf_config_load_string(const char *text, const char *name, pf_config_t **out,
                                        pf_config_diag_fn warn, void *arg, char *err, size_t errlen);
 
-/* Returns a new snapshot holding every default and no databases/users/peers, or NULL (ENOMEM). */
+/*
+ * Returns a new snapshot holding every default and no databases/users/peers, with one reference
+ * owned by the caller, or NULL (ENOMEM).
+ */
 pf_config_t *pf_config_new_defaults(void);
 
-/* Deep copy (for the admin SET command, which edits a copy). Returns 0 or -ENOMEM. */
+/*
+ * Deep copy (for the admin SET command, which edits a copy before publishing it). The copy has
+ * one reference, owned by the caller, whatever src's count. Returns 0 or -ENOMEM.
+ */
 PF_MUSTCHECK int pf_config_copy(const pf_config_t *src, pf_config_t **out);
 
-/* Frees a snapshot and everything it owns, zeroing passwords first. NULL is allowed. */
+/*
+ * Takes one more reference on cfg and returns it (NULL gives NULL). Safe from any thread, as
+ * long as the caller already holds a reference (or knows one is held for the whole call).
+ */
+const pf_config_t *pf_config_ref(const pf_config_t *cfg);
+
+/*
+ * Drops one reference; the last one frees the snapshot and everything it owns, zeroing
+ * passwords first. NULL is allowed. Safe from any thread; the caller must not use cfg after.
+ */
+void pf_config_unref(const pf_config_t *cfg);
+
+/*
+ * For a snapshot that was never shared (a loader's result the caller discards, the admin SET's
+ * copy it did not publish): drops the only reference, which frees it. Same as
+ * pf_config_unref(); debug builds assert that no other reference exists. NULL is allowed.
+ */
 void pf_config_free(pf_config_t *cfg);
+
+/* Snapshots allocated and not yet freed, process-wide (tests and leak checks). */
+size_t pf_config_live_count(void);
 
 /*
  * The database entry for name: the exact entry, else the "*" fallback, else NULL. The result

@@ -26,6 +26,7 @@
 #include "pgfunnel/list.h"
 #include "pgfunnel/net.h"
 #include "pgfunnel/proto.h"
+#include "pgfunnel/transport.h"
 #include "pgfunnel/util.h"
 
 typedef struct pf_conn pf_conn_t;
@@ -97,7 +98,8 @@ struct pf_conn {
 		uv_pipe_t pipe;
 	} h;
 	const pf_conn_ops_t *ops;
-	pf_net_t *net;  /* the loop it lives on */
+	pf_net_t *net;      /* the loop it lives on */
+	pf_transport_t tp;  /* every byte in or out of the socket passes through it */
 	pf_conn_t *peer; /* where PF_PKT_FORWARD sends bytes; NULL = nowhere (dropped) */
 	uint64_t id;     /* unique for the life of the process (SHOW CLIENTS id) */
 	bool is_unix;

@@ -7,10 +7,16 @@
  * write(2), so lines from several threads never interleave. The text after the level is escaped
  * (pf_log_escape()), so no logged string can start a line of its own. Never log a password or
  * secret.
+ *
+ * Threads: any thread may log. The sinks, the threshold and the describer are process-wide;
+ * the functions that configure them (pf_log_set_*, pf_log_open, pf_log_reopen, pf_log_close)
+ * are meant for the main thread (start-up, SIGHUP, RELOAD) but are safe against threads logging
+ * at the same time: a line goes wholly to the old sinks or wholly to the new ones.
  */
 #ifndef PGFUNNEL_LOG_H
 #define PGFUNNEL_LOG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -29,9 +35,10 @@ typedef enum pf_log_level {
 
 /*
  * The current threshold: lines above it are skipped. Written only by pf_log_set_verbosity()
- * (start-up and reload); read on every log call, hence a plain global.
+ * (start-up and reload, main thread); read on every log call from any thread, hence a global
+ * atomic read with a relaxed load (a plain load on common CPUs).
  */
-extern int pf_log_threshold;
+extern atomic_int pf_log_threshold;
 
 /*
  * Writes a description of a logged object ("C-0x…: db/user@addr:port") into buf (size n) and
@@ -73,7 +80,7 @@ void pf_log_write(pf_log_level_t level, const void *obj, const char *fmt, ...) P
 
 #define PF_LOG_AT(level, obj, ...)                                                                 \
 	do {                                                                                       \
-		if ((int)(level) <= pf_log_threshold)                                              \
+		if ((int)(level) <= atomic_load_explicit(&pf_log_threshold, memory_order_relaxed)) \
 			pf_log_write((level), (obj), __VA_ARGS__);                                 \
 	} while (0)
 

@@ -22,8 +22,8 @@
 #include "pgfunnel/util.h"
 
 /*
- * Creates a worker on loop with the config snapshot cfg (borrowed; the caller keeps it alive
- * until pf_worker_set_config() replaces it or the worker is freed). Returns 0 or -errno.
+ * Creates a worker on loop with the config snapshot cfg (the worker takes its own reference,
+ * dropped when pf_worker_set_config() replaces it or the worker is freed). Returns 0 or -errno.
  */
 PF_MUSTCHECK int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out);
 

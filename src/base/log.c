@@ -3,14 +3,23 @@
  *
  * Sinks: stderr (foreground and not -q), an append-mode logfile (reopened on SIGHUP), syslog.
  * Each line is assembled in a stack buffer and written with one write(2) per sink, so lines
- * from different threads do not interleave. The sink state is set at start-up and on reload
- * from the main thread only.
+ * from different threads do not interleave.
+ *
+ * Process-wide state, all of it here: the sinks (one log_sinks_t), the threshold and the
+ * describer. Any thread may log. The sinks are configured by the main thread (start-up, SIGHUP,
+ * RELOAD, daemonizing) under the sinks' write lock; every line is written under the read lock,
+ * so a reconfiguration never closes a logfile (whose descriptor number a socket could then
+ * reuse) while a line is being written to it, and a writer never sees half a configuration.
+ * Formatting happens before the lock is taken. The threshold and the describer are atomics:
+ * read on every call, written at start-up and on reload.
  */
 #include "pfbuild.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,15 +31,33 @@
 
 #define LINE_MAX_LEN 4096
 
-int pf_log_threshold = PF_LOG_INFO;
+atomic_int pf_log_threshold = PF_LOG_INFO;
 
-static pf_log_describe_fn describer;
-static bool to_stderr = true;
-static int log_fd = -1;
-static char *log_path;
-static bool log_created; /* pf_log_open created the file (it did not exist) */
-static bool to_syslog;
-static char *syslog_ident;
+static _Atomic(pf_log_describe_fn) describer;
+
+/* Where lines go. Written under lock's write side, read under its read side. */
+typedef struct log_sinks {
+	pthread_rwlock_t lock;
+	bool to_stderr;
+	int fd;       /* the logfile, -1 = none */
+	char *path;   /* the logfile's path, for pf_log_reopen() */
+	bool created; /* pf_log_open created the file (it did not exist) */
+	bool to_syslog;
+	char *syslog_ident; /* openlog() keeps this pointer */
+} log_sinks_t;
+
+/* A reconfiguration should not wait behind an endless stream of overlapping writers. */
+#ifdef PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
+#define SINKS_LOCK_INITIALIZER PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
+#else
+#define SINKS_LOCK_INITIALIZER PTHREAD_RWLOCK_INITIALIZER
+#endif
+
+static log_sinks_t sinks = {
+        .lock = SINKS_LOCK_INITIALIZER,
+        .to_stderr = true,
+        .fd = -1,
+};
 
 static const char *const level_names[] = {
         [PF_LOG_FATAL] = "FATAL", [PF_LOG_ERROR] = "ERROR", [PF_LOG_WARNING] = "WARNING",
@@ -54,19 +81,22 @@ static const struct {
 
 void pf_log_set_describer(pf_log_describe_fn fn)
 {
-	describer = fn;
+	atomic_store_explicit(&describer, fn, memory_order_release);
 }
 
 void pf_log_set_verbosity(int verbose)
 {
 	int t = PF_LOG_INFO + (verbose < 0 ? 0 : verbose);
 
-	pf_log_threshold = t > PF_LOG_NOISE ? PF_LOG_NOISE : t;
+	atomic_store_explicit(&pf_log_threshold, t > PF_LOG_NOISE ? PF_LOG_NOISE : t,
+	                      memory_order_relaxed);
 }
 
 void pf_log_set_stderr(bool on)
 {
-	to_stderr = on;
+	pthread_rwlock_wrlock(&sinks.lock);
+	sinks.to_stderr = on;
+	pthread_rwlock_unlock(&sinks.lock);
 }
 
 /* Opens path for appending, creating it (0640) if needed; *created tells which happened. */
@@ -81,12 +111,29 @@ static int open_logfile(const char *path, bool *created)
 	return fd < 0 ? -errno : fd;
 }
 
+/* Closes the file and syslog sinks; the caller holds the write lock. */
+static void close_sinks_locked(void)
+{
+	if (sinks.fd >= 0)
+		close(sinks.fd);
+	sinks.fd = -1;
+	free(sinks.path);
+	sinks.path = NULL;
+	sinks.created = false;
+	if (sinks.to_syslog)
+		closelog();
+	sinks.to_syslog = false;
+	free(sinks.syslog_ident);
+	sinks.syslog_ident = NULL;
+}
+
 int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const char *facility,
                 char *err, size_t errlen)
 {
 	int fd = -1;
 	int fac = LOG_DAEMON;
 	bool created = false;
+	char *path = NULL, *ident_copy = NULL;
 
 	if (logfile && *logfile) {
 		fd = open_logfile(logfile, &created);
@@ -112,55 +159,63 @@ int pf_log_open(const char *logfile, bool use_syslog, const char *ident, const c
 		}
 		fac = facilities[i].value;
 	}
+	/* The copies are made before the lock, so that writers wait only for the swap. */
+	if (fd >= 0)
+		path = strdup(logfile);
+	if (use_syslog)
+		ident_copy = strdup(ident && *ident ? ident : PF_PACKAGE);
 
-	pf_log_close();
-	log_fd = fd;
-	log_path = fd >= 0 ? strdup(logfile) : NULL;
-	log_created = created;
+	pthread_rwlock_wrlock(&sinks.lock);
+	close_sinks_locked();
+	sinks.fd = fd;
+	sinks.path = path;
+	sinks.created = created;
 	if (use_syslog) {
-		/* openlog keeps the pointer: the copy lives until pf_log_close(). */
-		syslog_ident = strdup(ident && *ident ? ident : PF_PACKAGE);
-		openlog(syslog_ident, LOG_PID | LOG_NDELAY, fac);
-		to_syslog = true;
+		/* openlog keeps the pointer: the copy lives until the sinks are closed. */
+		sinks.syslog_ident = ident_copy;
+		openlog(ident_copy, LOG_PID | LOG_NDELAY, fac);
+		sinks.to_syslog = true;
 	}
+	pthread_rwlock_unlock(&sinks.lock);
 	return 0;
 }
 
 int pf_log_reopen(void)
 {
-	int fd;
+	int fd, rc = 0;
 	bool created;
 
-	if (!log_path)
-		return 0;
-	fd = open_logfile(log_path, &created);
-	if (fd < 0)
-		return fd;
-	dup2(fd, log_fd);
-	close(fd);
-	return 0;
+	pthread_rwlock_wrlock(&sinks.lock);
+	if (sinks.path) {
+		fd = open_logfile(sinks.path, &created);
+		if (fd < 0) {
+			rc = fd;
+		} else {
+			/* The descriptor number stays: dup2 replaces the file under it. */
+			dup2(fd, sinks.fd);
+			close(fd);
+		}
+	}
+	pthread_rwlock_unlock(&sinks.lock);
+	return rc;
 }
 
 int pf_log_give_to(uid_t uid, gid_t gid)
 {
-	if (log_fd < 0 || !log_created)
-		return 0;
-	return fchown(log_fd, uid, gid) < 0 ? -errno : 0;
+	int rc = 0;
+
+	pthread_rwlock_rdlock(&sinks.lock);
+	if (sinks.fd >= 0 && sinks.created && fchown(sinks.fd, uid, gid) < 0)
+		rc = -errno;
+	pthread_rwlock_unlock(&sinks.lock);
+	return rc;
 }
 
 void pf_log_close(void)
 {
-	if (log_fd >= 0)
-		close(log_fd);
-	log_fd = -1;
-	free(log_path);
-	log_path = NULL;
-	log_created = false;
-	if (to_syslog)
-		closelog();
-	to_syslog = false;
-	free(syslog_ident);
-	syslog_ident = NULL;
+	pthread_rwlock_wrlock(&sinks.lock);
+	close_sinks_locked();
+	pthread_rwlock_unlock(&sinks.lock);
 }
 
 size_t pf_log_format_time(char *buf, size_t n, long long usec)
@@ -288,6 +343,7 @@ static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list
 {
 	char line[LINE_MAX_LEN], raw[LINE_MAX_LEN];
 	size_t head, rlen = 0, len;
+	pf_log_describe_fn describe = atomic_load_explicit(&describer, memory_order_acquire);
 	int n;
 
 	head = pf_log_format_time(line, sizeof(line), pf_now_wall_usec());
@@ -296,8 +352,8 @@ static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list
 	head += (size_t)n;
 	/* The prefix and the message may carry what a client chose: assembled raw, then escaped. */
 	if (obj) {
-		if (describer)
-			rlen = describer(obj, raw, sizeof(raw) - 1);
+		if (describe)
+			rlen = describe(obj, raw, sizeof(raw) - 1);
 		else
 			rlen = (size_t)snprintf(raw, sizeof(raw) - 1, "%p", obj);
 		if (rlen > sizeof(raw) - 2)
@@ -312,14 +368,16 @@ static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list
 	line[len++] = '\n';
 	line[len] = '\0';
 
-	if (to_stderr)
+	pthread_rwlock_rdlock(&sinks.lock);
+	if (sinks.to_stderr)
 		write_all(STDERR_FILENO, line, len);
-	if (log_fd >= 0)
-		write_all(log_fd, line, len);
-	if (to_syslog) {
+	if (sinks.fd >= 0)
+		write_all(sinks.fd, line, len);
+	if (sinks.to_syslog) {
 		/* syslog adds its own time and pid: send the level and message only. */
 		syslog(syslog_prio[level], "%s", line + head - strlen(level_names[level]) - 1);
 	}
+	pthread_rwlock_unlock(&sinks.lock);
 }
 
 void pf_log_write(pf_log_level_t level, const void *obj, const char *fmt, ...)

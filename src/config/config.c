@@ -10,11 +10,16 @@
  * limit, inline ';' comments, continuation lines and ':' as a separator, each of which changes
  * what a PgBouncer file means.
  *
+ * Snapshots are reference-counted: every allocation (pf_config_new_defaults, pf_config_copy, so
+ * every load) starts with one reference; pf_config_unref() frees at zero. live_snapshots counts
+ * allocations not yet freed, so tests can prove that each snapshot is freed exactly once.
+ *
  * Callers: main (start-up, SIGHUP, RELOAD), admin (SHOW CONFIG, SET on a copy). No logging here:
  * warnings go to the caller's callback, errors into the caller's buffer as "FILE:LINE: ...".
  */
 #include "pfbuild.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -726,10 +731,24 @@ static void free_peer(pf_config_peer_t *p)
 	memset(p, 0, sizeof(*p));
 }
 
-void pf_config_free(pf_config_t *cfg)
+/* Snapshots allocated and not yet freed (pf_config_live_count). */
+static atomic_size_t live_snapshots;
+
+/* A zeroed snapshot with one reference, or NULL. */
+static pf_config_t *snapshot_alloc(void)
 {
+	pf_config_t *cfg = calloc(1, sizeof(*cfg));
+
 	if (!cfg)
-		return;
+		return NULL;
+	atomic_init(&cfg->refs, 1);
+	atomic_fetch_add_explicit(&live_snapshots, 1, memory_order_relaxed);
+	return cfg;
+}
+
+/* Frees a snapshot and everything it owns, whatever its count (the count reached 0). */
+static void snapshot_destroy(pf_config_t *cfg)
+{
 	for (size_t i = 0; i < PF_ARRAY_SIZE(params); i++) {
 		if (is_string_type(params[i].type))
 			free_str(*(char **)field(cfg, &params[i]));
@@ -748,11 +767,56 @@ void pf_config_free(pf_config_t *cfg)
 		free_peer(&cfg->peers[i]);
 	free(cfg->peers);
 	free(cfg);
+	atomic_fetch_sub_explicit(&live_snapshots, 1, memory_order_relaxed);
+}
+
+const pf_config_t *pf_config_ref(const pf_config_t *cfg)
+{
+	/* The count is not part of the snapshot's value: changing it through const is intended. */
+	pf_config_t *mut = (pf_config_t *)cfg;
+
+	if (mut) {
+		unsigned prev = atomic_fetch_add_explicit(&mut->refs, 1, memory_order_relaxed);
+
+		assert(prev > 0); /* a reference on a freed snapshot */
+		(void)prev;
+	}
+	return cfg;
+}
+
+void pf_config_unref(const pf_config_t *cfg)
+{
+	pf_config_t *mut = (pf_config_t *)cfg;
+	unsigned prev;
+
+	if (!mut)
+		return;
+	/*
+	 * Release: this holder's reads of the snapshot happen before the free; the acquire fence
+	 * makes every other holder's reads happen before it too (the usual refcount pairing).
+	 */
+	prev = atomic_fetch_sub_explicit(&mut->refs, 1, memory_order_release);
+	assert(prev > 0); /* more unrefs than refs */
+	if (prev != 1)
+		return;
+	atomic_thread_fence(memory_order_acquire);
+	snapshot_destroy(mut);
+}
+
+void pf_config_free(pf_config_t *cfg)
+{
+	assert(!cfg || atomic_load_explicit(&cfg->refs, memory_order_relaxed) == 1);
+	pf_config_unref(cfg);
+}
+
+size_t pf_config_live_count(void)
+{
+	return atomic_load_explicit(&live_snapshots, memory_order_relaxed);
 }
 
 pf_config_t *pf_config_new_defaults(void)
 {
-	pf_config_t *cfg = calloc(1, sizeof(*cfg));
+	pf_config_t *cfg = snapshot_alloc();
 
 	if (!cfg)
 		return NULL;
@@ -766,6 +830,15 @@ pf_config_t *pf_config_new_defaults(void)
 		}
 	}
 	return cfg;
+}
+
+/*
+ * Every field of src into dst except the reference count (a struct assignment would copy it,
+ * non-atomically): the owned pointers are detached by the caller.
+ */
+static void copy_plain_fields(pf_config_t *dst, const pf_config_t *src)
+{
+	memcpy(dst, src, offsetof(pf_config_t, refs));
 }
 
 static int copy_db(pf_config_db_t *dst, const pf_config_db_t *src)
@@ -786,11 +859,11 @@ static int copy_db(pf_config_db_t *dst, const pf_config_db_t *src)
 
 int pf_config_copy(const pf_config_t *src, pf_config_t **out)
 {
-	pf_config_t *cfg = calloc(1, sizeof(*cfg));
+	pf_config_t *cfg = snapshot_alloc();
 
 	if (!cfg)
 		return -ENOMEM;
-	*cfg = *src;
+	copy_plain_fields(cfg, src);
 	/* Detach everything owned, so a failure half-way frees only what was copied. */
 	for (size_t i = 0; i < PF_ARRAY_SIZE(params); i++) {
 		if (is_string_type(params[i].type))
@@ -1513,150 +1586,225 @@ static bool is_key_char(unsigned char c)
 	return isalnum(c) || c == '_' || c == '.' || c == '-' || c == '*' || c >= 0x80;
 }
 
-/* Handles one line (without its newline). */
-static int parse_line(loader_t *ld, pos_t pos, const char *p, const char *end)
+/* The first byte at or after p that is not a blank (end if none). */
+static const char *skip_blanks(const char *p, const char *end)
 {
-	char *key = NULL, *val = NULL;
-	const char *k, *v, *ve;
+	while (p < end && is_blank(*p))
+		p++;
+	return p;
+}
+
+/* end moved back over trailing blanks, not before start. */
+static const char *trim_blanks(const char *start, const char *end)
+{
+	while (end > start && is_blank(end[-1]))
+		end--;
+	return end;
+}
+
+/* "%include" followed by a blank starts an include line (PgBouncer's cfparser). */
+static bool is_include_line(const char *p, const char *end)
+{
+	return (size_t)(end - p) > 8 && memcmp(p, "%include", 8) == 0 && is_blank(p[8]);
+}
+
+/* "%include FILE" (p at the '%'): the file name is the rest of the line, trimmed. */
+static int parse_include(loader_t *ld, pos_t pos, const char *p, const char *end)
+{
+	const char *name = skip_blanks(p + 8, end);
+	const char *name_end = trim_blanks(name, end);
+	char *path;
 	int rc;
 
-	while (p < end && is_blank(*p))
-		p++;
-	if (p == end || *p == ';' || *p == '#')
-		return 0;
-
-	if ((size_t)(end - p) > 8 && memcmp(p, "%include", 8) == 0 && is_blank(p[8])) {
-		p += 8;
-		while (p < end && is_blank(*p))
-			p++;
-		ve = end;
-		while (ve > p && is_blank(ve[-1]))
-			ve--;
-		if (ve == p) {
-			load_err(ld, pos, "%%include without a file name");
-			return -EINVAL;
-		}
-		if (!(val = xstrndup(p, (size_t)(ve - p))))
-			return -ENOMEM;
-		rc = include_file(ld, pos, val);
-		free(val);
-		return rc;
+	if (name_end == name) {
+		load_err(ld, pos, "%%include without a file name");
+		return -EINVAL;
 	}
+	if (!(path = xstrndup(name, (size_t)(name_end - name)))) {
+		load_err(ld, pos, "out of memory");
+		return -ENOMEM;
+	}
+	rc = include_file(ld, pos, path);
+	free(path);
+	return rc;
+}
 
-	if (*p == '[') {
-		const char *s = ++p;
-		size_t n;
+/*
+ * The section called name (n bytes), case-insensitive: [pgbouncer] or our own [pgfunnel] for
+ * the main one. Returns false for any other name.
+ */
+static bool find_section(const char *name, size_t n, section_t *out)
+{
+	static const struct {
+		const char *name;
+		section_t section;
+	} sections[] = {
+	        {"pgbouncer", SECT_MAIN}, {"pgfunnel", SECT_MAIN}, {"databases", SECT_DATABASES},
+	        {"users", SECT_USERS},    {"peers", SECT_PEERS},
+	};
 
-		while (p < end && *p != ']')
-			p++;
+	for (size_t i = 0; i < PF_ARRAY_SIZE(sections); i++) {
+		if (strlen(sections[i].name) == n && strncasecmp(name, sections[i].name, n) == 0) {
+			*out = sections[i].section;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* "[name]" (p at the '['), optionally followed by blanks and a comment. */
+static int parse_section_header(loader_t *ld, pos_t pos, const char *p, const char *end)
+{
+	const char *name = p + 1;
+	const char *close = memchr(name, ']', (size_t)(end - name));
+	size_t n;
+	section_t section;
+
+	if (!close) {
+		load_err(ld, pos, "syntax error: missing ']'");
+		return -EINVAL;
+	}
+	n = (size_t)(close - name);
+	p = skip_blanks(close + 1, end);
+	if (p < end && *p != ';' && *p != '#') {
+		load_err(ld, pos, "syntax error: text after section name");
+		return -EINVAL;
+	}
+	if (!find_section(name, n, &section)) {
+		/* PgBouncer: 'invalid section "x" in configuration'. */
+		load_err(ld, pos, "unknown section [%.*s]", (int)(n > 64 ? 64 : n), name);
+		return -EINVAL;
+	}
+	ld->section = section;
+	if (section == SECT_MAIN)
+		ld->got_main = true;
+	return 0;
+}
+
+/*
+ * A quoted name at *pp (at the opening quote): 'name' as in PgBouncer's parser, or "name" with
+ * "" standing for one quote. On success *key is malloc'd and *pp is past the closing quote.
+ */
+static int parse_quoted_key(loader_t *ld, pos_t pos, const char **pp, const char *end, char **key)
+{
+	const char *p = *pp;
+	char q = *p++;
+	char *d;
+
+	if (!(*key = malloc((size_t)(end - p) + 1)))
+		return -ENOMEM;
+	d = *key;
+	for (;;) {
 		if (p == end) {
-			load_err(ld, pos, "syntax error: missing ']'");
+			load_err(ld, pos, "syntax error: unterminated quoted name");
 			return -EINVAL;
 		}
-		n = (size_t)(p - s);
-		for (p++; p < end && is_blank(*p); p++)
-			;
-		if (p < end && *p != ';' && *p != '#') {
-			load_err(ld, pos, "syntax error: text after section name");
-			return -EINVAL;
-		}
-		if ((n == 9 && strncasecmp(s, "pgbouncer", n) == 0) ||
-		    (n == 8 && strncasecmp(s, "pgfunnel", n) == 0)) {
-			ld->section = SECT_MAIN;
-			ld->got_main = true;
-		} else if (n == 9 && strncasecmp(s, "databases", n) == 0) {
-			ld->section = SECT_DATABASES;
-		} else if (n == 5 && strncasecmp(s, "users", n) == 0) {
-			ld->section = SECT_USERS;
-		} else if (n == 5 && strncasecmp(s, "peers", n) == 0) {
-			ld->section = SECT_PEERS;
-		} else {
-			/* PgBouncer: 'invalid section "x" in configuration'. */
-			load_err(ld, pos, "unknown section [%.*s]", (int)(n > 64 ? 64 : n), s);
-			return -EINVAL;
-		}
-		return 0;
-	}
-
-	/* key: quoted ('name' as in PgBouncer's parser, or "name" with "" for a quote) or bare */
-	if (*p == '\'' || *p == '"') {
-		char q = *p++;
-		char *d;
-
-		if (!(key = malloc((size_t)(end - p) + 1)))
-			return -ENOMEM;
-		d = key;
-		for (;;) {
-			if (p == end) {
-				load_err(ld, pos, "syntax error: unterminated quoted name");
-				rc = -EINVAL;
-				goto out;
+		if (*p == q) {
+			if (q == '"' && p + 1 < end && p[1] == '"') {
+				*d++ = '"';
+				p += 2;
+				continue;
 			}
-			if (*p == q) {
-				if (q == '"' && p + 1 < end && p[1] == '"') {
-					*d++ = '"';
-					p += 2;
-					continue;
-				}
-				p++;
-				break;
-			}
-			*d++ = *p++;
-		}
-		*d = '\0';
-	} else {
-		k = p;
-		while (p < end && is_key_char((unsigned char)*p))
 			p++;
-		if (!(key = xstrndup(k, (size_t)(p - k))))
-			return -ENOMEM;
+			break;
+		}
+		*d++ = *p++;
 	}
-	while (p < end && is_blank(*p))
+	*d = '\0';
+	*pp = p;
+	return 0;
+}
+
+/*
+ * The name of a "name = value" line at *pp: quoted, or a run of key characters (possibly
+ * empty). On success *key is malloc'd and *pp is past the name; on failure *key may still need
+ * freeing (the caller frees it either way).
+ */
+static int parse_key(loader_t *ld, pos_t pos, const char **pp, const char *end, char **key)
+{
+	const char *start = *pp, *p = *pp;
+
+	if (*p == '\'' || *p == '"')
+		return parse_quoted_key(ld, pos, pp, end, key);
+	while (p < end && is_key_char((unsigned char)*p))
 		p++;
+	if (!(*key = xstrndup(start, (size_t)(p - start))))
+		return -ENOMEM;
+	*pp = p;
+	return 0;
+}
+
+/*
+ * What follows the name: blanks, '=', then the value, which is the rest of the line trimmed of
+ * blanks (a ';' inside it is data, as in PgBouncer). key is only checked for being empty.
+ */
+static int parse_value(loader_t *ld, pos_t pos, const char *p, const char *end, const char *key,
+                       char **val)
+{
+	const char *v;
+
+	p = skip_blanks(p, end);
 	if (p == end || *p != '=' || !key[0]) {
 		load_err(ld, pos, "syntax error: expected \"name = value\"");
-		rc = -EINVAL;
-		goto out;
+		return -EINVAL;
 	}
-	p++;
-	while (p < end && is_blank(*p))
-		p++;
-	v = p;
-	ve = end;
-	while (ve > v && is_blank(ve[-1]))
-		ve--;
-	if (!(val = xstrndup(v, (size_t)(ve - v)))) {
-		rc = -ENOMEM;
-		goto out;
-	}
+	v = skip_blanks(p + 1, end);
+	if (!(*val = xstrndup(v, (size_t)(trim_blanks(v, end) - v))))
+		return -ENOMEM;
+	return 0;
+}
 
+/* Hands key = value to the current section. */
+static int apply_assignment(loader_t *ld, pos_t pos, const char *key, const char *val)
+{
 	switch (ld->section) {
 	case SECT_NONE:
 		load_err(ld, pos, "\"%.*s\" is outside of any section", SHOW_VALUE_MAX, key);
-		rc = -EINVAL;
-		break;
+		return -EINVAL;
 	case SECT_MAIN:
-		rc = set_main_param(ld, pos, key, val);
-		break;
+		return set_main_param(ld, pos, key, val);
 	case SECT_DATABASES:
-		rc = add_database(ld, pos, key, val);
-		break;
+		return add_database(ld, pos, key, val);
 	case SECT_USERS:
-		rc = add_user(ld, pos, key, val);
-		break;
+		return add_user(ld, pos, key, val);
 	case SECT_PEERS:
-		rc = add_peer(ld, pos, key, val);
-		break;
-	default:
-		rc = -EINVAL;
-		break;
+		return add_peer(ld, pos, key, val);
 	}
-out:
+	return -EINVAL;
+}
+
+/* A "name = value" line (p at the name). The value may be a secret: it is wiped after use. */
+static int parse_assignment(loader_t *ld, pos_t pos, const char *p, const char *end)
+{
+	char *key = NULL, *val = NULL;
+	int rc;
+
+	rc = parse_key(ld, pos, &p, end, &key);
+	if (rc == 0)
+		rc = parse_value(ld, pos, p, end, key, &val);
+	if (rc == 0)
+		rc = apply_assignment(ld, pos, key, val);
 	free(key);
 	free_str(val);
 	if (rc == -ENOMEM)
 		load_err(ld, pos, "out of memory");
 	return rc;
+}
+
+/*
+ * Handles one line (without its newline): blank or a comment (';' or '#' first), an include,
+ * a section header, or an assignment.
+ */
+static int parse_line(loader_t *ld, pos_t pos, const char *p, const char *end)
+{
+	p = skip_blanks(p, end);
+	if (p == end || *p == ';' || *p == '#')
+		return 0;
+	if (is_include_line(p, end))
+		return parse_include(ld, pos, p, end);
+	if (*p == '[')
+		return parse_section_header(ld, pos, p, end);
+	return parse_assignment(ld, pos, p, end);
 }
 
 static int parse_text(loader_t *ld, const char *file, const char *text)

@@ -61,6 +61,7 @@ void pf_conn_init(pf_conn_t *c, pf_net_t *net, const pf_conn_ops_t *ops, bool is
 {
 	c->ops = ops;
 	c->net = net;
+	c->tp.ops = &pf_transport_plain;
 	c->is_client = is_client;
 	c->id = pf_net_next_id(net);
 	c->max_packet = net->cfg->max_packet_size;
@@ -254,11 +255,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	if (nread == UV_ENOBUFS) {
 		/* No room: stop until processing or a flush frees some. */
-		uv_read_stop(&c->h.stream);
+		c->tp.ops->read_stop(&c->tp, &c->h.stream);
 		c->reading = false;
 		return;
 	}
-	uv_read_stop(&c->h.stream);
+	c->tp.ops->read_stop(&c->tp, &c->h.stream);
 	c->reading = false;
 	c->read_done = true;
 	c->read_status = nread == UV_EOF ? 0 : (int)nread;
@@ -279,10 +280,10 @@ static void update_reading(pf_conn_t *c)
 	            !c->throttled && !full;
 
 	if (want && !c->reading) {
-		if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
+		if (c->tp.ops->read_start(&c->tp, &c->h.stream, on_alloc, on_read) == 0)
 			c->reading = true;
 	} else if (!want && c->reading) {
-		uv_read_stop(&c->h.stream);
+		c->tp.ops->read_stop(&c->tp, &c->h.stream);
 		c->reading = false;
 	}
 }
@@ -322,7 +323,7 @@ static bool flush_forward(pf_conn_t *c)
 	b = uv_buf_init((char *)c->rbuf + c->fwd_start, c->rpos - c->fwd_start);
 	peer->bytes_out += b.len;
 	c->progress++;
-	n = uv_try_write(&peer->h.stream, &b, 1);
+	n = peer->tp.ops->try_write(&peer->tp, &peer->h.stream, &b, 1);
 	if (n == (int)b.len)
 		return true;
 	if (n > 0) {
@@ -332,7 +333,8 @@ static bool flush_forward(pf_conn_t *c)
 		return true; /* the peer's own read side reports the failure */
 	}
 	c->fwd_req.data = c;
-	if (uv_write(&c->fwd_req, &peer->h.stream, &b, 1, on_forward_written) < 0)
+	if (peer->tp.ops->write(&peer->tp, &c->fwd_req, &peer->h.stream, &b, 1,
+	                       on_forward_written) < 0)
 		return true;
 	c->fwd_pending = true;
 	return false;
@@ -526,7 +528,7 @@ int pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 	if (c->closing || !c->handle_open || len == 0)
 		return 0;
 	c->bytes_out += len;
-	n = uv_try_write(&c->h.stream, &b, 1);
+	n = c->tp.ops->try_write(&c->tp, &c->h.stream, &b, 1);
 	if (n == (int)len)
 		return 0;
 	if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS)
@@ -540,7 +542,7 @@ int pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 	w->req.data = c;
 	memcpy(w->data, (const uint8_t *)data + n, w->len);
 	b = uv_buf_init((char *)w->data, (unsigned)w->len);
-	n = uv_write(&w->req, &c->h.stream, &b, 1, on_owned_written);
+	n = c->tp.ops->write(&c->tp, &w->req, &c->h.stream, &b, 1, on_owned_written);
 	if (n < 0) {
 		free(w);
 		return n;
@@ -569,7 +571,7 @@ int pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b)
 
 bool pf_conn_has_pending_writes(const pf_conn_t *c)
 {
-	return c->handle_open && c->h.stream.write_queue_size > 0;
+	return c->handle_open && c->tp.ops->queued(&c->tp, &c->h.stream) > 0;
 }
 
 int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix)
@@ -675,6 +677,8 @@ static void maybe_free(pf_conn_t *c)
 		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
 		c->rbuf = NULL;
 	}
+	if (c->tp.ops->release)
+		c->tp.ops->release(&c->tp);
 	c->ops->on_free(c);
 }
 
@@ -739,21 +743,21 @@ void pf_conn_close(pf_conn_t *c)
 	pf_conn_unthrottle(c);
 	c->peer = NULL;
 	if (c->reading) {
-		uv_read_stop(&c->h.stream);
+		c->tp.ops->read_stop(&c->tp, &c->h.stream);
 		c->reading = false;
 	}
 	if (!c->handle_open) {
 		maybe_free(c);
 		return;
 	}
-	if (!c->connect_pending && c->h.stream.write_queue_size > 0) {
+	if (!c->connect_pending && c->tp.ops->queued(&c->tp, &c->h.stream) > 0) {
 		close_linger_t *l = calloc(1, sizeof(*l));
 
 		if (l && uv_timer_init(c->net->loop, &l->timer) == 0) {
 			l->conn = c;
 			l->req.data = l;
 			l->timer.data = l;
-			if (uv_shutdown(&l->req, &c->h.stream, on_linger_shutdown) == 0) {
+			if (c->tp.ops->shutdown(&c->tp, &l->req, &c->h.stream, on_linger_shutdown) == 0) {
 				c->lingering = true;
 				uv_timer_start(&l->timer, on_linger_timeout, CLOSE_LINGER_MS, 0);
 				return;

@@ -5,6 +5,11 @@
  * root without -u, open the log sinks, open the listeners (as root if needed), daemonize, write the
  * pidfile, drop privileges, tell systemd READY=1, run the loop. The config snapshot is replaced
  * whole on SIGHUP; a bad file keeps the old snapshot. Signals have PgBouncer 1.23+ meanings.
+ *
+ * Snapshots are reference-counted: process_t.cfg is main's reference to the current one, each
+ * worker holds its own; a replaced snapshot is freed when the last of them lets go. Everything
+ * here runs on the main thread (the main loop); the process state lives in process_t, not in
+ * statics.
  */
 #include "pfbuild.h"
 
@@ -42,14 +47,24 @@ typedef struct options {
 	const char *config_path;
 } options_t;
 
+/*
+ * Config warnings. At start-up the log sinks are not open yet (the config says where they
+ * are), so warnings are kept and replayed once they are; on reload they are logged at once.
+ */
+#define EARLY_WARNINGS_MAX 64
+
 typedef struct process {
 	options_t opt;
 	uv_loop_t *loop;
 	pf_worker_t *worker;
-	pf_config_t *cfg;
-	char *pidfile; /* written by us; removed at exit */
+	pf_config_t *cfg; /* the current snapshot: main's reference */
+	char *pidfile;    /* written by us; removed at exit */
 	uv_signal_t signals[6];
 	size_t nsignals;
+	char *early_warnings[EARLY_WARNINGS_MAX];
+	size_t n_early_warnings;
+	bool log_ready;     /* the log sinks are open: warnings are logged at once */
+	int daemon_pipe_fd; /* -d: tells the waiting parent we are up; -1 otherwise */
 } process_t;
 
 static void usage(FILE *out)
@@ -145,41 +160,34 @@ static void parse_args(int argc, char **argv, options_t *opt)
 	opt->config_path = argv[optind];
 }
 
-/*
- * Config warnings. At start-up the log sinks are not open yet (the config says where they
- * are), so warnings are kept and replayed once they are; on reload they are logged at once.
- */
-#define EARLY_WARNINGS_MAX 64
-static char *early_warnings[EARLY_WARNINGS_MAX];
-static size_t n_early_warnings;
-static bool log_ready;
-
+/* The loader's warning callback; arg is the process_t. */
 static void config_warning(void *arg, const char *file, int line, const char *msg)
 {
+	process_t *p = arg;
 	char text[1024];
 
-	(void)arg;
 	if (line > 0)
 		snprintf(text, sizeof(text), "%s:%d: %s", file, line, msg);
 	else
 		snprintf(text, sizeof(text), "%s: %s", file, msg);
-	if (log_ready) {
+	if (p->log_ready) {
 		pf_log_warning(NULL, "%s", text);
 		return;
 	}
-	if (n_early_warnings < EARLY_WARNINGS_MAX)
-		early_warnings[n_early_warnings++] = strdup(text);
+	if (p->n_early_warnings < EARLY_WARNINGS_MAX)
+		p->early_warnings[p->n_early_warnings++] = strdup(text);
 }
 
-static void replay_early_warnings(void)
+static void replay_early_warnings(process_t *p)
 {
-	log_ready = true;
-	for (size_t i = 0; i < n_early_warnings; i++) {
-		if (early_warnings[i])
-			pf_log_warning(NULL, "%s", early_warnings[i]);
-		free(early_warnings[i]);
+	p->log_ready = true;
+	for (size_t i = 0; i < p->n_early_warnings; i++) {
+		if (p->early_warnings[i])
+			pf_log_warning(NULL, "%s", p->early_warnings[i]);
+		free(p->early_warnings[i]);
+		p->early_warnings[i] = NULL;
 	}
-	n_early_warnings = 0;
+	p->n_early_warnings = 0;
 }
 
 /* Opens the log sinks the snapshot asks for. */
@@ -191,9 +199,9 @@ static int open_log(const pf_config_t *cfg, char *err, size_t errlen)
 	return pf_log_open(cfg->logfile, cfg->syslog, cfg->syslog_ident, facility, err, errlen);
 }
 
-static int load_config(const char *path, pf_config_t **out, char *err, size_t errlen)
+static int load_config(process_t *p, pf_config_t **out, char *err, size_t errlen)
 {
-	return pf_config_load(path, out, config_warning, NULL, err, errlen);
+	return pf_config_load(p->opt.config_path, out, config_warning, p, err, errlen);
 }
 
 /* Returns the pid in an existing pidfile whose process is alive, else 0. */
@@ -251,8 +259,6 @@ static int pidfile_write(const char *path)
  * Forks into the background. The parent waits on a pipe until the child has written its pidfile,
  * so that `pgfunnel -d` returns only once the daemon is up (or exits 1 if it failed).
  */
-static int daemon_pipe_fd = -1;
-
 static void go_daemon(process_t *p)
 {
 	int fds[2];
@@ -273,7 +279,7 @@ static void go_daemon(process_t *p)
 		_exit(status == 0 ? 0 : 1);
 	}
 	close(fds[0]);
-	daemon_pipe_fd = fds[1];
+	p->daemon_pipe_fd = fds[1];
 	if (setsid() < 0)
 		pf_fatal("setsid: %s", strerror(errno));
 	/* A second fork so the daemon can never reacquire a controlling terminal. */
@@ -298,15 +304,15 @@ static void go_daemon(process_t *p)
 		pf_fatal("uv_loop_fork: %s", uv_strerror(rc));
 }
 
-static void daemon_ready(void)
+static void daemon_ready(process_t *p)
 {
-	if (daemon_pipe_fd >= 0) {
+	if (p->daemon_pipe_fd >= 0) {
 		char ok = 0;
 
-		if (write(daemon_pipe_fd, &ok, 1) != 1)
+		if (write(p->daemon_pipe_fd, &ok, 1) != 1)
 			pf_log_warning(NULL, "could not tell the parent process we are up");
-		close(daemon_pipe_fd);
-		daemon_pipe_fd = -1;
+		close(p->daemon_pipe_fd);
+		p->daemon_pipe_fd = -1;
 	}
 }
 
@@ -417,17 +423,23 @@ static void keep_restart_only_values(const pf_config_t *old, pf_config_t *fresh)
 	}
 }
 
-/* Makes cfg (owned from now on) the running snapshot. */
+/*
+ * Makes cfg the running snapshot; main keeps the caller's reference to it (taken over). The
+ * worker takes its own; the old snapshot loses main's reference and is freed once no worker
+ * holds it either. The log sinks copy what they keep (pf_log_open), so nothing else points into
+ * the old snapshot.
+ */
 static void install_config(process_t *p, pf_config_t *cfg)
 {
+	pf_config_t *old = p->cfg;
 	char err[512];
 
 	pf_log_set_verbosity(cfg->verbose + p->opt.verbose);
 	if (open_log(cfg, err, sizeof(err)) < 0)
 		pf_log_warning(NULL, "keeping the old log settings: %s", err);
-	pf_worker_set_config(p->worker, cfg);
-	pf_config_free(p->cfg);
 	p->cfg = cfg;
+	pf_worker_set_config(p->worker, cfg);
+	pf_config_unref(old);
 }
 
 static int reload(process_t *p)
@@ -439,7 +451,7 @@ static int reload(process_t *p)
 	notify_systemd("RELOADING=1");
 	if (pf_log_reopen() < 0)
 		pf_log_warning(NULL, "could not reopen logfile: %s", strerror(errno));
-	if (load_config(p->opt.config_path, &fresh, err, sizeof(err)) < 0) {
+	if (load_config(p, &fresh, err, sizeof(err)) < 0) {
 		pf_log_error(NULL, "config reload failed, keeping the old config: %s", err);
 		notify_systemd("READY=1");
 		return -EINVAL;
@@ -544,7 +556,7 @@ static void setup_signals(process_t *p)
 
 int main(int argc, char **argv)
 {
-	process_t p = {0};
+	process_t p = {.daemon_pipe_fd = -1};
 	char err[512];
 	const char *run_as;
 	uid_t owner_uid = (uid_t)-1;
@@ -552,7 +564,7 @@ int main(int argc, char **argv)
 	int rc;
 
 	parse_args(argc, argv, &p.opt);
-	if (load_config(p.opt.config_path, &p.cfg, err, sizeof(err)) < 0)
+	if (load_config(&p, &p.cfg, err, sizeof(err)) < 0)
 		die("%s", err);
 
 	/* -u wins over the config's `user`, as in PgBouncer. */
@@ -577,7 +589,7 @@ int main(int argc, char **argv)
 	pf_log_set_verbosity(p.cfg->verbose + p.opt.verbose);
 	if (open_log(p.cfg, err, sizeof(err)) < 0)
 		die("%s", err);
-	replay_early_warnings();
+	replay_early_warnings(&p);
 	if (p.opt.reboot)
 		pf_log_warning(NULL, "online restart (-R) is not supported; starting normally");
 	raise_fd_limit(p.cfg);
@@ -629,7 +641,7 @@ int main(int argc, char **argv)
 	}
 	pf_log_info(NULL, "process up: %s %s, libuv %s, %s", PF_PACKAGE, PF_VERSION,
 	            uv_version_string(), OpenSSL_version(OPENSSL_VERSION));
-	daemon_ready();
+	daemon_ready(&p);
 	notify_systemd("READY=1");
 
 	uv_run(p.loop, UV_RUN_DEFAULT);
@@ -644,7 +656,8 @@ int main(int argc, char **argv)
 		unlink(p.pidfile);
 		free(p.pidfile);
 	}
-	pf_config_free(p.cfg);
+	/* The worker dropped its reference in pf_worker_free(): this is the last one. */
+	pf_config_unref(p.cfg);
 	pf_log_info(NULL, "shutdown complete");
 	pf_log_close();
 	return 0;

@@ -72,8 +72,8 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 
 	if (!w)
 		return -ENOMEM;
-	pf_net_init(&w->net, loop, cfg);
-	w->cfg = cfg;
+	w->cfg = pf_config_ref(cfg); /* the worker's own reference, dropped in pf_worker_free() */
+	pf_net_init(&w->net, loop, w->cfg);
 	w->ops = &worker_ops;
 	w->pool_ops = &pf_session_pool_ops;
 	pf_list_init(&w->login_clients);
@@ -84,11 +84,13 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	pf_list_init(&w->pools);
 	pf_cancel_table_init(&w->cancel_keys);
 	if (RAND_bytes(w->mock_key, sizeof(w->mock_key)) != 1) {
+		pf_config_unref(w->cfg);
 		free(w);
 		return -EIO;
 	}
 	rc = pf_scram_cache_new(256, &w->scram_cache);
 	if (rc < 0) {
+		pf_config_unref(w->cfg);
 		free(w);
 		return rc;
 	}
@@ -490,10 +492,17 @@ size_t pf_worker_describe_listeners(const pf_worker_t *w, char *buf, size_t n)
 	return len < n ? len : n - 1;
 }
 
+/*
+ * The worker holds one reference to its snapshot: it takes one on cfg and drops the old one last,
+ * once the pools, users and auth_file have been brought up to date (they copy what they keep).
+ * Callers may drop their own reference to either snapshot as soon as this returns.
+ */
 void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 {
-	w->cfg = cfg;
-	w->net.cfg = cfg;
+	const pf_config_t *old = w->cfg;
+
+	w->cfg = pf_config_ref(cfg);
+	w->net.cfg = w->cfg;
 	if (cfg->pkt_buf > 0 && (size_t)cfg->pkt_buf != w->net.buffer_size) {
 		/* Buffers of the old size are freed as they come back. */
 		pf_net_free(&w->net);
@@ -502,6 +511,7 @@ void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 	pf_worker_load_auth_file(w);
 	if (pf_database_sync_config(w) < 0)
 		pf_log_error(NULL, "out of memory applying the new [databases]");
+	pf_config_unref(old);
 }
 
 /* Closes the listeners; with tcp_only the unix socket stays open for the console. */
@@ -655,6 +665,7 @@ void pf_worker_free(pf_worker_t *w)
 	pf_user_free_all(w);
 	pf_auth_file_free(w->auth_file);
 	pf_scram_cache_free(w->scram_cache);
+	pf_config_unref(w->cfg);
 	pf_net_free(&w->net);
 	free(w);
 }

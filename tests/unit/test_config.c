@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -599,6 +600,55 @@ static void test_grammar_errors(void **state)
 	           "t.ini:2: syntax error: unterminated quoted name");
 }
 
+/* The pieces of a line: include, section header, quoted and bare names, the value. */
+static void test_line_pieces(void **state)
+{
+	pf_config_t *cfg;
+
+	(void)state;
+	/* %include needs a blank and a name; without a blank it is not an include at all. */
+	load_fails("[pgbouncer]\n%include \t \n", -EINVAL, "t.ini:2: %include without a file name");
+	load_fails("[pgbouncer]\n  %include /nonexistent/pf-x.ini\n", -ENOENT,
+	           "t.ini:2: %include \"/nonexistent/pf-x.ini\": cannot open: No such file or "
+	           "directory");
+	load_fails("[pgbouncer]\n%includex = 1\n", -EINVAL,
+	           "t.ini:2: syntax error: expected \"name = value\"");
+
+	/* Section names in any case; a comment may follow the header; nothing else may. */
+	cfg = load_ok("[PgFunnel] # main\nlisten_port = 7001\n[DataBases]\t;dbs\n"
+	              "a = dbname=b\n[USERS]\nu = pool_size=3\n[Peers]\n1 = host=h\n");
+	assert_int_equal(cfg->listen_port, 7001);
+	assert_int_equal(cfg->n_dbs, 1);
+	assert_int_equal(cfg->n_users, 1);
+	assert_int_equal(cfg->n_peers, 1);
+	pf_config_free(cfg);
+	load_fails("[pgbouncer]\n[]\n", -EINVAL, "t.ini:2: unknown section []");
+	load_fails("[pgbouncer]\n[users]]\n", -EINVAL,
+	           "t.ini:2: syntax error: text after section name");
+	load_fails("[pgbouncer]\n[pgbouncer2]\n", -EINVAL, "t.ini:2: unknown section [pgbouncer2]");
+
+	/* Names: an empty quoted name, a name cut short by a character keys cannot hold. */
+	load_fails("[pgbouncer]\n'' = 1\n", -EINVAL,
+	           "t.ini:2: syntax error: expected \"name = value\"");
+	load_fails("[pgbouncer]\nlisten_port: 1\n", -EINVAL,
+	           "t.ini:2: syntax error: expected \"name = value\"");
+	load_fails("[pgbouncer]\n\"listen_port = 1\n", -EINVAL,
+	           "t.ini:2: syntax error: unterminated quoted name");
+	cfg = load_ok("[pgbouncer]\n'listen_port'=7002\n\"auth_file\"\t=\t/x\n[databases]\n"
+	              "\xc3\xa9t\xc3\xa9 = dbname=x\n");
+	assert_int_equal(cfg->listen_port, 7002);
+	assert_string_equal(cfg->auth_file, "/x");
+	assert_string_equal(cfg->dbs[0].name, "\xc3\xa9t\xc3\xa9");
+	pf_config_free(cfg);
+
+	/* The value: the rest of the line, trimmed; ';' and '#' inside it are data. */
+	cfg = load_ok("[pgbouncer]\nserver_reset_query =  \tSELECT 1; # not a comment \t\r\n"
+	              "server_check_query=\n");
+	assert_string_equal(cfg->server_reset_query, "SELECT 1; # not a comment");
+	assert_string_equal(cfg->server_check_query, "");
+	pf_config_free(cfg);
+}
+
 static void test_comments_and_aliases(void **state)
 {
 	pf_config_t *cfg;
@@ -973,6 +1023,135 @@ static void test_section_keys(void **state)
 	assert_null(pf_config_section_key(PF_CONFIG_SECT_PEERS, 3));
 }
 
+/*
+ * Reference counting: a snapshot is freed exactly once, by whichever holder lets go last.
+ * pf_config_live_count() proves "freed" (and "not twice": it would underflow); under ASan a
+ * use after the free or a double free aborts, and LeakSanitizer reports a missed free.
+ */
+static void test_refcount_sequences(void **state)
+{
+	size_t base = pf_config_live_count();
+	pf_config_t *cfg, *copy;
+	const pf_config_t *r;
+
+	(void)state;
+	assert_null(pf_config_ref(NULL));
+	pf_config_unref(NULL);
+
+	cfg = pf_config_new_defaults();
+	assert_non_null(cfg);
+	assert_int_equal(pf_config_live_count(), base + 1);
+	r = pf_config_ref(cfg);
+	assert_ptr_equal(r, cfg);
+	pf_config_ref(cfg);
+	pf_config_unref(cfg);
+	pf_config_unref(cfg);
+	assert_int_equal(pf_config_live_count(), base + 1);
+	assert_int_equal(cfg->default_pool_size, 20); /* still readable: one reference left */
+
+	/* A copy starts with one reference of its own, whatever the source's count. */
+	pf_config_ref(cfg);
+	assert_int_equal(pf_config_copy(cfg, &copy), 0);
+	assert_int_equal(pf_config_live_count(), base + 2);
+	pf_config_free(copy); /* never shared: the only reference */
+	assert_int_equal(pf_config_live_count(), base + 1);
+	pf_config_unref(cfg);
+	assert_int_equal(pf_config_live_count(), base + 1);
+	pf_config_unref(cfg);
+	assert_int_equal(pf_config_live_count(), base);
+
+	/* A loaded snapshot, and one a failed load never returned. */
+	cfg = load_ok("[pgbouncer]\n[databases]\nx = host=h password=secret\n");
+	assert_int_equal(pf_config_live_count(), base + 1);
+	pf_config_unref(cfg);
+	load_fails("[pgbouncer]\nnope = 1\n", -EINVAL, "t.ini:2: unknown parameter \"nope\"");
+	assert_int_equal(pf_config_live_count(), base);
+}
+
+/*
+ * What main and the worker do on reload, in both orders of letting go: main holds the current
+ * snapshot, the worker its own reference; the replaced snapshot is freed by the last of them.
+ */
+static void test_refcount_reload_pattern(void **state)
+{
+	size_t base = pf_config_live_count();
+	pf_config_t *main_ref = load_ok("[pgbouncer]\ndefault_pool_size = 1\n");
+	const pf_config_t *worker_ref = pf_config_ref(main_ref);
+	pf_config_t *fresh = load_ok("[pgbouncer]\ndefault_pool_size = 2\n");
+	pf_config_t *old;
+	const pf_config_t *worker_old;
+
+	(void)state;
+	assert_int_equal(pf_config_live_count(), base + 2);
+
+	/* install_config: main takes over the loader's reference; the worker swaps first. */
+	old = main_ref;
+	main_ref = fresh;
+	worker_old = worker_ref;
+	worker_ref = pf_config_ref(fresh);
+	pf_config_unref(worker_old);
+	assert_int_equal(pf_config_live_count(), base + 2); /* main still holds the old one */
+	pf_config_unref(old);
+	assert_int_equal(pf_config_live_count(), base + 1);
+	assert_int_equal(worker_ref->default_pool_size, 2);
+
+	/* Next reload: main lets go first, a worker that has not swapped yet keeps it alive. */
+	fresh = load_ok("[pgbouncer]\ndefault_pool_size = 3\n");
+	old = main_ref;
+	main_ref = fresh;
+	pf_config_unref(old);
+	assert_int_equal(pf_config_live_count(), base + 2);
+	assert_int_equal(worker_ref->default_pool_size, 2); /* still valid for the worker */
+	worker_old = worker_ref;
+	worker_ref = pf_config_ref(fresh);
+	pf_config_unref(worker_old);
+	assert_int_equal(pf_config_live_count(), base + 1);
+
+	/* Shutdown: the worker lets go, then main. */
+	pf_config_unref(worker_ref);
+	assert_int_equal(pf_config_live_count(), base + 1);
+	pf_config_unref(main_ref);
+	assert_int_equal(pf_config_live_count(), base);
+}
+
+#define REF_THREADS 8
+#define REF_ROUNDS  100000
+
+static void *ref_hammer(void *arg)
+{
+	const pf_config_t *cfg = arg;
+
+	for (int i = 0; i < REF_ROUNDS; i++) {
+		const pf_config_t *mine = pf_config_ref(cfg);
+
+		if (mine->listen_port != 6432)
+			abort();
+		pf_config_unref(mine);
+	}
+	/* Each thread was handed a reference of its own: the last thread out frees. */
+	pf_config_unref(cfg);
+	return NULL;
+}
+
+/* Threads taking and dropping references at once: the count never loses an update. */
+static void test_refcount_threads(void **state)
+{
+	size_t base = pf_config_live_count();
+	pf_config_t *cfg = pf_config_new_defaults();
+	pthread_t th[REF_THREADS];
+
+	(void)state;
+	assert_non_null(cfg);
+	for (int i = 0; i < REF_THREADS; i++)
+		assert_int_equal(
+		        pthread_create(&th[i], NULL, ref_hammer, (void *)pf_config_ref(cfg)), 0);
+	/* The creator lets go while the threads still run. */
+	pf_config_unref(cfg);
+	for (int i = 0; i < REF_THREADS; i++)
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+	assert_int_equal(pf_config_live_count(), base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -986,6 +1165,7 @@ int main(void)
 	        cmocka_unit_test(test_strings_and_lists),
 	        cmocka_unit_test(test_set_format_copy),
 	        cmocka_unit_test(test_grammar_errors),
+	        cmocka_unit_test(test_line_pieces),
 	        cmocka_unit_test(test_comments_and_aliases),
 	        cmocka_unit_test(test_long_lines),
 	        cmocka_unit_test(test_databases),
@@ -997,6 +1177,9 @@ int main(void)
 	        cmocka_unit_test(test_reload_safety),
 	        cmocka_unit_test(test_debian_ini),
 	        cmocka_unit_test(test_section_keys),
+	        cmocka_unit_test(test_refcount_sequences),
+	        cmocka_unit_test(test_refcount_reload_pattern),
+	        cmocka_unit_test(test_refcount_threads),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
