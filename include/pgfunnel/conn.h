@@ -129,6 +129,7 @@ struct pf_conn {
 	uint32_t hold_max;      /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
 	uint32_t out_queued;    /* bytes of our own output (with overhead) the socket holds */
 	int read_status;        /* 0 for EOF, else the read error */
+	int send_error;         /* our own output failed (-errno): reported as PF_CONN_EV_ERROR */
 	uint32_t progress;      /* bumped by every read and every forward write */
 	uint32_t progress_seen; /* ... as the janitor last saw it (pf_conn_is_abandoned) */
 	uv_write_t fwd_req;
@@ -195,12 +196,14 @@ void pf_conn_process(pf_conn_t *c);
 
 /*
  * Sends len bytes that pgfunnel made (borrowed; copied if the socket does not take them at
- * once). Dropped silently when c is closing. Returns 0 or -errno.
+ * once). Dropped silently when c is closing. Nothing to check: when the bytes cannot be sent
+ * (no memory, a socket error) the connection is broken and the owner gets PF_CONN_EV_ERROR
+ * from the loop, after the current callback.
  */
-int pf_conn_send(pf_conn_t *c, const void *data, size_t len);
+void pf_conn_send(pf_conn_t *c, const void *data, size_t len);
 
-/* Sends a builder's content (see pf_conn_send) and empties the builder. */
-int pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b);
+/* Sends a builder's content (see pf_conn_send; a builder that failed breaks c) and empties it. */
+void pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b);
 
 /*
  * Closes c: stops reading, lets already queued writes finish (bounded), then closes the handle.

@@ -178,7 +178,8 @@ typedef struct pf_database {
 	pf_usec_t inactive_since;
 	int server_count;
 	int client_count;
-	unsigned host_rr; /* round-robin position in a host list */
+	unsigned host_rr; /* position in a host list: the next host (round-robin) or the current */
+	bool lb_disable;  /* load_balance_hosts=disable: stay on one host until it fails */
 	/*
 	 * Statistics of pools that were freed (so totals never go backwards), the totals at the
 	 * start of the current stats_period and the averages of the last complete period (counts
@@ -242,6 +243,8 @@ typedef struct pf_pool_ops {
 	bool (*server_has_cancels)(const pf_pool_server_t *s);
 	/* Whether a message of c's is only partly passed on (its server cannot be reused). */
 	bool (*client_mid_message)(const pf_pool_client_t *c);
+	/* Logs a warning about s (the log names the server as the other lines do). */
+	void (*warn_server)(const pf_pool_server_t *s, const char *text);
 } pf_pool_ops_t;
 
 /* A (database, user) pool. */

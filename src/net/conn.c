@@ -17,6 +17,7 @@
 #include "pfbuild.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -346,124 +347,126 @@ void pf_conn_flush(pf_conn_t *c)
 		flush_forward(c);
 }
 
-void pf_conn_process(pf_conn_t *c)
+/* What the message walk does after one step. */
+typedef enum walk {
+	WALK_ON,    /* next message */
+	WALK_BREAK, /* stop walking; flush what is marked for forwarding */
+	WALK_OUT,   /* stop walking now (a write borrows the buffer, or we were told to stop) */
+} walk_t;
+
+/* Marks the bytes at rpos as the start of the forward region (if none is open). */
+static inline void open_forward(pf_conn_t *c)
 {
-	bool starved = false; /* stopped for want of bytes not yet read */
-
-	if (c->in_process)
-		return;
-	c->in_process = true;
-	/* Paused by the owner or by our own output: processing waits. (Only a handler's own
-	 * replies can block output, so that is checked after the handlers that send them.) */
-	if (c->read_paused || c->out_blocked)
-		goto out;
-	while (!c->closing && !c->fwd_pending && c->rpos < c->rend) {
-		uint32_t avail = c->rend - c->rpos;
-
-		if (c->raw_mode) {
-			int n = c->ops->on_raw(c, c->rbuf + c->rpos, avail);
-
-			if (n <= 0) {
-				if (n == 0 && !c->closing)
-					make_room(c, 1, true);
-				starved = n == 0;
-				break;
-			}
-			c->rpos += (uint32_t)n;
-			if (c->out_blocked)
-				goto out;
-			continue;
-		}
-		if (c->pkt_remain > 0) {
-			uint32_t n = avail < c->pkt_remain ? avail : c->pkt_remain;
-
-			if (c->pkt_forward && !c->fwd_open) {
-				c->fwd_open = true;
-				c->fwd_start = c->rpos;
-			}
-			c->rpos += n;
-			c->pkt_remain -= n;
-			continue;
-		}
-		if (avail < PF_PROTO_HDR_LEN) {
-			if (!flush_forward(c))
-				break;
-			make_room(c, PF_PROTO_HDR_LEN - avail, true);
-			starved = true;
-			break;
-		}
-
-		pf_proto_hdr_t hdr;
-		int rc = pf_proto_read_header(c->rbuf + c->rpos, avail, c->max_packet, &hdr);
-
-		if (rc < 0) {
-			flush_forward(c);
-			c->ops->on_event(c, PF_CONN_EV_ERROR, rc);
-			break;
-		}
-		uint32_t total = hdr.total;
-		uint32_t have = avail < total ? avail : total;
-		pf_pkt_action_t act = c->ops->on_packet(c, &hdr, c->rbuf + c->rpos, have);
-
-		switch (act) {
-		case PF_PKT_FORWARD:
-			if (!c->fwd_open) {
-				c->fwd_open = true;
-				c->fwd_start = c->rpos;
-			}
-			c->pkt_forward = true;
-			c->pkt_remain = total;
-			break;
-		case PF_PKT_SKIP:
-			if (!flush_forward(c)) {
-				/* Skip once the write is done: the region ends at rpos. */
-				c->pkt_forward = false;
-				c->pkt_remain = total;
-				goto out;
-			}
-			c->pkt_forward = false;
-			c->pkt_remain = total;
-			break;
-		case PF_PKT_CONSUMED:
-			c->rpos += total;
-			if (c->out_blocked || c->read_paused)
-				goto out;
-			break;
-		case PF_PKT_NEED_WHOLE:
-			if (!flush_forward(c))
-				goto out;
-			if (!make_room(c, total - have, true)) {
-				c->ops->on_event(c, PF_CONN_EV_ERROR, -ENOBUFS);
-				goto out;
-			}
-			starved = true;
-			goto out;
-		case PF_PKT_FLUSH:
-			if (!flush_forward(c))
-				goto out;
-			break;
-		case PF_PKT_STOP:
-			flush_forward(c);
-			goto out;
-		case PF_PKT_FORWARD_LAST: {
-			bool done;
-
-			if (!c->fwd_open) {
-				c->fwd_open = true;
-				c->fwd_start = c->rpos;
-			}
-			c->rpos += total;
-			done = flush_forward(c);
-			c->ops->on_forwarded(c);
-			if (!done)
-				goto out;
-			break;
-		}
-		}
+	if (!c->fwd_open) {
+		c->fwd_open = true;
+		c->fwd_start = c->rpos;
 	}
-	if (!c->closing && !c->fwd_pending)
+}
+
+/* Raw bytes before message framing (startup, SSL negotiation). */
+static walk_t walk_raw(pf_conn_t *c, uint32_t avail, bool *starved)
+{
+	int n = c->ops->on_raw(c, c->rbuf + c->rpos, avail);
+
+	if (n <= 0) {
+		if (n == 0 && !c->closing)
+			make_room(c, 1, true);
+		*starved = n == 0;
+		return WALK_BREAK;
+	}
+	c->rpos += (uint32_t)n;
+	return c->out_blocked ? WALK_OUT : WALK_ON;
+}
+
+/* More bytes of a message already decided on (forwarded or skipped). */
+static void walk_rest(pf_conn_t *c, uint32_t avail)
+{
+	uint32_t n = avail < c->pkt_remain ? avail : c->pkt_remain;
+
+	if (c->pkt_forward)
+		open_forward(c);
+	c->rpos += n;
+	c->pkt_remain -= n;
+}
+
+/* Carries out what the owner's handler decided for the message of total bytes at rpos. */
+static walk_t apply_action(pf_conn_t *c, pf_pkt_action_t act, uint32_t total, uint32_t have,
+                           bool *starved)
+{
+	switch (act) {
+	case PF_PKT_FORWARD:
+		open_forward(c);
+		c->pkt_forward = true;
+		c->pkt_remain = total;
+		return WALK_ON;
+	case PF_PKT_SKIP: {
+		/* When a write now borrows the buffer, the skip starts once it is done: the forward
+		 * region ends at rpos either way. */
+		bool flushed = flush_forward(c);
+
+		c->pkt_forward = false;
+		c->pkt_remain = total;
+		return flushed ? WALK_ON : WALK_OUT;
+	}
+	case PF_PKT_CONSUMED:
+		c->rpos += total;
+		return c->out_blocked || c->read_paused ? WALK_OUT : WALK_ON;
+	case PF_PKT_NEED_WHOLE:
+		if (!flush_forward(c))
+			return WALK_OUT;
+		if (!make_room(c, total - have, true)) {
+			c->ops->on_event(c, PF_CONN_EV_ERROR, -ENOBUFS);
+			return WALK_OUT;
+		}
+		*starved = true;
+		return WALK_OUT;
+	case PF_PKT_FLUSH:
+		return flush_forward(c) ? WALK_ON : WALK_OUT;
+	case PF_PKT_STOP:
 		flush_forward(c);
-out:
+		return WALK_OUT;
+	case PF_PKT_FORWARD_LAST: {
+		bool done;
+
+		open_forward(c);
+		c->rpos += total;
+		done = flush_forward(c);
+		c->ops->on_forwarded(c);
+		return done ? WALK_ON : WALK_OUT;
+	}
+	}
+	assert(!"unknown packet action");
+	return WALK_OUT;
+}
+
+/* A message boundary at rpos: reads the header and asks the owner's handler. */
+static walk_t walk_message(pf_conn_t *c, uint32_t avail, bool *starved)
+{
+	pf_proto_hdr_t hdr;
+	uint32_t have;
+	int rc;
+
+	if (avail < PF_PROTO_HDR_LEN) {
+		if (flush_forward(c)) {
+			make_room(c, PF_PROTO_HDR_LEN - avail, true);
+			*starved = true;
+		}
+		return WALK_BREAK;
+	}
+	rc = pf_proto_read_header(c->rbuf + c->rpos, avail, c->max_packet, &hdr);
+	if (rc < 0) {
+		flush_forward(c);
+		c->ops->on_event(c, PF_CONN_EV_ERROR, rc);
+		return WALK_BREAK;
+	}
+	have = avail < hdr.total ? avail : hdr.total;
+	return apply_action(c, c->ops->on_packet(c, &hdr, c->rbuf + c->rpos, have), hdr.total,
+	                    have, starved);
+}
+
+/* After a walk: buffer and reading follow, and the owner hears the end of input or a drain. */
+static void walk_done(pf_conn_t *c, bool starved)
+{
 	c->in_process = false;
 	if (c->closing)
 		return;
@@ -475,6 +478,42 @@ out:
 		deliver_end(c);
 	else if (c->rpos == c->rend)
 		c->ops->on_event(c, PF_CONN_EV_DRAINED, 0);
+}
+
+void pf_conn_process(pf_conn_t *c)
+{
+	bool starved = false; /* stopped for want of bytes not yet read */
+	walk_t w = WALK_ON;
+
+	if (c->in_process)
+		return;
+	if (PF_UNLIKELY(c->send_error)) {
+		/* Broken by a failed send: the owner ends it (once). */
+		if (!c->end_delivered && !c->closing) {
+			c->end_delivered = true;
+			c->ops->on_event(c, PF_CONN_EV_ERROR, c->send_error);
+		}
+		return;
+	}
+	c->in_process = true;
+	/* Paused by the owner or by our own output: processing waits. (Only a handler's own
+	 * replies can block output, so that is checked after the handlers that send them.) */
+	if (c->read_paused || c->out_blocked)
+		w = WALK_OUT;
+	while (w == WALK_ON && !c->closing && !c->fwd_pending && c->rpos < c->rend) {
+		uint32_t avail = c->rend - c->rpos;
+
+		assert(c->rpos <= c->rend && c->rend <= c->rcap);
+		if (c->raw_mode)
+			w = walk_raw(c, avail, &starved);
+		else if (c->pkt_remain > 0)
+			walk_rest(c, avail);
+		else
+			w = walk_message(c, avail, &starved);
+	}
+	if (w != WALK_OUT && !c->closing && !c->fwd_pending)
+		flush_forward(c);
+	walk_done(c, starved);
 }
 
 void pf_conn_resume(pf_conn_t *c)
@@ -519,25 +558,43 @@ static void on_owned_written(uv_write_t *req, int status)
 	}
 }
 
-int pf_conn_send(pf_conn_t *c, const void *data, size_t len)
+/*
+ * Our own output could not be sent (no memory for the copy, or the socket refused it): the
+ * connection is broken. The owner hears it as PF_CONN_EV_ERROR from the loop, never from inside
+ * the call that sent, so no caller has to handle a failure in the middle of what it was doing.
+ */
+static void send_failed(pf_conn_t *c, int status)
+{
+	assert(status < 0);
+	if (c->send_error)
+		return;
+	c->send_error = status;
+	pf_conn_defer_resume(c);
+}
+
+void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 {
 	uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
 	owned_write_t *w;
 	int n;
 
-	if (c->closing || !c->handle_open || len == 0)
-		return 0;
+	if (c->closing || !c->handle_open || len == 0 || c->send_error)
+		return;
 	c->bytes_out += len;
 	n = c->tp.ops->try_write(&c->tp, &c->h.stream, &b, 1);
 	if (n == (int)len)
-		return 0;
-	if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS)
-		return n;
+		return;
+	if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS) {
+		send_failed(c, n);
+		return;
+	}
 	if (n < 0)
 		n = 0;
 	w = malloc(sizeof(*w) + len - (size_t)n);
-	if (!w)
-		return -ENOMEM;
+	if (!w) {
+		send_failed(c, -ENOMEM);
+		return;
+	}
 	w->len = len - (size_t)n;
 	w->req.data = c;
 	memcpy(w->data, (const uint8_t *)data + n, w->len);
@@ -545,7 +602,8 @@ int pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 	n = c->tp.ops->write(&c->tp, &w->req, &c->h.stream, &b, 1, on_owned_written);
 	if (n < 0) {
 		free(w);
-		return n;
+		send_failed(c, n);
+		return;
 	}
 	/* Counted with the copy's overhead, so that many tiny replies are bounded too. */
 	c->out_queued += (uint32_t)(sizeof(*w) + w->len);
@@ -553,20 +611,15 @@ int pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 		c->out_blocked = true;
 		update_reading(c);
 	}
-	return 0;
 }
 
-int pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b)
+void pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b)
 {
-	int rc;
-
-	if (b->failed) {
-		pf_buf_reset(b);
-		return -ENOMEM;
-	}
-	rc = pf_conn_send(c, b->data, b->len);
+	if (b->failed)
+		send_failed(c, -ENOMEM);
+	else
+		pf_conn_send(c, b->data, b->len);
 	pf_buf_reset(b);
-	return rc;
 }
 
 bool pf_conn_has_pending_writes(const pf_conn_t *c)

@@ -318,6 +318,7 @@ static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_
 	free(db->startup_application_name);
 	db->host = dup_or_null(e->host);
 	db->port = e->port > 0 ? e->port : 5432;
+	db->lb_disable = e->load_balance_hosts == PF_LB_DISABLE;
 	db->dbname = strdup(dbname);
 	db->connect_query = dup_or_null(e->connect_query);
 	db->startup_client_encoding = dup_or_null(e->client_encoding);
@@ -1259,9 +1260,10 @@ static void expire_servers(pf_pool_t *pool, pf_usec_t now)
 		if (!too_old && !stuck)
 			continue;
 		if (stuck)
-			pf_log_warning(NULL, "%s/%s: %s did not finish within server_idle_timeout",
-			               pool->db->name, pool->user->name,
-			               s->test_is_reset ? "server_reset_query" : "server_check_query");
+			ops->warn_server(s, s->test_is_reset ? "server_reset_query did not finish "
+			                                       "within server_idle_timeout"
+			                                     : "server_check_query did not finish "
+			                                       "within server_idle_timeout");
 		ops->close_server(s, too_old ? PF_SV_CLOSE_LIFETIME : PF_SV_CLOSE_IDLE_TIMEOUT);
 	}
 }

@@ -4,6 +4,7 @@
 #include "pfbuild.h"
 
 #include "pgfunnel/client.h"
+#include "pgfunnel/log.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/session.h"
 
@@ -78,6 +79,11 @@ static bool client_mid_message(const pf_pool_client_t *c)
 	return pf_conn_mid_message(&pf_client_of(c)->conn);
 }
 
+static void warn_server(const pf_pool_server_t *s, const char *text)
+{
+	pf_log_warning(pf_server_of(s), "%s", text);
+}
+
 const pf_pool_ops_t pf_session_pool_ops = {
         .launch_server = launch_server,
         .close_server = close_server,
@@ -90,4 +96,5 @@ const pf_pool_ops_t pf_session_pool_ops = {
         .server_is_uncertain = server_is_uncertain,
         .server_has_cancels = server_has_cancels,
         .client_mid_message = client_mid_message,
+        .warn_server = warn_server,
 };

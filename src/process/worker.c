@@ -65,6 +65,12 @@ static const pf_worker_ops_t worker_ops = {
         .console_packet = pf_admin_packet,
 };
 
+/* Creation failed after the janitor timer was set up: free w once the timer is closed. */
+static void free_after_close(uv_handle_t *h)
+{
+	pf_worker_free(h->data);
+}
+
 int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 {
 	pf_worker_t *w = calloc(1, sizeof(*w));
@@ -108,8 +114,9 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	w->open_handles++;
 	rc = uv_check_init(loop, &w->iteration_check);
 	if (rc < 0) {
-		uv_close((uv_handle_t *)&w->janitor, NULL);
-		pf_worker_free(w);
+		/* w holds the timer: it is freed only once the loop has closed the handle. */
+		uv_close((uv_handle_t *)&w->janitor, free_after_close);
+		uv_run(loop, UV_RUN_NOWAIT);
 		return rc;
 	}
 	w->iteration_check.data = w;
@@ -168,6 +175,20 @@ static void on_listener_closed(uv_handle_t *h)
 	l->open = false;
 	l->worker->open_handles--;
 	maybe_done(l->worker);
+}
+
+/*
+ * A listener whose handle was initialised but could not be opened: closed through the loop like
+ * the others (its slot is used up, so nothing reuses the memory before the close callback).
+ */
+static void discard_listener(pf_worker_t *w, listener_t *l)
+{
+	l->worker = w;
+	l->open = false;
+	l->h.handle.data = l;
+	w->nlisteners++;
+	w->open_handles++;
+	uv_close(&l->h.handle, on_listener_closed);
 }
 
 static void on_accept(uv_stream_t *server, int status)
@@ -249,7 +270,7 @@ static int listen_tcp(pf_worker_t *w, const struct addrinfo *ai, char *err, size
 	if (rc == 0) {
 		rc = uv_tcp_open(&l->h.tcp, fd);
 		if (rc < 0) {
-			uv_close(&l->h.handle, NULL);
+			discard_listener(w, l);
 			close(fd);
 		}
 	} else {
@@ -423,7 +444,7 @@ static int listen_unix(pf_worker_t *w, uid_t owner_uid, gid_t owner_gid, char *e
 	if (rc == 0) {
 		rc = uv_pipe_open(&l->h.pipe, fd);
 		if (rc < 0)
-			uv_close(&l->h.handle, NULL);
+			discard_listener(w, l);
 	}
 	if (rc < 0) {
 		close(fd);
@@ -483,7 +504,11 @@ size_t pf_worker_describe_listeners(const pf_worker_t *w, char *buf, size_t n)
 
 	buf[0] = '\0';
 	for (size_t i = 0; i < w->nlisteners && len < n; i++) {
-		int r = snprintf(buf + len, n - len, "%s%s", i ? ", " : "", w->listeners[i].desc);
+		int r;
+
+		if (!w->listeners[i].open)
+			continue;
+		r = snprintf(buf + len, n - len, "%s%s", len ? ", " : "", w->listeners[i].desc);
 
 		if (r < 0)
 			break;

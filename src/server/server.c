@@ -138,12 +138,15 @@ static int pick_target(pf_database_t *db, target_t *t)
 		         t->port);
 		return 0;
 	}
-	/* A comma list of hosts is used round-robin (load_balance_hosts=round-robin). */
+	/*
+	 * A comma list of hosts: round-robin takes the next one each time; disable stays on the
+	 * current one until a connection to it fails (pf_server_close moves on).
+	 */
 	for (const char *cur = hosts; pf_config_list_next(&cur, item, sizeof(item)) > 0;)
 		count++;
 	if (count == 0)
 		return -EINVAL;
-	want = (int)(db->host_rr++ % (unsigned)count);
+	want = (int)((db->lb_disable ? db->host_rr : db->host_rr++) % (unsigned)count);
 	const char *cur = hosts;
 
 	for (int i = 0; i <= want; i++) {
@@ -217,8 +220,7 @@ static void send_startup(pf_server_t *s)
 		params[n++] = (pf_proto_param_t){"timezone", db->startup_timezone};
 	pf_buf_init(&b);
 	pf_proto_fe_startup(&b, params, n);
-	if (pf_conn_send_buf(&s->conn, &b) < 0)
-		pf_server_close(s, PF_SV_CLOSE_ERROR);
+	pf_conn_send_buf(&s->conn, &b);
 	pf_buf_free(&b);
 }
 
@@ -533,9 +535,9 @@ int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql)
 	pf_proto_fe_query(&b, sql);
 	s->task = task;
 	s->task_failed = false;
-	rc = pf_conn_send_buf(&s->conn, &b);
+	pf_conn_send_buf(&s->conn, &b);
 	pf_buf_free(&b);
-	return rc;
+	return 0;
 }
 
 bool pf_server_attach(pf_server_t *s, pf_server_peer_t *peer, pf_conn_t *client_conn)
@@ -1042,6 +1044,9 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		pf_strlcpy(sqlstate, s->login_sqlstate[0] ? s->login_sqlstate : "08006",
 		           sizeof(sqlstate));
 	}
+	if (pool->db->lb_disable &&
+	    (reason == PF_SV_CLOSE_CONNECT_FAILED || reason == PF_SV_CLOSE_CONNECT_TIMEOUT))
+		pool->db->host_rr++; /* load_balance_hosts=disable: the next host from now on */
 	detach_cancels(s);
 	pf_pool_server_gone(&s->ps);
 	/* s may be freed from here on (a connection that never got a socket goes at once). */

@@ -420,7 +420,7 @@ def test_stats_averages_are_db_stats_avg(proxy, postgres, console_factory):
 def test_show_config_lists_every_parameter(proxy, console_factory, source_root):
     pf = proxy(params={"default_pool_size": 17})
     con = console_factory(pf)
-    with open(os.path.join(source_root, "src", "config.c"), encoding="utf-8") as f:
+    with open(os.path.join(source_root, "src", "config", "config.c"), encoding="utf-8") as f:
         text = f.read()
     table = re.findall(r"^\s*P_[A-Z]+\((\w+),\s*(RELOAD|RESTART),", text, re.M)
     assert len(table) > 80
