@@ -93,6 +93,7 @@ typedef struct fx {
 	bool test_fails;       /* test_server() cannot send */
 	int launch_guard;      /* launches left before the fake refuses (catches endless loops) */
 	bool guard_hit;
+	int settled; /* worker ops: settled() calls */
 } fx_t;
 
 static fx_t *fx;
@@ -267,6 +268,16 @@ static const pf_pool_ops_t fake_ops = {
         .client_mid_message = op_client_mid_message,
 };
 
+static void on_settled(pf_worker_t *w)
+{
+	assert_ptr_equal(w, &fx->w);
+	fx->settled++;
+}
+
+static const pf_worker_ops_t fake_worker_ops = {
+        .settled = on_settled,
+};
+
 /* ---- the fixture ---- */
 
 /*
@@ -310,6 +321,7 @@ static void fx_start(const char *app_opts, const char *users, const char *extra)
 	fx->w.net.cfg = fx->cfg;
 	fx->w.net.clock = fake_clock;
 	fx->w.pool_ops = &fake_ops;
+	fx->w.ops = &fake_worker_ops;
 	pf_list_init(&fx->w.login_clients);
 	pf_list_init(&fx->w.cancel_conns);
 	pf_list_init(&fx->w.cancel_clients);
@@ -1852,6 +1864,70 @@ static void test_bug_wait_start_kept_after_login(void **state)
 	assert_int_equal(l->pc.wait_start, 0);
 }
 
+static void test_shutdown(void **state)
+{
+	fake_client_t *a, *b;
+
+	(void)state;
+	fx_start(NULL, NULL, "min_pool_size = 2\nreserve_pool_size = 2\nreserve_pool_timeout = 0");
+	make_idle(fx->pool, 1);
+	a = client_new(fx->pool);
+	assert_true(acquire(a));
+	/* SHUTDOWN WAIT_FOR_SERVERS: no server is opened any more (not even by the janitor)... */
+	fx->w.shutdown = PF_SHUTDOWN_WAIT_FOR_SERVERS;
+	b = client_new(fx->pool);
+	calls_reset();
+	assert_false(acquire(b));
+	pf_pool_maintain(fx->pool, fake_now + 10 * SEC);
+	assert_int_equal(ncalls(OP_LAUNCH, -1), 0);
+	/* ... but a released server still serves the waiting client, and the process layer hears
+	 * of every release. */
+	fx->settled = 0;
+	release(sv(1));
+	assert_linked(b, sv(1));
+	assert_int_equal(fx->settled, 1);
+	release(sv(1));
+	CHECK_POOL(fx->pool, 2, 0, 0, 1, 0, 0, 0);
+	assert_int_equal(fx->settled, 2);
+	/* Without a shutdown, releases are not reported. */
+	fx->w.shutdown = PF_SHUTDOWN_NONE;
+	assert_true(acquire(a));
+	release(sv(1));
+	assert_int_equal(fx->settled, 2);
+	/* IMMEDIATE: a server that becomes free is closed instead of parked or reused. */
+	assert_true(acquire(a));
+	fx->w.shutdown = PF_SHUTDOWN_IMMEDIATE;
+	calls_reset();
+	release(sv(1));
+	assert_int_equal(ncalls(OP_CLOSE_SERVER, -1), 1);
+	assert_int_equal(nth(OP_CLOSE_SERVER, 0)->server, 1);
+	CHECK_POOL(fx->pool, 2, 0, 0, 0, 0, 0, 0);
+}
+
+static void test_bug_immediate_shutdown_closes_as_lifetime(void **state)
+{
+	fake_client_t *a;
+
+	(void)state;
+	/*
+	 * BUG (minor): pf_pool_server_ready() closes a free server during an IMMEDIATE shutdown
+	 * with PF_SV_CLOSE_LIFETIME ("server lifetime over") because its reason is "close_needed
+	 * ? ADMIN : LIFETIME". At SIGQUIT, pf_worker_close_all() -> pf_pool_close_all() closes
+	 * linked clients first, and each one's clean server takes this path: the log and
+	 * server_closes[] (metrics) say lifetime instead of PF_SV_CLOSE_SHUTDOWN.
+	 */
+	KNOWN_BUG();
+	fx_start(NULL, NULL, NULL);
+	a = client_new(fx->pool);
+	assert_false(acquire(a));
+	login_ok(sv(1));
+	fx->w.shutdown = PF_SHUTDOWN_IMMEDIATE;
+	calls_reset();
+	pf_pool_close_all(fx->pool, PF_CLOSE_CLIENT_SHUTDOWN, PF_SV_CLOSE_SHUTDOWN);
+	assert_int_equal(ncalls(OP_CLOSE_SERVER, -1), 1);
+	assert_server_closed(0, 1, PF_SV_CLOSE_SHUTDOWN);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1879,6 +1955,7 @@ int main(void)
 	        cmocka_unit_test_teardown(test_tag_reconnect, fx_teardown),
 	        cmocka_unit_test_teardown(test_kill_closes_everything, fx_teardown),
 	        cmocka_unit_test_teardown(test_cancel_hold, fx_teardown),
+	        cmocka_unit_test_teardown(test_shutdown, fx_teardown),
 	        cmocka_unit_test_teardown(test_reload_changed_host_tags_servers, fx_teardown),
 	        cmocka_unit_test_teardown(test_server_for_query_skips_login_waiters, fx_teardown),
 	        cmocka_unit_test_teardown(test_bug_login_failure_never_forgotten, fx_teardown),
@@ -1888,6 +1965,8 @@ int main(void)
 	        cmocka_unit_test_teardown(test_bug_launch_loops_with_live_servers, fx_teardown),
 	        cmocka_unit_test_teardown(test_bug_kill_links_doomed_clients, fx_teardown),
 	        cmocka_unit_test_teardown(test_bug_wait_start_kept_after_login, fx_teardown),
+	        cmocka_unit_test_teardown(test_bug_immediate_shutdown_closes_as_lifetime,
+	                                  fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, quiet_logs, NULL);
 }
