@@ -9,6 +9,9 @@
  * pf_server_close does); a closed client releases its server and leaves with
  * pf_pool_client_gone() (as pf_client_close does). Each test then asserts exact list lengths,
  * links, calls with their reasons and counters.
+ *
+ * Tests named test_bug_* assert what pool.c should do where it does not yet; each comment names
+ * the bug. They are skipped unless the file is built with -DPF_TEST_KNOWN_POOL_BUGS.
  */
 
 #include <stdarg.h>
