@@ -335,8 +335,12 @@ void pf_pool_release_server(pf_pool_server_t *s);
  */
 void pf_pool_finish_release(pf_pool_server_t *s);
 
-/* A server finished logging in, a reset or a check: hand it to a waiting client or park it. */
+/* A server finished a reset or a check: hand it to a waiting client or park it. */
 void pf_pool_server_ready(pf_pool_server_t *s);
+
+/* A server finished logging in (connect_query included): logins work, the back-off after a
+ * failed one ends; then as pf_pool_server_ready(). */
+void pf_pool_server_logged_in(pf_pool_server_t *s);
 
 /*
  * A server ends (from its close): unlinks it (its client, if any, stays in the pool's active

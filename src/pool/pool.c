@@ -811,8 +811,10 @@ void pf_pool_close_all(pf_pool_t *p, pf_close_reason_t client_reason,
 	                        &p->tested_servers, &p->new_servers};
 	pf_list_node_t *n;
 
-	pf_pool_close_clients(p->worker, &p->active_clients, client_reason);
+	/* Waiting clients first: a server released by an active client must not be handed to a
+	 * client about to be closed (its queued query would reach Postgres). */
 	pf_pool_close_clients(p->worker, &p->waiting_clients, client_reason);
+	pf_pool_close_clients(p->worker, &p->active_clients, client_reason);
 	for (size_t i = 0; i < PF_ARRAY_SIZE(servers); i++) {
 		while ((n = pf_list_first(servers[i])))
 			ops_of(p)->close_server(PF_CONTAINER_OF(n, pf_pool_server_t, node),
@@ -916,8 +918,14 @@ static bool evict_idle_server(pf_pool_t *pool, launch_verdict_t why)
 			continue;
 		if (why == LAUNCH_DB_FULL ? other->db != pool->db : other->user != pool->user)
 			continue;
-		/* The idle server used longest ago sits at the tail (see set_server_state). */
-		n = pf_list_is_empty(&other->idle_servers) ? NULL : other->idle_servers.head.prev;
+		/* The idle server used longest ago: at the tail, or at the head with
+		 * server_round_robin (see pf_pool_set_server_state). */
+		if (pf_list_is_empty(&other->idle_servers))
+			n = NULL;
+		else if (pool->worker->cfg->server_round_robin)
+			n = pf_list_first(&other->idle_servers);
+		else
+			n = other->idle_servers.head.prev;
 		if (n) {
 			ops_of(pool)->close_server(PF_CONTAINER_OF(n, pf_pool_server_t, node),
 			                           PF_SV_CLOSE_EVICTED);
@@ -946,10 +954,23 @@ static bool launch_one(pf_pool_t *pool, bool use_reserve)
 	return true;
 }
 
+/*
+ * The most launches one call may make: a launch whose connection fails at once leaves the server
+ * count as it was, so without a bound (and with server_login_retry = 0) the loops below would
+ * never end.
+ */
+static int launch_budget(const pf_pool_t *pool, bool use_reserve)
+{
+	return pf_pool_size(pool) + (use_reserve ? pool_reserve_size(pool) : 0);
+}
+
 static void launch(pf_pool_t *pool, bool use_reserve)
 {
+	int budget = launch_budget(pool, use_reserve);
+
 	/* One new connection per waiting client (less those a checked server will serve). */
-	while (pool->waiting_clients.len > pool->new_servers.len + pool->tested_servers.len &&
+	while (budget-- > 0 &&
+	       pool->waiting_clients.len > pool->new_servers.len + pool->tested_servers.len &&
 	       launch_one(pool, use_reserve))
 		;
 }
@@ -990,28 +1011,42 @@ static int test_server(pf_pool_server_t *s, bool reset, const char *sql, pf_usec
 	return 0;
 }
 
+/*
+ * An idle server that may be used now, or NULL. Servers idle longer than server_check_delay run
+ * server_check_query first (the one that passes goes to the longest-waiting client): then this
+ * returns NULL.
+ */
+static pf_pool_server_t *take_idle_server(pf_pool_t *pool, pf_usec_t now)
+{
+	pf_list_node_t *n;
+
+	if (pool_is_paused(pool))
+		return NULL;
+	while ((n = pf_list_first(&pool->idle_servers))) {
+		pf_pool_server_t *s = PF_CONTAINER_OF(n, pf_pool_server_t, node);
+		const char *check = check_query_for(s, now);
+
+		if (!check)
+			return s;
+		if (test_server(s, false, check, now) == 0)
+			return NULL;
+		/* A failed send closes the server (its close takes it off the list). */
+		ops_of(pool)->close_server(s, PF_SV_CLOSE_RESET_FAILED);
+	}
+	return NULL;
+}
+
 bool pf_pool_acquire(pf_pool_client_t *c)
 {
 	pf_pool_t *pool = c->pool;
 	pf_usec_t now = pf_worker_now(pool->worker);
-	pf_list_node_t *n;
+	pf_pool_server_t *s;
 
 	assert(!c->link && (c->state == PF_CL_ACTIVE || c->state == PF_CL_WAITING));
-	if (!pool_is_paused(pool)) {
-		while ((n = pf_list_first(&pool->idle_servers))) {
-			pf_pool_server_t *s = PF_CONTAINER_OF(n, pf_pool_server_t, node);
-			const char *check = check_query_for(s, now);
-
-			if (!check) {
-				link_pair(s, c, now);
-				return true;
-			}
-			/* The checked server goes to the longest-waiting client when it passes. */
-			if (test_server(s, false, check, now) == 0)
-				break;
-			/* A failed send closes the server (its close takes it off the list). */
-			ops_of(pool)->close_server(s, PF_SV_CLOSE_RESET_FAILED);
-		}
+	s = take_idle_server(pool, now);
+	if (s) {
+		link_pair(s, c, now);
+		return true;
 	}
 	if (c->state != PF_CL_WAITING) {
 		pf_pool_set_client_state(c, PF_CL_WAITING);
@@ -1033,8 +1068,7 @@ bool pf_pool_login_client(pf_pool_client_t *c)
 	pf_pool_set_client_state(c, PF_CL_WAITING_LOGIN);
 	c->wait_start = pf_worker_now(pool->worker);
 	/* Its login needs a server's parameters: open one even if no query waits. */
-	if (pool->new_servers.len == 0 && pf_pool_server_count(pool) == 0 &&
-	    !launch_one(pool, false)) {
+	if (pool->new_servers.len == 0 && !launch_one(pool, false)) {
 		/* Nothing can be opened now; the janitor retries while the client waits (up to
 		 * query_wait_timeout), unless the last login failed: then say so at once. */
 		if (pool->last_login_failure)
@@ -1045,48 +1079,46 @@ bool pf_pool_login_client(pf_pool_client_t *c)
 	return false;
 }
 
+/* The client that has waited longest for a server (not for its login), or NULL. */
+static pf_pool_client_t *first_waiting(pf_pool_t *pool)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
+	{
+		pf_pool_client_t *c = PF_CONTAINER_OF(it, pf_pool_client_t, node);
+
+		if (c->state == PF_CL_WAITING)
+			return c;
+	}
+	return NULL;
+}
+
 /* Hands a free server to the longest-waiting client, else parks it as idle. */
 static void give_server(pf_pool_server_t *s)
 {
 	pf_pool_t *pool = s->pool;
-	pf_list_node_t *it, *tmp;
+	pf_pool_client_t *c = pool_is_paused(pool) ? NULL : first_waiting(pool);
 
-	if (!pool_is_paused(pool)) {
-		PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
-		{
-			pf_pool_client_t *c = PF_CONTAINER_OF(it, pf_pool_client_t, node);
-
-			if (c->state != PF_CL_WAITING)
-				continue;
-			link_pair(s, c, pf_worker_now(pool->worker));
-			return;
-		}
+	if (c) {
+		link_pair(s, c, pf_worker_now(pool->worker));
+		return;
 	}
 	pf_pool_set_server_state(s, PF_SV_IDLE);
 }
 
 void pf_pool_kick(pf_pool_t *pool)
 {
-	pf_list_node_t *n;
+	pf_usec_t now = pf_worker_now(pool->worker);
+	pf_pool_client_t *c;
 
-	/* Idle servers go to waiting clients, then new ones open for the rest. */
-	while (!pool_is_paused(pool) && (n = pf_list_first(&pool->idle_servers))) {
-		pf_list_node_t *wn, *wtmp;
-		pf_pool_client_t *waiting = NULL;
+	/* Idle servers go to waiting clients (checked as any reuse is), then new ones open. */
+	while ((c = first_waiting(pool))) {
+		pf_pool_server_t *s = take_idle_server(pool, now);
 
-		PF_LIST_FOREACH(&pool->waiting_clients, wn, wtmp)
-		{
-			pf_pool_client_t *c = PF_CONTAINER_OF(wn, pf_pool_client_t, node);
-
-			if (c->state == PF_CL_WAITING) {
-				waiting = c;
-				break;
-			}
-		}
-		if (!waiting)
+		if (!s)
 			break;
-		link_pair(PF_CONTAINER_OF(n, pf_pool_server_t, node), waiting,
-		          pf_worker_now(pool->worker));
+		link_pair(s, c, now);
 	}
 	pf_pool_launch(pool);
 }
@@ -1108,18 +1140,29 @@ void pf_pool_server_ready(pf_pool_server_t *s)
 		pf_pool_client_t *c = PF_CONTAINER_OF(it, pf_pool_client_t, node);
 
 		if (c->state == PF_CL_WAITING_LOGIN) {
+			c->wait_start = 0;
 			pf_pool_set_client_state(c, PF_CL_ACTIVE);
 			ops_of(pool)->login_done(c);
 		}
 	}
 	if (s->close_needed || w->shutdown == PF_SHUTDOWN_IMMEDIATE ||
 	    (lifetime > 0 && pf_worker_now(w) - s->born > lifetime)) {
-		ops_of(pool)->close_server(s, s->close_needed ? PF_SV_CLOSE_ADMIN
-		                                              : PF_SV_CLOSE_LIFETIME);
+		ops_of(pool)->close_server(s, s->close_needed                       ? PF_SV_CLOSE_ADMIN
+		                              : w->shutdown == PF_SHUTDOWN_IMMEDIATE ? PF_SV_CLOSE_SHUTDOWN
+		                                                                     : PF_SV_CLOSE_LIFETIME);
 		pf_pool_launch(pool);
 		return;
 	}
 	give_server(s);
+	/* A server went back to the pool: a shutdown waiting for servers may finish. */
+	if (w->shutdown == PF_SHUTDOWN_WAIT_FOR_SERVERS)
+		pf_worker_settled(w);
+}
+
+void pf_pool_server_logged_in(pf_pool_server_t *s)
+{
+	s->pool->last_login_failure = 0; /* logins work again: no more back-off */
+	pf_pool_server_ready(s);
 }
 
 void pf_pool_release_server(pf_pool_server_t *s)
@@ -1162,8 +1205,6 @@ void pf_pool_finish_release(pf_pool_server_t *s)
 		return;
 	}
 	pf_pool_server_ready(s);
-	if (w->shutdown == PF_SHUTDOWN_WAIT_FOR_SERVERS)
-		pf_worker_settled(w);
 }
 
 void pf_pool_server_gone(pf_pool_server_t *s)
@@ -1325,8 +1366,10 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 		                     now - c->wait_start >= cfg->reserve_pool_timeout);
 	}
 	/* min_pool_size keeps servers open for pools that have had clients. */
-	while ((int)pf_pool_server_count(pool) < min_size && pool->welcome_ready &&
-	       can_launch(pool, false)) {
+	for (int budget = launch_budget(pool, false);
+	     budget > 0 && (int)pf_pool_server_count(pool) < min_size && pool->welcome_ready &&
+	     can_launch(pool, false);
+	     budget--) {
 		if (ops_of(pool)->launch_server(pool) < 0)
 			break;
 	}

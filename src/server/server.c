@@ -596,7 +596,7 @@ static void server_ready(pf_server_t *s)
 		pf_server_close(s, PF_SV_CLOSE_LOGIN_FAILED);
 		return;
 	}
-	pf_pool_server_ready(&s->ps);
+	pf_pool_server_logged_in(&s->ps);
 }
 
 /* A task query finished (its ReadyForQuery arrived). */
