@@ -249,9 +249,9 @@ PF_MUSTCHECK int pf_reqq_push_tagged(pf_reqq_t *q, uint8_t fe_type, unsigned fla
  * do not write it (it would have no effect; the client's message behind it is discarded as
  * well). An injected Sync is the exception: it ends the skipping, so the client's messages
  * behind it would run; inject one only where no client message follows (e.g. to recover a
- * server its client left mid-pipeline). -EBUSY: a COPY FROM STDIN is under way — do not write it (it would fail the COPY);
- * -EPROTO: the queue is broken; -EINVAL: fe_type is not answered on its own; -ENOBUFS or
- * -ENOMEM: nothing recorded (pf_reqq_reserve() first avoids both).
+ * server its client left mid-pipeline). -EBUSY: a COPY FROM STDIN is under way — do not write it
+ * (it would fail the COPY); -EPROTO: the queue is broken; -EINVAL: fe_type is not answered on its
+ * own; -ENOBUFS or -ENOMEM: nothing recorded (pf_reqq_reserve() first avoids both).
  */
 PF_MUSTCHECK int pf_reqq_inject(pf_reqq_t *q, uint8_t fe_type, uint32_t tag);
 

@@ -259,7 +259,8 @@ static int record(pf_reqq_t *q, uint8_t fe_type, unsigned flags, uint32_t tag)
 		q->broken = true;
 		return -EPROTO;
 	}
-	rc = append(q, (pf_reqq_entry_t){.e = (uint8_t)(kind | (flags & PF_REQQ_FLAGS)), .tag = tag});
+	rc = append(q,
+	            (pf_reqq_entry_t){.e = (uint8_t)(kind | (flags & PF_REQQ_FLAGS)), .tag = tag});
 	if (rc < 0)
 		return rc;
 	q->skip_to_sync = false; /* only a Sync gets here while it is set */

@@ -89,7 +89,8 @@ static void route(pf_reqq_t *q, const char *types, const char *routes, pf_reqq_a
 		pf_reqq_route_t got = pf_reqq_route(q, (uint8_t)types[i], &ans);
 
 		if (got != want)
-			fail_msg("message %zu ('%c'): route %d, expected %d", i, types[i], got, want);
+			fail_msg("message %zu ('%c'): route %d, expected %d", i, types[i], got,
+			         want);
 	}
 	if (last)
 		*last = ans;
@@ -616,7 +617,7 @@ static void test_error_drops_tagged_entries(void **state)
 	assert_string_equal(log.text, "4 9 ");
 	assert_int_equal(pf_reqq_len(&q), 2); /* the Sync, the last Parse */
 	route(&q, "Z1", "ff", NULL);
-	assert_string_equal(log.text, "4 9 "); /* 5 was answered, not dropped */
+	assert_string_equal(log.text, "4 9 ");     /* 5 was answered, not dropped */
 	assert_true(pf_reqq_is_idle(&q) == false); /* the last Parse awaits a Sync */
 	send_msgs(&q, "S");
 	route(&q, "Z", "f", NULL);
