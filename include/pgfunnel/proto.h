@@ -411,4 +411,59 @@ PF_MUSTCHECK int pf_proto_parse_auth(const uint8_t *payload, size_t len, pf_prot
  */
 bool pf_proto_auth_has_sasl_mech(const pf_proto_auth_t *a, const char *mech);
 
+/* ---- Statement and portal names in extended-protocol messages (for renaming in flight) ---- */
+
+/*
+ * Where the names of a Parse, Bind, Describe, Close or Execute message are. Offsets count from
+ * the message's type byte; the strings point into the caller's bytes (NUL-terminated there).
+ */
+typedef struct pf_proto_names {
+	uint8_t type;        /* PF_PROTO_FE_PARSE, _BIND, _DESCRIBE, _CLOSE or _EXECUTE */
+	uint8_t kind;        /* Describe/Close: 'S' (a statement) or 'P' (a portal); else 0 */
+	uint32_t total;      /* the whole message, type byte included (its header's len + 1) */
+	const char *portal;  /* Bind, Execute, Describe/Close 'P'; else NULL */
+	const char *stmt;    /* Parse, Bind, Describe/Close 'S'; else NULL */
+	uint32_t portal_len; /* strlen(portal), 0 when NULL */
+	uint32_t stmt_len;   /* strlen(stmt), 0 when NULL */
+	uint32_t end;        /* just past the last name's NUL: the untouched tail starts here */
+} pf_proto_names_t;
+
+/*
+ * Finds the names at the start of a frontend message: msg points at its type byte and `avail`
+ * bytes of it are at hand — fewer than the whole message when it is still arriving, or more
+ * (bytes past the message are never looked at). The names come first (Bind: the portal, then
+ * the statement; Describe/Close: a kind byte, then one name), so a message of any size is
+ * known from its first out->end bytes. Returns 1 with *out filled (pointers into msg); 0 when
+ * the names end beyond avail: hold more of the message and call again (a caller whose hold
+ * buffer is full by then cannot rename it); or, as soon as the bytes seen prove it:
+ *   -EINVAL   not one of the five types;
+ *   -EBADMSG  a length field below 4 or above PF_PROTO_MAX_MSG_LEN, a name without its NUL
+ *             inside the message, a Describe/Close kind other than 'S'/'P', or fewer bytes after
+ *             the names than the message's fixed fields take (Parse 3, Bind 6, Execute exactly
+ *             4, Describe/Close exactly 0): what PostgreSQL would refuse as malformed.
+ */
+PF_MUSTCHECK int pf_proto_read_names(const uint8_t *msg, size_t avail, pf_proto_names_t *out);
+
+/* The new start of a renamed message (pf_proto_rename). */
+typedef struct pf_proto_renamed {
+	size_t prefix_len; /* bytes written to the prefix buffer */
+	uint32_t tail_off; /* then send the original message from this offset (names->end) on */
+	uint32_t total;    /* the new message's whole size, type byte included */
+} pf_proto_renamed_t;
+
+/*
+ * Renames a message found by pf_proto_read_names() without copying its payload: `stmt` replaces
+ * the statement name (Parse, Bind, Describe/Close 'S'), `portal` the portal name (Bind,
+ * Execute, Describe/Close 'P'); NULL keeps a name. Writes into `prefix` (cap bytes, the
+ * caller's, not overlapping the message) the type byte, the new length, the kind byte of a
+ * Describe/Close and the names with their NULs (kept ones copied through n's pointers: the
+ * message's first n->end bytes must still be where pf_proto_read_names() saw them). The new message
+ * is the prefix followed by the original bytes [tail_off, n->total), which may still be arriving
+ * and are forwarded as they are. Returns 0; -EINVAL when a name is given that the message does not
+ * have; -ENOSPC when the prefix does not fit in cap; -EMSGSIZE when the new length would exceed
+ * PF_PROTO_MAX_MSG_LEN. On error *out and prefix are left undefined.
+ */
+PF_MUSTCHECK int pf_proto_rename(const pf_proto_names_t *n, const char *portal, const char *stmt,
+                                 uint8_t *prefix, size_t cap, pf_proto_renamed_t *out);
+
 #endif

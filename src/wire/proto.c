@@ -805,3 +805,180 @@ bool pf_proto_auth_has_sasl_mech(const pf_proto_auth_t *a, const char *mech)
 	}
 	return false;
 }
+
+/* ---- Statement and portal names in extended-protocol messages ---- */
+
+/*
+ * Finds the NUL ending the name that starts at *off, looking at msg[*off, lim) where lim is
+ * min(avail, total). Returns 1 with *off just past the NUL, 0 when more bytes are needed, or
+ * -EBADMSG when the whole message is at hand and has no NUL there.
+ */
+static int scan_name(const uint8_t *msg, size_t lim, uint32_t total, uint32_t *off, uint32_t *len)
+{
+	const uint8_t *nul;
+
+	if (*off >= lim)
+		return *off >= total ? -EBADMSG : 0;
+	nul = memchr(msg + *off, 0, lim - *off);
+	if (!nul)
+		return lim >= total ? -EBADMSG : 0;
+	*len = (uint32_t)(nul - (msg + *off));
+	*off += *len + 1;
+	return 1;
+}
+
+int pf_proto_read_names(const uint8_t *msg, size_t avail, pf_proto_names_t *out)
+{
+	uint32_t len, total, off = PF_PROTO_HDR_LEN, first_len = 0, second_len = 0, rest;
+	size_t lim;
+	uint8_t type, kind = 0;
+	int rc;
+
+	if (avail < 1)
+		return 0;
+	type = msg[0];
+	switch (type) {
+	case PF_PROTO_FE_PARSE:
+	case PF_PROTO_FE_BIND:
+	case PF_PROTO_FE_DESCRIBE:
+	case PF_PROTO_FE_CLOSE:
+	case PF_PROTO_FE_EXECUTE:
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (avail < PF_PROTO_HDR_LEN)
+		return 0;
+	len = get_u32(msg + 1);
+	if (len < 4 || len > PF_PROTO_MAX_MSG_LEN)
+		return -EBADMSG;
+	total = len + 1;
+	lim = avail < total ? avail : total;
+	if (type == PF_PROTO_FE_DESCRIBE || type == PF_PROTO_FE_CLOSE) {
+		if (total <= off)
+			return -EBADMSG;
+		if (lim <= off)
+			return 0;
+		kind = msg[off++];
+		if (kind != 'S' && kind != 'P')
+			return -EBADMSG;
+	}
+	rc = scan_name(msg, lim, total, &off, &first_len);
+	if (rc <= 0)
+		return rc;
+	if (type == PF_PROTO_FE_BIND) {
+		rc = scan_name(msg, lim, total, &off, &second_len);
+		if (rc <= 0)
+			return rc;
+	}
+	/* What must follow the names (protocol-message-formats). */
+	if (off > total) /* cannot happen: names are searched within the message only */
+		return -EBADMSG;
+	rest = total - off;
+	switch (type) {
+	case PF_PROTO_FE_PARSE:
+		if (rest < 3) /* the query String (at least its NUL), Int16 parameter count */
+			return -EBADMSG;
+		break;
+	case PF_PROTO_FE_BIND:
+		if (rest < 6) /* three Int16 counts: formats, parameters, result formats */
+			return -EBADMSG;
+		break;
+	case PF_PROTO_FE_EXECUTE:
+		if (rest != 4) /* Int32 row limit */
+			return -EBADMSG;
+		break;
+	default:
+		if (rest != 0)
+			return -EBADMSG;
+		break;
+	}
+	memset(out, 0, sizeof(*out));
+	out->type = type;
+	out->kind = kind;
+	out->total = total;
+	out->end = off;
+	switch (type) {
+	case PF_PROTO_FE_PARSE:
+		out->stmt = (const char *)msg + PF_PROTO_HDR_LEN;
+		out->stmt_len = first_len;
+		break;
+	case PF_PROTO_FE_EXECUTE:
+		out->portal = (const char *)msg + PF_PROTO_HDR_LEN;
+		out->portal_len = first_len;
+		break;
+	case PF_PROTO_FE_BIND:
+		out->portal = (const char *)msg + PF_PROTO_HDR_LEN;
+		out->portal_len = first_len;
+		out->stmt = out->portal + first_len + 1;
+		out->stmt_len = second_len;
+		break;
+	default:
+		if (kind == 'S') {
+			out->stmt = (const char *)msg + PF_PROTO_HDR_LEN + 1;
+			out->stmt_len = first_len;
+		} else {
+			out->portal = (const char *)msg + PF_PROTO_HDR_LEN + 1;
+			out->portal_len = first_len;
+		}
+		break;
+	}
+	return 1;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+/* Appends s (len bytes) and its NUL at prefix[*at], if it fits in cap. */
+static bool put_name(uint8_t *prefix, size_t cap, size_t *at, const char *s, size_t len)
+{
+	if (len >= cap - *at) /* len + 1 > cap - *at, without overflow */
+		return false;
+	memcpy(prefix + *at, s, len);
+	prefix[*at + len] = 0;
+	*at += len + 1;
+	return true;
+}
+
+int pf_proto_rename(const pf_proto_names_t *n, const char *portal, const char *stmt,
+                    uint8_t *prefix, size_t cap, pf_proto_renamed_t *out)
+{
+	const char *names[2];
+	size_t lens[2], at = 0, count = 0;
+	uint64_t new_total;
+
+	if ((portal && !n->portal) || (stmt && !n->stmt))
+		return -EINVAL;
+	/* In wire order: the portal comes before the statement in a Bind. */
+	if (n->portal) {
+		names[count] = portal ? portal : n->portal;
+		lens[count++] = portal ? strnlen(portal, cap) : n->portal_len;
+	}
+	if (n->stmt) {
+		names[count] = stmt ? stmt : n->stmt;
+		lens[count++] = stmt ? strnlen(stmt, cap) : n->stmt_len;
+	}
+	if (cap < PF_PROTO_HDR_LEN + (n->kind ? 1u : 0u))
+		return -ENOSPC;
+	prefix[at++] = n->type;
+	at += 4; /* the length, once known */
+	if (n->kind)
+		prefix[at++] = n->kind;
+	for (size_t i = 0; i < count; i++)
+		if (!put_name(prefix, cap, &at, names[i], lens[i]))
+			return -ENOSPC;
+	/* at <= cap and the tail is < 2^31: no overflow in 64 bits. */
+	new_total = (uint64_t)at + (n->total - n->end);
+	if (new_total - 1 > PF_PROTO_MAX_MSG_LEN)
+		return -EMSGSIZE;
+	put_be32(prefix + 1, (uint32_t)(new_total - 1));
+	out->prefix_len = at;
+	out->tail_off = n->end;
+	out->total = (uint32_t)new_total;
+	return 0;
+}

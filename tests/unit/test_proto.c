@@ -1235,6 +1235,281 @@ static void test_parse_auth_malformed(void **state)
 	assert_int_equal(pf_proto_parse_auth(LIT("\x00\x00\x00\x0aSCRAM\0\0x"), &a), -EBADMSG);
 }
 
+/* ---- Names in extended-protocol messages ---- */
+
+/* pf_proto_read_names() on a heap copy of exactly n bytes, so ASan sees any overread. */
+static int read_names_exact(const uint8_t *msg, size_t n, pf_proto_names_t *out, uint8_t **copy)
+{
+	*copy = malloc(n ? n : 1);
+	assert_non_null(*copy);
+	memcpy(*copy, msg, n);
+	return pf_proto_read_names(*copy, n, out);
+}
+
+/*
+ * Renames msg as a streaming sender would: the names are read from a copy of only the first
+ * names.end bytes, then the prefix plus the original bytes from tail_off on must be `want`.
+ */
+static void assert_renamed(const uint8_t *msg, size_t n, const char *portal, const char *stmt,
+                           const uint8_t *want, size_t want_n)
+{
+	pf_proto_names_t names;
+	pf_proto_renamed_t r;
+	uint8_t prefix[64], *copy, *got;
+
+	assert_int_equal(read_names_exact(msg, n, &names, &copy), 1);
+	free(copy);
+	assert_int_equal(names.total, n);
+	assert_int_equal(read_names_exact(msg, names.end, &names, &copy), 1);
+	assert_int_equal(pf_proto_rename(&names, portal, stmt, prefix, sizeof(prefix), &r), 0);
+	free(copy);
+	assert_int_equal(r.tail_off, names.end);
+	assert_int_equal(r.total, want_n);
+	assert_int_equal(r.prefix_len + (n - r.tail_off), want_n);
+	got = malloc(want_n);
+	assert_non_null(got);
+	memcpy(got, prefix, r.prefix_len);
+	memcpy(got + r.prefix_len, msg + r.tail_off, n - r.tail_off);
+	assert_memory_equal(got, want, want_n);
+	free(got);
+}
+
+static void test_read_names(void **state)
+{
+	pf_proto_names_t nm;
+	uint8_t *copy;
+
+	(void)state;
+	/* Bind: portal "p", statement "s1", one binary parameter 42, no result formats. */
+	assert_int_equal(read_names_exact(LIT("B\x00\x00\x00\x19p\0s1\0\x00\x01\x00\x01\x00\x01"
+	                                      "\x00\x00\x00\x04\x00\x00\x00\x2a\x00\x00"),
+	                                  &nm, &copy),
+	                 1);
+	assert_int_equal(nm.type, 'B');
+	assert_int_equal(nm.kind, 0);
+	assert_int_equal(nm.total, 26);
+	assert_int_equal(nm.end, 10);
+	assert_string_equal(nm.portal, "p");
+	assert_int_equal(nm.portal_len, 1);
+	assert_ptr_equal(nm.portal, (const char *)copy + 5);
+	assert_string_equal(nm.stmt, "s1");
+	assert_int_equal(nm.stmt_len, 2);
+	free(copy);
+	/* Describe/Close: the kind byte says which name it is. */
+	assert_int_equal(read_names_exact(LIT("D\x00\x00\x00\x08Ss1\0"), &nm, &copy), 1);
+	assert_int_equal(nm.kind, 'S');
+	assert_string_equal(nm.stmt, "s1");
+	assert_null(nm.portal);
+	assert_int_equal(nm.end, 9);
+	free(copy);
+	assert_int_equal(read_names_exact(LIT("C\x00\x00\x00\x06P\0"), &nm, &copy), 1);
+	assert_int_equal(nm.kind, 'P');
+	assert_string_equal(nm.portal, "");
+	assert_null(nm.stmt);
+	free(copy);
+	/* Execute: the portal, then the row limit. Parse: an empty name and query. */
+	assert_int_equal(read_names_exact(LIT("E\x00\x00\x00\x0b"
+	                                      "c1\0\x00\x00\x00\x00"),
+	                                  &nm, &copy),
+	                 1);
+	assert_string_equal(nm.portal, "c1");
+	assert_null(nm.stmt);
+	assert_int_equal(nm.end, 8);
+	free(copy);
+	assert_int_equal(read_names_exact(LIT("P\x00\x00\x00\x08\0\0\x00\x00"), &nm, &copy), 1);
+	assert_string_equal(nm.stmt, "");
+	assert_int_equal(nm.end, 6);
+	free(copy);
+	/* Bytes past the message are not looked at: the next message follows. */
+	assert_int_equal(
+	        read_names_exact(LIT("D\x00\x00\x00\x08Ss1\0S\x00\x00\x00\x04"), &nm, &copy), 1);
+	assert_int_equal(nm.total, 9);
+	free(copy);
+}
+
+/* Every prefix of a message shorter than its names asks for more; from there on, it is known. */
+static void test_read_names_partial(void **state)
+{
+	static const struct {
+		const char *bytes;
+		size_t n, end;
+	} msgs[] = {
+	        {"P\x00\x00\x00\x27"
+	         "a_longer_statement_name\0select 1\0\x00\x00",
+	         40, 29},
+	        {"B\x00\x00\x00\x11p1\0s22\0\x00\x00\x00\x00\x00\x00", 18, 12},
+	        {"D\x00\x00\x00\x08Ss1\0", 9, 9},
+	        {"C\x00\x00\x00\x07Pc\0", 8, 8},
+	        {"E\x00\x00\x00\x0b"
+	         "c1\0\x00\x00\x00\x00",
+	         12, 8},
+	};
+
+	(void)state;
+	for (size_t m = 0; m < sizeof(msgs) / sizeof(msgs[0]); m++) {
+		for (size_t k = 0; k <= msgs[m].n; k++) {
+			pf_proto_names_t nm;
+			uint8_t *copy;
+			int rc = read_names_exact((const uint8_t *)msgs[m].bytes, k, &nm, &copy);
+
+			if (rc != (k < msgs[m].end ? 0 : 1))
+				fail_msg("message %zu, %zu bytes: %d", m, k, rc);
+			if (rc == 1)
+				assert_int_equal(nm.end, msgs[m].end);
+			free(copy);
+		}
+	}
+}
+
+static void test_read_names_malformed(void **state)
+{
+	static const struct {
+		const char *bytes;
+		size_t n;
+		int rc;
+	} bad[] = {
+	        {"Q\x00\x00\x00\x05\0", 6, -EINVAL},              /* not a named message */
+	        {"S", 1, -EINVAL},                                /* known from the type byte */
+	        {"P\x00\x00\x00\x03", 5, -EBADMSG},               /* length below 4 */
+	        {"P\x80\x00\x00\x00", 5, -EBADMSG},               /* above Int32 */
+	        {"D\x00\x00\x00\x04", 5, -EBADMSG},               /* no kind byte */
+	        {"D\x00\x00\x00\x07Xs\0", 8, -EBADMSG},           /* kind not S/P */
+	        {"C\x00\x00\x00\x06Q", 6, -EBADMSG},              /* ... seen before the name */
+	        {"D\x00\x00\x00\x06Ss\0", 8, -EBADMSG},           /* NUL only past the message */
+	        {"D\x00\x00\x00\x09Ss1\0x", 10, -EBADMSG},        /* bytes after the name */
+	        {"E\x00\x00\x00\x08\0\x00\x00\x00", 9, -EBADMSG}, /* row limit cut short */
+	        {"E\x00\x00\x00\x0a\0\x00\x00\x00\x00\x00", 11, -EBADMSG},   /* bytes after it */
+	        {"E\x00\x00\x00\x04", 5, -EBADMSG},                          /* no portal at all */
+	        {"B\x00\x00\x00\x0b\0\0\x00\x00\x00\x00\x00", 12, -EBADMSG}, /* counts cut short */
+	        {"B\x00\x00\x00\x06\0s", 7, -EBADMSG},         /* statement without NUL */
+	        {"P\x00\x00\x00\x07\0\x00\x00", 8, -EBADMSG},  /* no room for query + Int16 */
+	        {"P\x00\x00\x00\x05s", 6, -EBADMSG},           /* name without NUL */
+	        {"P\x00\x00\x00\x05sQ\0\0\0\0", 11, -EBADMSG}, /* ... NULs in the next one */
+	        {"B\x00\x00\x00\x06\0sQ\0\0\0\0\0\0\0", 15, -EBADMSG}, /* the same, in a Bind */
+	};
+	pf_proto_names_t nm;
+	uint8_t *copy;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int rc = read_names_exact((const uint8_t *)bad[i].bytes, bad[i].n, &nm, &copy);
+
+		if (rc != bad[i].rc)
+			fail_msg("case %zu: %d, expected %d", i, rc, bad[i].rc);
+		free(copy);
+	}
+	assert_int_equal(pf_proto_read_names((const uint8_t *)"", 0, &nm), 0);
+	/* The smallest valid Parse, Bind and Execute. */
+	assert_int_equal(read_names_exact(LIT("P\x00\x00\x00\x08\0\0\x00\x00"), &nm, &copy), 1);
+	free(copy);
+	assert_int_equal(
+	        read_names_exact(LIT("B\x00\x00\x00\x0c\0\0\x00\x00\x00\x00\x00\x00"), &nm, &copy),
+	        1);
+	free(copy);
+	assert_int_equal(read_names_exact(LIT("E\x00\x00\x00\x09\0\x00\x00\x00\x00"), &nm, &copy),
+	                 1);
+	free(copy);
+}
+
+static void test_rename(void **state)
+{
+	(void)state;
+	/* Parse "s1" -> "PF_1": length 18 -> 20, query and parameter count untouched. */
+	assert_renamed(LIT("P\x00\x00\x00\x12s1\0select 1\0\x00\x00"), NULL, "PF_1",
+	               LIT("P\x00\x00\x00\x14PF_1\0select 1\0\x00\x00"));
+	/* Bind: the statement only (unnamed portal kept), both, the statement with portal kept. */
+	assert_renamed(LIT("B\x00\x00\x00\x0e\0s1\0\x00\x00\x00\x00\x00\x00"), NULL, "PF_1",
+	               LIT("B\x00\x00\x00\x10\0PF_1\0\x00\x00\x00\x00\x00\x00"));
+	assert_renamed(LIT("B\x00\x00\x00\x19p\0s1\0\x00\x01\x00\x01\x00\x01\x00\x00\x00\x04"
+	                   "\x00\x00\x00\x2a\x00\x00"),
+	               "", "PF_22",
+	               LIT("B\x00\x00\x00\x1b\0PF_22\0\x00\x01\x00\x01\x00\x01\x00\x00\x00\x04"
+	                   "\x00\x00\x00\x2a\x00\x00"));
+	assert_renamed(LIT("B\x00\x00\x00\x19p\0s1\0\x00\x01\x00\x01\x00\x01\x00\x00\x00\x04"
+	                   "\x00\x00\x00\x2a\x00\x00"),
+	               NULL, "PF_22",
+	               LIT("B\x00\x00\x00\x1cp\0PF_22\0\x00\x01\x00\x01\x00\x01\x00\x00\x00\x04"
+	                   "\x00\x00\x00\x2a\x00\x00"));
+	/* Describe/Close of a statement or a portal: the whole message is the prefix. */
+	assert_renamed(LIT("D\x00\x00\x00\x08Ss1\0"), NULL, "PF_1",
+	               LIT("D\x00\x00\x00\x0aSPF_1\0"));
+	assert_renamed(LIT("D\x00\x00\x00\x06P\0"), "c", NULL, LIT("D\x00\x00\x00\x07Pc\0"));
+	assert_renamed(LIT("C\x00\x00\x00\x08Ss1\0"), NULL, "", LIT("C\x00\x00\x00\x06S\0"));
+	/* Execute: the portal, row limit untouched. */
+	assert_renamed(LIT("E\x00\x00\x00\x09\0\x00\x00\x00\x07"), "c1", NULL,
+	               LIT("E\x00\x00\x00\x0b"
+	                   "c1\0\x00\x00\x00\x07"));
+	/* Nothing renamed: the same message. */
+	assert_renamed(LIT("B\x00\x00\x00\x0e\0s1\0\x00\x00\x00\x00\x00\x00"), NULL, NULL,
+	               LIT("B\x00\x00\x00\x0e\0s1\0\x00\x00\x00\x00\x00\x00"));
+}
+
+static void test_rename_refused(void **state)
+{
+	pf_proto_names_t nm;
+	pf_proto_renamed_t r;
+	uint8_t prefix[32], *copy;
+
+	(void)state;
+	/* A name the message does not have. */
+	assert_int_equal(read_names_exact(LIT("E\x00\x00\x00\x09\0\x00\x00\x00\x00"), &nm, &copy),
+	                 1);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "s", prefix, sizeof(prefix), &r), -EINVAL);
+	free(copy);
+	assert_int_equal(read_names_exact(LIT("D\x00\x00\x00\x08Ss1\0"), &nm, &copy), 1);
+	assert_int_equal(pf_proto_rename(&nm, "p", NULL, prefix, sizeof(prefix), &r), -EINVAL);
+	free(copy);
+	assert_int_equal(
+	        read_names_exact(LIT("P\x00\x00\x00\x12s1\0select 1\0\x00\x00"), &nm, &copy), 1);
+	assert_int_equal(pf_proto_rename(&nm, "p", "x", prefix, sizeof(prefix), &r), -EINVAL);
+	/* The prefix buffer: "P" + length + "PF_1\0" is exactly 10 bytes. */
+	assert_int_equal(pf_proto_rename(&nm, NULL, "PF_1", prefix, 10, &r), 0);
+	assert_int_equal(r.prefix_len, 10);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "PF_1", prefix, 9, &r), -ENOSPC);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "PF_1", prefix, 4, &r), -ENOSPC);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "PF_1", NULL, 0, &r), -ENOSPC);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "a_name_longer_than_the_buffer", prefix,
+	                                 sizeof(prefix), &r),
+	                 -ENOSPC);
+	free(copy);
+	/* A kept name counts too: Bind "long_portal"/"s1" with 14 bytes of room. */
+	assert_int_equal(read_names_exact(LIT("B\x00\x00\x00\x19long_portal\0s1\0\x00\x00\x00\x00"
+	                                      "\x00\x00"),
+	                                  &nm, &copy),
+	                 1);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "", prefix, 17, &r), -ENOSPC);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "", prefix, 18, &r), 0);
+	free(copy);
+}
+
+static void test_rename_length_bounds(void **state)
+{
+	pf_proto_names_t nm;
+	pf_proto_renamed_t r;
+	uint8_t prefix[16], *copy;
+
+	(void)state;
+	/* A Parse of the largest length, of which only the start is here: a longer name would
+	 * overflow the Int32 length; an equally long one is fine. */
+	assert_int_equal(read_names_exact(LIT("P\x7f\xff\xff\xff\0"), &nm, &copy), 1);
+	assert_int_equal(nm.total, 0x80000000u);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "abc", prefix, sizeof(prefix), &r), -EMSGSIZE);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "", prefix, sizeof(prefix), &r), 0);
+	assert_int_equal(r.total, 0x80000000u);
+	assert_int_equal(r.prefix_len, 6);
+	assert_memory_equal(prefix, "P\x7f\xff\xff\xff\0", 6);
+	free(copy);
+	/* Shorter names shrink it. */
+	assert_int_equal(read_names_exact(LIT("P\x7f\xff\xff\xff"
+	                                      "abc\0"),
+	                                  &nm, &copy),
+	                 1);
+	assert_int_equal(pf_proto_rename(&nm, NULL, "", prefix, sizeof(prefix), &r), 0);
+	assert_int_equal(r.total, 0x80000000u - 3);
+	assert_memory_equal(prefix, "P\x7f\xff\xff\xfc\0", 6);
+	free(copy);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1279,6 +1554,12 @@ int main(void)
 	        cmocka_unit_test(test_parse_ready_for_query),
 	        cmocka_unit_test(test_parse_auth),
 	        cmocka_unit_test(test_parse_auth_malformed),
+	        cmocka_unit_test(test_read_names),
+	        cmocka_unit_test(test_read_names_partial),
+	        cmocka_unit_test(test_read_names_malformed),
+	        cmocka_unit_test(test_rename),
+	        cmocka_unit_test(test_rename_refused),
+	        cmocka_unit_test(test_rename_length_bounds),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
