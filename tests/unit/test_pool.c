@@ -10,8 +10,8 @@
  * pf_pool_client_gone() (as pf_client_close does). Each test then asserts exact list lengths,
  * links, calls with their reasons and counters.
  *
- * Tests named test_bug_* assert what pool.c should do where it does not yet; each comment names
- * the bug. They are skipped unless the file is built with -DPF_TEST_KNOWN_POOL_BUGS.
+ * Tests named test_bug_* are regressions for bugs these tests found in pool.c (fixed); each
+ * comment says what went wrong.
  */
 
 #include <stdarg.h>
@@ -1728,13 +1728,8 @@ static void test_server_for_query_skips_login_waiters(void **state)
 	CHECK_POOL(fx->pool, 1, 1, 0, 1, 0, 0, 1);
 }
 
-/* ---- suspected bugs in pool.c (skipped unless built with -DPF_TEST_KNOWN_POOL_BUGS) ---- */
+/* ---- regressions: bugs these tests found in pool.c ---- */
 
-#ifdef PF_TEST_KNOWN_POOL_BUGS
-#define KNOWN_BUG() ((void)0)
-#else
-#define KNOWN_BUG() skip()
-#endif
 
 static void test_bug_login_failure_never_forgotten(void **state)
 {
@@ -1742,7 +1737,7 @@ static void test_bug_login_failure_never_forgotten(void **state)
 
 	(void)state;
 	/*
-	 * BUG: pool->last_login_failure is set by pf_pool_server_failed() and never cleared.
+	 * Was a bug: pool->last_login_failure is set by pf_pool_server_failed() and never cleared.
 	 * PgBouncer clears last_connect_failed/last_login_failed when a server logs in
 	 * (release_server, case SV_LOGIN). In pgfunnel, once any login failed, every later
 	 * pf_pool_login_client() whose launch is refused for another reason (PAUSE,
@@ -1750,7 +1745,6 @@ static void test_bug_login_failure_never_forgotten(void **state)
 	 * has been failing, try again later (server_login_retry)" although logins have worked
 	 * since and the retry window is long over; it should wait (for RESUME, or a free slot).
 	 */
-	KNOWN_BUG();
 	fx_start(NULL, NULL, "server_login_retry = 15");
 	assert_false(acquire(client_new(fx->pool)));
 	close_server(sv(1), PF_SV_CLOSE_LOGIN_FAILED); /* at 1000 s */
@@ -1772,11 +1766,10 @@ static void test_bug_kick_skips_server_check(void **state)
 
 	(void)state;
 	/*
-	 * BUG: pf_pool_kick() (RESUME) links idle servers to waiting clients directly, without
+	 * Was a bug: pf_pool_kick() (RESUME) links idle servers to waiting clients directly, without
 	 * check_query_for(): a server idle for longer than server_check_delay (a whole PAUSE,
 	 * typically) is handed out without server_check_query, unlike in pf_pool_acquire().
 	 */
-	KNOWN_BUG();
 	fx_start(NULL, NULL, "server_check_query = SELECT 1\nserver_check_delay = 30");
 	make_idle(fx->pool, 1);
 	fx->w.paused = true;
@@ -1801,7 +1794,6 @@ static void test_bug_launch_loops_on_synchronous_failure(void **state)
 	 * (now - last_login_failure < 0) never stops the loop: pf_pool_maintain()'s
 	 * min_pool_size loop spins forever. The fake refuses after 50 launches to end it.
 	 */
-	KNOWN_BUG();
 	fx_start(NULL, NULL, "server_login_retry = 0\nmin_pool_size = 2");
 	set_welcome(fx->pool);
 	fx->launch_fails_now = true;
@@ -1818,7 +1810,6 @@ static void test_bug_launch_loops_with_live_servers(void **state)
 	 * returns before closing the waiting clients, so "waiting > new + tested" stays true and
 	 * pf_pool_acquire() relaunches forever when server_login_retry = 0.
 	 */
-	KNOWN_BUG();
 	fx_start(NULL, NULL, "server_login_retry = 0");
 	make_idle(fx->pool, 1);
 	assert_true(acquire(client_new(fx->pool)));
@@ -1834,14 +1825,13 @@ static void test_bug_kill_links_doomed_clients(void **state)
 
 	(void)state;
 	/*
-	 * BUG (minor): pf_pool_close_all() closes active clients before waiting ones; a closed
+	 * Was a bug (minor): pf_pool_close_all() closes active clients before waiting ones; a closed
 	 * client's clean server goes back through pf_pool_server_ready() and is linked to a
 	 * waiting client that is about to be killed too. In the daemon, ops->linked resumes that
 	 * client, so its queued query is sent to Postgres during KILL. When the released server
 	 * is not clean it is closed instead, and that close opens a new server for the doomed
 	 * waiting clients. Closing the waiting clients first avoids both.
 	 */
-	KNOWN_BUG();
 	fx_start(NULL, NULL, "default_pool_size = 1");
 	a = client_new(fx->pool);
 	assert_false(acquire(a));
@@ -1876,7 +1866,6 @@ static void test_bug_wait_start_kept_after_login(void **state)
 	 * active (link_pair() clears it; the login walk does not). Nothing reads it for active
 	 * clients today (SHOW and metrics check the state), so it is harmless.
 	 */
-	KNOWN_BUG();
 	fx_start(NULL, NULL, NULL);
 	l = client_authenticated(fx->pool);
 	assert_false(pf_pool_login_client(&l->pc));
@@ -1931,13 +1920,12 @@ static void test_bug_immediate_shutdown_closes_as_lifetime(void **state)
 
 	(void)state;
 	/*
-	 * BUG (minor): pf_pool_server_ready() closes a free server during an IMMEDIATE shutdown
+	 * Was a bug (minor): pf_pool_server_ready() closes a free server during an IMMEDIATE shutdown
 	 * with PF_SV_CLOSE_LIFETIME ("server lifetime over") because its reason is "close_needed
 	 * ? ADMIN : LIFETIME". At SIGQUIT, pf_worker_close_all() -> pf_pool_close_all() closes
 	 * linked clients first, and each one's clean server takes this path: the log and
 	 * server_closes[] (metrics) say lifetime instead of PF_SV_CLOSE_SHUTDOWN.
 	 */
-	KNOWN_BUG();
 	fx_start(NULL, NULL, NULL);
 	a = client_new(fx->pool);
 	assert_false(acquire(a));
