@@ -55,6 +55,12 @@ typedef enum pf_pkt_action {
 	/* Forward the whole message (entirely in the buffer) in one write with what precedes
 	 * it, then call ops->on_forwarded(). */
 	PF_PKT_FORWARD_LAST,
+	/* Call again once the first pf_conn_need_head() bytes of the message are buffered (a
+	 * name near its start; the rest need not fit: large messages stream). */
+	PF_PKT_NEED_HEAD,
+	/* pf_conn_replace_head() sent a replacement for the message's first bytes: forward the
+	 * rest of the message as it arrives. */
+	PF_PKT_REPLACED,
 } pf_pkt_action_t;
 
 /* Events besides messages, handed to the owner's event handler. */
@@ -124,6 +130,7 @@ struct pf_conn {
 	uint32_t fwd_start;        /* start of the forward region not yet flushed */
 	bool fwd_open;             /* fwd_start is valid */
 	uint32_t pkt_remain;       /* bytes of the current message still to pass */
+	uint32_t head;             /* PF_PKT_NEED_HEAD: bytes wanted; PF_PKT_REPLACED: replaced */
 	bool pkt_forward;          /* ... forwarding them (else skipping) */
 	uint32_t max_packet;       /* max_packet_size for header validation */
 	uint32_t hold_max;      /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
@@ -190,6 +197,21 @@ void pf_conn_suspend(pf_conn_t *c, bool on);
  * packet handler: those before the current message) to the peer now.
  */
 void pf_conn_flush(pf_conn_t *c);
+
+/*
+ * From inside on_packet, before returning PF_PKT_NEED_HEAD: the handler needs the first n bytes
+ * of the message at hand (n <= its length and <= hold_max) to decide.
+ */
+void pf_conn_need_head(pf_conn_t *c, uint32_t n);
+
+/*
+ * From inside on_packet, before returning PF_PKT_REPLACED: the first skip bytes of the message at
+ * hand (all in the buffer) are not forwarded; len bytes of prefix go to the peer in their place
+ * (copied if the socket does not take them at once), after everything forwarded before, and the
+ * rest of the message follows as it arrives. This is how a name inside Parse/Bind/Describe/
+ * Close/Execute is rewritten without copying the payload (pf_proto_rename makes the prefix).
+ */
+void pf_conn_replace_head(pf_conn_t *c, const void *prefix, size_t len, uint32_t skip);
 
 /* Walks the buffered messages (see pf_conn_ops_t). Safe to call at any time. */
 void pf_conn_process(pf_conn_t *c);

@@ -434,9 +434,50 @@ static walk_t apply_action(pf_conn_t *c, pf_pkt_action_t act, uint32_t total, ui
 		c->ops->on_forwarded(c);
 		return done ? WALK_ON : WALK_OUT;
 	}
+	case PF_PKT_NEED_HEAD: {
+		uint32_t want = c->head;
+
+		assert(want > have && want <= total);
+		if (!flush_forward(c))
+			return WALK_OUT;
+		if (!make_room(c, want - have, true)) {
+			c->ops->on_event(c, PF_CONN_EV_ERROR, -ENOBUFS);
+			return WALK_OUT;
+		}
+		*starved = true;
+		return WALK_OUT;
+	}
+	case PF_PKT_REPLACED:
+		/* The prefix went out (pf_conn_replace_head); the replaced bytes are dropped and the
+		 * rest of the message is forwarded behind it. */
+		assert(c->head <= have);
+		c->rpos += c->head;
+		c->pkt_forward = true;
+		c->pkt_remain = total - c->head;
+		c->head = 0;
+		return c->fwd_pending ? WALK_OUT : WALK_ON;
 	}
 	assert(!"unknown packet action");
 	return WALK_OUT;
+}
+
+void pf_conn_need_head(pf_conn_t *c, uint32_t n)
+{
+	c->head = n;
+}
+
+void pf_conn_replace_head(pf_conn_t *c, const void *prefix, size_t len, uint32_t skip)
+{
+	pf_conn_t *peer = c->peer;
+
+	/* What was marked for forwarding before this message goes first; a write of it that is
+	 * still pending is overtaken by nothing (writes on one stream stay in order). */
+	flush_forward(c);
+	c->head = skip;
+	if (peer && !peer->closing && peer->handle_open) {
+		pf_conn_send(peer, prefix, len);
+		c->progress++;
+	}
 }
 
 /* A message boundary at rpos: reads the header and asks the owner's handler. */

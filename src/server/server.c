@@ -777,16 +777,38 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 	}
 }
 
-/* Accounts for a message from a linked server in its request queue. */
-static void account_answer(pf_server_t *s, uint8_t type)
+/*
+ * Accounts for a message from a linked server in its request queue: whether it goes to the
+ * client (true) or answers a message of pgfunnel's own and is swallowed (false). A message that
+ * answers nothing sent still goes to the client (it can only be the client's), and the server
+ * is never reused.
+ */
+static bool route_answer(pf_server_t *s, uint8_t type)
 {
 	bool was_broken = s->rq.broken;
+	pf_reqq_ans_t ans;
 
-	if (pf_reqq_answer(&s->rq, type, NULL) == PF_REQQ_MISMATCH && !was_broken)
-		pf_log_warning(s,
-		               "server sent '%c', which answers nothing we sent: it will not be "
-		               "reused",
-		               type);
+	switch (pf_reqq_route(&s->rq, type, &ans)) {
+	case PF_REQQ_FORWARD:
+	case PF_REQQ_FAILED_FORWARD:
+		return true;
+	case PF_REQQ_SWALLOW:
+		return false;
+	case PF_REQQ_FAILED_SWALLOW:
+		/* Nothing injects on a linked server yet (issue 11 will): an error to our own
+		 * message that the client cannot be told about leaves the server unusable. */
+		pf_log_warning(s, "a message of pgfunnel's own failed: the server will not be reused");
+		s->rq.broken = true;
+		return false;
+	case PF_REQQ_CLOSE:
+		if (!was_broken)
+			pf_log_warning(s,
+			               "server sent '%c', which answers nothing we sent: it will not be "
+			               "reused",
+			               type);
+		return true;
+	}
+	return true;
 }
 
 /* ReadyForQuery for the linked client: decides whether the server is released. */
@@ -805,7 +827,11 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 		pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
 		return PF_PKT_STOP;
 	}
-	account_answer(s, hdr->type);
+	if (!route_answer(s, hdr->type)) {
+		/* The answer to a Sync of our own: its status still counts. */
+		s->tx_status = st;
+		return PF_PKT_SKIP;
+	}
 	now = pf_worker_now(pool->worker);
 	if (c->query_start) {
 		pool->stats.query_count++;
@@ -919,8 +945,7 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr,
 	default:
 		break;
 	}
-	account_answer(s, hdr->type);
-	return PF_PKT_FORWARD;
+	return route_answer(s, hdr->type) ? PF_PKT_FORWARD : PF_PKT_SKIP;
 }
 
 static void server_on_forwarded(pf_conn_t *conn)
