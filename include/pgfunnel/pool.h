@@ -386,6 +386,13 @@ void pf_pool_close_clients(pf_worker_t *w, pf_list_t *l, pf_close_reason_t reaso
 void pf_pool_close_all(pf_pool_t *p, pf_close_reason_t client_reason,
                        pf_server_close_reason_t server_reason);
 
+/*
+ * Asserts the invariants above (every member on the list its state names, belonging to pool;
+ * links symmetric and only between active members; waiting_login_count right). Debug and
+ * sanitizer builds only; a no-op with NDEBUG.
+ */
+void pf_pool_check(const pf_pool_t *pool);
+
 /* Total servers of the pool in every state. */
 size_t pf_pool_server_count(const pf_pool_t *pool);
 

@@ -1336,6 +1336,60 @@ pf_usec_t pf_pool_client_idle_timeout(const pf_pool_t *pool)
 	                                            : pool->worker->cfg->client_idle_timeout;
 }
 
+#ifndef NDEBUG
+/* Every member of list l is in state st, belongs to pool, and links are symmetric. */
+static void check_clients(const pf_pool_t *pool, const pf_list_t *l, pf_client_state_t st1,
+                          pf_client_state_t st2, size_t *login_waiters)
+{
+	const pf_list_node_t *it;
+
+	for (it = l->head.next; it != &l->head; it = it->next) {
+		const pf_pool_client_t *c = PF_CONTAINER_OF(it, pf_pool_client_t, node);
+
+		assert(c->pool == pool && (c->state == st1 || c->state == st2));
+		assert(!c->link || (c->state == PF_CL_ACTIVE && c->link->link == c &&
+		                    c->link->state == PF_SV_ACTIVE && c->link->pool == pool));
+		if (c->state == PF_CL_WAITING_LOGIN)
+			(*login_waiters)++;
+	}
+}
+
+static void check_servers(const pf_pool_t *pool, const pf_list_t *l, pf_server_state_t st)
+{
+	const pf_list_node_t *it;
+
+	for (it = l->head.next; it != &l->head; it = it->next) {
+		const pf_pool_server_t *s = PF_CONTAINER_OF(it, pf_pool_server_t, node);
+
+		assert(s->pool == pool && s->state == st);
+		/* Only an active server is linked (a client that left unlinks it at once). */
+		assert(st == PF_SV_ACTIVE ? !s->link || s->link->link == s : !s->link);
+	}
+}
+
+/* The invariants of pool.h, checked once a second by the janitor in debug builds. */
+void pf_pool_check(const pf_pool_t *pool)
+{
+	size_t login_waiters = 0;
+
+	check_clients(pool, &pool->active_clients, PF_CL_ACTIVE, PF_CL_ACTIVE, &login_waiters);
+	check_clients(pool, &pool->waiting_clients, PF_CL_WAITING, PF_CL_WAITING_LOGIN,
+	              &login_waiters);
+	assert(login_waiters == pool->waiting_login_count);
+	check_servers(pool, &pool->active_servers, PF_SV_ACTIVE);
+	check_servers(pool, &pool->idle_servers, PF_SV_IDLE);
+	check_servers(pool, &pool->used_servers, PF_SV_USED);
+	check_servers(pool, &pool->tested_servers, PF_SV_TESTED);
+	check_servers(pool, &pool->new_servers, PF_SV_LOGIN);
+	assert(pool->db->server_count >= 0 && pool->user->server_count >= 0);
+}
+#else
+void pf_pool_check(const pf_pool_t *pool)
+{
+	(void)pool;
+}
+#endif
+
 void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 {
 	pf_worker_t *w = pool->worker;
@@ -1343,6 +1397,7 @@ void pf_pool_maintain(pf_pool_t *pool, pf_usec_t now)
 	pf_list_node_t *it, *tmp, *n;
 	int min_size = pool_min_size(pool);
 
+	pf_pool_check(pool);
 	if (pool->db->admin)
 		return;
 	expire_servers(pool, now);

@@ -555,6 +555,7 @@ static void check_pool(const pf_pool_t *p, size_t cl_active, size_t cl_waiting, 
 {
 	const char *file = __FILE__;
 
+	pf_pool_check(p); /* the invariants hold after every step a test checks */
 	_assert_int_equal(p->active_clients.len, cl_active, file, line);
 	_assert_int_equal(p->waiting_clients.len, cl_waiting, file, line);
 	_assert_int_equal(p->active_servers.len, sv_active, file, line);
