@@ -5,6 +5,10 @@ One command (as root or as an ordinary user; root runs the servers as the
 unprivileged system user `pgfunnel`, created if missing):
 
     tests/bench/run.py [--duration 10] [--rounds 3] [--quick] [--pooler-only]
+                       [--baseline OTHER_PGFUNNEL_BINARY]
+
+--baseline adds a third pooler, "baseline" (another pgfunnel build, e.g. the commit before a
+change), measured in the same run, interleaved with the others, and compared with pgfunnel.
 
 What it does:
   1. initdb + start a PostgreSQL 15 on a free loopback port (fsync=off,
@@ -463,6 +467,15 @@ def print_table(name, cmdline, rounds, duration, poolers, results):
                                                             fmt(cpu_ratio, ".2f")))
         if tps_ratio is not None and tps_ratio < 0.5:
             print("  !! pgfunnel below 50%% of PgBouncer's TPS in %s" % name)
+    if "pgfunnel" in sums and "baseline" in sums:
+        a, b = sums["pgfunnel"], sums["baseline"]
+        tps_ratio = a["tps"] / b["tps"] if a["tps"] and b["tps"] else None
+        cpu_ratio = (a["cpu_us_per_txn"] / b["cpu_us_per_txn"]
+                     if a["cpu_us_per_txn"] and b["cpu_us_per_txn"] else None)
+        lat_ratio = (a["latency_ms"] / b["latency_ms"]
+                     if a["latency_ms"] and b["latency_ms"] else None)
+        print("pgfunnel/baseline: TPS x%s, CPU/txn x%s, latency x%s" % (
+            fmt(tps_ratio, ".2f"), fmt(cpu_ratio, ".2f"), fmt(lat_ratio, ".2f")))
     sys.stdout.flush()
     return sums
 
@@ -494,6 +507,8 @@ def parse_args(argv):
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
     ap.add_argument("--pgfunnel", default=None,
                     help="pgfunnel binary (default build-bench/pgfunnel, then build/pgfunnel, then PATH)")
+    ap.add_argument("--baseline", default=None, metavar="PATH",
+                    help="another pgfunnel binary, measured in the same run as \"baseline\"")
     ap.add_argument("--pgbouncer", default=shutil.which("pgbouncer") or "/usr/sbin/pgbouncer",
                     help="PgBouncer binary (default: from PATH or /usr/sbin/pgbouncer)")
     ap.add_argument("--pg-bindir", default=PG_BINDIR_DEFAULT,
@@ -547,6 +562,9 @@ def main(argv):
                    '"%s" "%s"\n' % (DB_USER, DB_PASSWORD), ids)
         poolers.append(Pooler("pgfunnel", a.pgfunnel, workdir, pg.port, ids,
                               ["-v"] * a.verbose_pooler))
+        if a.baseline:
+            poolers.append(Pooler("baseline", a.baseline, workdir, pg.port, ids,
+                                  ["-v"] * a.verbose_pooler))
         if not a.pooler_only:
             poolers.append(Pooler("pgbouncer", a.pgbouncer, workdir, pg.port, ids))
         for p in poolers:
