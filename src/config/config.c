@@ -1133,19 +1133,32 @@ typedef struct {
 	key_kind_t kind;
 	size_t offset;
 	bool alias; /* an old name, not listed by pf_config_section_key() */
+	/* Parsed for compatibility but not acted on yet: setting it logs a warning (a drop-in
+	 * must never accept a setting and silently do nothing). */
+	bool ignored;
 } entry_key_t;
 
 #define DBK(n, k)                                                                                  \
 	{                                                                                          \
-#n, k, offsetof(pf_config_db_t, n), false                                          \
+#n, k, offsetof(pf_config_db_t, n), false, false                                   \
+	}
+/* A key that is accepted but not implemented yet (warned about when set). */
+#define DBK_IGNORED(n, k)                                                                          \
+	{                                                                                          \
+#n, k, offsetof(pf_config_db_t, n), false, true                                    \
 	}
 #define USK(n, k)                                                                                  \
 	{                                                                                          \
-#n, k, offsetof(pf_config_user_t, n), false                                        \
+#n, k, offsetof(pf_config_user_t, n), false, false                                 \
 	}
+#define USK_IGNORED(n, k)                                                                          \
+	{                                                                                          \
+#n, k, offsetof(pf_config_user_t, n), false, true                                  \
+	}
+/* [peers] are parsed but not used yet (peer_id and cancel forwarding: not implemented). */
 #define PRK(n, k)                                                                                  \
 	{                                                                                          \
-#n, k, offsetof(pf_config_peer_t, n), false                                        \
+#n, k, offsetof(pf_config_peer_t, n), false, true                                  \
 	}
 
 /* [databases] keys (PgBouncer's parse_database). */
@@ -1155,19 +1168,19 @@ static const entry_key_t db_keys[] = {
         DBK(port, K_PORT),
         DBK(user, K_STR),
         DBK(password, K_STR),
-        DBK(auth_user, K_STR),
-        DBK(auth_query, K_STR),
-        DBK(auth_dbname, K_STR),
+        DBK_IGNORED(auth_user, K_STR),
+        DBK_IGNORED(auth_query, K_STR),
+        DBK_IGNORED(auth_dbname, K_STR),
         DBK(pool_size, K_INT),
         DBK(min_pool_size, K_INT),
         DBK(reserve_pool_size, K_INT),
-        {"reserve_pool", K_INT, offsetof(pf_config_db_t, reserve_pool_size), true},
+        {"reserve_pool", K_INT, offsetof(pf_config_db_t, reserve_pool_size), true, false},
         DBK(connect_query, K_STR),
         DBK(pool_mode, K_POOL_MODE),
         DBK(query_wait_timeout, K_TIME),
         DBK(load_balance_hosts, K_LOAD_BALANCE),
         DBK(max_db_connections, K_INT),
-        DBK(max_db_client_connections, K_INT),
+        DBK_IGNORED(max_db_client_connections, K_INT),
         DBK(server_lifetime, K_TIME),
         DBK(client_encoding, K_STR),
         DBK(datestyle, K_STR),
@@ -1184,9 +1197,9 @@ static const entry_key_t user_keys[] = {
         USK(query_timeout, K_TIME),
         USK(query_wait_timeout, K_TIME),
         USK(idle_transaction_timeout, K_TIME),
-        USK(transaction_timeout, K_TIME),
+        USK_IGNORED(transaction_timeout, K_TIME),
         USK(client_idle_timeout, K_TIME),
-        USK(max_user_client_connections, K_INT),
+        USK_IGNORED(max_user_client_connections, K_INT),
 };
 
 /* [peers] keys (PgBouncer's parse_peer). */
@@ -1251,6 +1264,11 @@ static int apply_key(loader_t *ld, pos_t pos, const char *what, const char *name
 		         key);
 		return -EINVAL;
 	}
+	if (k->ignored)
+		load_warn(ld, pos,
+		          "%s \"%s\": key \"%s\" is not implemented by pgfunnel yet; its value is "
+		          "ignored",
+		          what, name, k->name);
 	dst = (char *)entry + k->offset;
 	switch (k->kind) {
 	case K_STR:
