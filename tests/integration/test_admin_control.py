@@ -10,7 +10,6 @@ Data clients and the console use pgwire (a query can be sent now and its answer 
 each test uses its own role so pg_stat_activity counts only its own backends.
 """
 
-import select
 import signal
 import threading
 import socket
@@ -29,36 +28,6 @@ LONG = 10.0  # generous wait for things that must happen
 # ---------------------------------------------------------------- helpers
 
 
-def has_data(conn, timeout):
-    """True if conn has (or receives within timeout) anything to read, EOF included."""
-    if conn.buf:
-        return True
-    r, _, _ = select.select([conn.sock], [], [], timeout)
-    return bool(r)
-
-
-def read_answer(conn, timeout=LONG):
-    """Read up to ReadyForQuery: (tags, columns, rows as text); raises PgError."""
-    conn.sock.settimeout(timeout)
-    tags, cols, rows, error = [], [], [], None
-    while True:
-        kind, payload = conn.read_message()
-        if kind == "T":
-            cols = pgwire.decode_row_description(payload)
-        elif kind == "D":
-            rows.append(pgwire.decode_data_row(payload))
-        elif kind == "C":
-            tags.append(payload[:-1].decode())
-        elif kind == "E":
-            error = error or pgwire.PgError(pgwire.parse_fields(payload))
-        elif kind == "N":
-            conn.notices.append(pgwire.parse_fields(payload))
-        elif kind == "Z":
-            if error:
-                raise error
-            return tags, cols, rows
-
-
 class Admin:
     """One console session (pgwire): run() = send + answer; send()/answer() split for
     commands that answer later (PAUSE, WAIT_CLOSE)."""
@@ -70,10 +39,10 @@ class Admin:
         self.conn.send_query(sql)
 
     def pending(self, timeout):
-        return has_data(self.conn, timeout)
+        return not self.conn.is_silent(timeout)
 
     def answer(self, timeout=LONG):
-        return read_answer(self.conn, timeout)
+        return self.conn.read_answer(timeout)
 
     def run(self, sql, timeout=LONG):
         """The command's tag (raises PgError for an ERROR)."""
@@ -218,7 +187,7 @@ def test_pause_waits_for_transaction_then_holds_queries_until_resume(setup, post
     assert mon.state()["paused"] == "yes"
     # B's next query gets no server.
     b.send_query("SELECT pg_backend_pid()")
-    assert not has_data(b, BLOCKED), "a query ran during PAUSE"
+    assert b.is_silent(BLOCKED), "a query ran during PAUSE"
     assert pfhelpers.wait_for(lambda: mon.pool("appdb", role)["cl_waiting"] == "1", LONG)
     # A's transaction goes on, on its own backend, until it commits.
     assert backend_pid(a) == pid_a
@@ -228,12 +197,12 @@ def test_pause_waits_for_transaction_then_holds_queries_until_resume(setup, post
     wait_pids(postgres, role, set())
     # Still paused: B keeps waiting, a new query of A as well.
     a.send_query("SELECT 'a after'")
-    assert not has_data(b, BLOCKED) and not has_data(a, 0)
+    assert b.is_silent(BLOCKED) and a.is_silent(0)
 
     assert adm.run("RESUME") == "RESUME"
-    new_b = int(read_answer(b)[2][0][0])
+    new_b = int(b.read_answer(LONG)[2][0][0])
     assert new_b not in (pid_a, pid_b)
-    assert read_answer(a)[2] == [("a after",)]
+    assert a.read_answer(LONG)[2] == [("a after",)]
     assert mon.state()["paused"] == "no"
     assert backend_pid(b) not in (pid_a, pid_b)
 
@@ -253,7 +222,7 @@ def test_pause_one_database_quoted_lowercase(setup, postgres):
     assert adm.database("postgres")["paused"] == "0"
     assert adm.state()["paused"] == "no"  # only one database is paused
     a.send_query("SELECT 'held'")
-    assert not has_data(a, BLOCKED), "a query on the paused database ran"
+    assert a.is_silent(BLOCKED), "a query on the paused database ran"
     # The other database is untouched: same backend, queries run.
     assert backend_pid(c) == pid_c
     assert c.simple_query("SELECT 'other db'") == [("other db",)]
@@ -265,7 +234,7 @@ def test_pause_one_database_quoted_lowercase(setup, postgres):
     assert int(adm.pool("appdb", role)["cl_waiting"]) >= 1
 
     assert adm.run("Resume appdb") == "RESUME"
-    assert read_answer(a)[2] == [("held",)]
+    assert a.read_answer(LONG)[2] == [("held",)]
     assert t.join() == [("newcomer",)]
     assert adm.database("appdb")["paused"] == "0"
 
@@ -294,14 +263,14 @@ def test_suspend_stops_reading_sockets_until_resume(setup, postgres):
     assert adm.run("SUSPEND") == "SUSPEND"
     a.send_query("SELECT 'during suspend'")
     time.sleep(0.5)  # B's pg_sleep is over; its answer waits in the server socket
-    assert not has_data(a, BLOCKED), "a client socket was read during SUSPEND"
-    assert not has_data(b, 0), "a server socket was read during SUSPEND"
+    assert a.is_silent(BLOCKED), "a client socket was read during SUSPEND"
+    assert b.is_silent(0), "a server socket was read during SUSPEND"
     # The console stays usable.
     assert adm.state()["suspended"] == "yes"
 
     assert adm.run("RESUME") == "RESUME"
-    assert read_answer(a)[2] == [("during suspend",)]
-    assert read_answer(b)[2] == [("", "late")]
+    assert a.read_answer(LONG)[2] == [("during suspend",)]
+    assert b.read_answer(LONG)[2] == [("", "late")]
     assert adm.state() == {"active": "yes", "paused": "no", "suspended": "no"}
 
 
@@ -520,13 +489,13 @@ def hold_and_queue(pf, role, pw):
     b, c = client(pf, role, pw), client(pf, role, pw)
     for x in (b, c):
         x.send_query("BEGIN; SELECT pg_backend_pid()")
-    assert not has_data(b, 0.3) and not has_data(c, 0)
+    assert b.is_silent(0.3) and c.is_silent(0)
     return a, b, c, pid_a
 
 
 def check_three_backends(postgres, role, a, b, c, pid_a, mon):
-    pid_b = int(read_answer(b)[2][0][0])
-    pid_c = int(read_answer(c)[2][0][0])
+    pid_b = int(b.read_answer(LONG)[2][0][0])
+    pid_c = int(c.read_answer(LONG)[2][0][0])
     assert len({pid_a, pid_b, pid_c}) == 3
     wait_pids(postgres, role, {pid_a, pid_b, pid_c})
     p = mon.pool("appdb", role)
@@ -648,17 +617,17 @@ def test_sigusr1_pauses_sigusr2_resumes(setup, postgres):
     assert adm.state()["paused"] == "yes"
     wait_pids(postgres, role, {pid_a})
     b.send_query("SELECT pg_backend_pid()")
-    assert not has_data(b, BLOCKED), "a query ran after SIGUSR1"
+    assert b.is_silent(BLOCKED), "a query ran after SIGUSR1"
     assert backend_pid(a) == pid_a
     a.simple_query("COMMIT")
     wait_pids(postgres, role, set())
     assert server_count(adm.pool("appdb", role)) == 0
-    assert not has_data(b, 0.3)
+    assert b.is_silent(0.3)
 
     n = pf.log_len()
     pf.signal(signal.SIGUSR2)
     pf.wait_for_log(r"got SIGUSR2", after=n)
-    assert int(read_answer(b)[2][0][0]) not in (pid_a, pid_b)
+    assert int(b.read_answer(LONG)[2][0][0]) not in (pid_a, pid_b)
     assert adm.state()["paused"] == "no"
 
 

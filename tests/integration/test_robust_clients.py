@@ -77,20 +77,9 @@ def read_until_closed(s, timeout=5.0):
             raise AssertionError("connection still open; got %r" % data[:200])
 
 
-def parse_messages(data):
-    """[(type char, payload)] of a byte string of backend messages."""
-    out = []
-    while len(data) >= 5:
-        (n,) = struct.unpack("!I", data[1:5])
-        out.append((chr(data[0]), data[5:1 + n]))
-        data = data[1 + n:]
-    assert data == b"", "trailing partial message %r" % data
-    return out
-
-
 def fatal_of(data):
     """The single FATAL ErrorResponse in data (after any other messages) as PgError."""
-    msgs = parse_messages(data)
+    msgs = pgwire.whole_messages(data)
     errors = [pgwire.PgError(pgwire.parse_fields(p)) for k, p in msgs if k == "E"]
     assert len(errors) == 1, "expected one ErrorResponse, got %r" % msgs
     assert msgs[-1][0] == "E", "the error must be the last message: %r" % msgs
