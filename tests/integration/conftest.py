@@ -51,8 +51,6 @@ ALLOWED_SKIPS = [
     # The sanitizer run skips the valgrind test: a sanitizer build cannot run under valgrind,
     # and LeakSanitizer checks that build instead.
     r"cannot run under valgrind",
-    # Port 6432 (the shipped config's listen_port) may be held by any process on the machine.
-    r"port 6432 is (held by another test process|busy)",
 ]
 
 _session_sanitizer_dir = None
