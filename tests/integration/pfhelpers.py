@@ -1017,13 +1017,18 @@ def show_wire(pf, what, user="postgres", password="pg-super-secret", dbname="pgb
     return rows_as_dicts(cols, rows)
 
 
-def pool_row(pf, database, user=None, **kw):
-    """The SHOW POOLS row (dict) of database's pool for user, or None when there is no such
-    pool. user None: database must have at most one pool (AssertionError otherwise)."""
-    rows = [r for r in show(pf, "POOLS", **kw)
-            if r["database"] == database and (user is None or r["user"] == user)]
+def find_pool(rows, database, user=None):
+    """The row of database's pool for user among SHOW POOLS rows (dicts), or None when there
+    is no such pool. user None: database must have at most one pool (AssertionError
+    otherwise)."""
+    rows = [r for r in rows if r["database"] == database and (user is None or r["user"] == user)]
     assert len(rows) <= 1, "several SHOW POOLS rows for %s/%s: %r" % (database, user, rows)
     return rows[0] if rows else None
+
+
+def pool_row(pf, database, user=None, **kw):
+    """find_pool() in SHOW POOLS, run now on a console connection of its own."""
+    return find_pool(show(pf, "POOLS", **kw), database, user)
 
 
 def pool_servers(row):

@@ -1,6 +1,7 @@
 """Every SHOW command of the admin console: PgBouncer's exact column names in order
 (../shared/pgbouncer-compat.md) and values checked against the live connections."""
 
+import glob
 import os
 import re
 import subprocess
@@ -138,9 +139,10 @@ def console_factory():
 
 
 def pool_row(con, db, user):
-    rows = [r for r in con.rows("POOLS") if r["database"] == db and r["user"] == user]
-    assert len(rows) == 1, rows
-    return rows[0]
+    """The SHOW POOLS row of db/user read on the console session con (which must exist)."""
+    row = pfhelpers.find_pool(con.rows("POOLS"), db, user)
+    assert row is not None, "no pool %s/%s" % (db, user)
+    return row
 
 
 def stats_row(con, what, db):
@@ -283,12 +285,8 @@ def test_active_clients_and_servers_link_to_each_other(proxy, postgres, console_
             c.rollback()
             c.close()
     # clients gone: their servers go idle, released back to the pool
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        p = pool_row(con, "appdb", role)
-        if p["cl_active"] == 0:
-            break
-        time.sleep(0.05)
+    p = pfhelpers.wait_until(lambda: (lambda p: p if p["cl_active"] == 0 else None)(
+        pool_row(con, "appdb", role)), 5, "the clients gone from SHOW POOLS")
     assert (p["cl_active"], p["sv_active"], p["sv_idle"] + p["sv_used"] + p["sv_tested"]) == (0, 0, n)
     servers = [r for r in con.rows("SERVERS") if r["user"] == role]
     assert all(s["link"] == "" for s in servers)
@@ -329,11 +327,11 @@ def test_waiting_client_and_maxwait(proxy, postgres, console_factory):
         t = threading.Thread(target=lambda: result.append(
             waiter.execute("SELECT 42").fetchone()[0]))
         t.start()
-        deadline = time.time() + 5
-        while time.time() < deadline and pool_row(con, "appdb", role)["cl_waiting"] != 1:
-            time.sleep(0.05)
-        time.sleep(1.2)
-        p = pool_row(con, "appdb", role)
+        # pgfunnel measures the wait: let it reach a second
+        p = pfhelpers.wait_until(lambda: (lambda p: p if p["cl_waiting"] == 1 and
+                                          p["maxwait"] >= 1 else None)(
+            pool_row(con, "appdb", role)), 6, "a client waiting for 1 s in SHOW POOLS",
+            lambda: pool_row(con, "appdb", role))
         assert (p["cl_active"], p["cl_waiting"], p["sv_active"]) == (1, 1, 1)
         assert p["maxwait"] >= 1 and 0 <= p["maxwait_us"] < 1000000
         waiting = [r for r in con.rows("CLIENTS") if r["user"] == role and r["state"] == "waiting"]
@@ -420,7 +418,11 @@ def test_stats_averages_are_db_stats_avg(proxy, postgres, console_factory):
 def test_show_config_lists_every_parameter(proxy, console_factory, source_root):
     pf = proxy(params={"default_pool_size": 17})
     con = console_factory(pf)
-    with open(os.path.join(source_root, "src", "config.c"), encoding="utf-8") as f:
+    # The parameter table's source (src/config.c before the per-layer folders, now
+    # src/config/config.c): found wherever the restructuring puts it.
+    found = glob.glob(os.path.join(source_root, "src", "**", "config.c"), recursive=True)
+    assert len(found) == 1, found
+    with open(found[0], encoding="utf-8") as f:
         text = f.read()
     table = re.findall(r"^\s*P_[A-Z]+\((\w+),\s*(RELOAD|RESTART),", text, re.M)
     assert len(table) > 80
