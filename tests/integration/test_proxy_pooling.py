@@ -245,7 +245,8 @@ def test_statement_mode_next_client_not_in_transaction(proxy, postgres):
 
 def wait_timeout_pool(pf, user, pw, dbname="appdb"):
     """True if a second client gets a server while a first one is connected and idle
-    (transaction/statement mode), False if it waits (session mode; query_wait_timeout)."""
+    (transaction/statement mode), False if it waits until query_wait_timeout ends it (session
+    mode: the only server stays with the first client). Any other error fails."""
     with pfhelpers.proxy_connect(pf, user, dbname, pw, autocommit=True) as a:
         a.execute("SELECT 1")
         try:
@@ -253,7 +254,15 @@ def wait_timeout_pool(pf, user, pw, dbname="appdb"):
                 b.execute("SELECT 1")
                 a.execute("SELECT 1")
                 return True
-        except psycopg.Error:
+        except psycopg.Error as e:
+            # pgfunnel's FATAL query_wait_timeout (57014, then it closes: libpq reports the
+            # message, without the SQLSTATE, as a lost connection).
+            first = str(e).splitlines()[0] if str(e) else ""
+            assert (e.sqlstate == "57014" or isinstance(e, psycopg.OperationalError)) and \
+                first.endswith("query_wait_timeout"), (
+                    "expected query_wait_timeout, got %r (sqlstate %s)" % (e, e.sqlstate))
+            # The first client keeps its server throughout.
+            assert a.execute("SELECT 'a still served'").fetchone() == ("a still served",)
             return False
 
 
