@@ -79,6 +79,14 @@ def startup_message(params, protocol=PROTOCOL_3_0):
     return message(b"", body + b"\0")
 
 
+def readable(sock, timeout):
+    """True if sock has something to read (data or EOF) within timeout seconds. poll(), not
+    select(): tests that hold thousands of sockets have descriptors above 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
 class Connection:
     def __init__(self, sock):
         self.sock = sock
@@ -99,7 +107,7 @@ class Connection:
                 chunk = self.sock.recv(65536)
             else:
                 left = max(0.0, deadline - time.monotonic())
-                if not select.select([self.sock], [], [], left)[0]:
+                if not readable(self.sock, left):
                     raise Timeout("no whole message within the timeout (%d bytes buffered: %r)"
                                   % (len(self.buf), self.buf[:80]))
                 chunk = self.sock.recv(65536)
@@ -174,7 +182,7 @@ class Connection:
                 break
             buf, pos = buf[pos:], 0
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            if left <= 0 or not readable(self.sock, left):
                 self.buf = buf
                 raise Timeout("%d of %d ReadyForQuery within the timeout: %r" % (
                     seen, count, counts))
@@ -225,7 +233,7 @@ class Connection:
         has been observed some other way; never as a wait for something to happen."""
         if self.buf:
             return False
-        return not select.select([self.sock], [], [], timeout)[0]
+        return not readable(self.sock, timeout)
 
     # -- raw and extended-protocol sends (see the fe_* builders)
 

@@ -10,6 +10,7 @@ Data clients and the console use pgwire (a query can be sent now and its answer 
 each test uses its own role so pg_stat_activity counts only its own backends.
 """
 
+import os
 import signal
 import threading
 import socket
@@ -250,17 +251,22 @@ def test_suspend_stops_reading_sockets_until_resume(setup, postgres):
     pf, role, pw = setup(pool_size=2)
     a, b = client(pf, role, pw), client(pf, role, pw)
     a.simple_query("SELECT 1")
-    # B's query is on the server when SUSPEND comes: its answer must not be read from it.
-    b.send_query("SELECT pg_sleep(0.2), 'late'")
-    assert pfhelpers.wait_for(lambda: pfhelpers.backend_count(
-        postgres, "usename = %s AND state = 'active' AND query LIKE 'SELECT pg_sleep(0.2)%%'",
-        (role,)) == 1, LONG)
-    adm = Admin(pf)
-    assert adm.run("SUSPEND") == "SUSPEND"
-    a.send_query("SELECT 'during suspend'")
-    # B's pg_sleep is over: its answer waits in the server socket.
+    # B's query is on the server when SUSPEND comes (it waits for an advisory lock the test
+    # holds), and ends during SUSPEND: its answer must not be read from the server.
+    key = 0x5e5 << 20 | os.getpid() & 0xfffff
+    with postgres.connect(dbname="appdb", autocommit=True) as locker:  # locks are per database
+        locker.execute("SELECT pg_advisory_lock(%s)", (key,))
+        b.send_query("SELECT pg_advisory_xact_lock(%d), 'late'" % key)
+        pfhelpers.wait_backends(postgres, "usename = %s AND state = 'active' AND "
+                                "wait_event_type = 'Lock'", (role,),
+                                "B's query waiting for the lock", timeout=LONG)
+        adm = Admin(pf)
+        assert adm.run("SUSPEND") == "SUSPEND"
+        a.send_query("SELECT 'during suspend'")
+        locker.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    # B's query is over: its answer waits in the server socket.
     pfhelpers.wait_backends(postgres, "usename = %s AND state = 'idle' AND "
-                            "starts_with(query, 'SELECT pg_sleep(0.2)')", (role,),
+                            "starts_with(query, 'SELECT pg_advisory_xact_lock(')", (role,),
                             "B's query finished on Postgres", timeout=LONG)
     assert a.is_silent(BLOCKED), "a client socket was read during SUSPEND"
     assert b.is_silent(0), "a server socket was read during SUSPEND"
