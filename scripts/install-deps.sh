@@ -16,7 +16,7 @@ PACKAGES=(
 	# fuzzing with clang (libFuzzer and sanitizer runtimes)
 	libclang-rt-14-dev
 	# tests: man page lint, integration suite, leak checks, side-by-side runs
-	groff-base python3 python3-pytest python3-psycopg
+	groff-base python3 python3-pytest python3-pytest-timeout python3-psycopg
 	postgresql-15 postgresql-client-15 valgrind pgbouncer
 	# users, setpriv/runuser (normally present already)
 	passwd util-linux

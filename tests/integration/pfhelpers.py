@@ -328,6 +328,24 @@ def wait_for(predicate, timeout, interval=0.05):
         time.sleep(interval)
 
 
+def wait_until(predicate, timeout, what, details=None, interval=0.05):
+    """Poll predicate() until it returns a truthy value, and return that value; when timeout
+    seconds pass first, fail (AssertionError) saying what did not happen, plus details() (a
+    function returning text, e.g. the SHOW output or the log) when given.
+
+    This is how a test waits for an event: never a fixed sleep that hopes it has happened."""
+    value = wait_for(predicate, timeout, interval)
+    if not value:
+        text = "%s: not within %.1fs" % (what, timeout)
+        if details is not None:
+            try:
+                text += "\n" + str(details())
+            except Exception as e:  # noqa: BLE001 - the details are a courtesy
+                text += "\n(details failed: %r)" % e
+        raise AssertionError(text)
+    return value
+
+
 def is_socket(path):
     try:
         return stat.S_ISSOCK(os.stat(path).st_mode)
@@ -984,12 +1002,107 @@ def rows_as_dicts(cols, rows):
     return [dict(zip(cols, r)) for r in rows]
 
 
+def show(pf, what, **kw):
+    """SHOW what on pf's admin console, as a list of dicts (console()'s keyword arguments)."""
+    return rows_as_dicts(*console(pf, "SHOW " + what, **kw))
+
+
+def show_wire(pf, what, user="postgres", password="pg-super-secret", dbname="pgbouncer"):
+    """SHOW what over pgwire (values as text): for tests whose process holds more than 1024
+    descriptors, where libpq's select() cannot wait on a new socket."""
+    import pgwire
+    with pgwire.connect(pf.host, pf.port, user, dbname, password) as c:
+        c.send_query("SHOW " + what)
+        _, cols, rows = c.read_answer(10.0)
+    return rows_as_dicts(cols, rows)
+
+
+def find_pool(rows, database, user=None):
+    """The row of database's pool for user among SHOW POOLS rows (dicts), or None when there
+    is no such pool. user None: database must have at most one pool (AssertionError
+    otherwise)."""
+    rows = [r for r in rows if r["database"] == database and (user is None or r["user"] == user)]
+    assert len(rows) <= 1, "several SHOW POOLS rows for %s/%s: %r" % (database, user, rows)
+    return rows[0] if rows else None
+
+
+def pool_row(pf, database, user=None, **kw):
+    """find_pool() in SHOW POOLS, run now on a console connection of its own."""
+    return find_pool(show(pf, "POOLS", **kw), database, user)
+
+
+def pool_servers(row):
+    """Number of server connections a SHOW POOLS row counts (every sv_ state)."""
+    return sum(int(row[k]) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested",
+                                     "sv_login"))
+
+
+def pool_wait_seconds(row):
+    """How long the oldest waiting client of a SHOW POOLS row has waited (maxwait +
+    maxwait_us), in seconds."""
+    return int(row["maxwait"]) + int(row["maxwait_us"]) / 1e6
+
+
+def wait_pool(pf, database, pred, what, user=None, timeout=10.0, **kw):
+    """Poll SHOW POOLS until database's pool (for user) exists and pred(row) holds; return
+    the row. Fails naming what, with the last row and SHOW SERVERS, at the deadline."""
+    got = [None]
+
+    def ok():
+        got[0] = pool_row(pf, database, user, **kw)
+        return got[0] if got[0] is not None and pred(got[0]) else None
+
+    return wait_until(ok, timeout, what, lambda: "SHOW POOLS row of %s/%s: %r\nSHOW SERVERS: "
+                      "%r" % (database, user, got[0], show(pf, "SERVERS", **kw)))
+
+
+def wait_clients(pf, pred, what, timeout=10.0, **kw):
+    """Poll SHOW CLIENTS until pred(rows) holds (rows: list of dicts); return the rows."""
+    got = [None]
+
+    def ok():
+        got[0] = show(pf, "CLIENTS", **kw)
+        return got[0] if pred(got[0]) else None
+
+    return wait_until(ok, timeout, what, lambda: "SHOW CLIENTS: %r" % (got[0],))
+
+
 def backend_count(cluster, where, args=()):
     """Number of client backends in pg_stat_activity matching the SQL condition where."""
     with cluster.connect(autocommit=True) as conn:
         return conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND "
             + where, args).fetchone()[0]
+
+
+def wait_backends(cluster, where, args=(), what=None, count=1, timeout=10.0):
+    """Wait until at least count client backends in pg_stat_activity match the SQL condition
+    where (args are its parameters); return how many do."""
+    return wait_until(lambda: (lambda n: n if n >= count else 0)(
+        backend_count(cluster, where, args)), timeout,
+        what or "%d backend(s) with %s %r" % (count, where, args),
+        lambda: "pg_stat_activity: %r" % (activity(cluster),))
+
+
+def wait_query_running(cluster, query, user=None, count=1, timeout=10.0):
+    """Wait until count backends (of user, when given) run query, which must start the text
+    of the statement exactly, with state 'active' (the query is executing on Postgres: a
+    cancel now hits it); return how many do."""
+    where = "state = 'active' AND starts_with(query, %s)"
+    args = (query,)
+    if user is not None:
+        where += " AND usename = %s"
+        args += (user,)
+    return wait_backends(cluster, where, args, "%d backend(s)%s running %r" % (
+        count, " of " + user if user else "", query), count, timeout)
+
+
+def activity(cluster):
+    """(usename, datname, state, query) of every client backend but our own."""
+    with cluster.connect(autocommit=True) as conn:
+        return conn.execute(
+            "SELECT usename, datname, state, left(query, 80) FROM pg_stat_activity WHERE "
+            "backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchall()
 
 
 # ---------------------------------------------------------------- robustness tests (issue 5)

@@ -53,8 +53,9 @@ class ProtocolError(Exception):
     """The peer sent something this client did not expect (or closed the connection)."""
 
 
-class Timeout(ProtocolError):
-    """No whole message arrived within the timeout (the bytes read so far stay buffered)."""
+class Timeout(ProtocolError, TimeoutError):
+    """No whole message arrived within the timeout (the bytes read so far stay buffered).
+    Also a TimeoutError (= socket.timeout), like the socket's own timeout."""
 
 
 def parse_fields(payload):
@@ -78,6 +79,14 @@ def startup_message(params, protocol=PROTOCOL_3_0):
     return message(b"", body + b"\0")
 
 
+def readable(sock, timeout):
+    """True if sock has something to read (data or EOF) within timeout seconds. poll(), not
+    select(): tests that hold thousands of sockets have descriptors above 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
 class Connection:
     def __init__(self, sock):
         self.sock = sock
@@ -98,7 +107,7 @@ class Connection:
                 chunk = self.sock.recv(65536)
             else:
                 left = max(0.0, deadline - time.monotonic())
-                if not select.select([self.sock], [], [], left)[0]:
+                if not readable(self.sock, left):
                     raise Timeout("no whole message within the timeout (%d bytes buffered: %r)"
                                   % (len(self.buf), self.buf[:80]))
                 chunk = self.sock.recv(65536)
@@ -130,9 +139,10 @@ class Connection:
         except Timeout:
             return None
 
-    def read_until_ready(self, timeout):
-        """Every message up to and including the next ReadyForQuery, as [(type, payload)];
-        Timeout (carrying .messages read so far) if it does not come within timeout seconds."""
+    def read_until_ready(self, timeout, count=1):
+        """Every message up to and including the count-th next ReadyForQuery, as
+        [(type, payload)]; Timeout (carrying .messages read so far) if they do not all come
+        within timeout seconds."""
         deadline = time.monotonic() + timeout
         out = []
         while True:
@@ -144,7 +154,64 @@ class Connection:
                 raise
             out.append((kind, payload))
             if kind == "Z":
-                return out
+                count -= 1
+                if count <= 0:
+                    return out
+
+    def count_until_ready(self, count, timeout):
+        """Read until count ReadyForQuery arrived, keeping only how many messages of each
+        type came ({type: n}); for floods too big to keep. Whatever follows the count-th
+        ReadyForQuery stays buffered. AssertionError if the connection closes first, Timeout
+        if they do not all come within timeout seconds."""
+        deadline = time.monotonic() + timeout
+        counts = {}
+        seen = pos = 0
+        buf = self.buf
+        while seen < count:
+            while seen < count and len(buf) - pos >= 5:
+                (n,) = struct.unpack("!I", buf[pos + 1:pos + 5])
+                if n < 4:
+                    raise ProtocolError("bad message length %d" % n)
+                if len(buf) - pos < 1 + n:
+                    break
+                kind = chr(buf[pos])
+                counts[kind] = counts.get(kind, 0) + 1
+                seen += kind == "Z"
+                pos += 1 + n
+            if seen >= count:
+                break
+            buf, pos = buf[pos:], 0
+            left = deadline - time.monotonic()
+            if left <= 0 or not readable(self.sock, left):
+                self.buf = buf
+                raise Timeout("%d of %d ReadyForQuery within the timeout: %r" % (
+                    seen, count, counts))
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                self.buf = buf
+                raise AssertionError("closed after %d ReadyForQuery: %r" % (seen, counts))
+            buf += chunk
+        self.buf = buf[pos:]
+        return counts
+
+    def read_answer(self, timeout):
+        """Read up to ReadyForQuery: (command tags, column names, rows of text); the first
+        ErrorResponse is raised as PgError after ReadyForQuery arrives."""
+        tags, cols, rows, error = [], [], [], None
+        for kind, payload in self.read_until_ready(timeout):
+            if kind == "T":
+                cols = decode_row_description(payload)
+            elif kind == "D":
+                rows.append(decode_data_row(payload))
+            elif kind == "C":
+                tags.append(decode_command_complete(payload))
+            elif kind == "E":
+                error = error or PgError(parse_fields(payload))
+            elif kind == "N":
+                self.notices.append(parse_fields(payload))
+        if error:
+            raise error
+        return tags, cols, rows
 
     def read_messages(self, n, timeout):
         """Exactly the next n messages (Timeout with .messages if they do not all come)."""
@@ -166,7 +233,7 @@ class Connection:
         has been observed some other way; never as a wait for something to happen."""
         if self.buf:
             return False
-        return not select.select([self.sock], [], [], timeout)[0]
+        return not readable(self.sock, timeout)
 
     # -- raw and extended-protocol sends (see the fe_* builders)
 
@@ -459,6 +526,46 @@ def decode_function_result(payload):
 decode_error = parse_fields
 
 
+def split_messages(data):
+    """Cut a byte string of protocol messages (type byte, int32 length, payload; backend
+    messages, or frontend ones after the startup packet) into ([(type, payload)], rest):
+    rest is a trailing incomplete message (b"" when data ends on a message boundary).
+    ProtocolError for a length field below 4."""
+    out = []
+    pos = 0
+    while len(data) - pos >= 5:
+        (n,) = struct.unpack("!I", data[pos + 1:pos + 5])
+        if n < 4:
+            raise ProtocolError("message %r at offset %d has length %d" % (
+                chr(data[pos]), pos, n))
+        if len(data) - pos < 1 + n:
+            break
+        out.append((chr(data[pos]), data[pos + 5:pos + 1 + n]))
+        pos += 1 + n
+    return out, data[pos:]
+
+
+def whole_messages(data):
+    """split_messages(data)'s messages; AssertionError when data does not end on a message
+    boundary."""
+    msgs, rest = split_messages(data)
+    assert rest == b"", "trailing partial message %r after %r" % (
+        rest[:80], [k for k, _ in msgs[-5:]])
+    return msgs
+
+
+def data_values(messages):
+    """The values of every DataRow (and the data of every CopyData) in messages, flattened
+    into one list (None for NULL)."""
+    vals = []
+    for kind, payload in messages:
+        if kind == "D":
+            vals.extend(decode_data_row(payload))
+        elif kind == "d":
+            vals.append(payload.decode("utf-8", "replace"))
+    return vals
+
+
 def token(kind, payload):
     """A short, exact, readable form of one backend message for sequence assertions:
     "1" ParseComplete, "2" BindComplete, "3" CloseComplete, "n" NoData, "s" PortalSuspended,
@@ -540,6 +647,27 @@ def open_socket(host, port, timeout=10.0):
     s = socket.create_connection((host, port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
+
+
+def recv_exact(sock, n):
+    """Exactly n bytes from sock (its own timeout applies); EOFError if it closes first."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("peer closed after %d of %d bytes" % (len(data), n))
+        data += chunk
+    return data
+
+
+def read_frontend_message(sock):
+    """The next frontend message (type byte as bytes, payload) a peer sends on sock, for fake
+    servers (after the startup packet)."""
+    kind = recv_exact(sock, 1)
+    (n,) = struct.unpack("!I", recv_exact(sock, 4))
+    if n < 4:
+        raise ProtocolError("frontend message %r has length %d" % (kind, n))
+    return kind, recv_exact(sock, n - 4)
 
 
 def connect(host, port, user, dbname, password=None, options=None, timeout=10.0):

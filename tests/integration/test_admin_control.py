@@ -10,7 +10,7 @@ Data clients and the console use pgwire (a query can be sent now and its answer 
 each test uses its own role so pg_stat_activity counts only its own backends.
 """
 
-import select
+import os
 import signal
 import threading
 import socket
@@ -29,36 +29,6 @@ LONG = 10.0  # generous wait for things that must happen
 # ---------------------------------------------------------------- helpers
 
 
-def has_data(conn, timeout):
-    """True if conn has (or receives within timeout) anything to read, EOF included."""
-    if conn.buf:
-        return True
-    r, _, _ = select.select([conn.sock], [], [], timeout)
-    return bool(r)
-
-
-def read_answer(conn, timeout=LONG):
-    """Read up to ReadyForQuery: (tags, columns, rows as text); raises PgError."""
-    conn.sock.settimeout(timeout)
-    tags, cols, rows, error = [], [], [], None
-    while True:
-        kind, payload = conn.read_message()
-        if kind == "T":
-            cols = pgwire.decode_row_description(payload)
-        elif kind == "D":
-            rows.append(pgwire.decode_data_row(payload))
-        elif kind == "C":
-            tags.append(payload[:-1].decode())
-        elif kind == "E":
-            error = error or pgwire.PgError(pgwire.parse_fields(payload))
-        elif kind == "N":
-            conn.notices.append(pgwire.parse_fields(payload))
-        elif kind == "Z":
-            if error:
-                raise error
-            return tags, cols, rows
-
-
 class Admin:
     """One console session (pgwire): run() = send + answer; send()/answer() split for
     commands that answer later (PAUSE, WAIT_CLOSE)."""
@@ -70,10 +40,10 @@ class Admin:
         self.conn.send_query(sql)
 
     def pending(self, timeout):
-        return has_data(self.conn, timeout)
+        return not self.conn.is_silent(timeout)
 
     def answer(self, timeout=LONG):
-        return read_answer(self.conn, timeout)
+        return self.conn.read_answer(timeout)
 
     def run(self, sql, timeout=LONG):
         """The command's tag (raises PgError for an ERROR)."""
@@ -90,10 +60,6 @@ class Admin:
 
     def state(self):
         return {r["key"]: r["value"] for r in self.show("STATE")}
-
-    def pool(self, db, user):
-        rows = [r for r in self.show("POOLS") if r["database"] == db and r["user"] == user]
-        return rows[0] if rows else None
 
     def database(self, name):
         return [r for r in self.show("DATABASES") if r["name"] == name][0]
@@ -142,10 +108,6 @@ def wait_pids(cluster, role, expected, dbname=None, timeout=LONG):
                                                      expected)
 
 
-def server_count(pool):
-    return sum(int(pool[k]) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
-
-
 def expect_killed(conn):
     """conn gets FATAL 57P01 and is closed."""
     err = pgwire.expect_error(conn, LONG)
@@ -179,6 +141,11 @@ class InThread:
         if self.error:
             raise self.error
         return self.result
+
+
+def wait_queued(pf, db, role, n, what):
+    """Wait until n clients of db/role wait for a server (SHOW POOLS cl_waiting)."""
+    pfhelpers.wait_pool(pf, db, lambda r: r["cl_waiting"] == n, what, user=role, timeout=LONG)
 
 
 def new_client_query(pf, role, pw, sql, dbname="appdb"):
@@ -218,22 +185,22 @@ def test_pause_waits_for_transaction_then_holds_queries_until_resume(setup, post
     assert mon.state()["paused"] == "yes"
     # B's next query gets no server.
     b.send_query("SELECT pg_backend_pid()")
-    assert not has_data(b, BLOCKED), "a query ran during PAUSE"
-    assert pfhelpers.wait_for(lambda: mon.pool("appdb", role)["cl_waiting"] == "1", LONG)
+    assert b.is_silent(BLOCKED), "a query ran during PAUSE"
+    wait_queued(pf, "appdb", role, 1, "B queued")
     # A's transaction goes on, on its own backend, until it commits.
     assert backend_pid(a) == pid_a
     a.simple_query("COMMIT")
     assert adm.answer()[0] == ["PAUSE"]
-    assert server_count(mon.pool("appdb", role)) == 0
+    assert pfhelpers.pool_servers(pfhelpers.pool_row(pf, "appdb", role)) == 0
     wait_pids(postgres, role, set())
     # Still paused: B keeps waiting, a new query of A as well.
     a.send_query("SELECT 'a after'")
-    assert not has_data(b, BLOCKED) and not has_data(a, 0)
+    assert b.is_silent(BLOCKED) and a.is_silent(0)
 
     assert adm.run("RESUME") == "RESUME"
-    new_b = int(read_answer(b)[2][0][0])
+    new_b = int(b.read_answer(LONG)[2][0][0])
     assert new_b not in (pid_a, pid_b)
-    assert read_answer(a)[2] == [("a after",)]
+    assert a.read_answer(LONG)[2] == [("a after",)]
     assert mon.state()["paused"] == "no"
     assert backend_pid(b) not in (pid_a, pid_b)
 
@@ -253,19 +220,18 @@ def test_pause_one_database_quoted_lowercase(setup, postgres):
     assert adm.database("postgres")["paused"] == "0"
     assert adm.state()["paused"] == "no"  # only one database is paused
     a.send_query("SELECT 'held'")
-    assert not has_data(a, BLOCKED), "a query on the paused database ran"
+    assert a.is_silent(BLOCKED), "a query on the paused database ran"
     # The other database is untouched: same backend, queries run.
     assert backend_pid(c) == pid_c
     assert c.simple_query("SELECT 'other db'") == [("other db",)]
     c.simple_query("COMMIT")
     # A client arriving meanwhile waits as well.
     t = InThread(lambda: new_client_query(pf, role, pw, "SELECT 'newcomer'"))
-    time.sleep(0.3)
+    wait_queued(pf, "appdb", role, 2, "A and the newcomer queued on the paused database")
     assert t.running(), "a new client of the paused database was served"
-    assert int(adm.pool("appdb", role)["cl_waiting"]) >= 1
 
     assert adm.run("Resume appdb") == "RESUME"
-    assert read_answer(a)[2] == [("held",)]
+    assert a.read_answer(LONG)[2] == [("held",)]
     assert t.join() == [("newcomer",)]
     assert adm.database("appdb")["paused"] == "0"
 
@@ -285,23 +251,31 @@ def test_suspend_stops_reading_sockets_until_resume(setup, postgres):
     pf, role, pw = setup(pool_size=2)
     a, b = client(pf, role, pw), client(pf, role, pw)
     a.simple_query("SELECT 1")
-    # B's query is on the server when SUSPEND comes: its answer must not be read from it.
-    b.send_query("SELECT pg_sleep(0.2), 'late'")
-    assert pfhelpers.wait_for(lambda: pfhelpers.backend_count(
-        postgres, "usename = %s AND state = 'active' AND query LIKE 'SELECT pg_sleep(0.2)%%'",
-        (role,)) == 1, LONG)
-    adm = Admin(pf)
-    assert adm.run("SUSPEND") == "SUSPEND"
-    a.send_query("SELECT 'during suspend'")
-    time.sleep(0.5)  # B's pg_sleep is over; its answer waits in the server socket
-    assert not has_data(a, BLOCKED), "a client socket was read during SUSPEND"
-    assert not has_data(b, 0), "a server socket was read during SUSPEND"
+    # B's query is on the server when SUSPEND comes (it waits for an advisory lock the test
+    # holds), and ends during SUSPEND: its answer must not be read from the server.
+    key = 0x5e5 << 20 | os.getpid() & 0xfffff
+    with postgres.connect(dbname="appdb", autocommit=True) as locker:  # locks are per database
+        locker.execute("SELECT pg_advisory_lock(%s)", (key,))
+        b.send_query("SELECT pg_advisory_xact_lock(%d), 'late'" % key)
+        pfhelpers.wait_backends(postgres, "usename = %s AND state = 'active' AND "
+                                "wait_event_type = 'Lock'", (role,),
+                                "B's query waiting for the lock", timeout=LONG)
+        adm = Admin(pf)
+        assert adm.run("SUSPEND") == "SUSPEND"
+        a.send_query("SELECT 'during suspend'")
+        locker.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    # B's query is over: its answer waits in the server socket.
+    pfhelpers.wait_backends(postgres, "usename = %s AND state = 'idle' AND "
+                            "starts_with(query, 'SELECT pg_advisory_xact_lock(')", (role,),
+                            "B's query finished on Postgres", timeout=LONG)
+    assert a.is_silent(BLOCKED), "a client socket was read during SUSPEND"
+    assert b.is_silent(0), "a server socket was read during SUSPEND"
     # The console stays usable.
     assert adm.state()["suspended"] == "yes"
 
     assert adm.run("RESUME") == "RESUME"
-    assert read_answer(a)[2] == [("during suspend",)]
-    assert read_answer(b)[2] == [("", "late")]
+    assert a.read_answer(LONG)[2] == [("during suspend",)]
+    assert b.read_answer(LONG)[2] == [("", "late")]
     assert adm.state() == {"active": "yes", "paused": "no", "suspended": "no"}
 
 
@@ -312,7 +286,10 @@ def test_suspend_waits_for_flush_then_drops_after_suspend_timeout(setup, postgre
     slow = client(pf, role, pw)
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.send_query("SELECT repeat('x', 1024 * 1024) FROM generate_series(1, 20)")
-    time.sleep(0.5)  # pgfunnel's writes to the non-reading client are now queued
+    # pgfunnel's writes to the non-reading client are queued: it stopped reading the server,
+    # whose backend now blocks writing the result.
+    pfhelpers.wait_backends(postgres, "usename = %s AND wait_event = 'ClientWrite'", (role,),
+                            "the backend blocked writing to pgfunnel", timeout=LONG)
     well = client(pf, role, pw)
     adm = Admin(pf)
     t0 = time.monotonic()
@@ -429,7 +406,7 @@ def test_kill_database_drops_its_clients_then_new_ones_wait(setup, postgres):
 
     # A new client of the killed database waits until RESUME.
     t = InThread(lambda: new_client_query(pf, role, pw, "SELECT 'after kill'"))
-    time.sleep(BLOCKED)
+    wait_queued(pf, "appdb", role, 1, "the new client queued on the killed database")
     assert t.running(), "a new client of a killed database was served before RESUME: %r" % (
         t.result if t.error is None else t.error)
     assert adm.run("RESUME appdb") == "RESUME"
@@ -450,7 +427,7 @@ def test_kill_without_database_drops_everything_but_the_console(setup, postgres)
     # The console session survives.
     assert adm.clients(role) == []
     t = InThread(lambda: new_client_query(pf, role, pw, "SELECT 'x'", "postgres"))
-    time.sleep(BLOCKED)
+    wait_queued(pf, "postgres", role, 1, "the new client queued after KILL")
     assert t.running(), "a new client was served after KILL before RESUME"
     assert adm.run("RESUME") == "RESUME"
     assert t.join() == [("x",)]
@@ -520,17 +497,17 @@ def hold_and_queue(pf, role, pw):
     b, c = client(pf, role, pw), client(pf, role, pw)
     for x in (b, c):
         x.send_query("BEGIN; SELECT pg_backend_pid()")
-    assert not has_data(b, 0.3) and not has_data(c, 0)
+    assert b.is_silent(0.3) and c.is_silent(0)
     return a, b, c, pid_a
 
 
-def check_three_backends(postgres, role, a, b, c, pid_a, mon):
-    pid_b = int(read_answer(b)[2][0][0])
-    pid_c = int(read_answer(c)[2][0][0])
+def check_three_backends(pf, postgres, role, a, b, c, pid_a):
+    pid_b = int(b.read_answer(LONG)[2][0][0])
+    pid_c = int(c.read_answer(LONG)[2][0][0])
     assert len({pid_a, pid_b, pid_c}) == 3
     wait_pids(postgres, role, {pid_a, pid_b, pid_c})
-    p = mon.pool("appdb", role)
-    assert (p["cl_waiting"], p["sv_active"]) == ("0", "3"), p
+    p = pfhelpers.pool_row(pf, "appdb", role)
+    assert (p["cl_waiting"], p["sv_active"]) == (0, 3), p
     for x in (a, b, c):
         x.simple_query("COMMIT")
 
@@ -539,11 +516,11 @@ def test_reload_pool_size_applies_to_running_pool(setup, postgres):
     pf, role, pw = setup(pool_size=1)
     adm = Admin(pf)
     a, b, c, pid_a = hold_and_queue(pf, role, pw)
-    assert pfhelpers.wait_for(lambda: adm.pool("appdb", role)["cl_waiting"] == "2", LONG)
+    wait_queued(pf, "appdb", role, 2, "B and C queued")
     pf.params["default_pool_size"] = 3
     pf.write_ini(pf.params)
     assert adm.run("RELOAD") == "RELOAD"
-    check_three_backends(postgres, role, a, b, c, pid_a, adm)
+    check_three_backends(pf, postgres, role, a, b, c, pid_a)
     assert adm.config("default_pool_size") == "3"
 
 
@@ -596,9 +573,9 @@ def test_set_pool_size_online(setup, postgres):
     pf, role, pw = setup(pool_size=1)
     adm = Admin(pf)
     a, b, c, pid_a = hold_and_queue(pf, role, pw)
-    assert pfhelpers.wait_for(lambda: adm.pool("appdb", role)["cl_waiting"] == "2", LONG)
+    wait_queued(pf, "appdb", role, 2, "B and C queued")
     assert adm.run("SET default_pool_size = 3") == "SET"
-    check_three_backends(postgres, role, a, b, c, pid_a, adm)
+    check_three_backends(pf, postgres, role, a, b, c, pid_a)
     assert adm.config("default_pool_size") == "3"
 
 
@@ -622,13 +599,13 @@ def test_sighup_pool_size_applies_to_running_pool(setup, postgres):
     pf, role, pw = setup(pool_size=1)
     adm = Admin(pf)
     a, b, c, pid_a = hold_and_queue(pf, role, pw)
-    assert pfhelpers.wait_for(lambda: adm.pool("appdb", role)["cl_waiting"] == "2", LONG)
+    wait_queued(pf, "appdb", role, 2, "B and C queued")
     pf.params["default_pool_size"] = 3
     pf.write_ini(pf.params)
     n = pf.log_len()
     pf.signal(signal.SIGHUP)
     pf.wait_for_log(r"got SIGHUP", after=n)
-    check_three_backends(postgres, role, a, b, c, pid_a, adm)
+    check_three_backends(pf, postgres, role, a, b, c, pid_a)
     assert adm.config("default_pool_size") == "3"
 
 
@@ -648,17 +625,17 @@ def test_sigusr1_pauses_sigusr2_resumes(setup, postgres):
     assert adm.state()["paused"] == "yes"
     wait_pids(postgres, role, {pid_a})
     b.send_query("SELECT pg_backend_pid()")
-    assert not has_data(b, BLOCKED), "a query ran after SIGUSR1"
+    assert b.is_silent(BLOCKED), "a query ran after SIGUSR1"
     assert backend_pid(a) == pid_a
     a.simple_query("COMMIT")
     wait_pids(postgres, role, set())
-    assert server_count(adm.pool("appdb", role)) == 0
-    assert not has_data(b, 0.3)
+    assert pfhelpers.pool_servers(pfhelpers.pool_row(pf, "appdb", role)) == 0
+    assert b.is_silent(0.3)
 
     n = pf.log_len()
     pf.signal(signal.SIGUSR2)
     pf.wait_for_log(r"got SIGUSR2", after=n)
-    assert int(read_answer(b)[2][0][0]) not in (pid_a, pid_b)
+    assert int(b.read_answer(LONG)[2][0][0]) not in (pid_a, pid_b)
     assert adm.state()["paused"] == "no"
 
 
@@ -685,8 +662,9 @@ def test_shutdown_wait_for_clients(setup, postgres):
     a = client(pf, role, pw)
     assert a.simple_query("SELECT 1") == [("1",)]
     adm = Admin(pf)
+    n = pf.log_len()
     assert adm.run("SHUTDOWN WAIT_FOR_CLIENTS") == "SHUTDOWN"
-    time.sleep(BLOCKED)
+    pf.wait_for_log(r"SHUTDOWN WAIT_FOR_CLIENTS requested", after=n)
     assert pf.is_running(), "exited while a client was connected"
     # No new client over TCP ...
     try:
@@ -714,10 +692,11 @@ def test_shutdown_wait_for_servers(setup, postgres):
     a.simple_query("BEGIN")
     pid_a = backend_pid(a)
     adm = Admin(pf)
+    n = pf.log_len()
     assert adm.run("shutdown wait_for_servers;") == "SHUTDOWN"
-    time.sleep(BLOCKED)
-    assert pf.is_running(), "exited while a server was in a transaction"
+    pf.wait_for_log(r"SHUTDOWN wait_for_servers requested", after=n)
     assert backend_pid(a) == pid_a
+    assert pf.is_running(), "exited while a server was in a transaction"
     a.simple_query("COMMIT")
     assert pf.wait(LONG) == 0
     wait_pids(postgres, role, set())

@@ -138,9 +138,10 @@ def console_factory():
 
 
 def pool_row(con, db, user):
-    rows = [r for r in con.rows("POOLS") if r["database"] == db and r["user"] == user]
-    assert len(rows) == 1, rows
-    return rows[0]
+    """The SHOW POOLS row of db/user read on the console session con (which must exist)."""
+    row = pfhelpers.find_pool(con.rows("POOLS"), db, user)
+    assert row is not None, "no pool %s/%s" % (db, user)
+    return row
 
 
 def stats_row(con, what, db):
@@ -283,12 +284,8 @@ def test_active_clients_and_servers_link_to_each_other(proxy, postgres, console_
             c.rollback()
             c.close()
     # clients gone: their servers go idle, released back to the pool
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        p = pool_row(con, "appdb", role)
-        if p["cl_active"] == 0:
-            break
-        time.sleep(0.05)
+    p = pfhelpers.wait_until(lambda: (lambda p: p if p["cl_active"] == 0 else None)(
+        pool_row(con, "appdb", role)), 5, "the clients gone from SHOW POOLS")
     assert (p["cl_active"], p["sv_active"], p["sv_idle"] + p["sv_used"] + p["sv_tested"]) == (0, 0, n)
     servers = [r for r in con.rows("SERVERS") if r["user"] == role]
     assert all(s["link"] == "" for s in servers)
@@ -329,11 +326,11 @@ def test_waiting_client_and_maxwait(proxy, postgres, console_factory):
         t = threading.Thread(target=lambda: result.append(
             waiter.execute("SELECT 42").fetchone()[0]))
         t.start()
-        deadline = time.time() + 5
-        while time.time() < deadline and pool_row(con, "appdb", role)["cl_waiting"] != 1:
-            time.sleep(0.05)
-        time.sleep(1.2)
-        p = pool_row(con, "appdb", role)
+        # pgfunnel measures the wait: let it reach a second
+        p = pfhelpers.wait_until(lambda: (lambda p: p if p["cl_waiting"] == 1 and
+                                          p["maxwait"] >= 1 else None)(
+            pool_row(con, "appdb", role)), 6, "a client waiting for 1 s in SHOW POOLS",
+            lambda: pool_row(con, "appdb", role))
         assert (p["cl_active"], p["cl_waiting"], p["sv_active"]) == (1, 1, 1)
         assert p["maxwait"] >= 1 and 0 <= p["maxwait_us"] < 1000000
         waiting = [r for r in con.rows("CLIENTS") if r["user"] == role and r["state"] == "waiting"]

@@ -347,15 +347,21 @@ def test_http_errors_and_limits(proxy, new_port):
     assert out == b"" and 4 < took < 8, took
 
     # At most 16 connections at once: the 17th is closed at once; after, scrapes work again.
+    fds = pfhelpers.proc_fd_count(pf.pid)
     held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(16)]
     try:
-        time.sleep(0.3)
+        # pgfunnel has accepted all 16 (a descriptor each)
+        pfhelpers.wait_until(lambda: pfhelpers.proc_fd_count(pf.pid) >= fds + 16, 10,
+                             "16 metrics connections accepted",
+                             lambda: "fds %s, before %d" % (pfhelpers.proc_fd_count(pf.pid), fds))
         out, took = raw_request(port, b"", timeout=3)
         assert out == b"" and took < 2, took
     finally:
         for s in held:
             s.close()
-    time.sleep(0.3)
+    pfhelpers.wait_until(lambda: pfhelpers.proc_fd_count(pf.pid) <= fds, 10,
+                         "the 16 metrics connections closed by pgfunnel",
+                         lambda: "fds %s, before %d" % (pfhelpers.proc_fd_count(pf.pid), fds))
     assert value(scrape(port), "pgfunnel_up") == 1
     # The pooler itself never noticed.
     assert pfhelpers.console(pf, "SHOW VERSION")[1]
@@ -371,7 +377,9 @@ def test_values_agree_with_console(proxy, new_port, postgres):
     busy1.simple_query("BEGIN")
     busy2.simple_query("BEGIN")
     waiter.send_query("SELECT 42")  # no server free: it waits
-    time.sleep(0.3)
+    pfhelpers.wait_pool(pf, "appdb", lambda r: r["cl_waiting"] == 1 and
+                        pfhelpers.pool_wait_seconds(r) >= 0.3, "the waiter queued for 0.3 s",
+                        user="alice")
 
     with pfhelpers.proxy_connect(pf, "postgres", "pgbouncer", postgres.passwords["postgres"],
                                  autocommit=True, prepare_threshold=None) as con:

@@ -21,20 +21,36 @@ def retry_once(fn):
         return fn()
 
 
+def cancel_when_running(postgres, conn, query, user="alice"):
+    """A thread that cancels conn (psycopg) once Postgres runs query (pg_stat_activity says
+    'active'); errors end up in the returned list after join()."""
+    errors = []
+
+    def run():
+        try:
+            pfhelpers.wait_query_running(postgres, query, user)
+            conn.cancel()
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.errors = errors
+    return t
+
+
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_psycopg_cancel(proxy, postgres, mode):
     pf = proxy(params={"pool_mode": mode, "default_pool_size": 2})
     pw = postgres.passwords["alice"]
     with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as conn:
-        timer = threading.Timer(0.5, conn.cancel)
+        canceller = cancel_when_running(postgres, conn, "SELECT pg_sleep(10)")
         t0 = time.monotonic()
-        timer.start()
-        try:
-            with pytest.raises(psycopg.errors.QueryCanceled) as exc:
-                conn.execute("SELECT pg_sleep(10)")
-        finally:
-            timer.cancel()
+        canceller.start()
+        with pytest.raises(psycopg.errors.QueryCanceled) as exc:
+            conn.execute("SELECT pg_sleep(10)")
         elapsed = time.monotonic() - t0
+        canceller.join(10)
+        assert not canceller.errors, canceller.errors
         assert exc.value.sqlstate == "57014"
         assert elapsed < 4, elapsed
         # the connection still works (another client's query surviving a cancel: see
@@ -48,7 +64,7 @@ def test_raw_cancel_with_right_key(proxy, postgres):
     with pgwire.connect(pf.host, pf.port, "alice", "appdb", postgres.passwords["alice"]) as conn:
         assert conn.backend_key is not None
         conn.send_query("SELECT pg_sleep(10)")
-        time.sleep(0.3)
+        pfhelpers.wait_query_running(postgres, "SELECT pg_sleep(10)", "alice")
         t0 = time.monotonic()
         pgwire.cancel_request(pf.host, pf.port, *conn.backend_key)
         conn.sock.settimeout(5)
@@ -64,7 +80,7 @@ def test_cancel_with_wrong_key_does_nothing(proxy, postgres):
     with pgwire.connect(pf.host, pf.port, "alice", "appdb", postgres.passwords["alice"]) as conn:
         pid, secret = conn.backend_key
         conn.send_query("SELECT pg_sleep(1.5), 'done'")
-        time.sleep(0.3)
+        pfhelpers.wait_query_running(postgres, "SELECT pg_sleep(1.5), 'done'", "alice")
         pgwire.cancel_request(pf.host, pf.port, pid, secret ^ 1)
         pgwire.cancel_request(pf.host, pf.port, pid ^ 1, secret)
         conn.sock.settimeout(5)
@@ -81,13 +97,13 @@ def test_cancel_does_not_hit_the_next_client(proxy, postgres):
     with pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as conn, \
             pfhelpers.proxy_connect(pf, "alice", "appdb", pw, autocommit=True) as other:
         for i in range(15):
-            timer = threading.Timer(0.15, conn.cancel)
-            timer.start()
-            try:
-                with pytest.raises(psycopg.errors.QueryCanceled):
-                    conn.execute("SELECT pg_sleep(5)")
-            finally:
-                timer.cancel()
+            sql = "SELECT pg_sleep(5), %d" % i
+            canceller = cancel_when_running(postgres, conn, sql)
+            canceller.start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute(sql)
+            canceller.join(10)
+            assert not canceller.errors, canceller.errors
             try:
                 assert other.execute("SELECT pg_sleep(0.05), %s::int" % i).fetchone()[1] == i
             except psycopg.errors.QueryCanceled:

@@ -140,7 +140,11 @@ def test_extended_protocol_parameters(proxy, postgres, prepare):
                                (i, "x%d" % i, "1.5"), prepare=prepare).fetchone()
             assert row == (i * 2, "x%d!" % i, Decimal("1.5"))
         cur = conn.cursor()
-        cur.executemany("SELECT %s::int", [(1,), (2,), (3,)])
+        cur.executemany("SELECT %s::int * 10", [(1,), (2,), (3,)], returning=True)
+        got = [cur.fetchall()]
+        while cur.nextset():
+            got.append(cur.fetchall())
+        assert got == [[(10,)], [(20,)], [(30,)]]
         with conn.transaction():
             r = conn.execute("SELECT %s::bytea", (b"\x00\x01\xff",), binary=True).fetchone()
             assert r == (b"\x00\x01\xff",)

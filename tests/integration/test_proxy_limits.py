@@ -16,17 +16,20 @@ def role(postgres):
     return pfhelpers.new_role(postgres, "plim")
 
 
-def pool_row(pf, db, user):
-    cols, rows = pfhelpers.console(pf, "SHOW POOLS")
-    for r in pfhelpers.rows_as_dicts(cols, rows):
-        if (r["database"], r["user"]) == (db, user):
-            return r
-    return None
-
-
 def waiting(pf, db, user):
-    r = pool_row(pf, db, user)
+    r = pfhelpers.pool_row(pf, db, user)
     return r["cl_waiting"] if r else 0
+
+
+def wait_queued(pf, db, user, seconds, servers):
+    """Wait until pgfunnel has kept a client of db/user waiting for `seconds` (SHOW POOLS
+    maxwait, pgfunnel's own measure: its 1-second janitor has run meanwhile), then assert the
+    pool still has exactly `servers` servers and is not opening another one."""
+    row = pfhelpers.wait_pool(pf, db, lambda r: pfhelpers.pool_wait_seconds(r) >= seconds,
+                              "a client of %s/%s waiting %.1fs" % (db, user, seconds),
+                              user=user, timeout=seconds + 5)
+    assert row["cl_waiting"] == 1, row
+    assert row["sv_login"] == 0 and pfhelpers.pool_servers(row) == servers, row
 
 
 def backends(postgres, *roles):
@@ -98,7 +101,7 @@ def test_max_db_connections(proxy, postgres):
     b = hold(pf, r2, pw2, "limdb")
     c = start_waiting(pf, r1, pw1, "limdb")
     assert pfhelpers.wait_for(lambda: waiting(pf, "limdb", r1) == 1, 3)
-    time.sleep(0.5)
+    wait_queued(pf, "limdb", r1, 1.2, servers=1)
     assert backends(postgres, r1, r2) == 2
     a.simple_query("COMMIT")
     c.sock.settimeout(5)
@@ -116,7 +119,7 @@ def test_max_user_connections(proxy, postgres, role):
     b = hold(pf, name, pw, "postgres")
     c = start_waiting(pf, name, pw, "appdb")
     assert pfhelpers.wait_for(lambda: waiting(pf, "appdb", name) == 1, 3)
-    time.sleep(0.5)
+    wait_queued(pf, "appdb", name, 1.2, servers=1)
     assert backends(postgres, name) == 2
     a.simple_query("COMMIT")
     c.sock.settimeout(5)
@@ -132,7 +135,7 @@ def test_per_user_max_user_connections(proxy, postgres, role):
     a = hold(pf, name, pw, "appdb")
     c = start_waiting(pf, name, pw, "appdb")  # pool_size 5 would allow it
     assert pfhelpers.wait_for(lambda: waiting(pf, "appdb", name) == 1, 3)
-    time.sleep(0.5)
+    wait_queued(pf, "appdb", name, 1.2, servers=1)
     assert backends(postgres, name) == 1
     a.close()  # closed inside a transaction: its server is closed too
     c.sock.settimeout(5)
@@ -157,8 +160,8 @@ def test_reserve_pool(proxy, postgres, role):
     b.simple_query("BEGIN")
     b.simple_query("SELECT 1")
     c = start_waiting(pf, name, pw)
-    time.sleep(2.0)
-    assert waiting(pf, "appdb", name) == 1
+    # three reserve_pool_timeouts and a janitor run later, c still waits: no third server
+    wait_queued(pf, "appdb", name, 1.5, servers=2)
     assert backends(postgres, name) == 2
     b.simple_query("COMMIT")
     c.sock.settimeout(5)
@@ -174,7 +177,17 @@ def test_min_pool_size(proxy, postgres, role):
     with pgwire.connect(pf.host, pf.port, name, "appdb", pw) as conn:
         conn.simple_query("SELECT 1")
     assert pfhelpers.wait_for(lambda: backends(postgres, name) == 3, 4), backends(postgres, name)
-    time.sleep(1.5)
+    # A backend that dies is replaced by the janitor, and by no more than that one.
+    with postgres.connect(autocommit=True) as pg:
+        pids = {r[0] for r in pg.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s", (name,))}
+        victim = min(pids)
+        pg.execute("SELECT pg_terminate_backend(%s)", (victim,))
+    pfhelpers.wait_backends(postgres, "usename = %s AND NOT pid = ANY(%s)", (name, list(pids)),
+                            "a backend replacing the terminated one (min_pool_size)")
+    row = pfhelpers.wait_pool(pf, "appdb", lambda r: r["sv_login"] == 0,
+                              "the replacement server logged in", user=name)
+    assert pfhelpers.pool_servers(row) == 3 and row["sv_idle"] == 3, row
     assert backends(postgres, name) == 3  # and not more
 
 

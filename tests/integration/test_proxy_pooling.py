@@ -23,6 +23,13 @@ def table(postgres, role, name, ddl="id int"):
         conn.execute("ALTER TABLE %s OWNER TO %s" % (name, role))
 
 
+def xact_commits(postgres):
+    """pg_stat_database.xact_commit of appdb, as of now."""
+    with postgres.connect(dbname="appdb", autocommit=True) as pg:
+        return pg.execute("SELECT xact_commit FROM pg_stat_database "
+                          "WHERE datname = 'appdb'").fetchone()[0]
+
+
 def test_300_clients_through_5_servers(proxy, postgres):
     role, pw = pfhelpers.new_role(postgres, "p300")
     pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 5,
@@ -35,6 +42,7 @@ def test_300_clients_through_5_servers(proxy, postgres):
     max_servers_in_pools = [0]
     stop = threading.Event()
     start = threading.Barrier(nclients + 1, timeout=60)
+    commits_before = xact_commits(postgres)
 
     def client(i):
         try:
@@ -94,10 +102,12 @@ def test_300_clients_through_5_servers(proxy, postgres):
     assert 1 <= max_backends[0] <= 5, max_backends[0]
     assert 1 <= max_servers_in_pools[0] <= 5, max_servers_in_pools[0]
     assert saw_waiting[0] > 0, "cl_waiting never > 0 in %.1fs" % elapsed
-    # Every transaction really went through Postgres.
-    with postgres.connect(dbname="appdb", autocommit=True) as pg:
-        n = pg.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = 'appdb'")
-        assert n.fetchone()[0] > 0
+    # Every transaction really went through Postgres (as a commit of its own). A backend
+    # reports its counts when it exits: stop pgfunnel, which closes its servers.
+    pf.stop()
+    pfhelpers.wait_until(lambda: xact_commits(postgres) - commits_before >= nclients * nxact,
+                         10, "%d more commits in appdb" % (nclients * nxact),
+                         lambda: "only %d" % (xact_commits(postgres) - commits_before))
 
 
 def test_backend_stable_inside_transaction(proxy, postgres):
@@ -235,7 +245,8 @@ def test_statement_mode_next_client_not_in_transaction(proxy, postgres):
 
 def wait_timeout_pool(pf, user, pw, dbname="appdb"):
     """True if a second client gets a server while a first one is connected and idle
-    (transaction/statement mode), False if it waits (session mode; query_wait_timeout)."""
+    (transaction/statement mode), False if it waits until query_wait_timeout ends it (session
+    mode: the only server stays with the first client). Any other error fails."""
     with pfhelpers.proxy_connect(pf, user, dbname, pw, autocommit=True) as a:
         a.execute("SELECT 1")
         try:
@@ -243,7 +254,15 @@ def wait_timeout_pool(pf, user, pw, dbname="appdb"):
                 b.execute("SELECT 1")
                 a.execute("SELECT 1")
                 return True
-        except psycopg.Error:
+        except psycopg.Error as e:
+            # pgfunnel's FATAL query_wait_timeout (57014, then it closes: libpq reports the
+            # message, without the SQLSTATE, as a lost connection).
+            first = str(e).splitlines()[0] if str(e) else ""
+            assert (e.sqlstate == "57014" or isinstance(e, psycopg.OperationalError)) and \
+                first.endswith("query_wait_timeout"), (
+                    "expected query_wait_timeout, got %r (sqlstate %s)" % (e, e.sqlstate))
+            # The first client keeps its server throughout.
+            assert a.execute("SELECT 'a still served'").fetchone() == ("a still served",)
             return False
 
 

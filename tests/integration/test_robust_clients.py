@@ -8,6 +8,7 @@ shutdown (SIGQUIT) that exits 0 (LeakSanitizer turns a leak into a non-zero stat
 
 import random
 import signal
+import select
 import socket
 import struct
 import time
@@ -77,20 +78,9 @@ def read_until_closed(s, timeout=5.0):
             raise AssertionError("connection still open; got %r" % data[:200])
 
 
-def parse_messages(data):
-    """[(type char, payload)] of a byte string of backend messages."""
-    out = []
-    while len(data) >= 5:
-        (n,) = struct.unpack("!I", data[1:5])
-        out.append((chr(data[0]), data[5:1 + n]))
-        data = data[1 + n:]
-    assert data == b"", "trailing partial message %r" % data
-    return out
-
-
 def fatal_of(data):
     """The single FATAL ErrorResponse in data (after any other messages) as PgError."""
-    msgs = parse_messages(data)
+    msgs = pgwire.whole_messages(data)
     errors = [pgwire.PgError(pgwire.parse_fields(p)) for k, p in msgs if k == "E"]
     assert len(errors) == 1, "expected one ErrorResponse, got %r" % msgs
     assert msgs[-1][0] == "E", "the error must be the last message: %r" % msgs
@@ -305,6 +295,16 @@ def test_half_startup_then_stall_hits_client_login_timeout(proxy, canary_role):
     finish(pf)
 
 
+def wait_socket(pf, conn, pred, what):
+    """Wait until pred holds for the SHOW SOCKETS row of conn's client (found by port)."""
+    port = conn.sock.getsockname()[1]
+
+    def mine():
+        return [r for r in pfhelpers.show(pf, "SOCKETS") if r["type"] == "C" and r["port"] == port]
+
+    pfhelpers.wait_until(lambda: [r for r in mine() if pred(r)], 5, what, mine)
+
+
 def test_half_message_after_login_waits_without_blocking_others(proxy, canary_role, role):
     pf = start(proxy, canary_role, role, {"pool_mode": "transaction", "default_pool_size": 2})
     can = canary(pf, canary_role)
@@ -312,10 +312,12 @@ def test_half_message_after_login_waits_without_blocking_others(proxy, canary_ro
     try:
         msg = pgwire.message(b"Q", b"SELECT 'finally'\0")
         conn.send(msg[:3])  # not even a whole header
-        time.sleep(0.7)
+        wait_socket(pf, conn, lambda r: r["recv_pos"] == 3, "pgfunnel holding the 3 bytes")
         can.expect_progress()
         conn.send(msg[3:9])  # header and part of the body
-        time.sleep(0.7)
+        # pgfunnel forwards the message as it comes: 9 bytes of it went to the server
+        wait_socket(pf, conn, lambda r: r["pkt_remain"] == len(msg) - 9,
+                    "pgfunnel forwarding the message, %d bytes to come" % (len(msg) - 9))
         can.expect_progress()
         # Others of the same pool are not blocked either.
         other = login(pf, role)
@@ -344,8 +346,10 @@ def test_client_that_never_reads_its_results(proxy, postgres, canary_role, role)
         assert pfhelpers.wait_for(lambda: pfhelpers.backend_count(
             postgres, "usename = %s AND state = 'active'", (role[0],)) == 1, 3)
         t0 = time.monotonic()
+        # pgfunnel stopped reading the server: the backend blocks writing; others go on
+        pfhelpers.wait_backends(postgres, "usename = %s AND wait_event = 'ClientWrite'",
+                                (role[0],), "the backend blocked writing to pgfunnel")
         for _ in range(3):
-            time.sleep(0.5)
             can.expect_progress()
         # query_timeout ends the client and frees (closes) its server.
         gone = pfhelpers.wait_for(lambda: pfhelpers.backend_count(
@@ -370,7 +374,6 @@ def test_client_that_never_reads_its_results(proxy, postgres, canary_role, role)
 def test_2000_connections_opened_at_once_and_dropped(proxy, canary_role):
     pf = start(proxy, canary_role, params={"max_client_conn": 3000, "listen_backlog": 4096})
     can = canary(pf, canary_role)
-    time.sleep(0.2)
     fds0 = pfhelpers.proc_fd_count(pf.pid)
     startup = pgwire.startup_message({"user": canary_role[0], "database": "appdb"})
     socks = []
@@ -380,7 +383,17 @@ def test_2000_connections_opened_at_once_and_dropped(proxy, canary_role):
             s.setblocking(False)
             s.connect_ex((pf.host, pf.port))
             socks.append(s)
-        time.sleep(0.3)
+        # every connect has completed (writable); poll(), as select() stops at fd 1024
+        poller = select.poll()
+        pending = {s.fileno() for s in socks}
+        for fd in pending:
+            poller.register(fd, select.POLLOUT)
+        deadline = time.monotonic() + 10
+        while pending and time.monotonic() < deadline:
+            for fd, _ in poller.poll(100):
+                pending.discard(fd)
+                poller.unregister(fd)
+        assert not pending, "%d of 2000 connects still pending" % len(pending)
         for i, s in enumerate(socks):
             try:
                 if i % 3 == 1:

@@ -14,7 +14,7 @@ import pytest
 
 import pfhelpers
 import pgwire
-from test_robust_clients import finish, parse_messages, read_until_closed
+from test_robust_clients import finish, read_until_closed
 
 DEDICATED_CONF = "max_connections = 8\nsuperuser_reserved_connections = 0\n"
 
@@ -55,7 +55,7 @@ def start(proxy, postgres, canary_role, role=None, params=None, databases=None):
 
 def fatal_errors(data):
     """The ErrorResponses in data as PgErrors (asserting each is FATAL)."""
-    errs = [pgwire.PgError(pgwire.parse_fields(p)) for k, p in parse_messages(data) if k == "E"]
+    errs = [pgwire.PgError(pgwire.parse_fields(p)) for k, p in pgwire.whole_messages(data) if k == "E"]
     for e in errs:
         assert e.severity == "FATAL", e.fields
     return errs

@@ -79,16 +79,30 @@ def test_stats_line_rates(proxy, postgres):
     conn.close()
 
 
-def test_log_stats_off(proxy):
+def test_log_stats_off(proxy, postgres):
     pf = proxy(params={"stats_period": 1, "log_stats": 0})
-    time.sleep(2.5)
+    with pgwire.connect(pf.host, pf.port, "alice", "appdb",
+                        password=postgres.passwords["alice"]) as conn:
+        conn.simple_query("SELECT 1")
+    # A stats period with that query has ended (SHOW STATS_AVERAGES took it), then another.
+    pfhelpers.wait_until(lambda: any(int(r["query_count"]) > 0 for r in pfhelpers.show(
+        pf, "STATS_AVERAGES") if r["database"] == "appdb"), 5, "a stats period with a query")
+    pfhelpers.wait_until(lambda: all(int(r["query_count"]) == 0 for r in pfhelpers.show(
+        pf, "STATS_AVERAGES") if r["database"] == "appdb"), 5, "the next, quiet, stats period")
     assert " stats: " not in pf.log_text()
 
 
-def test_default_period_is_60s(proxy):
+def test_default_period_is_60s(proxy, postgres):
     pf = proxy(params={"log_stats": 1})
+    assert {r["key"]: r["value"] for r in pfhelpers.show(pf, "CONFIG")}["stats_period"] == "60"
+    with pgwire.connect(pf.host, pf.port, "alice", "appdb",
+                        password=postgres.passwords["alice"]) as conn:
+        conn.simple_query("SELECT 1")
+    # Time passes (no event marks a period that does not end): 2.5 s, more than the 1 s of
+    # the other tests' periods; then no period has ended, in the log or the console.
     time.sleep(2.5)
     assert " stats: " not in pf.log_text()
+    assert all(int(r["query_count"]) == 0 for r in pfhelpers.show(pf, "STATS_AVERAGES"))
 
 
 def test_averages_match_console_and_log(proxy, postgres):
@@ -136,7 +150,9 @@ def test_avg_wait_is_per_assignment(proxy, postgres):
     after, _ = wait_stats_line(pf, pf.log_len(), timeout=5)
     holder.simple_query("BEGIN")
     waiter.send_query("SELECT 2")
-    time.sleep(0.5)
+    # the waiter waits 0.5 s, as pgfunnel measures it
+    pfhelpers.wait_pool(pf, "appdb", lambda r: pfhelpers.pool_wait_seconds(r) >= 0.5,
+                        "the waiter waiting 0.5 s", user="alice")
     holder.simple_query("COMMIT")
     assert waiter.read_result() == [("2",)]
     _, line = wait_stats_line(pf, after, timeout=5)

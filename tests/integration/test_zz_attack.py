@@ -75,45 +75,6 @@ def CF(text="nope"):
     return msg(b"f", cstr(text))
 
 
-def parse_all(data):
-    out = []
-    while len(data) >= 5:
-        (n,) = struct.unpack("!I", data[1:5])
-        if len(data) < 1 + n:
-            break
-        out.append((chr(data[0]), data[5:1 + n]))
-        data = data[1 + n:]
-    return out
-
-
-def read_n_ready(conn, n, timeout=5.0):
-    """Messages up to and including the n-th ReadyForQuery."""
-    conn.sock.settimeout(timeout)
-    out = []
-    while n > 0:
-        kind, payload = conn.read_message()
-        out.append((kind, payload))
-        if kind == "Z":
-            n -= 1
-    return out
-
-
-def data_values(msgs):
-    vals = []
-    for kind, payload in msgs:
-        if kind == "D":
-            (cnt,) = struct.unpack("!H", payload[:2])
-            pos = 2
-            for _ in range(cnt):
-                (ln,) = struct.unpack("!i", payload[pos:pos + 4])
-                pos += 4
-                vals.append(None if ln < 0 else payload[pos:pos + ln].decode(errors="replace"))
-                pos += max(ln, 0)
-        elif kind == "d":
-            vals.append(payload.decode(errors="replace"))
-    return vals
-
-
 def pools(pf, db):
     cols, rows = pfhelpers.console(pf, "SHOW POOLS")
     return [r for r in pfhelpers.rows_as_dicts(cols, rows) if r["database"] == db]
@@ -172,7 +133,7 @@ def test_pipelined_copydone_for_two_copies_pins_server(proxy, role, copy_table):
     a = wire(pf, role)
     a.send(Q("COPY atk_copy FROM STDIN; COPY atk_copy FROM STDIN") + CD(b"A1\n") + COPY_DONE +
            CD(b"A2\n") + COPY_DONE)
-    msgs = read_n_ready(a, 1)
+    msgs = a.read_until_ready(5.0, count=1)
     assert [k for k, _ in msgs if k in "GCEZ"] == ["G", "C", "G", "C", "Z"], msgs
     # A is idle now (ReadyForQuery 'I'), so in transaction mode the server is free.
     try:
@@ -186,22 +147,6 @@ def test_pipelined_copydone_for_two_copies_pins_server(proxy, role, copy_table):
 
 
 # ---------------------------------------------------------------- 3: hostile servers
-
-
-def recv_exact(s, n):
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
-
-def read_fe(s):
-    kind = recv_exact(s, 1)
-    (n,) = struct.unpack("!I", recv_exact(s, 4))
-    return kind, recv_exact(s, n - 4)
 
 
 def be_row(*vals):
@@ -234,7 +179,7 @@ WELCOME = b"".join(msg(b"S", cstr(k) + cstr(v)) for k, v in [
 
 class FakePg:
     """A scripted 'Postgres' on 127.0.0.1: logs anyone in (AuthenticationOk), then runs
-    script(sock, index) in a thread per connection. Queries are read with read_fe()."""
+    script(sock, index) in a thread per connection. Queries are read with pgwire.read_frontend_message()."""
 
     def __init__(self, script, auth=None):
         self.script = script
@@ -268,8 +213,8 @@ class FakePg:
             c.settimeout(30)
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             while True:
-                (n,) = struct.unpack("!I", recv_exact(c, 4))
-                body = recv_exact(c, n - 4)
+                (n,) = struct.unpack("!I", pgwire.recv_exact(c, 4))
+                body = pgwire.recv_exact(c, n - 4)
                 if struct.unpack("!I", body[:4])[0] == 80877103:
                     c.sendall(b"N")
                     continue
@@ -303,7 +248,7 @@ def answer_queries(c, extra_first=b"", delay_first=0.0):
     """Answers every Query with one row: the query text after SELECT (the client's name)."""
     first = True
     while True:
-        kind, payload = read_fe(c)
+        kind, payload = pgwire.read_frontend_message(c)
         if kind == b"X":
             return
         if kind != b"Q":
@@ -350,8 +295,8 @@ def test_hostile_bytes_after_last_ready_go_to_next_client(fake_env):
     a.send_query("SELECT 'A'")
     time.sleep(0.1)
     b.send_query("SELECT 'B'")
-    got_a = data_values(read_n_ready(a, 1))
-    got_b = data_values(read_n_ready(b, 1))
+    got_a = pgwire.data_values(a.read_until_ready(5.0, count=1))
+    got_b = pgwire.data_values(b.read_until_ready(5.0, count=1))
     a.close()
     b.close()
     assert got_a == ["A"], got_a
@@ -384,7 +329,7 @@ def hostile_script(behaviour):
     def script(c, idx):
         first = idx == 0
         while True:
-            kind, payload = read_fe(c)
+            kind, payload = pgwire.read_frontend_message(c)
             if kind == b"X":
                 return
             if kind != b"Q":
@@ -433,11 +378,11 @@ def test_hostile_server_answers(fake_env, postgres, behaviour):
     b.send_query("SELECT 'B'")
     b.sock.settimeout(5)
     try:
-        got_b = read_n_ready(b, 1)
+        got_b = b.read_until_ready(5.0, count=1)
     except (pgwire.ProtocolError, OSError) as e:
         got_b = [("closed", repr(e).encode())]
     b.sock.close()
-    vals = data_values(got_b)
+    vals = pgwire.data_values(got_b)
     assert all("A" not in v for v in vals if v), "B got %r" % got_b
     assert not any(k == "E" and b"A-stray" in p for k, p in got_b), got_b
     can.check()
@@ -504,7 +449,7 @@ def test_disconnect_at_every_message_boundary(proxy, role, copy_table, mode, par
     for name, data, _ in sequences("A")[part::4]:
         cuts = set()
         pos = 0
-        for _k, p in parse_all(data):
+        for _k, p in pgwire.split_messages(data)[0]:
             cuts.update({pos + 1, pos + 5 + len(p) // 2})
             pos += 5 + len(p)
         cuts.add(len(data))
@@ -547,8 +492,8 @@ def _worker(pf, role, t, rounds, errors, seed, mode):
                     conn.send(data[i:i + 3])
             else:
                 conn.send(data)
-            got = read_n_ready(conn, nz, timeout=10)
-            own_values_only(data_values(got), t)
+            got = conn.read_until_ready(10, count=nz)
+            own_values_only(pgwire.data_values(got), t)
         conn.close()
     except Exception as e:  # noqa: BLE001
         errors.append("%s: %r" % (t, e))
@@ -752,32 +697,6 @@ def _sender(sock, data, errors):
         errors.append(repr(e))
 
 
-def count_ready(conn, n, timeout=30.0):
-    """Reads until n ReadyForQuery arrived; returns the counts by message type."""
-    conn.sock.settimeout(timeout)
-    counts = {}
-    buf = conn.buf
-    seen = 0
-    while seen < n:
-        while len(buf) >= 5:
-            (ln,) = struct.unpack("!I", buf[1:5])
-            if len(buf) < 1 + ln:
-                break
-            k = chr(buf[0])
-            counts[k] = counts.get(k, 0) + 1
-            if k == "Z":
-                seen += 1
-            buf = buf[1 + ln:]
-        if seen >= n:
-            break
-        chunk = conn.sock.recv(1 << 20)
-        if not chunk:
-            raise AssertionError("closed after %d ReadyForQuery: %r" % (seen, counts))
-        buf += chunk
-    conn.buf = buf
-    return counts
-
-
 @pytest.mark.parametrize("what", ["sync", "parse_sync"])
 def test_request_queue_bound_100k(proxy, role, what):
     """70k Syncs (or Parse+Sync pairs) pipelined by a client that reads nothing for 1 s:
@@ -792,7 +711,7 @@ def test_request_queue_bound_100k(proxy, role, what):
     th = threading.Thread(target=_sender, args=(a.sock, unit * n, errors), daemon=True)
     th.start()
     rss1 = settled_rss_kib(pf.pid)
-    counts = count_ready(a, n, timeout=60)
+    counts = a.count_until_ready(n, 60)
     th.join(10)
     assert not errors, errors
     assert counts.get("Z") == n and counts.get("E", 0) == 0, counts
@@ -857,7 +776,9 @@ def test_console_client_never_reads(proxy, role):
     th = threading.Thread(target=_sender, args=(c.sock, data, errors), daemon=True)
     th.start()
     rss1 = settled_rss_kib(pf.pid)
-    assert pools(pf, "appdb") is not None
+    # a new console session gets a true answer
+    assert {r["key"]: r["value"] for r in pfhelpers.show_wire(pf, "STATE")} == {
+        "active": "yes", "paused": "no", "suspended": "no"}
     b_check(pf, role, timeout=3)
     c.sock.close()
     th.join(5)
@@ -947,26 +868,8 @@ def test_backend_terminated_mid_row_error_inside_row(proxy, role, postgres):
 def waiting_raw(pf, db):
     """cl_waiting of db from SHOW POOLS, over pgwire (psycopg's select() cannot take fds
     above 1024)."""
-    with pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret") as c:
-        c.send_query("SHOW POOLS")
-        msgs = read_n_ready(c, 1)
-    cols = []
-    for k, p in msgs:
-        if k == "T":
-            (cnt,) = struct.unpack("!H", p[:2])
-            pos = 2
-            for _ in range(cnt):
-                end = p.index(b"\0", pos)
-                cols.append(p[pos:end].decode())
-                pos = end + 1 + 18
-    total = 0
-    for k, p in msgs:
-        if k == "D":
-            vals = data_values([(k, p)])
-            row = dict(zip(cols, vals))
-            if row["database"] == db:
-                total += int(row["cl_waiting"])
-    return total
+    return sum(int(r["cl_waiting"]) for r in pfhelpers.show_wire(pf, "POOLS")
+               if r["database"] == db)
 
 
 def _queue_flush_terminate(pf, role, n):
@@ -1020,8 +923,8 @@ def test_ready_while_client_mid_message_then_idle(proxy, role):
     a = wire(pf, role)
     cd = CD(b"z" * 100)
     a.send(Q("SELECT 'A-1'") + cd[:20])
-    got = read_n_ready(a, 1)
-    assert data_values(got) == ["A-1"], got
+    got = a.read_until_ready(5.0, count=1)
+    assert pgwire.data_values(got) == ["A-1"], got
     a.send(cd[20:])
     try:
         b_check(pf, role, timeout=2.0)
@@ -1063,7 +966,7 @@ def test_hostile_server_never_reads_and_floods(fake_env):
     assert rss1 - rss0 < 32 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
     b = wire(pf, role, "fake")
     b.send_query("SELECT 'B'")
-    assert data_values(read_n_ready(b, 1)) == ["B"]
+    assert pgwire.data_values(b.read_until_ready(5.0, count=1)) == ["B"]
     b.close()
     can.check()
     finish(pf)
@@ -1078,59 +981,59 @@ SASL_OFFER = R(10, b"SCRAM-SHA-256\0\0")
 
 def _auth_sasl_twice(c):
     c.sendall(SASL_OFFER)
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     c.sendall(SASL_OFFER)
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     return True  # then AuthenticationOk
 
 
 def _auth_ok_without_final(c):
     c.sendall(SASL_OFFER)
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     return True
 
 
 def _auth_continue_garbage(c):
     c.sendall(SASL_OFFER)
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     c.sendall(R(11, b"r=zzz,s=!!,i=-1"))
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     return True
 
 
 def _auth_final_first(c):
     c.sendall(SASL_OFFER)
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     c.sendall(R(12, b"v=AAAA"))
     return True
 
 
 def _auth_continue_twice(c):
     c.sendall(SASL_OFFER)
-    _k, p = read_fe(c)
+    _k, p = pgwire.read_frontend_message(c)
     cnonce = p.split(b"r=", 1)[1].decode()
     sf = R(11, ("r=%sXYZ,s=QUJDRA==,i=4096" % cnonce).encode())
     c.sendall(sf)
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     c.sendall(sf)
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     return True
 
 
 def _auth_md5_then_sasl(c):
     c.sendall(R(5, b"salt"))
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     c.sendall(SASL_OFFER)
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     return True
 
 
 def _auth_huge_iterations(c):
     c.sendall(SASL_OFFER)
-    _k, p = read_fe(c)
+    _k, p = pgwire.read_frontend_message(c)
     cnonce = p.split(b"r=", 1)[1].decode()
     c.sendall(R(11, ("r=%sXYZ,s=QUJDRA==,i=2147483647" % cnonce).encode()))
-    read_fe(c)
+    pgwire.read_frontend_message(c)
     return True
 
 
@@ -1297,7 +1200,7 @@ def test_console_odd_commands(proxy, role):
             c.sock.settimeout(5)
         try:
             c.send(msg(b"Q", sql.encode("latin-1") + b"\0"))
-            read_n_ready(c, 1)
+            c.read_until_ready(5.0, count=1)
         except (pgwire.ProtocolError, OSError):
             c.sock.close()
             c = None
@@ -1310,7 +1213,9 @@ def test_console_odd_commands(proxy, role):
         s.sock.close()
     if c:
         c.close()
-    assert pools(pf, "appdb") is not None
+    # a new console session gets a true answer
+    assert {r["key"]: r["value"] for r in pfhelpers.show_wire(pf, "STATE")} == {
+        "active": "yes", "paused": "no", "suspended": "no"}
     b_check(pf, role)
     finish(pf)
 
@@ -1375,8 +1280,8 @@ def test_query_after_unsynced_extended_messages(proxy, role, variant):
     a = wire(pf, role)
     sql = "SELECT 'A-1'" if variant == "ok" else "SELECT 1/0"
     a.send(P(sql) + B() + E() + Q("SELECT 'A-2'") + SYNC)
-    got = read_n_ready(a, 2 if variant == "ok" else 1)
-    vals = data_values(got)
+    got = a.read_until_ready(5.0, count=2 if variant == "ok" else 1)
+    vals = pgwire.data_values(got)
     assert vals == (["A-1", "A-2"] if variant == "ok" else []), got
     b_check(pf, role, timeout=2)
     assert a.simple_query("SELECT 'A-3'") == [("A-3",)]

@@ -19,9 +19,9 @@ import pytest
 import pfhelpers
 import pgwire
 from test_zz_attack import (  # noqa: F401 - fixtures are used by name
-    CD, COPY_DONE, FLUSH, SYNC, Q, P, B, E, D, msg, cstr, data_values, finish, one_server,
-    pools, read_n_ready, role, servers, startup, wire, b_check, parse_all, copy_table,
-    fake_env, be_row, be_cc, be_z, read_fe)
+    CD, COPY_DONE, FLUSH, SYNC, Q, P, B, E, D, msg, cstr, finish, one_server,
+    pools, role, servers, startup, wire, b_check, copy_table,
+    fake_env, be_row, be_cc, be_z)
 
 
 def raw_login(pf, params, timeout=5.0):
@@ -30,7 +30,7 @@ def raw_login(pf, params, timeout=5.0):
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c = pgwire.Connection(s)
     c.send(pgwire.startup_message(params))
-    read_n_ready(c, 1, timeout)
+    c.read_until_ready(timeout, count=1)
     return c
 
 
@@ -75,7 +75,7 @@ def test_param_sync_then_query_released(proxy, role):
     pf = one_server(proxy, role, extra={"auth_type": "trust"})
     a = raw_login(pf, {"user": role[0], "database": "appdb", "application_name": "A-app"})
     a.send(Q("SELECT current_setting('application_name')"))
-    assert data_values(read_n_ready(a, 1)) == ["A-app"]
+    assert pgwire.data_values(a.read_until_ready(5.0, count=1)) == ["A-app"]
     b_check(pf, role, timeout=2.0)
     a.close()
     finish(pf)
@@ -134,7 +134,7 @@ def run_wait_close_kill(pf, x, a, victim):
     time.sleep(0.2)
     x.simple_query("COMMIT")
     try:
-        got = read_n_ready(a, 2, timeout=3)
+        got = a.read_until_ready(3, count=2)
         b_check(pf, role=_ROLE[0], timeout=3)
     except (socket.timeout, OSError) as e:
         t0 = cpu_seconds(pf.pid)
@@ -174,13 +174,13 @@ def test_statement_mode_transaction_kept_by_mid_message(proxy, role):
     a.sock.settimeout(3)
     got = []
     try:
-        got += read_n_ready(a, 1)
+        got += a.read_until_ready(5.0, count=1)
         a.send(cd[20:] + Q("SELECT 'A-2'") + cd[:20])
-        got += read_n_ready(a, 1)
+        got += a.read_until_ready(5.0, count=1)
     except (socket.timeout, OSError, EOFError, ConnectionError, pgwire.ProtocolError):
         pass  # closed: statement mode refused the open transaction
     statuses = [p for k, p in got if k == "Z"]
-    assert b"T" not in statuses or "A-2" not in data_values(got), (
+    assert b"T" not in statuses or "A-2" not in pgwire.data_values(got), (
         "two statements ran in one transaction in statement mode: %r" % got)
     a.close()
     finish(pf)
@@ -238,19 +238,19 @@ def test_queued_chain_leavers_and_askers(proxy, role, mode, loopcnt):
             tail = k + msg(b"X")
         socks += raw_queue(pf, role, tail, 1)
         names.append(name)
-    read_n_ready(a, 1, timeout=5)
+    a.read_until_ready(5, count=1)
     for s, name in zip(socks, names):
         if name is None:
             continue
         got = []
         data = b""
         s.settimeout(5)
-        while [k for k, _ in parse_all(data)].count("Z") < 2:
+        while [k for k, _ in pgwire.split_messages(data)[0]].count("Z") < 2:
             chunk = s.recv(65536)
             assert chunk, "%s closed: %r" % (name, data)
             data += chunk
-        got = parse_all(data)
-        vals = data_values(got)
+        got = pgwire.split_messages(data)[0]
+        vals = pgwire.data_values(got)
         assert vals == [name], (name, got)
         assert [k for k, _ in got].count("Z") == 2 and got[-1][0] == "Z", (name, got)
         s.sendall(msg(b"X"))
@@ -278,7 +278,7 @@ def test_kill_client_while_queued_and_deferred(proxy, role):
             adm.simple_query("KILL_CLIENT %d" % cid)
         adm.send(Q("SHOW POOLS"))
         a.simple_query("COMMIT")
-        read_n_ready(adm, 1)
+        adm.read_until_ready(5.0, count=1)
     assert settled(pf, cl_waiting=0, sv_active=0), pool_row(pf)
     b_check(pf, role, timeout=2)
     for s in socks:
@@ -302,8 +302,8 @@ def test_byte_split_pipeline_then_idle_releases(proxy, role, tail):
         a.send(data[i:i + 1])
         time.sleep(0.002)
     want = {"flush": 1, "copydone": 1, "sync": 2, "parse_sync": 2, "query": 2}[tail]
-    got = read_n_ready(a, want, timeout=3)
-    vals = data_values(got)
+    got = a.read_until_ready(3, count=want)
+    vals = pgwire.data_values(got)
     assert vals == {"parse_sync": ["A-1", "A-p"], "query": ["A-1", "A-q"]}.get(tail, ["A-1"]), got
     time.sleep(0.1)
     b_check(pf, role, timeout=2)
@@ -316,7 +316,7 @@ def _answer_once_then_close(c, idx):
     """Answers the first Query (its text after SELECT) and closes right after the
     ReadyForQuery, in the same segment."""
     while True:
-        kind, payload = read_fe(c)
+        kind, payload = pgwire.read_frontend_message(c)
         if kind == b"X":
             return
         if kind != b"Q":
@@ -358,7 +358,7 @@ def test_server_dies_after_ready_while_chain_deferred(fake_env, role):
         data = b""
         s.settimeout(max(0.1, deadline - time.monotonic()))
         try:
-            while [k for k, _ in parse_all(data)].count("Z") < 2:
+            while [k for k, _ in pgwire.split_messages(data)[0]].count("Z") < 2:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
@@ -367,10 +367,10 @@ def test_server_dies_after_ready_while_chain_deferred(fake_env, role):
             cl = [(r["state"], r["link"], r["id"]) for r in client_ids(pf)
                   if r["database"] == "fake"]
             pytest.fail("%s hung: %r\nPOOL %r\nSERVERS %r\nCLIENTS %r\nLOG %s" % (
-                name, parse_all(data)[-1:], pool_row(pf, "fake"), servers(pf, "fake"), cl,
+                name, pgwire.split_messages(data)[0][-1:], pool_row(pf, "fake"), servers(pf, "fake"), cl,
                 "\n".join(pf.log_text().splitlines()[-25:])))
-        vals = data_values(parse_all(data))
-        assert vals in ([name], []), (name, parse_all(data))
+        vals = pgwire.data_values(pgwire.split_messages(data)[0])
+        assert vals in ([name], []), (name, pgwire.split_messages(data)[0])
     for s in socks:
         s.close()
     a.close()
