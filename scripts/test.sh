@@ -48,6 +48,13 @@ if ! configure "$builddir" -Dwerror=true || ! ninja -C "$builddir"; then
 	exit 1
 fi
 
+step "layers: no module uses a module above it (ARCHITECTURE.md)"
+if [ -x ../shared/tools/module-cycles ]; then
+	../shared/tools/module-cycles . || failed+=(layers)
+else
+	echo "test.sh: ../shared/tools/module-cycles not found: layer check not run"
+fi
+
 step "unit suite"
 meson test -C "$builddir" --suite unit --print-errorlogs || failed+=(unit)
 

@@ -170,7 +170,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(sql && c);
 	memcpy(sql, data + 1, size - 1);
 	sql[size - 1] = '\0';
-	c->conn.worker = worker;
+	c->conn.net = &worker->net;
 	c->admin = true;
 	c->admin_can_write = data[0] & 1;
 	c->user_name = (char *)(c->admin_can_write ? "admin" : "stats");
