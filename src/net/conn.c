@@ -52,7 +52,9 @@ static void deliver_end(pf_conn_t *c)
 	if (c->end_delivered || c->closing)
 		return;
 	c->end_delivered = true;
-	if (c->read_status == 0)
+	if (c->send_error) /* our own output failed first: that is the end to report */
+		c->ops->on_event(c, PF_CONN_EV_ERROR, c->send_error);
+	else if (c->read_status == 0)
 		c->ops->on_event(c, PF_CONN_EV_EOF, 0);
 	else
 		c->ops->on_event(c, PF_CONN_EV_ERROR, c->read_status);
@@ -408,9 +410,14 @@ static walk_t apply_action(pf_conn_t *c, pf_pkt_action_t act, uint32_t total, ui
 		c->pkt_remain = total;
 		return flushed ? WALK_ON : WALK_OUT;
 	}
-	case PF_PKT_CONSUMED:
+	case PF_PKT_CONSUMED: {
+		/* The forward region ends before it: what precedes goes out now (a write that is
+		 * still pending borrows only bytes before this message). */
+		bool flushed = flush_forward(c);
+
 		c->rpos += total;
-		return c->out_blocked || c->read_paused ? WALK_OUT : WALK_ON;
+		return !flushed || c->out_blocked || c->read_paused ? WALK_OUT : WALK_ON;
+	}
 	case PF_PKT_NEED_WHOLE:
 		if (!flush_forward(c))
 			return WALK_OUT;
