@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pgfunnel/buf.h"
 #include "pgfunnel/config.h"
 #include "pgfunnel/conn.h"
 #include "pgfunnel/net.h"
@@ -67,7 +68,7 @@ typedef struct fake_tp {
 	int starts, stops;
 	uint8_t in[8192];
 	size_t in_len, in_pos;
-	int in_end;                 /* 0, or UV_EOF / a read error delivered after the bytes */
+	int in_end;                /* 0, or UV_EOF / a read error delivered after the bytes */
 	size_t chunks[MAX_CHUNKS]; /* sizes of the next reads (then as much as fits) */
 	size_t n_chunks, chunk_i;
 	uint32_t max_rcap; /* the largest receive buffer a read landed in */
@@ -77,7 +78,7 @@ typedef struct fake_tp {
 	int write_rc;    /* < 0: write fails with it */
 	pending_t pend[MAX_PENDING];
 	size_t n_pend;
-	uint8_t out[8192]; /* what reached the wire, in order */
+	uint8_t out[8192]; /* what reached the wire, in order (the first 8192 bytes) */
 	size_t out_len;
 	char wlog[512]; /* "try10 tryEAGAIN write20 done20 " */
 } fake_tp_t;
@@ -247,8 +248,9 @@ static void complete(fake_tp_t *ft, int status)
 	ft->n_pend--;
 	assert_memory_equal(p.base, p.snap, p.len);
 	if (status == 0) {
-		assert_true(ft->out_len + p.len <= sizeof(ft->out));
-		memcpy(ft->out + ft->out_len, p.base, p.len);
+		size_t n = sizeof(ft->out) - ft->out_len;
+
+		memcpy(ft->out + ft->out_len, p.base, p.len < n ? p.len : n);
 		ft->out_len += p.len;
 	}
 	free(p.snap);
@@ -439,18 +441,17 @@ static void plan_steps(const step_t *s, size_t n)
 		plan_steps(plan_, sizeof(plan_) / sizeof(plan_[0]));                               \
 	} while (0)
 
-#define FWD      ((step_t){.act = PF_PKT_FORWARD})
-#define SKIP     ((step_t){.act = PF_PKT_SKIP})
-#define CONSUMED ((step_t){.act = PF_PKT_CONSUMED})
-#define WHOLE    ((step_t){.act = PF_PKT_NEED_WHOLE})
-#define FLUSH    ((step_t){.act = PF_PKT_FLUSH})
-#define STOP     ((step_t){.act = PF_PKT_STOP})
-#define LAST     ((step_t){.act = PF_PKT_FORWARD_LAST})
-#define HEAD(n)  ((step_t){.act = PF_PKT_NEED_HEAD, .need = (n)})
-#define REPLACE(p, s)                                                                              \
-	((step_t){.act = PF_PKT_REPLACED, .prefix = (p), .skip = (s)})
-#define RAW(n)      ((step_t){.raw = (n)})
-#define RAW_DONE(n) ((step_t){.raw = (n), .raw_done = true})
+#define FWD           ((step_t){.act = PF_PKT_FORWARD})
+#define SKIP          ((step_t){.act = PF_PKT_SKIP})
+#define CONSUMED      ((step_t){.act = PF_PKT_CONSUMED})
+#define WHOLE         ((step_t){.act = PF_PKT_NEED_WHOLE})
+#define FLUSH         ((step_t){.act = PF_PKT_FLUSH})
+#define STOP          ((step_t){.act = PF_PKT_STOP})
+#define LAST          ((step_t){.act = PF_PKT_FORWARD_LAST})
+#define HEAD(n)       ((step_t){.act = PF_PKT_NEED_HEAD, .need = (n)})
+#define REPLACE(p, s) ((step_t){.act = PF_PKT_REPLACED, .prefix = (p), .skip = (s)})
+#define RAW(n)        ((step_t){.raw = (n)})
+#define RAW_DONE(n)   ((step_t){.raw = (n), .raw_done = true})
 
 static const step_t *next_step(void)
 {
@@ -1419,6 +1420,98 @@ static void test_send_queues_copy(void **state)
 	assert_int_equal(fx->peer.send_error, 0);
 }
 
+/* A builder that failed breaks the conn the same way: -ENOMEM from the loop. */
+static void test_send_buf_failed(void **state)
+{
+	pf_buf_t b;
+
+	(void)state;
+	pf_buf_init(&b);
+	pf_buf_put_bytes(&b, "x", 1);
+	b.failed = true;
+	pf_conn_send_buf(&fx->peer, &b);
+	assert_int_equal(b.len, 0);
+	assert_false(b.failed);
+	check_wlog(&fx->tp, "");
+	check_no_log();
+	pf_conn_next_iteration(&fx->net);
+	check_log("p:ERR%d@0 ", -ENOMEM);
+	pf_buf_free(&b);
+}
+
+/*
+ * Our own output queued past 256 KiB blocks c: bytes are still read but not processed until
+ * the socket has taken the queue below half of that.
+ */
+static void test_own_output_blocks_processing(void **state)
+{
+	wire_t w = {0};
+	size_t big = 300 * 1024;
+	uint8_t *data = calloc(1, big);
+
+	(void)state;
+	assert_non_null(data);
+	add_msg(&w, 'A', 10);
+	fx->tc.try_take = 0;
+	pf_conn_send(&fx->c, data, big);
+	free(data);
+	check_wlog(&fx->tc, "tryEAGAIN write307200 ");
+	assert_true(fx->c.out_blocked);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	check_no_log();
+	assert_int_equal(fx->c.rend - fx->c.rpos, 10);
+	PLAN(FWD);
+	complete(&fx->tc, 0);
+	assert_false(fx->c.out_blocked);
+	assert_int_equal(fx->c.out_queued, 0);
+	check_log("A10/10 DRAINED ");
+	check_wlog(&fx->tp, "try10 ");
+	assert_plan_done();
+}
+
+/* SUSPEND stops reading whatever else holds; RESUME starts it again. */
+static void test_suspend(void **state)
+{
+	wire_t w = {0};
+
+	(void)state;
+	add_msg(&w, 'A', 10);
+	pf_conn_suspend(&fx->c, true);
+	assert_false(fx->tc.reading);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	assert_int_equal(fx->tc.in_pos, 0);
+	PLAN(FWD);
+	pf_conn_suspend(&fx->c, false);
+	assert_true(fx->tc.reading);
+	pump(&fx->tc);
+	check_log("A10/10 DRAINED ");
+	assert_plan_done();
+}
+
+/* pf_conn_defer_resume: the walk runs again at the loop's next iteration, not in the call. */
+static void test_defer_resume(void **state)
+{
+	wire_t w = {0};
+
+	(void)state;
+	add_msg(&w, 'A', 10);
+	PLAN(STOP);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	check_log("A10/10 ");
+	pf_conn_defer_resume(&fx->c);
+	pf_conn_defer_resume(&fx->c); /* once is enough */
+	check_no_log();
+	PLAN(FWD);
+	pf_conn_next_iteration(&fx->net);
+	check_log("A10/10 DRAINED ");
+	pf_conn_next_iteration(&fx->net);
+	check_no_log();
+	assert_plan_done();
+}
+
 /* ---- raw mode ---- */
 
 /*
@@ -1682,6 +1775,10 @@ int main(void)
 	        T(test_send_write_fails),
 	        T(test_send_fails_inside_handler),
 	        T(test_send_queues_copy),
+	        T(test_send_buf_failed),
+	        T(test_own_output_blocks_processing),
+	        T(test_suspend),
+	        T(test_defer_resume),
 	        T(test_raw_mode),
 	        T(test_raw_mode_grows),
 	        T(test_eof_after_messages),
