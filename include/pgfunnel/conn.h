@@ -113,7 +113,7 @@ struct pf_conn {
 	bool raw_mode;        /* before framing: startup packet, SSL negotiation */
 	bool closing;         /* pf_conn_close() was called */
 	bool reading;         /* uv_read_start is active */
-	bool read_paused;     /* the owner asked to stop reading */
+	bool read_paused;     /* the owner holds processing back (reading goes on until full) */
 	bool suspended;       /* SUSPEND: no reading until RESUME */
 	bool throttled;       /* sbuf_loopcnt reached: reading resumes next loop iteration */
 	bool resume_pending;  /* pf_conn_defer_resume(): processing resumes next loop iteration */
@@ -122,7 +122,8 @@ struct pf_conn {
 	bool handle_open;     /* the uv handle is initialised and not yet closed */
 	bool connect_pending; /* an outgoing connect request refers to c */
 	bool lingering;       /* closing: waiting for queued bytes to leave */
-	bool out_blocked;     /* too much of our own output queued: no reading or processing */
+	bool out_blocked;     /* too much of our own output queued: no processing (reading goes
+	                       * on until the buffer is full) */
 	bool read_done;       /* the peer's EOF or a read error ended reading (read_status) */
 	bool end_delivered;   /* ... and ops->on_event() was told */
 	uint8_t *rbuf;
@@ -174,7 +175,10 @@ PF_MUSTCHECK int pf_conn_connect_host(pf_conn_t *c, const char *host, int port);
 /* Re-runs processing of buffered bytes and restarts reading as appropriate. */
 void pf_conn_resume(pf_conn_t *c);
 
-/* Stops (true) or allows (false) reading from the socket; buffered bytes stay. */
+/*
+ * Holds back (true) or allows (false) processing of c's input: buffered bytes stay; the socket is
+ * still read until the buffer is full (so an EOF or reset is noticed), then reading stops.
+ */
 void pf_conn_pause_reading(pf_conn_t *c, bool paused);
 
 /*

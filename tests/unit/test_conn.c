@@ -19,8 +19,8 @@
  * Nothing here calls pf_conn_close (it needs a loop for uv_close); teardown marks the conns
  * closing, cancels pending writes and returns the buffers by hand.
  *
- * Tests named test_bug_* show bugs in conn.c; they are skipped unless PF_CONN_KNOWN_BUGS is set
- * in the environment (each comment says what goes wrong).
+ * Tests named test_bug_* are regressions for bugs these tests found in conn.c (fixed; each
+ * comment says what went wrong).
  */
 
 #include <stdarg.h>
@@ -625,12 +625,6 @@ static int fx_teardown(void **state)
 	free(fx);
 	fx = NULL;
 	return 0;
-}
-
-static void known_bug(void)
-{
-	if (!getenv("PF_CONN_KNOWN_BUGS"))
-		skip();
 }
 
 /* ---- forwarding ---- */
@@ -1673,7 +1667,6 @@ static void test_bug_consumed_after_forward_is_forwarded(void **state)
 	size_t c;
 
 	(void)state;
-	known_bug();
 	add_msg(&w, 'A', 10);
 	add_msg(&w, 'B', 12);
 	c = add_msg(&w, 'C', 9);
@@ -1699,7 +1692,6 @@ static void test_bug_consumed_with_pause_loses_forwarded(void **state)
 	step_t s = CONSUMED;
 
 	(void)state;
-	known_bug();
 	add_msg(&w, 'A', 10);
 	add_msg(&w, 'B', 12);
 	s.pause = true;
@@ -1725,7 +1717,6 @@ static void test_bug_send_error_hidden_by_eof(void **state)
 	step_t s = CONSUMED;
 
 	(void)state;
-	known_bug();
 	add_msg(&w, 'A', 10);
 	PLAN(STOP, STOP);
 	feed(&fx->tc, w.b, w.len);
