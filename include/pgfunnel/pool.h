@@ -9,6 +9,10 @@
  *
  * Waiting clients are served in arrival order: a server that becomes free goes to the client
  * that has waited longest.
+ *
+ * The pool knows clients and servers only by the members embedded in them (pf_pool_client_t,
+ * pf_pool_server_t) and acts on them through pf_pool_ops_t, so it runs (and is unit tested)
+ * without sockets or libuv calls; the time comes from the worker's clock.
  */
 #ifndef PGFUNNEL_POOL_H
 #define PGFUNNEL_POOL_H

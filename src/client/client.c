@@ -8,8 +8,10 @@
  * exchange that fails like a wrong password, so names cannot be probed), then the pool gives it
  * the server parameters it knows (or opens a server to learn them) and the welcome goes out.
  *
- * pf_client_close() is the only way a client ends. Called from the worker (accept, janitor),
- * pool.c (linking) and server.c (server gone).
+ * pf_client_close() is the only way a client ends. Called from the worker (accept, janitor) and
+ * from session.c, which carries out the pool's decisions (linking, closing) and the server
+ * side's news (its server is gone, it may send again). client.c calls down into server.c
+ * (pf_server_attach/pf_server_release) and pool.c, never the other way.
  */
 #include "pfbuild.h"
 

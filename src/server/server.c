@@ -11,8 +11,10 @@
  * transactions not allowed", as PgBouncer); in session mode it is released when the client
  * leaves. A server whose answers cannot be accounted for is never reused.
  *
- * Called by pool.c (launch, link, tasks) and client.c (cancel); pf_server_close() is the only
- * way a server ends.
+ * The server knows its client only as a pf_server_peer_t (session parameters, timings) and a
+ * pool member; news for the client goes up through the pool's ops (resume, close). Called by
+ * session.c (launch, attach, tasks, close) and client.c (forwarding, release, cancel);
+ * pf_server_close() is the only way a server ends.
  */
 #include "pfbuild.h"
 
