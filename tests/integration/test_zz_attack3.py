@@ -102,7 +102,9 @@ def _client_loop(pf, user, stop, errors, seed, names):
                 s.close()
                 continue
             c.send(data)
-            read_n_ready(c, 1, 8)
+            hello = read_n_ready(c, 1, 8)
+            keys = [p for k, p in hello if k == "K"]
+            key = struct.unpack("!II", keys[0]) if keys else (1, 2)
             if act == 2:
                 # split at every byte, slowly
                 for i in range(len(body)):
@@ -126,14 +128,28 @@ def _client_loop(pf, user, stop, errors, seed, names):
                 s.close()
                 continue
             elif act == 6:
-                # cancel in flight
+                # cancel in flight (its own key), then maybe leave before the answer
                 c.send(Q("SELECT pg_sleep(0.2), '%s'" % tag))
+                time.sleep(rnd.random() * 0.1)
                 s2 = socket.create_connection((pf.host, pf.port), timeout=5)
-                s2.sendall(struct.pack("!IIII", 16, 80877102, 1, 2))
+                s2.sendall(struct.pack("!IIII", 16, 80877102, key[0], key[1]))
+                if rnd.random() < 0.5:
+                    s.close()
+                    s2.close()
+                    continue
                 s2.close()
                 got = read_n_ready(c, 1, 10)
                 s.close()
                 continue
+            elif act == 7:
+                # extended messages without a Sync (a lone Flush), then leave or finish
+                c.send(P("SELECT '%s'" % tag) + B() + D() + E() + FLUSH)
+                if rnd.random() < 0.5:
+                    time.sleep(rnd.random() * 0.05)
+                    s.close()
+                    continue
+                c.send(SYNC)
+                got = read_n_ready(c, 1, 10)
             else:
                 c.send(body)
                 got = read_n_ready(c, nready, 10)
@@ -282,3 +298,168 @@ def test_database_removed_by_reload_while_client_authenticates(proxy, postgres, 
     c.close()
     b_check(pf, role, timeout=8)
     finish(pf)
+
+
+# ---------------------------------------------------------------- full request queue
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["fast_reader", "slow_reader"])
+def test_request_queue_overflow_pipeline(proxy, role, slow):
+    """Holds: a client pipelines far more Syncs and Queries than the request queue holds
+    (rq_full: the client is held back and resumed by the server's drain), optionally reading
+    slowly so the server side is under backpressure at the same time. Every answer arrives,
+    in order, and the server is free afterwards."""
+    pf = proxy(params={"auth_type": "trust", "pool_mode": "transaction", "default_pool_size": 1,
+                       "max_db_connections": 1, "query_wait_timeout": 30},
+               userlist={role[0]: role[1]})
+    a = raw(pf, role[0])
+    n, per = 2000, 40  # 80000 Syncs: more than PF_REQQ_MAX (65536) owed at once
+    body = b"".join(SYNC * per + Q("SELECT 'A-%d'" % i) for i in range(n))
+    t = threading.Thread(target=a.sock.sendall, args=(body,), daemon=True)
+    t.start()
+    a.sock.settimeout(30)
+    vals = []
+    zs = 0
+    deadline = time.monotonic() + 60
+    while zs < (per + 1) * n and time.monotonic() < deadline:
+        kind, payload = a.read_message()
+        if kind == "Z":
+            zs += 1
+            if slow and zs % 5000 == 0:
+                time.sleep(0.05)
+        elif kind == "D":
+            vals += data_values([(kind, payload)])
+    t.join(10)
+    assert zs == (per + 1) * n
+    assert vals == ["A-%d" % i for i in range(n)]
+    b_check(pf, role, timeout=5)
+    a.close()
+    finish(pf)
+
+
+# ---------------------------------------------------------------- hostile answers to our own queries
+
+
+def _answer(text):
+    return be_row(text) + be_cc() + be_z()
+
+
+OWN_QUERY_HOSTILE = {
+    # what the fake server does with the pooler's own query (check "select 1" or a SET)
+    "error": lambda c: c.sendall(be_err("no check for you") + be_z()),
+    "ready_in_transaction": lambda c: c.sendall(be_cc() + be_z(b"T")),
+    "extra_row_after_ready": lambda c: c.sendall(be_cc() + be_z() + be_row("LEAK-own")),
+    "extra_ready": lambda c: c.sendall(be_cc() + be_z() + be_z()),
+    "close_mid_message": lambda c: (c.sendall((be_cc() + be_z())[:6]), c.close()),
+    "parameter_flood": lambda c: c.sendall(b"".join(
+        msg(b"S", cstr("application_name") + cstr("flood-%d" % i)) for i in range(3000)) +
+        be_cc() + be_z()),
+    "per_byte": lambda c: [c.sendall(bytes([x])) for x in be_cc() + be_z()],
+}
+
+
+def own_query_script(behaviour, own):
+    def script(c, idx):
+        while True:
+            kind, payload = read_fe(c)
+            if kind == b"X":
+                return
+            if kind != b"Q":
+                continue
+            text = payload[:-1].decode()
+            if own(text):
+                if idx == 0:
+                    OWN_QUERY_HOSTILE[behaviour](c)
+                    if behaviour == "close_mid_message":
+                        return
+                else:
+                    c.sendall(be_cc() + be_z())
+                continue
+            c.sendall(_answer(text.replace("SELECT ", "").strip("'")))
+    return script
+
+
+@pytest.mark.parametrize("behaviour", sorted(OWN_QUERY_HOSTILE))
+def test_hostile_answer_to_server_check_query(fake_env, behaviour):
+    """A fake server misbehaves in its answer to server_check_query (checked before every
+    reuse: server_check_delay=0). Client A uses the server first; B's acquire runs the check.
+    B must get exactly its own answer (a fresh server if the checked one is unusable),
+    nothing the server sent for the check, and the pool must settle.
+    Was a bug for [extra_row_after_ready] and [extra_ready], now a regression test: bytes in
+    the same read behind the check's ReadyForQuery were processed after task_done() had
+    handed the server to the waiting client (pf_pool_server_ready -> give_server ->
+    link_pair -> the client's Query pushed), so the request queue counted them as the
+    client's answer: the client got the stray row, or a stray ReadyForQuery that ended its
+    query early (its real answer then freed... and reached whoever came next). Fixed in
+    server.c task_packet: such a server is closed."""
+    start, role = fake_env
+    pf, fake = start(own_query_script(behaviour, lambda t: t == "select 1"),
+                     server_check_query="select 1", server_check_delay=0,
+                     max_db_connections=1, server_login_retry=0)
+    a = wire(pf, role, "fake")
+    assert a.simple_query("SELECT 'A'") == [("A",)]
+    a.close()
+    for tag in ("B", "C"):
+        with wire(pf, role, "fake") as b:
+            b.sock.settimeout(8)
+            got = read_after(b, "SELECT '%s'" % tag)
+            assert data_values(got) == [tag], (behaviour, got)
+    wait_settled(pf, "fake", cl_waiting=0, sv_active=0)
+    assert not fake.errors, fake.errors
+    finish(pf)
+
+
+def read_after(conn, sql):
+    conn.send(Q(sql))
+    return read_n_ready(conn, 1, 8)
+
+
+@pytest.mark.parametrize("behaviour", sorted(OWN_QUERY_HOSTILE))
+def test_hostile_answer_to_parameter_sync(fake_env, behaviour):
+    """A fake server misbehaves in its answer to the parameter sync (the SET a client with its
+    own application_name gets on a server that has another value). The client is either
+    served its own answer or refused with an error; never something meant for the sync, and
+    the pool settles; a later client is served.
+    Was a bug for [extra_row_after_ready] and [extra_ready] (the same cause as the check
+    query: task_done() resumed the client inside the server's walk, and the bytes behind the
+    sync's ReadyForQuery were routed as the answer to the client's Query; with an extra
+    ReadyForQuery the server was released while the client's real answer was still coming,
+    to the next client), now a regression test."""
+    start, role = fake_env
+    pf, fake = start(own_query_script(behaviour, lambda t: t.upper().startswith("SET ")),
+                     max_db_connections=1, server_login_retry=0)
+    a = raw_md5(pf, role, "fake", {"application_name": "A-app"})
+    a.send(Q("SELECT 'A'"))
+    try:
+        got = read_n_ready(a, 1, 8)
+        vals = data_values(got)
+        assert vals == ["A"], (behaviour, got)
+    except (EOFError, OSError, pgwire.ProtocolError, pgwire.PgError):
+        pass
+    a.close()
+    wait_settled(pf, "fake", cl_waiting=0, sv_active=0)
+    with wire(pf, role, "fake") as b:
+        b.sock.settimeout(8)
+        assert data_values(read_after(b, "SELECT 'B'")) == ["B"]
+    assert not fake.errors, fake.errors
+    finish(pf)
+
+
+def raw_md5(pf, role, db, params):
+    p = {"user": role[0], "database": db}
+    p.update(params)
+    s = socket.create_connection((pf.host, pf.port), timeout=10)
+    c = pgwire.Connection(s)
+    c.send(pgwire.startup_message(p))
+    while True:
+        kind, payload = c.read_message(timeout=8)
+        if kind == "R":
+            code = struct.unpack("!I", payload[:4])[0]
+            if code == 5:
+                c.send(msg(b"p", cstr(md5_password(role[0], role[1], payload[4:8]))))
+            elif code == 10:
+                raise AssertionError("SCRAM not handled here")
+        elif kind == "Z":
+            return c
+        elif kind == "E":
+            raise pgwire.PgError(pgwire.parse_fields(payload))
