@@ -3,7 +3,11 @@ conn steps and deferred send errors, reqq routing, reference-counted config unde
 per-user timeouts).
 
 Each test says whether it found a bug ("Was a bug") or is a regression for an attack that
-held up.
+held up. Bugs found (all fixed):
+  test_autodb_dropped_while_client_authenticates            client.c/pool.c: c->db freed (UAF)
+  test_database_removed_by_reload_while_client_authenticates  (same, RELOAD removing the entry)
+  test_hostile_answer_to_server_check_query[extra_*]        server.c task_packet: bytes behind
+  test_hostile_answer_to_parameter_sync[extra_*]            our own ReadyForQuery misrouted
 """
 
 import os
