@@ -182,6 +182,10 @@ typedef struct pf_database {
 	pf_usec_t inactive_since;
 	int server_count;
 	int client_count;
+	/* Clients that name it since their startup, logged in or not: it is not freed while one
+	 * still points at it (a client answering its password has c->db but is not counted in
+	 * client_count until it logs in). */
+	int client_refs;
 	unsigned host_rr; /* position in a host list: the next host (round-robin) or the current */
 	bool lb_disable;  /* load_balance_hosts=disable: stay on one host until it fails */
 	/*

@@ -191,6 +191,8 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 	pf_cancel_table_remove(&w->cancel_keys, &c->ck);
 	if (c->pc.pool)
 		c->db->client_count--;
+	if (c->db)
+		c->db->client_refs--;
 	pf_pool_client_gone(w, &c->pc);
 	if (c->user)
 		c->user->client_count--;
@@ -743,6 +745,7 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		pf_client_close(c, PF_CLOSE_CLIENT_NO_DB, "3D000", msg);
 		return -1;
 	}
+	c->db->client_refs++; /* pf_client_close() drops it */
 	if (c->db->disabled) {
 		pf_client_close(c, PF_CLOSE_CLIENT_DB_DISABLED, NULL, NULL);
 		return -1;

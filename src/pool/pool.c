@@ -466,7 +466,8 @@ void pf_database_maintain(pf_worker_t *w, pf_usec_t now)
 	{
 		pf_database_t *db = PF_CONTAINER_OF(it, pf_database_t, node);
 
-		if (db->admin || db->server_count > 0 || db->client_count > 0) {
+		if (db->admin || db->server_count > 0 || db->client_count > 0 ||
+		    db->client_refs > 0) {
 			db->inactive_since = 0;
 			continue;
 		}
@@ -488,6 +489,9 @@ void pf_database_maintain(pf_worker_t *w, pf_usec_t now)
 			}
 			if (db->autodb)
 				pf_log_info(NULL, "dropping idle auto-database: %s", db->name);
+			else
+				pf_log_info(NULL, "dropping database removed from the config: %s",
+				            db->name);
 			pf_list_remove(&w->databases, &db->node);
 			database_free(db);
 		}

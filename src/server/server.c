@@ -689,8 +689,19 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 	}
 	if (hdr->type != PF_PROTO_BE_READY_FOR_QUERY)
 		return hdr->type == PF_PROTO_BE_ERROR_RESPONSE ? PF_PKT_CONSUMED : PF_PKT_SKIP;
-	if (pf_reqq_len(&s->rq) == 0)
+	if (pf_reqq_len(&s->rq) == 0) {
+		/* Bytes behind the ReadyForQuery that ends our own query answer nothing: handed out
+		 * now (a check or reset) or resumed (a parameter sync), the server would pass them
+		 * off as the answer to the next client's request, and that answer to the one
+		 * after. */
+		if (s->conn.rend - s->conn.rpos > hdr->total) {
+			pf_log_warning(s, "server sent more after the ReadyForQuery of a pooler query, "
+			                  "closing it");
+			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+			return PF_PKT_STOP;
+		}
 		task_done(s, st);
+	}
 	return PF_PKT_CONSUMED;
 }
 
