@@ -15,6 +15,7 @@
  */
 #include "pfbuild.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -527,108 +528,174 @@ static bool plain_password_ok(pf_client_t *c, const char *password)
 	return ok;
 }
 
-/* A PasswordMessage / SASL message during authentication. */
-static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
-                                   size_t avail)
+/*
+ * Whether the message in hand is a whole PasswordMessage, the one type that carries every
+ * method's answer ('p' stands for PasswordMessage, SASLInitialResponse and SASLResponse alike:
+ * the step says which). When it is not, *action says what now: the client was closed
+ * (Terminate, or any other type) or the rest of the message must arrive first.
+ */
+static bool auth_message_is_whole(pf_client_t *c, const pf_proto_hdr_t *hdr, size_t avail,
+                                  pf_pkt_action_t *action)
 {
-	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
-	size_t plen = hdr->payload_len;
+	if (hdr->type != PF_PROTO_FE_PASSWORD_MESSAGE) {
+		if (hdr->type == PF_PROTO_FE_TERMINATE) {
+			pf_client_close(c, PF_CLOSE_CLIENT_EXIT, NULL, NULL);
+			*action = PF_PKT_STOP;
+			return false;
+		}
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+		                "expected a password message during authentication");
+		*action = PF_PKT_STOP;
+		return false;
+	}
+	if (avail < hdr->total) {
+		*action = PF_PKT_NEED_WHOLE;
+		return false;
+	}
+	return true;
+}
+
+/* Checks an md5 response against the user's md5 secret (or one made from its password). */
+static bool md5_response_ok(const pf_client_t *c, const char *response)
+{
+	char secret[36];
+	bool ok;
+
+	ok = md5_secret_for(c, secret) && pf_md5_verify(secret, c->md5_salt, response);
+	OPENSSL_cleanse(secret, sizeof(secret));
+	return ok;
+}
+
+/*
+ * AUTH_PLAIN / AUTH_MD5: the PasswordMessage holds a cleartext password or an md5 response.
+ * payload is the message's payload in the receive buffer (borrowed); the password in it is
+ * wiped there, so nothing is left for a later message to expose.
+ */
+static pf_pkt_action_t auth_password(pf_client_t *c, const uint8_t *payload, size_t plen)
+{
+	char *pw = (char *)payload; /* not const: wiped after use */
+	const char *checked;
+	bool ok;
+
+	assert(c->auth_step == AUTH_PLAIN || c->auth_step == AUTH_MD5);
+	if (pf_proto_parse_password(payload, plen, &checked) < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "invalid password message");
+		return PF_PKT_STOP;
+	}
+	/* The parser accepted one NUL-terminated string filling the payload: pw is that. */
+	assert(checked == pw && plen > 0 && pw[plen - 1] == '\0');
+	if (c->auth_step == AUTH_PLAIN)
+		ok = plain_password_ok(c, pw);
+	else
+		ok = md5_response_ok(c, pw);
+	/* The password bytes stay in our receive buffer only until it is reused. */
+	OPENSSL_cleanse(pw, plen);
+	if (!ok) {
+		auth_failed(c);
+		return PF_PKT_STOP;
+	}
+	login_ok(c);
+	return PF_PKT_CONSUMED;
+}
+
+/* AUTH_SCRAM_FIRST: the SASLInitialResponse (mechanism and client-first-message). */
+static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t *payload,
+                                                  size_t plen)
+{
+	const char *mech;
+	const uint8_t *data;
+	size_t dlen;
 	char out[PF_SCRAM_MAX_MSG_LEN];
 	size_t outlen;
 	pf_buf_t b;
 	int rc;
 
-	if (hdr->type != PF_PROTO_FE_PASSWORD_MESSAGE) {
-		if (hdr->type == PF_PROTO_FE_TERMINATE) {
-			pf_client_close(c, PF_CLOSE_CLIENT_EXIT, NULL, NULL);
-			return PF_PKT_STOP;
-		}
+	assert(c->auth_step == AUTH_SCRAM_FIRST && c->scram);
+	if (pf_proto_parse_sasl_initial_response(payload, plen, &mech, &data, &dlen) < 0 || !data) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-		                "expected a password message during authentication");
+		                "malformed SASLInitialResponse");
 		return PF_PKT_STOP;
 	}
-	if (avail < hdr->total)
-		return PF_PKT_NEED_WHOLE;
+	if (strcmp(mech, PF_SCRAM_MECHANISM) != 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+		                "client selected an invalid SASL authentication mechanism");
+		return PF_PKT_STOP;
+	}
+	rc = pf_scram_server_first(c->scram, data, dlen, out, sizeof(out), &outlen);
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+		                rc == -ENOTSUP ? "channel binding is not supported without TLS"
+		                               : "malformed SCRAM message");
+		return PF_PKT_STOP;
+	}
+	assert(outlen <= sizeof(out));
+	pf_buf_init(&b);
+	pf_proto_be_auth_sasl_continue(&b, out, outlen);
+	pf_conn_send_buf(&c->conn, &b);
+	pf_buf_free(&b);
+	c->auth_step = AUTH_SCRAM_FINAL;
+	return PF_PKT_CONSUMED;
+}
+
+/*
+ * After a good SCRAM proof: keeps the ClientKey it revealed, so that pgfunnel can log in to
+ * Postgres as this user with SCRAM although auth_file holds only the verifier.
+ */
+static void learn_client_key(pf_client_t *c)
+{
+	if (c->user && c->user->secret.kind == PF_AUTH_SECRET_SCRAM &&
+	    pf_scram_server_client_key(c->scram, c->user->secret.scram_client_key) == 0)
+		c->user->secret.has_client_key = true; /* for logging in to Postgres */
+}
+
+/* AUTH_SCRAM_FINAL: the SASLResponse (client-final-message with the proof). */
+static pf_pkt_action_t auth_sasl_response(pf_client_t *c, const uint8_t *payload, size_t plen)
+{
+	char out[PF_SCRAM_MAX_MSG_LEN];
+	size_t outlen;
+	pf_buf_t b;
+	int rc;
+
+	assert(c->auth_step == AUTH_SCRAM_FINAL && c->scram);
+	rc = pf_scram_server_final(c->scram, payload, plen, out, sizeof(out), &outlen);
+	if (rc == -EACCES) {
+		auth_failed(c);
+		return PF_PKT_STOP;
+	}
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "malformed SCRAM message");
+		return PF_PKT_STOP;
+	}
+	assert(outlen <= sizeof(out));
+	learn_client_key(c);
+	pf_buf_init(&b);
+	pf_proto_be_auth_sasl_final(&b, out, outlen);
+	pf_conn_send_buf(&c->conn, &b);
+	pf_buf_free(&b);
+	login_ok(c);
+	return PF_PKT_CONSUMED;
+}
+
+/* A PasswordMessage / SASL message during authentication: handed to the step that awaits it. */
+static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+                                   size_t avail)
+{
+	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
+	size_t plen = hdr->payload_len;
+	pf_pkt_action_t action;
+
+	assert(c->pc.state == PF_CL_LOGIN && c->auth_step != AUTH_DONE);
+	if (!auth_message_is_whole(c, hdr, avail, &action))
+		return action;
+	assert(plen + PF_PROTO_HDR_LEN == hdr->total && hdr->total <= avail);
 	switch (c->auth_step) {
 	case AUTH_PLAIN:
-	case AUTH_MD5: {
-		char *pw = (char *)payload; /* not const: wiped after use */
-		const char *checked;
-		bool ok;
-
-		if (pf_proto_parse_password(payload, plen, &checked) < 0) {
-			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-			                "invalid password message");
-			return PF_PKT_STOP;
-		}
-		if (c->auth_step == AUTH_PLAIN) {
-			ok = plain_password_ok(c, pw);
-		} else {
-			char secret[36];
-
-			ok = md5_secret_for(c, secret) && pf_md5_verify(secret, c->md5_salt, pw);
-			OPENSSL_cleanse(secret, sizeof(secret));
-		}
-		/* The password bytes stay in our receive buffer only until it is reused. */
-		OPENSSL_cleanse(pw, plen);
-		if (!ok) {
-			auth_failed(c);
-			return PF_PKT_STOP;
-		}
-		login_ok(c);
-		return PF_PKT_CONSUMED;
-	}
-	case AUTH_SCRAM_FIRST: {
-		const char *mech;
-		const uint8_t *data;
-		size_t dlen;
-
-		if (pf_proto_parse_sasl_initial_response(payload, plen, &mech, &data, &dlen) < 0 ||
-		    !data) {
-			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-			                "malformed SASLInitialResponse");
-			return PF_PKT_STOP;
-		}
-		if (strcmp(mech, PF_SCRAM_MECHANISM) != 0) {
-			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-			                "client selected an invalid SASL authentication mechanism");
-			return PF_PKT_STOP;
-		}
-		rc = pf_scram_server_first(c->scram, data, dlen, out, sizeof(out), &outlen);
-		if (rc < 0) {
-			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-			                rc == -ENOTSUP
-			                        ? "channel binding is not supported without TLS"
-			                        : "malformed SCRAM message");
-			return PF_PKT_STOP;
-		}
-		pf_buf_init(&b);
-		pf_proto_be_auth_sasl_continue(&b, out, outlen);
-		pf_conn_send_buf(&c->conn, &b);
-		pf_buf_free(&b);
-		c->auth_step = AUTH_SCRAM_FINAL;
-		return PF_PKT_CONSUMED;
-	}
+	case AUTH_MD5:
+		return auth_password(c, payload, plen);
+	case AUTH_SCRAM_FIRST:
+		return auth_sasl_initial_response(c, payload, plen);
 	case AUTH_SCRAM_FINAL:
-		rc = pf_scram_server_final(c->scram, payload, plen, out, sizeof(out), &outlen);
-		if (rc == -EACCES) {
-			auth_failed(c);
-			return PF_PKT_STOP;
-		}
-		if (rc < 0) {
-			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-			                "malformed SCRAM message");
-			return PF_PKT_STOP;
-		}
-		if (c->user && c->user->secret.kind == PF_AUTH_SECRET_SCRAM &&
-		    pf_scram_server_client_key(c->scram, c->user->secret.scram_client_key) == 0)
-			c->user->secret.has_client_key = true; /* for logging in to Postgres */
-		pf_buf_init(&b);
-		pf_proto_be_auth_sasl_final(&b, out, outlen);
-		pf_conn_send_buf(&c->conn, &b);
-		pf_buf_free(&b);
-		login_ok(c);
-		return PF_PKT_CONSUMED;
+		return auth_sasl_response(c, payload, plen);
 	default:
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 		                "unexpected password message");

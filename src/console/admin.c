@@ -5,6 +5,7 @@
  */
 #include "pfbuild.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -360,7 +361,8 @@ static void cmd_kill(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
 /* Answers a command the console cannot parse, in PgBouncer's words. */
 static void invalid_command(pf_buf_t *out, const char *sql);
 
-static void cmd_kill_client(pf_client_t *c, const char *arg, const char *sql, pf_buf_t *out)
+/* KILL_CLIENT id: false when id is not a number (the caller answers "invalid command"). */
+static bool cmd_kill_client(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp, *cit, *ctmp;
@@ -371,19 +373,18 @@ static void cmd_kill_client(pf_client_t *c, const char *arg, const char *sql, pf
 	if (!*arg) {
 		command_error(out, "42601",
 		              "KILL_CLIENT needs a client id (SHOW CLIENTS, column id)", NULL);
-		return;
+		return true;
 	}
 	rc = pf_admin_parse_id(arg, &id);
 	if (rc == -EINVAL) {
 		/* "-1", "+1", "1x": PgBouncer's grammar has no such word either. */
-		invalid_command(out, sql);
-		return;
+		return false;
 	}
 	if (rc < 0) {
 		/* Too large to be an id: no client has it (PgBouncer: "client not found"). */
 		snprintf(msg, sizeof(msg), "no client with id %.40s", arg);
 		command_error(out, "42704", msg, NULL);
-		return;
+		return true;
 	}
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
@@ -403,12 +404,13 @@ static void cmd_kill_client(pf_client_t *c, const char *arg, const char *sql, pf
 					                NULL);
 				else
 					c->admin_kill_self = true;
-				return;
+				return true;
 			}
 		}
 	}
 	snprintf(msg, sizeof(msg), "no client with id %" PRIu64, id);
 	command_error(out, "42704", msg, NULL);
+	return true;
 }
 
 /* SET key = value: a changed copy of the config replaces the running one. */
@@ -543,120 +545,220 @@ static const char *const usage_hint =
         "RECONNECT [db]; KILL [db]; KILL_CLIENT id; SUSPEND; SHUTDOWN [WAIT_FOR_SERVERS|"
         "WAIT_FOR_CLIENTS]; WAIT_CLOSE [db]";
 
-void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
+static void cmd_reconnect(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
+{
+	pf_pool_tag_reconnect(pf_conn_worker(&c->conn), db);
+	command_ok(out, "RECONNECT");
+}
+
+static void cmd_wait_close(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
+{
+	wait_for(c, PF_ADMIN_WAIT_CLOSE, db, out);
+}
+
+/* DISABLE db / ENABLE db: whether db refuses new clients. Both need a database. */
+static void set_disabled(pf_database_t *db, bool disabled, pf_buf_t *out)
+{
+	if (!db) {
+		command_error(out, "42601", "DISABLE and ENABLE need a database name", NULL);
+		return;
+	}
+	db->disabled = disabled;
+	command_ok(out, disabled ? "DISABLE" : "ENABLE");
+}
+
+static void cmd_disable(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
+{
+	(void)c;
+	set_disabled(db, true, out);
+}
+
+static void cmd_enable(pf_client_t *c, pf_database_t *db, pf_buf_t *out)
+{
+	(void)c;
+	set_disabled(db, false, out);
+}
+
+/* SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]: pf_admin_packet starts it after the answer. */
+static bool cmd_shutdown(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	pf_worker_t *w = pf_conn_worker(&c->conn);
-	char verb[32], arg[256];
-	const char *rest = sql;
-	pf_database_t *db = NULL;
+	pf_shutdown_mode_t mode = PF_SHUTDOWN_IMMEDIATE;
 
+	if (pf_strcaseeq(arg, "WAIT_FOR_SERVERS"))
+		mode = PF_SHUTDOWN_WAIT_FOR_SERVERS;
+	else if (pf_strcaseeq(arg, "WAIT_FOR_CLIENTS"))
+		mode = PF_SHUTDOWN_WAIT_FOR_CLIENTS;
+	else if (arg[0])
+		return false;
+	pf_log_info(c, "SHUTDOWN%s%s requested", arg[0] ? " " : "", arg);
+	command_ok(out, "SHUTDOWN");
+	if (w->hooks && w->hooks->shutdown)
+		c->admin_shutdown = mode;
+	return true;
+}
+
+/* RELOAD: the hook reloads the config (w->cfg may be another snapshot afterwards). */
+static bool cmd_reload(pf_client_t *c, const char *arg, pf_buf_t *out)
+{
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+
+	if (arg[0])
+		return false;
+	if (!w->hooks || !w->hooks->reload || w->hooks->reload(w->hooks_arg) < 0)
+		command_error(out, "F0000", "RELOAD failed, see logs for details", NULL);
+	else
+		command_ok(out, "RELOAD");
+	return true;
+}
+
+static bool cmd_suspend(pf_client_t *c, const char *arg, pf_buf_t *out)
+{
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+
+	if (arg[0])
+		return false;
+	w->ops->set_suspended(w, true);
+	w->suspend_start = pf_worker_now(w);
+	/* Answers once every socket buffer is flushed (or suspend_timeout drops the rest). */
+	wait_for(c, PF_ADMIN_WAIT_SUSPEND, NULL, out);
+	return true;
+}
+
+/*
+ * The control commands (everything but SHOW and SET): each takes at most one word. A command
+ * has exactly one handler: `run` gets the word as typed and returns false when it is not in
+ * the command's grammar; `run_scoped` gets the database the word names (NULL: no word, every
+ * database but the console), after target_db answered for a name that is none.
+ */
+typedef struct control_cmd {
+	const char *name;
+	bool (*run)(pf_client_t *c, const char *arg, pf_buf_t *out);
+	void (*run_scoped)(pf_client_t *c, pf_database_t *db, pf_buf_t *out);
+} control_cmd_t;
+
+static const control_cmd_t control_cmds[] = {
+        {.name = "PAUSE", .run_scoped = cmd_pause},
+        {.name = "RESUME", .run_scoped = cmd_resume},
+        {.name = "SUSPEND", .run = cmd_suspend},
+        {.name = "DISABLE", .run_scoped = cmd_disable},
+        {.name = "ENABLE", .run_scoped = cmd_enable},
+        {.name = "RECONNECT", .run_scoped = cmd_reconnect},
+        {.name = "KILL", .run_scoped = cmd_kill},
+        {.name = "RELOAD", .run = cmd_reload},
+        {.name = "SHUTDOWN", .run = cmd_shutdown},
+        {.name = "WAIT_CLOSE", .run_scoped = cmd_wait_close},
+        {.name = "KILL_CLIENT", .run = cmd_kill_client},
+};
+
+/* The control command called verb (upper case), or NULL. */
+static const control_cmd_t *find_control(const char *verb)
+{
+	for (size_t i = 0; i < PF_ARRAY_SIZE(control_cmds); i++) {
+		const control_cmd_t *cmd = &control_cmds[i];
+
+		assert(!cmd->run != !cmd->run_scoped);
+		if (strcmp(verb, cmd->name) == 0)
+			return cmd;
+	}
+	return NULL;
+}
+
+/*
+ * Reads a command's last word into buf (size n, upper-cased when `upper`). False when it is
+ * broken (cut short, a bad quoted identifier: it would name something else) or anything but
+ * blanks follows it.
+ */
+static bool read_last_word(const char **rest, char *buf, size_t n, bool upper)
+{
+	return pf_admin_next_word(rest, buf, n, upper) >= 0 && only_blanks(*rest);
+}
+
+/* Whether c may run a command that changes something; when not, says so in out. */
+static bool may_write(const pf_client_t *c, pf_buf_t *out)
+{
+	if (!c->admin_can_write)
+		command_error(out, "42501", "admin access needed", NULL);
+	return c->admin_can_write;
+}
+
+/* SHOW what (or SELECT what). False when what is no SHOW the console knows. */
+static bool run_show(pf_client_t *c, const char *rest, pf_buf_t *out)
+{
+	const pf_admin_show_t *cmd;
+	char what[256];
+
+	if (!read_last_word(&rest, what, sizeof(what), true))
+		return false;
+	if (fake_show(what, out))
+		return true;
+	cmd = pf_admin_find_show(what);
+	if (!cmd)
+		return false;
+	if (cmd->admin_only && !may_write(c, out))
+		return true;
+	cmd->handler(c, rest, out);
+	/* The handlers write the rows and CommandComplete; the ReadyForQuery is ours. */
+	pf_proto_be_ready_for_query(out, PF_PROTO_TX_IDLE);
+	return true;
+}
+
+/* SET key = value (cmd_set parses the rest). */
+static bool run_set(pf_client_t *c, const char *rest, pf_buf_t *out)
+{
+	if (may_write(c, out))
+		cmd_set(c, rest, out);
+	return true;
+}
+
+/* A control command. False when verb is none, or its argument is not in its grammar. */
+static bool run_control(pf_client_t *c, const char *verb, const char *rest, pf_buf_t *out)
+{
+	const control_cmd_t *cmd;
+	pf_database_t *db = NULL;
+	char arg[256];
+
+	if (!read_last_word(&rest, arg, sizeof(arg), false))
+		return false;
+	cmd = find_control(verb);
+	if (!cmd)
+		return false;
+	if (!may_write(c, out))
+		return true;
+	if (cmd->run)
+		return cmd->run(c, arg, out);
+	if (arg[0] && !(db = target_db(pf_conn_worker(&c->conn), arg, out)))
+		return true;
+	cmd->run_scoped(c, db, out);
+	return true;
+}
+
+void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
+{
+	char verb[32];
+	const char *rest = sql;
+	size_t start = out->len;
+	bool understood;
+
+	/* pf_admin_packet runs one command at a time: none is waiting for its answer. */
+	assert(c->admin && c->admin_wait == PF_ADMIN_WAIT_NONE);
 	/* A word cut short or a broken quoted identifier would name something else: refuse. */
 	if (pf_admin_next_word(&rest, verb, sizeof(verb), true) < 0)
-		goto invalid;
-	if (strcmp(verb, "SHOW") == 0 || strcmp(verb, "SELECT") == 0) {
-		const pf_admin_show_t *cmd;
-
-		if (pf_admin_next_word(&rest, arg, sizeof(arg), true) < 0 || !only_blanks(rest))
-			goto invalid;
-		if (fake_show(arg, out))
-			return;
-		cmd = pf_admin_find_show(arg);
-		if (cmd && cmd->admin_only && !c->admin_can_write) {
-			command_error(out, "42501", "admin access needed", NULL);
-			return;
-		}
-		if (cmd) {
-			cmd->handler(c, rest, out);
-			pf_proto_be_ready_for_query(out, PF_PROTO_TX_IDLE);
-			return;
-		}
-		goto invalid;
-	}
-	if (strcmp(verb, "SET") == 0) {
-		if (!c->admin_can_write)
-			command_error(out, "42501", "admin access needed", NULL);
-		else
-			cmd_set(c, rest, out);
-		return;
-	}
-	if (pf_admin_next_word(&rest, arg, sizeof(arg), false) < 0 || !only_blanks(rest))
-		goto invalid;
-	{
-		static const char *const control[] = {
-		        "PAUSE", "RESUME", "SUSPEND",  "DISABLE",    "ENABLE",      "RECONNECT",
-		        "KILL",  "RELOAD", "SHUTDOWN", "WAIT_CLOSE", "KILL_CLIENT",
-		};
-		bool known = false;
-
-		for (size_t i = 0; i < PF_ARRAY_SIZE(control); i++)
-			known |= strcmp(verb, control[i]) == 0;
-		if (!known)
-			goto invalid;
-	}
-	if (!c->admin_can_write) {
-		command_error(out, "42501", "admin access needed", NULL);
-		return;
-	}
-	if (strcmp(verb, "KILL_CLIENT") == 0) {
-		cmd_kill_client(c, arg, sql, out);
-		return;
-	}
-	if (strcmp(verb, "SHUTDOWN") == 0) {
-		pf_shutdown_mode_t mode = PF_SHUTDOWN_IMMEDIATE;
-
-		if (pf_strcaseeq(arg, "WAIT_FOR_SERVERS"))
-			mode = PF_SHUTDOWN_WAIT_FOR_SERVERS;
-		else if (pf_strcaseeq(arg, "WAIT_FOR_CLIENTS"))
-			mode = PF_SHUTDOWN_WAIT_FOR_CLIENTS;
-		else if (arg[0])
-			goto invalid;
-		pf_log_info(c, "SHUTDOWN%s%s requested", arg[0] ? " " : "", arg);
-		command_ok(out, "SHUTDOWN");
-		if (w->hooks && w->hooks->shutdown)
-			c->admin_shutdown = mode;
-		return;
-	}
-	if (strcmp(verb, "RELOAD") == 0) {
-		if (arg[0])
-			goto invalid;
-		if (!w->hooks || !w->hooks->reload || w->hooks->reload(w->hooks_arg) < 0)
-			command_error(out, "F0000", "RELOAD failed, see logs for details", NULL);
-		else
-			command_ok(out, "RELOAD");
-		return;
-	}
-	if (strcmp(verb, "SUSPEND") == 0) {
-		if (arg[0])
-			goto invalid;
-		w->ops->set_suspended(w, true);
-		w->suspend_start = pf_worker_now(w);
-		/* Answers once every socket buffer is flushed (or suspend_timeout drops the rest).
-		 */
-		wait_for(c, PF_ADMIN_WAIT_SUSPEND, NULL, out);
-		return;
-	}
-	if (arg[0] && !(db = target_db(w, arg, out)))
-		return;
-	if (strcmp(verb, "PAUSE") == 0)
-		cmd_pause(c, db, out);
-	else if (strcmp(verb, "RESUME") == 0)
-		cmd_resume(c, db, out);
-	else if (strcmp(verb, "RECONNECT") == 0) {
-		pf_pool_tag_reconnect(w, db);
-		command_ok(out, "RECONNECT");
-	} else if (strcmp(verb, "WAIT_CLOSE") == 0)
-		wait_for(c, PF_ADMIN_WAIT_CLOSE, db, out);
-	else if (strcmp(verb, "KILL") == 0)
-		cmd_kill(c, db, out);
-	else if (!db)
-		command_error(out, "42601", "DISABLE and ENABLE need a database name", NULL);
-	else {
-		db->disabled = strcmp(verb, "DISABLE") == 0;
-		command_ok(out, db->disabled ? "DISABLE" : "ENABLE");
-	}
-	return;
-invalid:
-	invalid_command(out, sql);
+		understood = false;
+	else if (strcmp(verb, "SHOW") == 0 || strcmp(verb, "SELECT") == 0)
+		understood = run_show(c, rest, out);
+	else if (strcmp(verb, "SET") == 0)
+		understood = run_set(c, rest, out);
+	else
+		understood = run_control(c, verb, rest, out);
+	if (!understood)
+		invalid_command(out, sql);
+	/* The complete answer, ending with ReadyForQuery ('Z', length 5, status), or none yet for
+	 * a command that waits (pf_admin_poll answers it). */
+	assert(out->failed || (c->admin_wait == PF_ADMIN_WAIT_NONE
+	                               ? out->len >= start + 6 && out->data[out->len - 6] == 'Z'
+	                               : out->len == start));
+	(void)start;
 }
 
 static void invalid_command(pf_buf_t *out, const char *sql)

@@ -315,17 +315,224 @@ static void scram_free(pf_server_t *s)
 	s->scram = NULL;
 }
 
-/* Handles an Authentication* request during login. Returns false when s was closed. */
-static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
+/*
+ * Moves the SCRAM exchange one step on. The steps only go forward, one at a time
+ * (pf_server_sasl_step_t), each after sasl_step_allows admitted the request that leads there.
+ */
+static void sasl_advance(pf_server_t *s, pf_server_sasl_step_t next)
 {
-	pf_user_t *u = s->ps.pool->user;
-	pf_secret_t *sec = &u->secret;
-	pf_proto_auth_t a;
+	assert(next == s->sasl_step + 1 && next <= PF_SV_SASL_VERIFIED);
+	s->sasl_step = next;
+}
+
+/* AuthenticationOk: trust, or the end of an exchange whose proof was checked. */
+static bool auth_ok(pf_server_t *s)
+{
+	/* sasl_step_allows admits it only before any exchange or after the server's proof. */
+	assert(s->sasl_step == PF_SV_SASL_NONE || s->sasl_step == PF_SV_SASL_VERIFIED);
+	assert(!s->scram);
+	(void)s;
+	return true;
+}
+
+/* AuthenticationCleartextPassword: only a plain password can answer it. */
+static bool auth_cleartext(pf_server_t *s)
+{
+	const pf_user_t *u = s->ps.pool->user;
+	const pf_secret_t *sec = &u->secret;
+
+	if (!sec->present || sec->kind != PF_AUTH_SECRET_PLAIN) {
+		login_failed(s, "28P01",
+		             "server asks for a cleartext password and no plain password is "
+		             "known for user \"%s\"",
+		             u->name);
+		return false;
+	}
+	send_password(s, sec->text);
+	return true;
+}
+
+/*
+ * The md5 response for u to salt, into resp: from its md5 secret, or one made from its plain
+ * password. Returns 0 or -errno. The secret's copy is wiped; resp is the caller's to wipe.
+ */
+static int md5_response_for(const pf_user_t *u, const uint8_t salt[4], char resp[36])
+{
+	const pf_secret_t *sec = &u->secret;
+	char secret[36];
+	int rc;
+
+	assert(sec->present && sec->kind != PF_AUTH_SECRET_SCRAM);
+	if (sec->kind == PF_AUTH_SECRET_PLAIN)
+		rc = pf_md5_secret(u->name, sec->text, secret);
+	else
+		rc = (int)pf_strlcpy(secret, sec->text, sizeof(secret)) >= 36 ? -EINVAL : 0;
+	if (rc == 0)
+		rc = pf_md5_response(secret, salt, resp);
+	OPENSSL_cleanse(secret, sizeof(secret));
+	return rc;
+}
+
+/* AuthenticationMD5Password: answered from a plain password or an md5 secret. */
+static bool auth_md5(pf_server_t *s, const pf_proto_auth_t *a)
+{
+	const pf_user_t *u = s->ps.pool->user;
+	const pf_secret_t *sec = &u->secret;
+	char resp[36];
+
+	assert(a->rest_len == 4); /* the salt: pf_proto_parse_auth checked its size */
+	if (!sec->present || sec->kind == PF_AUTH_SECRET_SCRAM) {
+		login_failed(s, "28P01",
+		             "server asks for md5 and no plain password or md5 secret is "
+		             "known for user \"%s\"",
+		             u->name);
+		return false;
+	}
+	if (md5_response_for(u, a->rest, resp) < 0) {
+		OPENSSL_cleanse(resp, sizeof(resp));
+		login_failed(s, "28P01", "cannot compute the md5 response for user \"%s\"",
+		             u->name);
+		return false;
+	}
+	send_password(s, resp);
+	OPENSSL_cleanse(resp, sizeof(resp));
+	return true;
+}
+
+/*
+ * Whether the secret can answer SCRAM: a plain password, or the ClientKey a client revealed
+ * when it logged in with SCRAM (PgBouncer's passthrough; a verifier alone cannot).
+ */
+static bool scram_keys_known(const pf_secret_t *sec)
+{
+	return sec->present && (sec->kind == PF_AUTH_SECRET_PLAIN ||
+	                        (sec->kind == PF_AUTH_SECRET_SCRAM && sec->has_client_key));
+}
+
+/*
+ * Starts the exchange in s->scram with what sec holds (scram_keys_known) and writes the
+ * client-first-message into out. Returns 0 or -errno. The password or keys are copied into
+ * s->scram, which scram_free() wipes.
+ */
+static int scram_client_begin(pf_server_t *s, const pf_secret_t *sec, char *out, size_t outcap,
+                              size_t *outlen)
+{
+	int rc;
+
+	assert(s->scram && scram_keys_known(sec));
+	if (sec->kind == PF_AUTH_SECRET_PLAIN)
+		rc = pf_scram_client_start(s->scram, sec->text, NULL, NULL,
+		                           pf_conn_worker(&s->conn)->scram_cache);
+	else
+		rc = pf_scram_client_start(s->scram, NULL, sec->scram_client_key,
+		                           sec->scram.server_key, NULL);
+	if (rc == 0)
+		rc = pf_scram_client_first(s->scram, out, outcap, outlen);
+	return rc;
+}
+
+/* AuthenticationSASL: picks SCRAM-SHA-256 and sends the SASLInitialResponse. */
+static bool auth_sasl_start(pf_server_t *s, const pf_proto_auth_t *a)
+{
+	const pf_user_t *u = s->ps.pool->user;
+	const pf_secret_t *sec = &u->secret;
+	char out[PF_SCRAM_MAX_MSG_LEN];
+	size_t outlen;
+	pf_buf_t b;
+
+	assert(s->sasl_step == PF_SV_SASL_NONE && !s->scram);
+	if (!pf_proto_auth_has_sasl_mech(a, PF_SCRAM_MECHANISM)) {
+		login_failed(s, "28000", "%s", "server offers no SASL mechanism we support");
+		return false;
+	}
+	s->scram = calloc(1, sizeof(*s->scram));
+	if (!s->scram) {
+		login_failed(s, "53200", "%s", "out of memory");
+		return false;
+	}
+	if (!scram_keys_known(sec)) {
+		login_failed(s, "28P01",
+		             "server asks for SCRAM and neither a plain password nor the "
+		             "client's SCRAM keys are known for user \"%s\"",
+		             u->name);
+		return false;
+	}
+	if (scram_client_begin(s, sec, out, sizeof(out), &outlen) < 0) {
+		login_failed(s, "28P01", "SCRAM start failed for user \"%s\"", u->name);
+		return false;
+	}
+	sasl_advance(s, PF_SV_SASL_FIRST_SENT);
+	pf_buf_init(&b);
+	pf_proto_fe_sasl_initial_response(&b, PF_SCRAM_MECHANISM, out, outlen);
+	pf_conn_send_buf(&s->conn, &b);
+	pf_buf_free(&b);
+	return true;
+}
+
+/*
+ * AuthenticationSASLContinue (server-first-message): sends the client-final-message with our
+ * proof, which is wiped from every buffer that held it.
+ */
+static bool auth_sasl_continue(pf_server_t *s, const pf_proto_auth_t *a)
+{
+	const pf_user_t *u = s->ps.pool->user;
 	char out[PF_SCRAM_MAX_MSG_LEN];
 	size_t outlen;
 	pf_buf_t b;
 	int rc;
 
+	assert(s->sasl_step == PF_SV_SASL_FIRST_SENT && s->scram);
+	rc = pf_scram_client_final(s->scram, a->rest, a->rest_len, out, sizeof(out), &outlen);
+	if (rc == -E2BIG) {
+		/* A PBKDF2 this long would stall every connection of the worker. */
+		login_failed(s, "28000",
+		             "server asks for %d SCRAM iterations, more than the %d pgfunnel "
+		             "allows (PBKDF2 runs on the event loop)",
+		             s->scram->refused_iterations, PF_SCRAM_MAX_ITERATIONS);
+		return false;
+	}
+	if (rc < 0) {
+		OPENSSL_cleanse(out, sizeof(out));
+		login_failed(s, "28P01", "SCRAM exchange with the server failed for user \"%s\"",
+		             u->name);
+		return false;
+	}
+	sasl_advance(s, PF_SV_SASL_FINAL_SENT);
+	pf_buf_init(&b);
+	pf_proto_fe_sasl_response(&b, out, outlen);
+	OPENSSL_cleanse(out, sizeof(out));
+	pf_conn_send_buf(&s->conn, &b);
+	OPENSSL_cleanse(b.data, b.cap);
+	pf_buf_free(&b);
+	return true;
+}
+
+/*
+ * AuthenticationSASLFinal (server-final-message): the server proves it knows the password;
+ * the exchange's keys are wiped once checked.
+ */
+static bool auth_sasl_final(pf_server_t *s, const pf_proto_auth_t *a)
+{
+	assert(s->sasl_step == PF_SV_SASL_FINAL_SENT && s->scram);
+	if (pf_scram_client_verify(s->scram, a->rest, a->rest_len) < 0) {
+		login_failed(s, "28P01", "%s",
+		             "the server's SCRAM signature is wrong: not the server we expect");
+		return false;
+	}
+	sasl_advance(s, PF_SV_SASL_VERIFIED);
+	scram_free(s);
+	return true;
+}
+
+/*
+ * Handles an Authentication* request during login: checks it against the SCRAM exchange's
+ * step, then answers it. Returns false when s was closed.
+ */
+static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
+{
+	pf_proto_auth_t a;
+
+	assert(s->task == PF_SV_TASK_LOGIN && !s->conn.closing);
 	if (pf_proto_parse_auth(payload, len, &a) < 0) {
 		login_failed(s, "08P01", "%s", "malformed authentication request from server");
 		return false;
@@ -334,117 +541,17 @@ static bool handle_auth(pf_server_t *s, const uint8_t *payload, size_t len)
 		return false;
 	switch (a.subtype) {
 	case PF_PROTO_AUTH_OK:
-		return true;
+		return auth_ok(s);
 	case PF_PROTO_AUTH_CLEARTEXT:
-		if (!sec->present || sec->kind != PF_AUTH_SECRET_PLAIN) {
-			login_failed(
-			        s, "28P01",
-			        "server asks for a cleartext password and no plain password is "
-			        "known for user \"%s\"",
-			        u->name);
-			return false;
-		}
-		send_password(s, sec->text);
-		return true;
-	case PF_PROTO_AUTH_MD5: {
-		char secret[36], resp[36];
-
-		if (!sec->present || sec->kind == PF_AUTH_SECRET_SCRAM) {
-			login_failed(s, "28P01",
-			             "server asks for md5 and no plain password or md5 secret is "
-			             "known for user \"%s\"",
-			             u->name);
-			return false;
-		}
-		if (sec->kind == PF_AUTH_SECRET_PLAIN)
-			rc = pf_md5_secret(u->name, sec->text, secret);
-		else
-			rc = (int)pf_strlcpy(secret, sec->text, sizeof(secret)) >= 36 ? -EINVAL : 0;
-		if (rc == 0)
-			rc = pf_md5_response(secret, a.rest, resp);
-		OPENSSL_cleanse(secret, sizeof(secret));
-		if (rc < 0) {
-			OPENSSL_cleanse(resp, sizeof(resp));
-			login_failed(s, "28P01", "cannot compute the md5 response for user \"%s\"",
-			             u->name);
-			return false;
-		}
-		send_password(s, resp);
-		OPENSSL_cleanse(resp, sizeof(resp));
-		return true;
-	}
+		return auth_cleartext(s);
+	case PF_PROTO_AUTH_MD5:
+		return auth_md5(s, &a);
 	case PF_PROTO_AUTH_SASL:
-		if (!pf_proto_auth_has_sasl_mech(&a, PF_SCRAM_MECHANISM)) {
-			login_failed(s, "28000", "%s",
-			             "server offers no SASL mechanism we support");
-			return false;
-		}
-		s->scram = calloc(1, sizeof(*s->scram));
-		if (!s->scram) {
-			login_failed(s, "53200", "%s", "out of memory");
-			return false;
-		}
-		if (sec->present && sec->kind == PF_AUTH_SECRET_PLAIN)
-			rc = pf_scram_client_start(s->scram, sec->text, NULL, NULL,
-			                           pf_conn_worker(&s->conn)->scram_cache);
-		else if (sec->present && sec->kind == PF_AUTH_SECRET_SCRAM && sec->has_client_key)
-			rc = pf_scram_client_start(s->scram, NULL, sec->scram_client_key,
-			                           sec->scram.server_key, NULL);
-		else {
-			login_failed(s, "28P01",
-			             "server asks for SCRAM and neither a plain password nor the "
-			             "client's SCRAM keys are known for user \"%s\"",
-			             u->name);
-			return false;
-		}
-		if (rc == 0)
-			rc = pf_scram_client_first(s->scram, out, sizeof(out), &outlen);
-		if (rc < 0) {
-			login_failed(s, "28P01", "SCRAM start failed for user \"%s\"", u->name);
-			return false;
-		}
-		s->sasl_step = PF_SV_SASL_FIRST_SENT;
-		pf_buf_init(&b);
-		pf_proto_fe_sasl_initial_response(&b, PF_SCRAM_MECHANISM, out, outlen);
-		pf_conn_send_buf(&s->conn, &b);
-		pf_buf_free(&b);
-		return true;
+		return auth_sasl_start(s, &a);
 	case PF_PROTO_AUTH_SASL_CONTINUE:
-		rc = pf_scram_client_final(s->scram, a.rest, a.rest_len, out, sizeof(out), &outlen);
-		if (rc == -E2BIG) {
-			/* A PBKDF2 this long would stall every connection of the worker. */
-			login_failed(
-			        s, "28000",
-			        "server asks for %d SCRAM iterations, more than the %d pgfunnel "
-			        "allows (PBKDF2 runs on the event loop)",
-			        s->scram->refused_iterations, PF_SCRAM_MAX_ITERATIONS);
-			return false;
-		}
-		if (rc < 0) {
-			OPENSSL_cleanse(out, sizeof(out));
-			login_failed(s, "28P01",
-			             "SCRAM exchange with the server failed for user \"%s\"",
-			             u->name);
-			return false;
-		}
-		s->sasl_step = PF_SV_SASL_FINAL_SENT;
-		pf_buf_init(&b);
-		pf_proto_fe_sasl_response(&b, out, outlen);
-		OPENSSL_cleanse(out, sizeof(out));
-		pf_conn_send_buf(&s->conn, &b);
-		OPENSSL_cleanse(b.data, b.cap);
-		pf_buf_free(&b);
-		return true;
+		return auth_sasl_continue(s, &a);
 	case PF_PROTO_AUTH_SASL_FINAL:
-		if (pf_scram_client_verify(s->scram, a.rest, a.rest_len) < 0) {
-			login_failed(
-			        s, "28P01", "%s",
-			        "the server's SCRAM signature is wrong: not the server we expect");
-			return false;
-		}
-		s->sasl_step = PF_SV_SASL_VERIFIED;
-		scram_free(s);
-		return true;
+		return auth_sasl_final(s, &a);
 	default:
 		login_failed(s, "28000", "unsupported authentication method %u requested by server",
 		             a.subtype);
