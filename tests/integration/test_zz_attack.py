@@ -244,7 +244,7 @@ class FakePg:
         pfhelpers.release_port(self.port)
 
 
-def answer_queries(c, extra_first=b"", delay_first=0.0, hold_first=None):
+def answer_queries(c, extra_first=b"", hold_first=None):
     """Answers every Query with one row: the query text after SELECT (the client's name).
     hold_first: a (received, release) pair of threading.Events: received is set when the
     first Query has arrived, whose answer then waits until the test sets release."""
@@ -256,8 +256,6 @@ def answer_queries(c, extra_first=b"", delay_first=0.0, hold_first=None):
         if kind != b"Q":
             continue
         text = payload[:-1].decode().replace("SELECT ", "").strip("'")
-        if first and delay_first:
-            time.sleep(delay_first)
         if first and hold_first:
             hold_first[0].set()
             if not hold_first[1].wait(30):
