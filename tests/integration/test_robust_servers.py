@@ -111,7 +111,10 @@ def test_terminate_idle_server_then_query_at_once(proxy, postgres, canary_role, 
             su.execute("SELECT pg_terminate_backend(%s)", (int(pid1),))
         assert pfhelpers.wait_for(lambda: pfhelpers.backend_count(
             postgres, "pid = %s", (int(pid1),)) == 0, 5)
-        time.sleep(0.1)
+        # The backend leaves pg_stat_activity before it exits: wait until the process is gone
+        # (its socket closed, so pgfunnel has the EOF to read), not for pgfunnel to read it.
+        pfhelpers.wait_until(lambda: not pfhelpers.pid_alive(int(pid1)), 5,
+                             "backend %s exited" % pid1)
         ((pid2,),) = conn.simple_query("SELECT pg_backend_pid()")
         assert pid2 != pid1
     finally:

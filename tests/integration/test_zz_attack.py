@@ -244,8 +244,10 @@ class FakePg:
         pfhelpers.release_port(self.port)
 
 
-def answer_queries(c, extra_first=b"", delay_first=0.0):
-    """Answers every Query with one row: the query text after SELECT (the client's name)."""
+def answer_queries(c, extra_first=b"", hold_first=None):
+    """Answers every Query with one row: the query text after SELECT (the client's name).
+    hold_first: a (received, release) pair of threading.Events: received is set when the
+    first Query has arrived, whose answer then waits until the test sets release."""
     first = True
     while True:
         kind, payload = pgwire.read_frontend_message(c)
@@ -254,8 +256,10 @@ def answer_queries(c, extra_first=b"", delay_first=0.0):
         if kind != b"Q":
             continue
         text = payload[:-1].decode().replace("SELECT ", "").strip("'")
-        if first and delay_first:
-            time.sleep(delay_first)
+        if first and hold_first:
+            hold_first[0].set()
+            if not hold_first[1].wait(30):
+                raise AssertionError("the test never released the first answer")
         c.sendall(be_row(text) + be_cc() + be_z() + (extra_first if first else b""))
         first = False
 
@@ -288,13 +292,21 @@ def test_hostile_bytes_after_last_ready_go_to_next_client(fake_env):
     DataRow the server sent while it was linked to A (pf_server_is_clean() does not look at
     pf_conn_has_input(), and the release happens inside the server's message walk)."""
     start, role = fake_env
+    received, release = threading.Event(), threading.Event()
     pf, fake = start(lambda c, i: answer_queries(c, extra_first=be_row("LEAK-for-A"),
-                                                 delay_first=0.5))
+                                                 hold_first=(received, release)))
     a = wire(pf, role, "fake")
     b = wire(pf, role, "fake")
-    a.send_query("SELECT 'A'")
-    time.sleep(0.1)
-    b.send_query("SELECT 'B'")
+    try:
+        a.send_query("SELECT 'A'")
+        # A holds the only server (its Query reached it); B queues behind it; only then may
+        # the server answer A, with the extra DataRow after the ReadyForQuery.
+        pfhelpers.wait_until(lambda: received.is_set(), 10, "A's Query reached the server")
+        b.send_query("SELECT 'B'")
+        pfhelpers.wait_pool(pf, "fake", lambda r: int(r["cl_waiting"]) == 1,
+                            "B waits for the server A holds")
+    finally:
+        release.set()
     got_a = pgwire.data_values(a.read_until_ready(5.0, count=1))
     got_b = pgwire.data_values(b.read_until_ready(5.0, count=1))
     a.close()
@@ -374,6 +386,23 @@ def test_hostile_server_answers(fake_env, postgres, behaviour):
     a.send_query("SELECT 'A'")
     got_a = drain(a, 0.5)
     a.sock.close()
+    # A is told something (its answer, the server's own bytes as they came, or pgfunnel's
+    # error), all of it A's: every value names A, an error is pgfunnel's "server conn
+    # crashed?" (the server broke the protocol), and the stray error the server sends after
+    # the ReadyForQuery that ended A's request reaches nobody.
+    msgs_a, _ = pgwire.split_messages(got_a)
+    assert got_a, "A was told nothing about its query"
+    assert all(v is not None and v.startswith("A") for v in pgwire.data_values(msgs_a)), (
+        "A got %r" % msgs_a)
+    for kind, payload in msgs_a:
+        if kind == "E":
+            err = pgwire.PgError(pgwire.parse_fields(payload))
+            assert (err.severity, err.sqlstate, err.message) == (
+                "FATAL", "08006", "server conn crashed?"), err.fields
+    assert b"A-stray" not in got_a, msgs_a
+    if any(k == "Z" for k, _ in msgs_a):
+        # A complete answer is A's row, once.
+        assert [k for k, _ in msgs_a if k in "DZ"] == ["D", "Z"], msgs_a
     b = wire(pf, role, "fake")
     b.send_query("SELECT 'B'")
     b.sock.settimeout(5)
@@ -1268,6 +1297,9 @@ def test_hostile_server_many_parameter_status_at_login(fake_env):
     dt = time.monotonic() - t0
     can.check(max_latency=1.0)
     assert nparams is None or nparams < 1000, "a client got %d ParameterStatus" % nparams
+    # The client behind that server is not stalled either: it gets its answer (or its
+    # refusal) as fast as the canary gets its own (the quadratic walk took seconds).
+    assert dt < 1.0, "A's login and query took %.2f s" % dt
     finish(pf)
 
 

@@ -49,7 +49,7 @@ def settled(pf, db="appdb", **want):
 # ---------------------------------------------------------------- DRAINED release
 
 
-def test_param_sync_then_lone_flush_pins_server(proxy, role):
+def test_param_sync_then_lone_flush_pins_server(proxy, postgres, role):
     """Was a bug, now a regression test: A logs in with its own application_name (so linking it runs a parameter-sync
     task) and sends a lone Flush. The Flush waits while the SET runs (client_on_packet:
     s->task != NONE -> STOP); task_done() resumes A from inside the server's own message walk,
@@ -61,7 +61,10 @@ def test_param_sync_then_lone_flush_pins_server(proxy, role):
     pf = one_server(proxy, role, extra={"auth_type": "trust"})
     a = raw_login(pf, {"user": role[0], "database": "appdb", "application_name": "A-app"})
     a.send(FLUSH)
-    time.sleep(0.3)
+    # The Flush linked A and its SET ran to the end (A's Flush goes through right after).
+    pfhelpers.wait_backends(postgres, "usename = %s AND application_name = %s AND state = 'idle'"
+                            " AND starts_with(query, 'SET application_name')",
+                            (role[0], "A-app"), "the parameter sync SET ran for A")
     try:
         b_check(pf, role, timeout=2.0)
     except socket.timeout:
@@ -128,10 +131,24 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / 100.0
 
 
+def console_unread(pf, conn):
+    """Bytes pgfunnel has read from console client conn but not processed yet (SHOW SOCKETS
+    pkt_avail of its row), or None while it has no row."""
+    port = conn.sock.getsockname()[1]
+    for r in pfhelpers.show(pf, "SOCKETS"):
+        if r["type"] == "C" and int(r["port"]) == port:
+            return int(r["pkt_avail"])
+    return None
+
+
 def run_wait_close_kill(pf, x, a, victim):
     a.simple_query("RECONNECT appdb")
-    a.send(Q("WAIT_CLOSE appdb") + Q("KILL_CLIENT %d" % victim))
-    time.sleep(0.2)
+    kill = Q("KILL_CLIENT %d" % victim)
+    a.send(Q("WAIT_CLOSE appdb") + kill)
+    # WAIT_CLOSE is waiting: pgfunnel holds the KILL_CLIENT behind it, read but unprocessed.
+    pfhelpers.wait_until(lambda: console_unread(pf, a) == len(kill), 5,
+                         "WAIT_CLOSE waits with KILL_CLIENT held",
+                         lambda: pfhelpers.show(pf, "SOCKETS"))
     x.simple_query("COMMIT")
     try:
         got = a.read_until_ready(3, count=2)
@@ -305,11 +322,20 @@ def test_byte_split_pipeline_then_idle_releases(proxy, role, tail):
     got = a.read_until_ready(3, count=want)
     vals = pgwire.data_values(got)
     assert vals == {"parse_sync": ["A-1", "A-p"], "query": ["A-1", "A-q"]}.get(tail, ["A-1"]), got
-    time.sleep(0.1)
+    # pgfunnel has taken in every message A trickled (the trailing CopyData too): A is idle.
+    pfhelpers.wait_until(lambda: received(pf) >= len(data), 5,
+                         "pgfunnel received all %d bytes A sent" % len(data),
+                         lambda: pfhelpers.show(pf, "STATS"))
     b_check(pf, role, timeout=2)
     assert a.is_silent(0.2)
     a.close()
     finish(pf)
+
+
+def received(pf, db="appdb"):
+    """SHOW STATS total_received of db: bytes of the client messages pgfunnel took in."""
+    rows = [r for r in pfhelpers.show(pf, "STATS") if r["database"] == db]
+    return int(rows[0]["total_received"]) if rows else 0
 
 
 def _answer_once_then_close(c, idx):
@@ -342,7 +368,10 @@ def test_server_dies_after_ready_while_chain_deferred(fake_env, role):
     pf, fake = start(_answer_once_then_close, auth_type="trust", max_client_conn=200)
     a = wire(pf, role, "fake")
     a.send(Q("SELECT 'A'"))
-    time.sleep(0.05)
+    # The first server answered A and died, and pgfunnel has seen it go.
+    assert pgwire.data_values(a.read_until_ready(5.0, count=1)) == ["A"]
+    pfhelpers.wait_until(lambda: servers(pf, "fake") == [], 5, "the first fake server is gone",
+                         lambda: servers(pf, "fake"))
     socks, names = [], []
     for i in range(48):
         name = "asker-%d" % i if i % 6 == 5 else None
@@ -396,7 +425,10 @@ def test_new_server_login_links_lone_flush_client_pins(proxy, role):
     c.send(FLUSH)
     assert pfhelpers.wait_for(lambda: int(pool_row(pf).get("cl_waiting", 0)) == 1, 3)
     a.close()
-    time.sleep(0.5)
+    # A's dirty server closed, a new one logged in and was given to C (its Flush went through).
+    pfhelpers.wait_until(lambda: (lambda r: r and int(r["cl_waiting"]) == 0 and
+                                  int(r["sv_login"]) == 0)(pool_row(pf)), 5,
+                         "C got the new server", lambda: (pool_row(pf), servers(pf, "appdb")))
     try:
         b_check(pf, role, timeout=2.0)
     except socket.timeout:
@@ -405,7 +437,7 @@ def test_new_server_login_links_lone_flush_client_pins(proxy, role):
     finish(pf)
 
 
-def test_check_query_link_lone_flush_client_pins(proxy, role):
+def test_check_query_link_lone_flush_client_pins(proxy, postgres, role):
     """Was a bug (same cause as test_new_server_login_links_lone_flush_client_pins): with
     server_check_delay=0 every acquire runs server_check_query; the checked server goes to
     the waiting C from task_done() -> pf_pool_server_ready() inside task_packet, C's lone
@@ -414,9 +446,12 @@ def test_check_query_link_lone_flush_client_pins(proxy, role):
     pf = one_server(proxy, role, extra={"server_check_delay": 0,
                                         "server_check_query": "select 1"})
     c = wire(pf, role)
-    time.sleep(0.05)
+    # The server C's login opened is idle in the pool (so the next acquire checks it).
+    assert settled(pf, sv_idle=1, sv_active=0, sv_login=0), pool_row(pf)
     c.send(FLUSH)
-    time.sleep(0.3)
+    # The check query ran, then the server went to C (its Flush goes through at once).
+    pfhelpers.wait_backends(postgres, "usename = %s AND query = 'select 1' AND state = 'idle'",
+                            (role[0],), "server_check_query ran")
     try:
         b_check(pf, role, timeout=2.0)
     except socket.timeout:

@@ -1,0 +1,265 @@
+#include "pfbuild.h"
+/*
+ * Unit tests for cancelkey: the table a CancelRequest is looked up in. A key is found only by
+ * its exact (pid, key) pair — never by the right pid with a wrong key or the reverse, which is
+ * what keeps one client from cancelling another's query. Adding, finding and removing keys,
+ * idempotent removal (a client closed before login never added its key), keys that share a
+ * bucket, the count, and a table with many keys.
+ */
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "pgfunnel/cancelkey.h"
+
+static pf_cancel_table_t *new_table(void)
+{
+	pf_cancel_table_t *t = malloc(sizeof(*t)); /* 64 KiB of buckets: not on the stack */
+
+	assert_non_null(t);
+	pf_cancel_table_init(t);
+	return t;
+}
+
+static void key_init(pf_cancel_key_t *k, uint32_t pid, uint32_t key)
+{
+	pf_cancel_key_init(k);
+	k->pid = pid;
+	k->key = key;
+}
+
+static void test_empty(void **state)
+{
+	pf_cancel_table_t *t = new_table();
+
+	(void)state;
+	assert_int_equal(t->count, 0);
+	assert_null(pf_cancel_table_find(t, 0, 0));
+	assert_null(pf_cancel_table_find(t, 1, 2));
+	assert_null(pf_cancel_table_find(t, UINT32_MAX, UINT32_MAX));
+	free(t);
+}
+
+static void test_add_find_remove(void **state)
+{
+	pf_cancel_table_t *t = new_table();
+	pf_cancel_key_t a, b;
+
+	(void)state;
+	key_init(&a, 1234, 0xdeadbeef);
+	key_init(&b, 5678, 0x01020304);
+	pf_cancel_table_add(t, &a);
+	assert_int_equal(t->count, 1);
+	assert_ptr_equal(pf_cancel_table_find(t, 1234, 0xdeadbeef), &a);
+	assert_null(pf_cancel_table_find(t, 5678, 0x01020304));
+	pf_cancel_table_add(t, &b);
+	assert_int_equal(t->count, 2);
+	assert_ptr_equal(pf_cancel_table_find(t, 1234, 0xdeadbeef), &a);
+	assert_ptr_equal(pf_cancel_table_find(t, 5678, 0x01020304), &b);
+
+	pf_cancel_table_remove(t, &a);
+	assert_int_equal(t->count, 1);
+	assert_null(pf_cancel_table_find(t, 1234, 0xdeadbeef));
+	assert_ptr_equal(pf_cancel_table_find(t, 5678, 0x01020304), &b);
+	pf_cancel_table_remove(t, &b);
+	assert_int_equal(t->count, 0);
+	assert_null(pf_cancel_table_find(t, 5678, 0x01020304));
+
+	/* A removed key can be added again (a key is reused only in tests, but it must work). */
+	pf_cancel_table_add(t, &a);
+	assert_ptr_equal(pf_cancel_table_find(t, 1234, 0xdeadbeef), &a);
+	pf_cancel_table_remove(t, &a);
+	assert_int_equal(t->count, 0);
+	free(t);
+}
+
+static void test_remove_is_idempotent(void **state)
+{
+	pf_cancel_table_t *t = new_table();
+	pf_cancel_key_t never, a, b;
+
+	(void)state;
+	/* A client that closes before login never added its key: removing it is harmless. */
+	key_init(&never, 1, 1);
+	pf_cancel_table_remove(t, &never);
+	assert_int_equal(t->count, 0);
+
+	key_init(&a, 1, 1);
+	key_init(&b, 1, 2);
+	pf_cancel_table_add(t, &a);
+	pf_cancel_table_add(t, &b);
+	/* never has the same pid and key as a but is not in the table: a stays. */
+	pf_cancel_table_remove(t, &never);
+	assert_int_equal(t->count, 2);
+	assert_ptr_equal(pf_cancel_table_find(t, 1, 1), &a);
+
+	pf_cancel_table_remove(t, &a);
+	pf_cancel_table_remove(t, &a);
+	pf_cancel_table_remove(t, &a);
+	assert_int_equal(t->count, 1);
+	assert_null(pf_cancel_table_find(t, 1, 1));
+	assert_ptr_equal(pf_cancel_table_find(t, 1, 2), &b);
+	pf_cancel_table_remove(t, &b);
+	pf_cancel_table_remove(t, &b);
+	assert_int_equal(t->count, 0);
+	assert_null(pf_cancel_table_find(t, 1, 2));
+	free(t);
+}
+
+static void test_wrong_half_not_found(void **state)
+{
+	pf_cancel_table_t *t = new_table();
+	pf_cancel_key_t a;
+
+	(void)state;
+	key_init(&a, 0x11223344, 0x55667788);
+	pf_cancel_table_add(t, &a);
+	assert_ptr_equal(pf_cancel_table_find(t, 0x11223344, 0x55667788), &a);
+	/* The right pid with a wrong key, and the reverse. */
+	assert_null(pf_cancel_table_find(t, 0x11223344, 0x55667789));
+	assert_null(pf_cancel_table_find(t, 0x11223344, 0xd5667788));
+	assert_null(pf_cancel_table_find(t, 0x11223344, 0));
+	assert_null(pf_cancel_table_find(t, 0x11223345, 0x55667788));
+	assert_null(pf_cancel_table_find(t, 0, 0x55667788));
+	/* The halves swapped, and each half twice. */
+	assert_null(pf_cancel_table_find(t, 0x55667788, 0x11223344));
+	assert_null(pf_cancel_table_find(t, 0x11223344, 0x11223344));
+	assert_null(pf_cancel_table_find(t, 0x55667788, 0x55667788));
+	pf_cancel_table_remove(t, &a);
+	free(t);
+}
+
+/*
+ * Keys with one pid share a bucket whatever the hash is; so do two of any 4097 pids. Each must
+ * be found by its own pair, and removing one must leave the others.
+ */
+static void test_shared_bucket(void **state)
+{
+	enum { N = 8 };
+	pf_cancel_table_t *t = new_table();
+	pf_cancel_key_t k[N];
+
+	(void)state;
+	for (uint32_t i = 0; i < N; i++) {
+		key_init(&k[i], 42, 1000 + i);
+		pf_cancel_table_add(t, &k[i]);
+	}
+	assert_int_equal(t->count, N);
+	for (uint32_t i = 0; i < N; i++)
+		assert_ptr_equal(pf_cancel_table_find(t, 42, 1000 + i), &k[i]);
+	assert_null(pf_cancel_table_find(t, 42, 1000 + N));
+	/* Remove from the middle, the head and the tail of the bucket. */
+	pf_cancel_table_remove(t, &k[3]);
+	pf_cancel_table_remove(t, &k[0]);
+	pf_cancel_table_remove(t, &k[N - 1]);
+	assert_int_equal(t->count, N - 3);
+	for (uint32_t i = 0; i < N; i++) {
+		pf_cancel_key_t *want = i == 3 || i == 0 || i == N - 1 ? NULL : &k[i];
+
+		assert_ptr_equal(pf_cancel_table_find(t, 42, 1000 + i), want);
+	}
+	for (uint32_t i = 0; i < N; i++)
+		pf_cancel_table_remove(t, &k[i]);
+	assert_int_equal(t->count, 0);
+	free(t);
+}
+
+/*
+ * Two keys with the same key but different pids in the same bucket (found by pigeonhole among
+ * PF_CANCEL_BUCKETS + 1 pids, without knowing the hash): neither is found by the other's pid.
+ */
+static void test_same_key_other_pid_in_bucket(void **state)
+{
+	enum { N = PF_CANCEL_BUCKETS + 1 };
+	pf_cancel_table_t *t = new_table();
+	pf_cancel_key_t *k = calloc(N, sizeof(*k));
+
+	(void)state;
+	assert_non_null(k);
+	for (uint32_t i = 0; i < N; i++) {
+		key_init(&k[i], i * 7919u + 1, 0xabcdef);
+		pf_cancel_table_add(t, &k[i]);
+	}
+	assert_int_equal(t->count, N);
+	for (uint32_t i = 0; i < N; i++) {
+		assert_ptr_equal(pf_cancel_table_find(t, i * 7919u + 1, 0xabcdef), &k[i]);
+		assert_null(pf_cancel_table_find(t, i * 7919u + 1, 0xabcdee));
+	}
+	for (uint32_t i = 0; i < N; i += 2)
+		pf_cancel_table_remove(t, &k[i]);
+	for (uint32_t i = 0; i < N; i++)
+		assert_ptr_equal(pf_cancel_table_find(t, i * 7919u + 1, 0xabcdef),
+		                 i % 2 ? &k[i] : NULL);
+	assert_int_equal(t->count, N / 2);
+	free(k);
+	free(t);
+}
+
+/* A small deterministic generator (xorshift32), so that a failure is reproducible. */
+static uint32_t next_rand(uint32_t *s)
+{
+	uint32_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return *s = x;
+}
+
+static void test_many_keys(void **state)
+{
+	enum { N = 30000 };
+	pf_cancel_table_t *t = new_table();
+	pf_cancel_key_t *k = calloc(N, sizeof(*k));
+	uint32_t seed = 2463534242u;
+	size_t removed = 0;
+
+	(void)state;
+	assert_non_null(k);
+	for (size_t i = 0; i < N; i++) {
+		uint32_t pid = next_rand(&seed);
+
+		key_init(&k[i], pid, next_rand(&seed));
+		pf_cancel_table_add(t, &k[i]);
+	}
+	assert_int_equal(t->count, N);
+	for (size_t i = 0; i < N; i++) {
+		assert_ptr_equal(pf_cancel_table_find(t, k[i].pid, k[i].key), &k[i]);
+		assert_null(pf_cancel_table_find(t, k[i].pid, k[i].key ^ 1));
+	}
+	/* Remove every third, then check all again. */
+	for (size_t i = 0; i < N; i += 3, removed++)
+		pf_cancel_table_remove(t, &k[i]);
+	assert_int_equal(t->count, N - removed);
+	for (size_t i = 0; i < N; i++)
+		assert_ptr_equal(pf_cancel_table_find(t, k[i].pid, k[i].key),
+		                 i % 3 == 0 ? NULL : &k[i]);
+	for (size_t i = 0; i < N; i++)
+		pf_cancel_table_remove(t, &k[i]);
+	assert_int_equal(t->count, 0);
+	for (size_t i = 0; i < N; i += 997)
+		assert_null(pf_cancel_table_find(t, k[i].pid, k[i].key));
+	free(k);
+	free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_empty),
+	        cmocka_unit_test(test_add_find_remove),
+	        cmocka_unit_test(test_remove_is_idempotent),
+	        cmocka_unit_test(test_wrong_half_not_found),
+	        cmocka_unit_test(test_shared_bucket),
+	        cmocka_unit_test(test_same_key_other_pid_in_bucket),
+	        cmocka_unit_test(test_many_keys),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,616 @@
+#include "pfbuild.h"
+/*
+ * Unit tests for vars: the names of the tracked session parameters and their lookup, setting,
+ * copying and clearing values, and above all pf_vars_build_set(), whose values come from the
+ * client (startup packet, or a ParameterStatus relayed while linked) and end up inside SQL run
+ * on a shared server. Each SET is checked as a whole string, then re-read the way the server's
+ * lexer would read it (standard_conforming_strings on or off) to show that hostile values —
+ * quotes, backslashes, control characters, multibyte UTF-8, very long strings — come back
+ * exactly and never end the literal early.
+ */
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pgfunnel/vars.h"
+
+/* Sets id in v to value, which must succeed. */
+static void put(pf_vars_t *v, pf_var_id_t id, const char *value)
+{
+	assert_int_equal(pf_vars_set(v, id, value), 0);
+}
+
+/*
+ * Runs pf_vars_build_set() on a fresh builder and checks both the SQL (whole string) and the
+ * number of SETs it reports.
+ */
+static void expect_sql(const pf_vars_t *wanted, const pf_vars_t *server, const char *sql, int n)
+{
+	pf_buf_t b;
+	int got;
+
+	pf_buf_init(&b);
+	got = pf_vars_build_set(wanted, server, &b);
+	assert_false(b.failed);
+	if (b.len != strlen(sql) || memcmp(b.data, sql, b.len) != 0)
+		fail_msg("SQL\n  got:    %.*s\n  wanted: %s", (int)b.len,
+		         b.data ? (char *)b.data : "", sql);
+	assert_int_equal(got, n);
+	pf_buf_free(&b);
+}
+
+/* ---- a model of the server's lexer, for the SQL built here ---- */
+
+/*
+ * Reads one string literal at *p the way PostgreSQL's scanner does (scan.l): '...' with ''
+ * for a quote, where backslash escapes apply only when standard_conforming_strings is off,
+ * and E'...' where they always apply. The value goes to out (a buffer of cap bytes); *p moves
+ * past the closing quote. Returns 0, or -1 if the literal is malformed (unterminated,
+ * truncated escape, a NUL made by an escape).
+ */
+static int lex_literal(const char **p, int scs_on, char *out, size_t cap)
+{
+	const char *s = *p;
+	size_t n = 0;
+	int escapes = !scs_on;
+
+	if (*s == 'E' || *s == 'e') {
+		escapes = 1;
+		s++;
+	}
+	if (*s++ != '\'')
+		return -1;
+	for (;;) {
+		char c = *s++;
+
+		if (c == '\0')
+			return -1;
+		if (c == '\'') {
+			if (*s != '\'')
+				break;
+			s++;
+		} else if (c == '\\' && escapes) {
+			c = *s++;
+			switch (c) {
+			case '\0':
+				return -1;
+			case 'b':
+				c = '\b';
+				break;
+			case 'f':
+				c = '\f';
+				break;
+			case 'n':
+				c = '\n';
+				break;
+			case 'r':
+				c = '\r';
+				break;
+			case 't':
+				c = '\t';
+				break;
+			default:
+				if (c >= '0' && c <= '7') {
+					int v = c - '0';
+
+					for (int i = 0; i < 2 && *s >= '0' && *s <= '7'; i++)
+						v = v * 8 + (*s++ - '0');
+					c = (char)v;
+					if (c == '\0')
+						return -1;
+				}
+				/* Any other character stands for itself (\\, \', ...). */
+				break;
+			}
+		}
+		if (n + 1 >= cap)
+			return -1;
+		out[n++] = c;
+	}
+	out[n] = '\0';
+	*p = s;
+	return 0;
+}
+
+/*
+ * Parses sql as a server with the given standard_conforming_strings would: a sequence of
+ * "SET <name>=<literal>;" and nothing else. Fills got with the values by variable and returns
+ * the number of statements, or fails the test on anything else (an unknown name, a literal
+ * that ends early and leaves text behind, a name set twice).
+ */
+static int parse_sets(const char *sql, int scs_on, pf_vars_t *got)
+{
+	const char *p = sql;
+	int n = 0;
+	size_t cap = strlen(sql) + 1;
+	char *name = malloc(cap), *value = malloc(cap);
+
+	assert_non_null(name);
+	assert_non_null(value);
+	while (*p) {
+		size_t len;
+		int id;
+
+		if (strncmp(p, "SET ", 4) != 0)
+			fail_msg("statement %d does not start with SET: %s", n, p);
+		p += 4;
+		len = strcspn(p, "=");
+		if (p[len] != '=')
+			fail_msg("statement %d has no '='", n);
+		memcpy(name, p, len);
+		name[len] = '\0';
+		id = pf_var_lookup(name);
+		if (id < 0)
+			fail_msg("statement %d sets an untracked name: %s", n, name);
+		if (got->v[id])
+			fail_msg("statement %d sets %s twice", n, name);
+		p += len + 1;
+		if (lex_literal(&p, scs_on, value, cap) < 0)
+			fail_msg("statement %d: malformed literal", n);
+		if (*p != ';')
+			fail_msg("statement %d: text after the literal: %.40s", n, p);
+		p++;
+		put(got, (pf_var_id_t)id, value);
+		n++;
+	}
+	free(name);
+	free(value);
+	return n;
+}
+
+/*
+ * Builds the SET query for wanted against a server whose standard_conforming_strings is scs
+ * ("on", "off" or NULL = unknown), reads it back as a server with scs_on would, and checks
+ * that every wanted value comes back byte for byte.
+ */
+static void expect_round_trip(const pf_vars_t *wanted, const char *scs, int scs_on)
+{
+	pf_vars_t server = {0}, got = {0};
+	pf_buf_t b;
+	int n, want_n = 0;
+
+	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, scs);
+	pf_buf_init(&b);
+	n = pf_vars_build_set(wanted, &server, &b);
+	pf_buf_put_u8(&b, 0);
+	assert_false(b.failed);
+	assert_int_equal(parse_sets((const char *)b.data, scs_on, &got), n);
+	for (int i = 0; i < PF_VAR_COUNT; i++) {
+		const char *w = wanted->v[i];
+
+		if (i == PF_VAR_STANDARD_CONFORMING_STRINGS && w && scs && strcmp(w, scs) == 0)
+			w = NULL; /* equal to the server's: not sent */
+		if (!w) {
+			assert_null(got.v[i]);
+			continue;
+		}
+		want_n++;
+		assert_non_null(got.v[i]);
+		if (strcmp(got.v[i], w) != 0)
+			fail_msg("%s read back as \"%s\", wanted \"%s\"", pf_var_name(i), got.v[i],
+			         w);
+	}
+	assert_int_equal(n, want_n);
+	pf_buf_free(&b);
+	pf_vars_clear(&server);
+	pf_vars_clear(&got);
+}
+
+/* ---- names ---- */
+
+static void test_names(void **state)
+{
+	(void)state;
+	/* Exactly as Postgres spells them in ParameterStatus. */
+	assert_string_equal(pf_var_name(PF_VAR_CLIENT_ENCODING), "client_encoding");
+	assert_string_equal(pf_var_name(PF_VAR_DATESTYLE), "DateStyle");
+	assert_string_equal(pf_var_name(PF_VAR_TIMEZONE), "TimeZone");
+	assert_string_equal(pf_var_name(PF_VAR_STANDARD_CONFORMING_STRINGS),
+	                    "standard_conforming_strings");
+	assert_string_equal(pf_var_name(PF_VAR_APPLICATION_NAME), "application_name");
+	assert_string_equal(pf_var_name(PF_VAR_INTERVALSTYLE), "IntervalStyle");
+	assert_int_equal(PF_VAR_COUNT, 6);
+}
+
+static void test_lookup(void **state)
+{
+	(void)state;
+	for (int i = 0; i < PF_VAR_COUNT; i++)
+		assert_int_equal(pf_var_lookup(pf_var_name(i)), i);
+	/* GUC names are case-insensitive; clients send "datestyle" or "TIMEZONE". */
+	assert_int_equal(pf_var_lookup("datestyle"), PF_VAR_DATESTYLE);
+	assert_int_equal(pf_var_lookup("DATESTYLE"), PF_VAR_DATESTYLE);
+	assert_int_equal(pf_var_lookup("timezone"), PF_VAR_TIMEZONE);
+	assert_int_equal(pf_var_lookup("Application_Name"), PF_VAR_APPLICATION_NAME);
+	assert_int_equal(pf_var_lookup("intervalstyle"), PF_VAR_INTERVALSTYLE);
+	/* Untracked names, prefixes, extensions and near misses. */
+	assert_int_equal(pf_var_lookup(""), -1);
+	assert_int_equal(pf_var_lookup("search_path"), -1);
+	assert_int_equal(pf_var_lookup("server_version"), -1);
+	assert_int_equal(pf_var_lookup("extra_float_digits"), -1);
+	assert_int_equal(pf_var_lookup("Date"), -1);
+	assert_int_equal(pf_var_lookup("DateStyle "), -1);
+	assert_int_equal(pf_var_lookup(" DateStyle"), -1);
+	assert_int_equal(pf_var_lookup("DateStyleX"), -1);
+	assert_int_equal(pf_var_lookup("client_encodin"), -1);
+	assert_int_equal(pf_var_lookup("application_name;"), -1);
+}
+
+/* ---- values ---- */
+
+static void test_set_copies_and_clears(void **state)
+{
+	pf_vars_t v = {0};
+	char src[16];
+
+	(void)state;
+	strcpy(src, "ISO, MDY");
+	put(&v, PF_VAR_DATESTYLE, src);
+	assert_ptr_not_equal(v.v[PF_VAR_DATESTYLE], src);
+	strcpy(src, "changed");
+	assert_string_equal(v.v[PF_VAR_DATESTYLE], "ISO, MDY"); /* a copy, not the caller's */
+	put(&v, PF_VAR_DATESTYLE, "ISO, MDY");                  /* the same value again */
+	assert_string_equal(v.v[PF_VAR_DATESTYLE], "ISO, MDY");
+	put(&v, PF_VAR_DATESTYLE, "German");
+	assert_string_equal(v.v[PF_VAR_DATESTYLE], "German");
+	put(&v, PF_VAR_DATESTYLE, "");
+	assert_non_null(v.v[PF_VAR_DATESTYLE]); /* empty is a value, not "unknown" */
+	assert_string_equal(v.v[PF_VAR_DATESTYLE], "");
+	put(&v, PF_VAR_DATESTYLE, NULL);
+	assert_null(v.v[PF_VAR_DATESTYLE]);
+	for (int i = 0; i < PF_VAR_COUNT; i++)
+		assert_null(v.v[i]); /* one slot does not touch the others */
+
+	put(&v, PF_VAR_TIMEZONE, "UTC");
+	put(&v, PF_VAR_APPLICATION_NAME, "app");
+	pf_vars_clear(&v);
+	for (int i = 0; i < PF_VAR_COUNT; i++)
+		assert_null(v.v[i]);
+	pf_vars_clear(&v); /* twice is harmless */
+}
+
+static void test_copy(void **state)
+{
+	pf_vars_t src = {0}, dst = {0};
+
+	(void)state;
+	put(&src, PF_VAR_CLIENT_ENCODING, "UTF8");
+	put(&src, PF_VAR_TIMEZONE, "Europe/Paris");
+	put(&src, PF_VAR_APPLICATION_NAME, "");
+	put(&dst, PF_VAR_TIMEZONE, "UTC");
+	put(&dst, PF_VAR_DATESTYLE, "German"); /* src has none: every value is copied, NULL too */
+	assert_int_equal(pf_vars_copy(&dst, &src), 0);
+	for (int i = 0; i < PF_VAR_COUNT; i++) {
+		if (!src.v[i]) {
+			assert_null(dst.v[i]);
+			continue;
+		}
+		assert_string_equal(dst.v[i], src.v[i]);
+		assert_ptr_not_equal(dst.v[i], src.v[i]); /* each side owns its strings */
+	}
+	pf_vars_clear(&src);
+	assert_string_equal(dst.v[PF_VAR_TIMEZONE], "Europe/Paris");
+	pf_vars_clear(&dst);
+}
+
+/* ---- which SETs ---- */
+
+static void test_nothing_to_do(void **state)
+{
+	pf_vars_t wanted = {0}, server = {0};
+
+	(void)state;
+	expect_sql(&wanted, &server, "", 0);
+	put(&server, PF_VAR_TIMEZONE, "UTC");
+	put(&server, PF_VAR_DATESTYLE, "ISO, MDY");
+	expect_sql(&wanted, &server, "", 0); /* a value the client never had is not reset */
+	put(&wanted, PF_VAR_TIMEZONE, "UTC");
+	put(&wanted, PF_VAR_DATESTYLE, "ISO, MDY");
+	expect_sql(&wanted, &server, "", 0); /* all equal */
+	put(&wanted, PF_VAR_APPLICATION_NAME, "");
+	put(&server, PF_VAR_APPLICATION_NAME, "");
+	expect_sql(&wanted, &server, "", 0); /* empty on both sides is equal too */
+	pf_vars_clear(&wanted);
+	pf_vars_clear(&server);
+}
+
+static void test_only_differences(void **state)
+{
+	pf_vars_t wanted = {0}, server = {0};
+
+	(void)state;
+	put(&server, PF_VAR_CLIENT_ENCODING, "UTF8");
+	put(&server, PF_VAR_DATESTYLE, "ISO, MDY");
+	put(&server, PF_VAR_TIMEZONE, "UTC");
+	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
+	put(&server, PF_VAR_APPLICATION_NAME, "psql");
+	put(&server, PF_VAR_INTERVALSTYLE, "postgres");
+
+	put(&wanted, PF_VAR_CLIENT_ENCODING, "UTF8");
+	put(&wanted, PF_VAR_TIMEZONE, "Europe/Paris");
+	put(&wanted, PF_VAR_APPLICATION_NAME, "psql");
+	expect_sql(&wanted, &server, "SET TimeZone='Europe/Paris';", 1);
+
+	put(&wanted, PF_VAR_DATESTYLE, "German, DMY");
+	put(&wanted, PF_VAR_INTERVALSTYLE, "iso_8601");
+	expect_sql(&wanted, &server,
+	           "SET DateStyle='German, DMY';SET TimeZone='Europe/Paris';"
+	           "SET IntervalStyle='iso_8601';",
+	           3);
+
+	/* The comparison is exact: Postgres reports canonical values, a case change is a change. */
+	put(&wanted, PF_VAR_DATESTYLE, NULL);
+	put(&wanted, PF_VAR_INTERVALSTYLE, NULL);
+	put(&wanted, PF_VAR_TIMEZONE, "utc");
+	expect_sql(&wanted, &server, "SET TimeZone='utc';", 1);
+	pf_vars_clear(&wanted);
+	pf_vars_clear(&server);
+}
+
+static void test_every_name_in_order(void **state)
+{
+	pf_vars_t wanted = {0}, server = {0};
+
+	(void)state;
+	put(&wanted, PF_VAR_CLIENT_ENCODING, "LATIN1");
+	put(&wanted, PF_VAR_DATESTYLE, "SQL, DMY");
+	put(&wanted, PF_VAR_TIMEZONE, "Asia/Tokyo");
+	put(&wanted, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
+	put(&wanted, PF_VAR_APPLICATION_NAME, "batch");
+	put(&wanted, PF_VAR_INTERVALSTYLE, "sql_standard");
+	/* A server that reported nothing (NULL = unknown) gets every wanted value. */
+	expect_sql(&wanted, &server,
+	           "SET client_encoding='LATIN1';SET DateStyle='SQL, DMY';"
+	           "SET TimeZone='Asia/Tokyo';SET standard_conforming_strings='on';"
+	           "SET application_name='batch';SET IntervalStyle='sql_standard';",
+	           6);
+	pf_vars_clear(&wanted);
+}
+
+static void test_appends(void **state)
+{
+	pf_vars_t wanted = {0}, server = {0};
+	pf_buf_t b;
+
+	(void)state;
+	put(&wanted, PF_VAR_TIMEZONE, "UTC");
+	pf_buf_init(&b);
+	pf_buf_put_bytes(&b, "X;", 2);
+	assert_int_equal(pf_vars_build_set(&wanted, &server, &b), 1);
+	assert_int_equal(b.len, strlen("X;SET TimeZone='UTC';"));
+	assert_memory_equal(b.data, "X;SET TimeZone='UTC';", b.len);
+	/* Nothing to do leaves the builder as it was. */
+	put(&server, PF_VAR_TIMEZONE, "UTC");
+	assert_int_equal(pf_vars_build_set(&wanted, &server, &b), 0);
+	assert_int_equal(b.len, strlen("X;SET TimeZone='UTC';"));
+	pf_buf_free(&b);
+	pf_vars_clear(&wanted);
+	pf_vars_clear(&server);
+}
+
+/* ---- quoting ---- */
+
+/* The SQL for application_name = value against a server whose scs is as given. */
+static void expect_app(const char *value, const char *scs, const char *sql)
+{
+	pf_vars_t wanted = {0}, server = {0};
+
+	put(&wanted, PF_VAR_APPLICATION_NAME, value);
+	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, scs);
+	expect_sql(&wanted, &server, sql, 1);
+	pf_vars_clear(&wanted);
+	pf_vars_clear(&server);
+}
+
+static void test_quotes(void **state)
+{
+	(void)state;
+	expect_app("O'Brien", "on", "SET application_name='O''Brien';");
+	expect_app("'", "on", "SET application_name='''';");
+	expect_app("''", "on", "SET application_name='''''';");
+	expect_app("x';DROP TABLE t;--", "on", "SET application_name='x'';DROP TABLE t;--';");
+	/* Double quotes and semicolons are plain characters inside a literal. */
+	expect_app("a\"b;c", "on", "SET application_name='a\"b;c';");
+	expect_app("O'Brien", "off", "SET application_name=E'O''Brien';");
+	expect_app("x';DROP TABLE t;--", "off", "SET application_name=E'x'';DROP TABLE t;--';");
+}
+
+/*
+ * With standard_conforming_strings on, a backslash in '' is an ordinary character: doubling it
+ * would change the value. With it off, '' strings take backslash escapes (and warn under
+ * escape_string_warning), so the value goes in an E'' string with each backslash doubled. The
+ * server parses a whole simple Query before running any of it, so its setting at the time the
+ * query arrives decides, even when the query itself changes standard_conforming_strings.
+ */
+static void test_backslashes(void **state)
+{
+	pf_vars_t wanted = {0}, server = {0};
+
+	(void)state;
+	expect_app("a\\b", "on", "SET application_name='a\\b';");
+	expect_app("x\\", "on", "SET application_name='x\\';");
+	expect_app("\\'", "on", "SET application_name='\\''';");
+	expect_app("a\\b", "off", "SET application_name=E'a\\\\b';");
+	/* A trailing backslash must not escape the closing quote. */
+	expect_app("x\\", "off", "SET application_name=E'x\\\\';");
+	expect_app("\\'", "off", "SET application_name=E'\\\\''';");
+	expect_app("x\\';SELECT 1;--", "off", "SET application_name=E'x\\\\'';SELECT 1;--';");
+	expect_app("\\n\\x41\\101", "off", "SET application_name=E'\\\\n\\\\x41\\\\101';");
+
+	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, "off");
+	put(&wanted, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
+	put(&wanted, PF_VAR_APPLICATION_NAME, "a\\b");
+	expect_sql(&wanted, &server,
+	           "SET standard_conforming_strings=E'on';SET application_name=E'a\\\\b';", 2);
+	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
+	put(&wanted, PF_VAR_STANDARD_CONFORMING_STRINGS, "off");
+	expect_sql(&wanted, &server,
+	           "SET standard_conforming_strings='off';SET application_name='a\\b';", 2);
+	pf_vars_clear(&wanted);
+	pf_vars_clear(&server);
+}
+
+static void test_unusual_bytes(void **state)
+{
+	(void)state;
+	/* Multibyte UTF-8 passes byte for byte (no byte of a UTF-8 sequence is ' or \). */
+	expect_app("caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x90\x98", "on",
+	           "SET application_name='caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x90\x98';");
+	expect_app("\xc3\xa9'\xc3\xa9", "off", "SET application_name=E'\xc3\xa9''\xc3\xa9';");
+	/* Bytes that are not UTF-8 are not the pooler's to judge: passed as they are. */
+	expect_app("\xff\xfe", "on", "SET application_name='\xff\xfe';");
+	/* Control characters are legal inside a literal and are not escaped. */
+	expect_app("a\nb\tc\rd\x01\x1f\x7f", "on",
+	           "SET application_name='a\nb\tc\rd\x01\x1f\x7f';");
+	expect_app("a\nb\x01", "off", "SET application_name=E'a\nb\x01';");
+	/* The empty value is a value: it is set, as ''. */
+	expect_app("", "on", "SET application_name='';");
+	expect_app("", "off", "SET application_name=E'';");
+}
+
+static void test_long_value(void **state)
+{
+	enum { N = 100000 };
+	pf_vars_t wanted = {0}, server = {0};
+	char *value = malloc(N + 1), *sql;
+	size_t quotes = 0, len;
+	pf_buf_t b;
+
+	(void)state;
+	assert_non_null(value);
+	for (size_t i = 0; i < N; i++) {
+		value[i] = i % 97 == 0 ? '\'' : (char)('a' + i % 26);
+		quotes += value[i] == '\'';
+	}
+	value[N] = '\0';
+	put(&wanted, PF_VAR_APPLICATION_NAME, value);
+	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
+	pf_buf_init(&b);
+	assert_int_equal(pf_vars_build_set(&wanted, &server, &b), 1);
+	assert_false(b.failed);
+	len = strlen("SET application_name='';") + N + quotes;
+	assert_int_equal(b.len, len);
+	sql = (char *)b.data;
+	assert_memory_equal(sql, "SET application_name='", 22);
+	assert_memory_equal(sql + len - 2, "';", 2);
+	pf_buf_free(&b);
+
+	expect_round_trip(&wanted, "on", 1);
+	value[N - 1] = '\\';
+	put(&wanted, PF_VAR_APPLICATION_NAME, value);
+	expect_round_trip(&wanted, "off", 0);
+	free(value);
+	pf_vars_clear(&wanted);
+	pf_vars_clear(&server);
+}
+
+/* Values a client might send to break out of the literal, read back by a model of the lexer. */
+static const char *const hostile[] = {
+        "'",
+        "\\",
+        "\\'",
+        "'\\",
+        "\\\\'",
+        "''';--",
+        "x\\';SET role='postgres';--",
+        "E'x'",
+        "$$;SELECT 1;$$",
+        "\\000",
+        "\\x27",
+        "\\u0027",
+        "a\nb;\r\nSELECT 1",
+        "\xc3\xa9\\\xe6\x97\xa5'",
+        "",
+};
+#define N_HOSTILE (sizeof(hostile) / sizeof(hostile[0]))
+
+static void test_hostile_values_round_trip(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < N_HOSTILE; i++) {
+		for (int id = 0; id < PF_VAR_COUNT; id++) {
+			pf_vars_t wanted = {0};
+
+			if (id == PF_VAR_STANDARD_CONFORMING_STRINGS)
+				continue;
+			put(&wanted, (pf_var_id_t)id, hostile[i]);
+			put(&wanted, PF_VAR_TIMEZONE, hostile[(i + 1) % N_HOSTILE]);
+			expect_round_trip(&wanted, "on", 1);
+			expect_round_trip(&wanted, "off", 0);
+			/* The query that changes the setting is still read with the old one. */
+			put(&wanted, PF_VAR_STANDARD_CONFORMING_STRINGS, "off");
+			expect_round_trip(&wanted, "on", 1);
+			put(&wanted, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
+			expect_round_trip(&wanted, "off", 0);
+			pf_vars_clear(&wanted);
+		}
+	}
+}
+
+/*
+ * BUG (hardening, src/wire/vars.c pf_vars_build_set): when the server never reported
+ * standard_conforming_strings (server->v[...] NULL), the value is quoted as if it were on: a
+ * plain '' literal with backslashes left single. Were the setting actually off, "x\" would
+ * become 'x\' — the backslash escapes the closing quote and the rest of the query is read
+ * inside the literal; "x\';SELECT 1;--" would end it and run SELECT 1. PostgreSQL always
+ * reports the setting (GUC_REPORT), so only a non-Postgres or misbehaving server is exposed;
+ * an E'' literal with doubled backslashes reads the same under either setting and would be
+ * the safe choice when the setting is unknown. Skipped until vars.c does that.
+ */
+static void test_unknown_scs_is_safe_both_ways(void **state)
+{
+	(void)state;
+	skip();
+	for (size_t i = 0; i < N_HOSTILE; i++) {
+		pf_vars_t wanted = {0};
+
+		put(&wanted, PF_VAR_APPLICATION_NAME, hostile[i]);
+		expect_round_trip(&wanted, NULL, 1);
+		expect_round_trip(&wanted, NULL, 0);
+		pf_vars_clear(&wanted);
+	}
+}
+
+/* What the code does today with an unknown setting: '' quoting, safe when it is in fact on. */
+static void test_unknown_scs_quotes_as_on(void **state)
+{
+	pf_vars_t wanted = {0};
+
+	(void)state;
+	expect_app("O'Brien\\", NULL, "SET application_name='O''Brien\\';");
+	for (size_t i = 0; i < N_HOSTILE; i++) {
+		put(&wanted, PF_VAR_APPLICATION_NAME, hostile[i]);
+		expect_round_trip(&wanted, NULL, 1);
+	}
+	pf_vars_clear(&wanted);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_names),
+	        cmocka_unit_test(test_lookup),
+	        cmocka_unit_test(test_set_copies_and_clears),
+	        cmocka_unit_test(test_copy),
+	        cmocka_unit_test(test_nothing_to_do),
+	        cmocka_unit_test(test_only_differences),
+	        cmocka_unit_test(test_every_name_in_order),
+	        cmocka_unit_test(test_appends),
+	        cmocka_unit_test(test_quotes),
+	        cmocka_unit_test(test_backslashes),
+	        cmocka_unit_test(test_unusual_bytes),
+	        cmocka_unit_test(test_long_value),
+	        cmocka_unit_test(test_hostile_values_round_trip),
+	        cmocka_unit_test(test_unknown_scs_is_safe_both_ways),
+	        cmocka_unit_test(test_unknown_scs_quotes_as_on),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
