@@ -49,6 +49,7 @@ struct pf_client {
 	uint8_t auth_step;
 	uint8_t md5_salt[4];
 	pf_scram_server_t *scram;
+	uint32_t secret_gen; /* the user's secret_gen when its password exchange began */
 	/* cancel request being forwarded */
 	uint32_t cancel_target_pid, cancel_target_key;
 };

@@ -116,6 +116,7 @@ typedef struct pf_user {
 	pf_list_node_t node; /* worker->users or the owning database */
 	char *name;
 	pf_secret_t secret;
+	uint32_t secret_gen; /* bumped when a reload changes the secret */
 	int pool_mode;            /* from [users], or PF_POOL_INHERIT */
 	int pool_size;            /* -1 = inherit */
 	int reserve_pool_size;    /* -1 = inherit */

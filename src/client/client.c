@@ -380,6 +380,8 @@ static void start_scram(pf_client_t *c)
 		return;
 	}
 	memset(&secret, 0, sizeof(secret));
+	if (c->user)
+		c->secret_gen = c->user->secret_gen;
 	if (sec && sec->present && sec->kind == PF_AUTH_SECRET_SCRAM) {
 		rc = pf_scram_server_start(c->scram, &sec->scram);
 	} else if (sec && sec->present && sec->kind == PF_AUTH_SECRET_PLAIN) {
@@ -658,6 +660,9 @@ static pf_pkt_action_t auth_sasl_response(pf_client_t *c, const uint8_t *payload
 
 	assert(c->auth_step == AUTH_SCRAM_FINAL && c->scram);
 	rc = pf_scram_server_final(c->scram, payload, plen, out, sizeof(out), &outlen);
+	/* The proof, with the stored key, gives the ClientKey: not left in a receive buffer that
+	 * goes back to the shared free list (payload is in c's buffer, not const). */
+	OPENSSL_cleanse((uint8_t *)payload, plen);
 	if (rc == -EACCES) {
 		auth_failed(c);
 		return PF_PKT_STOP;
@@ -667,6 +672,13 @@ static pf_pkt_action_t auth_sasl_response(pf_client_t *c, const uint8_t *payload
 		return PF_PKT_STOP;
 	}
 	assert(outlen <= sizeof(out));
+	if (c->user && c->user->secret_gen != c->secret_gen) {
+		/* A RELOAD changed the password during the exchange: the proof is for the old one,
+		 * which no longer admits anyone (nor may its key be kept for the new secret). */
+		OPENSSL_cleanse(out, sizeof(out));
+		auth_failed(c);
+		return PF_PKT_STOP;
+	}
 	learn_client_key(c);
 	pf_buf_init(&b);
 	pf_proto_be_auth_sasl_final(&b, out, outlen);

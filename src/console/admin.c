@@ -19,10 +19,8 @@
 
 #include "pgfunnel/admin.h"
 #include "pgfunnel/log.h"
-#include "pgfunnel/server.h"
 #include "pgfunnel/runtime.h"
 #include "pgfunnel/server.h"
-#include "pgfunnel/runtime.h"
 
 void pf_admin_login(pf_client_t *c)
 {

@@ -182,9 +182,11 @@ void pf_user_sync_auth_file(pf_worker_t *w)
 			secret_clear(&fresh);
 			continue;
 		}
-		/* A changed secret also forgets the ClientKey learnt from the old one. */
+		/* A changed secret also forgets the ClientKey learnt from the old one, and logins
+		 * that began with the old one fail (pf_user_t.secret_gen). */
 		secret_clear(&u->secret);
 		u->secret = fresh;
+		u->secret_gen++;
 	}
 }
 

@@ -83,7 +83,9 @@ static void put_literal(pf_buf_t *sql, const char *value, bool backslash_escapes
 int pf_vars_build_set(const pf_vars_t *wanted, const pf_vars_t *server, pf_buf_t *sql)
 {
 	const char *scs = server->v[PF_VAR_STANDARD_CONFORMING_STRINGS];
-	bool escapes = scs && strcmp(scs, "off") == 0;
+	/* An E'' literal with doubled backslashes reads the same whatever the setting: used
+	 * unless the server said standard_conforming_strings is on. */
+	bool escapes = !scs || strcmp(scs, "on") != 0;
 	int n = 0;
 
 	for (int i = 0; i < PF_VAR_COUNT; i++) {
