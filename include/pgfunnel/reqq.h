@@ -299,6 +299,35 @@ typedef struct pf_reqq_ans {
 	uint32_t tag; /* its tag: with verdict DONE it is answered (with be_type 'E': it failed) */
 } pf_reqq_ans_t;
 
+/*
+ * The hot path of routing: true when be_type answers (or streams within) the client's own
+ * oldest request, untagged, and was accounted for — forward it; false when anything else
+ * applies (a pooler's or tagged entry, a synthesized answer, an async message, COPY, a
+ * mismatch): nothing was changed, call pf_reqq_route().
+ */
+static inline bool pf_reqq_route_client(pf_reqq_t *q, uint8_t be_type)
+{
+	if (q->len > 0 && !(q->broken | q->copy_in | q->copy_out)) {
+		pf_reqq_entry_t e = q->ring[q->head];
+		uint32_t mask = q->cap - 1;
+		unsigned kind = e.e;
+
+		if (kind >= 0x10u || e.tag != 0 || kind == PF_RQ_SYNTH)
+			return false;
+		if (be_type == 'D' && (kind == PF_RQ_QUERY || kind == PF_RQ_EXECUTE))
+			return true;
+		if (kind == PF_RQ_QUERY && (be_type == 'T' || be_type == 'C' || be_type == 'I'))
+			return true;
+		if (pf_reqq_done_by[kind] == be_type &&
+		    (q->len == 1 || (q->ring[(q->head + 1) & mask].e & 0x0fu) != PF_RQ_COPY_END)) {
+			q->head = (q->head + 1) & mask;
+			q->len--;
+			return true;
+		}
+	}
+	return false;
+}
+
 /* pf_reqq_route() in full; the inline version calls it. */
 pf_reqq_route_t pf_reqq_route_any(pf_reqq_t *q, uint8_t be_type, pf_reqq_ans_t *out);
 

@@ -903,7 +903,7 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
  * answers nothing sent still goes to the client (it can only be the client's), and the server
  * is never reused.
  */
-static bool route_answer(pf_server_t *s, uint8_t type)
+static bool route_answer_slow(pf_server_t *s, uint8_t type)
 {
 	bool was_broken = s->rq.broken;
 	pf_reqq_ans_t ans;
@@ -929,6 +929,11 @@ static bool route_answer(pf_server_t *s, uint8_t type)
 		return true;
 	}
 	return true;
+}
+
+static inline bool route_answer(pf_server_t *s, uint8_t type)
+{
+	return PF_LIKELY(pf_reqq_route_client(&s->rq, type)) || route_answer_slow(s, type);
 }
 
 /* ReadyForQuery for the linked client: decides whether the server is released. */
