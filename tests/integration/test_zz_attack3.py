@@ -21,10 +21,23 @@ import pytest
 
 import pfhelpers
 import pgwire
+from pgwire import data_values, recv_exact
+from pgwire import read_frontend_message as read_fe
+from test_robust_clients import finish  # noqa: F401
 from test_zz_attack import (  # noqa: F401 - fixtures are used by name
-    CD, COPY_DONE, FLUSH, SYNC, Q, P, B, E, D, msg, cstr, data_values, finish, pools,
-    read_n_ready, role, servers, startup, wire, b_check, parse_all, copy_table, fake_env,
-    be_row, be_cc, be_z, be_err, read_fe, recv_exact, WELCOME)
+    CD, COPY_DONE, FLUSH, SYNC, Q, P, B, E, D, msg, cstr, pools,
+    role, servers, startup, wire, b_check, copy_table, fake_env,
+    be_row, be_cc, be_z, be_err, WELCOME)
+
+
+def parse_all(data):
+    """The whole messages in data (a partial one at the end is left out)."""
+    return pgwire.split_messages(data)[0]
+
+
+def read_n_ready(conn, n, timeout=5.0):
+    """Messages up to and including the n-th ReadyForQuery."""
+    return conn.read_until_ready(timeout, count=n)
 
 DEADLINE = 10.0
 
