@@ -173,12 +173,23 @@ PF_MUSTCHECK static inline int pf_reqq_push(pf_reqq_t *q, uint8_t fe_type, unsig
  * Inline for the common case: a DataRow, or the message that completes the oldest request.
  * Tags of answered entries are not reported here (pf_reqq_route() does); dropped ones are.
  */
-static inline pf_reqq_verdict_t pf_reqq_answer(pf_reqq_t *q, uint8_t be_type, unsigned *flags)
+/*
+ * The common case of an answer, shared by pf_reqq_answer() and pf_reqq_route_client(): a
+ * DataRow or other message within the oldest request, or the one that completes it, outside
+ * COPY. client_only: only for the client's own untagged request (no pooler flag, no tag, not a
+ * synthesized answer). Returns PF_REQQ_ANSWER or PF_REQQ_DONE (accounted for), or
+ * PF_REQQ_MISMATCH meaning "not the common case": nothing was changed.
+ */
+static inline pf_reqq_verdict_t pf_reqq_answer_common(pf_reqq_t *q, uint8_t be_type,
+                                                      bool client_only)
 {
-	if (!flags && q->len > 0 && !(q->broken | q->copy_in | q->copy_out)) {
+	if (q->len > 0 && !(q->broken | q->copy_in | q->copy_out)) {
+		pf_reqq_entry_t e = q->ring[q->head];
 		uint32_t mask = q->cap - 1;
-		unsigned kind = q->ring[q->head].e & 0x0fu;
+		unsigned kind = e.e & 0x0fu;
 
+		if (client_only && (e.e >= 0x10u || e.tag != 0 || kind == PF_RQ_SYNTH))
+			return PF_REQQ_MISMATCH;
 		if (be_type == 'D' && (kind == PF_RQ_QUERY || kind == PF_RQ_EXECUTE))
 			return PF_REQQ_ANSWER;
 		/* A Query's RowDescription, CommandComplete, EmptyQueryResponse: more follows. */
@@ -190,6 +201,17 @@ static inline pf_reqq_verdict_t pf_reqq_answer(pf_reqq_t *q, uint8_t be_type, un
 			q->len--;
 			return PF_REQQ_DONE;
 		}
+	}
+	return PF_REQQ_MISMATCH;
+}
+
+static inline pf_reqq_verdict_t pf_reqq_answer(pf_reqq_t *q, uint8_t be_type, unsigned *flags)
+{
+	if (!flags) {
+		pf_reqq_verdict_t v = pf_reqq_answer_common(q, be_type, false);
+
+		if (v != PF_REQQ_MISMATCH)
+			return v;
 	}
 	return pf_reqq_answer_any(q, be_type, flags);
 }
@@ -307,25 +329,7 @@ typedef struct pf_reqq_ans {
  */
 static inline bool pf_reqq_route_client(pf_reqq_t *q, uint8_t be_type)
 {
-	if (q->len > 0 && !(q->broken | q->copy_in | q->copy_out)) {
-		pf_reqq_entry_t e = q->ring[q->head];
-		uint32_t mask = q->cap - 1;
-		unsigned kind = e.e;
-
-		if (kind >= 0x10u || e.tag != 0 || kind == PF_RQ_SYNTH)
-			return false;
-		if (be_type == 'D' && (kind == PF_RQ_QUERY || kind == PF_RQ_EXECUTE))
-			return true;
-		if (kind == PF_RQ_QUERY && (be_type == 'T' || be_type == 'C' || be_type == 'I'))
-			return true;
-		if (pf_reqq_done_by[kind] == be_type &&
-		    (q->len == 1 || (q->ring[(q->head + 1) & mask].e & 0x0fu) != PF_RQ_COPY_END)) {
-			q->head = (q->head + 1) & mask;
-			q->len--;
-			return true;
-		}
-	}
-	return false;
+	return pf_reqq_answer_common(q, be_type, true) != PF_REQQ_MISMATCH;
 }
 
 /* pf_reqq_route() in full; the inline version calls it. */

@@ -1315,31 +1315,33 @@ static void expire_servers(pf_pool_t *pool, pf_usec_t now)
 	}
 }
 
+/* A per-user or per-database setting (-1 = not set) over the next one. */
+static pf_usec_t set_or(pf_usec_t v, pf_usec_t next)
+{
+	return v >= 0 ? v : next;
+}
+
 /* query_wait_timeout: per-user over per-database over global. */
 static pf_usec_t query_wait_timeout(const pf_pool_t *pool)
 {
-	if (pool->user->query_wait_timeout >= 0)
-		return pool->user->query_wait_timeout;
-	return pool->db->query_wait_timeout >= 0 ? pool->db->query_wait_timeout
-	                                         : pool->worker->cfg->query_wait_timeout;
+	return set_or(pool->user->query_wait_timeout,
+	              set_or(pool->db->query_wait_timeout, pool->worker->cfg->query_wait_timeout));
 }
 
 pf_usec_t pf_pool_query_timeout(const pf_pool_t *pool)
 {
-	return pool->user->query_timeout >= 0 ? pool->user->query_timeout
-	                                      : pool->worker->cfg->query_timeout;
+	return set_or(pool->user->query_timeout, pool->worker->cfg->query_timeout);
 }
 
 pf_usec_t pf_pool_idle_transaction_timeout(const pf_pool_t *pool)
 {
-	return pool->user->idle_transaction_timeout >= 0 ? pool->user->idle_transaction_timeout
-	                                                 : pool->worker->cfg->idle_transaction_timeout;
+	return set_or(pool->user->idle_transaction_timeout,
+	              pool->worker->cfg->idle_transaction_timeout);
 }
 
 pf_usec_t pf_pool_client_idle_timeout(const pf_pool_t *pool)
 {
-	return pool->user->client_idle_timeout >= 0 ? pool->user->client_idle_timeout
-	                                            : pool->worker->cfg->client_idle_timeout;
+	return set_or(pool->user->client_idle_timeout, pool->worker->cfg->client_idle_timeout);
 }
 
 #ifndef NDEBUG
