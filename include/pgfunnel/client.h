@@ -20,7 +20,6 @@
 #include "pgfunnel/server.h"
 #include "pgfunnel/vars.h"
 
-
 /* A console command that answers later. */
 typedef enum pf_admin_wait {
 	PF_ADMIN_WAIT_NONE = 0,
@@ -30,21 +29,21 @@ typedef enum pf_admin_wait {
 } pf_admin_wait_t;
 
 struct pf_client {
-	pf_conn_t conn;      /* first: a pf_client_t * is a pf_conn_t * */
-	pf_pool_client_t pc; /* its place in the pool (state, lists, link) */
+	pf_conn_t conn;        /* first: a pf_client_t * is a pf_conn_t * */
+	pf_pool_client_t pc;   /* its place in the pool (state, lists, link) */
 	pf_server_peer_t peer; /* what its server keeps up to date (vars, timings) */
 	pf_database_t *db;
 	pf_user_t *user; /* the login name the client authenticated as */
 	char *user_name;
 	char *db_name;
 	pf_vars_t vars;
-	pf_cancel_key_t ck; /* the BackendKeyData we gave it, in the worker's table */
-	bool admin;                      /* logged in to the console */
-	bool admin_can_write;            /* admin_users rather than stats_users */
-	bool admin_kill_self;            /* KILL_CLIENT named the console client itself */
-	pf_admin_wait_t admin_wait;      /* PAUSE / WAIT_CLOSE in progress */
-	pf_database_t *admin_wait_db;    /* ... for this database (NULL = all) */
-	int admin_shutdown;              /* pf_shutdown_mode_t a SHUTDOWN asked for */
+	pf_cancel_key_t ck;           /* the BackendKeyData we gave it, in the worker's table */
+	bool admin;                   /* logged in to the console */
+	bool admin_can_write;         /* admin_users rather than stats_users */
+	bool admin_kill_self;         /* KILL_CLIENT named the console client itself */
+	pf_admin_wait_t admin_wait;   /* PAUSE / WAIT_CLOSE in progress */
+	pf_database_t *admin_wait_db; /* ... for this database (NULL = all) */
+	int admin_shutdown;           /* pf_shutdown_mode_t a SHUTDOWN asked for */
 	/* login */
 	uint8_t auth_step;
 	uint8_t md5_salt[4];

@@ -104,10 +104,10 @@ struct pf_conn {
 		uv_pipe_t pipe;
 	} h;
 	const pf_conn_ops_t *ops;
-	pf_net_t *net;      /* the loop it lives on */
-	pf_transport_t tp;  /* every byte in or out of the socket passes through it */
-	pf_conn_t *peer; /* where PF_PKT_FORWARD sends bytes; NULL = nowhere (dropped) */
-	uint64_t id;     /* unique for the life of the process (SHOW CLIENTS id) */
+	pf_net_t *net;     /* the loop it lives on */
+	pf_transport_t tp; /* every byte in or out of the socket passes through it */
+	pf_conn_t *peer;   /* where PF_PKT_FORWARD sends bytes; NULL = nowhere (dropped) */
+	uint64_t id;       /* unique for the life of the process (SHOW CLIENTS id) */
 	bool is_unix;
 	bool is_client;
 	bool raw_mode;        /* before framing: startup packet, SSL negotiation */

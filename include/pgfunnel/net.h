@@ -32,8 +32,8 @@ typedef struct pf_net {
 	const pf_config_t *cfg;
 	/* Monotonic time in usec (uv_hrtime by default; tests set their own clock). */
 	pf_usec_t (*clock)(void);
-	pf_usec_t now;      /* the last reading of clock */
-	uint64_t iteration; /* loop iterations (pf_conn_next_iteration) */
+	pf_usec_t now;             /* the last reading of clock */
+	uint64_t iteration;        /* loop iterations (pf_conn_next_iteration) */
 	pf_list_t throttled_conns; /* conns throttled or with a deferred resume */
 	uint64_t next_id;
 	/* receive buffers of buffer_size bytes */

@@ -116,7 +116,7 @@ typedef struct pf_user {
 	pf_list_node_t node; /* worker->users or the owning database */
 	char *name;
 	pf_secret_t secret;
-	uint32_t secret_gen; /* bumped when a reload changes the secret */
+	uint32_t secret_gen;      /* bumped when a reload changes the secret */
 	int pool_mode;            /* from [users], or PF_POOL_INHERIT */
 	int pool_size;            /* -1 = inherit */
 	int reserve_pool_size;    /* -1 = inherit */
@@ -126,7 +126,7 @@ typedef struct pf_user {
 	pf_usec_t query_wait_timeout;
 	pf_usec_t idle_transaction_timeout;
 	pf_usec_t client_idle_timeout;
-	int server_count;         /* servers of every pool of this user */
+	int server_count; /* servers of every pool of this user */
 	int client_count;
 	/*
 	 * Pools whose ->user is this one. A forced user its database stopped using (reload) is
@@ -168,15 +168,15 @@ typedef struct pf_database {
 	char *startup_datestyle;
 	char *startup_timezone;
 	char *startup_application_name;
-	int pool_size;             /* -1 = default_pool_size */
-	int min_pool_size;         /* -1 = global */
-	int reserve_pool_size;     /* -1 = global */
-	int max_db_connections;    /* -1 = global */
-	int pool_mode;             /* PF_POOL_INHERIT = global */
-	pf_usec_t server_lifetime; /* -1 = global */
+	int pool_size;                /* -1 = default_pool_size */
+	int min_pool_size;            /* -1 = global */
+	int reserve_pool_size;        /* -1 = global */
+	int max_db_connections;       /* -1 = global */
+	int pool_mode;                /* PF_POOL_INHERIT = global */
+	pf_usec_t server_lifetime;    /* -1 = global */
 	pf_usec_t query_wait_timeout; /* -1 = global */
-	bool autodb;               /* created from the "*" entry */
-	bool admin;                /* the console's virtual database */
+	bool autodb;                  /* created from the "*" entry */
+	bool admin;                   /* the console's virtual database */
 	bool paused;
 	bool disabled;
 	bool in_config; /* false: removed by a reload, freed once unused */

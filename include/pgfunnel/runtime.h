@@ -90,7 +90,7 @@ typedef struct pf_listener {
 struct pf_worker {
 	pf_net_t net; /* the loop, clock, buffers: all that connections see */
 	const pf_config_t *cfg;
-	const pf_worker_ops_t *ops;        /* news for the process layer (worker.c) */
+	const pf_worker_ops_t *ops;         /* news for the process layer (worker.c) */
 	const struct pf_pool_ops *pool_ops; /* what the pool asks of clients and servers */
 	pf_listener_t listeners[PF_WORKER_MAX_LISTENERS];
 	size_t nlisteners;
@@ -113,8 +113,8 @@ struct pf_worker {
 	pf_auth_file_t *auth_file;
 	pf_scram_cache_t *scram_cache;
 	uint8_t mock_key[32]; /* fake SCRAM secrets for unknown users */
-	bool paused;    /* PAUSE / SIGUSR1: no server is given to a client */
-	bool suspended; /* SUSPEND: no socket is read */
+	bool paused;          /* PAUSE / SIGUSR1: no server is given to a client */
+	bool suspended;       /* SUSPEND: no socket is read */
 	pf_usec_t suspend_start;
 	pf_shutdown_mode_t shutdown;
 	void (*shutdown_done)(void *);

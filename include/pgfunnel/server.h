@@ -48,7 +48,6 @@ typedef enum pf_server_sasl_step {
  */
 #define PF_SERVER_MAX_LOGIN_PARAMS 1000
 
-
 /*
  * What a linked server keeps up to date for its client (embedded in the client; the server
  * knows it only through this struct, handed over by pf_server_attach()).
@@ -63,8 +62,8 @@ typedef struct pf_server_peer {
 typedef struct pf_server pf_server_t;
 
 struct pf_server {
-	pf_conn_t conn;      /* first: a pf_server_t * is a pf_conn_t * */
-	pf_pool_server_t ps; /* its place in the pool (state, lists, link) */
+	pf_conn_t conn;         /* first: a pf_server_t * is a pf_conn_t * */
+	pf_pool_server_t ps;    /* its place in the pool (state, lists, link) */
 	pf_server_peer_t *peer; /* the linked client's part, while linked */
 	pf_server_task_t task;
 	uint32_t be_pid, be_key; /* the real BackendKeyData */
@@ -78,10 +77,10 @@ struct pf_server {
 	 * ParameterStatus messages came (at most PF_SERVER_MAX_LOGIN_PARAMS). */
 	uint16_t *param_index;
 	uint32_t login_param_msgs;
-	uint8_t tx_status;   /* last ReadyForQuery status ('I', 'T', 'E') */
-	bool task_failed;    /* the pooler's own query got an ErrorResponse */
-	bool ready;          /* logged in (first ReadyForQuery seen) */
-	pf_list_t cancels;   /* cancel requests in flight for this backend */
+	uint8_t tx_status; /* last ReadyForQuery status ('I', 'T', 'E') */
+	bool task_failed;  /* the pooler's own query got an ErrorResponse */
+	bool ready;        /* logged in (first ReadyForQuery seen) */
+	pf_list_t cancels; /* cancel requests in flight for this backend */
 	/* The SCRAM exchange while it runs (wiped and freed at its end), and its progress. */
 	pf_scram_client_t *scram;
 	pf_server_sasl_step_t sasl_step;
@@ -141,7 +140,6 @@ bool pf_server_is_clean(const pf_server_t *s);
  * nothing owed or awaited, idle transaction status, nothing half-way in either direction.
  */
 bool pf_server_may_release(const pf_server_t *s);
-
 
 /* True when what s owes can no longer be known (a mismatch or a doubtful COPY): close it. */
 bool pf_server_is_uncertain(const pf_server_t *s);

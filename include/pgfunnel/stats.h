@@ -18,17 +18,14 @@
 
 typedef struct pf_worker pf_worker_t;
 
-
 /* Totals of db: the sum of its live pools' counters and of those already freed. */
 void pf_stats_db_totals(pf_worker_t *w, const pf_database_t *db, pf_pool_stats_t *out);
-
 
 /*
  * Counts an ErrorResponse a server sent to a client of pool, by the first two characters of
  * its SQLSTATE (the class, e.g. "23" integrity constraint violation).
  */
 void pf_stats_note_error(pf_pool_t *pool, const char *sqlstate);
-
 
 /*
  * The averages PgBouncer reports for the interval of dur usec in which the counters went from

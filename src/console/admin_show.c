@@ -739,8 +739,8 @@ static void fd_server_rows(pf_buf_t *out, const pf_list_t *list)
 		pf_server_t *s = pf_server_from_node(it);
 
 		fd_row(out, &s->conn, "server", s->ps.pool->user->name, s->ps.pool->db->name,
-		       ((uint64_t)s->be_pid << 32) | s->be_key, pf_server_client(s) ? &pf_server_client(s)->conn : NULL,
-		       &s->vars);
+		       ((uint64_t)s->be_pid << 32) | s->be_key,
+		       pf_server_client(s) ? &pf_server_client(s)->conn : NULL, &s->vars);
 	}
 }
 
@@ -891,7 +891,8 @@ static void show_mem(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        {"pool_cache", sizeof(pf_pool_t), n.pools, 0},
 	        {"server_cache", sizeof(pf_server_t), n.servers, 0},
 	        {"client_cache", sizeof(pf_client_t), n.clients, 0},
-	        {"iobuf_cache", w->net.buffer_size, w->net.buffers_in_use, w->net.free_buffer_count},
+	        {"iobuf_cache", w->net.buffer_size, w->net.buffers_in_use,
+	         w->net.free_buffer_count},
 	};
 
 	pf_proto_be_row_description(out, "siiii", names);

@@ -332,9 +332,9 @@ static void render_pool_waits(pf_worker_t *w, pf_buf_t *b)
 		pf_metrics_label_t l[2];
 		size_t n = pool_labels(p, l);
 
-		pf_metrics_put_histogram(b, "pgfunnel_pool_wait_seconds", l, n,
-		                         pf_pool_wait_bounds, PF_ARRAY_SIZE(pf_pool_wait_bounds),
-		                         p->wait_buckets, (pf_usec_t)p->stats.wait_time);
+		pf_metrics_put_histogram(b, "pgfunnel_pool_wait_seconds", l, n, pf_pool_wait_bounds,
+		                         PF_ARRAY_SIZE(pf_pool_wait_bounds), p->wait_buckets,
+		                         (pf_usec_t)p->stats.wait_time);
 	}
 }
 

@@ -337,7 +337,7 @@ static bool flush_forward(pf_conn_t *c)
 	}
 	c->fwd_req.data = c;
 	if (peer->tp.ops->write(&peer->tp, &c->fwd_req, &peer->h.stream, &b, 1,
-	                       on_forward_written) < 0)
+	                        on_forward_written) < 0)
 		return true;
 	c->fwd_pending = true;
 	return false;
@@ -455,8 +455,8 @@ static walk_t apply_action(pf_conn_t *c, pf_pkt_action_t act, uint32_t total, ui
 		return WALK_OUT;
 	}
 	case PF_PKT_REPLACED:
-		/* The prefix went out (pf_conn_replace_head); the replaced bytes are dropped and the
-		 * rest of the message is forwarded behind it. */
+		/* The prefix went out (pf_conn_replace_head); the replaced bytes are dropped and
+		 * the rest of the message is forwarded behind it. */
 		assert(c->head <= have);
 		c->rpos += c->head;
 		c->pkt_forward = true;
@@ -508,8 +508,8 @@ static walk_t walk_message(pf_conn_t *c, uint32_t avail, bool *starved)
 		return WALK_BREAK;
 	}
 	have = avail < hdr.total ? avail : hdr.total;
-	return apply_action(c, c->ops->on_packet(c, &hdr, c->rbuf + c->rpos, have), hdr.total,
-	                    have, starved);
+	return apply_action(c, c->ops->on_packet(c, &hdr, c->rbuf + c->rpos, have), hdr.total, have,
+	                    starved);
 }
 
 /* After a walk: buffer and reading follow, and the owner hears the end of input or a drain. */
@@ -858,7 +858,8 @@ void pf_conn_close(pf_conn_t *c)
 			l->conn = c;
 			l->req.data = l;
 			l->timer.data = l;
-			if (c->tp.ops->shutdown(&c->tp, &l->req, &c->h.stream, on_linger_shutdown) == 0) {
+			if (c->tp.ops->shutdown(&c->tp, &l->req, &c->h.stream,
+			                        on_linger_shutdown) == 0) {
 				c->lingering = true;
 				uv_timer_start(&l->timer, on_linger_timeout, CLOSE_LINGER_MS, 0);
 				return;

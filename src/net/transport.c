@@ -5,8 +5,7 @@
 
 #include "pgfunnel/transport.h"
 
-static int plain_read_start(pf_transport_t *t, uv_stream_t *s, uv_alloc_cb alloc,
-                            uv_read_cb read)
+static int plain_read_start(pf_transport_t *t, uv_stream_t *s, uv_alloc_cb alloc, uv_read_cb read)
 {
 	(void)t;
 	return uv_read_start(s, alloc, read);
@@ -37,8 +36,7 @@ static size_t plain_queued(const pf_transport_t *t, const uv_stream_t *s)
 	return s->write_queue_size;
 }
 
-static int plain_shutdown(pf_transport_t *t, uv_shutdown_t *req, uv_stream_t *s,
-                          uv_shutdown_cb cb)
+static int plain_shutdown(pf_transport_t *t, uv_shutdown_t *req, uv_stream_t *s, uv_shutdown_cb cb)
 {
 	(void)t;
 	return uv_shutdown(req, s, cb);

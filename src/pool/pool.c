@@ -1153,9 +1153,10 @@ void pf_pool_server_ready(pf_pool_server_t *s)
 	}
 	if (s->close_needed || w->shutdown == PF_SHUTDOWN_IMMEDIATE ||
 	    (lifetime > 0 && pf_worker_now(w) - s->born > lifetime)) {
-		ops_of(pool)->close_server(s, s->close_needed                       ? PF_SV_CLOSE_ADMIN
-		                              : w->shutdown == PF_SHUTDOWN_IMMEDIATE ? PF_SV_CLOSE_SHUTDOWN
-		                                                                     : PF_SV_CLOSE_LIFETIME);
+		ops_of(pool)->close_server(s, s->close_needed ? PF_SV_CLOSE_ADMIN
+		                              : w->shutdown == PF_SHUTDOWN_IMMEDIATE
+		                                      ? PF_SV_CLOSE_SHUTDOWN
+		                                      : PF_SV_CLOSE_LIFETIME);
 		pf_pool_launch(pool);
 		return;
 	}

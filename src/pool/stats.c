@@ -15,8 +15,6 @@
 #include "pgfunnel/stats.h"
 #include "pgfunnel/runtime.h"
 
-
-
 void pf_stats_db_totals(pf_worker_t *w, const pf_database_t *db, pf_pool_stats_t *out)
 {
 	pf_list_node_t *it, *tmp;
@@ -51,7 +49,6 @@ void pf_stats_note_error(pf_pool_t *pool, const char *sqlstate)
 	pool->errors[i].count = 1;
 	pool->n_error_classes++;
 }
-
 
 /* usec * delta / dur without overflowing for large byte counts: a per-second rate. */
 static uint64_t per_second(uint64_t delta, pf_usec_t dur)

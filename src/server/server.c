@@ -802,8 +802,9 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 		 * off as the answer to the next client's request, and that answer to the one
 		 * after. */
 		if (s->conn.rend - s->conn.rpos > hdr->total) {
-			pf_log_warning(s, "server sent more after the ReadyForQuery of a pooler query, "
-			                  "closing it");
+			pf_log_warning(
+			        s, "server sent more after the ReadyForQuery of a pooler query, "
+			           "closing it");
 			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
 			return PF_PKT_STOP;
 		}
@@ -883,7 +884,8 @@ static pf_pkt_action_t login_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, c
 		s->ps.last_used = pf_worker_now(s->ps.pool->worker);
 		pf_log_debug(s, "server login ok, backend pid %u", s->be_pid);
 		if (s->ps.pool->db->connect_query && *s->ps.pool->db->connect_query)
-			pf_server_run_task(s, PF_SV_TASK_CONNECT_QUERY, s->ps.pool->db->connect_query);
+			pf_server_run_task(s, PF_SV_TASK_CONNECT_QUERY,
+			                   s->ps.pool->db->connect_query);
 		else {
 			s->task = PF_SV_TASK_NONE;
 			server_ready(s);
@@ -917,15 +919,17 @@ static bool route_answer_slow(pf_server_t *s, uint8_t type)
 	case PF_REQQ_FAILED_SWALLOW:
 		/* Nothing injects on a linked server yet (issue 11 will): an error to our own
 		 * message that the client cannot be told about leaves the server unusable. */
-		pf_log_warning(s, "a message of pgfunnel's own failed: the server will not be reused");
+		pf_log_warning(s,
+		               "a message of pgfunnel's own failed: the server will not be reused");
 		s->rq.broken = true;
 		return false;
 	case PF_REQQ_CLOSE:
 		if (!was_broken)
-			pf_log_warning(s,
-			               "server sent '%c', which answers nothing we sent: it will not be "
-			               "reused",
-			               type);
+			pf_log_warning(
+			        s,
+			        "server sent '%c', which answers nothing we sent: it will not be "
+			        "reused",
+			        type);
 		return true;
 	}
 	return true;
@@ -985,8 +989,8 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 	return PF_PKT_FORWARD_LAST;
 }
 
-static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr,
-                                     const uint8_t *pkt, size_t avail);
+static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+                                     size_t avail);
 
 static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
                                         const uint8_t *pkt, size_t avail)
@@ -1031,8 +1035,8 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 }
 
 /* A message from a server linked to a client. */
-static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr,
-                                     const uint8_t *pkt, size_t avail)
+static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+                                     size_t avail)
 {
 	switch (hdr->type) {
 	case PF_PROTO_BE_READY_FOR_QUERY:

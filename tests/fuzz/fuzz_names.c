@@ -48,7 +48,8 @@ static void check_renamed(const uint8_t *msg, const pf_proto_names_t *n, uint8_t
 	CHECK(rc == 0 || rc == -ENOSPC || rc == -EMSGSIZE);
 	if (rc < 0)
 		return;
-	CHECK(out.prefix_len <= sizeof(prefix) && out.tail_off == n->end && out.tail_off <= n->total);
+	CHECK(out.prefix_len <= sizeof(prefix) && out.tail_off == n->end &&
+	      out.tail_off <= n->total);
 	wlen = out.prefix_len + (n->total - out.tail_off);
 	CHECK(wlen == out.total);
 	whole = malloc(wlen);
@@ -81,9 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	mlen = size - 2;
 	step = 1 + data[1] % 7;
 	memset(&final_names, 0, sizeof(final_names));
-	for (size_t avail = 0; avail <= mlen; avail += (avail + step <= mlen || avail == mlen)
-	                                                       ? step
-	                                                       : mlen - avail) {
+	for (size_t avail = 0; avail <= mlen;
+	     avail += (avail + step <= mlen || avail == mlen) ? step : mlen - avail) {
 		uint8_t *copy = malloc(avail ? avail : 1);
 		pf_proto_names_t n;
 		int rc;

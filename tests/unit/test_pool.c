@@ -1731,7 +1731,6 @@ static void test_server_for_query_skips_login_waiters(void **state)
 
 /* ---- regressions: bugs these tests found in pool.c ---- */
 
-
 static void test_bug_login_failure_never_forgotten(void **state)
 {
 	fake_client_t *l;
@@ -1767,9 +1766,9 @@ static void test_bug_kick_skips_server_check(void **state)
 
 	(void)state;
 	/*
-	 * Was a bug: pf_pool_kick() (RESUME) links idle servers to waiting clients directly, without
-	 * check_query_for(): a server idle for longer than server_check_delay (a whole PAUSE,
-	 * typically) is handed out without server_check_query, unlike in pf_pool_acquire().
+	 * Was a bug: pf_pool_kick() (RESUME) links idle servers to waiting clients directly,
+	 * without check_query_for(): a server idle for longer than server_check_delay (a whole
+	 * PAUSE, typically) is handed out without server_check_query, unlike in pf_pool_acquire().
 	 */
 	fx_start(NULL, NULL, "server_check_query = SELECT 1\nserver_check_delay = 30");
 	make_idle(fx->pool, 1);
@@ -1826,8 +1825,8 @@ static void test_bug_kill_links_doomed_clients(void **state)
 
 	(void)state;
 	/*
-	 * Was a bug (minor): pf_pool_close_all() closes active clients before waiting ones; a closed
-	 * client's clean server goes back through pf_pool_server_ready() and is linked to a
+	 * Was a bug (minor): pf_pool_close_all() closes active clients before waiting ones; a
+	 * closed client's clean server goes back through pf_pool_server_ready() and is linked to a
 	 * waiting client that is about to be killed too. In the daemon, ops->linked resumes that
 	 * client, so its queued query is sent to Postgres during KILL. When the released server
 	 * is not clean it is closed instead, and that close opens a new server for the doomed
@@ -1921,11 +1920,11 @@ static void test_bug_immediate_shutdown_closes_as_lifetime(void **state)
 
 	(void)state;
 	/*
-	 * Was a bug (minor): pf_pool_server_ready() closes a free server during an IMMEDIATE shutdown
-	 * with PF_SV_CLOSE_LIFETIME ("server lifetime over") because its reason is "close_needed
-	 * ? ADMIN : LIFETIME". At SIGQUIT, pf_worker_close_all() -> pf_pool_close_all() closes
-	 * linked clients first, and each one's clean server takes this path: the log and
-	 * server_closes[] (metrics) say lifetime instead of PF_SV_CLOSE_SHUTDOWN.
+	 * Was a bug (minor): pf_pool_server_ready() closes a free server during an IMMEDIATE
+	 * shutdown with PF_SV_CLOSE_LIFETIME ("server lifetime over") because its reason is
+	 * "close_needed ? ADMIN : LIFETIME". At SIGQUIT, pf_worker_close_all() ->
+	 * pf_pool_close_all() closes linked clients first, and each one's clean server takes this
+	 * path: the log and server_closes[] (metrics) say lifetime instead of PF_SV_CLOSE_SHUTDOWN.
 	 */
 	fx_start(NULL, NULL, NULL);
 	a = client_new(fx->pool);
