@@ -228,6 +228,12 @@ static inline bool pf_reqq_is_reusable(const pf_reqq_t *q)
 	return pf_reqq_is_idle(q) && !q->doubtful;
 }
 
+/* True when the oldest entry is an answer the pooler gives itself (pf_reqq_take_synth). */
+static inline bool pf_reqq_synth_due(const pf_reqq_t *q)
+{
+	return q->len > 0 && (q->ring[q->head].e & 0x0fu) == PF_RQ_SYNTH;
+}
+
 /* How many requests are owed. */
 static inline uint32_t pf_reqq_len(const pf_reqq_t *q)
 {

@@ -20,6 +20,7 @@
 #include "pgfunnel/conn.h"
 #include "pgfunnel/list.h"
 #include "pgfunnel/net.h"
+#include "pgfunnel/prepared.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/util.h"
 
@@ -112,9 +113,10 @@ struct pf_worker {
 	pf_cancel_table_t cancel_keys;
 	pf_auth_file_t *auth_file;
 	pf_scram_cache_t *scram_cache;
-	uint8_t mock_key[32]; /* fake SCRAM secrets for unknown users */
-	bool paused;          /* PAUSE / SIGUSR1: no server is given to a client */
-	bool suspended;       /* SUSPEND: no socket is read */
+	uint8_t mock_key[32];             /* fake SCRAM secrets for unknown users */
+	pf_prepared_registry_t *prepared; /* every tracked prepared statement (prepared.h) */
+	bool paused;                      /* PAUSE / SIGUSR1: no server is given to a client */
+	bool suspended;                   /* SUSPEND: no socket is read */
 	pf_usec_t suspend_start;
 	pf_shutdown_mode_t shutdown;
 	void (*shutdown_done)(void *);

@@ -14,6 +14,7 @@
 
 #include "pgfunnel/conn.h"
 #include "pgfunnel/pool.h"
+#include "pgfunnel/prepared.h"
 #include "pgfunnel/reqq.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/vars.h"
@@ -57,6 +58,12 @@ typedef struct pf_server_peer {
 	pf_usec_t query_start; /* when its current query began (0 = none) */
 	pf_usec_t xact_start;  /* when its current transaction began (0 = none) */
 	bool rq_full; /* held back: the request queue is full; resumed once half is answered */
+	/* Prepared statements tracked (transaction/statement mode, max_prepared_statements > 0):
+	 * its map (NULL until its first named statement), and whether it waits for the outcome
+	 * of its earlier changes (resumed by the server side when they are known). */
+	bool prep_on;
+	bool prep_wait;
+	pf_prepared_client_t *prep;
 } pf_server_peer_t;
 
 typedef struct pf_server pf_server_t;
@@ -73,6 +80,10 @@ struct pf_server {
 	char **param_names;
 	char **param_values;
 	pf_reqq_t rq; /* what it still owes, request by request */
+	/* The statements pgfunnel prepared on it (NULL until the first), and whether a client's
+	 * SQL-level PREPARE/DEALLOCATE left it with statements pgfunnel does not know of. */
+	pf_prepared_server_t *prep;
+	bool prep_unsure;
 	/* During login: a hash index of param_names (index + 1; 0 = empty slot), and how many
 	 * ParameterStatus messages came (at most PF_SERVER_MAX_LOGIN_PARAMS). */
 	uint16_t *param_index;
@@ -143,6 +154,14 @@ bool pf_server_may_release(const pf_server_t *s);
 
 /* True when what s owes can no longer be known (a mismatch or a doubtful COPY): close it. */
 bool pf_server_is_uncertain(const pf_server_t *s);
+
+/*
+ * Sends the answers pgfunnel gives the linked client itself (pf_reqq_push_synth) that are due
+ * now — everything the server answered before them went to the client — after what the
+ * server side has marked for forwarding. Returns false when those bytes are still being
+ * written (the answers follow once they are out: the server's walk resumes and drains).
+ */
+bool pf_server_give_synth(pf_server_t *s);
 
 /* The reason's short text, as logged and as the metrics endpoint labels it. */
 const char *pf_server_close_reason_name(pf_server_close_reason_t reason);

@@ -213,6 +213,7 @@ static void client_on_free(pf_conn_t *conn)
 	pf_client_t *c = (pf_client_t *)conn;
 
 	pf_vars_clear(&c->vars);
+	pf_prepared_client_free(c->peer.prep);
 	free(c->user_name);
 	free(c->db_name);
 	free(c);
@@ -342,6 +343,10 @@ static void login_ok(pf_client_t *c)
 		return;
 	}
 	c->db->client_count++;
+	/* Named prepared statements are tracked where servers change hands between
+	 * transactions (PgBouncer: transaction and statement mode). */
+	c->peer.prep_on =
+	        pf_pool_mode(c->pc.pool) != PF_POOL_SESSION && w->cfg->max_prepared_statements > 0;
 	pf_pool_login_client(&c->pc);
 }
 
@@ -871,13 +876,276 @@ static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 	return handle_startup(c, &st, n);
 }
 
+/* ---- prepared statements (transaction and statement mode) ---- */
+
+/* The statements a server keeps when max_prepared_statements was reloaded to 0 under
+ * clients that track theirs. */
+#define PREPARED_FALLBACK_MAX 200
+
+/* Bookkeeping of a message that goes to the server (or is answered on its behalf). */
+static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
+{
+	c->conn.request_time = c->conn.net->now;
+	switch (hdr->type) {
+	case PF_PROTO_FE_QUERY:
+	case PF_PROTO_FE_SYNC:
+	case PF_PROTO_FE_FUNCTION_CALL: {
+		pf_usec_t now = c->conn.net->now;
+
+		if (!c->peer.query_start)
+			c->peer.query_start = now;
+		if (!c->peer.xact_start)
+			c->peer.xact_start = now;
+		break;
+	}
+	default:
+		break;
+	}
+	c->pc.pool->stats.bytes_received += hdr->total;
+}
+
+/*
+ * Writes pgfunnel's own messages of a plan to s — the Close evicting a statement, the Parse
+ * preparing one — right before the client's message (after everything forwarded before it),
+ * each recorded as injected. Room in the queue was reserved and the server is neither
+ * skipping to a Sync nor in a COPY, so recording cannot fail. Returns 0 or -ENOMEM.
+ */
+static int send_injected(pf_client_t *c, pf_server_t *s, const pf_prepared_plan_t *p)
+{
+	pf_buf_t b;
+	size_t m;
+	int rc = 0;
+
+	pf_buf_init(&b);
+	if (p->evict) {
+		m = pf_buf_msg_begin(&b, PF_PROTO_FE_CLOSE);
+		pf_buf_put_u8(&b, 'S');
+		pf_buf_put_str(&b, p->evict->name);
+		pf_buf_msg_end(&b, m);
+	}
+	if (p->inject) {
+		m = pf_buf_msg_begin(&b, PF_PROTO_FE_PARSE);
+		pf_buf_put_str(&b, p->inject->name);
+		pf_buf_put_bytes(&b, p->inject->body, p->inject->body_len);
+		pf_buf_msg_end(&b, m);
+	}
+	if (b.failed) {
+		pf_buf_free(&b);
+		return -ENOMEM;
+	}
+	if (p->evict)
+		rc = pf_reqq_inject(&s->rq, PF_PROTO_FE_CLOSE, p->evict_tag);
+	if (rc == 0 && p->inject)
+		rc = pf_reqq_inject(&s->rq, PF_PROTO_FE_PARSE, p->inject_tag);
+	assert(rc == 0);
+	if (rc == 0) {
+		pf_conn_flush(&c->conn);
+		pf_conn_send_buf(&s->conn, &b);
+	}
+	pf_buf_free(&b);
+	return rc < 0 ? -ENOMEM : 0;
+}
+
+/* Carries out a plan for the client's message at hand (names: where its names are). */
+static pf_pkt_action_t apply_plan(pf_client_t *c, pf_server_t *s, const pf_proto_hdr_t *hdr,
+                                  const pf_proto_names_t *names, const pf_prepared_plan_t *p)
+{
+	pf_pool_stats_t *st = &c->pc.pool->stats;
+	uint8_t prefix[512];
+	pf_proto_renamed_t out;
+	int rc;
+
+	pf_log_debug(c, "prepared %c %s: evict=%s inject=%s rename=%s synth=%c tag=%u", hdr->type,
+	             names->stmt, p->evict ? p->evict->name : "-",
+	             p->inject ? p->inject->name : "-", p->rename ? p->rename : "-",
+	             p->synth ? p->synth : '-', p->tag);
+	st->client_parse_count += p->client_parses;
+	st->server_parse_count += p->server_parses;
+	st->bind_count += p->binds;
+	if ((p->evict || p->inject) && send_injected(c, s, p) < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return PF_PKT_STOP;
+	}
+	note_request(c, hdr);
+	if (p->synth) {
+		/* Answered by pgfunnel, in its place among the server's answers. */
+		rc = pf_reqq_push_synth(&s->rq, p->synth, p->tag);
+		assert(rc == 0);
+		if (rc < 0) {
+			pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+			return PF_PKT_STOP;
+		}
+		pf_server_give_synth(s);
+		return PF_PKT_SKIP;
+	}
+	rc = pf_reqq_push_tagged(&s->rq, hdr->type, 0, p->tag);
+	assert(rc == 0);
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return PF_PKT_STOP;
+	}
+	if (!p->rename)
+		return PF_PKT_FORWARD;
+	/* The portal name is kept; a long one gets a prefix of its own. */
+	if (names->portal_len + 64 > sizeof(prefix)) {
+		size_t cap = (size_t)names->portal_len + 64;
+		uint8_t *big = malloc(cap);
+
+		rc = big ? pf_proto_rename(names, NULL, p->rename, big, cap, &out) : -ENOMEM;
+		if (rc == 0)
+			pf_conn_replace_head(&c->conn, big, out.prefix_len, out.tail_off);
+		free(big);
+	} else {
+		rc = pf_proto_rename(names, NULL, p->rename, prefix, sizeof(prefix), &out);
+		if (rc == 0)
+			pf_conn_replace_head(&c->conn, prefix, out.prefix_len, out.tail_off);
+	}
+	if (rc < 0) {
+		/* The queue expects the message: the server cannot be told it without it. */
+		pf_client_close(c, rc == -EMSGSIZE ? PF_CLOSE_CLIENT_PROTOCOL : PF_CLOSE_CLIENT_OOM,
+		                rc == -EMSGSIZE ? "54000" : NULL,
+		                rc == -EMSGSIZE ? "message too long after renaming its statement"
+		                                : NULL);
+		return PF_PKT_STOP;
+	}
+	return PF_PKT_REPLACED;
+}
+
+/*
+ * A Parse, Bind, Describe or Close from a client whose named statements are tracked, going to
+ * s. Sets *plain (and returns nothing useful) when the message passes as any other: unnamed
+ * statements, portals, and every message the server will not act on anyway (it is skipping
+ * to a Sync, or reading COPY data).
+ */
+static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_proto_hdr_t *hdr,
+                                       const uint8_t *pkt, size_t avail, bool *plain)
+{
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+	uint32_t max = w->cfg->max_prepared_statements > 0
+	                       ? (uint32_t)w->cfg->max_prepared_statements
+	                       : PREPARED_FALLBACK_MAX;
+	pf_prepared_plan_t plan;
+	pf_proto_names_t n;
+	int rc;
+
+	*plain = true;
+	if (s->rq.skip_to_sync || s->rq.copy_in_open || s->rq.broken)
+		return PF_PKT_FORWARD;
+	rc = pf_proto_read_names(pkt, avail, &n);
+	if (rc == 0) {
+		/* The names are not all here yet: hold a little more of the message. */
+		uint32_t want = (uint32_t)avail < 32 ? 64 : (uint32_t)avail * 2;
+
+		*plain = false;
+		if (avail >= c->conn.hold_max) {
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "54000",
+			                "prepared statement or portal name too long");
+			return PF_PKT_STOP;
+		}
+		want = want < hdr->total ? want : hdr->total;
+		want = want < c->conn.hold_max ? want : c->conn.hold_max;
+		pf_conn_need_head(&c->conn, want);
+		return PF_PKT_NEED_HEAD;
+	}
+	if (rc < 0) {
+		*plain = false;
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "invalid message format");
+		return PF_PKT_STOP;
+	}
+	if (n.stmt_len == 0 ||
+	    ((hdr->type == PF_PROTO_FE_DESCRIBE || hdr->type == PF_PROTO_FE_CLOSE) &&
+	     n.kind != 'S'))
+		return PF_PKT_FORWARD;
+	*plain = false;
+	if (pf_prepared_is_broken(c->peer.prep)) {
+		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_GONE, "08006",
+		                "server connection lost with prepared statements in flight");
+		return PF_PKT_STOP;
+	}
+	if (pf_prepared_must_wait(c->peer.prep)) {
+		/* Its earlier statement changes are answered after the Sync it sent: resumed by the
+		 * server side once they are. */
+		c->peer.prep_wait = true;
+		pf_log_debug(c, "prepared: waiting for earlier statement changes");
+		return PF_PKT_STOP;
+	}
+	if (hdr->type == PF_PROTO_FE_PARSE && avail < hdr->total) {
+		if (hdr->total > c->conn.hold_max) {
+			pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "54000",
+			                "prepared statement too large to track (max 1 MB)");
+			return PF_PKT_STOP;
+		}
+		return PF_PKT_NEED_WHOLE;
+	}
+	if (!c->peer.prep && !(c->peer.prep = pf_prepared_client_new(w->prepared))) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return PF_PKT_STOP;
+	}
+	if (!s->prep && !(s->prep = pf_prepared_server_new(w->prepared))) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return PF_PKT_STOP;
+	}
+	/* Room for the evicting Close, the injected Parse and the message itself. */
+	rc = pf_reqq_reserve(&s->rq, 3);
+	if (rc == -ENOBUFS) {
+		c->peer.rq_full = true; /* resumed by the server side as answers arrive */
+		return PF_PKT_STOP;
+	}
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return PF_PKT_STOP;
+	}
+	switch (hdr->type) {
+	case PF_PROTO_FE_PARSE:
+		rc = pf_prepared_parse(c->peer.prep, s->prep, max, n.stmt, pkt + n.end,
+		                       hdr->total - n.end, &plan);
+		break;
+	case PF_PROTO_FE_CLOSE:
+		rc = pf_prepared_close(c->peer.prep, n.stmt, &plan);
+		break;
+	default:
+		rc = pf_prepared_use(c->peer.prep, s->prep, max, n.stmt,
+		                     hdr->type == PF_PROTO_FE_BIND, &plan);
+		break;
+	}
+	if (rc == -EMFILE) {
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "54000",
+		                "too many prepared statements for one client");
+		return PF_PKT_STOP;
+	}
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return PF_PKT_STOP;
+	}
+	return apply_plan(c, s, hdr, &n, &plan);
+}
+
+/*
+ * True when a Parse, Bind, Describe or Close certainly names no statement (the unnamed one, or
+ * a portal), from its first bytes: such messages pass as any other, at no extra cost.
+ */
+static inline bool names_no_statement(const pf_proto_hdr_t *hdr, const uint8_t *pkt, size_t avail)
+{
+	const uint8_t *p = pkt + PF_PROTO_HDR_LEN;
+
+	if (avail < PF_PROTO_HDR_LEN + 2)
+		return false;
+	switch (hdr->type) {
+	case PF_PROTO_FE_PARSE:
+		return p[0] == 0;
+	case PF_PROTO_FE_BIND:
+		return p[0] == 0 && p[1] == 0; /* unnamed portal, unnamed statement */
+	default:                               /* Describe, Close */
+		return p[0] == 'P' || (p[0] == 'S' && p[1] == 0);
+	}
+}
+
 static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
                                         const uint8_t *pkt, size_t avail)
 {
 	pf_client_t *c = (pf_client_t *)conn;
 	pf_server_t *s;
 	int rc;
-
 	if (c->pc.state == PF_CL_LOGIN && c->auth_step != AUTH_DONE)
 		return auth_packet(c, hdr, pkt, avail);
 	if (hdr->type == PF_PROTO_FE_TERMINATE) {
@@ -909,6 +1177,16 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	}
 	if (s->task != PF_SV_TASK_NONE)
 		return PF_PKT_STOP; /* parameters being synced; resumed when done */
+	if (c->peer.prep_on &&
+	    (hdr->type == PF_PROTO_FE_PARSE || hdr->type == PF_PROTO_FE_BIND ||
+	     hdr->type == PF_PROTO_FE_DESCRIBE || hdr->type == PF_PROTO_FE_CLOSE) &&
+	    !names_no_statement(hdr, pkt, avail)) {
+		bool plain;
+		pf_pkt_action_t act = prepared_packet(c, s, hdr, pkt, avail, &plain);
+
+		if (!plain)
+			return act;
+	}
 	/* Every forwarded message is recorded with what it will make the server answer. */
 	rc = pf_reqq_push(&s->rq, hdr->type, 0);
 	if (rc == -ENOBUFS) {
@@ -919,23 +1197,9 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
-	c->conn.request_time = c->conn.net->now;
-	switch (hdr->type) {
-	case PF_PROTO_FE_QUERY:
-	case PF_PROTO_FE_SYNC:
-	case PF_PROTO_FE_FUNCTION_CALL: {
-		pf_usec_t now = c->conn.net->now;
-
-		if (!c->peer.query_start)
-			c->peer.query_start = now;
-		if (!c->peer.xact_start)
-			c->peer.xact_start = now;
-		break;
-	}
-	default:
-		break;
-	}
-	c->pc.pool->stats.bytes_received += hdr->total;
+	if (PF_UNLIKELY(c->peer.prep) && hdr->type == PF_PROTO_FE_SYNC)
+		pf_prepared_sync(c->peer.prep);
+	note_request(c, hdr);
 	return PF_PKT_FORWARD;
 }
 

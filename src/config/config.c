@@ -130,7 +130,7 @@ static const pf_config_param_t params[] = {
          * INT32_MAX (proto.h's PF_PROTO_MAX_MSG_LEN) no message could ever be refused, and
          * the length of a whole message (len + 1) would no longer fit in 32 bits. */
         P_UINT(max_packet_size, RELOAD, IMPL, "2147483647", 0, INT32_MAX),
-        P_INT(max_prepared_statements, RELOAD, NOT_IMPL, "200", 0, INT_MAX),
+        P_INT(max_prepared_statements, RELOAD, IMPL, "200", 0, INT_MAX),
         P_INT(max_user_client_connections, RELOAD, NOT_IMPL, "0", 0, INT_MAX),
         P_INT(max_user_connections, RELOAD, IMPL, "0", 0, INT_MAX),
         P_STR(metrics_addr, RESTART, IMPL, "127.0.0.1"),

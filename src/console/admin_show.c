@@ -508,6 +508,7 @@ typedef struct socket_info {
 	const char *appname;
 	pf_usec_t wait;
 	bool close_needed;
+	uint32_t prepared; /* prepared_statements */
 } socket_info_t;
 
 /* True when conn holds bytes not yet processed or not yet written out. */
@@ -539,15 +540,15 @@ static void socket_row(pf_buf_t *out, pf_worker_t *w, const pf_conn_t *conn,
 		pf_proto_be_data_row(out, SOCKET_TYPES, si->type, si->user, si->db, "none",
 		                     si->state, addr, (int32_t)port, laddr, (int32_t)lport, ctime,
 		                     rtime, wait_s, wait_us, (int32_t)si->close_needed, ptr, lptr,
-		                     si->remote_pid, "", si->appname ? si->appname : "", (int32_t)0,
-		                     (int64_t)conn->id);
+		                     si->remote_pid, "", si->appname ? si->appname : "",
+		                     (int32_t)si->prepared, (int64_t)conn->id);
 		return;
 	}
 	pf_proto_be_data_row(
 	        out, SOCKET_DEBUG_TYPES, si->type, si->user, si->db, "none", si->state, addr,
 	        (int32_t)port, laddr, (int32_t)lport, ctime, rtime, wait_s, wait_us,
 	        (int32_t)si->close_needed, ptr, lptr, si->remote_pid, "",
-	        si->appname ? si->appname : "", (int32_t)0, (int64_t)conn->id,
+	        si->appname ? si->appname : "", (int32_t)si->prepared, (int64_t)conn->id,
 	        (int32_t)(conn->rbuf ? conn->rend : 0), (int32_t)(conn->rbuf ? conn->rpos : 0),
 	        (int32_t)conn->pkt_remain, (int32_t)(conn->rbuf ? send_pos : 0), (int32_t)0,
 	        (int32_t)(conn->rbuf ? conn->rend - conn->rpos : 0),
@@ -582,6 +583,7 @@ static void client_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 		        .wait = cl->pc.wait_start && cl->pc.state == PF_CL_WAITING
 		                        ? sl->now - cl->pc.wait_start
 		                        : 0,
+		        .prepared = pf_prepared_client_count(cl->peer.prep),
 		};
 
 		if (sl->only_active && !conn_has_buffered(&cl->conn))
@@ -611,6 +613,7 @@ static void server_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 		        .appname = s->vars.v[PF_VAR_APPLICATION_NAME],
 		        .wait = 0,
 		        .close_needed = s->ps.close_needed,
+		        .prepared = pf_prepared_server_count(s->prep),
 		};
 
 		if (sl->only_active && !conn_has_buffered(&s->conn))

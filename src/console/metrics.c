@@ -264,6 +264,46 @@ static void render_pool_servers(pf_worker_t *w, pf_buf_t *b)
 	}
 }
 
+/* The sums of SHOW CLIENTS / SHOW SERVERS prepared_statements per pool. */
+static void render_pool_prepared(pf_worker_t *w, pf_buf_t *b)
+{
+	pf_list_node_t *it, *tmp, *cit, *ctmp;
+
+	pf_metrics_put_family(
+	        b, "pgfunnel_pool_prepared_statements", "gauge",
+	        "Protocol-level prepared statements tracked in the pool (max_prepared_statements): "
+	        "side=client sums SHOW CLIENTS prepared_statements (the statements clients have), "
+	        "side=server sums SHOW SERVERS prepared_statements (those prepared on servers).");
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		const pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		const pf_list_t *clients[] = {&p->active_clients, &p->waiting_clients};
+		const pf_list_t *servers[] = {&p->active_servers, &p->idle_servers,
+		                              &p->used_servers, &p->tested_servers,
+		                              &p->new_servers};
+		pf_metrics_label_t l[3];
+		size_t n = pool_labels(p, l);
+		uint64_t cl = 0, sv = 0;
+
+		for (size_t i = 0; i < PF_ARRAY_SIZE(clients); i++)
+			PF_LIST_FOREACH(clients[i], cit, ctmp)
+		cl += pf_prepared_client_count(pf_client_from_node(cit)->peer.prep);
+		for (size_t i = 0; i < PF_ARRAY_SIZE(servers); i++)
+			PF_LIST_FOREACH(servers[i], cit, ctmp)
+		sv += pf_prepared_server_count(pf_server_from_node(cit)->prep);
+		l[n].name = "side";
+		l[n].value = "client";
+		put_u64(b, "pgfunnel_pool_prepared_statements", l, n + 1, cl);
+		l[n].value = "server";
+		put_u64(b, "pgfunnel_pool_prepared_statements", l, n + 1, sv);
+	}
+	pf_metrics_put_family(b, "pgfunnel_prepared_statements_distinct", "gauge",
+	                      "Distinct statements (query text and parameter types) tracked, each "
+	                      "with one server-side name.");
+	put_u64(b, "pgfunnel_prepared_statements_distinct", NULL, 0,
+	        pf_prepared_registry_count(w->prepared));
+}
+
 static void render_pool_maxwait(pf_worker_t *w, pf_buf_t *b)
 {
 	pf_usec_t now = pf_worker_now(w);
@@ -442,6 +482,7 @@ void pf_metrics_render(pf_worker_t *w, pf_buf_t *out)
 	put_u64(out, "pgfunnel_clients", NULL, 0, w->client_count);
 	render_pool_clients(w, out);
 	render_pool_servers(w, out);
+	render_pool_prepared(w, out);
 	render_pool_maxwait(w, out);
 	render_pool_errors(w, out);
 	render_pool_waits(w, out);

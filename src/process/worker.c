@@ -100,6 +100,17 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 		free(w);
 		return rc;
 	}
+	{
+		uint8_t key[16];
+
+		if (RAND_bytes(key, sizeof(key)) != 1 ||
+		    !(w->prepared = pf_prepared_registry_new(key))) {
+			pf_scram_cache_free(w->scram_cache);
+			pf_config_unref(w->cfg);
+			free(w);
+			return -ENOMEM;
+		}
+	}
 	w->start_time = pf_worker_now(w);
 	w->start_wall = pf_now_wall_usec();
 	pf_worker_load_auth_file(w);
@@ -690,6 +701,7 @@ void pf_worker_free(pf_worker_t *w)
 	pf_user_free_all(w);
 	pf_auth_file_free(w->auth_file);
 	pf_scram_cache_free(w->scram_cache);
+	pf_prepared_registry_free(w->prepared);
 	pf_config_unref(w->cfg);
 	pf_net_free(&w->net);
 	free(w);

@@ -67,7 +67,7 @@ static const char *const close_texts[] = {
         [PF_SV_CLOSE_POOL_GONE] = "database removed",
         [PF_SV_CLOSE_STATEMENT_MODE] = "Long transactions not allowed",
         [PF_SV_CLOSE_EVICTED] = "evicted to make room for another pool",
-        [PF_SV_CLOSE_UNCERTAIN] = "cannot tell what the server still owes",
+        [PF_SV_CLOSE_UNCERTAIN] = "cannot tell what the server still owes or holds",
 };
 
 _Static_assert(PF_SV_CLOSE_REASONS <= 32, "worker.h's server_closes[] is too small");
@@ -99,7 +99,8 @@ bool pf_server_is_clean(const pf_server_t *s)
 	/* Unprocessed input after the answer that freed it answers nothing the client sent. */
 	return s->ready && s->tx_status == PF_PROTO_TX_IDLE && pf_reqq_is_reusable(&s->rq) &&
 	       s->task == PF_SV_TASK_NONE && !s->conn.closing && !pf_conn_mid_message(&s->conn) &&
-	       !pf_conn_has_input(&s->conn);
+	       !pf_conn_has_input(&s->conn) && !s->prep_unsure &&
+	       !pf_prepared_server_is_unsure(s->prep);
 }
 
 bool pf_server_may_release(const pf_server_t *s)
@@ -115,7 +116,17 @@ bool pf_server_may_release(const pf_server_t *s)
 
 bool pf_server_is_uncertain(const pf_server_t *s)
 {
-	return s->rq.broken || s->rq.doubtful;
+	return s->rq.broken || s->rq.doubtful || s->prep_unsure ||
+	       pf_prepared_server_is_unsure(s->prep);
+}
+
+/* A tagged request the server skipped (after an error, or as COPY data): its change failed. */
+static void on_request_dropped(void *arg, const pf_reqq_entry_t *e)
+{
+	pf_server_t *s = arg;
+
+	if (s->peer && s->peer->prep)
+		pf_prepared_resolve(s->peer->prep, e->tag, false);
 }
 
 /* Where a database's servers live: a unix socket path, or a host name and port. */
@@ -189,6 +200,7 @@ int pf_server_launch(pf_pool_t *pool)
 		return -ENOMEM;
 	pf_conn_init(&s->conn, &w->net, &server_ops, false);
 	pf_list_init(&s->cancels);
+	pf_reqq_set_drop_cb(&s->rq, on_request_dropped, s);
 	s->task = PF_SV_TASK_LOGIN;
 	s->tx_status = PF_PROTO_TX_IDLE;
 	pf_pool_add_server(pool, &s->ps, s->conn.connect_time);
@@ -677,6 +689,10 @@ bool pf_server_attach(pf_server_t *s, pf_server_peer_t *peer, pf_conn_t *client_
  * each other). */
 static void detach(pf_server_t *s)
 {
+	/* Changes to the client's statements still waiting for their outcome refer to this
+	 * server: they are dropped (and the client's map marked broken if there were any). */
+	if (s->peer && s->peer->prep)
+		pf_prepared_detach(s->peer->prep);
 	if (s->conn.peer) {
 		assert(s->conn.peer->peer == &s->conn);
 		s->conn.peer->peer = NULL;
@@ -706,6 +722,31 @@ static void server_ready(pf_server_t *s)
 		return;
 	}
 	pf_pool_server_logged_in(&s->ps);
+}
+
+static bool command_tag_is(const uint8_t *payload, size_t len, const char *tag)
+{
+	size_t n = strlen(tag) + 1;
+
+	return len == n && memcmp(payload, tag, n) == 0;
+}
+
+/*
+ * A CommandComplete on a server whose prepared statements are tracked: DISCARD ALL and
+ * DEALLOCATE ALL remove every statement of the server's (and, for a client's command, the
+ * client's); an SQL-level PREPARE or DEALLOCATE leaves statements pgfunnel does not know of,
+ * so the server is not given to anyone else.
+ */
+static void note_command(pf_server_t *s, const uint8_t *payload, size_t len)
+{
+	if (len == 0 || (payload[0] != 'D' && payload[0] != 'P'))
+		return;
+	if (command_tag_is(payload, len, "DISCARD ALL") ||
+	    command_tag_is(payload, len, "DEALLOCATE ALL"))
+		pf_prepared_discard(s->peer ? s->peer->prep : NULL, s->prep);
+	else if (command_tag_is(payload, len, "DEALLOCATE") ||
+	         command_tag_is(payload, len, "PREPARE"))
+		s->prep_unsure = true;
 }
 
 /* A task query finished (its ReadyForQuery arrived). */
@@ -785,6 +826,14 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 			remember_param(s, name, value);
 		return PF_PKT_CONSUMED;
 	}
+	case PF_PROTO_BE_COMMAND_COMPLETE:
+		/* server_reset_query may be DISCARD ALL: the statements are gone. */
+		if (s->prep) {
+			if (avail < hdr->total)
+				return PF_PKT_NEED_WHOLE;
+			note_command(s, payload, plen);
+		}
+		break;
 	default:
 		break;
 	}
@@ -909,8 +958,13 @@ static bool route_answer_slow(pf_server_t *s, uint8_t type)
 {
 	bool was_broken = s->rq.broken;
 	pf_reqq_ans_t ans;
+	pf_reqq_route_t route = pf_reqq_route(&s->rq, type, &ans);
 
-	switch (pf_reqq_route(&s->rq, type, &ans)) {
+	/* A tagged request answered: the change to the client's statements it carried is final,
+	 * or (an ErrorResponse) undone with every later one. */
+	if (ans.tag && ans.verdict == PF_REQQ_DONE && s->peer && s->peer->prep)
+		pf_prepared_resolve(s->peer->prep, ans.tag, type != PF_PROTO_BE_ERROR_RESPONSE);
+	switch (route) {
 	case PF_REQQ_FORWARD:
 	case PF_REQQ_FAILED_FORWARD:
 		return true;
@@ -938,6 +992,71 @@ static bool route_answer_slow(pf_server_t *s, uint8_t type)
 static inline bool route_answer(pf_server_t *s, uint8_t type)
 {
 	return PF_LIKELY(pf_reqq_route_client(&s->rq, type)) || route_answer_slow(s, type);
+}
+
+bool pf_server_give_synth(pf_server_t *s)
+{
+	pf_reqq_entry_t e;
+
+	if (!pf_reqq_synth_due(&s->rq))
+		return true;
+	/* What the server answered before goes first. */
+	pf_conn_flush(&s->conn);
+	if (s->conn.fwd_pending)
+		return false;
+	while (pf_reqq_take_synth(&s->rq, &e)) {
+		const uint8_t msg[5] = {e.synth, 0, 0, 0, 4}; /* ParseComplete, CloseComplete */
+
+		if (s->conn.peer)
+			pf_conn_send(s->conn.peer, msg, sizeof(msg));
+		if (s->peer && s->peer->prep)
+			pf_prepared_resolve(s->peer->prep, e.tag, true);
+	}
+	return true;
+}
+
+/*
+ * An ErrorResponse while the client's statements have changes in flight: when it answers a
+ * duplicate Parse (sent under the existing statement's server-side name so that the server
+ * itself refuses it), the client is told its own name, as Postgres would say it.
+ */
+static pf_pkt_action_t prepared_error(pf_server_t *s, const pf_proto_hdr_t *hdr,
+                                      const pf_proto_error_t *e)
+{
+	const char *dup = NULL;
+	pf_buf_t b;
+
+	if (pf_reqq_len(&s->rq) > 0)
+		dup = pf_prepared_dup_name(s->peer->prep, s->rq.ring[s->rq.head].tag);
+	if (!dup || !e->sqlstate || strcmp(e->sqlstate, "42P05") != 0)
+		return route_answer(s, hdr->type) ? PF_PKT_FORWARD : PF_PKT_SKIP;
+	{
+		size_t n = strlen(dup) + 64;
+		char *text = malloc(n);
+
+		pf_buf_init(&b);
+		if (text) {
+			snprintf(text, n, "prepared statement \"%s\" already exists", dup);
+			pf_proto_be_error(&b, "ERROR", "42P05", text, NULL, NULL);
+			free(text);
+		} else {
+			b.failed = true;
+		}
+	}
+	if (b.failed) {
+		/* No memory for our words: the server's (naming its statement) will do. */
+		pf_buf_free(&b);
+		return route_answer(s, hdr->type) ? PF_PKT_FORWARD : PF_PKT_SKIP;
+	}
+	if (!route_answer(s, hdr->type)) {
+		pf_buf_free(&b);
+		return PF_PKT_SKIP;
+	}
+	pf_conn_flush(&s->conn);
+	if (s->conn.peer)
+		pf_conn_send_buf(s->conn.peer, &b);
+	pf_buf_free(&b);
+	return PF_PKT_CONSUMED;
 }
 
 /* ReadyForQuery for the linked client: decides whether the server is released. */
@@ -998,7 +1117,6 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	pf_server_t *s = (pf_server_t *)conn;
 	pf_pool_stats_t *pool_stats = &s->ps.pool->stats;
 	pf_pkt_action_t act;
-
 	if (s->task == PF_SV_TASK_LOGIN)
 		return login_packet(s, hdr, pkt, avail);
 	if (s->task != PF_SV_TASK_NONE)
@@ -1028,6 +1146,9 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 			return PF_PKT_STOP;
 		}
 	}
+	/* Answers of pgfunnel's own that are due go to the client before this message. */
+	if (PF_UNLIKELY(pf_reqq_synth_due(&s->rq)) && !pf_server_give_synth(s))
+		return PF_PKT_STOP;
 	act = linked_packet(s, hdr, pkt, avail);
 	if (act == PF_PKT_FORWARD || act == PF_PKT_FORWARD_LAST)
 		pool_stats->bytes_sent += hdr->total;
@@ -1066,11 +1187,21 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, 
 		/* Errors are counted by SQLSTATE class; they are rare, so reading them is cheap. */
 		if (avail < hdr->total && hdr->len < 8192)
 			return PF_PKT_NEED_WHOLE;
-		if (avail >= hdr->total &&
-		    pf_proto_parse_error_fields(pkt + PF_PROTO_HDR_LEN, hdr->payload_len, &e) == 0)
+		if (avail >= hdr->total && pf_proto_parse_error_fields(pkt + PF_PROTO_HDR_LEN,
+		                                                       hdr->payload_len, &e) == 0) {
 			pf_stats_note_error(s->ps.pool, e.sqlstate);
+			if (PF_UNLIKELY(pf_prepared_has_pending(s->peer->prep)))
+				return prepared_error(s, hdr, &e);
+		}
 		break;
 	}
+	case PF_PROTO_BE_COMMAND_COMPLETE:
+		if (PF_UNLIKELY(s->peer->prep_on)) {
+			if (avail < hdr->total)
+				return PF_PKT_NEED_WHOLE;
+			note_command(s, pkt + PF_PROTO_HDR_LEN, hdr->payload_len);
+		}
+		break;
 	default:
 		break;
 	}
@@ -1114,6 +1245,14 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 			pf_server_close(s, PF_SV_CLOSE_ERROR);
 		break;
 	case PF_CONN_EV_DRAINED:
+		/* Answers of pgfunnel's own due after the last message forwarded. */
+		if (s->peer && pf_reqq_synth_due(&s->rq))
+			pf_server_give_synth(s);
+		/* A client waiting for the outcome of its statement changes goes on once known. */
+		if (s->peer && s->peer->prep_wait && !pf_prepared_must_wait(s->peer->prep)) {
+			s->peer->prep_wait = false;
+			s->ps.pool->worker->pool_ops->resume_client(s->ps.link);
+		}
 		/* A client held back by a full request queue goes on once half of it is answered
 		 * (here, outside message handling, so its messages cannot interleave with ours). */
 		if (s->peer && s->peer->rq_full && pf_reqq_len(&s->rq) <= PF_REQQ_MAX / 2) {
@@ -1228,6 +1367,7 @@ static void server_on_free(pf_conn_t *conn)
 	scram_free(s);
 	free(s->login_error);
 	pf_reqq_free(&s->rq);
+	pf_prepared_server_free(s->prep);
 	free(s);
 }
 

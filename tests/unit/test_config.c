@@ -147,6 +147,7 @@ static const char *const implemented[] = {
         "ignore_startup_parameters",
         "pkt_buf",
         "max_packet_size",
+        "max_prepared_statements",
         "tcp_keepalive",
         "tcp_keepcnt",
         "tcp_keepidle",
