@@ -105,6 +105,7 @@ typedef void pf_reqq_drop_cb(void *arg, const pf_reqq_entry_t *e);
 typedef struct pf_reqq {
 	pf_reqq_entry_t *ring; /* cap entries (a power of two), or NULL while cap is 0 */
 	uint32_t cap, head, len;
+	uint32_t n_synth;    /* entries of kind PF_RQ_SYNTH among them */
 	uint32_t copy_risky; /* Syncs / a consumed message sent into the COPY IN under way */
 	bool copy_in;        /* the oldest request is a COPY FROM STDIN being served */
 	bool copy_in_open;   /* ... and the client has not yet sent what ends it */
@@ -231,7 +232,7 @@ static inline bool pf_reqq_is_reusable(const pf_reqq_t *q)
 /* True when the oldest entry is an answer the pooler gives itself (pf_reqq_take_synth). */
 static inline bool pf_reqq_synth_due(const pf_reqq_t *q)
 {
-	return q->len > 0 && (q->ring[q->head].e & 0x0fu) == PF_RQ_SYNTH;
+	return PF_UNLIKELY(q->n_synth > 0) && (q->ring[q->head].e & 0x0fu) == PF_RQ_SYNTH;
 }
 
 /* How many requests are owed. */

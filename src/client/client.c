@@ -887,8 +887,12 @@ static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
 {
 	c->conn.request_time = c->conn.net->now;
 	switch (hdr->type) {
-	case PF_PROTO_FE_QUERY:
 	case PF_PROTO_FE_SYNC:
+		/* Statement changes before it now belong to a finished run. */
+		if (PF_UNLIKELY(c->peer.prep != NULL))
+			pf_prepared_sync(c->peer.prep);
+		/* fall through */
+	case PF_PROTO_FE_QUERY:
 	case PF_PROTO_FE_FUNCTION_CALL: {
 		pf_usec_t now = c->conn.net->now;
 
@@ -1120,6 +1124,14 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 	return apply_plan(c, s, hdr, &n, &plan);
 }
 
+/* The messages that may name a prepared statement: Parse, Bind, Describe, Close. */
+static const bool names_statement[256] = {
+        [PF_PROTO_FE_PARSE] = true,
+        [PF_PROTO_FE_BIND] = true,
+        [PF_PROTO_FE_DESCRIBE] = true,
+        [PF_PROTO_FE_CLOSE] = true,
+};
+
 /*
  * True when a Parse, Bind, Describe or Close certainly names no statement (the unnamed one, or
  * a portal), from its first bytes: such messages pass as any other, at no extra cost.
@@ -1177,10 +1189,7 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	}
 	if (s->task != PF_SV_TASK_NONE)
 		return PF_PKT_STOP; /* parameters being synced; resumed when done */
-	if (c->peer.prep_on &&
-	    (hdr->type == PF_PROTO_FE_PARSE || hdr->type == PF_PROTO_FE_BIND ||
-	     hdr->type == PF_PROTO_FE_DESCRIBE || hdr->type == PF_PROTO_FE_CLOSE) &&
-	    !names_no_statement(hdr, pkt, avail)) {
+	if (names_statement[hdr->type] && c->peer.prep_on && !names_no_statement(hdr, pkt, avail)) {
 		bool plain;
 		pf_pkt_action_t act = prepared_packet(c, s, hdr, pkt, avail, &plain);
 
@@ -1197,8 +1206,6 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
-	if (PF_UNLIKELY(c->peer.prep) && hdr->type == PF_PROTO_FE_SYNC)
-		pf_prepared_sync(c->peer.prep);
 	note_request(c, hdr);
 	return PF_PKT_FORWARD;
 }

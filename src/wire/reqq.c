@@ -73,6 +73,13 @@ static void check(const pf_reqq_t *q)
 	assert(!q->skip_to_sync || q->len == 0);
 	if (q->len > 0)
 		assert(KIND(at(q, 0)->e) != RQ_COPY_END);
+	if (q->len <= 64) { /* bounded: a deep pipeline would make every step quadratic */
+		uint32_t n = 0;
+
+		for (uint32_t i = 0; i < q->len; i++)
+			n += KIND(at(q, i)->e) == RQ_SYNTH;
+		assert(n == q->n_synth);
+	}
 	if (q->copy_in || q->copy_out)
 		assert(q->len > 0 &&
 		       (KIND(at(q, 0)->e) == RQ_QUERY || KIND(at(q, 0)->e) == RQ_EXECUTE));
@@ -156,6 +163,8 @@ static void dropped(pf_reqq_t *q, const pf_reqq_entry_t *e)
 static void pop(pf_reqq_t *q)
 {
 	assert(q->len > 0);
+	if (KIND(at(q, 0)->e) == RQ_SYNTH)
+		q->n_synth--;
 	do {
 		q->head = (q->head + 1) & (q->cap - 1);
 		q->len--;
@@ -170,8 +179,11 @@ static void remove_after_head(pf_reqq_t *q, uint32_t n)
 	pf_reqq_entry_t oldest = *at(q, 0);
 
 	assert(n < q->len);
-	for (uint32_t i = 1; i <= n; i++)
+	for (uint32_t i = 1; i <= n; i++) {
+		if (KIND(at(q, i)->e) == RQ_SYNTH)
+			q->n_synth--;
 		dropped(q, at(q, i));
+	}
 	q->head = (q->head + n) & (q->cap - 1);
 	q->len -= n;
 	*at(q, 0) = oldest;
@@ -315,6 +327,8 @@ int pf_reqq_push_synth(pf_reqq_t *q, uint8_t be_type, uint32_t tag)
 	if (q->skip_to_sync)
 		return -ECANCELED;
 	rc = append(q, (pf_reqq_entry_t){.e = RQ_SYNTH, .synth = be_type, .tag = tag});
+	if (rc == 0)
+		q->n_synth++;
 	check(q);
 	return rc;
 }
