@@ -49,10 +49,16 @@
 
 #include "pgfunnel/util.h"
 
-/* The server-side names: this prefix and a decimal number. */
+/* The server-side names: this prefix, 8 hex digits drawn at random per registry, '_' and a
+ * decimal number (pf_prepared_registry_prefix() gives all but the number). */
 #define PF_PREPARED_PREFIX "PGFUNNEL_"
+#define PF_PREPARED_PREFIX_MAX 20
 /* Room for a server-side name with its NUL. */
-#define PF_PREPARED_NAME_MAX 32
+#define PF_PREPARED_NAME_MAX 40
+/* The bytes of a client's statement name that count (Postgres: NAMEDATALEN - 1). */
+#define PF_PREPARED_NAME_SIG 63
+/* The most statements one plan closes on the server to get back within the limit. */
+#define PF_PREPARED_EVICT_MAX 8
 /* The most statements one client may have, and their total size. */
 #define PF_PREPARED_CLIENT_MAX       65536u
 #define PF_PREPARED_CLIENT_MAX_BYTES (64u * 1024u * 1024u)
@@ -74,9 +80,10 @@ typedef struct pf_prepared_stmt {
 /* What to do for one client message (see pf_prepared_parse). Pointers stay valid until the
  * next call on the same client. */
 typedef struct pf_prepared_plan {
-	const pf_prepared_stmt_t
-	        *evict; /* first inject Close 'S' of this on the server (or NULL) */
-	uint32_t evict_tag;
+	/* First inject Close 'S' of these on the server (the n_evict first). */
+	const pf_prepared_stmt_t *evict[PF_PREPARED_EVICT_MAX];
+	uint32_t evict_tag[PF_PREPARED_EVICT_MAX];
+	uint8_t n_evict;
 	const pf_prepared_stmt_t *inject; /* then inject a Parse of this (or NULL) */
 	uint32_t inject_tag;
 	/* The client's message: forwarded with its statement name replaced by rename (NULL: as
@@ -99,6 +106,9 @@ pf_prepared_registry_t *pf_prepared_registry_new(const uint8_t key[16]);
 /* Frees r; every client and server of it must be freed first. */
 void pf_prepared_registry_free(pf_prepared_registry_t *r);
 
+/* The server-side names' common beginning, e.g. "PGFUNNEL_1f0c93ab_". */
+const char *pf_prepared_registry_prefix(const pf_prepared_registry_t *r);
+
 /* How many statements r holds, and their bytes. */
 uint32_t pf_prepared_registry_count(const pf_prepared_registry_t *r);
 size_t pf_prepared_registry_bytes(const pf_prepared_registry_t *r);
@@ -115,8 +125,10 @@ void pf_prepared_client_free(pf_prepared_client_t *c);
 uint32_t pf_prepared_client_count(const pf_prepared_client_t *c);
 
 /*
- * A named Parse: name (NUL-terminated, not empty) and the payload after it (body, len bytes).
- * s is the server the message goes to; max its max_prepared_statements (> 0).
+ * A named Parse: name (NUL-terminated, not empty; only its first PF_PREPARED_NAME_SIG bytes
+ * count, here and below) and the payload after it (body, len bytes). s is the server the
+ * message goes to; max its max_prepared_statements (> 0); aborted: s is known to be in a
+ * failed transaction (the Parse is then sent for the server to refuse, never answered here).
  * - A name the client has already: the plan makes the server itself answer 42P05 (the
  *   existing statement is made present on the server, and the client's Parse is renamed to
  *   it; pf_prepared_dup_name() gives the client's name for the error text).
@@ -126,8 +138,8 @@ uint32_t pf_prepared_client_count(const pf_prepared_client_t *c);
  * PF_PREPARED_CLIENT_MAX_BYTES; -ENOMEM (nothing changed in either case).
  */
 PF_MUSTCHECK int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t max,
-                                   const char *name, const uint8_t *body, size_t len,
-                                   pf_prepared_plan_t *plan);
+                                   bool aborted, const char *name, const uint8_t *body,
+                                   size_t len, pf_prepared_plan_t *plan);
 
 /*
  * A Bind or Describe 'S' of statement name (not empty): when the client has it, the plan
@@ -159,6 +171,14 @@ void pf_prepared_resolve(pf_prepared_client_t *c, uint32_t tag, bool ok);
  * it), else NULL. Valid until the tag is resolved.
  */
 const char *pf_prepared_dup_name(const pf_prepared_client_t *c, uint32_t tag);
+
+/*
+ * The client's name for the statement whose server-side name is sname (len bytes, not
+ * NUL-terminated), or NULL (for error texts, which should never show pgfunnel's names; a
+ * walk over the client's names).
+ */
+const char *pf_prepared_client_name_of(const pf_prepared_client_t *c, const char *sname,
+                                      size_t len);
 
 /* The client sent a Sync (forwarded): the changes so far belong to a finished run. */
 void pf_prepared_sync(pf_prepared_client_t *c);

@@ -106,6 +106,7 @@ typedef struct pf_reqq {
 	pf_reqq_entry_t *ring; /* cap entries (a power of two), or NULL while cap is 0 */
 	uint32_t cap, head, len;
 	uint32_t n_synth;    /* entries of kind PF_RQ_SYNTH among them */
+	uint32_t n_query;    /* simple Queries among them */
 	uint32_t copy_risky; /* Syncs / a consumed message sent into the COPY IN under way */
 	bool copy_in;        /* the oldest request is a COPY FROM STDIN being served */
 	bool copy_in_open;   /* ... and the client has not yet sent what ends it */
@@ -162,6 +163,7 @@ PF_MUSTCHECK static inline int pf_reqq_push(pf_reqq_t *q, uint8_t fe_type, unsig
 		q->ring[(q->head + q->len) & (q->cap - 1)] =
 		        (pf_reqq_entry_t){.e = (uint8_t)(kind | (flags & PF_REQQ_FLAGS))};
 		q->len++;
+		q->n_query += kind == PF_RQ_QUERY;
 		q->need_sync = kind >= PF_RQ_PARSE && kind <= PF_RQ_CLOSE;
 		return 0;
 	}
@@ -200,6 +202,7 @@ static inline pf_reqq_verdict_t pf_reqq_answer_common(pf_reqq_t *q, uint8_t be_t
 		    (q->len == 1 || (q->ring[(q->head + 1) & mask].e & 0x0fu) != PF_RQ_COPY_END)) {
 			q->head = (q->head + 1) & mask;
 			q->len--;
+			q->n_query -= kind == PF_RQ_QUERY;
 			return PF_REQQ_DONE;
 		}
 	}

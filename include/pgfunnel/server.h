@@ -163,6 +163,13 @@ bool pf_server_is_uncertain(const pf_server_t *s);
  */
 bool pf_server_give_synth(pf_server_t *s);
 
+/*
+ * True when the linked client's next decision about its named statements must wait for
+ * answers on their way: to changes made before a Sync it sent, or to a simple Query it sent
+ * (which may DISCARD ALL or DEALLOCATE ALL).
+ */
+bool pf_server_prep_must_wait(const pf_server_t *s);
+
 /* The reason's short text, as logged and as the metrics endpoint labels it. */
 const char *pf_server_close_reason_name(pf_server_close_reason_t reason);
 

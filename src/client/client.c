@@ -909,6 +909,23 @@ static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
 }
 
 /*
+ * s owes PF_REQQ_MAX answers: the client waits until half are in (the server side resumes it).
+ * Answers pgfunnel gives itself wait behind the server's, which the server may keep in its
+ * buffer until a Flush or Sync — stuck behind this very wait — so it is asked for them.
+ */
+static pf_pkt_action_t queue_full(pf_client_t *c, pf_server_t *s)
+{
+	static const uint8_t flush[5] = {PF_PROTO_FE_FLUSH, 0, 0, 0, 4};
+
+	c->peer.rq_full = true;
+	if (s->rq.n_synth > 0 && !s->rq.copy_in && !s->rq.skip_to_sync) {
+		pf_conn_flush(&c->conn);
+		pf_conn_send(&s->conn, flush, sizeof(flush));
+	}
+	return PF_PKT_STOP;
+}
+
+/*
  * Writes pgfunnel's own messages of a plan to s — the Close evicting a statement, the Parse
  * preparing one — right before the client's message (after everything forwarded before it),
  * each recorded as injected. Room in the queue was reserved and the server is neither
@@ -921,10 +938,10 @@ static int send_injected(pf_client_t *c, pf_server_t *s, const pf_prepared_plan_
 	int rc = 0;
 
 	pf_buf_init(&b);
-	if (p->evict) {
+	for (unsigned i = 0; i < p->n_evict; i++) {
 		m = pf_buf_msg_begin(&b, PF_PROTO_FE_CLOSE);
 		pf_buf_put_u8(&b, 'S');
-		pf_buf_put_str(&b, p->evict->name);
+		pf_buf_put_str(&b, p->evict[i]->name);
 		pf_buf_msg_end(&b, m);
 	}
 	if (p->inject) {
@@ -937,8 +954,8 @@ static int send_injected(pf_client_t *c, pf_server_t *s, const pf_prepared_plan_
 		pf_buf_free(&b);
 		return -ENOMEM;
 	}
-	if (p->evict)
-		rc = pf_reqq_inject(&s->rq, PF_PROTO_FE_CLOSE, p->evict_tag);
+	for (unsigned i = 0; rc == 0 && i < p->n_evict; i++)
+		rc = pf_reqq_inject(&s->rq, PF_PROTO_FE_CLOSE, p->evict_tag[i]);
 	if (rc == 0 && p->inject)
 		rc = pf_reqq_inject(&s->rq, PF_PROTO_FE_PARSE, p->inject_tag);
 	assert(rc == 0);
@@ -959,14 +976,14 @@ static pf_pkt_action_t apply_plan(pf_client_t *c, pf_server_t *s, const pf_proto
 	pf_proto_renamed_t out;
 	int rc;
 
-	pf_log_debug(c, "prepared %c %s: evict=%s inject=%s rename=%s synth=%c tag=%u", hdr->type,
-	             names->stmt, p->evict ? p->evict->name : "-",
-	             p->inject ? p->inject->name : "-", p->rename ? p->rename : "-",
+	pf_log_debug(c, "prepared %c %s: evict=%s(+%u) inject=%s rename=%s synth=%c tag=%u",
+	             hdr->type, names->stmt, p->n_evict ? p->evict[0]->name : "-",
+	             p->n_evict ? p->n_evict - 1u : 0u, p->inject ? p->inject->name : "-", p->rename ? p->rename : "-",
 	             p->synth ? p->synth : '-', p->tag);
 	st->client_parse_count += p->client_parses;
 	st->server_parse_count += p->server_parses;
 	st->bind_count += p->binds;
-	if ((p->evict || p->inject) && send_injected(c, s, p) < 0) {
+	if ((p->n_evict || p->inject) && send_injected(c, s, p) < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
@@ -1033,7 +1050,7 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 	int rc;
 
 	*plain = true;
-	if (s->rq.skip_to_sync || s->rq.copy_in_open || s->rq.broken)
+	if (s->rq.skip_to_sync || s->rq.copy_in_open)
 		return PF_PKT_FORWARD;
 	rc = pf_proto_read_names(pkt, avail, &n);
 	if (rc == 0) {
@@ -1061,14 +1078,16 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 	     n.kind != 'S'))
 		return PF_PKT_FORWARD;
 	*plain = false;
-	if (pf_prepared_is_broken(c->peer.prep)) {
+	if (pf_prepared_is_broken(c->peer.prep) || s->rq.broken) {
+		/* What the server did with the client's statements can no longer be known. */
 		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_GONE, "08006",
-		                "server connection lost with prepared statements in flight");
+		                "server connection lost track of prepared statements");
 		return PF_PKT_STOP;
 	}
-	if (pf_prepared_must_wait(c->peer.prep)) {
-		/* Its earlier statement changes are answered after the Sync it sent: resumed by the
-		 * server side once they are. */
+	if (pf_server_prep_must_wait(s)) {
+		/* Its earlier statement changes are answered after the Sync it sent, or a query
+		 * it sent (a DISCARD ALL?) may change what it has: resumed by the server side once
+		 * the answers are in. */
 		c->peer.prep_wait = true;
 		pf_log_debug(c, "prepared: waiting for earlier statement changes");
 		return PF_PKT_STOP;
@@ -1089,19 +1108,18 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
-	/* Room for the evicting Close, the injected Parse and the message itself. */
-	rc = pf_reqq_reserve(&s->rq, 3);
-	if (rc == -ENOBUFS) {
-		c->peer.rq_full = true; /* resumed by the server side as answers arrive */
-		return PF_PKT_STOP;
-	}
+	/* Room for the evicting Closes, the injected Parse and the message itself. */
+	rc = pf_reqq_reserve(&s->rq, PF_PREPARED_EVICT_MAX + 2);
+	if (rc == -ENOBUFS)
+		return queue_full(c, s);
 	if (rc < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
 	switch (hdr->type) {
 	case PF_PROTO_FE_PARSE:
-		rc = pf_prepared_parse(c->peer.prep, s->prep, max, n.stmt, pkt + n.end,
+		rc = pf_prepared_parse(c->peer.prep, s->prep, max,
+		                       s->tx_status == PF_PROTO_TX_FAILED, n.stmt, pkt + n.end,
 		                       hdr->total - n.end, &plan);
 		break;
 	case PF_PROTO_FE_CLOSE:
@@ -1189,19 +1207,25 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	}
 	if (s->task != PF_SV_TASK_NONE)
 		return PF_PKT_STOP; /* parameters being synced; resumed when done */
-	if (names_statement[hdr->type] && c->peer.prep_on && !names_no_statement(hdr, pkt, avail)) {
+	if (names_statement[hdr->type] && !names_no_statement(hdr, pkt, avail)) {
 		bool plain;
-		pf_pkt_action_t act = prepared_packet(c, s, hdr, pkt, avail, &plain);
+		pf_pkt_action_t act;
 
-		if (!plain)
-			return act;
+		if (c->peer.prep_on) {
+			act = prepared_packet(c, s, hdr, pkt, avail, &plain);
+			if (!plain)
+				return act;
+		} else if (PF_UNLIKELY(s->prep != NULL)) {
+			/* An untracked client (max_prepared_statements reloaded to 0) naming
+			 * statements on a server that holds tracked ones: what it leaves there (or
+			 * takes away) is unknown, so the server serves nobody else. */
+			s->prep_unsure = true;
+		}
 	}
 	/* Every forwarded message is recorded with what it will make the server answer. */
 	rc = pf_reqq_push(&s->rq, hdr->type, 0);
-	if (rc == -ENOBUFS) {
-		c->peer.rq_full = true; /* resumed by the server side as answers arrive */
-		return PF_PKT_STOP;
-	}
+	if (rc == -ENOBUFS)
+		return queue_full(c, s);
 	if (rc < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;

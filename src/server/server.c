@@ -994,12 +994,22 @@ static inline bool route_answer(pf_server_t *s, uint8_t type)
 	return PF_LIKELY(pf_reqq_route_client(&s->rq, type)) || route_answer_slow(s, type);
 }
 
+bool pf_server_prep_must_wait(const pf_server_t *s)
+{
+	assert(s->peer);
+	return pf_prepared_must_wait(s->peer->prep) || s->rq.n_query > 0;
+}
+
 bool pf_server_give_synth(pf_server_t *s)
 {
 	pf_reqq_entry_t e;
 
 	if (!pf_reqq_synth_due(&s->rq))
 		return true;
+	/* Only between the server's messages: the end of the one under way (answering the
+	 * request before) has yet to arrive; the answers follow it. */
+	if (pf_conn_mid_message(&s->conn))
+		return false;
 	/* What the server answered before goes first. */
 	pf_conn_flush(&s->conn);
 	if (s->conn.fwd_pending)
@@ -1016,35 +1026,77 @@ bool pf_server_give_synth(pf_server_t *s)
 }
 
 /*
- * An ErrorResponse while the client's statements have changes in flight: when it answers a
- * duplicate Parse (sent under the existing statement's server-side name so that the server
- * itself refuses it), the client is told its own name, as Postgres would say it.
+ * Appends field text t (n bytes) to b with every server-side statement name in it replaced by
+ * the client's name for it (dup for all of them when set). Returns how many were replaced.
+ */
+static unsigned put_client_names(pf_buf_t *b, const pf_prepared_client_t *c, const char *prefix,
+                                 const char *dup, const char *t, size_t n)
+{
+	size_t plen = strlen(prefix), i = 0, from = 0;
+	unsigned done = 0;
+
+	while (i + plen <= n) {
+		const char *name;
+		size_t j = i + plen;
+
+		if (memcmp(t + i, prefix, plen) != 0) {
+			i++;
+			continue;
+		}
+		while (j < n && t[j] >= '0' && t[j] <= '9')
+			j++;
+		name = j > i + plen ? (dup ? dup : pf_prepared_client_name_of(c, t + i, j - i))
+		                    : NULL;
+		if (name) {
+			pf_buf_put_bytes(b, t + from, i - from);
+			pf_buf_put_bytes(b, name, strlen(name));
+			from = j;
+			done++;
+		}
+		i = j;
+	}
+	pf_buf_put_bytes(b, t + from, n - from);
+	return done;
+}
+
+/*
+ * An ErrorResponse (whole at pkt) to a client whose statements are tracked: Postgres names the
+ * statement it refers to by pgfunnel's server-side name ("bind message supplies 1 parameters,
+ * but prepared statement ... requires 2", a duplicate Parse's "already exists", sent under the
+ * existing statement's name so that the server itself refuses it): the client is told its own
+ * name instead, as Postgres would say it. Anything else passes as it is.
  */
 static pf_pkt_action_t prepared_error(pf_server_t *s, const pf_proto_hdr_t *hdr,
-                                      const pf_proto_error_t *e)
+                                      const uint8_t *pkt, const pf_proto_error_t *e)
 {
+	const pf_prepared_client_t *c = s->peer->prep;
+	const char *prefix = pf_prepared_registry_prefix(s->ps.pool->worker->prepared);
+	const char *t = (const char *)pkt + PF_PROTO_HDR_LEN, *end = t + hdr->payload_len;
 	const char *dup = NULL;
+	unsigned replaced = 0;
+	size_t m;
 	pf_buf_t b;
 
-	if (pf_reqq_len(&s->rq) > 0)
-		dup = pf_prepared_dup_name(s->peer->prep, s->rq.ring[s->rq.head].tag);
-	if (!dup || !e->sqlstate || strcmp(e->sqlstate, "42P05") != 0)
+	if (!memmem(t, hdr->payload_len, prefix, strlen(prefix)))
 		return route_answer(s, hdr->type) ? PF_PKT_FORWARD : PF_PKT_SKIP;
-	{
-		size_t n = strlen(dup) + 64;
-		char *text = malloc(n);
+	if (pf_reqq_len(&s->rq) > 0 && e->sqlstate && strcmp(e->sqlstate, "42P05") == 0)
+		dup = pf_prepared_dup_name(c, s->rq.ring[s->rq.head].tag);
+	pf_buf_init(&b);
+	m = pf_buf_msg_begin(&b, PF_PROTO_BE_ERROR_RESPONSE);
+	while (t < end && *t) {
+		size_t n = strnlen(t + 1, (size_t)(end - t - 1));
 
-		pf_buf_init(&b);
-		if (text) {
-			snprintf(text, n, "prepared statement \"%s\" already exists", dup);
-			pf_proto_be_error(&b, "ERROR", "42P05", text, NULL, NULL);
-			free(text);
-		} else {
-			b.failed = true;
-		}
+		if (t + 1 + n >= end)
+			break; /* unterminated: parse_error_fields accepted it, so it cannot be */
+		pf_buf_put_u8(&b, (uint8_t)*t);
+		replaced += put_client_names(&b, c, prefix, dup, t + 1, n);
+		pf_buf_put_u8(&b, 0);
+		t += n + 2;
 	}
-	if (b.failed) {
-		/* No memory for our words: the server's (naming its statement) will do. */
+	pf_buf_put_u8(&b, 0);
+	pf_buf_msg_end(&b, m);
+	if (b.failed || replaced == 0) {
+		/* No memory for our words, or nothing to change: the server's will do. */
 		pf_buf_free(&b);
 		return route_answer(s, hdr->type) ? PF_PKT_FORWARD : PF_PKT_SKIP;
 	}
@@ -1099,9 +1151,10 @@ static pf_pkt_action_t ready_for_query(pf_server_t *s, const pf_proto_hdr_t *hdr
 		return PF_PKT_STOP;
 	}
 	/* Released only when nothing the client sent can still produce a byte and no message of
-	 * the client's is half-way through to the server. */
+	 * the client's is half-way through to the server — nor held back for these answers (it
+	 * goes on here once they are out). */
 	if (mode == PF_POOL_SESSION || st != PF_PROTO_TX_IDLE || !pf_reqq_is_idle(&s->rq) ||
-	    pf_conn_mid_message(s->conn.peer))
+	    pf_conn_mid_message(s->conn.peer) || c->prep_wait)
 		return PF_PKT_FORWARD;
 	/* The server is free: the reply up to and including this ReadyForQuery goes out in one
 	 * write, then server_on_forwarded() gives the server back to the pool. */
@@ -1190,8 +1243,8 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, 
 		if (avail >= hdr->total && pf_proto_parse_error_fields(pkt + PF_PROTO_HDR_LEN,
 		                                                       hdr->payload_len, &e) == 0) {
 			pf_stats_note_error(s->ps.pool, e.sqlstate);
-			if (PF_UNLIKELY(pf_prepared_has_pending(s->peer->prep)))
-				return prepared_error(s, hdr, &e);
+			if (PF_UNLIKELY(s->peer->prep != NULL))
+				return prepared_error(s, hdr, pkt, &e);
 		}
 		break;
 	}
@@ -1248,8 +1301,10 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 		/* Answers of pgfunnel's own due after the last message forwarded. */
 		if (s->peer && pf_reqq_synth_due(&s->rq))
 			pf_server_give_synth(s);
-		/* A client waiting for the outcome of its statement changes goes on once known. */
-		if (s->peer && s->peer->prep_wait && !pf_prepared_must_wait(s->peer->prep)) {
+		/* A client waiting for the outcome of its statement changes goes on once known (or
+		 * once its COPY, where names mean nothing, needs its data). */
+		if (s->peer && s->peer->prep_wait &&
+		    (!pf_server_prep_must_wait(s) || s->rq.copy_in_open)) {
 			s->peer->prep_wait = false;
 			s->ps.pool->worker->pool_ops->resume_client(s->ps.link);
 		}

@@ -87,6 +87,7 @@ struct pf_prepared_registry {
 	size_t bytes;
 	uint64_t next_id;
 	uint64_t k0, k1;
+	char prefix[PF_PREPARED_PREFIX_MAX]; /* PGFUNNEL_<8 random hex digits>_ */
 };
 
 /* A client's name. stmt NULL: the name is free (the node stays while a change refers to it). */
@@ -163,7 +164,16 @@ pf_prepared_registry_t *pf_prepared_registry_new(const uint8_t key[16])
 	r->k0 = load64(key);
 	r->k1 = load64(key + 8);
 	r->next_id = 1;
+	/* Server-side names nobody can guess (nor an application's own collide with): a part
+	 * drawn from the key, which itself stays secret. */
+	snprintf(r->prefix, sizeof(r->prefix), PF_PREPARED_PREFIX "%08" PRIx32 "_",
+	         (uint32_t)siphash(r->k0, r->k1, (const uint8_t *)"names", 5));
 	return r;
+}
+
+const char *pf_prepared_registry_prefix(const pf_prepared_registry_t *r)
+{
+	return r->prefix;
 }
 
 void pf_prepared_registry_free(pf_prepared_registry_t *r)
@@ -243,7 +253,7 @@ static pf_prepared_stmt_t *stmt_get(pf_prepared_registry_t *r, const uint8_t *bo
 	st->hash = h;
 	st->refs = 1;
 	st->body_len = (uint32_t)len;
-	snprintf(st->name, sizeof(st->name), PF_PREPARED_PREFIX "%" PRIu64, r->next_id++);
+	snprintf(st->name, sizeof(st->name), "%s%" PRIu64, r->prefix, r->next_id++);
 	memcpy(st->body, body, len);
 	st->hnext = r->buckets[h & (r->nbuckets - 1)];
 	r->buckets[h & (r->nbuckets - 1)] = st;
@@ -429,15 +439,35 @@ uint32_t pf_prepared_client_count(const pf_prepared_client_t *c)
 	return c ? c->count : 0;
 }
 
+/* Postgres keeps the first NAMEDATALEN - 1 bytes of a statement name: longer names that share
+ * them are the same statement. */
+static size_t name_len(const char *name)
+{
+	return strnlen(name, PF_PREPARED_NAME_SIG);
+}
+
 static cnode_t *node_find(const pf_prepared_client_t *c, const char *name, size_t len, uint64_t h);
 static uint64_t name_hash(const pf_prepared_client_t *c, const char *name, size_t len);
 
 const char *pf_prepared_client_lookup(const pf_prepared_client_t *c, const char *name)
 {
-	size_t len = strlen(name);
+	size_t len = name_len(name);
 	const cnode_t *n = c ? node_find(c, name, len, name_hash(c, name, len)) : NULL;
 
 	return n && n->stmt ? n->stmt->name : NULL;
+}
+
+const char *pf_prepared_client_name_of(const pf_prepared_client_t *c, const char *sname,
+                                      size_t len)
+{
+	if (!c || len >= PF_PREPARED_NAME_MAX)
+		return NULL;
+	for (uint32_t i = 0; i < c->nbuckets; i++)
+		for (const cnode_t *n = c->buckets[i]; n; n = n->hnext)
+			if (n->stmt && strncmp(n->stmt->name, sname, len) == 0 &&
+			    n->stmt->name[len] == '\0')
+				return n->name;
+	return NULL;
 }
 
 static uint64_t name_hash(const pf_prepared_client_t *c, const char *name, size_t len)
@@ -773,6 +803,33 @@ int pf_prepared_check(const pf_prepared_client_t *c, const pf_prepared_server_t 
 /* ---- plans ---- */
 
 /*
+ * While s holds more than max statements, closes the least recently used ones no unresolved
+ * change pins, up to PF_PREPARED_EVICT_MAX per plan (a pipeline that pinned many sheds the
+ * excess over the next plans). Room for that many records must be reserved.
+ */
+static void evict_over(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t max,
+                       pf_prepared_plan_t *plan)
+{
+	pf_list_node_t *n = s->lru.head.prev, *prev;
+
+	for (; s->count > max && plan->n_evict < PF_PREPARED_EVICT_MAX && n != &s->lru.head;
+	     n = prev) {
+		sentry_t *old = PF_CONTAINER_OF(n, sentry_t, lru);
+		op_t *o;
+
+		prev = n->prev;
+		if (old->pins > 0)
+			continue;
+		plan->evict[plan->n_evict] = old->stmt;
+		plan->evict_tag[plan->n_evict] = new_tag(c);
+		o = op_push(c, plan->evict_tag[plan->n_evict], OP_SERVER_DEL);
+		o->srv = s;
+		o->prev = server_remove(s, old); /* the reference goes to the record */
+		plan->n_evict++;
+	}
+}
+
+/*
  * Adds st to s under tag (pinned until resolved), evicting the least recently used statement
  * no unresolved change added when s then holds more than max. The eviction (a Close to inject
  * first) gets a tag before `tag`'s: pass tag 0 to have one made after it (an injected Parse).
@@ -788,21 +845,7 @@ static uint32_t add_present(pf_prepared_client_t *c, pf_prepared_server_t *s, ui
 	if (!e)
 		return 0;
 	e->pins++;
-	if (s->count > max) {
-		for (pf_list_node_t *n = s->lru.head.prev; n != &s->lru.head; n = n->prev) {
-			sentry_t *old = PF_CONTAINER_OF(n, sentry_t, lru);
-
-			if (old->pins == 0) {
-				plan->evict = old->stmt;
-				plan->evict_tag = new_tag(c);
-				o = op_push(c, plan->evict_tag, OP_SERVER_DEL);
-				o->srv = s;
-				o->prev = server_remove(s,
-				                        old); /* the reference goes to the record */
-				break;
-			}
-		}
-	}
+	evict_over(c, s, max, plan);
 	if (!tag)
 		tag = new_tag(c);
 	o = op_push(c, tag, OP_SERVER_ADD);
@@ -820,6 +863,7 @@ static int ensure_present(pf_prepared_client_t *c, pf_prepared_server_t *s, uint
 
 	if (e) {
 		server_touch(s, e);
+		evict_over(c, s, max, plan);
 		return 0;
 	}
 	plan->inject_tag = add_present(c, s, max, st, 0, plan);
@@ -830,9 +874,10 @@ static int ensure_present(pf_prepared_client_t *c, pf_prepared_server_t *s, uint
 }
 
 int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t max,
-                      const char *name, const uint8_t *body, size_t len, pf_prepared_plan_t *plan)
+                      bool aborted, const char *name, const uint8_t *body, size_t len,
+                      pf_prepared_plan_t *plan)
 {
-	size_t nlen = strlen(name);
+	size_t nlen = name_len(name);
 	uint64_t h = name_hash(c, name, nlen);
 	cnode_t *n;
 	pf_prepared_stmt_t *st;
@@ -842,7 +887,7 @@ int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t
 
 	assert(nlen > 0 && max > 0);
 	memset(plan, 0, sizeof(*plan));
-	if (ops_reserve(c, 3) < 0)
+	if (ops_reserve(c, 2 + PF_PREPARED_EVICT_MAX) < 0)
 		return -ENOMEM;
 	n = node_get(c, name, nlen, h);
 	if (!n)
@@ -871,8 +916,16 @@ int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t
 		return -ENOMEM;
 	}
 	e = server_find(s, st);
-	if (e) {
+	if (e && aborted) {
+		/* In a failed transaction the server refuses any Parse (25P02), as the client
+		 * must be told: sent under the existing name, which the refusal leaves alone. */
 		server_touch(s, e);
+		evict_over(c, s, max, plan);
+		plan->rename = st->name;
+		plan->tag = new_tag(c);
+	} else if (e) {
+		server_touch(s, e);
+		evict_over(c, s, max, plan);
 		plan->synth = '1'; /* ParseComplete */
 		plan->tag = new_tag(c);
 	} else {
@@ -896,14 +949,14 @@ int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t
 int pf_prepared_use(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t max,
                     const char *name, bool is_bind, pf_prepared_plan_t *plan)
 {
-	size_t nlen = strlen(name);
+	size_t nlen = name_len(name);
 	cnode_t *n = node_find(c, name, nlen, name_hash(c, name, nlen));
 	int rc;
 
 	memset(plan, 0, sizeof(*plan));
 	if (!n || !n->stmt)
 		return 0; /* unknown: the server says so, in Postgres' words */
-	if (ops_reserve(c, 2) < 0)
+	if (ops_reserve(c, 1 + PF_PREPARED_EVICT_MAX) < 0)
 		return -ENOMEM;
 	rc = ensure_present(c, s, max, n->stmt, plan);
 	if (rc < 0)
@@ -915,7 +968,7 @@ int pf_prepared_use(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t m
 
 int pf_prepared_close(pf_prepared_client_t *c, const char *name, pf_prepared_plan_t *plan)
 {
-	size_t nlen = strlen(name);
+	size_t nlen = name_len(name);
 	cnode_t *n = node_find(c, name, nlen, name_hash(c, name, nlen));
 	op_t *o;
 

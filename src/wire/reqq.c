@@ -74,11 +74,13 @@ static void check(const pf_reqq_t *q)
 	if (q->len > 0)
 		assert(KIND(at(q, 0)->e) != RQ_COPY_END);
 	if (q->len <= 64) { /* bounded: a deep pipeline would make every step quadratic */
-		uint32_t n = 0;
+		uint32_t n = 0, nq = 0;
 
-		for (uint32_t i = 0; i < q->len; i++)
+		for (uint32_t i = 0; i < q->len; i++) {
 			n += KIND(at(q, i)->e) == RQ_SYNTH;
-		assert(n == q->n_synth);
+			nq += KIND(at(q, i)->e) == RQ_QUERY;
+		}
+		assert(n == q->n_synth && nq == q->n_query);
 	}
 	if (q->copy_in || q->copy_out)
 		assert(q->len > 0 &&
@@ -136,6 +138,17 @@ int pf_reqq_reserve(pf_reqq_t *q, uint32_t n)
 	return grow_to(q, q->len + n);
 }
 
+/* Keeps the per-kind counts (n_synth, n_query) as entry e comes (+1) or goes (-1). */
+static inline void count(pf_reqq_t *q, const pf_reqq_entry_t *e, int d)
+{
+	unsigned k = KIND(e->e);
+
+	if (k == RQ_SYNTH)
+		q->n_synth += (uint32_t)d;
+	else if (k == RQ_QUERY)
+		q->n_query += (uint32_t)d;
+}
+
 static int append(pf_reqq_t *q, pf_reqq_entry_t entry)
 {
 	if (q->len == q->cap) {
@@ -149,6 +162,7 @@ static int append(pf_reqq_t *q, pf_reqq_entry_t entry)
 	}
 	*at(q, q->len) = entry;
 	q->len++;
+	count(q, &entry, 1);
 	return 0;
 }
 
@@ -163,8 +177,7 @@ static void dropped(pf_reqq_t *q, const pf_reqq_entry_t *e)
 static void pop(pf_reqq_t *q)
 {
 	assert(q->len > 0);
-	if (KIND(at(q, 0)->e) == RQ_SYNTH)
-		q->n_synth--;
+	count(q, at(q, 0), -1);
 	do {
 		q->head = (q->head + 1) & (q->cap - 1);
 		q->len--;
@@ -180,8 +193,7 @@ static void remove_after_head(pf_reqq_t *q, uint32_t n)
 
 	assert(n < q->len);
 	for (uint32_t i = 1; i <= n; i++) {
-		if (KIND(at(q, i)->e) == RQ_SYNTH)
-			q->n_synth--;
+		count(q, at(q, i), -1);
 		dropped(q, at(q, i));
 	}
 	q->head = (q->head + n) & (q->cap - 1);
@@ -327,8 +339,6 @@ int pf_reqq_push_synth(pf_reqq_t *q, uint8_t be_type, uint32_t tag)
 	if (q->skip_to_sync)
 		return -ECANCELED;
 	rc = append(q, (pf_reqq_entry_t){.e = RQ_SYNTH, .synth = be_type, .tag = tag});
-	if (rc == 0)
-		q->n_synth++;
 	check(q);
 	return rc;
 }

@@ -66,6 +66,15 @@ static size_t body(const char *sql, uint8_t *out)
 	return n + 2;
 }
 
+/* The server-side name of the registry's n-th statement. */
+static const char *sname(fx_t *f, unsigned n)
+{
+	static char buf[PF_PREPARED_NAME_MAX];
+
+	snprintf(buf, sizeof(buf), "%s%u", pf_prepared_registry_prefix(f->reg), n);
+	return buf;
+}
+
 static pf_prepared_plan_t parse(fx_t *f, pf_prepared_server_t *s, uint32_t max, const char *name,
                                 const char *sql)
 {
@@ -73,7 +82,7 @@ static pf_prepared_plan_t parse(fx_t *f, pf_prepared_server_t *s, uint32_t max, 
 	size_t n = body(sql, b);
 	pf_prepared_plan_t p;
 
-	assert_int_equal(pf_prepared_parse(f->cl, s, max, name, b, n, &p), 0);
+	assert_int_equal(pf_prepared_parse(f->cl, s, max, false, name, b, n, &p), 0);
 	return p;
 }
 
@@ -92,10 +101,10 @@ static void test_parse_forwarded_then_synthesized(void **state)
 
 	/* New everywhere: the client's own Parse prepares it, renamed. */
 	assert_null(p.inject);
-	assert_null(p.evict);
+	assert_int_equal(p.n_evict, 0);
 	assert_int_equal(p.synth, 0);
 	assert_non_null(p.rename);
-	assert_string_equal(p.rename, "PGFUNNEL_1");
+	assert_string_equal(p.rename, sname(f, 1));
 	assert_int_not_equal(p.tag, 0);
 	assert_int_equal(p.client_parses, 1);
 	assert_int_equal(p.server_parses, 1);
@@ -124,15 +133,15 @@ static void test_use_injects_on_other_server(void **state)
 	pf_prepared_resolve(f->cl, p.tag, true);
 	p = use(f, f->s1, 10, "a");
 	assert_null(p.inject);
-	assert_string_equal(p.rename, "PGFUNNEL_1");
+	assert_string_equal(p.rename, sname(f, 1));
 	assert_int_equal(p.binds, 1);
 	assert_int_equal(p.tag, 0);
 	/* Server 2 lacks it: a Parse is injected first. */
 	p = use(f, f->s2, 10, "a");
 	assert_non_null(p.inject);
-	assert_string_equal(p.inject->name, "PGFUNNEL_1");
+	assert_string_equal(p.inject->name, sname(f, 1));
 	assert_string_equal((const char *)p.inject->body, "SELECT 1");
-	assert_string_equal(p.rename, "PGFUNNEL_1");
+	assert_string_equal(p.rename, sname(f, 1));
 	assert_int_equal(p.server_parses, 1);
 	assert_true(pf_prepared_server_has(f->s2, p.inject));
 	pf_prepared_resolve(f->cl, p.inject_tag, true);
@@ -187,8 +196,8 @@ static void test_duplicate_parse(void **state)
 	 * client's Parse goes to it under its server-side name, so the server says 42P05. */
 	p = parse(f, f->s2, 10, "a", "SELECT 2");
 	assert_non_null(p.inject);
-	assert_string_equal(p.inject->name, "PGFUNNEL_1");
-	assert_string_equal(p.rename, "PGFUNNEL_1");
+	assert_string_equal(p.inject->name, sname(f, 1));
+	assert_string_equal(p.rename, sname(f, 1));
 	assert_int_equal(p.client_parses, 0);
 	assert_string_equal(pf_prepared_dup_name(f->cl, p.tag), "a");
 	assert_null(pf_prepared_dup_name(f->cl, p.inject_tag));
@@ -224,7 +233,7 @@ static void test_close(void **state)
 	/* The name can take other text now. */
 	p = parse(f, f->s1, 10, "a", "SELECT 3");
 	assert_int_equal(p.synth, 0);
-	assert_string_equal(p.rename, "PGFUNNEL_2");
+	assert_string_equal(p.rename, sname(f, 2));
 	pf_prepared_resolve(f->cl, p.tag, true);
 }
 
@@ -238,14 +247,14 @@ static void test_skipped_run_undone_in_order(void **state)
 	pf_prepared_resolve(f->cl, p.tag, true);
 	assert_int_equal(pf_prepared_close(f->cl, "a", &pc), 0);
 	pp = parse(f, f->s1, 10, "a", "SELECT 2");
-	assert_string_equal(pp.rename, "PGFUNNEL_2");
+	assert_string_equal(pp.rename, sname(f, 2));
 	/* The reqq reports drops oldest first, then nothing for the tags already undone. */
 	pf_prepared_resolve(f->cl, pc.tag, false);
 	pf_prepared_resolve(f->cl, pp.tag, false);
 	assert_false(pf_prepared_has_pending(f->cl));
 	assert_int_equal(pf_prepared_client_count(f->cl), 1);
 	p = use(f, f->s1, 10, "a");
-	assert_string_equal(p.rename, "PGFUNNEL_1");
+	assert_string_equal(p.rename, sname(f, 1));
 	assert_int_equal(pf_prepared_server_count(f->s1), 1);
 }
 
@@ -259,13 +268,13 @@ static void test_lru_eviction(void **state)
 	for (int i = 0; i < 3; i++) {
 		p = parse(f, f->s1, 2, names[i], sql[i]);
 		if (i < 2) {
-			assert_null(p.evict);
+			assert_int_equal(p.n_evict, 0);
 		} else {
 			/* Full: the least recently used (a) is closed first, under an earlier tag.
 			 */
-			assert_non_null(p.evict);
-			assert_string_equal(p.evict->name, "PGFUNNEL_1");
-			assert_true(p.evict_tag < p.tag);
+			assert_int_equal(p.n_evict, 1);
+			assert_string_equal(p.evict[0]->name, sname(f, 1));
+			assert_true(p.evict_tag[0] < p.tag);
 		}
 		pf_prepared_resolve(f->cl, p.tag, true);
 	}
@@ -275,10 +284,10 @@ static void test_lru_eviction(void **state)
 	assert_null(p.inject);
 	p = use(f, f->s1, 2, "a");
 	assert_non_null(p.inject);
-	assert_non_null(p.evict);
-	assert_string_equal(p.evict->name, "PGFUNNEL_3");
+	assert_int_equal(p.n_evict, 1);
+	assert_string_equal(p.evict[0]->name, sname(f, 3));
 	/* The eviction and the Parse are skipped (an earlier error): c is back, a is not. */
-	pf_prepared_resolve(f->cl, p.evict_tag, false);
+	pf_prepared_resolve(f->cl, p.evict_tag[0], false);
 	assert_int_equal(pf_prepared_server_count(f->s1), 2);
 	p = use(f, f->s1, 2, "c");
 	assert_null(p.inject);
@@ -335,10 +344,10 @@ static void test_discard_undoes_no_eviction(void **state)
 
 	pf_prepared_resolve(f->cl, p.tag, true);
 	p = parse(f, f->s1, 1, "b", "SELECT 2");
-	assert_non_null(p.evict);
+	assert_int_equal(p.n_evict, 1);
 	/* DISCARD ALL came before the eviction; the eviction is then skipped: a stays gone. */
 	pf_prepared_discard(f->cl, f->s1);
-	pf_prepared_resolve(f->cl, p.evict_tag, false);
+	pf_prepared_resolve(f->cl, p.evict_tag[0], false);
 	assert_int_equal(pf_prepared_server_count(f->s1), 0);
 }
 
@@ -380,7 +389,7 @@ static void test_client_limit(void **state)
 	assert_int_equal(pf_prepared_client_count(f->cl), PF_PREPARED_CLIENT_MAX);
 	assert_int_equal(pf_prepared_server_count(f->s1), 100);
 	assert_int_equal(
-	        pf_prepared_parse(f->cl, f->s1, 100, "one-more", b, body("SELECT 1", b), &p),
+	        pf_prepared_parse(f->cl, f->s1, 100, false, "one-more", b, body("SELECT 1", b), &p),
 	        -EMFILE);
 	assert_false(pf_prepared_has_pending(f->cl));
 }
@@ -399,6 +408,82 @@ static void test_many_changes(void **state)
 		pf_prepared_resolve(f->cl, p.tag, true);
 	}
 	assert_int_equal(pf_prepared_client_count(f->cl), 0);
+}
+
+/* A pipeline that pinned more statements than the limit sheds the excess over the next plans
+ * (several evictions per plan), so the limit holds again. */
+static void test_excess_shed(void **state)
+{
+	fx_t *f = *state;
+	char name[8], sql[32];
+	uint32_t tags[10];
+	pf_prepared_plan_t p;
+
+	for (int i = 0; i < 10; i++) {
+		snprintf(name, sizeof(name), "n%d", i);
+		snprintf(sql, sizeof(sql), "SELECT %d", i);
+		p = parse(f, f->s1, 3, name, sql);
+		assert_int_equal(p.n_evict, 0); /* all pinned by the run under way */
+		tags[i] = p.tag;
+	}
+	assert_int_equal(pf_prepared_server_count(f->s1), 10);
+	for (int i = 0; i < 10; i++)
+		pf_prepared_resolve(f->cl, tags[i], true);
+	p = use(f, f->s1, 3, "n9");
+	assert_null(p.inject);
+	assert_int_equal(p.n_evict, PF_PREPARED_EVICT_MAX < 7 ? PF_PREPARED_EVICT_MAX : 7);
+	assert_string_equal(p.evict[0]->name, sname(f, 1)); /* least recently used first */
+	for (unsigned i = 0; i < p.n_evict; i++)
+		pf_prepared_resolve(f->cl, p.evict_tag[i], true);
+	assert_true(pf_prepared_server_count(f->s1) <= 3);
+	assert_int_equal(pf_prepared_check(f->cl, (const pf_prepared_server_t *const[]){f->s1}, 1),
+	                 0);
+}
+
+/* In a failed transaction a Parse of a statement the server has is sent to be refused, and
+ * the refusal takes the name back. */
+static void test_parse_in_failed_transaction(void **state)
+{
+	fx_t *f = *state;
+	uint8_t b[64];
+	size_t n = body("SELECT 1", b);
+	pf_prepared_plan_t p = parse(f, f->s1, 10, "a", "SELECT 1");
+
+	pf_prepared_resolve(f->cl, p.tag, true);
+	assert_int_equal(pf_prepared_parse(f->cl, f->s1, 10, true, "b", b, n, &p), 0);
+	assert_int_equal(p.synth, 0);
+	assert_string_equal(p.rename, sname(f, 1));
+	assert_string_equal(pf_prepared_client_lookup(f->cl, "b"), sname(f, 1));
+	pf_prepared_resolve(f->cl, p.tag, false); /* 25P02 */
+	assert_null(pf_prepared_client_lookup(f->cl, "b"));
+	assert_string_equal(pf_prepared_client_lookup(f->cl, "a"), sname(f, 1));
+}
+
+/* Only the first 63 bytes of a name count, as in Postgres; error texts get the client's name
+ * back from the server-side one. */
+static void test_names(void **state)
+{
+	fx_t *f = *state;
+	char longer[80], other[80];
+	const char *prefix = pf_prepared_registry_prefix(f->reg);
+	pf_prepared_plan_t p;
+
+	assert_int_equal(strncmp(prefix, "PGFUNNEL_", 9), 0);
+	assert_int_equal(strlen(prefix), 9 + 8 + 1);
+	memset(longer, 'x', 70);
+	longer[70] = 0;
+	memcpy(other, longer, sizeof(other));
+	other[65] = 'y';
+	p = parse(f, f->s1, 10, longer, "SELECT 1");
+	pf_prepared_resolve(f->cl, p.tag, true);
+	assert_string_equal(pf_prepared_client_lookup(f->cl, other), sname(f, 1));
+	p = parse(f, f->s1, 10, "short", "SELECT 2");
+	pf_prepared_resolve(f->cl, p.tag, true);
+	assert_string_equal(pf_prepared_client_name_of(f->cl, sname(f, 2), strlen(sname(f, 2))),
+	                    "short");
+	assert_null(pf_prepared_client_name_of(f->cl, sname(f, 3), strlen(sname(f, 3))));
+	/* A prefix of a server-side name is not that name. */
+	assert_null(pf_prepared_client_name_of(f->cl, sname(f, 2), strlen(sname(f, 2)) - 1));
 }
 
 int main(void)
@@ -421,6 +506,9 @@ int main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_client_limit, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_many_changes, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_excess_shed, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_parse_in_failed_transaction, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_names, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
