@@ -133,6 +133,7 @@ struct pf_conn {
 	uint32_t pkt_remain;       /* bytes of the current message still to pass */
 	uint32_t head;             /* PF_PKT_NEED_HEAD: bytes wanted; PF_PKT_REPLACED: replaced */
 	bool pkt_forward;          /* ... forwarding them (else skipping) */
+	struct pf_conn_splices *splices; /* replaced heads in the forward region (or NULL) */
 	uint32_t max_packet;       /* max_packet_size for header validation */
 	uint32_t hold_max;      /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
 	uint32_t out_queued;    /* bytes of our own output (with overhead) the socket holds */
@@ -216,6 +217,19 @@ void pf_conn_need_head(pf_conn_t *c, uint32_t n);
  * Close/Execute is rewritten without copying the payload (pf_proto_rename makes the prefix).
  */
 void pf_conn_replace_head(pf_conn_t *c, const void *prefix, size_t len, uint32_t skip);
+
+/* Replaced heads kept in the forward region until it is written (one writev with the bytes
+ * around them, instead of a write of their own each). */
+#define PF_CONN_SPLICES      8
+#define PF_CONN_SPLICE_BYTES 512
+typedef struct pf_conn_splices {
+	uint32_t n, used; /* splices, bytes of data used */
+	struct {
+		uint32_t at, skip; /* rbuf offset of the replaced bytes, and how many */
+		uint16_t off, len; /* the replacement in data */
+	} s[PF_CONN_SPLICES];
+	uint8_t data[PF_CONN_SPLICE_BYTES];
+} pf_conn_splices_t;
 
 /* Walks the buffered messages (see pf_conn_ops_t). Safe to call at any time. */
 void pf_conn_process(pf_conn_t *c);

@@ -1207,20 +1207,12 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	}
 	if (s->task != PF_SV_TASK_NONE)
 		return PF_PKT_STOP; /* parameters being synced; resumed when done */
-	if (names_statement[hdr->type] && !names_no_statement(hdr, pkt, avail)) {
+	if (names_statement[hdr->type] && c->peer.prep_on && !names_no_statement(hdr, pkt, avail)) {
 		bool plain;
-		pf_pkt_action_t act;
+		pf_pkt_action_t act = prepared_packet(c, s, hdr, pkt, avail, &plain);
 
-		if (c->peer.prep_on) {
-			act = prepared_packet(c, s, hdr, pkt, avail, &plain);
-			if (!plain)
-				return act;
-		} else if (PF_UNLIKELY(s->prep != NULL)) {
-			/* An untracked client (max_prepared_statements reloaded to 0) naming
-			 * statements on a server that holds tracked ones: what it leaves there (or
-			 * takes away) is unknown, so the server serves nobody else. */
-			s->prep_unsure = true;
-		}
+		if (!plain)
+			return act;
 	}
 	/* Every forwarded message is recorded with what it will make the server answer. */
 	rc = pf_reqq_push(&s->rq, hdr->type, 0);

@@ -106,6 +106,7 @@ static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
 		memmove(c->rbuf, c->rbuf + c->rpos, c->rend - c->rpos);
 		c->rend -= c->rpos;
 		c->rpos = 0;
+		assert(!c->fwd_open || !c->splices || c->splices->n == 0);
 		c->fwd_open = false;
 	}
 	if (c->rcap - c->rend >= need)
@@ -310,33 +311,69 @@ static void on_forward_written(uv_write_t *req, int status)
  * Writes the forward region [fwd_start, rpos) to the peer. Returns true when processing may go
  * on (everything written at once, or nothing to write), false when a write now borrows rbuf.
  */
+/*
+ * The forward region as buffers: the bytes of rbuf from fwd_start to rpos, with each splice's
+ * replacement in place of the bytes it replaces. Returns how many buffers, *total their bytes.
+ */
+static unsigned forward_bufs(pf_conn_t *c, uv_buf_t *b, size_t *total)
+{
+	const pf_conn_splices_t *sp = c->splices;
+	uint32_t pos = c->fwd_start;
+	unsigned nb = 0;
+
+	*total = c->rpos - c->fwd_start;
+	for (uint32_t i = 0; sp && i < sp->n; i++) {
+		assert(sp->s[i].at >= pos && sp->s[i].at + sp->s[i].skip <= c->rpos);
+		if (sp->s[i].at > pos)
+			b[nb++] = uv_buf_init((char *)c->rbuf + pos, sp->s[i].at - pos);
+		b[nb++] = uv_buf_init((char *)sp->data + sp->s[i].off, sp->s[i].len);
+		*total = *total - sp->s[i].skip + sp->s[i].len;
+		pos = sp->s[i].at + sp->s[i].skip;
+	}
+	if (c->rpos > pos)
+		b[nb++] = uv_buf_init((char *)c->rbuf + pos, c->rpos - pos);
+	return nb;
+}
+
 static bool flush_forward(pf_conn_t *c)
 {
 	pf_conn_t *peer = c->peer;
-	uv_buf_t b;
+	uv_buf_t bufs[2 * PF_CONN_SPLICES + 1], *b = bufs;
+	unsigned nb;
+	size_t total;
 	int n;
 
 	if (!c->fwd_open)
 		return true;
 	c->fwd_open = false;
-	if (c->rpos == c->fwd_start)
+	nb = forward_bufs(c, bufs, &total);
+	/* The replacements stay where they are until a write of them is done: no new splice
+	 * comes before (the walk stops while fwd_pending). */
+	if (c->splices)
+		c->splices->n = c->splices->used = 0;
+	if (total == 0)
 		return true;
 	if (!peer || peer->closing || !peer->handle_open)
 		return true; /* nobody to send to: the bytes are dropped */
-	b = uv_buf_init((char *)c->rbuf + c->fwd_start, c->rpos - c->fwd_start);
-	peer->bytes_out += b.len;
+	peer->bytes_out += total;
 	c->progress++;
-	n = peer->tp.ops->try_write(&peer->tp, &peer->h.stream, &b, 1);
-	if (n == (int)b.len)
+	n = peer->tp.ops->try_write(&peer->tp, &peer->h.stream, bufs, nb);
+	if (n == (int)total)
 		return true;
 	if (n > 0) {
-		b.base += n;
-		b.len -= (size_t)n;
+		/* Skip what went out: whole buffers, then part of one. */
+		while ((size_t)n >= b->len) {
+			n -= (int)b->len;
+			b++;
+			nb--;
+		}
+		b->base += n;
+		b->len -= (size_t)n;
 	} else if (n != UV_EAGAIN && n != UV_ENOSYS) {
 		return true; /* the peer's own read side reports the failure */
 	}
 	c->fwd_req.data = c;
-	if (peer->tp.ops->write(&peer->tp, &c->fwd_req, &peer->h.stream, &b, 1,
+	if (peer->tp.ops->write(&peer->tp, &c->fwd_req, &peer->h.stream, b, nb,
 	                        on_forward_written) < 0)
 		return true;
 	c->fwd_pending = true;
@@ -476,6 +513,25 @@ void pf_conn_need_head(pf_conn_t *c, uint32_t n)
 void pf_conn_replace_head(pf_conn_t *c, const void *prefix, size_t len, uint32_t skip)
 {
 	pf_conn_t *peer = c->peer;
+	pf_conn_splices_t *sp = c->splices;
+
+	assert(!c->fwd_pending && skip > 0);
+	if (!sp && (sp = c->splices = malloc(sizeof(*sp))) != NULL)
+		sp->n = sp->used = 0;
+	if (sp && (sp->n == 0 || c->fwd_open) && sp->n < PF_CONN_SPLICES &&
+	    len <= PF_CONN_SPLICE_BYTES - sp->used) {
+		/* Kept in the forward region: written with the bytes around it. */
+		open_forward(c);
+		sp->s[sp->n].at = c->rpos;
+		sp->s[sp->n].skip = skip;
+		sp->s[sp->n].off = (uint16_t)sp->used;
+		sp->s[sp->n].len = (uint16_t)len;
+		memcpy(sp->data + sp->used, prefix, len);
+		sp->used += (uint32_t)len;
+		sp->n++;
+		c->head = skip;
+		return;
+	}
 
 	/* What was marked for forwarding before this message goes first; a write of it that is
 	 * still pending is overtaken by nothing (writes on one stream stay in order). */
@@ -778,6 +834,8 @@ static void maybe_free(pf_conn_t *c)
 		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
 		c->rbuf = NULL;
 	}
+	free(c->splices);
+	c->splices = NULL;
 	if (c->tp.ops->release)
 		c->tp.ops->release(&c->tp);
 	c->ops->on_free(c);

@@ -1095,6 +1095,13 @@ static pf_pkt_action_t prepared_error(pf_server_t *s, const pf_proto_hdr_t *hdr,
 	}
 	pf_buf_put_u8(&b, 0);
 	pf_buf_msg_end(&b, m);
+	if (replaced > 0 && e->sqlstate && strcmp(e->sqlstate, "26000") == 0 && !s->prep_unsure) {
+		/* A statement pgfunnel prepared is gone: someone deallocated it behind its back
+		 * (SQL inside a function or DO block). What else is gone is unknown. */
+		pf_log_warning(s, "a statement pgfunnel prepared vanished from the server (SQL "
+		                  "DEALLOCATE?): the server will not be reused");
+		s->prep_unsure = true;
+	}
 	if (b.failed || replaced == 0) {
 		/* No memory for our words, or nothing to change: the server's will do. */
 		pf_buf_free(&b);
@@ -1249,7 +1256,7 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, 
 		break;
 	}
 	case PF_PROTO_BE_COMMAND_COMPLETE:
-		if (PF_UNLIKELY(s->peer->prep_on)) {
+		if (PF_UNLIKELY(s->peer->prep_on || s->prep)) {
 			if (avail < hdr->total)
 				return PF_PKT_NEED_WHOLE;
 			note_command(s, pkt + PF_PROTO_HDR_LEN, hdr->payload_len);

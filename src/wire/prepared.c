@@ -97,7 +97,8 @@ typedef struct cnode {
 	uint64_t hash;
 	uint32_t pins; /* unresolved changes referring to it */
 	uint32_t len;
-	bool seen; /* pf_prepared_discard's walk */
+	uint32_t last_use; /* the client's use clock when it last named it */
+	bool seen;         /* pf_prepared_discard's walk */
 	char name[];
 } cnode_t;
 
@@ -145,6 +146,11 @@ struct pf_prepared_client {
 	uint32_t next_tag;
 	bool sync_after_pending; /* a Sync was sent while changes were unresolved */
 	bool broken;
+	/* The latest duplicate Parse of a name longer than the bytes that count: the name as
+	 * sent, for the error text (Postgres quotes it whole). */
+	char *dup_full;
+	uint32_t dup_tag;
+	uint32_t use_clock; /* counts the names used (cnode last_use) */
 };
 
 /* Tags compare in sequence space (they wrap). */
@@ -460,14 +466,18 @@ const char *pf_prepared_client_lookup(const pf_prepared_client_t *c, const char 
 const char *pf_prepared_client_name_of(const pf_prepared_client_t *c, const char *sname,
                                       size_t len)
 {
+	const cnode_t *best = NULL;
+
 	if (!c || len >= PF_PREPARED_NAME_MAX)
 		return NULL;
+	/* Of several names for one statement, the one used last (likely the one erring). */
 	for (uint32_t i = 0; i < c->nbuckets; i++)
 		for (const cnode_t *n = c->buckets[i]; n; n = n->hnext)
 			if (n->stmt && strncmp(n->stmt->name, sname, len) == 0 &&
-			    n->stmt->name[len] == '\0')
-				return n->name;
-	return NULL;
+			    n->stmt->name[len] == '\0' &&
+			    (!best || (int32_t)(n->last_use - best->last_use) > 0))
+				best = n;
+	return best ? best->name : NULL;
 }
 
 static uint64_t name_hash(const pf_prepared_client_t *c, const char *name, size_t len)
@@ -679,7 +689,7 @@ const char *pf_prepared_dup_name(const pf_prepared_client_t *c, uint32_t tag)
 		const op_t *o = op_at(c, i);
 
 		if (o->tag == tag && o->kind == OP_DUPLICATE)
-			return o->node->name;
+			return c->dup_full && c->dup_tag == tag ? c->dup_full : o->node->name;
 	}
 	return NULL;
 }
@@ -733,6 +743,7 @@ void pf_prepared_client_free(pf_prepared_client_t *c)
 	}
 	free(c->buckets);
 	free(c->ops);
+	free(c->dup_full);
 	free(c);
 }
 
@@ -904,6 +915,11 @@ int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t
 		o->node = n;
 		o->srv = s;
 		n->pins++;
+		if (name[nlen] != '\0') {
+			free(c->dup_full);
+			c->dup_full = strdup(name); /* NULL: the text names the first 63 bytes */
+			c->dup_tag = plan->tag;
+		}
 		return 0;
 	}
 	if (c->count >= PF_PREPARED_CLIENT_MAX || len > PF_PREPARED_CLIENT_MAX_BYTES - c->bytes) {
@@ -943,6 +959,7 @@ int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t
 	o->node = n;
 	n->pins++;
 	o->prev = node_set(c, n, st); /* NULL: the name was free */
+	n->last_use = ++c->use_clock;
 	return 0;
 }
 
@@ -956,6 +973,7 @@ int pf_prepared_use(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t m
 	memset(plan, 0, sizeof(*plan));
 	if (!n || !n->stmt)
 		return 0; /* unknown: the server says so, in Postgres' words */
+	n->last_use = ++c->use_clock;
 	if (ops_reserve(c, 1 + PF_PREPARED_EVICT_MAX) < 0)
 		return -ENOMEM;
 	rc = ensure_present(c, s, max, n->stmt, plan);

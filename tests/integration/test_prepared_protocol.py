@@ -654,10 +654,9 @@ def test_b4_other_clients_server_names_are_unreachable(proxy, postgres, role):
 
 
 @pytest.mark.parametrize("body", [
-    "EXECUTE 'DEALLOCATE ALL'",
     "EXECUTE 'DEALLOCATE \"PGFUNNEL_1\"'",
     "EXECUTE 'DEALLOCATE \"PGFUNNEL_1\"'; EXECUTE 'PREPARE \"PGFUNNEL_1\" AS SELECT ''B-evil'''",
-], ids=["deallocate_all", "deallocate_one", "replace"])
+], ids=["deallocate_one", "replace"])
 def test_b5_sql_deallocate_hidden_in_do(proxy, postgres, role, body):
     """B5: B runs DEALLOCATE (and PREPARE) through a DO block on the shared server, where
     pgfunnel cannot see it in the command tag; A's statement must still give A's result."""
@@ -669,6 +668,42 @@ def test_b5_sql_deallocate_hidden_in_do(proxy, postgres, role, body):
     s.x("A", fe_describe("S", "s1") + run("s1") + S, ["t:0", "T:?column?"] + row("A-result") +
         ["Z:I"])
     check(proxy, postgres, role, s)
+
+
+def answer(conn):
+    """Tokens up to the next ReadyForQuery, without ParameterStatus and NoticeResponse."""
+    return [t for t in _read_ready(conn, 1, DEADLINE)[0] if t[:1] not in ("S", "N")]
+
+
+@pytest.mark.parametrize("body", [
+    "EXECUTE 'DEALLOCATE ALL'",
+    # the real server-side name, read where any client of the pool can read it
+    "EXECUTE 'DEALLOCATE ' || quote_ident((SELECT name FROM pg_prepared_statements LIMIT 1))",
+], ids=["deallocate_all", "deallocate_seen"])
+def test_b5_statement_taken_away_behind_pgfunnel(proxy, postgres, role, body):
+    """B5, what cannot be hidden: B's DO block deallocates the statements pgfunnel prepared on
+    the shared server (no command tag tells). A's next Bind gets a clean 26000 naming A's own
+    statement, never another's rows, and the server is not reused: the Bind after that (on a
+    new server, the statement prepared again) gives A's result."""
+    name, pw = role
+    pf = start_pf(proxy, postgres, role)
+    a = pgwire.connect(pf.host, pf.port, name, DB, password=pw, timeout=DEADLINE)
+    b = pgwire.connect(pf.host, pf.port, name, DB, password=pw, timeout=DEADLINE)
+    try:
+        a.send(run("s1", "SELECT 'A-result'") + S)
+        assert answer(a) == (["1"] + row("A-result") + ["Z:I"])
+        b.send(Q("DO $$ BEGIN %s; END $$" % body))
+        assert answer(b) == (["C:DO", "Z:I"])
+        a.send(run("s1") + S)
+        first = answer(a)
+        assert first in ((row("A-result") + ["Z:I"]),
+                         ([NOT_EXIST % "s1", "Z:I"])), first
+        a.send(run("s1") + S)
+        assert answer(a) == (row("A-result") + ["Z:I"])
+    finally:
+        a.close()
+        b.close()
+    assert pf.is_running(), pf.all_output()[-3000:]
 
 
 def test_b6_reload_to_zero_keeps_clients_apart(proxy, postgres, role):
