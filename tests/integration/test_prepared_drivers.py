@@ -24,7 +24,6 @@ import subprocess
 import tempfile
 import threading
 
-import psycopg
 import pytest
 from psycopg import pq
 
