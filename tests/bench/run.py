@@ -492,6 +492,7 @@ def summarize(runs):
         "rss_kib": max((r["rss_kib"] for r in runs), default=0),
         "failed": sum(r["failed"] for r in runs),
         "all_tps": [r["tps"] for r in runs],
+        "all_cpu": [r["cpu_us_per_txn"] for r in runs],
     }
 
 
@@ -510,7 +511,10 @@ def print_prepared_ratios(rounds, results):
         extra = ""
         if paired:
             per = [ratio(x["tps"], y["tps"]) for x, y in zip(a_runs, b_runs)]
-            extra = "  (TPS per round: %s)" % " ".join(fmt(v, ".2f") for v in per)
+            per_cpu = [ratio(x["cpu_us_per_txn"], y["cpu_us_per_txn"])
+                       for x, y in zip(a_runs, b_runs)]
+            extra = "  (per round: TPS %s; CPU %s)" % (" ".join(fmt(v, ".2f") for v in per),
+                                                     " ".join(fmt(v, ".2f") for v in per_cpu))
         print("%-40s TPS x%s, CPU/txn x%s%s" % (label + ":", fmt(tps, ".2f"), fmt(cpu, ".2f"),
                                                 extra))
         out[key] = {"tps": tps, "cpu_us_per_txn": cpu}
@@ -541,16 +545,18 @@ def print_table(name, cmdline, rounds, duration, poolers, results):
     print()
     print("== %s: pgbench %s -T %d  (%d round%s, medians) ==" % (
         name, cmdline, duration, rounds, "" if rounds == 1 else "s"))
-    print("%-10s %10s %11s %11s %9s %7s   %s" % (
-        "pooler", "TPS", "latency ms", "CPU us/txn", "RSS MiB", "failed", "TPS per round"))
+    print("%-10s %10s %11s %11s %9s %7s   %s | %s" % (
+        "pooler", "TPS", "latency ms", "CPU us/txn", "RSS MiB", "failed", "TPS per round",
+        "CPU us/txn per round"))
     sums = {}
     for p in poolers:
         s = summarize(results[p.name])
         sums[p.name] = s
-        print("%-10s %10s %11s %11s %9s %7d   %s" % (
+        print("%-10s %10s %11s %11s %9s %7d   %s | %s" % (
             p.name, fmt(s["tps"], ".1f"), fmt(s["latency_ms"], ".3f"),
             fmt(s["cpu_us_per_txn"], ".1f"), "%.1f" % (s["rss_kib"] / 1024.0), s["failed"],
-            " ".join(fmt(t, ".0f") for t in s["all_tps"])))
+            " ".join(fmt(t, ".0f") for t in s["all_tps"]),
+            " ".join(fmt(c, ".1f") for c in s["all_cpu"])))
     if "pgfunnel" in sums and "pgbouncer" in sums:
         a, b = sums["pgfunnel"], sums["pgbouncer"]
         tps_ratio = a["tps"] / b["tps"] if a["tps"] and b["tps"] else None
