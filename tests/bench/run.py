@@ -5,10 +5,21 @@ One command (as root or as an ordinary user; root runs the servers as the
 unprivileged system user `pgfunnel`, created if missing):
 
     tests/bench/run.py [--duration 10] [--rounds 3] [--quick] [--pooler-only]
-                       [--baseline OTHER_PGFUNNEL_BINARY]
+                       [--baseline OTHER_PGFUNNEL_BINARY] [--pgbouncer PGBOUNCER_BINARY]
+                       [--set default|prepared|all] [--max-prepared-statements 200]
 
 --baseline adds a third pooler, "baseline" (another pgfunnel build, e.g. the commit before a
 change), measured in the same run, interleaved with the others, and compared with pgfunnel.
+
+--pgbouncer picks the PgBouncer binary (default Debian's /usr/sbin/pgbouncer, 1.18); its version
+comes from `--version`. --max-prepared-statements N (default 200) goes into both poolers' ini;
+PgBouncer older than 1.21 does not know the key and gets none (it then passes named statements
+through unmanaged, which breaks them in transaction mode: its -M prepared rows are skipped).
+
+--set chooses the scenarios by name: "default" (the five below), "prepared" (protocol-level
+prepared statements in transaction mode: select-only with pgbench -M prepared and -M extended,
+50 clients over the pool of 20, each on both poolers, all four runs interleaved in every round)
+or "all". --scenario NAME (repeatable) picks single scenarios of any set instead.
 
 What it does:
   1. initdb + start a PostgreSQL 15 on a free loopback port (fsync=off,
@@ -24,7 +35,8 @@ What it does:
      transaction (utime+stime from /proc/PID/stat around the run, divided by
      the transactions processed) and pooler RSS after the run.
   5. Print a table per scenario with medians over the rounds and the ratio
-     pgfunnel/PgBouncer for TPS and CPU per transaction.
+     pgfunnel/PgBouncer for TPS and CPU per transaction; for the "prepared" set also
+     pgfunnel prepared/extended and pgfunnel prepared / PgBouncer prepared.
   6. Stop everything it started (by PID; pg_ctl stop for PostgreSQL) and
      remove its temp dir, also on Ctrl-C or failure.
 
@@ -67,6 +79,27 @@ SCENARIOS = [
     ("tpc-b", ["-c", "100", "-j", "2", "-M", "simple"], "excl"),
     ("1-client-latency", ["-S", "-c", "1", "-M", "simple"], "excl"),
 ]
+
+# The "prepared" set: one group, its scenarios interleaved round by round (prepared and extended
+# runs of a round see the same machine), 50 clients over default_pool_size=20. -j 2 is safe:
+# pgbench 15 prepares with a blocking PQprepare() per client on its first transaction, but every
+# request it sends ends with a Sync and -S is one autocommit statement, so a server goes back to
+# the pool as soon as its answer is written, whoever reads it (checked: no stall with -j 2).
+PREPARED_CLIENTS = "50"
+PREPARED_SCENARIOS = [
+    ("prepared-select", ["-S", "-c", PREPARED_CLIENTS, "-j", "2", "-M", "prepared"], "excl"),
+    ("prepared-select-extended", ["-S", "-c", PREPARED_CLIENTS, "-j", "2", "-M", "extended"],
+     "excl"),
+]
+
+SCENARIO_SETS = {
+    "default": SCENARIOS,
+    "prepared": PREPARED_SCENARIOS,
+    "all": SCENARIOS + PREPARED_SCENARIOS,
+}
+
+# PgBouncer manages protocol-level prepared statements (max_prepared_statements) from 1.21 on.
+PGBOUNCER_PREPARED_MIN = (1, 21)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -256,8 +289,9 @@ class Postgres:
 # ---------------------------------------------------------------- poolers
 
 
-def make_ini(pg_port, port, workdir, name):
-    """The common configuration; only listen_port and file paths differ per pooler."""
+def make_ini(pg_port, port, workdir, name, max_prepared=None):
+    """The common configuration; only listen_port and file paths differ per pooler (and
+    max_prepared_statements, left out for a PgBouncer that does not know it)."""
     return ("[databases]\n"
             "%s = host=127.0.0.1 port=%d dbname=%s\n"
             "\n"
@@ -273,12 +307,29 @@ def make_ini(pg_port, port, workdir, name):
             "logfile = %s\n"
             "pidfile = %s\n"
             % (DB_NAME, pg_port, DB_NAME, port, os.path.join(workdir, "userlist.txt"),
-               os.path.join(workdir, name + ".log"), os.path.join(workdir, name + ".pid")))
+               os.path.join(workdir, name + ".log"), os.path.join(workdir, name + ".pid"))
+            + ("max_prepared_statements = %d\n" % max_prepared if max_prepared is not None
+               else ""))
+
+
+def pgbouncer_version(binary):
+    """(major, minor, patch) from `PATH --version` ("PgBouncer 1.25.2"), or None."""
+    try:
+        res = subprocess.run(as_run_user([binary, "--version"]), capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"PgBouncer (\d+)\.(\d+)(?:\.(\d+))?", res.stdout + res.stderr)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
 
 
 class Pooler:
-    def __init__(self, name, binary, workdir, pg_port, ids, extra_args=()):
+    def __init__(self, name, binary, workdir, pg_port, ids, extra_args=(), max_prepared=None,
+                 version=None):
         self.name = name
+        self.version = version  # PgBouncer's (major, minor, patch); None for pgfunnel
+        # Manages protocol-level prepared statements in transaction mode (max_prepared set).
+        self.prepared = max_prepared is not None and max_prepared > 0
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
@@ -289,7 +340,7 @@ class Pooler:
         self.proc = None
         self.rss_trace = []  # (label, KiB)
         self.exit_note = ""
-        write_file(self.ini, make_ini(pg_port, self.port, workdir, name), ids)
+        write_file(self.ini, make_ini(pg_port, self.port, workdir, name, max_prepared), ids)
 
     @property
     def pid(self):
@@ -441,23 +492,71 @@ def summarize(runs):
         "rss_kib": max((r["rss_kib"] for r in runs), default=0),
         "failed": sum(r["failed"] for r in runs),
         "all_tps": [r["tps"] for r in runs],
+        "all_cpu": [r["cpu_us_per_txn"] for r in runs],
     }
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def print_prepared_ratios(rounds, results):
+    """The "prepared" set's cross-scenario ratios (medians; per-round pairs for pgfunnel)."""
+    prep, ext = results.get("prepared-select", {}), results.get("prepared-select-extended", {})
+    out = {}
+
+    def line(label, key, a_runs, b_runs, paired=False):
+        a, b = summarize(a_runs), summarize(b_runs)
+        tps, cpu = ratio(a["tps"], b["tps"]), ratio(a["cpu_us_per_txn"], b["cpu_us_per_txn"])
+        extra = ""
+        if paired:
+            per = [ratio(x["tps"], y["tps"]) for x, y in zip(a_runs, b_runs)]
+            per_cpu = [ratio(x["cpu_us_per_txn"], y["cpu_us_per_txn"])
+                       for x, y in zip(a_runs, b_runs)]
+            extra = "  (per round: TPS %s; CPU %s)" % (" ".join(fmt(v, ".2f") for v in per),
+                                                     " ".join(fmt(v, ".2f") for v in per_cpu))
+        print("%-40s TPS x%s, CPU/txn x%s%s" % (label + ":", fmt(tps, ".2f"), fmt(cpu, ".2f"),
+                                                extra))
+        out[key] = {"tps": tps, "cpu_us_per_txn": cpu}
+
+    print()
+    print("== prepared statements: ratios of medians (%d round%s) ==" % (
+        rounds, "" if rounds == 1 else "s"))
+    if prep.get("pgfunnel") and ext.get("pgfunnel"):
+        line("pgfunnel prepared / pgfunnel extended", "pgfunnel_prepared_vs_extended",
+             prep["pgfunnel"], ext["pgfunnel"], paired=True)
+    if prep.get("pgfunnel") and prep.get("pgbouncer"):
+        line("pgfunnel prepared / pgbouncer prepared", "pgfunnel_vs_pgbouncer_prepared",
+             prep["pgfunnel"], prep["pgbouncer"])
+    if ext.get("pgfunnel") and ext.get("pgbouncer"):
+        line("pgfunnel extended / pgbouncer extended", "pgfunnel_vs_pgbouncer_extended",
+             ext["pgfunnel"], ext["pgbouncer"])
+    if prep.get("pgbouncer") and ext.get("pgbouncer"):
+        line("pgbouncer prepared / pgbouncer extended", "pgbouncer_prepared_vs_extended",
+             prep["pgbouncer"], ext["pgbouncer"], paired=True)
+    if prep.get("pgfunnel") and prep.get("baseline"):
+        line("pgfunnel prepared / baseline prepared", "pgfunnel_vs_baseline_prepared",
+             prep["pgfunnel"], prep["baseline"])
+    sys.stdout.flush()
+    return out
 
 
 def print_table(name, cmdline, rounds, duration, poolers, results):
     print()
     print("== %s: pgbench %s -T %d  (%d round%s, medians) ==" % (
         name, cmdline, duration, rounds, "" if rounds == 1 else "s"))
-    print("%-10s %10s %11s %11s %9s %7s   %s" % (
-        "pooler", "TPS", "latency ms", "CPU us/txn", "RSS MiB", "failed", "TPS per round"))
+    print("%-10s %10s %11s %11s %9s %7s   %s | %s" % (
+        "pooler", "TPS", "latency ms", "CPU us/txn", "RSS MiB", "failed", "TPS per round",
+        "CPU us/txn per round"))
     sums = {}
     for p in poolers:
         s = summarize(results[p.name])
         sums[p.name] = s
-        print("%-10s %10s %11s %11s %9s %7d   %s" % (
+        print("%-10s %10s %11s %11s %9s %7d   %s | %s" % (
             p.name, fmt(s["tps"], ".1f"), fmt(s["latency_ms"], ".3f"),
             fmt(s["cpu_us_per_txn"], ".1f"), "%.1f" % (s["rss_kib"] / 1024.0), s["failed"],
-            " ".join(fmt(t, ".0f") for t in s["all_tps"])))
+            " ".join(fmt(t, ".0f") for t in s["all_tps"]),
+            " ".join(fmt(c, ".1f") for c in s["all_cpu"])))
     if "pgfunnel" in sums and "pgbouncer" in sums:
         a, b = sums["pgfunnel"], sums["pgbouncer"]
         tps_ratio = a["tps"] / b["tps"] if a["tps"] and b["tps"] else None
@@ -500,17 +599,25 @@ def parse_args(argv):
                     help="smoke run: 3 s per run, 1 round (overrides --duration/--rounds)")
     ap.add_argument("--pooler-only", action="store_true",
                     help="benchmark pgfunnel alone (automatic when PgBouncer is not installed)")
+    ap.add_argument("--set", default="default", choices=sorted(SCENARIO_SETS), dest="scenario_set",
+                    help="scenario set: default (%s), prepared (%s) or all (default: default)"
+                    % (", ".join(s[0] for s in SCENARIOS),
+                       ", ".join(s[0] for s in PREPARED_SCENARIOS)))
     ap.add_argument("--scenario", action="append", metavar="NAME",
-                    choices=[s[0] for s in SCENARIOS],
-                    help="run only this scenario (repeatable); default all: %s"
-                    % ", ".join(s[0] for s in SCENARIOS))
+                    choices=[s[0] for s in SCENARIO_SETS["all"]],
+                    help="run only this scenario, of any set (repeatable; overrides --set)")
+    ap.add_argument("--max-prepared-statements", type=int, default=200, metavar="N",
+                    help="max_prepared_statements for both poolers (default 200; left out for a"
+                    " PgBouncer older than 1.21)")
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
     ap.add_argument("--pgfunnel", default=None,
                     help="pgfunnel binary (default build-bench/pgfunnel, then build/pgfunnel, then PATH)")
     ap.add_argument("--baseline", default=None, metavar="PATH",
                     help="another pgfunnel binary, measured in the same run as \"baseline\"")
-    ap.add_argument("--pgbouncer", default=shutil.which("pgbouncer") or "/usr/sbin/pgbouncer",
-                    help="PgBouncer binary (default: from PATH or /usr/sbin/pgbouncer)")
+    ap.add_argument("--pgbouncer", metavar="PATH",
+                    default=("/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK)
+                             else shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"),
+                    help="PgBouncer binary (default Debian's /usr/sbin/pgbouncer, else from PATH)")
     ap.add_argument("--pg-bindir", default=PG_BINDIR_DEFAULT,
                     help="PostgreSQL 15 bin directory (default %s)" % PG_BINDIR_DEFAULT)
     ap.add_argument("--verbose-pooler", action="count", default=0,
@@ -523,7 +630,13 @@ def parse_args(argv):
         a.duration, a.rounds = 3, 1
     if a.duration < 1 or a.rounds < 1:
         ap.error("--duration and --rounds must be >= 1")
+    if a.max_prepared_statements < 0:
+        ap.error("--max-prepared-statements must be >= 0")
     a.pgfunnel = a.pgfunnel or find_pgfunnel()
+    # The poolers start in the temp dir: relative paths are the caller's.
+    a.pgfunnel = a.pgfunnel and os.path.abspath(a.pgfunnel)
+    a.baseline = a.baseline and os.path.abspath(a.baseline)
+    a.pgbouncer = os.path.abspath(a.pgbouncer)
     if not a.pgfunnel or not os.access(a.pgfunnel, os.X_OK):
         ap.error("pgfunnel binary not found; build it (meson setup build-bench --buildtype=release"
                  " && ninja -C build-bench) or pass --pgfunnel")
@@ -560,13 +673,19 @@ def main(argv):
 
         write_file(os.path.join(workdir, "userlist.txt"),
                    '"%s" "%s"\n' % (DB_USER, DB_PASSWORD), ids)
+        mps = a.max_prepared_statements
         poolers.append(Pooler("pgfunnel", a.pgfunnel, workdir, pg.port, ids,
-                              ["-v"] * a.verbose_pooler))
+                              ["-v"] * a.verbose_pooler, max_prepared=mps))
         if a.baseline:
             poolers.append(Pooler("baseline", a.baseline, workdir, pg.port, ids,
-                                  ["-v"] * a.verbose_pooler))
+                                  ["-v"] * a.verbose_pooler, max_prepared=mps))
         if not a.pooler_only:
-            poolers.append(Pooler("pgbouncer", a.pgbouncer, workdir, pg.port, ids))
+            version = pgbouncer_version(a.pgbouncer)
+            if version is None:
+                raise SetupError("cannot tell the version of %s (--version)" % a.pgbouncer)
+            poolers.append(Pooler("pgbouncer", a.pgbouncer, workdir, pg.port, ids,
+                                  max_prepared=mps if version >= PGBOUNCER_PREPARED_MIN else None,
+                                  version=version))
         for p in poolers:
             p.start()
             log("%s (%s) pid %d on 127.0.0.1:%d" % (p.name, p.binary, p.pid, p.port))
@@ -579,38 +698,74 @@ def main(argv):
                                                             r["stdout"], r["stderr"]))
                 raise SetupError("%s does not serve pgbench:\n%s" % (p.name, tail(p.logfile)))
 
-        scenarios = [s for s in SCENARIOS if not a.scenario or s[0] in a.scenario]
+        if a.scenario:
+            scenarios = [s for s in SCENARIO_SETS["all"] if s[0] in a.scenario]
+        else:
+            scenarios = SCENARIO_SETS[a.scenario_set]
+        # A group's scenarios are interleaved round by round: the "prepared" set is one group,
+        # every other scenario a group of its own (one after the other, as always).
+        prepared_names = [s[0] for s in PREPARED_SCENARIOS]
+        groups = []
+        for sc in scenarios:
+            if sc[0] in prepared_names and groups and groups[-1][0][0] in prepared_names:
+                groups[-1].append(sc)
+            else:
+                groups.append([sc])
         pg_version = subprocess.run([os.path.join(a.pg_bindir, "postgres"), "--version"],
                                     capture_output=True, text=True).stdout.strip()
         print("pgfunnel benchmark: %s; %s; %d s x %d round(s); %d CPU(s); CLK_TCK %d" % (
-            ", ".join(p.name for p in poolers), pg_version or "PostgreSQL ?", a.duration, a.rounds,
-            os.cpu_count(), CLK_TCK))
-        print("pool_mode=transaction default_pool_size=20 auth_type=scram-sha-256; "
-              "TPS excludes connection time except connect-per-txn (-C)")
+            ", ".join(p.name + (" (PgBouncer %s)" % ".".join(map(str, p.version))
+                                if p.version else "") for p in poolers),
+            pg_version or "PostgreSQL ?", a.duration, a.rounds, os.cpu_count(), CLK_TCK))
+        print("pool_mode=transaction default_pool_size=20 auth_type=scram-sha-256 "
+              "max_prepared_statements=%d%s; TPS excludes connection time except "
+              "connect-per-txn (-C)" % (
+                  a.max_prepared_statements,
+                  "".join(" (not for %s)" % p.name for p in poolers if not p.prepared
+                          and p.version is not None)))
+
+        def runnable(p, args):
+            """-M prepared needs a pooler that manages prepared statements (transaction mode)."""
+            return p.prepared or "prepared" not in args
+
         summary = {}
-        for name, args, tps_kind in scenarios:
-            results = {p.name: [] for p in poolers}
-            for rnd in range(a.rounds):
+        for group in groups:
+            results = {sc[0]: {p.name: [] for p in poolers if runnable(p, sc[1])}
+                       for sc in group}
+            for sc in group:
                 for p in poolers:
-                    r = run_pgbench(a.pg_bindir, p, args, a.duration, tps_kind)
-                    r["scenario"], r["round"] = name, rnd + 1
-                    results[p.name].append(r)
-                    all_runs.append(r)
-                    log("  %-20s round %d %-9s tps %s lat %s ms cpu %s us/txn rss %d KiB%s" % (
-                        name, rnd + 1, p.name, fmt(r["tps"], ".1f"), fmt(r["latency_ms"], ".3f"),
-                        fmt(r["cpu_us_per_txn"], ".1f"), r["rss_kib"],
-                        ("  ERRORS: " + "; ".join(r["errors"])) if r["errors"] else ""))
-                    if r["errors"]:
-                        failed = True
-                        log(r["stderr"].strip()[-2000:])
-                    if not p.alive():
-                        raise SetupError("%s died during %s:\n%s\n%s" % (
-                            p.name, name, read_text(p.outfile), tail(p.logfile)))
-                    time.sleep(0.5)
+                    if not runnable(p, sc[1]):
+                        print("note: %s skipped for %s: no max_prepared_statements there (PgBouncer"
+                              " < 1.21, or --max-prepared-statements 0)" % (sc[0], p.name))
+            for rnd in range(a.rounds):
+                for name, args, tps_kind in group:
+                    for p in poolers:
+                        if p.name not in results[name]:
+                            continue
+                        r = run_pgbench(a.pg_bindir, p, args, a.duration, tps_kind)
+                        r["scenario"], r["round"] = name, rnd + 1
+                        results[name][p.name].append(r)
+                        all_runs.append(r)
+                        log("  %-24s round %d %-9s tps %s lat %s ms cpu %s us/txn rss %d KiB%s" % (
+                            name, rnd + 1, p.name, fmt(r["tps"], ".1f"),
+                            fmt(r["latency_ms"], ".3f"), fmt(r["cpu_us_per_txn"], ".1f"),
+                            r["rss_kib"],
+                            ("  ERRORS: " + "; ".join(r["errors"])) if r["errors"] else ""))
+                        if r["errors"]:
+                            failed = True
+                            log(r["stderr"].strip()[-2000:])
+                        if not p.alive():
+                            raise SetupError("%s died during %s:\n%s\n%s" % (
+                                p.name, name, read_text(p.outfile), tail(p.logfile)))
+                        time.sleep(0.5)
             for p in poolers:
-                p.rss_trace.append((name, rss_kib(p.pid)))
-            summary[name] = print_table(name, " ".join(args), a.rounds, a.duration, poolers,
-                                        results)
+                p.rss_trace.append(("+".join(sc[0] for sc in group), rss_kib(p.pid)))
+            for name, args, _ in group:
+                summary[name] = print_table(name, " ".join(args), a.rounds, a.duration,
+                                            [p for p in poolers if p.name in results[name]],
+                                            results[name])
+            if group[0][0] in prepared_names:
+                summary["prepared-ratios"] = print_prepared_ratios(a.rounds, results)
 
         print()
         for p in poolers:
@@ -630,7 +785,12 @@ def main(argv):
                 print("    log tail: " + tail(p.logfile, 5).replace("\n", "\n    "))
         if a.json:
             with open(a.json, "w", encoding="utf-8") as f:
-                json.dump({"duration": a.duration, "rounds": a.rounds, "summary": summary,
+                json.dump({"duration": a.duration, "rounds": a.rounds,
+                           "max_prepared_statements": a.max_prepared_statements,
+                           "pgbouncer": {"path": a.pgbouncer,
+                                         "version": next((p.version for p in poolers
+                                                          if p.version), None)},
+                           "summary": summary,
                            "runs": [{k: v for k, v in r.items() if k not in ("stdout", "stderr")}
                                     for r in all_runs]}, f, indent=1)
         if failed:
