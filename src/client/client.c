@@ -926,44 +926,36 @@ static pf_pkt_action_t queue_full(pf_client_t *c, pf_server_t *s)
 }
 
 /*
- * Writes pgfunnel's own messages of a plan to s — the Close evicting a statement, the Parse
- * preparing one — right before the client's message (after everything forwarded before it),
- * each recorded as injected. Room in the queue was reserved and the server is neither
- * skipping to a Sync nor in a COPY, so recording cannot fail. Returns 0 or -ENOMEM.
+ * pgfunnel's own messages of a plan for s — the Closes evicting statements, the Parse preparing
+ * one — built into b and recorded in s's queue as injected, to be written right before the
+ * client's message (after everything forwarded before it). Room in the queue was reserved and
+ * the server is neither skipping to a Sync nor in a COPY, so recording cannot fail. Returns 0
+ * or -ENOMEM.
  */
-static int send_injected(pf_client_t *c, pf_server_t *s, const pf_prepared_plan_t *p)
+static int build_injected(pf_server_t *s, const pf_prepared_plan_t *p, pf_buf_t *b)
 {
-	pf_buf_t b;
 	size_t m;
 	int rc = 0;
 
-	pf_buf_init(&b);
 	for (unsigned i = 0; i < p->n_evict; i++) {
-		m = pf_buf_msg_begin(&b, PF_PROTO_FE_CLOSE);
-		pf_buf_put_u8(&b, 'S');
-		pf_buf_put_str(&b, p->evict[i]->name);
-		pf_buf_msg_end(&b, m);
+		m = pf_buf_msg_begin(b, PF_PROTO_FE_CLOSE);
+		pf_buf_put_u8(b, 'S');
+		pf_buf_put_str(b, p->evict[i]->name);
+		pf_buf_msg_end(b, m);
 	}
 	if (p->inject) {
-		m = pf_buf_msg_begin(&b, PF_PROTO_FE_PARSE);
-		pf_buf_put_str(&b, p->inject->name);
-		pf_buf_put_bytes(&b, p->inject->body, p->inject->body_len);
-		pf_buf_msg_end(&b, m);
+		m = pf_buf_msg_begin(b, PF_PROTO_FE_PARSE);
+		pf_buf_put_str(b, p->inject->name);
+		pf_buf_put_bytes(b, p->inject->body, p->inject->body_len);
+		pf_buf_msg_end(b, m);
 	}
-	if (b.failed) {
-		pf_buf_free(&b);
+	if (b->failed)
 		return -ENOMEM;
-	}
 	for (unsigned i = 0; rc == 0 && i < p->n_evict; i++)
 		rc = pf_reqq_inject(&s->rq, PF_PROTO_FE_CLOSE, p->evict_tag[i]);
 	if (rc == 0 && p->inject)
 		rc = pf_reqq_inject(&s->rq, PF_PROTO_FE_PARSE, p->inject_tag);
 	assert(rc == 0);
-	if (rc == 0) {
-		pf_conn_flush(&c->conn);
-		pf_conn_send_buf(&s->conn, &b);
-	}
-	pf_buf_free(&b);
 	return rc < 0 ? -ENOMEM : 0;
 }
 
@@ -974,20 +966,31 @@ static pf_pkt_action_t apply_plan(pf_client_t *c, pf_server_t *s, const pf_proto
 	pf_pool_stats_t *st = &c->pc.pool->stats;
 	uint8_t prefix[512];
 	pf_proto_renamed_t out;
+	pf_buf_t b;
 	int rc;
 
 	pf_log_debug(c, "prepared %c %s: evict=%s(+%u) inject=%s rename=%s synth=%c tag=%u",
 	             hdr->type, names->stmt, p->n_evict ? p->evict[0]->name : "-",
-	             p->n_evict ? p->n_evict - 1u : 0u, p->inject ? p->inject->name : "-", p->rename ? p->rename : "-",
-	             p->synth ? p->synth : '-', p->tag);
+	             p->n_evict ? p->n_evict - 1u : 0u, p->inject ? p->inject->name : "-",
+	             p->rename ? p->rename : "-", p->synth ? p->synth : '-', p->tag);
 	st->client_parse_count += p->client_parses;
 	st->server_parse_count += p->server_parses;
 	st->bind_count += p->binds;
-	if ((p->n_evict || p->inject) && send_injected(c, s, p) < 0) {
+	pf_buf_init(&b);
+	if ((p->n_evict || p->inject) && build_injected(s, p, &b) < 0) {
+		pf_buf_free(&b);
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
 	note_request(c, hdr);
+	if (!p->rename) {
+		/* Our own messages (if any) go out on their own, after what was forwarded. */
+		if (b.len > 0) {
+			pf_conn_flush(&c->conn);
+			pf_conn_send_buf(&s->conn, &b);
+		}
+		pf_buf_free(&b);
+	}
 	if (p->synth) {
 		/* Answered by pgfunnel, in its place among the server's answers. */
 		rc = pf_reqq_push_synth(&s->rq, p->synth, p->tag);
@@ -1002,25 +1005,32 @@ static pf_pkt_action_t apply_plan(pf_client_t *c, pf_server_t *s, const pf_proto
 	rc = pf_reqq_push_tagged(&s->rq, hdr->type, 0, p->tag);
 	assert(rc == 0);
 	if (rc < 0) {
+		pf_buf_free(&b);
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return PF_PKT_STOP;
 	}
 	if (!p->rename)
 		return PF_PKT_FORWARD;
-	/* The portal name is kept; a long one gets a prefix of its own. */
+	/* The portal name is kept; a long one gets a prefix of its own. Our own messages and the
+	 * renamed head go out as one replacement (one write with the bytes around it). */
 	if (names->portal_len + 64 > sizeof(prefix)) {
 		size_t cap = (size_t)names->portal_len + 64;
 		uint8_t *big = malloc(cap);
 
 		rc = big ? pf_proto_rename(names, NULL, p->rename, big, cap, &out) : -ENOMEM;
 		if (rc == 0)
-			pf_conn_replace_head(&c->conn, big, out.prefix_len, out.tail_off);
+			pf_buf_put_bytes(&b, big, out.prefix_len);
 		free(big);
 	} else {
 		rc = pf_proto_rename(names, NULL, p->rename, prefix, sizeof(prefix), &out);
 		if (rc == 0)
-			pf_conn_replace_head(&c->conn, prefix, out.prefix_len, out.tail_off);
+			pf_buf_put_bytes(&b, prefix, out.prefix_len);
 	}
+	if (rc == 0 && b.failed)
+		rc = -ENOMEM;
+	if (rc == 0)
+		pf_conn_replace_head(&c->conn, b.data, b.len, out.tail_off);
+	pf_buf_free(&b);
 	if (rc < 0) {
 		/* The queue expects the message: the server cannot be told it without it. */
 		pf_client_close(c, rc == -EMSGSIZE ? PF_CLOSE_CLIENT_PROTOCOL : PF_CLOSE_CLIENT_OOM,

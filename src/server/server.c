@@ -1014,13 +1014,23 @@ bool pf_server_give_synth(pf_server_t *s)
 	pf_conn_flush(&s->conn);
 	if (s->conn.fwd_pending)
 		return false;
-	while (pf_reqq_take_synth(&s->rq, &e)) {
-		const uint8_t msg[5] = {e.synth, 0, 0, 0, 4}; /* ParseComplete, CloseComplete */
+	/* ParseComplete, CloseComplete: five bytes each, written in batches. */
+	while (pf_reqq_synth_due(&s->rq)) {
+		uint8_t msgs[64 * 5];
+		size_t n = 0;
 
+		while (n < sizeof(msgs) && pf_reqq_take_synth(&s->rq, &e)) {
+			const uint8_t msg[5] = {e.synth, 0, 0, 0, 4};
+
+			memcpy(msgs + n, msg, sizeof(msg));
+			n += sizeof(msg);
+			if (s->peer && s->peer->prep)
+				pf_prepared_resolve(s->peer->prep, e.tag, true);
+		}
+		if (n == 0)
+			break; /* a broken queue gives nothing */
 		if (s->conn.peer)
-			pf_conn_send(s->conn.peer, msg, sizeof(msg));
-		if (s->peer && s->peer->prep)
-			pf_prepared_resolve(s->peer->prep, e.tag, true);
+			pf_conn_send(s->conn.peer, msgs, n);
 	}
 	return true;
 }
