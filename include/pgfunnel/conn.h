@@ -133,7 +133,6 @@ struct pf_conn {
 	uint32_t pkt_remain;       /* bytes of the current message still to pass */
 	uint32_t head;             /* PF_PKT_NEED_HEAD: bytes wanted; PF_PKT_REPLACED: replaced */
 	bool pkt_forward;          /* ... forwarding them (else skipping) */
-	struct pf_conn_splices *splices; /* replaced heads in the forward region (or NULL) */
 	uint32_t max_packet;       /* max_packet_size for header validation */
 	uint32_t hold_max;      /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
 	uint32_t out_queued;    /* bytes of our own output (with overhead) the socket holds */
@@ -142,6 +141,7 @@ struct pf_conn {
 	uint32_t progress;      /* bumped by every read and every forward write */
 	uint32_t progress_seen; /* ... as the janitor last saw it (pf_conn_is_abandoned) */
 	uv_write_t fwd_req;
+	struct pf_conn_splices *splices; /* replaced heads in the forward region (or NULL) */
 	uint64_t bytes_in, bytes_out;
 	pf_sockaddr_t addr;       /* remote */
 	pf_sockaddr_t local_addr; /* local */

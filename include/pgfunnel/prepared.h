@@ -51,7 +51,7 @@
 
 /* The server-side names: this prefix, 8 hex digits drawn at random per registry, '_' and a
  * decimal number (pf_prepared_registry_prefix() gives all but the number). */
-#define PF_PREPARED_PREFIX "PGFUNNEL_"
+#define PF_PREPARED_PREFIX     "PGFUNNEL_"
 #define PF_PREPARED_PREFIX_MAX 20
 /* Room for a server-side name with its NUL. */
 #define PF_PREPARED_NAME_MAX 40
@@ -138,8 +138,8 @@ uint32_t pf_prepared_client_count(const pf_prepared_client_t *c);
  * PF_PREPARED_CLIENT_MAX_BYTES; -ENOMEM (nothing changed in either case).
  */
 PF_MUSTCHECK int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t max,
-                                   bool aborted, const char *name, const uint8_t *body,
-                                   size_t len, pf_prepared_plan_t *plan);
+                                   bool aborted, const char *name, const uint8_t *body, size_t len,
+                                   pf_prepared_plan_t *plan);
 
 /*
  * A Bind or Describe 'S' of statement name (not empty): when the client has it, the plan
@@ -178,7 +178,7 @@ const char *pf_prepared_dup_name(const pf_prepared_client_t *c, uint32_t tag);
  * walk over the client's names).
  */
 const char *pf_prepared_client_name_of(const pf_prepared_client_t *c, const char *sname,
-                                      size_t len);
+                                       size_t len);
 
 /* The client sent a Sync (forwarded): the changes so far belong to a finished run. */
 void pf_prepared_sync(pf_prepared_client_t *c);

@@ -1076,8 +1076,8 @@ static unsigned put_client_names(pf_buf_t *b, const pf_prepared_client_t *c, con
  * existing statement's name so that the server itself refuses it): the client is told its own
  * name instead, as Postgres would say it. Anything else passes as it is.
  */
-static pf_pkt_action_t prepared_error(pf_server_t *s, const pf_proto_hdr_t *hdr,
-                                      const uint8_t *pkt, const pf_proto_error_t *e)
+static pf_pkt_action_t prepared_error(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+                                      const pf_proto_error_t *e)
 {
 	const pf_prepared_client_t *c = s->peer->prep;
 	const char *prefix = pf_prepared_registry_prefix(s->ps.pool->worker->prepared);

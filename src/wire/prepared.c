@@ -463,8 +463,7 @@ const char *pf_prepared_client_lookup(const pf_prepared_client_t *c, const char 
 	return n && n->stmt ? n->stmt->name : NULL;
 }
 
-const char *pf_prepared_client_name_of(const pf_prepared_client_t *c, const char *sname,
-                                      size_t len)
+const char *pf_prepared_client_name_of(const pf_prepared_client_t *c, const char *sname, size_t len)
 {
 	const cnode_t *best = NULL;
 
@@ -884,9 +883,8 @@ static int ensure_present(pf_prepared_client_t *c, pf_prepared_server_t *s, uint
 	return 0;
 }
 
-int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t max,
-                      bool aborted, const char *name, const uint8_t *body, size_t len,
-                      pf_prepared_plan_t *plan)
+int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t max, bool aborted,
+                      const char *name, const uint8_t *body, size_t len, pf_prepared_plan_t *plan)
 {
 	size_t nlen = name_len(name);
 	uint64_t h = name_hash(c, name, nlen);
