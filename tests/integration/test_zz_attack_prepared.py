@@ -1,0 +1,525 @@
+"""Red-team attacks on protocol-level prepared statements in transaction mode
+(max_prepared_statements; wip-red).
+
+Targets: client.c prepared_packet/apply_plan/send_injected/queue_full, server.c
+prepared_error/put_client_names/pf_server_give_synth/note_command/ready_for_query and the
+drain handling, prepared.c, reqq.c, and conn.c pf_conn_replace_head + flush_forward/
+forward_bufs (renamed heads kept as "splices" in the forward region, one writev).
+
+Every value a client asks for carries the client's id, so an answer that reaches the wrong
+client is detectable. Tests named test_bug_* expose a real pgfunnel bug and assert the correct
+behaviour (they fail until it is fixed); every other test is a regression for an attack that
+held up. See each docstring.
+"""
+
+import os
+import random
+import re
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+import pfhelpers
+import pgwire
+from pgwire import (fe_bind, fe_close, fe_describe, fe_execute, fe_flush, fe_parse, fe_query,
+                    fe_sync, data_values, split_messages)
+from test_prepared_protocol import (Script, check, differential, direct_side, proxy_side,
+                                    row, run, toks, NOT_EXIST, EXISTS, DB)
+from test_robust_clients import finish
+
+DEADLINE = 10.0
+S = fe_sync()
+H = fe_flush()
+
+
+def P(name, sql, types=()):
+    return fe_parse(sql, name, types)
+
+
+def B(stmt, params=(), portal=""):
+    return fe_bind(portal, stmt, params)
+
+
+def E(portal="", max_rows=0):
+    return fe_execute(portal, max_rows)
+
+
+def Q(sql):
+    return fe_query(sql)
+
+
+@pytest.fixture(scope="module")
+def role(postgres):
+    return pfhelpers.new_role(postgres, "apr")
+
+
+def start(proxy, postgres, role, max_prepared=200, pool_size=1, **params):
+    p = {"pool_mode": "transaction", "max_prepared_statements": max_prepared,
+         "query_wait_timeout": 30}
+    p.update(params)
+    return proxy(databases={DB: postgres.db_entry("appdb", pool_size=pool_size)},
+                 params=p, userlist={role[0]: role[1]})
+
+
+def connect(pf, role, timeout=DEADLINE):
+    return pgwire.connect(pf.host, pf.port, role[0], DB, password=role[1], timeout=timeout)
+
+
+def answer(conn, ready=1, timeout=DEADLINE):
+    """Tokens (no ParameterStatus/Notice) up to the ready-th ReadyForQuery."""
+    return toks(conn.read_until_ready(timeout, ready))
+
+
+def pool_row(pf):
+    cols, rows = pfhelpers.console(pf, "SHOW POOLS")
+    for r in pfhelpers.rows_as_dicts(cols, rows):
+        if r["database"] == DB:
+            return r
+    return None
+
+
+def server_rows(pf):
+    cols, rows = pfhelpers.console(pf, "SHOW SERVERS")
+    return [r for r in pfhelpers.rows_as_dicts(cols, rows) if r["database"] == DB]
+
+
+def dead_or(pf, pred):
+    """For wait_for: true once pgfunnel died or pred() holds (console errors while it dies
+    count as died)."""
+    def check():
+        if not pf.is_running():
+            return True
+        try:
+            return pred()
+        except Exception:  # noqa: BLE001 - the console of a dying pgfunnel
+            return not pf.is_running()
+    return check
+
+
+def settled(pf, timeout=DEADLINE):
+    """Waits until no client of the pool is active or waiting and no server is active."""
+    last = {}
+
+    def ok():
+        r = pool_row(pf) or {}
+        last.clear()
+        last.update(r)
+        return all(int(r.get(k, 0)) == 0 for k in ("cl_active", "cl_waiting", "sv_active"))
+    pfhelpers.wait_until(ok, timeout, "pool %s settles" % DB, lambda: last)
+
+
+def alive(pf):
+    assert pf.is_running(), "pgfunnel died\n" + pf.all_output()[-6000:]
+
+
+def backend_wait_event(postgres, user):
+    with postgres.connect(autocommit=True) as su:
+        return [r[0] for r in su.execute(
+            "SELECT wait_event FROM pg_stat_activity WHERE usename = %s AND state = 'active'",
+            (user,)).fetchall()]
+
+
+def read_all_answers(conn, ready, timeout):
+    """({type: count}, data values of the non-x rows) up to `ready` ReadyForQuery."""
+    deadline = time.monotonic() + timeout
+    counts, vals = {}, []
+    seen = 0
+    while seen < ready:
+        try:
+            kind, payload = conn.read_message(max(0.0, deadline - time.monotonic()))
+        except pgwire.ProtocolError as e:
+            e.args = ("%s; got before: %r %r" % (e, counts, vals[-5:]),)
+            raise
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind == "Z":
+            seen += 1
+        elif kind == "D":
+            v = pgwire.decode_data_row(payload)
+            if v and v[0] is not None and not v[0].startswith("xxxx"):
+                vals.append(v[0])
+        elif kind == "E":
+            vals.append("E:" + pgwire.parse_fields(payload).get("M", ""))
+    return counts, vals
+
+
+BIG_OUTPUT = "SELECT repeat('x', 8000) FROM generate_series(1, 3000)"  # 24 MB of rows
+
+
+# ---------------------------------------------------------------- writev / splices / injects
+
+
+def test_bug_slow_reader_injects_while_server_write_pending(proxy, postgres, role):
+    """BUG (conn.c pf_conn_replace_head / client.c send_injected): the client pipelines Binds
+    of statements the server does not have (max_prepared_statements=1, so each Bind needs an
+    injected Parse) behind a query with 24 MB of rows, and does not read. Postgres blocks
+    writing those rows, stops reading, and the server socket fills: send_injected() calls
+    pf_conn_flush() on the client conn, whose forward region (the previous Bind's splice and
+    Execute) now goes out as a pending write (fwd_pending), and then apply_plan() calls
+    pf_conn_replace_head(), which asserts !c->fwd_pending -> SIGABRT, every client of the
+    process is dropped. (Without asserts the new splice would overwrite sp->data that the
+    pending writev still points at, and the splice would be recorded at an offset of a
+    buffer that can be released before it is written.)
+    Correct: pgfunnel stays up; once the client reads, every answer arrives in order."""
+    # Small socket buffers on pgfunnel's side, so the server socket fills early.
+    pf = start(proxy, postgres, role, max_prepared=1, tcp_socket_buffer=32768)
+    n = 300
+    pad = "/*" + "p" * 30000 + "*/"
+    a = connect(pf, role)
+    a.sock.settimeout(30)
+    # Each Parse waits for the one before (Sync between): the server keeps only the last.
+    a.send(b"".join(P("s%d" % i, "SELECT 'A-%d' %s" % (i, pad)) + S for i in range(n)))
+    counts = a.count_until_ready(n, 30)
+    assert counts == {"1": n, "Z": n}, counts
+    pipeline = (P("", BIG_OUTPUT) + B("") + E() +
+                b"".join(B("s%d" % i) + E() for i in range(n)) + S)
+    sender = threading.Thread(target=a.sock.sendall, args=(pipeline,), daemon=True)
+    sender.start()
+    # pgfunnel has handled every Bind once it tracks all n statements as on the server (or
+    # it died); not asserted: a fixed pgfunnel may hold the Binds back instead.
+    pfhelpers.wait_for(dead_or(pf, lambda: any(
+        int(r["prepared_statements"]) >= n for r in server_rows(pf))), 10)
+    alive(pf)
+    counts, vals = read_all_answers(a, 1, 60)
+    assert vals == ["A-%d" % i for i in range(n)], vals[:5]
+    assert counts.get("D") == 3000 + n, counts
+    a.close()
+    alive(pf)
+    settled(pf)
+    finish(pf)
+
+
+def test_bug_injected_parse_over_256k_deadlocks_server(proxy, postgres, role):
+    """BUG (conn.c out_blocked on a server conn / client.c send_injected): a well-behaved
+    client (it reads everything) prepared a ~1 MB statement; after RECONNECT the server it
+    gets next does not have it, so its Bind makes pgfunnel inject the 1 MB Parse with
+    pf_conn_send(). The Bind follows a query with 24 MB of rows in the same pipeline:
+    Postgres is busy writing rows and does not read, so most of the Parse is queued as
+    pgfunnel's own output on the server conn; past PF_CONN_OUT_MAX (256 KiB) the conn sets
+    out_blocked, which stops *processing the server's input*, i.e. forwarding its rows to
+    the client. Postgres then blocks writing, never reads the rest of the Parse, and the
+    queue never drains: a deadlock (the client hangs until a timeout kills it).
+    Correct: every answer arrives (backpressure on our own output to a server must not stop
+    reading that server)."""
+    pf = start(proxy, postgres, role, tcp_socket_buffer=32768)
+    a = connect(pf, role)
+    a.sock.settimeout(30)
+    big = "SELECT 'A-big' /*" + "b" * 1000000 + "*/"
+    a.send(P("big", big) + S)
+    assert answer(a) == ["1", "Z:I"]
+    pfhelpers.console(pf, "RECONNECT")
+    pfhelpers.wait_until(lambda: not server_rows(pf), DEADLINE, "the old server is closed")
+    a.send(P("", BIG_OUTPUT) + B("") + E() + B("big") + E() + S)
+    try:
+        counts, vals = read_all_answers(a, 1, 20)
+    except pgwire.Timeout as e:
+        waits = backend_wait_event(postgres, role[0])
+        a.abort()  # frees the stuck server, so the teardown can stop pgfunnel
+        pytest.fail("deadlock: the answers stopped (%s); Postgres waits on %r" % (e, waits))
+    assert vals == ["A-big"], vals
+    assert counts.get("D") == 3001, counts
+    a.close()
+    alive(pf)
+    finish(pf)
+
+
+# ---------------------------------------------------------------- decisions made on stale state
+
+
+@pytest.mark.parametrize("command", ["DISCARD ALL", "DEALLOCATE ALL"])
+@pytest.mark.parametrize("then", ["bind", "reparse"])
+def test_bug_extended_discard_all_then_named_in_same_write(proxy, postgres, role, command,
+                                                          then):
+    """BUG (client.c prepared_packet / server.c pf_server_prep_must_wait + note_command):
+    named messages after a *simple* Query wait for its answer (it might be a DISCARD ALL), but
+    not after DISCARD ALL / DEALLOCATE ALL sent with the extended protocol (Parse/Bind/
+    Execute of the unnamed statement, then Sync). In the same write, a Bind of s1 after it is
+    decided before the CommandComplete arrives: renamed to PGFUNNEL_..., which the DISCARD
+    just dropped; the 26000 then names pgfunnel's statement (the client's map no longer
+    has s1 when the error is rewritten) instead of "s1". And a Parse of s1 with new SQL is
+    taken for a duplicate (42P05 planned, sent under the old server-side name), which the
+    server accepts (the DISCARD dropped that name): the client sees ParseComplete and the
+    row, but the DISCARD's CommandComplete then cleared s1 from the client's map, so its
+    next Bind of s1 gets 26000 (and PGFUNNEL_n now means the new SQL on that server while
+    the registry says the old one).
+    Correct (PostgreSQL): 26000 naming s1; the new Parse succeeds and s1 means the new SQL
+    from then on, on every server."""
+    s = Script()
+    s.x("A", run("s1", "SELECT 'old'") + S, ["1"] + row("old") + ["Z:I"])
+    discard = P("", command) + B("") + E() + S
+    if then == "bind":
+        s.x("A", discard + run("s1") + S,
+            ["1", "2", "C:" + command, "Z:I", NOT_EXIST % "s1", "Z:I"], ready=2)
+        s.x("A", run("s1") + S, [NOT_EXIST % "s1", "Z:I"])
+    else:
+        s.x("A", discard + run("s1", "SELECT 'new'") + S,
+            ["1", "2", "C:" + command, "Z:I", "1"] + row("new") + ["Z:I"], ready=2)
+        s.x("A", run("s1") + S, row("new") + ["Z:I"])
+        s.x("B", run("s9", "SELECT 'B'") + S, ["1"] + row("B") + ["Z:I"])
+        s.x("A", run("s1") + S, row("new") + ["Z:I"])
+    pf = check(proxy, postgres, role, s)
+    finish(pf)
+
+
+def test_bug_parse_known_sql_decided_in_stale_failed_state(proxy, postgres, role):
+    """BUG (prepared.c pf_prepared_parse `aborted` / client.c prepared_packet): the decision
+    "the server is in a failed transaction" uses the status of the last ReadyForQuery, even
+    when a ROLLBACK sent (extended protocol, no named statement, so no wait) before the Parse
+    in the same write will have ended that transaction. A Parse of SQL the server already has
+    is then sent under the existing server-side name "for the server to refuse"; the server,
+    no longer in a failed transaction, answers 42P05 'prepared statement "s9" already exists'.
+    Correct (PostgreSQL): ROLLBACK, then ParseComplete and s9's row."""
+    s = Script()
+    s.x("A", P("s1", "SELECT 'known'") + S, ["1", "Z:I"])
+    s.sql("A", "BEGIN", ["C:BEGIN", "Z:T"])
+    s.sql("A", "SELECT 1/0", ["E:22012:division by zero", "Z:E"])
+    s.x("A", P("", "ROLLBACK") + B("") + E() + S + run("s9", "SELECT 'known'") + S,
+        ["1", "2", "C:ROLLBACK", "Z:I", "1"] + row("known") + ["Z:I"], ready=2)
+    s.x("A", run("s9") + S, row("known") + ["Z:I"])
+    pf = check(proxy, postgres, role, s)
+    finish(pf)
+
+
+def test_bug_parse_known_sql_synthesized_although_transaction_fails_first(proxy, postgres,
+                                                                          role):
+    """BUG (same place, the other way round): inside a transaction block, one write carries a
+    failing statement (unnamed, extended protocol) and Sync, then a Parse of SQL the server
+    already has. pgfunnel decides on the last known status (in a transaction, not failed)
+    and answers ParseComplete itself, and records s9 as prepared. PostgreSQL refuses the
+    Parse with 25P02 (the transaction failed in between), so s9 does not exist after the
+    ROLLBACK; through pgfunnel it does.
+    Correct: 25P02 for the Parse; after ROLLBACK, 26000 for s9."""
+    aborted = ("E:25P02:current transaction is aborted, commands ignored until end of "
+               "transaction block")
+    s = Script()
+    s.x("A", P("s1", "SELECT 'known'") + S, ["1", "Z:I"])
+    s.sql("A", "BEGIN", ["C:BEGIN", "Z:T"])
+    s.x("A", P("", "SELECT 1/0") + B("") + E() + S + P("s9", "SELECT 'known'") + S,
+        ["1", "E:22012:division by zero", "Z:E", aborted, "Z:E"], ready=2)
+    s.sql("A", "ROLLBACK", ["C:ROLLBACK", "Z:I"])
+    s.x("A", run("s9") + S, [NOT_EXIST % "s9", "Z:I"])
+    pf = check(proxy, postgres, role, s)
+    finish(pf)
+
+
+# ---------------------------------------------------------------- partial messages
+
+
+def direct_answer(postgres, role, setup, data, ready=1):
+    """PostgreSQL's own tokens for data (after setup), on a fresh backend."""
+    c = pgwire.connect(postgres.host, postgres.port, role[0], "appdb", password=role[1],
+                       timeout=DEADLINE)
+    try:
+        if setup:
+            c.send(setup)
+            answer(c, setup.count(S) + setup.count(b"Q\0"))
+        c.send(data)
+        return answer(c, ready)
+    finally:
+        c.close()
+
+
+def split_pipeline(i):
+    """One self-contained pipeline of every named message kind (it leaves nothing behind):
+    names long enough to straddle reads, SQL alternating so that with
+    max_prepared_statements=1 the Bind of "keep" needs an injected Parse and an eviction."""
+    nm = "split_statement_name_%02d_%s" % (i % 2, "n" * 20)
+    sql = "SELECT $1::text || '-%s'" % ("x" if i % 2 else "y")
+    return (P(nm, sql) + fe_describe("S", nm) + B(nm, ["A%d" % i], portal="portal_pp") +
+            fe_describe("P", "portal_pp") + E("portal_pp") + B("keep") + E() +
+            fe_close("P", "portal_pp") + fe_close("S", nm) + S)
+
+
+SPLIT_SETUP = P("keep", "SELECT 'keep'") + S
+
+
+def test_split_at_every_byte(proxy, postgres, role):
+    """Holds: a pipeline of Parse/Describe/Bind/Describe/Execute/Bind(injected)/Close/Close/
+    Sync of named statements sent in two writes split at every byte offset (names split
+    across reads, a Bind whose statement name ends exactly at a read boundary, headers cut in
+    half), with max_prepared_statements=1 so Binds need injected Parses and evictions: every
+    answer equals PostgreSQL's."""
+    pf = start(proxy, postgres, role, max_prepared=1)
+    want = {v: direct_answer(postgres, role, SPLIT_SETUP, split_pipeline(v)) for v in (0, 1)}
+    a = connect(pf, role)
+    a.send(SPLIT_SETUP)
+    assert answer(a) == ["1", "Z:I"]
+    n = len(split_pipeline(0))
+    for k in range(1, n):
+        data = split_pipeline(k)
+        a.send(data[:k])
+        time.sleep(0.003)  # a read boundary at k (not a wait for an event)
+        a.send(data[k:])
+        got = answer(a)
+        assert got == [t.replace("A%d" % (k % 2), "A%d" % k) for t in want[k % 2]], (k, got)
+    a.close()
+    alive(pf)
+    settled(pf)
+    finish(pf)
+
+
+def test_byte_by_byte_pipeline_two_clients(proxy, postgres, role):
+    """Holds: two clients on one server each trickle the pipeline one byte per write (the
+    same names, other SQL) while the other's pipelines are in flight: answers equal
+    PostgreSQL's and never carry the other client's tag."""
+    pf = start(proxy, postgres, role, max_prepared=1)
+    want = direct_answer(postgres, role, SPLIT_SETUP, split_pipeline(1))
+    errors = []
+
+    def trickle(tag):
+        try:
+            c = connect(pf, role)
+            c.send(SPLIT_SETUP)
+            answer(c)
+            for r in range(2):
+                data = split_pipeline(1).replace(b"A1", tag.encode())
+                for i in range(len(data)):
+                    c.send(data[i:i + 1])
+                    if i % 7 == 0:
+                        time.sleep(0.001)
+                got = answer(c)
+                exp = [t.replace("A1", tag) for t in want]
+                if got != exp:
+                    errors.append((tag, got, exp))
+            c.close()
+        except Exception as e:  # noqa: BLE001
+            errors.append((tag, repr(e)))
+    ts = [threading.Thread(target=trickle, args=(t,)) for t in ("Q7", "R8")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors
+    alive(pf)
+    settled(pf)
+    finish(pf)
+
+
+# ---------------------------------------------------------------- names: long, huge, broken
+
+
+def test_names_around_63_bytes_and_64k(proxy, postgres, role):
+    """Holds: statement names of 62/63/64 bytes (Parse, Bind, Describe, Close, duplicate
+    Parse) and of 64 KiB (Parse, Bind, and a duplicate Parse whose 42P05 quotes the whole
+    name; PostgreSQL refuses Describe/Close messages over 10000 bytes), beside B using the
+    same names for other SQL: identical to PostgreSQL."""
+    s = Script()
+    for nm in ("a" * 62, "b" * 63, "c" * 64, "h" * 65536):
+        small = len(nm) < 1000
+        s.x("A", run(nm, "SELECT 'A-%d'" % len(nm)) + (fe_describe("S", nm) if small else b"") +
+            S, ["1"] + row("A-%d" % len(nm)) + (["t:0", "T:?column?"] if small else []) +
+            ["Z:I"])
+        s.x("B", run(nm, "SELECT 'B-%d'" % len(nm)) + S, ["1"] + row("B-%d" % len(nm)) + ["Z:I"])
+        # (expected texts quoting a 64 KiB name are compared with PostgreSQL's only)
+        s.x("A", P(nm, "SELECT 'other'") + S, [EXISTS % nm, "Z:I"] if small else None)
+        s.x("A", run(nm[:63] + "zz") + S, row("A-%d" % len(nm)) + ["Z:I"]
+            if len(nm) >= 63 else [NOT_EXIST % (nm[:63] + "zz"), "Z:I"])
+        if small:
+            s.x("A", fe_close("S", nm) + run(nm) + S, ["3", NOT_EXIST % nm, "Z:I"])
+        else:
+            s.x("A", fe_close("S", nm[:63]) + run(nm) + S)
+        s.x("B", run(nm) + S, row("B-%d" % len(nm)) + ["Z:I"])
+    pf = check(proxy, postgres, role, s)
+    finish(pf)
+
+
+def test_huge_portal_names_with_named_statements(proxy, postgres, role):
+    """Holds: Binds of named statements with portal names of 1000-9900 bytes (PostgreSQL
+    refuses Describe/Execute/Close over 10000 bytes) (the renamed
+    head no longer fits a splice: the fallback path writes it on its own), several in one
+    write, mixed with short ones that do use splices; Describe/Execute/Close of those
+    portals: identical to PostgreSQL."""
+    s = Script()
+    s.x("A", P("s1", "SELECT $1::text") + P("s2", "SELECT 'two'") + S, ["1", "1", "Z:I"])
+    data, want = b"", []
+    for i, ln in enumerate((1000, 1, 2000, 63, 9900, 5, 1500)):
+        portal = ("p%d_" % i) + "q" * ln
+        data += (B("s1", ["v%d" % i], portal=portal) + fe_describe("P", portal) +
+                 E(portal) + B("s2") + E() + fe_close("P", portal))
+        want += ["2", "T:text", "D:v%d" % i, "C:SELECT 1"] + row("two") + ["3"]
+    s.x("A", data + S, want + ["Z:I"])
+    s.x("B", run("s1", "SELECT 'B'") + S, ["1"] + row("B") + ["Z:I"])
+    s.x("A", data + S, want + ["Z:I"])
+    pf = check(proxy, postgres, role, s)
+    finish(pf)
+
+
+@pytest.mark.parametrize("namelen", [1, 40, 63])
+def test_many_renamed_heads_in_one_read(proxy, postgres, role, namelen):
+    """Holds: 200 renamed Bind/Describe messages in one write (far more than 8 splices and
+    512 bytes of replacement heads per forward region), with named portals, interleaved
+    with unnamed ones; then the same with a Flush after every 3: identical to PostgreSQL."""
+    names = ["%s%03d" % ("n" * max(0, namelen - 3), i) for i in range(5)]
+    s = Script()
+    s.x("A", b"".join(P(nm, "SELECT '%d'::text AS c%d" % (i, i)) for i, nm in enumerate(names))
+        + S, ["1"] * 5 + ["Z:I"])
+    data, want = b"", []
+    for i in range(200):
+        k = i % 5
+        portal = "pt%d" % i if i % 2 else ""
+        data += B(names[k], portal=portal) + fe_describe("S", names[k]) + E(portal)
+        want += ["2", "t:0", "T:c%d" % k, "D:%d" % k, "C:SELECT 1"]
+        if i % 9 == 0:
+            data += P("", "SELECT 'u'") + B("") + E()
+            want += ["1"] + row("u")
+    s.x("A", data + S, want + ["Z:I"])
+    s.x("B", b"".join(P(nm, "SELECT 'B'") for nm in names) + S, ["1"] * 5 + ["Z:I"])
+    s.x("A", data + S, want + ["Z:I"])
+    pf = check(proxy, postgres, role, s)
+    finish(pf)
+
+
+MALFORMED = {
+    # name: bytes of a named message that PostgreSQL refuses as malformed
+    "bind_name_without_nul": b"B" + struct.pack("!I", 4 + 9) + b"\0s1s1s1s1",
+    "parse_name_without_nul": b"P" + struct.pack("!I", 4 + 6) + b"s1s1s1",
+    "describe_bad_kind": b"D" + struct.pack("!I", 4 + 4) + b"Xs1\0",
+    "close_trailing_bytes": b"C" + struct.pack("!I", 4 + 6) + b"Ss1\0zz",
+    "bind_length_short": b"B" + struct.pack("!I", 4 + 4) + b"\0s1\0" + b"\0\0\0\0\0\0",
+    "bind_length_long_then_gone": b"B" + struct.pack("!I", 4 + 5000) + b"\0s1\0\0\0\0\0\0\0",
+    "huge_name_no_nul_1mb": b"B" + struct.pack("!I", 4 + 1100000) + b"\0" + b"x" * 1100000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_named_messages(proxy, postgres, role, case):
+    """Holds: malformed named messages (names without their NUL, a Describe kind other than
+    S/P, bytes after a Close's name, lengths that lie either way, a 1 MB name that never
+    ends) give the client an ErrorResponse and/or a closed connection, never a hang; the
+    server it was on serves B correctly afterwards (same names, other SQL), and counts
+    return to zero."""
+    pf = start(proxy, postgres, role)
+    a = connect(pf, role)
+    a.send(run("s1", "SELECT 'A'") + S)
+    assert answer(a) == ["1"] + row("A") + ["Z:I"]
+    a.sock.settimeout(DEADLINE)
+    try:
+        a.send(MALFORMED[case] + S)
+    except OSError:
+        pass
+    if case == "bind_length_long_then_gone":
+        a.abort()
+    else:
+        got = []
+        try:
+            while True:
+                got.append(a.read_message(DEADLINE))
+                if got[-1][0] == "Z":
+                    break
+        except pgwire.Timeout:
+            pytest.fail("no answer to a malformed message within %.0fs: %r" % (
+                DEADLINE, toks(got)))
+        except (pgwire.ProtocolError, OSError):
+            got.append(("closed", b""))
+        kinds = [k for k, _ in got]
+        assert "E" in kinds or kinds == ["closed"], toks(got[:-1])
+        a.abort()
+    b = connect(pf, role)
+    b.send(run("s1", "SELECT 'B'") + S)
+    assert answer(b) == ["1"] + row("B") + ["Z:I"]
+    b.close()
+    alive(pf)
+    settled(pf)
+    finish(pf)
