@@ -31,6 +31,9 @@ from test_prepared_protocol import (Script, check, differential, direct_side, pr
 from test_robust_clients import finish
 
 DEADLINE = 10.0
+# The random multi-client tests: seconds each and a seed offset (longer runs: raise them).
+SECONDS = float(os.environ.get("ATK_PREP_SECONDS", "3"))
+SEED = int(os.environ.get("ATK_PREP_SEED", "0"))
 S = fe_sync()
 H = fe_flush()
 
@@ -522,4 +525,420 @@ def test_malformed_named_messages(proxy, postgres, role, case):
     b.close()
     alive(pf)
     settled(pf)
+    finish(pf)
+
+
+# ---------------------------------------------------------------- many clients, one model
+
+
+class Model:
+    """One client's view: its statement names -> the suffix their SQL appends to the tag
+    bound as $1. Generates random pipelines (always ending in Sync) with the tokens
+    PostgreSQL answers, so that every answer can be checked exactly, tags included."""
+
+    NAMES = ["s0", "s1", "s2", "s3", "n" * 63, "s5"]
+
+    def __init__(self, cid, rnd):
+        self.cid = cid
+        self.rnd = rnd
+        self.map = {}
+        self.n = 0
+
+    def sql(self, suffix):
+        return "SELECT $1::text || '%s'" % suffix
+
+    def batch(self):
+        r = self.rnd
+        data, want = b"", []
+        ready = 1
+        if r.random() < 0.08:
+            cmd = r.choice(["DISCARD ALL", "DEALLOCATE ALL"])
+            data += Q(cmd)
+            want += ["C:" + cmd, "Z:I"]
+            ready += 1
+            self.map.clear()
+        for _ in range(r.randrange(1, 12)):
+            nm = r.choice(self.NAMES)
+            op = r.random()
+            if nm not in self.map:
+                if op < 0.1:  # an unknown name: 26000, the rest up to Sync is skipped
+                    data += B(nm, ["x"]) + E()
+                    want += [NOT_EXIST % nm]
+                    break
+                # shared SQL (same text for every client) or the client's own
+                suffix = "-common-%s" % nm[:2] if r.random() < 0.5 else "-%s-%s" % (
+                    self.cid, nm[:2])
+                data += P(nm, self.sql(suffix))
+                want += ["1"]
+                self.map[nm] = suffix
+            elif op < 0.55:
+                self.n += 1
+                tag = "%s:%d" % (self.cid, self.n)
+                portal = "" if r.random() < 0.7 else "p%d" % self.n
+                data += B(nm, [tag], portal=portal) + E(portal)
+                want += ["2", "D:%s%s" % (tag, self.map[nm]), "C:SELECT 1"]
+            elif op < 0.7:
+                data += fe_describe("S", nm)
+                want += ["t:1", "T:?column?"]
+            elif op < 0.85:
+                data += fe_close("S", nm)
+                want += ["3"]
+                del self.map[nm]
+            elif op < 0.95:
+                data += H
+            else:
+                data += P(nm, "SELECT 'dup'")
+                want += [EXISTS % nm]
+                break
+        data += S
+        want += ["Z:I"]
+        return data, want, ready
+
+
+def run_clients(pf, role, nclients, seconds, seed, abort_rate=0.0, errors=None):
+    errors = [] if errors is None else errors
+    stop = time.monotonic() + seconds
+    done = [0]
+
+    def worker(i):
+        rnd = random.Random(seed * 1000 + i)
+        cid = "c%d" % i
+        try:
+            c = connect(pf, role)
+            m = Model(cid, rnd)
+            while time.monotonic() < stop:
+                data, want, ready = m.batch()
+                if abort_rate and rnd.random() < abort_rate:
+                    # vanish at a random byte of the pipeline, or after it unread
+                    c.send(data[:rnd.randrange(1, len(data) + 1)])
+                    c.abort()
+                    c = connect(pf, role)
+                    m = Model(cid, rnd)
+                    continue
+                c.send(data)
+                got = answer(c, ready, 20)
+                if got != want:
+                    errors.append("%s sent %s\n got  %r\n want %r" % (
+                        cid, data[:300], got, want))
+                    return
+                done[0] += 1
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append("%s: %r" % (cid, e))
+    ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(nclients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(seconds + 60)
+    assert not any(t.is_alive() for t in ts), "a client hung"
+    return errors, done[0]
+
+
+@pytest.mark.parametrize("nclients,pool_size,max_prepared", [
+    (2, 1, 1), (5, 1, 2), (10, 2, 200), (6, 2, 1)])
+def test_clients_share_names_on_few_servers(proxy, postgres, role, nclients, pool_size,
+                                            max_prepared):
+    """Holds: 2-10 clients on pools of 1-2 servers, max_prepared_statements 1/2/200, use the
+    same six names (one 63 bytes long) for shared and for their own SQL in random pipelines
+    (Parse/Bind/Describe/Close/Flush, named portals, DISCARD ALL / DEALLOCATE ALL in the same
+    write, unknown names and duplicate Parses that fail the rest of the pipeline): every
+    answer is exactly what PostgreSQL answers and carries the client's own tag; the pool
+    settles and the servers hold at most max_prepared_statements statements afterwards."""
+    pf = start(proxy, postgres, role, max_prepared=max_prepared, pool_size=pool_size)
+    errors, done = run_clients(pf, role, nclients, SECONDS, seed=nclients + SEED)
+    assert not errors, errors[:3]
+    assert done > nclients, done
+    alive(pf)
+    settled(pf)
+    # Over the limit only while a pipeline needs it: the next use sheds the excess.
+    c = connect(pf, role)
+    c.send(Q("SELECT 1"))
+    answer(c)
+    c.send(Q("SELECT count(*) FROM pg_prepared_statements"))
+    real = int(data_values(c.read_until_ready(DEADLINE))[0])
+    c.close()
+    assert real <= max(max_prepared, 6) + 8, real
+    finish(pf)
+
+
+@pytest.mark.parametrize("pool_size,max_prepared", [(1, 1), (2, 3)])
+def test_clients_vanish_at_every_step(proxy, postgres, role, pool_size, max_prepared):
+    """Holds: like the test above, but clients also vanish at a random byte of a pipeline
+    (mid-message, between Parse and Sync, after a Sync while pgfunnel waits for the outcome
+    of earlier changes, or with the whole pipeline unread) and come back as new clients:
+    those who stay get exactly their answers; no server is handed on with a half-done
+    pipeline; counts return to zero."""
+    pf = start(proxy, postgres, role, max_prepared=max_prepared, pool_size=pool_size)
+    errors, done = run_clients(pf, role, 6, SECONDS, seed=77 + pool_size + SEED,
+                               abort_rate=0.25)
+    assert not errors, errors[:3]
+    alive(pf)
+    settled(pf)
+    errors, done = run_clients(pf, role, 2, 0.5, seed=5)
+    assert not errors, errors[:3]
+    settled(pf)
+    finish(pf)
+
+
+# ---------------------------------------------------------------- hostile servers
+
+
+from test_zz_attack import FakePg, msg, cstr, be_row, be_cc, be_z  # noqa: E402
+
+NAME_RE = re.compile(rb"^(PGFUNNEL_[0-9a-f]{8}_)([0-9]+)$")
+
+
+def be_error(code, text, severity="ERROR"):
+    if isinstance(text, str):
+        text = text.encode()
+    return msg(b"E", b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(code) +
+               b"M" + text + b"\0\0")
+
+
+def _garbage_error(c, name, st):
+    prefix = NAME_RE.match(name).group(1)
+    text = (b'prepared statement "' + name + b'zz\xff\xfe" ' + b"PGFUNNEL_ " + prefix + b" " +
+            prefix + b"9" * 60 + b" " + name[:-1] + b" " + name + name + b" " + prefix)
+    c.sendall(be_error("26000", text))
+    return "error"
+
+
+HOSTILE_PREP = {
+    # what the fake server does with the first renamed Parse it gets (name: PGFUNNEL_...);
+    # returns "error" (it now skips to Sync), "close", or None (goes on normally)
+    "nodata_for_parse": lambda c, n, st: c.sendall(msg(b"n")),
+    "datarow_for_parse": lambda c, n, st: c.sendall(be_row("LEAK-wrong")),
+    "parse_complete_twice": lambda c, n, st: (st.__setitem__(n, "A"),
+                                              c.sendall(msg(b"1") + msg(b"1")))[-1],
+    "close_complete_for_parse": lambda c, n, st: c.sendall(msg(b"3")),
+    "ready_for_parse": lambda c, n, st: c.sendall(be_z()),
+    "error_prefix_garbage": _garbage_error,
+    "error_7000_bytes_of_names": lambda c, n, st: (
+        c.sendall(be_error("42P05", b" ".join([n] * (7000 // (len(n) + 1))))), "error")[-1],
+    "error_200k_of_names": lambda c, n, st: (
+        c.sendall(be_error("26000", b" ".join([n] * (200000 // (len(n) + 1))))), "error")[-1],
+    "error_unterminated_fields": lambda c, n, st: (
+        c.sendall(msg(b"E", b"SERROR\0C42P05\0M" + n)), "error")[-1],
+    "fatal_then_close": lambda c, n, st: (
+        c.sendall(be_error("57P01", b"bye " + n, "FATAL")), "close")[-1],
+    "close_mid_message": lambda c, n, st: (c.sendall((msg(b"1") + msg(b"2"))[:7]), "close")[-1],
+    "notice_flood_with_names": lambda c, n, st: (st.__setitem__(n, "A"), c.sendall(
+        b"".join(msg(b"N", b"SNOTICE\0C00000\0M" + n + b"\0\0") for _ in range(2000)) +
+        msg(b"1")))[-1],
+}
+
+
+HOSTILE_INJECTED = {
+    # what the fake server does with pgfunnel's first injected Close (evicting a statement)
+    # or injected Parse (a statement prepared again: a name it has seen before)
+    "error_for_injected_close": ("close", lambda c, n, st: (
+        c.sendall(be_error("XX000", b"no close for " + n)), "error")[-1]),
+    "two_close_completes": ("close", lambda c, n, st: (
+        st.pop(n, None), c.sendall(msg(b"3") + msg(b"3")))[-1]),
+    "error_for_injected_parse": ("reparse", lambda c, n, st: (
+        c.sendall(be_error("42P01", b'relation "t" of ' + n + b" does not exist")), "error")[-1]),
+    "bindcomplete_for_injected_parse": ("reparse", lambda c, n, st: c.sendall(msg(b"2"))),
+    "close_at_injected_parse": ("reparse", lambda c, n, st: "close"),
+}
+
+
+def fake_extended(behaviour):
+    """A fake Postgres that speaks enough of the extended protocol for named statements
+    (values: the quoted literal of "SELECT '<v>'"), misbehaving on connection 0's first
+    renamed Parse as HOSTILE_PREP[behaviour] says (or on its first injected Close or
+    re-Parse, HOSTILE_INJECTED)."""
+    def script(c, idx):
+        stmts, portals = {}, {}
+        seen = set()
+        skipping = False
+        hostile = idx == 0
+        on, act = HOSTILE_INJECTED.get(behaviour, ("parse", HOSTILE_PREP.get(behaviour)))
+        while True:
+            kind, payload = pgwire.read_frontend_message(c)
+            out = b""
+            if kind == b"X":
+                return
+            if skipping and kind != b"S":
+                continue
+            if kind == b"P":
+                name, rest = payload.split(b"\0", 1)
+                sql = rest.split(b"\0", 1)[0].decode()
+                again = name in seen
+                seen.add(name)
+                if hostile and NAME_RE.match(name) and (on == "parse" or
+                                                        (on == "reparse" and again)):
+                    hostile = False
+                    res = act(c, name, stmts)
+                    if res == "close":
+                        c.close()
+                        return
+                    skipping = res == "error"
+                    continue
+                if name and name in stmts:
+                    out = be_error("42P05", b'prepared statement "%s" already exists' % name)
+                    skipping = True
+                else:
+                    stmts[name] = sql.split("'")[1] if "'" in sql else sql
+                    out = msg(b"1")
+            elif kind == b"B":
+                portal, rest = payload.split(b"\0", 1)
+                stmt = rest.split(b"\0", 1)[0]
+                if stmt not in stmts:
+                    out = be_error("26000", b'prepared statement "%s" does not exist' % stmt)
+                    skipping = True
+                else:
+                    portals[portal] = stmts[stmt]
+                    out = msg(b"2")
+            elif kind == b"E":
+                out = be_row(portals.get(payload.split(b"\0")[0], "?")) + be_cc()
+            elif kind == b"D":
+                out = (msg(b"t", b"\0\0") if payload[:1] == b"S" else b"") + msg(
+                    b"T", b"\0\1" + cstr("v") + b"\0" * 18)
+            elif kind == b"C":
+                if hostile and on == "close" and NAME_RE.match(payload[1:-1]):
+                    hostile = False
+                    res = act(c, payload[1:-1], stmts)
+                    if res == "close":
+                        c.close()
+                        return
+                    skipping = res == "error"
+                    continue
+                if payload[:1] == b"S":
+                    stmts.pop(payload[1:-1], None)
+                out = msg(b"3")
+            elif kind == b"S":
+                skipping = False
+                out = be_z()
+            elif kind == b"Q":
+                text = payload[:-1].decode()
+                out = be_row(text.split("'")[1] if "'" in text else text) + be_cc() + be_z()
+            if out:
+                c.sendall(out)
+    return script
+
+
+@pytest.fixture
+def fake_prepared(proxy, postgres, role):
+    made = []
+
+    def start_fake(script, **params):
+        fake = FakePg(script)
+        made.append(fake)
+        p = {"pool_mode": "transaction", "default_pool_size": 1, "query_wait_timeout": 30,
+             "server_login_retry": 0, "max_prepared_statements": 200}
+        p.update(params)
+        pf = proxy(params=p, databases={"fake": fake.entry()}, userlist={role[0]: role[1]})
+        return pf, fake
+    yield start_fake
+    for f in made:
+        f.stop()
+
+
+def fake_pool(pf):
+    cols, rows = pfhelpers.console(pf, "SHOW POOLS")
+    return [r for r in pfhelpers.rows_as_dicts(cols, rows) if r["database"] == "fake"][0]
+
+
+@pytest.mark.parametrize("behaviour", sorted(HOSTILE_PREP))
+def test_hostile_server_answers_renamed_parse(fake_prepared, role, behaviour):
+    """Holds: a server that answers pgfunnel's renamed Parse with the wrong message, two
+    ParseCompletes, a ReadyForQuery, an ErrorResponse quoting PGFUNNEL_ names with garbage
+    after them (non-digits, 60 digits, the bare prefix, unterminated fields), error texts of
+    7 KB and 200 KB made of server-side names, a flood of notices, a FATAL, or that closes
+    mid-message: client A gets an answer (what the broken server sent reaches the client it
+    serves, as with PgBouncer), an ErrorResponse, or a close, never a hang; the server is
+    not reused: client B, next on the pool with the same name for other SQL, gets exactly
+    its own answer; the pool settles."""
+    pf, fake = fake_prepared(fake_extended(behaviour))
+    a = pgwire.connect(pf.host, pf.port, role[0], "fake", role[1], timeout=DEADLINE)
+    a.send(P("s1", "SELECT 'A'") + B("s1") + E() + S)
+    got = []
+    try:
+        while True:
+            got.append(a.read_message(DEADLINE))
+            if got[-1][0] == "Z":
+                break
+    except pgwire.Timeout:
+        pytest.fail("A hangs: %r" % toks(got))
+    except (pgwire.ProtocolError, OSError):
+        got.append(("<closed>", b""))
+    # What the server itself sent wrongly reaches the client it serves (as with PgBouncer);
+    # what matters is that it goes no further.
+    vals = data_values([m for m in got if m[0] == "D"])
+    assert all(v in ("A", "LEAK-wrong") for v in vals), toks(got)
+    a.abort()
+    pfhelpers.wait_until(lambda: int(fake_pool(pf)["cl_active"]) == 0, DEADLINE,
+                         "A's close is noticed")
+    b = pgwire.connect(pf.host, pf.port, role[0], "fake", role[1], timeout=DEADLINE)
+    b.send(P("s1", "SELECT 'B'") + B("s1") + E() + S)
+    assert answer(b) == ["1", "2", "D:B", "C:SELECT 1", "Z:I"]
+    b.send(B("s1") + E() + S)
+    assert answer(b) == ["2", "D:B", "C:SELECT 1", "Z:I"]
+    b.close()
+    pfhelpers.wait_until(lambda: all(int(fake_pool(pf)[k]) == 0 for k in (
+        "cl_active", "cl_waiting", "sv_active")), DEADLINE, "the fake pool settles")
+    assert not fake.errors, fake.errors
+    finish(pf)
+
+
+WAIT_ON_BROKEN = ["two_close_completes", "bindcomplete_for_injected_parse"]
+
+
+@pytest.mark.parametrize("behaviour", sorted(set(HOSTILE_INJECTED) - set(WAIT_ON_BROKEN)))
+def test_hostile_server_answers_injected_messages(fake_prepared, role, behaviour):
+    """Holds: with max_prepared_statements=1, A's second statement evicts the first
+    (injected Close) and binding the first again prepares it anew (injected Parse); the
+    server fails or mis-answers those, or closes: A gets answers, an ErrorResponse or a
+    close, never a hang; B (same names, other SQL) then gets exactly its own answers; the
+    pool settles."""
+    hostile_injected(fake_prepared, role, behaviour)
+
+
+@pytest.mark.parametrize("behaviour", WAIT_ON_BROKEN)
+def test_bug_client_waiting_for_outcome_hangs_on_broken_queue(fake_prepared, role, behaviour):
+    """BUG (server.c PF_CONN_EV_DRAINED / client.c prepared_packet): A sends, in one write,
+    Parse(s2)+Bind+Execute+Sync (evicting s1: an injected Close), then Bind(s1) (needs
+    the outcome of the first run: prep_wait) and more. The server answers pgfunnel's own
+    message with something that matches nothing (a second CloseComplete; a BindComplete for
+    the injected Parse): the request queue is marked broken, and a broken queue reports no
+    tag any more, so the statement changes of the first run are never resolved and
+    pf_prepared_must_wait() stays true. The drain handler resumes a waiting client only
+    when it need not wait: A is never resumed (prepared_packet would close it with 08006
+    on the broken queue), never gets an answer or an error, and holds the server forever.
+    Correct: A gets an ErrorResponse and/or is closed within a deadline."""
+    hostile_injected(fake_prepared, role, behaviour)
+
+
+def hostile_injected(fake_prepared, role, behaviour):
+    pf, fake = fake_prepared(fake_extended(behaviour), max_prepared_statements=1)
+    a = pgwire.connect(pf.host, pf.port, role[0], "fake", role[1], timeout=DEADLINE)
+    a.send(run("s1", "SELECT 'A1'") + S)
+    assert answer(a) == ["1"] + row("A1") + ["Z:I"]
+    got = []
+    try:
+        a.send(run("s2", "SELECT 'A2'") + S + run("s1") + S + run("s2") + S)
+        for _ in range(3):
+            while True:
+                got.append(a.read_message(DEADLINE))
+                if got[-1][0] == "Z":
+                    break
+    except pgwire.Timeout:
+        pytest.fail("A hangs: %r" % toks(got))
+    except (pgwire.ProtocolError, OSError):
+        got.append(("<closed>", b""))
+    vals = data_values([m for m in got if m[0] == "D"])
+    assert all(v in ("A1", "A2") for v in vals), toks(got)
+    a.abort()
+    pfhelpers.wait_until(lambda: int(fake_pool(pf)["cl_active"]) == 0, DEADLINE,
+                         "A's close is noticed")
+    b = pgwire.connect(pf.host, pf.port, role[0], "fake", role[1], timeout=DEADLINE)
+    for i in range(2):
+        b.send(run("s1", "SELECT 'B1'") + S if i == 0 else run("s1") + S)
+        assert answer(b) == (["1"] if i == 0 else []) + row("B1") + ["Z:I"]
+        b.send(run("s2", "SELECT 'B2'") + S if i == 0 else run("s2") + S)
+        assert answer(b) == (["1"] if i == 0 else []) + row("B2") + ["Z:I"]
+    b.close()
+    pfhelpers.wait_until(lambda: all(int(fake_pool(pf)[k]) == 0 for k in (
+        "cl_active", "cl_waiting", "sv_active")), DEADLINE, "the fake pool settles")
+    assert not fake.errors, fake.errors
     finish(pf)
