@@ -216,7 +216,7 @@ def test_bug_injected_parse_over_256k_deadlocks_server(proxy, postgres, role):
     pfhelpers.wait_until(lambda: not server_rows(pf), DEADLINE, "the old server is closed")
     a.send(P("", BIG_OUTPUT) + B("") + E() + B("big") + E() + S)
     try:
-        counts, vals = read_all_answers(a, 1, 20)
+        counts, vals = read_all_answers(a, 1, 10)
     except pgwire.Timeout as e:
         waits = backend_wait_event(postgres, role[0])
         a.abort()  # frees the stuck server, so the teardown can stop pgfunnel
@@ -919,10 +919,11 @@ def hostile_injected(fake_prepared, role, behaviour):
         a.send(run("s2", "SELECT 'A2'") + S + run("s1") + S + run("s2") + S)
         for _ in range(3):
             while True:
-                got.append(a.read_message(DEADLINE))
+                got.append(a.read_message(5))
                 if got[-1][0] == "Z":
                     break
     except pgwire.Timeout:
+        a.abort()
         pytest.fail("A hangs: %r" % toks(got))
     except (pgwire.ProtocolError, OSError):
         got.append(("<closed>", b""))
@@ -941,4 +942,151 @@ def hostile_injected(fake_prepared, role, behaviour):
     pfhelpers.wait_until(lambda: all(int(fake_pool(pf)[k]) == 0 for k in (
         "cl_active", "cl_waiting", "sv_active")), DEADLINE, "the fake pool settles")
     assert not fake.errors, fake.errors
+    finish(pf)
+
+
+# ---------------------------------------------------------------- COPY, DISCARD, rotation
+
+
+@pytest.fixture(scope="module")
+def copy_table(postgres):
+    with postgres.connect(dbname="appdb", autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS atkp_copy (x text)")
+        conn.execute("GRANT ALL ON atkp_copy TO PUBLIC")
+    return "atkp_copy"
+
+
+def CDATA(data):
+    return pgwire.fe_copy_data(data)
+
+
+CDONE = pgwire.fe_copy_done()
+
+
+def test_copy_in_the_middle_of_named_pipelines(proxy, postgres, role, copy_table):
+    """Holds: COPY FROM STDIN (simple and extended protocol, finished, failed, and one that
+    receives named Parse/Bind messages before its CopyInResponse arrives) in the same writes
+    as named statements, B sharing the names: identical to PostgreSQL."""
+    t = copy_table
+    s = Script()
+    s.x("A", P("s1", "SELECT 'A1'") + S, ["1", "Z:I"])
+    s.x("B", P("s1", "SELECT 'B1'") + S, ["1", "Z:I"])
+    s.x("A", run("s1") + S + Q("COPY %s FROM STDIN" % t) + CDATA("a\n") + CDONE + run("s1") + S,
+        row("A1") + ["Z:I", "G", "C:COPY 1", "Z:I"] + row("A1") + ["Z:I"], ready=3)
+    s.x("A", P("c", "COPY %s FROM STDIN" % t) + B("c") + E() + CDATA("b\n") + CDONE +
+        run("s1") + run("s2", "SELECT 'A2'") + S,
+        ["1", "2", "G", "C:COPY 1"] + row("A1") + ["1"] + row("A2") + ["Z:I"])
+    s.x("A", Q("COPY %s FROM STDIN" % t) + CDATA("c\n") + pgwire.fe_copy_fail("nope") +
+        run("s3", "SELECT 'A3'") + S,
+        ["G", "E:57014:COPY from stdin failed: nope", "Z:I", "1"] + row("A3") + ["Z:I"],
+        ready=2)
+    s.x("A", run("s1") + run("s2") + run("s3") + S,
+        row("A1") + row("A2") + row("A3") + ["Z:I"])
+    s.x("B", run("s1") + run("s2") + S, row("B1") + [NOT_EXIST % "s2", "Z:I"])
+    pf = check(proxy, postgres, role, s, max_prepared=2)
+    # Named messages sent into a COPY before its CopyInResponse: PostgreSQL ends the
+    # connection (protocol synchronization lost); so must pgfunnel, and B goes on.
+    lost = "E:08P01:terminating connection because protocol synchronization was lost"
+    for into, want in [
+            (Q("COPY %s FROM STDIN" % t) + run("s4", "SELECT 'A4'") + S + run("s1") + S,
+             ["G", "E:08P01:unexpected message type 0x50 during COPY from stdin", lost]),
+            (P("c", "COPY %s FROM STDIN" % t) + B("c") + E() + CDATA("d\n") + run("s1") +
+             CDONE + S,
+             ["1", "2", "G", "E:08P01:unexpected message type 0x42 during COPY from stdin",
+              lost])]:
+        for conn in (pgwire.connect(postgres.host, postgres.port, role[0], "appdb",
+                                    password=role[1], timeout=DEADLINE), connect(pf, role)):
+            conn.send(P("s1", "SELECT 'x'") + S)
+            answer(conn)
+            conn.send(into)
+            got = []
+            with pytest.raises(pgwire.ProtocolError):
+                while True:
+                    got.append(conn.read_message(DEADLINE))
+            # (pgfunnel may add its own "server conn crashed?" error, as PgBouncer does)
+            assert toks(got)[:len(want)] == want and all(
+                t.startswith("E:") for t in toks(got)[len(want):]), toks(got)
+            conn.abort()
+    b = connect(pf, role)
+    b.send(run("s1", "SELECT 'B'") + S)
+    assert answer(b) == ["1"] + row("B") + ["Z:I"]
+    b.close()
+    settled(pf)
+    finish(pf)
+
+
+def test_rotation_max1_with_flushes(proxy, postgres, role):
+    """Holds: max_prepared_statements=1, four statements bound in rotation 100 times in one
+    pipeline with a Flush after each Execute (answers flow, so evictions resume mid
+    pipeline), then Describe/Close/re-Parse in rotation; B's same names in between:
+    identical to PostgreSQL."""
+    names = ["r%d" % i for i in range(4)]
+    s = Script()
+    s.x("A", b"".join(P(nm, "SELECT 'A-%s'" % nm) for nm in names) + S, ["1"] * 4 + ["Z:I"])
+    s.x("B", b"".join(P(nm, "SELECT 'B-%s'" % nm) for nm in names) + S, ["1"] * 4 + ["Z:I"])
+    data, want = b"", []
+    for i in range(100):
+        nm = names[(i * 3) % 4]
+        data += B(nm) + E() + H
+        want += row("A-" + nm)
+    s.x("A", data + S, want + ["Z:I"])
+    data, want = b"", []
+    for i in range(12):
+        nm = names[i % 4]
+        data += (fe_describe("S", nm) + fe_close("S", nm) + P(nm, "SELECT 'A-%s'" % nm) +
+                 B(nm) + E())
+        want += ["t:0", "T:?column?", "3", "1"] + row("A-" + nm)
+    s.x("A", data + S, want + ["Z:I"])
+    s.x("B", b"".join(run(nm) for nm in names) + S,
+        sum((row("B-" + nm) for nm in names), []) + ["Z:I"])
+    pf = check(proxy, postgres, role, s, max_prepared=1)
+    finish(pf)
+
+
+def test_close_of_statements_other_clients_use(proxy, postgres, role):
+    """Holds: A and B prepare the same SQL under the same and under other names; A closes
+    its names (one in a pipeline that then fails, so the Close is skipped), re-Parses one
+    with other SQL; B's statements keep working; with max_prepared_statements=1."""
+    s = Script()
+    s.x("A", run("s1", "SELECT 'same'") + run("a2", "SELECT 'same'") + S,
+        ["1"] + row("same") + ["1"] + row("same") + ["Z:I"])
+    s.x("B", run("s1", "SELECT 'same'") + run("b2", "SELECT 'same'") + S,
+        ["1"] + row("same") + ["1"] + row("same") + ["Z:I"])
+    s.x("A", fe_close("S", "s1") + run("s1") + S, ["3", NOT_EXIST % "s1", "Z:I"])
+    s.x("B", run("s1") + run("b2") + S, row("same") * 2 + ["Z:I"])
+    s.x("A", fe_close("S", "a2") + run("nope") + S, ["3", NOT_EXIST % "nope", "Z:I"])
+    s.x("A", run("a2") + S, [NOT_EXIST % "a2", "Z:I"])
+    s.x("A", run("s1", "SELECT 'A-new'") + S, ["1"] + row("A-new") + ["Z:I"])
+    s.x("B", run("s1") + fe_close("S", "b2") + run("s1") + S,
+        row("same") + ["3"] + row("same") + ["Z:I"])
+    s.x("A", run("b2", "SELECT 'same'") + run("s1") + S,
+        ["1"] + row("same") + row("A-new") + ["Z:I"])
+    pf = check(proxy, postgres, role, s, max_prepared=1)
+    finish(pf)
+
+
+def test_thousands_of_named_binds_without_sync(proxy, postgres, role):
+    """Holds: 6000 named Bind/Execute (five statements, max_prepared_statements=3, so
+    statements are prepared again within the pipeline) without a Sync, a Flush every 250,
+    one Sync at the end, sent while a thread reads: the same messages as PostgreSQL, the
+    values in order."""
+    names = ["t%d" % i for i in range(5)]
+    setup = b"".join(P(nm, "SELECT '%s'" % nm) for nm in names) + S
+    data = b"".join(B(names[i % 5]) + E() + (H if i % 250 == 249 else b"")
+                    for i in range(6000)) + S
+    want_vals = [names[i % 5] for i in range(6000)]
+    pf = start(proxy, postgres, role, max_prepared=3)
+    for conn in (pgwire.connect(postgres.host, postgres.port, role[0], "appdb",
+                                password=role[1], timeout=DEADLINE), connect(pf, role)):
+        conn.send(setup)
+        assert answer(conn) == ["1"] * 5 + ["Z:I"]
+        t = threading.Thread(target=conn.sock.sendall, args=(data,), daemon=True)
+        t.start()
+        counts, vals = read_all_answers(conn, 1, 30)
+        t.join(10)
+        assert counts == {"2": 6000, "D": 6000, "C": 6000, "Z": 1}, counts
+        assert vals == want_vals
+        conn.close()
+    alive(pf)
+    settled(pf)
     finish(pf)
