@@ -9,13 +9,26 @@ forward_bufs (renamed heads kept as "splices" in the forward region, one writev)
 Every value a client asks for carries the client's id, so an answer that reaches the wrong
 client is detectable. Tests named test_bug_* expose a real pgfunnel bug and assert the correct
 behaviour (they fail until it is fixed); every other test is a regression for an attack that
-held up. See each docstring.
+held up. Bugs found (see each docstring):
+  test_bug_slow_reader_injects_while_server_write_pending   conn.c pf_conn_replace_head
+      assert(!fwd_pending) after send_injected()'s flush went pending: SIGABRT
+  test_bug_injected_parse_over_256k_deadlocks_server        conn.c out_blocked on a server
+      conn stops reading that server while our own output to it waits: deadlock
+  test_bug_extended_discard_all_then_named_in_same_write    prepared_packet decides named
+      messages before an extended-protocol DISCARD/DEALLOCATE ALL is answered
+  test_bug_parse_known_sql_decided_in_stale_failed_state     `aborted` from a stale
+  test_bug_parse_known_sql_synthesized_although_transaction_fails_first   tx_status
+  test_bug_client_waiting_for_outcome_hangs_on_broken_queue  prep_wait never resumed once
+      the request queue is broken (no tags resolve): client hangs, server held
+  test_bug_error_rewrite_is_quadratic                        put_client_names x
+      pf_prepared_client_name_of (linear walk of up to 65536 names per quoted name)
+  test_bug_statement_name_not_valid_utf8                     names never checked (low)
+Knobs for longer random runs: ATK_PREP_SECONDS (default 3), ATK_PREP_SEED.
 """
 
 import os
 import random
 import re
-import socket
 import struct
 import threading
 import time
@@ -25,9 +38,8 @@ import pytest
 import pfhelpers
 import pgwire
 from pgwire import (fe_bind, fe_close, fe_describe, fe_execute, fe_flush, fe_parse, fe_query,
-                    fe_sync, data_values, split_messages)
-from test_prepared_protocol import (Script, check, differential, direct_side, proxy_side,
-                                    row, run, toks, NOT_EXIST, EXISTS, DB)
+                    fe_sync, data_values)
+from test_prepared_protocol import Script, check, row, run, toks, NOT_EXIST, EXISTS, DB
 from test_robust_clients import finish
 
 DEADLINE = 10.0
@@ -470,6 +482,24 @@ def test_many_renamed_heads_in_one_read(proxy, postgres, role, namelen):
     s.x("A", data + S, want + ["Z:I"])
     s.x("B", b"".join(P(nm, "SELECT 'B'") for nm in names) + S, ["1"] * 5 + ["Z:I"])
     s.x("A", data + S, want + ["Z:I"])
+    pf = check(proxy, postgres, role, s)
+    finish(pf)
+
+
+def test_bug_statement_name_not_valid_utf8(proxy, postgres, role):
+    """BUG (low; client.c prepared_packet / prepared.c pf_prepared_parse): PostgreSQL
+    checks a statement name's encoding (client_encoding UTF8) and refuses a name with
+    invalid bytes: 22021 'invalid byte sequence for encoding "UTF8": 0xff'. pgfunnel renames
+    the name before the server sees it, so it accepts the statement (ParseComplete), and
+    later quotes the raw bytes in error texts it rewrites (a duplicate Parse's 42P05), i.e.
+    sends the client an ErrorResponse that is not valid UTF-8.
+    Correct: the same 22021 as PostgreSQL (the Parse refused, nothing recorded)."""
+    bad = b"\xff\xfeab"
+    s = Script()
+    s.x("A", fe_parse("SELECT 1", bad) + S,
+        ['E:22021:invalid byte sequence for encoding "UTF8": 0xff', "Z:I"])
+    s.x("A", fe_parse("SELECT 2", bad) + S,
+        ['E:22021:invalid byte sequence for encoding "UTF8": 0xff', "Z:I"])
     pf = check(proxy, postgres, role, s)
     finish(pf)
 
@@ -1087,6 +1117,182 @@ def test_thousands_of_named_binds_without_sync(proxy, postgres, role):
         assert counts == {"2": 6000, "D": 6000, "C": 6000, "Z": 1}, counts
         assert vals == want_vals
         conn.close()
+    alive(pf)
+    settled(pf)
+    finish(pf)
+
+
+# ---------------------------------------------------------------- limits
+
+
+LIMIT = 65536
+
+
+def fill_to_limit(pf, role):
+    """A client with LIMIT statement names (all for the same SQL: answered by pgfunnel
+    itself after the first, so this is quick)."""
+    a = connect(pf, role)
+    a.sock.settimeout(60)
+    data = b"".join(P("n%05d" % i, "SELECT $1::int") for i in range(LIMIT)) + S
+    t = threading.Thread(target=a.sock.sendall, args=(data,), daemon=True)
+    t.start()
+    assert a.count_until_ready(1, 60) == {"1": LIMIT, "Z": 1}
+    t.join(10)
+    return a
+
+
+def test_65536_statements_per_client(proxy, postgres, role):
+    """Holds: a client may have 65536 statements; at the limit a Close frees a slot for a
+    new Parse; the next Parse gets 54000 and the connection is closed; the server is clean
+    for B afterwards (same names, other SQL) and the registry holds nothing of A's."""
+    pf = start(proxy, postgres, role)
+    a = fill_to_limit(pf, role)
+    rows = [r for r in pfhelpers.show(pf, "CLIENTS") if r["database"] == DB]
+    assert max(int(r["prepared_statements"]) for r in rows) == LIMIT, rows
+    a.send(fe_close("S", "n00000") + P("extra1", "SELECT 'e1'") + B("extra1") + E() + S)
+    assert answer(a) == ["3", "1"] + row("e1") + ["Z:I"]
+    a.send(P("extra2", "SELECT 'e2'") + S)
+    got = []
+    with pytest.raises(pgwire.ProtocolError):
+        while True:
+            got.append(a.read_message(DEADLINE))
+    assert [t[:6] for t in toks(got)] == ["E:5400"], toks(got)
+    a.abort()
+    b = connect(pf, role)
+    b.send(run("n00001", "SELECT 'B'") + S)
+    assert answer(b) == ["1"] + row("B") + ["Z:I"]
+    b.close()
+    settled(pf)
+    finish(pf)
+
+
+def test_bug_error_rewrite_is_quadratic(proxy, postgres, role):
+    """BUG (server.c put_client_names -> prepared.c pf_prepared_client_name_of): every
+    server-side name found in an ErrorResponse is looked up by walking ALL of the client's
+    statement names (a linear scan, up to 65536), and an error of up to 8 KB may quote
+    hundreds of names: a client with 65536 statements that provokes errors echoing its own
+    input (SELECT '<PGFUNNEL_..._1 repeated 300 times>'::int: the prefix is in
+    pg_prepared_statements for every client of the pool) makes pgfunnel do ~20 million
+    string compares per error, on the one worker thread: four such errors stall every
+    client of the process for seconds (measured: 0.8 s per error with ASan). The same
+    errors without a real server-side name cost nothing.
+    Correct: the cost of rewriting an error does not depend on how many statements the
+    client has (a lookup by server-side name): the CPU pgfunnel spends on the errors with
+    names is within 10x (+0.3 s) of the same errors without."""
+    pf = start(proxy, postgres, role)
+    a = fill_to_limit(pf, role)
+    a.send(Q("SELECT name FROM pg_prepared_statements LIMIT 1"))
+    name = data_values(a.read_until_ready(DEADLINE))[0]
+    prefix = name[:name.rindex("_") + 1]
+    lit = " ".join([name] * 300)
+    cpu = []
+    for text in (lit.replace(prefix, "PGFUNNEL_00000000_"), lit):
+        t0 = pfhelpers.proc_cpu_seconds(pf.pid)
+        a.send(b"".join(Q("SELECT '%s'::int" % text) for _ in range(4)))
+        assert a.count_until_ready(4, 60) == {"E": 4, "Z": 4}
+        cpu.append(pfhelpers.proc_cpu_seconds(pf.pid) - t0)
+    a.close()
+    assert cpu[1] <= 10 * cpu[0] + 0.3, (
+        "4 errors quoting a server-side name 300 times cost pgfunnel %.2fs of CPU, the same "
+        "errors without a real name %.2fs" % (cpu[1], cpu[0]))
+    finish(pf)
+
+
+# ---------------------------------------------------------------- slow readers, kills, reload
+
+
+def test_slow_reader_renamed_binds_partial_writev(proxy, postgres, role):
+    """Holds: statements already on the server (no injects), the client pipelines 600
+    renamed Binds carrying 30 KB parameters each (splices followed by streamed tails)
+    behind 24 MB of rows and does not read: the server socket fills, the writev of the
+    forward region with its splices goes out in pieces (a replaced head cut mid-way);
+    then the client reads: every answer is right (PostgreSQL would reject a corrupted
+    Bind), in order."""
+    pf = start(proxy, postgres, role, tcp_socket_buffer=32768)
+    a = connect(pf, role)
+    a.sock.settimeout(30)
+    names = ["w%d_%s" % (i, "q" * 50) for i in range(3)]
+    a.send(b"".join(P(nm, "SELECT $2::text || '-' || length($1::text) || '-%d'" % i)
+                    for i, nm in enumerate(names)) + S)
+    assert answer(a) == ["1"] * 3 + ["Z:I"]
+    n = 600
+    pad = "p" * 30000
+    pipeline = (P("", BIG_OUTPUT) + B("") + E() + b"".join(
+        B(names[i % 3], [pad, "A%d" % i], portal="port%d" % i) + E("port%d" % i)
+        for i in range(n)) + S)
+    sender = threading.Thread(target=a.sock.sendall, args=(pipeline,), daemon=True)
+    sender.start()
+    pfhelpers.wait_for(dead_or(pf, lambda: backend_wait_event(postgres, role[0]) ==
+                               ["ClientWrite"]), 10)
+    alive(pf)
+    counts, vals = read_all_answers(a, 1, 60)
+    sender.join(10)
+    assert vals == ["A%d-30000-%d" % (i, i % 3) for i in range(n)], vals[:3]
+    a.close()
+    alive(pf)
+    settled(pf)
+    finish(pf)
+
+
+def test_server_terminated_mid_pipeline_with_injects(proxy, postgres, role):
+    """Holds: max_prepared_statements=1; A's pipeline binds statements that need injected
+    Closes and Parses around a pg_sleep; its backend is terminated while the sleep runs, and
+    A's next pipeline (after a Sync: waiting for the outcome) is queued behind. A gets the
+    answers PostgreSQL sent, then an error and/or a close, never a later answer; B then
+    uses the same names for other SQL on a new server and gets exactly its answers."""
+    pf = start(proxy, postgres, role, max_prepared=1)
+    sleeper = "SELECT pg_sleep(5) /* atkp */"
+    a = connect(pf, role)
+    a.send(P("z", sleeper) + P("s1", "SELECT 'A1'") + P("s2", "SELECT 'A2'") + S)
+    assert answer(a) == ["1", "1", "1", "Z:I"]
+    a.send(run("s1") + H + B("z") + E() + run("s2") + run("s1") + S + run("s2") + S)
+    assert toks(a.read_messages(3, DEADLINE)) == row("A1")
+    pfhelpers.wait_query_running(postgres, sleeper, user=role[0])
+    with postgres.connect(autocommit=True) as su:
+        su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
+                   (sleeper,))
+    got = []
+    try:
+        while True:
+            got.append(a.read_message(DEADLINE))
+    except pgwire.Timeout:
+        got.append(("<open>", b""))
+    except pgwire.ProtocolError:
+        got.append(("<closed>", b""))
+    t = toks(got)
+    assert "D:A2" not in t and "D:A1" not in t, t
+    assert any(x.startswith("E:") for x in t), t
+    a.abort()
+    b = connect(pf, role)
+    b.send(run("s1", "SELECT 'B1'") + run("z", "SELECT 'Bz'") + S)
+    assert answer(b) == ["1"] + row("B1") + ["1"] + row("Bz") + ["Z:I"]
+    b.close()
+    settled(pf)
+    finish(pf)
+
+
+def test_reload_max_prepared_statements_under_load(proxy, postgres, role):
+    """Holds: six clients (logged in while tracking is on) run the random pipelines of
+    test_clients_share_names_on_few_servers while RELOAD switches max_prepared_statements
+    between 1, 3, 200 and 0 every 0.2 s (pool of 2): every answer stays exact and carries
+    the client's tag; the pool settles."""
+    pf = start(proxy, postgres, role, max_prepared=200, pool_size=2)
+    errors = []
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=run_clients(pf, role, 6, SECONDS, seed=313 + SEED, errors=errors)), daemon=True)
+    t.start()
+    params = dict(pf.params)
+    i = 0
+    while t.is_alive() and not errors:
+        params["max_prepared_statements"] = [1, 3, 200, 0][i % 4]
+        i += 1
+        pf.write_ini(params)
+        pfhelpers.console(pf, "RELOAD")
+        time.sleep(0.2)  # pacing of the reloads, not a wait for an event
+    t.join(60)
+    assert not errors, errors[:3]
+    assert result["r"][1] > 6, result
     alive(pf)
     settled(pf)
     finish(pf)
