@@ -226,8 +226,11 @@ typedef struct pf_conn_splices {
 	uint32_t n, used; /* splices, bytes of data used */
 	struct {
 		uint32_t at, skip; /* rbuf offset of the replaced bytes, and how many */
-		uint16_t off, len; /* the replacement in data */
+		uint32_t off, len; /* the replacement in data, or in own */
+		uint8_t *own;      /* a replacement too big for data (malloc'd), or NULL */
 	} s[PF_CONN_SPLICES];
+	uint8_t *retired[PF_CONN_SPLICES]; /* own buffers a forward write in flight uses */
+	uint32_t n_retired;
 	uint8_t data[PF_CONN_SPLICE_BYTES];
 } pf_conn_splices_t;
 

@@ -102,6 +102,9 @@ void pf_log_write(pf_log_level_t level, const void *obj, const char *fmt, ...) P
  */
 size_t pf_log_escape(char *dst, size_t n, const char *src, size_t srclen);
 
+/* True when s (n bytes) is well-formed UTF-8 (the same rules). */
+bool pf_utf8_valid(const char *s, size_t n);
+
 /* Logs at FATAL and exits with status 1. For start-up, config and broken invariants only. */
 PF_NORETURN void pf_fatal(const char *fmt, ...) PF_PRINTF(1, 2);
 

@@ -107,6 +107,7 @@ typedef struct pf_reqq {
 	uint32_t cap, head, len;
 	uint32_t n_synth;    /* entries of kind PF_RQ_SYNTH among them */
 	uint32_t n_query;    /* simple Queries among them */
+	uint32_t n_sync;     /* Syncs among them */
 	uint32_t copy_risky; /* Syncs / a consumed message sent into the COPY IN under way */
 	bool copy_in;        /* the oldest request is a COPY FROM STDIN being served */
 	bool copy_in_open;   /* ... and the client has not yet sent what ends it */
@@ -164,6 +165,7 @@ PF_MUSTCHECK static inline int pf_reqq_push(pf_reqq_t *q, uint8_t fe_type, unsig
 		        (pf_reqq_entry_t){.e = (uint8_t)(kind | (flags & PF_REQQ_FLAGS))};
 		q->len++;
 		q->n_query += kind == PF_RQ_QUERY;
+		q->n_sync += kind == PF_RQ_SYNC;
 		q->need_sync = kind >= PF_RQ_PARSE && kind <= PF_RQ_CLOSE;
 		return 0;
 	}
@@ -203,6 +205,7 @@ static inline pf_reqq_verdict_t pf_reqq_answer_common(pf_reqq_t *q, uint8_t be_t
 			q->head = (q->head + 1) & mask;
 			q->len--;
 			q->n_query -= kind == PF_RQ_QUERY;
+			q->n_sync -= kind == PF_RQ_SYNC;
 			return PF_REQQ_DONE;
 		}
 	}

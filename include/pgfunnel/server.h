@@ -63,6 +63,8 @@ typedef struct pf_server_peer {
 	 * of its earlier changes (resumed by the server side when they are known). */
 	bool prep_on;
 	bool prep_wait;
+	bool prep_wait_parse; /* ... and the message waiting is a Parse */
+	bool prep_barrier; /* it sent an unnamed DISCARD / DEALLOCATE (pf_server_prep_must_wait) */
 	pf_prepared_client_t *prep;
 } pf_server_peer_t;
 
@@ -166,9 +168,11 @@ bool pf_server_give_synth(pf_server_t *s);
 /*
  * True when the linked client's next decision about its named statements must wait for
  * answers on their way: to changes made before a Sync it sent, or to a simple Query it sent
- * (which may DISCARD ALL or DEALLOCATE ALL).
+ * (which may DISCARD ALL or DEALLOCATE ALL), or an unnamed statement that may be one (prep_barrier:
+ * until everything sent is answered); parse: for a named Parse, which waits for earlier Syncs to
+ * be answered too (whether the server is in a failed transaction decides its answer).
  */
-bool pf_server_prep_must_wait(const pf_server_t *s);
+bool pf_server_prep_must_wait(pf_server_t *s, bool parse);
 
 /* The reason's short text, as logged and as the metrics endpoint labels it. */
 const char *pf_server_close_reason_name(pf_server_close_reason_t reason);

@@ -282,6 +282,18 @@ static size_t utf8_len(const unsigned char *s, size_t avail)
 	return need;
 }
 
+bool pf_utf8_valid(const char *s, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)s;
+
+	for (size_t i = 0, k; i < n; i += k) {
+		k = u[i] < 0x80 ? 1 : utf8_len(u + i, n - i);
+		if (k == 0)
+			return false;
+	}
+	return true;
+}
+
 size_t pf_log_escape(char *dst, size_t n, const char *src, size_t srclen)
 {
 	const unsigned char *s = (const unsigned char *)src;

@@ -913,15 +913,19 @@ static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
  * Answers pgfunnel gives itself wait behind the server's, which the server may keep in its
  * buffer until a Flush or Sync — stuck behind this very wait — so it is asked for them.
  */
-static pf_pkt_action_t queue_full(pf_client_t *c, pf_server_t *s)
+static void send_flush(pf_client_t *c, pf_server_t *s)
 {
 	static const uint8_t flush[5] = {PF_PROTO_FE_FLUSH, 0, 0, 0, 4};
 
+	pf_conn_flush(&c->conn); /* after what was forwarded */
+	pf_conn_send(&s->conn, flush, sizeof(flush));
+}
+
+static pf_pkt_action_t queue_full(pf_client_t *c, pf_server_t *s)
+{
 	c->peer.rq_full = true;
-	if (s->rq.n_synth > 0 && !s->rq.copy_in && !s->rq.skip_to_sync) {
-		pf_conn_flush(&c->conn);
-		pf_conn_send(&s->conn, flush, sizeof(flush));
-	}
+	if (s->rq.n_synth > 0 && !s->rq.copy_in && !s->rq.skip_to_sync)
+		send_flush(c, s);
 	return PF_PKT_STOP;
 }
 
@@ -1087,6 +1091,13 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 	    ((hdr->type == PF_PROTO_FE_DESCRIBE || hdr->type == PF_PROTO_FE_CLOSE) &&
 	     n.kind != 'S'))
 		return PF_PKT_FORWARD;
+	if (PF_UNLIKELY(!pf_utf8_valid(n.stmt, n.stmt_len))) {
+		/* Postgres refuses such a name (22021, with a UTF8 database): sent as it is, for
+		 * it to say so. Should it accept it (SQL_ASCII), it holds a statement pgfunnel
+		 * does not know of, and serves nobody else. */
+		s->prep_unsure = true;
+		return PF_PKT_FORWARD;
+	}
 	*plain = false;
 	if (pf_prepared_is_broken(c->peer.prep) || s->rq.broken) {
 		/* What the server did with the client's statements can no longer be known. */
@@ -1094,11 +1105,15 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 		                "server connection lost track of prepared statements");
 		return PF_PKT_STOP;
 	}
-	if (pf_server_prep_must_wait(s)) {
+	if (pf_server_prep_must_wait(s, hdr->type == PF_PROTO_FE_PARSE)) {
 		/* Its earlier statement changes are answered after the Sync it sent, or a query
 		 * it sent (a DISCARD ALL?) may change what it has: resumed by the server side once
-		 * the answers are in. */
+		 * the answers are in (asked for with a Flush when nothing else makes the server
+		 * send them). */
 		c->peer.prep_wait = true;
+		c->peer.prep_wait_parse = hdr->type == PF_PROTO_FE_PARSE;
+		if (c->peer.prep_barrier && !s->rq.skip_to_sync && !s->rq.copy_in)
+			send_flush(c, s);
 		pf_log_debug(c, "prepared: waiting for earlier statement changes");
 		return PF_PKT_STOP;
 	}
@@ -1150,6 +1165,29 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 		return PF_PKT_STOP;
 	}
 	return apply_plan(c, s, hdr, &n, &plan);
+}
+
+/*
+ * True when query text q (n bytes, maybe cut short) may be a DISCARD or DEALLOCATE: they
+ * change the client's statements once answered, so named messages after it wait for that.
+ */
+static bool may_forget_statements(const uint8_t *q, size_t n)
+{
+	static const char *const words[] = {"DISCARD", "DEALLOCATE"};
+
+	while (n > 0 && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) {
+		q++;
+		n--;
+	}
+	for (size_t w = 0; w < 2; w++) {
+		size_t i = 0;
+
+		while (words[w][i] && i < n && (q[i] & ~0x20) == words[w][i])
+			i++;
+		if (!words[w][i] || i == n)
+			return true; /* the word, or all there is of it so far */
+	}
+	return false;
 }
 
 /* The messages that may name a prepared statement: Parse, Bind, Describe, Close. */
@@ -1217,6 +1255,10 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	}
 	if (s->task != PF_SV_TASK_NONE)
 		return PF_PKT_STOP; /* parameters being synced; resumed when done */
+	if (PF_UNLIKELY(c->peer.prep_on) && hdr->type == PF_PROTO_FE_PARSE &&
+	    avail > PF_PROTO_HDR_LEN && pkt[PF_PROTO_HDR_LEN] == 0 &&
+	    may_forget_statements(pkt + PF_PROTO_HDR_LEN + 1, avail - PF_PROTO_HDR_LEN - 1))
+		c->peer.prep_barrier = true;
 	if (names_statement[hdr->type] && c->peer.prep_on && !names_no_statement(hdr, pkt, avail)) {
 		bool plain;
 		pf_pkt_action_t act = prepared_packet(c, s, hdr, pkt, avail, &plain);

@@ -75,9 +75,19 @@ void pf_conn_init(pf_conn_t *c, pf_net_t *net, const pf_conn_ops_t *ops, bool is
 	pf_list_node_init(&c->throttle_node);
 }
 
+/* Frees the big replacements of a forward write that is done. */
+static void free_retired(pf_conn_t *c)
+{
+	pf_conn_splices_t *sp = c->splices;
+
+	while (sp && sp->n_retired > 0)
+		free(sp->retired[--sp->n_retired]);
+}
+
 static void release_buffer(pf_conn_t *c)
 {
-	if (c->rbuf && !c->fwd_pending && c->rpos == c->rend) {
+	/* Splices waiting in the forward region refer to offsets in rbuf. */
+	if (c->rbuf && !c->fwd_pending && c->rpos == c->rend && (!c->splices || !c->splices->n)) {
 		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
 		c->rbuf = NULL;
 		c->rcap = c->rpos = c->rend = 0;
@@ -298,6 +308,7 @@ static void on_forward_written(uv_write_t *req, int status)
 
 	(void)status; /* A failed write shows up on the peer as an error or EOF. */
 	c->fwd_pending = false;
+	free_retired(c);
 	c->progress++;
 	if (c->closing) {
 		maybe_free(c);
@@ -326,7 +337,9 @@ static unsigned forward_bufs(pf_conn_t *c, uv_buf_t *b, size_t *total)
 		assert(sp->s[i].at >= pos && sp->s[i].at + sp->s[i].skip <= c->rpos);
 		if (sp->s[i].at > pos)
 			b[nb++] = uv_buf_init((char *)c->rbuf + pos, sp->s[i].at - pos);
-		b[nb++] = uv_buf_init((char *)sp->data + sp->s[i].off, sp->s[i].len);
+		b[nb++] =
+		        uv_buf_init((char *)(sp->s[i].own ? sp->s[i].own : sp->data + sp->s[i].off),
+		                    sp->s[i].len);
 		*total = *total - sp->s[i].skip + sp->s[i].len;
 		pos = sp->s[i].at + sp->s[i].skip;
 	}
@@ -347,19 +360,29 @@ static bool flush_forward(pf_conn_t *c)
 		return true;
 	c->fwd_open = false;
 	nb = forward_bufs(c, bufs, &total);
-	/* The replacements stay where they are until a write of them is done: no new splice
-	 * comes before (the walk stops while fwd_pending). */
-	if (c->splices)
-		c->splices->n = c->splices->used = 0;
-	if (total == 0)
+	/* The replacements stay where they are until a write of them is done: inline ones are
+	 * not overwritten meanwhile (pf_conn_replace_head), big ones are freed after it. */
+	if (c->splices) {
+		pf_conn_splices_t *sp = c->splices;
+
+		assert(sp->n_retired == 0);
+		for (uint32_t i = 0; i < sp->n; i++)
+			if (sp->s[i].own)
+				sp->retired[sp->n_retired++] = sp->s[i].own;
+		sp->n = sp->used = 0;
+	}
+	if (total == 0 || !peer || peer->closing || !peer->handle_open) {
+		/* Nothing, or nobody to send to: the bytes are dropped. */
+		free_retired(c);
 		return true;
-	if (!peer || peer->closing || !peer->handle_open)
-		return true; /* nobody to send to: the bytes are dropped */
+	}
 	peer->bytes_out += total;
 	c->progress++;
 	n = peer->tp.ops->try_write(&peer->tp, &peer->h.stream, bufs, nb);
-	if (n == (int)total)
+	if (n == (int)total) {
+		free_retired(c);
 		return true;
+	}
 	if (n > 0) {
 		/* Skip what went out: whole buffers, then part of one. */
 		while ((size_t)n >= b->len) {
@@ -370,12 +393,15 @@ static bool flush_forward(pf_conn_t *c)
 		b->base += n;
 		b->len -= (size_t)n;
 	} else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+		free_retired(c);
 		return true; /* the peer's own read side reports the failure */
 	}
 	c->fwd_req.data = c;
 	if (peer->tp.ops->write(&peer->tp, &c->fwd_req, &peer->h.stream, b, nb,
-	                        on_forward_written) < 0)
+	                        on_forward_written) < 0) {
+		free_retired(c);
 		return true;
+	}
 	c->fwd_pending = true;
 	return false;
 }
@@ -516,21 +542,33 @@ void pf_conn_replace_head(pf_conn_t *c, const void *prefix, size_t len, uint32_t
 	pf_conn_splices_t *sp = c->splices;
 
 	assert(!c->fwd_pending && skip > 0);
-	if (!sp && (sp = c->splices = malloc(sizeof(*sp))) != NULL)
+	if (!sp && (sp = c->splices = calloc(1, sizeof(*sp))) != NULL)
 		sp->n = sp->used = 0;
-	if (sp && (sp->n == 0 || c->fwd_open) && sp->n < PF_CONN_SPLICES &&
-	    len <= PF_CONN_SPLICE_BYTES - sp->used) {
-		/* Kept in the forward region: written with the bytes around it. */
-		open_forward(c);
-		sp->s[sp->n].at = c->rpos;
-		sp->s[sp->n].skip = skip;
-		sp->s[sp->n].off = (uint16_t)sp->used;
-		sp->s[sp->n].len = (uint16_t)len;
-		memcpy(sp->data + sp->used, prefix, len);
-		sp->used += (uint32_t)len;
-		sp->n++;
-		c->head = skip;
-		return;
+	if (sp && sp->n == PF_CONN_SPLICES)
+		flush_forward(c); /* full: what is there goes first (it may stay in flight) */
+	if (sp && len <= UINT32_MAX) {
+		uint8_t *own = NULL;
+
+		/* Inline while no write in flight uses the inline bytes; else a buffer of its
+		 * own, so that no replacement ever waits in our own output queue (which would
+		 * stop the server's answers from being read, PF_CONN_OUT_MAX). */
+		if (c->fwd_pending || len > PF_CONN_SPLICE_BYTES - sp->used)
+			own = malloc(len ? len : 1);
+		if (own || (!c->fwd_pending && len <= PF_CONN_SPLICE_BYTES - sp->used)) {
+			/* Kept in the forward region: written with the bytes around it. */
+			open_forward(c);
+			sp->s[sp->n].at = c->rpos;
+			sp->s[sp->n].skip = skip;
+			sp->s[sp->n].len = (uint32_t)len;
+			sp->s[sp->n].own = own;
+			sp->s[sp->n].off = own ? 0 : sp->used;
+			memcpy(own ? own : sp->data + sp->used, prefix, len);
+			if (!own)
+				sp->used += (uint32_t)len;
+			sp->n++;
+			c->head = skip;
+			return;
+		}
 	}
 
 	/* What was marked for forwarding before this message goes first; a write of it that is
@@ -833,6 +871,11 @@ static void maybe_free(pf_conn_t *c)
 	if (c->rbuf) {
 		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
 		c->rbuf = NULL;
+	}
+	if (c->splices) {
+		free_retired(c);
+		for (uint32_t i = 0; i < c->splices->n; i++)
+			free(c->splices->s[i].own);
 	}
 	free(c->splices);
 	c->splices = NULL;

@@ -994,10 +994,15 @@ static inline bool route_answer(pf_server_t *s, uint8_t type)
 	return PF_LIKELY(pf_reqq_route_client(&s->rq, type)) || route_answer_slow(s, type);
 }
 
-bool pf_server_prep_must_wait(const pf_server_t *s)
+bool pf_server_prep_must_wait(pf_server_t *s, bool parse)
 {
-	assert(s->peer);
-	return pf_prepared_must_wait(s->peer->prep) || s->rq.n_query > 0;
+	pf_server_peer_t *c = s->peer;
+
+	assert(c);
+	if (c->prep_barrier && pf_reqq_len(&s->rq) == 0)
+		c->prep_barrier = false; /* its DISCARD ALL / DEALLOCATE ALL is answered */
+	return pf_prepared_must_wait(c->prep) || s->rq.n_query > 0 || c->prep_barrier ||
+	       (parse && s->rq.n_sync > 0);
 }
 
 bool pf_server_give_synth(pf_server_t *s)
@@ -1043,7 +1048,9 @@ static unsigned put_client_names(pf_buf_t *b, const pf_prepared_client_t *c, con
                                  const char *dup, const char *t, size_t n)
 {
 	size_t plen = strlen(prefix), i = 0, from = 0;
-	unsigned done = 0;
+	unsigned done = 0, lookups = 0;
+	const char *last_s = NULL, *last_name = NULL; /* the last lookup, usually the only one */
+	size_t last_len = 0;
 
 	while (i + plen <= n) {
 		const char *name;
@@ -1055,8 +1062,23 @@ static unsigned put_client_names(pf_buf_t *b, const pf_prepared_client_t *c, con
 		}
 		while (j < n && t[j] >= '0' && t[j] <= '9')
 			j++;
-		name = j > i + plen ? (dup ? dup : pf_prepared_client_name_of(c, t + i, j - i))
-		                    : NULL;
+		if (j == i + plen) {
+			name = NULL;
+		} else if (dup) {
+			name = dup;
+		} else if (last_s && j - i == last_len && memcmp(last_s, t + i, last_len) == 0) {
+			name = last_name;
+		} else if (lookups < 4) {
+			/* Each lookup walks the client's names: a few per error (a server's
+			 * error names one statement; more are someone's quoting games). */
+			lookups++;
+			name = pf_prepared_client_name_of(c, t + i, j - i);
+			last_s = t + i;
+			last_len = j - i;
+			last_name = name;
+		} else {
+			name = NULL;
+		}
 		if (name) {
 			pf_buf_put_bytes(b, t + from, i - from);
 			pf_buf_put_bytes(b, name, strlen(name));
@@ -1321,7 +1343,8 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 		/* A client waiting for the outcome of its statement changes goes on once known (or
 		 * once its COPY, where names mean nothing, needs its data). */
 		if (s->peer && s->peer->prep_wait &&
-		    (!pf_server_prep_must_wait(s) || s->rq.copy_in_open)) {
+		    (!pf_server_prep_must_wait(s, s->peer->prep_wait_parse) || s->rq.copy_in_open ||
+		     s->rq.broken)) {
 			s->peer->prep_wait = false;
 			s->ps.pool->worker->pool_ops->resume_client(s->ps.link);
 		}

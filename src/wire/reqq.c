@@ -74,13 +74,14 @@ static void check(const pf_reqq_t *q)
 	if (q->len > 0)
 		assert(KIND(at(q, 0)->e) != RQ_COPY_END);
 	if (q->len <= 64) { /* bounded: a deep pipeline would make every step quadratic */
-		uint32_t n = 0, nq = 0;
+		uint32_t n = 0, nq = 0, ns = 0;
 
 		for (uint32_t i = 0; i < q->len; i++) {
 			n += KIND(at(q, i)->e) == RQ_SYNTH;
 			nq += KIND(at(q, i)->e) == RQ_QUERY;
+			ns += KIND(at(q, i)->e) == RQ_SYNC;
 		}
-		assert(n == q->n_synth && nq == q->n_query);
+		assert(n == q->n_synth && nq == q->n_query && ns == q->n_sync);
 	}
 	if (q->copy_in || q->copy_out)
 		assert(q->len > 0 &&
@@ -138,7 +139,7 @@ int pf_reqq_reserve(pf_reqq_t *q, uint32_t n)
 	return grow_to(q, q->len + n);
 }
 
-/* Keeps the per-kind counts (n_synth, n_query) as entry e comes (+1) or goes (-1). */
+/* Keeps the per-kind counts (n_synth, n_query, n_sync) as entry e comes (+1) or goes (-1). */
 static inline void count(pf_reqq_t *q, const pf_reqq_entry_t *e, int d)
 {
 	unsigned k = KIND(e->e);
@@ -147,6 +148,8 @@ static inline void count(pf_reqq_t *q, const pf_reqq_entry_t *e, int d)
 		q->n_synth += (uint32_t)d;
 	else if (k == RQ_QUERY)
 		q->n_query += (uint32_t)d;
+	else if (k == RQ_SYNC)
+		q->n_sync += (uint32_t)d;
 }
 
 static int append(pf_reqq_t *q, pf_reqq_entry_t entry)

@@ -302,6 +302,22 @@ static void test_sinks_reconfigured_while_threads_log(void **state)
 	unlink(b);
 }
 
+static void test_utf8_valid(void **state)
+{
+	(void)state;
+	assert_true(pf_utf8_valid("", 0));
+	assert_true(pf_utf8_valid("s1", 2));
+	assert_true(pf_utf8_valid("caf\xc3\xa9", 5));
+	assert_true(pf_utf8_valid("\xf0\x9f\x98\x80", 4));
+	assert_false(pf_utf8_valid("\xff\xfe"
+	                           "ab",
+	                           4));
+	assert_false(pf_utf8_valid("\xc3", 1));             /* cut short */
+	assert_false(pf_utf8_valid("\xc0\xaf", 2));         /* overlong */
+	assert_false(pf_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+	assert_false(pf_utf8_valid("\xf4\x90\x80\x80", 4)); /* above U+10FFFF */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -310,6 +326,7 @@ int main(void)
 	        cmocka_unit_test(test_reopen_follows_rotation),
 	        cmocka_unit_test(test_sink_errors),
 	        cmocka_unit_test(test_escape),
+	        cmocka_unit_test(test_utf8_valid),
 	        cmocka_unit_test(test_line_is_escaped),
 	        cmocka_unit_test(test_sinks_reconfigured_while_threads_log),
 	};
