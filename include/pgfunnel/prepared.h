@@ -91,6 +91,7 @@ typedef struct pf_prepared_plan {
 	 * type synth (ParseComplete '1', CloseComplete '3') instead. Recorded with tag (0: none).
 	 */
 	const char *rename;
+	const pf_prepared_stmt_t *stmt; /* the statement a Bind or Describe names (or NULL) */
 	uint8_t synth;
 	uint32_t tag;
 	/* Counters for SHOW STATS: the message created a client statement, sent a Parse to the

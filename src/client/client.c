@@ -1047,6 +1047,62 @@ static pf_pkt_action_t apply_plan(pf_client_t *c, pf_server_t *s, const pf_proto
 }
 
 /*
+ * True when query text q (n bytes, maybe cut short) may be a DISCARD or DEALLOCATE: they
+ * change the client's statements once answered, so named messages after it wait for that.
+ */
+static bool may_forget_statements(const uint8_t *q, size_t n)
+{
+	static const char *const words[] = {"DISCARD", "DEALLOCATE"};
+
+	/* Whitespace and comments (as the SQL scanner skips them) before the first word. */
+	for (;;) {
+		if (n > 0 && (*q == ' ' || (*q >= '\t' && *q <= '\r'))) {
+			q++;
+			n--;
+		} else if (n >= 2 && q[0] == '-' && q[1] == '-') {
+			while (n > 0 && *q != '\n' && *q != '\r') {
+				q++;
+				n--;
+			}
+		} else if (n >= 2 && q[0] == '/' && q[1] == '*') {
+			/* Nested like Postgres's; unterminated in what is here: maybe. */
+			unsigned depth = 1;
+
+			q += 2;
+			n -= 2;
+			while (depth > 0) {
+				if (n < 2)
+					return true;
+				if (q[0] == '*' && q[1] == '/')
+					depth--;
+				else if (q[0] == '/' && q[1] == '*')
+					depth++;
+				else {
+					q++;
+					n--;
+					continue;
+				}
+				q += 2;
+				n -= 2;
+			}
+		} else {
+			break;
+		}
+	}
+	if (n == 1 && (*q == '-' || *q == '/'))
+		return true; /* a comment may begin */
+	for (size_t w = 0; w < 2; w++) {
+		size_t i = 0;
+
+		while (words[w][i] && i < n && (q[i] & ~0x20) == words[w][i])
+			i++;
+		if (!words[w][i] || i == n)
+			return true; /* the word, or all there is of it so far */
+	}
+	return false;
+}
+
+/*
  * A Parse, Bind, Describe or Close from a client whose named statements are tracked, going to
  * s. Sets *plain (and returns nothing useful) when the message passes as any other: unnamed
  * statements, portals, and every message the server will not act on anyway (it is skipping
@@ -1155,6 +1211,9 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 		                     hdr->type == PF_PROTO_FE_BIND, &plan);
 		break;
 	}
+	if (rc == 0 && hdr->type == PF_PROTO_FE_BIND && plan.stmt &&
+	    may_forget_statements(plan.stmt->body, plan.stmt->body_len))
+		c->peer.prep_barrier = true; /* a named DISCARD / DEALLOCATE about to run */
 	if (rc == -EMFILE) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "54000",
 		                "too many prepared statements for one client");
@@ -1165,29 +1224,6 @@ static pf_pkt_action_t prepared_packet(pf_client_t *c, pf_server_t *s, const pf_
 		return PF_PKT_STOP;
 	}
 	return apply_plan(c, s, hdr, &n, &plan);
-}
-
-/*
- * True when query text q (n bytes, maybe cut short) may be a DISCARD or DEALLOCATE: they
- * change the client's statements once answered, so named messages after it wait for that.
- */
-static bool may_forget_statements(const uint8_t *q, size_t n)
-{
-	static const char *const words[] = {"DISCARD", "DEALLOCATE"};
-
-	while (n > 0 && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) {
-		q++;
-		n--;
-	}
-	for (size_t w = 0; w < 2; w++) {
-		size_t i = 0;
-
-		while (words[w][i] && i < n && (q[i] & ~0x20) == words[w][i])
-			i++;
-		if (!words[w][i] || i == n)
-			return true; /* the word, or all there is of it so far */
-	}
-	return false;
 }
 
 /* The messages that may name a prepared statement: Parse, Bind, Describe, Close. */

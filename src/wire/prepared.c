@@ -873,7 +873,9 @@ static int ensure_present(pf_prepared_client_t *c, pf_prepared_server_t *s, uint
 
 	if (e) {
 		server_touch(s, e);
+		e->pins++; /* never the one about to be used */
 		evict_over(c, s, max, plan);
+		e->pins--;
 		return 0;
 	}
 	plan->inject_tag = add_present(c, s, max, st, 0, plan);
@@ -934,12 +936,16 @@ int pf_prepared_parse(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t
 		/* In a failed transaction the server refuses any Parse (25P02), as the client
 		 * must be told: sent under the existing name, which the refusal leaves alone. */
 		server_touch(s, e);
+		e->pins++;
 		evict_over(c, s, max, plan);
+		e->pins--;
 		plan->rename = st->name;
 		plan->tag = new_tag(c);
 	} else if (e) {
 		server_touch(s, e);
+		e->pins++;
 		evict_over(c, s, max, plan);
+		e->pins--;
 		plan->synth = '1'; /* ParseComplete */
 		plan->tag = new_tag(c);
 	} else {
@@ -978,6 +984,7 @@ int pf_prepared_use(pf_prepared_client_t *c, pf_prepared_server_t *s, uint32_t m
 	if (rc < 0)
 		return rc;
 	plan->rename = n->stmt->name;
+	plan->stmt = n->stmt;
 	plan->binds = is_bind ? 1 : 0;
 	return 0;
 }

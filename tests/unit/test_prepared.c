@@ -486,6 +486,25 @@ static void test_names(void **state)
 	assert_null(pf_prepared_client_name_of(f->cl, sname(f, 2), strlen(sname(f, 2)) - 1));
 }
 
+/* Shedding the excess never closes the statement the message at hand uses (its Close would go
+ * first and the message would fail). */
+static void test_excess_shed_keeps_the_one_used(void **state)
+{
+	fx_t *f = *state;
+	pf_prepared_plan_t p, q;
+
+	p = parse(f, f->s1, 10, "a", "SELECT 1");
+	pf_prepared_resolve(f->cl, p.tag, true);
+	q = parse(f, f->s1, 10, "b", "SELECT 2"); /* pinned: its Parse is under way */
+	/* The limit drops to 1 (a reload): a is the only statement that could go, but it is
+	 * the one this Bind uses. */
+	p = use(f, f->s1, 1, "a");
+	assert_null(p.inject);
+	assert_int_equal(p.n_evict, 0);
+	pf_prepared_resolve(f->cl, q.tag, true);
+	assert_true(pf_prepared_server_has_name(f->s1, sname(f, 1)));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -509,6 +528,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_excess_shed, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_parse_in_failed_transaction, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_names, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_excess_shed_keeps_the_one_used, setup,
+	                                        teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
