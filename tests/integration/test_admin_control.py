@@ -279,6 +279,32 @@ def test_suspend_stops_reading_sockets_until_resume(setup, postgres):
     assert adm.state() == {"active": "yes", "paused": "no", "suspended": "no"}
 
 
+def tcp_send_queue(local, remote):
+    """tx_queue of the loopback TCP socket local -> remote ((ip, port) pairs), from /proc."""
+    def hexaddr(a):
+        ip = socket.inet_aton(a[0])
+        return "%08X:%04X" % (int.from_bytes(ip, "little"), a[1])
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if parts[1] == hexaddr(local) and parts[2] == hexaddr(remote):
+                return int(parts[4].split(":")[0], 16)
+    return None
+
+
+def wait_send_queue_stuck(sock, timeout=LONG):
+    """Waits until the peer's (pgfunnel's) send queue towards sock holds bytes and has not
+    moved over several polls: its socket is full, the client is not reading."""
+    me, peer = sock.getsockname(), sock.getpeername()
+    seen = []
+
+    def stuck():
+        seen.append(tcp_send_queue(peer, me))
+        last = seen[-6:]
+        return len(last) == 6 and last[0] and all(v == last[0] for v in last)
+    assert pfhelpers.wait_for(stuck, timeout, interval=0.1), seen[-10:]
+
+
 def test_suspend_waits_for_flush_then_drops_after_suspend_timeout(setup, postgres):
     # SUSPEND answers only once every socket buffer is flushed; a client that does not read
     # keeps its buffer full, so after suspend_timeout it is dropped and SUSPEND answers.
@@ -290,6 +316,9 @@ def test_suspend_waits_for_flush_then_drops_after_suspend_timeout(setup, postgre
     # whose backend now blocks writing the result.
     pfhelpers.wait_backends(postgres, "usename = %s AND wait_event = 'ClientWrite'", (role,),
                             "the backend blocked writing to pgfunnel", timeout=LONG)
+    # ClientWrite can be a passing moment; the state meant here is pgfunnel's socket to the
+    # client full (its send queue no longer moving), so that a write of pgfunnel's waits.
+    wait_send_queue_stuck(slow.sock)
     well = client(pf, role, pw)
     adm = Admin(pf)
     t0 = time.monotonic()
