@@ -39,31 +39,14 @@ import pfhelpers
 import pgwire
 from pgwire import (fe_bind, fe_close, fe_describe, fe_execute, fe_flush, fe_parse, fe_query,
                     fe_sync, data_values)
-from test_prepared_protocol import Script, check, row, run, toks, NOT_EXIST, EXISTS, DB
+from test_prepared_protocol import (Script, check, row, run, toks, NOT_EXIST, EXISTS, DB, S, H, P,
+                                    B, E, Q)
 from test_robust_clients import finish
 
 DEADLINE = 10.0
 # The random multi-client tests: seconds each and a seed offset (longer runs: raise them).
 SECONDS = float(os.environ.get("ATK_PREP_SECONDS", "3"))
 SEED = int(os.environ.get("ATK_PREP_SEED", "0"))
-S = fe_sync()
-H = fe_flush()
-
-
-def P(name, sql, types=()):
-    return fe_parse(sql, name, types)
-
-
-def B(stmt, params=(), portal=""):
-    return fe_bind(portal, stmt, params)
-
-
-def E(portal="", max_rows=0):
-    return fe_execute(portal, max_rows)
-
-
-def Q(sql):
-    return fe_query(sql)
 
 
 @pytest.fixture(scope="module")
