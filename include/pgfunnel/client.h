@@ -45,6 +45,7 @@ struct pf_client {
 	pf_database_t *admin_wait_db; /* ... for this database (NULL = all) */
 	int admin_shutdown;           /* pf_shutdown_mode_t a SHUTDOWN asked for */
 	/* login */
+	bool tls_negotiated; /* it sent SSLRequest (or began direct TLS): no second one */
 	uint8_t auth_step;
 	uint8_t md5_salt[4];
 	pf_scram_server_t *scram;

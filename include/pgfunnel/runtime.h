@@ -130,6 +130,10 @@ struct pf_worker {
 	pf_usec_t start_wall;
 	pf_usec_t stats_stamp;      /* loop time of the last stats_period boundary (stats.c) */
 	struct pf_metrics *metrics; /* the metrics endpoint, NULL when off (metrics.c) */
+	/* TLS toward clients and toward servers (tls.h), NULL when off; built by the process
+	 * layer from the config snapshot (pf_worker_set_tls). */
+	struct pf_tls_ctx *tls_accept;
+	struct pf_tls_ctx *tls_connect;
 };
 
 /* The worker a connection lives on. */

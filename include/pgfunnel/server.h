@@ -99,6 +99,8 @@ struct pf_server {
 	pf_server_sasl_step_t sasl_step;
 	char login_sqlstate[6];
 	char *login_error;
+	char *host; /* the TCP host connected to (TLS: SNI and verify-full's name), or NULL */
+	struct pf_tls_ctx *tls; /* server_tls_* it negotiates TLS with (a reference), or NULL */
 };
 
 /* Opens a new server connection for pool (state LOGIN). Returns 0 or -errno. */

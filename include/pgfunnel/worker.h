@@ -46,6 +46,15 @@ size_t pf_worker_describe_listeners(const pf_worker_t *w, char *buf, size_t n);
 void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg);
 
 /*
+ * Installs the TLS contexts for new client and server connections (either may be NULL: off),
+ * taking over the caller's references; connections already using the old ones keep them. When
+ * server_changed, servers are replaced as they are released (PgBouncer reconnects after a
+ * change of TLS settings), so no server keeps TLS settings that are no longer configured.
+ */
+void pf_worker_set_tls(pf_worker_t *w, struct pf_tls_ctx *accept, struct pf_tls_ctx *connect,
+                       bool server_changed);
+
+/*
  * Begins or escalates a shutdown. done(arg) is called once, from the loop, when the worker has
  * closed every handle it owns; the caller then stops the loop and calls pf_worker_free().
  */

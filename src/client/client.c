@@ -18,6 +18,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@
 #include "pgfunnel/pool.h"
 #include "pgfunnel/runtime.h"
 #include "pgfunnel/server.h"
+#include "pgfunnel/tls.h"
 
 enum auth_step {
 	AUTH_NONE = 0,
@@ -308,8 +310,13 @@ void pf_client_finish_login(pf_client_t *c)
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
 	c->auth_step = AUTH_DONE;
-	if (w->cfg->log_connections)
-		pf_log_info(c, "login attempt: db=%s user=%s tls=no", c->db_name, c->user_name);
+	if (w->cfg->log_connections) {
+		char tls[160];
+
+		pf_tls_describe(&c->conn, tls, sizeof(tls));
+		pf_log_info(c, "login attempt: db=%s user=%s tls=%s", c->db_name, c->user_name,
+		            tls[0] ? tls : "no");
+	}
 	/* Messages it may have pipelined after its password. */
 	pf_conn_resume(&c->conn);
 }
@@ -766,7 +773,53 @@ static void handle_cancel(pf_client_t *c, uint32_t pid, uint32_t key)
 	pf_client_close(c, PF_CLOSE_CLIENT_CANCEL_DONE, NULL, NULL);
 }
 
-static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int consumed)
+/*
+ * SSLRequest: 'S' and the TLS handshake when client TLS is on (TCP only, as Postgres: never on
+ * the unix socket), else 'N' and the client goes on in clear. Bytes after the request are an
+ * error: they were sent before encryption began and could have been injected (CVE-2021-23214).
+ */
+static int handle_ssl_request(pf_client_t *c, int consumed, size_t avail)
+{
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+	int rc;
+
+	if (c->tls_negotiated) {
+		/* A second request, or one inside TLS: Postgres refuses it as an unknown code. */
+		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "08P01",
+		                "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0");
+		return -1;
+	}
+	c->tls_negotiated = true;
+	if (!w->tls_accept || c->conn.is_unix) {
+		pf_conn_send(&c->conn, "N", 1);
+		return consumed;
+	}
+	if ((size_t)consumed < avail) {
+		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "08P01",
+		                "received unencrypted data after SSL request");
+		return -1;
+	}
+	pf_conn_send(&c->conn, "S", 1);
+	rc = pf_tls_accept(&c->conn, w->tls_accept, NULL, 0, false);
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return -1;
+	}
+	return consumed;
+}
+
+/* client_tls_sslmode require, verify-ca, verify-full: a TCP client must have come through TLS
+ * (the verify modes' certificate check is part of the handshake). */
+static bool tls_required_but_missing(pf_client_t *c)
+{
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+
+	return w->cfg->client_tls_sslmode >= PF_SSLMODE_REQUIRE && !c->conn.is_unix &&
+	       !pf_tls_is_on(&c->conn);
+}
+
+static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int consumed,
+                          size_t avail)
 {
 	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const char *unsupported[PF_PROTO_STARTUP_MAX_PARAMS];
@@ -775,8 +828,9 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 
 	switch (st->kind) {
 	case PF_PROTO_STARTUP_SSL:
+		return handle_ssl_request(c, consumed, avail);
 	case PF_PROTO_STARTUP_GSSENC:
-		/* Neither TLS nor GSSAPI encryption yet: 'N', and the client goes on in clear. */
+		/* No GSSAPI encryption: 'N', and the client goes on (it may ask for TLS next). */
 		pf_conn_send(&c->conn, "N", 1);
 		return consumed;
 	case PF_PROTO_STARTUP_CANCEL:
@@ -784,6 +838,10 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		return -1;
 	case PF_PROTO_STARTUP_NORMAL:
 		break;
+	}
+	if (tls_required_but_missing(c)) {
+		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "28000", "SSL required");
+		return -1;
 	}
 	c->user_name = strdup(st->user);
 	c->db_name = strdup(st->database);
@@ -849,10 +907,21 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 {
 	pf_client_t *c = (pf_client_t *)conn;
+	pf_worker_t *w = pf_conn_worker(conn);
 	pf_proto_startup_t st;
-	int n = pf_proto_parse_startup(data, len, &st);
+	int n;
 	char msg[200];
 
+	/* PostgreSQL 17's direct TLS: a TLS handshake record instead of a startup packet. */
+	if (len > 0 && data[0] == 0x16 && !c->tls_negotiated && w->tls_accept && !conn->is_unix) {
+		c->tls_negotiated = true;
+		if (len > INT_MAX || pf_tls_accept(conn, w->tls_accept, data, len, true) < 0) {
+			pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+			return -1;
+		}
+		return (int)len;
+	}
+	n = pf_proto_parse_startup(data, len, &st);
 	if (n == 0)
 		return 0;
 	if (n < 0) {
@@ -873,7 +942,7 @@ static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 		}
 		return -1;
 	}
-	return handle_startup(c, &st, n);
+	return handle_startup(c, &st, n, len);
 }
 
 /* ---- prepared statements (transaction and statement mode) ---- */

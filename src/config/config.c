@@ -97,15 +97,15 @@ static const pf_config_param_t params[] = {
         P_TIME(cancel_wait_timeout, RELOAD, IMPL, "10"),
         P_TIME(client_idle_timeout, RELOAD, IMPL, "0"),
         P_TIME(client_login_timeout, RELOAD, IMPL, "60"),
-        P_STR(client_tls13_ciphers, RELOAD, NOT_IMPL, NULL),
-        P_STR(client_tls_ca_file, RELOAD, NOT_IMPL, ""),
-        P_STR(client_tls_cert_file, RELOAD, NOT_IMPL, ""),
-        P_STR(client_tls_ciphers, RELOAD, NOT_IMPL, "default"),
-        P_STR(client_tls_dheparams, RELOAD, NOT_IMPL, "auto"),
-        P_STR(client_tls_ecdhcurve, RELOAD, NOT_IMPL, "auto"),
-        P_STR(client_tls_key_file, RELOAD, NOT_IMPL, ""),
-        P_STR(client_tls_protocols, RELOAD, NOT_IMPL, "secure"),
-        P_ENUM(client_tls_sslmode, RELOAD, NOT_IMPL, "disable", sslmode_values),
+        P_STR(client_tls13_ciphers, RELOAD, IMPL, NULL),
+        P_STR(client_tls_ca_file, RELOAD, IMPL, ""),
+        P_STR(client_tls_cert_file, RELOAD, IMPL, ""),
+        P_STR(client_tls_ciphers, RELOAD, IMPL, "default"),
+        P_STR(client_tls_dheparams, RELOAD, IMPL, "auto"),
+        P_STR(client_tls_ecdhcurve, RELOAD, IMPL, "auto"),
+        P_STR(client_tls_key_file, RELOAD, IMPL, ""),
+        P_STR(client_tls_protocols, RELOAD, IMPL, "secure"),
+        P_ENUM(client_tls_sslmode, RELOAD, IMPL, "disable", sslmode_values),
         P_STR(conffile, RELOAD, NOT_IMPL, NULL),
         P_INT(default_pool_size, RELOAD, IMPL, "20", 0, INT_MAX),
         P_BOOL(disable_pqexec, RESTART, NOT_IMPL, "0"),
@@ -158,13 +158,13 @@ static const pf_config_param_t params[] = {
         P_STR(server_reset_query, RELOAD, IMPL, "DISCARD ALL"),
         P_BOOL(server_reset_query_always, RELOAD, IMPL, "0"),
         P_BOOL(server_round_robin, RELOAD, IMPL, "0"),
-        P_STR(server_tls13_ciphers, RELOAD, NOT_IMPL, NULL),
-        P_STR(server_tls_ca_file, RELOAD, NOT_IMPL, ""),
-        P_STR(server_tls_cert_file, RELOAD, NOT_IMPL, ""),
-        P_STR(server_tls_ciphers, RELOAD, NOT_IMPL, "default"),
-        P_STR(server_tls_key_file, RELOAD, NOT_IMPL, ""),
-        P_STR(server_tls_protocols, RELOAD, NOT_IMPL, "secure"),
-        P_ENUM(server_tls_sslmode, RELOAD, NOT_IMPL, "prefer", sslmode_values),
+        P_STR(server_tls13_ciphers, RELOAD, IMPL, NULL),
+        P_STR(server_tls_ca_file, RELOAD, IMPL, ""),
+        P_STR(server_tls_cert_file, RELOAD, IMPL, ""),
+        P_STR(server_tls_ciphers, RELOAD, IMPL, "default"),
+        P_STR(server_tls_key_file, RELOAD, IMPL, ""),
+        P_STR(server_tls_protocols, RELOAD, IMPL, "secure"),
+        P_ENUM(server_tls_sslmode, RELOAD, IMPL, "prefer", sslmode_values),
         P_BOOL(so_reuseport, RESTART, IMPL, "0"),
         P_INT(stats_period, RELOAD, IMPL, "60", 1, INT_MAX),
         P_LIST(stats_users, RELOAD, IMPL, ""),
@@ -430,18 +430,6 @@ static void describe_expected(const pf_config_param_t *p, char *out, size_t n)
 }
 
 /*
- * Until TLS lands, a client_tls_sslmode or server_tls_sslmode that demands encryption (require,
- * verify-ca, verify-full) is refused, from the file, a RELOAD or SET alike: accepting it would
- * serve plaintext to whoever configured it to be impossible (failing open). disable, allow and
- * prefer keep working, since plaintext is within what they promise (server_tls_sslmode's
- * PgBouncer default is prefer).
- */
-static bool tls_mode_needs_tls(const pf_config_param_t *p, int mode)
-{
-	return p->type == PF_CFG_ENUM && p->values == sslmode_values && mode >= PF_SSLMODE_REQUIRE;
-}
-
-/*
  * Parses value for p into cfg. On failure cfg is unchanged and err gets the message.
  */
 static int set_value(pf_config_t *cfg, const pf_config_param_t *p, const char *value, char *err,
@@ -469,14 +457,7 @@ static int set_value(pf_config_t *cfg, const pf_config_param_t *p, const char *v
 	case PF_CFG_ENUM: {
 		int mode;
 
-		if ((ok = parse_enum(value, p->values, &mode)) && tls_mode_needs_tls(p, mode)) {
-			set_err(err, errlen,
-			        "parameter \"%s\": \"%s\" requires TLS, which pgfunnel does not "
-			        "support yet; refusing it rather than using plaintext (accepted "
-			        "until then: disable, allow, prefer)",
-			        p->name, p->values[mode]);
-			return -EINVAL;
-		}
+		ok = parse_enum(value, p->values, &mode);
 		if (ok)
 			*(int *)dst = mode;
 		break;

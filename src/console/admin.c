@@ -21,6 +21,7 @@
 #include "pgfunnel/log.h"
 #include "pgfunnel/runtime.h"
 #include "pgfunnel/server.h"
+#include "pgfunnel/tls.h"
 
 void pf_admin_login(pf_client_t *c)
 {
@@ -53,9 +54,13 @@ void pf_admin_login(pf_client_t *c)
 	pf_proto_be_ready_for_query(&b, PF_PROTO_TX_IDLE);
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
-	if (w->cfg->log_connections)
-		pf_log_info(c, "login attempt: db=%s user=%s tls=no (admin console)", c->db_name,
-		            c->user_name);
+	if (w->cfg->log_connections) {
+		char tls[160];
+
+		pf_tls_describe(&c->conn, tls, sizeof(tls));
+		pf_log_info(c, "login attempt: db=%s user=%s tls=%s (admin console)", c->db_name,
+		            c->user_name, tls[0] ? tls : "no");
+	}
 }
 
 int pf_admin_next_word(const char **s, char *buf, size_t n, bool upper)

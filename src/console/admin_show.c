@@ -23,6 +23,7 @@
 #include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
 #include "pgfunnel/runtime.h"
+#include "pgfunnel/tls.h"
 
 typedef void (*show_fn)(pf_client_t *c, const char *arg, pf_buf_t *out);
 
@@ -521,7 +522,7 @@ static bool conn_has_buffered(const pf_conn_t *conn)
 static void socket_row(pf_buf_t *out, pf_worker_t *w, const pf_conn_t *conn,
                        const socket_info_t *si, bool debug)
 {
-	char addr[64], laddr[64], ctime[32], rtime[32], ptr[32], lptr[32] = "";
+	char addr[64], laddr[64], ctime[32], rtime[32], ptr[32], lptr[32] = "", tls[160];
 	int port, lport;
 	int32_t wait_s = (int32_t)(si->wait / PF_USEC_PER_SEC);
 	int32_t wait_us = (int32_t)(si->wait % PF_USEC_PER_SEC);
@@ -536,18 +537,19 @@ static void socket_row(pf_buf_t *out, pf_worker_t *w, const pf_conn_t *conn,
 	snprintf(ptr, sizeof(ptr), "0x%" PRIx64, conn->id);
 	if (si->link)
 		snprintf(lptr, sizeof(lptr), "0x%" PRIx64, si->link->id);
+	pf_tls_describe(conn, tls, sizeof(tls));
 	if (!debug) {
 		pf_proto_be_data_row(out, SOCKET_TYPES, si->type, si->user, si->db, "none",
 		                     si->state, addr, (int32_t)port, laddr, (int32_t)lport, ctime,
 		                     rtime, wait_s, wait_us, (int32_t)si->close_needed, ptr, lptr,
-		                     si->remote_pid, "", si->appname ? si->appname : "",
+		                     si->remote_pid, tls, si->appname ? si->appname : "",
 		                     (int32_t)si->prepared, (int64_t)conn->id);
 		return;
 	}
 	pf_proto_be_data_row(
 	        out, SOCKET_DEBUG_TYPES, si->type, si->user, si->db, "none", si->state, addr,
 	        (int32_t)port, laddr, (int32_t)lport, ctime, rtime, wait_s, wait_us,
-	        (int32_t)si->close_needed, ptr, lptr, si->remote_pid, "",
+	        (int32_t)si->close_needed, ptr, lptr, si->remote_pid, tls,
 	        si->appname ? si->appname : "", (int32_t)si->prepared, (int64_t)conn->id,
 	        (int32_t)(conn->rbuf ? conn->rend : 0), (int32_t)(conn->rbuf ? conn->rpos : 0),
 	        (int32_t)conn->pkt_remain, (int32_t)(conn->rbuf ? send_pos : 0), (int32_t)0,

@@ -36,6 +36,7 @@
 
 #include "pgfunnel/config.h"
 #include "pgfunnel/log.h"
+#include "pgfunnel/tls.h"
 #include "pgfunnel/worker.h"
 
 typedef struct options {
@@ -423,23 +424,64 @@ static void keep_restart_only_values(const pf_config_t *old, pf_config_t *fresh)
 	}
 }
 
+/* True when a parameter whose name starts with prefix differs between a and b. */
+static bool params_differ(const pf_config_t *a, const pf_config_t *b, const char *prefix)
+{
+	size_t count;
+	const pf_config_param_t *params = pf_config_params(&count);
+	char va[1024], vb[1024];
+
+	for (size_t i = 0; i < count; i++) {
+		if (strncmp(params[i].name, prefix, strlen(prefix)) != 0)
+			continue;
+		if (pf_config_format(a, &params[i], va, sizeof(va)) !=
+		            pf_config_format(b, &params[i], vb, sizeof(vb)) ||
+		    strcmp(va, vb) != 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Builds the TLS contexts cfg asks for (key and certificate files are read now, so a RELOAD
+ * picks up renewed files). Returns 0, or -EINVAL with the reason in err.
+ */
+static int build_tls(const pf_config_t *cfg, pf_tls_ctx_t **accept, pf_tls_ctx_t **connect,
+                     char *err, size_t errlen)
+{
+	if (pf_tls_ctx_accept_new(cfg, accept, err, errlen) < 0)
+		return -EINVAL;
+	if (pf_tls_ctx_connect_new(cfg, connect, err, errlen) < 0) {
+		pf_tls_ctx_unref(*accept);
+		*accept = NULL;
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /*
  * Makes cfg the running snapshot; main keeps the caller's reference to it (taken over). The
  * worker takes its own; the old snapshot loses main's reference and is freed once no worker
  * holds it either. The log sinks copy what they keep (pf_log_open), so nothing else points into
- * the old snapshot.
+ * the old snapshot. First the TLS contexts are built from cfg's files: when that fails, nothing
+ * changes, cfg stays the caller's and -EINVAL comes back with the reason in err.
  */
-static void install_config(process_t *p, pf_config_t *cfg)
+static int install_config(process_t *p, pf_config_t *cfg, char *err, size_t errlen)
 {
 	pf_config_t *old = p->cfg;
-	char err[512];
+	pf_tls_ctx_t *accept = NULL, *connect = NULL;
+	char logerr[512];
 
+	if (build_tls(cfg, &accept, &connect, err, errlen) < 0)
+		return -EINVAL; /* cfg stays the caller's */
 	pf_log_set_verbosity(cfg->verbose + p->opt.verbose);
-	if (open_log(cfg, err, sizeof(err)) < 0)
-		pf_log_warning(NULL, "keeping the old log settings: %s", err);
+	if (open_log(cfg, logerr, sizeof(logerr)) < 0)
+		pf_log_warning(NULL, "keeping the old log settings: %s", logerr);
 	p->cfg = cfg;
 	pf_worker_set_config(p->worker, cfg);
+	pf_worker_set_tls(p->worker, accept, connect, params_differ(old, cfg, "server_tls"));
 	pf_config_unref(old);
+	return 0;
 }
 
 static int reload(process_t *p)
@@ -458,7 +500,12 @@ static int reload(process_t *p)
 	}
 	if (!pf_config_is_reload_safe(p->cfg, fresh, &param))
 		keep_restart_only_values(p->cfg, fresh);
-	install_config(p, fresh);
+	if (install_config(p, fresh, err, sizeof(err)) < 0) {
+		pf_config_unref(fresh);
+		pf_log_error(NULL, "config reload failed, keeping the old config: %s", err);
+		notify_systemd("READY=1");
+		return -EINVAL;
+	}
 	pf_log_info(NULL, "config reloaded");
 	notify_systemd("READY=1");
 	return 0;
@@ -525,7 +572,12 @@ static void hook_shutdown(void *arg, pf_shutdown_mode_t mode)
 
 static int hook_set_config(void *arg, pf_config_t *cfg)
 {
-	install_config(arg, cfg);
+	char err[512];
+
+	if (install_config(arg, cfg, err, sizeof(err)) < 0) {
+		pf_log_error(NULL, "SET failed, keeping the old config: %s", err);
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -630,6 +682,14 @@ int main(int argc, char **argv)
 	if (geteuid() == 0)
 		pf_fatal("refusing to run as root");
 
+	{
+		/* After dropping privileges, as every RELOAD reads the files. */
+		pf_tls_ctx_t *accept, *connect;
+
+		if (build_tls(p.cfg, &accept, &connect, err, sizeof(err)) < 0)
+			die("%s", err);
+		pf_worker_set_tls(p.worker, accept, connect, false);
+	}
 	setup_signals(&p);
 	p.worker->hooks = &worker_hooks;
 	p.worker->hooks_arg = &p;

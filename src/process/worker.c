@@ -32,6 +32,7 @@
 #include "pgfunnel/server.h"
 #include "pgfunnel/session.h"
 #include "pgfunnel/stats.h"
+#include "pgfunnel/tls.h"
 #include "pgfunnel/worker.h"
 
 #define MAX_LISTENERS PF_WORKER_MAX_LISTENERS
@@ -695,8 +696,21 @@ void pf_worker_resume(pf_worker_t *w)
 	pf_worker_kick_pools(w);
 }
 
+void pf_worker_set_tls(pf_worker_t *w, pf_tls_ctx_t *accept, pf_tls_ctx_t *connect,
+                       bool server_changed)
+{
+	pf_tls_ctx_unref(w->tls_accept);
+	pf_tls_ctx_unref(w->tls_connect);
+	w->tls_accept = accept;
+	w->tls_connect = connect;
+	if (server_changed)
+		pf_pool_tag_reconnect(w, NULL);
+}
+
 void pf_worker_free(pf_worker_t *w)
 {
+	pf_tls_ctx_unref(w->tls_accept);
+	pf_tls_ctx_unref(w->tls_connect);
 	pf_database_free_all(w);
 	pf_user_free_all(w);
 	pf_auth_file_free(w->auth_file);

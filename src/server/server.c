@@ -32,6 +32,7 @@
 #include "pgfunnel/runtime.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
+#include "pgfunnel/tls.h"
 
 #ifndef PF_DEFAULT_UNIX_SOCKET_DIR
 #define PF_DEFAULT_UNIX_SOCKET_DIR "/var/run/postgresql"
@@ -42,10 +43,12 @@ static pf_pkt_action_t server_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status);
 static void server_on_forwarded(pf_conn_t *conn);
 static void server_on_free(pf_conn_t *conn);
+static int server_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len);
 static void detach_cancels(pf_server_t *s);
 
 static const pf_conn_ops_t server_ops = {
         .on_packet = server_on_packet,
+        .on_raw = server_on_raw,
         .on_event = server_on_event,
         .on_forwarded = server_on_forwarded,
         .on_free = server_on_free,
@@ -178,7 +181,8 @@ static int pick_target(pf_database_t *db, target_t *t)
 	return 0;
 }
 
-static int connect_target(pf_conn_t *conn, pf_database_t *db)
+/* Connects conn to one of db's hosts; *host_out (if not NULL) gets a copy of a TCP host. */
+static int connect_to(pf_conn_t *conn, pf_database_t *db, char **host_out)
 {
 	target_t t;
 	int rc = pick_target(db, &t);
@@ -187,6 +191,8 @@ static int connect_target(pf_conn_t *conn, pf_database_t *db)
 		return rc;
 	if (t.path[0])
 		return pf_conn_connect(conn, NULL, t.path);
+	if (host_out && !(*host_out = strdup(t.host)))
+		return -ENOMEM;
 	return pf_conn_connect_host(conn, t.host, t.port);
 }
 
@@ -204,7 +210,7 @@ int pf_server_launch(pf_pool_t *pool)
 	s->task = PF_SV_TASK_LOGIN;
 	s->tx_status = PF_PROTO_TX_IDLE;
 	pf_pool_add_server(pool, &s->ps, s->conn.connect_time);
-	rc = connect_target(&s->conn, pool->db);
+	rc = connect_to(&s->conn, pool->db, &s->host);
 	if (rc < 0) {
 		pf_log_warning(NULL, "%s/%s: cannot connect to the server: %s", pool->db->name,
 		               pool->user->name, uv_strerror(rc));
@@ -213,6 +219,70 @@ int pf_server_launch(pf_pool_t *pool)
 	}
 	pf_log_debug(s, "new server connection");
 	return 0;
+}
+
+static void send_startup(pf_server_t *s);
+static void login_failed(pf_server_t *s, const char *sqlstate, const char *fmt, ...)
+        PF_PRINTF(3, 4);
+
+/*
+ * Connected over TCP with server_tls_sslmode prefer or stricter: SSLRequest first (PgBouncer:
+ * allow does not ask). The answer, one byte, comes to server_on_raw().
+ */
+static void request_tls_or_start(pf_server_t *s)
+{
+	pf_worker_t *w = s->ps.pool->worker;
+	static const uint8_t ssl_request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+
+	if (!s->host || !w->tls_connect) {
+		send_startup(s);
+		return;
+	}
+	s->tls = pf_tls_ctx_ref(w->tls_connect);
+	s->conn.raw_mode = true;
+	pf_conn_send(&s->conn, ssl_request, sizeof(ssl_request));
+}
+
+static int server_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
+{
+	pf_server_t *s = (pf_server_t *)conn;
+	int mode = pf_tls_ctx_sslmode(s->tls);
+
+	assert(len > 0 && s->tls);
+	switch (data[0]) {
+	case 'S':
+		/* Anything after the 'S' came before encryption: refuse it (CVE-2021-23222). */
+		if (len > 1) {
+			login_failed(s, "08P01", "server sent unencrypted data after its SSL response");
+			return -1;
+		}
+		if (pf_tls_connect(conn, s->tls, s->host) < 0) {
+			login_failed(s, "58000", "could not start TLS");
+			return -1;
+		}
+		break;
+	case 'N':
+		if (mode >= PF_SSLMODE_REQUIRE) {
+			login_failed(s, "08006",
+			             "server does not support SSL, but SSL was required "
+			             "(server_tls_sslmode=%s)",
+			             mode == PF_SSLMODE_REQUIRE     ? "require"
+			             : mode == PF_SSLMODE_VERIFY_CA ? "verify-ca"
+			                                            : "verify-full");
+			return -1;
+		}
+		break;
+	case 'E':
+		login_failed(s, "08P01", "server sent an error response during SSL exchange");
+		return -1;
+	default:
+		login_failed(s, "08P01", "received invalid response to SSL negotiation: 0x%02x",
+		             data[0]);
+		return -1;
+	}
+	conn->raw_mode = false;
+	send_startup(s);
+	return 1;
 }
 
 static void send_startup(pf_server_t *s)
@@ -1325,12 +1395,24 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 			pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
 			return;
 		}
-		send_startup(s);
+		request_tls_or_start(s);
 		break;
 	case PF_CONN_EV_EOF:
+		if (!s->ready && pf_tls_error(conn)) {
+			login_failed(s, "08006", "server TLS handshake failed: %s", pf_tls_error(conn));
+			break;
+		}
 		pf_server_close(s, PF_SV_CLOSE_EOF);
 		break;
 	case PF_CONN_EV_ERROR:
+		if (pf_tls_error(conn)) {
+			if (!s->ready) {
+				login_failed(s, "08006", "server TLS handshake failed: %s",
+				             pf_tls_error(conn));
+				break;
+			}
+			pf_log_warning(s, "TLS error: %s", pf_tls_error(conn));
+		}
 		if (status == -EBADMSG || status == -EMSGSIZE || status == -ENOBUFS)
 			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
 		else
@@ -1461,6 +1543,8 @@ static void server_on_free(pf_conn_t *conn)
 	free(s->param_index);
 	scram_free(s);
 	free(s->login_error);
+	free(s->host);
+	pf_tls_ctx_unref(s->tls);
 	pf_reqq_free(&s->rq);
 	pf_prepared_server_free(s->prep);
 	free(s);
@@ -1557,7 +1641,9 @@ void pf_server_send_cancel(pf_server_t *s)
 	cc->target = s;
 	pf_list_append(&s->cancels, &cc->target_node);
 	pf_list_append(&w->cancel_conns, &cc->conn.node);
-	if (connect_target(&cc->conn, s->ps.pool->db) < 0)
+	/* To the backend's own address (with several hosts, the next pick could be another). */
+	if ((s->host ? pf_conn_connect(&cc->conn, &s->conn.addr.sa, NULL)
+	             : connect_to(&cc->conn, s->ps.pool->db, NULL)) < 0)
 		cancel_finish(cc);
 }
 
