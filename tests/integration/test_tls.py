@@ -767,15 +767,30 @@ def test_reload_with_unreadable_certificate_keeps_old(pgfunnel, postgres, certs)
         assert res.returncode == 0 and res.stdout == "new ok\n", res.stderr
 
 
-def test_tls_mode_without_key_files_refused_at_start(pgfunnel, postgres, certs):
-    """client_tls_sslmode=require without client_tls_key_file / client_tls_cert_file: the
-    process refuses to start, with PgBouncer's words."""
-    pf = pfhelpers.start_proxy(pgfunnel, postgres, params={"client_tls_sslmode": "require"},
+@pytest.mark.parametrize("mode", ["allow", "prefer", "require", "verify-ca", "verify-full"])
+def test_tls_mode_without_key_files_refused_at_start(pgfunnel, postgres, certs, mode):
+    """Any client_tls_sslmode but disable without client_tls_key_file / client_tls_cert_file:
+    the process refuses to start (exit status not 0), with PgBouncer's words, and never
+    listens."""
+    pf = pfhelpers.start_proxy(pgfunnel, postgres, params={"client_tls_sslmode": mode},
                                wait=False)
     rc = pf.wait(15)
     assert rc != 0
     assert ("client_tls_key_file and client_tls_cert_file must be set"
             in pf.all_output()), pf.all_output()
+    assert not pfhelpers.port_accepts(pf.port)
+
+
+def test_client_verify_full_without_ca_file_refused_at_start(pgfunnel, postgres, certs):
+    """client_tls_sslmode=verify-full with key and certificate but no client_tls_ca_file (there
+    would be nothing to verify client certificates against): refused at start-up, with
+    PgBouncer's "client_tls_sslmode requires client_tls_ca_file"."""
+    params = client_tls(certs, "verify-full")
+    del params["client_tls_ca_file"]
+    pf = pfhelpers.start_proxy(pgfunnel, postgres, params=params, wait=False)
+    rc = pf.wait(15)
+    assert rc != 0
+    assert "client_tls_sslmode requires client_tls_ca_file" in pf.all_output(), pf.all_output()
 
 
 # ================================================================ direct TLS (sslnegotiation)
