@@ -20,6 +20,8 @@ PACKAGES=(
 	# tests: man page lint, integration suite, leak checks, side-by-side runs
 	groff-base python3 python3-pytest python3-pytest-timeout python3-psycopg
 	postgresql-15 postgresql-client-15 valgrind pgbouncer
+	# tests: certificates for the TLS tests (tests/integration/tlscerts.py)
+	openssl
 	# tests: real drivers with prepared statements (test_prepared_drivers.py); npm is added
 	# below only when no npm is on PATH (a node from elsewhere may bring its own)
 	python3-asyncpg libpostgresql-jdbc-java default-jdk-headless nodejs
