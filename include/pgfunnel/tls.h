@@ -35,7 +35,7 @@ PF_MUSTCHECK int pf_tls_ctx_accept_new(const pf_config_t *cfg, pf_tls_ctx_t **ou
                                        size_t errlen);
 
 /* The context for server connections (server_tls_*); *out is NULL when server_tls_sslmode is
- * disable or allow (PgBouncer: allow does not request TLS). Same contract. */
+ * disable (allow asks for TLS as prefer does, as PgBouncer 1.25 does). Same contract. */
 PF_MUSTCHECK int pf_tls_ctx_connect_new(const pf_config_t *cfg, pf_tls_ctx_t **out, char *err,
                                         size_t errlen);
 

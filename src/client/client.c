@@ -840,7 +840,7 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		break;
 	}
 	if (tls_required_but_missing(c)) {
-		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "28000", "SSL required");
+		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "08P01", "SSL required");
 		return -1;
 	}
 	c->user_name = strdup(st->user);

@@ -220,8 +220,8 @@ static int ctx_new(const tls_settings_t *t, bool accept, pf_tls_ctx_t **out, cha
 		return -EINVAL;
 	}
 	if (accept && (!has_key || !has_cert)) {
-		snprintf(err, errlen,
-		         "client_tls_sslmode needs client_tls_key_file and client_tls_cert_file");
+		snprintf(err, errlen, "To allow TLS connections from clients, client_tls_key_file "
+		                      "and client_tls_cert_file must be set.");
 		return -EINVAL;
 	}
 	if (has_key != has_cert) {
@@ -300,8 +300,7 @@ static int ctx_new(const tls_settings_t *t, bool accept, pf_tls_ctx_t **out, cha
 		/* No CA file: the system's trusted certificates. */
 		SSL_CTX_set_default_verify_paths(sc);
 	} else if (accept && t->sslmode >= PF_SSLMODE_VERIFY_CA) {
-		snprintf(err, errlen, "client_tls_sslmode verify-ca and verify-full need "
-		                      "client_tls_ca_file");
+		snprintf(err, errlen, "client_tls_sslmode requires client_tls_ca_file");
 		goto fail;
 	}
 	if (accept) {
@@ -376,8 +375,7 @@ int pf_tls_ctx_connect_new(const pf_config_t *cfg, pf_tls_ctx_t **out, char *err
 	};
 
 	*out = NULL;
-	if (cfg->server_tls_sslmode == PF_SSLMODE_DISABLE ||
-	    cfg->server_tls_sslmode == PF_SSLMODE_ALLOW)
+	if (cfg->server_tls_sslmode == PF_SSLMODE_DISABLE)
 		return 0;
 	return ctx_new(&t, false, out, err, errlen);
 }
@@ -1008,9 +1006,13 @@ void pf_tls_describe(const pf_conn_t *c, char *buf, size_t n)
 	if (!st || !st->hs_done)
 		return;
 	cipher = SSL_get_current_cipher(st->ssl);
-	group = SSL_get_negotiated_group(st->ssl);
+	/* As PgBouncer: the key exchange group is named for TLS 1.2 and older, on our accepting
+	 * side only (with TLS 1.3 the suite does not imply one). */
+	group = SSL_version(st->ssl) < TLS1_3_VERSION && st->ctx->accept
+	                ? SSL_get_negotiated_group(st->ssl)
+	                : 0;
 	if (group > 0)
-		gname = SSL_group_to_name(st->ssl, group);
+		gname = OBJ_nid2sn(group);
 	snprintf(buf, n, "%s/%s%s%s", SSL_get_version(st->ssl),
 	         cipher ? SSL_CIPHER_get_name(cipher) : "", gname ? "/ECDH=" : "",
 	         gname ? gname : "");

@@ -226,8 +226,8 @@ static void login_failed(pf_server_t *s, const char *sqlstate, const char *fmt, 
         PF_PRINTF(3, 4);
 
 /*
- * Connected over TCP with server_tls_sslmode prefer or stricter: SSLRequest first (PgBouncer:
- * allow does not ask). The answer, one byte, comes to server_on_raw().
+ * Connected over TCP with server_tls_sslmode allow or stricter: SSLRequest first (allow asks
+ * as prefer does, as PgBouncer 1.25 does). The answer, one byte, comes to server_on_raw().
  */
 static void request_tls_or_start(pf_server_t *s)
 {
