@@ -14,15 +14,12 @@
  *   -ENOMEM   allocation failed; -EIO an OpenSSL primitive failed.
  * After any error a SCRAM state (server or client) is dead: later steps return -EINVAL.
  *
- * Passwords and SASLprep: Postgres runs SASLprep (RFC 4013) over the password before PBKDF2 and
- * uses the raw bytes when SASLprep fails (invalid UTF-8, prohibited characters). For ASCII
- * passwords SASLprep is the identity (printable ASCII maps to itself; control characters are
- * prohibited, so Postgres falls back to the raw bytes), so we always hash the raw bytes. This
- * matches Postgres for every ASCII password and for non-ASCII passwords that are already in
- * NFKC form and contain no characters SASLprep maps (e.g. "pässwörd" typed precomposed). It does
- * NOT match for passwords SASLprep would change: decomposed accents, full-width or other
- * compatibility characters, soft hyphens / zero-width characters, non-ASCII spaces. Such users
- * must keep a SCRAM secret (not a plain password) in the auth_file.
+ * Passwords and SASLprep: like Postgres (server and libpq alike), every password goes through
+ * SASLprep (RFC 4013, pf_saslprep: map, NFKC, prohibit, bidi) before PBKDF2, and its raw bytes
+ * are used when SASLprep fails (invalid UTF-8, prohibited characters, bidi violations). So a
+ * plain password in the auth_file, or one pgfunnel logs in to a server with, gives the keys
+ * Postgres derives for it, decomposed accents, full-width letters, soft hyphens and non-ASCII
+ * spaces included. MD5 hashes the raw bytes, as Postgres does.
  */
 #ifndef PGFUNNEL_SCRAM_H
 #define PGFUNNEL_SCRAM_H
@@ -99,10 +96,10 @@ typedef struct {
 
 /*
  * Derives the secret for password with the given salt (1..64 bytes) and iterations (>= 1):
- * SaltedPassword = PBKDF2-HMAC-SHA-256(password, salt, iterations), ClientKey, StoredKey,
- * ServerKey per RFC 5802. Writes ClientKey into client_key_out when it is not NULL (needed for
- * passthrough logins). Always runs PBKDF2; see pf_scram_cache_derive for the cached variant.
- * Returns 0, -EINVAL, -EIO.
+ * SaltedPassword = PBKDF2-HMAC-SHA-256(SASLprep(password), salt, iterations), ClientKey,
+ * StoredKey, ServerKey per RFC 5802 (see above for SASLprep). Writes ClientKey into
+ * client_key_out when it is not NULL (needed for passthrough logins). Always runs PBKDF2; see
+ * pf_scram_cache_derive for the cached variant. Returns 0, -EINVAL, -ENOMEM, -EIO.
  */
 PF_MUSTCHECK int pf_scram_secret_from_password(const char *password, const uint8_t *salt,
                                                size_t salt_len, int iterations,
@@ -152,7 +149,7 @@ void pf_scram_cache_stats(const pf_scram_cache_t *cache, uint64_t *hits, uint64_
 /*
  * pf_scram_secret_from_password through the cache: a hit copies the stored keys and runs no
  * PBKDF2. cache may be NULL (then it is exactly pf_scram_secret_from_password).
- * Returns 0, -EINVAL, -EIO.
+ * Returns 0, -EINVAL, -ENOMEM, -EIO.
  */
 PF_MUSTCHECK int pf_scram_cache_derive(pf_scram_cache_t *cache, const char *password,
                                        const uint8_t *salt, size_t salt_len, int iterations,
@@ -163,7 +160,7 @@ PF_MUSTCHECK int pf_scram_cache_derive(pf_scram_cache_t *cache, const char *pass
  * returns in *out a secret with a random 16-byte salt drawn the first time this
  * (user, password, iterations) is seen and reused afterwards, so only the first login of a user
  * costs a PBKDF2 (until eviction). A changed password yields a new salt. With cache == NULL a
- * fresh salt is drawn every call. Returns 0, -EINVAL, -EIO.
+ * fresh salt is drawn every call. Returns 0, -EINVAL, -ENOMEM, -EIO.
  */
 PF_MUSTCHECK int pf_scram_cache_secret_for_password(pf_scram_cache_t *cache, const char *user,
                                                     const char *password, int iterations,

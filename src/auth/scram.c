@@ -30,6 +30,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "pgfunnel/saslprep.h"
 #include "pgfunnel/scram.h"
 
 enum {
@@ -154,24 +155,34 @@ static int hmac(const uint8_t *key, size_t keylen, const void *data, size_t n,
 }
 
 /*
- * SCRAM password preparation. Postgres applies SASLprep and falls back to the raw bytes when
- * SASLprep fails; for ASCII input both give the raw bytes (see the header for non-ASCII).
- * So the prepared password is the password itself.
+ * The one place where a password becomes SCRAM keys. Like Postgres (pg_be_scram_build_secret,
+ * scram_verify_plain_password, and libpq's scram_init), the password goes through SASLprep
+ * first, and its raw bytes are used when SASLprep fails (invalid UTF-8, prohibited
+ * characters, bidi violations): pf_saslprep returns them in that case.
  */
 static int derive_keys(const char *password, const uint8_t *salt, size_t salt_len, int iterations,
                        uint8_t client_key[PF_SCRAM_KEY_LEN], uint8_t stored_key[PF_SCRAM_KEY_LEN],
                        uint8_t server_key[PF_SCRAM_KEY_LEN])
 {
 	uint8_t salted[PF_SCRAM_KEY_LEN];
-	int rc = 0;
-	size_t pwlen = strlen(password);
+	char *prepared = NULL;
+	size_t pwlen;
+	int rc;
 
-	if (pwlen > INT_MAX)
+	rc = pf_saslprep(password, &prepared);
+	if (rc < 0)
+		return rc;
+	rc = 0;
+	pwlen = strlen(prepared);
+	if (pwlen > INT_MAX) {
+		pf_saslprep_free(prepared);
 		return -EINVAL;
+	}
 	atomic_fetch_add_explicit(&pbkdf2_runs, 1, memory_order_relaxed);
-	if (!PKCS5_PBKDF2_HMAC(password, (int)pwlen, salt, (int)salt_len, iterations, EVP_sha256(),
+	if (!PKCS5_PBKDF2_HMAC(prepared, (int)pwlen, salt, (int)salt_len, iterations, EVP_sha256(),
 	                       PF_SCRAM_KEY_LEN, salted))
 		rc = -EIO;
+	pf_saslprep_free(prepared);
 	if (rc == 0)
 		rc = hmac(salted, sizeof(salted), "Client Key", 10, client_key);
 	if (rc == 0)

@@ -2,8 +2,9 @@
 /*
  * Unit tests for saslprep: the examples of RFC 4013 section 3 (as Postgres answers them), NFKC
  * (compatibility mappings, composition, canonical ordering, blocking, exclusions, Hangul),
- * mapping (B.1, C.1.2), prohibited and unassigned characters, the bidi rule and invalid
- * UTF-8. tests/unit/saslprep_model.py checks every code point against
+ * mapping (B.1, C.1.2), prohibited and unassigned characters, the bidi rule, invalid UTF-8,
+ * and SCRAM secrets that PostgreSQL 15 built for non-ASCII passwords, reproduced through
+ * pf_scram_secret_from_password. tests/unit/saslprep_model.py checks every code point against
  * a Python model of pg_saslprep; scripts/check-saslprep-postgres.py against a live server.
  */
 
@@ -18,7 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include "pgfunnel/saslprep.h"
+#include "pgfunnel/scram.h"
 
 /* Runs pf_saslprep and checks both the result code and the output bytes. */
 static void expect(const char *in, int rc, const char *out)
@@ -233,6 +238,116 @@ static void test_arguments(void **state)
 	assert_string_equal(pf_saslprep_result_name(99), "invalid");
 }
 
+/* ---- secrets made by PostgreSQL 15 ---- */
+
+/*
+ * Made on PostgreSQL 15.18 (Debian 15.18-0+deb12u1): SET password_encryption =
+ * 'scram-sha-256'; CREATE ROLE r PASSWORD '...'; SELECT rolpassword FROM pg_authid, in a
+ * database with ENCODING 'SQL_ASCII' so that the Latin-1 password arrives as its bytes.
+ * "prepared" is what SASLprep must give; "other" is a plausible wrong preparation (the raw
+ * bytes, or the RFC's order of steps), which must NOT reproduce the secret: that is what
+ * makes each vector able to fail.
+ */
+static const struct {
+	const char *name;
+	const char *password;
+	int rc;
+	const char *prepared;
+	const char *other;
+	const char *secret;
+} pg_vectors[] = {
+        {"U+2168", "\xe2\x85\xa8", PF_SASLPREP_OK, "IX", "\xe2\x85\xa8",
+         "SCRAM-SHA-256$4096:7h0yxzfSNEeLqmB8eW21HQ==$Y0RZKVEC4j7Crwb8eqjFgIYi3SN+AHvBprDmIsSCzzI="
+         ":OdFHRw7wWEcKKxKtj60CMuLSlOz0iliqE6QDn5SlB2I="},
+        {"decomposed", "cafe\xcc\x81", PF_SASLPREP_OK, "caf\xc3\xa9", "cafe\xcc\x81",
+         "SCRAM-SHA-256$4096:khrNelvgF/NkYH59LdnW/g==$Cwl3+7GSvesqXmxAGnPNg8dtJRkXWSf/+1V5SJvDM5c="
+         ":hjPqXqsg7z5hTc4cjOtQINO/0T1k4OGCL7x/YqSAfNQ="},
+        {"soft hyphen", "pass\xc2\xadword", PF_SASLPREP_OK, "password", "pass\xc2\xadword",
+         "SCRAM-SHA-256$4096:76V7g2Xnq2/MwkcNQvC18A==$qafGxi0Z03SJYD4/uXUPtI9ZvXPxjdycxqeuGvdibA0="
+         ":bppRfckEKps5DYeikxp1tyj7Qrr57tz4+sfUUDgVEI4="},
+        {"no-break space", "pass\xc2\xa0word", PF_SASLPREP_OK, "pass word", "pass\xc2\xa0word",
+         "SCRAM-SHA-256$4096:03dCNKCn0CT7InMj4nmiiw==$JL5z8zenWWibLtISuhbjku9k27Neu/mi2baIwPdHBE8="
+         ":Cgf6zFXOQj0NWnAouQD7lqkZd2HI8ZHme3CuuyUi8wA="},
+        {"zero width space",
+         "a\xe2\x80\x8b"
+         "b",
+         PF_SASLPREP_OK, "a b", "ab",
+         "SCRAM-SHA-256$4096:CL6VutO1i5yOeY9BkL8/gQ==$xpv6rEunQxUgPjhOG1/7oekEyz2ZjtEuD9V7vo8kqZ8="
+         ":OFTwN9QzJajHp26pfwr9QFfyE0qe2t6h5bwyU3FObc0="},
+        {"jamo", "\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8", PF_SASLPREP_OK, "\xea\xb0\x81",
+         "\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8",
+         "SCRAM-SHA-256$4096:B7RRhdCqGElAnT6KELgkrQ==$FiplR+KVIVDqcgz5lVHG13VwN3caUocpdBgB4U3q2ms="
+         ":kwJie7FDuXBjBqOWwwG4Q1XRALJzzIY7hkhCgsT91XQ="},
+        {"full width", "\xef\xbd\x90\xef\xbd\x81\xef\xbd\x93\xef\xbd\x93", PF_SASLPREP_OK, "pass",
+         "\xef\xbd\x90\xef\xbd\x81\xef\xbd\x93\xef\xbd\x93",
+         "SCRAM-SHA-256$4096:xwyxtMNndsRWt1MR27elFw==$VfcbSGcsFmRMyycw90zZRE7lFD9CaQ9ftY/5yfbzkpw="
+         ":NjxHFNauf4/s1woX1FGr/UypuJQz6OPeFlvSTMPh8Lo="},
+        {"U+00AA", "\xc2\xaa", PF_SASLPREP_OK, "a", "\xc2\xaa",
+         "SCRAM-SHA-256$4096:hSJfnOC5a1UyC2hVutlqtw==$S+7buTe5IlLRjZ8dPL6ghtXf6A58UftpFlFP3AEtG/U="
+         ":iwbcXmaj2CgkMlDpQt1RqyVegBzz92o5zd60Y50IBGc="},
+        {"BELL: raw", "\xe2\x85\xa8\x07", PF_SASLPREP_PROHIBITED, "\xe2\x85\xa8\x07", "IX\x07",
+         "SCRAM-SHA-256$4096:JLKdKYcanRIlNlelQ2ts9A==$ksQ/Jz4GnKH+Uup8HseV43Nk80c6QUcMBnBADrGEdkM="
+         ":Sj7ZLTbDth98ryZNEjTelFVNdR3hPwJPaafGpoxeJmY="},
+        {"bidi: raw", "\xd7\x90\xe2\x85\xa8", PF_SASLPREP_BIDI, "\xd7\x90\xe2\x85\xa8",
+         "\xd7\x90IX",
+         "SCRAM-SHA-256$4096:mbMQLRJ+Ho1N4BQeMvzZfA==$rYU9jHEhc3UGQ02nfJ0Eh5Ncc9Gsy7X8RvyO5XL6RZs="
+         ":4OYCDyL6IHTrHr73xuw45mKJ4jKEhgtbThXceGN3A2k="},
+        {"Latin-1: raw", "caf\xe9", PF_SASLPREP_INVALID_UTF8, "caf\xe9", "caf\xc3\xa9",
+         "SCRAM-SHA-256$4096:EyCI/Ksui2Vy+udHL47Uqw==$Nd4TYoZEQyZR1gOsoSzxZU1rvawbVSxNuMh3MOXDkL0="
+         ":IXuRmjgKF7dIz8d+PHetds/CpvNDzLIrGDhBExnWStw="},
+        {"U+0340 checked before NFKC: raw", "a\xcd\x80", PF_SASLPREP_PROHIBITED, "a\xcd\x80",
+         "\xc3\xa0",
+         "SCRAM-SHA-256$4096:T/ZiKpwIQmtu3H5+8lYPaQ==$HoUYrNiTPMeYzSxREVwrToJVcO8DcvQ/rkeWvPu95VA="
+         ":sbLjGT2t5LKbdfFQkzeGhzhbtcDB3wejRTCS5FXCJy8="},
+        {"U+FB1D bidi before NFKC", "\xef\xac\x9d", PF_SASLPREP_OK, "\xd7\x99\xd6\xb4",
+         "\xef\xac\x9d",
+         "SCRAM-SHA-256$4096:UKdKXBWwuldguFMOS0lbug==$Nt20EhtC3E6NsY3j/j8wpYA5kH3YNo+Ecd8rbb54zDw="
+         ":AzZqGY897gsGfIWKgJQxA2/DT3gz6k8t/eQlyBud6EA="},
+        {"only a soft hyphen: raw", "\xc2\xad", PF_SASLPREP_EMPTY, "\xc2\xad", "",
+         "SCRAM-SHA-256$4096:LnJNOorjGnNAEim1E8AYiA==$eEe7YNXhKw8NSA/+VxymZ10UwbxpFYEP2raL5Tj46g0="
+         ":J1GJtJYhlbI4IiXr8FpUjCWNBbum5ep6ymtWduha3Ik="},
+};
+
+/* StoredKey of PBKDF2 over exactly these bytes, without pgfunnel's code. */
+static void plain_stored_key(const char *bytes, const pf_scram_secret_t *s, uint8_t out[32])
+{
+	uint8_t salted[32], ck[32];
+	unsigned int len;
+
+	assert_int_equal(PKCS5_PBKDF2_HMAC(bytes, (int)strlen(bytes), s->salt, (int)s->salt_len,
+	                                   s->iterations, EVP_sha256(), 32, salted),
+	                 1);
+	assert_non_null(
+	        HMAC(EVP_sha256(), salted, 32, (const uint8_t *)"Client Key", 10, ck, &len));
+	assert_int_equal(EVP_Digest(ck, 32, out, &len, EVP_sha256(), NULL), 1);
+}
+
+static void test_postgres_secrets(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < PF_ARRAY_SIZE(pg_vectors); i++) {
+		pf_scram_secret_t pg, mine;
+		char text[PF_SCRAM_SECRET_MAX_LEN];
+		uint8_t key[32];
+
+		print_message("vector: %s\n", pg_vectors[i].name);
+		expect(pg_vectors[i].password, pg_vectors[i].rc, pg_vectors[i].prepared);
+		assert_int_equal(pf_scram_secret_parse(pg_vectors[i].secret, &pg), 0);
+		assert_int_equal(pf_scram_secret_from_password(pg_vectors[i].password, pg.salt,
+		                                               pg.salt_len, pg.iterations, &mine,
+		                                               NULL),
+		                 0);
+		assert_true(pf_scram_secret_format(&mine, text, sizeof(text)) > 0);
+		assert_string_equal(text, pg_vectors[i].secret);
+		/* The reference PBKDF2 over the prepared bytes agrees, the other preparation not.
+		 */
+		plain_stored_key(pg_vectors[i].prepared, &pg, key);
+		assert_memory_equal(key, pg.stored_key, 32);
+		plain_stored_key(pg_vectors[i].other, &pg, key);
+		assert_memory_not_equal(key, pg.stored_key, 32);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -244,6 +359,7 @@ int main(void)
 	        cmocka_unit_test(test_bidi),
 	        cmocka_unit_test(test_invalid_utf8),
 	        cmocka_unit_test(test_arguments),
+	        cmocka_unit_test(test_postgres_secrets),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

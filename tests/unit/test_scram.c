@@ -971,6 +971,59 @@ static void test_cache_client_and_server_logins(void **state)
 	pf_scram_cache_free(c);
 }
 
+/*
+ * SASLprep on every path: a plain auth_file password written decomposed ("cafe" U+0301) and a
+ * client typing it precomposed (U+00E9) or with a soft hyphen log in, as with Postgres; the
+ * Postgres secret for U+2168 accepts the client password "IX"; a password that SASLprep
+ * refuses stays its raw bytes (U+2168 BELL is not "IX" BELL).
+ */
+static void test_saslprep_equivalent_passwords(void **state)
+{
+	/* Postgres 15: CREATE ROLE r PASSWORD U&'\2168' (see test_saslprep.c). */
+	static const char pg_roman[] = "SCRAM-SHA-256$4096:7h0yxzfSNEeLqmB8eW21HQ==$"
+	                               "Y0RZKVEC4j7Crwb8eqjFgIYi3SN+AHvBprDmIsSCzzI="
+	                               ":OdFHRw7wWEcKKxKtj60CMuLSlOz0iliqE6QDn5SlB2I=";
+	static const char *const same[] = {"caf\xc3\xa9", "cafe\xcc\x81",
+	                                   "ca\xc2\xad"
+	                                   "f\xc3\xa9"};
+	pf_scram_secret_t s, d;
+	pf_scram_server_t srv;
+	pf_scram_client_t cl;
+	int step;
+
+	(void)state;
+	assert_int_equal(pf_scram_cache_secret_for_password(NULL, "u", "cafe\xcc\x81", 4096, &s),
+	                 0);
+	for (size_t i = 0; i < PF_ARRAY_SIZE(same); i++) {
+		assert_int_equal(pf_scram_server_start(&srv, &s), 0);
+		assert_int_equal(pf_scram_client_start(&cl, same[i], NULL, NULL, NULL), 0);
+		assert_int_equal(exchange(&srv, &cl, &step), 0);
+		pf_scram_client_clear(&cl);
+		pf_scram_server_clear(&srv);
+	}
+	assert_int_equal(pf_scram_server_start(&srv, &s), 0);
+	assert_int_equal(pf_scram_client_start(&cl, "cafe", NULL, NULL, NULL), 0);
+	assert_int_equal(exchange(&srv, &cl, &step), -EACCES);
+	pf_scram_client_clear(&cl);
+
+	s = parsed(pg_roman);
+	assert_int_equal(pf_scram_server_start(&srv, &s), 0);
+	assert_int_equal(pf_scram_client_start(&cl, "IX", NULL, NULL, NULL), 0);
+	assert_int_equal(exchange(&srv, &cl, &step), 0);
+	pf_scram_client_clear(&cl);
+	pf_scram_server_clear(&srv);
+	/* Cleartext password checked against that secret (auth_type=plain, SCRAM secret). */
+	assert_int_equal(pf_scram_secret_from_password("IX", s.salt, s.salt_len, 4096, &d, NULL),
+	                 0);
+	assert_memory_equal(d.stored_key, s.stored_key, 32);
+	assert_int_equal(pf_scram_secret_from_password("\xe2\x85\xa8\x07", s.salt, s.salt_len, 4096,
+	                                               &d, NULL),
+	                 0);
+	assert_int_equal(
+	        pf_scram_secret_from_password("IX\x07", s.salt, s.salt_len, 4096, &s, NULL), 0);
+	assert_memory_not_equal(d.stored_key, s.stored_key, 32);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -997,6 +1050,7 @@ int main(void)
 	        cmocka_unit_test(test_cache_eviction),
 	        cmocka_unit_test(test_cache_secret_for_password),
 	        cmocka_unit_test(test_cache_client_and_server_logins),
+	        cmocka_unit_test(test_saslprep_equivalent_passwords),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
