@@ -96,6 +96,10 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix);
 void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
                      const char *message);
 
+/* pf_client_close with a DETAIL field (may be NULL) in the ErrorResponse the client is sent. */
+void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
+                            const char *message, const char *detail);
+
 /* Sends the welcome (AuthenticationOk, ParameterStatus…, BackendKeyData, ReadyForQuery). */
 void pf_client_finish_login(pf_client_t *c);
 

@@ -379,7 +379,10 @@ PF_MUSTCHECK int pf_proto_parse_password(const uint8_t *payload, size_t len, con
 /*
  * SASLInitialResponse payload: the mechanism name (a String), an Int32 length and that many
  * bytes filling the rest exactly; a length of -1 means no initial response (*data NULL,
- * *data_len 0). Returns 0 with *mech and *data pointing into payload, or -EBADMSG.
+ * *data_len 0). Returns 0 with *mech and *data pointing into payload; -EBADMSG when there is
+ * no NUL-terminated, non-empty name; -ENODATA when the length is missing or asks for more
+ * bytes than follow (negative ones included); -EMSGSIZE when bytes follow the data. (Postgres
+ * says "insufficient data left in message" and "invalid message format" for the last two.)
  */
 PF_MUSTCHECK int pf_proto_parse_sasl_initial_response(const uint8_t *payload, size_t len,
                                                       const char **mech, const uint8_t **data,

@@ -6,23 +6,22 @@
  * Pure code: no I/O, no sockets, no locks, no globals except one relaxed atomic counter of
  * PBKDF2 runs (for tests and stats). Every function returns 0 or a negative errno:
  *   -EPROTO   a peer sent a malformed SCRAM message (SQLSTATE 08P01 toward a client);
- *   -ENOTSUP  the client asked for channel binding ("p=..." gs2 flag), which we refuse (0A000);
+ *   -ENOTSUP  the client used a SCRAM feature Postgres does not support: an authorization
+ *             identity or a mandatory extension (0A000);
  *   -EACCES   wrong password / failed proof, or the server reported "e=..." (28P01);
  *   -EPERM    (client side) the server's signature is wrong: it does not know the password;
  *   -EINVAL   bad arguments, a malformed stored secret, or a call out of order;
  *   -ENOBUFS  the caller's output buffer is too small;
  *   -ENOMEM   allocation failed; -EIO an OpenSSL primitive failed.
- * After any error a SCRAM state (server or client) is dead: later steps return -EINVAL.
+ * After any error a SCRAM state (server or client) is dead: later steps return -EINVAL. On the
+ * server side pf_scram_server_error() then says what Postgres would answer the client.
  *
- * Passwords and SASLprep: Postgres runs SASLprep (RFC 4013) over the password before PBKDF2 and
- * uses the raw bytes when SASLprep fails (invalid UTF-8, prohibited characters). For ASCII
- * passwords SASLprep is the identity (printable ASCII maps to itself; control characters are
- * prohibited, so Postgres falls back to the raw bytes), so we always hash the raw bytes. This
- * matches Postgres for every ASCII password and for non-ASCII passwords that are already in
- * NFKC form and contain no characters SASLprep maps (e.g. "pässwörd" typed precomposed). It does
- * NOT match for passwords SASLprep would change: decomposed accents, full-width or other
- * compatibility characters, soft hyphens / zero-width characters, non-ASCII spaces. Such users
- * must keep a SCRAM secret (not a plain password) in the auth_file.
+ * Passwords and SASLprep: like Postgres (server and libpq alike), every password goes through
+ * SASLprep (RFC 4013, pf_saslprep: map, NFKC, prohibit, bidi) before PBKDF2, and its raw bytes
+ * are used when SASLprep fails (invalid UTF-8, prohibited characters, bidi violations). So a
+ * plain password in the auth_file, or one pgfunnel logs in to a server with, gives the keys
+ * Postgres derives for it, decomposed accents, full-width letters, soft hyphens and non-ASCII
+ * spaces included. MD5 hashes the raw bytes, as Postgres does.
  */
 #ifndef PGFUNNEL_SCRAM_H
 #define PGFUNNEL_SCRAM_H
@@ -50,12 +49,16 @@
  * Stored secrets (which cost us nothing to use) accept any positive int.
  */
 #define PF_SCRAM_MAX_ITERATIONS 600000
-/* Longest SCRAM message accepted from a peer, and longest client nonce (libpq sends 24). */
+/*
+ * Longest SCRAM message accepted from a peer. A client's nonce may fill it (Postgres sets no
+ * other limit; libpq sends 24 characters).
+ */
 #define PF_SCRAM_MAX_MSG_LEN    1024
-#define PF_SCRAM_MAX_NONCE_LEN  255
 #define PF_SCRAM_RAW_NONCE_LEN  18 /* random bytes behind our nonces: 24 base64 chars */
 #define PF_SCRAM_NONCE_B64_LEN  24
 #define PF_SCRAM_TEST_NONCE_MAX 32 /* longest nonce the test hooks accept */
+/* Room for any server-first-message we send: a client nonce filling a message, ours, salt. */
+#define PF_SCRAM_SERVER_FIRST_MAX (PF_SCRAM_MAX_MSG_LEN + 192)
 /* Room for any formatted secret: prefix, int, two 44-char keys, an 88-char salt, NUL. */
 #define PF_SCRAM_SECRET_MAX_LEN 256
 #define PF_MD5_SECRET_LEN       35 /* "md5" + 32 hex digits; buffers are 36 with the NUL */
@@ -99,10 +102,10 @@ typedef struct {
 
 /*
  * Derives the secret for password with the given salt (1..64 bytes) and iterations (>= 1):
- * SaltedPassword = PBKDF2-HMAC-SHA-256(password, salt, iterations), ClientKey, StoredKey,
- * ServerKey per RFC 5802. Writes ClientKey into client_key_out when it is not NULL (needed for
- * passthrough logins). Always runs PBKDF2; see pf_scram_cache_derive for the cached variant.
- * Returns 0, -EINVAL, -EIO.
+ * SaltedPassword = PBKDF2-HMAC-SHA-256(SASLprep(password), salt, iterations), ClientKey,
+ * StoredKey, ServerKey per RFC 5802 (see above for SASLprep). Writes ClientKey into
+ * client_key_out when it is not NULL (needed for passthrough logins). Always runs PBKDF2; see
+ * pf_scram_cache_derive for the cached variant. Returns 0, -EINVAL, -ENOMEM, -EIO.
  */
 PF_MUSTCHECK int pf_scram_secret_from_password(const char *password, const uint8_t *salt,
                                                size_t salt_len, int iterations,
@@ -152,7 +155,7 @@ void pf_scram_cache_stats(const pf_scram_cache_t *cache, uint64_t *hits, uint64_
 /*
  * pf_scram_secret_from_password through the cache: a hit copies the stored keys and runs no
  * PBKDF2. cache may be NULL (then it is exactly pf_scram_secret_from_password).
- * Returns 0, -EINVAL, -EIO.
+ * Returns 0, -EINVAL, -ENOMEM, -EIO.
  */
 PF_MUSTCHECK int pf_scram_cache_derive(pf_scram_cache_t *cache, const char *password,
                                        const uint8_t *salt, size_t salt_len, int iterations,
@@ -163,7 +166,7 @@ PF_MUSTCHECK int pf_scram_cache_derive(pf_scram_cache_t *cache, const char *pass
  * returns in *out a secret with a random 16-byte salt drawn the first time this
  * (user, password, iterations) is seen and reused afterwards, so only the first login of a user
  * costs a PBKDF2 (until eviction). A changed password yields a new salt. With cache == NULL a
- * fresh salt is drawn every call. Returns 0, -EINVAL, -EIO.
+ * fresh salt is drawn every call. Returns 0, -EINVAL, -ENOMEM, -EIO.
  */
 PF_MUSTCHECK int pf_scram_cache_secret_for_password(pf_scram_cache_t *cache, const char *user,
                                                     const char *password, int iterations,
@@ -175,8 +178,19 @@ uint64_t pf_scram_pbkdf2_count(void);
 /* ---- Server side: pgfunnel authenticates a client ---- */
 
 /*
+ * Why the server side refused a client's message, in the words Postgres uses for the same
+ * message (src/backend/libpq/auth-scram.c): SQLSTATE, message and detail ("" when Postgres
+ * gives none). sqlstate and message point to static strings.
+ */
+typedef struct {
+	const char *sqlstate;
+	const char *message;
+	char detail[160];
+} pf_scram_error_t;
+
+/*
  * Server exchange state. The body is public only so callers can embed or allocate it; its
- * members are private to scram.c. It is about 2 KB: allocate it for the duration of the
+ * members are private to scram.c. It is about 4 KB: allocate it for the duration of the
  * authentication, not for the life of a connection. Holds key material: always end with
  * pf_scram_server_clear. Holds no pointers, owns no heap memory.
  */
@@ -186,14 +200,15 @@ typedef struct {
 	char cbind_flag; /* 'n' or 'y' from the gs2 header */
 	pf_scram_secret_t secret;
 	uint8_t client_key[PF_SCRAM_KEY_LEN]; /* recovered from the proof on success */
-	char nonce[PF_SCRAM_MAX_NONCE_LEN + PF_SCRAM_TEST_NONCE_MAX + 1]; /* client || server */
+	char nonce[PF_SCRAM_MAX_MSG_LEN + PF_SCRAM_TEST_NONCE_MAX + 1]; /* client || server */
 	size_t client_nonce_len;
 	size_t nonce_len;
 	char test_nonce[PF_SCRAM_TEST_NONCE_MAX + 1];
 	char client_first_bare[PF_SCRAM_MAX_MSG_LEN + 1];
 	size_t client_first_bare_len;
-	char server_first[512];
+	char server_first[PF_SCRAM_SERVER_FIRST_MAX];
 	size_t server_first_len;
+	pf_scram_error_t err; /* set when a step fails with -EPROTO or -ENOTSUP */
 } pf_scram_server_t;
 
 /*
@@ -224,13 +239,17 @@ PF_MUSTCHECK int pf_scram_server_set_nonce(pf_scram_server_t *srv, const char *n
 /*
  * Consumes the client-first-message (the SASLInitialResponse data, len bytes, not
  * NUL-terminated; borrowed) and writes the server-first-message
- * "r=<client nonce><server nonce>,s=<salt>,i=<iterations>" into out (outcap bytes, NUL added),
- * its length without the NUL into *outlen.
- * Accepts gs2 flags 'n' and 'y' (we never advertise SCRAM-SHA-256-PLUS, so a 'y' client is
- * right that we do not bind), ignores the user name (Postgres takes it from the startup packet;
- * libpq sends "n="), requires a printable nonce, ignores optional extensions.
- * Returns 0; -ENOTSUP for channel binding ("p=..."); -EPROTO for a malformed message, an
- * authzid ("a=") or a mandatory extension ("m="); -ENOBUFS; -EINVAL out of order; -EIO.
+ * "r=<client nonce><server nonce>,s=<salt>,i=<iterations>" into out (outcap bytes, NUL added;
+ * PF_SCRAM_SERVER_FIRST_MAX always suffices), its length without the NUL into *outlen.
+ * Parses as Postgres' read_client_first_message does, in the same order, so every refusal
+ * is the one Postgres makes: gs2 flags 'n' and 'y' (we never advertise SCRAM-SHA-256-PLUS, so
+ * a 'y' client is right that we do not bind); 'p' (channel binding data with plain
+ * SCRAM-SHA-256) refused; the user name ignored (Postgres takes it from the startup packet;
+ * libpq sends "n="); a nonce of printable characters, possibly empty; optional extensions
+ * syntax-checked and ignored; a trailing comma accepted.
+ * Returns 0; -EPROTO for a malformed message (08P01) or -ENOTSUP for an authzid ("a=") or a
+ * mandatory extension ("m=", 0A000), both with pf_scram_server_error() set; -ENOBUFS; -EINVAL
+ * out of order; -EIO.
  */
 PF_MUSTCHECK int pf_scram_server_first(pf_scram_server_t *srv, const uint8_t *client_first,
                                        size_t len, char *out, size_t outcap, size_t *outlen);
@@ -239,10 +258,13 @@ PF_MUSTCHECK int pf_scram_server_first(pf_scram_server_t *srv, const uint8_t *cl
  * Consumes the client-final-message ("c=<b64 gs2 header>,r=<nonce>[,ext...],p=<proof>"; borrowed,
  * not NUL-terminated) and, when the proof is right, writes the server-final-message
  * "v=<ServerSignature>" into out (NUL added) and its length into *outlen.
- * c= must be the base64 of the gs2 header used in client-first ("biws" for "n,,", "eSws" for
- * "y,,"), r= the combined nonce, p= last. The proof is checked in constant time.
- * Returns 0; -EACCES wrong password (or mock mode); -EPROTO malformed / wrong c= / wrong nonce;
- * -ENOBUFS; -EINVAL out of order; -EIO.
+ * Checks in Postgres' order (read_client_final_message, then the nonce, then the proof): c=
+ * must be the base64 of the gs2 header used in client-first ("biws" for "n,,", "eSws" for
+ * "y,,"), then r=, extensions ignored, p= last (its base64 read as Postgres' decoder reads it;
+ * one trailing comma allowed), then the combined nonce, then the proof in constant time.
+ * Returns 0; -EACCES wrong password (or mock mode; 28P01, nothing set); -EPROTO malformed /
+ * wrong c= / wrong nonce, with pf_scram_server_error() set; -ENOBUFS; -EINVAL out of order;
+ * -EIO.
  */
 PF_MUSTCHECK int pf_scram_server_final(pf_scram_server_t *srv, const uint8_t *client_final,
                                        size_t len, char *out, size_t outcap, size_t *outlen);
@@ -254,6 +276,13 @@ PF_MUSTCHECK int pf_scram_server_final(pf_scram_server_t *srv, const uint8_t *cl
  * not succeed.
  */
 PF_MUSTCHECK int pf_scram_server_client_key(const pf_scram_server_t *srv, uint8_t out[32]);
+
+/*
+ * After pf_scram_server_first or pf_scram_server_final failed with -EPROTO or -ENOTSUP: the
+ * SQLSTATE, message and detail Postgres sends for that message (borrowed from srv; valid until
+ * the next start or clear). Otherwise, an error with a NULL sqlstate.
+ */
+const pf_scram_error_t *pf_scram_server_error(const pf_scram_server_t *srv);
 
 /* True once pf_scram_server_final has succeeded. */
 bool pf_scram_server_is_done(const pf_scram_server_t *srv);

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "pgfunnel/saslprep.h"
 #include "pgfunnel/scram.h"
 
 enum {
@@ -43,7 +45,7 @@ enum {
 
 #define SECRET_PREFIX     "SCRAM-SHA-256$"
 #define SECRET_PREFIX_LEN (sizeof(SECRET_PREFIX) - 1)
-#define AUTH_MSG_CAP      (3 * PF_SCRAM_MAX_MSG_LEN + 16)
+#define AUTH_MSG_CAP      (2 * PF_SCRAM_MAX_MSG_LEN + PF_SCRAM_SERVER_FIRST_MAX + 16)
 
 static _Atomic uint64_t pbkdf2_runs;
 
@@ -154,24 +156,34 @@ static int hmac(const uint8_t *key, size_t keylen, const void *data, size_t n,
 }
 
 /*
- * SCRAM password preparation. Postgres applies SASLprep and falls back to the raw bytes when
- * SASLprep fails; for ASCII input both give the raw bytes (see the header for non-ASCII).
- * So the prepared password is the password itself.
+ * The one place where a password becomes SCRAM keys. Like Postgres (pg_be_scram_build_secret,
+ * scram_verify_plain_password, and libpq's scram_init), the password goes through SASLprep
+ * first, and its raw bytes are used when SASLprep fails (invalid UTF-8, prohibited
+ * characters, bidi violations): pf_saslprep returns them in that case.
  */
 static int derive_keys(const char *password, const uint8_t *salt, size_t salt_len, int iterations,
                        uint8_t client_key[PF_SCRAM_KEY_LEN], uint8_t stored_key[PF_SCRAM_KEY_LEN],
                        uint8_t server_key[PF_SCRAM_KEY_LEN])
 {
 	uint8_t salted[PF_SCRAM_KEY_LEN];
-	int rc = 0;
-	size_t pwlen = strlen(password);
+	char *prepared = NULL;
+	size_t pwlen;
+	int rc;
 
-	if (pwlen > INT_MAX)
+	rc = pf_saslprep(password, &prepared);
+	if (rc < 0)
+		return rc;
+	rc = 0;
+	pwlen = strlen(prepared);
+	if (pwlen > INT_MAX) {
+		pf_saslprep_free(prepared);
 		return -EINVAL;
+	}
 	atomic_fetch_add_explicit(&pbkdf2_runs, 1, memory_order_relaxed);
-	if (!PKCS5_PBKDF2_HMAC(password, (int)pwlen, salt, (int)salt_len, iterations, EVP_sha256(),
+	if (!PKCS5_PBKDF2_HMAC(prepared, (int)pwlen, salt, (int)salt_len, iterations, EVP_sha256(),
 	                       PF_SCRAM_KEY_LEN, salted))
 		rc = -EIO;
+	pf_saslprep_free(prepared);
 	if (rc == 0)
 		rc = hmac(salted, sizeof(salted), "Client Key", 10, client_key);
 	if (rc == 0)
@@ -778,44 +790,202 @@ int pf_scram_server_set_nonce(pf_scram_server_t *srv, const char *nonce)
 	return 0;
 }
 
-static int server_parse_first(pf_scram_server_t *srv, const char *m, size_t len)
+/*
+ * ---- reading a client's messages as Postgres does ----
+ *
+ * Postgres reads the client's SCRAM messages (src/backend/libpq/auth-scram.c) as C strings,
+ * field by field, and stops at the first thing it dislikes with an error of its own; a
+ * drop-in must stop at the same place with the same words. So the server side works on a
+ * NUL-terminated copy of the message (check_msg keeps NULs out) with a cursor, in
+ * Postgres' order, and each refusal records its SQLSTATE, message and detail in srv->err.
+ */
+
+#define MALFORMED "malformed SCRAM message"
+
+static int refuse(pf_scram_server_t *srv, int rc, const char *sqlstate, const char *message,
+                  const char *detail_fmt, ...) PF_PRINTF(5, 6);
+
+static int refuse(pf_scram_server_t *srv, int rc, const char *sqlstate, const char *message,
+                  const char *detail_fmt, ...)
 {
-	const char *bare;
-	attr_cursor_t cur;
-	attr_t a;
+	srv->err.sqlstate = sqlstate;
+	srv->err.message = message;
+	srv->err.detail[0] = '\0';
+	if (detail_fmt) {
+		va_list ap;
+
+		va_start(ap, detail_fmt);
+		vsnprintf(srv->err.detail, sizeof(srv->err.detail), detail_fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+/* Postgres' sanitize_char: 'c' for printable ASCII, else 0xNN (0x00 for the end). */
+static const char *char_text(char c, char buf[8])
+{
+	if (c >= 0x21 && c <= 0x7e)
+		snprintf(buf, 8, "'%c'", c);
+	else
+		snprintf(buf, 8, "0x%02x", (unsigned char)c);
+	return buf;
+}
+
+/* Postgres' read_attr_value: "<attr>=<value>" up to a comma or the end; skips the comma. */
+static int read_attr(pf_scram_server_t *srv, const char **cur, char attr, const char **val,
+                     size_t *len)
+{
+	const char *p = *cur;
+	char cb[8];
+
+	if (*p != attr)
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Expected attribute \"%c\" but found \"%s\".", attr,
+		              char_text(*p, cb));
+	if (p[1] != '=')
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Expected character \"=\" for attribute \"%c\".", attr);
+	*val = p + 2;
+	*len = strcspn(*val, ",");
+	*cur = *val + *len + ((*val)[*len] == ',');
+	return 0;
+}
+
+/* Postgres' read_any_attr: any "ALPHA=<value>" (an extension, or the proof). */
+static int read_any_attr(pf_scram_server_t *srv, const char **cur, char *attr, const char **val,
+                         size_t *len)
+{
+	const char *p = *cur;
+	char cb[8];
+
+	if (*p == '\0')
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Attribute expected, but found end of string.");
+	if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z')))
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Attribute expected, but found invalid character \"%s\".",
+		              char_text(*p, cb));
+	*attr = *p;
+	if (p[1] != '=')
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Expected character \"=\" for attribute \"%c\".", *p);
+	*val = p + 2;
+	*len = strcspn(*val, ",");
+	*cur = *val + *len + ((*val)[*len] == ',');
+	return 0;
+}
+
+/* Postgres' scram_exchange checks the length it was given against the string's. */
+static int check_msg(pf_scram_server_t *srv, const uint8_t *msg, size_t len)
+{
+	if (!msg || len == 0)
+		return refuse(srv, -EPROTO, "08P01", MALFORMED, "The message is empty.");
+	if (memchr(msg, '\0', len))
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Message length does not match input length.");
+	/* Postgres refuses longer messages before reading them (28P01); client.c does that. */
+	if (len > PF_SCRAM_MAX_MSG_LEN)
+		return refuse(srv, -EPROTO, "08P01", MALFORMED, NULL);
+	return 0;
+}
+
+/*
+ * Decodes base64 with exactly the leniency of Postgres' pg_b64_decode (src/common/base64.c),
+ * which reads the proof: groups of 4; '=' allowed as 3rd or 4th character, after which every
+ * later group yields as few bytes as the first padded one did; no whitespace; nothing left
+ * over. Returns the decoded length if it is at most outcap bytes, else -1 (as for bad input).
+ */
+static long b64_decode_pg(const char *in, size_t n, uint8_t *out, size_t outcap)
+{
+	uint32_t acc = 0;
+	int pos = 0, end = 0;
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		int v = 0;
+
+		if (in[i] == '=') {
+			if (!end) {
+				if (pos != 2 && pos != 3)
+					return -1;
+				end = pos == 2 ? 1 : 2;
+			}
+		} else if ((v = b64_val((unsigned char)in[i])) < 0) {
+			return -1;
+		}
+		acc = acc << 6 | (uint32_t)v;
+		if (++pos < 4)
+			continue;
+		for (int k = 0; k < 3 - (end ? 3 - end : 0); k++) {
+			if (o >= outcap)
+				return -1;
+			out[o++] = (uint8_t)(acc >> (16 - 8 * k));
+		}
+		acc = 0;
+		pos = 0;
+	}
+	return pos == 0 ? (long)o : -1;
+}
+
+/* read_client_first_message, Postgres' order and words. msg is NUL-terminated. */
+static int server_parse_first(pf_scram_server_t *srv, const char *msg)
+{
+	const char *p = msg, *val;
+	size_t len;
+	char attr, cb[8];
 	int rc;
 
-	/*
-	 * gs2-header = gs2-cbind-flag "," [authzid] ",". 'p' (channel binding required) is
-	 * refused at once, as Postgres does, rather than after a doomed exchange.
-	 */
-	if (m[0] == 'p')
-		return -ENOTSUP;
-	if (len < 3 || (m[0] != 'n' && m[0] != 'y') || m[1] != ',')
-		return -EPROTO;
-	if (m[2] != ',')
-		return -EPROTO; /* an authzid ("a=...") or garbage: Postgres supports neither */
-	srv->cbind_flag = m[0];
-	bare = m + 3;
-	srv->client_first_bare_len = len - 3;
-	memcpy(srv->client_first_bare, bare, srv->client_first_bare_len);
-	srv->client_first_bare[srv->client_first_bare_len] = '\0';
-
-	cur = (attr_cursor_t){bare, m + len, false};
-	if ((rc = attr_next(&cur, &a)) != 0)
-		return rc;
-	if (a.name != 'n')
-		return -EPROTO; /* includes "m=" (mandatory extension): none supported */
+	/* gs2-cbind-flag: 'n' (no channel binding), 'y' (client could bind, thinks we cannot). */
+	switch (*p) {
+	case 'n':
+	case 'y':
+		/*
+		 * Postgres refuses 'y' (28000) when it offered SCRAM-SHA-256-PLUS, i.e. over TLS;
+		 * pgfunnel's client side has no TLS, so 'y' is what a binding-capable client sends.
+		 */
+		srv->cbind_flag = *p++;
+		if (*p != ',')
+			return refuse(srv, -EPROTO, "08P01", MALFORMED,
+			              "Comma expected, but found character \"%s\".",
+			              char_text(*p, cb));
+		p++;
+		break;
+	case 'p':
+		/* Binding data, but the mechanism chosen was plain SCRAM-SHA-256 (with or without
+		 * TLS): Postgres refuses it at once, before the binding type. */
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "The client selected SCRAM-SHA-256 without channel binding, but the "
+		              "SCRAM message includes channel binding data.");
+	default:
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Unexpected channel-binding flag \"%s\".", char_text(*p, cb));
+	}
+	if (*p == 'a')
+		return refuse(srv, -ENOTSUP, "0A000",
+		              "client uses authorization identity, but it is not supported", NULL);
+	if (*p != ',')
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Unexpected attribute \"%s\" in client-first-message.",
+		              char_text(*p, cb));
+	p++;
+	srv->client_first_bare_len = strlen(p);
+	memcpy(srv->client_first_bare, p, srv->client_first_bare_len + 1);
+	if (*p == 'm')
+		return refuse(srv, -ENOTSUP, "0A000",
+		              "client requires an unsupported SCRAM extension", NULL);
 	/* The user name is ignored: Postgres uses the one from the startup packet. */
-	if ((rc = attr_expect(&cur, 'r', &a)) != 0)
+	if ((rc = read_attr(srv, &p, 'n', &val, &len)) != 0)
 		return rc;
-	if (a.len < 1 || a.len > PF_SCRAM_MAX_NONCE_LEN || !is_printable(a.val, a.len))
-		return -EPROTO;
-	memcpy(srv->nonce, a.val, a.len);
-	srv->client_nonce_len = a.len;
+	if ((rc = read_attr(srv, &p, 'r', &val, &len)) != 0)
+		return rc;
+	if (!is_printable(val, len)) /* an empty nonce passes, as in Postgres */
+		return refuse(srv, -EPROTO, "08P01", "non-printable characters in SCRAM nonce",
+		              NULL);
+	memcpy(srv->nonce, val, len);
+	srv->client_nonce_len = len;
 	/* Optional extensions: syntax-checked, ignored. */
-	while (!cur.done) {
-		if ((rc = attr_next(&cur, &a)) != 0)
+	while (*p != '\0') {
+		if ((rc = read_any_attr(srv, &p, &attr, &val, &len)) != 0)
 			return rc;
 	}
 	return 0;
@@ -824,18 +994,20 @@ static int server_parse_first(pf_scram_server_t *srv, const char *m, size_t len)
 int pf_scram_server_first(pf_scram_server_t *srv, const uint8_t *client_first, size_t len,
                           char *out, size_t outcap, size_t *outlen)
 {
+	char msg[PF_SCRAM_MAX_MSG_LEN + 1];
 	char snonce[PF_SCRAM_TEST_NONCE_MAX + 1];
 	char salt[b64_enc_len(PF_SCRAM_MAX_SALT_LEN) + 1];
+	pf_scram_error_t err;
 	size_t sn;
 	int n, rc;
 
 	if (!srv || srv->state != ST_START)
 		return -EINVAL;
-	if (!is_valid_msg(client_first, len)) {
-		rc = -EPROTO;
+	if ((rc = check_msg(srv, client_first, len)) != 0)
 		goto fail;
-	}
-	rc = server_parse_first(srv, (const char *)client_first, len);
+	memcpy(msg, client_first, len);
+	msg[len] = '\0';
+	rc = server_parse_first(srv, msg);
 	if (rc != 0)
 		goto fail;
 	if (srv->test_nonce[0] != '\0')
@@ -860,63 +1032,85 @@ int pf_scram_server_first(pf_scram_server_t *srv, const uint8_t *client_first, s
 	srv->state = ST_FIRST;
 	return 0;
 fail:
+	err = srv->err;
 	pf_scram_server_clear(srv);
 	srv->state = ST_DEAD;
+	srv->err = err;
 	return rc;
+}
+
+/*
+ * read_client_final_message, Postgres' order and words. msg is NUL-terminated. Sets
+ * *wo_len (client-final-message-without-proof: up to the comma before "p="), *nonce and *nonce_len
+ * (r=, checked by the caller after this, as Postgres does) and the decoded proof.
+ */
+static int server_parse_final(pf_scram_server_t *srv, const char *msg, size_t *wo_len,
+                              const char **nonce, size_t *nonce_len,
+                              uint8_t proof[PF_SCRAM_KEY_LEN])
+{
+	const char *p = msg, *val, *field;
+	size_t len;
+	char attr;
+	int rc;
+
+	if ((rc = read_attr(srv, &p, 'c', &val, &len)) != 0)
+		return rc;
+	/* Without binding, c= is base64 of the header sent before: "n,," or "y,,". */
+	if (!(len == 4 && memcmp(val, srv->cbind_flag == 'y' ? "eSws" : "biws", 4) == 0))
+		return refuse(srv, -EPROTO, "08P01",
+		              "unexpected SCRAM channel-binding attribute in client-final-message",
+		              NULL);
+	if ((rc = read_attr(srv, &p, 'r', nonce, nonce_len)) != 0)
+		return rc;
+	/* Extensions are skipped until the proof. */
+	do {
+		field = p;
+		if ((rc = read_any_attr(srv, &p, &attr, &val, &len)) != 0)
+			return rc;
+	} while (attr != 'p');
+	if (b64_decode_pg(val, len, proof, PF_SCRAM_KEY_LEN) != PF_SCRAM_KEY_LEN)
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Malformed proof in client-final-message.");
+	if (*p != '\0')
+		return refuse(srv, -EPROTO, "08P01", MALFORMED,
+		              "Garbage found at the end of client-final-message.");
+	*wo_len = (size_t)(field - 1 - msg);
+	return 0;
 }
 
 int pf_scram_server_final(pf_scram_server_t *srv, const uint8_t *client_final, size_t len,
                           char *out, size_t outcap, size_t *outlen)
 {
-	const char *m = (const char *)client_final;
-	const char *expected_c = NULL;
+	char msg[PF_SCRAM_MAX_MSG_LEN + 1];
 	char authmsg[AUTH_MSG_CAP];
-	uint8_t proof[PF_SCRAM_KEY_LEN + 3];
+	uint8_t proof[PF_SCRAM_KEY_LEN];
 	uint8_t sig[PF_SCRAM_KEY_LEN];
 	uint8_t client_key[PF_SCRAM_KEY_LEN];
 	uint8_t check[PF_SCRAM_KEY_LEN];
 	char reply[2 + b64_enc_len(PF_SCRAM_KEY_LEN) + 1];
-	attr_cursor_t cur;
-	attr_t a;
-	size_t wo_len, am_len;
+	pf_scram_error_t err;
+	const char *nonce = NULL;
+	size_t wo_len = 0, nonce_len = 0, am_len;
 	bool ok;
 	int rc;
 
 	if (!srv || srv->state != ST_FIRST)
 		return -EINVAL;
-	if (!is_valid_msg(client_final, len)) {
-		rc = -EPROTO;
+	if ((rc = check_msg(srv, client_final, len)) != 0)
+		goto fail;
+	memcpy(msg, client_final, len);
+	msg[len] = '\0';
+	rc = server_parse_final(srv, msg, &wo_len, &nonce, &nonce_len, proof);
+	if (rc != 0)
+		goto fail;
+	if (nonce_len != srv->nonce_len || memcmp(nonce, srv->nonce, nonce_len) != 0) {
+		rc = refuse(srv, -EPROTO, "08P01", "invalid SCRAM response",
+		            "Nonce does not match.");
 		goto fail;
 	}
-	cur = (attr_cursor_t){m, m + len, false};
-
-	/* c= is base64 of the gs2 header; without channel binding data that is "n,," or "y,,". */
-	expected_c = srv->cbind_flag == 'y' ? "eSws" : "biws";
-	if ((rc = attr_expect(&cur, 'c', &a)) != 0)
-		goto fail;
-	if (a.len != 4 || memcmp(a.val, expected_c, 4) != 0) {
-		rc = -EPROTO;
-		goto fail;
-	}
-	if ((rc = attr_expect(&cur, 'r', &a)) != 0)
-		goto fail;
-	if (a.len != srv->nonce_len || memcmp(a.val, srv->nonce, a.len) != 0) {
-		rc = -EPROTO;
-		goto fail;
-	}
-	/* Optional extensions are ignored; the proof must be the last attribute. */
-	do {
-		if ((rc = attr_next(&cur, &a)) != 0)
-			goto fail;
-	} while (a.name != 'p');
-	if (!cur.done || b64_decode(a.val, a.len, proof, sizeof(proof)) != PF_SCRAM_KEY_LEN) {
-		rc = -EPROTO;
-		goto fail;
-	}
-	wo_len = (size_t)(a.start - 1 - m); /* up to, not including, ",p=" */
 
 	am_len = auth_message(authmsg, srv->client_first_bare, srv->client_first_bare_len,
-	                      srv->server_first, srv->server_first_len, m, wo_len);
+	                      srv->server_first, srv->server_first_len, msg, wo_len);
 	rc = hmac(srv->secret.stored_key, PF_SCRAM_KEY_LEN, authmsg, am_len, sig);
 	if (rc != 0)
 		goto fail;
@@ -942,15 +1136,25 @@ int pf_scram_server_final(pf_scram_server_t *srv, const uint8_t *client_final, s
 	srv->state = ST_DONE;
 	goto out;
 fail:
+	err = srv->err;
 	pf_scram_server_clear(srv);
 	srv->state = ST_DEAD;
+	srv->err = err;
 out:
+	OPENSSL_cleanse(msg, sizeof(msg));
 	OPENSSL_cleanse(authmsg, sizeof(authmsg));
 	OPENSSL_cleanse(proof, sizeof(proof));
 	OPENSSL_cleanse(sig, sizeof(sig));
 	OPENSSL_cleanse(client_key, sizeof(client_key));
 	OPENSSL_cleanse(check, sizeof(check));
 	return rc;
+}
+
+const pf_scram_error_t *pf_scram_server_error(const pf_scram_server_t *srv)
+{
+	static const pf_scram_error_t none = {NULL, NULL, ""};
+
+	return srv && srv->err.sqlstate ? &srv->err : &none;
 }
 
 int pf_scram_server_client_key(const pf_scram_server_t *srv, uint8_t out[32])

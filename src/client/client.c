@@ -39,6 +39,7 @@ enum auth_step {
 	AUTH_PLAIN,       /* waiting for a PasswordMessage with a cleartext password */
 	AUTH_MD5,         /* waiting for a PasswordMessage with an md5 response */
 	AUTH_SCRAM_FIRST, /* waiting for SASLInitialResponse */
+	AUTH_SCRAM_LATE,  /* waiting for a SASLResponse with client-first (no initial response) */
 	AUTH_SCRAM_FINAL, /* waiting for SASLResponse */
 	AUTH_DONE,
 };
@@ -165,6 +166,12 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
 void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
                      const char *message)
 {
+	pf_client_close_detail(c, reason, sqlstate, message, NULL);
+}
+
+void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
+                            const char *message, const char *detail)
+{
 	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_server_t *s = pf_client_server(c);
 	const char *state = sqlstate ? sqlstate : close_table[reason].sqlstate;
@@ -174,7 +181,7 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 		return;
 	w->client_closes[reason]++;
 	if (state && text)
-		send_error(c, "FATAL", state, text, NULL);
+		send_error(c, "FATAL", state, text, detail);
 	if (reason == PF_CLOSE_CLIENT_EXIT || reason == PF_CLOSE_CLIENT_EOF ||
 	    reason == PF_CLOSE_CLIENT_CANCEL_DONE) {
 		if (w->cfg->log_disconnections && c->pc.state != PF_CL_LOGIN)
@@ -182,7 +189,9 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 			            (long long)((pf_worker_now(w) - c->conn.connect_time) /
 			                        PF_USEC_PER_SEC));
 	} else if (w->cfg->log_pooler_errors || !state) {
-		pf_log_info(c, "closing because: %s", message ? message : close_table[reason].log);
+		pf_log_info(c, "closing because: %s%s%s",
+		            message ? message : close_table[reason].log, detail ? ": " : "",
+		            detail ? detail : "");
 	}
 	if (s) {
 		/* What it sent before leaving still goes out; then the server stays useful only if
@@ -551,14 +560,32 @@ static bool plain_password_ok(pf_client_t *c, const char *password)
 static bool auth_message_is_whole(pf_client_t *c, const pf_proto_hdr_t *hdr, size_t avail,
                                   pf_pkt_action_t *action)
 {
+	bool sasl = c->auth_step == AUTH_SCRAM_FIRST || c->auth_step == AUTH_SCRAM_LATE ||
+	            c->auth_step == AUTH_SCRAM_FINAL;
+	char msg[64];
+
 	if (hdr->type != PF_PROTO_FE_PASSWORD_MESSAGE) {
 		if (hdr->type == PF_PROTO_FE_TERMINATE) {
 			pf_client_close(c, PF_CLOSE_CLIENT_EXIT, NULL, NULL);
 			*action = PF_PKT_STOP;
 			return false;
 		}
+		/* Postgres' words in a SASL exchange (auth-sasl.c, CheckSASLAuth). */
+		if (sasl)
+			snprintf(msg, sizeof(msg), "expected SASL response, got message type %d",
+			         hdr->type);
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-		                "expected a password message during authentication");
+		                sasl ? msg : "expected a password message during authentication");
+		*action = PF_PKT_STOP;
+		return false;
+	}
+	/*
+	 * Postgres reads a SASL message with a limit of PF_SCRAM_MAX_MSG_LEN bytes, its length word
+	 * included (PG_MAX_SASL_MESSAGE_LENGTH), and a longer one ends the exchange as a failed
+	 * one: "password authentication failed" (28P01), before any byte of it is read.
+	 */
+	if (sasl && hdr->len > PF_SCRAM_MAX_MSG_LEN) {
+		auth_failed(c);
 		*action = PF_PKT_STOP;
 		return false;
 	}
@@ -612,34 +639,30 @@ static pf_pkt_action_t auth_password(pf_client_t *c, const uint8_t *payload, siz
 	return PF_PKT_CONSUMED;
 }
 
-/* AUTH_SCRAM_FIRST: the SASLInitialResponse (mechanism and client-first-message). */
-static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t *payload,
-                                                  size_t plen)
+/* Closes c with the error the SCRAM module recorded for the message it refused. */
+static void scram_refused(pf_client_t *c)
 {
-	const char *mech;
-	const uint8_t *data;
-	size_t dlen;
-	char out[PF_SCRAM_MAX_MSG_LEN];
+	const pf_scram_error_t *e = pf_scram_server_error(c->scram);
+
+	pf_client_close_detail(c, PF_CLOSE_CLIENT_PROTOCOL, e->sqlstate ? e->sqlstate : "08P01",
+	                       e->message ? e->message : "malformed SCRAM message",
+	                       e->detail[0] ? e->detail : NULL);
+}
+
+/* Feeds client-first to the SCRAM state and sends AuthenticationSASLContinue. */
+static pf_pkt_action_t scram_client_first(pf_client_t *c, const uint8_t *data, size_t dlen)
+{
+	char out[PF_SCRAM_SERVER_FIRST_MAX];
 	size_t outlen;
 	pf_buf_t b;
 	int rc;
 
-	assert(c->auth_step == AUTH_SCRAM_FIRST && c->scram);
-	if (pf_proto_parse_sasl_initial_response(payload, plen, &mech, &data, &dlen) < 0 || !data) {
-		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-		                "malformed SASLInitialResponse");
-		return PF_PKT_STOP;
-	}
-	if (strcmp(mech, PF_SCRAM_MECHANISM) != 0) {
-		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-		                "client selected an invalid SASL authentication mechanism");
-		return PF_PKT_STOP;
-	}
 	rc = pf_scram_server_first(c->scram, data, dlen, out, sizeof(out), &outlen);
 	if (rc < 0) {
-		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
-		                rc == -ENOTSUP ? "channel binding is not supported without TLS"
-		                               : "malformed SCRAM message");
+		if (rc == -EPROTO || rc == -ENOTSUP)
+			scram_refused(c);
+		else
+			pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "SCRAM exchange failed");
 		return PF_PKT_STOP;
 	}
 	assert(outlen <= sizeof(out));
@@ -648,6 +671,49 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
 	c->auth_step = AUTH_SCRAM_FINAL;
+	return PF_PKT_CONSUMED;
+}
+
+/*
+ * AUTH_SCRAM_FIRST: the SASLInitialResponse (mechanism and client-first-message). Read in the
+ * order Postgres reads it (CheckSASLAuth with pqformat.c's readers), so each framing fault gets
+ * Postgres' error: the mechanism name, which must be SCRAM-SHA-256 (we never offer -PLUS
+ * without TLS), before the length; a length of -1 means no initial response, answered with an
+ * empty AuthenticationSASLContinue, after which a SASLResponse carries client-first.
+ */
+static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t *payload,
+                                                  size_t plen)
+{
+	const char *mech;
+	const uint8_t *data;
+	size_t dlen;
+	pf_buf_t b;
+	int rc;
+
+	assert(c->auth_step == AUTH_SCRAM_FIRST && c->scram);
+	if (!memchr(payload, '\0', plen)) {
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "invalid string in message");
+		return PF_PKT_STOP;
+	}
+	if (strcmp((const char *)payload, PF_SCRAM_MECHANISM) != 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+		                "client selected an invalid SASL authentication mechanism");
+		return PF_PKT_STOP;
+	}
+	rc = pf_proto_parse_sasl_initial_response(payload, plen, &mech, &data, &dlen);
+	if (rc < 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
+		                rc == -ENODATA ? "insufficient data left in message"
+		                               : "invalid message format");
+		return PF_PKT_STOP;
+	}
+	if (data)
+		return scram_client_first(c, data, dlen);
+	pf_buf_init(&b);
+	pf_proto_be_auth_sasl_continue(&b, "", 0);
+	pf_conn_send_buf(&c->conn, &b);
+	pf_buf_free(&b);
+	c->auth_step = AUTH_SCRAM_LATE;
 	return PF_PKT_CONSUMED;
 }
 
@@ -679,8 +745,12 @@ static pf_pkt_action_t auth_sasl_response(pf_client_t *c, const uint8_t *payload
 		auth_failed(c);
 		return PF_PKT_STOP;
 	}
+	if (rc == -EPROTO || rc == -ENOTSUP) {
+		scram_refused(c);
+		return PF_PKT_STOP;
+	}
 	if (rc < 0) {
-		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "malformed SCRAM message");
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "SCRAM exchange failed");
 		return PF_PKT_STOP;
 	}
 	assert(outlen <= sizeof(out));
@@ -718,6 +788,8 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 		return auth_password(c, payload, plen);
 	case AUTH_SCRAM_FIRST:
 		return auth_sasl_initial_response(c, payload, plen);
+	case AUTH_SCRAM_LATE:
+		return scram_client_first(c, payload, plen);
 	case AUTH_SCRAM_FINAL:
 		return auth_sasl_response(c, payload, plen);
 	default:

@@ -711,16 +711,19 @@ int pf_proto_parse_sasl_initial_response(const uint8_t *payload, size_t len, con
 		return -EBADMSG;
 	rest = len - (size_t)(nul + 1 - payload);
 	if (rest < 4)
-		return -EBADMSG;
+		return -ENODATA;
 	n = (uint32_t)nul[1] << 24 | (uint32_t)nul[2] << 16 | (uint32_t)nul[3] << 8 | nul[4];
 	if (n == UINT32_MAX) {
 		if (rest != 4)
-			return -EBADMSG;
+			return -EMSGSIZE;
 		*data = NULL;
 		*data_len = 0;
 	} else {
-		if (n != rest - 4)
-			return -EBADMSG;
+		/* Any other negative Int32 reads as more bytes than there are. */
+		if (n > rest - 4)
+			return -ENODATA;
+		if (n < rest - 4)
+			return -EMSGSIZE;
 		*data = nul + 5;
 		*data_len = n;
 	}

@@ -3,7 +3,7 @@
  * libFuzzer target for the SCRAM/MD5 parsers. The first byte picks a mode, the next two give
  * where the rest splits into two peer messages:
  *   0: server side (fixed secret, fixed server nonce): part 1 as client-first, part 2 as
- *      client-final;
+ *      client-final; every -EPROTO/-ENOTSUP comes with Postgres' error text;
  *   1: client side with passthrough keys (fixed client nonce): part 1 as server-first, part 2
  *      as server-final;
  *   2: the same with a password (PBKDF2 through a cache; iteration counts of 5+ digits are
@@ -12,6 +12,7 @@
  * Fixed nonces let the fuzzer reach the proof checks. No crash, no leak, no sanitizer report.
  */
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -46,21 +47,27 @@ static void fuzz_server(const uint8_t *a, size_t an, const uint8_t *b, size_t bn
 	pf_scram_secret_t s;
 	pf_scram_server_t srv;
 	uint8_t ck[32];
-	char out[PF_SCRAM_MAX_MSG_LEN];
+	char out[PF_SCRAM_SERVER_FIRST_MAX];
 	size_t n;
+	int rc;
 
 	if (pf_scram_secret_parse(secret_text, &s) != 0)
 		abort();
 	if (pf_scram_server_start(&srv, &s) != 0 || pf_scram_server_set_nonce(&srv, "SNONCE") != 0)
 		abort();
-	if (pf_scram_server_first(&srv, a, an, out, sizeof(out), &n) == 0) {
+	rc = pf_scram_server_first(&srv, a, an, out, sizeof(out), &n);
+	if (rc == 0) {
 		if (n != strlen(out))
 			abort();
-		if (pf_scram_server_final(&srv, b, bn, out, sizeof(out), &n) == 0) {
-			if (pf_scram_server_client_key(&srv, ck) != 0)
-				abort();
-		}
+		rc = pf_scram_server_final(&srv, b, bn, out, sizeof(out), &n);
+		if (rc == 0 && pf_scram_server_client_key(&srv, ck) != 0)
+			abort();
 	}
+	/* A refusal always says what to tell the client, in Postgres' words; nothing else does. */
+	if ((rc == -EPROTO || rc == -ENOTSUP) != (pf_scram_server_error(&srv)->sqlstate != NULL))
+		abort();
+	if (pf_scram_server_error(&srv)->sqlstate && !pf_scram_server_error(&srv)->message)
+		abort();
 	pf_scram_server_clear(&srv);
 }
 

@@ -23,7 +23,7 @@ if [ ! -f "$builddir/build.ninja" ]; then
 fi
 # One per parser of bytes a peer (client, server, scraper) or a config file controls; keep in
 # step with the list in tests/meson.build.
-targets="startup header scram config authfile server_msg metrics admin client_auth names prepared"
+targets="startup header scram config authfile server_msg metrics admin client_auth names prepared saslprep"
 ninja -C "$builddir" $(for t in $targets; do printf 'tests/fuzz_%s ' "$t"; done)
 
 work=$(mktemp -d)

@@ -1137,16 +1137,16 @@ static void test_parse_password_and_sasl_initial_response(void **state)
 	                 0);
 	assert_null(data);
 	assert_int_equal(dlen, 0);
-	/* Lengths that do not add up, a missing length, no name, no NUL, a huge length. */
+	/* Lengths that do not add up, a missing length, no name, no NUL, negative lengths. */
 	assert_int_equal(pf_proto_parse_sasl_initial_response(LIT("SCRAM-SHA-256\0\0\0\0\4abc"),
 	                                                      &mech, &data, &dlen),
-	                 -EBADMSG);
+	                 -ENODATA);
 	assert_int_equal(pf_proto_parse_sasl_initial_response(LIT("SCRAM-SHA-256\0\0\0\0\2abc"),
 	                                                      &mech, &data, &dlen),
-	                 -EBADMSG);
+	                 -EMSGSIZE);
 	assert_int_equal(pf_proto_parse_sasl_initial_response(LIT("SCRAM-SHA-256\0\0\0"), &mech,
 	                                                      &data, &dlen),
-	                 -EBADMSG);
+	                 -ENODATA);
 	assert_int_equal(
 	        pf_proto_parse_sasl_initial_response(LIT("\0\0\0\0\0"), &mech, &data, &dlen),
 	        -EBADMSG);
@@ -1155,10 +1155,10 @@ static void test_parse_password_and_sasl_initial_response(void **state)
 	        -EBADMSG);
 	assert_int_equal(pf_proto_parse_sasl_initial_response(
 	                         LIT("SCRAM-SHA-256\0\377\377\377\376x"), &mech, &data, &dlen),
-	                 -EBADMSG);
+	                 -ENODATA);
 	assert_int_equal(pf_proto_parse_sasl_initial_response(
 	                         LIT("SCRAM-SHA-256\0\377\377\377\377x"), &mech, &data, &dlen),
-	                 -EBADMSG);
+	                 -EMSGSIZE);
 }
 
 static void test_parse_ready_for_query(void **state)

@@ -341,85 +341,143 @@ static void rfc_server_first(pf_scram_server_t *srv, const char *cfirst, char *s
 	assert_int_equal(pf_scram_server_first(srv, M(cfirst), sfirst, 512, &n), 0);
 }
 
-static int rfc_server_final(const char *cfinal)
+/*
+ * What Postgres 15 answers each client-final-message (tests/integration/test_scram_errors.py
+ * replays them against a real server): checks the result and pf_scram_server_error().
+ */
+static void final_refused(const char *cfinal, size_t len, int rc, const char *sqlstate,
+                          const char *message, const char *detail)
 {
 	pf_scram_server_t srv;
 	char sfirst[512], out[256];
+	const pf_scram_error_t *e;
 	size_t n;
-	int rc;
 
 	rfc_server_first(&srv, RFC_CLIENT_FIRST, sfirst);
-	rc = pf_scram_server_final(&srv, M(cfinal), out, sizeof(out), &n);
+	if (pf_scram_server_final(&srv, (const uint8_t *)cfinal, len, out, sizeof(out), &n) != rc)
+		fail_msg("client-final \"%s\": not %d", cfinal, rc);
+	e = pf_scram_server_error(&srv);
+	if (!sqlstate) {
+		assert_null(e->sqlstate);
+	} else {
+		assert_non_null(e->sqlstate);
+		assert_string_equal(e->sqlstate, sqlstate);
+		assert_string_equal(e->message, message);
+		assert_string_equal(e->detail, detail ? detail : "");
+	}
 	pf_scram_server_clear(&srv);
-	return rc;
+	assert_null(pf_scram_server_error(&srv)->sqlstate);
 }
+
+#define RFC_NONCE "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+#define RFC_PROOF "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+#define FINAL(s)  s, strlen(s)
+#define BAD       -EPROTO, "08P01", "malformed SCRAM message"
 
 static void test_tampered_client_final(void **state)
 {
-	(void)state;
-	assert_int_equal(rfc_server_final(RFC_CLIENT_FINAL), 0);
-	/* Proof with one bit changed (still valid base64 of 32 bytes). */
-	assert_int_equal(
-	        rfc_server_final("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$"
-	                         "k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVU="),
-	        -EACCES);
-	/* Nonce: wrong server part, truncated, client part only. */
-	assert_int_equal(
-	        rfc_server_final("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$"
-	                         "k1,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="),
-	        -EPROTO);
-	assert_int_equal(
-	        rfc_server_final("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$"
-	                         ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="),
-	        -EPROTO);
-	assert_int_equal(
-	        rfc_server_final("c=biws,r=rOprNGfwEbeRWgbNEkqO,p=dHzbZapWIk4jUhN+Ute9ytag9zj"
-	                         "fMHgsqmmiz7AndVQ="),
-	        -EPROTO);
-	/* c= not matching the "n,," header. */
-	assert_int_equal(
-	        rfc_server_final("c=eSws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$"
-	                         "k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="),
-	        -EPROTO);
-	assert_int_equal(
-	        rfc_server_final("c=biwsAA==,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hN"
-	                         "lF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="),
-	        -EPROTO);
-	/* Attributes out of order, missing or malformed. */
-	assert_int_equal(
-	        rfc_server_final("r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,c=biws"
-	                         ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="),
-	        -EPROTO);
-	assert_int_equal(
-	        rfc_server_final("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$"
-	                         "k0"),
-	        -EPROTO);
-	/* p= not last. */
-	assert_int_equal(rfc_server_final(RFC_CLIENT_FINAL ",x=1"), -EPROTO);
-	/* Proof of the wrong length, bad base64, trailing comma. */
-	assert_int_equal(
-	        rfc_server_final("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$"
-	                         "k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndQ=="),
-	        -EPROTO);
-	assert_int_equal(
-	        rfc_server_final("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$"
-	                         "k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ"),
-	        -EPROTO);
-	assert_int_equal(rfc_server_final(RFC_CLIENT_FINAL ","), -EPROTO);
-	assert_int_equal(rfc_server_final(""), -EPROTO);
-	/* Embedded NUL. */
-	{
-		pf_scram_server_t srv;
-		char sfirst[512], out[256];
-		char msg[] = RFC_CLIENT_FINAL;
-		size_t n;
+	char nul[] = RFC_CLIENT_FINAL;
 
-		msg[3] = '\0';
-		rfc_server_first(&srv, RFC_CLIENT_FIRST, sfirst);
-		assert_int_equal(pf_scram_server_final(&srv, (uint8_t *)msg, sizeof(msg) - 1, out,
-		                                       sizeof(out), &n),
-		                 -EPROTO);
+	(void)state;
+	final_refused(FINAL(RFC_CLIENT_FINAL), 0, NULL, NULL, NULL);
+	/* Accepted by Postgres, so by us: one trailing comma after the proof. */
+	final_refused(FINAL(RFC_CLIENT_FINAL ","), 0, NULL, NULL, NULL);
+	/* Proof with one bit changed (still valid base64 of 32 bytes): a wrong password. */
+	final_refused(
+	        FINAL("c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVU="),
+	        -EACCES, NULL, NULL, NULL);
+	/* Nonce: wrong server part, truncated, client part only. */
+	final_refused(
+	        FINAL("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k1,p=" RFC_PROOF),
+	        -EPROTO, "08P01", "invalid SCRAM response", "Nonce does not match.");
+	final_refused(
+	        FINAL("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$,p=" RFC_PROOF),
+	        -EPROTO, "08P01", "invalid SCRAM response", "Nonce does not match.");
+	final_refused(FINAL("c=biws,r=rOprNGfwEbeRWgbNEkqO,p=" RFC_PROOF), -EPROTO, "08P01",
+	              "invalid SCRAM response", "Nonce does not match.");
+	/* c= not matching the "n,," header. */
+	final_refused(FINAL("c=eSws,r=" RFC_NONCE ",p=" RFC_PROOF), -EPROTO, "08P01",
+	              "unexpected SCRAM channel-binding attribute in client-final-message", NULL);
+	final_refused(FINAL("c=biwsAA==,r=" RFC_NONCE ",p=" RFC_PROOF), -EPROTO, "08P01",
+	              "unexpected SCRAM channel-binding attribute in client-final-message", NULL);
+	/* Attributes out of order, missing or malformed. */
+	final_refused(FINAL("r=" RFC_NONCE ",c=biws,p=" RFC_PROOF), BAD,
+	              "Expected attribute \"c\" but found \"'r'\".");
+	final_refused(FINAL("c"), BAD, "Expected character \"=\" for attribute \"c\".");
+	final_refused(FINAL("c=biws,p=" RFC_PROOF), BAD,
+	              "Expected attribute \"r\" but found \"'p'\".");
+	final_refused(FINAL("c=biws,r=" RFC_NONCE), BAD,
+	              "Attribute expected, but found end of string.");
+	final_refused(FINAL("c=biws,r=" RFC_NONCE ","), BAD,
+	              "Attribute expected, but found end of string.");
+	final_refused(FINAL("c=biws,r=" RFC_NONCE ",x=1"), BAD,
+	              "Attribute expected, but found end of string.");
+	final_refused(FINAL("c=biws,r=" RFC_NONCE ",\x01=1,p=" RFC_PROOF), BAD,
+	              "Attribute expected, but found invalid character \"0x01\".");
+	final_refused(FINAL("c=biws,r=" RFC_NONCE ",x,p=" RFC_PROOF), BAD,
+	              "Expected character \"=\" for attribute \"x\".");
+	/* p= not last. */
+	final_refused(FINAL(RFC_CLIENT_FINAL ",x=1"), BAD,
+	              "Garbage found at the end of client-final-message.");
+	/* Proof of the wrong length, unpadded, bad characters, whitespace, empty. */
+	final_refused(
+	        FINAL("c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndQ=="), BAD,
+	        "Malformed proof in client-final-message.");
+	final_refused(FINAL("c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ"),
+	              BAD, "Malformed proof in client-final-message.");
+	final_refused(
+	        FINAL("c=biws,r=" RFC_NONCE ",p=!HzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="), BAD,
+	        "Malformed proof in client-final-message.");
+	final_refused(
+	        FINAL("c=biws,r=" RFC_NONCE ",p= HzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="), BAD,
+	        "Malformed proof in client-final-message.");
+	final_refused(FINAL("c=biws,r=" RFC_NONCE ",p="), BAD,
+	              "Malformed proof in client-final-message.");
+	final_refused(
+	        FINAL("c=biws,r=" RFC_NONCE ",p=dHzb=ApWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="), BAD,
+	        "Malformed proof in client-final-message.");
+	/* Postgres' order: c= first, then the proof's form, then the nonce. */
+	final_refused(FINAL("c=biws,r=nope,p=AAAA"), BAD,
+	              "Malformed proof in client-final-message.");
+	final_refused(FINAL("c=eSws,r=nope,p=" RFC_PROOF), -EPROTO, "08P01",
+	              "unexpected SCRAM channel-binding attribute in client-final-message", NULL);
+	/* Empty, embedded NUL. */
+	final_refused("", 0, BAD, "The message is empty.");
+	nul[3] = '\0';
+	final_refused(nul, sizeof(nul) - 1, BAD, "Message length does not match input length.");
+}
+
+/*
+ * The proof is read with Postgres' base64 decoder, which takes '=' followed by more groups (each
+ * then yielding as many bytes as the first padded one): the right proof spelled that way logs in
+ * with Postgres, and so with pgfunnel.
+ */
+static void test_proof_lenient_base64(void **state)
+{
+	static const char b64[] =
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	uint8_t proof[33];
+	char cfinal[256], odd[128];
+	size_t o;
+
+	(void)state;
+	assert_int_equal(EVP_DecodeBlock(proof, (const uint8_t *)RFC_PROOF, 44), 33);
+	/* 27 bytes in 36 characters, then "XY==" for byte 27 and "XYAA" for each of 4 more. */
+	assert_int_equal(EVP_EncodeBlock((uint8_t *)odd, proof, 27), 36);
+	o = 36;
+	for (int i = 27; i < 32; i++) {
+		odd[o++] = b64[proof[i] >> 2];
+		odd[o++] = b64[(proof[i] & 3) << 4];
+		odd[o++] = i == 27 ? '=' : 'A';
+		odd[o++] = i == 27 ? '=' : 'A';
 	}
+	odd[o] = '\0';
+	snprintf(cfinal, sizeof(cfinal), "c=biws,r=%s,p=%s", RFC_NONCE, odd);
+	final_refused(FINAL(cfinal), 0, NULL, NULL, NULL);
+	/* One byte short that way: malformed. */
+	odd[o - 4] = '\0';
+	snprintf(cfinal, sizeof(cfinal), "c=biws,r=%s,p=%s", RFC_NONCE, odd);
+	final_refused(FINAL(cfinal), BAD, "Malformed proof in client-final-message.");
 }
 
 static void test_extension_ignored(void **state)
@@ -464,13 +522,15 @@ static void test_y_flag(void **state)
 	reference_proof("pencil", &s, "n=,r=rOprNGfwEbeRWgbNEkqO", sfirst, wo, proof);
 	snprintf(cfinal, sizeof(cfinal), "%s,p=%s", wo, proof);
 	assert_int_equal(pf_scram_server_final(&srv, M(cfinal), out, sizeof(out), &n), -EPROTO);
+	assert_string_equal(pf_scram_server_error(&srv)->message,
+	                    "unexpected SCRAM channel-binding attribute in client-final-message");
 }
 
 static int server_first_rc(const uint8_t *msg, size_t len)
 {
 	pf_scram_secret_t s = rfc_secret();
 	pf_scram_server_t srv;
-	char out[512];
+	char out[PF_SCRAM_SERVER_FIRST_MAX];
 	size_t n;
 	int rc;
 
@@ -486,45 +546,104 @@ static int server_first_rc(const uint8_t *msg, size_t len)
 	return rc;
 }
 
+/*
+ * What Postgres 15 answers each client-first-message (tests/integration/test_scram_errors.py
+ * replays them against a real server), with a real and with a mock (unknown user) secret.
+ */
+static void first_refused(const char *msg, size_t len, int rc, const char *sqlstate,
+                          const char *message, const char *detail)
+{
+	pf_scram_secret_t s = rfc_secret();
+	pf_scram_server_t srv;
+	uint8_t mock_key[32] = {1};
+	char out[PF_SCRAM_SERVER_FIRST_MAX];
+	size_t n;
+
+	for (int mock = 0; mock < 2; mock++) {
+		const pf_scram_error_t *e;
+
+		if (mock)
+			assert_int_equal(pf_scram_server_start_mock(&srv, "nobody", mock_key), 0);
+		else
+			assert_int_equal(pf_scram_server_start(&srv, &s), 0);
+		if (pf_scram_server_first(&srv, (const uint8_t *)msg, len, out, sizeof(out), &n) !=
+		    rc)
+			fail_msg("client-first \"%s\": not %d", msg ? msg : "(null)", rc);
+		e = pf_scram_server_error(&srv);
+		if (!sqlstate) {
+			assert_null(e->sqlstate);
+		} else {
+			assert_non_null(e->sqlstate);
+			assert_string_equal(e->sqlstate, sqlstate);
+			assert_string_equal(e->message, message);
+			assert_string_equal(e->detail, detail ? detail : "");
+		}
+		pf_scram_server_clear(&srv);
+	}
+}
+
+#define OK_FIRST(s) first_refused(s, strlen(s), 0, NULL, NULL, NULL)
+
 static void test_client_first_refusals(void **state)
 {
 	char big[PF_SCRAM_MAX_MSG_LEN + 2];
 
 	(void)state;
-	assert_int_equal(server_first_rc(M("n,,n=,r=abc")), 0);
-	assert_int_equal(server_first_rc(M("y,,n=,r=abc")), 0);
-	/* Channel binding. */
-	assert_int_equal(server_first_rc(M("p=tls-server-end-point,,n=,r=abc")), -ENOTSUP);
-	/* authzid, mandatory extension, unknown flag, missing parts. */
-	assert_int_equal(server_first_rc(M("n,a=bob,n=,r=abc")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,m=ext,n=,r=abc")), -EPROTO);
-	assert_int_equal(server_first_rc(M("x,,n=,r=abc")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,n=")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,n=,r=")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,r=abc")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,n=,r=abc")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,n=,r=abc,")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,n=,r=abc,1=x")), -EPROTO);
-	assert_int_equal(server_first_rc((const uint8_t *)"", 0), -EPROTO);
-	assert_int_equal(server_first_rc(NULL, 5), -EPROTO);
-	/* Non-printable nonce bytes, embedded NUL. */
-	assert_int_equal(server_first_rc(M("n,,n=,r=ab c")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,n=,r=ab\x7f")), -EPROTO);
-	assert_int_equal(server_first_rc(M("n,,n=,r=ab\xc3\xa4")), -EPROTO);
-	assert_int_equal(server_first_rc((const uint8_t *)"n,,n=,r=a\0b", 11), -EPROTO);
-	/* Nonce longer than PF_SCRAM_MAX_NONCE_LEN, message longer than PF_SCRAM_MAX_MSG_LEN. */
+	OK_FIRST("n,,n=,r=abc");
+	OK_FIRST("y,,n=,r=abc");
+	/* What Postgres accepts: an empty nonce, a trailing comma, extensions, any user name. */
+	OK_FIRST("n,,n=,r=");
+	OK_FIRST("n,,n=,r=abc,");
+	OK_FIRST("n,,n=b=2Cob,r=abc,x=1,y=2");
+	/* Channel binding data with plain SCRAM-SHA-256, whatever follows 'p'. */
+	first_refused(FINAL("p=tls-server-end-point,,n=,r=abc"), BAD,
+	              "The client selected SCRAM-SHA-256 without channel binding, but the SCRAM "
+	              "message includes channel binding data.");
+	first_refused(FINAL("p,,n=,r=abc"), BAD,
+	              "The client selected SCRAM-SHA-256 without channel binding, but the SCRAM "
+	              "message includes channel binding data.");
+	/* Features Postgres does not support: 0A000. */
+	first_refused(FINAL("n,a=bob,n=,r=abc"), -ENOTSUP, "0A000",
+	              "client uses authorization identity, but it is not supported", NULL);
+	first_refused(FINAL("n,,m=ext,n=,r=abc"), -ENOTSUP, "0A000",
+	              "client requires an unsupported SCRAM extension", NULL);
+	/* The gs2 header. */
+	first_refused(FINAL("x,,n=,r=abc"), BAD, "Unexpected channel-binding flag \"'x'\".");
+	first_refused(FINAL("\x01,,n=,r=abc"), BAD, "Unexpected channel-binding flag \"0x01\".");
+	first_refused(FINAL("nx,,n=,r=abc"), BAD, "Comma expected, but found character \"'x'\".");
+	first_refused(FINAL("n"), BAD, "Comma expected, but found character \"0x00\".");
+	first_refused(FINAL("y"), BAD, "Comma expected, but found character \"0x00\".");
+	first_refused(FINAL("n,x,n=,r=abc"), BAD,
+	              "Unexpected attribute \"'x'\" in client-first-message.");
+	first_refused(FINAL("n,n=,r=abc"), BAD,
+	              "Unexpected attribute \"'n'\" in client-first-message.");
+	/* User name and nonce. */
+	first_refused(FINAL("n,,"), BAD, "Expected attribute \"n\" but found \"0x00\".");
+	first_refused(FINAL("n,,r=abc"), BAD, "Expected attribute \"n\" but found \"'r'\".");
+	first_refused(FINAL("n,,n"), BAD, "Expected character \"=\" for attribute \"n\".");
+	first_refused(FINAL("n,,n="), BAD, "Expected attribute \"r\" but found \"0x00\".");
+	first_refused(FINAL("n,,n=,x=abc"), BAD, "Expected attribute \"r\" but found \"'x'\".");
+	first_refused(FINAL("n,,n=,r"), BAD, "Expected character \"=\" for attribute \"r\".");
+	first_refused(FINAL("n,,n=,r=ab c"), -EPROTO, "08P01",
+	              "non-printable characters in SCRAM nonce", NULL);
+	first_refused(FINAL("n,,n=,r=ab\x7f"), -EPROTO, "08P01",
+	              "non-printable characters in SCRAM nonce", NULL);
+	first_refused(FINAL("n,,n=,r=ab\xc3\xa4"), -EPROTO, "08P01",
+	              "non-printable characters in SCRAM nonce", NULL);
+	/* Extensions. */
+	first_refused(FINAL("n,,n=,r=abc,1=x"), BAD,
+	              "Attribute expected, but found invalid character \"'1'\".");
+	first_refused(FINAL("n,,n=,r=abc,x"), BAD, "Expected character \"=\" for attribute \"x\".");
+	first_refused(FINAL("n,,n=,r=abc,,x=1"), BAD,
+	              "Attribute expected, but found invalid character \"','\".");
+	/* Empty, absent, embedded NUL. */
+	first_refused("", 0, BAD, "The message is empty.");
+	first_refused(NULL, 5, BAD, "The message is empty.");
+	first_refused("n,,n=,r=a\0b", 11, BAD, "Message length does not match input length.");
+	/* A nonce filling the message (Postgres has no other limit); longer messages refused. */
 	memset(big, 'a', sizeof(big));
 	memcpy(big, "n,,n=,r=", 8);
-	assert_int_equal(server_first_rc((uint8_t *)big, 8 + PF_SCRAM_MAX_NONCE_LEN), 0);
-	assert_int_equal(server_first_rc((uint8_t *)big, 8 + PF_SCRAM_MAX_NONCE_LEN + 1), -EPROTO);
-	memset(big, 'a', sizeof(big));
-	memcpy(big, "n,,n=", 5);
-	big[PF_SCRAM_MAX_MSG_LEN - 6] = ',';
-	memcpy(big + PF_SCRAM_MAX_MSG_LEN - 5, "r=abc", 5);
 	assert_int_equal(server_first_rc((uint8_t *)big, PF_SCRAM_MAX_MSG_LEN), 0);
-	big[PF_SCRAM_MAX_MSG_LEN - 5] = ',';
-	memcpy(big + PF_SCRAM_MAX_MSG_LEN - 4, "r=abc", 5);
 	assert_int_equal(server_first_rc((uint8_t *)big, PF_SCRAM_MAX_MSG_LEN + 1), -EPROTO);
 }
 
@@ -971,6 +1090,59 @@ static void test_cache_client_and_server_logins(void **state)
 	pf_scram_cache_free(c);
 }
 
+/*
+ * SASLprep on every path: a plain auth_file password written decomposed ("cafe" U+0301) and a
+ * client typing it precomposed (U+00E9) or with a soft hyphen log in, as with Postgres; the
+ * Postgres secret for U+2168 accepts the client password "IX"; a password that SASLprep
+ * refuses stays its raw bytes (U+2168 BELL is not "IX" BELL).
+ */
+static void test_saslprep_equivalent_passwords(void **state)
+{
+	/* Postgres 15: CREATE ROLE r PASSWORD U&'\2168' (see test_saslprep.c). */
+	static const char pg_roman[] = "SCRAM-SHA-256$4096:7h0yxzfSNEeLqmB8eW21HQ==$"
+	                               "Y0RZKVEC4j7Crwb8eqjFgIYi3SN+AHvBprDmIsSCzzI="
+	                               ":OdFHRw7wWEcKKxKtj60CMuLSlOz0iliqE6QDn5SlB2I=";
+	static const char *const same[] = {"caf\xc3\xa9", "cafe\xcc\x81",
+	                                   "ca\xc2\xad"
+	                                   "f\xc3\xa9"};
+	pf_scram_secret_t s, d;
+	pf_scram_server_t srv;
+	pf_scram_client_t cl;
+	int step;
+
+	(void)state;
+	assert_int_equal(pf_scram_cache_secret_for_password(NULL, "u", "cafe\xcc\x81", 4096, &s),
+	                 0);
+	for (size_t i = 0; i < PF_ARRAY_SIZE(same); i++) {
+		assert_int_equal(pf_scram_server_start(&srv, &s), 0);
+		assert_int_equal(pf_scram_client_start(&cl, same[i], NULL, NULL, NULL), 0);
+		assert_int_equal(exchange(&srv, &cl, &step), 0);
+		pf_scram_client_clear(&cl);
+		pf_scram_server_clear(&srv);
+	}
+	assert_int_equal(pf_scram_server_start(&srv, &s), 0);
+	assert_int_equal(pf_scram_client_start(&cl, "cafe", NULL, NULL, NULL), 0);
+	assert_int_equal(exchange(&srv, &cl, &step), -EACCES);
+	pf_scram_client_clear(&cl);
+
+	s = parsed(pg_roman);
+	assert_int_equal(pf_scram_server_start(&srv, &s), 0);
+	assert_int_equal(pf_scram_client_start(&cl, "IX", NULL, NULL, NULL), 0);
+	assert_int_equal(exchange(&srv, &cl, &step), 0);
+	pf_scram_client_clear(&cl);
+	pf_scram_server_clear(&srv);
+	/* Cleartext password checked against that secret (auth_type=plain, SCRAM secret). */
+	assert_int_equal(pf_scram_secret_from_password("IX", s.salt, s.salt_len, 4096, &d, NULL),
+	                 0);
+	assert_memory_equal(d.stored_key, s.stored_key, 32);
+	assert_int_equal(pf_scram_secret_from_password("\xe2\x85\xa8\x07", s.salt, s.salt_len, 4096,
+	                                               &d, NULL),
+	                 0);
+	assert_int_equal(
+	        pf_scram_secret_from_password("IX\x07", s.salt, s.salt_len, 4096, &s, NULL), 0);
+	assert_memory_not_equal(d.stored_key, s.stored_key, 32);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -982,6 +1154,7 @@ int main(void)
 	        cmocka_unit_test(test_roundtrip_postgres_secret),
 	        cmocka_unit_test(test_wrong_password),
 	        cmocka_unit_test(test_tampered_client_final),
+	        cmocka_unit_test(test_proof_lenient_base64),
 	        cmocka_unit_test(test_extension_ignored),
 	        cmocka_unit_test(test_y_flag),
 	        cmocka_unit_test(test_client_first_refusals),
@@ -997,6 +1170,7 @@ int main(void)
 	        cmocka_unit_test(test_cache_eviction),
 	        cmocka_unit_test(test_cache_secret_for_password),
 	        cmocka_unit_test(test_cache_client_and_server_logins),
+	        cmocka_unit_test(test_saslprep_equivalent_passwords),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
