@@ -182,8 +182,8 @@ typedef struct pf_ident pf_ident_t;
  * expression matches, the check stops and refuses.
  *
  * Returns 0 and the table in *out (free with pf_ident_free), or a negative errno with a
- * one-line "PATH: ..." message in err: -ENOENT/-EACCES/... (cannot read), -EFBIG (over
- * PF_HBA_MAX_FILE_BYTES), -ENOMEM. warn may be NULL.
+ * one-line "PATH: ..." message in err: -ENOENT/-EACCES/-EISDIR/... (cannot read; -ENODEV: not
+ * a regular file), -EFBIG (over PF_HBA_MAX_FILE_BYTES), -ENOMEM. warn may be NULL.
  */
 PF_MUSTCHECK int pf_ident_load(const char *path, pf_hba_diag_fn warn, void *arg, pf_ident_t **out,
                                char *err, size_t errlen);
@@ -211,7 +211,9 @@ void pf_ident_free(pf_ident_t *ident);
  * Loads the HBA file at path (the rules above). ident (may be NULL) is the ident map file that
  * map= options must name, loaded first; the two tables should then be swapped in together.
  * Returns 0 and the table in *out (free with pf_hba_free), or a negative errno with a one-line
- * message in err ("PATH: ..." or "PATH:LINE: ..."): -ENOENT/-EACCES/... (cannot read the file),
+ * message in err ("PATH: ..." or "PATH:LINE: ..."): -ENOENT/-EACCES/-EISDIR/... (cannot read
+ * the file; -ENODEV: not a regular file, which an @ file must not be either: FIFOs and devices
+ * could block or feed the load without end),
  * -EFBIG (the file, or all it reads with its @ files, over PF_HBA_MAX_FILE_BYTES; too many
  * names), -ENOMEM. warn (may be NULL) gets one message per skipped line and a few warnings
  * about lines that are kept (e.g. peer on a host line, which can only fail).

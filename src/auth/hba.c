@@ -192,9 +192,19 @@ static int read_all(int fd, size_t cap, char **out, size_t *outlen)
 	return 0;
 }
 
+/* What load_read returns for a path that is not a regular file (nor a directory). */
+#define NOT_REGULAR (-ENODEV)
+
+static const char *read_error(int rc)
+{
+	return rc == NOT_REGULAR ? "not a regular file" : strerror(-rc);
+}
+
 /*
  * Opens and reads path within the load's byte budget. Returns 0 with the buffer, its length
- * and the file's identity, or -errno (-EFBIG: over the size limit or the budget).
+ * and the file's identity, or -errno (-EFBIG: over the size limit or the budget; NOT_REGULAR).
+ * Only regular files are read: a FIFO would block the load (the open is non-blocking so that
+ * it cannot) and a device could feed it without end.
  */
 static int load_read(load_t *ld, const char *path, char **buf, size_t *len, file_id_t *id)
 {
@@ -202,7 +212,7 @@ static int load_read(load_t *ld, const char *path, char **buf, size_t *len, file
 	struct stat st;
 	int fd, rc;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
 	if (fstat(fd, &st) < 0) {
@@ -210,11 +220,11 @@ static int load_read(load_t *ld, const char *path, char **buf, size_t *len, file
 		close(fd);
 		return rc;
 	}
-	if (S_ISDIR(st.st_mode)) {
+	if (!S_ISREG(st.st_mode)) {
 		close(fd);
-		return -EISDIR;
+		return S_ISDIR(st.st_mode) ? -EISDIR : NOT_REGULAR;
 	}
-	if (S_ISREG(st.st_mode) && (uintmax_t)st.st_size > cap) {
+	if ((uintmax_t)st.st_size > cap) {
 		close(fd);
 		return -EFBIG;
 	}
@@ -753,7 +763,7 @@ static int load_main(load_t *ld, char **buf, size_t *len)
 	else if (rc == -ENOMEM)
 		load_fail(ld, rc, "out of memory");
 	else if (rc < 0)
-		load_fail(ld, rc, "cannot open: %s", strerror(-rc));
+		load_fail(ld, rc, "cannot open: %s", read_error(rc));
 	else
 		ld->open[ld->nopen++] = id;
 	return rc;
@@ -1079,7 +1089,7 @@ static int add_names_from_file(load_t *ld, nameset_t *s, const char *fname, bool
 	}
 	if (rc < 0) {
 		line_warn(ld, "@ file \"%.*s\": cannot open: %s; line skipped", SHOW, path,
-		          strerror(-rc));
+		          read_error(rc));
 		goto out;
 	}
 	for (int i = 0; i < ld->nopen; i++) {

@@ -918,6 +918,24 @@ static void test_load_from_file(void **state)
 	rc = pf_hba_load(path_in("conf"), NULL, NULL, NULL, &hba, err, sizeof(err));
 	assert_int_equal(rc, -EISDIR);
 	assert_null(hba);
+
+	/*
+	 * A FIFO nobody writes to would block a plain open(); a device could feed the load without
+	 * end. Neither is read, as the HBA file or as an @ file.
+	 */
+	assert_int_equal(mkfifo(path_in("fifo"), 0600), 0);
+	rc = pf_hba_load(path_in("fifo"), NULL, NULL, NULL, &hba, err, sizeof(err));
+	assert_int_equal(rc, -ENODEV);
+	assert_null(hba);
+	assert_non_null(strstr(err, "fifo: cannot open: not a regular file"));
+	w.count = 0;
+	w.all[0] = '\0';
+	hba = parse_hba("local all @fifo trust\nlocal all @/dev/zero trust\nlocal all all md5\n",
+	                NULL, &w);
+	assert_true(warned(&w, 1, "fifo\": cannot open: not a regular file; line skipped"));
+	assert_true(warned(&w, 2, "/dev/zero\": cannot open: not a regular file"));
+	assert_int_equal(decide(hba, "unix", "d", "u")->method, PF_HBA_MD5);
+	pf_hba_free(hba);
 }
 
 static void test_size_limits(void **state)
