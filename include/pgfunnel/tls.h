@@ -52,8 +52,8 @@ int pf_tls_ctx_sslmode(const pf_tls_ctx_t *ctx);
  * the caller then counts as consumed). A direct connection must negotiate the ALPN protocol
  * "postgresql" (PostgreSQL 17). Returns 0 or -errno (c unchanged then).
  */
-PF_MUSTCHECK int pf_tls_accept(pf_conn_t *c, pf_tls_ctx_t *ctx, const uint8_t *initial,
-                               size_t len, bool direct);
+PF_MUSTCHECK int pf_tls_accept(pf_conn_t *c, pf_tls_ctx_t *ctx, const uint8_t *initial, size_t len,
+                               bool direct);
 
 /*
  * Begins TLS as the client on server connection c (after the server answered SSLRequest with

@@ -857,8 +857,9 @@ static int handle_ssl_request(pf_client_t *c, int consumed, size_t avail)
 
 	if (c->tls_negotiated) {
 		/* A second request, or one inside TLS: Postgres refuses it as an unknown code. */
-		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "08P01",
-		                "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0");
+		pf_client_close(
+		        c, PF_CLOSE_CLIENT_STARTUP, "08P01",
+		        "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0");
 		return -1;
 	}
 	c->tls_negotiated = true;
@@ -890,8 +891,7 @@ static bool tls_required_but_missing(pf_client_t *c)
 	       !pf_tls_is_on(&c->conn);
 }
 
-static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int consumed,
-                          size_t avail)
+static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int consumed, size_t avail)
 {
 	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const char *unsupported[PF_PROTO_STARTUP_MAX_PARAMS];

@@ -112,12 +112,14 @@ static int parse_protocols(const char *text, int *min_v, int *max_v)
 	static const struct {
 		const char *name;
 		unsigned bits;
-	} words[] = {
-	        {"tlsv1.0", 1u}, {"tlsv1.1", 2u},       {"tlsv1.2", 4u},   {"tlsv1.3", 8u},
-	        {"all", 15u},    {"legacy", 15u},       {"secure", 12u},   {"default", 12u},
-	        {"tlsv1", 7u}, /* PgBouncer: 1.0, 1.1 and 1.2 */
-	};
-	static const int versions[] = {TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSION, TLS1_3_VERSION};
+	} words[] =
+	        {
+	                {"tlsv1.0", 1u}, {"tlsv1.1", 2u}, {"tlsv1.2", 4u}, {"tlsv1.3", 8u},
+	                {"all", 15u},    {"legacy", 15u}, {"secure", 12u}, {"default", 12u},
+	                {"tlsv1", 7u}, /* PgBouncer: 1.0, 1.1 and 1.2 */
+	        };
+	static const int versions[] = {TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSION,
+	                               TLS1_3_VERSION};
 	unsigned bits = 0;
 	const char *p = text ? text : "secure";
 
@@ -137,7 +139,8 @@ static int parse_protocols(const char *text, int *min_v, int *max_v)
 		}
 		len = strcspn(p, " \t,:");
 		for (size_t i = 0; i < PF_ARRAY_SIZE(words); i++) {
-			if (strlen(words[i].name) == len && strncasecmp(p, words[i].name, len) == 0) {
+			if (strlen(words[i].name) == len &&
+			    strncasecmp(p, words[i].name, len) == 0) {
 				bits = neg ? bits & ~words[i].bits : bits | words[i].bits;
 				found = true;
 				break;
@@ -220,13 +223,14 @@ static int ctx_new(const tls_settings_t *t, bool accept, pf_tls_ctx_t **out, cha
 		return -EINVAL;
 	}
 	if (accept && (!has_key || !has_cert)) {
-		snprintf(err, errlen, "To allow TLS connections from clients, client_tls_key_file "
-		                      "and client_tls_cert_file must be set.");
+		snprintf(err, errlen,
+		         "To allow TLS connections from clients, client_tls_key_file "
+		         "and client_tls_cert_file must be set.");
 		return -EINVAL;
 	}
 	if (has_key != has_cert) {
-		snprintf(err, errlen, "%s_key_file and %s_cert_file must be set together", t->prefix,
-		         t->prefix);
+		snprintf(err, errlen, "%s_key_file and %s_cert_file must be set together",
+		         t->prefix, t->prefix);
 		return -EINVAL;
 	}
 	ctx = calloc(1, sizeof(*ctx));
@@ -247,7 +251,8 @@ static int ctx_new(const tls_settings_t *t, bool accept, pf_tls_ctx_t **out, cha
 	SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_OFF);
 	if (accept)
 		SSL_CTX_set_num_tickets(sc, 0);
-	if (!SSL_CTX_set_min_proto_version(sc, min_v) || !SSL_CTX_set_max_proto_version(sc, max_v)) {
+	if (!SSL_CTX_set_min_proto_version(sc, min_v) ||
+	    !SSL_CTX_set_max_proto_version(sc, max_v)) {
 		ssl_error_text(err, errlen, "TLS protocol versions");
 		goto fail;
 	}
@@ -266,19 +271,22 @@ static int ctx_new(const tls_settings_t *t, bool accept, pf_tls_ctx_t **out, cha
 			char why[200];
 
 			ssl_error_text(why, sizeof(why), "cannot load");
-			snprintf(err, errlen, "%s_cert_file \"%s\": %s", t->prefix, t->cert_file, why);
+			snprintf(err, errlen, "%s_cert_file \"%s\": %s", t->prefix, t->cert_file,
+			         why);
 			goto fail;
 		}
 		if (SSL_CTX_use_PrivateKey_file(sc, t->key_file, SSL_FILETYPE_PEM) != 1) {
 			char why[200];
 
 			ssl_error_text(why, sizeof(why), "cannot load");
-			snprintf(err, errlen, "%s_key_file \"%s\": %s", t->prefix, t->key_file, why);
+			snprintf(err, errlen, "%s_key_file \"%s\": %s", t->prefix, t->key_file,
+			         why);
 			goto fail;
 		}
 		if (SSL_CTX_check_private_key(sc) != 1) {
-			snprintf(err, errlen, "%s_key_file \"%s\" does not match %s_cert_file \"%s\"",
-			         t->prefix, t->key_file, t->prefix, t->cert_file);
+			snprintf(err, errlen,
+			         "%s_key_file \"%s\" does not match %s_cert_file \"%s\"", t->prefix,
+			         t->key_file, t->prefix, t->cert_file);
 			goto fail;
 		}
 	}
@@ -305,7 +313,8 @@ static int ctx_new(const tls_settings_t *t, bool accept, pf_tls_ctx_t **out, cha
 	}
 	if (accept) {
 		if (t->sslmode >= PF_SSLMODE_VERIFY_CA)
-			SSL_CTX_set_verify(sc, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+			SSL_CTX_set_verify(sc, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+			                   NULL);
 		SSL_CTX_set_alpn_select_cb(sc, alpn_select, NULL);
 		/* client_tls_ecdhcurve: auto, a curve name, or none (finite-field groups only). */
 		if (t->ecdhcurve && *t->ecdhcurve && strcasecmp(t->ecdhcurve, "auto") != 0) {
@@ -322,8 +331,10 @@ static int ctx_new(const tls_settings_t *t, bool accept, pf_tls_ctx_t **out, cha
 		/* client_tls_dheparams: none, or auto/legacy (OpenSSL 3 picks the group; it has no
 		 * 1024-bit one). */
 		if (t->dheparams && strcasecmp(t->dheparams, "none") != 0 &&
-		    strcasecmp(t->dheparams, "auto") != 0 && strcasecmp(t->dheparams, "legacy") != 0) {
-			snprintf(err, errlen, "client_tls_dheparams: invalid value \"%s\"", t->dheparams);
+		    strcasecmp(t->dheparams, "auto") != 0 &&
+		    strcasecmp(t->dheparams, "legacy") != 0) {
+			snprintf(err, errlen, "client_tls_dheparams: invalid value \"%s\"",
+			         t->dheparams);
 			goto fail;
 		}
 		SSL_CTX_set_dh_auto(sc, !(t->dheparams && strcasecmp(t->dheparams, "none") == 0));
@@ -928,8 +939,7 @@ static int tls_begin(pf_conn_t *c, pf_tls_ctx_t *ctx, tls_t **out)
 	return 0;
 }
 
-int pf_tls_accept(pf_conn_t *c, pf_tls_ctx_t *ctx, const uint8_t *initial, size_t len,
-                  bool direct)
+int pf_tls_accept(pf_conn_t *c, pf_tls_ctx_t *ctx, const uint8_t *initial, size_t len, bool direct)
 {
 	tls_t *st;
 	int rc = tls_begin(c, ctx, &st);

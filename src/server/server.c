@@ -253,7 +253,8 @@ static int server_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 	case 'S':
 		/* Anything after the 'S' came before encryption: refuse it (CVE-2021-23222). */
 		if (len > 1) {
-			login_failed(s, "08P01", "server sent unencrypted data after its SSL response");
+			login_failed(s, "08P01",
+			             "server sent unencrypted data after its SSL response");
 			return -1;
 		}
 		if (pf_tls_connect(conn, s->tls, s->host) < 0) {
@@ -1399,7 +1400,8 @@ static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 		break;
 	case PF_CONN_EV_EOF:
 		if (!s->ready && pf_tls_error(conn)) {
-			login_failed(s, "08006", "server TLS handshake failed: %s", pf_tls_error(conn));
+			login_failed(s, "08006", "server TLS handshake failed: %s",
+			             pf_tls_error(conn));
 			break;
 		}
 		pf_server_close(s, PF_SV_CLOSE_EOF);
