@@ -261,6 +261,8 @@ typedef struct pf_pool_ops {
 	void (*resume_client)(pf_pool_client_t *c);
 	/* c has the pool's welcome parameters: finish its login. */
 	void (*login_done)(pf_pool_client_t *c);
+	/* The query c borrowed its server for (pf_pool_borrow) has its whole answer. */
+	void (*lookup_done)(pf_pool_client_t *c);
 	/* Sends server_reset_query (reset) or server_check_query on s. 0 or -errno. */
 	int (*test_server)(pf_pool_server_t *s, bool reset, const char *sql);
 	/* Whether s may be reused: logged in, idle, nothing owed or half-sent (server.c). */
