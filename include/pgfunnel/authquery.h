@@ -49,7 +49,8 @@ typedef enum pf_authq_outcome {
  * its secret text, or NULL for an SQL NULL or an empty one (both malloc'd; the caller wipes and
  * frees the secret). BAD: why gets a one-line reason for the log, in PgBouncer's words where it
  * has them ("expected 2 columns from auth_query, not 3"): an error response, not two columns,
- * more than one row, a NULL user name, a value with a NUL byte, a transaction left open.
+ * more than one row, a NULL user name, a value with a NUL byte, a transaction left open. An error
+ * 22021 (the name is not valid in the server's encoding) means no such user.
  * Returns the outcome, or -ENOMEM.
  */
 int pf_authq_read_answer(const pf_server_lookup_t *r, char **name, char **secret, char *why,

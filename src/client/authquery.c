@@ -166,6 +166,10 @@ int pf_authq_read_answer(const pf_server_lookup_t *r, char **name, char **secret
 	int rc;
 
 	*name = *secret = NULL;
+	/* The name is not text in the server's encoding (a client's bytes, never a role's name
+	 * there): no such user, like any other name that matches nothing. */
+	if (r->failed && strcmp(r->sqlstate, "22021") == 0)
+		return PF_AUTHQ_UNKNOWN;
 	if (r->failed) {
 		snprintf(why, whylen, "error response from auth_query: %s %s", r->sqlstate,
 		         r->message ? r->message : "");

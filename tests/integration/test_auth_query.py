@@ -9,6 +9,7 @@ Postgres, and only aql_* (which cannot read pg_authid itself) uses it.
 """
 
 import concurrent.futures
+import hashlib
 import random
 import struct
 import time
@@ -250,6 +251,27 @@ def test_user_name_is_a_bound_parameter(proxy, postgres, roles):
     # The target itself logs in with it (so the refusals above are not about the password).
     with pgwire.connect(pf.host, pf.port, roles.target, "appdb", roles.pw[roles.target]) as c:
         assert c.simple_query("SELECT current_user") == [(roles.target,)]
+
+
+def test_name_not_in_server_encoding_is_unknown(proxy, postgres, roles):
+    """Bytes that are not UTF-8 cannot name a role of a UTF-8 cluster: Postgres refuses the
+    bound value (22021) and the client is told what any unknown user is told."""
+    pf = start(proxy, roles)
+    conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, 10))
+    body = struct.pack("!I", pgwire.PROTOCOL_3_0) + b"user\0bad\xff\xfename\0database\0appdb\0\0"
+    conn.send(struct.pack("!I", len(body) + 4) + body)
+    kind, payload = conn.read_message(10)
+    assert kind == "R" and struct.unpack("!I", payload[:4])[0] == 5  # an md5 challenge
+    salt = payload[4:8]
+    inner = hashlib.md5(b"pw" + b"bad\xff\xfename").hexdigest()
+    outer = hashlib.md5(inner.encode() + salt).hexdigest()
+    conn.send(pgwire.message(b"p", b"md5" + outer.encode() + b"\0"))
+    kind, payload = conn.read_message(10)
+    assert kind == "E", (kind, payload)
+    fields = pgwire.parse_fields(payload)
+    assert fields["C"] == "28P01" and fields["M"].startswith(
+        "password authentication failed for user"), fields
+    conn.close()
 
 
 def test_names_reach_postgres_unchanged(proxy, postgres, roles):

@@ -94,6 +94,14 @@ static void test_unknown(void **state)
 	assert_int_equal(read_answer(answer(2, 0, NULL), &name, &secret, why), PF_AUTHQ_UNKNOWN);
 	assert_null(name);
 	assert_null(secret);
+	/* A name that is not valid in the server's encoding names nobody. */
+	{
+		pf_server_lookup_t *r = answer(-1, 0, NULL);
+
+		r->failed = true;
+		strcpy(r->sqlstate, "22021");
+		assert_int_equal(read_answer(r, &name, &secret, why), PF_AUTHQ_UNKNOWN);
+	}
 }
 
 static void test_bad(void **state)
