@@ -167,6 +167,18 @@ def test_looked_up_users_log_in_and_query(proxy, postgres, roles, auth_type):
         assert_wrong_password(refused(pf, roles.md5, roles.pw[roles.md5]), roles.md5)
 
 
+@pytest.mark.parametrize("auth_type", ["md5", "scram-sha-256", "plain"])
+def test_plain_password_from_auth_query(proxy, postgres, roles, auth_type):
+    """A query may return a plain password: it checks the client under every auth_type and
+    logs the pool in to Postgres whatever method the server asks for."""
+    pw = roles.pw[roles.target]
+    pf = start(proxy, roles, {"auth_type": auth_type, "auth_query":
+                              "SELECT rolname, '%s'::text FROM pg_roles WHERE rolname = $1" % pw})
+    with pgwire.connect(pf.host, pf.port, roles.target, "appdb", pw) as c:
+        assert c.simple_query("SELECT current_user") == [(roles.target,)]
+    assert_wrong_password(refused(pf, roles.target, pw + "x"), roles.target)
+
+
 def test_psql_logs_in(proxy, postgres, roles):
     pf = start(proxy, roles)
     res = pfhelpers.psql("SELECT current_user", host=pf.host, port=pf.port, user=roles.md5,
