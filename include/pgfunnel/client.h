@@ -50,6 +50,10 @@ struct pf_client {
 	uint8_t md5_salt[4];
 	pf_scram_server_t *scram;
 	uint32_t secret_gen; /* the user's secret_gen when its password exchange began */
+	/* An auth_query lookup runs (authquery.h): c borrows a server of the auth_user's pool in
+	 * lookup_db (held by a client_refs of its own), not yet of a pool of its own. */
+	bool auth_lookup;
+	pf_database_t *lookup_db;
 	/* cancel request being forwarded */
 	uint32_t cancel_target_pid, cancel_target_key;
 };
@@ -99,6 +103,13 @@ void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlst
 /* pf_client_close with a DETAIL field (may be NULL) in the ErrorResponse the client is sent. */
 void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
                             const char *message, const char *detail);
+
+/*
+ * c's auth_query lookup is over (c->user is the user it found, or NULL for an unknown name):
+ * its password exchange begins as it would have for an auth_file user, and its input is
+ * processed again. c may be closed on return.
+ */
+void pf_client_auth_continue(pf_client_t *c);
 
 /* Sends the welcome (AuthenticationOk, ParameterStatus…, BackendKeyData, ReadyForQuery). */
 void pf_client_finish_login(pf_client_t *c);

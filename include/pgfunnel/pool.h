@@ -111,9 +111,12 @@ typedef struct pf_secret {
 	uint8_t scram_client_key[PF_SCRAM_KEY_LEN];
 } pf_secret_t;
 
-/* A login name known to the pooler: from auth_file, or a database's forced user. */
+/*
+ * A login name known to the pooler: from auth_file, a database's forced user, the auth_user
+ * that auth_query lookups log in as, or a user an auth_query lookup found.
+ */
 typedef struct pf_user {
-	pf_list_node_t node; /* worker->users or the owning database */
+	pf_list_node_t node; /* worker->users, or dyn_db->dyn_users (a forced user: no list) */
 	char *name;
 	pf_secret_t secret;
 	uint32_t secret_gen;      /* bumped when a reload changes the secret */
@@ -134,6 +137,16 @@ typedef struct pf_user {
 	 */
 	int pool_refs;
 	bool retired;
+	/*
+	 * Found by an auth_query lookup for a client of this database (PgBouncer's "dynamic
+	 * credentials", kept per database as PgBouncer does): its secret is the one the last
+	 * lookup returned. It lives while a client (client_count) or a pool (pool_refs) refers to
+	 * it, and the janitor drops its pools once they are empty. NULL for every other user.
+	 */
+	pf_database_t *dyn_db;
+	/* Made in worker->users only to be an auth_user (pf_worker_auth_user): while it has no
+	 * secret from auth_file, no client logs in as it (pf_worker_find_user skips it). */
+	bool lookup_only;
 } pf_user_t;
 
 /* The statistics a pool keeps (SHOW STATS reads them; the admin issue completes the set). */
@@ -189,6 +202,12 @@ typedef struct pf_database {
 	int client_refs;
 	unsigned host_rr; /* position in a host list: the next host (round-robin) or the current */
 	bool lb_disable;  /* load_balance_hosts=disable: stay on one host until it fails */
+	/* The entry's auth_user, auth_query and auth_dbname; NULL: the global one applies
+	 * (pf_database_auth_user() and friends). */
+	char *auth_user;
+	char *auth_query;
+	char *auth_dbname;
+	pf_list_t dyn_users; /* users auth_query lookups found for its clients (pf_user_t.dyn_db) */
 	/*
 	 * Statistics of pools that were freed (so totals never go backwards), the totals at the
 	 * start of the current stats_period and the averages of the last complete period (counts
@@ -242,6 +261,8 @@ typedef struct pf_pool_ops {
 	void (*resume_client)(pf_pool_client_t *c);
 	/* c has the pool's welcome parameters: finish its login. */
 	void (*login_done)(pf_pool_client_t *c);
+	/* The query c borrowed its server for (pf_pool_borrow) has its whole answer. */
+	void (*lookup_done)(pf_pool_client_t *c);
 	/* Sends server_reset_query (reset) or server_check_query on s. 0 or -errno. */
 	int (*test_server)(pf_pool_server_t *s, bool reset, const char *sql);
 	/* Whether s may be reused: logged in, idle, nothing owed or half-sent (server.c). */
@@ -308,6 +329,18 @@ pf_usec_t pf_pool_client_idle_timeout(const pf_pool_t *pool);
 
 /* Finds or creates the pool for (db, user). Returns NULL on ENOMEM. */
 pf_pool_t *pf_pool_get(pf_worker_t *w, pf_database_t *db, pf_user_t *user);
+
+/*
+ * A client still logging in (PF_CL_LOGIN, in no pool) borrows a server of pool for a query of
+ * the pooler's own on its behalf (an auth_query lookup): it joins pool and, like
+ * pf_pool_acquire(), is linked to an idle server (true: ops->linked() has run) or waits in
+ * PF_CL_WAITING, subject to query_wait_timeout, while servers open (false). It counts in SHOW
+ * POOLS of pool meanwhile, as in PgBouncer.
+ */
+bool pf_pool_borrow(pf_worker_t *w, pf_pool_t *pool, pf_pool_client_t *c);
+
+/* The borrowing client c has no server any more: back to PF_CL_LOGIN (w's list), in no pool. */
+void pf_pool_end_borrow(pf_worker_t *w, pf_pool_client_t *c);
 
 /* Moves a client/server to the list of state (removing it from its current one). */
 void pf_pool_set_client_state(pf_pool_client_t *c, pf_client_state_t state);
@@ -440,5 +473,31 @@ pf_database_t *pf_worker_find_database(pf_worker_t *w, const char *name);
 
 /* The user for a login name from auth_file (created on first use), or NULL if unknown. */
 pf_user_t *pf_worker_find_user(pf_worker_t *w, const char *name);
+
+/*
+ * The user an auth_user name logs in as: the auth_file user of that name, or (not in auth_file)
+ * one without a secret, for a server that lets it in without a password, which no client can
+ * log in as. Created on first use in worker->users. Returns NULL on ENOMEM.
+ */
+pf_user_t *pf_worker_auth_user(pf_worker_t *w, const char *name);
+
+/* A database's auth_user, auth_query and auth_dbname: its own, else the global one (NULL). */
+const char *pf_database_auth_user(const pf_database_t *db, const pf_config_t *cfg);
+const char *pf_database_auth_query(const pf_database_t *db, const pf_config_t *cfg);
+const char *pf_database_auth_dbname(const pf_database_t *db, const pf_config_t *cfg);
+
+/*
+ * What an auth_query lookup for a client of db found: the user `name` among db's dynamic users
+ * (created on first use, with the [users] settings of that name) with `secret` as its secret —
+ * a plain password, an md5 or a SCRAM secret; NULL or "" for none, which no password matches.
+ * Each lookup sets it anew: a changed secret bumps secret_gen (logins that began with the old
+ * one fail) and forgets a ClientKey learnt from the old one. The caller takes a client
+ * reference (client_count++) and ends it with pf_user_client_gone(). Returns NULL on ENOMEM.
+ */
+pf_user_t *pf_database_found_user(pf_database_t *db, const pf_config_t *cfg, const char *name,
+                                  const char *secret);
+
+/* A client stops referring to u (its c->user): a dynamic user nothing refers to is freed. */
+void pf_user_client_gone(pf_user_t *u);
 
 #endif

@@ -325,6 +325,17 @@ void pf_proto_fe_sasl_response(pf_buf_t *b, const void *data, size_t len);
 /* Query (simple query protocol) with the SQL text. */
 void pf_proto_fe_query(pf_buf_t *b, const char *sql);
 
+/*
+ * Runs sql once through the extended query protocol, its parameters bound as values (never
+ * spliced into the text): Parse of the unnamed statement (no parameter types: the server
+ * infers them), Bind of the unnamed portal with the n parameters in text format (NULL for an
+ * SQL NULL) and text results, Describe of the portal (its columns come back as a
+ * RowDescription, or NoData), Execute of every row, and Sync. The five message types, in order,
+ * are PF_PROTO_EXT_QUERY_TYPES (for the caller's request bookkeeping).
+ */
+#define PF_PROTO_EXT_QUERY_TYPES "PBDES"
+void pf_proto_fe_ext_query(pf_buf_t *b, const char *sql, const char *const *params, size_t n);
+
 /* Terminate. */
 void pf_proto_fe_terminate(pf_buf_t *b);
 
@@ -387,6 +398,28 @@ PF_MUSTCHECK int pf_proto_parse_password(const uint8_t *payload, size_t len, con
 PF_MUSTCHECK int pf_proto_parse_sasl_initial_response(const uint8_t *payload, size_t len,
                                                       const char **mech, const uint8_t **data,
                                                       size_t *data_len);
+
+/* One column value of a DataRow: data NULL for an SQL NULL; not NUL-terminated. */
+typedef struct pf_proto_col {
+	const uint8_t *data;
+	uint32_t len;
+} pf_proto_col_t;
+
+/*
+ * DataRow payload: an Int16 column count, then per column an Int32 length (-1 for NULL) and
+ * that many bytes, filling the payload exactly. Returns 0 with *ncols set and the first `max`
+ * columns in cols[] (pointing into payload; cols may be NULL when max is 0), or -EBADMSG.
+ */
+PF_MUSTCHECK int pf_proto_parse_data_row(const uint8_t *payload, size_t len, pf_proto_col_t *cols,
+                                         size_t max, uint16_t *ncols);
+
+/*
+ * RowDescription payload: an Int16 field count, then per field a name (String) and 18 bytes
+ * (table OID, column number, type OID, size, modifier, format), filling it exactly. Returns 0
+ * with *ncols set, or -EBADMSG.
+ */
+PF_MUSTCHECK int pf_proto_parse_row_description(const uint8_t *payload, size_t len,
+                                                uint16_t *ncols);
 
 /* ReadyForQuery payload: one byte 'I', 'T' or 'E'. Returns 0, or -EBADMSG. */
 PF_MUSTCHECK int pf_proto_parse_ready_for_query(const uint8_t *payload, size_t len,

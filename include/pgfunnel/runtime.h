@@ -67,6 +67,8 @@ typedef struct pf_worker_ops {
 	void (*console_login)(pf_client_t *c);
 	pf_pkt_action_t (*console_packet)(pf_client_t *c, const pf_proto_hdr_t *hdr,
 	                                  const uint8_t *pkt, size_t avail);
+	/* A logging-in client's user must be looked up with auth_query (authquery.h). */
+	void (*auth_query)(pf_client_t *c);
 } pf_worker_ops_t;
 
 /* A listening socket. */

@@ -27,7 +27,23 @@ typedef enum pf_server_task {
 	PF_SV_TASK_SYNC_VARS,     /* SET of the client's parameters before its messages */
 	PF_SV_TASK_RESET,         /* server_reset_query after a session */
 	PF_SV_TASK_CHECK,         /* server_check_query before reuse */
+	PF_SV_TASK_LOOKUP,        /* a query for a client still logging in (pf_server_run_lookup) */
 } pf_server_task_t;
+
+/*
+ * What a lookup (pf_server_run_lookup) got back. Owned by the server until taken with
+ * pf_server_take_lookup(); freed with pf_server_lookup_free().
+ */
+typedef struct pf_server_lookup {
+	int columns;   /* of the result (its RowDescription, 0 for NoData); -1: none came */
+	uint32_t rows; /* DataRows received */
+	uint8_t *row;  /* the first DataRow's payload (malloc'd), NULL when none came */
+	size_t row_len;
+	bool failed;       /* an ErrorResponse came (the rest was skipped up to the Sync) */
+	char sqlstate[6];  /* ... its SQLSTATE, "" if it had none */
+	char *message;     /* ... its message (malloc'd), or NULL */
+	uint8_t tx_status; /* the closing ReadyForQuery's status */
+} pf_server_lookup_t;
 
 /*
  * How far the server's SCRAM exchange got. Each step admits exactly one next Authentication
@@ -101,6 +117,8 @@ struct pf_server {
 	char *login_error;
 	char *host; /* the TCP host connected to (TLS: SNI and verify-full's name), or NULL */
 	struct pf_tls_ctx *tls; /* server_tls_* it negotiates TLS with (a reference), or NULL */
+	pf_server_lookup_t *lookup; /* PF_SV_TASK_LOOKUP's answer, while the server holds it */
+	bool lookup_answered;       /* ... complete: lookup_done() once its last message is read */
 };
 
 /* Opens a new server connection for pool (state LOGIN). Returns 0 or -errno. */
@@ -111,6 +129,25 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason);
 
 /* Starts the pooler's own query (reset/check/sync) on a server; returns 0 or -errno. */
 int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql);
+
+/*
+ * Runs sql with n text parameters (bound values, never spliced into the text: the extended
+ * query protocol, pf_proto_fe_ext_query) on s, which the pool linked to a client still logging
+ * in (pf_pool_borrow) without attaching it: nothing s answers goes to that client. Every
+ * message is recorded in s's request queue as the pooler's own; the answers are gathered in
+ * s->lookup (the first DataRow whole, the others counted, an error's SQLSTATE and message) and,
+ * once the ReadyForQuery of its Sync has come, the pool ops' lookup_done() hears of it for the
+ * linked client, which takes the answer (pf_server_take_lookup) and releases s. Returns 0, or
+ * -errno (nothing was sent).
+ */
+PF_MUSTCHECK int pf_server_run_lookup(pf_server_t *s, const char *sql, const char *const *params,
+                                      size_t n);
+
+/* The finished lookup's answer, now the caller's (pf_server_lookup_free()); NULL if none. */
+pf_server_lookup_t *pf_server_take_lookup(pf_server_t *s);
+
+/* Frees a lookup's answer (NULL is allowed). */
+void pf_server_lookup_free(pf_server_lookup_t *r);
 
 /*
  * The pool linked s (s->ps.link is set): s forwards to client_conn and keeps peer up to date.

@@ -201,13 +201,17 @@ void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char
 		pf_server_release(s);
 	}
 	pf_cancel_table_remove(&w->cancel_keys, &c->ck);
-	if (c->pc.pool)
+	/* A client borrowing a server for its auth_query lookup is in that pool, not counted. */
+	if (c->pc.pool && !c->auth_lookup)
 		c->db->client_count--;
 	if (c->db)
 		c->db->client_refs--;
+	if (c->lookup_db)
+		c->lookup_db->client_refs--;
+	c->lookup_db = NULL;
 	pf_pool_client_gone(w, &c->pc);
 	if (c->user)
-		c->user->client_count--;
+		pf_user_client_gone(c->user);
 	c->user = NULL;
 	if (c->scram) {
 		pf_scram_server_clear(c->scram);
@@ -431,6 +435,30 @@ static void start_scram(pf_client_t *c)
 	c->auth_step = AUTH_SCRAM_FIRST;
 }
 
+/*
+ * Whether c's user must be looked up with auth_query first. PgBouncer's rule (client.c
+ * set_pool): a user auth_file does not know — here, none with a secret from it — when the
+ * database has an auth_user (its own or the global one). The console never looks users up, and
+ * neither do auth types that ignore the user (any) or that pgfunnel does not run.
+ */
+static bool wants_auth_query(const pf_client_t *c, const pf_config_t *cfg)
+{
+	if (c->db->admin || (c->user && c->user->secret.present) ||
+	    !pf_database_auth_user(c->db, cfg))
+		return false;
+	switch (cfg->auth_type) {
+	case PF_AUTH_TRUST:
+	case PF_AUTH_PLAIN:
+	case PF_AUTH_MD5:
+	case PF_AUTH_SCRAM_SHA_256:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static void begin_exchange(pf_client_t *c);
+
 static void start_auth(pf_client_t *c)
 {
 	pf_worker_t *w = pf_conn_worker(&c->conn);
@@ -462,6 +490,30 @@ static void start_auth(pf_client_t *c)
 		}
 		c->admin_can_write = can_write;
 	}
+	if (wants_auth_query(c, cfg)) {
+		w->ops->auth_query(c);
+		return;
+	}
+	begin_exchange(c);
+}
+
+void pf_client_auth_continue(pf_client_t *c)
+{
+	/* Its input was held back during the lookup; it is read again from now on (what is
+	 * already buffered is processed on the next loop iteration, outside the server's
+	 * callback this runs in). */
+	pf_conn_pause_reading(&c->conn, false);
+	begin_exchange(c);
+	if (!c->conn.closing)
+		pf_conn_defer_resume(&c->conn);
+}
+
+/* The password exchange (or trust, any) for c's user, c->user (NULL: unknown). */
+static void begin_exchange(pf_client_t *c)
+{
+	const pf_config_t *cfg = pf_conn_worker(&c->conn)->cfg;
+	char msg[200];
+
 	switch (cfg->auth_type) {
 	case PF_AUTH_ANY:
 		login_ok(c);
@@ -1403,6 +1455,8 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	int rc;
 	if (c->pc.state == PF_CL_LOGIN && c->auth_step != AUTH_DONE)
 		return auth_packet(c, hdr, pkt, avail);
+	if (PF_UNLIKELY(c->auth_lookup))
+		return PF_PKT_STOP; /* held until its password exchange begins */
 	if (hdr->type == PF_PROTO_FE_TERMINATE) {
 		pf_client_close(c, PF_CLOSE_CLIENT_EXIT, NULL, NULL);
 		return PF_PKT_STOP;
@@ -1532,6 +1586,30 @@ static void close_abandoned(pf_pool_t *pool)
 	}
 }
 
+/*
+ * Clients of pool that borrow its servers for their auth_query lookup are still logging in:
+ * client_login_timeout bounds the wait for a server and the query alike (a query stuck on a
+ * lock would otherwise hold the login for ever).
+ */
+static void expire_lookups(pf_pool_t *pool, pf_usec_t now)
+{
+	pf_usec_t limit = pool->worker->cfg->client_login_timeout;
+	pf_list_t *lists[] = {&pool->waiting_clients, &pool->active_clients};
+	pf_list_node_t *it, *tmp;
+
+	if (limit <= 0)
+		return;
+	for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
+		PF_LIST_FOREACH(lists[i], it, tmp)
+		{
+			pf_client_t *c = pf_client_from_node(it);
+
+			if (PF_UNLIKELY(c->auth_lookup) && now - c->conn.connect_time > limit)
+				pf_client_close(c, PF_CLOSE_CLIENT_LOGIN_TIMEOUT, NULL, NULL);
+		}
+	}
+}
+
 void pf_client_maintain(pf_pool_t *pool, pf_usec_t now)
 {
 	pf_list_node_t *it, *tmp;
@@ -1542,6 +1620,7 @@ void pf_client_maintain(pf_pool_t *pool, pf_usec_t now)
 	if (pool->db->admin)
 		return;
 	close_abandoned(pool);
+	expire_lookups(pool, now);
 	/* Timeouts of logged-in clients (0 = off for each). */
 	PF_LIST_FOREACH(&pool->active_clients, it, tmp)
 	{

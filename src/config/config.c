@@ -83,16 +83,16 @@ static const char *const load_balance_values[] = {"disable", "round-robin", NULL
 static const pf_config_param_t params[] = {
         P_LIST(admin_users, RELOAD, IMPL, ""),
         P_BOOL(application_name_add_host, RELOAD, IMPL, "0"),
-        P_STR(auth_dbname, RELOAD, NOT_IMPL, NULL),
+        P_STR(auth_dbname, RELOAD, IMPL, NULL),
         P_STR(auth_file, RELOAD, IMPL, NULL),
         P_STR(auth_hba_file, RELOAD, NOT_IMPL, ""),
         P_STR(auth_ident_file, RELOAD, NOT_IMPL, NULL),
         P_STR(auth_ldap_options, RELOAD, NOT_IMPL, NULL),
-        P_STR(auth_query, RELOAD, NOT_IMPL,
+        P_STR(auth_query, RELOAD, IMPL,
               "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
               "FROM pg_authid WHERE rolname=$1 AND rolcanlogin"),
         P_ENUM(auth_type, RELOAD, IMPL, "md5", auth_type_values),
-        P_STR(auth_user, RELOAD, NOT_IMPL, NULL),
+        P_STR(auth_user, RELOAD, IMPL, NULL),
         P_TIME(autodb_idle_timeout, RELOAD, IMPL, "3600"),
         P_TIME(cancel_wait_timeout, RELOAD, IMPL, "10"),
         P_TIME(client_idle_timeout, RELOAD, IMPL, "0"),
@@ -467,7 +467,20 @@ static int set_value(pf_config_t *cfg, const pf_config_param_t *p, const char *v
 		break;
 	case PF_CFG_STRING:
 	case PF_CFG_LIST: {
-		char *copy = strdup(value);
+		char *copy;
+
+		/* PgBouncer refuses its console as the database auth_query runs in (the console's
+		 * names are pool.h's PF_ADMIN_DBNAME and its alias). */
+		if (p->offset == OFS(auth_dbname) &&
+		    (strcmp(value, "pgbouncer") == 0 || strcmp(value, "pgfunnel") == 0)) {
+			set_err(err, errlen,
+			        "parameter \"auth_dbname\": cannot use the reserved \"%s\" "
+			        "database as "
+			        "an auth_dbname",
+			        value);
+			return -EINVAL;
+		}
+		copy = strdup(value);
 		if (!copy) {
 			set_err(err, errlen, "parameter \"%s\": out of memory", p->name);
 			return -ENOMEM;
@@ -1149,9 +1162,9 @@ static const entry_key_t db_keys[] = {
         DBK(port, K_PORT),
         DBK(user, K_STR),
         DBK(password, K_STR),
-        DBK_IGNORED(auth_user, K_STR),
-        DBK_IGNORED(auth_query, K_STR),
-        DBK_IGNORED(auth_dbname, K_STR),
+        DBK(auth_user, K_STR),
+        DBK(auth_query, K_STR),
+        DBK(auth_dbname, K_STR),
         DBK(pool_size, K_INT),
         DBK(min_pool_size, K_INT),
         DBK(reserve_pool_size, K_INT),

@@ -133,17 +133,51 @@ static void user_free(pf_user_t *u)
 	free(u);
 }
 
+/*
+ * Frees a dynamic user (pf_user_t.dyn_db) once no client and no pool refers to it any more.
+ * Returns true when it was freed.
+ */
+static bool dynamic_user_release(pf_user_t *u)
+{
+	if (!u->dyn_db || u->client_count > 0 || u->pool_refs > 0)
+		return false;
+	pf_list_remove(&u->dyn_db->dyn_users, &u->node);
+	user_free(u);
+	return true;
+}
+
+void pf_user_client_gone(pf_user_t *u)
+{
+	assert(u->client_count > 0);
+	u->client_count--;
+	dynamic_user_release(u);
+}
+
+static pf_user_t *user_lookup(pf_list_t *l, const char *name)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(l, it, tmp)
+	{
+		pf_user_t *u = PF_CONTAINER_OF(it, pf_user_t, node);
+
+		if (strcmp(u->name, name) == 0)
+			return u;
+	}
+	return NULL;
+}
+
 pf_user_t *pf_worker_find_user(pf_worker_t *w, const char *name)
 {
 	const pf_auth_entry_t *e;
-	pf_list_node_t *it, *tmp;
-	pf_user_t *u;
+	pf_user_t *u = user_lookup(&w->users, name);
 
-	PF_LIST_FOREACH(&w->users, it, tmp)
-	{
-		u = PF_CONTAINER_OF(it, pf_user_t, node);
-		if (strcmp(u->name, name) == 0)
-			return u;
+	if (u) {
+		/* Made only to be an auth_user: not a login name until auth_file gives it a
+		 * secret (auth_type=any never looks at secrets). */
+		if (u->lookup_only && !u->secret.present && w->cfg->auth_type != PF_AUTH_ANY)
+			return NULL;
+		return u;
 	}
 	/*
 	 * auth_type=any ignores the user name entirely (every database must force a user), so a
@@ -161,6 +195,61 @@ pf_user_t *pf_worker_find_user(pf_worker_t *w, const char *name)
 	}
 	user_apply_config(u, w->cfg);
 	pf_list_append(&w->users, &u->node);
+	return u;
+}
+
+pf_user_t *pf_worker_auth_user(pf_worker_t *w, const char *name)
+{
+	const pf_auth_entry_t *e;
+	pf_user_t *u = user_lookup(&w->users, name);
+
+	if (u)
+		return u;
+	u = user_new(name);
+	if (!u)
+		return NULL;
+	/* PgBouncer: the auth_user's password comes from auth_file; without an entry it logs in
+	 * with none (a server that trusts it). */
+	e = w->auth_file ? pf_auth_file_find(w->auth_file, name) : NULL;
+	if (e && secret_from_entry(&u->secret, e) < 0) {
+		user_free(u);
+		return NULL;
+	}
+	u->lookup_only = true;
+	user_apply_config(u, w->cfg);
+	pf_list_append(&w->users, &u->node);
+	return u;
+}
+
+pf_user_t *pf_database_found_user(pf_database_t *db, const pf_config_t *cfg, const char *name,
+                                  const char *secret)
+{
+	pf_user_t *u = user_lookup(&db->dyn_users, name);
+	pf_secret_t fresh = {0};
+
+	/* PgBouncer refuses an empty password whatever its source: it is no secret at all. */
+	if (secret && *secret && secret_from_text(&fresh, secret) < 0)
+		return NULL;
+	if (!u) {
+		u = user_new(name);
+		if (!u) {
+			secret_clear(&fresh);
+			return NULL;
+		}
+		u->dyn_db = db;
+		u->secret = fresh;
+		user_apply_config(u, cfg);
+		pf_list_append(&db->dyn_users, &u->node);
+		return u;
+	}
+	if (secret_equal(&fresh, &u->secret)) {
+		/* The same secret: a ClientKey learnt from it stays good. */
+		secret_clear(&fresh);
+		return u;
+	}
+	secret_clear(&u->secret);
+	u->secret = fresh;
+	u->secret_gen++;
 	return u;
 }
 
@@ -229,6 +318,18 @@ static void user_retire(pf_user_t *u)
 
 static void database_free(pf_database_t *db)
 {
+	pf_list_node_t *n;
+
+	/* Its pools went first, and no client names it any more: nothing refers to these. */
+	while ((n = pf_list_pop(&db->dyn_users))) {
+		pf_user_t *u = PF_CONTAINER_OF(n, pf_user_t, node);
+
+		assert(u->pool_refs == 0 && u->client_count == 0);
+		user_free(u);
+	}
+	free(db->auth_user);
+	free(db->auth_query);
+	free(db->auth_dbname);
 	free(db->name);
 	free(db->host);
 	free(db->dbname);
@@ -318,6 +419,12 @@ static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_
 	free(db->startup_datestyle);
 	free(db->startup_timezone);
 	free(db->startup_application_name);
+	free(db->auth_user);
+	free(db->auth_query);
+	free(db->auth_dbname);
+	db->auth_user = dup_or_null(e->auth_user);
+	db->auth_query = dup_or_null(e->auth_query);
+	db->auth_dbname = dup_or_null(e->auth_dbname);
 	db->host = dup_or_null(e->host);
 	db->port = e->port > 0 ? e->port : 5432;
 	db->lb_disable = e->load_balance_hosts == PF_LB_DISABLE;
@@ -335,7 +442,8 @@ static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_
 	db->server_lifetime = e->server_lifetime;
 	db->query_wait_timeout = e->query_wait_timeout;
 	db->in_config = true;
-	if (!db->dbname || (e->host && !db->host))
+	if (!db->dbname || (e->host && !db->host) || (e->auth_user && !db->auth_user) ||
+	    (e->auth_query && !db->auth_query) || (e->auth_dbname && !db->auth_dbname))
 		return -ENOMEM;
 	return 0;
 }
@@ -351,6 +459,7 @@ static pf_database_t *database_new(pf_worker_t *w, const char *name)
 		free(db);
 		return NULL;
 	}
+	pf_list_init(&db->dyn_users);
 	db->pool_mode = PF_POOL_INHERIT;
 	db->pool_size = db->min_pool_size = db->reserve_pool_size = db->max_db_connections = -1;
 	db->server_lifetime = -1;
@@ -398,12 +507,19 @@ int pf_database_sync_config(pf_worker_t *w)
 		if (database_apply(w, db, e) < 0)
 			return -ENOMEM;
 	}
-	/* Auto-created databases follow the "*" entry while it exists. */
+	/* Auto-created databases follow the "*" entry while it exists; users auth_query found
+	 * follow [users]. */
 	PF_LIST_FOREACH(&w->databases, it, tmp)
 	{
+		pf_list_node_t *uit, *utmp;
+
 		db = PF_CONTAINER_OF(it, pf_database_t, node);
 		if (db->autodb && cfg->fallback_db && database_apply(w, db, cfg->fallback_db) < 0)
 			return -ENOMEM;
+		PF_LIST_FOREACH(&db->dyn_users, uit, utmp)
+		{
+			user_apply_config(PF_CONTAINER_OF(uit, pf_user_t, node), cfg);
+		}
 	}
 	db = database_lookup(w, PF_ADMIN_DBNAME);
 	if (!db || !db->admin) {
@@ -420,6 +536,21 @@ int pf_database_sync_config(pf_worker_t *w)
 	}
 	db->in_config = true;
 	return 0;
+}
+
+const char *pf_database_auth_user(const pf_database_t *db, const pf_config_t *cfg)
+{
+	return db->auth_user ? db->auth_user : cfg->auth_user;
+}
+
+const char *pf_database_auth_query(const pf_database_t *db, const pf_config_t *cfg)
+{
+	return db->auth_query ? db->auth_query : cfg->auth_query;
+}
+
+const char *pf_database_auth_dbname(const pf_database_t *db, const pf_config_t *cfg)
+{
+	return db->auth_dbname ? db->auth_dbname : cfg->auth_dbname;
 }
 
 pf_database_t *pf_worker_find_database(pf_worker_t *w, const char *name)
@@ -455,12 +586,14 @@ void pf_database_maintain(pf_worker_t *w, pf_usec_t now)
 {
 	pf_list_node_t *it, *tmp;
 
-	/* Pools of a retired forced user take no new clients: drop them once empty. */
+	/* Pools of a retired forced user take no new clients, and those of a user auth_query
+	 * found are made again by its next login: drop them once empty (which frees the user
+	 * when no client refers to it either). */
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
 
-		if (p->user->retired && pool_is_empty(p))
+		if ((p->user->retired || p->user->dyn_db) && pool_is_empty(p))
 			pf_pool_free(p);
 	}
 
@@ -656,6 +789,8 @@ void pf_pool_free(pf_pool_t *pool)
 	assert(pool->user->pool_refs > 0);
 	if (--pool->user->pool_refs == 0 && pool->user->retired)
 		user_free(pool->user);
+	else
+		dynamic_user_release(pool->user);
 	free(pool);
 }
 
@@ -1060,6 +1195,23 @@ bool pf_pool_acquire(pf_pool_client_t *c)
 	}
 	launch(pool, false); /* refuses by itself while paused */
 	return false;
+}
+
+bool pf_pool_borrow(pf_worker_t *w, pf_pool_t *pool, pf_pool_client_t *c)
+{
+	assert(c->state == PF_CL_LOGIN && !c->pool && !c->link);
+	set_client_state(w, c, PF_CL_FREE);
+	c->pool = pool;
+	pf_pool_set_client_state(c, PF_CL_ACTIVE);
+	return pf_pool_acquire(c);
+}
+
+void pf_pool_end_borrow(pf_worker_t *w, pf_pool_client_t *c)
+{
+	assert(c->pool && !c->link);
+	c->wait_start = 0;
+	set_client_state(w, c, PF_CL_LOGIN);
+	c->pool = NULL;
 }
 
 bool pf_pool_login_client(pf_pool_client_t *c)

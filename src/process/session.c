@@ -3,6 +3,7 @@
  */
 #include "pfbuild.h"
 
+#include "pgfunnel/authquery.h"
 #include "pgfunnel/client.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/server.h"
@@ -30,6 +31,11 @@ static void linked(pf_pool_server_t *ps, pf_pool_client_t *pc)
 	pf_client_t *c = pf_client_of(pc);
 	pf_worker_t *w = ps->pool->worker;
 
+	if (c->auth_lookup) {
+		/* A logging-in client's lookup: the server answers it, not the client. */
+		pf_authq_linked(c, s);
+		return;
+	}
 	pf_server_attach(s, &c->peer, &c->conn);
 	pf_conn_pause_reading(&c->conn, false);
 	/* Its queued messages run now, unless links nest too deep: a client that leaves at once
@@ -51,6 +57,11 @@ static void resume_client(pf_pool_client_t *c)
 static void login_done(pf_pool_client_t *c)
 {
 	pf_client_finish_login(pf_client_of(c));
+}
+
+static void lookup_done(pf_pool_client_t *c)
+{
+	pf_authq_done(pf_client_of(c));
 }
 
 static int test_server(pf_pool_server_t *s, bool reset, const char *sql)
@@ -91,6 +102,7 @@ const pf_pool_ops_t pf_session_pool_ops = {
         .linked = linked,
         .resume_client = resume_client,
         .login_done = login_done,
+        .lookup_done = lookup_done,
         .test_server = test_server,
         .server_is_clean = server_is_clean,
         .server_is_uncertain = server_is_uncertain,

@@ -24,6 +24,7 @@
 #include <openssl/rand.h>
 
 #include "pgfunnel/admin.h"
+#include "pgfunnel/authquery.h"
 #include "pgfunnel/client.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/metrics.h"
@@ -64,6 +65,7 @@ static const pf_worker_ops_t worker_ops = {
         .set_suspended = pf_worker_set_suspended,
         .console_login = pf_admin_login,
         .console_packet = pf_admin_packet,
+        .auth_query = pf_authq_start,
 };
 
 /* Creation failed after the janitor timer was set up: free w once the timer is closed. */

@@ -732,6 +732,126 @@ int pf_server_run_task(pf_server_t *s, pf_server_task_t task, const char *sql)
 	return 0;
 }
 
+void pf_server_lookup_free(pf_server_lookup_t *r)
+{
+	if (!r)
+		return;
+	/* The row may hold a password or a secret. */
+	if (r->row) {
+		OPENSSL_cleanse(r->row, r->row_len);
+		free(r->row);
+	}
+	free(r->message);
+	free(r);
+}
+
+pf_server_lookup_t *pf_server_take_lookup(pf_server_t *s)
+{
+	pf_server_lookup_t *r = s->task == PF_SV_TASK_LOOKUP ? NULL : s->lookup;
+
+	if (r)
+		s->lookup = NULL;
+	return r;
+}
+
+int pf_server_run_lookup(pf_server_t *s, const char *sql, const char *const *params, size_t n)
+{
+	const char *types = PF_PROTO_EXT_QUERY_TYPES;
+	pf_buf_t b;
+	int rc;
+
+	assert(s->ready && s->task == PF_SV_TASK_NONE && s->ps.link && !s->peer);
+	pf_server_lookup_free(s->lookup); /* an answer nobody took */
+	s->lookup = calloc(1, sizeof(*s->lookup));
+	if (!s->lookup)
+		return -ENOMEM;
+	s->lookup->columns = -1;
+	pf_buf_init(&b);
+	pf_proto_fe_ext_query(&b, sql, params, n);
+	rc = b.failed ? -ENOMEM : pf_reqq_reserve(&s->rq, (uint32_t)strlen(types));
+	/* Room was reserved and the server is idle: each message is recorded. */
+	for (size_t i = 0; rc == 0 && types[i]; i++)
+		rc = pf_reqq_push(&s->rq, (uint8_t)types[i], PF_REQQ_POOLER);
+	if (rc < 0) {
+		/* Nothing was sent; entries recorded (none, unless the queue broke) make the
+		 * server unclean, so it is not reused. */
+		pf_buf_free(&b);
+		pf_server_lookup_free(s->lookup);
+		s->lookup = NULL;
+		return rc;
+	}
+	s->task = PF_SV_TASK_LOOKUP;
+	s->task_failed = false;
+	pf_conn_send_buf(&s->conn, &b);
+	OPENSSL_cleanse(b.data, b.cap); /* the parameter was a user name, but keep to the rule */
+	pf_buf_free(&b);
+	return 0;
+}
+
+/*
+ * The answers to a lookup (PF_SV_TASK_LOOKUP) that it keeps: the result's column count, the
+ * first DataRow (whole), the rows' number, an error's SQLSTATE and message. Returns
+ * PF_PKT_CONSUMED when the message was noted (the caller goes on accounting for it),
+ * PF_PKT_NEED_WHOLE, or PF_PKT_STOP after closing a server that sent a malformed message.
+ */
+static pf_pkt_action_t lookup_note(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
+                                   size_t avail)
+{
+	pf_server_lookup_t *r = s->lookup;
+	const uint8_t *payload = pkt + PF_PROTO_HDR_LEN;
+	size_t plen = hdr->payload_len;
+
+	switch (hdr->type) {
+	case PF_PROTO_BE_ROW_DESCRIPTION: {
+		uint16_t n;
+
+		if (avail < hdr->total)
+			return PF_PKT_NEED_WHOLE;
+		if (pf_proto_parse_row_description(payload, plen, &n) < 0) {
+			pf_server_close(s, PF_SV_CLOSE_PROTOCOL);
+			return PF_PKT_STOP;
+		}
+		r->columns = n;
+		break;
+	}
+	case PF_PROTO_BE_NO_DATA:
+		r->columns = 0;
+		break;
+	case PF_PROTO_BE_DATA_ROW:
+		/* Only the first row is read (the others are counted: more than one is an error
+		 * for the caller to report). */
+		if (r->rows == 0) {
+			if (avail < hdr->total)
+				return PF_PKT_NEED_WHOLE;
+			r->row = malloc(plen ? plen : 1);
+			if (!r->row) {
+				pf_server_close(s, PF_SV_CLOSE_ERROR);
+				return PF_PKT_STOP;
+			}
+			memcpy(r->row, payload, plen);
+			r->row_len = plen;
+		}
+		if (r->rows < UINT32_MAX)
+			r->rows++;
+		break;
+	case PF_PROTO_BE_ERROR_RESPONSE: {
+		pf_proto_error_t e;
+
+		if (avail < hdr->total)
+			return PF_PKT_NEED_WHOLE;
+		r->failed = true;
+		if (pf_proto_parse_error_fields(payload, plen, &e) == 0 && !r->message) {
+			pf_strlcpy(r->sqlstate, e.sqlstate ? e.sqlstate : "", sizeof(r->sqlstate));
+			r->message = e.message ? strdup(e.message) : NULL;
+		}
+		break;
+	}
+	default:
+		break;
+	}
+	return PF_PKT_CONSUMED;
+}
+
 bool pf_server_attach(pf_server_t *s, pf_server_peer_t *peer, pf_conn_t *client_conn)
 {
 	pf_buf_t sql;
@@ -827,6 +947,16 @@ static void task_done(pf_server_t *s, uint8_t status)
 	pf_pool_client_t *c = s->ps.link;
 
 	s->task = PF_SV_TASK_NONE;
+	if (task == PF_SV_TASK_LOOKUP) {
+		/* Whatever it says (an error of the query's own included) is for the client that
+		 * borrowed the server to judge, once this ReadyForQuery is consumed
+		 * (server_on_forwarded): it then releases the server, which goes back to the pool
+		 * only if it is clean. */
+		assert(s->lookup);
+		s->lookup->tx_status = status;
+		s->lookup_answered = true;
+		return;
+	}
 	if (s->task_failed || status != PF_PROTO_TX_IDLE) {
 		pf_log_warning(s, "%s query failed, closing the server connection",
 		               task == PF_SV_TASK_SYNC_VARS       ? "parameter sync"
@@ -867,6 +997,12 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 	size_t plen = hdr->payload_len;
 	uint8_t st = PF_PROTO_TX_IDLE;
 
+	if (s->task == PF_SV_TASK_LOOKUP) {
+		pf_pkt_action_t act = lookup_note(s, hdr, pkt, avail);
+
+		if (act != PF_PKT_CONSUMED)
+			return act;
+	}
 	switch (hdr->type) {
 	case PF_PROTO_BE_READY_FOR_QUERY:
 		if (avail < hdr->total)
@@ -929,6 +1065,11 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 			return PF_PKT_STOP;
 		}
 		task_done(s, st);
+		/* A lookup's answer is told once its last message is behind the read position,
+		 * so that its server can be released as clean: "forwarded" to nobody (the server
+		 * is not attached), server_on_forwarded() follows. */
+		if (s->lookup_answered)
+			return PF_PKT_FORWARD_LAST;
 	}
 	return PF_PKT_CONSUMED;
 }
@@ -1375,6 +1516,16 @@ static void server_on_forwarded(pf_conn_t *conn)
 {
 	pf_server_t *s = (pf_server_t *)conn;
 
+	if (PF_UNLIKELY(s->lookup_answered)) {
+		/* The ReadyForQuery that ends a lookup (task_packet): its client takes the answer
+		 * and releases the server. */
+		s->lookup_answered = false;
+		if (s->ps.link)
+			s->ps.pool->worker->pool_ops->lookup_done(s->ps.link);
+		else
+			pf_server_close(s, PF_SV_CLOSE_CLIENT_GONE);
+		return;
+	}
 	if (s->ps.link)
 		pf_server_release(s);
 }
@@ -1547,6 +1698,7 @@ static void server_on_free(pf_conn_t *conn)
 	free(s->login_error);
 	free(s->host);
 	pf_tls_ctx_unref(s->tls);
+	pf_server_lookup_free(s->lookup);
 	pf_reqq_free(&s->rq);
 	pf_prepared_server_free(s->prep);
 	free(s);

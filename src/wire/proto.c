@@ -583,6 +583,52 @@ void pf_proto_fe_query(pf_buf_t *b, const char *sql)
 	pf_buf_msg_end(b, start);
 }
 
+void pf_proto_fe_ext_query(pf_buf_t *b, const char *sql, const char *const *params, size_t n)
+{
+	size_t start;
+
+	if (n > UINT16_MAX) {
+		b->failed = true;
+		return;
+	}
+	start = pf_buf_msg_begin(b, PF_PROTO_FE_PARSE);
+	pf_buf_put_str(b, ""); /* the unnamed statement */
+	pf_buf_put_str(b, sql);
+	pf_buf_put_u16(b, 0); /* no parameter types given: the server infers them */
+	pf_buf_msg_end(b, start);
+
+	start = pf_buf_msg_begin(b, PF_PROTO_FE_BIND);
+	pf_buf_put_str(b, ""); /* the unnamed portal */
+	pf_buf_put_str(b, ""); /* of the unnamed statement */
+	pf_buf_put_u16(b, 0);  /* every parameter in text format */
+	pf_buf_put_u16(b, (uint16_t)n);
+	for (size_t i = 0; i < n; i++) {
+		size_t len = params[i] ? strlen(params[i]) : 0;
+
+		if (len > INT32_MAX) {
+			b->failed = true;
+			return;
+		}
+		pf_buf_put_i32(b, params[i] ? (int32_t)len : -1);
+		pf_buf_put_bytes(b, params[i], len);
+	}
+	pf_buf_put_u16(b, 0); /* every result column in text format */
+	pf_buf_msg_end(b, start);
+
+	start = pf_buf_msg_begin(b, PF_PROTO_FE_DESCRIBE);
+	pf_buf_put_u8(b, 'P');
+	pf_buf_put_str(b, "");
+	pf_buf_msg_end(b, start);
+
+	start = pf_buf_msg_begin(b, PF_PROTO_FE_EXECUTE);
+	pf_buf_put_str(b, "");
+	pf_buf_put_u32(b, 0); /* no row limit */
+	pf_buf_msg_end(b, start);
+
+	start = pf_buf_msg_begin(b, PF_PROTO_FE_SYNC);
+	pf_buf_msg_end(b, start);
+}
+
 void pf_proto_fe_terminate(pf_buf_t *b)
 {
 	size_t start = pf_buf_msg_begin(b, PF_PROTO_FE_TERMINATE);
@@ -728,6 +774,64 @@ int pf_proto_parse_sasl_initial_response(const uint8_t *payload, size_t len, con
 		*data_len = n;
 	}
 	*mech = (const char *)payload;
+	return 0;
+}
+
+int pf_proto_parse_data_row(const uint8_t *payload, size_t len, pf_proto_col_t *cols, size_t max,
+                            uint16_t *ncols)
+{
+	size_t off = 2;
+	uint16_t n;
+
+	if (len < 2)
+		return -EBADMSG;
+	n = (uint16_t)((payload[0] << 8) | payload[1]);
+	for (uint16_t i = 0; i < n; i++) {
+		uint32_t clen;
+
+		if (len - off < 4)
+			return -EBADMSG;
+		clen = get_u32(payload + off);
+		off += 4;
+		if (clen == UINT32_MAX) {
+			if (i < max)
+				cols[i] = (pf_proto_col_t){NULL, 0};
+			continue;
+		}
+		/* Any other length beyond the payload, including "negative" ones, is malformed. */
+		if (clen > len - off)
+			return -EBADMSG;
+		if (i < max)
+			cols[i] = (pf_proto_col_t){payload + off, clen};
+		off += clen;
+	}
+	if (off != len)
+		return -EBADMSG;
+	*ncols = n;
+	return 0;
+}
+
+int pf_proto_parse_row_description(const uint8_t *payload, size_t len, uint16_t *ncols)
+{
+	size_t off = 2;
+	uint16_t n;
+
+	if (len < 2)
+		return -EBADMSG;
+	n = (uint16_t)((payload[0] << 8) | payload[1]);
+	for (uint16_t i = 0; i < n; i++) {
+		const uint8_t *nul = memchr(payload + off, 0, len - off);
+
+		if (!nul)
+			return -EBADMSG;
+		off = (size_t)(nul - payload) + 1;
+		if (len - off < 18)
+			return -EBADMSG;
+		off += 18;
+	}
+	if (off != len)
+		return -EBADMSG;
+	*ncols = n;
 	return 0;
 }
 

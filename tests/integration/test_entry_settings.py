@@ -152,10 +152,11 @@ def test_database_query_wait_timeout(proxy, postgres, two_roles):
 
 def test_unimplemented_entry_keys_are_reported(proxy, postgres, two_roles):
     (user, pw), _ = two_roles
-    pf = proxy(databases={"withauth": postgres.db_entry("appdb", auth_user="postgres",
-                                                        query_wait_timeout=9)},
+    pf = proxy(databases={"withlimit": postgres.db_entry("appdb", max_db_client_connections=5,
+                                                         query_wait_timeout=9)},
                users={user: "transaction_timeout=5 query_timeout=3"}, userlist={user: pw})
-    pf.wait_for_log(r'database "withauth": key "auth_user" is not implemented by pgfunnel yet')
+    pf.wait_for_log(r'database "withlimit": key "max_db_client_connections" is not implemented '
+                    r'by pgfunnel yet')
     pf.wait_for_log(r'user "%s": key "transaction_timeout" is not implemented by pgfunnel yet'
                     % user)
     # Implemented keys set in the same entries are not reported.

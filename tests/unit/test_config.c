@@ -141,6 +141,9 @@ static const char *const implemented[] = {
         "user",
         "auth_type",
         "auth_file",
+        "auth_user",
+        "auth_query",
+        "auth_dbname",
         "admin_users",
         "stats_users",
         "pool_mode",
@@ -958,6 +961,41 @@ static void test_unimplemented_warning(void **state)
 	                    "its value is ignored");
 	assert_string_equal(cfg->auth_hba_file, "/etc/hba"); /* still stored */
 	pf_config_free(cfg);
+
+	/* auth_user, auth_query and auth_dbname are implemented, globally and per database. */
+	memset(&w, 0, sizeof(w));
+	assert_int_equal(pf_config_load_string("[databases]\n"
+	                                       "db = auth_user=au auth_query='SELECT 1' "
+	                                       "auth_dbname=other\n"
+	                                       "[pgbouncer]\nauth_user = au\nauth_dbname = db\n"
+	                                       "auth_query = SELECT a, b FROM t WHERE u = $1\n",
+	                                       "t.ini", &cfg, collect_warning, &w, err,
+	                                       sizeof(err)),
+	                 0);
+	assert_int_equal(w.count, 0);
+	pf_config_free(cfg);
+}
+
+/* PgBouncer refuses its console as the database auth_query runs in (as a parameter). */
+static void test_auth_dbname_reserved(void **state)
+{
+	pf_config_t *cfg;
+	char err[256];
+
+	(void)state;
+	param_fails("auth_dbname = pgbouncer",
+	            "t.ini:2: parameter \"auth_dbname\": cannot use the reserved \"pgbouncer\" "
+	            "database as an auth_dbname");
+	param_fails("auth_dbname = pgfunnel",
+	            "t.ini:2: parameter \"auth_dbname\": cannot use the reserved \"pgfunnel\" "
+	            "database as an auth_dbname");
+	cfg = load_param("auth_dbname = authdb");
+	assert_string_equal(cfg->auth_dbname, "authdb");
+	/* The console's SET goes through the same check. */
+	assert_int_equal(pf_config_set(cfg, "auth_dbname", "pgbouncer", err, sizeof(err)), -EINVAL);
+	assert_string_equal(cfg->auth_dbname, "authdb");
+	assert_int_equal(pf_config_set(cfg, "auth_dbname", "PgBouncer", err, sizeof(err)), 0);
+	pf_config_free(cfg);
 }
 
 static void test_reload_safety(void **state)
@@ -1173,6 +1211,7 @@ int main(void)
 	        cmocka_unit_test(test_include),
 	        cmocka_unit_test(test_include_depth),
 	        cmocka_unit_test(test_unimplemented_warning),
+	        cmocka_unit_test(test_auth_dbname_reserved),
 	        cmocka_unit_test(test_reload_safety),
 	        cmocka_unit_test(test_debian_ini),
 	        cmocka_unit_test(test_section_keys),

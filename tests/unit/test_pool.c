@@ -1297,6 +1297,175 @@ static void test_query_wait_timeout(void **state)
 	assert_int_equal(ncalls(OP_CLOSE_CLIENT, -1), 0);
 }
 
+/* ---- auth_query: borrowing a server, users a lookup found ---- */
+
+/* A client that has not logged in yet (worker->login_clients, no pool). */
+static fake_client_t *client_logging_in(void)
+{
+	fake_client_t *c;
+
+	assert_true(fx->n_cl < MAX_CLIENTS);
+	c = &fx->cl[fx->n_cl];
+	pf_pool_client_init(&c->pc);
+	pf_pool_set_worker_client_state(&fx->w, &c->pc, PF_CL_LOGIN);
+	c->id = ++fx->n_cl;
+	return c;
+}
+
+static void test_borrow_waits_links_and_returns(void **state)
+{
+	fake_client_t *a, *b;
+
+	(void)state;
+	fx_start(NULL, NULL, "server_connect_timeout = 0");
+	a = client_logging_in();
+	b = client_logging_in();
+	assert_int_equal(fx->w.login_clients.len, 2);
+	/* No server: a waits in the pool (SHOW POOLS counts it) and one is opened for it. */
+	assert_false(pf_pool_borrow(&fx->w, fx->pool, &a->pc));
+	assert_int_equal(a->pc.state, PF_CL_WAITING);
+	assert_ptr_equal(a->pc.pool, fx->pool);
+	assert_int_equal(fx->w.login_clients.len, 1);
+	CHECK_POOL(fx->pool, 0, 1, 0, 0, 0, 0, 1);
+	login_ok(sv(1));
+	assert_linked(a, sv(1));
+	assert_int_equal(ncalls(OP_LINKED, -1), 1);
+	/* Its query answered: the server goes back, the client back to logging in. */
+	release(sv(1));
+	pf_pool_end_borrow(&fx->w, &a->pc);
+	assert_int_equal(a->pc.state, PF_CL_LOGIN);
+	assert_null(a->pc.pool);
+	assert_int_equal(a->pc.wait_start, 0);
+	assert_int_equal(fx->w.login_clients.len, 2);
+	CHECK_POOL(fx->pool, 0, 0, 0, 1, 0, 0, 0);
+	/* An idle server is linked at once. */
+	assert_true(pf_pool_borrow(&fx->w, fx->pool, &b->pc));
+	assert_linked(b, sv(1));
+	CHECK_POOL(fx->pool, 1, 0, 1, 0, 0, 0, 0);
+	/* Closed while borrowing (it left, or client_login_timeout): the server is dirty (its
+	 * query is unanswered) and closed with it. */
+	sv(1)->dirty = true;
+	close_client(b, PF_CLOSE_CLIENT_EOF);
+	assert_server_closed(0, 1, PF_SV_CLOSE_CLIENT_GONE);
+	CHECK_POOL(fx->pool, 0, 0, 0, 0, 0, 0, 0);
+	assert_int_equal(fx->w.login_clients.len, 1);
+}
+
+static void test_borrow_query_wait_timeout_and_login_failure(void **state)
+{
+	fake_client_t *a, *b;
+
+	(void)state;
+	fx_start(NULL, NULL, "query_wait_timeout = 3\nserver_connect_timeout = 0");
+	a = client_logging_in();
+	assert_false(pf_pool_borrow(&fx->w, fx->pool, &a->pc));
+	fake_now += 3 * SEC + 1;
+	pf_pool_maintain(fx->pool, fake_now);
+	assert_client_closed(0, a->id, PF_CLOSE_CLIENT_WAIT_TIMEOUT);
+	CHECK_POOL(fx->pool, 0, 0, 0, 0, 0, 0, 1);
+	/* The server's login fails: the borrower hears why at once (the lookup cannot run). */
+	b = client_logging_in();
+	assert_false(pf_pool_borrow(&fx->w, fx->pool, &b->pc));
+	close_server(sv(1), PF_SV_CLOSE_LOGIN_FAILED);
+	assert_client_closed(1, b->id, PF_CLOSE_CLIENT_SERVER_LOGIN);
+	assert_string_equal(nth(OP_CLOSE_CLIENT, 1)->message, "password authentication failed");
+	CHECK_POOL(fx->pool, 0, 0, 0, 0, 0, 0, 0);
+}
+
+static void test_found_user_lifetime(void **state)
+{
+	pf_user_t *u, *v;
+	pf_pool_t *pool;
+
+	(void)state;
+	fx_start(NULL, "dave = pool_size=7", NULL);
+	u = pf_database_found_user(fx->app, fx->cfg, "dave", "plain-pw");
+	assert_non_null(u);
+	assert_ptr_equal(u->dyn_db, fx->app);
+	assert_true(u->secret.present);
+	assert_int_equal(u->secret.kind, PF_AUTH_SECRET_PLAIN);
+	assert_int_equal(u->pool_size, 7); /* [users] applies */
+	u->client_count++;
+	/* Per database: the same name in another database is another user. */
+	v = pf_database_found_user(fx->other, fx->cfg, "dave", "plain-pw");
+	assert_non_null(v);
+	assert_ptr_not_equal(u, v);
+	v->client_count++;
+	pf_user_client_gone(v); /* nothing else refers to it: freed */
+	assert_true(pf_list_is_empty(&fx->other->dyn_users));
+	/* The same secret again: the same object, a learnt ClientKey kept. */
+	u->secret.has_client_key = true;
+	assert_ptr_equal(pf_database_found_user(fx->app, fx->cfg, "dave", "plain-pw"), u);
+	assert_int_equal(u->secret_gen, 0);
+	assert_true(u->secret.has_client_key);
+	/* Another secret (an md5 one): logins begun with the old one fail, the key is gone. */
+	assert_ptr_equal(pf_database_found_user(fx->app, fx->cfg, "dave",
+	                                        "md5d41d8cd98f00b204e9800998ecf8427e"),
+	                 u);
+	assert_int_equal(u->secret.kind, PF_AUTH_SECRET_MD5);
+	assert_int_equal(u->secret_gen, 1);
+	assert_false(u->secret.has_client_key);
+	/* NULL or empty: no secret, so no password admits it. */
+	assert_ptr_equal(pf_database_found_user(fx->app, fx->cfg, "dave", NULL), u);
+	assert_false(u->secret.present);
+	assert_int_equal(u->secret_gen, 2);
+	assert_ptr_equal(pf_database_found_user(fx->app, fx->cfg, "dave", ""), u);
+	assert_false(u->secret.present);
+	assert_int_equal(u->secret_gen, 2);
+	/* A pool keeps it after its client left; the janitor drops the empty pool, then it. */
+	pool = pf_pool_get(&fx->w, fx->app, u);
+	assert_non_null(pool);
+	pf_user_client_gone(u);
+	assert_false(pf_list_is_empty(&fx->app->dyn_users));
+	assert_int_equal(u->pool_refs, 1);
+	make_idle(pool, 1);
+	pf_database_maintain(&fx->w, fake_now);
+	assert_false(pf_list_is_empty(&fx->app->dyn_users)); /* its pool has a server */
+	close_server(sv(1), PF_SV_CLOSE_IDLE_TIMEOUT);
+	pf_database_maintain(&fx->w, fake_now);
+	assert_true(pf_list_is_empty(&fx->app->dyn_users));
+	/* Pools of other users stay. */
+	assert_ptr_equal(pf_pool_get(&fx->w, fx->app, fx->alice), fx->pool);
+	/* A user still referred to at exit is freed with its database. */
+	u = pf_database_found_user(fx->app, fx->cfg, "erin", "pw");
+	assert_non_null(pf_pool_get(&fx->w, fx->app, u));
+}
+
+static void test_auth_settings(void **state)
+{
+	pf_user_t *au;
+
+	(void)state;
+	fx_start("auth_user=au auth_query='SELECT 1' auth_dbname=other", NULL,
+	         "auth_user = g\nauth_query = SELECT x");
+	assert_string_equal(pf_database_auth_user(fx->app, fx->cfg), "au");
+	assert_string_equal(pf_database_auth_query(fx->app, fx->cfg), "SELECT 1");
+	assert_string_equal(pf_database_auth_dbname(fx->app, fx->cfg), "other");
+	assert_string_equal(pf_database_auth_user(fx->other, fx->cfg), "g");
+	assert_string_equal(pf_database_auth_query(fx->other, fx->cfg), "SELECT x");
+	assert_null(pf_database_auth_dbname(fx->other, fx->cfg));
+	/* A reload changes them. */
+	fx_reload("auth_user=au2", NULL, NULL);
+	assert_string_equal(pf_database_auth_user(fx->app, fx->cfg), "au2");
+	assert_null(pf_database_auth_dbname(fx->app, fx->cfg));
+	assert_null(pf_database_auth_user(fx->other, fx->cfg));
+
+	/* An auth_user missing from auth_file: a user without a secret, which no client logs
+	 * in as (auth_type=any aside, which ignores names). */
+	fx->cfg->auth_type = PF_AUTH_MD5;
+	au = pf_worker_auth_user(&fx->w, "au2");
+	assert_non_null(au);
+	assert_false(au->secret.present);
+	assert_true(au->lookup_only);
+	assert_ptr_equal(pf_worker_auth_user(&fx->w, "au2"), au);
+	assert_null(pf_worker_find_user(&fx->w, "au2"));
+	assert_ptr_equal(pf_worker_find_user(&fx->w, "alice"), fx->alice);
+	/* The users auth_file knows are their own auth_user. */
+	assert_ptr_equal(pf_worker_auth_user(&fx->w, "alice"), fx->alice);
+	fx->cfg->auth_type = PF_AUTH_ANY;
+	assert_ptr_equal(pf_worker_find_user(&fx->w, "au2"), au);
+}
+
 static void test_server_check_query(void **state)
 {
 	fake_client_t *a, *b;
@@ -1958,6 +2127,11 @@ int main(void)
 	        cmocka_unit_test_teardown(test_server_connect_timeout, fx_teardown),
 	        cmocka_unit_test_teardown(test_stuck_tested_server, fx_teardown),
 	        cmocka_unit_test_teardown(test_query_wait_timeout, fx_teardown),
+	        cmocka_unit_test_teardown(test_borrow_waits_links_and_returns, fx_teardown),
+	        cmocka_unit_test_teardown(test_borrow_query_wait_timeout_and_login_failure,
+	                                  fx_teardown),
+	        cmocka_unit_test_teardown(test_found_user_lifetime, fx_teardown),
+	        cmocka_unit_test_teardown(test_auth_settings, fx_teardown),
 	        cmocka_unit_test_teardown(test_server_check_query, fx_teardown),
 	        cmocka_unit_test_teardown(test_session_release_runs_reset, fx_teardown),
 	        cmocka_unit_test_teardown(test_pause_and_resume, fx_teardown),

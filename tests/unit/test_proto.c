@@ -1002,6 +1002,32 @@ static void test_fe_messages(void **state)
 	pf_buf_free(&b);
 }
 
+/* auth_query's lookup: the user name is a bound value, never part of the SQL text. */
+static void test_fe_ext_query(void **state)
+{
+	static const char expected[] =
+	        /* Parse: unnamed statement, the SQL, no parameter types */
+	        "P\x00\x00\x00\x1b\0SELECT a FROM t($1)\0\x00\x00"
+	        /* Bind: unnamed portal and statement, text params, 2 values, text results */
+	        "B\x00\x00\x00\x1e\0\0\x00\x00\x00\x02"
+	        "\x00\x00\x00\x0ax' OR '1'="
+	        "\xff\xff\xff\xff"
+	        "\x00\x00"
+	        /* Describe the portal, Execute it without a row limit, Sync */
+	        "D\x00\x00\x00\x06P\0"
+	        "E\x00\x00\x00\x09\0\x00\x00\x00\x00"
+	        "S\x00\x00\x00\x04";
+	const char *params[] = {"x' OR '1'=", NULL};
+	pf_buf_t b;
+
+	(void)state;
+	assert_string_equal(PF_PROTO_EXT_QUERY_TYPES, "PBDES");
+	pf_buf_init(&b);
+	pf_proto_fe_ext_query(&b, "SELECT a FROM t($1)", params, 2);
+	assert_bytes(&b, LIT(expected));
+	pf_buf_free(&b);
+}
+
 static void test_fe_cancel_and_ssl(void **state)
 {
 	static const char expected[] = "\x00\x00\x00\x10\x04\xd2\x16\x2e\x00\x00\x30\x39"
@@ -1159,6 +1185,74 @@ static void test_parse_password_and_sasl_initial_response(void **state)
 	assert_int_equal(pf_proto_parse_sasl_initial_response(
 	                         LIT("SCRAM-SHA-256\0\377\377\377\377x"), &mech, &data, &dlen),
 	                 -EMSGSIZE);
+}
+
+static void test_parse_data_row(void **state)
+{
+	/* Columns "rolname", NULL, "" and "md5x". */
+	static const char row[] = "\x00\x04"
+	                          "\x00\x00\x00\x07rolname"
+	                          "\xff\xff\xff\xff"
+	                          "\x00\x00\x00\x00"
+	                          "\x00\x00\x00\x04md5x";
+	pf_proto_col_t cols[3];
+	uint16_t n = 0;
+
+	(void)state;
+	assert_int_equal(pf_proto_parse_data_row(LIT(row), cols, 3, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(cols[0].len, 7);
+	assert_memory_equal(cols[0].data, "rolname", 7);
+	assert_null(cols[1].data);
+	assert_non_null(cols[2].data); /* an empty value is not NULL */
+	assert_int_equal(cols[2].len, 0);
+	/* max 0: only counted */
+	assert_int_equal(pf_proto_parse_data_row(LIT(row), NULL, 0, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(pf_proto_parse_data_row(LIT("\x00\x00"), NULL, 0, &n), 0);
+	assert_int_equal(n, 0);
+
+	/* Malformed: short, a length past the end, a negative length other than -1, trailing
+	 * bytes, a missing column. */
+	assert_int_equal(pf_proto_parse_data_row(LIT("\x00"), cols, 3, &n), -EBADMSG);
+	assert_int_equal(pf_proto_parse_data_row(LIT("\x00\x01\x00\x00\x00\x05"
+	                                             "abcd"),
+	                                         cols, 3, &n),
+	                 -EBADMSG);
+	assert_int_equal(pf_proto_parse_data_row(LIT("\x00\x01\xff\xff\xff\xfe"), cols, 3, &n),
+	                 -EBADMSG);
+	assert_int_equal(pf_proto_parse_data_row(LIT("\x00\x01\x00\x00\x00\x01"
+	                                             "ab"),
+	                                         cols, 3, &n),
+	                 -EBADMSG);
+	assert_int_equal(pf_proto_parse_data_row(LIT("\x00\x02\x00\x00\x00\x01"
+	                                             "a"),
+	                                         cols, 3, &n),
+	                 -EBADMSG);
+	assert_int_equal(pf_proto_parse_data_row(LIT("\x00\x01\x00\x00"), cols, 3, &n), -EBADMSG);
+}
+
+static void test_parse_row_description(void **state)
+{
+	static const char *const names[] = {"rolname", "rolpassword"};
+	uint16_t n = 0;
+	pf_buf_t b;
+
+	(void)state;
+	pf_buf_init(&b);
+	pf_proto_be_row_description(&b, "ss", names);
+	assert_false(b.failed);
+	assert_int_equal(pf_proto_parse_row_description(b.data + 5, b.len - 5, &n), 0);
+	assert_int_equal(n, 2);
+	/* One byte short, one too many, a name without its NUL. */
+	assert_int_equal(pf_proto_parse_row_description(b.data + 5, b.len - 6, &n), -EBADMSG);
+	pf_buf_put_u8(&b, 0);
+	assert_int_equal(pf_proto_parse_row_description(b.data + 5, b.len - 5, &n), -EBADMSG);
+	pf_buf_free(&b);
+	assert_int_equal(pf_proto_parse_row_description(LIT("\x00\x00"), &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(pf_proto_parse_row_description(LIT("\x00\x01name"), &n), -EBADMSG);
+	assert_int_equal(pf_proto_parse_row_description(LIT("\x00"), &n), -EBADMSG);
 }
 
 static void test_parse_ready_for_query(void **state)
@@ -1545,12 +1639,15 @@ int main(void)
 	        cmocka_unit_test(test_fe_startup),
 	        cmocka_unit_test(test_fe_startup_after_other_bytes),
 	        cmocka_unit_test(test_fe_messages),
+	        cmocka_unit_test(test_fe_ext_query),
 	        cmocka_unit_test(test_fe_cancel_and_ssl),
 	        cmocka_unit_test(test_parse_error_fields),
 	        cmocka_unit_test(test_parse_error_fields_malformed),
 	        cmocka_unit_test(test_parse_parameter_status),
 	        cmocka_unit_test(test_parse_backend_key_data),
 	        cmocka_unit_test(test_parse_password_and_sasl_initial_response),
+	        cmocka_unit_test(test_parse_data_row),
+	        cmocka_unit_test(test_parse_row_description),
 	        cmocka_unit_test(test_parse_ready_for_query),
 	        cmocka_unit_test(test_parse_auth),
 	        cmocka_unit_test(test_parse_auth_malformed),
