@@ -197,7 +197,11 @@ typedef struct {
 typedef struct {
 	int state;
 	bool mock;
-	char cbind_flag; /* 'n' or 'y' from the gs2 header */
+	char cbind_flag;     /* 'n', 'y' or 'p' from the gs2 header */
+	bool plus_offered;   /* SCRAM-SHA-256-PLUS was offered (TLS): 'y' is refused */
+	bool plus;           /* ... and the client chose it: binding data is mandatory */
+	uint8_t cb_data[64]; /* tls-server-end-point data */
+	size_t cb_len;
 	pf_scram_secret_t secret;
 	uint8_t client_key[PF_SCRAM_KEY_LEN]; /* recovered from the proof on success */
 	char nonce[PF_SCRAM_MAX_MSG_LEN + PF_SCRAM_TEST_NONCE_MAX + 1]; /* client || server */
@@ -236,17 +240,29 @@ PF_MUSTCHECK int pf_scram_mock_key_init(uint8_t mock_key[32]);
  */
 PF_MUSTCHECK int pf_scram_server_set_nonce(pf_scram_server_t *srv, const char *nonce);
 
+#define PF_SCRAM_MECHANISM_PLUS "SCRAM-SHA-256-PLUS"
+
+/*
+ * After pf_scram_server_start(_mock), on a TLS connection where SCRAM-SHA-256-PLUS was offered:
+ * plus says whether the client chose it, cb_data (cb_len <= 64 bytes, copied) is the
+ * tls-server-end-point binding data (the hash of pgfunnel's certificate). Then, as Postgres:
+ * with PLUS the gs2 header must be "p=tls-server-end-point,," and c= must carry that data;
+ * without it, a client saying 'y' (it could bind but thinks we cannot) is refused (28000).
+ * Returns 0 or -EINVAL.
+ */
+PF_MUSTCHECK int pf_scram_server_set_channel_binding(pf_scram_server_t *srv, bool plus,
+                                                     const uint8_t *cb_data, size_t cb_len);
+
 /*
  * Consumes the client-first-message (the SASLInitialResponse data, len bytes, not
  * NUL-terminated; borrowed) and writes the server-first-message
  * "r=<client nonce><server nonce>,s=<salt>,i=<iterations>" into out (outcap bytes, NUL added;
  * PF_SCRAM_SERVER_FIRST_MAX always suffices), its length without the NUL into *outlen.
  * Parses as Postgres' read_client_first_message does, in the same order, so every refusal
- * is the one Postgres makes: gs2 flags 'n' and 'y' (we never advertise SCRAM-SHA-256-PLUS, so
- * a 'y' client is right that we do not bind); 'p' (channel binding data with plain
- * SCRAM-SHA-256) refused; the user name ignored (Postgres takes it from the startup packet;
- * libpq sends "n="); a nonce of printable characters, possibly empty; optional extensions
- * syntax-checked and ignored; a trailing comma accepted.
+ * is the one Postgres makes: gs2 flags 'n' and 'y' (refused when PLUS was chosen, 'y' also
+ * when it was offered); 'p' only with PLUS and the type tls-server-end-point; the user name ignored
+ * (Postgres takes it from the startup packet; libpq sends "n="); a nonce of printable characters,
+ * possibly empty; optional extensions syntax-checked and ignored; a trailing comma accepted.
  * Returns 0; -EPROTO for a malformed message (08P01) or -ENOTSUP for an authzid ("a=") or a
  * mandatory extension ("m=", 0A000), both with pf_scram_server_error() set; -ENOBUFS; -EINVAL
  * out of order; -EIO.

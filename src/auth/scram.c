@@ -742,6 +742,18 @@ int pf_scram_server_start(pf_scram_server_t *srv, const pf_scram_secret_t *secre
 	return 0;
 }
 
+int pf_scram_server_set_channel_binding(pf_scram_server_t *srv, bool plus, const uint8_t *cb_data,
+                                        size_t cb_len)
+{
+	if (!srv || srv->state != ST_START || cb_len > sizeof(srv->cb_data) || (cb_len && !cb_data))
+		return -EINVAL;
+	srv->plus_offered = true;
+	srv->plus = plus;
+	memcpy(srv->cb_data, cb_data, cb_len);
+	srv->cb_len = cb_len;
+	return 0;
+}
+
 int pf_scram_mock_key_init(uint8_t mock_key[32])
 {
 	if (!mock_key)
@@ -935,14 +947,22 @@ static int server_parse_first(pf_scram_server_t *srv, const char *msg)
 	char attr, cb[8];
 	int rc;
 
-	/* gs2-cbind-flag: 'n' (no channel binding), 'y' (client could bind, thinks we cannot). */
+	/* gs2-cbind-flag: 'n' (no channel binding), 'y' (client could bind, thinks we cannot),
+	 * 'p=<type>' (binding, with SCRAM-SHA-256-PLUS). */
 	switch (*p) {
 	case 'n':
 	case 'y':
-		/*
-		 * Postgres refuses 'y' (28000) when it offered SCRAM-SHA-256-PLUS, i.e. over TLS;
-		 * pgfunnel's client side has no TLS, so 'y' is what a binding-capable client sends.
-		 */
+		if (srv->plus)
+			return refuse(
+			        srv, -EPROTO, "08P01", MALFORMED,
+			        "The client selected SCRAM-SHA-256-PLUS, but the SCRAM message "
+			        "does not include channel binding data.");
+		/* 'y' over TLS, where PLUS was offered: a downgrade, refused as Postgres does. */
+		if (*p == 'y' && srv->plus_offered)
+			return refuse(
+			        srv, -EPROTO, "28000", "SCRAM channel binding negotiation error",
+			        "The client supports SCRAM channel binding but thinks the server "
+			        "does not.  However, this server does support channel binding.");
 		srv->cbind_flag = *p++;
 		if (*p != ',')
 			return refuse(srv, -EPROTO, "08P01", MALFORMED,
@@ -953,9 +973,29 @@ static int server_parse_first(pf_scram_server_t *srv, const char *msg)
 	case 'p':
 		/* Binding data, but the mechanism chosen was plain SCRAM-SHA-256 (with or without
 		 * TLS): Postgres refuses it at once, before the binding type. */
-		return refuse(srv, -EPROTO, "08P01", MALFORMED,
-		              "The client selected SCRAM-SHA-256 without channel binding, but the "
-		              "SCRAM message includes channel binding data.");
+		if (!srv->plus)
+			return refuse(
+			        srv, -EPROTO, "08P01", MALFORMED,
+			        "The client selected SCRAM-SHA-256 without channel binding, but "
+			        "the SCRAM message includes channel binding data.");
+		if ((rc = read_attr(srv, &p, 'p', &val, &len)) != 0)
+			return rc;
+		if (len != strlen("tls-server-end-point") ||
+		    memcmp(val, "tls-server-end-point", len) != 0) {
+			char type[64];
+
+			pf_strlcpy(type, val, len + 1 < sizeof(type) ? len + 1 : sizeof(type));
+			for (char *t = type; *t; t++)
+				if (*t < 0x20 || *t > 0x7e)
+					*t = '?';
+			/* Postgres puts the type in the message; ours are fixed texts, so it goes
+			 * to the detail. */
+			return refuse(srv, -EPROTO, "08P01",
+			              "unsupported SCRAM channel-binding type",
+			              "Channel-binding type \"%s\".", type);
+		}
+		srv->cbind_flag = 'p';
+		break;
 	default:
 		return refuse(srv, -EPROTO, "08P01", MALFORMED,
 		              "Unexpected channel-binding flag \"%s\".", char_text(*p, cb));
@@ -1055,11 +1095,27 @@ static int server_parse_final(pf_scram_server_t *srv, const char *msg, size_t *w
 
 	if ((rc = read_attr(srv, &p, 'c', &val, &len)) != 0)
 		return rc;
-	/* Without binding, c= is base64 of the header sent before: "n,," or "y,,". */
-	if (!(len == 4 && memcmp(val, srv->cbind_flag == 'y' ? "eSws" : "biws", 4) == 0))
+	if (srv->cbind_flag == 'p') {
+		/* c= is base64("p=tls-server-end-point,," || the binding data), compared in
+		 * constant time. */
+		static const char hdr[] = "p=tls-server-end-point,,";
+		uint8_t input[sizeof(hdr) - 1 + sizeof(srv->cb_data)];
+		char want[b64_enc_len(sizeof(input)) + 1];
+		size_t in_len = sizeof(hdr) - 1 + srv->cb_len, want_len;
+
+		memcpy(input, hdr, sizeof(hdr) - 1);
+		memcpy(input + sizeof(hdr) - 1, srv->cb_data, srv->cb_len);
+		b64_encode(input, in_len, want);
+		want_len = strlen(want);
+		if (len != want_len || !pf_memeq_ct(val, want, len))
+			return refuse(srv, -EPROTO, "28000", "SCRAM channel binding check failed",
+			              NULL);
+	} else if (!(len == 4 && memcmp(val, srv->cbind_flag == 'y' ? "eSws" : "biws", 4) == 0)) {
+		/* Without binding, c= is base64 of the header sent before: "n,," or "y,,". */
 		return refuse(srv, -EPROTO, "08P01",
 		              "unexpected SCRAM channel-binding attribute in client-final-message",
 		              NULL);
+	}
 	if ((rc = read_attr(srv, &p, 'r', nonce, nonce_len)) != 0)
 		return rc;
 	/* Extensions are skipped until the proof. */

@@ -394,7 +394,9 @@ static void start_scram(pf_client_t *c)
 {
 	pf_worker_t *w = pf_conn_worker(&c->conn);
 	const pf_secret_t *sec = c->user ? &c->user->secret : NULL;
-	static const char *const mechs[] = {PF_SCRAM_MECHANISM};
+	/* Over TLS also SCRAM-SHA-256-PLUS (channel binding), first, as Postgres lists it. */
+	static const char *const mechs[] = {PF_SCRAM_MECHANISM_PLUS, PF_SCRAM_MECHANISM};
+	bool tls = pf_tls_is_on(&c->conn);
 	pf_scram_secret_t secret;
 	int rc;
 	pf_buf_t b;
@@ -429,7 +431,7 @@ static void start_scram(pf_client_t *c)
 		return;
 	}
 	pf_buf_init(&b);
-	pf_proto_be_auth_sasl(&b, mechs, 1);
+	pf_proto_be_auth_sasl(&b, tls ? mechs : mechs + 1, tls ? 2 : 1);
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
 	c->auth_step = AUTH_SCRAM_FIRST;
@@ -740,6 +742,7 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 	const uint8_t *data;
 	size_t dlen;
 	pf_buf_t b;
+	bool plus;
 	int rc;
 
 	assert(c->auth_step == AUTH_SCRAM_FIRST && c->scram);
@@ -747,10 +750,24 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "invalid string in message");
 		return PF_PKT_STOP;
 	}
-	if (strcmp((const char *)payload, PF_SCRAM_MECHANISM) != 0) {
+	plus = pf_tls_is_on(&c->conn) &&
+	       strcmp((const char *)payload, PF_SCRAM_MECHANISM_PLUS) == 0;
+	if (!plus && strcmp((const char *)payload, PF_SCRAM_MECHANISM) != 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 		                "client selected an invalid SASL authentication mechanism");
 		return PF_PKT_STOP;
+	}
+	if (pf_tls_is_on(&c->conn)) {
+		/* The hash of our certificate, which a client choosing PLUS binds to. */
+		uint8_t cb[64];
+		int n = pf_tls_server_end_point(&c->conn, cb, sizeof(cb));
+
+		if (n < 0 ||
+		    pf_scram_server_set_channel_binding(c->scram, plus, cb, (size_t)n) < 0) {
+			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "08P01",
+			                "could not get the TLS channel binding data");
+			return PF_PKT_STOP;
+		}
 	}
 	rc = pf_proto_parse_sasl_initial_response(payload, plen, &mech, &data, &dlen);
 	if (rc < 0) {

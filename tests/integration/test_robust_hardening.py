@@ -104,37 +104,55 @@ def test_huge_lengths_with_largest_max_packet_size(proxy, postgres):
 
 
 # ---------------------------------------------------------------- 6. TLS modes that need TLS
+# (tests/integration/test_tls.py covers TLS itself; these check that no mode fails open.)
 
 
-@pytest.mark.parametrize("key,value", [
-    ("client_tls_sslmode", "require"), ("client_tls_sslmode", "verify-ca"),
-    ("client_tls_sslmode", "verify-full"), ("server_tls_sslmode", "require"),
-    ("server_tls_sslmode", "verify-ca"), ("server_tls_sslmode", "verify-full")])
-def test_tls_mode_requiring_tls_refuses_to_start(pgfunnel, postgres, key, value):
-    pf = _start_refused(pgfunnel, {key: value}, postgres)
-    line = pf.ini_line_of(key)
-    assert re.search(r'pgfunnel\.ini:%d: parameter "%s": "%s" requires TLS' % (line, key, value),
-                     pf.all_output()), pf.all_output()
+@pytest.mark.parametrize("value", ["allow", "prefer", "require", "verify-ca", "verify-full"])
+def test_client_tls_mode_without_files_refuses_to_start(pgfunnel, postgres, value):
+    """Any client_tls_sslmode but disable needs a key and a certificate: without them pgfunnel
+    does not start (rather than serving plaintext to clients that were promised TLS)."""
+    pf = _start_refused(pgfunnel, {"client_tls_sslmode": value}, postgres)
+    assert "client_tls_key_file and client_tls_cert_file must be set" in pf.all_output(), \
+        pf.all_output()
     assert not pfhelpers.port_accepts(pf.port)
 
 
-@pytest.mark.parametrize("key,value", [
-    ("client_tls_sslmode", "allow"), ("client_tls_sslmode", "prefer"),
-    ("server_tls_sslmode", "disable"), ("server_tls_sslmode", "allow")])
-def test_tls_modes_allowing_plaintext_still_work(proxy, key, value):
-    pf = proxy(params={key: value})
+@pytest.mark.parametrize("value", ["require", "verify-ca", "verify-full"])
+def test_server_tls_mode_requiring_tls_never_logs_in_plain(proxy, value):
+    """The test Postgres has ssl=off: a server_tls_sslmode that requires TLS fails the login
+    with a clear error instead of falling back to plaintext."""
+    pf = proxy(params={"server_tls_sslmode": value})
+    with pytest.raises(pgwire.PgError) as ei:
+        _raw_login(pf, "postgres", "appdb", "pg-super-secret")
+    assert ei.value.sqlstate == "08006", ei.value
+    assert "server does not support SSL, but SSL was required" in str(ei.value), ei.value
+
+
+@pytest.mark.parametrize("value", ["disable", "allow", "prefer"])
+def test_server_tls_modes_allowing_plaintext_still_work(proxy, value):
+    pf = proxy(params={"server_tls_sslmode": value})
     with pfhelpers.proxy_connect(pf, "postgres", "appdb", "pg-super-secret") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+        cols, rows = pfhelpers.console(pf, "SHOW SERVERS")
+        assert rows and all(r[cols.index("tls")] == "" for r in rows), rows
 
 
-@pytest.mark.parametrize("key", ["client_tls_sslmode", "server_tls_sslmode"])
-def test_tls_mode_reload_and_set_to_require_refused(proxy, key):
+def test_client_tls_reload_and_set_to_require_without_files_refused(proxy):
     pf = proxy()
-    keep = "disable" if key == "client_tls_sslmode" else "prefer"
-    _reload_refused(pf, key, "require", keep)
+    params = dict(pf.params)
+    params["client_tls_sslmode"] = "require"
+    pf.write_ini(params)
+    after = pf.log_len()
     with pytest.raises(psycopg.Error) as ei:
-        pfhelpers.console(pf, "SET %s = 'verify-full'" % key)
-    assert ei.value.sqlstate == "22023" and "requires TLS" in str(ei.value), ei.value
+        pfhelpers.console(pf, "RELOAD")
+    assert ei.value.sqlstate == "F0000", ei.value
+    pf.wait_for_log(r"config reload failed, keeping the old config: .*client_tls_key_file",
+                    after=after)
+    with pytest.raises(psycopg.Error) as ei:
+        pfhelpers.console(pf, "SET client_tls_sslmode = 'verify-full'")
+    assert ei.value.sqlstate == "F0000", ei.value
+    cols, rows = pfhelpers.console(pf, "SHOW CONFIG")
+    assert {r[0]: r[1] for r in rows}["client_tls_sslmode"] == "disable"
     with pfhelpers.proxy_connect(pf, "postgres", "appdb", "pg-super-secret") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 

@@ -526,6 +526,94 @@ static void test_y_flag(void **state)
 	                    "unexpected SCRAM channel-binding attribute in client-final-message");
 }
 
+/* Server side up to server-first with channel binding set (plus: the client chose PLUS). */
+static int cb_server_first(pf_scram_server_t *srv, bool plus, const uint8_t *cb, size_t cb_len,
+                           const char *cfirst, char *sfirst)
+{
+	pf_scram_secret_t s = rfc_secret();
+	size_t n;
+
+	assert_int_equal(pf_scram_server_start(srv, &s), 0);
+	assert_int_equal(pf_scram_server_set_channel_binding(srv, plus, cb, cb_len), 0);
+	assert_int_equal(pf_scram_server_set_nonce(srv, RFC_SNONCE), 0);
+	return pf_scram_server_first(srv, M(cfirst), sfirst, 512, &n);
+}
+
+/*
+ * SCRAM-SHA-256-PLUS (tls-server-end-point): c= must be base64 of the gs2 header and the
+ * binding data; other data, a missing binding under PLUS, or 'y' where PLUS was offered are
+ * refused with Postgres' errors.
+ */
+static void test_channel_binding(void **state)
+{
+	pf_scram_secret_t s = rfc_secret();
+	pf_scram_server_t srv;
+	uint8_t cb[32], other[32], input[24 + 32];
+	char c64[128], wo[256], sfirst[512], cfinal[512], proof[64], out[256];
+	const char *bare = "n=,r=rOprNGfwEbeRWgbNEkqO";
+	size_t n;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cb); i++) {
+		cb[i] = (uint8_t)(i * 7 + 1);
+		other[i] = (uint8_t)(i * 7 + 2);
+	}
+	/* The right binding data logs in. */
+	memcpy(input, "p=tls-server-end-point,,", 24);
+	memcpy(input + 24, cb, 32);
+	assert_int_equal(EVP_EncodeBlock((uint8_t *)c64, input, sizeof(input)), 76);
+	snprintf(wo, sizeof(wo), "c=%s,r=rOprNGfwEbeRWgbNEkqO%s", c64, RFC_SNONCE);
+	assert_int_equal(cb_server_first(&srv, true, cb, sizeof(cb),
+	                                 "p=tls-server-end-point,,n=,r=rOprNGfwEbeRWgbNEkqO",
+	                                 sfirst),
+	                 0);
+	reference_proof("pencil", &s, bare, sfirst, wo, proof);
+	snprintf(cfinal, sizeof(cfinal), "%s,p=%s", wo, proof);
+	assert_int_equal(pf_scram_server_final(&srv, M(cfinal), out, sizeof(out), &n), 0);
+	pf_scram_server_clear(&srv);
+
+	/* Another certificate's hash (a man in the middle): refused although the proof is right. */
+	assert_int_equal(cb_server_first(&srv, true, other, sizeof(other),
+	                                 "p=tls-server-end-point,,n=,r=rOprNGfwEbeRWgbNEkqO",
+	                                 sfirst),
+	                 0);
+	reference_proof("pencil", &s, bare, sfirst, wo, proof);
+	snprintf(cfinal, sizeof(cfinal), "%s,p=%s", wo, proof);
+	assert_int_equal(pf_scram_server_final(&srv, M(cfinal), out, sizeof(out), &n), -EPROTO);
+	assert_string_equal(pf_scram_server_error(&srv)->sqlstate, "28000");
+	assert_string_equal(pf_scram_server_error(&srv)->message,
+	                    "SCRAM channel binding check failed");
+	pf_scram_server_clear(&srv);
+
+	/* PLUS chosen, but no binding data in the header. */
+	assert_int_equal(cb_server_first(&srv, true, cb, sizeof(cb), "n,,n=,r=abc", sfirst),
+	                 -EPROTO);
+	assert_string_equal(pf_scram_server_error(&srv)->detail,
+	                    "The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does "
+	                    "not include channel binding data.");
+	pf_scram_server_clear(&srv);
+
+	/* PLUS offered, the client says it could bind but thinks we cannot: a downgrade. */
+	assert_int_equal(cb_server_first(&srv, false, cb, sizeof(cb), "y,,n=,r=abc", sfirst),
+	                 -EPROTO);
+	assert_string_equal(pf_scram_server_error(&srv)->sqlstate, "28000");
+	assert_string_equal(pf_scram_server_error(&srv)->message,
+	                    "SCRAM channel binding negotiation error");
+	pf_scram_server_clear(&srv);
+
+	/* PLUS offered, plain SCRAM-SHA-256 chosen with 'n': fine (channel_binding=disable). */
+	assert_int_equal(cb_server_first(&srv, false, cb, sizeof(cb), "n,,n=,r=abc", sfirst), 0);
+	pf_scram_server_clear(&srv);
+
+	/* An unknown binding type. */
+	assert_int_equal(
+	        cb_server_first(&srv, true, cb, sizeof(cb), "p=tls-unique,,n=,r=abc", sfirst),
+	        -EPROTO);
+	assert_string_equal(pf_scram_server_error(&srv)->message,
+	                    "unsupported SCRAM channel-binding type");
+	pf_scram_server_clear(&srv);
+}
+
 static int server_first_rc(const uint8_t *msg, size_t len)
 {
 	pf_scram_secret_t s = rfc_secret();
@@ -1157,6 +1245,7 @@ int main(void)
 	        cmocka_unit_test(test_proof_lenient_base64),
 	        cmocka_unit_test(test_extension_ignored),
 	        cmocka_unit_test(test_y_flag),
+	        cmocka_unit_test(test_channel_binding),
 	        cmocka_unit_test(test_client_first_refusals),
 	        cmocka_unit_test(test_mock),
 	        cmocka_unit_test(test_passthrough),
