@@ -46,6 +46,9 @@ struct pf_client {
 	int admin_shutdown;           /* pf_shutdown_mode_t a SHUTDOWN asked for */
 	/* login */
 	bool tls_negotiated; /* it sent SSLRequest (or began direct TLS): no second one */
+	uint8_t method;      /* how it authenticates (client.c's METHOD_*) */
+	bool method_dn;      /* cert names: the whole subject (clientname=DN), not the CN */
+	char method_map[64]; /* the HBA rule's map= (peer, cert), "" for none */
 	uint8_t auth_step;
 	uint8_t md5_salt[4];
 	pf_scram_server_t *scram;

@@ -136,6 +136,10 @@ struct pf_worker {
 	 * layer from the config snapshot (pf_worker_set_tls). */
 	struct pf_tls_ctx *tls_accept;
 	struct pf_tls_ctx *tls_connect;
+	/* auth_hba_file (auth_type=hba) and auth_ident_file rules (hba.h), NULL when unused;
+	 * loaded by the process layer (pf_worker_set_auth_rules). */
+	struct pf_hba *hba;
+	struct pf_ident *ident;
 };
 
 /* The worker a connection lives on. */

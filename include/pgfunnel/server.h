@@ -116,7 +116,7 @@ struct pf_server {
 	char login_sqlstate[6];
 	char *login_error;
 	char *host; /* the TCP host connected to (TLS: SNI and verify-full's name), or NULL */
-	struct pf_tls_ctx *tls; /* server_tls_* it negotiates TLS with (a reference), or NULL */
+	struct pf_tls_ctx *tls;     /* server_tls_* it negotiates TLS with (a reference), or NULL */
 	pf_server_lookup_t *lookup; /* PF_SV_TASK_LOOKUP's answer, while the server holds it */
 	bool lookup_answered;       /* ... complete: lookup_done() once its last message is read */
 };

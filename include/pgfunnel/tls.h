@@ -86,4 +86,8 @@ PF_MUSTCHECK int pf_tls_server_end_point(const pf_conn_t *c, uint8_t *out, size_
  * terminated). Returns 0, or -ENOENT when there is none. */
 PF_MUSTCHECK int pf_tls_peer_common_name(const pf_conn_t *c, char *buf, size_t n);
 
+/* The same certificate's whole subject in RFC 2253 form ("CN=alice,O=Example"), for HBA's
+ * clientname=DN. Returns 0, or -ENOENT when there is none (or it does not fit). */
+PF_MUSTCHECK int pf_tls_peer_subject(const pf_conn_t *c, char *buf, size_t n);
+
 #endif

@@ -54,6 +54,10 @@ void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg);
 void pf_worker_set_tls(pf_worker_t *w, struct pf_tls_ctx *accept, struct pf_tls_ctx *connect,
                        bool server_changed);
 
+/* Installs the HBA and ident-map rules for new logins (either may be NULL), taking them over;
+ * the old ones are freed (no login keeps a pointer into them past its start_auth). */
+void pf_worker_set_auth_rules(pf_worker_t *w, struct pf_hba *hba, struct pf_ident *ident);
+
 /*
  * Begins or escalates a shutdown. done(arg) is called once, from the loop, when the worker has
  * closed every handle it owns; the caller then stops the loop and calls pf_worker_free().

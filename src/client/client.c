@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #include <openssl/rand.h>
 
 #include "pgfunnel/client.h"
+#include "pgfunnel/hba.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/runtime.h"
@@ -42,6 +44,18 @@ enum auth_step {
 	AUTH_SCRAM_LATE,  /* waiting for a SASLResponse with client-first (no initial response) */
 	AUTH_SCRAM_FINAL, /* waiting for SASLResponse */
 	AUTH_DONE,
+};
+
+/* How a client authenticates: auth_type, or the method of its auth_hba_file rule. */
+enum method {
+	METHOD_ANY = 0,
+	METHOD_TRUST,
+	METHOD_PLAIN,
+	METHOD_MD5,
+	METHOD_SCRAM,
+	METHOD_PEER,
+	METHOD_CERT,
+	METHOD_UNSUPPORTED, /* ldap, pam: refused */
 };
 
 static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr,
@@ -448,15 +462,179 @@ static bool wants_auth_query(const pf_client_t *c, const pf_config_t *cfg)
 	if (c->db->admin || (c->user && c->user->secret.present) ||
 	    !pf_database_auth_user(c->db, cfg))
 		return false;
-	switch (cfg->auth_type) {
-	case PF_AUTH_TRUST:
-	case PF_AUTH_PLAIN:
-	case PF_AUTH_MD5:
-	case PF_AUTH_SCRAM_SHA_256:
+	switch (c->method) {
+	case METHOD_TRUST:
+	case METHOD_PLAIN:
+	case METHOD_MD5:
+	case METHOD_SCRAM:
+	case METHOD_PEER:
+	case METHOD_CERT:
 		return true;
 	default:
 		return false;
 	}
+}
+
+/* Postgres' words for the connection in HBA refusals: host "…", and the encryption. */
+static void hba_refuse(pf_client_t *c, bool rejected)
+{
+	char host[64], msg[400];
+	int port;
+
+	if (c->conn.is_unix)
+		pf_strlcpy(host, "[local]", sizeof(host));
+	else
+		pf_conn_addr_text(&c->conn.addr, host, sizeof(host), &port);
+	snprintf(msg, sizeof(msg), "%s for host \"%s\", user \"%s\", database \"%s\", %s",
+	         rejected ? "pg_hba.conf rejects connection" : "no pg_hba.conf entry", host,
+	         c->user_name, c->db_name,
+	         pf_tls_is_on(&c->conn) ? "SSL encryption" : "no encryption");
+	pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
+}
+
+/*
+ * The name a client certificate gives (its CN, or its whole subject with clientname=DN), or
+ * NULL when c has no verified certificate.
+ */
+static const char *cert_name(pf_client_t *c, bool dn, char *buf, size_t n)
+{
+	int rc = dn ? pf_tls_peer_subject(&c->conn, buf, n)
+	            : pf_tls_peer_common_name(&c->conn, buf, n);
+
+	return rc == 0 ? buf : NULL;
+}
+
+/* A certificate name (or OS user) maps to the requested user: equal, or through map. */
+static bool name_maps(pf_client_t *c, const char *map, const char *system_user)
+{
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+
+	if (!system_user)
+		return false;
+	if (map)
+		return pf_ident_has_mapping(w->ident, map, system_user, c->user_name);
+	return strcmp(system_user, c->user_name) == 0;
+}
+
+/*
+ * Decides how c authenticates: auth_type, or with auth_type=hba the first auth_hba_file rule
+ * that matches its connection (no rule and reject refuse it, with Postgres' words). The
+ * rule's map and clientcert are checked here for cert and for clientcert=; peer and cert are
+ * checked in begin_exchange, once the user is known. Returns false when c was closed.
+ */
+static bool choose_method(pf_client_t *c, const pf_config_t *cfg)
+{
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+	const pf_hba_rule_t *rule;
+	pf_hba_conn_t hc;
+	char name[256];
+
+	c->method_map[0] = '\0';
+	c->method_dn = false;
+	switch (cfg->auth_type) {
+	case PF_AUTH_ANY:
+		c->method = METHOD_ANY;
+		return true;
+	case PF_AUTH_TRUST:
+		c->method = METHOD_TRUST;
+		return true;
+	case PF_AUTH_PLAIN:
+		c->method = METHOD_PLAIN;
+		return true;
+	case PF_AUTH_MD5:
+		c->method = METHOD_MD5;
+		return true;
+	case PF_AUTH_SCRAM_SHA_256:
+		c->method = METHOD_SCRAM;
+		return true;
+	case PF_AUTH_CERT:
+		c->method = METHOD_CERT;
+		return true;
+	case PF_AUTH_HBA:
+		break;
+	default:
+		c->method = METHOD_UNSUPPORTED;
+		return true;
+	}
+	memset(&hc, 0, sizeof(hc));
+	hc.is_unix = c->conn.is_unix;
+	hc.is_tls = pf_tls_is_on(&c->conn);
+	hc.replication = PF_HBA_REPLICATION_NONE;
+	hc.addr = &c->conn.addr.sa;
+	hc.database = c->db_name;
+	hc.user = c->user_name;
+	rule = pf_hba_match(w->hba, &hc);
+	if (!rule || rule->method == PF_HBA_REJECT) {
+		hba_refuse(c, rule != NULL);
+		return false;
+	}
+	if (rule->map &&
+	    pf_strlcpy(c->method_map, rule->map, sizeof(c->method_map)) >= sizeof(c->method_map)) {
+		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", "ident map name too long");
+		return false;
+	}
+	c->method_dn = rule->clientname == PF_HBA_CLIENTNAME_DN;
+	/* clientcert= on any rule: a verified certificate (verify-ca), naming the user
+	 * (verify-full). cert rules always mean verify-full. */
+	if (rule->clientcert != PF_HBA_CLIENTCERT_NONE && rule->method != PF_HBA_CERT) {
+		const char *cn = cert_name(c, c->method_dn, name, sizeof(name));
+
+		if (!cn || (rule->clientcert == PF_HBA_CLIENTCERT_VERIFY_FULL &&
+		            !name_maps(c, rule->map, cn))) {
+			snprintf(name, sizeof(name),
+			         "certificate validation (clientcert=%s) failed for user \"%s\"",
+			         rule->clientcert == PF_HBA_CLIENTCERT_VERIFY_FULL ? "verify-full"
+			                                                           : "verify-ca",
+			         c->user_name);
+			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", name);
+			return false;
+		}
+	}
+	switch (rule->method) {
+	case PF_HBA_TRUST:
+		c->method = METHOD_TRUST;
+		break;
+	case PF_HBA_PASSWORD:
+		c->method = METHOD_PLAIN;
+		break;
+	case PF_HBA_MD5:
+		c->method = METHOD_MD5;
+		break;
+	case PF_HBA_SCRAM_SHA_256:
+		c->method = METHOD_SCRAM;
+		break;
+	case PF_HBA_PEER:
+		c->method = METHOD_PEER;
+		break;
+	case PF_HBA_CERT:
+		c->method = METHOD_CERT;
+		break;
+	default:
+		/* ldap and anything else pgfunnel cannot run: refused, never a fall-through. */
+		snprintf(name, sizeof(name),
+		         "authentication method \"%s\" (%s line %d) is not supported by pgfunnel",
+		         pf_hba_method_name(rule->method), rule->file, rule->line);
+		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", name);
+		return false;
+	}
+	return true;
+}
+
+/* peer: the OS user of the process at the other end of the unix socket. */
+static bool peer_user(pf_client_t *c, char *buf, size_t n)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	struct passwd pw, *res = NULL;
+	char pwbuf[4096];
+	uv_os_fd_t fd;
+
+	if (!c->conn.is_unix || uv_fileno(&c->conn.h.handle, &fd) < 0 ||
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return false;
+	if (getpwuid_r(cred.uid, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res)
+		return false;
+	return pf_strlcpy(buf, pw.pw_name, n) < n;
 }
 
 static void begin_exchange(pf_client_t *c);
@@ -492,6 +670,8 @@ static void start_auth(pf_client_t *c)
 		}
 		c->admin_can_write = can_write;
 	}
+	if (!choose_method(c, cfg))
+		return;
 	if (wants_auth_query(c, cfg)) {
 		w->ops->auth_query(c);
 		return;
@@ -514,13 +694,13 @@ void pf_client_auth_continue(pf_client_t *c)
 static void begin_exchange(pf_client_t *c)
 {
 	const pf_config_t *cfg = pf_conn_worker(&c->conn)->cfg;
-	char msg[200];
+	char msg[300], name[256];
 
-	switch (cfg->auth_type) {
-	case PF_AUTH_ANY:
+	switch (c->method) {
+	case METHOD_ANY:
 		login_ok(c);
 		return;
-	case PF_AUTH_TRUST:
+	case METHOD_TRUST:
 		if (!c->user) {
 			snprintf(msg, sizeof(msg), "no such user: %s", c->user_name);
 			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
@@ -528,11 +708,32 @@ static void begin_exchange(pf_client_t *c)
 		}
 		login_ok(c);
 		return;
-	case PF_AUTH_PLAIN:
+	case METHOD_PEER:
+		/* Postgres' words; an unknown user fails the same way. */
+		if (!c->user || !name_maps(c, c->method_map[0] ? c->method_map : NULL,
+		                           peer_user(c, name, sizeof(name)) ? name : NULL)) {
+			snprintf(msg, sizeof(msg), "Peer authentication failed for user \"%s\"",
+			         c->user_name);
+			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
+			return;
+		}
+		login_ok(c);
+		return;
+	case METHOD_CERT:
+		if (!c->user || !name_maps(c, c->method_map[0] ? c->method_map : NULL,
+		                           cert_name(c, c->method_dn, name, sizeof(name)))) {
+			snprintf(msg, sizeof(msg),
+			         "certificate authentication failed for user \"%s\"", c->user_name);
+			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
+			return;
+		}
+		login_ok(c);
+		return;
+	case METHOD_PLAIN:
 		c->auth_step = AUTH_PLAIN;
 		send_auth_request(c, pf_proto_be_auth_cleartext);
 		return;
-	case PF_AUTH_MD5:
+	case METHOD_MD5:
 		/* A SCRAM secret cannot answer md5: PgBouncer switches to SCRAM then. */
 		if (c->user && c->user->secret.present &&
 		    c->user->secret.kind == PF_AUTH_SECRET_SCRAM) {
@@ -553,7 +754,7 @@ static void begin_exchange(pf_client_t *c)
 			pf_buf_free(&b);
 		}
 		return;
-	case PF_AUTH_SCRAM_SHA_256:
+	case METHOD_SCRAM:
 		start_scram(c);
 		return;
 	default: {

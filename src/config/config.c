@@ -85,8 +85,8 @@ static const pf_config_param_t params[] = {
         P_BOOL(application_name_add_host, RELOAD, IMPL, "0"),
         P_STR(auth_dbname, RELOAD, IMPL, NULL),
         P_STR(auth_file, RELOAD, IMPL, NULL),
-        P_STR(auth_hba_file, RELOAD, NOT_IMPL, ""),
-        P_STR(auth_ident_file, RELOAD, NOT_IMPL, NULL),
+        P_STR(auth_hba_file, RELOAD, IMPL, ""),
+        P_STR(auth_ident_file, RELOAD, IMPL, NULL),
         P_STR(auth_ldap_options, RELOAD, NOT_IMPL, NULL),
         P_STR(auth_query, RELOAD, IMPL,
               "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "

@@ -1077,3 +1077,31 @@ int pf_tls_peer_common_name(const pf_conn_t *c, char *buf, size_t n)
 	}
 	return 0;
 }
+
+int pf_tls_peer_subject(const pf_conn_t *c, char *buf, size_t n)
+{
+	const tls_t *st = pf_tls_is_on(c) ? c->tp.state : NULL;
+	X509 *cert;
+	BIO *mem;
+	char *data = NULL;
+	long len;
+	int rc = -ENOENT;
+
+	if (n)
+		buf[0] = '\0';
+	if (!st || !st->hs_done)
+		return -ENOENT;
+	cert = SSL_get0_peer_certificate(st->ssl);
+	if (!cert || SSL_get_verify_result(st->ssl) != X509_V_OK || !(mem = BIO_new(BIO_s_mem())))
+		return -ENOENT;
+	if (X509_NAME_print_ex(mem, X509_get_subject_name(cert), 0,
+	                       XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0 &&
+	    (len = BIO_get_mem_data(mem, &data)) > 0 && (size_t)len < n &&
+	    !memchr(data, '\0', (size_t)len)) {
+		memcpy(buf, data, (size_t)len);
+		buf[len] = '\0';
+		rc = 0;
+	}
+	BIO_free(mem);
+	return rc;
+}

@@ -35,6 +35,7 @@
 #endif
 
 #include "pgfunnel/config.h"
+#include "pgfunnel/hba.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/tls.h"
 #include "pgfunnel/worker.h"
@@ -459,6 +460,47 @@ static int build_tls(const pf_config_t *cfg, pf_tls_ctx_t **accept, pf_tls_ctx_t
 	return 0;
 }
 
+static void hba_warning(void *arg, const char *file, int line, const char *msg)
+{
+	(void)arg;
+	if (line > 0)
+		pf_log_warning(NULL, "%s:%d: %s", file, line, msg);
+	else
+		pf_log_warning(NULL, "%s: %s", file, msg);
+}
+
+/*
+ * Loads auth_ident_file (when set) and, with auth_type=hba, auth_hba_file (which must then be
+ * set). Returns 0, or -EINVAL with the reason in err (nothing loaded then).
+ */
+static int build_auth_rules(const pf_config_t *cfg, pf_hba_t **hba, pf_ident_t **ident, char *err,
+                            size_t errlen)
+{
+	*hba = NULL;
+	*ident = NULL;
+	if (cfg->auth_ident_file && *cfg->auth_ident_file &&
+	    pf_ident_load(cfg->auth_ident_file, hba_warning, NULL, ident, err, errlen) < 0)
+		return -EINVAL;
+	if (cfg->auth_type != PF_AUTH_HBA)
+		return 0;
+	if (!cfg->auth_hba_file || !*cfg->auth_hba_file) {
+		snprintf(err, errlen, "auth_type = hba needs auth_hba_file");
+		goto fail;
+	}
+	if (pf_hba_load(cfg->auth_hba_file, *ident, hba_warning, NULL, hba, err, errlen) < 0)
+		goto fail;
+	if (pf_hba_count_skipped(*hba) > 0)
+		pf_log_warning(NULL,
+		               "%s: %zu line(s) skipped (see the warnings above): the rules after "
+		               "them may now apply to connections they were meant to refuse",
+		               cfg->auth_hba_file, pf_hba_count_skipped(*hba));
+	return 0;
+fail:
+	pf_ident_free(*ident);
+	*ident = NULL;
+	return -EINVAL;
+}
+
 /*
  * Makes cfg the running snapshot; main keeps the caller's reference to it (taken over). The
  * worker takes its own; the old snapshot loses main's reference and is freed once no worker
@@ -472,14 +514,23 @@ static int install_config(process_t *p, pf_config_t *cfg, char *err, size_t errl
 	pf_tls_ctx_t *accept = NULL, *connect = NULL;
 	char logerr[512];
 
+	pf_hba_t *hba;
+	pf_ident_t *ident;
+
 	if (build_tls(cfg, &accept, &connect, err, errlen) < 0)
 		return -EINVAL; /* cfg stays the caller's */
+	if (build_auth_rules(cfg, &hba, &ident, err, errlen) < 0) {
+		pf_tls_ctx_unref(accept);
+		pf_tls_ctx_unref(connect);
+		return -EINVAL;
+	}
 	pf_log_set_verbosity(cfg->verbose + p->opt.verbose);
 	if (open_log(cfg, logerr, sizeof(logerr)) < 0)
 		pf_log_warning(NULL, "keeping the old log settings: %s", logerr);
 	p->cfg = cfg;
 	pf_worker_set_config(p->worker, cfg);
 	pf_worker_set_tls(p->worker, accept, connect, params_differ(old, cfg, "server_tls"));
+	pf_worker_set_auth_rules(p->worker, hba, ident);
 	pf_config_unref(old);
 	return 0;
 }
@@ -686,9 +737,14 @@ int main(int argc, char **argv)
 		/* After dropping privileges, as every RELOAD reads the files. */
 		pf_tls_ctx_t *accept, *connect;
 
-		if (build_tls(p.cfg, &accept, &connect, err, sizeof(err)) < 0)
+		pf_hba_t *hba;
+		pf_ident_t *ident;
+
+		if (build_tls(p.cfg, &accept, &connect, err, sizeof(err)) < 0 ||
+		    build_auth_rules(p.cfg, &hba, &ident, err, sizeof(err)) < 0)
 			die("%s", err);
 		pf_worker_set_tls(p.worker, accept, connect, false);
+		pf_worker_set_auth_rules(p.worker, hba, ident);
 	}
 	setup_signals(&p);
 	p.worker->hooks = &worker_hooks;

@@ -26,6 +26,7 @@
 #include "pgfunnel/admin.h"
 #include "pgfunnel/authquery.h"
 #include "pgfunnel/client.h"
+#include "pgfunnel/hba.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/metrics.h"
 #include "pgfunnel/pool.h"
@@ -709,8 +710,17 @@ void pf_worker_set_tls(pf_worker_t *w, pf_tls_ctx_t *accept, pf_tls_ctx_t *conne
 		pf_pool_tag_reconnect(w, NULL);
 }
 
+void pf_worker_set_auth_rules(pf_worker_t *w, pf_hba_t *hba, pf_ident_t *ident)
+{
+	pf_hba_free(w->hba);
+	pf_ident_free(w->ident);
+	w->hba = hba;
+	w->ident = ident;
+}
+
 void pf_worker_free(pf_worker_t *w)
 {
+	pf_worker_set_auth_rules(w, NULL, NULL);
 	pf_tls_ctx_unref(w->tls_accept);
 	pf_tls_ctx_unref(w->tls_connect);
 	pf_database_free_all(w);

@@ -95,6 +95,8 @@ static void assert_format(const pf_config_t *cfg, const char *name, const char *
 
 /* The parameters the lead marked as implemented; every other one must be flagged false. */
 static const char *const implemented[] = {
+        "auth_hba_file",
+        "auth_ident_file",
         "client_tls_sslmode",
         "client_tls_key_file",
         "client_tls_cert_file",
@@ -948,18 +950,18 @@ static void test_unimplemented_warning(void **state)
 
 	(void)state;
 	assert_int_equal(pf_config_load_string("[pgbouncer]\nlisten_port = 7000\n"
-	                                       "auth_hba_file = /etc/hba\nquery_timeout = 0\n",
+	                                       "auth_ldap_options = x\nquery_timeout = 0\n",
 	                                       "t.ini", &cfg, collect_warning, &w, err,
 	                                       sizeof(err)),
 	                 0);
-	/* Only auth_hba_file: listen_port is implemented, query_timeout is left at default. */
+	/* Only auth_ldap_options: listen_port is implemented, query_timeout is left at default. */
 	assert_int_equal(w.count, 1);
 	assert_string_equal(w.file, "t.ini");
 	assert_int_equal(w.line, 3);
 	assert_string_equal(w.msg,
-	                    "parameter \"auth_hba_file\" is not implemented by pgfunnel yet; "
+	                    "parameter \"auth_ldap_options\" is not implemented by pgfunnel yet; "
 	                    "its value is ignored");
-	assert_string_equal(cfg->auth_hba_file, "/etc/hba"); /* still stored */
+	assert_string_equal(cfg->auth_ldap_options, "x"); /* still stored */
 	pf_config_free(cfg);
 
 	/* auth_user, auth_query and auth_dbname are implemented, globally and per database. */
