@@ -36,6 +36,11 @@
 
 /* Ciphertext held unread in the read BIO before the socket is no longer read. */
 #define TLS_RBIO_MAX (64u * 1024u)
+/* Our ciphertext waiting for the socket beyond which the socket is no longer read: reading
+ * can make output of its own (TLS 1.3 KeyUpdate answers, alerts), so a peer that sends without
+ * reading would otherwise grow our queue without bound. Normal traffic stays far below (the
+ * conn bounds its forward writes and own output). */
+#define TLS_OUT_BACKLOG_MAX (4u * 1024u * 1024u)
 /* Plaintext held before the handshake completes. */
 #define TLS_EARLY_MAX (1024u * 1024u)
 /* How much plaintext one read callback is offered. */
@@ -482,6 +487,8 @@ static void complete_later(tls_t *st, uv_write_t *req, uv_write_cb cb, int statu
 	want_idle(st);
 }
 
+static void sock_update(tls_t *st);
+
 static void on_out_written(uv_write_t *req, int status)
 {
 	tls_out_t *o = (tls_out_t *)req;
@@ -492,6 +499,8 @@ static void on_out_written(uv_write_t *req, int status)
 	st->n_out--;
 	OPENSSL_cleanse(o->data, o->len);
 	free(o);
+	if (!st->dead && status == 0)
+		sock_update(st); /* reading may go on now that our output has left */
 	/* The conn may free itself (and release st) from here. */
 	if (user)
 		cb(user, status);
@@ -564,8 +573,6 @@ static int encrypt(tls_t *st, const uv_buf_t *bufs, unsigned n)
 	return 0;
 }
 
-static void sock_update(tls_t *st);
-
 static void on_sock_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
 	(void)h;
@@ -596,7 +603,8 @@ static void sock_update(tls_t *st)
 {
 	uv_stream_t *s = &st->conn->h.stream;
 	bool want = !st->dead && !conn_closing(st) && !st->sock_end && !st->failed &&
-	            (!st->hs_done || st->conn_reading) && BIO_ctrl_pending(st->rbio) < TLS_RBIO_MAX;
+	            (!st->hs_done || st->conn_reading) && BIO_ctrl_pending(st->rbio) < TLS_RBIO_MAX &&
+	            s->write_queue_size < TLS_OUT_BACKLOG_MAX;
 
 	if (want && !st->sock_reading) {
 		if (uv_read_start(s, on_sock_alloc, on_sock_read) == 0)
@@ -739,6 +747,11 @@ static void pump(tls_t *st)
 		}
 	}
 	deliver(st);
+	/* Reading may have made output (KeyUpdate answers, alerts): it goes out now, not only
+	 * when the conn next writes. */
+	if (!st->dead && st->hs_done && BIO_ctrl_pending(st->wbio) > 0 &&
+	    flush_out(st, NULL, NULL) < 0)
+		fail(st, "TLS write failed");
 	if (!st->dead) {
 		sock_update(st);
 		want_idle(st);
