@@ -34,7 +34,11 @@ enum {
 	PF_SASLPREP_PROHIBITED,       /* a prohibited output character (PROHIBITED) */
 	PF_SASLPREP_UNASSIGNED,       /* a code point unassigned in Unicode 3.2 (PROHIBITED) */
 	PF_SASLPREP_BIDI,             /* breaks RFC 3454 section 6 (PROHIBITED) */
+	PF_SASLPREP_TOO_LONG,         /* over PF_SASLPREP_MAX_BYTES (Postgres: an error) */
 };
+
+/* Postgres' MAX_PASSWORD_LENGTH: longer passwords are used raw (Postgres refuses them). */
+#define PF_SASLPREP_MAX_BYTES 1024
 
 /*
  * Prepares the NUL-terminated password in. On return *out holds a new string the caller

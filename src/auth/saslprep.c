@@ -392,6 +392,11 @@ int pf_saslprep(const char *in, char **out)
 		ascii = (unsigned char)in[i] < 0x80;
 	if (ascii)
 		return copy_raw(in, len, out, PF_SASLPREP_OK);
+	/* Postgres refuses longer passwords ("password too long"), so none of them can match a
+	 * verifier it made: used raw, which bounds the normalization's work (its canonical
+	 * ordering is quadratic in a run of combining marks) on the event loop. */
+	if (len > PF_SASLPREP_MAX_BYTES)
+		return copy_raw(in, len, out, PF_SASLPREP_TOO_LONG);
 
 	rc = utf8_decode((const unsigned char *)in, len, &s);
 	if (rc < 0)
@@ -443,6 +448,8 @@ const char *pf_saslprep_result_name(int rc)
 		return "unassigned code point";
 	case PF_SASLPREP_BIDI:
 		return "bidirectional rule";
+	case PF_SASLPREP_TOO_LONG:
+		return "too long";
 	case -ENOMEM:
 		return "out of memory";
 	default:

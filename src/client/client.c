@@ -734,8 +734,10 @@ static void begin_exchange(pf_client_t *c)
 		send_auth_request(c, pf_proto_be_auth_cleartext);
 		return;
 	case METHOD_MD5:
-		/* A SCRAM secret cannot answer md5: PgBouncer switches to SCRAM then. */
-		if (c->user && c->user->secret.present &&
+		/* A SCRAM secret cannot answer md5: PgBouncer switches to SCRAM then. A user
+		 * without a secret gets SCRAM too, as Postgres does (password_encryption's type,
+		 * SCRAM by default): an md5 challenge would tell that it does not exist. */
+		if (!c->user || !c->user->secret.present ||
 		    c->user->secret.kind == PF_AUTH_SECRET_SCRAM) {
 			start_scram(c);
 			return;
@@ -794,6 +796,15 @@ static bool plain_password_ok(pf_client_t *c, const char *password)
 	case PF_AUTH_SECRET_SCRAM: {
 		pf_scram_secret_t derived;
 
+		/* PBKDF2 runs on the event loop: a verifier (auth_file, or one a role set for
+		 * itself and auth_query returned) may not make it take seconds. */
+		if (sec->scram.iterations > PF_SCRAM_MAX_ITERATIONS) {
+			pf_log_warning(c,
+			               "SCRAM secret of user \"%s\" has %d iterations, more than the "
+			               "%d pgfunnel computes for a cleartext password: login refused",
+			               c->user_name, sec->scram.iterations, PF_SCRAM_MAX_ITERATIONS);
+			return false;
+		}
 		ok = pf_scram_cache_derive(w->scram_cache, password, sec->scram.salt,
 		                           sec->scram.salt_len, sec->scram.iterations, &derived,
 		                           NULL) == 0 &&
