@@ -62,6 +62,9 @@ const pf_auth_entry_t *pf_auth_file_find(const pf_auth_file_t *af, const char *u
 /* Number of users in af. */
 size_t pf_auth_file_count(const pf_auth_file_t *af);
 
+/* How many of them have a SCRAM secret. */
+size_t pf_auth_file_count_scram(const pf_auth_file_t *af);
+
 /* The i-th entry (0 <= i < pf_auth_file_count(af)), in name order. Points into af. */
 const pf_auth_entry_t *pf_auth_file_entry(const pf_auth_file_t *af, size_t i);
 

@@ -32,6 +32,7 @@
 struct pf_auth_file {
 	pf_auth_entry_t *entries;
 	size_t n;
+	size_t n_scram; /* entries with a SCRAM secret */
 };
 
 PF_PRINTF(3, 4) static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -73,6 +74,11 @@ void pf_auth_file_free(pf_auth_file_t *af)
 size_t pf_auth_file_count(const pf_auth_file_t *af)
 {
 	return af->n;
+}
+
+size_t pf_auth_file_count_scram(const pf_auth_file_t *af)
+{
+	return af->n_scram;
 }
 
 const pf_auth_entry_t *pf_auth_file_entry(const pf_auth_file_t *af, size_t i)
@@ -280,6 +286,8 @@ int pf_auth_file_parse(const char *text, size_t len, const char *name, pf_auth_f
 		rc = -ENOMEM;
 		goto fail;
 	}
+	for (size_t i = 0; i < af->n; i++)
+		af->n_scram += af->entries[i].kind == PF_AUTH_SECRET_SCRAM;
 	*out = af;
 	return 0;
 fail:

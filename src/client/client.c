@@ -690,6 +690,21 @@ void pf_client_auth_continue(pf_client_t *c)
 		pf_conn_defer_resume(&c->conn);
 }
 
+/*
+ * Under md5, which exchange a user without a secret gets, so that it looks like the users that
+ * exist (Postgres gives it password_encryption's type): SCRAM where users are looked up with
+ * auth_query (pg_authid's secrets are SCRAM by default since PostgreSQL 14) or where most of
+ * auth_file's secrets are SCRAM, else md5.
+ */
+static bool unknown_users_get_scram(const pf_client_t *c, const pf_config_t *cfg)
+{
+	const pf_auth_file_t *af = pf_conn_worker(&c->conn)->auth_file;
+
+	if (pf_database_auth_user(c->db, cfg))
+		return true;
+	return af && 2 * pf_auth_file_count_scram(af) > pf_auth_file_count(af);
+}
+
 /* The password exchange (or trust, any) for c's user, c->user (NULL: unknown). */
 static void begin_exchange(pf_client_t *c)
 {
@@ -734,11 +749,10 @@ static void begin_exchange(pf_client_t *c)
 		send_auth_request(c, pf_proto_be_auth_cleartext);
 		return;
 	case METHOD_MD5:
-		/* A SCRAM secret cannot answer md5: PgBouncer switches to SCRAM then. A user
-		 * without a secret gets SCRAM too, as Postgres does (password_encryption's type,
-		 * SCRAM by default): an md5 challenge would tell that it does not exist. */
-		if (!c->user || !c->user->secret.present ||
-		    c->user->secret.kind == PF_AUTH_SECRET_SCRAM) {
+		/* A SCRAM secret cannot answer md5: PgBouncer switches to SCRAM then. */
+		if ((c->user && c->user->secret.present &&
+		     c->user->secret.kind == PF_AUTH_SECRET_SCRAM) ||
+		    ((!c->user || !c->user->secret.present) && unknown_users_get_scram(c, cfg))) {
 			start_scram(c);
 			return;
 		}
