@@ -6,7 +6,8 @@ unprivileged system user `pgfunnel`, created if missing):
 
     tests/bench/run.py [--duration 10] [--rounds 3] [--quick] [--pooler-only]
                        [--baseline OTHER_PGFUNNEL_BINARY] [--pgbouncer PGBOUNCER_BINARY]
-                       [--set default|prepared|all] [--max-prepared-statements 200]
+                       [--set default|prepared|tls|all] [--max-prepared-statements 200]
+                       [--tls-key rsa|ec] [--channel-binding prefer|disable|require]
 
 --baseline adds a third pooler, "baseline" (another pgfunnel build, e.g. the commit before a
 change), measured in the same run, interleaved with the others, and compared with pgfunnel.
@@ -18,8 +19,27 @@ through unmanaged, which breaks them in transaction mode: its -M prepared rows a
 
 --set chooses the scenarios by name: "default" (the five below), "prepared" (protocol-level
 prepared statements in transaction mode: select-only with pgbench -M prepared and -M extended,
-50 clients over the pool of 20, each on both poolers, all four runs interleaved in every round)
-or "all". --scenario NAME (repeatable) picks single scenarios of any set instead.
+50 clients over the pool of 20, each on both poolers, all four runs interleaved in every round),
+"tls" (TLS on either leg, see below) or "all". --scenario NAME (repeatable) picks single
+scenarios of any set instead.
+
+The "tls" set (same ini otherwise: transaction mode, pool 20, SCRAM with the plain userlist):
+  tls-select   pgbench -S -c 200 -j 2, PGSSLMODE=require; poolers with client_tls_sslmode=require
+  tls-connect  pgbench -S -C -c 20 -j 2, PGSSLMODE=require: every transaction is a TCP connect,
+               a TLS handshake and a SCRAM login (SCRAM-SHA-256-PLUS where the pooler offers
+               channel binding and libpq's channel_binding=prefer takes it; --channel-binding
+               sets PGCHANNELBINDING for the TLS runs); TPS = handshakes per second
+  tls-server   pgbench -S -c 200 -j 2 over plain TCP; poolers with server_tls_sslmode=require
+               toward a PostgreSQL with ssl=on (started so only when this scenario runs; the
+               other scenarios then get server_tls_sslmode=disable, so their server leg stays
+               plain as before)
+One self-signed key + certificate (openssl req; --tls-key rsa = RSA 2048, the default, or ec =
+ECDSA P-256) is made in the temp dir, readable by the servers' user only, and serves both poolers
+(and PostgreSQL). The poolers run with one configuration "profile" at a time (plain, client-tls,
+server-tls): when the next scenario needs another one they are stopped (checked like the final
+stop) and started again with it, then warmed up. The protocol and cipher each pooler negotiates
+(openssl s_client -starttls postgres), whether it offers channel binding, and the TLS state of
+PostgreSQL's connections from the pooler (pg_stat_ssl) are printed as notes.
 
 What it does:
   1. initdb + start a PostgreSQL 15 on a free loopback port (fsync=off,
@@ -95,8 +115,31 @@ PREPARED_SCENARIOS = [
 SCENARIO_SETS = {
     "default": SCENARIOS,
     "prepared": PREPARED_SCENARIOS,
-    "all": SCENARIOS + PREPARED_SCENARIOS,
+    "tls": None,  # filled in below
+    "all": None,
 }
+
+# The "tls" set. Each scenario names the pooler configuration it needs (TLS_PROFILE) and what
+# pgbench asks for (PGSSLMODE); everything else is the default set's. 200 clients over TLS: each
+# client's handshake happens before the timed part (TPS "without initial connection time") but
+# its CPU is in the pooler's CPU per transaction (200 handshakes over a whole run: noise).
+# -C with 20 clients: every transaction is a connect + handshake + SCRAM login + one SELECT.
+TLS_SCENARIOS = [
+    ("tls-select", ["-S", "-c", "200", "-j", "2", "-M", "simple"], "excl"),
+    ("tls-connect", ["-S", "-C", "-c", "20", "-j", "2", "-M", "simple"], "incl"),
+    ("tls-server", ["-S", "-c", "200", "-j", "2", "-M", "simple"], "excl"),
+]
+SCENARIO_SETS["tls"] = TLS_SCENARIOS
+SCENARIO_SETS["all"] = SCENARIOS + PREPARED_SCENARIOS + TLS_SCENARIOS
+
+# Pooler configuration profile per scenario (absent: "plain", the default set's ini), and the
+# sslmode pgbench uses with each profile.
+TLS_PROFILE = {"tls-select": "client-tls", "tls-connect": "client-tls", "tls-server": "server-tls"}
+PROFILE_CLIENT_SSLMODE = {"plain": "disable", "client-tls": "require", "server-tls": "disable"}
+
+
+def scenario_profile(name):
+    return TLS_PROFILE.get(name, "plain")
 
 # PgBouncer manages protocol-level prepared statements (max_prepared_statements) from 1.21 on.
 PGBOUNCER_PREPARED_MIN = (1, 21)
@@ -215,13 +258,65 @@ def rss_kib(pid):
     return 0
 
 
+# ---------------------------------------------------------------- TLS files
+
+
+def make_tls_files(workdir, ids, kind):
+    """A self-signed certificate and its key for 127.0.0.1 made with the openssl CLI, owned by
+    the servers' user (the key 0600, as PostgreSQL requires): (cert path, key path, description)."""
+    cert = os.path.join(workdir, "tls.crt")
+    key = os.path.join(workdir, "tls.key")
+    if kind == "ec":
+        newkey, desc = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"], "ECDSA P-256"
+    else:
+        newkey, desc = ["-newkey", "rsa:2048"], "RSA 2048"
+    cmd = (["openssl", "req", "-x509", "-nodes", "-sha256", "-days", "2"] + newkey
+           + ["-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+              "-addext", "subjectAltName=IP:127.0.0.1"])
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             timeout=60)
+    except OSError as e:
+        raise SetupError("openssl CLI not usable: %s" % e)
+    if res.returncode != 0:
+        raise SetupError("%s failed (%d):\n%s%s" % (" ".join(cmd), res.returncode, res.stdout,
+                                                     res.stderr))
+    os.chmod(key, 0o600)
+    os.chmod(cert, 0o644)
+    chown_run_user(key, ids)
+    chown_run_user(cert, ids)
+    return cert, key, desc + " self-signed (openssl req)"
+
+
+def tls_peek(port):
+    """(protocol, cipher, peer key) that `openssl s_client -starttls postgres` negotiates with the
+    listener on port, or None."""
+    try:
+        res = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-brief",
+                              "-connect", "127.0.0.1:%d" % port],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = res.stdout + res.stderr
+    proto = re.search(r"^Protocol version: (\S+)", text, re.M)
+    cipher = re.search(r"^Ciphersuite: (\S+)", text, re.M)
+    peer = re.search(r"^(?:Peer s|S)ignature type: (\S+)", text, re.M)
+    group = re.search(r"^(?:Server Temp Key|Negotiated TLS1.3 group): (.+)$", text, re.M)
+    if not proto or not cipher:
+        return None
+    return "%s %s%s%s" % (proto.group(1), cipher.group(1),
+                          ", signature " + peer.group(1) if peer else "",
+                          ", key exchange " + group.group(1).strip() if group else "")
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 
 class Postgres:
-    def __init__(self, bindir, workdir, ids):
+    def __init__(self, bindir, workdir, ids, tls=None):
         self.bindir = bindir
         self.ids = ids
+        self.tls = tls  # (cert, key): ssl = on with them
         self.datadir = os.path.join(workdir, "pgdata")
         self.sockdir = workdir
         self.logfile = os.path.join(workdir, "postgres.log")
@@ -254,6 +349,10 @@ class Postgres:
                     "shared_buffers = 128MB\n"
                     "password_encryption = 'scram-sha-256'\n"
                     % (self.port, self.sockdir))
+            if self.tls:
+                f.write("ssl = on\n"
+                        "ssl_cert_file = '%s'\n"
+                        "ssl_key_file = '%s'\n" % self.tls)
         # Local socket: trust (set-up as superuser); TCP (the poolers, pgbench -i): SCRAM.
         with open(os.path.join(self.datadir, "pg_hba.conf"), "w", encoding="utf-8") as f:
             f.write("local  all  all                trust\n"
@@ -269,6 +368,13 @@ class Postgres:
         env = dict(os.environ, PGPASSWORD=DB_PASSWORD)
         self._run([self._bin("pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1",
                    "-p", str(self.port), "-U", DB_USER, DB_NAME], timeout=600, env=env)
+
+    def query(self, sql):
+        """Rows of sql (unaligned, '|'-separated) as the superuser over the unix socket."""
+        res = self._run([self._bin("psql"), "-X", "-q", "-A", "-t", "-h", self.sockdir,
+                         "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-c", sql],
+                        timeout=30)
+        return [l for l in res.stdout.splitlines() if l]
 
     def stop(self):
         if not self.started:
@@ -289,9 +395,24 @@ class Postgres:
 # ---------------------------------------------------------------- poolers
 
 
-def make_ini(pg_port, port, workdir, name, max_prepared=None):
+def make_ini(pg_port, port, workdir, name, max_prepared=None, profile="plain", tls=None,
+             pg_ssl=False):
     """The common configuration; only listen_port and file paths differ per pooler (and
-    max_prepared_statements, left out for a PgBouncer that does not know it)."""
+    max_prepared_statements, left out for a PgBouncer that does not know it). name is the file
+    name stem (pooler name, plus the profile unless plain). profile "client-tls" adds
+    client_tls_sslmode=require with the key/cert tls = (cert, key), "server-tls"
+    server_tls_sslmode=require; the others get server_tls_sslmode=disable when PostgreSQL has
+    ssl=on (pg_ssl), so their server leg stays plain TCP as with an ssl=off PostgreSQL."""
+    extra = ""
+    if profile == "client-tls":
+        extra = ("client_tls_sslmode = require\n"
+                 "client_tls_cert_file = %s\n"
+                 "client_tls_key_file = %s\n"
+                 "server_tls_sslmode = disable\n" % tls)
+    elif profile == "server-tls":
+        extra = "server_tls_sslmode = require\n"
+    elif pg_ssl:
+        extra = "server_tls_sslmode = disable\n"
     return ("[databases]\n"
             "%s = host=127.0.0.1 port=%d dbname=%s\n"
             "\n"
@@ -309,7 +430,8 @@ def make_ini(pg_port, port, workdir, name, max_prepared=None):
             % (DB_NAME, pg_port, DB_NAME, port, os.path.join(workdir, "userlist.txt"),
                os.path.join(workdir, name + ".log"), os.path.join(workdir, name + ".pid"))
             + ("max_prepared_statements = %d\n" % max_prepared if max_prepared is not None
-               else ""))
+               else "")
+            + extra)
 
 
 def pgbouncer_version(binary):
@@ -325,22 +447,27 @@ def pgbouncer_version(binary):
 
 class Pooler:
     def __init__(self, name, binary, workdir, pg_port, ids, extra_args=(), max_prepared=None,
-                 version=None):
+                 version=None, profile="plain", tls=None, pg_ssl=False):
         self.name = name
+        self.profile = profile
+        # Files and report lines: "pgfunnel", or "pgfunnel-client-tls" for another profile.
+        self.label = name if profile == "plain" else "%s-%s" % (name, profile)
+        self.stop_result = None  # (problem or None, note) once stopped by stop_checked()
         self.version = version  # PgBouncer's (major, minor, patch); None for pgfunnel
         # Manages protocol-level prepared statements in transaction mode (max_prepared set).
         self.prepared = max_prepared is not None and max_prepared > 0
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
-        self.ini = os.path.join(workdir, name + ".ini")
-        self.logfile = os.path.join(workdir, name + ".log")
-        self.outfile = os.path.join(workdir, name + ".out")
+        self.ini = os.path.join(workdir, self.label + ".ini")
+        self.logfile = os.path.join(workdir, self.label + ".log")
+        self.outfile = os.path.join(workdir, self.label + ".out")
         self.extra_args = list(extra_args)
         self.proc = None
         self.rss_trace = []  # (label, KiB)
         self.exit_note = ""
-        write_file(self.ini, make_ini(pg_port, self.port, workdir, name, max_prepared), ids)
+        write_file(self.ini, make_ini(pg_port, self.port, workdir, self.label, max_prepared,
+                                      profile, tls, pg_ssl), ids)
 
     @property
     def pid(self):
@@ -357,13 +484,13 @@ class Pooler:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SetupError("%s exited with status %d at start-up:\n%s\n%s" % (
-                    self.name, self.proc.returncode, read_text(self.outfile), tail(self.logfile)))
+                    self.label, self.proc.returncode, read_text(self.outfile), tail(self.logfile)))
             if port_accepts(self.port):
                 self.rss_trace.append(("start", rss_kib(self.pid)))
                 return
             time.sleep(0.05)
         raise SetupError("%s did not listen on port %d within 15 s:\n%s\n%s" % (
-            self.name, self.port, read_text(self.outfile), tail(self.logfile)))
+            self.label, self.port, read_text(self.outfile), tail(self.logfile)))
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -373,7 +500,7 @@ class Pooler:
         if self.proc is None:
             return None
         if self.proc.poll() is not None:
-            return "%s had already exited (status %d)" % (self.name, self.proc.returncode)
+            return "%s had already exited (status %d)" % (self.label, self.proc.returncode)
         try:
             cpu0 = cpu_seconds(self.pid)
         except OSError:
@@ -390,10 +517,17 @@ class Pooler:
             self.proc.kill()
             self.proc.wait(timeout=10)
             return ("%s did not exit within %d s of SIGTERM (used %s s of CPU meanwhile); killed"
-                    % (self.name, timeout, fmt(busy, ".2f")))
+                    % (self.label, timeout, fmt(busy, ".2f")))
         # Not a failure: PgBouncer 1.18 logs "got SIGTERM, fast exit" and exits with status 1.
         self.exit_note = "exited with status %d %.1f s after SIGTERM" % (rc, time.monotonic() - t0)
         return None
+
+    def stop_checked(self):
+        """stop() once, remembering the outcome for the report: the problem (None if clean)."""
+        if self.stop_result is None:
+            problem = self.stop()
+            self.stop_result = (problem, self.exit_note)
+        return self.stop_result[0]
 
     def log_problems(self, limit=8):
         """(count, first distinct messages) of ERROR/WARNING/FATAL/PANIC lines in the logfile."""
@@ -421,11 +555,20 @@ RE_TPS_INCL = re.compile(r"^tps = ([0-9.]+) \(including (?:reconnection times|co
                          re.M)
 
 
-def run_pgbench(bindir, pooler, args, duration, tps_kind):
+def pgbench_env(sslmode="disable", channel_binding=None):
+    env = dict(os.environ, PGPASSWORD=DB_PASSWORD, PGSSLMODE=sslmode)
+    env.pop("PGCHANNELBINDING", None)
+    if channel_binding and sslmode != "disable":
+        env["PGCHANNELBINDING"] = channel_binding
+    return env
+
+
+def run_pgbench(bindir, pooler, args, duration, tps_kind, sslmode="disable",
+                channel_binding=None):
     """One pgbench run against pooler; a dict of measurements (errors listed in "errors")."""
     cmd = [os.path.join(bindir, "pgbench"), "-n", "-T", str(duration), "-h", "127.0.0.1",
            "-p", str(pooler.port), "-U", DB_USER] + args + [DB_NAME]
-    env = dict(os.environ, PGPASSWORD=DB_PASSWORD, PGSSLMODE="disable")
+    env = pgbench_env(sslmode, channel_binding)
     cpu0 = cpu_seconds(pooler.pid)
     t0 = time.monotonic()
     try:
@@ -441,7 +584,8 @@ def run_pgbench(bindir, pooler, args, duration, tps_kind):
     cpu1 = cpu_seconds(pooler.pid) if alive else cpu0
     rss = rss_kib(pooler.pid) if alive else 0
 
-    r = {"pooler": pooler.name, "rc": rc, "wall_s": round(wall, 2), "errors": []}
+    r = {"pooler": pooler.name, "profile": pooler.profile, "sslmode": sslmode, "rc": rc,
+         "wall_s": round(wall, 2), "errors": []}
     m = RE_PROCESSED.search(out)
     r["txns"] = int(m.group(1)) if m else 0
     m = RE_FAILED.search(out)
@@ -541,10 +685,10 @@ def print_prepared_ratios(rounds, results):
     return out
 
 
-def print_table(name, cmdline, rounds, duration, poolers, results):
+def print_table(name, cmdline, rounds, duration, poolers, results, env=""):
     print()
-    print("== %s: pgbench %s -T %d  (%d round%s, medians) ==" % (
-        name, cmdline, duration, rounds, "" if rounds == 1 else "s"))
+    print("== %s: %spgbench %s -T %d  (%d round%s, medians) ==" % (
+        name, env + " " if env else "", cmdline, duration, rounds, "" if rounds == 1 else "s"))
     print("%-10s %10s %11s %11s %9s %7s   %s | %s" % (
         "pooler", "TPS", "latency ms", "CPU us/txn", "RSS MiB", "failed", "TPS per round",
         "CPU us/txn per round"))
@@ -600,15 +744,23 @@ def parse_args(argv):
     ap.add_argument("--pooler-only", action="store_true",
                     help="benchmark pgfunnel alone (automatic when PgBouncer is not installed)")
     ap.add_argument("--set", default="default", choices=sorted(SCENARIO_SETS), dest="scenario_set",
-                    help="scenario set: default (%s), prepared (%s) or all (default: default)"
-                    % (", ".join(s[0] for s in SCENARIOS),
-                       ", ".join(s[0] for s in PREPARED_SCENARIOS)))
+                    help="scenario set: default (%s), prepared (%s), tls (%s) or all (default:"
+                    " default)" % (", ".join(s[0] for s in SCENARIOS),
+                                   ", ".join(s[0] for s in PREPARED_SCENARIOS),
+                                   ", ".join(s[0] for s in TLS_SCENARIOS)))
     ap.add_argument("--scenario", action="append", metavar="NAME",
                     choices=[s[0] for s in SCENARIO_SETS["all"]],
                     help="run only this scenario, of any set (repeatable; overrides --set)")
     ap.add_argument("--max-prepared-statements", type=int, default=200, metavar="N",
                     help="max_prepared_statements for both poolers (default 200; left out for a"
                     " PgBouncer older than 1.21)")
+    ap.add_argument("--tls-key", choices=["rsa", "ec"], default="rsa",
+                    help="key of the TLS scenarios' self-signed certificate: rsa (RSA 2048, the"
+                    " default) or ec (ECDSA P-256)")
+    ap.add_argument("--channel-binding", choices=["prefer", "disable", "require"], default=None,
+                    help="PGCHANNELBINDING for pgbench's TLS runs (default: unset, i.e. libpq's"
+                    " prefer: SCRAM-SHA-256-PLUS with a pooler that offers it; require fails"
+                    " against one that does not, such as PgBouncer 1.25)")
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
     ap.add_argument("--pgfunnel", default=None,
                     help="pgfunnel binary (default build-bench/pgfunnel, then build/pgfunnel, then PATH)")
@@ -652,6 +804,55 @@ def on_signal(signum, _frame):
     raise Interrupted("signal %d" % signum)
 
 
+def check_channel_binding(bindir, pooler):
+    """Whether pooler completes a SCRAM-SHA-256-PLUS login over TLS (psql with
+    channel_binding=require); None if psql could not be run."""
+    env = pgbench_env("require", "require")
+    try:
+        res = subprocess.run([os.path.join(bindir, "psql"), "-X", "-A", "-t", "-h", "127.0.0.1",
+                              "-p", str(pooler.port), "-U", DB_USER, "-d", DB_NAME, "-c",
+                              "SELECT 1"], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, env=env, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.returncode == 0
+
+
+def print_tls_summary(rounds, duration, summary):
+    """The TLS scenarios in one table: medians and pgfunnel/PgBouncer ratios."""
+    names = [s[0] for s in TLS_SCENARIOS if s[0] in summary]
+    pair = ("pgfunnel", "pgbouncer")
+    if not names:
+        return None
+    shown = [p for p in pair if any(p in summary[n] for n in names)]
+    print()
+    print("== TLS: medians over %d round%s of %d s ==" % (rounds, "" if rounds == 1 else "s",
+                                                        duration))
+    head = "%-12s" % "scenario"
+    for p in shown:
+        head += " %12s %12s" % (p + " TPS", "CPU us/txn")
+    if len(shown) == 2:
+        head += " %8s %8s" % ("TPS x", "CPU x")
+    print(head)
+    out = {}
+    for n in names:
+        row = "%-12s" % n
+        for p in shown:
+            s = summary[n].get(p)
+            row += " %12s %12s" % (fmt(s and s["tps"], ".1f"),
+                                   fmt(s and s["cpu_us_per_txn"], ".1f"))
+        if len(shown) == 2 and all(p in summary[n] for p in pair):
+            a, b = summary[n]["pgfunnel"], summary[n]["pgbouncer"]
+            t, c = ratio(a["tps"], b["tps"]), ratio(a["cpu_us_per_txn"], b["cpu_us_per_txn"])
+            row += " %8s %8s" % (fmt(t, ".2f"), fmt(c, ".2f"))
+            out[n] = {"tps": t, "cpu_us_per_txn": c}
+        print(row)
+    if out:
+        print("(ratios: pgfunnel/PgBouncer; TPS x > 1 and CPU x < 1 favour pgfunnel)")
+    sys.stdout.flush()
+    return out
+
+
 def main(argv):
     a = parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
@@ -661,12 +862,25 @@ def main(argv):
     workdir = tempfile.mkdtemp(prefix="pgfunnel-bench.", dir="/tmp")
     chown_run_user(workdir, ids)
     pg = None
-    poolers = []
+    instances = []  # every pooler process started (one per pooler and profile), for the report
     failed = False
     all_runs = []
     try:
-        pg = Postgres(a.pg_bindir, workdir, ids)
-        log("starting PostgreSQL on port %d and initialising pgbench -s %d ..." % (pg.port, a.scale))
+        if a.scenario:
+            scenarios = [s for s in SCENARIO_SETS["all"] if s[0] in a.scenario]
+        else:
+            scenarios = SCENARIO_SETS[a.scenario_set]
+        profiles = {scenario_profile(sc[0]) for sc in scenarios}
+        tls = tls_desc = None
+        if profiles - {"plain"}:
+            cert, key, tls_desc = make_tls_files(workdir, ids, a.tls_key)
+            tls = (cert, key)
+        # PostgreSQL speaks TLS only when a scenario needs it on the server leg.
+        pg_ssl = "server-tls" in profiles
+
+        pg = Postgres(a.pg_bindir, workdir, ids, tls=tls if pg_ssl else None)
+        log("starting PostgreSQL on port %d%s and initialising pgbench -s %d ..." % (
+            pg.port, " (ssl=on)" if pg_ssl else "", a.scale))
         t0 = time.monotonic()
         pg.start(a.scale)
         log("  done in %.1f s" % (time.monotonic() - t0))
@@ -674,36 +888,20 @@ def main(argv):
         write_file(os.path.join(workdir, "userlist.txt"),
                    '"%s" "%s"\n' % (DB_USER, DB_PASSWORD), ids)
         mps = a.max_prepared_statements
-        poolers.append(Pooler("pgfunnel", a.pgfunnel, workdir, pg.port, ids,
-                              ["-v"] * a.verbose_pooler, max_prepared=mps))
+        # (name, binary, extra args, max_prepared_statements, PgBouncer version)
+        specs = [("pgfunnel", a.pgfunnel, ["-v"] * a.verbose_pooler, mps, None)]
         if a.baseline:
-            poolers.append(Pooler("baseline", a.baseline, workdir, pg.port, ids,
-                                  ["-v"] * a.verbose_pooler, max_prepared=mps))
+            specs.append(("baseline", a.baseline, ["-v"] * a.verbose_pooler, mps, None))
         if not a.pooler_only:
             version = pgbouncer_version(a.pgbouncer)
             if version is None:
                 raise SetupError("cannot tell the version of %s (--version)" % a.pgbouncer)
-            poolers.append(Pooler("pgbouncer", a.pgbouncer, workdir, pg.port, ids,
-                                  max_prepared=mps if version >= PGBOUNCER_PREPARED_MIN else None,
-                                  version=version))
-        for p in poolers:
-            p.start()
-            log("%s (%s) pid %d on 127.0.0.1:%d" % (p.name, p.binary, p.pid, p.port))
+            specs.append(("pgbouncer", a.pgbouncer, [],
+                          mps if version >= PGBOUNCER_PREPARED_MIN else None, version))
 
-        # Warm-up: open the server pools so the first measured run does not pay for it.
-        for p in poolers:
-            r = run_pgbench(a.pg_bindir, p, ["-S", "-c", "20", "-j", "2", "-M", "simple"], 2, "excl")
-            if r["errors"]:
-                log("warm-up against %s failed: %s\n%s%s" % (p.name, "; ".join(r["errors"]),
-                                                            r["stdout"], r["stderr"]))
-                raise SetupError("%s does not serve pgbench:\n%s" % (p.name, tail(p.logfile)))
-
-        if a.scenario:
-            scenarios = [s for s in SCENARIO_SETS["all"] if s[0] in a.scenario]
-        else:
-            scenarios = SCENARIO_SETS[a.scenario_set]
         # A group's scenarios are interleaved round by round: the "prepared" set is one group,
-        # every other scenario a group of its own (one after the other, as always).
+        # every other scenario a group of its own (one after the other, as always). The poolers
+        # run with the configuration profile of the group at hand.
         prepared_names = [s[0] for s in PREPARED_SCENARIOS]
         groups = []
         for sc in scenarios:
@@ -711,25 +909,91 @@ def main(argv):
                 groups[-1].append(sc)
             else:
                 groups.append([sc])
+
+        def start_profile(profile):
+            """Start every pooler with profile's configuration, print the TLS notes, warm up."""
+            started = []
+            for name, binary, extra, mp, version in specs:
+                p = Pooler(name, binary, workdir, pg.port, ids, extra, max_prepared=mp,
+                           version=version, profile=profile, tls=tls, pg_ssl=pg_ssl)
+                instances.append(p)
+                p.start()
+                started.append(p)
+                log("%s (%s) pid %d on 127.0.0.1:%d%s" % (
+                    p.name, p.binary, p.pid, p.port,
+                    "" if profile == "plain" else ", profile " + profile))
+            sslmode = PROFILE_CLIENT_SSLMODE[profile]
+            if profile != "plain":
+                print()
+                print("profile %s: %s" % (profile, {
+                    "client-tls": "client_tls_sslmode=require, server_tls_sslmode=disable;"
+                                  " pgbench PGSSLMODE=require%s" % (
+                                      "" if not a.channel_binding
+                                      else " PGCHANNELBINDING=" + a.channel_binding),
+                    "server-tls": "client_tls_sslmode=disable (plain clients),"
+                                  " server_tls_sslmode=require toward PostgreSQL ssl=on"}[profile]))
+            for p in started:
+                if profile == "client-tls":
+                    peek = tls_peek(p.port)
+                    cb = check_channel_binding(a.pg_bindir, p)
+                    mech = ("SCRAM-SHA-256" if a.channel_binding == "disable" or not cb
+                            else "SCRAM-SHA-256-PLUS")
+                    print("  %-10s TLS toward clients: %s; channel binding %s -> pgbench logs in"
+                          " with %s" % (p.name, peek or "? (openssl s_client failed)",
+                                        "offered" if cb else "not offered" if cb is False else "?",
+                                        mech))
+            # Warm-up: open the server pools so the first measured run does not pay for it.
+            for p in started:
+                r = run_pgbench(a.pg_bindir, p, ["-S", "-c", "20", "-j", "2", "-M", "simple"], 2,
+                                "excl", sslmode, a.channel_binding)
+                if r["errors"]:
+                    log("warm-up against %s failed: %s\n%s%s" % (
+                        p.label, "; ".join(r["errors"]), r["stdout"], r["stderr"]))
+                    raise SetupError("%s does not serve pgbench:\n%s" % (p.label,
+                                                                        tail(p.logfile)))
+            if profile != "plain" and pg_ssl:
+                rows = pg.query("SELECT CASE WHEN s.ssl THEN s.version || ' ' || s.cipher"
+                                " ELSE 'plain' END, count(*) FROM pg_stat_ssl s"
+                                " JOIN pg_stat_activity a USING (pid)"
+                                " WHERE a.usename = '%s' GROUP BY 1 ORDER BY 1" % DB_USER)
+                print("  PostgreSQL's connections from the poolers after the warm-up: %s" % (
+                    ", ".join("%s: %s" % tuple(r.split("|", 1)) for r in rows) or "none"))
+            sys.stdout.flush()
+            return started
+
         pg_version = subprocess.run([os.path.join(a.pg_bindir, "postgres"), "--version"],
                                     capture_output=True, text=True).stdout.strip()
         print("pgfunnel benchmark: %s; %s; %d s x %d round(s); %d CPU(s); CLK_TCK %d" % (
-            ", ".join(p.name + (" (PgBouncer %s)" % ".".join(map(str, p.version))
-                                if p.version else "") for p in poolers),
+            ", ".join(name + (" (PgBouncer %s)" % ".".join(map(str, version))
+                              if version else "") for name, _, _, _, version in specs),
             pg_version or "PostgreSQL ?", a.duration, a.rounds, os.cpu_count(), CLK_TCK))
         print("pool_mode=transaction default_pool_size=20 auth_type=scram-sha-256 "
               "max_prepared_statements=%d%s; TPS excludes connection time except "
               "connect-per-txn (-C)" % (
                   a.max_prepared_statements,
-                  "".join(" (not for %s)" % p.name for p in poolers if not p.prepared
-                          and p.version is not None)))
+                  "".join(" (not for %s)" % name for name, _, _, mp, version in specs
+                          if not (mp is not None and mp > 0) and version is not None)))
+        if tls:
+            print("TLS: %s; both poolers' defaults otherwise (protocols secure, ciphers default);"
+                  " tls-connect (-C) TPS includes connection time%s" % (
+                      tls_desc, "; PostgreSQL ssl=on for tls-server" if pg_ssl else ""))
 
         def runnable(p, args):
             """-M prepared needs a pooler that manages prepared statements (transaction mode)."""
             return p.prepared or "prepared" not in args
 
         summary = {}
+        poolers = []
+        current = None
         for group in groups:
+            profile = scenario_profile(group[0][0])
+            if profile != current:
+                for p in poolers:
+                    if p.stop_checked():
+                        failed = True
+                poolers = start_profile(profile)
+                current = profile
+            sslmode = PROFILE_CLIENT_SSLMODE[profile]
             results = {sc[0]: {p.name: [] for p in poolers if runnable(p, sc[1])}
                        for sc in group}
             for sc in group:
@@ -742,7 +1006,8 @@ def main(argv):
                     for p in poolers:
                         if p.name not in results[name]:
                             continue
-                        r = run_pgbench(a.pg_bindir, p, args, a.duration, tps_kind)
+                        r = run_pgbench(a.pg_bindir, p, args, a.duration, tps_kind, sslmode,
+                                        a.channel_binding)
                         r["scenario"], r["round"] = name, rnd + 1
                         results[name][p.name].append(r)
                         all_runs.append(r)
@@ -756,30 +1021,35 @@ def main(argv):
                             log(r["stderr"].strip()[-2000:])
                         if not p.alive():
                             raise SetupError("%s died during %s:\n%s\n%s" % (
-                                p.name, name, read_text(p.outfile), tail(p.logfile)))
+                                p.label, name, read_text(p.outfile), tail(p.logfile)))
                         time.sleep(0.5)
             for p in poolers:
                 p.rss_trace.append(("+".join(sc[0] for sc in group), rss_kib(p.pid)))
             for name, args, _ in group:
-                summary[name] = print_table(name, " ".join(args), a.rounds, a.duration,
-                                            [p for p in poolers if p.name in results[name]],
-                                            results[name])
+                summary[name] = print_table(
+                    name, " ".join(args), a.rounds, a.duration,
+                    [p for p in poolers if p.name in results[name]], results[name],
+                    "" if sslmode == "disable" else "PGSSLMODE=" + sslmode)
             if group[0][0] in prepared_names:
                 summary["prepared-ratios"] = print_prepared_ratios(a.rounds, results)
+        tls_ratios = print_tls_summary(a.rounds, a.duration, summary)
+        if tls_ratios:
+            summary["tls-ratios"] = tls_ratios
 
         print()
-        for p in poolers:
-            print("%s RSS KiB: %s" % (p.name, ", ".join("%s %d" % t for t in p.rss_trace)))
-        for p in poolers:
+        for p in instances:
+            print("%s RSS KiB: %s" % (p.label, ", ".join("%s %d" % t for t in p.rss_trace)))
+        for p in instances:
             count, msgs = p.log_problems()
-            print("%s log: %d ERROR/WARNING/FATAL line(s)%s" % (p.name, count,
+            print("%s log: %d ERROR/WARNING/FATAL line(s)%s" % (p.label, count,
                                                                ":" if msgs else ""))
             for m in msgs:
                 print("    " + m)
-        # Orderly stop, checked: a pooler that hangs or fails on SIGTERM is a failure too.
-        for p in poolers:
-            problem = p.stop()
-            print("%s shutdown: %s" % (p.name, problem or p.exit_note))
+        # Orderly stop, checked: a pooler that hangs or fails on SIGTERM is a failure too (those
+        # of an earlier profile were stopped, and checked, when the profile changed).
+        for p in instances:
+            problem = p.stop_checked()
+            print("%s shutdown: %s" % (p.label, problem or p.stop_result[1]))
             if problem:
                 failed = True
                 print("    log tail: " + tail(p.logfile, 5).replace("\n", "\n    "))
@@ -788,8 +1058,9 @@ def main(argv):
                 json.dump({"duration": a.duration, "rounds": a.rounds,
                            "max_prepared_statements": a.max_prepared_statements,
                            "pgbouncer": {"path": a.pgbouncer,
-                                         "version": next((p.version for p in poolers
-                                                          if p.version), None)},
+                                         "version": next((s[4] for s in specs if s[4]), None)},
+                           "tls": ({"key": tls_desc, "channel_binding": a.channel_binding,
+                                    "postgres_ssl": pg_ssl} if tls else None),
                            "summary": summary,
                            "runs": [{k: v for k, v in r.items() if k not in ("stdout", "stderr")}
                                     for r in all_runs]}, f, indent=1)
@@ -804,11 +1075,11 @@ def main(argv):
         log("interrupted; cleaning up")
         return 130
     finally:
-        for p in poolers:
+        for p in instances:
             try:
                 p.stop()
             except Exception as e:  # keep cleaning up
-                log("stopping %s: %s" % (p.name, e))
+                log("stopping %s: %s" % (p.label, e))
         if pg is not None:
             try:
                 pg.stop()
