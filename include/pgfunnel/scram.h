@@ -253,6 +253,12 @@ PF_MUSTCHECK int pf_scram_server_set_nonce(pf_scram_server_t *srv, const char *n
 PF_MUSTCHECK int pf_scram_server_set_channel_binding(pf_scram_server_t *srv, bool plus,
                                                      const uint8_t *cb_data, size_t cb_len);
 
+/* Whether SCRAM-SHA-256-PLUS was offered (pf_scram_server_set_channel_binding was called). */
+bool pf_scram_server_plus_offered(const pf_scram_server_t *srv);
+
+/* The client chose SCRAM-SHA-256-PLUS (offered): binding data becomes mandatory. */
+void pf_scram_server_select_plus(pf_scram_server_t *srv);
+
 /*
  * Consumes the client-first-message (the SASLInitialResponse data, len bytes, not
  * NUL-terminated; borrowed) and writes the server-first-message

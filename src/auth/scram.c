@@ -754,6 +754,17 @@ int pf_scram_server_set_channel_binding(pf_scram_server_t *srv, bool plus, const
 	return 0;
 }
 
+bool pf_scram_server_plus_offered(const pf_scram_server_t *srv)
+{
+	return srv && srv->plus_offered;
+}
+
+void pf_scram_server_select_plus(pf_scram_server_t *srv)
+{
+	if (srv && srv->plus_offered)
+		srv->plus = true;
+}
+
 int pf_scram_mock_key_init(uint8_t mock_key[32])
 {
 	if (!mock_key)

@@ -444,6 +444,15 @@ static void start_scram(pf_client_t *c)
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "SCRAM setup failed");
 		return;
 	}
+	if (tls) {
+		/* PLUS only with binding data: a certificate whose signature names no hash
+		 * (Ed25519, RSA-PSS) has no tls-server-end-point, and plain SCRAM still works. */
+		uint8_t cb[64];
+		int n = pf_tls_server_end_point(&c->conn, cb, sizeof(cb));
+
+		tls = n > 0 &&
+		      pf_scram_server_set_channel_binding(c->scram, false, cb, (size_t)n) == 0;
+	}
 	pf_buf_init(&b);
 	pf_proto_be_auth_sasl(&b, tls ? mechs : mechs + 1, tls ? 2 : 1);
 	pf_conn_send_buf(&c->conn, &b);
@@ -813,10 +822,11 @@ static bool plain_password_ok(pf_client_t *c, const char *password)
 		/* PBKDF2 runs on the event loop: a verifier (auth_file, or one a role set for
 		 * itself and auth_query returned) may not make it take seconds. */
 		if (sec->scram.iterations > PF_SCRAM_MAX_ITERATIONS) {
-			pf_log_warning(c,
-			               "SCRAM secret of user \"%s\" has %d iterations, more than the "
-			               "%d pgfunnel computes for a cleartext password: login refused",
-			               c->user_name, sec->scram.iterations, PF_SCRAM_MAX_ITERATIONS);
+			pf_log_warning(
+			        c,
+			        "SCRAM secret of user \"%s\" has %d iterations, more than the "
+			        "%d pgfunnel computes for a cleartext password: login refused",
+			        c->user_name, sec->scram.iterations, PF_SCRAM_MAX_ITERATIONS);
 			return false;
 		}
 		ok = pf_scram_cache_derive(w->scram_cache, password, sec->scram.salt,
@@ -976,25 +986,16 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "invalid string in message");
 		return PF_PKT_STOP;
 	}
-	plus = pf_tls_is_on(&c->conn) &&
+	/* PLUS only where it was offered (start_scram kept the binding data then). */
+	plus = pf_scram_server_plus_offered(c->scram) &&
 	       strcmp((const char *)payload, PF_SCRAM_MECHANISM_PLUS) == 0;
 	if (!plus && strcmp((const char *)payload, PF_SCRAM_MECHANISM) != 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
 		                "client selected an invalid SASL authentication mechanism");
 		return PF_PKT_STOP;
 	}
-	if (pf_tls_is_on(&c->conn)) {
-		/* The hash of our certificate, which a client choosing PLUS binds to. */
-		uint8_t cb[64];
-		int n = pf_tls_server_end_point(&c->conn, cb, sizeof(cb));
-
-		if (n < 0 ||
-		    pf_scram_server_set_channel_binding(c->scram, plus, cb, (size_t)n) < 0) {
-			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "08P01",
-			                "could not get the TLS channel binding data");
-			return PF_PKT_STOP;
-		}
-	}
+	if (plus)
+		pf_scram_server_select_plus(c->scram);
 	rc = pf_proto_parse_sasl_initial_response(payload, plen, &mech, &data, &dlen);
 	if (rc < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",

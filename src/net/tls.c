@@ -603,7 +603,8 @@ static void sock_update(tls_t *st)
 {
 	uv_stream_t *s = &st->conn->h.stream;
 	bool want = !st->dead && !conn_closing(st) && !st->sock_end && !st->failed &&
-	            (!st->hs_done || st->conn_reading) && BIO_ctrl_pending(st->rbio) < TLS_RBIO_MAX &&
+	            (!st->hs_done || st->conn_reading) &&
+	            BIO_ctrl_pending(st->rbio) < TLS_RBIO_MAX &&
 	            s->write_queue_size < TLS_OUT_BACKLOG_MAX;
 
 	if (want && !st->sock_reading) {

@@ -1391,14 +1391,32 @@ void pf_pool_unlink(pf_pool_server_t *s)
 	unlink_pair(s);
 }
 
+/* Servers of pool that may still be given to a client. */
+static size_t usable_server_count(const pf_pool_t *pool)
+{
+	const pf_list_t *lists[] = {&pool->active_servers, &pool->used_servers,
+	                            &pool->tested_servers, &pool->new_servers, &pool->idle_servers};
+	pf_list_node_t *it, *tmp;
+	size_t n = 0;
+
+	for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
+		PF_LIST_FOREACH(lists[i], it, tmp)
+		{
+			n += !PF_CONTAINER_OF(it, pf_pool_server_t, node)->close_needed;
+		}
+	}
+	return n;
+}
+
 void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message)
 {
 	pf_list_node_t *it, *tmp;
 	char text[512];
 
 	pool->last_login_failure = pf_worker_now(pool->worker);
-	/* While other servers live, waiting clients will get one of them. */
-	if (pf_pool_server_count(pool) > 0)
+	/* While other servers live that can serve them, waiting clients will get one of them
+	 * (not one doomed by RECONNECT or a RELOAD: it is closed when released). */
+	if (usable_server_count(pool) > 0)
 		return;
 	snprintf(text, sizeof(text), "%s", message ? message : "server connection failed");
 	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
