@@ -108,9 +108,12 @@ def libssl():
                            ("SSL_do_handshake", [ctypes.c_void_p]),
                            ("SSL_get_error", [ctypes.c_void_p, ctypes.c_int]),
                            ("SSL_version", [ctypes.c_void_p]),
+                           ("SSL_renegotiate", [ctypes.c_void_p]),
                            ("SSL_is_server", [ctypes.c_void_p])):
             getattr(lib, name).argtypes = args
             getattr(lib, name).restype = ctypes.c_int
+        lib.SSL_clear_options.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+        lib.SSL_clear_options.restype = ctypes.c_uint64
         _LIBSSL = lib
     return _LIBSSL
 
@@ -120,17 +123,36 @@ def ssl_pointer(obj, server=False):
     inner = obj._sslobj
     ptr = ctypes.c_void_p.from_address(id(inner) + 3 * ctypes.sizeof(ctypes.c_void_p)).value
     lib = libssl()
-    assert ptr and lib.SSL_version(ptr) == 0x0304 and lib.SSL_is_server(ptr) == int(server), \
+    assert ptr and lib.SSL_version(ptr) in (0x0303, 0x0304) and lib.SSL_is_server(ptr) == int(server), \
         "could not find the SSL * of the Python socket"
     return ptr
 
 
-def key_update_storm(sock, count, deadline, server=False):
-    """Sends count TLS 1.3 KeyUpdate(update_requested) messages on the SSLSocket sock, never
-    reading. Returns how many were sent by the deadline."""
+def key_update_storm(sock, count, deadline, server=False, drained=None):
+    """Sends count TLS 1.3 KeyUpdate(update_requested) messages on the SSLSocket sock. It never
+    reads through TLS; with drained (a dict) it reads the raw ciphertext that comes back (so
+    that a peer that answers is never blocked by us), counting it in drained["bytes"] and a
+    close in drained["closed"]. Returns how many were sent by the deadline."""
     lib = libssl()
     p = ssl_pointer(sock, server)
     sent = 0
+
+    def drain(wait):
+        if drained is None or drained.get("closed"):
+            return
+        while select.select([sock], [], [], wait)[0]:
+            wait = 0
+            try:
+                chunk = socket.socket.recv(sock, 1 << 20)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                drained["closed"] = True
+                return
+            drained["bytes"] = drained.get("bytes", 0) + len(chunk)
+
     while sent < count and time.monotonic() < deadline:
         assert lib.SSL_key_update(p, 1) == 1
         while True:
@@ -138,12 +160,17 @@ def key_update_storm(sock, count, deadline, server=False):
             if r == 1:
                 break
             e = lib.SSL_get_error(p, r)
+            if drained is not None and drained.get("closed"):
+                return sent
             assert e == 3, "SSL_do_handshake error %d" % e  # SSL_ERROR_WANT_WRITE
             left = deadline - time.monotonic()
             if left <= 0:
                 return sent
-            select.select([], [sock], [], min(left, 0.5))
+            drain(0)
+            select.select([], [sock], [], min(left, 0.2))
         sent += 1
+        if sent % 64 == 0:
+            drain(0)
     return sent
 
 
@@ -189,9 +216,12 @@ def test_bug_key_update_storm_grows_memory_without_bound(pgfunnel, postgres, cer
     try:
         assert conn.sock.version() == "TLSv1.3"
         count = 30000
-        sent = key_update_storm(conn.sock, count, time.monotonic() + 30)
-        assert sent == count, "could only send %d KeyUpdates" % sent
-        got, closed = raw_recv_until(conn.sock, count * 20, 5.0)
+        drained = {}
+        sent = key_update_storm(conn.sock, count, time.monotonic() + 30, drained=drained)
+        assert sent == count or drained.get("closed"), "could only send %d KeyUpdates" % sent
+        got, closed = raw_recv_until(conn.sock, count * 20 - drained.get("bytes", 0), 5.0)
+        got += drained.get("bytes", 0)
+        closed = closed or drained.get("closed", False)
         alive(pf)
         assert closed or got >= count * 20, (
             "%d KeyUpdate requests sent: pgfunnel sent back only %d bytes (its answers stay in "
@@ -200,6 +230,30 @@ def test_bug_key_update_storm_grows_memory_without_bound(pgfunnel, postgres, cer
         conn.close()
     still_serves(pf, role)
 
+
+
+def test_bug_renegotiation_attempt_left_unanswered(pgfunnel, postgres, certs, role):
+    """Same root cause as the KeyUpdate bug: a logged-in TLS 1.2 client starts a
+    renegotiation (a new ClientHello). pgfunnel refuses renegotiation (SSL_OP_NO_RENEGOTIATION):
+    OpenSSL writes a no_renegotiation alert into the write BIO inside SSL_peek -- and nothing
+    sends it until pgfunnel next writes to that client. The client, waiting for a ServerHello
+    or the refusal, hangs (and each further attempt adds to pgfunnel's buffered output).
+    Asserts pgfunnel answers (alert, or closes) within 5 s."""
+    pf = start_tls(pgfunnel, postgres, certs, userlist={role[0]: role[1]})
+    conn = login(pf, role, ctx=tls_context(max_version=ssl.TLSVersion.TLSv1_2))
+    try:
+        assert conn.sock.version() == "TLSv1.2"
+        lib = libssl()
+        p = ssl_pointer(conn.sock)
+        lib.SSL_clear_options(p, 1 << 30)  # SSL_OP_NO_RENEGOTIATION, set by Python
+        assert lib.SSL_renegotiate(p) == 1
+        lib.SSL_do_handshake(p)  # sends the ClientHello; wants to read the answer
+        got, closed = raw_recv_until(conn.sock, 1, 5.0)
+        alive(pf)
+        assert got or closed, "renegotiation ClientHello left unanswered for 5 s"
+    finally:
+        conn.close()
+    still_serves(pf, role)
 
 # ---------------------------------------------------------------- a TLS client over MemoryBIO
 
@@ -1416,23 +1470,38 @@ def test_bug_server_key_update_storm_grows_memory_without_bound(pgfunnel, role, 
     flushed only when a query is sent to that server: the answers pile up in pgfunnel's memory
     while the pool holds the connection idle. Asserts the answers come back (or pgfunnel drops
     the connection) within 5 s of 30000 requests."""
-    ready = []
-    fake, pf = fake_env(pgfunnel, role, tls_fake(certs, lambda p, s: None, ready))
+    ready, done = [], threading.Event()
+
+    def script(peer):
+        tls_accept(peer, certs)
+        serve_login(peer)
+        kind, _ = peer.read_message()
+        assert kind == "Q"
+        peer.sock.sendall(peer.message("C", b"SELECT 0\0") + peer.message("Z", b"I"))
+        ready.append(peer)  # from now on only the test thread uses the SSL object
+        done.wait(60)
+
+    fake, pf = fake_env(pgfunnel, role, script, params={"server_reset_query": ""})
     try:
         out, _ = client_outcome(pf, role, sql="SELECT 1")
         assert out == ("rows", []), out
-        pfhelpers.wait_until(lambda: ready, DEADLINE, "the fake logged in")
+        pfhelpers.wait_until(lambda: ready, DEADLINE, "the fake answered its query")
         peer = ready[0]
         count = 30000
         peer.sock.settimeout(DEADLINE)
-        sent = key_update_storm(peer.sock, count, time.monotonic() + 30, server=True)
-        assert sent == count
-        got, closed = raw_recv_until(peer.sock, count * 20, 5.0)
+        drained = {}
+        sent = key_update_storm(peer.sock, count, time.monotonic() + 30, server=True,
+                                drained=drained)
+        assert sent == count or drained.get("closed"), "could only send %d" % sent
+        got, closed = raw_recv_until(peer.sock, count * 20 - drained.get("bytes", 0), 5.0)
+        got += drained.get("bytes", 0)
+        closed = closed or drained.get("closed", False)
         alive(pf)
         assert closed or got >= count * 20, (
             "%d KeyUpdate requests sent to pgfunnel's idle server connection: %d bytes came "
             "back, connection kept" % (count, got))
     finally:
+        done.set()
         fake.stop()
 
 
@@ -1562,3 +1631,42 @@ def test_scram_plus_refused_on_plaintext(plus_pf, role):
         s.close()
     assert got != "ok" and got.get("C") == "08P01" and \
         got.get("M") == "client selected an invalid SASL authentication mechanism", got
+
+
+def self_signed(certs, name, keyalg):
+    """A self-signed certificate for localhost whose signature algorithm is keyalg's own
+    (ed25519, ed448, or rsa-pss): no hash in its signature algorithm identifier."""
+    cert, key = certs.path(name + ".crt"), certs.path(name + ".key")
+    args = {"ed25519": ["-newkey", "ed25519"], "ed448": ["-newkey", "ed448"],
+            "rsa-pss": ["-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048",
+                        "-sigopt", "rsa_padding_mode:pss"]}[keyalg]
+    certs._openssl("req", "-x509", "-new", "-nodes", "-keyout", key, "-out", cert, "-days",
+                   "30", "-subj", "/CN=localhost", *args)
+    certs._own(key, 0o600)
+    certs._own(cert, 0o644)
+    return tlscerts.Cert(name, cert, key, 0, "localhost")
+
+
+@pytest.mark.parametrize("keyalg", ["ed25519", "rsa-pss"])
+def test_bug_plain_scram_over_tls_fails_with_hashless_certificate(pgfunnel, postgres, certs,
+                                                                    role, keyalg):
+    """pgfunnel serving an Ed25519 (or RSA-PSS) certificate: its signature algorithm names no
+    digest, so tls-server-end-point is undefined (RFC 5929) and pf_tls_server_end_point()
+    returns -ENOTSUP. client.c auth_sasl_initial_response() computes it for EVERY SCRAM login
+    over TLS, before looking at the mechanism, and closes the client with 08P01 "could not get
+    the TLS channel binding data" -- so a client that chose plain SCRAM-SHA-256 ("n,,", no
+    binding: psql channel_binding=disable, JDBC, most drivers) cannot log in over TLS at all.
+    Postgres computes the hash only for SCRAM-SHA-256-PLUS (be_tls_get_certificate_hash is
+    called from read_client_final_message for cbind_flag 'p'). Fix: get the binding data only
+    when plus, or do not offer PLUS when the certificate has no usable hash."""
+    served = self_signed(certs, "hashless-" + keyalg, keyalg)
+    pf = start_tls(pgfunnel, postgres, certs, userlist={role[0]: role[1]},
+                   params={"auth_type": "scram-sha-256", "client_tls_key_file": served.key,
+                           "client_tls_cert_file": served.cert})
+    s = tls_socket(pf.port, tls_context())
+    try:
+        sasl_start(s, role)
+        got, _ = scram_exchange(s, role, "SCRAM-SHA-256", "n,,")
+    finally:
+        s.close()
+    assert got == "ok", "plain SCRAM-SHA-256 over TLS refused: %r" % (got,)
