@@ -1670,3 +1670,134 @@ def test_bug_plain_scram_over_tls_fails_with_hashless_certificate(pgfunnel, post
     finally:
         s.close()
     assert got == "ok", "plain SCRAM-SHA-256 over TLS refused: %r" % (got,)
+
+
+# ================================================================ real Postgres with ssl=on
+
+
+def pg_login(pf, cluster, timeout=10):
+    return pfhelpers.proxy_connect(pf, "alice", "appdb", cluster.passwords["alice"],
+                                   autocommit=True)
+
+
+@pytest.mark.parametrize("mode", ["verify-ca", "verify-full"])
+def test_unverifiable_server_fails_every_waiting_client_promptly(pgfunnel, ssl_pg, certs, mode):
+    """server_tls_ca_file names an unrelated CA: 12 clients asking at once each get a FATAL
+    naming the verification failure within a few seconds (none hangs until query_wait_timeout
+    = 60), no server connection is kept, and pgfunnel does not spin retrying (CPU stays low)."""
+    import psycopg
+    pf = pfhelpers.start_proxy(pgfunnel, ssl_pg, params={
+        "server_tls_sslmode": mode, "server_tls_ca_file": certs.other_ca.cert,
+        "query_wait_timeout": 60, "server_login_retry": 1},
+        databases={"appdb": "host=localhost port=%d dbname=appdb" % ssl_pg.port})
+    errors = [None] * 12
+    took = [None] * 12
+
+    def one(i):
+        t0 = time.monotonic()
+        try:
+            with pg_login(pf, ssl_pg) as conn:
+                conn.execute("SELECT 1")
+                errors[i] = "logged in"
+        except psycopg.OperationalError as e:
+            errors[i] = str(e)
+        took[i] = time.monotonic() - t0
+
+    cpu0 = pfhelpers.proc_cpu_seconds(pf.pid)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert all(e and "certificate verify failed" in e for e in errors), errors
+    assert max(took) < 10, took
+    assert pfhelpers.proc_cpu_seconds(pf.pid) - cpu0 < 5
+    pfhelpers.wait_until(lambda: pfhelpers.pool_servers(pfhelpers.pool_row(pf, "appdb")) == 0,
+                         DEADLINE, "no server left")
+
+
+def login_refusal(pf, cluster):
+    """The error text of a login through pf that must fail (AssertionError with SHOW SERVERS
+    and the log when it works)."""
+    import psycopg
+    try:
+        with pg_login(pf, cluster) as conn:
+            row = conn.execute("SELECT pid, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                               ).fetchone()
+    except psycopg.OperationalError as e:
+        return str(e)
+    raise AssertionError("login worked (backend %r); SHOW SERVERS %r\n%s" % (
+        row, pfhelpers.show(pf, "SERVERS"), pf.log_text()[-3000:]))
+
+
+def reload_with(pf, **changes):
+    params = dict(pf.params)
+    params.update(changes)
+    pf.write_ini(params=params)
+    pfhelpers.console(pf, "RELOAD")
+
+
+def busy_tls_session(pgfunnel, ssl_pg, **params):
+    base = {"server_tls_sslmode": "require", "pool_mode": "session", "query_wait_timeout": 12,
+            "server_login_retry": 1}
+    base.update(params)
+    pf = pfhelpers.start_proxy(pgfunnel, ssl_pg, params=base,
+                               databases={"appdb": "host=localhost port=%d dbname=appdb"
+                                          % ssl_pg.port})
+    busy = pg_login(pf, ssl_pg)
+    busy.execute("BEGIN")
+    pid = busy.execute("SELECT pg_backend_pid()").fetchone()[0]
+    return pf, busy, pid
+
+
+def test_reload_server_tls_mode_while_servers_busy(pgfunnel, ssl_pg, certs):
+    """A session holds a TLS server inside a transaction while RELOAD switches
+    server_tls_sslmode to disable: the busy session keeps its TLS server to its end; then its
+    server is not reused (tagged by the RELOAD), a new login gets Postgres's "no encryption"
+    refusal; RELOAD to verify-full with a wrong CA: "certificate verify failed"; RELOAD to
+    verify-ca with the right CA: logins over TLS again."""
+    pf, busy, pid = busy_tls_session(pgfunnel, ssl_pg)
+    try:
+        reload_with(pf, server_tls_sslmode="disable")
+        assert busy.execute("SELECT pid, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                            ).fetchone() == (pid, True)
+        busy.execute("COMMIT")
+    finally:
+        busy.close()
+    t0 = time.monotonic()
+    assert "no encryption" in login_refusal(pf, ssl_pg)
+    reload_with(pf, server_tls_sslmode="verify-full", server_tls_ca_file=certs.other_ca.cert)
+    assert "certificate verify failed" in login_refusal(pf, ssl_pg)
+    assert time.monotonic() - t0 < 10
+    reload_with(pf, server_tls_sslmode="verify-ca", server_tls_ca_file=certs.ca.cert)
+    with pg_login(pf, ssl_pg) as conn:
+        new_pid, on = conn.execute("SELECT pid, ssl FROM pg_stat_ssl "
+                                   "WHERE pid = pg_backend_pid()").fetchone()
+    assert on is True and new_pid != pid
+
+
+def test_bug_tls_refusal_hidden_while_a_doomed_server_lives(pgfunnel, ssl_pg, certs):
+    """A session holds a server (in a transaction) when RELOAD makes server TLS fail
+    (verify-full against an unrelated CA; the RELOAD also tags the busy server for reconnect,
+    pf_pool_tag_reconnect: it will be closed, never handed to anyone). A new client's query
+    waits for a server: every attempt fails with "certificate verify failed", but
+    pool.c pf_pool_server_failed() fails waiting clients only when the pool has no server at
+    all ("While other servers live, waiting clients will get one of them") -- and the doomed
+    busy server counts. The client waits the whole query_wait_timeout (12 s here; 120 s by
+    default) and then gets "query_wait_timeout", never the reason. Expected: the TLS refusal
+    within a few seconds (servers tagged close_needed -- or any busy session server in session
+    mode -- should not count as servers that will come)."""
+    pf, busy, pid = busy_tls_session(pgfunnel, ssl_pg)
+    try:
+        reload_with(pf, server_tls_sslmode="verify-full", server_tls_ca_file=certs.other_ca.cert)
+        servers = pfhelpers.show(pf, "SERVERS")
+        assert [int(r["close_needed"]) for r in servers] == [1], servers
+        t0 = time.monotonic()
+        text = login_refusal(pf, ssl_pg)
+        took = time.monotonic() - t0
+        assert "certificate verify failed" in text and took < 8, (
+            "after %.1fs the client got: %r" % (took, text))
+    finally:
+        busy.close()
+
+
