@@ -297,6 +297,7 @@ struct pf_pool {
 	char **welcome_values;
 	bool welcome_ready;
 	pf_usec_t last_login_failure; /* server_login_retry backs off from here */
+	char last_login_error[200];   /* ... and why (told to clients refused meanwhile) */
 	/* ErrorResponses sent to clients by SQLSTATE class ("23", "42", ...). */
 	struct {
 		char cls[2];
@@ -437,6 +438,12 @@ void pf_pool_check(const pf_pool_t *pool);
 
 /* Total servers of the pool in every state. */
 size_t pf_pool_server_count(const pf_pool_t *pool);
+
+/*
+ * What a client is told while server_login_retry holds logins back: PgBouncer's words ("server
+ * login has been failing, try again later (server_login_retry)") and the last failure's reason.
+ */
+void pf_pool_login_failing_text(const pf_pool_t *pool, char *buf, size_t n);
 
 /* Frees a pool that has no clients and no servers. */
 void pf_pool_free(pf_pool_t *pool);

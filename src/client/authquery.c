@@ -108,9 +108,10 @@ void pf_authq_start(pf_client_t *c)
 	 * after server_login_retry. */
 	if (pool->last_login_failure && pf_pool_server_count(pool) == 0 &&
 	    pf_worker_now(w) - pool->last_login_failure < cfg->server_login_retry) {
-		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006",
-		                "server login has been failing, try again later "
-		                "(server_login_retry)");
+		char text[320];
+
+		pf_pool_login_failing_text(pool, text, sizeof(text));
+		pf_client_close(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006", text);
 		return;
 	}
 	pf_log_debug(c, "auth_query: looking up the user in %s as %s", adb->name, au->name);

@@ -1229,10 +1229,12 @@ bool pf_pool_login_client(pf_pool_client_t *c)
 	if (pool->new_servers.len == 0 && !launch_one(pool, false)) {
 		/* Nothing can be opened now; the janitor retries while the client waits (up to
 		 * query_wait_timeout), unless the last login failed: then say so at once. */
-		if (pool->last_login_failure)
-			ops_of(pool)->close_client(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006",
-			                           "server login has been failing, try again later "
-			                           "(server_login_retry)");
+		if (pool->last_login_failure) {
+			char text[320];
+
+			pf_pool_login_failing_text(pool, text, sizeof(text));
+			ops_of(pool)->close_client(c, PF_CLOSE_CLIENT_SERVER_LOGIN, "08006", text);
+		}
 	}
 	return false;
 }
@@ -1391,6 +1393,12 @@ void pf_pool_unlink(pf_pool_server_t *s)
 	unlink_pair(s);
 }
 
+void pf_pool_login_failing_text(const pf_pool_t *pool, char *buf, size_t n)
+{
+	snprintf(buf, n, "server login has been failing, try again later (server_login_retry)%s%s",
+	         pool->last_login_error[0] ? ": " : "", pool->last_login_error);
+}
+
 /* Servers of pool that may still be given to a client. */
 static size_t usable_server_count(const pf_pool_t *pool)
 {
@@ -1414,6 +1422,8 @@ void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *me
 	char text[512];
 
 	pool->last_login_failure = pf_worker_now(pool->worker);
+	pf_strlcpy(pool->last_login_error, message ? message : "server connection failed",
+	           sizeof(pool->last_login_error));
 	/* While other servers live that can serve them, waiting clients will get one of them
 	 * (not one doomed by RECONNECT or a RELOAD: it is closed when released). */
 	if (usable_server_count(pool) > 0)
