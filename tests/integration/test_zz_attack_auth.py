@@ -1,0 +1,562 @@
+"""Red-team attacks on the new authentication code (wip redauth): auth_query / auth_user /
+auth_dbname (src/client/authquery.c, server.c pf_server_run_lookup/lookup_note, pool.c
+pf_pool_borrow/pf_pool_end_borrow and the looked-up users' lifetime), client.c's
+start_auth/begin_exchange/pf_client_auth_continue, SASLprep (src/auth/saslprep.c), SCRAM
+error handling and SCRAM-SHA-256-PLUS (scram.c, client.c).
+
+Tests named test_bug_* expose a real pgfunnel bug and assert the correct behaviour (they fail
+until it is fixed); every other test is a regression for an attack that held up. The findings
+are described in each test's docstring (what was sent, what happened, where the bug is).
+"""
+
+import base64
+import concurrent.futures
+import hashlib
+import hmac
+import os
+import random
+import socket
+import ssl
+import struct
+import threading
+import time
+
+import pytest
+
+import pfhelpers
+import pgwire
+
+AUTH_PW = "rat-auth-pw"
+DEADLINE = 15.0
+
+
+class Roles:
+    """Names of the roles this module creates (unique per run)."""
+
+
+def _sql(cluster, dbname, *stmts):
+    with cluster.connect(dbname=dbname, autocommit=True) as conn:
+        for s in stmts:
+            conn.execute(s)
+
+
+def _fake_verifier(iterations):
+    """A syntactically valid SCRAM-SHA-256 verifier with any iteration count (its keys are
+    random: no password matches it, which does not matter for what it costs to check one)."""
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, b64(os.urandom(16)), b64(os.urandom(32)),
+                                          b64(os.urandom(32)))
+
+
+@pytest.fixture(scope="module")
+def roles(postgres):
+    r = Roles()
+    tag = "%d_%d" % (random.randrange(10 ** 6), int(time.time()) % 10 ** 6)
+    r.tag = tag
+    r.auth = "rata_" + tag        # the auth_user: reads pg_authid
+    r.scram = "rats_" + tag       # password stored as SCRAM
+    r.md5 = "ratm_" + tag         # password stored as md5
+    r.slow = "ratx_" + tag        # its "password" is a verifier with a huge iteration count
+    r.many = ["ratc%d_%s" % (i, tag) for i in range(8)]
+    r.pw = {r.scram: "scram-pw-" + tag, r.md5: "md5-pw-" + tag}
+    r.pw.update({u: "pw-%d-%s" % (i, tag) for i, u in enumerate(r.many)})
+    stmts = [
+        "CREATE ROLE %s LOGIN PASSWORD '%s'" % (r.auth, AUTH_PW),
+        "GRANT pg_read_all_data TO %s" % r.auth,
+        "CREATE ROLE %s LOGIN PASSWORD '%s'" % (r.scram, r.pw[r.scram]),
+        # Any role may set its own password to a pre-computed verifier: Postgres stores it
+        # as given, iteration count included.
+        "CREATE ROLE %s LOGIN PASSWORD '%s'" % (r.slow, _fake_verifier(40_000_000)),
+        "SET password_encryption = 'md5'",
+        "CREATE ROLE %s LOGIN PASSWORD '%s'" % (r.md5, r.pw[r.md5]),
+        "RESET password_encryption",
+    ]
+    for u in r.many:
+        stmts.append("CREATE ROLE %s LOGIN PASSWORD '%s'" % (u, r.pw[u]))
+    _sql(postgres, "postgres", *stmts)
+    _sql(postgres, "appdb",
+         "CREATE SCHEMA IF NOT EXISTS rat",
+         # Answers for the attacks, all for the auth_user only.
+         """CREATE OR REPLACE FUNCTION rat.big_pw(p text, n int) RETURNS TABLE(u text, p2 text)
+            LANGUAGE sql AS $$ SELECT p, repeat('x', n) $$""",
+         """CREATE OR REPLACE FUNCTION rat.combining(p text, n int) RETURNS TABLE(u text, p2 text)
+            LANGUAGE sql AS $$ SELECT p, 'a' || repeat(U&'\\0301', n) || repeat(U&'\\0316', n) $$""",
+         "GRANT USAGE ON SCHEMA rat TO %s" % r.auth,
+         "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA rat TO %s" % r.auth)
+    return r
+
+
+def start(proxy, roles, params=None, databases=None, **kw):
+    """pgfunnel with the auth_user in the auth_file, auth_type md5, global auth_user."""
+    p = {"auth_type": "md5", "auth_user": roles.auth, "pool_mode": "transaction"}
+    p.update(params or {})
+    p = {k: v for k, v in p.items() if v is not None}
+    return proxy(params=p, databases=databases, userlist={roles.auth: AUTH_PW}, **kw)
+
+
+def refused(pf, user, password, dbname="appdb", timeout=DEADLINE):
+    err, closed = pgwire.login_refused(pf.host, pf.port, user, dbname, password, timeout=timeout)
+    assert closed, "the connection stayed open after %s" % err
+    return err
+
+
+def assert_wrong_password(err, user):
+    assert (err.severity, err.sqlstate, err.message) == (
+        "FATAL", "28P01", 'password authentication failed for user "%s"' % user), err.fields
+
+
+def first_auth_request(pf, user, dbname="appdb"):
+    """The first Authentication request code pgfunnel sends a client logging in as user."""
+    conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
+    try:
+        conn.send(pgwire.startup_message({"user": user, "database": dbname}))
+        while True:
+            kind, payload = conn.read_message(DEADLINE)
+            if kind == "R":
+                return struct.unpack("!I", payload[:4])[0]
+            if kind == "E":
+                return "E:" + pgwire.parse_fields(payload).get("M", "")
+    finally:
+        conn.abort()
+
+
+def console_latency(pf, limit):
+    """Seconds SHOW VERSION on the console takes (over limit: returns None)."""
+    t0 = time.monotonic()
+    try:
+        with pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret",
+                            timeout=limit) as c:
+            c.simple_query("SHOW VERSION")
+    except (pgwire.Timeout, socket.timeout, TimeoutError):
+        return None
+    return time.monotonic() - t0
+
+
+class ConsoleProbe:
+    """Runs SHOW VERSION on the console over and over in a thread and keeps the slowest
+    answer: how long the event loop was unavailable to everyone else meanwhile."""
+
+    def __init__(self, pf):
+        self.pf = pf
+        self.worst = 0.0
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            lat = console_latency(self.pf, 120)
+            self.worst = max(self.worst, lat if lat is not None else 120)
+            self.count += 1
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(150)
+
+
+# ---------------------------------------------------------------- user existence
+
+
+def test_bug_md5_auth_type_reveals_existing_scram_users(proxy, postgres, roles):
+    """auth_type=md5 (PgBouncer's usual setting): a looked-up user whose secret is SCRAM (any
+    role of a default Postgres >= 14) is offered AuthenticationSASL (10), a name that does not
+    exist gets an MD5 challenge (5). The first message pgfunnel sends tells an unauthenticated
+    client whether the role exists: every role name of pg_authid can be enumerated without a
+    password. (Postgres itself, for a role that does not exist under the md5 method, pretends
+    the secret is of password_encryption's type - SCRAM by default - so it does not leak this.)
+
+    Where: client.c begin_exchange(), case PF_AUTH_MD5: c->user == NULL (unknown) falls to
+    the md5 challenge; only a found SCRAM secret switches to start_scram(). An unknown user
+    should get the same method as the default secret type (SCRAM mock exchange)."""
+    pf = start(proxy, roles, {"auth_type": "md5"})
+    existing = first_auth_request(pf, roles.scram)
+    missing = first_auth_request(pf, "rat_nobody_" + roles.tag)
+    assert existing == 10, existing
+    assert missing == existing, (
+        "existing SCRAM role gets auth request %r, a missing role gets %r: existence leaks" % (
+            existing, missing))
+
+
+# ---------------------------------------------------------------- event loop DoS
+
+
+def test_bug_plain_login_against_huge_iteration_verifier_blocks_event_loop(proxy, postgres,
+                                                                         roles):
+    """A role's stored SCRAM verifier may carry any iteration count (Postgres stores a
+    pre-computed verifier as given, and every role may set its own password). With
+    auth_type=plain pgfunnel checks the client's cleartext password against the looked-up
+    verifier by running PBKDF2 with that count *on its event loop*: one login against a role
+    whose verifier says i=15,000,000 freezes every client and the console for seconds (about
+    25 s on the ASan build; i=2147483647, INT_MAX, is accepted too: many minutes, and a client
+    can repeat it). The man page says the event loop computes at most 600000 iterations (for
+    servers); a looked-up (or auth_file) verifier is not bounded.
+
+    Where: client.c plain_password_ok() -> pf_scram_cache_derive(sec->scram.iterations) with
+    no PF_SCRAM_MAX_ITERATIONS check (pool.c secret_from_text / scram.c
+    pf_scram_secret_parse accept 1..INT_MAX)."""
+    _sql(postgres, "postgres", "ALTER ROLE %s PASSWORD '%s'" % (roles.slow,
+                                                                 _fake_verifier(15_000_000)))
+    pf = start(proxy, roles, {"auth_type": "plain"})
+    assert console_latency(pf, 5) is not None
+    conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
+    try:
+        with ConsoleProbe(pf) as probe:
+            conn.send(pgwire.startup_message({"user": roles.slow, "database": "appdb"}))
+            kind, payload = conn.read_message(DEADLINE)
+            assert kind == "R" and struct.unpack("!I", payload[:4])[0] == 3, (kind, payload)
+            conn.send(pgwire.message(b"p", b"whatever\0"))
+            kind, payload = conn.read_message(120)
+            assert kind == "E", kind
+            assert_wrong_password(pgwire.PgError(pgwire.parse_fields(payload)), roles.slow)
+        assert probe.worst < 2.0, (
+            "the console needed %.1f s to answer while one client's cleartext password was "
+            "checked against a 15M-iteration verifier: the event loop was blocked" % probe.worst)
+    finally:
+        conn.abort()
+
+
+def test_bug_saslprep_quadratic_on_looked_up_plain_password(proxy, postgres, roles):
+    """auth_query may return a plain password; for a SCRAM login pgfunnel derives the keys from
+    it after SASLprep, on the event loop. SASLprep's canonical ordering is an insertion sort over
+    each run of combining marks: 'a' + 20000 x U+0301 (class 230) + 20000 x U+0316 (class 220)
+    (an 80 KB value) costs 20000 x 20000 element moves with a table bisection each: measured
+    about 10 s during which the console (and every client) gets no answer. Postgres bounds the
+    work (pg_saslprep treats more than MAX_PASSWORD_LENGTH = 1024 code points as out of memory).
+
+    Where: saslprep.c nfkc() (insertion sort of a run of non-starters), pf_saslprep() has no
+    length cap; reached from client.c start_scram() -> pf_scram_cache_secret_for_password()."""
+    pf = start(proxy, roles, {"auth_type": "scram-sha-256",
+                              "auth_query": "SELECT * FROM rat.combining($1, 20000)"})
+    assert console_latency(pf, 5) is not None
+    conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
+    try:
+        with ConsoleProbe(pf) as probe:
+            t0 = time.monotonic()
+            conn.send(pgwire.startup_message({"user": roles.scram, "database": "appdb"}))
+            kind, payload = conn.read_message(120)
+            took = time.monotonic() - t0
+            assert kind in "RE", kind
+        assert probe.worst < 2.0 and took < 5, (
+            "SASLprep of one 80 KB looked-up password: the console waited %.1f s, the login's "
+            "first answer took %.1f s" % (probe.worst, took))
+    finally:
+        conn.abort()
+
+
+# ---------------------------------------------------------------- a hostile auth_query server
+
+
+def be(kind, payload=b""):
+    return kind.encode() + struct.pack("!I", len(payload) + 4) + payload
+
+
+def row_desc(n=2):
+    out = struct.pack("!H", n)
+    for i in range(n):
+        out += b"c%d\0" % i + struct.pack("!IhIhih", 0, 0, 25, -1, -1, 0)
+    return be("T", out)
+
+
+def data_row(*vals):
+    out = struct.pack("!H", len(vals))
+    for v in vals:
+        if v is None:
+            out += struct.pack("!i", -1)
+        else:
+            v = v.encode() if isinstance(v, str) else v
+            out += struct.pack("!i", len(v)) + v
+    return be("D", out)
+
+
+def answer(name, secret, status=b"I"):
+    """What Postgres answers to pgfunnel's lookup (Parse/Bind/Describe/Execute/Sync) for a
+    query returning (name, secret)."""
+    return (be("1") + be("2") + row_desc() + data_row(name, secret) +
+            be("C", b"SELECT 1\0") + be("Z", status))
+
+
+def no_rows(status=b"I"):
+    return be("1") + be("2") + row_desc() + be("C", b"SELECT 0\0") + be("Z", status)
+
+
+def bind_param(payload):
+    """The first parameter of a Bind message (the user name pgfunnel looks up)."""
+    portal, rest = payload.split(b"\0", 1)
+    stmt, rest = rest.split(b"\0", 1)
+    (nfmt,) = struct.unpack("!H", rest[:2])
+    rest = rest[2 + 2 * nfmt:]
+    (nparams,) = struct.unpack("!H", rest[:2])
+    rest = rest[2:]
+    (n,) = struct.unpack("!i", rest[:4])
+    return None if n < 0 else rest[4:4 + n].decode("utf-8", "replace")
+
+
+class LookupFake:
+    """A fake Postgres for the auth database: logs pgfunnel's auth_user in without a password,
+    then answers every lookup with respond(index, name, peer) - bytes to send (or None: close
+    the connection). accepts counts connections, names the names looked up, closed counts
+    connections pgfunnel closed."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.names = []
+        self.closed = 0
+        self.lock = threading.Lock()
+        self.srv = pfhelpers.ScriptedServer(self._script)
+
+    @property
+    def accepts(self):
+        return self.srv.accepts
+
+    def _script(self, peer):
+        peer.read_startup()
+        peer.auth(0)
+        peer.finish_login()
+        try:
+            while True:
+                name = None
+                while True:
+                    kind, payload = peer.read_message()
+                    if kind == "X":
+                        raise EOFError
+                    if kind == "B":
+                        name = bind_param(payload)
+                    if kind == "S":
+                        break
+                with self.lock:
+                    idx = len(self.names)
+                    self.names.append(name)
+                out = self.respond(idx, name, peer)
+                if out is None:
+                    return "closed by script"
+                if out:
+                    peer.sock.sendall(out)
+        except (EOFError, ConnectionError, OSError):
+            with self.lock:
+                self.closed += 1
+            raise EOFError
+
+    def db_entry(self):
+        return self.srv.db_entry()
+
+    def stop(self):
+        self.srv.stop()
+
+
+@pytest.fixture
+def fake_auth():
+    fakes = []
+
+    def make(respond):
+        f = LookupFake(respond)
+        fakes.append(f)
+        return f
+    yield make
+    for f in fakes:
+        f.stop()
+
+
+def stored_secret(postgres, role):
+    with postgres.connect(autocommit=True) as c:
+        return c.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                         (role,)).fetchone()[0]
+
+
+def start_fake(proxy, postgres, roles, fake, params=None):
+    p = {"auth_dbname": "fakeauth", "auth_type": "scram-sha-256"}
+    p.update(params or {})
+    return start(proxy, roles, p, databases={"appdb": postgres.db_entry("appdb"),
+                                             "postgres": postgres.db_entry("postgres"),
+                                             "fakeauth": fake.db_entry()},
+                 users={roles.auth: "pool_size=1"})
+
+
+def login_ok(pf, user, password):
+    with pgwire.connect(pf.host, pf.port, user, "appdb", password, timeout=DEADLINE) as c:
+        return c.simple_query("SELECT current_user, session_user")[0]
+
+
+def test_fake_good_answers_are_used_and_server_reused(proxy, postgres, roles, fake_auth):
+    """Baseline for the hostile-server tests: the fake answers like Postgres; logins work and
+    the one auth server is reused for every lookup."""
+    secret = stored_secret(postgres, roles.scram)
+    fake = fake_auth(lambda i, name, peer: answer(name, secret) if name == roles.scram
+                     else no_rows())
+    pf = start_fake(proxy, postgres, roles, fake)
+    for _ in range(3):
+        assert login_ok(pf, roles.scram, roles.pw[roles.scram]) == (roles.scram, roles.scram)
+        assert_wrong_password(refused(pf, "rat_nobody", "x"), "rat_nobody")
+    assert fake.accepts == 1 and fake.names == [roles.scram, "rat_nobody"] * 3
+
+
+def test_fake_bytes_after_the_lookups_ready_for_query_close_the_server(proxy, postgres, roles,
+                                                                      fake_auth):
+    """The lookup's answer is followed (same write) by a second whole answer naming the victim
+    with the attacker's secret: it must never be taken as the next client's lookup answer."""
+    secret = stored_secret(postgres, roles.scram)
+    evil = pfhelpers.scram_secret("evil")
+
+    def respond(i, name, peer):
+        if i == 0:
+            return answer(name, secret) + answer(roles.scram, evil)
+        return answer(name, secret) if name == roles.scram else no_rows()
+    fake = fake_auth(respond)
+    pf = start_fake(proxy, postgres, roles, fake)
+    # The first login may be refused (its server misbehaved) but must not hang or crash.
+    try:
+        login_ok(pf, roles.scram, roles.pw[roles.scram])
+    except pgwire.PgError:
+        pass
+    # The poisoned bytes are never an answer: "evil" does not log in, the real password does.
+    assert_wrong_password(refused(pf, roles.scram, "evil"), roles.scram)
+    assert login_ok(pf, roles.scram, roles.pw[roles.scram])[0] == roles.scram
+    assert fake.accepts >= 2, "the server that sent extra bytes was reused"
+
+
+def test_fake_late_bytes_on_an_idle_lookup_server_close_it(proxy, postgres, roles, fake_auth):
+    """The extra answer comes in a later write, once the lookup server is back in its pool."""
+    secret = stored_secret(postgres, roles.scram)
+    evil = pfhelpers.scram_secret("evil")
+    released = threading.Event()
+
+    def respond(i, name, peer):
+        if i == 0:
+            peer.sock.sendall(answer(name, secret))
+            released.wait(DEADLINE)
+            return answer(roles.scram, evil)
+        return answer(name, secret) if name == roles.scram else no_rows()
+    fake = fake_auth(respond)
+    pf = start_fake(proxy, postgres, roles, fake)
+    assert login_ok(pf, roles.scram, roles.pw[roles.scram])[0] == roles.scram
+    released.set()
+    pfhelpers.wait_until(lambda: fake.closed >= 1, DEADLINE,
+                         "pgfunnel closes the idle server that sent an unsolicited answer")
+    assert_wrong_password(refused(pf, roles.scram, "evil"), roles.scram)
+    assert login_ok(pf, roles.scram, roles.pw[roles.scram])[0] == roles.scram
+
+
+ASYNC = (be("N", b"SNOTICE\0C00000\0Mhello\0\0") + be("S", b"client_encoding\0LATIN1\0") +
+         be("A", struct.pack("!I", 1) + b"chan\0payload\0"))
+
+
+def test_fake_async_messages_inside_the_lookup_answer(proxy, postgres, roles, fake_auth):
+    """NoticeResponse, ParameterStatus and NotificationResponse between every message of the
+    answer: noted as asynchronous, never reach the client, the server stays reusable."""
+    secret = stored_secret(postgres, roles.scram)
+
+    def respond(i, name, peer):
+        parts = [be("1"), be("2"), row_desc(), data_row(name, secret), be("C", b"SELECT 1\0"),
+                 be("Z", b"I")] if name == roles.scram else [
+                 be("1"), be("2"), row_desc(), be("C", b"SELECT 0\0"), be("Z", b"I")]
+        return ASYNC + ASYNC.join(parts)
+    fake = fake_auth(respond)
+    pf = start_fake(proxy, postgres, roles, fake)
+    for _ in range(2):
+        conn = pgwire.connect(pf.host, pf.port, roles.scram, "appdb", roles.pw[roles.scram],
+                              timeout=DEADLINE)
+        try:
+            assert conn.notices == [] and conn.params.get("client_encoding") != "LATIN1", (
+                conn.notices, conn.params)
+            assert conn.simple_query("SELECT current_user") == [(roles.scram,)]
+        finally:
+            conn.close()
+        assert_wrong_password(refused(pf, "rat_nobody", "x"), "rat_nobody")
+    assert fake.accepts == 1
+
+
+BAD_ANSWERS = {
+    "error_after_row": lambda n, s: (be("1") + be("2") + row_desc() + data_row(n, s) +
+                                     be("E", b"SERROR\0C42000\0Mboom\0\0") + be("Z", b"I")),
+    "ready_in_tx": lambda n, s: answer(n, s, b"T"),
+    "ready_failed_tx": lambda n, s: answer(n, s, b"E"),
+    "null_name": lambda n, s: (be("1") + be("2") + row_desc() + data_row(None, s) +
+                               be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "three_cols": lambda n, s: (be("1") + be("2") + row_desc(3) + data_row(n, s, "x") +
+                                be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "row_wider_than_desc": lambda n, s: (be("1") + be("2") + row_desc() + data_row(n, s, "x") +
+                                         be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "row_narrower_than_desc": lambda n, s: (be("1") + be("2") + row_desc() + data_row(n) +
+                                            be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "two_rows": lambda n, s: (be("1") + be("2") + row_desc() + data_row(n, s) +
+                              data_row(n, "other") + be("C", b"SELECT 2\0") + be("Z", b"I")),
+    "nul_in_secret": lambda n, s: (be("1") + be("2") + row_desc() + data_row(n, "ab\0cd") +
+                                   be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "bad_col_len_neg2": lambda n, s: (be("1") + be("2") + row_desc() +
+                                      be("D", struct.pack("!Hi", 2, -2) + b"xx") +
+                                      be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "col_len_past_end": lambda n, s: (be("1") + be("2") + row_desc() +
+                                      be("D", struct.pack("!Hi", 2, 0x7fffffff) + b"xx") +
+                                      be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "ncols_65535": lambda n, s: (be("1") + be("2") + row_desc() +
+                                 be("D", struct.pack("!H", 65535)) +
+                                 be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "empty_datarow": lambda n, s: (be("1") + be("2") + row_desc() + be("D") +
+                                   be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "row_desc_garbage": lambda n, s: (be("1") + be("2") + be("T", b"\xff\xff") +
+                                      data_row(n, s) + be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "data_row_before_bind": lambda n, s: (be("1") + data_row(n, s) + be("2") + row_desc() +
+                                          be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "no_data_then_rows": lambda n, s: (be("1") + be("2") + be("n") + data_row(n, s) +
+                                       be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "two_ready": lambda n, s: answer(n, s) + be("Z", b"I"),
+    "auth_request_mid_answer": lambda n, s: (be("1") + be("2") + be("R", struct.pack("!I", 0)) +
+                                             row_desc() + data_row(n, s) +
+                                             be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "backend_key_mid_answer": lambda n, s: (be("1") + be("2") + row_desc() +
+                                            be("K", struct.pack("!II", 1, 2)) + data_row(n, s) +
+                                            be("C", b"SELECT 1\0") + be("Z", b"I")),
+    "copy_out": lambda n, s: (be("1") + be("2") + be("n") + be("H", b"\0\0\0") +
+                              be("d", (n + "\t" + s + "\n").encode()) + be("c") +
+                              be("C", b"COPY 1\0") + be("Z", b"I")),
+    "portal_suspended": lambda n, s: (be("1") + be("2") + row_desc() + data_row(n, s) +
+                                      be("s") + be("Z", b"I")),
+    "empty_query": lambda n, s: be("1") + be("2") + be("n") + be("I") + be("Z", b"I"),
+    "fatal_then_close": lambda n, s: be("E", b"SFATAL\0C57P01\0Mterminating\0\0"),
+    "half_a_message": lambda n, s: be("1") + be("2") + row_desc()[:7],
+    "ready_bad_status": lambda n, s: answer(n, s, b"Q"),
+    "ready_long": lambda n, s: answer(n, s)[:-6] + be("Z", b"II"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ANSWERS))
+def test_fake_malformed_lookup_answers(proxy, postgres, roles, fake_auth, kind):
+    """Every malformed or misplaced answer: the client is refused with an error (never logged
+    in, never handed bytes of the lookup), pgfunnel survives, no sanitizer report, and the next
+    lookup on a well-behaved server works."""
+    secret = stored_secret(postgres, roles.scram)
+    bad = BAD_ANSWERS[kind]
+
+    def respond(i, name, peer):
+        if i == 0:
+            out = bad(name, secret)
+            if kind in ("fatal_then_close", "half_a_message"):
+                peer.sock.sendall(out)
+                return None
+            return out
+        return answer(name, secret) if name == roles.scram else no_rows()
+    fake = fake_auth(respond)
+    pf = start_fake(proxy, postgres, roles, fake, {"client_login_timeout": 5})
+    conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
+    outcome = None
+    try:
+        conn.login(roles.scram, "appdb", roles.pw[roles.scram])
+        outcome = ("in", conn.simple_query("SELECT current_user")[0][0])
+    except pgwire.PgError as e:
+        outcome = ("refused", e.sqlstate, e.message)
+    except (pgwire.ProtocolError, OSError) as e:
+        outcome = ("dropped", repr(e))
+    finally:
+        conn.abort()
+    # What may be said: a config error or server trouble; what may not: any answer bytes.
+    if outcome[0] == "in":
+        # Only answers that are harmless extras may still log in with the right password.
+        assert kind in ("copy_out", "portal_suspended"), outcome
+    assert pf.is_running(), pf.all_output()[-4000:]
+    # Afterwards the pool recovers: the fake answers properly from now on.
+    assert login_ok(pf, roles.scram, roles.pw[roles.scram])[0] == roles.scram
+    assert_wrong_password(refused(pf, "rat_nobody", "x"), "rat_nobody")
