@@ -742,3 +742,292 @@ def test_rss_flat_over_many_auth_query_logins(proxy, postgres, roles, many_roles
     busy = [(r["database"], r["user"], r["cl_active"], r["cl_waiting"]) for r in pools
             if r["database"] not in ("pgbouncer", "pgfunnel") and r["cl_active"] + r["cl_waiting"] > 0]
     assert not busy, (busy, pfhelpers.show(pf, "CLIENTS"))
+
+
+# ---------------------------------------------------------------- SCRAM-SHA-256-PLUS over TLS
+
+
+@pytest.fixture(scope="module")
+def certs(run_user):
+    import tlscerts
+    c = tlscerts.TlsCerts()
+    yield c
+    c.destroy()
+
+
+def tls_sock(pf, certs):
+    raw = socket.create_connection((pf.host, pf.port), timeout=DEADLINE)
+    raw.sendall(struct.pack("!II", 8, 80877103))
+    assert pgwire.recv_exact(raw, 1) == b"S"
+    ctx = ssl.create_default_context(cafile=certs.ca.cert)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def scram_plus_login(pf, certs, user, password, gs2="p=tls-server-end-point,,",
+                     mech=b"SCRAM-SHA-256-PLUS", cb=None, c_attr=None):
+    """SCRAM over TLS with the given gs2 header and mechanism; cb = the binding data claimed
+    (default: SHA-256 of the certificate pgfunnel served). Returns ("in", current_user,
+    session_user) or ("refused", sqlstate, message, detail)."""
+    sock = tls_sock(pf, certs)
+    conn = pgwire.Connection(sock)
+    try:
+        served = sock.getpeercert(binary_form=True)
+        cb = hashlib.sha256(served).digest() if cb is None else cb
+        sock.sendall(pgwire.startup_message({"user": user, "database": "appdb"}))
+        kind, payload = conn.read_message()
+        if kind == "E":
+            f = pgwire.parse_fields(payload)
+            return ("refused", f.get("C"), f.get("M"), f.get("D"))
+        assert kind == "R" and struct.unpack("!I", payload[:4])[0] == 10, (kind, payload)
+        mechs = [m for m in payload[4:].split(b"\0") if m]
+        assert mechs == [b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"], mechs
+        cnonce = base64.b64encode(os.urandom(18)).decode()
+        bare = "n=,r=" + cnonce
+        first = (gs2 + bare).encode()
+        sock.sendall(pgwire.message(b"p", mech + b"\0" + struct.pack("!i", len(first)) + first))
+        kind, payload = conn.read_message()
+        if kind == "E":
+            f = pgwire.parse_fields(payload)
+            return ("refused", f.get("C"), f.get("M"), f.get("D"))
+        server_first = payload[4:].decode()
+        attrs = dict(a.split("=", 1) for a in server_first.split(","))
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]),
+                                     int(attrs["i"]))
+        ck = hmac.digest(salted, b"Client Key", "sha256")
+        c = c_attr if c_attr is not None else base64.b64encode(gs2.encode() + cb).decode()
+        wo = "c=%s,r=%s" % (c, attrs["r"])
+        auth = ",".join([bare, server_first, wo]).encode()
+        sig = hmac.digest(hashlib.sha256(ck).digest(), auth, "sha256")
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(ck, sig))).decode()
+        sock.sendall(pgwire.message(b"p", ("%s,p=%s" % (wo, proof)).encode()))
+        while True:
+            kind, payload = conn.read_message()
+            if kind == "E":
+                f = pgwire.parse_fields(payload)
+                return ("refused", f.get("C"), f.get("M"), f.get("D"))
+            if kind == "Z":
+                break
+        sock.sendall(pgwire.message(b"Q", b"SELECT current_user, session_user\0"))
+        rows = []
+        while True:
+            kind, payload = conn.read_message()
+            if kind == "D":
+                rows.append(pgwire.decode_data_row(payload))
+            if kind == "E":
+                f = pgwire.parse_fields(payload)
+                return ("refused", f.get("C"), f.get("M"), f.get("D"))
+            if kind == "Z":
+                return ("in",) + tuple(rows[0])
+    finally:
+        sock.close()
+
+
+def test_scram_plus_for_looked_up_and_unknown_users(proxy, postgres, roles, certs):
+    """SCRAM-SHA-256-PLUS over TLS with auth_query users: the right binding logs in as the
+    user itself; another certificate's hash, an empty binding, a 'y' downgrade, PLUS with an
+    'n' header, plain SCRAM with a 'p' header are refused with Postgres' words; an unknown user
+    gets exactly what a wrong password gets, binding right or wrong."""
+    import tlscerts  # noqa: F401
+    pf = start(proxy, roles, {"auth_type": "scram-sha-256", "client_tls_sslmode": "require",
+                              "client_tls_key_file": certs.server.key,
+                              "client_tls_cert_file": certs.server.cert,
+                              "client_tls_ca_file": certs.ca.cert})
+    u, pw = roles.scram, roles.pw[roles.scram]
+    assert scram_plus_login(pf, certs, u, pw) == ("in", u, u)
+    other = hashlib.sha256(certs.other_server.der() if hasattr(certs.other_server, "der")
+                           else open(certs.other_server.cert, "rb").read()).digest()
+    bad_cb = ("refused", "28000", "SCRAM channel binding check failed", None)
+    assert scram_plus_login(pf, certs, u, pw, cb=other) == bad_cb
+    assert scram_plus_login(pf, certs, u, pw, cb=b"") == bad_cb
+    assert scram_plus_login(pf, certs, u, pw, cb=b"\0" * 64) == bad_cb
+    # The binding claimed in the final message differs from the header's type.
+    assert scram_plus_login(pf, certs, u, pw, c_attr="biws")[:3] == bad_cb[:3]
+    r = scram_plus_login(pf, certs, u, pw, gs2="y,,", mech=b"SCRAM-SHA-256")
+    assert r[1:3] == ("28000", "SCRAM channel binding negotiation error"), r
+    r = scram_plus_login(pf, certs, u, pw, gs2="n,,", mech=b"SCRAM-SHA-256-PLUS")
+    assert r[1] == "08P01", r
+    r = scram_plus_login(pf, certs, u, pw, mech=b"SCRAM-SHA-256")
+    assert r[1] == "08P01", r
+    # Plain SCRAM over TLS still works ('n': the client cannot bind).
+    assert scram_plus_login(pf, certs, u, pw, gs2="n,,", mech=b"SCRAM-SHA-256",
+                            c_attr="biws") == ("in", u, u)
+    # Unknown user: the same answers as a known one with a wrong password.
+    nobody = "rat_nobody_" + roles.tag
+    wrong = scram_plus_login(pf, certs, u, "wrong")
+    unknown = scram_plus_login(pf, certs, nobody, "wrong")
+    assert wrong[:2] == unknown[:2] == ("refused", "28P01"), (wrong, unknown)
+    assert scram_plus_login(pf, certs, nobody, "wrong", cb=other) == bad_cb
+
+
+# ---------------------------------------------------------------- leaving at every step
+
+
+def test_clients_leaving_at_every_step_of_a_lookup(proxy, postgres, roles, fake_auth):
+    """The auth server is held at each step in turn (connect accepted but no login yet, login
+    done but the lookup unanswered, half the answer sent) while the client vanishes; then the
+    step completes. Nothing crashes, no client is left, the next login works and the lookup
+    server used by the vanished client is never handed a half-answered lookup."""
+    secret = stored_secret(postgres, roles.scram)
+    gate = {"step": None}
+    events = {k: threading.Event() for k in ("login", "answer", "half")}
+    reached = {k: threading.Event() for k in events}
+
+    def respond(i, name, peer):
+        step = gate["step"]
+        full = answer(name, secret) if name == roles.scram else no_rows()
+        if step == "answer":
+            reached["answer"].set()
+            events["answer"].wait(DEADLINE)
+        elif step == "half":
+            peer.sock.sendall(full[:len(full) // 2])
+            reached["half"].set()
+            events["half"].wait(DEADLINE)
+            return full[len(full) // 2:]
+        return full
+
+    class GatedFake(LookupFake):
+        def _script(self, peer):
+            if gate["step"] == "login":
+                reached["login"].set()
+                events["login"].wait(DEADLINE)
+            return super()._script(peer)
+
+    fake = GatedFake(respond)
+    try:
+        pf = start_fake(proxy, postgres, roles, fake, {"server_idle_timeout": 0})
+        for step in ("login", "answer", "half"):
+            gate["step"] = step
+            conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
+            conn.send(pgwire.startup_message({"user": roles.scram, "database": "appdb"}))
+            assert reached[step].wait(DEADLINE), step
+            conn.abort()
+            pfhelpers.wait_clients(pf, lambda rows: len(rows) <= 1,
+                                   "the vanished client is closed (%s)" % step)
+            gate["step"] = None
+            events[step].set()
+            assert login_ok(pf, roles.scram, roles.pw[roles.scram])[0] == roles.scram, step
+            assert_wrong_password(refused(pf, "rat_nobody", "x"), "rat_nobody")
+        assert pf.is_running()
+    finally:
+        for e in events.values():
+            e.set()
+        fake.stop()
+
+
+def test_pipelined_scram_during_lookup(proxy, postgres, roles):
+    """A client sends StartupMessage, a SASLInitialResponse and a SASLResponse in one write,
+    before its lookup has even run: what it pipelined is read only once the exchange begins, and
+    fails like any SCRAM message built without the server's nonce."""
+    pf = start(proxy, roles, {"auth_type": "scram-sha-256"})
+    first = b"n,,n=,r=abcdef"
+    msg = (pgwire.startup_message({"user": roles.scram, "database": "appdb"}) +
+           pgwire.message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first) +
+           pgwire.message(b"p", b"c=biws,r=abcdef,p=" + base64.b64encode(b"x" * 32)))
+    conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
+    conn.send(msg)
+    got = []
+    try:
+        while True:
+            kind, payload = conn.read_message(DEADLINE)
+            got.append(kind)
+            if kind == "E":
+                f = pgwire.parse_fields(payload)
+                break
+    finally:
+        conn.abort()
+    assert got == ["R", "R", "E"], got
+    assert (f["C"], f["M"]) == ("08P01", "invalid SCRAM response"), f
+    # And a client pipelining a cleartext password under auth_type=plain logs in.
+    pf2 = start(proxy, roles, {"auth_type": "plain", "auth_query": (
+        "SELECT usename, passwd FROM pg_shadow WHERE usename = $1")})
+    conn = pgwire.Connection(pgwire.open_socket(pf2.host, pf2.port, DEADLINE))
+    conn.send(pgwire.startup_message({"user": roles.md5, "database": "appdb"}) +
+              pgwire.message(b"p", roles.pw[roles.md5].encode() + b"\0") +
+              pgwire.message(b"Q", b"SELECT current_user\0"))
+    try:
+        kinds = []
+        while "Z" not in kinds or kinds.count("Z") < 2:
+            kind, payload = conn.read_message(DEADLINE)
+            kinds.append(kind)
+            if kind == "D":
+                assert tuple(pgwire.decode_data_row(payload)) == (roles.md5,)
+            assert kind != "E", pgwire.parse_fields(payload)
+    finally:
+        conn.abort()
+
+
+# ---------------------------------------------------------------- isolation
+
+
+def test_lookups_answered_out_of_order_stay_with_their_client(proxy, postgres, roles,
+                                                              fake_auth):
+    """Two auth servers; the fake answers each lookup only once the *other* one has arrived,
+    and the second first: each client still gets the answer its own server gave (its own
+    secret), never the other's."""
+    a, b = roles.many[0], roles.many[1]
+    secrets = {a: stored_secret(postgres, a), b: stored_secret(postgres, b)}
+    arrived = {a: threading.Event(), b: threading.Event()}
+    answered_b = threading.Event()
+
+    def respond(i, name, peer):
+        if name in arrived:
+            arrived[name].set()
+            other = b if name == a else a
+            arrived[other].wait(DEADLINE)
+            if name == a:
+                answered_b.wait(DEADLINE)
+            out = answer(name, secrets[name])
+            if name == b:
+                peer.sock.sendall(out)
+                answered_b.set()
+                return b""
+            return out
+        return no_rows()
+    fake = fake_auth(respond)
+    pf = start(proxy, roles, {"auth_dbname": "fakeauth", "auth_type": "scram-sha-256"},
+               databases={"appdb": postgres.db_entry("appdb"),
+                          "fakeauth": fake.db_entry()},
+               users={roles.auth: "pool_size=2"})
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        fa = ex.submit(attempt, pf, a, roles.pw[a])
+        fb = ex.submit(attempt, pf, b, roles.pw[b])
+        ra, rb = fa.result(60), fb.result(60)
+    assert ra == ("in", a, a) and rb == ("in", b, b), (ra, rb)
+    # With the passwords swapped neither gets in.
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        arrived[a].clear(), arrived[b].clear(), answered_b.clear()
+        fa = ex.submit(attempt, pf, a, roles.pw[b])
+        fb = ex.submit(attempt, pf, b, roles.pw[a])
+        ra, rb = fa.result(60), fb.result(60)
+    assert ra[:2] == rb[:2] == ("refused", "28P01"), (ra, rb)
+
+
+def test_same_name_in_two_databases_with_different_auth_dbname(proxy, postgres, roles,
+                                                               fake_auth):
+    """db1 looks users up in the real Postgres, db2 in a fake that claims the same name has
+    the password "other": each database keeps its own looked-up user. The fake's password works
+    for db2 only as far as pgfunnel's check (Postgres then refuses the key), never for db1; a
+    ClientKey learnt in one database is never used in the other."""
+    fake = fake_auth(lambda i, name, peer: answer(name, pfhelpers.scram_secret("other")))
+    u = roles.scram
+    pf = start(proxy, roles, {"auth_type": "scram-sha-256"},
+               databases={"db1": postgres.db_entry("appdb"),
+                          "db2": postgres.db_entry("appdb", auth_dbname="fakeauth"),
+                          "fakeauth": fake.db_entry()})
+
+    def try_login(db, pw):
+        conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
+        try:
+            conn.login(u, db, pw)
+            return ("in", conn.simple_query("SELECT session_user")[0][0])
+        except pgwire.PgError as e:
+            return ("refused", e.sqlstate, e.message)
+        finally:
+            conn.abort()
+    assert try_login("db1", roles.pw[u]) == ("in", u)
+    assert try_login("db1", "other")[:2] == ("refused", "28P01")
+    r = try_login("db2", "other")
+    assert r[0] == "refused", r   # pgfunnel accepted, Postgres refused the key
+    assert try_login("db2", roles.pw[u])[:2] == ("refused", "28P01")
+    assert try_login("db1", roles.pw[u]) == ("in", u)
+    assert try_login("db1", "other")[:2] == ("refused", "28P01")
