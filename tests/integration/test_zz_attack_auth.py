@@ -305,6 +305,7 @@ class LookupFake:
     def __init__(self, respond):
         self.respond = respond
         self.names = []
+        self.queries = []
         self.closed = 0
         self.lock = threading.Lock()
         self.srv = pfhelpers.ScriptedServer(self._script)
@@ -324,6 +325,8 @@ class LookupFake:
                     kind, payload = peer.read_message()
                     if kind == "X":
                         raise EOFError
+                    if kind == "P":
+                        self.queries.append(payload.split(b"\0")[1].decode())
                     if kind == "B":
                         name = bind_param(payload)
                     if kind == "S":
@@ -1031,3 +1034,172 @@ def test_same_name_in_two_databases_with_different_auth_dbname(proxy, postgres, 
     assert try_login("db2", roles.pw[u])[:2] == ("refused", "28P01")
     assert try_login("db1", roles.pw[u]) == ("in", u)
     assert try_login("db1", "other")[:2] == ("refused", "28P01")
+
+
+# ---------------------------------------------------------------- odd answers from Postgres
+
+
+@pytest.mark.parametrize("size", [100_000, 1_000_000, 3_000_000])
+@pytest.mark.parametrize("auth_type", ["md5", "scram-sha-256", "plain"])
+def test_huge_looked_up_password(proxy, postgres, roles, size, auth_type):
+    """auth_query returns a password of 100 KB, 1 MB, 3 MB (past the 1 MiB a server message may
+    be held whole): a wrong password is refused, the console stays responsive, pgfunnel is
+    still there, and the next ordinary lookup works."""
+    pf = start(proxy, roles, {"auth_type": auth_type, "client_login_timeout": 20,
+                              "auth_query": "SELECT * FROM rat.big_pw($1, %d)" % size})
+    t0 = time.monotonic()
+    err = refused(pf, roles.md5, "x" * 50, timeout=30)
+    assert err.sqlstate in ("28P01", "08P01", "08006", "58000"), err.fields
+    assert time.monotonic() - t0 < 10
+    assert console_latency(pf, 5) is not None
+    # With the right "password" (a size that a PasswordMessage may carry: refused as too long
+    # past pkt_buf, never a crash).
+    if auth_type == "plain":
+        err = refused(pf, roles.md5, "x" * min(size, 1_000_000), timeout=30)
+        assert err.sqlstate in ("28P01", "08P01", "08006"), err.fields
+    assert pf.is_running()
+
+
+def test_weird_column_types_and_names(proxy, postgres, roles):
+    """Columns that are not text (integers, bytea, arrays), names with quotes, backslashes,
+    Unicode, 63 and 64+ bytes (Postgres truncates a name parameter to 63): never a crash, never
+    a login with a password the role does not have."""
+    long_role = ("ratlong_" + roles.tag + "_" + "x" * 63)[:63]
+    _sql(postgres, "postgres", 'CREATE ROLE "%s" LOGIN PASSWORD \'long-pw\'' % long_role)
+    queries = [
+        "SELECT 1::int, 2::int WHERE $1 <> ''",
+        "SELECT $1::bytea, '\\x00'::bytea",
+        "SELECT $1::text, ARRAY['a','b']::text",
+        "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1",
+    ]
+    names = ["a'b", "a\\b", "ü😀\u0301", long_role, long_role + "EXTRA-BYTES-PAST-63",
+             "x" * 200, roles.scram]
+    for q in queries:
+        pf = start(proxy, roles, {"auth_type": "plain", "auth_query": q})
+        for n in names:
+            try:
+                r = attempt(pf, n, "long-pw" if n.startswith(long_role) else "wrong")
+            except Exception as e:  # noqa: BLE001
+                r = ("exception", repr(e))
+            if r[0] == "in":
+                # Only the long role, by its own password, as Postgres would admit it.
+                assert n.startswith(long_role) and r[1:] == (long_role, long_role), (q, n, r)
+            else:
+                assert r[0] == "refused", (q, n, r)
+        assert pf.is_running()
+        pf.shutdown()
+
+
+# ---------------------------------------------------------------- admin commands mid-lookup
+
+
+def held_lookup_fake(fake_auth, secret, user):
+    """A fake whose first lookup waits for .release (set it to let the answer go)."""
+    release = threading.Event()
+    held = threading.Event()
+
+    def respond(i, name, peer):
+        if i == 0:
+            held.set()
+            release.wait(DEADLINE * 2)
+        return answer(name, secret) if name == user else no_rows()
+    fake = fake_auth(respond)
+    fake.release, fake.held = release, held
+    return fake
+
+
+@pytest.mark.parametrize("action", [
+    "reload_drop_auth_db", "reload_change_auth_user", "reload_change_auth_query",
+    "kill_auth_db", "kill_client_db", "reconnect", "pause_auth_db", "disable_client_db",
+    "suspend", "kill_client", "shutdown_wait_for_clients", "shutdown_wait_for_servers",
+    "shutdown"])
+def test_admin_commands_while_a_lookup_is_pending(proxy, postgres, roles, fake_auth, action):
+    """A lookup is held by the auth server; the console does something to its pool, its
+    database, its client or the process; then the answer arrives. pgfunnel must not crash, the
+    client ends up logged in as itself or refused (never hangs past client_login_timeout), and
+    afterwards (when still running) a fresh login works."""
+    u = roles.scram
+    secret = stored_secret(postgres, u)
+    fake = held_lookup_fake(fake_auth, secret, u)
+    pf = start_fake(proxy, postgres, roles, fake, {"client_login_timeout": 8,
+                                                   "suspend_timeout": 3})
+    res = {}
+
+    def client():
+        res["r"] = attempt(pf, u, roles.pw[u])
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    assert fake.held.wait(DEADLINE)
+    params, dbs = dict(pf.params), dict(pf.databases)
+    cmd = None
+    if action == "reload_drop_auth_db":
+        dbs.pop("fakeauth")
+        pf.write_ini(databases=dbs)
+        cmd = "RELOAD"
+    elif action == "reload_change_auth_user":
+        params["auth_user"] = "postgres"
+        pf.write_ini(params)
+        cmd = "RELOAD"
+    elif action == "reload_change_auth_query":
+        params["auth_query"] = "SELECT 'x', 'y' WHERE $1 IS NULL"
+        pf.write_ini(params)
+        cmd = "RELOAD"
+    elif action == "kill_auth_db":
+        cmd = "KILL fakeauth"
+    elif action == "kill_client_db":
+        cmd = "KILL appdb"
+    elif action == "reconnect":
+        cmd = "RECONNECT"
+    elif action == "pause_auth_db":
+        cmd = None
+        pt = threading.Thread(target=lambda: pfhelpers.console(pf, "PAUSE fakeauth"),
+                              daemon=True)
+        pt.start()
+    elif action == "disable_client_db":
+        cmd = "DISABLE appdb"
+    elif action == "suspend":
+        cmd = "SUSPEND"
+    elif action == "kill_client":
+        rows = pfhelpers.show(pf, "CLIENTS")
+        ids = [r["id"] for r in rows if r["user"] == u]
+        assert ids, rows
+        cmd = "KILL_CLIENT %s" % ids[0]
+    elif action.startswith("shutdown"):
+        cmd = {"shutdown": "SHUTDOWN", "shutdown_wait_for_clients": "SHUTDOWN WAIT_FOR_CLIENTS",
+               "shutdown_wait_for_servers": "SHUTDOWN WAIT_FOR_SERVERS"}[action]
+    if cmd:
+        try:
+            pfhelpers.console(pf, cmd)
+        except Exception:  # noqa: BLE001 - SHUTDOWN ends the console session too
+            if not action.startswith("shutdown"):
+                raise
+    if action == "kill_client_db":
+        # New logins to a killed database wait for RESUME (PgBouncer's KILL).
+        pfhelpers.console(pf, "RESUME appdb")
+    fake.release.set()
+    t.join(30)
+    assert not t.is_alive(), "the client of the held lookup hangs after %s" % action
+    r = res["r"]
+    assert r[0] in ("in", "refused", "dropped"), r
+    if r[0] == "in":
+        assert r[1:] == (u, u), r
+    if action == "suspend":
+        pfhelpers.console(pf, "RESUME")
+    if action in ("pause_auth_db", "kill_auth_db"):
+        pfhelpers.console(pf, "RESUME fakeauth")
+    if action == "disable_client_db":
+        pfhelpers.console(pf, "ENABLE appdb")
+    if action.startswith("shutdown"):
+        pf.wait(30)
+        return
+    assert pf.is_running(), pf.all_output()[-3000:]
+    if action == "reload_drop_auth_db":
+        # auth_dbname names a database that is gone: a config error, said plainly.
+        err = refused(pf, u, roles.pw[u])
+        assert (err.sqlstate, err.message) == ("08P01", "bouncer config error"), err.fields
+        return
+    if action == "reload_change_auth_query":
+        assert login_ok(pf, u, roles.pw[u]) == (u, u)  # the fake answers any query alike
+        assert fake.queries[-1] == params["auth_query"], fake.queries
+        return
+    assert login_ok(pf, u, roles.pw[u]) == (u, u)
