@@ -5,8 +5,17 @@ start_auth/begin_exchange/pf_client_auth_continue, SASLprep (src/auth/saslprep.c
 error handling and SCRAM-SHA-256-PLUS (scram.c, client.c).
 
 Tests named test_bug_* expose a real pgfunnel bug and assert the correct behaviour (they fail
-until it is fixed); every other test is a regression for an attack that held up. The findings
-are described in each test's docstring (what was sent, what happened, where the bug is).
+until it is fixed); every other test is a regression for an attack that held up. Bugs found
+(details in each docstring):
+  test_bug_md5_auth_type_reveals_existing_scram_users        client.c begin_exchange: under
+      auth_type=md5 an existing SCRAM role gets AuthenticationSASL, an unknown name an MD5
+      challenge: every role name of pg_authid can be enumerated without a password
+  test_bug_plain_login_against_huge_iteration_verifier_blocks_event_loop   client.c
+      plain_password_ok: PBKDF2 with a looked-up verifier's iteration count (up to INT_MAX)
+      on the event loop; any role may set such a verifier on itself
+  test_bug_saslprep_quadratic_on_looked_up_plain_password    saslprep.c nfkc: quadratic
+      insertion sort, no length cap (Postgres: 1024 code points), on the event loop
+Knobs: RAT_LOGINS (10000), RAT_ITERATIONS (25000000), RAT_COMBINING (40000).
 """
 
 import base64
@@ -27,6 +36,9 @@ import pfhelpers
 import pgwire
 
 AUTH_PW = "rat-auth-pw"
+# Sizes of the event-loop DoS attacks (big enough to stall a release build for seconds).
+ITERATIONS = int(os.environ.get("RAT_ITERATIONS", "25000000"))
+COMBINING = int(os.environ.get("RAT_COMBINING", "40000"))
 DEADLINE = 15.0
 
 
@@ -191,16 +203,16 @@ def test_bug_plain_login_against_huge_iteration_verifier_blocks_event_loop(proxy
     pre-computed verifier as given, and every role may set its own password). With
     auth_type=plain pgfunnel checks the client's cleartext password against the looked-up
     verifier by running PBKDF2 with that count *on its event loop*: one login against a role
-    whose verifier says i=6,000,000 freezes every client and the console for seconds (15M took
-    22 s on the ASan build; i=2147483647, INT_MAX, is accepted too: many minutes, and a client
-    can repeat it). The man page says the event loop computes at most 600000 iterations (for
+    whose verifier says i=25,000,000 (RAT_ITERATIONS) froze every client and the console for
+    5.9 s on a release build, 23 s on the ASan build; i=2147483647 (INT_MAX) is accepted too:
+    about 8 minutes per attempt, and any client may repeat the attempt). The man page says the event loop computes at most 600000 iterations (for
     servers); a looked-up (or auth_file) verifier is not bounded.
 
     Where: client.c plain_password_ok() -> pf_scram_cache_derive(sec->scram.iterations) with
     no PF_SCRAM_MAX_ITERATIONS check (pool.c secret_from_text / scram.c
     pf_scram_secret_parse accept 1..INT_MAX)."""
     _sql(postgres, "postgres", "ALTER ROLE %s PASSWORD '%s'" % (roles.slow,
-                                                                 _fake_verifier(6_000_000)))
+                                                                 _fake_verifier(ITERATIONS)))
     pf = start(proxy, roles, {"auth_type": "plain"})
     assert console_latency(pf, 5) is not None
     conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
@@ -215,7 +227,8 @@ def test_bug_plain_login_against_huge_iteration_verifier_blocks_event_loop(proxy
             assert_wrong_password(pgwire.PgError(pgwire.parse_fields(payload)), roles.slow)
         assert probe.worst < 2.0, (
             "the console needed %.1f s to answer while one client's cleartext password was "
-            "checked against a 6M-iteration verifier: the event loop was blocked" % probe.worst)
+            "checked against a %d-iteration verifier: the event loop was blocked" % (
+                probe.worst, ITERATIONS))
     finally:
         conn.abort()
 
@@ -223,15 +236,16 @@ def test_bug_plain_login_against_huge_iteration_verifier_blocks_event_loop(proxy
 def test_bug_saslprep_quadratic_on_looked_up_plain_password(proxy, postgres, roles):
     """auth_query may return a plain password; for a SCRAM login pgfunnel derives the keys from
     it after SASLprep, on the event loop. SASLprep's canonical ordering is an insertion sort over
-    each run of combining marks: 'a' + 20000 x U+0301 (class 230) + 20000 x U+0316 (class 220)
-    (an 80 KB value) costs 20000 x 20000 element moves with a table bisection each: measured
-    about 10 s during which the console (and every client) gets no answer. Postgres bounds the
+    each run of combining marks: 'a' + 40000 x U+0301 (class 230) + 40000 x U+0316 (class 220)
+    (RAT_COMBINING; a 160 KB value) costs 40000 x 40000 element moves with a table bisection
+    each: measured 7.0 s (release build) and 26 s (ASan) during which the console and every
+    client get no answer. Postgres bounds the
     work (pg_saslprep treats more than MAX_PASSWORD_LENGTH = 1024 code points as out of memory).
 
     Where: saslprep.c nfkc() (insertion sort of a run of non-starters), pf_saslprep() has no
     length cap; reached from client.c start_scram() -> pf_scram_cache_secret_for_password()."""
     pf = start(proxy, roles, {"auth_type": "scram-sha-256",
-                              "auth_query": "SELECT * FROM rat.combining($1, 20000)"})
+                              "auth_query": "SELECT * FROM rat.combining($1, %d)" % COMBINING})
     assert console_latency(pf, 5) is not None
     conn = pgwire.Connection(pgwire.open_socket(pf.host, pf.port, DEADLINE))
     try:
@@ -242,8 +256,8 @@ def test_bug_saslprep_quadratic_on_looked_up_plain_password(proxy, postgres, rol
             took = time.monotonic() - t0
             assert kind in "RE", kind
         assert probe.worst < 2.0 and took < 5, (
-            "SASLprep of one 80 KB looked-up password: the console waited %.1f s, the login's "
-            "first answer took %.1f s" % (probe.worst, took))
+            "SASLprep of one %d-mark looked-up password: the console waited %.1f s, the login's "
+            "first answer took %.1f s" % (2 * COMBINING, probe.worst, took))
     finally:
         conn.abort()
 
