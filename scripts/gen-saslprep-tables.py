@@ -133,6 +133,8 @@ def main():
         " */",
         "#ifndef PGFUNNEL_SASLPREP_TABLES_H",
         "#define PGFUNNEL_SASLPREP_TABLES_H",
+        "/* Generated layout, not clang-format's. */",
+        "/* clang-format off */",
         "",
         "#include <stdint.h>",
         "",
@@ -232,6 +234,7 @@ def main():
         lines.append("\t{0x%04X, 0x%04X, 0x%04X}," % (a, b, c))
     lines.append("};")
     lines.append("")
+    lines.append("/* clang-format on */")
     lines.append("#endif")
 
     text = "\n".join(lines) + "\n"

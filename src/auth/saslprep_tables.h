@@ -8,6 +8,8 @@
  */
 #ifndef PGFUNNEL_SASLPREP_TABLES_H
 #define PGFUNNEL_SASLPREP_TABLES_H
+/* Generated layout, not clang-format's. */
+/* clang-format off */
 
 #include <stdint.h>
 
@@ -3604,4 +3606,5 @@ static const pf_sp_comp_t pf_sp_comp[] = {
 	{0x11935, 0x11930, 0x11938},
 };
 
+/* clang-format on */
 #endif
