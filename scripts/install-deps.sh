@@ -22,9 +22,10 @@ PACKAGES=(
 	postgresql-15 postgresql-client-15 valgrind pgbouncer
 	# tests: certificates for the TLS tests (tests/integration/tlscerts.py)
 	openssl
-	# tests: real drivers with prepared statements (test_prepared_drivers.py); npm is added
+	# tests: real drivers with prepared statements (test_prepared_drivers.py), psycopg_pool
+	# for the rolling-restart test; npm is added
 	# below only when no npm is on PATH (a node from elsewhere may bring its own)
-	python3-asyncpg libpostgresql-jdbc-java default-jdk-headless nodejs
+	python3-asyncpg python3-psycopg-pool libpostgresql-jdbc-java default-jdk-headless nodejs
 	# users, setpriv/runuser (normally present already)
 	passwd util-linux
 )
