@@ -86,25 +86,23 @@ static const struct {
         [PF_CLOSE_CLIENT_NO_DB] = {"no such database", "3D000", "no such database"},
         [PF_CLOSE_CLIENT_LIMIT] = {"connection limit reached", "53300",
                                    "no more connections allowed (max_client_conn)"},
-        [PF_CLOSE_CLIENT_LOGIN_TIMEOUT] = {"client_login_timeout", "08006",
-                                           "client_login_timeout (server down or wrong password?)"},
+        [PF_CLOSE_CLIENT_LOGIN_TIMEOUT] = {"client_login_timeout", "08006", "client_login_timeout"},
         [PF_CLOSE_CLIENT_IDLE_TIMEOUT] = {"client_idle_timeout", "57P05", "client_idle_timeout"},
         [PF_CLOSE_CLIENT_WAIT_TIMEOUT] = {"query_wait_timeout", "57014", "query_wait_timeout"},
-        [PF_CLOSE_CLIENT_QUERY_TIMEOUT] = {"query_timeout", "57014",
-                                           "canceling statement due to query_timeout"},
+        [PF_CLOSE_CLIENT_QUERY_TIMEOUT] = {"query_timeout", "57014", "query timeout"},
         [PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT] = {"idle_transaction_timeout", "25P03",
-                                             "terminating connection due to "
-                                             "idle_transaction_timeout"},
+                                             "idle transaction timeout"},
         [PF_CLOSE_CLIENT_SERVER_GONE] = {"server connection lost", "08006", "server conn crashed?"},
         [PF_CLOSE_CLIENT_SERVER_LOGIN] = {"server login failed", "08006", "server login failed"},
         /* Nothing is sent: it would land inside the server's half-sent message. */
         [PF_CLOSE_CLIENT_SERVER_GONE_MID] = {"server connection lost mid-message", NULL, NULL},
-        [PF_CLOSE_CLIENT_STATEMENT_MODE] = {"statement mode violation", "25001",
-                                            "Long transactions not allowed"},
+        /* 08P01 as PgBouncer: applications match this pair (PostgREST does). */
+        [PF_CLOSE_CLIENT_STATEMENT_MODE] = {"statement mode violation", "08P01",
+                                            "transaction blocks not allowed in statement "
+                                            "pooling mode"},
         [PF_CLOSE_CLIENT_SHUTDOWN] = {"pooler is shutting down", "57P01",
-                                      "pgfunnel is shutting down"},
-        [PF_CLOSE_CLIENT_ADMIN_KILL] = {"killed by admin", "57P01",
-                                        "terminating connection due to administrator command"},
+                                      "pooler is shutting down"},
+        [PF_CLOSE_CLIENT_ADMIN_KILL] = {"killed by admin", "57P01", "admin forced disconnect"},
         [PF_CLOSE_CLIENT_CANCEL_DONE] = {"cancel request handled", NULL, NULL},
         [PF_CLOSE_CLIENT_DB_DISABLED] = {"database disabled", "57P03",
                                          "database does not allow connections"},
@@ -1257,7 +1255,8 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 	}
 	c->db->client_refs++; /* pf_client_close() drops it */
 	if (c->db->disabled) {
-		pf_client_close(c, PF_CLOSE_CLIENT_DB_DISABLED, NULL, NULL);
+		snprintf(msg, sizeof(msg), "database \"%s\" is disabled", c->db_name);
+		pf_client_close(c, PF_CLOSE_CLIENT_DB_DISABLED, NULL, msg);
 		return -1;
 	}
 	if (w->shutdown != PF_SHUTDOWN_NONE && !c->db->admin) {

@@ -1395,8 +1395,14 @@ void pf_pool_unlink(pf_pool_server_t *s)
 
 void pf_pool_login_failing_text(const pf_pool_t *pool, char *buf, size_t n)
 {
-	snprintf(buf, n, "server login has been failing, try again later (server_login_retry)%s%s",
-	         pool->last_login_error[0] ? ": " : "", pool->last_login_error);
+	/* PgBouncer 1.25's words, with and without a remembered reason. */
+	if (pool->last_login_error[0])
+		snprintf(buf, n,
+		         "server login has been failing, cached error: %s (server_login_retry)",
+		         pool->last_login_error);
+	else
+		snprintf(buf, n,
+		         "server login has been failing, try again later (server_login_retry)");
 }
 
 /* Servers of pool that may still be given to a client. */

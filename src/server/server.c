@@ -7,9 +7,9 @@
  * go back to the pool — only when the queue says nothing is owed or awaited, the last
  * ReadyForQuery said 'I', no task of the pooler's own is running and no message is half-way
  * through in either direction. In transaction mode the server is released at such a
- * ReadyForQuery; in statement mode a ReadyForQuery that is not 'I' ends the client ("Long
- * transactions not allowed", as PgBouncer); in session mode it is released when the client
- * leaves. A server whose answers cannot be accounted for is never reused.
+ * ReadyForQuery; in statement mode a ReadyForQuery that is not 'I' ends the client ("transaction
+ * blocks not allowed in statement pooling mode", as PgBouncer); in session mode it is released when
+ * the client leaves. A server whose answers cannot be accounted for is never reused.
  *
  * The server knows its client only as a pf_server_peer_t (session parameters, timings) and a
  * pool member; news for the client goes up through the pool's ops (resume, close). Called by
@@ -68,7 +68,7 @@ static const char *const close_texts[] = {
         [PF_SV_CLOSE_SHUTDOWN] = "shutting down",
         [PF_SV_CLOSE_ADMIN] = "reconnect requested",
         [PF_SV_CLOSE_POOL_GONE] = "database removed",
-        [PF_SV_CLOSE_STATEMENT_MODE] = "Long transactions not allowed",
+        [PF_SV_CLOSE_STATEMENT_MODE] = "transaction blocks not allowed in statement pooling mode",
         [PF_SV_CLOSE_EVICTED] = "evicted to make room for another pool",
         [PF_SV_CLOSE_UNCERTAIN] = "cannot tell what the server still owes or holds",
 };

@@ -241,6 +241,7 @@ def test_query_timeout(proxy, postgres, role):
     err = pgwire.expect_error(conn, timeout=5)
     elapsed = time.monotonic() - t0
     assert err is not None and err.sqlstate == "57014", err
+    assert err.message == "query timeout", err.message  # PgBouncer's words
     assert 0.9 <= elapsed <= 3.5, elapsed
     conn.close()
     # the pool still serves
@@ -263,6 +264,7 @@ def test_idle_transaction_timeout(proxy, postgres, role):
     err = pgwire.expect_error(conn, timeout=5)
     elapsed = time.monotonic() - t0
     assert err is not None and err.sqlstate == "25P03", err
+    assert err.message == "idle transaction timeout", err.message  # PgBouncer's words
     assert 0.9 <= elapsed <= 3.5, elapsed
     assert pgwire.wait_closed(conn, 2)
     conn.sock.close()

@@ -284,7 +284,7 @@ def test_half_startup_then_stall_hits_client_login_timeout(proxy, canary_role):
         can.expect_progress()
         for s in stalled:
             reply = read_until_closed(s, timeout=5)
-            assert_fatal(reply, "08006", "client_login_timeout (server down or wrong password?)")
+            assert_fatal(reply, "08006", "client_login_timeout")
         elapsed = time.monotonic() - t0
         assert 0.9 <= elapsed < 4.0, elapsed
     finally:

@@ -304,10 +304,9 @@ def test_login_retry_backs_off(proxy, postgres, canary_role):
         # Within server_login_retry: refused at once, and no new connection attempt.
         while time.monotonic() - first < 1.5:
             err, took = refused()
-            # PgBouncer's words, then the last failure's reason.
-            assert err.message == ("server login has been failing, try again later "
-                                   "(server_login_retry): server closed the connection during "
-                                   "login"), err.fields
+            # PgBouncer 1.25's words, with the last failure's reason.
+            assert err.message == ("server login has been failing, cached error: server closed "
+                                   "the connection during login (server_login_retry)"), err.fields
             assert took < 0.5
             time.sleep(0.1)
         assert fake.accepts == 1, "pgfunnel retried %d times within server_login_retry" % (
