@@ -383,7 +383,8 @@ def test_hostile_startup_options(proxy, postgres):
             pass
     # disconnects at each byte of a startup packet carrying options
     pkt = startup_bytes({"user": "alice", "database": "appdb",
-                         "options": "-c IntervalStyle=iso_8601 -c default_transaction_read_only=on"})
+                         "options": "-c IntervalStyle=iso_8601"
+                                    " -c default_transaction_read_only=on"})
     for cut in range(0, len(pkt), 7):
         s = socket.create_connection((pf.host, pf.port), timeout=5)
         s.sendall(pkt[:cut])
@@ -435,3 +436,46 @@ def test_many_parameter_changes(proxy, postgres):
             holder.execute("COMMIT")
             assert row(a)[1:] == (st, ro)
             assert row(holder)[1:] == (ISTYLE_DEFAULT, "off")
+
+
+@pytest.mark.parametrize("end", ["ROLLBACK", "COMMIT"])
+def test_set_local_and_rolled_back_set(proxy, postgres, end):
+    """A SET undone by ROLLBACK, and SET LOCAL (undone at either end): Postgres reports the
+    value going back, so the client keeps the default on every server."""
+    pf = start(proxy, "IntervalStyle,default_transaction_read_only")
+    with connect(pf, postgres) as holder, connect(pf, postgres) as a:
+        a.execute("BEGIN")
+        a.execute("SET IntervalStyle = 'iso_8601'" if end == "ROLLBACK"
+                  else "SET LOCAL IntervalStyle = 'iso_8601'")
+        a.execute("SET LOCAL default_transaction_read_only = on")
+        assert a.execute("SHOW IntervalStyle").fetchone()[0] == "iso_8601"
+        a.execute(end)
+        for r in hop(holder, a, 4):
+            assert r[1:] == (ISTYLE_DEFAULT, "off")
+
+
+def test_client_gone_during_sync(proxy, postgres):
+    """Clients that send a query and vanish while their parameters are being set on a server:
+    the servers stay usable and nobody inherits their values."""
+    pf = start(proxy, "IntervalStyle,default_transaction_read_only")
+    pkt = startup_bytes({"user": "alice", "database": "appdb",
+                         "options": "-c IntervalStyle=iso_8601"
+                                    " -c default_transaction_read_only=on"})
+    with connect(pf, postgres) as holder, connect(pf, postgres) as b:
+        for i in range(20):
+            with raw(pf, postgres, {"IntervalStyle": "sql_standard",
+                                    "default_transaction_read_only": "on"}) as w:
+                if i % 2:
+                    holder.execute("BEGIN")
+                    holder.execute("SELECT 1")
+                w.send(pgwire.fe_query("SELECT pg_sleep(0.01)"))
+                w.abort()
+                if i % 2:
+                    holder.execute("COMMIT")
+            s = socket.create_connection((pf.host, pf.port), timeout=5)
+            s.sendall(pkt)
+            s.close()
+        for r in hop(holder, b, 4):
+            assert r[1:] == (ISTYLE_DEFAULT, "off")
+        for r in hop(b, holder, 2):
+            assert r[1:] == (ISTYLE_DEFAULT, "off")

@@ -785,12 +785,48 @@ static void test_parse_options(void **state)
 	expect_options(big, -E2BIG, "");
 }
 
+/* Every pair walked from arbitrary input: a non-empty name without '=', within the bound. */
+static bool check_pair(void *arg, const char *name, const char *value)
+{
+	int *n = arg;
+
+	assert_true(name[0] != '\0');
+	assert_null(strchr(name, '='));
+	assert_true(strlen(name) + 1 + strlen(value) <= PF_VAR_OPTION_MAX);
+	(*n)++;
+	return true;
+}
+
+static void test_parse_options_random(void **state)
+{
+	static const char alphabet[] = "-c =\\\tab-c--=";
+	char buf[2 * PF_VAR_OPTION_MAX + 8];
+	unsigned seed = 12345;
+
+	(void)state;
+	for (int round = 0; round < 20000; round++) {
+		size_t len;
+		int n = 0, rc;
+
+		seed = seed * 1103515245u + 12345u;
+		len = (seed >> 8) % (round % 10 == 0 ? sizeof(buf) - 1 : 24);
+		for (size_t i = 0; i < len; i++) {
+			seed = seed * 1103515245u + 12345u;
+			buf[i] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
+		}
+		buf[len] = '\0';
+		rc = pf_vars_parse_options(buf, check_pair, &n);
+		assert_true(rc == 0 || rc == -EINVAL || rc == -E2BIG);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_configure),
 	        cmocka_unit_test(test_extra_needs_reported_value),
 	        cmocka_unit_test(test_parse_options),
+	        cmocka_unit_test(test_parse_options_random),
 	        cmocka_unit_test(test_names),
 	        cmocka_unit_test(test_lookup),
 	        cmocka_unit_test(test_set_copies_and_clears),
