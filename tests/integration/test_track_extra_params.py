@@ -288,6 +288,12 @@ def test_options_with_ignore_startup_parameters(proxy, postgres):
     with raw(pf, postgres, {"options": "-c jit=off -c IntervalStyle=iso_8601"}) as w:
         assert w.simple_query("SELECT current_setting('jit'),"
                               " current_setting('IntervalStyle')") == [("on", "iso_8601")]
+    # ... but not other forms of argument (PgBouncer 1.25.2 refuses them too).
+    err, _ = pgwire.login_refused(pf.host, pf.port, "alice", "appdb", pw,
+                                  options={"options": "-c geqo=off -B 10"})
+    assert (err.sqlstate, err.message) == (
+        REFUSED, "unsupported options startup parameter: only '-c config=val' and "
+                 "'--config=val' are allowed")
     with connect(pf, postgres, options="-c IntervalStyle=sql_standard -c geqo=off") as a:
         assert a.execute("SELECT current_setting('IntervalStyle')").fetchone()[0] == \
             "sql_standard"
