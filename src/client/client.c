@@ -1093,6 +1093,62 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 	}
 }
 
+/* Walking the startup packet's options: the client, and the reply when one is refused. */
+typedef struct startup_opts {
+	pf_client_t *c;
+	const char *refused; /* the parameter name */
+	bool oom;
+} startup_opts_t;
+
+/* One "-c name=value" of options: a tracked parameter is kept, an ignored one dropped. */
+static bool startup_option(void *arg, const char *name, const char *value)
+{
+	startup_opts_t *o = arg;
+	const pf_config_t *cfg = pf_conn_worker(&o->c->conn)->cfg;
+	int var = pf_var_lookup(name);
+
+	if (var >= 0) {
+		if (pf_vars_set(&o->c->vars, (pf_var_id_t)var, value) < 0) {
+			o->oom = true;
+			return false;
+		}
+		return true;
+	}
+	/* As PgBouncer: listing "options" itself ignores every untracked one. */
+	if (pf_config_list_has(cfg->ignore_startup_parameters, name) ||
+	    pf_config_list_has(cfg->ignore_startup_parameters, "options"))
+		return true;
+	o->refused = name;
+	return false;
+}
+
+/* The startup packet's options (PgBouncer's rules and words); false after closing c. */
+static bool startup_options(pf_client_t *c, const char *value)
+{
+	startup_opts_t o = {.c = c};
+	char msg[PF_VAR_OPTION_MAX + 64];
+	int rc = pf_vars_parse_options(value, startup_option, &o);
+
+	if (rc == 0)
+		return true;
+	if (o.oom) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
+		return false;
+	}
+	if (rc == -E2BIG)
+		snprintf(msg, sizeof(msg),
+		         "unsupported options startup parameter: parameter too long");
+	else if (rc < 0)
+		snprintf(msg, sizeof(msg),
+		         "unsupported options startup parameter: only '-c config=val' and "
+		         "'--config=val' are allowed");
+	else
+		snprintf(msg, sizeof(msg), "unsupported startup parameter in options: %s",
+		         o.refused);
+	pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "0A000", msg);
+	return false;
+}
+
 /* Applies one startup parameter; returns false (after closing c) when it is refused. */
 static bool startup_param(pf_client_t *c, const char *name, const char *value,
                           const char **unsupported)
@@ -1102,6 +1158,8 @@ static bool startup_param(pf_client_t *c, const char *name, const char *value,
 
 	if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0)
 		return true;
+	if (strcmp(name, "options") == 0)
+		return startup_options(c, value);
 	var = pf_var_lookup(name);
 	if (var >= 0) {
 		if (pf_vars_set(&c->vars, (pf_var_id_t)var, value) < 0) {

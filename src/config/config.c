@@ -179,7 +179,7 @@ static const pf_config_param_t params[] = {
         P_INT(tcp_keepintvl, RELOAD, IMPL, "0", 0, INT_MAX),
         P_INT(tcp_socket_buffer, RELOAD, IMPL, "0", 0, INT_MAX),
         P_INT(tcp_user_timeout, RELOAD, IMPL, "0", 0, INT_MAX),
-        P_LIST(track_extra_parameters, RESTART, NOT_IMPL, "IntervalStyle"),
+        P_LIST(track_extra_parameters, RESTART, IMPL, "IntervalStyle"),
         P_TIME(transaction_timeout, RELOAD, NOT_IMPL, "0"),
         P_STR(unix_socket_dir, RESTART, IMPL, "/tmp"),
         P_STR(unix_socket_group, RESTART, IMPL, ""),

@@ -38,6 +38,7 @@
 #include "pgfunnel/hba.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/tls.h"
+#include "pgfunnel/vars.h"
 #include "pgfunnel/worker.h"
 
 typedef struct options {
@@ -668,6 +669,9 @@ int main(int argc, char **argv)
 
 	parse_args(argc, argv, &p.opt);
 	if (load_config(&p, &p.cfg, err, sizeof(err)) < 0)
+		die("%s", err);
+	/* track_extra_parameters needs a restart: the tracked set is fixed from here on. */
+	if (pf_vars_configure(p.cfg->track_extra_parameters, err, sizeof(err)) < 0)
 		die("%s", err);
 
 	/* -u wins over the config's `user`, as in PgBouncer. */

@@ -3,33 +3,159 @@
  */
 #include "pfbuild.h"
 
+#include <assert.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "pgfunnel/config.h"
 #include "pgfunnel/vars.h"
 
-static const char *const names[PF_VAR_COUNT] = {
+static const char *const builtin_names[PF_VAR_BUILTIN_COUNT] = {
         [PF_VAR_CLIENT_ENCODING] = "client_encoding",
         [PF_VAR_DATESTYLE] = "DateStyle",
         [PF_VAR_TIMEZONE] = "TimeZone",
         [PF_VAR_STANDARD_CONFORMING_STRINGS] = "standard_conforming_strings",
         [PF_VAR_APPLICATION_NAME] = "application_name",
-        [PF_VAR_INTERVALSTYLE] = "IntervalStyle",
 };
+
+/* track_extra_parameters, as configured (process-wide: it changes only at start-up). */
+static char extra_names[PF_VAR_EXTRA_MAX][PF_VAR_NAME_MAX + 1];
+static int n_extra;
+
+/* A name Postgres could know as a GUC, safe to write unquoted into SET. */
+static bool guc_name_ok(const char *name)
+{
+	if (!((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z') ||
+	      name[0] == '_'))
+		return false;
+	for (const char *p = name; *p; p++) {
+		char ch = *p;
+
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		      (ch >= '0' && ch <= '9') || ch == '_' || ch == '.'))
+			return false;
+	}
+	return true;
+}
+
+int pf_vars_configure(const char *list, char *err, size_t errlen)
+{
+	char names[PF_VAR_EXTRA_MAX][PF_VAR_NAME_MAX + 1];
+	char item[PF_VAR_NAME_MAX + 2];
+	const char *cursor = list;
+	int n = 0, len;
+
+	while ((len = pf_config_list_next(&cursor, item, sizeof(item))) != 0) {
+		bool dup = false;
+
+		if (len < 0 || (size_t)len > PF_VAR_NAME_MAX) {
+			snprintf(err, errlen,
+			         "track_extra_parameters: a name is longer than %d bytes",
+			         PF_VAR_NAME_MAX);
+			return -EINVAL;
+		}
+		if (!guc_name_ok(item)) {
+			snprintf(err, errlen,
+			         "track_extra_parameters: \"%s\" is not a parameter name", item);
+			return -EINVAL;
+		}
+		if (pf_strcaseeq(item, "options") || pf_strcaseeq(item, "user") ||
+		    pf_strcaseeq(item, "database")) {
+			snprintf(err, errlen, "track_extra_parameters: \"%s\" cannot be tracked",
+			         item);
+			return -EINVAL;
+		}
+		for (int i = 0; i < PF_VAR_BUILTIN_COUNT && !dup; i++)
+			dup = pf_strcaseeq(item, builtin_names[i]);
+		for (int i = 0; i < n && !dup; i++)
+			dup = pf_strcaseeq(item, names[i]);
+		if (dup)
+			continue;
+		if (n == PF_VAR_EXTRA_MAX) {
+			snprintf(err, errlen, "track_extra_parameters: more than %d names",
+			         PF_VAR_EXTRA_MAX);
+			return -EINVAL;
+		}
+		memcpy(names[n++], item, (size_t)len + 1);
+	}
+	memset(extra_names, 0, sizeof(extra_names));
+	memcpy(extra_names, names, sizeof(names[0]) * (size_t)n);
+	n_extra = n;
+	return 0;
+}
+
+int pf_var_extra_count(void)
+{
+	return n_extra;
+}
 
 const char *pf_var_name(pf_var_id_t id)
 {
-	return names[id];
+	assert((int)id >= 0 && id < PF_VAR_COUNT);
+	if (id < PF_VAR_BUILTIN_COUNT)
+		return builtin_names[id];
+	if ((int)(id - PF_VAR_EXTRA) < n_extra)
+		return extra_names[id - PF_VAR_EXTRA];
+	return NULL;
 }
 
 int pf_var_lookup(const char *name)
 {
-	for (int i = 0; i < PF_VAR_COUNT; i++) {
-		if (pf_strcaseeq(name, names[i]))
+	for (int i = 0; i < PF_VAR_BUILTIN_COUNT; i++) {
+		if (pf_strcaseeq(name, builtin_names[i]))
 			return i;
 	}
+	for (int i = 0; i < n_extra; i++) {
+		if (pf_strcaseeq(name, extra_names[i]))
+			return PF_VAR_EXTRA + i;
+	}
 	return -1;
+}
+
+int pf_vars_parse_options(const char *options,
+                          bool (*fn)(void *arg, const char *name, const char *value), void *arg)
+{
+	char buf[PF_VAR_OPTION_MAX + 1];
+	const char *p = options;
+
+	for (;;) {
+		size_t len = 0;
+		char *eq;
+
+		while (*p == ' ' || (*p >= '\t' && *p <= '\r'))
+			p++;
+		if (!*p)
+			return 0;
+		if (p[0] != '-' || (p[1] != 'c' && p[1] != '-'))
+			return -EINVAL;
+		if (p[1] == 'c') {
+			p += 2;
+			while (*p == ' ' || (*p >= '\t' && *p <= '\r'))
+				p++;
+		} else {
+			p += 2; /* "--name=value": the argument follows at once */
+		}
+		/* One argument: up to an unescaped blank; a backslash takes the next byte as is. */
+		while (*p && !(*p == ' ' || (*p >= '\t' && *p <= '\r'))) {
+			if (*p == '\\') {
+				p++;
+				if (!*p)
+					break;
+			}
+			if (len == PF_VAR_OPTION_MAX)
+				return -E2BIG;
+			buf[len++] = *p++;
+		}
+		buf[len] = '\0';
+		eq = memchr(buf, '=', len);
+		if (!eq || eq == buf)
+			return -EINVAL;
+		*eq = '\0';
+		if (!fn(arg, buf, eq + 1))
+			return 1;
+	}
 }
 
 int pf_vars_set(pf_vars_t *vars, pf_var_id_t id, const char *value)
@@ -91,11 +217,15 @@ int pf_vars_build_set(const pf_vars_t *wanted, const pf_vars_t *server, pf_buf_t
 	for (int i = 0; i < PF_VAR_COUNT; i++) {
 		const char *w = wanted->v[i];
 		const char *s = server->v[i];
+		const char *name = pf_var_name((pf_var_id_t)i);
 
 		if (!w || (s && strcmp(w, s) == 0))
 			continue;
+		if (i >= PF_VAR_EXTRA && !s)
+			continue; /* not reported by this server: see vars.h */
+		assert(name);
 		pf_buf_put_bytes(sql, "SET ", 4);
-		pf_buf_put_bytes(sql, names[i], strlen(names[i]));
+		pf_buf_put_bytes(sql, name, strlen(name));
 		pf_buf_put_u8(sql, '=');
 		put_literal(sql, w, escapes);
 		pf_buf_put_u8(sql, ';');

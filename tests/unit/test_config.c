@@ -120,6 +120,7 @@ static const char *const implemented[] = {
         "cancel_wait_timeout",
         "tcp_socket_buffer",
         "tcp_user_timeout",
+        "track_extra_parameters",
         "autodb_idle_timeout",
         "server_round_robin",
         "scram_iterations",

@@ -9,6 +9,7 @@
  * exactly and never end the literal early.
  */
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +21,9 @@
 #include <string.h>
 
 #include "pgfunnel/vars.h"
+
+/* main() configures track_extra_parameters' default, IntervalStyle: the first extra slot. */
+#define PF_VAR_INTERVALSTYLE PF_VAR_EXTRA
 
 /* Sets id in v to value, which must succeed. */
 static void put(pf_vars_t *v, pf_var_id_t id, const char *value)
@@ -177,6 +181,9 @@ static void expect_round_trip(const pf_vars_t *wanted, const char *scs, int scs_
 	int n, want_n = 0;
 
 	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, scs);
+	/* Extra parameters are synced only when the server reported them: it did here. */
+	for (int i = PF_VAR_EXTRA; i < PF_VAR_EXTRA + pf_var_extra_count(); i++)
+		put(&server, (pf_var_id_t)i, "server's own");
 	pf_buf_init(&b);
 	n = pf_vars_build_set(wanted, &server, &b);
 	pf_buf_put_u8(&b, 0);
@@ -216,13 +223,17 @@ static void test_names(void **state)
 	                    "standard_conforming_strings");
 	assert_string_equal(pf_var_name(PF_VAR_APPLICATION_NAME), "application_name");
 	assert_string_equal(pf_var_name(PF_VAR_INTERVALSTYLE), "IntervalStyle");
-	assert_int_equal(PF_VAR_COUNT, 6);
+	assert_int_equal(PF_VAR_BUILTIN_COUNT, 5);
+	assert_int_equal(pf_var_extra_count(), 1);
+	/* Extra slots beyond the configured ones have no name. */
+	for (int i = PF_VAR_EXTRA + 1; i < PF_VAR_COUNT; i++)
+		assert_null(pf_var_name((pf_var_id_t)i));
 }
 
 static void test_lookup(void **state)
 {
 	(void)state;
-	for (int i = 0; i < PF_VAR_COUNT; i++)
+	for (int i = 0; i < PF_VAR_EXTRA + pf_var_extra_count(); i++)
 		assert_int_equal(pf_var_lookup(pf_var_name(i)), i);
 	/* GUC names are case-insensitive; clients send "datestyle" or "TIMEZONE". */
 	assert_int_equal(pf_var_lookup("datestyle"), PF_VAR_DATESTYLE);
@@ -365,14 +376,22 @@ static void test_every_name_in_order(void **state)
 	put(&wanted, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
 	put(&wanted, PF_VAR_APPLICATION_NAME, "batch");
 	put(&wanted, PF_VAR_INTERVALSTYLE, "sql_standard");
-	/* A server that reported nothing (NULL = unknown) gets every wanted value, in E''
-	 * literals (they read the same whatever its standard_conforming_strings is). */
+	/* A server that reported nothing (NULL = unknown) gets every wanted built-in value, in
+	 * E'' literals (they read the same whatever its standard_conforming_strings is); an
+	 * extra one only once the server has reported it (PgBouncer's rule). */
+	expect_sql(&wanted, &server,
+	           "SET client_encoding=E'LATIN1';SET DateStyle=E'SQL, DMY';"
+	           "SET TimeZone=E'Asia/Tokyo';SET standard_conforming_strings=E'on';"
+	           "SET application_name=E'batch';",
+	           5);
+	put(&server, PF_VAR_INTERVALSTYLE, "postgres");
 	expect_sql(&wanted, &server,
 	           "SET client_encoding=E'LATIN1';SET DateStyle=E'SQL, DMY';"
 	           "SET TimeZone=E'Asia/Tokyo';SET standard_conforming_strings=E'on';"
 	           "SET application_name=E'batch';SET IntervalStyle=E'sql_standard';",
 	           6);
 	pf_vars_clear(&wanted);
+	pf_vars_clear(&server);
 }
 
 static void test_appends(void **state)
@@ -536,7 +555,7 @@ static void test_hostile_values_round_trip(void **state)
 {
 	(void)state;
 	for (size_t i = 0; i < N_HOSTILE; i++) {
-		for (int id = 0; id < PF_VAR_COUNT; id++) {
+		for (int id = 0; id < PF_VAR_EXTRA + pf_var_extra_count(); id++) {
 			pf_vars_t wanted = {0};
 
 			if (id == PF_VAR_STANDARD_CONFORMING_STRINGS)
@@ -575,9 +594,239 @@ static void test_unknown_scs_is_safe_both_ways(void **state)
 	pf_vars_clear(&wanted);
 }
 
+/* ---- track_extra_parameters ---- */
+
+/* Configures list, which must succeed. */
+static void configure(const char *list)
+{
+	char err[200];
+
+	if (pf_vars_configure(list, err, sizeof(err)) < 0)
+		fail_msg("\"%s\" refused: %s", list ? list : "(null)", err);
+}
+
+/* Configures list, which must be refused with a message containing what (nothing changes). */
+static void configure_fails(const char *list, const char *what)
+{
+	char err[200] = "";
+
+	assert_int_equal(pf_vars_configure(list, err, sizeof(err)), -EINVAL);
+	if (!strstr(err, what))
+		fail_msg("\"%s\": message \"%s\" lacks \"%s\"", list, err, what);
+	assert_int_equal(pf_var_extra_count(), 1);
+	assert_string_equal(pf_var_name(PF_VAR_EXTRA), "IntervalStyle");
+}
+
+static void test_configure(void **state)
+{
+	char list[4096];
+	size_t len = 0;
+
+	(void)state;
+	/* Several names, blanks around them, a repeat in another case, built-ins: skipped. */
+	configure(" IntervalStyle ,default_transaction_read_only,, intervalstyle, TIMEZONE,"
+	          "application_name,citus.my_param");
+	assert_int_equal(pf_var_extra_count(), 3);
+	assert_string_equal(pf_var_name(PF_VAR_EXTRA), "IntervalStyle");
+	assert_string_equal(pf_var_name(PF_VAR_EXTRA + 1), "default_transaction_read_only");
+	assert_string_equal(pf_var_name(PF_VAR_EXTRA + 2), "citus.my_param");
+	assert_null(pf_var_name(PF_VAR_EXTRA + 3));
+	assert_int_equal(pf_var_lookup("DEFAULT_TRANSACTION_READ_ONLY"), PF_VAR_EXTRA + 1);
+	assert_int_equal(pf_var_lookup("timezone"), PF_VAR_TIMEZONE);
+	assert_int_equal(pf_var_lookup("citus.MY_PARAM"), PF_VAR_EXTRA + 2);
+	assert_int_equal(pf_var_lookup("citus"), -1);
+	/* Empty: only the built-in five. */
+	configure("");
+	assert_int_equal(pf_var_extra_count(), 0);
+	assert_int_equal(pf_var_lookup("IntervalStyle"), -1);
+	assert_null(pf_var_name(PF_VAR_EXTRA));
+	configure(NULL);
+	assert_int_equal(pf_var_extra_count(), 0);
+	configure("IntervalStyle");
+
+	/* Names go unquoted into SET: anything but a GUC-like name is refused. */
+	configure_fails("IntervalStyle,search_path;DROP TABLE t", "not a parameter name");
+	configure_fails("a b", "not a parameter name");
+	configure_fails("\"IntervalStyle\"", "not a parameter name");
+	configure_fails("1abc", "not a parameter name");
+	configure_fails(".abc", "not a parameter name");
+	configure_fails("x=1", "not a parameter name");
+	configure_fails("x'", "not a parameter name");
+	configure_fails("options", "cannot be tracked");
+	configure_fails("OPTIONS", "cannot be tracked");
+	configure_fails("user", "cannot be tracked");
+	configure_fails("database", "cannot be tracked");
+	/* Bounds: a name of 63 bytes is fine, 64 is not; 32 names are fine, 33 are not. */
+	memset(list, 'a', 63);
+	list[63] = '\0';
+	configure(list);
+	assert_int_equal(pf_var_extra_count(), 1);
+	assert_int_equal(strlen(pf_var_name(PF_VAR_EXTRA)), 63);
+	configure("IntervalStyle");
+	memset(list, 'a', 64);
+	list[64] = '\0';
+	configure_fails(list, "longer than 63");
+	memset(list, 'a', 3000);
+	list[3000] = '\0';
+	configure_fails(list, "longer than 63");
+	for (int i = 0; i < PF_VAR_EXTRA_MAX; i++)
+		len += (size_t)snprintf(list + len, sizeof(list) - len, "p%d,", i);
+	configure(list);
+	assert_int_equal(pf_var_extra_count(), PF_VAR_EXTRA_MAX);
+	assert_int_equal(pf_var_lookup("P31"), PF_VAR_EXTRA + 31);
+	assert_string_equal(pf_var_name(PF_VAR_COUNT - 1), "p31");
+	configure("IntervalStyle");
+	snprintf(list + len, sizeof(list) - len, "p%d", PF_VAR_EXTRA_MAX);
+	configure_fails(list, "more than 32");
+	/* Repeats do not count towards the bound. */
+	len = 0;
+	for (int i = 0; i < 100; i++)
+		len += (size_t)snprintf(list + len, sizeof(list) - len, "x,X,");
+	configure(list);
+	assert_int_equal(pf_var_extra_count(), 1);
+	configure("IntervalStyle");
+}
+
+static void test_extra_needs_reported_value(void **state)
+{
+	pf_vars_t wanted = {0}, server = {0};
+
+	(void)state;
+	configure("IntervalStyle, default_transaction_read_only");
+	put(&wanted, PF_VAR_EXTRA, "iso_8601");
+	put(&wanted, PF_VAR_EXTRA + 1, "on");
+	/* Unknown on the server: nothing (PgBouncer's rule). */
+	expect_sql(&wanted, &server, "", 0);
+	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
+	put(&server, PF_VAR_EXTRA + 1, "off");
+	expect_sql(&wanted, &server, "SET default_transaction_read_only='on';", 1);
+	put(&server, PF_VAR_EXTRA, "postgres");
+	expect_sql(&wanted, &server,
+	           "SET IntervalStyle='iso_8601';SET default_transaction_read_only='on';", 2);
+	put(&server, PF_VAR_EXTRA + 1, "on");
+	expect_sql(&wanted, &server, "SET IntervalStyle='iso_8601';", 1);
+	/* Not wanted: never sent, whatever the server has. */
+	put(&wanted, PF_VAR_EXTRA, NULL);
+	expect_sql(&wanted, &server, "", 0);
+	pf_vars_clear(&wanted);
+	pf_vars_clear(&server);
+	configure("IntervalStyle");
+}
+
+/* Collects what pf_vars_parse_options() walks as "name=value;" pairs. */
+typedef struct collected {
+	char text[4096];
+	int stop_after; /* 0: never */
+	int n;
+} collected_t;
+
+static bool collect(void *arg, const char *name, const char *value)
+{
+	collected_t *c = arg;
+	size_t len = strlen(c->text);
+
+	snprintf(c->text + len, sizeof(c->text) - len, "%s=%s;", name, value);
+	c->n++;
+	return c->stop_after == 0 || c->n < c->stop_after;
+}
+
+static void expect_options(const char *options, int rc, const char *pairs)
+{
+	collected_t c = {.text = ""};
+
+	assert_int_equal(pf_vars_parse_options(options, collect, &c), rc);
+	assert_string_equal(c.text, pairs);
+}
+
+static void test_parse_options(void **state)
+{
+	char big[PF_VAR_OPTION_MAX + 64];
+	collected_t c = {.text = "", .stop_after = 1};
+
+	(void)state;
+	expect_options("", 0, "");
+	expect_options("   ", 0, "");
+	expect_options("-c IntervalStyle=iso_8601", 0, "IntervalStyle=iso_8601;");
+	expect_options("-cIntervalStyle=iso_8601", 0, "IntervalStyle=iso_8601;");
+	expect_options("  -c  a=1 \t-c b=2  ", 0, "a=1;b=2;");
+	expect_options("-c a=", 0, "a=;");
+	expect_options("-c a=x=y", 0, "a=x=y;");
+	/* Backslash escapes: a blank, a backslash, and one at the very end (dropped). */
+	expect_options("-c DateStyle=ISO,\\ DMY", 0, "DateStyle=ISO, DMY;");
+	expect_options("-c a=x\\\\y", 0, "a=x\\y;");
+	expect_options("-c a=x\\", 0, "a=x;");
+	/* Anything but -c name=value. */
+	expect_options("--IntervalStyle=iso_8601", 0, "IntervalStyle=iso_8601;");
+	expect_options("--a=1 -c b=2 --c=x\\ y", 0, "a=1;b=2;c=x y;");
+	expect_options("--IntervalStyle iso_8601", -EINVAL, "");
+	expect_options("-- a=1", -EINVAL, "");
+	expect_options("--", -EINVAL, "");
+	expect_options("--=x", -EINVAL, "");
+	expect_options("-c", -EINVAL, "");
+	expect_options("-c ", -EINVAL, "");
+	expect_options("-c a", -EINVAL, "");
+	expect_options("-c =x", -EINVAL, "");
+	expect_options("-c a=1 -d 5", -EINVAL, "a=1;");
+	expect_options("-C a=1", -EINVAL, "");
+	expect_options("c a=1", -EINVAL, "");
+	expect_options("-", -EINVAL, "");
+	/* The callback stops the walk. */
+	assert_int_equal(pf_vars_parse_options("-c a=1 -c b=2", collect, &c), 1);
+	assert_string_equal(c.text, "a=1;");
+	/* Bounds: an argument of PF_VAR_OPTION_MAX bytes is fine, one more is not. */
+	memcpy(big, "-c a=", 5);
+	memset(big + 5, 'v', PF_VAR_OPTION_MAX - 2);
+	big[5 + PF_VAR_OPTION_MAX - 2] = '\0';
+	c = (collected_t){.text = ""};
+	assert_int_equal(pf_vars_parse_options(big, collect, &c), 0);
+	assert_int_equal(strlen(c.text), PF_VAR_OPTION_MAX + 1);
+	memset(big + 5, 'v', PF_VAR_OPTION_MAX - 1);
+	big[5 + PF_VAR_OPTION_MAX - 1] = '\0';
+	expect_options(big, -E2BIG, "");
+}
+
+/* Every pair walked from arbitrary input: a non-empty name without '=', within the bound. */
+static bool check_pair(void *arg, const char *name, const char *value)
+{
+	int *n = arg;
+
+	assert_true(name[0] != '\0');
+	assert_null(strchr(name, '='));
+	assert_true(strlen(name) + 1 + strlen(value) <= PF_VAR_OPTION_MAX);
+	(*n)++;
+	return true;
+}
+
+static void test_parse_options_random(void **state)
+{
+	static const char alphabet[] = "-c =\\\tab-c--=";
+	char buf[2 * PF_VAR_OPTION_MAX + 8];
+	unsigned seed = 12345;
+
+	(void)state;
+	for (int round = 0; round < 20000; round++) {
+		size_t len;
+		int n = 0, rc;
+
+		seed = seed * 1103515245u + 12345u;
+		len = (seed >> 8) % (round % 10 == 0 ? sizeof(buf) - 1 : 24);
+		for (size_t i = 0; i < len; i++) {
+			seed = seed * 1103515245u + 12345u;
+			buf[i] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
+		}
+		buf[len] = '\0';
+		rc = pf_vars_parse_options(buf, check_pair, &n);
+		assert_true(rc == 0 || rc == -EINVAL || rc == -E2BIG);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_configure),
+	        cmocka_unit_test(test_extra_needs_reported_value),
+	        cmocka_unit_test(test_parse_options),
+	        cmocka_unit_test(test_parse_options_random),
 	        cmocka_unit_test(test_names),
 	        cmocka_unit_test(test_lookup),
 	        cmocka_unit_test(test_set_copies_and_clears),
@@ -593,6 +842,9 @@ int main(void)
 	        cmocka_unit_test(test_hostile_values_round_trip),
 	        cmocka_unit_test(test_unknown_scs_is_safe_both_ways),
 	};
+	char err[200];
 
+	if (pf_vars_configure("IntervalStyle", err, sizeof(err)) < 0)
+		return 1;
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
