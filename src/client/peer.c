@@ -281,6 +281,7 @@ void pf_peer_forward_cancel(pf_worker_t *w, const void *logobj, uint32_t pid, ui
 		launch(w, slot, pid, key);
 		return;
 	}
+	/* Behind those already waiting (a RELOAD may have made room for them: pump below). */
 	if (ps->queued >= queue_limit(cfg) || !(r = calloc(1, sizeof(*r)))) {
 		pf_log_warning(logobj, "cancel request for peer %d dropped: %zu already wait", id,
 		               ps->queued);
@@ -293,6 +294,7 @@ void pf_peer_forward_cancel(pf_worker_t *w, const void *logobj, uint32_t pid, ui
 	ps->queued++;
 	pf_log_debug(logobj, "cancel request for peer %d waits: %d in flight (pool_size)", id,
 	             slot->in_flight);
+	pump(w, slot);
 }
 
 void pf_peer_expire(pf_worker_t *w, pf_usec_t now)
@@ -304,6 +306,9 @@ void pf_peer_expire(pf_worker_t *w, pf_usec_t now)
 
 	if (!ps)
 		return;
+	/* A RELOAD may have raised a pool_size or removed a peer: let the queues move. */
+	for (size_t i = 0; i < ps->n; i++)
+		pump(w, ps->slots[i]);
 	/* Waiting forwards: cancel_wait_timeout, as PgBouncer's waiting cancel requests. */
 	if (cfg->cancel_wait_timeout > 0) {
 		for (size_t i = 0; i < ps->n; i++) {

@@ -271,6 +271,35 @@ def test_burst_beyond_pool_size_queues(pair, postgres):
     p.alive()
 
 
+def test_queued_forward_expires(pair, postgres):
+    """pool_size=0: nothing may be in flight to the peer, the forward waits, and is given up
+    after cancel_wait_timeout (logged); the query goes on."""
+    p = pair(pool_size=0, params={"cancel_wait_timeout": 1})
+    with p.connect(0) as c:
+        c.send_query(SLEEP)
+        pfhelpers.wait_query_running(postgres, SLEEP, "alice")
+        n = p.pfs[1].log_len()
+        p.cancel_via(1, *c.backend_key)
+        p.pfs[1].wait_for_log("cancel request for peer 1 timed out waiting", after=n)
+        still_running(c)
+    p.alive()
+
+
+def test_reload_lets_queued_forward_go(pair, postgres):
+    """A forward waiting for room (pool_size=0) goes once a RELOAD gives the peer room."""
+    p = pair(pool_size=0, params={"cancel_wait_timeout": 30})
+    with p.connect(0) as c:
+        c.send_query(SLEEP)
+        pfhelpers.wait_query_running(postgres, SLEEP, "alice")
+        p.cancel_via(1, *c.backend_key)
+        still_running(c, 1.5)
+        p.pool_size = None
+        p.write(1)
+        p.reload(1)
+        expect_canceled(c, 5)
+    p.alive()
+
+
 def test_unknown_peer_dropped(pair, postgres):
     p = pair()
     with p.connect(0) as c:
