@@ -8,6 +8,8 @@
 #ifndef PGFUNNEL_PEER_H
 #define PGFUNNEL_PEER_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "pgfunnel/runtime.h"
@@ -18,6 +20,17 @@
  * (TTL exhausted, unknown peer, queue full). logobj describes the requester in the log (or NULL).
  */
 void pf_peer_forward_cancel(pf_worker_t *w, const void *logobj, uint32_t pid, uint32_t key);
+
+/* One peer pool (a peer forwarded to since start) for SHOW PEER_POOLS. */
+typedef struct pf_peer_pool_stats {
+	int peer_id;
+	int waiting;    /* queued for room under pool_size */
+	int connecting; /* in flight, the connection not yet up */
+	int active;     /* in flight, sent, waiting for the peer to close */
+} pf_peer_pool_stats_t;
+
+/* Fills *out with the i-th peer pool; false past the last. */
+bool pf_peer_pool_stats(const pf_worker_t *w, size_t i, pf_peer_pool_stats_t *out);
 
 /* Janitor: drops queued forwards and connections older than cancel_wait_timeout. */
 void pf_peer_expire(pf_worker_t *w, pf_usec_t now);

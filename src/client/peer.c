@@ -48,6 +48,7 @@ typedef struct peer_conn {
 	pf_conn_t conn;
 	pf_peers_t *owner;
 	int peer_id;
+	bool connected;
 	uint32_t pid, key;
 } peer_conn_t;
 
@@ -156,6 +157,7 @@ static void peer_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 	if (ev == PF_CONN_EV_CONNECTED && status == 0) {
 		pf_buf_t b;
 
+		pc->connected = true;
 		pf_buf_init(&b);
 		pf_proto_fe_cancel_request(&b, pc->pid, pc->key);
 		pf_conn_send_buf(conn, &b);
@@ -375,4 +377,35 @@ void pf_peer_free(pf_worker_t *w)
 	free(ps->slots);
 	free(ps);
 	w->peers = NULL;
+}
+
+bool pf_peer_pool_stats(const pf_worker_t *w, size_t i, pf_peer_pool_stats_t *out)
+{
+	const pf_peers_t *ps = w->peers;
+	const peer_slot_t *slot;
+	pf_list_node_t *it, *tmp;
+
+	if (!ps || i >= ps->n)
+		return false;
+	slot = ps->slots[i];
+	out->peer_id = slot->peer_id;
+	out->waiting = 0;
+	out->connecting = 0;
+	out->active = 0;
+	PF_LIST_FOREACH(&slot->queue, it, tmp)
+	{
+		out->waiting++;
+	}
+	PF_LIST_FOREACH(&ps->conns, it, tmp)
+	{
+		const peer_conn_t *pc = PF_CONTAINER_OF(it, peer_conn_t, conn.node);
+
+		if (pc->peer_id != slot->peer_id)
+			continue;
+		if (pc->connected)
+			out->active++;
+		else
+			out->connecting++;
+	}
+	return true;
 }

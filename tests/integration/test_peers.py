@@ -142,6 +142,13 @@ class Pair:
         with psycopg.connect(info, autocommit=True, prepare_threshold=None) as conn:
             conn.execute("RELOAD")
 
+    def show(self, i, what):
+        import psycopg
+        info = "host=%s port=%d user=postgres dbname=pgbouncer connect_timeout=5 password='%s'" % (
+            self.dirs[i], self.port, self.postgres.passwords["postgres"])
+        with psycopg.connect(info, autocommit=True, prepare_threshold=None) as conn:
+            return [tuple(r) for r in conn.execute("SHOW " + what).fetchall()]
+
     def count(self, i, pattern):
         return sum(1 for line in self.pfs[i].log_text().splitlines() if pattern in line)
 
@@ -291,12 +298,17 @@ def test_reload_lets_queued_forward_go(pair, postgres):
     with p.connect(0) as c:
         c.send_query(SLEEP)
         pfhelpers.wait_query_running(postgres, SLEEP, "alice")
+        assert p.show(1, "PEER_POOLS") == []
         p.cancel_via(1, *c.backend_key)
         still_running(c, 1.5)
+        # peer_id, cl_active_cancel_req, cl_waiting_cancel_req, sv_active_cancel, sv_login
+        assert p.show(1, "PEER_POOLS") == [(1, 0, 1, 0, 0)]
         p.pool_size = None
         p.write(1)
         p.reload(1)
         expect_canceled(c, 5)
+        pfhelpers.wait_until(lambda: p.show(1, "PEER_POOLS") == [(1, 0, 0, 0, 0)], 5,
+                             "the peer pool to empty")
     p.alive()
 
 
