@@ -43,7 +43,8 @@ def forge(peer_id, ttl=3, rnd=None):
 class Pair:
     """Two peered pgfunnel processes on one shared port."""
 
-    def __init__(self, factory, postgres, pool_size=None, extra_peers="", params=None):
+    def __init__(self, factory, postgres, pool_size=None, extra_peers="", params=None,
+                 drop="flag"):
         self.factory = factory
         self.postgres = postgres
         self.port = factory.new_port()
@@ -55,6 +56,7 @@ class Pair:
         self.pool_size = pool_size
         self.extra_peers = extra_peers
         self.params = dict(params or {})
+        self.drop = drop
         self.pfs = [self._start(i) for i in range(2)]
 
     def peers_text(self, skip=()):
@@ -103,7 +105,8 @@ class Pair:
         return self.factory.start(config_path=os.path.join(d, "pgfunnel.ini"), port=self.port,
                                   params={"logfile": os.path.join(d, "pgfunnel.log"),
                                           "pidfile": os.path.join(d, "pgfunnel.pid"),
-                                          "unix_socket_dir": d})
+                                          "unix_socket_dir": d},
+                                  drop=self.drop)
 
     def connect(self, i=None, user="alice"):
         """A pgwire client through the shared port (i=None) or process i's unix socket."""
@@ -453,3 +456,40 @@ def test_hostile_cancel_requests(pair, postgres):
         p.cancel_via(None, *d.backend_key)
         expect_canceled(d)
     p.alive()
+
+
+# ------------------------------------------------------------------ a PgBouncer 1.25 peer
+
+PGBOUNCER_125 = os.environ.get("PGBOUNCER_125_BIN", "/work/shared/anchors/pgbouncer-1.25.2")
+
+
+@pytest.mark.skipif(not os.access(PGBOUNCER_125, os.X_OK), reason="PgBouncer 1.25 not available")
+def test_pgbouncer_125_peer_interoperates(pair, postgres):
+    """pgfunnel (peer 1) and PgBouncer 1.25 (peer 2) on one port: each forwards the other's
+    cancels, so their keys share a layout. Only a cross-check: skipped without the binary."""
+    import subprocess
+    # SO_REUSEPORT wants one uid for every socket on the port: pgfunnel binds as the run
+    # user too (it would bind as root and then drop with -u).
+    p = pair(drop="exec")
+    # Process 2 becomes PgBouncer: stop the pgfunnel there, start PgBouncer on its config.
+    p.pfs[1].stop()
+    d = p.dirs[1]
+    ini = os.path.join(d, "pgbouncer.ini")
+    text = p.ini_text(1)
+    pfhelpers.write_file(ini, text)
+    proc = subprocess.Popen(pfhelpers.as_run_user([PGBOUNCER_125, ini]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pfhelpers.wait_until(lambda: pfhelpers.is_socket(p.sock(1)), 10, "PgBouncer's socket",
+                             lambda: pfhelpers.read_text(os.path.join(d, "pgfunnel.log")))
+        for owner_i, via in ((0, 1), (1, 0)):
+            with p.connect(owner_i) as c:
+                assert owner(c) == owner_i + 1
+                assert key_ttl(c.backend_key[1]) == 3
+                c.send_query(SLEEP)
+                pfhelpers.wait_query_running(postgres, SLEEP, "alice")
+                p.cancel_via(via, *c.backend_key)
+                expect_canceled(c)
+    finally:
+        proc.terminate()
+        proc.wait(10)
