@@ -493,3 +493,82 @@ def test_pgbouncer_125_peer_interoperates(pair, postgres):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class BlackHole:
+    """A TCP listener that accepts, records what it receives and never answers or closes."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.data = []
+        self.lock = threading.Lock()
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        self.sock.settimeout(0.1)
+        while not self.stop:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                continue
+            s.settimeout(2)
+            try:
+                data = b""
+                while len(data) < 16:
+                    chunk = s.recv(16 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass
+            with self.lock:
+                self.conns.append(s)
+                self.data.append(data)
+
+    def received(self):
+        with self.lock:
+            return list(self.data)
+
+    def close(self):
+        self.stop = True
+        self.thread.join(5)
+        for s in self.conns:
+            s.close()
+        self.sock.close()
+
+
+def test_silent_peer_bounded_and_shutdown(pair, postgres):
+    """A peer that accepts and never answers: forwards beyond pool_size wait, the one in flight
+    is given up after cancel_wait_timeout, the TTL on the wire is one less; a shutdown with a
+    forward in flight is clean (the sanitizer gate checks leaks)."""
+    hole = BlackHole()
+    try:
+        p = pair(extra_peers="5 = host=127.0.0.1 port=%d pool_size=1\n" % hole.port,
+                 params={"cancel_wait_timeout": 2})
+        keys = [forge(5, rnd=random.Random(i)) for i in range(3)]
+        for k in keys:
+            p.cancel_via(0, *k)
+        pfhelpers.wait_until(lambda: len(hole.received()) == 1, 5, "one forward in flight")
+        pid, secret = struct.unpack("!II", hole.received()[0][8:16])
+        assert struct.unpack("!II", hole.received()[0][:8]) == (16, 80877102)
+        assert (pid, secret) == (keys[0][0], keys[0][1] - 1)  # TTL 3 -> 2, nothing else
+        assert p.show(0, "PEER_POOLS") == [(5, 1, 2, 1, 0)]
+        # Everything is given up in time (at most pool_size=1 at once: never 2 in flight).
+        pfhelpers.wait_until(lambda: p.show(0, "PEER_POOLS") == [(5, 0, 0, 0, 0)], 15,
+                             "the silent peer's forwards to be given up",
+                             lambda: p.pfs[0].all_output())
+        assert p.count(0, "cancel request forwarded to peer 5 timed out") >= 1
+        # Shut down with a forward in flight.
+        n = len(hole.received())
+        p.cancel_via(0, *forge(5))
+        pfhelpers.wait_until(lambda: len(hole.received()) == n + 1, 5, "a new forward")
+        p.pfs[0].stop()
+        p.pfs[1].stop()
+    finally:
+        hole.close()
