@@ -150,6 +150,15 @@ static pf_pkt_action_t peer_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *hdr
 	return PF_PKT_STOP;
 }
 
+/* Raw mode (set at launch): any byte at all ends the forward, even half a message header. */
+static int peer_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
+{
+	(void)data;
+	(void)len;
+	finish((peer_conn_t *)conn);
+	return -1;
+}
+
 static void peer_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
 {
 	peer_conn_t *pc = (peer_conn_t *)conn;
@@ -179,6 +188,7 @@ static void peer_on_free(pf_conn_t *conn)
 
 static const pf_conn_ops_t peer_conn_ops = {
         .on_packet = peer_on_packet,
+        .on_raw = peer_on_raw,
         .on_event = peer_on_event,
         .on_free = peer_on_free,
 };
@@ -219,6 +229,7 @@ static void launch(pf_worker_t *w, peer_slot_t *slot, uint32_t pid, uint32_t key
 		return;
 	}
 	pf_conn_init(&pc->conn, &w->net, &peer_conn_ops, false);
+	pc->conn.raw_mode = true;
 	pc->owner = w->peers;
 	pc->peer_id = slot->peer_id;
 	pc->pid = pid;

@@ -572,3 +572,49 @@ def test_silent_peer_bounded_and_shutdown(pair, postgres):
         p.pfs[1].stop()
     finally:
         hole.close()
+
+
+@pytest.mark.parametrize("reply", [b"\xff" * 64, struct.pack("!cI", b"E", 0x7FFFFFF0), b"N"])
+def test_peer_answering_garbage(pair, postgres, reply):
+    """A 'peer' that answers the forwarded CancelRequest with junk (a byte, a huge header, a
+    stream of 0xff): the forward ends at once, nothing else is disturbed."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held = []
+
+    def serve():
+        srv.settimeout(10)
+        try:
+            for _ in range(3):
+                s, _ = srv.accept()
+                s.recv(16)
+                s.sendall(reply)
+                held.append(s)  # kept open: only the reply can end the forward
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        p = pair(extra_peers="5 = host=127.0.0.1 port=%d pool_size=1\n" % srv.getsockname()[1],
+                 params={"cancel_wait_timeout": 30})
+        with p.connect(0) as c:
+            c.send_query(SLEEP)
+            pfhelpers.wait_query_running(postgres, SLEEP, "alice")
+            for _ in range(3):
+                p.cancel_via(0, *forge(5))
+            # All three went through the single slot one after another, long before
+            # cancel_wait_timeout: each ended on the junk reply.
+            pfhelpers.wait_until(lambda: len(held) == 3 and
+                                 p.show(0, "PEER_POOLS") == [(5, 0, 0, 0, 0)], 10,
+                                 "the junk replies to end the forwards",
+                                 lambda: p.pfs[0].all_output())
+            still_running(c)
+            p.cancel_via(None, *c.backend_key)
+            expect_canceled(c)
+        p.alive()
+    finally:
+        srv.close()
+        for s in held:
+            s.close()
