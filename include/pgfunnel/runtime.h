@@ -25,6 +25,7 @@
 #include "pgfunnel/util.h"
 
 typedef struct pf_worker pf_worker_t;
+typedef struct pf_peers pf_peers_t; /* peer.c */
 typedef struct pf_client pf_client_t;
 typedef struct pf_database pf_database_t;
 typedef struct pf_user pf_user_t;
@@ -113,6 +114,7 @@ struct pf_worker {
 	uint64_t client_closes[32];
 	uint64_t server_closes[32];
 	pf_cancel_table_t cancel_keys;
+	pf_peers_t *peers; /* cancel forwarding to [peers] (peer.c); NULL until first used */
 	pf_auth_file_t *auth_file;
 	pf_scram_cache_t *scram_cache;
 	uint8_t mock_key[32];             /* fake SCRAM secrets for unknown users */

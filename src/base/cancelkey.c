@@ -63,3 +63,14 @@ pf_cancel_key_t *pf_cancel_table_find(pf_cancel_table_t *t, uint32_t pid, uint32
 	}
 	return NULL;
 }
+
+void pf_cancel_key_stamp(uint32_t *pid, uint32_t *key, int peer_id)
+{
+	assert(peer_id >= 0 && peer_id <= 0xffff);
+	*pid &= 0x7fffffffu;
+	if (peer_id > 0) {
+		*pid = (*pid & 0xff0000ffu) | (uint32_t)(peer_id & 0xff) << 16 |
+		       (uint32_t)(peer_id >> 8 & 0xff) << 8;
+		*key |= PF_CANCEL_TTL_MASK;
+	}
+}

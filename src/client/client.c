@@ -31,6 +31,7 @@
 #include "pgfunnel/client.h"
 #include "pgfunnel/hba.h"
 #include "pgfunnel/log.h"
+#include "pgfunnel/peer.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/runtime.h"
 #include "pgfunnel/server.h"
@@ -300,11 +301,18 @@ void pf_client_finish_login(pf_client_t *c)
 	pf_pool_t *pool = c->pc.pool;
 	pf_buf_t b;
 	uint32_t keys[2];
+	int tries = 0;
 
-	if (RAND_bytes((unsigned char *)keys, sizeof(keys)) != 1) {
-		pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "could not generate a cancel key");
-		return;
-	}
+	/* Random from the CSPRNG; with peer_id, PgBouncer's layout (cancelkey.h). A key already
+	 * in use (with peering 45 random bits) is drawn again. */
+	do {
+		if (RAND_bytes((unsigned char *)keys, sizeof(keys)) != 1) {
+			pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000",
+			                "could not generate a cancel key");
+			return;
+		}
+		pf_cancel_key_stamp(&keys[0], &keys[1], w->cfg->peer_id);
+	} while (pf_cancel_table_find(&w->cancel_keys, keys[0], keys[1]) && ++tries < 8);
 	c->ck.pid = keys[0];
 	c->ck.key = keys[1];
 	pf_cancel_table_add(&w->cancel_keys, &c->ck);
@@ -1187,10 +1195,23 @@ static bool startup_param(pf_client_t *c, const char *name, const char *value,
 static void handle_cancel(pf_client_t *c, uint32_t pid, uint32_t key)
 {
 	pf_worker_t *w = pf_conn_worker(&c->conn);
-	pf_cancel_key_t *k = pf_cancel_table_find(&w->cancel_keys, pid, key);
-	pf_server_t *target = k ? pf_client_server(PF_CONTAINER_OF(k, pf_client_t, ck)) : NULL;
+	int peer_id = w->cfg->peer_id;
+	pf_cancel_key_t *k;
+	pf_server_t *target;
 
 	pf_pool_set_worker_client_state(w, &c->pc, PF_CL_CANCEL);
+	if (peer_id > 0) {
+		/* Peering (PgBouncer's): another peer's key goes to that peer (peer.c). */
+		if (pf_cancel_key_peer(pid) != peer_id) {
+			pf_peer_forward_cancel(w, c, pid, key);
+			pf_client_close(c, PF_CLOSE_CLIENT_CANCEL_DONE, NULL, NULL);
+			return;
+		}
+		/* Ours, perhaps forwarded (its TTL lower): we issued it with every TTL bit set. */
+		key |= PF_CANCEL_TTL_MASK;
+	}
+	k = pf_cancel_table_find(&w->cancel_keys, pid, key);
+	target = k ? pf_client_server(PF_CONTAINER_OF(k, pf_client_t, ck)) : NULL;
 	/* A wrong key does nothing, and the requester is told nothing, as with Postgres. */
 	if (target && target->ready)
 		pf_server_send_cancel(target);

@@ -136,7 +136,7 @@ static const pf_config_param_t params[] = {
         P_STR(metrics_addr, RESTART, IMPL, "127.0.0.1"),
         P_INT(metrics_port, RESTART, IMPL, "0", 0, 65535),
         P_INT(min_pool_size, RELOAD, IMPL, "0", 0, INT_MAX),
-        P_INT(peer_id, RELOAD, NOT_IMPL, "0", 0, 16383),
+        P_INT(peer_id, RELOAD, IMPL, "0", 0, 16383),
         P_STR(pidfile, RESTART, IMPL, ""),
         P_INT(pkt_buf, RESTART, IMPL, "4096", 512, INT_MAX),
         P_ENUM(pool_mode, RELOAD, IMPL, "session", pool_mode_values),
@@ -1149,10 +1149,10 @@ typedef struct {
 	{                                                                                          \
 #n, k, offsetof(pf_config_user_t, n), false, true                                  \
 	}
-/* [peers] are parsed but not used yet (peer_id and cancel forwarding: not implemented). */
+/* [peers]: where cancel requests for another peer_id go (client/peer.c). */
 #define PRK(n, k)                                                                                  \
 	{                                                                                          \
-#n, k, offsetof(pf_config_peer_t, n), false, true                                  \
+#n, k, offsetof(pf_config_peer_t, n), false, false                                 \
 	}
 
 /* [databases] keys (PgBouncer's parse_database). */

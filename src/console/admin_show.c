@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "pgfunnel/admin.h"
+#include "pgfunnel/peer.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
 #include "pgfunnel/runtime.h"
@@ -400,10 +401,17 @@ static void show_peer_pools(pf_client_t *c, const char *arg, pf_buf_t *out)
 	                                    "cl_waiting_cancel_req", "sv_active_cancel",
 	                                    "sv_login"};
 
-	(void)c;
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+	pf_peer_pool_stats_t st;
+
 	(void)arg;
-	/* Cancel requests are not forwarded to peers yet: there are no peer pools. */
+	/* One row per peer forwarded to (peer.c). PgBouncer's requesters wait for their forward;
+	 * ours are answered at once, so cl_* count the forwards themselves. */
 	pf_proto_be_row_description(out, "iiiii", names);
+	for (size_t i = 0; pf_peer_pool_stats(w, i, &st); i++)
+		pf_proto_be_data_row(out, "iiiii", (int32_t)st.peer_id, (int32_t)st.active,
+		                     (int32_t)(st.waiting + st.connecting), (int32_t)st.active,
+		                     (int32_t)st.connecting);
 	pf_proto_be_command_complete(out, "SHOW");
 }
 

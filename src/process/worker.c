@@ -29,6 +29,7 @@
 #include "pgfunnel/hba.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/metrics.h"
+#include "pgfunnel/peer.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/scram.h"
 #include "pgfunnel/server.h"
@@ -225,6 +226,7 @@ static void on_janitor(uv_timer_t *t)
 
 	pf_client_check_login_timeouts(w, now);
 	pf_server_expire_cancels(w, now);
+	pf_peer_expire(w, now);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
@@ -728,6 +730,7 @@ void pf_worker_free(pf_worker_t *w)
 	pf_auth_file_free(w->auth_file);
 	pf_scram_cache_free(w->scram_cache);
 	pf_prepared_registry_free(w->prepared);
+	pf_peer_free(w);
 	pf_config_unref(w->cfg);
 	pf_net_free(&w->net);
 	free(w);
@@ -740,6 +743,7 @@ void pf_worker_close_all(pf_worker_t *w)
 	pf_pool_close_clients(w, &w->login_clients, PF_CLOSE_CLIENT_SHUTDOWN);
 	pf_pool_close_clients(w, &w->cancel_clients, PF_CLOSE_CLIENT_SHUTDOWN);
 	pf_server_close_cancels(w);
+	pf_peer_close_all(w);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_close_all(PF_CONTAINER_OF(it, pf_pool_t, node), PF_CLOSE_CLIENT_SHUTDOWN,

@@ -124,17 +124,17 @@ def test_unknown_parameter_refused(pgfunnel_bin, tmpdir_user, port):
 
 
 def test_unimplemented_parameter_warns_and_starts(pgfunnel):
-    # A PgBouncer parameter pgfunnel does not implement yet (peering) is
-    # accepted with a warning naming it. Pick another one when peers land.
-    pf = pgfunnel.start({"peer_id": "7"})
-    n = pf.ini_line_of("peer_id")
+    # A PgBouncer parameter pgfunnel does not implement (job_name: a Windows
+    # service setting in PgBouncer) is accepted with a warning naming it.
+    pf = pgfunnel.start({"job_name": "pgf7"})
+    n = pf.ini_line_of("job_name")
     # Warnings found while reading the config are kept until the log sinks are open, so they
     # reach both stderr and the logfile (where a daemon's only output goes).
     for where, text in (("stderr", pf.stderr_text()), ("logfile", pf.log_text())):
         warnings = [rec for rec in pfhelpers.log_lines(text)
-                    if rec["level"] == "WARNING" and "peer_id" in rec["msg"]]
+                    if rec["level"] == "WARNING" and "job_name" in rec["msg"]]
         assert len(warnings) == 1, \
-            "expected one WARNING naming peer_id on %s:\n%s" % (where, pf.all_output())
+            "expected one WARNING naming job_name on %s:\n%s" % (where, pf.all_output())
         assert "%s:%d" % (pf.ini_path, n) in warnings[0]["msg"], warnings[0]["line"]
     assert pf.is_running()
     pf.stop()

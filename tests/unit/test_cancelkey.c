@@ -249,6 +249,64 @@ static void test_many_keys(void **state)
 	free(t);
 }
 
+/* The wire bytes of a key: pid then key, big-endian (as BackendKeyData sends them). */
+static void wire(uint32_t pid, uint32_t key, uint8_t b[8])
+{
+	for (int i = 0; i < 4; i++) {
+		b[i] = (uint8_t)(pid >> (24 - 8 * i));
+		b[4 + i] = (uint8_t)(key >> (24 - 8 * i));
+	}
+}
+
+/* PgBouncer 1.25.2 with peer_id = 4660 (0x1234) issued e.g. 43 34 12 5b 09 b4 d7 87. */
+static void test_stamp_layout_pgbouncer(void **state)
+{
+	uint32_t pid = 0xc3ffff5bu, key = 0x09b4d784u;
+	uint8_t b[8];
+
+	(void)state;
+	pf_cancel_key_stamp(&pid, &key, 0x1234);
+	wire(pid, key, b);
+	assert_int_equal(b[0], 0x43); /* sign bit cleared, the rest of b0 kept */
+	assert_int_equal(b[1], 0x34);
+	assert_int_equal(b[2], 0x12);
+	assert_int_equal(b[3], 0x5b);
+	assert_int_equal(b[4], 0x09);
+	assert_int_equal(b[5], 0xb4);
+	assert_int_equal(b[6], 0xd7);
+	assert_int_equal(b[7], 0x87);
+	assert_int_equal(pf_cancel_key_peer(pid), 0x1234);
+	assert_int_equal(pf_cancel_key_ttl(key), 3);
+	/* One forwarding takes one from the TTL and nothing else. */
+	assert_int_equal(pf_cancel_key_ttl(key - 1), 2);
+	assert_int_equal((key - 1) | PF_CANCEL_TTL_MASK, key);
+}
+
+static void test_stamp_every_peer_id(void **state)
+{
+	(void)state;
+	for (int id = 1; id <= PF_CANCEL_MAX_PEER_ID; id++) {
+		uint32_t pid = 0xffffffffu, key = 0;
+
+		pf_cancel_key_stamp(&pid, &key, id);
+		assert_int_equal(pf_cancel_key_peer(pid), id);
+		assert_int_equal(pid >> 31, 0);
+		assert_int_equal(pid & 0x7f0000ffu, 0x7f0000ffu);
+		assert_int_equal(key, PF_CANCEL_TTL_MASK);
+	}
+}
+
+/* Without peering the key stays random but for the pid's sign bit (as PgBouncer). */
+static void test_stamp_no_peer(void **state)
+{
+	uint32_t pid = 0xffffffffu, key = 0xfffffffcu;
+
+	(void)state;
+	pf_cancel_key_stamp(&pid, &key, 0);
+	assert_int_equal(pid, 0x7fffffffu);
+	assert_int_equal(key, 0xfffffffcu);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -259,6 +317,9 @@ int main(void)
 	        cmocka_unit_test(test_shared_bucket),
 	        cmocka_unit_test(test_same_key_other_pid_in_bucket),
 	        cmocka_unit_test(test_many_keys),
+	        cmocka_unit_test(test_stamp_layout_pgbouncer),
+	        cmocka_unit_test(test_stamp_every_peer_id),
+	        cmocka_unit_test(test_stamp_no_peer),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -181,6 +181,7 @@ static const char *const implemented[] = {
         "log_pooler_errors",
         "stats_period",
         "log_stats",
+        "peer_id",
 };
 
 static void test_table(void **state)
