@@ -210,6 +210,10 @@ void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char
 	if (c->conn.closing)
 		return;
 	w->client_closes[reason]++;
+	/* A timeout can strike while its server is half-way through forwarding a message to it:
+	 * our error would be read as the rest of that message, so it is closed without a word. */
+	if (s && pf_conn_mid_message(&s->conn) && s->conn.pkt_forward)
+		state = text = NULL;
 	if (state && text)
 		send_error(c, "FATAL", state, text, detail);
 	if (reason == PF_CLOSE_CLIENT_EXIT || reason == PF_CLOSE_CLIENT_EOF ||

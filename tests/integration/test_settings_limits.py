@@ -527,3 +527,30 @@ def test_hostile_pqexec_pipelined_and_half_sent(proxy, roles):
         d.sock.close()
     pfhelpers.wait_until(lambda: _can_login(pf, user, "appdb", pw), 5, "slots back")
     assert pf.is_running()
+
+
+def test_hostile_transaction_timeout_mid_forwarded_message(proxy, roles):
+    """The timeout strikes while a huge DataRow is half-way to a client that does not read:
+    nothing of ours may be spliced into it (the client is closed without a word)."""
+    (user, pw), _ = roles
+    pf = proxy(params={"transaction_timeout": 3, "pool_mode": "session"}, userlist={user: pw})
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.send_query("SELECT repeat('x', 30000000)")  # far more than the socket buffers hold
+    pf.wait_for_log(r"closing because: transaction timeout", timeout=10)
+    data = bytearray(c.buf)
+    c.sock.settimeout(10)
+    while True:
+        chunk = c.sock.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    assert b"transaction timeout" not in bytes(data)
+    # The stream is a RowDescription then a truncated DataRow: nothing after it.
+    msgs, rest = pgwire.split_messages(bytes(data))
+    assert [k for k, _ in msgs] == ["T"] and rest[:1] == b"D", ([k for k, _ in msgs], rest[:8])
+    c.sock.close()
+    # The pooler and the pool are fine: the next client is served.
+    d = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    assert d.simple_query("SELECT 'ok'") == [("ok",)]
+    d.close()
