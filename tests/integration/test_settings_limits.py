@@ -554,3 +554,43 @@ def test_hostile_transaction_timeout_mid_forwarded_message(proxy, roles):
     d = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
     assert d.simple_query("SELECT 'ok'") == [("ok",)]
     d.close()
+
+
+def test_user_client_limit_for_auth_query_users(proxy, postgres):
+    """A user found by auth_query (not in auth_file) is counted once found and limited like
+    one from auth_file (PgBouncer checks after the lookup answer)."""
+    auth, apw = pfhelpers.new_role(postgres, "plima")
+    looked, lpw = pfhelpers.new_role(postgres, "pliml")
+    with postgres.connect(autocommit=True) as conn:
+        conn.execute("GRANT pg_read_all_data TO %s" % auth)
+    pf = proxy(params={"auth_user": auth, "pool_mode": "transaction"},
+               users={looked: "max_user_client_connections=1"}, userlist={auth: apw})
+    a = pgwire.connect(pf.host, pf.port, looked, "appdb", lpw)
+    assert a.simple_query("SELECT current_user::text") == [(looked,)]
+    err, closed = refused(pf, looked, "appdb", lpw)
+    assert err.message == USER_LIMIT and closed, err
+    a.close()
+    pfhelpers.wait_until(lambda: _can_login(pf, looked, "appdb", lpw), 5, "slot freed")
+    assert pf.is_running()
+
+
+def test_conffile_set_on_console(proxy, roles):
+    (user, pw), _ = roles
+    pf = proxy(userlist={user: pw})
+    other = os.path.join(pf.dir, "other2.ini")
+    p = dict(pf.params)
+    p["query_wait_notify"] = 9
+    pfhelpers.write_file(other, pfhelpers.format_ini(
+        [("databases", pf.databases), ("pgbouncer", p)]))
+    pfhelpers.chown_run_user(other)
+    pfhelpers.console(pf, "SET conffile = '%s'" % other)
+    assert show_config(pf)["conffile"] == other
+    pfhelpers.console(pf, "RELOAD")
+    cfg = show_config(pf)
+    assert cfg["query_wait_notify"] == "9", cfg
+    # A conffile that cannot be read: the reload fails, the running config stays.
+    pfhelpers.console(pf, "SET conffile = '%s'" % os.path.join(pf.dir, "missing.ini"))
+    with pytest.raises(psycopg.Error):
+        pfhelpers.console(pf, "RELOAD")
+    assert show_config(pf)["query_wait_notify"] == "9"
+    assert pgwire.connect(pf.host, pf.port, user, "appdb", pw).simple_query("SELECT 1") == [("1",)]
