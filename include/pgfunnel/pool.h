@@ -241,7 +241,7 @@ struct pf_pool_client {
 	pf_pool_server_t *link;
 	pf_client_state_t state;
 	pf_usec_t wait_start; /* when it started waiting (0 = not waiting) */
-	bool wait_notified;   /* told query_wait_notify's NOTICE (once per connection) */
+	bool wait_notified;   /* told query_wait_notify's NOTICE (once per wait) */
 };
 
 /* The pool's part of a server: embedded in pf_server_t (server.h). */

@@ -1934,7 +1934,7 @@ static void expire_lookups(pf_pool_t *pool, pf_usec_t now)
 
 /*
  * query_wait_notify: a logged-in client that has waited more than that many whole seconds for
- * a server is told so once per connection, with PgBouncer's NOTICE (PgBouncer compares whole
+ * a server is told so once per wait, with PgBouncer's NOTICE (PgBouncer compares whole
  * seconds too: notify=1 speaks after two). Nothing of a server's is on its way to a waiting
  * client, so the notice cannot land inside another message.
  */

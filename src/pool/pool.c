@@ -1197,6 +1197,7 @@ bool pf_pool_acquire(pf_pool_client_t *c)
 	if (c->state != PF_CL_WAITING) {
 		pf_pool_set_client_state(c, PF_CL_WAITING);
 		c->wait_start = now;
+		c->wait_notified = false; /* query_wait_notify: once per wait */
 	}
 	launch(pool, false); /* refuses by itself while paused */
 	return false;

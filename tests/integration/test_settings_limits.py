@@ -11,11 +11,23 @@ Messages are PgBouncer 1.25.2's (checked against its source and binary strings):
   database configuration changed
   PQexec disallowed
 Each test compares a limited database / user against an unlimited one in the same pgfunnel,
-so a setting that is ignored, or applied to everybody, fails."""
+so a setting that is ignored, or applied to everybody, fails.
+
+The expected behaviour is PgBouncer 1.25.2's, observed by running this file against it:
+
+    PGFUNNEL_BIN=/work/shared/anchors/pgbouncer-1.25.2 /usr/bin/python3 -m pytest -q \
+        -p no:cacheprovider -rfEsxX tests/integration/test_settings_limits.py
+
+All pass there but the one marked beyond_pgbouncer(); PgBouncer sends SQLSTATE 08P01 where
+pgfunnel sends 53300 (the limits), 25P04 (transaction timeout) and 57P01 (server_fast_close).
+Observed there too: admin_users are counted against the console's limit but never refused; the
+queue NOTICE comes once per wait after more than query_wait_notify whole seconds; the timeouts
+and server_fast_close fire within PgBouncer's 1/3 s janitor tick (pgfunnel: 1 s)."""
 
 import os
 import socket
 import struct
+import subprocess
 import time
 
 import psycopg
@@ -23,6 +35,32 @@ import pytest
 
 import pfhelpers
 import pgwire
+
+
+def _binary_is_pgbouncer():
+    path = os.environ.get("PGFUNNEL_BIN")
+    if not path:
+        return False
+    try:
+        res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "PgBouncer" in res.stdout + res.stderr
+
+
+# The file also runs against PgBouncer 1.25.2 (PGFUNNEL_BIN=/work/shared/anchors/...): the same
+# behaviour and messages; PgBouncer sends 08P01 where pgfunnel sends a precise SQLSTATE.
+UNDER_PGBOUNCER = _binary_is_pgbouncer()
+
+
+def sqlstate(ours):
+    return "08P01" if UNDER_PGBOUNCER else ours
+
+
+def beyond_pgbouncer(what):
+    return pytest.mark.xfail(UNDER_PGBOUNCER, strict=True,
+                             reason="beyond PgBouncer 1.25.2: " + what)
 
 DB_LIMIT = "client connections exceeded (max_db_client_connections)"
 USER_LIMIT = "client connections exceeded (max_user_client_connections)"
@@ -70,7 +108,7 @@ def test_db_client_limit_global_refuses_next_and_admits_after_one_leaves(proxy, 
     a = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
     b = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
     err, closed = refused(pf, user, "appdb", pw)
-    assert err.message == DB_LIMIT and err.sqlstate == "53300" and closed, err
+    assert err.message == DB_LIMIT and err.sqlstate == sqlstate("53300") and closed, err
     assert err.severity == "FATAL"
     pf.wait_for_log(r"closing because: client connections exceeded \(max_db_client_connections\)")
     # Another database has its own count.
@@ -183,7 +221,7 @@ def test_user_client_limit_per_user_over_all_databases(proxy, roles):
     a = pgwire.connect(pf.host, pf.port, lim, "appdb", lpw)
     b = pgwire.connect(pf.host, pf.port, lim, "postgres", lpw)
     err, closed = refused(pf, lim, "appdb", lpw)
-    assert err.message == USER_LIMIT and err.sqlstate == "53300" and closed, err
+    assert err.message == USER_LIMIT and err.sqlstate == sqlstate("53300") and closed, err
     err, _ = refused(pf, lim, "postgres", lpw)
     assert err.message == USER_LIMIT, err
     frees = [pgwire.connect(pf.host, pf.port, free, "appdb", fpw) for _ in range(4)]
@@ -227,7 +265,7 @@ def test_transaction_timeout_fires_not_earlier(proxy, roles):
     err, _ = wait_error(c, 5)
     elapsed = time.monotonic() - t0
     assert err is not None and err.message == "transaction timeout", err
-    assert err.sqlstate == "25P04" and err.severity == "FATAL", err
+    assert err.sqlstate == sqlstate("25P04") and err.severity == "FATAL", err
     assert 2.0 <= elapsed <= 4.5, elapsed
     assert pgwire.wait_closed(c, 3)
     pf.wait_for_log(r"closing because: transaction timeout")
@@ -286,7 +324,7 @@ def _holder_and_waiter(pf, user, pw):
     return h, w
 
 
-def test_query_wait_notify_after_whole_seconds_once(proxy, roles):
+def test_query_wait_notify_after_whole_seconds_once_per_wait(proxy, roles):
     (user, pw), _ = roles
     pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
                        "query_wait_notify": 1, "query_wait_timeout": 0}, userlist={user: pw})
@@ -303,13 +341,13 @@ def test_query_wait_notify_after_whole_seconds_once(proxy, roles):
     h.simple_query("COMMIT")
     w.sock.settimeout(5)
     assert w.read_result() == [("served",)]
-    # Once per connection: a second wait says nothing.
+    # Once per wait: the next wait is told again.
     h.simple_query("BEGIN")
     w.send_query("SELECT 'again'")
-    assert w.is_silent(3.2)
+    kind, payload = w.read_message(timeout=5)
+    assert kind == "N" and pgwire.parse_fields(payload)["M"] == QUEUED
     h.simple_query("COMMIT")
     assert w.read_result() == [("again",)]
-    assert not w.notices
     h.close()
     w.close()
 
@@ -529,6 +567,7 @@ def test_hostile_pqexec_pipelined_and_half_sent(proxy, roles):
     assert pf.is_running()
 
 
+@beyond_pgbouncer("PgBouncer splices its error into the half-forwarded DataRow")
 def test_hostile_transaction_timeout_mid_forwarded_message(proxy, roles):
     """The timeout strikes while a huge DataRow is half-way to a client that does not read:
     nothing of ours may be spliced into it (the client is closed without a word)."""
