@@ -57,6 +57,7 @@ struct pf_client {
 	 * lookup_db (held by a client_refs of its own), not yet of a pool of its own. */
 	bool auth_lookup;
 	pf_database_t *lookup_db;
+	bool db_counted; /* counted in db->client_conns (max_db_client_connections) */
 	/* cancel request being forwarded */
 	uint32_t cancel_target_pid, cancel_target_key;
 };
@@ -116,6 +117,13 @@ void pf_client_auth_continue(pf_client_t *c);
 
 /* Sends the welcome (AuthenticationOk, ParameterStatus…, BackendKeyData, ReadyForQuery). */
 void pf_client_finish_login(pf_client_t *c);
+
+/*
+ * max_user_client_connections for c's login user (c->user, already counted in its
+ * client_count): false when c is one too many — c is then closed with PgBouncer's message.
+ * Called at the startup packet and again when an auth_query lookup found the user.
+ */
+bool pf_client_check_user_limit(pf_client_t *c);
 
 /* The client got a server (or its server finished syncing parameters): process its input. */
 void pf_client_resume(pf_client_t *c);

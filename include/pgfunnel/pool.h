@@ -56,7 +56,12 @@ typedef enum pf_close_reason {
 	PF_CLOSE_CLIENT_CANCEL_DONE, /* a cancel request connection finished */
 	PF_CLOSE_CLIENT_DB_DISABLED,
 	PF_CLOSE_CLIENT_OOM,
-	PF_CLOSE_CLIENT_REASONS /* how many there are */
+	PF_CLOSE_CLIENT_DB_CLIENT_LIMIT,   /* max_db_client_connections */
+	PF_CLOSE_CLIENT_USER_CLIENT_LIMIT, /* max_user_client_connections */
+	PF_CLOSE_CLIENT_TX_TIMEOUT,        /* transaction_timeout */
+	PF_CLOSE_CLIENT_PQEXEC,            /* disable_pqexec: it sent a Query message */
+	PF_CLOSE_CLIENT_CONFIG_CHANGED,    /* server_fast_close: its server must be closed */
+	PF_CLOSE_CLIENT_REASONS            /* how many there are */
 } pf_close_reason_t;
 
 /* Why a server connection ends. */
@@ -128,9 +133,12 @@ typedef struct pf_user {
 	pf_usec_t query_timeout;
 	pf_usec_t query_wait_timeout;
 	pf_usec_t idle_transaction_timeout;
+	pf_usec_t transaction_timeout;
 	pf_usec_t client_idle_timeout;
 	int server_count; /* servers of every pool of this user */
 	int client_count;
+	/* Its max_user_client_connections from [users]; 0 or -1: the global one applies. */
+	int max_user_client_connections;
 	/*
 	 * Pools whose ->user is this one. A forced user its database stopped using (reload) is
 	 * retired and freed with its last pool, so no pool ever points at a freed user.
@@ -200,6 +208,11 @@ typedef struct pf_database {
 	 * still points at it (a client answering its password has c->db but is not counted in
 	 * client_count until it logs in). */
 	int client_refs;
+	/* Clients counted against max_db_client_connections: from their startup packet to their
+	 * close, logged in or not (PgBouncer's client_connection_count; pf_client_t.db_counted). */
+	int client_conns;
+	/* Its max_db_client_connections; 0 or -1: the global one applies. */
+	int max_db_client_connections;
 	unsigned host_rr; /* position in a host list: the next host (round-robin) or the current */
 	bool lb_disable;  /* load_balance_hosts=disable: stay on one host until it fails */
 	/* The entry's auth_user, auth_query and auth_dbname; NULL: the global one applies
@@ -228,6 +241,7 @@ struct pf_pool_client {
 	pf_pool_server_t *link;
 	pf_client_state_t state;
 	pf_usec_t wait_start; /* when it started waiting (0 = not waiting) */
+	bool wait_notified;   /* told query_wait_notify's NOTICE (once per wait) */
 };
 
 /* The pool's part of a server: embedded in pf_server_t (server.h). */
@@ -326,6 +340,8 @@ int pf_pool_mode(const pf_pool_t *pool);
 int pf_pool_size(const pf_pool_t *pool);
 pf_usec_t pf_pool_query_timeout(const pf_pool_t *pool);
 pf_usec_t pf_pool_idle_transaction_timeout(const pf_pool_t *pool);
+/* transaction_timeout: the pool user's [users] value over the global one (0 = off). */
+pf_usec_t pf_pool_transaction_timeout(const pf_pool_t *pool);
 pf_usec_t pf_pool_client_idle_timeout(const pf_pool_t *pool);
 
 /* Finds or creates the pool for (db, user). Returns NULL on ENOMEM. */

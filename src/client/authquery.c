@@ -254,7 +254,8 @@ static bool apply_answer(pf_client_t *c, const pf_server_lookup_t *r)
 	if (c->user)
 		pf_user_client_gone(c->user);
 	c->user = found;
-	return true;
+	/* max_user_client_connections for the user it found (PgBouncer checks it here too). */
+	return pf_client_check_user_limit(c);
 }
 
 void pf_authq_done(pf_client_t *c)

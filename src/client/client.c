@@ -108,6 +108,22 @@ static const struct {
         [PF_CLOSE_CLIENT_DB_DISABLED] = {"database disabled", "57P03",
                                          "database does not allow connections"},
         [PF_CLOSE_CLIENT_OOM] = {"out of memory", "53200", "out of memory"},
+        /* PgBouncer's words; the SQLSTATE of max_client_conn (too_many_connections). */
+        [PF_CLOSE_CLIENT_DB_CLIENT_LIMIT] = {"client connections exceeded "
+                                             "(max_db_client_connections)",
+                                             "53300",
+                                             "client connections exceeded "
+                                             "(max_db_client_connections)"},
+        [PF_CLOSE_CLIENT_USER_CLIENT_LIMIT] = {"client connections exceeded "
+                                               "(max_user_client_connections)",
+                                               "53300",
+                                               "client connections exceeded "
+                                               "(max_user_client_connections)"},
+        /* PgBouncer's text; Postgres 17's SQLSTATE for its own transaction_timeout. */
+        [PF_CLOSE_CLIENT_TX_TIMEOUT] = {"transaction timeout", "25P04", "transaction timeout"},
+        [PF_CLOSE_CLIENT_PQEXEC] = {"PQexec disallowed", "08P01", "PQexec disallowed"},
+        [PF_CLOSE_CLIENT_CONFIG_CHANGED] = {"database configuration changed", "57P01",
+                                            "database configuration changed"},
 };
 
 _Static_assert(PF_CLOSE_CLIENT_REASONS <= 32, "worker.h's client_closes[] is too small");
@@ -193,6 +209,10 @@ void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char
 	if (c->conn.closing)
 		return;
 	w->client_closes[reason]++;
+	/* A timeout can strike while its server is half-way through forwarding a message to it:
+	 * our error would be read as the rest of that message, so it is closed without a word. */
+	if (s && pf_conn_mid_message(&s->conn) && s->conn.pkt_forward)
+		state = text = NULL;
 	if (state && text)
 		send_error(c, "FATAL", state, text, detail);
 	if (reason == PF_CLOSE_CLIENT_EXIT || reason == PF_CLOSE_CLIENT_EOF ||
@@ -217,6 +237,11 @@ void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char
 	/* A client borrowing a server for its auth_query lookup is in that pool, not counted. */
 	if (c->pc.pool && !c->auth_lookup)
 		c->db->client_count--;
+	if (c->db_counted) {
+		assert(c->db->client_conns > 0);
+		c->db->client_conns--;
+		c->db_counted = false;
+	}
 	if (c->db)
 		c->db->client_refs--;
 	if (c->lookup_db)
@@ -1264,6 +1289,49 @@ static bool tls_required_but_missing(pf_client_t *c)
 	       !pf_tls_is_on(&c->conn);
 }
 
+/* A console client PgBouncer lets past the client-count limits: one of admin_users. */
+static bool limit_exempt(const pf_client_t *c, const pf_config_t *cfg)
+{
+	return c->db->admin && pf_config_list_has(cfg->admin_users, c->user_name);
+}
+
+/*
+ * max_db_client_connections, checked like PgBouncer's set_pool() does: at the startup packet,
+ * counting every client of the database from then on (logged in or not), so the N+1th is
+ * refused before its password exchange. The [databases] value (> 0) beats the global one.
+ */
+static bool check_db_limit(pf_client_t *c)
+{
+	const pf_config_t *cfg = pf_conn_worker(&c->conn)->cfg;
+	int limit = c->db->max_db_client_connections > 0 ? c->db->max_db_client_connections
+	                                                 : cfg->max_db_client_connections;
+
+	assert(!c->db_counted);
+	c->db_counted = true;
+	c->db->client_conns++;
+	if (limit <= 0 || c->db->client_conns <= limit || limit_exempt(c, cfg))
+		return true;
+	pf_log_debug(c, "db '%s' full (%d > %d)", c->db->name, c->db->client_conns, limit);
+	pf_client_close(c, PF_CLOSE_CLIENT_DB_CLIENT_LIMIT, NULL, NULL);
+	return false;
+}
+
+bool pf_client_check_user_limit(pf_client_t *c)
+{
+	const pf_config_t *cfg = pf_conn_worker(&c->conn)->cfg;
+	int limit;
+
+	if (!c->user)
+		return true; /* unknown names are not limited (PgBouncer: no global user) */
+	limit = c->user->max_user_client_connections > 0 ? c->user->max_user_client_connections
+	                                                 : cfg->max_user_client_connections;
+	if (limit <= 0 || c->user->client_count <= limit || limit_exempt(c, cfg))
+		return true;
+	pf_log_debug(c, "user '%s' full (%d > %d)", c->user->name, c->user->client_count, limit);
+	pf_client_close(c, PF_CLOSE_CLIENT_USER_CLIENT_LIMIT, NULL, NULL);
+	return false;
+}
+
 static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int consumed, size_t avail)
 {
 	pf_worker_t *w = pf_conn_worker(&c->conn);
@@ -1345,6 +1413,8 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 	c->user = pf_worker_find_user(w, c->user_name);
 	if (c->user)
 		c->user->client_count++;
+	if (!check_db_limit(c) || !pf_client_check_user_limit(c))
+		return -1;
 	c->conn.raw_mode = false;
 	start_auth(c);
 	return c->conn.closing ? -1 : consumed;
@@ -1790,6 +1860,14 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", msg);
 		return PF_PKT_STOP;
 	}
+	/* disable_pqexec: PgBouncer refuses the simple Query message from every logged-in
+	 * client, the console's included. */
+	if (PF_UNLIKELY(hdr->type == PF_PROTO_FE_QUERY) &&
+	    pf_conn_worker(conn)->cfg->disable_pqexec) {
+		pf_log_error(c, "client used \"Query\" packet type");
+		pf_client_close(c, PF_CLOSE_CLIENT_PQEXEC, NULL, NULL);
+		return PF_PKT_STOP;
+	}
 	if (c->admin)
 		return pf_conn_worker(conn)->ops->console_packet(c, hdr, pkt, avail);
 	if (c->pc.state != PF_CL_ACTIVE && c->pc.state != PF_CL_WAITING)
@@ -1932,17 +2010,69 @@ static void expire_lookups(pf_pool_t *pool, pf_usec_t now)
 	}
 }
 
+/*
+ * query_wait_notify: a logged-in client that has waited more than that many whole seconds for
+ * a server is told so once per wait, with PgBouncer's NOTICE (PgBouncer compares whole
+ * seconds too: notify=1 speaks after two). Nothing of a server's is on its way to a waiting
+ * client, so the notice cannot land inside another message.
+ */
+static void notify_waiters(pf_pool_t *pool, pf_usec_t now)
+{
+	int64_t notify = pool->worker->cfg->query_wait_notify / PF_USEC_PER_SEC;
+	pf_list_node_t *it, *tmp;
+
+	if (pool->worker->cfg->query_wait_notify <= 0)
+		return;
+	PF_LIST_FOREACH(&pool->waiting_clients, it, tmp)
+	{
+		pf_client_t *c = pf_client_from_node(it);
+		pf_buf_t b;
+
+		if (c->pc.state != PF_CL_WAITING || c->pc.wait_notified || c->auth_lookup ||
+		    !c->pc.wait_start || (now - c->pc.wait_start) / PF_USEC_PER_SEC <= notify)
+			continue;
+		assert(!c->pc.link);
+		c->pc.wait_notified = true;
+		pf_buf_init(&b);
+		pf_proto_be_notice(
+		        &b, "NOTICE", "00000",
+		        "No server connection available in postgres backend, client being "
+		        "queued",
+		        NULL, NULL);
+		if (b.failed)
+			pf_log_warning(c, "Sending queue warning failed");
+		else
+			pf_conn_send_buf(&c->conn, &b);
+		pf_buf_free(&b);
+	}
+}
+
+/*
+ * Nothing c sent can still produce a byte on s, and neither side is half-way through a
+ * message: what PgBouncer calls a "ready" server.
+ */
+static bool server_is_ready(const pf_client_t *c, const pf_server_t *s)
+{
+	return s->tx_status == PF_PROTO_TX_IDLE && pf_reqq_len(&s->rq) == 0 &&
+	       pf_reqq_is_idle(&s->rq) && s->task == PF_SV_TASK_NONE &&
+	       !pf_conn_mid_message(&c->conn) && !pf_conn_mid_message(&s->conn) &&
+	       !c->peer.query_start && !c->peer.xact_start;
+}
+
 void pf_client_maintain(pf_pool_t *pool, pf_usec_t now)
 {
 	pf_list_node_t *it, *tmp;
 	pf_usec_t idle_limit = pf_pool_client_idle_timeout(pool);
 	pf_usec_t query_limit = pf_pool_query_timeout(pool);
 	pf_usec_t idle_tx_limit = pf_pool_idle_transaction_timeout(pool);
+	pf_usec_t tx_limit = pf_pool_transaction_timeout(pool);
+	bool fast_close = pool->worker->cfg->server_fast_close;
 
 	if (pool->db->admin)
 		return;
 	close_abandoned(pool);
 	expire_lookups(pool, now);
+	notify_waiters(pool, now);
 	/* Timeouts of logged-in clients (0 = off for each). */
 	PF_LIST_FOREACH(&pool->active_clients, it, tmp)
 	{
@@ -1964,7 +2094,21 @@ void pf_client_maintain(pf_pool_t *pool, pf_usec_t now)
 		if (idle_tx_limit > 0 && !c->peer.query_start &&
 		    (s->tx_status != PF_PROTO_TX_IDLE ||
 		     (pf_reqq_len(&s->rq) == 0 && !pf_reqq_is_idle(&s->rq))) &&
-		    now - c->conn.request_time > idle_tx_limit)
+		    now - c->conn.request_time > idle_tx_limit) {
 			pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TX_TIMEOUT, NULL, NULL);
+			continue;
+		}
+		/* transaction_timeout: from the first query after the server was last idle (the
+		 * xact_start ReadyForQuery 'I' clears), running or idle in it alike, as PgBouncer.
+		 */
+		if (tx_limit > 0 && c->peer.xact_start && now - c->peer.xact_start > tx_limit) {
+			pf_client_close(c, PF_CLOSE_CLIENT_TX_TIMEOUT, NULL, NULL);
+			continue;
+		}
+		/* server_fast_close: a server marked for closing (RECONNECT, changed settings) is
+		 * not left to its session-mode client until it leaves: as soon as it is ready the
+		 * client is disconnected and the server closed with it (PgBouncer's janitor). */
+		if (fast_close && s->ps.close_needed && server_is_ready(c, s))
+			pf_client_close(c, PF_CLOSE_CLIENT_CONFIG_CHANGED, NULL, NULL);
 	}
 }

@@ -277,12 +277,10 @@ static void show_databases(pf_client_t *c, const char *arg, pf_buf_t *out)
 	PF_LIST_FOREACH(&w->databases, it, tmp)
 	{
 		pf_database_t *db = PF_CONTAINER_OF(it, pf_database_t, node);
-		const pf_config_db_t *e = db->admin ? NULL : pf_config_find_db(cfg, db->name);
 		int max_conn = db->max_db_connections > 0 ? db->max_db_connections
 		                                          : cfg->max_db_connections;
-		int max_client = e && e->max_db_client_connections > 0
-		                         ? e->max_db_client_connections
-		                         : cfg->max_db_client_connections;
+		int max_client = db->max_db_client_connections > 0 ? db->max_db_client_connections
+		                                                   : cfg->max_db_client_connections;
 
 		if (!db_is_listed(db))
 			continue;
@@ -298,7 +296,7 @@ static void show_databases(pf_client_t *c, const char *arg, pf_buf_t *out)
 		        usec_to_int_sec(pf_database_server_lifetime(db, cfg)),
 		        db->pool_mode != PF_POOL_INHERIT ? pool_mode_name(db->pool_mode) : NULL,
 		        load_balance_name(cfg, db), (int32_t)max_conn, (int32_t)db->server_count,
-		        (int32_t)max_client, (int32_t)db->client_count, (int32_t)db->paused,
+		        (int32_t)max_client, (int32_t)db->client_conns, (int32_t)db->paused,
 		        (int32_t)db->disabled);
 	}
 	pf_proto_be_command_complete(out, "SHOW");

@@ -101,7 +101,9 @@ static void user_apply_config(pf_user_t *u, const pf_config_t *cfg)
 	u->query_timeout = cu ? cu->query_timeout : -1;
 	u->query_wait_timeout = cu ? cu->query_wait_timeout : -1;
 	u->idle_transaction_timeout = cu ? cu->idle_transaction_timeout : -1;
+	u->transaction_timeout = cu ? cu->transaction_timeout : -1;
 	u->client_idle_timeout = cu ? cu->client_idle_timeout : -1;
+	u->max_user_client_connections = cu ? cu->max_user_client_connections : -1;
 }
 
 static pf_user_t *user_new(const char *name)
@@ -119,7 +121,8 @@ static pf_user_t *user_new(const char *name)
 	u->pool_mode = PF_POOL_INHERIT;
 	u->pool_size = u->reserve_pool_size = u->max_user_connections = -1;
 	u->query_timeout = u->query_wait_timeout = -1;
-	u->idle_transaction_timeout = u->client_idle_timeout = -1;
+	u->idle_transaction_timeout = u->client_idle_timeout = u->transaction_timeout = -1;
+	u->max_user_client_connections = -1;
 	return u;
 }
 
@@ -438,6 +441,7 @@ static int database_apply(pf_worker_t *w, pf_database_t *db, const pf_config_db_
 	db->min_pool_size = e->min_pool_size;
 	db->reserve_pool_size = e->reserve_pool_size;
 	db->max_db_connections = e->max_db_connections;
+	db->max_db_client_connections = e->max_db_client_connections;
 	db->pool_mode = e->pool_mode;
 	db->server_lifetime = e->server_lifetime;
 	db->query_wait_timeout = e->query_wait_timeout;
@@ -462,6 +466,7 @@ static pf_database_t *database_new(pf_worker_t *w, const char *name)
 	pf_list_init(&db->dyn_users);
 	db->pool_mode = PF_POOL_INHERIT;
 	db->pool_size = db->min_pool_size = db->reserve_pool_size = db->max_db_connections = -1;
+	db->max_db_client_connections = -1;
 	db->server_lifetime = -1;
 	db->query_wait_timeout = -1;
 	pf_list_append(&w->databases, &db->node);
@@ -1192,6 +1197,7 @@ bool pf_pool_acquire(pf_pool_client_t *c)
 	if (c->state != PF_CL_WAITING) {
 		pf_pool_set_client_state(c, PF_CL_WAITING);
 		c->wait_start = now;
+		c->wait_notified = false; /* query_wait_notify: once per wait */
 	}
 	launch(pool, false); /* refuses by itself while paused */
 	return false;
@@ -1524,6 +1530,11 @@ pf_usec_t pf_pool_idle_transaction_timeout(const pf_pool_t *pool)
 {
 	return set_or(pool->user->idle_transaction_timeout,
 	              pool->worker->cfg->idle_transaction_timeout);
+}
+
+pf_usec_t pf_pool_transaction_timeout(const pf_pool_t *pool)
+{
+	return set_or(pool->user->transaction_timeout, pool->worker->cfg->transaction_timeout);
 }
 
 pf_usec_t pf_pool_client_idle_timeout(const pf_pool_t *pool)

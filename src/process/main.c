@@ -202,9 +202,17 @@ static int open_log(const pf_config_t *cfg, char *err, size_t errlen)
 	return pf_log_open(cfg->logfile, cfg->syslog, cfg->syslog_ident, facility, err, errlen);
 }
 
+/*
+ * The first load reads the file named on the command line; a reload reads the running
+ * snapshot's conffile (PgBouncer: setting conffile makes the next RELOAD / SIGHUP read that
+ * file; it defaults to the command-line file).
+ */
 static int load_config(process_t *p, pf_config_t **out, char *err, size_t errlen)
 {
-	return pf_config_load(p->opt.config_path, out, config_warning, p, err, errlen);
+	const char *path = p->cfg && p->cfg->conffile && *p->cfg->conffile ? p->cfg->conffile
+	                                                                   : p->opt.config_path;
+
+	return pf_config_load(path, out, config_warning, p, err, errlen);
 }
 
 /* Returns the pid in an existing pidfile whose process is alive, else 0. */

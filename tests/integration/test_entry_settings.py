@@ -150,18 +150,19 @@ def test_database_query_wait_timeout(proxy, postgres, two_roles):
         c.close()
 
 
-def test_unimplemented_entry_keys_are_reported(proxy, postgres, two_roles):
+def test_entry_limit_keys_are_no_longer_reported(proxy, postgres, two_roles):
+    """max_db_client_connections and transaction_timeout are implemented now (issue 13;
+    test_settings_limits.py checks what they do): setting them draws no warning."""
     (user, pw), _ = two_roles
     pf = proxy(databases={"withlimit": postgres.db_entry("appdb", max_db_client_connections=5,
                                                          query_wait_timeout=9)},
-               users={user: "transaction_timeout=5 query_timeout=3"}, userlist={user: pw})
-    pf.wait_for_log(r'database "withlimit": key "max_db_client_connections" is not implemented '
-                    r'by pgfunnel yet')
-    pf.wait_for_log(r'user "%s": key "transaction_timeout" is not implemented by pgfunnel yet'
-                    % user)
-    # Implemented keys set in the same entries are not reported.
-    log = pf.log_text()
-    assert 'key "query_timeout"' not in log and 'key "query_wait_timeout"' not in log, log
+               users={user: "transaction_timeout=5 query_timeout=3 "
+                            "max_user_client_connections=4"},
+               userlist={user: pw})
+    c = pgwire.connect(pf.host, pf.port, user, "withlimit", pw)
+    assert c.simple_query("SELECT 1") == [("1",)]
+    c.close()
+    assert "is not implemented by pgfunnel yet" not in pf.log_text(), pf.log_text()
 
 
 def test_load_balance_hosts_disable_stays_on_first_host(proxy, postgres, two_roles):
