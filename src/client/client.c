@@ -72,6 +72,12 @@ static const pf_conn_ops_t client_ops = {
         .on_free = client_on_free,
 };
 
+/*
+ * Connections beyond max_client_conn that are still let reach their startup packet, so that a
+ * console session can get into a full pooler; past that, refused at once (bounded fd use).
+ */
+#define PF_CLIENT_CONSOLE_ROOM 32
+
 /* What each close reason logs and, where the client is told, its SQLSTATE and message. */
 static const struct {
 	const char *log;
@@ -186,7 +192,10 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
 		pf_client_close(c, PF_CLOSE_CLIENT_ERROR, NULL, NULL);
 		return;
 	}
-	if (w->client_count > (size_t)w->cfg->max_client_conn) {
+	/* max_client_conn is checked at the startup packet (PgBouncer's place, which lets the
+	 * console in); here only connections far beyond it are refused at once, so that a flood
+	 * that never sends a startup packet cannot take every file descriptor. */
+	if (w->client_count > (size_t)w->cfg->max_client_conn + PF_CLIENT_CONSOLE_ROOM) {
 		pf_client_close(c, PF_CLOSE_CLIENT_LIMIT, NULL, NULL);
 		return;
 	}
@@ -1393,6 +1402,13 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		                                       n_unsupported);
 		pf_conn_send_buf(&c->conn, &b);
 		pf_buf_free(&b);
+	}
+	/* max_client_conn, where PgBouncer checks it: at the startup packet, never for the
+	 * console, so that a DBA can still look at a full pooler (see pf_client_accept()). */
+	if (w->client_count > (size_t)w->cfg->max_client_conn &&
+	    strcmp(c->db_name, "pgbouncer") != 0 && strcmp(c->db_name, "pgfunnel") != 0) {
+		pf_client_close(c, PF_CLOSE_CLIENT_LIMIT, NULL, NULL);
+		return -1;
 	}
 	c->db = pf_worker_find_database(w, c->db_name);
 	if (!c->db) {

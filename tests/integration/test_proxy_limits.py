@@ -71,9 +71,54 @@ def test_max_client_conn(proxy, postgres, role):
 
         assert pfhelpers.wait_for(can_login, 3, 0.1)
         assert conns[-1].simple_query("SELECT 1") == [("1",)]
+        # Full: the console still gets in, under either name (PgBouncer checks the limit at
+        # the startup packet and never refuses the "pgbouncer" database).
+        for db in ("pgbouncer", "pgfunnel"):
+            cols, rows = pfhelpers.console(pf, "SHOW LISTS", dbname=db)
+            lists = dict(rows)
+            assert int(lists["used_clients"]) >= 4, lists
     finally:
         for c in conns:
             c.close()
+
+
+def test_max_client_conn_flood_refused_at_accept(proxy, postgres, role):
+    """Connections that never send a startup packet may exceed max_client_conn only by a bounded
+    room (left for console sessions, which still get in); past it they are refused at once."""
+    name, pw = role
+    pf = proxy(params={"max_client_conn": 2, "client_login_timeout": 60}, userlist={name: pw})
+    flood = []
+    try:
+        # Within the room: idle sockets do not keep the console out, clients are refused.
+        def half_startup():
+            # One byte of a startup packet: past TCP_DEFER_ACCEPT, stuck before the limit check.
+            sock = pgwire.open_socket(pf.host, pf.port)
+            sock.sendall(b"\x00")
+            return sock
+
+        flood = [half_startup() for _ in range(20)]
+        assert pfhelpers.wait_for(
+            lambda: int(dict(pfhelpers.console(pf, "SHOW LISTS")[1])["used_clients"]) >= 20, 5)
+        err, closed = pgwire.login_refused(pf.host, pf.port, name, "appdb", pw)
+        assert (err.sqlstate, err.message) == (
+            "53300", "no more connections allowed (max_client_conn)") and closed, err.fields
+        refused_at = None
+        for i in range(20, 80):
+            s = half_startup()
+            flood.append(s)
+            if pgwire.readable(s, 1.0):
+                try:
+                    data = s.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                assert b"C53300\x00Mno more connections allowed (max_client_conn)" in data, data
+                refused_at = i
+                break
+        # 2 allowed + 32 of room: the 35th connection (index 34) is the first refused.
+        assert refused_at == 34, refused_at
+    finally:
+        for s in flood:
+            s.close()
 
 
 def test_default_pool_size(proxy, postgres, role):
