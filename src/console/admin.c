@@ -819,7 +819,9 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 
 		c->admin_shutdown = PF_SHUTDOWN_NONE;
 		w->hooks->shutdown(w->hooks_arg, shutdown);
-		return PF_PKT_STOP;
+		/* Consumed: left in the buffer, the next command would run SHUTDOWN again (and a
+		 * second SHUTDOWN means now). */
+		return c->conn.closing ? PF_PKT_STOP : PF_PKT_CONSUMED;
 	}
 	return PF_PKT_CONSUMED;
 }
