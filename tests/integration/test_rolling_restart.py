@@ -371,3 +371,22 @@ def test_hostile_sigint_then_sigterm_and_disconnects(pgfunnel, postgres):
     a.abort()
     assert pf.wait(5) == 0
     b.close()
+
+
+def test_reboot_option_is_deprecated_like_pgbouncer(pgfunnel, postgres):
+    """-R: PgBouncer 1.25 warns "Online restart is deprecated, use so_reuseport instead"."""
+    pf = pfhelpers.start_proxy(pgfunnel, postgres, args=("-R",))
+    pf.wait_for_log(r"WARNING Online restart is deprecated, use so_reuseport instead")
+    c = connect(pf, postgres)
+    assert c.execute("select 1").fetchone() == (1,)
+    c.close()
+
+
+def test_sigterm_warns_about_tcp_migrate_req(pgfunnel, postgres):
+    pf = start(pgfunnel, postgres, so_reuseport="1")
+    with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+        migrate = int(f.read())
+    pf.signal(signal.SIGTERM)
+    assert pf.wait(5) == 0
+    warned = "tcp_migrate_req = 0" in pf.log_text()
+    assert warned == (migrate == 0), pf.log_text()
