@@ -390,3 +390,89 @@ def test_sigterm_warns_about_tcp_migrate_req(pgfunnel, postgres):
     assert pf.wait(5) == 0
     warned = "tcp_migrate_req = 0" in pf.log_text()
     assert warned == (migrate == 0), pf.log_text()
+
+
+def test_hostile_login_in_flight_at_sigterm_is_served_then_closed(pgfunnel, postgres):
+    """A client accepted before SIGTERM, still logging in (md5 asked), may finish its login;
+    between transactions it is then closed; the process exits."""
+    pw = postgres.passwords["alice"]
+    pf = start(pgfunnel, postgres)
+    raw = pgwire.Connection(pgwire.open_socket("127.0.0.1", pf.port, 5))
+    raw.send(pgwire.startup_message({"user": "alice", "database": "appdb"}))
+    k, p = raw.read_message(5)
+    assert k == "R"
+    pf.signal(signal.SIGTERM)
+    pf.wait_for_log(r"got SIGTERM")
+    import hashlib
+    import struct
+    salt = p[4:8]
+    assert struct.unpack("!I", p[:4])[0] == 5
+    inner = hashlib.md5(pw.encode() + b"alice").hexdigest()
+    outer = hashlib.md5(inner.encode() + salt).hexdigest()
+    raw.send(pgwire.message(b"p", b"md5" + outer.encode() + b"\0"))
+    kinds = []
+    while True:
+        k, p = raw.read_message(5)
+        kinds.append(k)
+        if k in ("Z", "E"):
+            break
+    assert kinds[-1] == "Z", kinds
+    raw.send(pgwire.fe_query("select 11"))
+    msgs = raw.read_until_ready(5)
+    assert any(pgwire.token(k, p) == "D:11" for k, p in msgs), msgs
+    k, p = raw.read_message(5)
+    assert k == "E" and pgwire.decode_error(p)["C"] == "57P01"
+    assert pf.wait(5) == 0
+    raw.close()
+
+
+def test_hostile_queued_client_gets_server_shutting_down(pgfunnel, postgres):
+    pw = postgres.passwords["alice"]
+    pf = start(pgfunnel, postgres, default_pool_size="1")
+    a = pgwire.connect("127.0.0.1", pf.port, "alice", "appdb", password=pw)
+    a.simple_query("begin")
+    b = pgwire.connect("127.0.0.1", pf.port, "alice", "appdb", password=pw)
+    b.send(pgwire.fe_query("select 1"))  # waits for the one server
+    assert b.is_silent(0.5)
+    pf.signal(signal.SIGINT)
+    k, p = b.read_message(5)
+    assert k == "E" and pgwire.decode_error(p)["M"] == "server shutting down"
+    # Disconnect mid-transaction: the server is not reused; the process exits.
+    a.abort()
+    assert pf.wait(5) == 0
+    b.close()
+
+
+def test_hostile_suspend_queue_then_shutdown_and_reload(pgfunnel, postgres):
+    """Connections queued during SUSPEND, then SHUTDOWN WAIT_FOR_CLIENTS (drains them), a
+    RELOAD lowering pool_size during the shutdown, RESUME: nothing crashes, all ends."""
+    pw = postgres.passwords["alice"]
+    pf = start(pgfunnel, postgres, default_pool_size="4")
+    intx = pgwire.connect("127.0.0.1", pf.port, "alice", "appdb", password=pw)
+    intx.simple_query("begin")
+    admin = psycopg.connect(host=pf.unix_socket_dir, port=pf.port, user="postgres",
+                            password=ADMIN_PW, dbname="pgbouncer", autocommit=True,
+                            prepare_threshold=None)
+    admin.execute("SUSPEND")
+    queued = []
+    for i in range(5):
+        s = pgwire.Connection(pgwire.open_socket("127.0.0.1", pf.port, 5))
+        s.send(pgwire.startup_message({"user": "alice", "database": "appdb"}))
+        if i % 2:
+            s.abort()  # gone before it was ever accepted
+        else:
+            queued.append(s)
+    admin.execute("SHUTDOWN WAIT_FOR_CLIENTS")
+    params = dict(pf.params)
+    params["default_pool_size"] = "1"
+    pf.write_ini(params)
+    admin.execute("RELOAD")
+    admin.execute("RESUME")
+    for s in queued:  # drained: asked for a password, then dropped by the test
+        k, _ = s.read_message(5)
+        assert k == "R"
+        s.abort()
+    assert intx.simple_query("select 4") == [("4",)]
+    intx.simple_query("commit")
+    assert pf.wait(10) == 0
+    admin.close()
