@@ -678,16 +678,14 @@ void pf_worker_close_idle_clients(pf_worker_t *w)
 
 		if (p->db->admin)
 			continue;
-		/* Each close may close others (never this pool's list head): restart the walk. */
-	again:
+		/* A close takes only c off the list (its server, if any, goes back to the pool and
+		 * may be linked to a waiting client, which joins the end of the list). */
 		PF_LIST_FOREACH(&p->active_clients, ci, ctmp)
 		{
 			pf_client_t *c = pf_client_from_node(ci);
 
-			if (client_between_transactions(c, now)) {
+			if (client_between_transactions(c, now))
 				pf_client_close(c, PF_CLOSE_CLIENT_SHUTDOWN, NULL, NULL);
-				goto again;
-			}
 		}
 	}
 }

@@ -472,6 +472,7 @@ def test_hostile_suspend_queue_then_shutdown_and_reload(pgfunnel, postgres):
         k, _ = s.read_message(5)
         assert k == "R"
         s.abort()
+    pf.wait_for_log(r"took \d+ queued connections? from 127\.0\.0\.1:%d" % pf.port)
     assert intx.simple_query("select 4") == [("4",)]
     intx.simple_query("commit")
     assert pf.wait(10) == 0
