@@ -776,7 +776,15 @@ void pf_worker_shutdown(pf_worker_t *w, pf_shutdown_mode_t mode, void (*done)(vo
 		pf_worker_close_idle_clients(w);
 	else if (mode == PF_SHUTDOWN_WAIT_FOR_SERVERS)
 		close_waiting_clients(w);
-	pf_worker_check_shutdown(w);
+	/* The rest (pf_worker_check_shutdown) happens in the janitor, at once but from the loop:
+	 * the console that asked begins the shutdown before it answers (no connection may reach
+	 * a listener after the answer), and the answer must still go out. */
+	if (!uv_is_closing((uv_handle_t *)&w->janitor)) {
+		uv_ref((uv_handle_t *)&w->janitor);
+		uv_timer_start(&w->janitor, on_janitor, 0, 1000);
+	} else {
+		pf_worker_check_shutdown(w);
+	}
 }
 
 pf_shutdown_mode_t pf_worker_shutdown_mode(const pf_worker_t *w)
