@@ -1341,8 +1341,8 @@ static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
 {
 	c->conn.request_time = c->conn.net->now;
-	/* An empty query is how pools check a connection before a transaction (psycopg_pool,
-	 * pgjdbc): a WAIT_FOR_CLIENTS shutdown does not close the client right after one. */
+	/* An empty query is how pools check a connection before a transaction (psycopg_pool
+	 * 3.2): a WAIT_FOR_CLIENTS shutdown does not close the client right after one. */
 	c->pc.ping = hdr->type == PF_PROTO_FE_QUERY && hdr->payload_len == 1;
 	switch (hdr->type) {
 	case PF_PROTO_FE_SYNC:
