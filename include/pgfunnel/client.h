@@ -95,6 +95,8 @@ bool pf_client_is_owner_name(const char *user);
 
 /* Accepts a connection from listener and starts the login. */
 void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix);
+/* A TCP connection accept(2) returned while a listener is drained before it closes. */
+void pf_client_accept_fd(pf_worker_t *w, int fd);
 
 /*
  * Ends c for reason. message (may be NULL) overrides the table's client text; sqlstate too.

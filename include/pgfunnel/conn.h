@@ -160,6 +160,10 @@ void pf_conn_init(pf_conn_t *c, pf_net_t *net, const pf_conn_ops_t *ops, bool is
 /* Accepts a pending connection from listener into c and starts reading. Returns 0 or -errno. */
 PF_MUSTCHECK int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix);
 
+/* Takes over fd, a TCP socket accept(2) returned (a listener being drained), and starts
+ * reading. Returns 0 or -errno (fd is closed on failure). */
+PF_MUSTCHECK int pf_conn_adopt_tcp(pf_conn_t *c, uv_loop_t *loop, int fd);
+
 /*
  * Starts an outgoing connection to addr (TCP) or to the unix socket path (when path != NULL).
  * ops->on_event(PF_CONN_EV_CONNECTED, status) follows. Returns 0 or -errno (then nothing

@@ -82,6 +82,7 @@ typedef enum pf_server_close_reason {
 	PF_SV_CLOSE_STATEMENT_MODE,
 	PF_SV_CLOSE_EVICTED,   /* idle, closed to make room under max_db/user_connections */
 	PF_SV_CLOSE_UNCERTAIN, /* what it still owes cannot be known: never reused */
+	PF_SV_CLOSE_OVER_SIZE, /* released while its pool is over a lowered size or limit */
 	PF_SV_CLOSE_REASONS    /* how many there are */
 } pf_server_close_reason_t;
 
@@ -241,6 +242,8 @@ struct pf_pool_client {
 	pf_pool_server_t *link;
 	pf_client_state_t state;
 	pf_usec_t wait_start; /* when it started waiting (0 = not waiting) */
+	pf_usec_t released;   /* when its last server went back to the pool (0 = never) */
+	bool ping;            /* its last request was an empty query (a connection check) */
 	bool wait_notified;   /* told query_wait_notify's NOTICE (once per wait) */
 };
 

@@ -83,6 +83,7 @@ typedef struct pf_listener {
 	pf_worker_t *worker;
 	bool is_unix;
 	bool open;
+	bool held; /* SUSPEND: libuv holds an accepted connection of ours (RESUME takes it) */
 	char desc[128];
 	char path[108]; /* unix socket file to remove at exit ("" = none) */
 } pf_listener_t;
@@ -123,6 +124,9 @@ struct pf_worker {
 	bool suspended;                   /* SUSPEND: no socket is read */
 	pf_usec_t suspend_start;
 	pf_shutdown_mode_t shutdown;
+	/* WAIT_FOR_CLIENTS: clients whose connection id is at most this were accepted before
+	 * the listeners closed (or drained from their queues): they may still log in. */
+	uint64_t shutdown_last_id;
 	void (*shutdown_done)(void *);
 	void *shutdown_arg;
 	bool done_reported;

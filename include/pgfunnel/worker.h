@@ -80,6 +80,9 @@ void pf_worker_free(pf_worker_t *w);
 /* Called when the last client or server of a shutdown goes away: completes it when possible. */
 void pf_worker_check_shutdown(pf_worker_t *w);
 
+/* SHUTDOWN WAIT_FOR_CLIENTS: closes every client that is between transactions. */
+void pf_worker_close_idle_clients(pf_worker_t *w);
+
 /* (Re)reads auth_file; on failure keeps the previous one and logs why. */
 void pf_worker_load_auth_file(pf_worker_t *w);
 

@@ -169,12 +169,15 @@ void pf_client_send_error(pf_client_t *c, const char *severity, const char *sqls
 	send_error(c, severity, sqlstate, message, detail);
 }
 
-void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
+static void accept_client(pf_worker_t *w, uv_stream_t *listener, int fd, bool is_unix)
 {
 	pf_client_t *c = calloc(1, sizeof(*c));
+	int rc;
 
 	if (!c) {
 		pf_log_error(NULL, "out of memory accepting a client");
+		if (!listener)
+			close(fd);
 		return;
 	}
 	pf_conn_init(&c->conn, &w->net, &client_ops, true);
@@ -188,7 +191,9 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
 	                                                          : PF_PROTO_STARTUP_MAX;
 	w->client_count++;
 	pf_pool_set_worker_client_state(w, &c->pc, PF_CL_LOGIN);
-	if (pf_conn_accept(&c->conn, listener, is_unix) < 0) {
+	rc = listener ? pf_conn_accept(&c->conn, listener, is_unix)
+	              : pf_conn_adopt_tcp(&c->conn, w->net.loop, fd);
+	if (rc < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_ERROR, NULL, NULL);
 		return;
 	}
@@ -199,6 +204,16 @@ void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
 		pf_client_close(c, PF_CLOSE_CLIENT_LIMIT, NULL, NULL);
 		return;
 	}
+}
+
+void pf_client_accept(pf_worker_t *w, uv_stream_t *listener, bool is_unix)
+{
+	accept_client(w, listener, -1, is_unix);
+}
+
+void pf_client_accept_fd(pf_worker_t *w, int fd)
+{
+	accept_client(w, NULL, fd, false);
 }
 
 void pf_client_close(pf_client_t *c, pf_close_reason_t reason, const char *sqlstate,
@@ -1422,7 +1437,10 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		pf_client_close(c, PF_CLOSE_CLIENT_DB_DISABLED, NULL, msg);
 		return -1;
 	}
-	if (w->shutdown != PF_SHUTDOWN_NONE && !c->db->admin) {
+	/* A rolling restart (WAIT_FOR_CLIENTS) still serves what was accepted before the
+	 * listeners closed; new logins (through the console's unix socket) are refused. */
+	if (w->shutdown != PF_SHUTDOWN_NONE && !c->db->admin &&
+	    (w->shutdown != PF_SHUTDOWN_WAIT_FOR_CLIENTS || c->conn.id > w->shutdown_last_id)) {
 		pf_client_close(c, PF_CLOSE_CLIENT_SHUTDOWN, NULL, NULL);
 		return -1;
 	}
@@ -1487,6 +1505,9 @@ static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
 {
 	c->conn.request_time = c->conn.net->now;
+	/* An empty query is how pools check a connection before a transaction (psycopg_pool
+	 * 3.2): a WAIT_FOR_CLIENTS shutdown does not close the client right after one. */
+	c->pc.ping = hdr->type == PF_PROTO_FE_QUERY && hdr->payload_len == 1;
 	switch (hdr->type) {
 	case PF_PROTO_FE_SYNC:
 		/* Statement changes before it now belong to a finished run. */
@@ -1889,6 +1910,12 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	if (c->pc.state != PF_CL_ACTIVE && c->pc.state != PF_CL_WAITING)
 		return PF_PKT_STOP; /* still waiting for its login to finish */
 	s = pf_client_server(c);
+	if (!s && PF_UNLIKELY(pf_conn_worker(conn)->shutdown == PF_SHUTDOWN_WAIT_FOR_SERVERS)) {
+		/* PgBouncer 1.23+: no server is handed out any more; the process exits once the
+		 * linked ones are back. */
+		pf_client_close(c, PF_CLOSE_CLIENT_SHUTDOWN, "08P01", "server shutting down");
+		return PF_PKT_STOP;
+	}
 	if (!s) {
 		if (!pf_pool_acquire(&c->pc)) {
 			/* Queued: no reading until a server is linked (session.c resumes it). */

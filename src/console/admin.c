@@ -805,21 +805,25 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 		sql[--len] = '\0';
 	pf_buf_init(&out);
 	pf_admin_run(c, sql, &out);
-	pf_conn_send_buf(&c->conn, &out);
-	pf_buf_free(&out);
 	free(sql);
-	if (c->admin_kill_self) {
-		pf_client_close(c, PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
-		return PF_PKT_STOP;
-	}
-	/* The answer went out first; a shutdown may close this very connection. */
+	/* A shutdown begins before the answer goes out: once the client has it, no new
+	 * connection reaches a listener. The shutdown closes connections (this one too) from the
+	 * loop, after this answer. */
 	shutdown = c->admin_shutdown;
 	if (shutdown != PF_SHUTDOWN_NONE) {
 		pf_worker_t *w = pf_conn_worker(&c->conn);
 
 		c->admin_shutdown = PF_SHUTDOWN_NONE;
 		w->hooks->shutdown(w->hooks_arg, shutdown);
+	}
+	if (!c->conn.closing)
+		pf_conn_send_buf(&c->conn, &out);
+	pf_buf_free(&out);
+	if (c->admin_kill_self) {
+		pf_client_close(c, PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
 		return PF_PKT_STOP;
 	}
-	return PF_PKT_CONSUMED;
+	/* Consumed even after SHUTDOWN: left in the buffer, the next command would run it again
+	 * (and a second SHUTDOWN means now). */
+	return c->conn.closing ? PF_PKT_STOP : PF_PKT_CONSUMED;
 }

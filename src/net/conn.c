@@ -26,6 +26,7 @@
 #include <string.h>
 #include <stdio.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -769,18 +770,28 @@ bool pf_conn_has_pending_writes(const pf_conn_t *c)
 	return c->handle_open && c->tp.ops->queued(&c->tp, &c->h.stream) > 0;
 }
 
-int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix)
+/* Accepts from listener, or (listener NULL) adopts fd, a TCP socket accept(2) returned. */
+static int accept_or_adopt(pf_conn_t *c, uv_loop_t *loop, uv_stream_t *listener, int fd,
+                           bool is_unix)
 {
-	uv_loop_t *loop = listener->loop;
 	int rc, len;
 
 	c->is_unix = is_unix;
 	rc = is_unix ? uv_pipe_init(loop, &c->h.pipe, 0) : uv_tcp_init(loop, &c->h.tcp);
-	if (rc < 0)
+	if (rc < 0) {
+		if (!listener)
+			close(fd);
 		return rc;
+	}
 	c->h.handle.data = c;
 	c->handle_open = true;
-	rc = uv_accept(listener, &c->h.stream);
+	if (listener) {
+		rc = uv_accept(listener, &c->h.stream);
+	} else {
+		rc = uv_tcp_open(&c->h.tcp, fd);
+		if (rc < 0)
+			close(fd);
+	}
 	if (rc < 0)
 		return rc;
 	if (!is_unix) {
@@ -795,6 +806,16 @@ int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix)
 	}
 	update_reading(c);
 	return 0;
+}
+
+int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix)
+{
+	return accept_or_adopt(c, listener->loop, listener, -1, is_unix);
+}
+
+int pf_conn_adopt_tcp(pf_conn_t *c, uv_loop_t *loop, int fd)
+{
+	return accept_or_adopt(c, loop, NULL, fd, false);
 }
 
 static void on_connected(uv_connect_t *req, int status)

@@ -996,6 +996,7 @@ static void unlink_pair(pf_pool_server_t *s)
 	if (s->link) {
 		assert(s->link->link == s);
 		s->link->link = NULL;
+		s->link->released = pf_worker_now(s->pool->worker);
 	}
 	s->link = NULL;
 }
@@ -1026,8 +1027,10 @@ static launch_verdict_t launch_verdict(pf_pool_t *pool, bool use_reserve)
 	int max_user = pool->user->max_user_connections >= 0 ? pool->user->max_user_connections
 	                                                     : cfg->max_user_connections;
 
-	/* A paused pool opens nothing (PAUSE waits for its servers to be gone). */
-	if (w->shutdown != PF_SHUTDOWN_NONE || pool->db->admin || pool_is_paused(pool))
+	/* A paused pool opens nothing (PAUSE waits for its servers to be gone). Waiting for
+	 * clients, the ones still there are served as usual. */
+	if ((w->shutdown != PF_SHUTDOWN_NONE && w->shutdown != PF_SHUTDOWN_WAIT_FOR_CLIENTS) ||
+	    pool->db->admin || pool_is_paused(pool))
 		return LAUNCH_NO;
 	if ((int)pf_pool_server_count(pool) >= size)
 		return LAUNCH_NO;
@@ -1289,6 +1292,21 @@ void pf_pool_kick(pf_pool_t *pool)
 	pf_pool_launch(pool);
 }
 
+/* Whether pool has more servers than its (possibly just lowered) size and limits allow. */
+static bool over_limits(const pf_pool_t *pool)
+{
+	const pf_config_t *cfg = pool->worker->cfg;
+	int size = pf_pool_size(pool) + pool_reserve_size(pool);
+	int max_db = pool->db->max_db_connections >= 0 ? pool->db->max_db_connections
+	                                               : cfg->max_db_connections;
+	int max_user = pool->user->max_user_connections >= 0 ? pool->user->max_user_connections
+	                                                     : cfg->max_user_connections;
+
+	return (int)pf_pool_server_count(pool) > size ||
+	       (max_db > 0 && pool->db->server_count > max_db) ||
+	       (max_user > 0 && pool->user->server_count > max_user);
+}
+
 void pf_pool_server_ready(pf_pool_server_t *s)
 {
 	pf_pool_t *pool = s->pool;
@@ -1318,6 +1336,12 @@ void pf_pool_server_ready(pf_pool_server_t *s)
 		                                      ? PF_SV_CLOSE_SHUTDOWN
 		                                      : PF_SV_CLOSE_LIFETIME);
 		pf_pool_launch(pool);
+		return;
+	}
+	if (over_limits(pool)) {
+		/* A RELOAD lowered pool_size, max_db_connections or max_user_connections: the
+		 * pool shrinks as its servers come back instead of handing them on. */
+		ops_of(pool)->close_server(s, PF_SV_CLOSE_OVER_SIZE);
 		return;
 	}
 	give_server(s);

@@ -572,6 +572,31 @@ static int reload(process_t *p)
 }
 
 /* Begins (or escalates) a shutdown; why names the signal or command in the log line. */
+/*
+ * A rolling restart with so_reuseport loses the connections still in the old listener's SYN
+ * queue (and, with tcp_defer_accept, those that have sent nothing yet) when it closes, unless
+ * the kernel migrates them to the new process (net.ipv4.tcp_migrate_req, Linux 5.14+).
+ */
+static void check_migrate_req(void)
+{
+	FILE *f = fopen("/proc/sys/net/ipv4/tcp_migrate_req", "r");
+	int v = -1;
+
+	if (f) {
+		if (fscanf(f, "%d", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	if (v == 0)
+		pf_log_warning(NULL, "so_reuseport is on but net.ipv4.tcp_migrate_req = 0: "
+		                     "connections not yet accepted when the listeners close are "
+		                     "reset instead of moving to the new process");
+	else if (v < 0)
+		pf_log_warning(NULL, "so_reuseport is on but net.ipv4.tcp_migrate_req cannot be "
+		                     "read (Linux < 5.14?): connections not yet accepted when the "
+		                     "listeners close are reset");
+}
+
 static void begin_shutdown(process_t *p, pf_shutdown_mode_t mode, const char *why)
 {
 	pf_shutdown_mode_t cur = pf_worker_shutdown_mode(p->worker);
@@ -584,6 +609,9 @@ static void begin_shutdown(process_t *p, pf_shutdown_mode_t mode, const char *wh
 	            : mode == PF_SHUTDOWN_WAIT_FOR_SERVERS ? ", waiting for servers"
 	                                                   : " immediately");
 	notify_systemd("STOPPING=1");
+	if (cur == PF_SHUTDOWN_NONE && mode == PF_SHUTDOWN_WAIT_FOR_CLIENTS &&
+	    p->worker->cfg->so_reuseport)
+		check_migrate_req();
 	pf_worker_shutdown(p->worker, mode, on_shutdown_done, p);
 }
 
@@ -706,7 +734,8 @@ int main(int argc, char **argv)
 		die("%s", err);
 	replay_early_warnings(&p);
 	if (p.opt.reboot)
-		pf_log_warning(NULL, "online restart (-R) is not supported; starting normally");
+		pf_log_warning(NULL, "Online restart is deprecated, use so_reuseport instead "
+		                     "(pgfunnel does not take sockets over; starting normally)");
 	raise_fd_limit(p.cfg);
 
 	p.loop = uv_default_loop();

@@ -215,7 +215,29 @@ static void on_accept(uv_stream_t *server, int status)
 		pf_log_warning(NULL, "accept() failed on %s: %s", l->desc, uv_strerror(status));
 		return;
 	}
+	if (l->worker->suspended) {
+		/* SUSPEND stops accepting, as PgBouncer does: libuv keeps this one connection
+		 * and stops watching the listener until it is taken (RESUME); the rest wait in
+		 * the kernel's queue. */
+		l->held = true;
+		return;
+	}
 	pf_client_accept(l->worker, server, l->is_unix);
+}
+
+/* RESUME: the connection each listener held during SUSPEND is taken, which makes libuv watch
+ * the listener again. */
+static void release_held_accepts(pf_worker_t *w)
+{
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		listener_t *l = &w->listeners[i];
+
+		if (!l->held)
+			continue;
+		l->held = false;
+		if (l->open && !uv_is_closing(&l->h.handle))
+			pf_client_accept(w, &l->h.stream, l->is_unix);
+	}
 }
 
 static void on_janitor(uv_timer_t *t)
@@ -237,6 +259,8 @@ static void on_janitor(uv_timer_t *t)
 	pf_database_maintain(w, now);
 	pf_stats_tick(w, now);
 	pf_admin_poll(w);
+	if (w->shutdown == PF_SHUTDOWN_WAIT_FOR_CLIENTS)
+		pf_worker_close_idle_clients(w);
 	pf_worker_check_shutdown(w);
 	/* Work deferred from here would otherwise wait for the next poll to return. */
 	pf_conn_next_iteration(&w->net);
@@ -556,20 +580,132 @@ void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 	pf_config_unref(old);
 }
 
-/* Closes the listeners; with tcp_only the unix socket stays open for the console. */
-static void close_listeners(pf_worker_t *w, bool tcp_only)
+/* At most this many connections are taken from one listener's queue before it closes (a
+ * flood of new connections must not keep the shutdown from going on). */
+#define DRAIN_MAX 65536
+
+/*
+ * Takes every connection already in l's accept queue (the one libuv holds first): closing the
+ * listener would reset them. They are served like the others (a rolling restart).
+ */
+static void drain_listener(pf_worker_t *w, listener_t *l)
+{
+	uv_os_fd_t lfd;
+	size_t n = 0;
+
+	if (l->held) {
+		l->held = false;
+		pf_client_accept(w, &l->h.stream, l->is_unix);
+		n++;
+	}
+	if (l->is_unix || uv_fileno(&l->h.handle, &lfd) < 0)
+		return;
+	while (n < DRAIN_MAX) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				pf_log_warning(NULL, "accept() failed on %s: %s", l->desc,
+				               strerror(errno));
+			break;
+		}
+		pf_client_accept_fd(w, fd);
+		n++;
+	}
+	if (n > 0)
+		pf_log_info(NULL, "took %zu queued connection%s from %s before closing it", n,
+		            n == 1 ? "" : "s", l->desc);
+}
+
+/*
+ * Closes the listeners; with tcp_only the unix socket stays open for the console. With drain,
+ * the connections already queued on a TCP listener are accepted first.
+ */
+static void close_listeners(pf_worker_t *w, bool tcp_only, bool drain)
 {
 	for (size_t i = 0; i < w->nlisteners; i++) {
 		listener_t *l = &w->listeners[i];
 
 		if (!l->open || uv_is_closing(&l->h.handle) || (tcp_only && l->is_unix))
 			continue;
+		if (drain)
+			drain_listener(w, l);
 		if (l->is_unix && l->path[0])
 			unlink(l->path);
 		uv_close(&l->h.handle, on_listener_closed);
 	}
 	if (!tcp_only)
 		pf_metrics_stop(w);
+}
+
+/* How long a client must have been quiet before a WAIT_FOR_CLIENTS shutdown closes it. */
+#define SHUTDOWN_QUIET (PF_USEC_PER_SEC / 5)
+
+/*
+ * Whether client c is between transactions (and quiet for SHUTDOWN_QUIET): nothing of its own
+ * unprocessed or half-sent, and no server, or (session mode) a server idle outside a transaction
+ * that owes it nothing.
+ */
+static bool client_between_transactions(pf_client_t *c, pf_usec_t now)
+{
+	pf_server_t *s = pf_client_server(c);
+	pf_usec_t last =
+	        c->conn.request_time > c->pc.released ? c->conn.request_time : c->pc.released;
+
+	if (c->admin || c->conn.closing || c->pc.state != PF_CL_ACTIVE ||
+	    pf_conn_has_input(&c->conn) || pf_conn_mid_message(&c->conn))
+		return false;
+	/* Quiet for a moment: an application that has just checked its connection (an empty
+	 * query, as psycopg_pool does) sends its transaction right after the answer. */
+	if (now - last < SHUTDOWN_QUIET)
+		return false;
+	if (!s)
+		return true;
+	return s->tx_status == PF_PROTO_TX_IDLE && s->task == PF_SV_TASK_NONE &&
+	       pf_reqq_is_idle(&s->rq) && !pf_conn_mid_message(&s->conn) &&
+	       !pf_conn_has_input(&s->conn) && !s->conn.fwd_pending;
+}
+
+void pf_worker_close_idle_clients(pf_worker_t *w)
+{
+	pf_list_node_t *it, *tmp;
+	pf_usec_t now = pf_worker_now(w);
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_node_t *ci, *ctmp;
+
+		if (p->db->admin)
+			continue;
+		/* A close takes only c off the list (its server, if any, goes back to the pool and
+		 * may be linked to a waiting client, which joins the end of the list). */
+		PF_LIST_FOREACH(&p->active_clients, ci, ctmp)
+		{
+			pf_client_t *c = pf_client_from_node(ci);
+
+			if (client_between_transactions(c, now))
+				pf_client_close(c, PF_CLOSE_CLIENT_SHUTDOWN, NULL, NULL);
+		}
+	}
+}
+
+/* SHUTDOWN WAIT_FOR_SERVERS: clients waiting for a server will not get one (PgBouncer). */
+static void close_waiting_clients(pf_worker_t *w)
+{
+	pf_list_node_t *it, *tmp, *n;
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		while ((n = pf_list_first(&p->waiting_clients)))
+			w->pool_ops->close_client(PF_CONTAINER_OF(n, pf_pool_client_t, node),
+			                          PF_CLOSE_CLIENT_SHUTDOWN, "08P01",
+			                          "server shutting down");
+	}
 }
 
 /*
@@ -616,7 +752,7 @@ void pf_worker_check_shutdown(pf_worker_t *w)
 	}
 	if (!ready)
 		return;
-	close_listeners(w, false);
+	close_listeners(w, false, false);
 	w->closing_all = true;
 	pf_worker_close_all(w);
 	w->closing_all = false;
@@ -634,9 +770,23 @@ void pf_worker_shutdown(pf_worker_t *w, pf_shutdown_mode_t mode, void (*done)(vo
 	w->shutdown = mode;
 	w->shutdown_done = done;
 	w->shutdown_arg = arg;
-	/* While waiting, the unix socket still admits the console (PgBouncer 1.23+). */
-	close_listeners(w, mode != PF_SHUTDOWN_IMMEDIATE);
-	pf_worker_check_shutdown(w);
+	/* While waiting, the unix socket still admits the console (PgBouncer 1.23+). Waiting for
+	 * clients, what the TCP listeners have queued is served too (a rolling restart). */
+	close_listeners(w, mode != PF_SHUTDOWN_IMMEDIATE, mode == PF_SHUTDOWN_WAIT_FOR_CLIENTS);
+	w->shutdown_last_id = w->net.next_id;
+	if (mode == PF_SHUTDOWN_WAIT_FOR_CLIENTS)
+		pf_worker_close_idle_clients(w);
+	else if (mode == PF_SHUTDOWN_WAIT_FOR_SERVERS)
+		close_waiting_clients(w);
+	/* The rest (pf_worker_check_shutdown) happens in the janitor, at once but from the loop:
+	 * the console that asked begins the shutdown before it answers (no connection may reach
+	 * a listener after the answer), and the answer must still go out. */
+	if (!uv_is_closing((uv_handle_t *)&w->janitor)) {
+		uv_ref((uv_handle_t *)&w->janitor);
+		uv_timer_start(&w->janitor, on_janitor, 0, 1000);
+	} else {
+		pf_worker_check_shutdown(w);
+	}
 }
 
 pf_shutdown_mode_t pf_worker_shutdown_mode(const pf_worker_t *w)
@@ -680,6 +830,8 @@ void pf_worker_set_suspended(pf_worker_t *w, bool on)
 	pf_list_node_t *it, *tmp;
 
 	w->suspended = on;
+	if (!on)
+		release_held_accepts(w);
 	suspend_clients(&w->login_clients, on);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{

@@ -71,6 +71,7 @@ static const char *const close_texts[] = {
         [PF_SV_CLOSE_STATEMENT_MODE] = "transaction blocks not allowed in statement pooling mode",
         [PF_SV_CLOSE_EVICTED] = "evicted to make room for another pool",
         [PF_SV_CLOSE_UNCERTAIN] = "cannot tell what the server still owes or holds",
+        [PF_SV_CLOSE_OVER_SIZE] = "pool over its size or connection limit",
 };
 
 _Static_assert(PF_SV_CLOSE_REASONS <= 32, "worker.h's server_closes[] is too small");
@@ -1526,8 +1527,20 @@ static void server_on_forwarded(pf_conn_t *conn)
 			pf_server_close(s, PF_SV_CLOSE_CLIENT_GONE);
 		return;
 	}
-	if (s->ps.link)
+	if (s->ps.link) {
+		pf_pool_client_t *pc = s->ps.link;
+		pf_conn_t *cc = s->conn.peer;
+		pf_worker_t *w = s->ps.pool->worker;
+
 		pf_server_release(s);
+		/* SHUTDOWN WAIT_FOR_CLIENTS (SIGTERM): a client goes as soon as its transaction
+		 * is over, unless it has already sent more (served, and closed at the next end) or
+		 * this was the check before a transaction (an empty query). */
+		if (PF_UNLIKELY(w->shutdown == PF_SHUTDOWN_WAIT_FOR_CLIENTS) && cc &&
+		    !cc->closing && !pc->link && !pc->ping && pc->state == PF_CL_ACTIVE &&
+		    !pf_conn_has_input(cc) && !pf_conn_mid_message(cc))
+			w->pool_ops->close_client(pc, PF_CLOSE_CLIENT_SHUTDOWN, NULL, NULL);
+	}
 }
 
 static void server_on_event(pf_conn_t *conn, pf_conn_event_t ev, int status)
