@@ -200,8 +200,7 @@ typedef struct pf_database {
 	 * still points at it (a client answering its password has c->db but is not counted in
 	 * client_count until it logs in). */
 	int client_refs;
-	unsigned host_rr; /* position in a host list: the next host (round-robin) or the current */
-	bool lb_disable;  /* load_balance_hosts=disable: stay on one host until it fails */
+	bool lb_disable; /* load_balance_hosts=disable: stay on one host until it fails */
 	/* The entry's auth_user, auth_query and auth_dbname; NULL: the global one applies
 	 * (pf_database_auth_user() and friends). */
 	char *auth_user;
@@ -298,6 +297,9 @@ struct pf_pool {
 	bool welcome_ready;
 	pf_usec_t last_login_failure; /* server_login_retry backs off from here */
 	char last_login_error[200];   /* ... and why (told to clients refused meanwhile) */
+	/* Position in the database's host list (PgBouncer's per-pool rrcounter): the next host
+	 * (load_balance_hosts=round-robin) or the current one (disable); server.c's choice. */
+	unsigned host_rr;
 	/* ErrorResponses sent to clients by SQLSTATE class ("23", "42", ...). */
 	struct {
 		char cls[2];

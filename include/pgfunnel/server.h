@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "pgfunnel/conn.h"
+#include "pgfunnel/dns.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/prepared.h"
 #include "pgfunnel/reqq.h"
@@ -116,6 +117,9 @@ struct pf_server {
 	char login_sqlstate[6];
 	char *login_error;
 	char *host; /* the TCP host connected to (TLS: SNI and verify-full's name), or NULL */
+	int port;   /* ... its port */
+	char *path; /* the unix socket connected to, or NULL */
+	pf_dns_waiter_t dns_wait;   /* waiting for the DNS cache to resolve host */
 	struct pf_tls_ctx *tls;     /* server_tls_* it negotiates TLS with (a reference), or NULL */
 	pf_server_lookup_t *lookup; /* PF_SV_TASK_LOOKUP's answer, while the server holds it */
 	bool lookup_answered;       /* ... complete: lookup_done() once its last message is read */

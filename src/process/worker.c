@@ -27,6 +27,7 @@
 #include "pgfunnel/authquery.h"
 #include "pgfunnel/client.h"
 #include "pgfunnel/hba.h"
+#include "pgfunnel/dns.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/metrics.h"
 #include "pgfunnel/pool.h"
@@ -728,6 +729,7 @@ void pf_worker_free(pf_worker_t *w)
 	pf_auth_file_free(w->auth_file);
 	pf_scram_cache_free(w->scram_cache);
 	pf_prepared_registry_free(w->prepared);
+	pf_dns_free(w->dns);
 	pf_config_unref(w->cfg);
 	pf_net_free(&w->net);
 	free(w);
