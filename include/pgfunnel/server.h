@@ -119,6 +119,8 @@ struct pf_server {
 	char *host; /* the TCP host connected to (TLS: SNI and verify-full's name), or NULL */
 	int port;   /* ... its port */
 	char *path; /* the unix socket connected to, or NULL */
+	/* Its place in a list of several hosts and the list's length (host_count 0: one host). */
+	unsigned host_index, host_count;
 	pf_dns_waiter_t dns_wait;   /* waiting for the DNS cache to resolve host */
 	struct pf_tls_ctx *tls;     /* server_tls_* it negotiates TLS with (a reference), or NULL */
 	pf_server_lookup_t *lookup; /* PF_SV_TASK_LOOKUP's answer, while the server holds it */

@@ -138,6 +138,7 @@ typedef struct target {
 	const char *host;
 	char host_buf[256];
 	int port;
+	unsigned index, count; /* the host's place in a list of count (0: a single host) */
 } target_t;
 
 static int pick_target(pf_pool_t *pool, target_t *t)
@@ -158,18 +159,19 @@ static int pick_target(pf_pool_t *pool, target_t *t)
 	/*
 	 * A comma list of hosts, as PgBouncer's dns_connect() walks it with a counter per pool:
 	 * round-robin takes the next host for each new connection; disable stays on the current
-	 * host and moves to the next one only when the pool's last connection attempt failed
-	 * (it never moves back by itself: only a failure of that host moves it on again).
+	 * host and moves to the next one only when a connection attempt to it failed
+	 * (pf_server_close; it never moves back by itself: only a failure of that host moves it
+	 * on again).
 	 */
 	for (const char *cur = hosts; pf_config_list_next(&cur, item, sizeof(item)) > 0;)
 		count++;
 	if (count == 0)
 		return -EINVAL;
-	if (count > 1 && db->lb_disable && pool->last_login_failure)
-		pool->host_rr++;
 	want = (int)(pool->host_rr % (unsigned)count);
 	if (count > 1 && !db->lb_disable)
 		pool->host_rr++;
+	t->index = (unsigned)want;
+	t->count = count > 1 ? (unsigned)count : 0;
 	const char *cur = hosts;
 
 	for (int i = 0; i <= want; i++) {
@@ -257,26 +259,34 @@ static int connect_addr(pf_server_t *s, const pf_sockaddr_t *addr)
 	return pf_conn_connect(&s->conn, &a.sa, NULL);
 }
 
+/* What a client is told when s's host name did not resolve (PgBouncer's words). */
+static void dns_failed(pf_server_t *s, int rc)
+{
+	pf_strlcpy(s->login_sqlstate, "08006", sizeof(s->login_sqlstate));
+	free(s->login_error);
+	s->login_error = malloc(256);
+	if (s->login_error)
+		snprintf(s->login_error, 256, "server DNS lookup failed: %s", uv_strerror(rc));
+}
+
 /* The DNS cache answered s's name (s is not closing: closing cancels the wait). */
 static void on_dns_answer(pf_dns_waiter_t *wt, int status, const pf_sockaddr_t *addr)
 {
 	pf_server_t *s = PF_CONTAINER_OF(wt, pf_server_t, dns_wait);
 	int rc = status;
 
-	assert(!s->conn.closing);
-	if (rc == 0)
-		rc = connect_addr(s, addr);
-	if (rc < 0) {
-		pf_strlcpy(s->login_sqlstate, "08006", sizeof(s->login_sqlstate));
-		free(s->login_error);
-		s->login_error = malloc(256);
-		if (s->login_error)
-			snprintf(s->login_error, 256, "server DNS lookup failed: %s",
-			         uv_strerror(rc));
+	if (s->conn.closing)
+		return; /* (closing cancels the wait; nothing to do if it got here anyway) */
+	if (status < 0) {
+		dns_failed(s, status);
 		pf_log_warning(s, "closing because: server DNS lookup failed: %s (%s)",
-		               uv_strerror(rc), s->host);
+		               uv_strerror(status), s->host);
 		pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
+		return;
 	}
+	rc = connect_addr(s, addr);
+	if (rc < 0)
+		s->conn.ops->on_event(&s->conn, PF_CONN_EV_CONNECTED, rc);
 }
 
 /* Connects s to one of its pool's hosts (a name through the worker's DNS cache). */
@@ -290,6 +300,8 @@ static int connect_to(pf_server_t *s, pf_pool_t *pool)
 
 	if (rc < 0)
 		return rc;
+	s->host_index = t.index;
+	s->host_count = t.count;
 	if (t.path[0]) {
 		if (!(s->path = strdup(t.path)))
 			return -ENOMEM;
@@ -312,7 +324,9 @@ static int connect_to(pf_server_t *s, pf_pool_t *pool)
 	rc = pf_dns_resolve(dns, t.host, &s->dns_wait, on_dns_answer, &addr);
 	if (rc == 1)
 		return connect_addr(s, &addr);
-	return rc; /* 0: waiting (on_dns_answer), or a cached failure */
+	if (rc < 0)
+		dns_failed(s, rc); /* a failure the cache still holds, or no room to wait */
+	return rc;                 /* 0: waiting (on_dns_answer) */
 }
 
 int pf_server_launch(pf_pool_t *pool)
@@ -334,14 +348,6 @@ int pf_server_launch(pf_pool_t *pool)
 		pf_log_warning(NULL, "%s/%s: cannot connect to the server%s%s: %s", pool->db->name,
 		               pool->user->name, s->host ? " " : "", s->host ? s->host : "",
 		               uv_strerror(rc));
-		if (s->host) {
-			pf_strlcpy(s->login_sqlstate, "08006", sizeof(s->login_sqlstate));
-			free(s->login_error);
-			s->login_error = malloc(256);
-			if (s->login_error)
-				snprintf(s->login_error, 256, "server DNS lookup failed: %s",
-				         uv_strerror(rc));
-		}
 		pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
 		return 0;
 	}
@@ -1795,6 +1801,15 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		pf_strlcpy(sqlstate, s->login_sqlstate[0] ? s->login_sqlstate : "08006",
 		           sizeof(sqlstate));
 	}
+	/*
+	 * load_balance_hosts=disable: a login that failed on the current host (connect refused
+	 * or timed out, name not found, login refused, connection lost during login) moves the
+	 * pool to the next host, as PgBouncer's last_connect_failed does for its next attempt.
+	 * (A failure of a connection launched before an earlier move does not move it again.)
+	 */
+	if (login_failed && pool->db->lb_disable && s->host_count > 1 &&
+	    s->host_index == pool->host_rr % s->host_count)
+		pool->host_rr++;
 	detach_cancels(s);
 	pf_pool_server_gone(&s->ps);
 	/* s may be freed from here on (a connection that never got a socket goes at once). */
