@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
 
@@ -30,6 +31,7 @@
 #define PF_DNS_MAX_WAITERS 4096 /* requests queued on one name while its lookup runs */
 #define PF_DNS_MAX_NAMES   1024 /* names cached; unused expired ones are dropped first */
 #define PF_DNS_MAX_NAME    255  /* longest name looked up (RFC 1035) */
+#define PF_DNS_MAX_ZONES   64   /* zones whose SOA serial dns_zone_check_period follows */
 
 typedef struct pf_dns pf_dns_t;
 typedef struct pf_dns_entry pf_dns_entry_t;
@@ -73,6 +75,27 @@ pf_dns_t *pf_dns_new(const pf_dns_ops_t *ops, void *arg);
 pf_dns_t *pf_dns_new_uv(pf_net_t *net,
                         void (*addr_gone)(void *arg, const char *name, const pf_sockaddr_t *addr),
                         void *arg);
+
+/*
+ * resolv_conf: read path's "nameserver ADDR" lines (IPv4; at most 3, as glibc; "ADDR:PORT" is
+ * accepted too, which tests use) and look names up with glibc's stub resolver (res_nquery in
+ * the thread pool) asking those servers, falling back to the system's getaddrinfo (so
+ * /etc/hosts names still resolve) when DNS has no answer. 0, or -errno (no nameserver, file
+ * unreadable). Only for a cache from pf_dns_new_uv(), before its first lookup.
+ */
+PF_MUSTCHECK int pf_dns_set_resolv_conf(pf_dns_t *dns, const char *path);
+
+/*
+ * dns_zone_check_period (usec, 0 = off): every period, query the SOA serial of each zone of the
+ * cached names and look again at the names of a zone whose serial grew, as PgBouncer does.
+ * Only for a cache from pf_dns_new_uv(). Returns 0 or -errno.
+ */
+int pf_dns_set_zone_check(pf_dns_t *dns, pf_usec_t period);
+
+/* For SHOW DNS_ZONES: each zone followed, its last serial, how many cached names it has. */
+typedef void (*pf_dns_zone_cb)(void *arg, const char *zone, uint32_t serial, size_t names);
+void pf_dns_walk_zones(const pf_dns_t *dns, pf_dns_zone_cb cb, void *arg);
+size_t pf_dns_zone_count(const pf_dns_t *dns);
 
 /* Frees the cache; waiters still queued are dropped without a call (cancel them first). */
 void pf_dns_free(pf_dns_t *dns);

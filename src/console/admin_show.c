@@ -869,7 +869,7 @@ static void show_lists(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        {"free_servers", 0},
 	        {"used_servers", n.servers},
 	        {"dns_names", pf_dns_name_count(w->dns)},
-	        {"dns_zones", 0}, /* dns_zone_check_period is not implemented */
+	        {"dns_zones", pf_dns_zone_count(w->dns)},
 	        {"dns_queries", pf_dns_pending_count(w->dns)},
 	        {"dns_pending", 0},
 	};
@@ -952,13 +952,20 @@ static void show_dns_hosts(pf_client_t *c, const char *arg, pf_buf_t *out)
 	pf_proto_be_command_complete(out, "SHOW");
 }
 
+static void dns_zone_row(void *arg, const char *zone, uint32_t serial, size_t names)
+{
+	pf_proto_be_data_row(arg, "sqi", zone, (int64_t)serial, (int32_t)names);
+}
+
 static void show_dns_zones(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	static const char *const names[] = {"zonename", "serial", "count"};
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 
-	(void)c;
 	(void)arg;
 	pf_proto_be_row_description(out, "sqi", names);
+	if (w->dns)
+		pf_dns_walk_zones(w->dns, dns_zone_row, out);
 	pf_proto_be_command_complete(out, "SHOW");
 }
 

@@ -3,9 +3,15 @@
  */
 #include "pfbuild.h"
 
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <resolv.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,6 +46,21 @@ struct pf_dns {
 	void (*addr_gone)(void *arg, const char *name, const pf_sockaddr_t *addr);
 	void *gone_arg;
 	pf_dns_ops_t uv_ops;
+	/* resolv_conf: lookups through glibc's stub resolver, to these nameservers. */
+	bool use_res;
+	struct sockaddr_in ns[MAXNS];
+	int n_ns;
+	/* dns_zone_check_period: the SOA serial of each zone (the part of a name after its first
+	 * dot), checked every zone_period; a zone whose serial grew has its names looked up
+	 * again. */
+	uv_timer_t *zone_timer;
+	pf_usec_t zone_period;
+	struct zone_work *zone_work; /* the check in flight */
+	struct pf_dns_zone {
+		char name[PF_DNS_MAX_NAME + 1];
+		uint32_t serial;
+	} zones[PF_DNS_MAX_ZONES];
+	size_t n_zones;
 };
 
 pf_dns_t *pf_dns_new(const pf_dns_ops_t *ops, void *arg)
@@ -72,6 +93,13 @@ static void entry_free(pf_dns_entry_t *e)
 	free(e);
 }
 
+static void free_handle(uv_handle_t *h)
+{
+	free(h);
+}
+
+static void zone_abandon(pf_dns_t *dns);
+
 void pf_dns_free(pf_dns_t *dns)
 {
 	pf_list_node_t *n;
@@ -80,6 +108,9 @@ void pf_dns_free(pf_dns_t *dns)
 		return;
 	while ((n = pf_list_first(&dns->entries)))
 		entry_free(PF_CONTAINER_OF(n, pf_dns_entry_t, node));
+	zone_abandon(dns);
+	if (dns->zone_timer)
+		uv_close((uv_handle_t *)dns->zone_timer, free_handle);
 	free(dns);
 }
 
@@ -130,6 +161,29 @@ static void prune(pf_dns_t *dns, pf_usec_t now)
 	}
 }
 
+/* The zone of a name: what follows its first dot, or NULL. */
+static const char *zone_of(const char *name)
+{
+	const char *dot = strchr(name, '.');
+
+	return dot && dot[1] ? dot + 1 : NULL;
+}
+
+static void zone_register(pf_dns_t *dns, const char *name)
+{
+	const char *z = zone_of(name);
+
+	if (!z)
+		return;
+	for (size_t i = 0; i < dns->n_zones; i++)
+		if (strcasecmp(dns->zones[i].name, z) == 0)
+			return;
+	if (dns->n_zones < PF_DNS_MAX_ZONES) {
+		pf_strlcpy(dns->zones[dns->n_zones].name, z, sizeof(dns->zones[0].name));
+		dns->zones[dns->n_zones++].serial = 0;
+	}
+}
+
 /* The next address of e's answer, round-robin over them as PgBouncer hands them out. */
 static void take_addr(pf_dns_entry_t *e, pf_sockaddr_t *out)
 {
@@ -161,6 +215,7 @@ int pf_dns_resolve(pf_dns_t *dns, const char *name, pf_dns_waiter_t *w, pf_dns_c
 		pf_strlcpy(e->name, name, sizeof(e->name));
 		pf_list_init(&e->waiters);
 		pf_list_append(&dns->entries, &e->node);
+		zone_register(dns, name);
 	}
 	if (e->done && e->expires > now) {
 		if (e->status < 0)
@@ -345,13 +400,158 @@ static void on_getaddrinfo(uv_getaddrinfo_t *req, int status, struct addrinfo *r
 	free(l);
 }
 
+/* ---- glibc's stub resolver (resolv_conf, zone checks), in the thread pool ---- */
+
+typedef struct res_work {
+	uv_work_t req;
+	pf_dns_t *dns; /* NULL: abandoned */
+	void *token;
+	char name[PF_DNS_MAX_NAME + 1];
+	struct sockaddr_in ns[MAXNS];
+	int n_ns;
+	int status;
+	size_t n;
+	pf_sockaddr_t addrs[PF_DNS_MAX_ADDRS];
+} res_work_t;
+
+typedef struct zone_work {
+	uv_work_t req;
+	pf_dns_t *dns; /* NULL: abandoned */
+	struct sockaddr_in ns[MAXNS];
+	int n_ns;
+	size_t n;
+	char names[PF_DNS_MAX_ZONES][PF_DNS_MAX_NAME + 1];
+	uint32_t serials[PF_DNS_MAX_ZONES];
+	bool ok[PF_DNS_MAX_ZONES];
+} zone_work_t;
+
+/* A resolver state (thread-local use only) asking ns[] when given, else the system's. */
+static int res_open(struct __res_state *st, const struct sockaddr_in *ns, int n_ns)
+{
+	memset(st, 0, sizeof(*st));
+	if (res_ninit(st) != 0)
+		return -1;
+	if (n_ns > 0) {
+		st->nscount = n_ns;
+		for (int i = 0; i < n_ns; i++)
+			st->nsaddr_list[i] = ns[i];
+	}
+	st->retrans = 2; /* seconds per try */
+	st->retry = 2;
+	return 0;
+}
+
+/* Adds the A/AAAA records of a DNS answer to w's addresses. */
+static void add_answers(const unsigned char *buf, int len, res_work_t *w)
+{
+	ns_msg msg;
+	ns_rr rr;
+
+	if (ns_initparse(buf, len, &msg) < 0)
+		return;
+	for (int i = 0; i < ns_msg_count(msg, ns_s_an) && w->n < PF_DNS_MAX_ADDRS; i++) {
+		pf_sockaddr_t *a = &w->addrs[w->n];
+
+		if (ns_parserr(&msg, ns_s_an, i, &rr) < 0)
+			break;
+		memset(a, 0, sizeof(*a));
+		if (ns_rr_type(rr) == ns_t_a && ns_rr_rdlen(rr) == 4) {
+			a->in.sin_family = AF_INET;
+			memcpy(&a->in.sin_addr, ns_rr_rdata(rr), 4);
+			w->n++;
+		} else if (ns_rr_type(rr) == ns_t_aaaa && ns_rr_rdlen(rr) == 16) {
+			a->in6.sin6_family = AF_INET6;
+			memcpy(&a->in6.sin6_addr, ns_rr_rdata(rr), 16);
+			w->n++;
+		}
+	}
+}
+
+static void res_lookup_work(uv_work_t *req)
+{
+	res_work_t *w = req->data;
+	struct __res_state st;
+	unsigned char buf[4096];
+	int types[] = {ns_t_a, ns_t_aaaa};
+	bool again = false;
+
+	w->status = UV_EAI_NONAME;
+	if (res_open(&st, w->ns, w->n_ns) == 0) {
+		for (size_t i = 0; i < PF_ARRAY_SIZE(types); i++) {
+			int len = res_nquery(&st, w->name, ns_c_in, types[i], buf, sizeof(buf));
+
+			if (len > 0)
+				add_answers(buf, len, w);
+			else if (st.res_h_errno == TRY_AGAIN)
+				again = true;
+		}
+		res_nclose(&st);
+	}
+	if (w->n > 0) {
+		w->status = 0;
+		return;
+	}
+	/* Not in DNS: the system's lookup (/etc/hosts first, as c-ares reads it too). */
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+	int rc = getaddrinfo(w->name, NULL, &hints, &res);
+
+	for (struct addrinfo *ai = rc == 0 ? res : NULL; ai && w->n < PF_DNS_MAX_ADDRS;
+	     ai = ai->ai_next) {
+		pf_sockaddr_t *a = &w->addrs[w->n];
+
+		memset(a, 0, sizeof(*a));
+		if (ai->ai_family == AF_INET && ai->ai_addrlen >= sizeof(struct sockaddr_in)) {
+			memcpy(&a->in, ai->ai_addr, sizeof(a->in));
+			a->in.sin_port = 0;
+			w->n++;
+		} else if (ai->ai_family == AF_INET6 &&
+		           ai->ai_addrlen >= sizeof(struct sockaddr_in6)) {
+			memcpy(&a->in6, ai->ai_addr, sizeof(a->in6));
+			a->in6.sin6_port = 0;
+			w->n++;
+		}
+	}
+	if (res)
+		freeaddrinfo(res);
+	w->status = w->n > 0 ? 0 : again ? UV_EAI_AGAIN : UV_EAI_NONAME;
+}
+
+static void res_lookup_done(uv_work_t *req, int status)
+{
+	res_work_t *w = req->data;
+
+	if (w->dns)
+		pf_dns_answer(w->dns, w->token, status < 0 ? status : w->status, w->addrs, w->n);
+	free(w);
+}
+
 static int uvres_lookup(void *arg, pf_dns_t *dns, const char *name, void *token, void **handle)
 {
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-	uv_lookup_t *l = calloc(1, sizeof(*l));
 	int rc;
 
 	(void)arg;
+	if (dns->use_res) {
+		res_work_t *w = calloc(1, sizeof(*w));
+
+		if (!w)
+			return -ENOMEM;
+		w->dns = dns;
+		w->token = token;
+		pf_strlcpy(w->name, name, sizeof(w->name));
+		memcpy(w->ns, dns->ns, sizeof(w->ns));
+		w->n_ns = dns->n_ns;
+		w->req.data = w;
+		rc = uv_queue_work(dns->net->loop, &w->req, res_lookup_work, res_lookup_done);
+		if (rc < 0) {
+			free(w);
+			return rc;
+		}
+		*handle = w;
+		return 0;
+	}
+	uv_lookup_t *l = calloc(1, sizeof(*l));
+
 	if (!l)
 		return -ENOMEM;
 	l->dns = dns;
@@ -370,14 +570,263 @@ static int uvres_lookup(void *arg, pf_dns_t *dns, const char *name, void *token,
 /* The request cannot be cancelled once in the threadpool: its answer is dropped. */
 static void uvres_abandon(void *arg, void *handle)
 {
+	pf_dns_t *dns = arg;
+
+	if (!handle)
+		return;
+	if (dns->use_res) {
+		res_work_t *w = handle;
+
+		w->dns = NULL;
+		(void)uv_cancel((uv_req_t *)&w->req);
+		return;
+	}
 	uv_lookup_t *l = handle;
 
-	(void)arg;
-	if (!l)
-		return;
 	l->dns = NULL;
 	/* Not started yet: dequeue it (its callback still runs, with UV_ECANCELED, and frees l). */
 	(void)uv_cancel((uv_req_t *)&l->req);
+}
+
+int pf_dns_set_resolv_conf(pf_dns_t *dns, const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char line[512];
+
+	if (!f)
+		return -errno;
+	dns->n_ns = 0;
+	while (fgets(line, sizeof(line), f)) {
+		char addr[64], *colon;
+		unsigned port = NS_DEFAULTPORT;
+		struct sockaddr_in *sin = &dns->ns[dns->n_ns];
+
+		if (sscanf(line, " nameserver %63s", addr) != 1)
+			continue;
+		if ((colon = strchr(addr, ':')) && !strchr(colon + 1, ':')) {
+			char *end;
+			unsigned long p = strtoul(colon + 1, &end, 10);
+
+			if (*end || p == 0 || p > 65535) {
+				pf_log_warning(NULL, "resolv_conf %s: bad nameserver %s", path,
+				               addr);
+				continue;
+			}
+			port = (unsigned)p;
+			*colon = '\0';
+		}
+		memset(sin, 0, sizeof(*sin));
+		if (inet_pton(AF_INET, addr, &sin->sin_addr) != 1) {
+			pf_log_warning(NULL, "resolv_conf %s: nameserver %s ignored (IPv4 only)",
+			               path, addr);
+			continue;
+		}
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)port);
+		if (++dns->n_ns == MAXNS)
+			break;
+	}
+	fclose(f);
+	if (dns->n_ns == 0)
+		return -ENOENT;
+	dns->use_res = true;
+	return 0;
+}
+
+/* ---- zone checks ---- */
+
+/* The serial of an SOA answer, or false. */
+static bool soa_serial(const unsigned char *buf, int len, uint32_t *serial)
+{
+	ns_msg msg;
+	ns_rr rr;
+	char name[NS_MAXDNAME];
+
+	if (ns_initparse(buf, len, &msg) < 0)
+		return false;
+	for (int i = 0; i < ns_msg_count(msg, ns_s_an); i++) {
+		const unsigned char *p, *end;
+		int k;
+
+		if (ns_parserr(&msg, ns_s_an, i, &rr) < 0)
+			return false;
+		if (ns_rr_type(rr) != ns_t_soa)
+			continue;
+		p = ns_rr_rdata(rr);
+		end = p + ns_rr_rdlen(rr);
+		for (int part = 0; part < 2; part++) { /* MNAME, RNAME */
+			k = dn_expand(ns_msg_base(msg), ns_msg_end(msg), p, name, sizeof(name));
+			if (k < 0 || k > end - p)
+				return false;
+			p += k;
+		}
+		if (end - p < 20)
+			return false;
+		*serial = ns_get32(p);
+		return true;
+	}
+	return false;
+}
+
+static void zone_check_work(uv_work_t *req)
+{
+	zone_work_t *w = req->data;
+	struct __res_state st;
+	unsigned char buf[4096];
+
+	if (res_open(&st, w->ns, w->n_ns) != 0)
+		return;
+	for (size_t i = 0; i < w->n; i++) {
+		int len = res_nquery(&st, w->names[i], ns_c_in, ns_t_soa, buf, sizeof(buf));
+
+		w->ok[i] = len > 0 && soa_serial(buf, len, &w->serials[i]);
+	}
+	res_nclose(&st);
+}
+
+/* Starts a new lookup of e (no waiter): its answer refreshes the cache (and reports gone
+ * addresses). */
+static void requeue(pf_dns_t *dns, pf_dns_entry_t *e)
+{
+	if (e->token)
+		return;
+	e->token = e;
+	e->handle = NULL;
+	dns->pending++;
+	if (dns->ops->lookup(dns->arg, dns, e->name, e->token, &e->handle) < 0) {
+		e->token = NULL;
+		dns->pending--;
+	}
+}
+
+static void zone_check_done(uv_work_t *req, int status)
+{
+	zone_work_t *w = req->data;
+	pf_dns_t *dns = w->dns;
+
+	if (!dns || status < 0) {
+		if (dns)
+			dns->zone_work = NULL;
+		free(w);
+		return;
+	}
+	dns->zone_work = NULL;
+	for (size_t i = 0; i < w->n; i++) {
+		struct pf_dns_zone *z = NULL;
+
+		for (size_t j = 0; j < dns->n_zones && !z; j++)
+			if (strcasecmp(dns->zones[j].name, w->names[i]) == 0)
+				z = &dns->zones[j];
+		if (!z)
+			continue;
+		if (!w->ok[i]) {
+			pf_log_debug(NULL, "failure to get zone '%s' serial", z->name);
+			continue;
+		}
+		/* Serial arithmetic (RFC 1982): newer when the difference is positive. */
+		if ((int32_t)(w->serials[i] - z->serial) <= 0) {
+			pf_log_debug(NULL, "zone '%s' unchanged: serial=%u", z->name, z->serial);
+			continue;
+		}
+		pf_log_info(NULL, "zone '%s' serial changed: old=%u new=%u", z->name, z->serial,
+		            w->serials[i]);
+		z->serial = w->serials[i];
+		pf_list_node_t *it, *tmp;
+
+		PF_LIST_FOREACH(&dns->entries, it, tmp)
+		{
+			pf_dns_entry_t *e = PF_CONTAINER_OF(it, pf_dns_entry_t, node);
+			const char *ez = zone_of(e->name);
+
+			if (e->done && ez && strcasecmp(ez, z->name) == 0)
+				requeue(dns, e);
+		}
+	}
+	free(w);
+}
+
+static void on_zone_timer(uv_timer_t *t)
+{
+	pf_dns_t *dns = t->data;
+	zone_work_t *w;
+
+	if (dns->zone_work || dns->n_zones == 0)
+		return;
+	if (!(w = calloc(1, sizeof(*w))))
+		return;
+	w->dns = dns;
+	memcpy(w->ns, dns->ns, sizeof(w->ns));
+	w->n_ns = dns->use_res ? dns->n_ns : 0;
+	for (size_t i = 0; i < dns->n_zones; i++)
+		pf_strlcpy(w->names[w->n++], dns->zones[i].name, sizeof(w->names[0]));
+	w->req.data = w;
+	if (uv_queue_work(dns->net->loop, &w->req, zone_check_work, zone_check_done) < 0) {
+		free(w);
+		return;
+	}
+	dns->zone_work = w;
+}
+
+static void zone_abandon(pf_dns_t *dns)
+{
+	if (dns->zone_work) {
+		dns->zone_work->dns = NULL;
+		(void)uv_cancel((uv_req_t *)&dns->zone_work->req);
+		dns->zone_work = NULL;
+	}
+}
+
+int pf_dns_set_zone_check(pf_dns_t *dns, pf_usec_t period)
+{
+	int rc;
+
+	if (!dns->net)
+		return -EINVAL;
+	if (period <= 0) {
+		if (dns->zone_timer)
+			uv_timer_stop(dns->zone_timer);
+		dns->zone_period = 0;
+		return 0;
+	}
+	if (period == dns->zone_period)
+		return 0;
+	if (!dns->zone_timer) {
+		if (!(dns->zone_timer = calloc(1, sizeof(*dns->zone_timer))))
+			return -ENOMEM;
+		rc = uv_timer_init(dns->net->loop, dns->zone_timer);
+		if (rc < 0) {
+			free(dns->zone_timer);
+			dns->zone_timer = NULL;
+			return rc;
+		}
+		dns->zone_timer->data = dns;
+		uv_unref((uv_handle_t *)dns->zone_timer); /* never keeps the loop alive */
+	}
+	dns->zone_period = period;
+	uint64_t ms = (uint64_t)(period / 1000);
+
+	return uv_timer_start(dns->zone_timer, on_zone_timer, ms ? ms : 1, ms ? ms : 1);
+}
+
+void pf_dns_walk_zones(const pf_dns_t *dns, pf_dns_zone_cb cb, void *arg)
+{
+	for (size_t i = 0; i < dns->n_zones; i++) {
+		size_t names = 0;
+		pf_list_node_t *it, *tmp;
+
+		PF_LIST_FOREACH(&dns->entries, it, tmp)
+		{
+			const char *ez = zone_of(PF_CONTAINER_OF(it, pf_dns_entry_t, node)->name);
+
+			names += ez && strcasecmp(ez, dns->zones[i].name) == 0;
+		}
+		cb(arg, dns->zones[i].name, dns->zones[i].serial, names);
+	}
+}
+
+size_t pf_dns_zone_count(const pf_dns_t *dns)
+{
+	return dns ? dns->n_zones : 0;
 }
 
 pf_dns_t *pf_dns_new_uv(pf_net_t *net,

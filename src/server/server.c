@@ -241,10 +241,22 @@ static void on_dns_addr_gone(void *arg, const char *name, const pf_sockaddr_t *a
 
 static pf_dns_t *worker_dns(pf_worker_t *w)
 {
-	if (!w->dns)
-		w->dns = pf_dns_new_uv(&w->net, on_dns_addr_gone, w);
-	if (w->dns)
-		pf_dns_set_ttl(w->dns, w->cfg->dns_max_ttl, w->cfg->dns_nxdomain_ttl);
+	const pf_config_t *cfg = w->cfg;
+	int rc;
+
+	if (!w->dns) {
+		if (!(w->dns = pf_dns_new_uv(&w->net, on_dns_addr_gone, w)))
+			return NULL;
+		if (cfg->resolv_conf && *cfg->resolv_conf &&
+		    (rc = pf_dns_set_resolv_conf(w->dns, cfg->resolv_conf)) < 0)
+			pf_log_error(NULL, "resolv_conf %s: %s (using the system resolver)",
+			             cfg->resolv_conf,
+			             rc == -ENOENT ? "no usable nameserver line" : uv_strerror(rc));
+	}
+	pf_dns_set_ttl(w->dns, cfg->dns_max_ttl, cfg->dns_nxdomain_ttl);
+	rc = pf_dns_set_zone_check(w->dns, cfg->dns_zone_check_period);
+	if (rc < 0)
+		pf_log_warning(NULL, "dns_zone_check_period: %s", uv_strerror(rc));
 	return w->dns;
 }
 

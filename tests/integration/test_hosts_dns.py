@@ -398,3 +398,199 @@ def test_reload_and_shutdown_with_lookups_pending(proxy, postgres):
     pf.stop()
     for t in ts:
         t.join(10)
+
+
+# ---------------------------------------------------------------- resolv_conf and zone checks
+
+
+class FakeDns:
+    """A tiny authoritative DNS server on 127.0.0.1:<free port> (UDP): A records from
+    self.a {name: [ipv4, ...]}, SOA serials from self.soa {zone: serial}; NXDOMAIN otherwise.
+    Counts the queries it answered by (name, type)."""
+
+    def __init__(self):
+        self.a, self.soa, self.queries = {}, {}, {}
+        self.evil = None  # f(qid, question, qtype) -> reply bytes, replacing the real answer
+        self.port = pfhelpers.alloc_port()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.settimeout(0.2)
+        self.stopped = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _name(labels):
+        return b"".join(bytes([len(l)]) + l.encode() for l in labels.split(".") if l) + b"\0"
+
+    def _serve(self):
+        import struct
+        while not self.stopped:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if len(data) < 12:
+                continue
+            qid, _flags, qd = struct.unpack("!HHH", data[:6])
+            pos, labels = 12, []
+            while pos < len(data) and data[pos]:
+                n = data[pos]
+                labels.append(data[pos + 1:pos + 1 + n].decode("ascii", "replace"))
+                pos += 1 + n
+            pos += 1
+            if qd != 1 or pos + 4 > len(data):
+                continue
+            qtype, _qclass = struct.unpack("!HH", data[pos:pos + 4])
+            question = data[12:pos + 4]
+            name = ".".join(labels).lower()
+            self.queries[(name, qtype)] = self.queries.get((name, qtype), 0) + 1
+            answers = []
+            known = name in self.a or name in self.soa
+            if qtype == 1:
+                for ip in self.a.get(name, []):
+                    answers.append(struct.pack("!HHHIH", 0xC00C, 1, 1, 1, 4) +
+                                   socket.inet_aton(ip))
+            elif qtype == 6 and name in self.soa:
+                rdata = (self._name("ns." + name) + self._name("admin." + name) +
+                         struct.pack("!IIIII", self.soa[name], 60, 60, 600, 1))
+                answers.append(struct.pack("!HHHIH", 0xC00C, 6, 1, 1, len(rdata)) + rdata)
+            if self.evil:
+                self.sock.sendto(self.evil(qid, question, qtype), peer)
+                continue
+            flags = 0x8580 if known else 0x8583  # QR AA RD RA; NXDOMAIN when unknown
+            reply = struct.pack("!HHHHHH", qid, flags, 1, len(answers), 0, 0) + question
+            self.sock.sendto(reply + b"".join(answers), peer)
+
+    def stop(self):
+        self.stopped = True
+        self.thread.join(2)
+        self.sock.close()
+        pfhelpers.release_port(self.port)
+
+
+@pytest.fixture
+def fake_dns():
+    d = FakeDns()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_zone_serial_change_moves_servers(pgfunnel, pair, fake_dns, tmpdir_user):
+    """resolv_conf points at the fake DNS server; dns_zone_check_period=1. When the zone's
+    serial grows and the name now gives another address, servers to the old address are
+    closed (the idle one at once, the busy one when released) and new ones go to the new
+    address, as PgBouncer's zone check + tag_host_addr_dirty do."""
+    a, b = pair
+    fake_dns.a["db.pgf.test"] = [HOST_A]
+    fake_dns.soa["pgf.test"] = 1
+    conf = os.path.join(tmpdir_user, "resolv.conf")
+    pfhelpers.write_file(conf, "# test\nnameserver 127.0.0.1:%d\n" % fake_dns.port, 0o644)
+    p = {"auth_type": "md5", "admin_users": "postgres", "verbose": 1, "pool_mode": "session",
+         "server_login_retry": 1, "resolv_conf": conf, "dns_zone_check_period": 1,
+         "dns_max_ttl": 3600}
+    pf = pgfunnel.start(params=p, databases={
+        "zoned": "host=db.pgf.test port=%d dbname=postgres" % a.port}, userlist=a.userlist())
+    busy, idle = connect(pf, "zoned"), connect(pf, "zoned")
+    try:
+        assert served_by(busy) == HOST_A and served_by(idle) == HOST_A
+        assert dns_hosts(pf)["db.pgf.test"]["addrs"] == "127.0.0.1:0"
+        assert fake_dns.queries.get(("db.pgf.test", 1), 0) >= 1
+        pf.wait_for_log(r"zone 'pgf.test' serial changed: old=0 new=1")
+        zones = pfhelpers.show(pf, "DNS_ZONES")
+        assert zones == [{"zonename": "pgf.test", "serial": 1, "count": 1}], zones
+        idle.close()
+        pfhelpers.wait_until(lambda: len(server_addrs(pf, "zoned")) == 2, 5, "idle server")
+        # The name moves to host B.
+        fake_dns.a["db.pgf.test"] = [HOST_B]
+        fake_dns.soa["pgf.test"] = 2
+        pf.wait_for_log(r"zone 'pgf.test' serial changed: old=1 new=2", timeout=10)
+        pfhelpers.wait_until(lambda: dns_hosts(pf)["db.pgf.test"]["addrs"] == "127.0.0.2:0",
+                             10, "the new address in the cache")
+        pf.wait_for_log(r"db.pgf.test no longer resolves to 127.0.0.1")
+        # The idle server to the old address goes; the busy one stays while its client uses it.
+        pfhelpers.wait_until(lambda: server_addrs(pf, "zoned") == [HOST_A], 10,
+                             "the idle server to the old address to be closed",
+                             lambda: pfhelpers.show(pf, "SERVERS"))
+        assert served_by(busy) == HOST_A
+        with connect(pf, "zoned") as fresh:
+            assert served_by(fresh) == HOST_B
+    finally:
+        busy.close()
+    # Released: closed, not returned to the pool.
+    pfhelpers.wait_until(lambda: HOST_A not in server_addrs(pf, "zoned"), 10,
+                         "the busy server to the old address to be closed on release",
+                         lambda: pfhelpers.show(pf, "SERVERS"))
+    with connect(pf, "zoned") as c:
+        assert served_by(c) == HOST_B
+
+
+def test_resolv_conf_without_nameserver(pgfunnel, postgres, tmpdir_user):
+    conf = os.path.join(tmpdir_user, "resolv.conf")
+    pfhelpers.write_file(conf, "search example.com\nnameserver ::1\n", 0o644)
+    pf = pfhelpers.start_proxy(pgfunnel, postgres, params={"resolv_conf": conf},
+                               databases={"named": "host=localhost port=%d dbname=postgres"
+                                          % postgres.port})
+    # Logged, and the system resolver is used: localhost still resolves.
+    with connect(pf, "named") as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    pf.wait_for_log(r"resolv_conf .*: no usable nameserver line")
+
+
+def test_hostile_dns_answers(pgfunnel, postgres, fake_dns, tmpdir_user):
+    """Malformed answers from the nameserver (records running past the packet, an SOA cut
+    short, wrong record sizes, a compression-pointer loop, hundreds of records, truncation):
+    lookups fail or fall back, zone checks fail, nothing else is disturbed."""
+    import struct
+    fake_dns.soa["pgf.test"] = 1
+    conf = os.path.join(tmpdir_user, "resolv.conf")
+    pfhelpers.write_file(conf, "nameserver 127.0.0.1:%d\n" % fake_dns.port, 0o644)
+
+    def hdr(qid, an, flags=0x8580):
+        return struct.pack("!HHHHHH", qid, flags, 1, an, 0, 0)
+
+    evils = [
+        # A record whose rdlength runs past the end of the packet.
+        lambda qid, q, t: hdr(qid, 1) + q + struct.pack("!HHHIH", 0xC00C, 1, 1, 1, 200) + b"\1",
+        # SOA with its serial fields cut short.
+        lambda qid, q, t: hdr(qid, 1) + q + struct.pack("!HHHIH", 0xC00C, 6, 1, 1, 6) +
+        b"\0\0\0\0\0\0",
+        # An "A" record of 16 bytes, an AAAA of 4.
+        lambda qid, q, t: hdr(qid, 2) + q + struct.pack("!HHHIH", 0xC00C, 1, 1, 1, 16) +
+        b"\x7f" * 16 + struct.pack("!HHHIH", 0xC00C, 28, 1, 1, 4) + b"\x7f\0\0\1",
+        # SOA whose MNAME is a compression pointer to itself.
+        lambda qid, q, t: hdr(qid, 1) + q + struct.pack("!HHHIH", 0xC00C, 6, 1, 1, 22) +
+        struct.pack("!H", 12 + len(q) + 12) + b"\0" * 20,
+        # 300 A records (more than are kept).
+        lambda qid, q, t: hdr(qid, 300) + q + b"".join(
+            struct.pack("!HHHIH", 0xC00C, 1, 1, 1, 4) + bytes([127, 0, i // 256, i % 256 or 1])
+            for i in range(300)),
+        # Header claiming answers, none present; truncated flag.
+        lambda qid, q, t: hdr(qid, 5, 0x8780) + q,
+        # Just a header.
+        lambda qid, q, t: struct.pack("!H", qid) + b"\x85",
+    ]
+    p = {"resolv_conf": conf, "dns_zone_check_period": 1, "dns_max_ttl": 0,
+         "dns_nxdomain_ttl": 0, "server_login_retry": 0, "verbose": 1}
+    pf = pfhelpers.start_proxy(pgfunnel, postgres, params=p, databases={
+        "evil": "host=db.pgf.test port=%d dbname=postgres" % postgres.port,
+        "named": "host=localhost port=%d dbname=postgres" % postgres.port})
+    for evil in evils:
+        fake_dns.evil = evil
+        n = fake_dns.queries.get(("pgf.test", 6), 0)
+        try:
+            with connect(pf, "evil") as c:
+                c.execute("SELECT 1")
+        except psycopg.Error:
+            pass
+        # A zone check went through this answer too.
+        pfhelpers.wait_until(lambda: fake_dns.queries.get(("pgf.test", 6), 0) > n, 10,
+                             "a zone check")
+        with connect(pf, "named") as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+    fake_dns.evil = None
+    assert pf.is_running()
