@@ -594,3 +594,25 @@ def test_hostile_dns_answers(pgfunnel, postgres, fake_dns, tmpdir_user):
             assert c.execute("SELECT 1").fetchone() == (1,)
     fake_dns.evil = None
     assert pf.is_running()
+
+
+def test_name_with_two_addresses_hands_them_out_in_turn(pgfunnel, pair, fake_dns, tmpdir_user):
+    """A name with several addresses: each new server connection takes the next address of
+    the cached answer (PgBouncer's deliver_info), so one name spreads over both clusters."""
+    a, b = pair
+    fake_dns.a["multi.pgf.test"] = [HOST_A, HOST_B]
+    conf = os.path.join(tmpdir_user, "resolv.conf")
+    pfhelpers.write_file(conf, "nameserver 127.0.0.1:%d\n" % fake_dns.port, 0o644)
+    p = {"auth_type": "md5", "admin_users": "postgres", "pool_mode": "session",
+         "resolv_conf": conf}
+    pf = pgfunnel.start(params=p, databases={
+        "multi": "host=multi.pgf.test port=%d dbname=postgres" % a.port}, userlist=a.userlist())
+    conns = [connect(pf, "multi") for _ in range(4)]
+    try:
+        hosts = [served_by(c) for c in conns]
+        assert sorted(hosts) == [HOST_A, HOST_A, HOST_B, HOST_B], hosts
+        assert dns_hosts(pf)["multi.pgf.test"]["addrs"] == "127.0.0.1:0,127.0.0.2:0"
+        assert fake_dns.queries[("multi.pgf.test", 1)] == 1  # one lookup for all four
+    finally:
+        for c in conns:
+            c.close()
