@@ -458,7 +458,9 @@ class FakeDns:
                          struct.pack("!IIIII", self.soa[name], 60, 60, 600, 1))
                 answers.append(struct.pack("!HHHIH", 0xC00C, 6, 1, 1, len(rdata)) + rdata)
             if self.evil:
-                self.sock.sendto(self.evil(qid, question, qtype), peer)
+                reply = self.evil(qid, question, qtype)
+                if reply:  # None: a nameserver that never answers
+                    self.sock.sendto(reply, peer)
                 continue
             flags = 0x8580 if known else 0x8583  # QR AA RD RA; NXDOMAIN when unknown
             reply = struct.pack("!HHHHHH", qid, flags, 1, len(answers), 0, 0) + question
@@ -616,3 +618,39 @@ def test_name_with_two_addresses_hands_them_out_in_turn(pgfunnel, pair, fake_dns
     finally:
         for c in conns:
             c.close()
+
+
+def test_shutdown_while_nameserver_is_silent(pgfunnel, postgres, fake_dns, tmpdir_user):
+    """The nameserver never answers: lookups sit in the thread pool (glibc retries). Clients
+    waiting on them, a zone check in flight, then a shutdown: pgfunnel exits cleanly (the
+    abandoned lookups are freed when they end; no leak, no use after free)."""
+    fake_dns.evil = lambda qid, q, t: None
+    conf = os.path.join(tmpdir_user, "resolv.conf")
+    pfhelpers.write_file(conf, "nameserver 127.0.0.1:%d\n" % fake_dns.port, 0o644)
+    p = {"resolv_conf": conf, "dns_zone_check_period": 1}
+    pf = pfhelpers.start_proxy(pgfunnel, postgres, params=p, databases={
+        "silent": "host=db.pgf.test port=%d dbname=postgres" % postgres.port})
+    results = []
+
+    def try_login():
+        try:
+            with connect(pf, "silent") as c:
+                c.execute("SELECT 1")
+            results.append("ok")
+        except psycopg.Error as e:
+            results.append(str(e))
+    ts = [threading.Thread(target=try_login) for _ in range(3)]
+    for t in ts:
+        t.start()
+    pfhelpers.wait_until(lambda: fake_dns.queries.get(("db.pgf.test", 1), 0) >= 1, 10,
+                         "the lookup to reach the nameserver")
+    lists = {r["list"]: r["items"] for r in pfhelpers.show(pf, "LISTS")}
+    assert lists["dns_queries"] == 1  # one lookup for the waiting logins
+    with pfhelpers.proxy_connect(pf, "alice", "appdb", "alice-scram-secret") as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)  # the loop is not blocked
+    t0 = time.monotonic()
+    pf.stop(sig=__import__("signal").SIGQUIT, timeout=30)
+    assert time.monotonic() - t0 < 20
+    for t in ts:
+        t.join(10)
+    assert "ok" not in results
