@@ -171,12 +171,6 @@ PF_MUSTCHECK int pf_conn_adopt_tcp(pf_conn_t *c, uv_loop_t *loop, int fd);
  */
 PF_MUSTCHECK int pf_conn_connect(pf_conn_t *c, const struct sockaddr *addr, const char *path);
 
-/*
- * Connects to host (a numeric address, or a name resolved asynchronously; the first address is
- * used) at port. Same contract as pf_conn_connect().
- */
-PF_MUSTCHECK int pf_conn_connect_host(pf_conn_t *c, const char *host, int port);
-
 /* Re-runs processing of buffered bytes and restarts reading as appropriate. */
 void pf_conn_resume(pf_conn_t *c);
 

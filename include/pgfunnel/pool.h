@@ -214,7 +214,6 @@ typedef struct pf_database {
 	int client_conns;
 	/* Its max_db_client_connections; 0 or -1: the global one applies. */
 	int max_db_client_connections;
-	unsigned host_rr; /* position in a host list: the next host (round-robin) or the current */
 	bool lb_disable;  /* load_balance_hosts=disable: stay on one host until it fails */
 	/* The entry's auth_user, auth_query and auth_dbname; NULL: the global one applies
 	 * (pf_database_auth_user() and friends). */
@@ -315,6 +314,9 @@ struct pf_pool {
 	bool welcome_ready;
 	pf_usec_t last_login_failure; /* server_login_retry backs off from here */
 	char last_login_error[200];   /* ... and why (told to clients refused meanwhile) */
+	/* Position in the database's host list (PgBouncer's per-pool rrcounter): the next host
+	 * (load_balance_hosts=round-robin) or the current one (disable); server.c's choice. */
+	unsigned host_rr;
 	/* ErrorResponses sent to clients by SQLSTATE class ("23", "42", ...). */
 	struct {
 		char cls[2];

@@ -122,6 +122,8 @@ struct pf_worker {
 	pf_prepared_registry_t *prepared; /* every tracked prepared statement (prepared.h) */
 	bool paused;                      /* PAUSE / SIGUSR1: no server is given to a client */
 	bool suspended;                   /* SUSPEND: no socket is read */
+	/* The host name cache (dns.h), made on first use (server.c). */
+	struct pf_dns *dns;
 	pf_usec_t suspend_start;
 	pf_shutdown_mode_t shutdown;
 	/* WAIT_FOR_CLIENTS: clients whose connection id is at most this were accepted before

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "pgfunnel/conn.h"
+#include "pgfunnel/dns.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/prepared.h"
 #include "pgfunnel/reqq.h"
@@ -116,6 +117,11 @@ struct pf_server {
 	char login_sqlstate[6];
 	char *login_error;
 	char *host; /* the TCP host connected to (TLS: SNI and verify-full's name), or NULL */
+	int port;   /* ... its port */
+	char *path; /* the unix socket connected to, or NULL */
+	/* Its place in a list of several hosts and the list's length (host_count 0: one host). */
+	unsigned host_index, host_count;
+	pf_dns_waiter_t dns_wait;   /* waiting for the DNS cache to resolve host */
 	struct pf_tls_ctx *tls;     /* server_tls_* it negotiates TLS with (a reference), or NULL */
 	pf_server_lookup_t *lookup; /* PF_SV_TASK_LOOKUP's answer, while the server holds it */
 	bool lookup_answered;       /* ... complete: lookup_done() once its last message is read */
@@ -218,5 +224,11 @@ const char *pf_server_close_reason_name(pf_server_close_reason_t reason);
 
 /* Formats "S-0x…: db/user@addr:port" for the log. */
 size_t pf_server_describe(const pf_server_t *s, char *buf, size_t n);
+
+/*
+ * The worker's DNS cache, made on first use with the running dns_* settings applied (peer.c
+ * resolves its peers' names through it too). NULL: out of memory.
+ */
+pf_dns_t *pf_server_dns(pf_worker_t *w);
 
 #endif

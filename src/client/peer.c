@@ -11,16 +11,19 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "pgfunnel/buf.h"
 #include "pgfunnel/cancelkey.h"
 #include "pgfunnel/config.h"
 #include "pgfunnel/conn.h"
+#include "pgfunnel/dns.h"
 #include "pgfunnel/list.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/peer.h"
 #include "pgfunnel/proto.h"
 #include "pgfunnel/runtime.h"
+#include "pgfunnel/server.h"
 
 /* A forward waiting for a free slot of its peer. */
 typedef struct peer_req {
@@ -50,6 +53,8 @@ typedef struct peer_conn {
 	int peer_id;
 	bool connected;
 	uint32_t pid, key;
+	int port;                 /* the peer's, for an address the DNS cache gives */
+	pf_dns_waiter_t dns_wait; /* waiting for the peer's host name */
 } peer_conn_t;
 
 static void pump(pf_worker_t *w, peer_slot_t *slot);
@@ -123,6 +128,7 @@ static peer_slot_t *release(peer_conn_t *pc)
 	peer_slot_t *slot = find_slot(ps, pc->peer_id);
 
 	assert(slot && slot->in_flight > 0);
+	pf_dns_cancel(&pc->dns_wait);
 	pf_list_remove(&ps->conns, &pc->conn.node);
 	slot->in_flight--;
 	pf_conn_close(&pc->conn); /* may free pc */
@@ -193,8 +199,36 @@ static const pf_conn_ops_t peer_conn_ops = {
         .on_free = peer_on_free,
 };
 
-static int connect_peer(pf_conn_t *conn, const pf_config_peer_t *p)
+static int connect_addr(peer_conn_t *pc, const pf_sockaddr_t *addr)
 {
+	pf_sockaddr_t a = *addr;
+
+	if (a.sa.sa_family == AF_INET6)
+		a.in6.sin6_port = htons((uint16_t)pc->port);
+	else
+		a.in.sin_port = htons((uint16_t)pc->port);
+	return pf_conn_connect(&pc->conn, &a.sa, NULL);
+}
+
+/* The DNS cache answered the peer's host name (release() cancels the wait first). */
+static void on_peer_dns(pf_dns_waiter_t *wt, int status, const pf_sockaddr_t *addr)
+{
+	peer_conn_t *pc = PF_CONTAINER_OF(wt, peer_conn_t, dns_wait);
+	int rc = status < 0 ? status : connect_addr(pc, addr);
+
+	if (rc < 0)
+		pc->conn.ops->on_event(&pc->conn, PF_CONN_EV_CONNECTED, rc);
+}
+
+/* Connects pc to peer p: a unix socket directory, an address, or a name through the cache. */
+static int connect_peer(peer_conn_t *pc, const pf_config_peer_t *p)
+{
+	pf_worker_t *w = pf_conn_worker(&pc->conn);
+	pf_conn_t *conn = &pc->conn;
+	pf_sockaddr_t addr;
+	pf_dns_t *dns;
+	int rc;
+
 	if (!p->host || !p->host[0])
 		return -EINVAL;
 	if (p->host[0] == '/') {
@@ -207,7 +241,20 @@ static int connect_peer(pf_conn_t *conn, const pf_config_peer_t *p)
 	}
 	if (p->host[0] == '@')
 		return -EAFNOSUPPORT; /* abstract sockets need libuv >= 1.46 (as [databases]) */
-	return pf_conn_connect_host(conn, p->host, p->port);
+	pc->port = p->port;
+	memset(&addr, 0, sizeof(addr));
+	if (uv_inet_pton(AF_INET, p->host, &addr.in.sin_addr) == 0) {
+		addr.in.sin_family = AF_INET;
+		return connect_addr(pc, &addr);
+	}
+	if (uv_inet_pton(AF_INET6, p->host, &addr.in6.sin6_addr) == 0) {
+		addr.in6.sin6_family = AF_INET6;
+		return connect_addr(pc, &addr);
+	}
+	if (!(dns = pf_server_dns(w)))
+		return -ENOMEM;
+	rc = pf_dns_resolve(dns, p->host, &pc->dns_wait, on_peer_dns, &addr);
+	return rc == 1 ? connect_addr(pc, &addr) : rc; /* 0: waiting (on_peer_dns) */
 }
 
 /* Starts one forward to slot's peer (which has room). Failures are logged and dropped. */
@@ -237,7 +284,7 @@ static void launch(pf_worker_t *w, peer_slot_t *slot, uint32_t pid, uint32_t key
 	slot->in_flight++;
 	pf_list_append(&w->peers->conns, &pc->conn.node);
 	pf_log_debug(NULL, "forwarding cancellation request to peer %d", slot->peer_id);
-	rc = connect_peer(&pc->conn, p);
+	rc = connect_peer(pc, p);
 	if (rc < 0) {
 		pf_log_warning(NULL, "could not forward cancel request to peer %d: %s",
 		               slot->peer_id, uv_strerror(rc));

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "pgfunnel/admin.h"
+#include "pgfunnel/dns.h"
 #include "pgfunnel/peer.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/stats.h"
@@ -873,9 +874,9 @@ static void show_lists(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        {"login_clients", w->login_clients.len},
 	        {"free_servers", 0},
 	        {"used_servers", n.servers},
-	        {"dns_names", 0}, /* the system resolver, no cache */
-	        {"dns_zones", 0},
-	        {"dns_queries", 0},
+	        {"dns_names", pf_dns_name_count(w->dns)},
+	        {"dns_zones", pf_dns_zone_count(w->dns)},
+	        {"dns_queries", pf_dns_pending_count(w->dns)},
 	        {"dns_pending", 0},
 	};
 
@@ -914,24 +915,63 @@ static void show_mem(pf_client_t *c, const char *arg, pf_buf_t *out)
 	pf_proto_be_command_complete(out, "SHOW");
 }
 
+typedef struct dns_rows {
+	pf_buf_t *out;
+	pf_usec_t now;
+} dns_rows_t;
+
+/* One SHOW DNS_HOSTS row: seconds left, addresses as PgBouncer prints them ("ip:0,..."). */
+static void dns_host_row(void *arg, const char *name, pf_usec_t expires, const pf_sockaddr_t *addrs,
+                         size_t n)
+{
+	dns_rows_t *r = arg;
+	char list[PF_DNS_MAX_ADDRS * 56 + 1];
+	size_t len = 0;
+
+	list[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		char text[64];
+		int port;
+
+		pf_conn_addr_text(&addrs[i], text, sizeof(text), &port);
+		len += (size_t)snprintf(list + len, sizeof(list) - len,
+		                        addrs[i].sa.sa_family == AF_INET6 ? "%s[%s]:0" : "%s%s:0",
+		                        i ? "," : "", text);
+		if (len >= sizeof(list))
+			break;
+	}
+	pf_proto_be_data_row(r->out, "sqs", name,
+	                     (int64_t)(expires > r->now ? (expires - r->now) / PF_USEC_PER_SEC : 0),
+	                     list);
+}
+
 static void show_dns_hosts(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	static const char *const names[] = {"hostname", "ttl", "addrs"};
+	pf_worker_t *w = pf_conn_worker(&c->conn);
+	dns_rows_t r = {out, pf_worker_now(w)};
 
-	(void)c;
 	(void)arg;
-	/* getaddrinfo() each time, no cache: nothing to list. */
 	pf_proto_be_row_description(out, "sqs", names);
+	if (w->dns)
+		pf_dns_walk(w->dns, dns_host_row, &r);
 	pf_proto_be_command_complete(out, "SHOW");
+}
+
+static void dns_zone_row(void *arg, const char *zone, uint32_t serial, size_t names)
+{
+	pf_proto_be_data_row(arg, "sqi", zone, (int64_t)serial, (int32_t)names);
 }
 
 static void show_dns_zones(pf_client_t *c, const char *arg, pf_buf_t *out)
 {
 	static const char *const names[] = {"zonename", "serial", "count"};
+	pf_worker_t *w = pf_conn_worker(&c->conn);
 
-	(void)c;
 	(void)arg;
 	pf_proto_be_row_description(out, "sqi", names);
+	if (w->dns)
+		pf_dns_walk_zones(w->dns, dns_zone_row, out);
 	pf_proto_be_command_complete(out, "SHOW");
 }
 

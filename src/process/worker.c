@@ -27,6 +27,7 @@
 #include "pgfunnel/authquery.h"
 #include "pgfunnel/client.h"
 #include "pgfunnel/hba.h"
+#include "pgfunnel/dns.h"
 #include "pgfunnel/log.h"
 #include "pgfunnel/metrics.h"
 #include "pgfunnel/peer.h"
@@ -577,6 +578,13 @@ void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 	pf_worker_load_auth_file(w);
 	if (pf_database_sync_config(w) < 0)
 		pf_log_error(NULL, "out of memory applying the new [databases]");
+	if (w->dns) {
+		/* dns_max_ttl / dns_nxdomain_ttl apply to the next answers; the zone check's period
+		 * at once. */
+		pf_dns_set_ttl(w->dns, cfg->dns_max_ttl, cfg->dns_nxdomain_ttl);
+		if (pf_dns_set_zone_check(w->dns, cfg->dns_zone_check_period) < 0)
+			pf_log_warning(NULL, "dns_zone_check_period: cannot start its timer");
+	}
 	pf_config_unref(old);
 }
 
@@ -883,6 +891,7 @@ void pf_worker_free(pf_worker_t *w)
 	pf_scram_cache_free(w->scram_cache);
 	pf_prepared_registry_free(w->prepared);
 	pf_peer_free(w);
+	pf_dns_free(w->dns);
 	pf_config_unref(w->cfg);
 	pf_net_free(&w->net);
 	free(w);

@@ -139,10 +139,12 @@ typedef struct target {
 	const char *host;
 	char host_buf[256];
 	int port;
+	unsigned index, count; /* the host's place in a list of count (0: a single host) */
 } target_t;
 
-static int pick_target(pf_database_t *db, target_t *t)
+static int pick_target(pf_pool_t *pool, target_t *t)
 {
+	pf_database_t *db = pool->db;
 	const char *hosts = db->host;
 	char item[256];
 	int count = 0, want, len;
@@ -156,14 +158,21 @@ static int pick_target(pf_database_t *db, target_t *t)
 		return 0;
 	}
 	/*
-	 * A comma list of hosts: round-robin takes the next one each time; disable stays on the
-	 * current one until a connection to it fails (pf_server_close moves on).
+	 * A comma list of hosts, as PgBouncer's dns_connect() walks it with a counter per pool:
+	 * round-robin takes the next host for each new connection; disable stays on the current
+	 * host and moves to the next one only when a connection attempt to it failed
+	 * (pf_server_close; it never moves back by itself: only a failure of that host moves it
+	 * on again).
 	 */
 	for (const char *cur = hosts; pf_config_list_next(&cur, item, sizeof(item)) > 0;)
 		count++;
 	if (count == 0)
 		return -EINVAL;
-	want = (int)((db->lb_disable ? db->host_rr : db->host_rr++) % (unsigned)count);
+	want = (int)(pool->host_rr % (unsigned)count);
+	if (count > 1 && !db->lb_disable)
+		pool->host_rr++;
+	t->index = (unsigned)want;
+	t->count = count > 1 ? (unsigned)count : 0;
 	const char *cur = hosts;
 
 	for (int i = 0; i <= want; i++) {
@@ -182,19 +191,155 @@ static int pick_target(pf_database_t *db, target_t *t)
 	return 0;
 }
 
-/* Connects conn to one of db's hosts; *host_out (if not NULL) gets a copy of a TCP host. */
-static int connect_to(pf_conn_t *conn, pf_database_t *db, char **host_out)
+/* Is name one of the hosts of db's host list? */
+static bool db_has_host(const pf_database_t *db, const char *name)
 {
+	char item[256];
+
+	if (!db->host)
+		return false;
+	for (const char *cur = db->host; pf_config_list_next(&cur, item, sizeof(item)) > 0;)
+		if (strcmp(item, name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The DNS cache's news: a new answer for name lacks addr. As PgBouncer's tag_host_addr_dirty()
+ * does, every server of the pools using that name and connected to that address is marked to
+ * be closed (an idle one by the janitor, a busy one when released).
+ */
+static void on_dns_addr_gone(void *arg, const char *name, const pf_sockaddr_t *addr)
+{
+	pf_worker_t *w = arg;
+	pf_list_node_t *it, *tmp, *sit, *stmp;
+	char text[64];
+	int port;
+
+	pf_conn_addr_text(addr, text, sizeof(text), &port);
+	pf_log_info(NULL, "DNS: %s no longer resolves to %s: closing its servers", name, text);
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+		pf_list_t *lists[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
+		                      &p->tested_servers, &p->new_servers};
+
+		if (p->db->admin || !db_has_host(p->db, name))
+			continue;
+		for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
+			PF_LIST_FOREACH(lists[i], sit, stmp)
+			{
+				pf_pool_server_t *ps = PF_CONTAINER_OF(sit, pf_pool_server_t, node);
+				pf_server_t *s = PF_CONTAINER_OF(ps, pf_server_t, ps);
+
+				if (s->host && strcmp(s->host, name) == 0 &&
+				    pf_dns_addr_equal(&s->conn.addr, addr))
+					ps->close_needed = true;
+			}
+		}
+	}
+}
+
+pf_dns_t *pf_server_dns(pf_worker_t *w)
+{
+	const pf_config_t *cfg = w->cfg;
+	int rc;
+
+	if (!w->dns) {
+		if (!(w->dns = pf_dns_new_uv(&w->net, on_dns_addr_gone, w)))
+			return NULL;
+		if (cfg->resolv_conf && *cfg->resolv_conf &&
+		    (rc = pf_dns_set_resolv_conf(w->dns, cfg->resolv_conf)) < 0)
+			pf_log_error(NULL, "resolv_conf %s: %s (using the system resolver)",
+			             cfg->resolv_conf,
+			             rc == -ENOENT ? "no usable nameserver line" : uv_strerror(rc));
+	}
+	pf_dns_set_ttl(w->dns, cfg->dns_max_ttl, cfg->dns_nxdomain_ttl);
+	rc = pf_dns_set_zone_check(w->dns, cfg->dns_zone_check_period);
+	if (rc < 0)
+		pf_log_warning(NULL, "dns_zone_check_period: %s", uv_strerror(rc));
+	return w->dns;
+}
+
+static int connect_addr(pf_server_t *s, const pf_sockaddr_t *addr)
+{
+	pf_sockaddr_t a = *addr;
+
+	if (a.sa.sa_family == AF_INET6)
+		a.in6.sin6_port = htons((uint16_t)s->port);
+	else
+		a.in.sin_port = htons((uint16_t)s->port);
+	return pf_conn_connect(&s->conn, &a.sa, NULL);
+}
+
+/* What a client is told when s's host name did not resolve (PgBouncer's words). */
+static void dns_failed(pf_server_t *s, int rc)
+{
+	pf_strlcpy(s->login_sqlstate, "08006", sizeof(s->login_sqlstate));
+	free(s->login_error);
+	s->login_error = malloc(256);
+	if (s->login_error)
+		snprintf(s->login_error, 256, "server DNS lookup failed: %s", uv_strerror(rc));
+}
+
+/* The DNS cache answered s's name (s is not closing: closing cancels the wait). */
+static void on_dns_answer(pf_dns_waiter_t *wt, int status, const pf_sockaddr_t *addr)
+{
+	pf_server_t *s = PF_CONTAINER_OF(wt, pf_server_t, dns_wait);
+	int rc = status;
+
+	if (s->conn.closing)
+		return; /* (closing cancels the wait; nothing to do if it got here anyway) */
+	if (status < 0) {
+		dns_failed(s, status);
+		pf_log_warning(s, "closing because: server DNS lookup failed: %s (%s)",
+		               uv_strerror(status), s->host);
+		pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
+		return;
+	}
+	rc = connect_addr(s, addr);
+	if (rc < 0)
+		s->conn.ops->on_event(&s->conn, PF_CONN_EV_CONNECTED, rc);
+}
+
+/* Connects s to one of its pool's hosts (a name through the worker's DNS cache). */
+static int connect_to(pf_server_t *s, pf_pool_t *pool)
+{
+	pf_worker_t *w = pool->worker;
+	pf_sockaddr_t addr;
+	pf_dns_t *dns;
 	target_t t;
-	int rc = pick_target(db, &t);
+	int rc = pick_target(pool, &t);
 
 	if (rc < 0)
 		return rc;
-	if (t.path[0])
-		return pf_conn_connect(conn, NULL, t.path);
-	if (host_out && !(*host_out = strdup(t.host)))
+	s->host_index = t.index;
+	s->host_count = t.count;
+	if (t.path[0]) {
+		if (!(s->path = strdup(t.path)))
+			return -ENOMEM;
+		return pf_conn_connect(&s->conn, NULL, t.path);
+	}
+	if (!(s->host = strdup(t.host)))
 		return -ENOMEM;
-	return pf_conn_connect_host(conn, t.host, t.port);
+	s->port = t.port;
+	memset(&addr, 0, sizeof(addr));
+	if (uv_inet_pton(AF_INET, t.host, &addr.in.sin_addr) == 0) {
+		addr.in.sin_family = AF_INET;
+		return connect_addr(s, &addr);
+	}
+	if (uv_inet_pton(AF_INET6, t.host, &addr.in6.sin6_addr) == 0) {
+		addr.in6.sin6_family = AF_INET6;
+		return connect_addr(s, &addr);
+	}
+	if (!(dns = pf_server_dns(w)))
+		return -ENOMEM;
+	rc = pf_dns_resolve(dns, t.host, &s->dns_wait, on_dns_answer, &addr);
+	if (rc == 1)
+		return connect_addr(s, &addr);
+	if (rc < 0)
+		dns_failed(s, rc); /* a failure the cache still holds, or no room to wait */
+	return rc;                 /* 0: waiting (on_dns_answer) */
 }
 
 int pf_server_launch(pf_pool_t *pool)
@@ -211,10 +356,11 @@ int pf_server_launch(pf_pool_t *pool)
 	s->task = PF_SV_TASK_LOGIN;
 	s->tx_status = PF_PROTO_TX_IDLE;
 	pf_pool_add_server(pool, &s->ps, s->conn.connect_time);
-	rc = connect_to(&s->conn, pool->db, &s->host);
+	rc = connect_to(s, pool);
 	if (rc < 0) {
-		pf_log_warning(NULL, "%s/%s: cannot connect to the server: %s", pool->db->name,
-		               pool->user->name, uv_strerror(rc));
+		pf_log_warning(NULL, "%s/%s: cannot connect to the server%s%s: %s", pool->db->name,
+		               pool->user->name, s->host ? " " : "", s->host ? s->host : "",
+		               uv_strerror(rc));
 		pf_server_close(s, PF_SV_CLOSE_CONNECT_FAILED);
 		return 0;
 	}
@@ -1680,9 +1826,15 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 		pf_strlcpy(sqlstate, s->login_sqlstate[0] ? s->login_sqlstate : "08006",
 		           sizeof(sqlstate));
 	}
-	if (pool->db->lb_disable &&
-	    (reason == PF_SV_CLOSE_CONNECT_FAILED || reason == PF_SV_CLOSE_CONNECT_TIMEOUT))
-		pool->db->host_rr++; /* load_balance_hosts=disable: the next host from now on */
+	/*
+	 * load_balance_hosts=disable: a login that failed on the current host (connect refused
+	 * or timed out, name not found, login refused, connection lost during login) moves the
+	 * pool to the next host, as PgBouncer's last_connect_failed does for its next attempt.
+	 * (A failure of a connection launched before an earlier move does not move it again.)
+	 */
+	if (login_failed && pool->db->lb_disable && s->host_count > 1 &&
+	    s->host_index == pool->host_rr % s->host_count)
+		pool->host_rr++;
 	detach_cancels(s);
 	pf_pool_server_gone(&s->ps);
 	/* s may be freed from here on (a connection that never got a socket goes at once). */
@@ -1709,7 +1861,9 @@ static void server_on_free(pf_conn_t *conn)
 	free(s->param_index);
 	scram_free(s);
 	free(s->login_error);
+	pf_dns_cancel(&s->dns_wait);
 	free(s->host);
+	free(s->path);
 	pf_tls_ctx_unref(s->tls);
 	pf_server_lookup_free(s->lookup);
 	pf_reqq_free(&s->rq);
@@ -1809,8 +1963,9 @@ void pf_server_send_cancel(pf_server_t *s)
 	pf_list_append(&s->cancels, &cc->target_node);
 	pf_list_append(&w->cancel_conns, &cc->conn.node);
 	/* To the backend's own address (with several hosts, the next pick could be another). */
-	if ((s->host ? pf_conn_connect(&cc->conn, &s->conn.addr.sa, NULL)
-	             : connect_to(&cc->conn, s->ps.pool->db, NULL)) < 0)
+	if ((s->host   ? pf_conn_connect(&cc->conn, &s->conn.addr.sa, NULL)
+	     : s->path ? pf_conn_connect(&cc->conn, NULL, s->path)
+	               : -ENOTCONN) < 0)
 		cancel_finish(cc);
 }
 

@@ -95,6 +95,10 @@ static void assert_format(const pf_config_t *cfg, const char *name, const char *
 
 /* The parameters the lead marked as implemented; every other one must be flagged false. */
 static const char *const implemented[] = {
+        "dns_max_ttl",
+        "dns_nxdomain_ttl",
+        "dns_zone_check_period",
+        "resolv_conf",
         "auth_hba_file",
         "auth_ident_file",
         "client_tls_sslmode",
