@@ -618,3 +618,46 @@ def test_peer_answering_garbage(pair, postgres, reply):
         srv.close()
         for s in held:
             s.close()
+
+
+def test_peer_by_host_name_resolved_through_dns_cache(pair, postgres):
+    """A peer named by a host name (not an address) is reached through the worker's DNS cache;
+    a name that does not resolve drops the forward with a log line and disturbs nothing."""
+    # Dual-stack listener: "localhost" may resolve to ::1 as well as 127.0.0.1.
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", 0))
+    srv.listen(16)
+    got = []
+
+    def serve():
+        srv.settimeout(10)
+        try:
+            while len(got) < 2:
+                s, _ = srv.accept()
+                got.append(pgwire.recv_exact(s, 16))
+                s.close()  # the peer's answer: it dealt with the request
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        p = pair(extra_peers="5 = host=localhost port=%d\n6 = host=no-such-peer.invalid port=%d\n"
+                 % (srv.getsockname()[1], srv.getsockname()[1]))
+        keys = [forge(5, rnd=random.Random(i)) for i in range(2)]
+        for k in keys:
+            p.cancel_via(0, *k)
+        pfhelpers.wait_until(lambda: len(got) == 2, 10, "two forwards by name",
+                             lambda: p.pfs[0].all_output())
+        assert sorted(struct.unpack("!IIII", g)[2:] for g in got) == sorted(
+            (pid, secret - 1) for pid, secret in keys)
+        p.cancel_via(0, *forge(6))
+        pfhelpers.wait_until(lambda: p.count(0, "could not forward cancel request to peer 6") >= 1,
+                             10, "the unresolvable peer's forward to be dropped",
+                             lambda: p.pfs[0].all_output())
+        with p.connect(0) as c:
+            assert c.simple_query("SELECT 1") == [("1",)]
+    finally:
+        srv.close()
+        t.join(5)
