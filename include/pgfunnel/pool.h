@@ -214,7 +214,7 @@ typedef struct pf_database {
 	int client_conns;
 	/* Its max_db_client_connections; 0 or -1: the global one applies. */
 	int max_db_client_connections;
-	bool lb_disable;  /* load_balance_hosts=disable: stay on one host until it fails */
+	bool lb_disable; /* load_balance_hosts=disable: stay on one host until it fails */
 	/* The entry's auth_user, auth_query and auth_dbname; NULL: the global one applies
 	 * (pf_database_auth_user() and friends). */
 	char *auth_user;
@@ -317,6 +317,9 @@ struct pf_pool {
 	/* Position in the database's host list (PgBouncer's per-pool rrcounter): the next host
 	 * (load_balance_hosts=round-robin) or the current one (disable); server.c's choice. */
 	unsigned host_rr;
+	/* Server logins that failed in a row (reset by one that works): with a host list, the
+	 * waiting clients wait while another host is left to try (pf_pool_server_failed). */
+	unsigned login_fail_streak;
 	/* ErrorResponses sent to clients by SQLSTATE class ("23", "42", ...). */
 	struct {
 		char cls[2];
@@ -419,7 +422,8 @@ void pf_pool_client_gone(pf_worker_t *w, pf_pool_client_t *c);
 void pf_pool_unlink(pf_pool_server_t *s);
 
 /* A server failed to connect or log in (the server's ErrorResponse fields or NULL). */
-void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message);
+void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message,
+                           unsigned host_count);
 
 /* Opens servers while clients wait and limits allow. */
 void pf_pool_launch(pf_pool_t *pool);

@@ -17,6 +17,7 @@
 #include "pfbuild.h"
 
 #include <assert.h>
+#include <limits.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1353,6 +1354,7 @@ void pf_pool_server_ready(pf_pool_server_t *s)
 void pf_pool_server_logged_in(pf_pool_server_t *s)
 {
 	s->pool->last_login_failure = 0; /* logins work again: no more back-off */
+	s->pool->login_fail_streak = 0;
 	pf_pool_server_ready(s);
 }
 
@@ -1452,14 +1454,26 @@ static size_t usable_server_count(const pf_pool_t *pool)
 	return n;
 }
 
-void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message)
+void pf_pool_server_failed(pf_pool_t *pool, const char *sqlstate, const char *message,
+                           unsigned host_count)
 {
 	pf_list_node_t *it, *tmp;
 	char text[512];
 
-	pool->last_login_failure = pf_worker_now(pool->worker);
 	pf_strlcpy(pool->last_login_error, message ? message : "server connection failed",
 	           sizeof(pool->last_login_error));
+	/*
+	 * A list of hosts with one not tried since the last login that worked: the next attempt
+	 * goes there at once (server.c moves along the list), without server_login_retry's
+	 * back-off, and the waiting clients wait for it, as PgBouncer keeps them waiting.
+	 */
+	if (pool->login_fail_streak < UINT_MAX)
+		pool->login_fail_streak++;
+	if (host_count > 1 && pool->login_fail_streak < host_count) {
+		pf_pool_launch(pool);
+		return;
+	}
+	pool->last_login_failure = pf_worker_now(pool->worker);
 	/* While other servers live that can serve them, waiting clients will get one of them
 	 * (not one doomed by RECONNECT or a RELOAD: it is closed when released). */
 	if (usable_server_count(pool) > 0)

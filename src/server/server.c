@@ -1765,6 +1765,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 	bool was_login = s->ps.state == PF_SV_LOGIN;
 	bool graceful, login_failed;
 	char msg[600], sqlstate[6];
+	unsigned host_count;
 
 	if (s->conn.closing)
 		return;
@@ -1832,6 +1833,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 	 * pool to the next host, as PgBouncer's last_connect_failed does for its next attempt.
 	 * (A failure of a connection launched before an earlier move does not move it again.)
 	 */
+	host_count = s->host_count;
 	if (login_failed && pool->db->lb_disable && s->host_count > 1 &&
 	    s->host_index == pool->host_rr % s->host_count)
 		pool->host_rr++;
@@ -1840,7 +1842,7 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 	/* s may be freed from here on (a connection that never got a socket goes at once). */
 	pf_conn_close(&s->conn);
 	if (login_failed) {
-		pf_pool_server_failed(pool, sqlstate, msg);
+		pf_pool_server_failed(pool, sqlstate, msg, host_count);
 	} else if (pool->waiting_clients.len > 0) {
 		pf_pool_launch(pool);
 	}

@@ -96,7 +96,8 @@ typedef struct fx {
 	bool test_fails;       /* test_server() cannot send */
 	int launch_guard;      /* launches left before the fake refuses (catches endless loops) */
 	bool guard_hit;
-	int settled; /* worker ops: settled() calls */
+	int settled;         /* worker ops: settled() calls */
+	unsigned host_count; /* the database's host list length, as server.c reports it */
 } fx_t;
 
 static fx_t *fx;
@@ -165,7 +166,8 @@ static void op_close_server(pf_pool_server_t *s, pf_server_close_reason_t reason
 	         reason == PF_SV_CLOSE_CONNECT_TIMEOUT || reason == PF_SV_CLOSE_PROTOCOL);
 	pf_pool_server_gone(s);
 	if (login_failed)
-		pf_pool_server_failed(pool, "28P01", "password authentication failed");
+		pf_pool_server_failed(pool, "28P01", "password authentication failed",
+		                      fx->host_count);
 	else if (pool->waiting_clients.len > 0)
 		pf_pool_launch(pool);
 }
@@ -1929,6 +1931,42 @@ static void test_bug_login_failure_never_forgotten(void **state)
 	assert_int_equal(l->pc.state, PF_CL_WAITING_LOGIN);
 }
 
+static void test_host_list_failed_login_tries_next_host(void **state)
+{
+	fake_client_t *a, *b;
+
+	(void)state;
+	/*
+	 * A database with two hosts: a failed login keeps the waiting clients waiting and opens
+	 * the next connection at once (server.c aims it at the next host; no server_login_retry
+	 * back-off), as PgBouncer keeps them waiting; only when every host failed in a row are
+	 * they told. A login that works starts the count again.
+	 */
+	fx_start(NULL, NULL, "server_login_retry = 15");
+	fx->host_count = 2;
+	a = client_new(fx->pool);
+	assert_false(acquire(a));
+	calls_reset();
+	close_server(sv(1), PF_SV_CLOSE_CONNECT_FAILED);
+	assert_int_equal(ncalls(OP_CLOSE_CLIENT, -1), 0);
+	assert_int_equal(ncalls(OP_LAUNCH, -1), 1);
+	assert_int_equal(a->pc.state, PF_CL_WAITING);
+	close_server(sv(2), PF_SV_CLOSE_CONNECT_FAILED); /* both hosts failed: told */
+	assert_int_equal(ncalls(OP_CLOSE_CLIENT, -1), 1);
+	assert_true(a->closed);
+	/* Later a login works: the next failure is again followed by a try elsewhere. */
+	fake_now += 60 * SEC;
+	b = client_new(fx->pool);
+	assert_false(acquire(b));
+	login_ok(sv(3));
+	assert_int_equal(fx->pool->login_fail_streak, 0);
+	assert_false(acquire(client_new(fx->pool)));
+	calls_reset();
+	close_server(sv(4), PF_SV_CLOSE_LOGIN_FAILED);
+	assert_int_equal(ncalls(OP_CLOSE_CLIENT, -1), 0);
+	assert_int_equal(ncalls(OP_LAUNCH, -1), 1);
+}
+
 static void test_bug_kick_skips_server_check(void **state)
 {
 	fake_client_t *a;
@@ -2142,6 +2180,7 @@ int main(void)
 	        cmocka_unit_test_teardown(test_reload_changed_host_tags_servers, fx_teardown),
 	        cmocka_unit_test_teardown(test_server_for_query_skips_login_waiters, fx_teardown),
 	        cmocka_unit_test_teardown(test_bug_login_failure_never_forgotten, fx_teardown),
+	        cmocka_unit_test_teardown(test_host_list_failed_login_tries_next_host, fx_teardown),
 	        cmocka_unit_test_teardown(test_bug_kick_skips_server_check, fx_teardown),
 	        cmocka_unit_test_teardown(test_bug_launch_loops_on_synchronous_failure,
 	                                  fx_teardown),
