@@ -125,7 +125,7 @@ static void test_parameters_documented(void **state)
  * in a main-section entry must agree with the table's implemented flag, so the page never
  * promises what the code does not do (nor hides what it does).
  */
-#define NOT_IMPLEMENTED_NOTE "Accepted for compatibility; pgfunnel does not act on it yet"
+#define NOT_IMPLEMENTED_NOTE "Accepted for compatibility; pgfunnel does not act on it"
 
 /* Whether the main-section entry for name (before DATABASE SECTION) carries the note. */
 static int man_says_not_implemented(const lines_t *man, const char *name)
