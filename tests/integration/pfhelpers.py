@@ -59,6 +59,30 @@ def pgfunnel_bin():
     return os.path.abspath(path)
 
 
+def binary_is_pgbouncer():
+    """Whether PGFUNNEL_BIN is a PgBouncer (the suites that compare run against it too)."""
+    path = os.environ.get("PGFUNNEL_BIN")
+    if not path:
+        return False
+    try:
+        res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "PgBouncer" in res.stdout + res.stderr
+
+
+UNDER_PGBOUNCER = binary_is_pgbouncer()
+
+
+def beyond_pgbouncer(what):
+    """A test of something pgfunnel promises beyond PgBouncer 1.25.2: a strict xfail when the
+    suite runs against PgBouncer (PGFUNNEL_BIN pointing at it), an ordinary test otherwise."""
+    import pytest
+    return pytest.mark.xfail(UNDER_PGBOUNCER, strict=True,
+                             reason="beyond PgBouncer 1.25.2: " + what)
+
+
 def source_root():
     """The repository root (PGFUNNEL_SOURCE_ROOT, else derived from this file)."""
     root = os.environ.get("PGFUNNEL_SOURCE_ROOT")

@@ -27,7 +27,6 @@ and server_fast_close fire within PgBouncer's 1/3 s janitor tick (pgfunnel: 1 s)
 import os
 import socket
 import struct
-import subprocess
 import time
 
 import psycopg
@@ -37,30 +36,15 @@ import pfhelpers
 import pgwire
 
 
-def _binary_is_pgbouncer():
-    path = os.environ.get("PGFUNNEL_BIN")
-    if not path:
-        return False
-    try:
-        res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "PgBouncer" in res.stdout + res.stderr
-
-
 # The file also runs against PgBouncer 1.25.2 (PGFUNNEL_BIN=/work/shared/anchors/...): the same
 # behaviour and messages; PgBouncer sends 08P01 where pgfunnel sends a precise SQLSTATE.
-UNDER_PGBOUNCER = _binary_is_pgbouncer()
+UNDER_PGBOUNCER = pfhelpers.UNDER_PGBOUNCER
+beyond_pgbouncer = pfhelpers.beyond_pgbouncer
 
 
 def sqlstate(ours):
     return "08P01" if UNDER_PGBOUNCER else ours
 
-
-def beyond_pgbouncer(what):
-    return pytest.mark.xfail(UNDER_PGBOUNCER, strict=True,
-                             reason="beyond PgBouncer 1.25.2: " + what)
 
 DB_LIMIT = "client connections exceeded (max_db_client_connections)"
 USER_LIMIT = "client connections exceeded (max_user_client_connections)"

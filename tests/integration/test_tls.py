@@ -63,26 +63,8 @@ SSL_REQUEST = struct.pack("!II", 8, 80877103)
 PGBENCH = os.path.join(pfhelpers.PG_BINDIR, "pgbench")
 
 
-def _binary_is_pgbouncer():
-    path = os.environ.get("PGFUNNEL_BIN")
-    if not path:
-        return False
-    try:
-        res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return res.stdout.startswith("PgBouncer")
-
-
-UNDER_PGBOUNCER = _binary_is_pgbouncer()
-
-
-def beyond_pgbouncer(what):
-    """A test of something pgfunnel promises beyond PgBouncer 1.25.2: a strict xfail when the
-    suite runs against PgBouncer (PGFUNNEL_BIN pointing at it), an ordinary test otherwise."""
-    return pytest.mark.xfail(UNDER_PGBOUNCER, strict=True,
-                             reason="beyond PgBouncer 1.25.2: " + what)
+UNDER_PGBOUNCER = pfhelpers.UNDER_PGBOUNCER
+beyond_pgbouncer = pfhelpers.beyond_pgbouncer
 
 
 # ---------------------------------------------------------------- fixtures

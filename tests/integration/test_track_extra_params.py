@@ -11,10 +11,8 @@ Runs against PgBouncer 1.25.2 too (PGFUNNEL_BIN=/work/shared/anchors/pgbouncer-1
 marked beyond_pgbouncer() are what pgfunnel does beyond it.
 """
 
-import os
 import socket
 import struct
-import subprocess
 
 import pytest
 
@@ -22,24 +20,8 @@ import pfhelpers
 import pgwire
 
 
-def _binary_is_pgbouncer():
-    path = os.environ.get("PGFUNNEL_BIN")
-    if not path:
-        return False
-    try:
-        res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return res.stdout.startswith("PgBouncer")
-
-
-UNDER_PGBOUNCER = _binary_is_pgbouncer()
-
-
-def beyond_pgbouncer(what):
-    return pytest.mark.xfail(UNDER_PGBOUNCER, strict=True,
-                             reason="beyond PgBouncer 1.25.2: " + what)
+UNDER_PGBOUNCER = pfhelpers.UNDER_PGBOUNCER
+beyond_pgbouncer = pfhelpers.beyond_pgbouncer
 
 
 ISTYLE_DEFAULT = "postgres"
