@@ -116,6 +116,10 @@ struct pf_server {
 	pf_server_sasl_step_t sasl_step;
 	char login_sqlstate[6];
 	char *login_error;
+	/* The server's error to the parameter sync run for the linked client (a value of the
+	 * client's the server refuses): told to the client when the server is closed for it. */
+	char sync_sqlstate[6];
+	char *sync_error;
 	char *host; /* the TCP host connected to (TLS: SNI and verify-full's name), or NULL */
 	int port;   /* ... its port */
 	char *path; /* the unix socket connected to, or NULL */

@@ -1166,9 +1166,15 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 		if (avail < hdr->total)
 			return PF_PKT_NEED_WHOLE;
 		s->task_failed = true;
-		if (pf_proto_parse_error_fields(payload, plen, &e) == 0)
+		if (pf_proto_parse_error_fields(payload, plen, &e) == 0) {
 			pf_log_warning(s, "pooler query error: %s %s", e.sqlstate ? e.sqlstate : "",
 			               e.message ? e.message : "");
+			if (s->task == PF_SV_TASK_SYNC_VARS && e.message && !s->sync_error) {
+				pf_strlcpy(s->sync_sqlstate, e.sqlstate ? e.sqlstate : "08P01",
+				           sizeof(s->sync_sqlstate));
+				s->sync_error = strndup(e.message, 512);
+			}
+		}
 		break;
 	}
 	case PF_PROTO_BE_PARAMETER_STATUS: {
@@ -1800,7 +1806,12 @@ void pf_server_close(pf_server_t *s, pf_server_close_reason_t reason)
 			cr = PF_CLOSE_CLIENT_SERVER_GONE;
 			break;
 		}
-		w->pool_ops->close_client(c, cr, NULL, NULL);
+		/* A parameter of the client's that the server refused: the client learns why,
+		 * as PostgreSQL would tell it at login. */
+		if (cr == PF_CLOSE_CLIENT_SERVER_GONE && s->sync_error)
+			w->pool_ops->close_client(c, cr, s->sync_sqlstate, s->sync_error);
+		else
+			w->pool_ops->close_client(c, cr, NULL, NULL);
 	}
 	graceful = s->ready && reason != PF_SV_CLOSE_EOF && reason != PF_SV_CLOSE_ERROR &&
 	           reason != PF_SV_CLOSE_PROTOCOL;
@@ -1863,6 +1874,7 @@ static void server_on_free(pf_conn_t *conn)
 	free(s->param_index);
 	scram_free(s);
 	free(s->login_error);
+	free(s->sync_error);
 	pf_dns_cancel(&s->dns_wait);
 	free(s->host);
 	free(s->path);

@@ -406,6 +406,25 @@ def test_bad_startup_value_does_not_leak(proxy, postgres):
                     assert row(holder)[1:] == (ISTYLE_DEFAULT, "off")
 
 
+@beyond_pgbouncer("PgBouncer closes the client without a word when the SET of its value fails")
+def test_refused_value_is_told_to_the_client(proxy, postgres):
+    """A tracked value the server refuses: the client is told the server's own error (as
+    PostgreSQL tells it at login), not a bare disconnect."""
+    pf = start(proxy, "IntervalStyle")
+    w = raw(pf, postgres, {"IntervalStyle": "bogus"})
+    try:
+        w.send_query("SELECT 1")
+        err = pgwire.expect_error(w, timeout=10)
+        assert err is not None, "no error for a value the server refused"
+        assert (err.severity, err.sqlstate) == ("FATAL", "22023"), err.fields
+        assert "intervalstyle" in err.message.lower() and "bogus" in err.message, err.message
+        assert pgwire.wait_closed(w, 5)
+    finally:
+        w.close()
+    with connect(pf, postgres) as b:
+        assert row(b)[1] == ISTYLE_DEFAULT
+
+
 def test_many_parameter_changes(proxy, postgres):
     """A client flipping both tracked parameters on every transaction, two others watching."""
     pf = start(proxy, "IntervalStyle,default_transaction_read_only")
