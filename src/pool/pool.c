@@ -1010,6 +1010,19 @@ static bool pool_is_paused(const pf_pool_t *pool)
 	return pool->worker->paused || pool->db->paused;
 }
 
+/* max_db_connections and max_user_connections for pool: the entry's, else the global one. */
+static int pool_max_db_connections(const pf_pool_t *pool)
+{
+	return pool->db->max_db_connections >= 0 ? pool->db->max_db_connections
+	                                         : pool->worker->cfg->max_db_connections;
+}
+
+static int pool_max_user_connections(const pf_pool_t *pool)
+{
+	return pool->user->max_user_connections >= 0 ? pool->user->max_user_connections
+	                                             : pool->worker->cfg->max_user_connections;
+}
+
 /* Why a pool may not open another server now. */
 typedef enum launch_verdict {
 	LAUNCH_OK,
@@ -1023,10 +1036,8 @@ static launch_verdict_t launch_verdict(pf_pool_t *pool, bool use_reserve)
 	pf_worker_t *w = pool->worker;
 	const pf_config_t *cfg = w->cfg;
 	int size = pf_pool_size(pool) + (use_reserve ? pool_reserve_size(pool) : 0);
-	int max_db = pool->db->max_db_connections >= 0 ? pool->db->max_db_connections
-	                                               : cfg->max_db_connections;
-	int max_user = pool->user->max_user_connections >= 0 ? pool->user->max_user_connections
-	                                                     : cfg->max_user_connections;
+	int max_db = pool_max_db_connections(pool);
+	int max_user = pool_max_user_connections(pool);
 
 	/* A paused pool opens nothing (PAUSE waits for its servers to be gone). Waiting for
 	 * clients, the ones still there are served as usual. */
@@ -1296,12 +1307,9 @@ void pf_pool_kick(pf_pool_t *pool)
 /* Whether pool has more servers than its (possibly just lowered) size and limits allow. */
 static bool over_limits(const pf_pool_t *pool)
 {
-	const pf_config_t *cfg = pool->worker->cfg;
 	int size = pf_pool_size(pool) + pool_reserve_size(pool);
-	int max_db = pool->db->max_db_connections >= 0 ? pool->db->max_db_connections
-	                                               : cfg->max_db_connections;
-	int max_user = pool->user->max_user_connections >= 0 ? pool->user->max_user_connections
-	                                                     : cfg->max_user_connections;
+	int max_db = pool_max_db_connections(pool);
+	int max_user = pool_max_user_connections(pool);
 
 	return (int)pf_pool_server_count(pool) > size ||
 	       (max_db > 0 && pool->db->server_count > max_db) ||
