@@ -254,6 +254,21 @@ static const char *const wait_tags[] = {
         [PF_ADMIN_WAIT_SUSPEND] = "SUSPEND",
 };
 
+/* Whether any console session is logged in. */
+static bool console_sessions_left(pf_worker_t *w)
+{
+	pf_list_node_t *it, *tmp;
+
+	PF_LIST_FOREACH(&w->pools, it, tmp)
+	{
+		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
+
+		if (p->db->admin && p->active_clients.len > 0)
+			return true;
+	}
+	return false;
+}
+
 void pf_admin_poll(pf_worker_t *w)
 {
 	pf_list_node_t *it, *tmp, *cit, *ctmp;
@@ -288,6 +303,14 @@ again:
 			pf_conn_resume(&c->conn);
 			goto again;
 		}
+	}
+	/* A SUSPEND outlives no console: with every listener stopped none could come to
+	 * RESUME, so when the last console session is gone the pooler resumes by itself (as
+	 * PgBouncer does). */
+	if (w->suspended && !console_sessions_left(w)) {
+		pf_log_info(NULL, "admin disappeared when suspended, doing RESUME");
+		w->ops->set_suspended(w, false);
+		w->ops->kick_pools(w);
 	}
 	w->in_admin_poll = false;
 }

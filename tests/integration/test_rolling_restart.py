@@ -260,6 +260,28 @@ def test_suspend_stops_accepting_until_resume(pgfunnel, postgres):
     k, _ = raw.read_message(5)
     assert k == "R"
     raw.close()
+
+
+def test_suspend_resumes_when_its_console_leaves(pgfunnel, postgres):
+    """PgBouncer: a SUSPEND whose console sessions are all gone resumes by itself (no listener
+    would let a new console in to RESUME)."""
+    pf = start(pgfunnel, postgres)
+    admin = psycopg.connect(host=pf.unix_socket_dir, port=pf.port, user="postgres",
+                            password=ADMIN_PW, dbname="pgbouncer", autocommit=True,
+                            prepare_threshold=None)
+    admin.execute("SUSPEND")
+    raw = pgwire.Connection(pgwire.open_socket("127.0.0.1", pf.port, 5))
+    raw.send(pgwire.startup_message({"user": "alice", "database": "appdb"}))
+    assert raw.is_silent(1.0), "a connection made during SUSPEND must not be served"
+    n = pf.log_len()
+    admin.close()
+    pf.wait_for_log(r"admin disappeared when suspended, doing RESUME", after=n)
+    k, _ = raw.read_message(5)
+    assert k == "R"
+    raw.close()
+    c = connect(pf, postgres)
+    assert c.execute("select 8").fetchone()[0] == 8
+    c.close()
     admin.close()
 
 
