@@ -1,0 +1,380 @@
+"""Red team of issue 13 (peers, DNS cache, limits and timeouts, track_extra_parameters, rolling
+restart / shutdown): a hostile client's attacks, each asserting the behaviour (the right error,
+a clean close, pgfunnel alive, other clients undisturbed, counters back to their baseline).
+
+Meant for the ASan build (PGFUNNEL_SANITIZED=1): the conftest sanitizer gate fails a test on any
+sanitizer report."""
+
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+import pfhelpers
+import pgwire
+
+DB_LIMIT = "client connections exceeded (max_db_client_connections)"
+USER_LIMIT = "client connections exceeded (max_user_client_connections)"
+
+
+@pytest.fixture
+def role(postgres):
+    return pfhelpers.new_role(postgres, "pa13")
+
+
+def wait_until(pred, what, timeout=10.0):
+    pfhelpers.wait_until(pred, timeout, what)
+
+
+def db_conns(pf, db):
+    for r in pfhelpers.show(pf, "DATABASES"):
+        if r["name"] == db:
+            return r["current_client_connections"]
+    raise AssertionError("no database %s" % db)
+
+
+def user_conns(pf, user):
+    for r in pfhelpers.show(pf, "USERS"):
+        if r["name"] == user:
+            return r["current_client_connections"]
+    return 0
+
+
+# ---------------------------------------------------------------- SET injection
+
+
+EVIL = [
+    "x'; CREATE TABLE pwn13a(); --",
+    "x\\'; CREATE TABLE pwn13b(); --",
+    "\\",
+    "a\\\\'' ''\\",
+    "x$$; CREATE TABLE pwn13c(); --$$",
+]
+
+
+def _no_pwn(postgres):
+    with postgres.connect(dbname="appdb", autocommit=True) as conn:
+        rows = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'pwn13%'").fetchall()
+    assert rows == [], rows
+
+
+@pytest.mark.parametrize("scs", ["on", "off"])
+def test_tracked_values_cannot_inject_into_set(proxy, postgres, role, scs):
+    """A tracked value with quotes and backslashes, from a startup parameter and from options
+    (escaped blanks), is set on the next server verbatim and runs no second statement, with
+    standard_conforming_strings on and off."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1},
+               userlist={user: pw})
+    other = pgwire.connect(pf.host, pf.port, user, "appdb", pw,
+                           options={"application_name": "other"})
+    for value in EVIL:
+        esc = value.replace("\\", "\\\\").replace(" ", "\\ ")
+        for opts in ({"application_name": value}, {"options": "-c application_name=" + esc},
+                     {"options": "--application_name=" + esc}):
+            c = pgwire.connect(pf.host, pf.port, user, "appdb", pw, options=opts)
+            if scs == "off":
+                c.simple_query("SET standard_conforming_strings = off")
+            for _ in range(2):
+                # The single server goes to the other client in between: the value is set
+                # again each time.
+                assert other.simple_query("SELECT current_setting('application_name')") == [
+                    ("other",)]
+                got = c.simple_query("SELECT current_setting('application_name')")
+                assert got == [(value,)], (opts, got)
+            c.close()
+    _no_pwn(postgres)
+    assert other.simple_query("SELECT 1") == [("1",)]
+    other.close()
+
+
+def test_hostile_options_refused_cleanly(proxy, role):
+    """Malformed, huge and many options: a FATAL 0A000 and a close, nothing else."""
+    user, pw = role
+    pf = proxy(params={"max_db_client_connections": 2}, userlist={user: pw})
+    bad = ["-c", "-c =x", "-cx", "--=y", "-d x=y", "x", "-c a=b -", "-c a=b\\",
+           "-c application_name=" + "A" * 100000, " ".join(["-c application_name=x"] * 3000),
+           "-c work_mem=1MB", "-c application_name=\xff\xfe"]
+    for opt in bad:
+        try:
+            c = pgwire.connect(pf.host, pf.port, user, "appdb", pw, options={"options": opt})
+        except pgwire.PgError as e:
+            assert e.sqlstate in ("0A000", "08P01"), (opt[:40], e)
+            continue
+        except pgwire.ProtocolError:
+            continue
+        # Accepted ones must work and carry the value.
+        assert c.simple_query("SELECT 1") == [("1",)]
+        c.close()
+    wait_until(lambda: db_conns(pf, "appdb") == 0, "appdb count back to 0")
+    a = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    b = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    err, closed = pgwire.login_refused(pf.host, pf.port, user, "appdb", pw)
+    assert err.message == DB_LIMIT and closed
+    a.close()
+    b.close()
+
+
+# ---------------------------------------------------------------- limit counters
+
+
+def _raw(pf):
+    return pgwire.open_socket(pf.host, pf.port)
+
+
+def _attacks(pf, user, pw, postgres):
+    """Every way of leaving a login half-done, once."""
+    su = {"user": user, "database": "appdb"}
+    # Connect and go.
+    _raw(pf).close()
+    # Half a startup packet.
+    s = _raw(pf)
+    s.sendall(pgwire.startup_message(su)[:7])
+    s.close()
+    # SSLRequest then go; SSLRequest then startup then go before the password.
+    s = _raw(pf)
+    s.sendall(struct.pack("!II", 8, 80877103))
+    s.recv(1)
+    s.close()
+    s = _raw(pf)
+    s.sendall(struct.pack("!II", 8, 80877104))  # GSSENCRequest
+    s.recv(1)
+    s.sendall(pgwire.startup_message(su))
+    conn = pgwire.Connection(s)
+    assert conn.read_message(timeout=5)[0] == "R"
+    s.close()
+    # Startup, password asked, reset by the peer.
+    s = _raw(pf)
+    s.sendall(pgwire.startup_message(su))
+    pgwire.Connection(s).read_message(timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    # Wrong password, unknown database, refused options, protocol 4.0.
+    for kw in ({"password": pw + "x"}, {"dbname": "nosuchdb"},
+               {"options": {"options": "-c work_mem=1"}}, {"options": {"foo": "bar"}}):
+        args = {"password": pw, "dbname": "appdb", "options": None}
+        args.update(kw)
+        try:
+            pgwire.login_refused(pf.host, pf.port, user, args["dbname"], args["password"],
+                                 options=args["options"])
+        except pgwire.ProtocolError:
+            pass
+    # Cancel requests (random key, then the key of a live client).
+    pgwire.cancel_request(pf.host, pf.port, 1234, 5678)
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    pgwire.cancel_request(pf.host, pf.port, *c.backend_key)
+    # A startup packet with the database twice and a password that never comes, then a
+    # second startup packet on the same connection.
+    s = _raw(pf)
+    s.sendall(pgwire.startup_message(su))
+    pgwire.Connection(s).read_message(timeout=5)
+    s.sendall(pgwire.startup_message(su))
+    try:
+        while s.recv(4096):
+            pass
+    except OSError:
+        pass
+    s.close()
+    # A logged-in client that goes without Terminate, one mid-query.
+    c.close()
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.send_query("SELECT pg_sleep(0.2)")
+    c.sock.close()
+
+
+def test_limit_counters_back_to_baseline_after_every_attack(proxy, postgres, role):
+    user, pw = role
+    pf = proxy(params={"max_db_client_connections": 3, "max_user_client_connections": 3,
+                       "max_client_conn": 6},
+               userlist={user: pw})
+    for _ in range(3):
+        _attacks(pf, user, pw, postgres)
+    wait_until(lambda: db_conns(pf, "appdb") == 0 and user_conns(pf, user) == 0,
+               "counters back to 0")
+    # Exactly the limit is admitted, and the next is refused.
+    held = [pgwire.connect(pf.host, pf.port, user, "appdb", pw) for _ in range(3)]
+    err, closed = pgwire.login_refused(pf.host, pf.port, user, "appdb", pw)
+    assert err.message in (DB_LIMIT, USER_LIMIT) and closed, err
+    for h in held:
+        assert h.simple_query("SELECT 1") == [("1",)]
+        h.close()
+    wait_until(lambda: db_conns(pf, "appdb") == 0, "appdb count back to 0")
+
+
+def test_limit_counters_across_reload_and_kill_client(proxy, postgres, role):
+    user, pw = role
+    pf = proxy(params={"max_db_client_connections": 4}, userlist={user: pw})
+    held = [pgwire.connect(pf.host, pf.port, user, "appdb", pw) for _ in range(4)]
+    # RELOAD lowers the limit below what is connected, then raises it again.
+    for limit in (1, 0, 2, 4):
+        p = dict(pf.params)
+        p["max_db_client_connections"] = limit
+        pf.write_ini(params=p)
+        pfhelpers.console(pf, "RELOAD")
+    assert db_conns(pf, "appdb") == 4
+    err, _ = pgwire.login_refused(pf.host, pf.port, user, "appdb", pw)
+    assert err.message == DB_LIMIT
+    # KILL_CLIENT of two of them.
+    ids = [r["id"] for r in pfhelpers.show(pf, "CLIENTS") if r["user"] == user][:2]
+    assert len(ids) == 2
+    for i in ids:
+        pfhelpers.console(pf, "KILL_CLIENT %s" % i)
+    wait_until(lambda: db_conns(pf, "appdb") == 2, "two slots freed")
+    # KILL of the database closes the rest.
+    pfhelpers.console(pf, "KILL appdb")
+    wait_until(lambda: db_conns(pf, "appdb") == 0, "all slots freed")
+    pfhelpers.console(pf, "RESUME appdb")
+    for h in held:
+        h.sock.close()
+    again = [pgwire.connect(pf.host, pf.port, user, "appdb", pw) for _ in range(4)]
+    err, _ = pgwire.login_refused(pf.host, pf.port, user, "appdb", pw)
+    assert err.message == DB_LIMIT
+    for a in again:
+        a.close()
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+def test_transaction_timeout_extended_flush_no_sync(proxy, postgres, role):
+    """A client that leaves Parse/Bind/Execute + Flush without Sync in a transaction is closed
+    by transaction_timeout; the server it held never carries that transaction to the next
+    client."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
+                       "transaction_timeout": 1},
+               userlist={user: pw})
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.simple_query("BEGIN")
+    c.simple_query("CREATE TEMP TABLE t13(x int)")
+    c.send(pgwire.fe_parse("INSERT INTO t13 VALUES (1)") + pgwire.fe_bind() +
+           pgwire.fe_execute() + pgwire.fe_flush())
+    err = pgwire.expect_error(c, 10)
+    assert err is not None and err.message == "transaction timeout", err
+    assert pgwire.wait_closed(c, 5)
+    d = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    assert d.simple_query("SELECT count(*) FROM pg_class WHERE relname = 't13'") == [("0",)]
+    assert d.simple_query("SELECT 1") == [("1",)]
+    d.close()
+
+
+def test_transaction_timeout_while_client_reads_slowly(proxy, postgres, role):
+    """transaction_timeout strikes while a large result is half-way to a client that does not
+    read: what the client gets is whole messages (never an error inside a DataRow), and the
+    next client of the single server gets a clean one."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
+                       "transaction_timeout": 1},
+               userlist={user: pw})
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.send(pgwire.fe_query("BEGIN; SELECT repeat('x', 1000) FROM generate_series(1, 200000)"))
+    pf.wait_for_log(r"transaction timeout", timeout=15)
+    data = c.buf
+    c.sock.settimeout(10)
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            chunk = c.sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+            assert time.monotonic() < deadline, "still sending after 30 s: %d bytes" % len(data)
+    except OSError:
+        pass
+    # Whatever arrived parses as whole messages of the result; the last may be cut short.
+    msgs, _ = pgwire.split_messages(data)
+    kinds = {k for k, _ in msgs}
+    assert kinds <= {"C", "Z", "T", "D", "E"}, kinds
+    for k, p in msgs:
+        if k == "D":
+            assert p[:2] == b"\x00\x01" and len(p) == 2 + 4 + 1000, p[:16]
+    d = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    assert d.simple_query("SELECT 'clean', current_setting('transaction_read_only')") == [
+        ("clean", "off")]
+    d.simple_query("BEGIN")
+    d.simple_query("COMMIT")
+    d.close()
+
+
+def test_query_wait_notify_with_pipelined_client(proxy, postgres, role):
+    """A pipelined client that waits for the server between its queries gets the queue NOTICE
+    between whole messages, and all its answers in order."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
+                       "query_wait_notify": 1},
+               userlist={user: pw})
+    holder = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    holder.simple_query("BEGIN")
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.send(pgwire.fe_query("SELECT 1") + pgwire.fe_parse("SELECT 2") + pgwire.fe_bind() +
+           pgwire.fe_execute() + pgwire.fe_sync() + pgwire.fe_query("SELECT 3"))
+    deadline = time.monotonic() + 10
+    while not c.notices:
+        kind, payload = c.read_message(timeout=max(0.0, deadline - time.monotonic()))
+        assert kind == "N", kind
+        c.notices.append(pgwire.parse_fields(payload))
+    holder.simple_query("COMMIT")
+    got = []
+    for _ in range(3):
+        got.append(c.read_until_ready(10))
+    vals = [pgwire.data_values(m) for m in got]
+    assert vals == [["1"], ["2"], ["3"]], vals
+    assert c.simple_query("SELECT 4") == [("4",)]
+    c.close()
+    holder.close()
+
+
+# ---------------------------------------------------------------- disable_pqexec
+
+
+def test_disable_pqexec_odd_messages(proxy, role):
+    user, pw = role
+    pf = proxy(params={"disable_pqexec": 1}, userlist={user: pw})
+    for payload in (b"\0", b";\0", b"SELECT 1;SELECT 2\0", b"", b"x" * 70000):
+        c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+        c.send(pgwire.message(b"Q", payload))
+        err = pgwire.expect_error(c, 5)
+        assert err is not None and err.message in ("PQexec disallowed",) or \
+            err.sqlstate == "08P01", err
+        assert pgwire.wait_closed(c, 3)
+    # Half a Query message header, then EOF.
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.send(b"Q\0\0")
+    c.sock.close()
+    # The console: refused too, and the extended protocol keeps working for others.
+    c = pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret")
+    c.send_query("SHOW VERSION")
+    err = pgwire.expect_error(c, 5)
+    assert err is not None and err.message == "PQexec disallowed", err
+    with pfhelpers.proxy_connect(pf, user, "appdb", pw, autocommit=True) as conn:
+        assert conn.execute("SELECT %s::int", (7,)).fetchone() == (7,)
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+def test_sigterm_mid_copy_and_pipeline(proxy, postgres, role):
+    """SIGTERM (then SIGINT) while clients are mid-COPY, mid-pipeline and mid-login: each is
+    closed cleanly, pgfunnel exits with status 0 and no sanitizer report."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "session"}, userlist={user: pw})
+    copy = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    copy.simple_query("CREATE TEMP TABLE c13(x text)")
+    copy.send(pgwire.fe_query("COPY c13 FROM STDIN"))
+    assert copy.read_message(timeout=5)[0] == "G"
+    copy.send(pgwire.fe_copy_data(b"abc\n") + b"d\0\0")  # half a CopyData
+    pipe = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    pipe.send((pgwire.fe_parse("SELECT pg_sleep(0.05)") + pgwire.fe_bind() +
+               pgwire.fe_execute()) * 50)
+    half = _raw(pf)
+    half.sendall(pgwire.startup_message({"user": user, "database": "appdb"}))
+    pgwire.Connection(half).read_message(timeout=5)
+    pf.signal(signal.SIGTERM)
+    pf.signal(signal.SIGINT)
+    for c in (copy, pipe):
+        assert pgwire.wait_closed(c, 15)
+    assert pgwire.wait_closed(pgwire.Connection(half), 15)
+    assert pf.wait(timeout=20) == 0
+
