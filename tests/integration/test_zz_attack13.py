@@ -378,3 +378,132 @@ def test_sigterm_mid_copy_and_pipeline(proxy, postgres, role):
     assert pgwire.wait_closed(pgwire.Connection(half), 15)
     assert pf.wait(timeout=20) == 0
 
+
+
+# ---------------------------------------------------------------- peers
+
+
+from test_peers import BlackHole, Pair, forge  # noqa: E402
+
+
+def test_peer_queue_bounded_by_max_client_conn_and_reload_away(pgfunnel, postgres):
+    """A flood of CancelRequests for a silent peer: at most max_client_conn wait (the rest are
+    dropped with a log line); a RELOAD that removes the peer lets the waiting ones go (dropped:
+    no peer); a RESET-ing peer ends its forwards; shutdown is clean."""
+    hole = BlackHole()
+    rst = socket.socket()
+    rst.bind(("127.0.0.1", 0))
+    rst.listen(64)
+    try:
+        p = Pair(pgfunnel, postgres,
+                 extra_peers=("5 = host=127.0.0.1 port=%d pool_size=1\n"
+                              "6 = host=127.0.0.1 port=%d pool_size=1\n"
+                              % (hole.port, rst.getsockname()[1])),
+                 params={"cancel_wait_timeout": 0, "server_connect_timeout": 60,
+                         "max_client_conn": 10})
+        for i in range(40):
+            p.cancel_via(0, *forge(5, ttl=1 + i % 3))
+        pfhelpers.wait_until(lambda: p.show(0, "PEER_POOLS")[0][1:4] == (1, 10, 1) or
+                             p.show(0, "PEER_POOLS")[0][1:3] == (10, 1), 10,
+                             "ten forwards waiting", lambda: p.show(0, "PEER_POOLS"))
+        assert p.count(0, "cancel request for peer 5 dropped: 10 already wait") >= 1
+        # Peer 6 accepts and resets at once: each forward ends (the queue is full, so one at
+        # a time).
+        rst.settimeout(10)
+
+        def peer6():
+            return [r for r in p.show(0, "PEER_POOLS") if r[0] == 6]
+        for _ in range(3):
+            p.cancel_via(0, *forge(6))
+            s, _ = rst.accept()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+            pfhelpers.wait_until(lambda: peer6() == [(6, 0, 0, 0, 0)], 10,
+                                 "the reset forward to end", peer6)
+        # TTL 0 keys are never forwarded.
+        n = len(hole.received())
+        p.cancel_via(0, *forge(5, ttl=0))
+        assert p.count(0, "TTL was exhausted") >= 1
+        # RELOAD without peer 5 (and 6): the waiting forwards are dropped.
+        p.extra_peers = ""
+        p.write(0)
+        p.reload(0)
+        pfhelpers.wait_until(lambda: all(r[2] == 0 for r in p.show(0, "PEER_POOLS")), 10,
+                             "the queue to drain after the RELOAD",
+                             lambda: p.show(0, "PEER_POOLS"))
+        assert len(hole.received()) == n
+        with p.connect(0) as c:
+            assert c.simple_query("SELECT 1") == [("1",)]
+        p.alive()
+        p.pfs[0].stop()
+        p.pfs[1].stop()
+    finally:
+        hole.close()
+        rst.close()
+
+
+# ---------------------------------------------------------------- shutdown / suspend
+
+
+def test_suspend_then_sigterm_then_reload(proxy, postgres, role):
+    """SUSPEND with a client mid-transaction and one mid-message, then SIGTERM, RELOAD during
+    the shutdown, and a second SIGTERM: the process exits 0, nothing leaks."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction"}, userlist={user: pw})
+    tx = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    tx.simple_query("BEGIN")
+    half = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    half.send(pgwire.fe_query("SELECT 1")[:6])
+    con = pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret")
+    con.send_query("SUSPEND")
+    con.read_answer(10)
+    pf.signal(signal.SIGTERM)
+    con.send_query("RELOAD")
+    try:
+        con.read_answer(10)
+    except (pgwire.PgError, pgwire.ProtocolError):
+        pass
+    pf.signal(signal.SIGTERM)
+    assert pf.wait(timeout=20) == 0
+    for c in (tx, half, con):
+        assert pgwire.wait_closed(c, 5)
+
+
+def test_accept_room_flood_then_console_and_clients(proxy, postgres, role):
+    """max_client_conn=4: a flood of connections that never send a startup packet takes the
+    4 + 32 places of the accept room; the ones beyond are closed at once. When the flood goes,
+    counts return to 0 and clients log in again; the console is never refused at the startup
+    packet."""
+    user, pw = role
+    pf = proxy(params={"max_client_conn": 4}, userlist={user: pw})
+    held = [pgwire.connect(pf.host, pf.port, user, "appdb", pw) for _ in range(4)]
+    # The fifth client is refused at its startup packet, the console is not.
+    err, closed = pgwire.login_refused(pf.host, pf.port, user, "appdb", pw)
+    assert "max_client_conn" in err.message and closed, err
+    con = pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret")
+    con.send_query("SHOW LISTS")
+    con.read_answer(10)
+    flood = []
+    for _ in range(60):
+        try:
+            flood.append(_raw(pf))
+        except OSError:
+            break
+    # Those beyond the room (4 + 32, five already in) are closed by pgfunnel.
+    wait_until(lambda: pf.log_text().count("closing because: connection limit reached") >= 60 - 31,
+               "the flood beyond the room to be closed")
+    for s in flood:
+        s.close()
+    for h in held:
+        assert h.simple_query("SELECT 1") == [("1",)]
+        h.close()
+    con.close()
+
+    def all_gone():
+        r = pfhelpers.show(pf, "LISTS")
+        lists = {x["list"]: x["items"] for x in r}
+        return lists.get("used_clients") == 1  # the console asking
+    wait_until(all_gone, "client count back to the console alone")
+    again = [pgwire.connect(pf.host, pf.port, user, "appdb", pw) for _ in range(4)]
+    for a in again:
+        a.close()
