@@ -601,3 +601,109 @@ def test_sjis_value_cannot_break_out_of_set_literal(proxy, postgres, role, scs):
     assert pf.is_running()
     with pfhelpers.proxy_connect(pf, user, "appdb", pw, autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# ---------------------------------------------------------------- auth_query users
+
+
+def test_auth_query_user_counters_after_vanishing_logins(proxy, postgres):
+    """auth_query users (slow lookup): clients vanish while their lookup runs, after it, during
+    the password; unknown users; wrong passwords. The per-user and per-database client counts
+    come back to 0 and exactly the limit logs in again."""
+    auth, apw = pfhelpers.new_role(postgres, "pa13a")
+    looked, lpw = pfhelpers.new_role(postgres, "pa13l")
+    with postgres.connect(autocommit=True) as conn:
+        conn.execute("GRANT pg_read_all_data TO %s" % auth)
+    pf = proxy(params={"auth_user": auth, "pool_mode": "transaction",
+                       "max_user_client_connections": 2, "max_db_client_connections": 3,
+                       "auth_query": "SELECT usename, passwd FROM pg_shadow WHERE usename=$1 "
+                                     "AND pg_sleep(0.2) IS NOT NULL"},
+               userlist={auth: apw})
+    su = {"user": looked, "database": "appdb"}
+    for _ in range(3):
+        # Gone while the lookup runs.
+        socks = []
+        for _ in range(5):
+            s = _raw(pf)
+            s.sendall(pgwire.startup_message(su))
+            socks.append(s)
+        for s in socks:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        # Gone at the password request.
+        s = _raw(pf)
+        s.sendall(pgwire.startup_message(su))
+        pgwire.Connection(s).read_message(timeout=10)
+        s.close()
+        # Unknown user, wrong password.
+        for u, p in (("nosuch_pa13", "x"), (looked, lpw + "x")):
+            try:
+                pgwire.login_refused(pf.host, pf.port, u, "appdb", p, timeout=10)
+            except pgwire.ProtocolError:
+                pass
+
+    def counts():
+        users = {r["name"]: r["current_client_connections"] for r in pfhelpers.show(pf, "USERS")}
+        return users.get(looked, 0), db_conns(pf, "appdb")
+    wait_until(lambda: counts() == (0, 0), "counts back to 0")
+    a = pgwire.connect(pf.host, pf.port, looked, "appdb", lpw)
+    b = pgwire.connect(pf.host, pf.port, looked, "appdb", lpw)
+    err, closed = pgwire.login_refused(pf.host, pf.port, looked, "appdb", lpw, timeout=10)
+    assert err.message == USER_LIMIT and closed, err
+    assert a.simple_query("SELECT current_user::text") == [(looked,)]
+    a.close()
+    b.close()
+    wait_until(lambda: counts() == (0, 0), "counts back to 0 again")
+
+
+def test_transaction_timeout_mid_copy_data(proxy, postgres, role):
+    """transaction_timeout while the client is half-way through a CopyData: the client is told
+    and closed, the server (mid-COPY) is not given to the next client."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
+                       "transaction_timeout": 1},
+               userlist={user: pw})
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.simple_query("BEGIN")
+    c.simple_query("CREATE TEMP TABLE cp13(x text)")
+    c.send(pgwire.fe_query("COPY cp13 FROM STDIN"))
+    assert c.read_message(timeout=5)[0] == "G"
+    c.send(pgwire.fe_copy_data(b"one\n") + b"d\0\0\0\x20two")  # the second one cut short
+    err = pgwire.expect_error(c, 10)
+    assert err is not None and err.message == "transaction timeout", err
+    assert pgwire.wait_closed(c, 5)
+    d = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    assert d.simple_query("SELECT count(*) FROM pg_class WHERE relname = 'cp13'") == [("0",)]
+    d.close()
+
+
+def test_reload_during_wait_for_clients_shutdown(proxy, postgres, role):
+    """SHUTDOWN WAIT_FOR_CLIENTS with a client in a transaction; RELOADs changing the limits
+    and pool settings meanwhile; the client finishes its transaction and is closed; exit 0."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction", "max_db_client_connections": 5},
+               userlist={user: pw})
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.simple_query("BEGIN")
+    con = pgwire.connect(pf.host, pf.port, "postgres", "pgbouncer", "pg-super-secret")
+    con.send_query("SHUTDOWN WAIT_FOR_CLIENTS")
+    con.read_answer(10)
+    for limit in (1, 0, 3):
+        p = dict(pf.params)
+        p["max_db_client_connections"] = limit
+        p["default_pool_size"] = limit + 1
+        pf.write_ini(params=p)
+        con.send_query("RELOAD")
+        try:
+            con.read_answer(10)
+        except pgwire.PgError:
+            pass
+    assert c.simple_query("SELECT 'still here'") == [("still here",)]
+    c.send(pgwire.fe_query("COMMIT"))
+    try:
+        c.read_until_ready(10)
+    except pgwire.ProtocolError:
+        pass
+    assert pgwire.wait_closed(c, 10)
+    con.close()
+    assert pf.wait(timeout=20) == 0
