@@ -707,3 +707,66 @@ def test_reload_during_wait_for_clients_shutdown(proxy, postgres, role):
     assert pgwire.wait_closed(c, 10)
     con.close()
     assert pf.wait(timeout=20) == 0
+
+
+# ---------------------------------------------------------------- DNS
+
+
+from test_hosts_dns import FakeDns  # noqa: E402
+
+
+def test_dns_flipping_answers_and_serials(pgfunnel, postgres, tmpdir_user):
+    """A nameserver that answers each query differently: the address flips between the real
+    server and a dead one, the SOA serial jumps up, down, to 0 and to 2^32-1, every other answer
+    carries a wrong ID or comes late. Clients keep being served (or get an error), pgfunnel
+    stays alive, RELOAD and shutdown in the middle are clean."""
+    import os
+    dns = FakeDns()
+    try:
+        state = {"n": 0}
+        serials = [1, 2, 0xFFFFFFFF, 0, 7, 3]
+
+        def evil(qid, q, t):
+            state["n"] += 1
+            n = state["n"]
+            if n % 5 == 0:
+                qid ^= 0x5555  # wrong ID: the resolver ignores it and retries or times out
+            if t == 1:
+                ip = "127.0.0.1" if n % 2 else "127.0.0.9"
+                ans = struct.pack("!HHHIH", 0xC00C, 1, 1, 0, 4) + socket.inet_aton(ip)
+            elif t == 6:
+                rdata = (dns._name("ns.pgf.test") + dns._name("a.pgf.test") +
+                         struct.pack("!IIIII", serials[n % len(serials)], 60, 60, 600, 1))
+                ans = struct.pack("!HHHIH", 0xC00C, 6, 1, 0, len(rdata)) + rdata
+            else:
+                return struct.pack("!HHHHHH", qid, 0x8583, 1, 0, 0, 0) + q
+            return struct.pack("!HHHHHH", qid, 0x8580, 1, 1, 0, 0) + q + ans
+        dns.evil = evil
+        conf = os.path.join(tmpdir_user, "resolv.conf")
+        pfhelpers.write_file(conf, "nameserver 127.0.0.1:%d\n" % dns.port, 0o644)
+        p = {"resolv_conf": conf, "dns_zone_check_period": 1, "dns_max_ttl": 0,
+             "dns_nxdomain_ttl": 0, "server_login_retry": 0, "verbose": 1,
+             "pool_mode": "transaction", "server_lifetime": 1}
+        pf = pfhelpers.start_proxy(pgfunnel, postgres, params=p, databases={
+            "flip": "host=db.pgf.test port=%d dbname=postgres" % postgres.port})
+        ok = 0
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            try:
+                with pfhelpers.proxy_connect(pf, "alice", "flip", "alice-scram-secret",
+                                             autocommit=True) as c:
+                    c.execute("SELECT 1")
+                ok += 1
+                pfhelpers.console(pf, "RECONNECT flip")
+            except Exception:  # noqa: BLE001 - a dead address is an error for the client
+                pass
+            if ok == 2:
+                pfhelpers.console(pf, "RELOAD")
+        assert ok >= 1
+        assert dns.queries.get(("pgf.test", 6), 0) >= 2  # zone checks went through it too
+        assert pf.is_running()
+        with pfhelpers.proxy_connect(pf, "alice", "appdb", "alice-scram-secret") as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+        pf.stop(timeout=30)
+    finally:
+        dns.stop()
