@@ -770,3 +770,44 @@ def test_dns_flipping_answers_and_serials(pgfunnel, postgres, tmpdir_user):
         pf.stop(timeout=30)
     finally:
         dns.stop()
+
+
+def test_transaction_timeout_implicit_transaction_without_sync(proxy, postgres, role):
+    """No BEGIN: Parse/Bind/Execute + Flush and never a Sync keeps the server in an implicit
+    transaction; transaction_timeout ends it like any other, and the next client of the single
+    server is served."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
+                       "transaction_timeout": 1},
+               userlist={user: pw})
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.send(pgwire.fe_parse("SELECT 1") + pgwire.fe_bind() + pgwire.fe_execute() +
+           pgwire.fe_flush())
+    err = pgwire.expect_error(c, 10)
+    assert err is not None and err.message == "transaction timeout", err
+    assert pgwire.wait_closed(c, 5)
+    d = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    assert d.simple_query("SELECT 2") == [("2",)]
+    d.close()
+
+
+def test_transaction_timeout_not_started_by_a_lone_flush(proxy, postgres, role):
+    """A Flush (or a Parse + Sync) that leaves the server idle does not start the transaction
+    clock: an idle client well past transaction_timeout still runs its next query."""
+    user, pw = role
+    pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1,
+                       "transaction_timeout": 1},
+               userlist={user: pw})
+    c = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    c.send(pgwire.fe_flush())
+    c.send(pgwire.fe_parse("SELECT 1") + pgwire.fe_sync())
+    c.read_until_ready(5)
+    other = pgwire.connect(pf.host, pf.port, user, "appdb", pw)
+    # The time passing is the point here: more than transaction_timeout (janitor tick 1 s).
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3:
+        assert other.simple_query("SELECT 1") == [("1",)]  # the single server is free
+        time.sleep(0.2)
+    assert c.simple_query("SELECT 'alive'") == [("alive",)]
+    c.close()
+    other.close()
