@@ -1524,6 +1524,19 @@ static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
 			c->peer.xact_start = now;
 		break;
 	}
+	case PF_PROTO_FE_PARSE:
+	case PF_PROTO_FE_BIND:
+	case PF_PROTO_FE_DESCRIBE:
+	case PF_PROTO_FE_EXECUTE:
+	case PF_PROTO_FE_CLOSE:
+	case PF_PROTO_FE_FLUSH:
+		/* The server (linked: forwarded messages only come here) leaves idle with the first
+		 * message, Sync or not: transaction_timeout counts from it, as PgBouncer's
+		 * xact_start does, so Execute + Flush without a Sync cannot hold a server in an
+		 * implicit transaction for ever. ReadyForQuery 'I' clears it (server.c). */
+		if (!c->peer.xact_start)
+			c->peer.xact_start = c->conn.net->now;
+		break;
 	default:
 		break;
 	}

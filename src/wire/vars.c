@@ -193,8 +193,40 @@ void pf_vars_clear(pf_vars_t *vars)
 	}
 }
 
+/*
+ * A dollar-quoted literal ($pf$...$pf$, or $pfN$ when the value holds "$pf"): no escape
+ * processing at all, whatever standard_conforming_strings or backslash_quote say. Its '$'s
+ * are never the trail byte of a multibyte character in any client encoding Postgres knows
+ * (SJIS, BIG5, GBK, UHC, GB18030 trail bytes are 0x30 and above), so no value can swallow
+ * the delimiter.
+ */
+static void put_dollar_literal(pf_buf_t *sql, const char *value)
+{
+	char tag[24] = "$pf";
+	size_t taglen;
+
+	/* The tag without its closing '$' must not occur in the value: then neither can the
+	 * tag, nor can the value's end run into the closing delimiter. */
+	for (unsigned n = 1; strstr(value, tag); n++)
+		snprintf(tag, sizeof(tag), "$pf%u", n);
+	taglen = strlen(tag);
+	tag[taglen++] = '$';
+	pf_buf_put_bytes(sql, tag, taglen);
+	pf_buf_put_bytes(sql, value, strlen(value));
+	pf_buf_put_bytes(sql, tag, taglen);
+}
+
 static void put_literal(pf_buf_t *sql, const char *value, bool backslash_escapes)
 {
+	/* With escapes on, a backslash would be written doubled; in a client encoding whose
+	 * multibyte characters may end in 0x5c (SJIS, BIG5, GBK...), a value ending a character
+	 * with it turns our first backslash into part of that character, and the second then
+	 * escapes the quote that follows (CVE-2006-2314's shape; Postgres's backslash_quote
+	 * guards it only when a client has not set that to on). Such values go dollar-quoted. */
+	if (backslash_escapes && strchr(value, '\\')) {
+		put_dollar_literal(sql, value);
+		return;
+	}
 	if (backslash_escapes)
 		pf_buf_put_u8(sql, 'E');
 	pf_buf_put_u8(sql, '\'');

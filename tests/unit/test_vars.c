@@ -55,9 +55,9 @@ static void expect_sql(const pf_vars_t *wanted, const pf_vars_t *server, const c
 /*
  * Reads one string literal at *p the way PostgreSQL's scanner does (scan.l): '...' with ''
  * for a quote, where backslash escapes apply only when standard_conforming_strings is off,
- * and E'...' where they always apply. The value goes to out (a buffer of cap bytes); *p moves
- * past the closing quote. Returns 0, or -1 if the literal is malformed (unterminated,
- * truncated escape, a NUL made by an escape).
+ * E'...' where they always apply, and $tag$...$tag$ with none. The value goes to out (a buffer of
+ * cap bytes); *p moves past the closing quote. Returns 0, or -1 if the literal is malformed
+ * (unterminated, truncated escape, a NUL made by an escape).
  */
 static int lex_literal(const char **p, int scs_on, char *out, size_t cap)
 {
@@ -65,6 +65,31 @@ static int lex_literal(const char **p, int scs_on, char *out, size_t cap)
 	size_t n = 0;
 	int escapes = !scs_on;
 
+	if (*s == '$') {
+		/* $tag$...$tag$: no escapes; ends at the first occurrence of the delimiter. */
+		const char *end = strchr(s + 1, '$'), *close;
+		char delim[64];
+		size_t dlen;
+
+		if (!end)
+			return -1;
+		dlen = (size_t)(end - s) + 1;
+		for (const char *t = s + 1; t < end; t++)
+			if (!((*t >= 'a' && *t <= 'z') || *t == '_' ||
+			      (t > s + 1 && *t >= '0' && *t <= '9')))
+				return -1;
+		if (dlen >= sizeof(delim))
+			return -1;
+		memcpy(delim, s, dlen);
+		delim[dlen] = '\0';
+		close = strstr(s + dlen, delim);
+		if (!close || (size_t)(close - (s + dlen)) + 1 > cap)
+			return -1;
+		memcpy(out, s + dlen, (size_t)(close - (s + dlen)));
+		out[close - (s + dlen)] = '\0';
+		*p = close + dlen;
+		return 0;
+	}
 	if (*s == 'E' || *s == 'e') {
 		escapes = 1;
 		s++;
@@ -444,10 +469,13 @@ static void test_quotes(void **state)
 
 /*
  * With standard_conforming_strings on, a backslash in '' is an ordinary character: doubling it
- * would change the value. With it off, '' strings take backslash escapes (and warn under
- * escape_string_warning), so the value goes in an E'' string with each backslash doubled. The
- * server parses a whole simple Query before running any of it, so its setting at the time the
- * query arrives decides, even when the query itself changes standard_conforming_strings.
+ * would change the value. With it off, '' strings take backslash escapes, and an E'' string
+ * with each backslash doubled is not safe either: in a client encoding whose characters may
+ * end in 0x5c (SJIS, BIG5, GBK), a value ending a character with it swallows the first of the
+ * two backslashes, and the second escapes the quote after it. So a value with a backslash goes
+ * dollar-quoted ($pf$, another tag when the value holds "$pf"). The server parses a whole
+ * simple Query before running any of it, so its setting at the time the query arrives decides,
+ * even when the query itself changes standard_conforming_strings.
  */
 static void test_backslashes(void **state)
 {
@@ -457,18 +485,26 @@ static void test_backslashes(void **state)
 	expect_app("a\\b", "on", "SET application_name='a\\b';");
 	expect_app("x\\", "on", "SET application_name='x\\';");
 	expect_app("\\'", "on", "SET application_name='\\''';");
-	expect_app("a\\b", "off", "SET application_name=E'a\\\\b';");
-	/* A trailing backslash must not escape the closing quote. */
-	expect_app("x\\", "off", "SET application_name=E'x\\\\';");
-	expect_app("\\'", "off", "SET application_name=E'\\\\''';");
-	expect_app("x\\';SELECT 1;--", "off", "SET application_name=E'x\\\\'';SELECT 1;--';");
-	expect_app("\\n\\x41\\101", "off", "SET application_name=E'\\\\n\\\\x41\\\\101';");
+	expect_app("a\\b", "off", "SET application_name=$pf$a\\b$pf$;");
+	/* A trailing backslash escapes nothing. */
+	expect_app("x\\", "off", "SET application_name=$pf$x\\$pf$;");
+	expect_app("\\'", "off", "SET application_name=$pf$\\'$pf$;");
+	expect_app("x\\';SELECT 1;--", "off", "SET application_name=$pf$x\\';SELECT 1;--$pf$;");
+	expect_app("\\n\\x41\\101", NULL, "SET application_name=$pf$\\n\\x41\\101$pf$;");
+	/* SJIS: 0x95 0x5c is one character, then a quote. */
+	expect_app("\x95\\';SELECT 1;--", "off",
+	           "SET application_name=$pf$\x95\\';SELECT 1;--$pf$;");
+	/* The tag is never in the value, and the value's end cannot run into it. */
+	expect_app("\\$pf$;SELECT 1;--", "off",
+	           "SET application_name=$pf1$\\$pf$;SELECT 1;--$pf1$;");
+	expect_app("\\$pf", "off", "SET application_name=$pf1$\\$pf$pf1$;");
+	expect_app("\\$pf$pf1", "off", "SET application_name=$pf2$\\$pf$pf1$pf2$;");
 
 	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, "off");
 	put(&wanted, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
 	put(&wanted, PF_VAR_APPLICATION_NAME, "a\\b");
 	expect_sql(&wanted, &server,
-	           "SET standard_conforming_strings=E'on';SET application_name=E'a\\\\b';", 2);
+	           "SET standard_conforming_strings=E'on';SET application_name=$pf$a\\b$pf$;", 2);
 	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
 	put(&wanted, PF_VAR_STANDARD_CONFORMING_STRINGS, "off");
 	expect_sql(&wanted, &server,
@@ -547,6 +583,11 @@ static const char *const hostile[] = {
         "\\u0027",
         "a\nb;\r\nSELECT 1",
         "\xc3\xa9\\\xe6\x97\xa5'",
+        "\x95\\';SELECT 1;--",
+        "\\$pf",
+        "\\$pf$",
+        "$pf1\\$pf",
+        "\\$pf$pf1$pf2$pf3",
         "",
 };
 #define N_HOSTILE (sizeof(hostile) / sizeof(hostile[0]))
@@ -585,7 +626,8 @@ static void test_unknown_scs_is_safe_both_ways(void **state)
 	pf_vars_t wanted = {0};
 
 	(void)state;
-	expect_app("O'Brien\\", NULL, "SET application_name=E'O''Brien\\\\';");
+	expect_app("O'Brien", NULL, "SET application_name=E'O''Brien';");
+	expect_app("O'Brien\\", NULL, "SET application_name=$pf$O'Brien\\$pf$;");
 	for (size_t i = 0; i < N_HOSTILE; i++) {
 		put(&wanted, PF_VAR_APPLICATION_NAME, hostile[i]);
 		expect_round_trip(&wanted, NULL, 1);
