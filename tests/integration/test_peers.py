@@ -120,21 +120,7 @@ class Pair:
 
     def cancel_via(self, i, pid, secret):
         """CancelRequest on a new connection: process i's unix socket, or the shared port."""
-        if i is None:
-            pgwire.cancel_request("127.0.0.1", self.port, pid, secret)
-            return
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        try:
-            s.connect(self.sock(i))
-            s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret))
-            try:
-                while s.recv(1024):
-                    pass
-            except OSError:
-                pass
-        finally:
-            s.close()
+        pgwire.cancel_request("127.0.0.1" if i is None else self.dirs[i], self.port, pid, secret)
 
     def reload(self, i):
         """RELOAD on process i's console (its unix socket: the shared port could be either);
