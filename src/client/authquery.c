@@ -270,6 +270,12 @@ void pf_authq_done(pf_client_t *c)
 	 * client back to logging in. */
 	pf_server_release(s);
 	pf_pool_end_borrow(w, &c->pc);
+	if (c->conn.closing) {
+		/* The release let a shutdown waiting for servers finish, which closed every
+		 * client, this one too (pf_client_close dropped its lookup_db). */
+		pf_server_lookup_free(r);
+		return;
+	}
 	c->auth_lookup = false;
 	c->lookup_db->client_refs--;
 	c->lookup_db = NULL;
