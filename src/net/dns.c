@@ -63,18 +63,23 @@ struct pf_dns {
 	size_t n_zones;
 };
 
-pf_dns_t *pf_dns_new(const pf_dns_ops_t *ops, void *arg)
+/* A new cache's common part (PgBouncer's default TTLs until pf_dns_set_ttl). */
+static void dns_init(pf_dns_t *dns, const pf_dns_ops_t *ops, void *arg)
 {
-	pf_dns_t *dns = calloc(1, sizeof(*dns));
-
-	if (!dns)
-		return NULL;
 	assert(ops && ops->now && ops->lookup);
 	dns->ops = ops;
 	dns->arg = arg;
 	pf_list_init(&dns->entries);
 	dns->max_ttl = 15 * PF_USEC_PER_SEC;
 	dns->nxdomain_ttl = 15 * PF_USEC_PER_SEC;
+}
+
+pf_dns_t *pf_dns_new(const pf_dns_ops_t *ops, void *arg)
+{
+	pf_dns_t *dns = calloc(1, sizeof(*dns));
+
+	if (dns)
+		dns_init(dns, ops, arg);
 	return dns;
 }
 
@@ -841,13 +846,9 @@ pf_dns_t *pf_dns_new_uv(pf_net_t *net,
 	dns->uv_ops.lookup = uvres_lookup;
 	dns->uv_ops.abandon = uvres_abandon;
 	dns->uv_ops.addr_gone = uvres_gone;
-	dns->ops = &dns->uv_ops;
-	dns->arg = dns;
+	dns_init(dns, &dns->uv_ops, dns);
 	dns->net = net;
 	dns->addr_gone = addr_gone;
 	dns->gone_arg = arg;
-	pf_list_init(&dns->entries);
-	dns->max_ttl = 15 * PF_USEC_PER_SEC;
-	dns->nxdomain_ttl = 15 * PF_USEC_PER_SEC;
 	return dns;
 }

@@ -244,17 +244,21 @@ int pf_vars_build_set(const pf_vars_t *wanted, const pf_vars_t *server, pf_buf_t
 	/* An E'' literal with doubled backslashes reads the same whatever the setting: used
 	 * unless the server said standard_conforming_strings is on. */
 	bool escapes = !scs || strcmp(scs, "on") != 0;
+	int end = PF_VAR_EXTRA + n_extra; /* the slots past it are never set */
 	int n = 0;
 
-	for (int i = 0; i < PF_VAR_COUNT; i++) {
+	/* Runs at every attach (each transaction in transaction mode): the configured slots
+	 * only, and a name only for a SET that is written. */
+	for (int i = 0; i < end; i++) {
 		const char *w = wanted->v[i];
 		const char *s = server->v[i];
-		const char *name = pf_var_name((pf_var_id_t)i);
+		const char *name;
 
 		if (!w || (s && strcmp(w, s) == 0))
 			continue;
 		if (i >= PF_VAR_EXTRA && !s)
 			continue; /* not reported by this server: see vars.h */
+		name = pf_var_name((pf_var_id_t)i);
 		assert(name);
 		pf_buf_put_bytes(sql, "SET ", 4);
 		pf_buf_put_bytes(sql, name, strlen(name));
