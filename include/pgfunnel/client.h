@@ -28,6 +28,9 @@ typedef enum pf_admin_wait {
 	PF_ADMIN_WAIT_SUSPEND, /* SUSPEND: until every socket buffer is flushed (suspend_timeout) */
 } pf_admin_wait_t;
 
+/* Longest HBA map= name a client's rule may name (Postgres' NAMEDATALEN). */
+#define PF_CLIENT_MAP_MAX 64
+
 struct pf_client {
 	pf_conn_t conn;        /* first: a pf_client_t * is a pf_conn_t * */
 	pf_pool_client_t pc;   /* its place in the pool (state, lists, link) */
@@ -35,31 +38,31 @@ struct pf_client {
 	pf_database_t *db;
 	pf_user_t *user; /* the login name the client authenticated as */
 	char *user_name;
-	char *db_name;
+	char *db_name; /* in user_name's allocation */
 	pf_vars_t vars;
 	pf_cancel_key_t ck;           /* the BackendKeyData we gave it, in the worker's table */
-	bool admin;                   /* logged in to the console */
-	bool admin_can_write;         /* admin_users rather than stats_users */
-	bool admin_kill_self;         /* KILL_CLIENT named the console client itself */
-	pf_admin_wait_t admin_wait;   /* PAUSE / WAIT_CLOSE in progress */
-	pf_database_t *admin_wait_db; /* ... for this database (NULL = all) */
+	pf_database_t *admin_wait_db; /* PAUSE / WAIT_CLOSE in progress for this database (NULL =
+	                               * all) */
+	pf_admin_wait_t admin_wait;   /* ... which of them */
 	int admin_shutdown;           /* pf_shutdown_mode_t a SHUTDOWN asked for */
 	/* login */
-	bool tls_negotiated; /* it sent SSLRequest (or began direct TLS): no second one */
-	uint8_t method;      /* how it authenticates (client.c's METHOD_*) */
-	bool method_dn;      /* cert names: the whole subject (clientname=DN), not the CN */
-	char method_map[64]; /* the HBA rule's map= (peer, cert), "" for none */
-	uint8_t auth_step;
-	uint8_t md5_salt[4];
+	char *method_map; /* the HBA rule's map= (peer, cert), NULL for none */
 	pf_scram_server_t *scram;
-	uint32_t secret_gen; /* the user's secret_gen when its password exchange began */
-	/* An auth_query lookup runs (authquery.h): c borrows a server of the auth_user's pool in
-	 * lookup_db (held by a client_refs of its own), not yet of a pool of its own. */
-	bool auth_lookup;
+	/* An auth_query lookup runs (authquery.h, auth_lookup): c borrows a server of the
+	 * auth_user's pool in lookup_db (held by a client_refs of its own), not yet of a pool of
+	 * its own. */
 	pf_database_t *lookup_db;
-	bool db_counted; /* counted in db->client_conns (max_db_client_connections) */
-	/* cancel request being forwarded */
-	uint32_t cancel_target_pid, cancel_target_key;
+	uint32_t secret_gen; /* the user's secret_gen when its password exchange began */
+	uint8_t md5_salt[4];
+	uint8_t method; /* how it authenticates (client.c's METHOD_*) */
+	uint8_t auth_step;
+	bool method_dn;      /* cert names: the whole subject (clientname=DN), not the CN */
+	bool tls_negotiated; /* it sent SSLRequest (or began direct TLS): no second one */
+	bool auth_lookup;
+	bool db_counted;      /* counted in db->client_conns (max_db_client_connections) */
+	bool admin;           /* logged in to the console */
+	bool admin_can_write; /* admin_users rather than stats_users */
+	bool admin_kill_self; /* KILL_CLIENT named the console client itself */
 };
 
 /* The client of a pool member; a list node of a pool's client list. */

@@ -108,49 +108,48 @@ struct pf_conn {
 	pf_transport_t tp; /* every byte in or out of the socket passes through it */
 	pf_conn_t *peer;   /* where PF_PKT_FORWARD sends bytes; NULL = nowhere (dropped) */
 	uint64_t id;       /* unique for the life of the process (SHOW CLIENTS id) */
-	bool is_unix;
-	bool is_client;
-	bool raw_mode;        /* before framing: startup packet, SSL negotiation */
-	bool closing;         /* pf_conn_close() was called */
-	bool reading;         /* uv_read_start is active */
-	bool read_paused;     /* the owner holds processing back (reading goes on until full) */
-	bool suspended;       /* SUSPEND: no reading until RESUME */
-	bool throttled;       /* sbuf_loopcnt reached: reading resumes next loop iteration */
-	bool resume_pending;  /* pf_conn_defer_resume(): processing resumes next loop iteration */
-	bool fwd_pending;     /* a forward write borrows rbuf */
-	bool in_process;      /* re-entrancy guard for pf_conn_process() */
-	bool handle_open;     /* the uv handle is initialised and not yet closed */
-	bool connect_pending; /* an outgoing connect request refers to c */
-	bool lingering;       /* closing: waiting for queued bytes to leave */
-	bool out_blocked;     /* too much of our own output queued: no processing (reading goes
-	                       * on until the buffer is full) */
-	bool read_done;       /* the peer's EOF or a read error ended reading (read_status) */
-	bool end_delivered;   /* ... and ops->on_event() was told */
+	bool is_unix : 1;
+	bool is_client : 1;
+	bool raw_mode : 1;        /* before framing: startup packet, SSL negotiation */
+	bool closing : 1;         /* pf_conn_close() was called */
+	bool reading : 1;         /* uv_read_start is active */
+	bool read_paused : 1;     /* the owner holds processing back (reading goes on until full) */
+	bool suspended : 1;       /* SUSPEND: no reading until RESUME */
+	bool throttled : 1;       /* sbuf_loopcnt reached: reading resumes next loop iteration */
+	bool resume_pending : 1;  /* pf_conn_defer_resume(): processing resumes next iteration */
+	bool fwd_pending : 1;     /* a forward write borrows rbuf */
+	bool in_process : 1;      /* re-entrancy guard for pf_conn_process() */
+	bool handle_open : 1;     /* the uv handle is initialised and not yet closed */
+	bool connect_pending : 1; /* an outgoing connect request refers to c */
+	bool lingering : 1;       /* closing: waiting for queued bytes to leave */
+	bool out_blocked : 1;     /* too much of our own output queued: no processing (reading goes
+	                           * on until the buffer is full) */
+	bool read_done : 1;       /* the peer's EOF or a read error ended reading (read_status) */
+	bool end_delivered : 1;   /* ... and ops->on_event() was told */
+	bool fwd_open : 1;        /* fwd_start is valid */
+	bool pkt_forward : 1;     /* pkt_remain's bytes are forwarded (else skipped) */
+	int read_status;          /* 0 for EOF, else the read error */
 	uint8_t *rbuf;
 	uint32_t rcap, rpos, rend; /* unprocessed bytes are rbuf[rpos, rend) */
 	uint32_t fwd_start;        /* start of the forward region not yet flushed */
-	bool fwd_open;             /* fwd_start is valid */
 	uint32_t pkt_remain;       /* bytes of the current message still to pass */
 	uint32_t head;             /* PF_PKT_NEED_HEAD: bytes wanted; PF_PKT_REPLACED: replaced */
-	bool pkt_forward;          /* ... forwarding them (else skipping) */
 	uint32_t max_packet;       /* max_packet_size for header validation */
 	uint32_t hold_max;      /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
 	uint32_t out_queued;    /* bytes of our own output (with overhead) the socket holds */
-	int read_status;        /* 0 for EOF, else the read error */
 	int send_error;         /* our own output failed (-errno): reported as PF_CONN_EV_ERROR */
 	uint32_t progress;      /* bumped by every read and every forward write */
 	uint32_t progress_seen; /* ... as the janitor last saw it (pf_conn_is_abandoned) */
-	uv_write_t fwd_req;
+	uv_write_t *fwd_req; /* while fwd_pending: the forward write's request (pf_net_get_wreq) */
 	struct pf_conn_splices *splices; /* replaced heads in the forward region (or NULL) */
 	uint64_t bytes_in, bytes_out;
-	pf_sockaddr_t addr;       /* remote */
-	pf_sockaddr_t local_addr; /* local */
+	pf_sockaddr_t addr;      /* remote */
+	uint32_t read_iteration; /* loop iteration of reads_this_iteration (low 32 bits) */
 	pf_usec_t connect_time;
 	pf_usec_t request_time;
 	pf_list_node_t node; /* the list its state puts it in */
 	pf_list_node_t
-	        throttle_node;   /* worker->throttled_conns while throttled or resume_pending */
-	uint64_t read_iteration; /* loop iteration of reads_this_iteration */
+	        throttle_node; /* worker->throttled_conns while throttled or resume_pending */
 	uint32_t reads_this_iteration;
 };
 
@@ -280,5 +279,9 @@ static inline bool pf_conn_has_input(const pf_conn_t *c)
  * "::1", "unix" for anything else) and its port.
  */
 void pf_conn_addr_text(const void *sa, char *host, size_t n, int *port);
+
+/* c's local address, asked of the socket now (zeroed when unknown: not connected, closing);
+ * AF_UNIX for a unix socket. Not kept in every connection: only SHOW needs it. */
+void pf_conn_local_addr(const pf_conn_t *c, pf_sockaddr_t *out);
 
 #endif

@@ -41,12 +41,16 @@ typedef struct pf_net {
 	size_t free_buffer_count;
 	size_t buffers_in_use; /* buffer_size receive buffers held by connections */
 	size_t buffer_size;
+	/* forward write requests (pf_net_get_wreq): a connection holds one only while its
+	 * forward write is in flight, not for its whole life */
+	pf_free_buffer_t *free_wreqs;
+	size_t free_wreq_count;
 } pf_net_t;
 
 /* Initialises n for loop (may be NULL in tests) with the settings of cfg. */
 void pf_net_init(pf_net_t *n, uv_loop_t *loop, const pf_config_t *cfg);
 
-/* Frees the buffers on the free list. */
+/* Frees the buffers and write requests on the free lists. */
 void pf_net_free(pf_net_t *n);
 
 /* Reads the clock (and caches the reading in n->now). */
@@ -69,5 +73,9 @@ static inline uint64_t pf_net_next_id(pf_net_t *n)
  */
 uint8_t *pf_net_get_buffer(pf_net_t *n, uint32_t *cap);
 void pf_net_put_buffer(pf_net_t *n, uint8_t *buf, uint32_t cap);
+
+/* A write request from the free list (else malloc; NULL on ENOMEM), and back. */
+uv_write_t *pf_net_get_wreq(pf_net_t *n);
+void pf_net_put_wreq(pf_net_t *n, uv_write_t *req);
 
 #endif

@@ -240,10 +240,10 @@ struct pf_pool_client {
 	pf_pool_t *pool;     /* NULL until it logged in to a pool */
 	pf_pool_server_t *link;
 	pf_client_state_t state;
-	pf_usec_t wait_start; /* when it started waiting (0 = not waiting) */
-	pf_usec_t released;   /* when its last server went back to the pool (0 = never) */
 	bool ping;            /* its last request was an empty query (a connection check) */
 	bool wait_notified;   /* told query_wait_notify's NOTICE (once per wait) */
+	pf_usec_t wait_start; /* when it started waiting (0 = not waiting) */
+	pf_usec_t released;   /* when its last server went back to the pool (0 = never) */
 };
 
 /* The pool's part of a server: embedded in pf_server_t (server.h). */

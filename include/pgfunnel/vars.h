@@ -36,10 +36,29 @@ typedef enum pf_var_id {
 /* Longest "-c name=value" argument accepted in the startup packet's options. */
 #define PF_VAR_OPTION_MAX 1024
 
-/* A set of tracked values; NULL = unknown / not set. Strings are owned (malloc). */
+/*
+ * A set of tracked values; NULL = unknown / not set. Values are interned: every equal string
+ * set anywhere is one shared, reference-counted copy (a client's "UTF8", "ISO, MDY"... cost it
+ * a pointer, not a string of its own), so two values are equal exactly when their pointers
+ * are. The extra slots are allocated at the first extra value set (most connections have
+ * none). Read values with pf_vars_get(); change them only with pf_vars_set/copy/clear. The
+ * intern table is process-wide and not locked: vars are used from the event loop's thread only.
+ */
 typedef struct pf_vars {
-	char *v[PF_VAR_COUNT];
+	const char *v[PF_VAR_BUILTIN_COUNT];
+	const char **extra; /* pf_var_extra_count() slots, or NULL while none was set */
 } pf_vars_t;
+
+/* The value of id in vars, or NULL. */
+static inline const char *pf_vars_get(const pf_vars_t *vars, pf_var_id_t id)
+{
+	if ((int)id < PF_VAR_BUILTIN_COUNT)
+		return vars->v[id];
+	return vars->extra ? vars->extra[id - PF_VAR_EXTRA] : NULL;
+}
+
+/* How many distinct values are interned now (for tests). */
+size_t pf_vars_interned(void);
 
 /*
  * Sets the extra tracked parameters from track_extra_parameters (a comma-separated list;
@@ -73,7 +92,7 @@ int pf_var_lookup(const char *name);
 int pf_vars_parse_options(const char *options,
                           bool (*fn)(void *arg, const char *name, const char *value), void *arg);
 
-/* Sets one value (copied; NULL clears). Returns 0 or -ENOMEM. */
+/* Sets one value (interned: equal values share one copy; NULL clears). Returns 0 or -ENOMEM. */
 PF_MUSTCHECK int pf_vars_set(pf_vars_t *vars, pf_var_id_t id, const char *value);
 
 /* Copies every value of src into dst. Returns 0 or -ENOMEM. */

@@ -291,8 +291,8 @@ static void client_on_free(pf_conn_t *conn)
 
 	pf_vars_clear(&c->vars);
 	pf_prepared_client_free(c->peer.prep);
-	free(c->user_name);
-	free(c->db_name);
+	free(c->user_name); /* db_name too */
+	free(c->method_map);
 	free(c);
 }
 
@@ -375,8 +375,8 @@ void pf_client_finish_login(pf_client_t *c)
 
 		if (var >= 0) {
 			/* Its own startup value wins; otherwise it adopts the server's. */
-			if (c->vars.v[var])
-				value = c->vars.v[var];
+			if (pf_vars_get(&c->vars, (pf_var_id_t)var))
+				value = pf_vars_get(&c->vars, (pf_var_id_t)var);
 			else if (pf_vars_set(&c->vars, (pf_var_id_t)var, value) < 0)
 				b.failed = true;
 		}
@@ -593,7 +593,8 @@ static bool choose_method(pf_client_t *c, const pf_config_t *cfg)
 	pf_hba_conn_t hc;
 	char name[256];
 
-	c->method_map[0] = '\0';
+	free(c->method_map);
+	c->method_map = NULL;
 	c->method_dn = false;
 	switch (cfg->auth_type) {
 	case PF_AUTH_ANY:
@@ -632,9 +633,12 @@ static bool choose_method(pf_client_t *c, const pf_config_t *cfg)
 		hba_refuse(c, rule != NULL);
 		return false;
 	}
-	if (rule->map &&
-	    pf_strlcpy(c->method_map, rule->map, sizeof(c->method_map)) >= sizeof(c->method_map)) {
+	if (rule->map && strlen(rule->map) >= PF_CLIENT_MAP_MAX) {
 		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", "ident map name too long");
+		return false;
+	}
+	if (rule->map && !(c->method_map = strdup(rule->map))) {
+		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return false;
 	}
 	c->method_dn = rule->clientname == PF_HBA_CLIENTNAME_DN;
@@ -789,8 +793,8 @@ static void begin_exchange(pf_client_t *c)
 		return;
 	case METHOD_PEER:
 		/* Postgres' words; an unknown user fails the same way. */
-		if (!c->user || !name_maps(c, c->method_map[0] ? c->method_map : NULL,
-		                           peer_user(c, name, sizeof(name)) ? name : NULL)) {
+		if (!c->user ||
+		    !name_maps(c, c->method_map, peer_user(c, name, sizeof(name)) ? name : NULL)) {
 			snprintf(msg, sizeof(msg), "Peer authentication failed for user \"%s\"",
 			         c->user_name);
 			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
@@ -799,8 +803,8 @@ static void begin_exchange(pf_client_t *c)
 		login_ok(c);
 		return;
 	case METHOD_CERT:
-		if (!c->user || !name_maps(c, c->method_map[0] ? c->method_map : NULL,
-		                           cert_name(c, c->method_dn, name, sizeof(name)))) {
+		if (!c->user ||
+		    !name_maps(c, c->method_map, cert_name(c, c->method_dn, name, sizeof(name)))) {
 			snprintf(msg, sizeof(msg),
 			         "certificate authentication failed for user \"%s\"", c->user_name);
 			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
@@ -1380,9 +1384,16 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "08P01", "SSL required");
 		return -1;
 	}
-	c->user_name = strdup(st->user);
-	c->db_name = strdup(st->database);
-	if (!c->user_name || !c->db_name) {
+	/* Both names in one allocation (db_name points into it). */
+	size_t ulen = strlen(st->user), dlen = strlen(st->database);
+
+	c->user_name = malloc(ulen + dlen + 2);
+	if (c->user_name) {
+		memcpy(c->user_name, st->user, ulen + 1);
+		c->db_name = c->user_name + ulen + 1;
+		memcpy(c->db_name, st->database, dlen + 1);
+	}
+	if (!c->user_name) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return -1;
 	}

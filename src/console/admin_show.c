@@ -536,7 +536,10 @@ static void socket_row(pf_buf_t *out, pf_worker_t *w, const pf_conn_t *conn,
 	uint32_t send_pos = conn->fwd_open ? conn->fwd_start : conn->rpos;
 
 	pf_conn_addr_text(&conn->addr, addr, sizeof(addr), &port);
-	pf_conn_addr_text(&conn->local_addr, laddr, sizeof(laddr), &lport);
+	pf_sockaddr_t local;
+
+	pf_conn_local_addr(conn, &local);
+	pf_conn_addr_text(&local, laddr, sizeof(laddr), &lport);
 	format_time(w, conn->connect_time, ctime, sizeof(ctime));
 	format_time(w, conn->request_time, rtime, sizeof(rtime));
 	/* Not heap addresses, which a stats user has no business seeing: the connection's id in

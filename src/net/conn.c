@@ -203,8 +203,8 @@ static void count_read(pf_conn_t *c)
 
 	if (limit <= 0 || c->closing)
 		return;
-	if (c->read_iteration != w->iteration) {
-		c->read_iteration = w->iteration;
+	if (c->read_iteration != (uint32_t)w->iteration) {
+		c->read_iteration = (uint32_t)w->iteration;
 		c->reads_this_iteration = 0;
 	}
 	if (++c->reads_this_iteration < (uint32_t)limit || c->throttled)
@@ -308,6 +308,9 @@ static void on_forward_written(uv_write_t *req, int status)
 	pf_conn_t *c = req->data;
 
 	(void)status; /* A failed write shows up on the peer as an error or EOF. */
+	assert(req == c->fwd_req);
+	pf_net_put_wreq(c->net, req);
+	c->fwd_req = NULL;
 	c->fwd_pending = false;
 	free_retired(c);
 	c->progress++;
@@ -348,6 +351,8 @@ static unsigned forward_bufs(pf_conn_t *c, uv_buf_t *b, size_t *total)
 		b[nb++] = uv_buf_init((char *)c->rbuf + pos, c->rpos - pos);
 	return nb;
 }
+
+static void send_failed(pf_conn_t *c, int status);
 
 static bool flush_forward(pf_conn_t *c)
 {
@@ -397,9 +402,19 @@ static bool flush_forward(pf_conn_t *c)
 		free_retired(c);
 		return true; /* the peer's own read side reports the failure */
 	}
-	c->fwd_req.data = c;
-	if (peer->tp.ops->write(&peer->tp, &c->fwd_req, &peer->h.stream, b, nb,
-	                        on_forward_written) < 0) {
+	assert(!c->fwd_req);
+	c->fwd_req = pf_net_get_wreq(c->net);
+	if (!c->fwd_req) {
+		/* The peer's byte stream would miss these bytes: it is broken. */
+		free_retired(c);
+		send_failed(peer, -ENOMEM);
+		return true;
+	}
+	c->fwd_req->data = c;
+	if (peer->tp.ops->write(&peer->tp, c->fwd_req, &peer->h.stream, b, nb, on_forward_written) <
+	    0) {
+		pf_net_put_wreq(c->net, c->fwd_req);
+		c->fwd_req = NULL;
 		free_retired(c);
 		return true;
 	}
@@ -797,15 +812,25 @@ static int accept_or_adopt(pf_conn_t *c, uv_loop_t *loop, uv_stream_t *listener,
 	if (!is_unix) {
 		len = sizeof(c->addr);
 		uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&c->addr, &len);
-		len = sizeof(c->local_addr);
-		uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&c->local_addr, &len);
 		tune_tcp(c);
 	} else {
 		c->addr.sa.sa_family = AF_UNIX;
-		c->local_addr.sa.sa_family = AF_UNIX;
 	}
 	update_reading(c);
 	return 0;
+}
+
+void pf_conn_local_addr(const pf_conn_t *c, pf_sockaddr_t *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (c->is_unix) {
+		out->sa.sa_family = AF_UNIX;
+	} else if (c->handle_open && !c->closing) {
+		int len = sizeof(*out);
+
+		if (uv_tcp_getsockname(&c->h.tcp, &out->sa, &len) < 0)
+			memset(out, 0, sizeof(*out));
+	}
 }
 
 int pf_conn_accept(pf_conn_t *c, uv_stream_t *listener, bool is_unix)
@@ -828,12 +853,8 @@ static void on_connected(uv_connect_t *req, int status)
 		maybe_free(c);
 		return;
 	}
-	if (status == 0 && !c->is_unix) {
-		int len = sizeof(c->local_addr);
-
-		uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&c->local_addr, &len);
+	if (status == 0 && !c->is_unix)
 		tune_tcp(c);
-	}
 	c->ops->on_event(c, PF_CONN_EV_CONNECTED, status);
 	if (status == 0 && !c->closing)
 		update_reading(c);

@@ -31,6 +31,40 @@ void pf_net_free(pf_net_t *n)
 		free(b);
 	}
 	n->free_buffer_count = 0;
+	while (n->free_wreqs) {
+		pf_free_buffer_t *b = n->free_wreqs;
+
+		n->free_wreqs = b->next;
+		free(b);
+	}
+	n->free_wreq_count = 0;
+}
+
+uv_write_t *pf_net_get_wreq(pf_net_t *n)
+{
+	pf_free_buffer_t *b = n->free_wreqs;
+
+	if (b) {
+		n->free_wreqs = b->next;
+		n->free_wreq_count--;
+		return (uv_write_t *)(void *)b;
+	}
+	return malloc(sizeof(uv_write_t));
+}
+
+void pf_net_put_wreq(pf_net_t *n, uv_write_t *req)
+{
+	pf_free_buffer_t *b = (pf_free_buffer_t *)(void *)req;
+
+	if (!req)
+		return;
+	if (n->free_wreq_count >= PF_NET_FREE_BUFFERS_MAX) {
+		free(req);
+		return;
+	}
+	b->next = n->free_wreqs;
+	n->free_wreqs = b;
+	n->free_wreq_count++;
 }
 
 uint8_t *pf_net_get_buffer(pf_net_t *n, uint32_t *cap)

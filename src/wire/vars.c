@@ -5,6 +5,8 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,26 +160,162 @@ int pf_vars_parse_options(const char *options,
 	}
 }
 
+/* ---- interned values ---- */
+
+typedef struct vstr {
+	struct vstr *next; /* in its bucket */
+	uint32_t refs;     /* the slots pointing at s */
+	uint32_t hash;
+	char s[];
+} vstr_t;
+
+static vstr_t **vtab;     /* buckets; vtab_cap is 0 or a power of two */
+static uint32_t vtab_cap; /* buckets */
+static size_t vtab_n;     /* values */
+
+static vstr_t *vstr_of(const char *s)
+{
+	return (vstr_t *)(void *)((char *)(uintptr_t)s - offsetof(vstr_t, s));
+}
+
+static uint32_t vhash(const char *s, size_t len)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (uint8_t)s[i]) * 16777619u;
+	return h;
+}
+
+/* Doubles the bucket array (or makes the first); false when out of memory (the table still
+ * works, only with longer chains). */
+static bool vtab_grow(void)
+{
+	uint32_t ncap = vtab_cap ? vtab_cap * 2 : 64;
+	vstr_t **nb;
+
+	if (vtab_cap >= (1u << 30))
+		return false;
+	nb = calloc(ncap, sizeof(*nb));
+	if (!nb)
+		return false;
+	for (uint32_t i = 0; i < vtab_cap; i++) {
+		vstr_t *e = vtab[i];
+
+		while (e) {
+			vstr_t *next = e->next;
+
+			e->next = nb[e->hash & (ncap - 1)];
+			nb[e->hash & (ncap - 1)] = e;
+			e = next;
+		}
+	}
+	free(vtab);
+	vtab = nb;
+	vtab_cap = ncap;
+	return true;
+}
+
+/* value's shared copy with one more reference, or NULL when out of memory. */
+static const char *intern(const char *value)
+{
+	size_t len = strlen(value);
+	uint32_t h = vhash(value, len);
+	vstr_t *e;
+
+	if (vtab_cap) {
+		for (e = vtab[h & (vtab_cap - 1)]; e; e = e->next) {
+			if (e->hash == h && strcmp(e->s, value) == 0) {
+				/* Each reference is a slot of a live connection: far below 2^32. */
+				assert(e->refs < UINT32_MAX);
+				e->refs++;
+				return e->s;
+			}
+		}
+	}
+	if ((vtab_n >= vtab_cap || !vtab_cap) && !vtab_grow() && !vtab_cap)
+		return NULL;
+	e = malloc(sizeof(*e) + len + 1);
+	if (!e)
+		return NULL;
+	e->refs = 1;
+	e->hash = h;
+	memcpy(e->s, value, len + 1);
+	e->next = vtab[h & (vtab_cap - 1)];
+	vtab[h & (vtab_cap - 1)] = e;
+	vtab_n++;
+	return e->s;
+}
+
+static void unintern(const char *s)
+{
+	vstr_t *e, **pp;
+
+	if (!s)
+		return;
+	e = vstr_of(s);
+	assert(e->refs > 0 && vtab_cap);
+	if (--e->refs > 0)
+		return;
+	for (pp = &vtab[e->hash & (vtab_cap - 1)]; *pp != e; pp = &(*pp)->next)
+		assert(*pp);
+	*pp = e->next;
+	vtab_n--;
+	free(e);
+	if (vtab_n == 0) {
+		free(vtab);
+		vtab = NULL;
+		vtab_cap = 0;
+	}
+}
+
+size_t pf_vars_interned(void)
+{
+	return vtab_n;
+}
+
+static const char **slot(pf_vars_t *vars, pf_var_id_t id)
+{
+	if ((int)id < PF_VAR_BUILTIN_COUNT)
+		return &vars->v[id];
+	assert((int)(id - PF_VAR_EXTRA) < n_extra);
+	if (!vars->extra) {
+		vars->extra = calloc((size_t)n_extra, sizeof(*vars->extra));
+		if (!vars->extra)
+			return NULL;
+	}
+	return &vars->extra[id - PF_VAR_EXTRA];
+}
+
 int pf_vars_set(pf_vars_t *vars, pf_var_id_t id, const char *value)
 {
-	char *copy = NULL;
+	const char *copy = NULL;
+	const char **sl;
 
+	assert((int)id >= 0 && (int)id < PF_VAR_EXTRA + n_extra);
+	if (!value && !pf_vars_get(vars, id))
+		return 0;
+	sl = slot(vars, id);
+	if (!sl)
+		return -ENOMEM;
 	if (value) {
-		if (vars->v[id] && strcmp(vars->v[id], value) == 0)
+		if (*sl && strcmp(*sl, value) == 0)
 			return 0;
-		copy = strdup(value);
+		copy = intern(value);
 		if (!copy)
 			return -ENOMEM;
 	}
-	free(vars->v[id]);
-	vars->v[id] = copy;
+	unintern(*sl);
+	*sl = copy;
 	return 0;
 }
 
 int pf_vars_copy(pf_vars_t *dst, const pf_vars_t *src)
 {
-	for (int i = 0; i < PF_VAR_COUNT; i++) {
-		int rc = pf_vars_set(dst, (pf_var_id_t)i, src->v[i]);
+	int end = PF_VAR_EXTRA + n_extra;
+
+	for (int i = 0; i < end; i++) {
+		int rc = pf_vars_set(dst, (pf_var_id_t)i, pf_vars_get(src, (pf_var_id_t)i));
 
 		if (rc < 0)
 			return rc;
@@ -187,9 +325,15 @@ int pf_vars_copy(pf_vars_t *dst, const pf_vars_t *src)
 
 void pf_vars_clear(pf_vars_t *vars)
 {
-	for (int i = 0; i < PF_VAR_COUNT; i++) {
-		free(vars->v[i]);
+	for (int i = 0; i < PF_VAR_BUILTIN_COUNT; i++) {
+		unintern(vars->v[i]);
 		vars->v[i] = NULL;
+	}
+	if (vars->extra) {
+		for (int i = 0; i < n_extra; i++)
+			unintern(vars->extra[i]);
+		free(vars->extra);
+		vars->extra = NULL;
 	}
 }
 
@@ -250,11 +394,13 @@ int pf_vars_build_set(const pf_vars_t *wanted, const pf_vars_t *server, pf_buf_t
 	/* Runs at every attach (each transaction in transaction mode): the configured slots
 	 * only, and a name only for a SET that is written. */
 	for (int i = 0; i < end; i++) {
-		const char *w = wanted->v[i];
-		const char *s = server->v[i];
+		const char *w = pf_vars_get(wanted, (pf_var_id_t)i);
+		const char *s = pf_vars_get(server, (pf_var_id_t)i);
 		const char *name;
 
-		if (!w || (s && strcmp(w, s) == 0))
+		/* Interned: equal values are the same pointer. */
+		assert(!w || !s || (w == s) == (strcmp(w, s) == 0));
+		if (!w || w == s)
 			continue;
 		if (i >= PF_VAR_EXTRA && !s)
 			continue; /* not reported by this server: see vars.h */

@@ -178,7 +178,7 @@ static int parse_sets(const char *sql, int scs_on, pf_vars_t *got)
 		id = pf_var_lookup(name);
 		if (id < 0)
 			fail_msg("statement %d sets an untracked name: %s", n, name);
-		if (got->v[id])
+		if (pf_vars_get(got, (pf_var_id_t)id))
 			fail_msg("statement %d sets %s twice", n, name);
 		p += len + 1;
 		if (lex_literal(&p, scs_on, value, cap) < 0)
@@ -214,20 +214,20 @@ static void expect_round_trip(const pf_vars_t *wanted, const char *scs, int scs_
 	pf_buf_put_u8(&b, 0);
 	assert_false(b.failed);
 	assert_int_equal(parse_sets((const char *)b.data, scs_on, &got), n);
-	for (int i = 0; i < PF_VAR_COUNT; i++) {
-		const char *w = wanted->v[i];
+	for (int i = 0; i < PF_VAR_EXTRA + pf_var_extra_count(); i++) {
+		const char *w = pf_vars_get(wanted, (pf_var_id_t)i);
 
 		if (i == PF_VAR_STANDARD_CONFORMING_STRINGS && w && scs && strcmp(w, scs) == 0)
 			w = NULL; /* equal to the server's: not sent */
 		if (!w) {
-			assert_null(got.v[i]);
+			assert_null(pf_vars_get(&got, (pf_var_id_t)i));
 			continue;
 		}
 		want_n++;
-		assert_non_null(got.v[i]);
-		if (strcmp(got.v[i], w) != 0)
-			fail_msg("%s read back as \"%s\", wanted \"%s\"", pf_var_name(i), got.v[i],
-			         w);
+		assert_non_null(pf_vars_get(&got, (pf_var_id_t)i));
+		if (strcmp(pf_vars_get(&got, (pf_var_id_t)i), w) != 0)
+			fail_msg("%s read back as \"%s\", wanted \"%s\"", pf_var_name(i),
+			         pf_vars_get(&got, (pf_var_id_t)i), w);
 	}
 	assert_int_equal(n, want_n);
 	pf_buf_free(&b);
@@ -289,26 +289,29 @@ static void test_set_copies_and_clears(void **state)
 	(void)state;
 	strcpy(src, "ISO, MDY");
 	put(&v, PF_VAR_DATESTYLE, src);
-	assert_ptr_not_equal(v.v[PF_VAR_DATESTYLE], src);
+	assert_ptr_not_equal(pf_vars_get(&v, (pf_var_id_t)PF_VAR_DATESTYLE), src);
 	strcpy(src, "changed");
-	assert_string_equal(v.v[PF_VAR_DATESTYLE], "ISO, MDY"); /* a copy, not the caller's */
-	put(&v, PF_VAR_DATESTYLE, "ISO, MDY");                  /* the same value again */
-	assert_string_equal(v.v[PF_VAR_DATESTYLE], "ISO, MDY");
+	assert_string_equal(pf_vars_get(&v, (pf_var_id_t)PF_VAR_DATESTYLE),
+	                    "ISO, MDY");       /* a copy, not the caller's */
+	put(&v, PF_VAR_DATESTYLE, "ISO, MDY"); /* the same value again */
+	assert_string_equal(pf_vars_get(&v, (pf_var_id_t)PF_VAR_DATESTYLE), "ISO, MDY");
 	put(&v, PF_VAR_DATESTYLE, "German");
-	assert_string_equal(v.v[PF_VAR_DATESTYLE], "German");
+	assert_string_equal(pf_vars_get(&v, (pf_var_id_t)PF_VAR_DATESTYLE), "German");
 	put(&v, PF_VAR_DATESTYLE, "");
-	assert_non_null(v.v[PF_VAR_DATESTYLE]); /* empty is a value, not "unknown" */
-	assert_string_equal(v.v[PF_VAR_DATESTYLE], "");
+	assert_non_null(pf_vars_get(
+	        &v, (pf_var_id_t)PF_VAR_DATESTYLE)); /* empty is a value, not "unknown" */
+	assert_string_equal(pf_vars_get(&v, (pf_var_id_t)PF_VAR_DATESTYLE), "");
 	put(&v, PF_VAR_DATESTYLE, NULL);
-	assert_null(v.v[PF_VAR_DATESTYLE]);
-	for (int i = 0; i < PF_VAR_COUNT; i++)
-		assert_null(v.v[i]); /* one slot does not touch the others */
+	assert_null(pf_vars_get(&v, (pf_var_id_t)PF_VAR_DATESTYLE));
+	for (int i = 0; i < PF_VAR_EXTRA + pf_var_extra_count(); i++)
+		assert_null(
+		        pf_vars_get(&v, (pf_var_id_t)i)); /* one slot does not touch the others */
 
 	put(&v, PF_VAR_TIMEZONE, "UTC");
 	put(&v, PF_VAR_APPLICATION_NAME, "app");
 	pf_vars_clear(&v);
-	for (int i = 0; i < PF_VAR_COUNT; i++)
-		assert_null(v.v[i]);
+	for (int i = 0; i < PF_VAR_EXTRA + pf_var_extra_count(); i++)
+		assert_null(pf_vars_get(&v, (pf_var_id_t)i));
 	pf_vars_clear(&v); /* twice is harmless */
 }
 
@@ -323,17 +326,65 @@ static void test_copy(void **state)
 	put(&dst, PF_VAR_TIMEZONE, "UTC");
 	put(&dst, PF_VAR_DATESTYLE, "German"); /* src has none: every value is copied, NULL too */
 	assert_int_equal(pf_vars_copy(&dst, &src), 0);
-	for (int i = 0; i < PF_VAR_COUNT; i++) {
-		if (!src.v[i]) {
-			assert_null(dst.v[i]);
+	for (int i = 0; i < PF_VAR_EXTRA + pf_var_extra_count(); i++) {
+		if (!pf_vars_get(&src, (pf_var_id_t)i)) {
+			assert_null(pf_vars_get(&dst, (pf_var_id_t)i));
 			continue;
 		}
-		assert_string_equal(dst.v[i], src.v[i]);
-		assert_ptr_not_equal(dst.v[i], src.v[i]); /* each side owns its strings */
+		assert_string_equal(pf_vars_get(&dst, (pf_var_id_t)i),
+		                    pf_vars_get(&src, (pf_var_id_t)i));
+		/* Interned: equal values are one shared copy. */
+		assert_ptr_equal(pf_vars_get(&dst, (pf_var_id_t)i),
+		                 pf_vars_get(&src, (pf_var_id_t)i));
 	}
 	pf_vars_clear(&src);
-	assert_string_equal(dst.v[PF_VAR_TIMEZONE], "Europe/Paris");
+	assert_string_equal(pf_vars_get(&dst, (pf_var_id_t)PF_VAR_TIMEZONE), "Europe/Paris");
 	pf_vars_clear(&dst);
+}
+
+/* Equal values anywhere share one copy, counted: the last slot to drop it frees it; an extra
+ * slot's array exists only once an extra value was set. */
+static void test_interned_values(void **state)
+{
+	pf_vars_t a = {0}, b = {0};
+	size_t base = pf_vars_interned();
+	char buf[16];
+
+	(void)state;
+	put(&a, PF_VAR_DATESTYLE, "ISO, MDY");
+	strcpy(buf, "ISO, MDY");
+	put(&b, PF_VAR_DATESTYLE, buf);
+	assert_ptr_equal(pf_vars_get(&a, PF_VAR_DATESTYLE), pf_vars_get(&b, PF_VAR_DATESTYLE));
+	assert_int_equal(pf_vars_interned(), base + 1);
+	put(&b, PF_VAR_TIMEZONE, "ISO, MDY"); /* another slot, the same text: still one copy */
+	assert_int_equal(pf_vars_interned(), base + 1);
+	put(&a, PF_VAR_DATESTYLE, "German");
+	assert_int_equal(pf_vars_interned(), base + 2);
+	assert_string_equal(pf_vars_get(&b, PF_VAR_DATESTYLE), "ISO, MDY");
+	assert_null(a.extra);
+	put(&a, PF_VAR_INTERVALSTYLE, "iso_8601");
+	assert_non_null(a.extra);
+	assert_string_equal(pf_vars_get(&a, PF_VAR_INTERVALSTYLE), "iso_8601");
+	assert_null(pf_vars_get(&b, PF_VAR_INTERVALSTYLE));
+	pf_vars_clear(&b); /* "ISO, MDY" had two references from b only */
+	assert_int_equal(pf_vars_interned(), base + 2);
+	pf_vars_clear(&a);
+	assert_null(a.extra);
+	assert_int_equal(pf_vars_interned(), base);
+	/* Many distinct values grow the table; all come back intact. */
+	pf_vars_t many[300];
+	memset(many, 0, sizeof(many));
+	for (int i = 0; i < 300; i++) {
+		snprintf(buf, sizeof(buf), "app%d", i);
+		put(&many[i], PF_VAR_APPLICATION_NAME, buf);
+	}
+	assert_int_equal(pf_vars_interned(), base + 300);
+	for (int i = 0; i < 300; i++) {
+		snprintf(buf, sizeof(buf), "app%d", i);
+		assert_string_equal(pf_vars_get(&many[i], PF_VAR_APPLICATION_NAME), buf);
+		pf_vars_clear(&many[i]);
+	}
+	assert_int_equal(pf_vars_interned(), base);
 }
 
 /* ---- which SETs ---- */
@@ -873,6 +924,7 @@ int main(void)
 	        cmocka_unit_test(test_lookup),
 	        cmocka_unit_test(test_set_copies_and_clears),
 	        cmocka_unit_test(test_copy),
+	        cmocka_unit_test(test_interned_values),
 	        cmocka_unit_test(test_nothing_to_do),
 	        cmocka_unit_test(test_only_differences),
 	        cmocka_unit_test(test_every_name_in_order),
