@@ -246,6 +246,16 @@ void pf_conn_send(pf_conn_t *c, const void *data, size_t len);
 void pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b);
 
 /*
+ * Gathers c's output (pf_conn_send*) until pf_conn_uncork(c), which sends it in one write:
+ * messages that go out together (a login's SASL final and its welcome) cost one system call
+ * and wake the client once. One connection at a time; pf_conn_close() uncorks first.
+ */
+void pf_conn_cork(pf_conn_t *c);
+void pf_conn_uncork(pf_conn_t *c);
+/* The cork's buffer is kept between uses up to this size. */
+#define PF_CONN_CORK_KEEP 8192
+
+/*
  * Closes c: stops reading, lets already queued writes finish (bounded), then closes the handle.
  * ops->on_free(c) runs once the handle is closed and no forward write borrows c's buffer.
  * Idempotent.

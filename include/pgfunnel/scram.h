@@ -392,4 +392,11 @@ PF_MUSTCHECK int pf_scram_client_verify(pf_scram_client_t *cl, const uint8_t *se
  */
 void pf_scram_client_clear(pf_scram_client_t *cl);
 
+/*
+ * n bytes from OpenSSL's CSPRNG (nonces, salts, cancel keys), served from a small per-thread
+ * reserve so that a login does not pay RAND_bytes()'s fork check and lock for every piece.
+ * Returns 0 or -EIO.
+ */
+PF_MUSTCHECK int pf_random_bytes(void *out, size_t n);
+
 #endif

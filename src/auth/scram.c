@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -593,7 +594,7 @@ int pf_scram_cache_secret_for_password(pf_scram_cache_t *cache, const char *user
 		memcpy(out->server_key, e->server_key, PF_SCRAM_KEY_LEN);
 		return 0;
 	}
-	if (RAND_bytes(salt, sizeof(salt)) != 1)
+	if (pf_random_bytes(salt, sizeof(salt)) != 0)
 		return -EIO;
 	rc = pf_scram_secret_from_password(password, salt, sizeof(salt), iterations, out,
 	                                   client_key);
@@ -680,11 +681,57 @@ static bool is_valid_msg(const uint8_t *msg, size_t len)
 	return msg && len > 0 && len <= PF_SCRAM_MAX_MSG_LEN && memchr(msg, '\0', len) == NULL;
 }
 
+/* ---- random bytes ---- */
+
+/*
+ * Random bytes come from OpenSSL's CSPRNG through a small per-thread reserve: RAND_bytes()
+ * costs a getpid() system call (its fork check) and a lock on every call, and a login needs
+ * several small pieces (a nonce, a cancel key). A forked child must never hand out its
+ * parent's reserve: pthread_atfork empties it in the child.
+ */
+#define RANDOM_RESERVE 512
+
+static _Thread_local struct {
+	uint8_t bytes[RANDOM_RESERVE];
+	size_t left; /* unused bytes at the end of bytes */
+} reserve;
+static pthread_once_t reserve_once = PTHREAD_ONCE_INIT;
+
+static void reserve_forget(void)
+{
+	OPENSSL_cleanse(reserve.bytes, sizeof(reserve.bytes));
+	reserve.left = 0;
+}
+
+static void reserve_register(void)
+{
+	pthread_atfork(NULL, NULL, reserve_forget);
+}
+
+int pf_random_bytes(void *out, size_t n)
+{
+	uint8_t *dst = out;
+
+	pthread_once(&reserve_once, reserve_register);
+	if (n > RANDOM_RESERVE / 4)
+		return RAND_bytes(dst, (int)n) == 1 ? 0 : -EIO;
+	if (reserve.left < n) {
+		if (RAND_bytes(reserve.bytes, sizeof(reserve.bytes)) != 1)
+			return -EIO;
+		reserve.left = sizeof(reserve.bytes);
+	}
+	/* Taken from the end; what was handed out is wiped at once. */
+	reserve.left -= n;
+	memcpy(dst, reserve.bytes + reserve.left, n);
+	OPENSSL_cleanse(reserve.bytes + reserve.left, n);
+	return 0;
+}
+
 static int make_nonce(char out[PF_SCRAM_NONCE_B64_LEN + 1])
 {
 	uint8_t raw[PF_SCRAM_RAW_NONCE_LEN];
 
-	if (RAND_bytes(raw, sizeof(raw)) != 1)
+	if (pf_random_bytes(raw, sizeof(raw)) != 0)
 		return -EIO;
 	b64_encode(raw, sizeof(raw), out);
 	return 0;

@@ -349,6 +349,33 @@ size_t pf_log_escape(char *dst, size_t n, const char *src, size_t srclen)
 	return out;
 }
 
+/* The process id in every line, asked of the kernel once per process (a forked child asks
+ * again): getpid() is a system call per line otherwise. */
+static atomic_int cached_pid;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_forget(void)
+{
+	atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
+}
+
+static void pid_register(void)
+{
+	pthread_atfork(NULL, NULL, pid_forget);
+}
+
+static int log_pid(void)
+{
+	int pid = atomic_load_explicit(&cached_pid, memory_order_relaxed);
+
+	if (pid == 0) {
+		pthread_once(&pid_once, pid_register);
+		pid = (int)getpid();
+		atomic_store_explicit(&cached_pid, pid, memory_order_relaxed);
+	}
+	return pid;
+}
+
 static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list ap)
         PF_PRINTF(3, 0);
 static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list ap)
@@ -359,8 +386,7 @@ static void vlog(pf_log_level_t level, const void *obj, const char *fmt, va_list
 	int n;
 
 	head = pf_log_format_time(line, sizeof(line), pf_now_wall_usec());
-	n = snprintf(line + head, sizeof(line) - head, " [%d] %s ", (int)getpid(),
-	             level_names[level]);
+	n = snprintf(line + head, sizeof(line) - head, " [%d] %s ", log_pid(), level_names[level]);
 	head += (size_t)n;
 	/* The prefix and the message may carry what a client chose: assembled raw, then escaped. */
 	if (obj) {

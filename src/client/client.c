@@ -26,7 +26,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 
 #include "pgfunnel/client.h"
 #include "pgfunnel/hba.h"
@@ -34,6 +33,7 @@
 #include "pgfunnel/peer.h"
 #include "pgfunnel/pool.h"
 #include "pgfunnel/runtime.h"
+#include "pgfunnel/scram.h"
 #include "pgfunnel/server.h"
 #include "pgfunnel/tls.h"
 
@@ -355,7 +355,7 @@ void pf_client_finish_login(pf_client_t *c)
 	/* Random from the CSPRNG; with peer_id, PgBouncer's layout (cancelkey.h). A key already
 	 * in use (with peering 45 random bits) is drawn again. */
 	do {
-		if (RAND_bytes((unsigned char *)keys, sizeof(keys)) != 1) {
+		if (pf_random_bytes(keys, sizeof(keys)) != 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000",
 			                "could not generate a cancel key");
 			return;
@@ -824,7 +824,7 @@ static void begin_exchange(pf_client_t *c)
 			start_scram(c);
 			return;
 		}
-		if (RAND_bytes(c->md5_salt, sizeof(c->md5_salt)) != 1) {
+		if (pf_random_bytes(c->md5_salt, sizeof(c->md5_salt)) != 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "random generator failed");
 			return;
 		}
@@ -1119,9 +1119,12 @@ static pf_pkt_action_t auth_sasl_response(pf_client_t *c, const uint8_t *payload
 	learn_client_key(c);
 	pf_buf_init(&b);
 	pf_proto_be_auth_sasl_final(&b, out, outlen);
+	/* When the welcome is ready now, it leaves with the SASL final in one write. */
+	pf_conn_cork(&c->conn);
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
 	login_ok(c);
+	pf_conn_uncork(&c->conn);
 	return PF_PKT_CONSUMED;
 }
 

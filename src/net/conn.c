@@ -730,6 +730,32 @@ static void send_failed(pf_conn_t *c, int status)
 	pf_conn_defer_resume(c);
 }
 
+/* pf_conn_cork(): the one connection (per thread) whose output is being gathered. */
+static _Thread_local struct {
+	pf_conn_t *c;
+	pf_buf_t buf;
+} cork;
+
+void pf_conn_cork(pf_conn_t *c)
+{
+	assert(!cork.c);
+	if (cork.c)
+		pf_conn_uncork(cork.c);
+	cork.c = c;
+	pf_buf_reset(&cork.buf);
+}
+
+void pf_conn_uncork(pf_conn_t *c)
+{
+	if (cork.c != c)
+		return;
+	cork.c = NULL;
+	if (cork.buf.len || cork.buf.failed)
+		pf_conn_send_buf(c, &cork.buf);
+	if (cork.buf.cap > PF_CONN_CORK_KEEP)
+		pf_buf_free(&cork.buf);
+}
+
 void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 {
 	uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
@@ -738,6 +764,10 @@ void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 
 	if (c->closing || !c->handle_open || len == 0 || c->send_error)
 		return;
+	if (PF_UNLIKELY(cork.c == c)) {
+		pf_buf_put_bytes(&cork.buf, data, len);
+		return;
+	}
 	c->bytes_out += len;
 	n = c->tp.ops->try_write(&c->tp, &c->h.stream, &b, 1);
 	if (n == (int)len)
@@ -983,6 +1013,7 @@ void pf_conn_close(pf_conn_t *c)
 {
 	if (c->closing)
 		return;
+	pf_conn_uncork(c); /* what was gathered goes before the end */
 	c->closing = true;
 	pf_conn_unthrottle(c);
 	c->peer = NULL;

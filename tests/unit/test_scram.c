@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -1231,9 +1233,52 @@ static void test_saslprep_equivalent_passwords(void **state)
 	assert_memory_not_equal(d.stored_key, s.stored_key, 32);
 }
 
+/* The random reserve: no piece repeats, across refills, and a forked child never hands out
+ * the bytes its parent would hand out next. */
+static void test_random_bytes(void **state)
+{
+	enum { N = 200 };
+	static uint8_t seen[N][16];
+	uint8_t big[400], parent_next[16], child_next[16];
+	int fds[2];
+	pid_t pid;
+
+	(void)state;
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(pf_random_bytes(seen[i], sizeof(seen[i])), 0);
+		for (int j = 0; j < i; j++)
+			assert_memory_not_equal(seen[i], seen[j], sizeof(seen[i]));
+	}
+	assert_int_equal(pf_random_bytes(big, sizeof(big)), 0); /* larger than a reserve piece */
+	assert_memory_not_equal(big, big + 200, 200);
+	assert_int_equal(pf_random_bytes(parent_next, 1), 0); /* the reserve is not empty */
+	assert_int_equal(pipe(fds), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		uint8_t b[16];
+		int ok = pf_random_bytes(b, sizeof(b)) == 0 &&
+		         write(fds[1], b, sizeof(b)) == (ssize_t)sizeof(b);
+
+		_exit(ok ? 0 : 1);
+	}
+	assert_int_equal(pf_random_bytes(parent_next, sizeof(parent_next)), 0);
+	assert_int_equal(read(fds[0], child_next, sizeof(child_next)), (ssize_t)sizeof(child_next));
+	assert_memory_not_equal(parent_next, child_next, sizeof(parent_next));
+	close(fds[0]);
+	close(fds[1]);
+	{
+		int st = 0;
+
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_random_bytes),
 	        cmocka_unit_test(test_rfc7677_client),
 	        cmocka_unit_test(test_rfc7677_server),
 	        cmocka_unit_test(test_postgres_secrets_reproduced),
