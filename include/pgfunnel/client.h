@@ -36,10 +36,9 @@ struct pf_client {
 	pf_pool_client_t pc;   /* its place in the pool (state, lists, link) */
 	pf_server_peer_t peer; /* what its server keeps up to date (vars, timings) */
 	pf_database_t *db;
-	pf_user_t *user; /* the login name the client authenticated as */
-	char *user_name;
-	char *db_name; /* in user_name's allocation */
-	pf_vars_t vars;
+	pf_user_t *user;              /* the login name the client authenticated as */
+	const char *user_name;        /* interned (pf_vars_intern) */
+	const char *db_name;          /* interned */
 	pf_cancel_key_t ck;           /* the BackendKeyData we gave it, in the worker's table */
 	pf_database_t *admin_wait_db; /* PAUSE / WAIT_CLOSE in progress for this database (NULL =
 	                               * all) */

@@ -71,7 +71,7 @@ typedef enum pf_server_sasl_step {
  * knows it only through this struct, handed over by pf_server_attach()).
  */
 typedef struct pf_server_peer {
-	pf_vars_t *vars;       /* the client's session parameters: a SET reported updates them */
+	pf_vars_t vars;        /* the client's session parameters: a SET reported updates them */
 	pf_usec_t query_start; /* when its current query began (0 = none) */
 	pf_usec_t xact_start;  /* when its current transaction began (0 = none) */
 	bool rq_full; /* held back: the request queue is full; resumed once half is answered */

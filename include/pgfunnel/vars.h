@@ -60,6 +60,11 @@ static inline const char *pf_vars_get(const pf_vars_t *vars, pf_var_id_t id)
 /* How many distinct values are interned now (for tests). */
 size_t pf_vars_interned(void);
 
+/* Any other string many connections hold the same copy of (a client's user and database
+ * names): s's shared copy with one more reference (NULL when out of memory), and back. */
+const char *pf_vars_intern(const char *s);
+void pf_vars_release(const char *s);
+
 /*
  * Sets the extra tracked parameters from track_extra_parameters (a comma-separated list;
  * NULL or "" for none). Names are compared case-insensitively, as Postgres does; built-in

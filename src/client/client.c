@@ -183,7 +183,6 @@ static void accept_client(pf_worker_t *w, uv_stream_t *listener, int fd, bool is
 	pf_conn_init(&c->conn, &w->net, &client_ops, true);
 	pf_pool_client_init(&c->pc);
 	pf_cancel_key_init(&c->ck);
-	c->peer.vars = &c->vars;
 	c->conn.raw_mode = true;
 	/* Before login a client may make us hold no more than a startup packet, and then no
 	 * more than pkt_buf for an authentication message (PgBouncer's bound). */
@@ -289,9 +288,10 @@ static void client_on_free(pf_conn_t *conn)
 {
 	pf_client_t *c = (pf_client_t *)conn;
 
-	pf_vars_clear(&c->vars);
+	pf_vars_clear(&c->peer.vars);
 	pf_prepared_client_free(c->peer.prep);
-	free(c->user_name); /* db_name too */
+	pf_vars_release(c->user_name);
+	pf_vars_release(c->db_name);
 	free(c->method_map);
 	free(c);
 }
@@ -375,9 +375,9 @@ void pf_client_finish_login(pf_client_t *c)
 
 		if (var >= 0) {
 			/* Its own startup value wins; otherwise it adopts the server's. */
-			if (pf_vars_get(&c->vars, (pf_var_id_t)var))
-				value = pf_vars_get(&c->vars, (pf_var_id_t)var);
-			else if (pf_vars_set(&c->vars, (pf_var_id_t)var, value) < 0)
+			if (pf_vars_get(&c->peer.vars, (pf_var_id_t)var))
+				value = pf_vars_get(&c->peer.vars, (pf_var_id_t)var);
+			else if (pf_vars_set(&c->peer.vars, (pf_var_id_t)var, value) < 0)
 				b.failed = true;
 		}
 		pf_proto_be_parameter_status(&b, name, value);
@@ -1172,7 +1172,7 @@ static bool startup_option(void *arg, const char *name, const char *value)
 	int var = pf_var_lookup(name);
 
 	if (var >= 0) {
-		if (pf_vars_set(&o->c->vars, (pf_var_id_t)var, value) < 0) {
+		if (pf_vars_set(&o->c->peer.vars, (pf_var_id_t)var, value) < 0) {
 			o->oom = true;
 			return false;
 		}
@@ -1226,7 +1226,7 @@ static bool startup_param(pf_client_t *c, const char *name, const char *value,
 		return startup_options(c, value);
 	var = pf_var_lookup(name);
 	if (var >= 0) {
-		if (pf_vars_set(&c->vars, (pf_var_id_t)var, value) < 0) {
+		if (pf_vars_set(&c->peer.vars, (pf_var_id_t)var, value) < 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 			return false;
 		}
@@ -1387,16 +1387,10 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		pf_client_close(c, PF_CLOSE_CLIENT_STARTUP, "08P01", "SSL required");
 		return -1;
 	}
-	/* Both names in one allocation (db_name points into it). */
-	size_t ulen = strlen(st->user), dlen = strlen(st->database);
-
-	c->user_name = malloc(ulen + dlen + 2);
-	if (c->user_name) {
-		memcpy(c->user_name, st->user, ulen + 1);
-		c->db_name = c->user_name + ulen + 1;
-		memcpy(c->db_name, st->database, dlen + 1);
-	}
-	if (!c->user_name) {
+	/* Shared copies: thousands of clients log in with the same two names. */
+	c->user_name = pf_vars_intern(st->user);
+	c->db_name = pf_vars_intern(st->database);
+	if (!c->user_name || !c->db_name) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return -1;
 	}
@@ -1415,10 +1409,11 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 
 		pf_conn_addr_text(&c->conn.addr, host, sizeof(host), &port);
 		snprintf(app, sizeof(app), "%s - %s:%d",
-		         c->vars.v[PF_VAR_APPLICATION_NAME] ? c->vars.v[PF_VAR_APPLICATION_NAME]
-		                                            : "",
+		         c->peer.vars.v[PF_VAR_APPLICATION_NAME]
+		                 ? c->peer.vars.v[PF_VAR_APPLICATION_NAME]
+		                 : "",
 		         host, port);
-		if (pf_vars_set(&c->vars, PF_VAR_APPLICATION_NAME, app) < 0) {
+		if (pf_vars_set(&c->peer.vars, PF_VAR_APPLICATION_NAME, app) < 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 			return -1;
 		}

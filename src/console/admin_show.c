@@ -591,7 +591,7 @@ static void client_rows(pf_buf_t *out, pf_worker_t *w, const pf_list_t *list, co
 		        .state = state,
 		        .link = pf_client_server(cl) ? &pf_client_server(cl)->conn : NULL,
 		        .remote_pid = unix_peer_pid(&cl->conn),
-		        .appname = cl->vars.v[PF_VAR_APPLICATION_NAME],
+		        .appname = cl->peer.vars.v[PF_VAR_APPLICATION_NAME],
 		        .wait = cl->pc.wait_start && cl->pc.state == PF_CL_WAITING
 		                        ? sl->now - cl->pc.wait_start
 		                        : 0,
@@ -741,7 +741,7 @@ static void fd_client_rows(pf_buf_t *out, const pf_list_t *list)
 
 		fd_row(out, &cl->conn, "client", cl->user_name, cl->db ? cl->db->name : NULL,
 		       ((uint64_t)cl->ck.pid << 32) | cl->ck.key,
-		       pf_client_server(cl) ? &pf_client_server(cl)->conn : NULL, &cl->vars);
+		       pf_client_server(cl) ? &pf_client_server(cl)->conn : NULL, &cl->peer.vars);
 	}
 }
 

@@ -1010,7 +1010,7 @@ bool pf_server_attach(pf_server_t *s, pf_server_peer_t *peer, pf_conn_t *client_
 	client_conn->peer = &s->conn;
 	/* The client's session parameters follow it to whatever server it gets. */
 	pf_buf_init(&sql);
-	if (pf_vars_build_set(peer->vars, &s->vars, &sql) > 0) {
+	if (pf_vars_build_set(&peer->vars, &s->vars, &sql) > 0) {
 		pf_buf_put_u8(&sql, 0);
 		if (sql.failed)
 			pf_log_warning(s, "cannot build the parameter sync query");
@@ -1630,7 +1630,7 @@ static pf_pkt_action_t linked_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, 
 			/* A SET by the client: it now wants this value on every server. */
 			remember_param(s, name, value);
 			var = pf_var_lookup(name);
-			if (var >= 0 && pf_vars_set(s->peer->vars, (pf_var_id_t)var, value) < 0) {
+			if (var >= 0 && pf_vars_set(&s->peer->vars, (pf_var_id_t)var, value) < 0) {
 				s->ps.pool->worker->pool_ops->close_client(
 				        s->ps.link, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 				return PF_PKT_STOP;

@@ -274,6 +274,16 @@ size_t pf_vars_interned(void)
 	return vtab_n;
 }
 
+const char *pf_vars_intern(const char *s)
+{
+	return intern(s);
+}
+
+void pf_vars_release(const char *s)
+{
+	unintern(s);
+}
+
 static const char **slot(pf_vars_t *vars, pf_var_id_t id)
 {
 	if ((int)id < PF_VAR_BUILTIN_COUNT)
