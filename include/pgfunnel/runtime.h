@@ -134,6 +134,8 @@ struct pf_worker {
 	bool done_reported;
 	bool closing_all; /* pf_worker_check_shutdown() is closing every connection */
 	bool in_admin_poll;
+	bool admin_waiting; /* a console command may wait (pf_admin_poll walks only then) */
+	bool settle_due;    /* ops->settled() was called: checked after this iteration's I/O */
 	const pf_worker_hooks_t *hooks;
 	void *hooks_arg;
 	pf_usec_t start_time;

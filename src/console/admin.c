@@ -273,11 +273,18 @@ void pf_admin_poll(pf_worker_t *w)
 {
 	pf_list_node_t *it, *tmp, *cit, *ctmp;
 
+	bool waiting;
+
+	/* Called at every release of a server (each transaction): nothing to do unless a
+	 * console command waits or a SUSPEND is on, so the pools are not walked then. */
+	if (!w->admin_waiting && !w->suspended)
+		return;
 	/* Answering one waiter runs its next command, which may close servers and call here. */
 	if (w->in_admin_poll)
 		return;
 	w->in_admin_poll = true;
 again:
+	waiting = false;
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
 		pf_pool_t *p = PF_CONTAINER_OF(it, pf_pool_t, node);
@@ -289,8 +296,12 @@ again:
 			pf_client_t *c = pf_client_from_node(cit);
 			pf_buf_t out;
 
-			if (c->admin_wait == PF_ADMIN_WAIT_NONE || !wait_done(c))
+			if (c->admin_wait == PF_ADMIN_WAIT_NONE)
 				continue;
+			if (!wait_done(c)) {
+				waiting = true;
+				continue;
+			}
 			pf_buf_init(&out);
 			command_ok(&out, wait_tags[c->admin_wait]);
 			c->admin_wait = PF_ADMIN_WAIT_NONE;
@@ -304,6 +315,7 @@ again:
 			goto again;
 		}
 	}
+	w->admin_waiting = waiting;
 	/* A SUSPEND outlives no console: with every listener stopped none could come to
 	 * RESUME, so when the last console session is gone the pooler resumes by itself (as
 	 * PgBouncer does). */
@@ -320,6 +332,7 @@ static void wait_for(pf_client_t *c, pf_admin_wait_t what, pf_database_t *db, pf
 {
 	c->admin_wait = what;
 	c->admin_wait_db = db;
+	pf_conn_worker(&c->conn)->admin_waiting = true;
 	if (wait_done(c)) {
 		c->admin_wait = PF_ADMIN_WAIT_NONE;
 		c->admin_wait_db = NULL;

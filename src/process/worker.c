@@ -51,15 +51,25 @@ static void on_iteration(uv_check_t *h)
 {
 	pf_worker_t *w = h->data;
 
+	if (w->settle_due) {
+		w->settle_due = false;
+		if (w->shutdown != PF_SHUTDOWN_NONE)
+			pf_worker_check_shutdown(w);
+		pf_admin_poll(w);
+	}
 	pf_conn_next_iteration(&w->net);
 }
 
-/* A client or server went away, or a server was released. */
+/*
+ * A client or server went away, or a server was released. What may follow (a shutdown that
+ * closes every client, a console's queued KILL_CLIENT) happens after the I/O of this loop
+ * iteration, never inside the call that released a server: its caller may still be using the
+ * client it released for. The janitor checks too, so work that settles from a timer is not
+ * left waiting for the next poll.
+ */
 static void on_settled(pf_worker_t *w)
 {
-	if (w->shutdown != PF_SHUTDOWN_NONE)
-		pf_worker_check_shutdown(w);
-	pf_admin_poll(w);
+	w->settle_due = true;
 }
 
 static const pf_worker_ops_t worker_ops = {
@@ -259,6 +269,7 @@ static void on_janitor(uv_timer_t *t)
 	}
 	pf_database_maintain(w, now);
 	pf_stats_tick(w, now);
+	w->settle_due = false;
 	pf_admin_poll(w);
 	if (w->shutdown == PF_SHUTDOWN_WAIT_FOR_CLIENTS)
 		pf_worker_close_idle_clients(w);
