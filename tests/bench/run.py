@@ -1016,7 +1016,7 @@ def print_tls_summary(rounds, duration, summary):
     for p in shown:
         head += " %16s %10s" % (p + " TPS", "CPU us/txn")
     for b in bouncers:
-        head += "  TPS x, CPU x vs %s" % b
+        head += " %22s" % ("TPS x/CPU x vs " + b.replace("pgbouncer-", "PgB "))
     print(head)
     out = {}
     for n in names:
@@ -1029,7 +1029,7 @@ def print_tls_summary(rounds, duration, summary):
             if "pgfunnel" in summary[n] and b in summary[n]:
                 a, c = summary[n]["pgfunnel"], summary[n][b]
                 t, u = ratio(a["tps"], c["tps"]), ratio(a["cpu_us_per_txn"], c["cpu_us_per_txn"])
-                row += "  %5s, %5s%s" % (fmt(t, ".2f"), fmt(u, ".2f"), " " * (len(b) + 8))
+                row += " %22s" % ("%s / %s" % (fmt(t, ".2f"), fmt(u, ".2f")))
                 out.setdefault(n, {})[b] = {"tps": t, "cpu_us_per_txn": u}
         print(row)
     if out:
@@ -1241,41 +1241,6 @@ def check_channel_binding(bindir, pooler):
     return res.returncode == 0
 
 
-def print_tls_summary(rounds, duration, summary):
-    """The TLS scenarios in one table: medians and pgfunnel/PgBouncer ratios."""
-    names = [s[0] for s in TLS_SCENARIOS if s[0] in summary]
-    pair = ("pgfunnel", "pgbouncer")
-    if not names:
-        return None
-    shown = [p for p in pair if any(p in summary[n] for n in names)]
-    print()
-    print("== TLS: medians over %d round%s of %d s ==" % (rounds, "" if rounds == 1 else "s",
-                                                        duration))
-    head = "%-12s" % "scenario"
-    for p in shown:
-        head += " %12s %12s" % (p + " TPS", "CPU us/txn")
-    if len(shown) == 2:
-        head += " %8s %8s" % ("TPS x", "CPU x")
-    print(head)
-    out = {}
-    for n in names:
-        row = "%-12s" % n
-        for p in shown:
-            s = summary[n].get(p)
-            row += " %12s %12s" % (fmt(s and s["tps"], ".1f"),
-                                   fmt(s and s["cpu_us_per_txn"], ".1f"))
-        if len(shown) == 2 and all(p in summary[n] for p in pair):
-            a, b = summary[n]["pgfunnel"], summary[n]["pgbouncer"]
-            t, c = ratio(a["tps"], b["tps"]), ratio(a["cpu_us_per_txn"], b["cpu_us_per_txn"])
-            row += " %8s %8s" % (fmt(t, ".2f"), fmt(c, ".2f"))
-            out[n] = {"tps": t, "cpu_us_per_txn": c}
-        print(row)
-    if out:
-        print("(ratios: pgfunnel/PgBouncer; TPS x > 1 and CPU x < 1 favour pgfunnel)")
-    sys.stdout.flush()
-    return out
-
-
 def main(argv):
     a = parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
@@ -1450,11 +1415,18 @@ def main(argv):
             """The run's pgbench stderr and the pooler's own log lines of the run."""
             log(r.get("stderr", "").strip()[-2000:])
             if p.pid:
-                lines = [l for l in read_text(p.logfile).splitlines()[r.get("log_line0", 0):]
-                         if re.search(r"\b(ERROR|WARNING|FATAL|PANIC)\b", l)]
-                log("  %s log during the run: %d ERROR/WARNING/FATAL line(s)%s" % (
-                    p.label, len(lines), ", the first ones:" if lines else ""))
-                for l in lines[:10]:
+                # What the pooler logged meanwhile (a refused login is a LOG "closing because"
+                # line in PgBouncer's format): the problem lines first, then the last lines.
+                lines = read_text(p.logfile).splitlines()[r.get("log_line0", 0):]
+                bad = [l for l in lines if re.search(
+                    r"\b(ERROR|WARNING|FATAL|PANIC)\b|closing because|fail", l)]
+                log("  %s log during the run: %d line(s), %d of them ERROR/WARNING/FATAL or"
+                    " \"closing because\"/fail%s" % (p.label, len(lines), len(bad),
+                                                     ", the first ones:" if bad else ""))
+                for l in bad[:12]:
+                    log("    " + l)
+                log("  its last lines:")
+                for l in lines[-8:]:
                     log("    " + l)
 
         def idle_round(spec, rnd):
