@@ -5,23 +5,71 @@ One command (as root or as an ordinary user; root runs the servers as the
 unprivileged system user `pgfunnel`, created if missing):
 
     tests/bench/run.py [--duration 10] [--rounds 3] [--quick] [--pooler-only]
-                       [--baseline OTHER_PGFUNNEL_BINARY] [--pgbouncer PGBOUNCER_BINARY]
-                       [--set default|prepared|tls|all] [--max-prepared-statements 200]
+                       [--baseline OTHER_PGFUNNEL_BINARY] [--pgbouncer PGBOUNCER_BINARY ...]
+                       [--set default|prepared|tls|goals|all] [--max-prepared-statements 200]
                        [--tls-key rsa|ec] [--channel-binding prefer|disable|require]
+                       [--tail-duration 20] [--idle-query select1|none] [--goal KEY=RATIO]
 
---baseline adds a third pooler, "baseline" (another pgfunnel build, e.g. the commit before a
+--baseline adds another pooler, "baseline" (another pgfunnel build, e.g. the commit before a
 change), measured in the same run, interleaved with the others, and compared with pgfunnel.
 
---pgbouncer picks the PgBouncer binary (default Debian's /usr/sbin/pgbouncer, 1.18); its version
-comes from `--version`. --max-prepared-statements N (default 200) goes into both poolers' ini;
-PgBouncer older than 1.21 does not know the key and gets none (it then passes named statements
-through unmanaged, which breaks them in transaction mode: its -M prepared rows are skipped).
+--pgbouncer PATH (repeatable) picks the PgBouncer binaries; by default both of Debian's
+/usr/sbin/pgbouncer (1.18) and ../shared/anchors/pgbouncer-1.25.2 (beside the repository's
+directory) that exist. Each is named after the version its `--version` prints
+("pgbouncer-1.18", "pgbouncer-1.25"), and pgfunnel's ratios are given to each of them.
+--max-prepared-statements N (default 200) goes into every pooler's ini; PgBouncer older than
+1.21 does not know the key and gets none (it then passes named statements through unmanaged,
+which breaks them in transaction mode: its -M prepared rows are skipped).
 
 --set chooses the scenarios by name: "default" (the five below), "prepared" (protocol-level
 prepared statements in transaction mode: select-only with pgbench -M prepared and -M extended,
-50 clients over the pool of 20, each on both poolers, all four runs interleaved in every round),
-"tls" (TLS on either leg, see below) or "all". --scenario NAME (repeatable) picks single
+50 clients over the pool of 20, each on every pooler, all runs interleaved in every round),
+"tls" (TLS on either leg, see below), "goals" (exactly the rows of issue 14's goal table, see
+below) or "all" (every scenario of every set once). --scenario NAME (repeatable) picks single
 scenarios of any set instead.
+
+The "goals" set, each scenario interleaved over the poolers in every round (A, B, C, A, B, C):
+  select-only          pgbench -S -c 200 -j 2: pooler CPU us/txn and TPS             (row 1)
+  select-only-extended the same with -M extended: CPU us/txn                        (row 2)
+  1-client-latency     pgbench -S -c 1, and the same straight to PostgreSQL as the pseudo-
+                       pooler "direct" in the same rounds: latency added = the pooler's
+                       median mean latency - direct's (mean latency = 1/TPS, finer than
+                       pgbench's "latency average"; "direct" is in the default set too)  (row 3)
+  scram-login-16       pgbench -S -C -c 20 -j 2 as user bench16, whose userlist entry is a
+  scram-login-4096     SCRAM secret of 16 (4096) iterations, the same secret as its PostgreSQL
+                       password (CREATE ROLE ... PASSWORD 'SCRAM-SHA-256$...' stores it
+                       verbatim; pg_read_all_data): the pooler checks the client's proof against
+                       the secret and logs in to PostgreSQL with the ClientKey it recovered.
+                       Every transaction is a login: CPU us/txn = CPU per login        (row 4)
+  idle-memory          per round and pooler a FRESH pooler instance (memory an earlier run
+                       freed would hide the growth), warmed up with pgbench -S -c 20 as
+                       bench16, its VmRSS read; then a Python asyncio client
+                       (tests/bench/benchwire.py) opens 5000 connections that log in as
+                       bench16 (SCRAM, 64 logins in flight), each runs one SELECT 1 (or, with
+                       --idle-query none, no query) and stays idle, holding no server in
+                       transaction mode; once SHOW POOLS counts all 5000 in cl_active, VmRSS
+                       again: bytes per client = delta RSS / 5000. The instance is then stopped
+                       (checked like the final stop). CPU per login is shown too.     (row 5)
+  tail-10k             pgbench -S -c 10000 -j 2 -l as bench16, -T --tail-duration (default
+                       20 s; connection set-up comes first and is not timed): p50 and p99 of
+                       the per-transaction latencies pgbench -l logged (the timed part only),
+                       p99/p50 per round, medians. pgbench 15 waits with ppoll(), so 10000
+                       sockets per process work once RLIMIT_NOFILE allows them. After each
+                       run the pooler's SHOW POOLS must drop the 10000 clients within 120 s. (row 6)
+The final table "issue 14 goals" has one row per figure: pgfunnel's, each PgBouncer's, the
+ratio pgfunnel/PgBouncer to each, the goal and "met?". A goal is a ratio pgfunnel must reach
+against every PgBouncer of the run (at most it for costs, at least it for TPS); all default to
+1 (parity) and --goal KEY=RATIO (keys: cpu-select, tps-select, cpu-extended, latency-added,
+login-16, login-4096, idle-bytes, tail-p99-p50) sets one. A figure <= 0 (say, no added
+latency) is compared as such instead of as a ratio. Goals met or not do not change the exit
+status.
+
+Sockets: RLIMIT_NOFILE is raised before anything starts (soft to hard; as root the hard limit
+too, towards 65536, where the kernel lets it), so pgbench, the Python client and the poolers
+(which inherit it) can hold 10000 sockets; when a chosen scenario needs more than the limit
+allows, that is a set-up failure. Every pooler's ini has max_client_conn=12000 and
+admin_users=bench (for SHOW POOLS / SHOW LISTS). PostgreSQL gets max_connections=300: each
+pooler may hold 20 servers for each of bench, bench16 and bench4096.
 
 The "tls" set (same ini otherwise: transaction mode, pool 20, SCRAM with the plain userlist):
   tls-select   pgbench -S -c 200 -j 2, PGSSLMODE=require; poolers with client_tls_sslmode=require
@@ -44,34 +92,39 @@ PostgreSQL's connections from the pooler (pg_stat_ssl) are printed as notes.
 What it does:
   1. initdb + start a PostgreSQL 15 on a free loopback port (fsync=off,
      synchronous_commit=off, shared_buffers=128MB, max_connections=200),
-     create a SCRAM user `bench` and a database `pgbench` (pgbench -i -s 10).
-  2. Write ONE ini + userlist (scram-sha-256, plain password so both poolers
-     can log in to PostgreSQL with SCRAM, pool_mode=transaction,
-     default_pool_size=20, max_client_conn=1000), copied per pooler with only
-     listen_port and file paths changed, and start pgfunnel and PgBouncer.
+     create a SCRAM user `bench` and a database `pgbench` (pgbench -i -s 10),
+     and the users bench16 and bench4096 with SCRAM secrets as passwords.
+  2. Write ONE ini + userlist (scram-sha-256, plain password for bench so every
+     pooler can log in to PostgreSQL with SCRAM, the SCRAM secrets of bench16
+     and bench4096, pool_mode=transaction, default_pool_size=20,
+     max_client_conn=12000), copied per pooler with only listen_port and file
+     paths changed, and start pgfunnel and each PgBouncer.
   3. For each scenario, run pgbench against each pooler alternately
-     (A, B, A, B, ... for --rounds rounds).
+     (A, B, C, A, B, C, ... for --rounds rounds).
   4. Per run: TPS, average latency, failed transactions, pooler CPU time per
      transaction (utime+stime from /proc/PID/stat around the run, divided by
      the transactions processed) and pooler RSS after the run.
-  5. Print a table per scenario with medians over the rounds and the ratio
-     pgfunnel/PgBouncer for TPS and CPU per transaction; for the "prepared" set also
-     pgfunnel prepared/extended and pgfunnel prepared / PgBouncer prepared.
+  5. Print a table per scenario with medians over the rounds and the ratios
+     pgfunnel/PgBouncer (to each PgBouncer) for TPS and CPU per transaction; for
+     the "prepared" set also pgfunnel prepared/extended and pgfunnel prepared /
+     PgBouncer prepared; for the goals set the final goal table.
   6. Stop everything it started (by PID; pg_ctl stop for PostgreSQL) and
      remove its temp dir, also on Ctrl-C or failure.
 
-Exit status: 0 if every pgbench run finished without errors or failed
-transactions and both poolers stayed up; 1 otherwise; 2 on bad usage or a
+Exit status: 0 if every pgbench run (and idle-memory round) finished without
+errors or failed transactions and every pooler stayed up and shut down cleanly; 1 otherwise; 2 on bad usage or a
 set-up failure (PostgreSQL or a pooler did not start).
 
 Stdlib only; no third-party modules.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -81,6 +134,8 @@ import sys
 import tempfile
 import time
 
+import benchwire  # tests/bench/benchwire.py (this script's directory is on sys.path)
+
 RUN_USER = "pgfunnel"
 DB_USER = "bench"
 DB_PASSWORD = "bench-scram-password"
@@ -88,6 +143,12 @@ DB_NAME = "pgbench"
 PG_BINDIR_DEFAULT = "/usr/lib/postgresql/15/bin"
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_ROOT = os.path.dirname(os.path.dirname(HERE))
+# PgBouncer 1.18 (Debian 12's package) and 1.25.2 (the reference build in shared/anchors/,
+# beside the repository's directory).
+PGBOUNCER_DEFAULTS = [
+    "/usr/sbin/pgbouncer",
+    os.path.normpath(os.path.join(SOURCE_ROOT, "..", "shared", "anchors", "pgbouncer-1.25.2")),
+]
 
 # (name, pgbench arguments, which tps line is meaningful)
 #   "excl": "tps = N (without initial connection time)"
@@ -130,7 +191,45 @@ TLS_SCENARIOS = [
     ("tls-server", ["-S", "-c", "200", "-j", "2", "-M", "simple"], "excl"),
 ]
 SCENARIO_SETS["tls"] = TLS_SCENARIOS
-SCENARIO_SETS["all"] = SCENARIOS + PREPARED_SCENARIOS + TLS_SCENARIOS
+
+# The "goals" set: exactly the rows of issue 14's goal table (see the docstring). Scenarios of
+# a special kind are not plain pgbench runs: "idle" (idle-memory: a Python client holds
+# IDLE_CLIENTS logged-in connections) and "tail" (tail-10k: pgbench -l, percentiles of the
+# per-transaction latencies). scram-login-* log in as the users of SCRAM_USERS.
+LOGIN_ARGS = ["-S", "-C", "-c", "20", "-j", "2", "-M", "simple"]
+TAIL_CLIENTS = 10000
+IDLE_CLIENTS = 5000
+GOALS_SCENARIOS = [
+    SCENARIOS[0],  # select-only (row 1)
+    SCENARIOS[1],  # select-only-extended (row 2)
+    SCENARIOS[4],  # 1-client-latency, with the "direct" pseudo-pooler (row 3)
+    ("scram-login-16", LOGIN_ARGS, "incl"),  # row 4
+    ("scram-login-4096", LOGIN_ARGS, "incl"),
+    ("idle-memory", [], "idle"),  # row 5
+    ("tail-10k", ["-S", "-c", str(TAIL_CLIENTS), "-j", "2", "-M", "simple"], "tail"),  # row 6
+]
+SCENARIO_SETS["goals"] = GOALS_SCENARIOS
+SCENARIO_SETS["all"] = []
+for _sc in SCENARIOS + PREPARED_SCENARIOS + TLS_SCENARIOS + GOALS_SCENARIOS:
+    if _sc[0] not in [x[0] for x in SCENARIO_SETS["all"]]:
+        SCENARIO_SETS["all"].append(_sc)
+
+# Users with a SCRAM secret (not a password) in the userlist, the same secret as their
+# PostgreSQL password: name -> iterations. Their password (for the clients) is PASSWORDS[name].
+SCRAM_USERS = {"bench16": 16, "bench4096": 4096}
+PASSWORDS = {DB_USER: DB_PASSWORD, "bench16": "bench16-scram-password",
+             "bench4096": "bench4096-scram-password"}
+# Which user a scenario's clients log in as (absent: DB_USER). idle-memory and tail-10k take the
+# 16-iteration user so that thousands of logins cost the client (Python, pgbench) little.
+SCENARIO_USER = {"scram-login-16": "bench16", "scram-login-4096": "bench4096",
+                 "idle-memory": "bench16", "tail-10k": "bench16"}
+# Scenarios measured against PostgreSQL directly too, as the pseudo-pooler "direct".
+DIRECT_SCENARIOS = {"1-client-latency"}
+# The file descriptors the biggest scenario needs per process (pgbench's and the pooler's client
+# sockets, plus servers, logs, slack); RLIMIT_NOFILE is raised before anything starts.
+NOFILE_WANT = 65536
+NOFILE_NEED = {"tail-10k": TAIL_CLIENTS + 500, "idle-memory": IDLE_CLIENTS + 500}
+MAX_CLIENT_CONN = 12000
 
 # Pooler configuration profile per scenario (absent: "plain", the default set's ini), and the
 # sslmode pgbench uses with each profile.
@@ -250,6 +349,30 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def raise_nofile(need):
+    """Raise RLIMIT_NOFILE (soft to the hard limit; as root the hard one to NOFILE_WANT first,
+    within fs.nr_open) so that pgbench, the Python client and the poolers, which inherit it, can
+    hold thousands of sockets. The soft limit reached; SetupError if it is below need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < NOFILE_WANT and os.geteuid() == 0:
+        try:
+            nr_open = int(read_text("/proc/sys/fs/nr_open").strip() or NOFILE_WANT)
+        except ValueError:
+            nr_open = NOFILE_WANT
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, min(NOFILE_WANT, nr_open)))
+        except (ValueError, OSError):
+            pass
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raise SetupError("RLIMIT_NOFILE is %d (hard limit), the scenarios need %d: raise it"
+                         " (ulimit -Hn) or run as root" % (soft, need))
+    return soft
+
+
 def rss_kib(pid):
     """VmRSS of pid in KiB (0 if unreadable)."""
     for line in read_text("/proc/%d/status" % pid).splitlines():
@@ -334,7 +457,9 @@ class Postgres:
                 " ".join(cmd), res.returncode, res.stdout, res.stderr, tail(self.logfile)))
         return res
 
-    def start(self, scale):
+    def start(self, scale, secrets=None):
+        """initdb, start, the bench user and database, pgbench -i; secrets = {user: SCRAM
+        secret} makes those users too, with the secret as their password (stored verbatim)."""
         self._run([self._bin("initdb"), "-D", self.datadir, "-U", "postgres", "--auth=trust",
                    "--locale=C", "--encoding=UTF8", "--no-sync"], timeout=120)
         with open(os.path.join(self.datadir, "postgresql.conf"), "a", encoding="utf-8") as f:
@@ -342,7 +467,7 @@ class Postgres:
                     "listen_addresses = '127.0.0.1'\n"
                     "port = %d\n"
                     "unix_socket_directories = '%s'\n"
-                    "max_connections = 200\n"
+                    "max_connections = 300\n"
                     "fsync = off\n"
                     "synchronous_commit = off\n"
                     "full_page_writes = off\n"
@@ -364,6 +489,13 @@ class Postgres:
                 "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-c"]
         self._run(psql + ["CREATE ROLE %s LOGIN PASSWORD '%s'" % (DB_USER, DB_PASSWORD)], timeout=30)
         self._run(psql + ["CREATE DATABASE %s OWNER %s" % (DB_NAME, DB_USER)], timeout=60)
+        for user, secret in sorted((secrets or {}).items()):
+            self._run(psql + ["CREATE ROLE %s LOGIN PASSWORD '%s'" % (user, secret)], timeout=30)
+            self._run(psql + ["GRANT pg_read_all_data TO %s" % user], timeout=30)
+            stored = self.query("SELECT rolpassword FROM pg_authid WHERE rolname = '%s'" % user)
+            if stored != [secret]:
+                raise SetupError("PostgreSQL did not store %s's SCRAM secret verbatim: %r" % (
+                    user, stored))
         # Initialise over TCP with SCRAM, exactly like the clients will authenticate.
         env = dict(os.environ, PGPASSWORD=DB_PASSWORD)
         self._run([self._bin("pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1",
@@ -424,11 +556,12 @@ def make_ini(pg_port, port, workdir, name, max_prepared=None, profile="plain", t
             "auth_file = %s\n"
             "pool_mode = transaction\n"
             "default_pool_size = 20\n"
-            "max_client_conn = 1000\n"
+            "max_client_conn = %d\n"
+            "admin_users = %s\n"
             "logfile = %s\n"
             "pidfile = %s\n"
             % (DB_NAME, pg_port, DB_NAME, port, os.path.join(workdir, "userlist.txt"),
-               os.path.join(workdir, name + ".log"), os.path.join(workdir, name + ".pid"))
+               MAX_CLIENT_CONN, DB_USER, os.path.join(workdir, name + ".log"), os.path.join(workdir, name + ".pid"))
             + ("max_prepared_statements = %d\n" % max_prepared if max_prepared is not None
                else "")
             + extra)
@@ -447,11 +580,12 @@ def pgbouncer_version(binary):
 
 class Pooler:
     def __init__(self, name, binary, workdir, pg_port, ids, extra_args=(), max_prepared=None,
-                 version=None, profile="plain", tls=None, pg_ssl=False):
+                 version=None, profile="plain", tls=None, pg_ssl=False, label=None):
         self.name = name
         self.profile = profile
-        # Files and report lines: "pgfunnel", or "pgfunnel-client-tls" for another profile.
-        self.label = name if profile == "plain" else "%s-%s" % (name, profile)
+        # Files and report lines: "pgfunnel", or "pgfunnel-client-tls" for another profile (or
+        # label, e.g. "pgfunnel-idle1" for a fresh instance of one scenario round).
+        self.label = label or (name if profile == "plain" else "%s-%s" % (name, profile))
         self.stop_result = None  # (problem or None, note) once stopped by stop_checked()
         self.version = version  # PgBouncer's (major, minor, patch); None for pgfunnel
         # Manages protocol-level prepared statements in transaction mode (max_prepared set).
@@ -545,6 +679,23 @@ class Pooler:
         return count, seen
 
 
+class Direct:
+    """The pseudo-pooler "direct": pgbench straight to PostgreSQL (no pooler CPU or RSS)."""
+
+    name = label = "direct"
+    profile = "plain"
+    prepared = True
+    pid = None
+
+    def __init__(self, pg):
+        self.pg = pg
+        self.port = pg.port
+        self.binary = "PostgreSQL %d" % pg.port
+
+    def alive(self):
+        return True
+
+
 # ---------------------------------------------------------------- pgbench
 
 RE_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
@@ -555,25 +706,62 @@ RE_TPS_INCL = re.compile(r"^tps = ([0-9.]+) \(including (?:reconnection times|co
                          re.M)
 
 
-def pgbench_env(sslmode="disable", channel_binding=None):
-    env = dict(os.environ, PGPASSWORD=DB_PASSWORD, PGSSLMODE=sslmode)
+def pgbench_env(sslmode="disable", channel_binding=None, user=DB_USER):
+    env = dict(os.environ, PGPASSWORD=PASSWORDS[user], PGSSLMODE=sslmode)
     env.pop("PGCHANNELBINDING", None)
     if channel_binding and sslmode != "disable":
         env["PGCHANNELBINDING"] = channel_binding
     return env
 
 
+def latency_log(prefix):
+    """Per-transaction latencies in ms from pgbench -l files PREFIX.PID[.THREAD] (each line
+    "client_id transaction_no time_us script_no epoch epoch_us"; a failed or skipped
+    transaction has no number there): (sorted latencies, lines not counted). The files are
+    removed."""
+    lats, other = [], 0
+    d, base = os.path.split(prefix)
+    for fn in sorted(os.listdir(d)):
+        if not fn.startswith(base + "."):
+            continue
+        path = os.path.join(d, fn)
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].isdigit():
+                    lats.append(int(parts[2]) / 1000.0)
+                else:
+                    other += 1
+        os.unlink(path)
+    lats.sort()
+    return lats, other
+
+
+def percentile(sorted_values, q):
+    """Nearest-rank percentile q (0..100) of an ascending list, None if empty."""
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1, int(-(-q * len(sorted_values) // 100)) - 1))
+    return sorted_values[k]
+
+
 def run_pgbench(bindir, pooler, args, duration, tps_kind, sslmode="disable",
-                channel_binding=None):
-    """One pgbench run against pooler; a dict of measurements (errors listed in "errors")."""
+                channel_binding=None, user=DB_USER, log_prefix=None, timeout=120):
+    """One pgbench run against pooler; a dict of measurements (errors listed in "errors").
+    log_prefix: pgbench -l --log-prefix=log_prefix, and p50/p99 of the logged (timed)
+    transactions' latencies in the result. timeout: seconds allowed beyond duration."""
     cmd = [os.path.join(bindir, "pgbench"), "-n", "-T", str(duration), "-h", "127.0.0.1",
-           "-p", str(pooler.port), "-U", DB_USER] + args + [DB_NAME]
-    env = pgbench_env(sslmode, channel_binding)
-    cpu0 = cpu_seconds(pooler.pid)
+           "-p", str(pooler.port), "-U", user] + args
+    if log_prefix:
+        cmd += ["-l", "--log-prefix=" + log_prefix]
+    cmd += [DB_NAME]
+    env = pgbench_env(sslmode, channel_binding, user)
+    cpu0 = cpu_seconds(pooler.pid) if pooler.pid else None
     t0 = time.monotonic()
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                             env=env, timeout=duration + 120)
+                             env=env, timeout=duration + timeout,
+                             cwd=os.path.dirname(log_prefix) if log_prefix else None)
         rc, out, err = res.returncode, res.stdout, res.stderr
     except subprocess.TimeoutExpired as e:
         rc, out, err = -1, e.stdout or "", (e.stderr or "") + "\n(pgbench timed out)"
@@ -581,8 +769,8 @@ def run_pgbench(bindir, pooler, args, duration, tps_kind, sslmode="disable",
         err = err.decode() if isinstance(err, bytes) else err
     wall = time.monotonic() - t0
     alive = pooler.alive()
-    cpu1 = cpu_seconds(pooler.pid) if alive else cpu0
-    rss = rss_kib(pooler.pid) if alive else 0
+    cpu1 = cpu_seconds(pooler.pid) if alive and pooler.pid else cpu0
+    rss = rss_kib(pooler.pid) if alive and pooler.pid else 0
 
     r = {"pooler": pooler.name, "profile": pooler.profile, "sslmode": sslmode, "rc": rc,
          "wall_s": round(wall, 2), "errors": []}
@@ -594,9 +782,23 @@ def run_pgbench(bindir, pooler, args, duration, tps_kind, sslmode="disable",
     r["latency_ms"] = float(m.group(1)) if m else None
     m = (RE_TPS_INCL if tps_kind == "incl" else RE_TPS_EXCL).search(out)
     r["tps"] = float(m.group(1)) if m else None
-    r["cpu_s"] = cpu1 - cpu0
-    r["cpu_us_per_txn"] = (r["cpu_s"] * 1e6 / r["txns"]) if r["txns"] else None
+    r["cpu_s"] = cpu1 - cpu0 if cpu0 is not None else None
+    r["cpu_us_per_txn"] = (r["cpu_s"] * 1e6 / r["txns"]) if r["txns"] and cpu0 is not None else None
     r["rss_kib"] = rss
+    # Mean latency from the TPS (6 decimals) rather than pgbench's "latency average" (1 us
+    # steps): clients / TPS, what pgbench computes its average from.
+    clients = int(args[args.index("-c") + 1]) if "-c" in args else 1
+    r["latency_us"] = clients * 1e6 / r["tps"] if r["tps"] else None
+    m = re.search(r"^initial connection time = ([0-9.]+) ms", out, re.M)
+    r["conn_time_ms"] = float(m.group(1)) if m else None
+    if log_prefix:
+        lats, other = latency_log(log_prefix)
+        r["logged_txns"], r["logged_other"] = len(lats), other
+        r["p50_ms"], r["p99_ms"] = percentile(lats, 50), percentile(lats, 99)
+        r["p99_p50"] = ratio(r["p99_ms"], r["p50_ms"])
+        if lats and r["txns"] and len(lats) != r["txns"]:
+            r["errors"].append("pgbench -l logged %d transactions, reported %d" % (
+                len(lats), r["txns"]))
 
     if not alive:
         r["errors"].append("%s is no longer running (exit status %s)" % (pooler.name,
@@ -630,18 +832,35 @@ def fmt(v, spec):
 
 def summarize(runs):
     return {
-        "tps": med([r["tps"] for r in runs]),
-        "latency_ms": med([r["latency_ms"] for r in runs]),
-        "cpu_us_per_txn": med([r["cpu_us_per_txn"] for r in runs]),
-        "rss_kib": max((r["rss_kib"] for r in runs), default=0),
-        "failed": sum(r["failed"] for r in runs),
-        "all_tps": [r["tps"] for r in runs],
-        "all_cpu": [r["cpu_us_per_txn"] for r in runs],
+        "tps": med([r.get("tps") for r in runs]),
+        "latency_ms": med([r.get("latency_ms") for r in runs]),
+        "latency_us": med([r.get("latency_us") for r in runs]),
+        "cpu_us_per_txn": med([r.get("cpu_us_per_txn") for r in runs]),
+        "rss_kib": max((r.get("rss_kib") or 0 for r in runs), default=0),
+        "failed": sum(r.get("failed") or 0 for r in runs),
+        "all_tps": [r.get("tps") for r in runs],
+        "all_cpu": [r.get("cpu_us_per_txn") for r in runs],
+        "all_latency": [r.get("latency_ms") for r in runs],
+        # tail-10k (pgbench -l): medians over the rounds of each round's percentiles
+        "p50_ms": med([r.get("p50_ms") for r in runs]),
+        "p99_ms": med([r.get("p99_ms") for r in runs]),
+        "p99_p50": med([r.get("p99_p50") for r in runs]),
+        "all_p99_p50": [r.get("p99_p50") for r in runs],
+        "conn_time_ms": med([r.get("conn_time_ms") for r in runs]),
+        # idle-memory
+        "bytes_per_client": med([r.get("bytes_per_client") for r in runs]),
+        "all_bytes_per_client": [r.get("bytes_per_client") for r in runs],
+        "cpu_us_per_login": med([r.get("cpu_us_per_login") for r in runs]),
     }
 
 
 def ratio(a, b):
     return a / b if a and b else None
+
+
+def bouncer_names(names):
+    """The PgBouncer poolers among names (they are called "pgbouncer-MAJOR.MINOR...")."""
+    return [n for n in names if n.startswith("pgbouncer")]
 
 
 def print_prepared_ratios(rounds, results):
@@ -659,7 +878,7 @@ def print_prepared_ratios(rounds, results):
                        for x, y in zip(a_runs, b_runs)]
             extra = "  (per round: TPS %s; CPU %s)" % (" ".join(fmt(v, ".2f") for v in per),
                                                      " ".join(fmt(v, ".2f") for v in per_cpu))
-        print("%-40s TPS x%s, CPU/txn x%s%s" % (label + ":", fmt(tps, ".2f"), fmt(cpu, ".2f"),
+        print("%-46s TPS x%s, CPU/txn x%s%s" % (label + ":", fmt(tps, ".2f"), fmt(cpu, ".2f"),
                                                 extra))
         out[key] = {"tps": tps, "cpu_us_per_txn": cpu}
 
@@ -669,15 +888,16 @@ def print_prepared_ratios(rounds, results):
     if prep.get("pgfunnel") and ext.get("pgfunnel"):
         line("pgfunnel prepared / pgfunnel extended", "pgfunnel_prepared_vs_extended",
              prep["pgfunnel"], ext["pgfunnel"], paired=True)
-    if prep.get("pgfunnel") and prep.get("pgbouncer"):
-        line("pgfunnel prepared / pgbouncer prepared", "pgfunnel_vs_pgbouncer_prepared",
-             prep["pgfunnel"], prep["pgbouncer"])
-    if ext.get("pgfunnel") and ext.get("pgbouncer"):
-        line("pgfunnel extended / pgbouncer extended", "pgfunnel_vs_pgbouncer_extended",
-             ext["pgfunnel"], ext["pgbouncer"])
-    if prep.get("pgbouncer") and ext.get("pgbouncer"):
-        line("pgbouncer prepared / pgbouncer extended", "pgbouncer_prepared_vs_extended",
-             prep["pgbouncer"], ext["pgbouncer"], paired=True)
+    for b in bouncer_names(sorted(set(prep) | set(ext))):
+        if prep.get("pgfunnel") and prep.get(b):
+            line("pgfunnel prepared / %s prepared" % b, "pgfunnel_vs_%s_prepared" % b,
+                 prep["pgfunnel"], prep[b])
+        if ext.get("pgfunnel") and ext.get(b):
+            line("pgfunnel extended / %s extended" % b, "pgfunnel_vs_%s_extended" % b,
+                 ext["pgfunnel"], ext[b])
+        if prep.get(b) and ext.get(b):
+            line("%s prepared / %s extended" % (b, b), "%s_prepared_vs_extended" % b,
+                 prep[b], ext[b], paired=True)
     if prep.get("pgfunnel") and prep.get("baseline"):
         line("pgfunnel prepared / baseline prepared", "pgfunnel_vs_baseline_prepared",
              prep["pgfunnel"], prep["baseline"])
@@ -686,41 +906,212 @@ def print_prepared_ratios(rounds, results):
 
 
 def print_table(name, cmdline, rounds, duration, poolers, results, env=""):
+    """A scenario's medians per pooler and pgfunnel's ratios to every other pooler; for
+    1-client-latency with "direct", the latency each pooler adds; for tail-10k, the logged
+    percentiles."""
     print()
     print("== %s: %spgbench %s -T %d  (%d round%s, medians) ==" % (
         name, env + " " if env else "", cmdline, duration, rounds, "" if rounds == 1 else "s"))
-    print("%-10s %10s %11s %11s %9s %7s   %s | %s" % (
+    print("%-15s %10s %11s %11s %9s %7s   %s | %s" % (
         "pooler", "TPS", "latency ms", "CPU us/txn", "RSS MiB", "failed", "TPS per round",
         "CPU us/txn per round"))
     sums = {}
     for p in poolers:
         s = summarize(results[p.name])
         sums[p.name] = s
-        print("%-10s %10s %11s %11s %9s %7d   %s | %s" % (
+        print("%-15s %10s %11s %11s %9s %7d   %s | %s" % (
             p.name, fmt(s["tps"], ".1f"), fmt(s["latency_ms"], ".3f"),
-            fmt(s["cpu_us_per_txn"], ".1f"), "%.1f" % (s["rss_kib"] / 1024.0), s["failed"],
+            fmt(s["cpu_us_per_txn"], ".1f"),
+            "%.1f" % (s["rss_kib"] / 1024.0) if p.pid else "-", s["failed"],
             " ".join(fmt(t, ".0f") for t in s["all_tps"]),
             " ".join(fmt(c, ".1f") for c in s["all_cpu"])))
-    if "pgfunnel" in sums and "pgbouncer" in sums:
-        a, b = sums["pgfunnel"], sums["pgbouncer"]
-        tps_ratio = a["tps"] / b["tps"] if a["tps"] and b["tps"] else None
-        cpu_ratio = (a["cpu_us_per_txn"] / b["cpu_us_per_txn"]
-                     if a["cpu_us_per_txn"] and b["cpu_us_per_txn"] else None)
-        print("pgfunnel/pgbouncer: TPS x%s, CPU/txn x%s" % (fmt(tps_ratio, ".2f"),
-                                                            fmt(cpu_ratio, ".2f")))
-        if tps_ratio is not None and tps_ratio < 0.5:
-            print("  !! pgfunnel below 50%% of PgBouncer's TPS in %s" % name)
-    if "pgfunnel" in sums and "baseline" in sums:
-        a, b = sums["pgfunnel"], sums["baseline"]
-        tps_ratio = a["tps"] / b["tps"] if a["tps"] and b["tps"] else None
-        cpu_ratio = (a["cpu_us_per_txn"] / b["cpu_us_per_txn"]
-                     if a["cpu_us_per_txn"] and b["cpu_us_per_txn"] else None)
-        lat_ratio = (a["latency_ms"] / b["latency_ms"]
-                     if a["latency_ms"] and b["latency_ms"] else None)
-        print("pgfunnel/baseline: TPS x%s, CPU/txn x%s, latency x%s" % (
-            fmt(tps_ratio, ".2f"), fmt(cpu_ratio, ".2f"), fmt(lat_ratio, ".2f")))
+    if any(s["p50_ms"] is not None for s in sums.values()):
+        print("%-15s %10s %10s %8s %14s   %s" % ("latency log", "p50 ms", "p99 ms", "p99/p50",
+                                                "conn. set-up s", "p99/p50 per round"))
+        for p in poolers:
+            s = sums[p.name]
+            print("%-15s %10s %10s %8s %14s   %s" % (
+                p.name, fmt(s["p50_ms"], ".3f"), fmt(s["p99_ms"], ".3f"),
+                fmt(s["p99_p50"], ".2f"),
+                fmt(s["conn_time_ms"] and s["conn_time_ms"] / 1000.0, ".1f"),
+                " ".join(fmt(v, ".2f") for v in s["all_p99_p50"])))
+    direct = sums.get("direct")
+    if direct and direct["latency_us"] is not None:
+        for n, s in sums.items():
+            if n != "direct" and s["latency_us"] is not None:
+                s["added_latency_us"] = s["latency_us"] - direct["latency_us"]
+        print("mean latency (clients/TPS), medians: %s; added over direct: %s" % (
+            ", ".join("%s %s us" % (n, fmt(s["latency_us"], ".1f")) for n, s in sums.items()),
+            ", ".join("%s %s us" % (n, fmt(s.get("added_latency_us"), ".1f"))
+                      for n, s in sums.items() if n != "direct")))
+    others = [n for n in sums if n not in ("pgfunnel", "direct")]
+    if "pgfunnel" in sums:
+        a = sums["pgfunnel"]
+        for n in others:
+            b = sums[n]
+            tps_ratio = ratio(a["tps"], b["tps"])
+            cpu_ratio = ratio(a["cpu_us_per_txn"], b["cpu_us_per_txn"])
+            extra = ""
+            if n == "baseline":
+                extra = ", latency x%s" % fmt(ratio(a["latency_ms"], b["latency_ms"]), ".2f")
+            if a["p99_p50"] is not None:
+                extra += ", p99/p50 x%s" % fmt(ratio(a["p99_p50"], b["p99_p50"]), ".2f")
+            if direct:
+                extra += ", added latency x%s" % fmt(ratio(a.get("added_latency_us"),
+                                                           b.get("added_latency_us")), ".2f")
+            print("pgfunnel/%s: TPS x%s, CPU/txn x%s%s" % (n, fmt(tps_ratio, ".2f"),
+                                                          fmt(cpu_ratio, ".2f"), extra))
+            if n != "baseline" and tps_ratio is not None and tps_ratio < 0.5:
+                print("  !! pgfunnel below 50%% of %s's TPS in %s" % (n, name))
     sys.stdout.flush()
     return sums
+
+
+def print_idle_table(rounds, poolers, results, query):
+    """idle-memory: medians of bytes per client (VmRSS growth / clients) per pooler."""
+    print()
+    print("== idle-memory: %d logged-in idle clients (user %s, %s), fresh pooler per round"
+          " (%d round%s, medians) ==" % (IDLE_CLIENTS, SCENARIO_USER["idle-memory"],
+                                         "one SELECT 1 each, then idle" if query
+                                         else "no query, idle after login",
+                                         rounds, "" if rounds == 1 else "s"))
+    print("%-15s %12s %12s %12s %10s   %s" % ("pooler", "bytes/client", "RSS before", "RSS after",
+                                            "CPU us/cl", "bytes/client per round"))
+    sums = {}
+    for p in poolers:
+        runs = results[p]
+        s = summarize(runs)
+        sums[p] = s
+        print("%-15s %12s %9s MiB %9s MiB %10s   %s" % (
+            p, fmt(s["bytes_per_client"], ".0f"),
+            fmt(med([r.get("rss_before_kib") for r in runs]) and
+                med([r.get("rss_before_kib") for r in runs]) / 1024.0, ".1f"),
+            fmt(med([r.get("rss_after_kib") for r in runs]) and
+                med([r.get("rss_after_kib") for r in runs]) / 1024.0, ".1f"),
+            fmt(s["cpu_us_per_login"], ".1f"),
+            " ".join(fmt(v, ".0f") for v in s["all_bytes_per_client"])))
+    if "pgfunnel" in sums:
+        for n in sums:
+            if n != "pgfunnel":
+                print("pgfunnel/%s: bytes/client x%s" % (n, fmt(ratio(
+                    sums["pgfunnel"]["bytes_per_client"], sums[n]["bytes_per_client"]), ".2f")))
+    sys.stdout.flush()
+    return sums
+
+
+def print_tls_summary(rounds, duration, summary):
+    """The TLS scenarios in one table: medians and pgfunnel/PgBouncer ratios."""
+    names = [s[0] for s in TLS_SCENARIOS if s[0] in summary]
+    if not names:
+        return None
+    shown = []
+    for n in names:
+        shown += [p for p in summary[n] if p not in shown]
+    shown.sort(key=lambda p: (p != "pgfunnel", p))
+    bouncers = bouncer_names(shown) if "pgfunnel" in shown else []
+    print()
+    print("== TLS: medians over %d round%s of %d s ==" % (rounds, "" if rounds == 1 else "s",
+                                                        duration))
+    head = "%-12s" % "scenario"
+    for p in shown:
+        head += " %16s %10s" % (p + " TPS", "CPU us/txn")
+    for b in bouncers:
+        head += " %22s" % ("TPS x/CPU x vs " + b.replace("pgbouncer-", "PgB "))
+    print(head)
+    out = {}
+    for n in names:
+        row = "%-12s" % n
+        for p in shown:
+            s = summary[n].get(p)
+            row += " %16s %10s" % (fmt(s and s["tps"], ".1f"),
+                                   fmt(s and s["cpu_us_per_txn"], ".1f"))
+        for b in bouncers:
+            if "pgfunnel" in summary[n] and b in summary[n]:
+                a, c = summary[n]["pgfunnel"], summary[n][b]
+                t, u = ratio(a["tps"], c["tps"]), ratio(a["cpu_us_per_txn"], c["cpu_us_per_txn"])
+                row += " %22s" % ("%s / %s" % (fmt(t, ".2f"), fmt(u, ".2f")))
+                out.setdefault(n, {})[b] = {"tps": t, "cpu_us_per_txn": u}
+        print(row)
+    if out:
+        print("(ratios: pgfunnel/PgBouncer; TPS x > 1 and CPU x < 1 favour pgfunnel)")
+    sys.stdout.flush()
+    return out
+
+
+# Issue 14's goal table: (key, figure, scenario, summary field, lower is better, goal). A goal
+# is the ratio pgfunnel/PgBouncer that pgfunnel must reach against EVERY PgBouncer of the run:
+# at most goal when lower is better, at least goal otherwise.
+GOALS = [
+    ("cpu-select", "select-only 200 cl/pool 20: CPU us/txn", "select-only", "cpu_us_per_txn",
+     True, 1.0),
+    ("tps-select", "select-only 200 cl/pool 20: TPS", "select-only", "tps", False, 1.0),
+    ("cpu-extended", "-M extended 200 cl: CPU us/txn", "select-only-extended", "cpu_us_per_txn",
+     True, 1.0),
+    ("latency-added", "1 client: latency added us", "1-client-latency", "added_latency_us",
+     True, 1.0),
+    ("login-16", "SCRAM login 16 it.: CPU us/login", "scram-login-16", "cpu_us_per_txn", True,
+     1.0),
+    ("login-4096", "SCRAM login 4096 it.: CPU us/login", "scram-login-4096", "cpu_us_per_txn",
+     True, 1.0),
+    ("idle-bytes", "%d idle clients: bytes/client" % IDLE_CLIENTS, "idle-memory",
+     "bytes_per_client", True, 1.0),
+    ("tail-p99-p50", "%d clients/pool 20: p99/p50" % TAIL_CLIENTS, "tail-10k", "p99_p50", True,
+     1.0),
+]
+
+
+def print_goal_summary(summary, bouncers, goals, titles):
+    """The final table, one row per goal of issue 14 whose scenario ran: the figure for every
+    pooler, pgfunnel's ratio to each PgBouncer, the goal and whether it is met. titles: pooler
+    name -> column title ("PgBouncer 1.25.2"). A dict by key."""
+    rows = [g for g in GOALS if g[2] in summary]
+    if not rows:
+        return None
+    hb = [titles.get(b, b) for b in bouncers]
+    print()
+    print("== issue 14 goals: pgfunnel vs %s (medians) ==" % (" and ".join(hb) or "no PgBouncer"))
+    head = "%-40s %10s" % ("figure", "pgfunnel")
+    for b in hb:
+        head += " %16s" % b
+    for b in hb:
+        head += " %14s" % ("x " + b.replace("PgBouncer ", "PgB "))
+    head += " %7s %5s" % ("goal", "met?")
+    print(head)
+    out = {}
+    for key, label, scen, field, lower, default in rows:
+        goal = goals.get(key, default)
+        a = summary[scen].get("pgfunnel", {}).get(field)
+        vals = [summary[scen].get(b, {}).get(field) for b in bouncers]
+        ratios = [ratio(a, v) if a is not None and v is not None and v > 0 else None
+                  for v in vals]
+        # A figure of 0 or below (an added latency under the direct one, no RSS growth) makes a
+        # ratio meaningless: compare the figures themselves then.
+        met_each = []
+        for v, r in zip(vals, ratios):
+            if a is None or v is None:
+                met_each.append(None)
+            elif r is not None:
+                met_each.append(r <= goal if lower else r >= goal)
+            else:
+                met_each.append(a <= v if lower else a >= v)
+        met = (None if not met_each or any(m is None for m in met_each)
+               else all(met_each))
+        digits = ".2f" if field == "p99_p50" else ".1f" if field != "bytes_per_client" else ".0f"
+        row = "%-40s %10s" % (label, fmt(a, digits))
+        for v in vals:
+            row += " %16s" % fmt(v, digits)
+        for r in ratios:
+            row += " %14s" % fmt(r, ".2f")
+        row += " %7s %5s" % (("<=" if lower else ">=") + format(goal, "g"),
+                             "-" if met is None else "yes" if met else "NO")
+        print(row)
+        out[key] = {"figure": label, "pgfunnel": a, "values": dict(zip(bouncers, vals)),
+                    "ratios": dict(zip(bouncers, ratios)), "goal": goal,
+                    "lower_is_better": lower, "met": met}
+    print("(ratio = pgfunnel / PgBouncer; goal: the ratio to every PgBouncer; a figure <= 0"
+          " compares the figures instead)")
+    sys.stdout.flush()
+    return out
 
 
 # ---------------------------------------------------------------- main
@@ -744,10 +1135,11 @@ def parse_args(argv):
     ap.add_argument("--pooler-only", action="store_true",
                     help="benchmark pgfunnel alone (automatic when PgBouncer is not installed)")
     ap.add_argument("--set", default="default", choices=sorted(SCENARIO_SETS), dest="scenario_set",
-                    help="scenario set: default (%s), prepared (%s), tls (%s) or all (default:"
-                    " default)" % (", ".join(s[0] for s in SCENARIOS),
-                                   ", ".join(s[0] for s in PREPARED_SCENARIOS),
-                                   ", ".join(s[0] for s in TLS_SCENARIOS)))
+                    help="scenario set: default (%s), prepared (%s), tls (%s), goals (%s) or all"
+                    " (default: default)" % (", ".join(s[0] for s in SCENARIOS),
+                                             ", ".join(s[0] for s in PREPARED_SCENARIOS),
+                                             ", ".join(s[0] for s in TLS_SCENARIOS),
+                                             ", ".join(s[0] for s in GOALS_SCENARIOS)))
     ap.add_argument("--scenario", action="append", metavar="NAME",
                     choices=[s[0] for s in SCENARIO_SETS["all"]],
                     help="run only this scenario, of any set (repeatable; overrides --set)")
@@ -766,10 +1158,17 @@ def parse_args(argv):
                     help="pgfunnel binary (default build-bench/pgfunnel, then build/pgfunnel, then PATH)")
     ap.add_argument("--baseline", default=None, metavar="PATH",
                     help="another pgfunnel binary, measured in the same run as \"baseline\"")
-    ap.add_argument("--pgbouncer", metavar="PATH",
-                    default=("/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK)
-                             else shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"),
-                    help="PgBouncer binary (default Debian's /usr/sbin/pgbouncer, else from PATH)")
+    ap.add_argument("--pgbouncer", metavar="PATH", action="append",
+                    help="a PgBouncer binary (repeatable; default: %s when present, else"
+                    " pgbouncer from PATH)" % " and ".join(PGBOUNCER_DEFAULTS))
+    ap.add_argument("--tail-duration", type=int, default=20, metavar="S",
+                    help="pgbench -T of tail-10k (default 20; --quick: 10), whatever --duration")
+    ap.add_argument("--idle-query", choices=["select1", "none"], default="select1",
+                    help="idle-memory clients: one SELECT 1 after login, then idle (default), or"
+                    " no query at all")
+    ap.add_argument("--goal", action="append", default=[], metavar="KEY=RATIO",
+                    help="override a goal of the final table (keys: %s)" % ", ".join(
+                        g[0] for g in GOALS))
     ap.add_argument("--pg-bindir", default=PG_BINDIR_DEFAULT,
                     help="PostgreSQL 15 bin directory (default %s)" % PG_BINDIR_DEFAULT)
     ap.add_argument("--verbose-pooler", action="count", default=0,
@@ -779,7 +1178,7 @@ def parse_args(argv):
                     help="keep the temp dir (logs, ini, data) instead of removing it")
     a = ap.parse_args(argv)
     if a.quick:
-        a.duration, a.rounds = 3, 1
+        a.duration, a.rounds, a.tail_duration = 3, 1, 10
     if a.duration < 1 or a.rounds < 1:
         ap.error("--duration and --rounds must be >= 1")
     if a.max_prepared_statements < 0:
@@ -788,15 +1187,39 @@ def parse_args(argv):
     # The poolers start in the temp dir: relative paths are the caller's.
     a.pgfunnel = a.pgfunnel and os.path.abspath(a.pgfunnel)
     a.baseline = a.baseline and os.path.abspath(a.baseline)
-    a.pgbouncer = os.path.abspath(a.pgbouncer)
+    explicit = a.pgbouncer is not None
+    if not explicit:
+        a.pgbouncer = [b for b in PGBOUNCER_DEFAULTS if os.access(b, os.X_OK)]
+        if not a.pgbouncer and shutil.which("pgbouncer"):
+            a.pgbouncer = [shutil.which("pgbouncer")]
+    a.pgbouncer = [os.path.abspath(b) for b in a.pgbouncer]
     if not a.pgfunnel or not os.access(a.pgfunnel, os.X_OK):
         ap.error("pgfunnel binary not found; build it (meson setup build-bench --buildtype=release"
                  " && ninja -C build-bench) or pass --pgfunnel")
     if not os.access(os.path.join(a.pg_bindir, "pgbench"), os.X_OK):
         ap.error("no pgbench in %s (install postgresql-15 or pass --pg-bindir)" % a.pg_bindir)
-    if not a.pooler_only and not os.access(a.pgbouncer, os.X_OK):
-        log("PgBouncer not found at %s: benchmarking pgfunnel only" % a.pgbouncer)
-        a.pooler_only = True
+    if a.tail_duration < 1:
+        ap.error("--tail-duration must be >= 1")
+    goals = {}
+    for g in a.goal:
+        key, _, value = g.partition("=")
+        if key not in [x[0] for x in GOALS]:
+            ap.error("--goal %s: no such goal (keys: %s)" % (g, ", ".join(x[0] for x in GOALS)))
+        try:
+            goals[key] = float(value)
+        except ValueError:
+            ap.error("--goal %s: the goal is a number (a ratio pgfunnel/PgBouncer)" % g)
+    a.goal = goals
+    if not a.pooler_only:
+        missing = [b for b in a.pgbouncer if not os.access(b, os.X_OK)]
+        if missing and explicit:
+            ap.error("PgBouncer binary not found: %s" % ", ".join(missing))
+        if not a.pgbouncer:
+            log("PgBouncer not found at %s: benchmarking pgfunnel only" % " or ".join(
+                PGBOUNCER_DEFAULTS))
+            a.pooler_only = True
+    if a.pooler_only:
+        a.pgbouncer = []
     return a
 
 
@@ -816,41 +1239,6 @@ def check_channel_binding(bindir, pooler):
     except (OSError, subprocess.TimeoutExpired):
         return None
     return res.returncode == 0
-
-
-def print_tls_summary(rounds, duration, summary):
-    """The TLS scenarios in one table: medians and pgfunnel/PgBouncer ratios."""
-    names = [s[0] for s in TLS_SCENARIOS if s[0] in summary]
-    pair = ("pgfunnel", "pgbouncer")
-    if not names:
-        return None
-    shown = [p for p in pair if any(p in summary[n] for n in names)]
-    print()
-    print("== TLS: medians over %d round%s of %d s ==" % (rounds, "" if rounds == 1 else "s",
-                                                        duration))
-    head = "%-12s" % "scenario"
-    for p in shown:
-        head += " %12s %12s" % (p + " TPS", "CPU us/txn")
-    if len(shown) == 2:
-        head += " %8s %8s" % ("TPS x", "CPU x")
-    print(head)
-    out = {}
-    for n in names:
-        row = "%-12s" % n
-        for p in shown:
-            s = summary[n].get(p)
-            row += " %12s %12s" % (fmt(s and s["tps"], ".1f"),
-                                   fmt(s and s["cpu_us_per_txn"], ".1f"))
-        if len(shown) == 2 and all(p in summary[n] for p in pair):
-            a, b = summary[n]["pgfunnel"], summary[n]["pgbouncer"]
-            t, c = ratio(a["tps"], b["tps"]), ratio(a["cpu_us_per_txn"], b["cpu_us_per_txn"])
-            row += " %8s %8s" % (fmt(t, ".2f"), fmt(c, ".2f"))
-            out[n] = {"tps": t, "cpu_us_per_txn": c}
-        print(row)
-    if out:
-        print("(ratios: pgfunnel/PgBouncer; TPS x > 1 and CPU x < 1 favour pgfunnel)")
-    sys.stdout.flush()
-    return out
 
 
 def main(argv):
@@ -877,27 +1265,39 @@ def main(argv):
             tls = (cert, key)
         # PostgreSQL speaks TLS only when a scenario needs it on the server leg.
         pg_ssl = "server-tls" in profiles
+        # Thousands of sockets in pgbench, the Python client and the poolers (they inherit it).
+        nofile = raise_nofile(max([NOFILE_NEED.get(sc[0], 0) for sc in scenarios] + [0]))
 
         pg = Postgres(a.pg_bindir, workdir, ids, tls=tls if pg_ssl else None)
         log("starting PostgreSQL on port %d%s and initialising pgbench -s %d ..." % (
             pg.port, " (ssl=on)" if pg_ssl else "", a.scale))
         t0 = time.monotonic()
-        pg.start(a.scale)
+        # Every SCRAM secret user exists in every run (cheap): all sets share one userlist.
+        secrets = {u: benchwire.scram_secret(PASSWORDS[u], it) for u, it in SCRAM_USERS.items()}
+        pg.start(a.scale, secrets)
         log("  done in %.1f s" % (time.monotonic() - t0))
 
         write_file(os.path.join(workdir, "userlist.txt"),
-                   '"%s" "%s"\n' % (DB_USER, DB_PASSWORD), ids)
+                   '"%s" "%s"\n' % (DB_USER, DB_PASSWORD)
+                   + "".join('"%s" "%s"\n' % (u, secrets[u]) for u in sorted(secrets)), ids)
         mps = a.max_prepared_statements
         # (name, binary, extra args, max_prepared_statements, PgBouncer version)
         specs = [("pgfunnel", a.pgfunnel, ["-v"] * a.verbose_pooler, mps, None)]
         if a.baseline:
             specs.append(("baseline", a.baseline, ["-v"] * a.verbose_pooler, mps, None))
-        if not a.pooler_only:
-            version = pgbouncer_version(a.pgbouncer)
+        for binary in a.pgbouncer:
+            version = pgbouncer_version(binary)
             if version is None:
-                raise SetupError("cannot tell the version of %s (--version)" % a.pgbouncer)
-            specs.append(("pgbouncer", a.pgbouncer, [],
+                raise SetupError("cannot tell the version of %s (--version)" % binary)
+            # "pgbouncer-1.18", "pgbouncer-1.25" (the patch level too if two share major.minor)
+            name = "pgbouncer-%d.%d" % version[:2]
+            if any(sp[0] == name for sp in specs):
+                name = "pgbouncer-%d.%d.%d" % version
+                while any(sp[0] == name for sp in specs):
+                    name += "b"
+            specs.append((name, binary, [],
                           mps if version >= PGBOUNCER_PREPARED_MIN else None, version))
+        bouncers = [sp[0] for sp in specs if sp[4] is not None]
 
         # A group's scenarios are interleaved round by round: the "prepared" set is one group,
         # every other scenario a group of its own (one after the other, as always). The poolers
@@ -982,10 +1382,128 @@ def main(argv):
             """-M prepared needs a pooler that manages prepared statements (transaction mode)."""
             return p.prepared or "prepared" not in args
 
+        def wait_clients_gone(p, user, timeout=120):
+            """Poll p's SHOW POOLS until no client of user is left (after a run of thousands):
+            None, or what was still there at the deadline."""
+            deadline = time.monotonic() + timeout
+            seen = None
+            while time.monotonic() < deadline:
+                try:
+                    seen = asyncio.run(benchwire.pool_clients(p.port, DB_USER, DB_PASSWORD,
+                                                              DB_NAME, user))
+                except (OSError, ConnectionError, asyncio.IncompleteReadError,
+                        benchwire.WireError) as e:
+                    seen = e
+                else:
+                    if seen[0] == 0 and seen[1] == 0:
+                        return None
+                time.sleep(0.2)
+            return "%s still lists clients of %s %d s after pgbench ended: %s" % (
+                p.name, user, timeout, seen)
+
+        def log_run(name, rnd, p, r):
+            extra = ""
+            if r.get("p99_p50") is not None:
+                extra = " p50 %s ms p99 %s ms p99/p50 %s" % (
+                    fmt(r["p50_ms"], ".3f"), fmt(r["p99_ms"], ".3f"), fmt(r["p99_p50"], ".2f"))
+            log("  %-24s round %d %-15s tps %s lat %s ms cpu %s us/txn rss %d KiB%s%s" % (
+                name, rnd, p.name, fmt(r["tps"], ".1f"), fmt(r["latency_ms"], ".3f"),
+                fmt(r["cpu_us_per_txn"], ".1f"), r["rss_kib"], extra,
+                ("  ERRORS: " + "; ".join(r["errors"])) if r["errors"] else ""))
+
+        def report_errors(p, r):
+            """The run's pgbench stderr and the pooler's own log lines of the run."""
+            log(r.get("stderr", "").strip()[-2000:])
+            if p.pid:
+                # What the pooler logged meanwhile (a refused login is a LOG "closing because"
+                # line in PgBouncer's format): the problem lines first, then the last lines.
+                lines = read_text(p.logfile).splitlines()[r.get("log_line0", 0):]
+                bad = [l for l in lines if re.search(
+                    r"\b(ERROR|WARNING|FATAL|PANIC)\b|closing because|fail", l)]
+                log("  %s log during the run: %d line(s), %d of them ERROR/WARNING/FATAL or"
+                    " \"closing because\"/fail%s" % (p.label, len(lines), len(bad),
+                                                     ", the first ones:" if bad else ""))
+                for l in bad[:12]:
+                    log("    " + l)
+                log("  its last lines:")
+                for l in lines[-8:]:
+                    log("    " + l)
+
+        def idle_round(spec, rnd):
+            """idle-memory, one round, one pooler: a fresh instance (so that memory the run before
+            freed does not hide the growth), warmed up as the idle user; VmRSS before and with
+            IDLE_CLIENTS logged-in idle clients; stopped (checked) at the end."""
+            name, binary, extra, mp, version = spec
+            user = SCENARIO_USER["idle-memory"]
+            p = Pooler(name, binary, workdir, pg.port, ids, extra, max_prepared=mp,
+                       version=version, label="%s-idle%d" % (name, rnd))
+            instances.append(p)
+            p.start()
+            r = {"pooler": name, "profile": "plain", "scenario": "idle-memory", "round": rnd,
+                 "errors": [], "clients": IDLE_CLIENTS, "user": user, "tps": None,
+                 "latency_ms": None, "cpu_us_per_txn": None, "failed": 0, "rss_kib": 0}
+            w = run_pgbench(a.pg_bindir, p, ["-S", "-c", "20", "-j", "2", "-M", "simple"], 2,
+                            "excl", user=user)
+            if w["errors"]:
+                r["errors"].append("warm-up as %s: %s" % (user, "; ".join(w["errors"])))
+                r["stderr"] = w["stderr"]
+            else:
+                rss0 = rss_kib(p.pid)
+                cpu0 = cpu_seconds(p.pid)
+                query = "SELECT 1" if a.idle_query == "select1" else None
+                out = asyncio.run(benchwire.idle_clients(
+                    p.port, user, DB_NAME, PASSWORDS[user], IDLE_CLIENTS, query,
+                    (DB_USER, DB_PASSWORD), measure=lambda: (rss_kib(p.pid), cpu_seconds(p.pid))))
+                r["login_s"] = out.get("login_s")
+                r["settle_s"] = out.get("settle_s")
+                r["logged_in"] = out.get("logged_in")
+                r["seen"] = out.get("seen")
+                for msg, n in sorted(out["errors"].items()):
+                    r["errors"].append("%d x %s" % (n, msg))
+                r["rss_before_kib"] = rss0
+                if out["measured"]:
+                    rss1, cpu1 = out["measured"]
+                    r["rss_after_kib"] = r["rss_kib"] = rss1
+                    r["bytes_per_client"] = (rss1 - rss0) * 1024.0 / IDLE_CLIENTS
+                    r["cpu_us_per_login"] = (cpu1 - cpu0) * 1e6 / IDLE_CLIENTS
+            if not p.alive():
+                r["errors"].append("%s is no longer running (exit status %s)" % (
+                    p.label, p.proc.returncode))
+            else:
+                gone = wait_clients_gone(p, user)
+                if gone:
+                    r["errors"].append(gone)
+            problem = p.stop_checked()
+            if problem:
+                r["errors"].append(problem)
+            log("  %-24s round %d %-15s %s bytes/client (RSS %s -> %s KiB; %s logged in in %s s,"
+                " all seen after %s s; %s us CPU/login)%s" % (
+                    "idle-memory", rnd, name, fmt(r.get("bytes_per_client"), ".0f"),
+                    r.get("rss_before_kib", "-"), r.get("rss_after_kib", "-"),
+                    r.get("logged_in", "-"), fmt(r.get("login_s"), ".1f"),
+                    fmt(r.get("settle_s"), ".1f"), fmt(r.get("cpu_us_per_login"), ".1f"),
+                    ("  ERRORS: " + "; ".join(r["errors"])) if r["errors"] else ""))
+            return p, r
+
         summary = {}
         poolers = []
         current = None
         for group in groups:
+            if group[0][2] == "idle":
+                # Fresh poolers per round, interleaved; the profile's poolers stay up (idle).
+                name = group[0][0]
+                results = {sp[0]: [] for sp in specs}
+                for rnd in range(1, a.rounds + 1):
+                    for spec in specs:
+                        p, r = idle_round(spec, rnd)
+                        results[spec[0]].append(r)
+                        all_runs.append(r)
+                        if r["errors"]:
+                            failed = True
+                            report_errors(p, r)
+                summary[name] = print_idle_table(a.rounds, [sp[0] for sp in specs], results,
+                                                 a.idle_query == "select1")
+                continue
             profile = scenario_profile(group[0][0])
             if profile != current:
                 for p in poolers:
@@ -994,8 +1512,10 @@ def main(argv):
                 poolers = start_profile(profile)
                 current = profile
             sslmode = PROFILE_CLIENT_SSLMODE[profile]
-            results = {sc[0]: {p.name: [] for p in poolers if runnable(p, sc[1])}
+            targets = {sc[0]: [p for p in poolers if runnable(p, sc[1])]
+                       + ([Direct(pg)] if sc[0] in DIRECT_SCENARIOS else [])
                        for sc in group}
+            results = {n: {p.name: [] for p in t} for n, t in targets.items()}
             for sc in group:
                 for p in poolers:
                     if not runnable(p, sc[1]):
@@ -1003,38 +1523,51 @@ def main(argv):
                               " < 1.21, or --max-prepared-statements 0)" % (sc[0], p.name))
             for rnd in range(a.rounds):
                 for name, args, tps_kind in group:
-                    for p in poolers:
-                        if p.name not in results[name]:
-                            continue
-                        r = run_pgbench(a.pg_bindir, p, args, a.duration, tps_kind, sslmode,
-                                        a.channel_binding)
-                        r["scenario"], r["round"] = name, rnd + 1
+                    user = SCENARIO_USER.get(name, DB_USER)
+                    tail_run = tps_kind == "tail"
+                    for p in targets[name]:
+                        log_line0 = len(read_text(p.logfile).splitlines()) if p.pid else 0
+                        r = run_pgbench(a.pg_bindir, p, args,
+                                        a.tail_duration if tail_run else a.duration, tps_kind,
+                                        sslmode, a.channel_binding, user=user,
+                                        log_prefix=(os.path.join(workdir, "txlog-%s" % p.name)
+                                                    if tail_run else None),
+                                        timeout=600 if tail_run else 120)
+                        r["scenario"], r["round"], r["user"] = name, rnd + 1, user
+                        r["log_line0"] = log_line0
+                        if tail_run and p.alive():
+                            gone = wait_clients_gone(p, user)
+                            if gone:
+                                r["errors"].append(gone)
                         results[name][p.name].append(r)
                         all_runs.append(r)
-                        log("  %-24s round %d %-9s tps %s lat %s ms cpu %s us/txn rss %d KiB%s" % (
-                            name, rnd + 1, p.name, fmt(r["tps"], ".1f"),
-                            fmt(r["latency_ms"], ".3f"), fmt(r["cpu_us_per_txn"], ".1f"),
-                            r["rss_kib"],
-                            ("  ERRORS: " + "; ".join(r["errors"])) if r["errors"] else ""))
+                        log_run(name, rnd + 1, p, r)
                         if r["errors"]:
                             failed = True
-                            log(r["stderr"].strip()[-2000:])
+                            report_errors(p, r)
                         if not p.alive():
                             raise SetupError("%s died during %s:\n%s\n%s" % (
                                 p.label, name, read_text(p.outfile), tail(p.logfile)))
                         time.sleep(0.5)
             for p in poolers:
                 p.rss_trace.append(("+".join(sc[0] for sc in group), rss_kib(p.pid)))
-            for name, args, _ in group:
+            for name, args, tps_kind in group:
+                user = SCENARIO_USER.get(name, DB_USER)
                 summary[name] = print_table(
-                    name, " ".join(args), a.rounds, a.duration,
-                    [p for p in poolers if p.name in results[name]], results[name],
+                    name, " ".join(args + (["-l"] if tps_kind == "tail" else []))
+                    + ("" if user == DB_USER else "  (user %s)" % user), a.rounds,
+                    a.tail_duration if tps_kind == "tail" else a.duration,
+                    targets[name], results[name],
                     "" if sslmode == "disable" else "PGSSLMODE=" + sslmode)
             if group[0][0] in prepared_names:
                 summary["prepared-ratios"] = print_prepared_ratios(a.rounds, results)
         tls_ratios = print_tls_summary(a.rounds, a.duration, summary)
         if tls_ratios:
             summary["tls-ratios"] = tls_ratios
+        goals = print_goal_summary(summary, bouncers, a.goal, {
+            sp[0]: "PgBouncer " + ".".join(map(str, sp[4])) for sp in specs if sp[4]})
+        if goals:
+            summary["goals"] = goals
 
         print()
         for p in instances:
@@ -1057,8 +1590,9 @@ def main(argv):
             with open(a.json, "w", encoding="utf-8") as f:
                 json.dump({"duration": a.duration, "rounds": a.rounds,
                            "max_prepared_statements": a.max_prepared_statements,
-                           "pgbouncer": {"path": a.pgbouncer,
-                                         "version": next((s[4] for s in specs if s[4]), None)},
+                           "pgbouncer": [{"name": sp[0], "path": sp[1], "version": sp[4]}
+                                         for sp in specs if sp[4] is not None],
+                           "rlimit_nofile": nofile,
                            "tls": ({"key": tls_desc, "channel_binding": a.channel_binding,
                                     "postgres_ssl": pg_ssl} if tls else None),
                            "summary": summary,
