@@ -24,6 +24,10 @@ typedef struct pf_free_buffer {
 
 /* Receive buffers kept for reuse; beyond this they go back to malloc. */
 #define PF_NET_FREE_BUFFERS_MAX 1024
+/* What pf_net_trim() leaves on each free list, and the least it frees before asking glibc to
+ * return the pages (malloc_trim). */
+#define PF_NET_FREE_KEEP 16
+#define PF_NET_TRIM_MIN  (64 * 1024)
 
 typedef struct pf_net {
 	uv_loop_t *loop;
@@ -45,6 +49,7 @@ typedef struct pf_net {
 	 * forward write is in flight, not for its whole life */
 	pf_free_buffer_t *free_wreqs;
 	size_t free_wreq_count;
+	unsigned surplus_ticks; /* pf_net_trim() calls in a row that saw a surplus */
 } pf_net_t;
 
 /* Initialises n for loop (may be NULL in tests) with the settings of cfg. */
@@ -73,6 +78,13 @@ static inline uint64_t pf_net_next_id(pf_net_t *n)
  */
 uint8_t *pf_net_get_buffer(pf_net_t *n, uint32_t *cap);
 void pf_net_put_buffer(pf_net_t *n, uint8_t *buf, uint32_t cap);
+
+/*
+ * Called once a second (the janitor): free-list entries beyond PF_NET_FREE_KEEP that stayed
+ * unused for two calls go back to malloc, and glibc returns the freed pages to the system, so a
+ * burst's buffers do not stay in the pooler's memory for good.
+ */
+void pf_net_trim(pf_net_t *n);
 
 /* A write request from the free list (else malloc; NULL on ENOMEM), and back. */
 uv_write_t *pf_net_get_wreq(pf_net_t *n);

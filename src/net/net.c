@@ -4,6 +4,9 @@
 #include "pfbuild.h"
 
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "pgfunnel/net.h"
 
@@ -96,4 +99,47 @@ void pf_net_put_buffer(pf_net_t *n, uint8_t *buf, uint32_t cap)
 	b->next = n->free_buffers;
 	n->free_buffers = b;
 	n->free_buffer_count++;
+}
+
+/* Frees entries of a free list beyond keep; returns how many bytes went back to malloc. */
+static size_t free_beyond(pf_free_buffer_t **list, size_t *count, size_t keep, size_t each)
+{
+	size_t freed = 0;
+
+	while (*count > keep && *list) {
+		pf_free_buffer_t *b = *list;
+
+		*list = b->next;
+		(*count)--;
+		free(b);
+		freed += each;
+	}
+	return freed;
+}
+
+void pf_net_trim(pf_net_t *n)
+{
+	size_t freed;
+
+	/* A surplus seen at two ticks in a row is not the working set of the load that runs:
+	 * it was left by a burst (thousands of clients answered at once). */
+	if (n->free_buffer_count <= PF_NET_FREE_KEEP && n->free_wreq_count <= PF_NET_FREE_KEEP) {
+		n->surplus_ticks = 0;
+		return;
+	}
+	if (++n->surplus_ticks < 2)
+		return;
+	n->surplus_ticks = 0;
+	freed = free_beyond(&n->free_buffers, &n->free_buffer_count, PF_NET_FREE_KEEP,
+	                    n->buffer_size);
+	freed += free_beyond(&n->free_wreqs, &n->free_wreq_count, PF_NET_FREE_KEEP,
+	                     sizeof(uv_write_t));
+#ifdef __GLIBC__
+	/* Freed chunks between live connections stay in the process until glibc is told to
+	 * hand their pages back. */
+	if (freed >= PF_NET_TRIM_MIN)
+		malloc_trim(0);
+#else
+	(void)freed;
+#endif
 }

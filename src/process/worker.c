@@ -269,6 +269,7 @@ static void on_janitor(uv_timer_t *t)
 	}
 	pf_database_maintain(w, now);
 	pf_stats_tick(w, now);
+	pf_net_trim(&w->net);
 	w->settle_due = false;
 	pf_admin_poll(w);
 	if (w->shutdown == PF_SHUTDOWN_WAIT_FOR_CLIENTS)

@@ -212,8 +212,9 @@ async def idle_clients(port, user, dbname, password, count, query, admin, measur
                        concurrency=64, login_timeout=60.0, settle_timeout=60.0):
     """Open count connections to port that log in as user (at most concurrency logins in flight),
     each runs query (None: none) and then stays idle; wait until the pooler's SHOW POOLS
-    reports them all in cl_active (admin = (admin user, password)); call measure() while they
-    are all there; close them. A dict: "measured" (what measure returned, None if not reached),
+    reports them all in cl_active (admin = (admin user, password)); call measure() then
+    ("measured_at_seen") and every 0.5 s until its first value (RSS) has not changed for 3 s or
+    15 s passed ("idle_s"); close them. A dict: "measured" (the last reading, None if not reached),
     "logged_in", "errors" (distinct messages, counted), "login_s", "settle_s", "seen" (the last
     (cl_active, cl_waiting, used_clients))."""
     loop = asyncio.get_running_loop()
@@ -254,7 +255,19 @@ async def idle_clients(port, user, dbname, password, count, query, admin, measur
                 break
             if out["seen"][0] >= count:
                 out["settle_s"] = loop.time() - t1
-                out["measured"] = measure()
+                # Idle means sitting there: the first reading, then readings every 0.5 s until
+                # the RSS has not moved for 3 s (at most 15 s), so that what a pooler frees or
+                # returns once the logins are over is not counted.
+                out["measured_at_seen"] = first = measure()
+                samples = [first]
+                stable_until = loop.time() + 15.0
+                while loop.time() < stable_until:
+                    await asyncio.sleep(0.5)
+                    samples.append(measure())
+                    if len(samples) >= 7 and len({m[0] for m in samples[-7:]}) == 1:
+                        break
+                out["measured"] = samples[-1]
+                out["idle_s"] = 0.5 * (len(samples) - 1)
                 break
             if loop.time() > deadline:
                 msg = "SHOW POOLS cl_active stayed at %d of %d for %.0f s" % (

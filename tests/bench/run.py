@@ -48,7 +48,10 @@ The "goals" set, each scenario interleaved over the poolers in every round (A, B
                        bench16 (SCRAM, 64 logins in flight), each runs one SELECT 1 (or, with
                        --idle-query none, no query) and stays idle, holding no server in
                        transaction mode; once SHOW POOLS counts all 5000 in cl_active, VmRSS
-                       again: bytes per client = delta RSS / 5000. The instance is then stopped
+                       every 0.5 s until it has not moved for 3 s (at most 15 s: the clients
+                       sit idle; what a pooler returns after the burst of logins is not
+                       counted; the reading at "all seen" is logged too): bytes per client =
+                       delta RSS / 5000. The instance is then stopped
                        (checked like the final stop). CPU per login is shown too.     (row 5)
   tail-10k             pgbench -S -c 10000 -j 2 -l as bench16, -T --tail-duration (default
                        20 s; connection set-up comes first and is not timed): p50 and p99 of
@@ -341,12 +344,18 @@ def pid_alive(pid):
         return False
 
 
-def cpu_seconds(pid):
-    """utime + stime of pid (all its threads) in seconds, from /proc/PID/stat."""
+def cpu_split(pid):
+    """(utime, stime) of pid (all its threads) in seconds, from /proc/PID/stat: user-space and
+    kernel time."""
     with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # After the comm field: state is field 3 (index 0 here); utime 14, stime 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid (all its threads) in seconds, from /proc/PID/stat."""
+    return sum(cpu_split(pid))
 
 
 def raise_nofile(need):
@@ -757,6 +766,7 @@ def run_pgbench(bindir, pooler, args, duration, tps_kind, sslmode="disable",
     cmd += [DB_NAME]
     env = pgbench_env(sslmode, channel_binding, user)
     cpu0 = cpu_seconds(pooler.pid) if pooler.pid else None
+    user0 = cpu_split(pooler.pid)[0] if pooler.pid else None
     t0 = time.monotonic()
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -770,6 +780,7 @@ def run_pgbench(bindir, pooler, args, duration, tps_kind, sslmode="disable",
     wall = time.monotonic() - t0
     alive = pooler.alive()
     cpu1 = cpu_seconds(pooler.pid) if alive and pooler.pid else cpu0
+    user1 = cpu_split(pooler.pid)[0] if alive and pooler.pid else user0
     rss = rss_kib(pooler.pid) if alive and pooler.pid else 0
 
     r = {"pooler": pooler.name, "profile": pooler.profile, "sslmode": sslmode, "rc": rc,
@@ -784,6 +795,10 @@ def run_pgbench(bindir, pooler, args, duration, tps_kind, sslmode="disable",
     r["tps"] = float(m.group(1)) if m else None
     r["cpu_s"] = cpu1 - cpu0 if cpu0 is not None else None
     r["cpu_us_per_txn"] = (r["cpu_s"] * 1e6 / r["txns"]) if r["txns"] and cpu0 is not None else None
+    # The user-space part (utime): what the pooler's own code costs, the rest being the kernel's
+    # work for its system calls.
+    r["user_us_per_txn"] = ((user1 - user0) * 1e6 / r["txns"]
+                            if r["txns"] and user0 is not None else None)
     r["rss_kib"] = rss
     # Mean latency from the TPS (6 decimals) rather than pgbench's "latency average" (1 us
     # steps): clients / TPS, what pgbench computes its average from.
@@ -836,6 +851,7 @@ def summarize(runs):
         "latency_ms": med([r.get("latency_ms") for r in runs]),
         "latency_us": med([r.get("latency_us") for r in runs]),
         "cpu_us_per_txn": med([r.get("cpu_us_per_txn") for r in runs]),
+        "user_us_per_txn": med([r.get("user_us_per_txn") for r in runs]),
         "rss_kib": max((r.get("rss_kib") or 0 for r in runs), default=0),
         "failed": sum(r.get("failed") or 0 for r in runs),
         "all_tps": [r.get("tps") for r in runs],
@@ -1117,6 +1133,17 @@ def print_goal_summary(summary, bouncers, goals, titles):
                     "lower_is_better": lower, "met": met}
     print("(ratio = pgfunnel / PgBouncer; goal: the ratio to every PgBouncer, * = pgfunnel's own"
           " figure; a figure <= 0 compares the figures instead)")
+    # Where the CPU goes: the user-space part of each CPU row (utime, 1/CLK_TCK resolution).
+    cpu_rows = [g for g in rows if g[3] == "cpu_us_per_txn"]
+    if cpu_rows:
+        print("user-space part of the CPU rows (utime us per transaction/login; the rest is "
+              "the kernel's work for the pooler's system calls):")
+        for key, label, scen, field, lower, default in cpu_rows:
+            row = "  %-38s %10s" % (label, fmt(summary[scen].get("pgfunnel", {})
+                                                .get("user_us_per_txn"), ".1f"))
+            for b in bouncers:
+                row += " %16s" % fmt(summary[scen].get(b, {}).get("user_us_per_txn"), ".1f")
+            print(row)
     sys.stdout.flush()
     return out
 
@@ -1469,9 +1496,13 @@ def main(argv):
                     r["errors"].append("%d x %s" % (n, msg))
                 r["rss_before_kib"] = rss0
                 if out["measured"]:
-                    rss1, cpu1 = out["measured"]
+                    rss1, _ = out["measured"]
+                    rss_seen, cpu1 = out["measured_at_seen"]
                     r["rss_after_kib"] = r["rss_kib"] = rss1
+                    r["rss_at_seen_kib"] = rss_seen
+                    r["idle_s"] = out.get("idle_s")
                     r["bytes_per_client"] = (rss1 - rss0) * 1024.0 / IDLE_CLIENTS
+                    r["bytes_per_client_at_seen"] = (rss_seen - rss0) * 1024.0 / IDLE_CLIENTS
                     r["cpu_us_per_login"] = (cpu1 - cpu0) * 1e6 / IDLE_CLIENTS
             if not p.alive():
                 r["errors"].append("%s is no longer running (exit status %s)" % (
@@ -1483,10 +1514,12 @@ def main(argv):
             problem = p.stop_checked()
             if problem:
                 r["errors"].append(problem)
-            log("  %-24s round %d %-15s %s bytes/client (RSS %s -> %s KiB; %s logged in in %s s,"
+            log("  %-24s round %d %-15s %s bytes/client (RSS %s -> %s KiB after %s s idle, %s KiB"
+                " when all were seen; %s logged in in %s s,"
                 " all seen after %s s; %s us CPU/login)%s" % (
                     "idle-memory", rnd, name, fmt(r.get("bytes_per_client"), ".0f"),
                     r.get("rss_before_kib", "-"), r.get("rss_after_kib", "-"),
+                    fmt(r.get("idle_s"), ".1f"), r.get("rss_at_seen_kib", "-"),
                     r.get("logged_in", "-"), fmt(r.get("login_s"), ".1f"),
                     fmt(r.get("settle_s"), ".1f"), fmt(r.get("cpu_us_per_login"), ".1f"),
                     ("  ERRORS: " + "; ".join(r["errors"])) if r["errors"] else ""))

@@ -1774,6 +1774,45 @@ static void test_bug_send_error_hidden_by_eof(void **state)
 	assert_plan_done();
 }
 
+/* pf_net_trim: a surplus on the free lists survives one tick (it may be the working set of a
+ * load between two reads), not two; what is in use is never touched. */
+static void test_net_trim(void **state)
+{
+	enum { N = 100 };
+	uint8_t *bufs[N];
+	uv_write_t *reqs[N];
+	uint32_t cap;
+
+	(void)state;
+	for (int i = 0; i < N; i++) {
+		bufs[i] = pf_net_get_buffer(&fx->net, &cap);
+		reqs[i] = pf_net_get_wreq(&fx->net);
+		assert_non_null(bufs[i]);
+		assert_non_null(reqs[i]);
+	}
+	for (int i = 0; i < N; i++) {
+		pf_net_put_buffer(&fx->net, bufs[i], cap);
+		pf_net_put_wreq(&fx->net, reqs[i]);
+	}
+	size_t base = fx->net.free_buffer_count;
+
+	assert_true(base >= N);
+	pf_net_trim(&fx->net);
+	assert_int_equal(fx->net.free_buffer_count, base); /* one tick: kept */
+	assert_true(fx->net.free_wreq_count >= N);
+	pf_net_trim(&fx->net);
+	assert_int_equal(fx->net.free_buffer_count, PF_NET_FREE_KEEP);
+	assert_int_equal(fx->net.free_wreq_count, PF_NET_FREE_KEEP);
+	/* A small list is left alone, and the tick count starts over. */
+	pf_net_trim(&fx->net);
+	assert_int_equal(fx->net.free_buffer_count, PF_NET_FREE_KEEP);
+	assert_int_equal(fx->net.surplus_ticks, 0);
+	/* The kept ones are handed out again. */
+	bufs[0] = pf_net_get_buffer(&fx->net, &cap);
+	assert_int_equal(fx->net.free_buffer_count, PF_NET_FREE_KEEP - 1);
+	pf_net_put_buffer(&fx->net, bufs[0], cap);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1823,6 +1862,7 @@ int main(void)
 	        T(test_bug_consumed_after_forward_is_forwarded),
 	        T(test_bug_consumed_with_pause_loses_forwarded),
 	        T(test_bug_send_error_hidden_by_eof),
+	        T(test_net_trim),
 #undef T
 	};
 
