@@ -28,7 +28,8 @@ prepared statements in transaction mode: select-only with pgbench -M prepared an
 below) or "all" (every scenario of every set once). --scenario NAME (repeatable) picks single
 scenarios of any set instead.
 
-The "goals" set, each scenario interleaved over the poolers in every round (A, B, C, A, B, C):
+The "goals" set, each scenario interleaved over the poolers in every round (A, B, C, then
+B, C, A, ...: the order turns each round):
   select-only          pgbench -S -c 200 -j 2: pooler CPU us/txn and TPS             (row 1)
   select-only-extended the same with -M extended: CPU us/txn                        (row 2)
   1-client-latency     pgbench -S -c 1, and the same straight to PostgreSQL as the pseudo-
@@ -103,7 +104,8 @@ What it does:
      max_client_conn=12000), copied per pooler with only listen_port and file
      paths changed, and start pgfunnel and each PgBouncer.
   3. For each scenario, run pgbench against each pooler alternately
-     (A, B, C, A, B, C, ... for --rounds rounds).
+     (A, B, C, then B, C, A, then C, A, B, ... for --rounds rounds: no pooler always
+     runs first, right after the previous scenario's load).
   4. Per run: TPS, average latency, failed transactions, pooler CPU time per
      transaction (utime+stime from /proc/PID/stat around the run, divided by
      the transactions processed) and pooler RSS after the run.
@@ -1534,7 +1536,8 @@ def main(argv):
                 name = group[0][0]
                 results = {sp[0]: [] for sp in specs}
                 for rnd in range(1, a.rounds + 1):
-                    for spec in specs:
+                    k = (rnd - 1) % len(specs)
+                    for spec in specs[k:] + specs[:k]:  # the order turns each round
                         p, r = idle_round(spec, rnd)
                         results[spec[0]].append(r)
                         all_runs.append(r)
@@ -1565,7 +1568,11 @@ def main(argv):
                 for name, args, tps_kind in group:
                     user = SCENARIO_USER.get(name, DB_USER)
                     tail_run = tps_kind == "tail"
-                    for p in targets[name]:
+                    # The order turns each round, so that no pooler always runs first (right
+                    # after the previous scenario's load) or last.
+                    order = targets[name][rnd % len(targets[name]):] + \
+                        targets[name][:rnd % len(targets[name])]
+                    for p in order:
                         log_line0 = len(read_text(p.logfile).splitlines()) if p.pid else 0
                         r = run_pgbench(a.pg_bindir, p, args,
                                         a.tail_duration if tail_run else a.duration, tps_kind,
