@@ -377,8 +377,10 @@ static bool flush_forward(pf_conn_t *c)
 				sp->retired[sp->n_retired++] = sp->s[i].own;
 		sp->n = sp->used = 0;
 	}
-	if (total == 0 || !peer || peer->closing || !peer->handle_open) {
-		/* Nothing, or nobody to send to: the bytes are dropped. */
+	if (total == 0 || !peer || peer->closing || !peer->handle_open || peer->send_error) {
+		/* Nothing, or nobody to send to: the bytes are dropped. A peer whose own output
+		 * failed (send_error) misses bytes of its stream already: nothing may follow the
+		 * gap (it is ended from the loop). */
 		free_retired(c);
 		return true;
 	}

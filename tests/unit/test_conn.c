@@ -933,6 +933,33 @@ static void test_forward_without_peer(void **state)
 	assert_plan_done();
 }
 
+/*
+ * A peer whose own output already failed (send_error: bytes of its stream are missing, e.g. an
+ * owned copy or a write request that could not be allocated) gets no forwarded bytes after the
+ * gap: they are dropped as for a closing peer, and the peer is ended from the loop.
+ */
+static void test_forward_to_broken_peer_dropped(void **state)
+{
+	wire_t w = {0};
+
+	(void)state;
+	add_msg(&w, 'A', 10);
+	add_msg(&w, 'B', 10);
+	fx->tp.try_rc = UV_ENOMEM;
+	pf_conn_send(&fx->peer, "xyz", 3);
+	assert_int_equal(fx->peer.send_error, UV_ENOMEM);
+	fx->tp.try_rc = 0; /* the socket itself would take bytes again */
+	PLAN(FWD, FWD);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	check_log("A10/10 B10/10 DRAINED ");
+	check_wlog(&fx->tp, "try-12 ");
+	assert_int_equal(fx->tp.out_len, 0);
+	assert_null(fx->c.rbuf);
+	assert_plan_done();
+	pf_list_remove(&fx->net.throttled_conns, &fx->peer.throttle_node);
+}
+
 /* ---- holding whole messages ---- */
 
 /* NEED_WHOLE grows the buffer (doubling) until the message fits, then asks again. */
@@ -1828,6 +1855,7 @@ int main(void)
 	        T(test_forward_last),
 	        T(test_forward_last_pending),
 	        T(test_forward_without_peer),
+	        T(test_forward_to_broken_peer_dropped),
 	        T(test_need_whole_grows),
 	        T(test_need_whole_after_forward),
 	        T(test_need_whole_hold_max),
