@@ -360,7 +360,7 @@ static bool flush_forward(pf_conn_t *c)
 	uv_buf_t bufs[2 * PF_CONN_SPLICES + 1], *b = bufs;
 	unsigned nb;
 	size_t total;
-	int n;
+	int n, rc;
 
 	if (!c->fwd_open)
 		return true;
@@ -413,11 +413,14 @@ static bool flush_forward(pf_conn_t *c)
 		return true;
 	}
 	c->fwd_req->data = c;
-	if (peer->tp.ops->write(&peer->tp, c->fwd_req, &peer->h.stream, b, nb, on_forward_written) <
-	    0) {
+	rc = peer->tp.ops->write(&peer->tp, c->fwd_req, &peer->h.stream, b, nb, on_forward_written);
+	if (rc < 0) {
+		/* The bytes are lost (libuv could not copy the buffer list, the socket refused):
+		 * the peer's stream is broken, whatever its read side says. */
 		pf_net_put_wreq(c->net, c->fwd_req);
 		c->fwd_req = NULL;
 		free_retired(c);
+		send_failed(peer, rc);
 		return true;
 	}
 	c->fwd_pending = true;
@@ -752,8 +755,14 @@ void pf_conn_uncork(pf_conn_t *c)
 	if (cork.c != c)
 		return;
 	cork.c = NULL;
-	if (cork.buf.len || cork.buf.failed)
+	if (cork.buf.len || cork.buf.failed) {
+		size_t used = cork.buf.len;
+
 		pf_conn_send_buf(c, &cork.buf);
+		/* A welcome holds the client's cancel key: not left behind for anyone to find. */
+		if (cork.buf.data)
+			explicit_bzero(cork.buf.data, used);
+	}
 	if (cork.buf.cap > PF_CONN_CORK_KEEP)
 		pf_buf_free(&cork.buf);
 }
