@@ -41,6 +41,12 @@ int pf_memeq_ct(const void *a, const void *b, size_t n);
  */
 uint32_t pf_hash_str(const char *s);
 
+/*
+ * SipHash-2-4 of len bytes with the 128-bit key (k0, k1): for tables whose keys a peer chooses
+ * (with a random key, colliding keys cannot be made up in advance).
+ */
+uint64_t pf_siphash24(uint64_t k0, uint64_t k1, const void *data, size_t len);
+
 /* Wall-clock time (CLOCK_REALTIME) in microseconds. */
 pf_usec_t pf_now_wall_usec(void);
 

@@ -20,62 +20,14 @@
 #include "pgfunnel/list.h"
 #include "pgfunnel/prepared.h"
 
-/* ---- keyed hash (SipHash-2-4): names and statements are chosen by clients ---- */
-
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-
-#define SIPROUND                                                                                   \
-	do {                                                                                       \
-		v0 += v1;                                                                          \
-		v1 = ROTL(v1, 13);                                                                 \
-		v1 ^= v0;                                                                          \
-		v0 = ROTL(v0, 32);                                                                 \
-		v2 += v3;                                                                          \
-		v3 = ROTL(v3, 16);                                                                 \
-		v3 ^= v2;                                                                          \
-		v0 += v3;                                                                          \
-		v3 = ROTL(v3, 21);                                                                 \
-		v3 ^= v0;                                                                          \
-		v2 += v1;                                                                          \
-		v1 = ROTL(v1, 17);                                                                 \
-		v1 ^= v2;                                                                          \
-		v2 = ROTL(v2, 32);                                                                 \
-	} while (0)
+/* Names and statements are chosen by clients: hashed with a keyed hash (pf_siphash24). */
 
 static uint64_t load64(const uint8_t *p)
 {
 	uint64_t v;
 
 	memcpy(&v, p, 8);
-	return v; /* little-endian hosts only matter for speed, not correctness */
-}
-
-static uint64_t siphash(uint64_t k0, uint64_t k1, const uint8_t *in, size_t len)
-{
-	uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
-	uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
-	uint64_t b = (uint64_t)len << 56, m;
-	size_t i, tail = len & 7;
-
-	for (i = 0; i + 8 <= len; i += 8) {
-		m = load64(in + i);
-		v3 ^= m;
-		SIPROUND;
-		SIPROUND;
-		v0 ^= m;
-	}
-	for (size_t j = 0; j < tail; j++)
-		b |= (uint64_t)in[i + j] << (8 * j);
-	v3 ^= b;
-	SIPROUND;
-	SIPROUND;
-	v0 ^= b;
-	v2 ^= 0xff;
-	SIPROUND;
-	SIPROUND;
-	SIPROUND;
-	SIPROUND;
-	return v0 ^ v1 ^ v2 ^ v3;
+	return v;
 }
 
 /* ---- types ---- */
@@ -173,7 +125,7 @@ pf_prepared_registry_t *pf_prepared_registry_new(const uint8_t key[16])
 	/* Server-side names nobody can guess (nor an application's own collide with): a part
 	 * drawn from the key, which itself stays secret. */
 	snprintf(r->prefix, sizeof(r->prefix), PF_PREPARED_PREFIX "%08" PRIx32 "_",
-	         (uint32_t)siphash(r->k0, r->k1, (const uint8_t *)"names", 5));
+	         (uint32_t)pf_siphash24(r->k0, r->k1, (const uint8_t *)"names", 5));
 	return r;
 }
 
@@ -237,7 +189,7 @@ static int grow_table(void ***buckets, uint32_t *nbuckets, uint32_t count, size_
 /* The statement with this body, made if new; returns it with a reference taken, or NULL. */
 static pf_prepared_stmt_t *stmt_get(pf_prepared_registry_t *r, const uint8_t *body, size_t len)
 {
-	uint64_t h = siphash(r->k0, r->k1, body, len);
+	uint64_t h = pf_siphash24(r->k0, r->k1, body, len);
 	pf_prepared_stmt_t *st;
 
 	if (r->nbuckets) {
@@ -481,7 +433,7 @@ const char *pf_prepared_client_name_of(const pf_prepared_client_t *c, const char
 
 static uint64_t name_hash(const pf_prepared_client_t *c, const char *name, size_t len)
 {
-	return siphash(c->reg->k0, c->reg->k1, (const uint8_t *)name, len);
+	return pf_siphash24(c->reg->k0, c->reg->k1, (const uint8_t *)name, len);
 }
 
 static cnode_t *node_find(const pf_prepared_client_t *c, const char *name, size_t len, uint64_t h)

@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "pgfunnel/config.h"
+#include "pgfunnel/scram.h"
+#include "pgfunnel/util.h"
 #include "pgfunnel/vars.h"
 
 static const char *const builtin_names[PF_VAR_BUILTIN_COUNT] = {
@@ -178,13 +180,20 @@ static vstr_t *vstr_of(const char *s)
 	return (vstr_t *)(void *)((char *)(uintptr_t)s - offsetof(vstr_t, s));
 }
 
+/* Values are chosen by clients (application_name, SET ...): a keyed hash with a random key, so
+ * that nobody can prepare values that all land in one bucket. */
+static uint64_t vkey[2];
+static bool vkey_set;
+
 static uint32_t vhash(const char *s, size_t len)
 {
-	uint32_t h = 2166136261u; /* FNV-1a */
-
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ (uint8_t)s[i]) * 16777619u;
-	return h;
+	if (!vkey_set) {
+		/* Without randomness the table still works, with a fixed key. */
+		if (pf_random_bytes(vkey, sizeof(vkey)) != 0)
+			vkey[0] = 0x9e3779b97f4a7c15ull, vkey[1] = (uint64_t)(uintptr_t)&vkey;
+		vkey_set = true;
+	}
+	return (uint32_t)pf_siphash24(vkey[0], vkey[1], s, len);
 }
 
 /* Doubles the bucket array (or makes the first); false when out of memory (the table still

@@ -63,9 +63,26 @@ static void test_strlcpy_truncates(void **state)
 	assert_string_equal(buf, "ab");
 }
 
+/* SipHash-2-4's reference vectors (the paper's appendix; the first and the 15-byte one). */
+static void test_siphash24_vectors(void **state)
+{
+	uint8_t msg[64];
+
+	(void)state;
+	for (int i = 0; i < 64; i++)
+		msg[i] = (uint8_t)i;
+	assert_true(pf_siphash24(0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull, msg, 0) ==
+	            0x726fdb47dd0e0e31ull);
+	assert_true(pf_siphash24(0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull, msg, 15) ==
+	            0xa129ca6149be45e5ull);
+	/* Another key, another hash. */
+	assert_true(pf_siphash24(1, 2, msg, 15) != 0xa129ca6149be45e5ull);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_siphash24_vectors),
 	        cmocka_unit_test(test_hash_str_reference_values),
 	        cmocka_unit_test(test_hash_str_spreads_parameter_names),
 	        cmocka_unit_test(test_memeq_ct),
