@@ -1136,6 +1136,26 @@ static void task_done(pf_server_t *s, uint8_t status)
 	}
 }
 
+/*
+ * During a parameter sync the server reports the value our SET gave it: where that is not what
+ * the client asked for (application_name cut at 63 bytes, a TimeZone spelled another way), it
+ * is the client's effective value from now on, as on a direct connection. Otherwise the next
+ * attach would compare the asked-for value with the reported one and SET it again, every
+ * transaction. Out of memory only costs that extra SET.
+ */
+static void adopt_effective_value(pf_server_t *s, const char *name, const char *value)
+{
+	int var = pf_var_lookup(name);
+	const char *wanted;
+
+	if (var < 0)
+		return;
+	wanted = pf_vars_get(&s->peer->vars, (pf_var_id_t)var);
+	if (wanted && strcmp(wanted, value) != 0 &&
+	    pf_vars_set(&s->peer->vars, (pf_var_id_t)var, value) < 0)
+		pf_log_debug(s, "could not keep the effective %s", name);
+}
+
 /* Messages while the pooler's own query runs: nothing goes to the client. */
 static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, const uint8_t *pkt,
                                    size_t avail)
@@ -1182,8 +1202,11 @@ static pf_pkt_action_t task_packet(pf_server_t *s, const pf_proto_hdr_t *hdr, co
 
 		if (avail < hdr->total)
 			return PF_PKT_NEED_WHOLE;
-		if (pf_proto_parse_parameter_status(payload, plen, &name, &value) == 0)
+		if (pf_proto_parse_parameter_status(payload, plen, &name, &value) == 0) {
 			remember_param(s, name, value);
+			if (s->task == PF_SV_TASK_SYNC_VARS && s->peer)
+				adopt_effective_value(s, name, value);
+		}
 		return PF_PKT_CONSUMED;
 	}
 	case PF_PROTO_BE_COMMAND_COMPLETE:

@@ -1,6 +1,8 @@
 """Session parameters follow their client across servers (transaction pooling, issue 3), and
 startup parameters pgfunnel does not know are refused unless ignored."""
 
+import os
+
 import pytest
 
 import pfhelpers
@@ -101,6 +103,31 @@ def test_startup_parameters_follow_client(one_server, postgres):
         # The server-side view (pg_stat_activity) names the client running right now.
         assert b.simple_query("SELECT application_name FROM pg_stat_activity"
                               " WHERE pid = pg_backend_pid()") == [("app-B",)]
+
+
+def test_rewritten_value_is_not_set_again(proxy, postgres):
+    """A value the server rewrites (an application_name from the startup packet, cut at 63
+    bytes) becomes the client's effective value after the first sync: the next transactions on
+    the same server send no SET (it was SET again at every attach, one extra round trip per
+    transaction). Counted in PostgreSQL's own statement log, switched on for alice on the
+    postgres database only."""
+    marker = "long-app-%s" % os.urandom(4).hex()
+    name = (marker + "-" + "x" * 100)[:100]
+    postgres.psql("ALTER ROLE alice IN DATABASE postgres SET log_statement = 'all'")
+    try:
+        pf = proxy(params={"pool_mode": "transaction", "default_pool_size": 1})
+        pw = postgres.passwords["alice"]
+        with pfhelpers.proxy_connect(pf, "alice", "postgres", pw, autocommit=True,
+                                     application_name=name) as a:
+            for _ in range(10):
+                assert a.execute("SHOW application_name").fetchone()[0] == name[:63]
+        syncs = [l for l in pfhelpers.read_text(postgres.logfile).splitlines()
+                 if "statement: SET application_name='" in l and marker in l]
+        # The first attach syncs the value the client asked for; the server reports it cut to
+        # 63 bytes, which is what the client has from then on: no second SET.
+        assert len(syncs) == 1, syncs
+    finally:
+        postgres.psql("ALTER ROLE alice IN DATABASE postgres RESET log_statement")
 
 
 def test_unknown_startup_parameter_refused(proxy, postgres):
