@@ -271,8 +271,9 @@ void pf_authq_done(pf_client_t *c)
 	pf_server_release(s);
 	pf_pool_end_borrow(w, &c->pc);
 	if (c->conn.closing) {
-		/* The release let a shutdown waiting for servers finish, which closed every
-		 * client, this one too (pf_client_close dropped its lookup_db). */
+		/* Defence only: a release no longer finishes a shutdown inside it (the worker
+		 * settles after the loop's I/O), which is how this client was once closed here;
+		 * pf_client_close() dropped its lookup_db then. */
 		pf_server_lookup_free(r);
 		return;
 	}

@@ -22,14 +22,6 @@
 
 /* Names and statements are chosen by clients: hashed with a keyed hash (pf_siphash24). */
 
-static uint64_t load64(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return v;
-}
-
 /* ---- types ---- */
 
 struct pf_prepared_registry {
@@ -119,8 +111,8 @@ pf_prepared_registry_t *pf_prepared_registry_new(const uint8_t key[16])
 
 	if (!r)
 		return NULL;
-	r->k0 = load64(key);
-	r->k1 = load64(key + 8);
+	memcpy(&r->k0, key, 8); /* the key's two halves, as pf_siphash24 takes it */
+	memcpy(&r->k1, key + 8, 8);
 	r->next_id = 1;
 	/* Server-side names nobody can guess (nor an application's own collide with): a part
 	 * drawn from the key, which itself stays secret. */
