@@ -97,12 +97,9 @@ typedef struct pf_conn_ops {
 } pf_conn_ops_t;
 
 struct pf_conn {
-	union {
-		uv_handle_t handle;
-		uv_stream_t stream;
-		uv_tcp_t tcp;
-		uv_pipe_t pipe;
-	} h;
+	/* The libuv handle (from the loop's slab): NULL before the socket exists, and while the
+	 * connection is parked (pf_conn_park); set from the first open to the close callback. */
+	pf_net_handle_t *h;
 	const pf_conn_ops_t *ops;
 	pf_net_t *net;     /* the loop it lives on */
 	pf_transport_t tp; /* every byte in or out of the socket passes through it */
@@ -128,7 +125,9 @@ struct pf_conn {
 	bool end_delivered : 1;   /* ... and ops->on_event() was told */
 	bool fwd_open : 1;        /* fwd_start is valid */
 	bool pkt_forward : 1;     /* pkt_remain's bytes are forwarded (else skipped) */
+	bool parked : 1;          /* idle without a handle: park_fd waits in net->park_epfd */
 	int read_status;          /* 0 for EOF, else the read error */
+	int park_fd;              /* while parked: the socket */
 	uint8_t *rbuf;
 	uint32_t rcap, rpos, rend; /* unprocessed bytes are rbuf[rpos, rend) */
 	uint32_t fwd_start;        /* start of the forward region not yet flushed */
@@ -289,6 +288,23 @@ static inline bool pf_conn_has_input(const pf_conn_t *c)
  * "::1", "unix" for anything else) and its port.
  */
 void pf_conn_addr_text(const void *sa, char *host, size_t n, int *port);
+
+/* c's socket, or -1 (not yet open, closing, closed). */
+int pf_conn_fd(const pf_conn_t *c);
+
+/*
+ * Parks c if it is idle: connected, reading, nothing buffered, queued or in flight either way,
+ * no peer, plain transport. A parked connection keeps its socket but not its libuv handle (the
+ * slot goes back to the loop's slab): the socket waits in the loop's park epoll set, and the
+ * first byte, EOF or error on it, or any call here that needs the handle (a send, SHOW's local
+ * address), gives it a handle again and reading resumes as before. Returns true when parked.
+ * For the janitor, on clients that have been idle a while: a park and the unpark after it cost
+ * a few system calls (dup, epoll_ctl, close).
+ */
+bool pf_conn_park(pf_conn_t *c);
+
+/* Closes the park epoll set of n (all its connections closed or unparked). */
+void pf_conn_park_shutdown(pf_net_t *n);
 
 /* c's local address, asked of the socket now (zeroed when unknown: not connected, closing);
  * AF_UNIX for a unix socket. Not kept in every connection: only SHOW needs it. */

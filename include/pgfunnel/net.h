@@ -29,6 +29,22 @@ typedef struct pf_free_buffer {
 #define PF_NET_FREE_KEEP 16
 #define PF_NET_TRIM_MIN  (64 * 1024)
 
+/*
+ * A connection's libuv handle. It lives outside the connection, in the loop's slab, so a
+ * connection parked while idle (pf_conn_park) gives its 264 bytes back.
+ */
+typedef union pf_net_handle {
+	uv_handle_t handle;
+	uv_stream_t stream;
+	uv_tcp_t tcp;
+	uv_pipe_t pipe;
+} pf_net_handle_t;
+
+/* The handle slab: aligned chunks of this many bytes, each a header and slots. */
+#define PF_NET_SLAB_CHUNK (64u * 1024u)
+
+typedef struct pf_net_slab_chunk pf_net_slab_chunk_t;
+
 typedef struct pf_net {
 	uv_loop_t *loop;
 	/* The settings connections read (max_packet_size, sbuf_loopcnt, tcp_*): the worker's
@@ -50,12 +66,20 @@ typedef struct pf_net {
 	pf_free_buffer_t *free_wreqs;
 	size_t free_wreq_count;
 	unsigned surplus_ticks; /* pf_net_trim() calls in a row that saw a surplus */
+	/* connection handles (pf_net_get_handle): chunks with a free slot, and counts */
+	pf_net_slab_chunk_t *slab_partial;
+	size_t handles_in_use, handles_free, slab_chunks;
+	/* parked connections (conn.c): their sockets wait in this epoll set, which the loop
+	 * watches through park_poll (both made at the first park) */
+	int park_epfd;
+	uv_poll_t *park_poll;
+	size_t parked;
 } pf_net_t;
 
 /* Initialises n for loop (may be NULL in tests) with the settings of cfg. */
 void pf_net_init(pf_net_t *n, uv_loop_t *loop, const pf_config_t *cfg);
 
-/* Frees the buffers and write requests on the free lists. */
+/* Frees the buffers and write requests on the free lists, and the handle chunks not in use. */
 void pf_net_free(pf_net_t *n);
 
 /* Reads the clock (and caches the reading in n->now). */
@@ -87,6 +111,15 @@ void pf_net_put_buffer(pf_net_t *n, uint8_t *buf, uint32_t cap);
 void pf_net_trim(pf_net_t *n);
 
 /* A write request from the free list (else malloc; NULL on ENOMEM), and back. */
+/*
+ * A handle slot of the slab (uninitialised), or NULL without memory. Slots come from
+ * page-aligned chunks that go back to the system (munmap) when all their slots are free, so
+ * handles given back by thousands of idle connections leave no holes between live objects.
+ */
+pf_net_handle_t *pf_net_get_handle(pf_net_t *n);
+/* Gives a slot back (its handle closed: after the uv_close callback). NULL is ignored. */
+void pf_net_put_handle(pf_net_t *n, pf_net_handle_t *h);
+
 uv_write_t *pf_net_get_wreq(pf_net_t *n);
 void pf_net_put_wreq(pf_net_t *n, uv_write_t *req);
 

@@ -331,13 +331,13 @@ bool pf_client_peer_is_owner(const pf_client_t *c)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
-	uv_os_fd_t fd;
+	int fd;
 
 	/* PgBouncer's admin_pre_login: the user name must be the special one, and the peer's uid
 	 * the process's (real) uid, which after -u is the uid it runs as. */
 	if (!pf_client_is_owner_name(c->user_name))
 		return false;
-	if (!c->conn.is_unix || uv_fileno(&c->conn.h.handle, &fd) < 0)
+	if (!c->conn.is_unix || (fd = pf_conn_fd(&c->conn)) < 0)
 		return false;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return false;
@@ -695,9 +695,9 @@ static bool peer_user(pf_client_t *c, char *buf, size_t n)
 	socklen_t len = sizeof(cred);
 	struct passwd pw, *res = NULL;
 	char pwbuf[4096];
-	uv_os_fd_t fd;
+	int fd;
 
-	if (!c->conn.is_unix || uv_fileno(&c->conn.h.handle, &fd) < 0 ||
+	if (!c->conn.is_unix || (fd = pf_conn_fd(&c->conn)) < 0 ||
 	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return false;
 	if (getpwuid_r(cred.uid, &pw, pwbuf, sizeof(pwbuf), &res) != 0 || !res)
@@ -2124,6 +2124,14 @@ static bool server_is_ready(const pf_client_t *c, const pf_server_t *s)
 	       !c->peer.query_start && !c->peer.xact_start;
 }
 
+/*
+ * A logged-in client without a server that sent nothing for this long is parked (pf_conn_park):
+ * its socket handle goes back to the loop's slab until it speaks again. Thousands of idle
+ * clients (gevent workers holding their connections) then cost much less memory each, and a
+ * busy client never pays for the park and the unpark.
+ */
+#define PF_CLIENT_PARK_IDLE PF_USEC_PER_SEC
+
 void pf_client_maintain(pf_pool_t *pool, pf_usec_t now)
 {
 	pf_list_node_t *it, *tmp;
@@ -2147,6 +2155,10 @@ void pf_client_maintain(pf_pool_t *pool, pf_usec_t now)
 		if (!s) {
 			if (idle_limit > 0 && now - c->conn.request_time > idle_limit)
 				pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TIMEOUT, NULL, NULL);
+			else if (!c->conn.parked && !c->auth_lookup &&
+			         now - c->conn.request_time >= PF_CLIENT_PARK_IDLE &&
+			         now - c->pc.released >= PF_CLIENT_PARK_IDLE)
+				pf_conn_park(&c->conn);
 			continue;
 		}
 		if (query_limit > 0 && c->peer.query_start &&

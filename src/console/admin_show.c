@@ -130,23 +130,13 @@ static int32_t unix_peer_pid(const pf_conn_t *conn)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
-	uv_os_fd_t fd;
+	int fd;
 
-	if (!conn->is_unix || !conn->handle_open || uv_fileno(&conn->h.handle, &fd) < 0)
+	if (!conn->is_unix || (fd = pf_conn_fd(conn)) < 0)
 		return 0;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return 0;
 	return (int32_t)cred.pid;
-}
-
-/* The socket of conn, or -1 when it has none (yet). */
-static int conn_fd(const pf_conn_t *conn)
-{
-	uv_os_fd_t fd;
-
-	if (!conn->handle_open || uv_fileno(&conn->h.handle, &fd) < 0)
-		return -1;
-	return (int)fd;
 }
 
 /* Clients of a pool in every state, servers of a pool in every state. */
@@ -718,7 +708,7 @@ static void fd_row(pf_buf_t *out, const pf_conn_t *conn, const char *task, const
                    const char *db, uint64_t cancel, const pf_conn_t *link, const pf_vars_t *vars)
 {
 	char addr[64];
-	int port, fd = conn_fd(conn), link_fd = link ? conn_fd(link) : 0;
+	int port, fd = pf_conn_fd(conn), link_fd = link ? pf_conn_fd(link) : 0;
 
 	if (fd < 0)
 		return;
@@ -908,6 +898,9 @@ static void show_mem(pf_client_t *c, const char *arg, pf_buf_t *out)
 	        {"client_cache", sizeof(pf_client_t), n.clients, 0},
 	        {"iobuf_cache", w->net.buffer_size, w->net.buffers_in_use,
 	         w->net.free_buffer_count},
+	        /* pgfunnel's own: socket handles (connections not parked), slab slots */
+	        {"handle_cache", sizeof(pf_net_handle_t), w->net.handles_in_use,
+	         w->net.handles_free},
 	};
 
 	pf_proto_be_row_description(out, "siiii", names);

@@ -6,7 +6,9 @@
  * - rbuf is NULL or holds rcap bytes; unprocessed bytes are [rpos, rend); while fwd_pending a
  *   write borrows [fwd_start, rpos) and neither reading nor compaction happens.
  * - A conn is freed (ops->on_free) only when its handle is closed and no write borrows rbuf.
- * - Nothing but pf_conn_close() calls uv_close() on a connection handle.
+ * - Nothing but pf_conn_close() and pf_conn_park() calls uv_close() on a connection handle; a
+ *   parked conn has no handle (h NULL, handle_open false) and its socket in net->park_epfd,
+ *   and nothing of it is buffered, queued or in flight.
  * - Reading goes on while processing is held back (paused by the owner, or a forward write
  *   pending) as long as the buffer has room, so a peer's EOF or error is seen in every state;
  *   only processing waits. A read never grows the buffer (only holding a whole message does,
@@ -21,10 +23,12 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <sys/epoll.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -46,6 +50,8 @@ typedef struct owned_write {
 
 static void maybe_free(pf_conn_t *c);
 static void update_reading(pf_conn_t *c);
+static bool unpark(pf_conn_t *c);
+static void park_leave(pf_conn_t *c);
 
 /* Tells the owner about the EOF or read error that ended reading (once). */
 static void deliver_end(pf_conn_t *c)
@@ -70,6 +76,7 @@ void pf_conn_init(pf_conn_t *c, pf_net_t *net, const pf_conn_ops_t *ops, bool is
 	c->id = pf_net_next_id(net);
 	c->max_packet = net->cfg->max_packet_size;
 	c->hold_max = PF_CONN_HOLD_MAX;
+	c->park_fd = -1;
 	c->connect_time = pf_net_now(net);
 	c->request_time = c->connect_time;
 	pf_list_node_init(&c->node);
@@ -149,8 +156,8 @@ static void tune_tcp(pf_conn_t *c)
 	uv_os_fd_t fd;
 	int on = 1;
 
-	uv_tcp_nodelay(&c->h.tcp, 1);
-	if (uv_fileno(&c->h.handle, &fd) < 0)
+	uv_tcp_nodelay(&c->h->tcp, 1);
+	if (uv_fileno(&c->h->handle, &fd) < 0)
 		return;
 	if (cfg->tcp_keepalive) {
 		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
@@ -270,11 +277,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	if (nread == UV_ENOBUFS) {
 		/* No room: stop until processing or a flush frees some. */
-		c->tp.ops->read_stop(&c->tp, &c->h.stream);
+		c->tp.ops->read_stop(&c->tp, &c->h->stream);
 		c->reading = false;
 		return;
 	}
-	c->tp.ops->read_stop(&c->tp, &c->h.stream);
+	c->tp.ops->read_stop(&c->tp, &c->h->stream);
 	c->reading = false;
 	c->read_done = true;
 	c->read_status = nread == UV_EOF ? 0 : (int)nread;
@@ -295,10 +302,10 @@ static void update_reading(pf_conn_t *c)
 	            !c->throttled && !full;
 
 	if (want && !c->reading) {
-		if (c->tp.ops->read_start(&c->tp, &c->h.stream, on_alloc, on_read) == 0)
+		if (c->tp.ops->read_start(&c->tp, &c->h->stream, on_alloc, on_read) == 0)
 			c->reading = true;
 	} else if (!want && c->reading) {
-		c->tp.ops->read_stop(&c->tp, &c->h.stream);
+		c->tp.ops->read_stop(&c->tp, &c->h->stream);
 		c->reading = false;
 	}
 }
@@ -377,6 +384,8 @@ static bool flush_forward(pf_conn_t *c)
 				sp->retired[sp->n_retired++] = sp->s[i].own;
 		sp->n = sp->used = 0;
 	}
+	if (PF_UNLIKELY(peer && peer->parked) && total > 0)
+		unpark(peer); /* (a parked conn is nobody's peer: a defence) */
 	if (total == 0 || !peer || peer->closing || !peer->handle_open || peer->send_error) {
 		/* Nothing, or nobody to send to: the bytes are dropped. A peer whose own output
 		 * failed (send_error) misses bytes of its stream already: nothing may follow the
@@ -386,7 +395,7 @@ static bool flush_forward(pf_conn_t *c)
 	}
 	peer->bytes_out += total;
 	c->progress++;
-	n = peer->tp.ops->try_write(&peer->tp, &peer->h.stream, bufs, nb);
+	n = peer->tp.ops->try_write(&peer->tp, &peer->h->stream, bufs, nb);
 	if (n == (int)total) {
 		free_retired(c);
 		return true;
@@ -413,7 +422,8 @@ static bool flush_forward(pf_conn_t *c)
 		return true;
 	}
 	c->fwd_req->data = c;
-	rc = peer->tp.ops->write(&peer->tp, c->fwd_req, &peer->h.stream, b, nb, on_forward_written);
+	rc = peer->tp.ops->write(&peer->tp, c->fwd_req, &peer->h->stream, b, nb,
+	                         on_forward_written);
 	if (rc < 0) {
 		/* The bytes are lost (libuv could not copy the buffer list, the socket refused):
 		 * the peer's stream is broken, whatever its read side says. */
@@ -773,6 +783,8 @@ void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 	owned_write_t *w;
 	int n;
 
+	if (PF_UNLIKELY(c->parked) && !c->closing && len > 0 && !unpark(c))
+		return;
 	if (c->closing || !c->handle_open || len == 0 || c->send_error)
 		return;
 	if (PF_UNLIKELY(cork.c == c)) {
@@ -780,7 +792,7 @@ void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 		return;
 	}
 	c->bytes_out += len;
-	n = c->tp.ops->try_write(&c->tp, &c->h.stream, &b, 1);
+	n = c->tp.ops->try_write(&c->tp, &c->h->stream, &b, 1);
 	if (n == (int)len)
 		return;
 	if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS) {
@@ -798,7 +810,7 @@ void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 	w->req.data = c;
 	memcpy(w->data, (const uint8_t *)data + n, w->len);
 	b = uv_buf_init((char *)w->data, (unsigned)w->len);
-	n = c->tp.ops->write(&c->tp, &w->req, &c->h.stream, &b, 1, on_owned_written);
+	n = c->tp.ops->write(&c->tp, &w->req, &c->h->stream, &b, 1, on_owned_written);
 	if (n < 0) {
 		free(w);
 		send_failed(c, n);
@@ -823,7 +835,28 @@ void pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b)
 
 bool pf_conn_has_pending_writes(const pf_conn_t *c)
 {
-	return c->handle_open && c->tp.ops->queued(&c->tp, &c->h.stream) > 0;
+	return c->handle_open && c->tp.ops->queued(&c->tp, &c->h->stream) > 0;
+}
+
+/* Gives c a handle from the slab and initialises it (TCP or unix, as c->is_unix says). */
+static int open_handle(pf_conn_t *c, uv_loop_t *loop)
+{
+	pf_net_handle_t *h = pf_net_get_handle(c->net);
+	int rc;
+
+	assert(!c->h && !c->handle_open);
+	if (!h)
+		return UV_ENOMEM;
+	rc = c->is_unix ? uv_pipe_init(loop, &h->pipe, 0) : uv_tcp_init(loop, &h->tcp);
+	if (rc < 0) {
+		/* Nothing registered: the slot is not a live handle, it goes straight back. */
+		pf_net_put_handle(c->net, h);
+		return rc;
+	}
+	h->handle.data = c;
+	c->h = h;
+	c->handle_open = true;
+	return 0;
 }
 
 /* Accepts from listener, or (listener NULL) adopts fd, a TCP socket accept(2) returned. */
@@ -833,18 +866,17 @@ static int accept_or_adopt(pf_conn_t *c, uv_loop_t *loop, uv_stream_t *listener,
 	int rc, len;
 
 	c->is_unix = is_unix;
-	rc = is_unix ? uv_pipe_init(loop, &c->h.pipe, 0) : uv_tcp_init(loop, &c->h.tcp);
+	rc = open_handle(c, loop);
 	if (rc < 0) {
 		if (!listener)
 			close(fd);
 		return rc;
 	}
-	c->h.handle.data = c;
 	c->handle_open = true;
 	if (listener) {
-		rc = uv_accept(listener, &c->h.stream);
+		rc = uv_accept(listener, &c->h->stream);
 	} else {
-		rc = uv_tcp_open(&c->h.tcp, fd);
+		rc = uv_tcp_open(&c->h->tcp, fd);
 		if (rc < 0)
 			close(fd);
 	}
@@ -852,7 +884,7 @@ static int accept_or_adopt(pf_conn_t *c, uv_loop_t *loop, uv_stream_t *listener,
 		return rc;
 	if (!is_unix) {
 		len = sizeof(c->addr);
-		uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&c->addr, &len);
+		uv_tcp_getpeername(&c->h->tcp, (struct sockaddr *)&c->addr, &len);
 		tune_tcp(c);
 	} else {
 		c->addr.sa.sa_family = AF_UNIX;
@@ -866,10 +898,10 @@ void pf_conn_local_addr(const pf_conn_t *c, pf_sockaddr_t *out)
 	memset(out, 0, sizeof(*out));
 	if (c->is_unix) {
 		out->sa.sa_family = AF_UNIX;
-	} else if (c->handle_open && !c->closing) {
-		int len = sizeof(*out);
+	} else if (!c->closing && (c->handle_open || c->parked)) {
+		socklen_t len = sizeof(*out);
 
-		if (uv_tcp_getsockname(&c->h.tcp, &out->sa, &len) < 0)
+		if (getsockname(pf_conn_fd(c), &out->sa, &len) < 0)
 			memset(out, 0, sizeof(*out));
 	}
 }
@@ -910,24 +942,22 @@ int pf_conn_connect(pf_conn_t *c, const struct sockaddr *addr, const char *path)
 	if (!req)
 		return -ENOMEM;
 	c->is_unix = path != NULL;
-	rc = path ? uv_pipe_init(loop, &c->h.pipe, 0) : uv_tcp_init(loop, &c->h.tcp);
+	rc = open_handle(c, loop);
 	if (rc < 0) {
 		free(req);
 		return rc;
 	}
-	c->h.handle.data = c;
-	c->handle_open = true;
 	req->data = c;
 	if (path) {
 		c->addr.sa.sa_family = AF_UNIX;
 		c->connect_pending = true;
-		uv_pipe_connect(req, &c->h.pipe, path, on_connected);
+		uv_pipe_connect(req, &c->h->pipe, path, on_connected);
 		return 0;
 	}
 	memcpy(&c->addr, addr,
 	       addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 	                                   : sizeof(struct sockaddr_in));
-	rc = uv_tcp_connect(req, &c->h.tcp, addr, on_connected);
+	rc = uv_tcp_connect(req, &c->h->tcp, addr, on_connected);
 	if (rc < 0) {
 		free(req);
 		return rc;
@@ -971,14 +1001,17 @@ static void on_handle_closed(uv_handle_t *h)
 {
 	pf_conn_t *c = h->data;
 
+	assert(c->h == (pf_net_handle_t *)h);
 	c->handle_open = false;
+	c->h = NULL;
+	pf_net_put_handle(c->net, (pf_net_handle_t *)h);
 	maybe_free(c);
 }
 
 static void close_handle(pf_conn_t *c)
 {
-	if (c->handle_open && !uv_is_closing(&c->h.handle))
-		uv_close(&c->h.handle, on_handle_closed);
+	if (c->handle_open && !uv_is_closing(&c->h->handle))
+		uv_close(&c->h->handle, on_handle_closed);
 }
 
 static void on_linger_timer_closed(uv_handle_t *h)
@@ -1028,22 +1061,28 @@ void pf_conn_close(pf_conn_t *c)
 	c->closing = true;
 	pf_conn_unthrottle(c);
 	c->peer = NULL;
+	if (c->parked) {
+		/* Nothing of ours is queued on a parked socket: it just closes. */
+		park_leave(c);
+		close(c->park_fd);
+		c->park_fd = -1;
+	}
 	if (c->reading) {
-		c->tp.ops->read_stop(&c->tp, &c->h.stream);
+		c->tp.ops->read_stop(&c->tp, &c->h->stream);
 		c->reading = false;
 	}
 	if (!c->handle_open) {
 		maybe_free(c);
 		return;
 	}
-	if (!c->connect_pending && c->tp.ops->queued(&c->tp, &c->h.stream) > 0) {
+	if (!c->connect_pending && c->tp.ops->queued(&c->tp, &c->h->stream) > 0) {
 		close_linger_t *l = calloc(1, sizeof(*l));
 
 		if (l && uv_timer_init(c->net->loop, &l->timer) == 0) {
 			l->conn = c;
 			l->req.data = l;
 			l->timer.data = l;
-			if (c->tp.ops->shutdown(&c->tp, &l->req, &c->h.stream,
+			if (c->tp.ops->shutdown(&c->tp, &l->req, &c->h->stream,
 			                        on_linger_shutdown) == 0) {
 				c->lingering = true;
 				uv_timer_start(&l->timer, on_linger_timeout, CLOSE_LINGER_MS, 0);
@@ -1058,15 +1097,178 @@ void pf_conn_close(pf_conn_t *c)
 	close_handle(c);
 }
 
-bool pf_conn_is_abandoned(pf_conn_t *c)
+/* ---- parking ---- */
+
+/* A handle slot given back once its close callback ran (the conn may have moved on). */
+static void on_parked_handle_closed(uv_handle_t *h)
+{
+	pf_net_put_handle(h->data, (pf_net_handle_t *)h);
+}
+
+static void on_park_ready(uv_poll_t *p, int status, int events);
+
+static void on_park_closed(uv_handle_t *h)
+{
+	free(h);
+}
+
+/* The park epoll set of n, made at the first park; the loop watches it without being kept
+ * alive by it. */
+static bool park_set_open(pf_net_t *n)
+{
+	uv_poll_t *p;
+
+	if (n->park_poll)
+		return true;
+	if (!n->loop)
+		return false;
+	n->park_epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (n->park_epfd < 0)
+		return false;
+	p = malloc(sizeof(*p));
+	if (!p || uv_poll_init(n->loop, p, n->park_epfd) < 0) {
+		free(p);
+		close(n->park_epfd);
+		n->park_epfd = -1;
+		return false;
+	}
+	p->data = n;
+	if (uv_poll_start(p, UV_READABLE, on_park_ready) < 0) {
+		uv_close((uv_handle_t *)p, on_park_closed);
+		close(n->park_epfd);
+		n->park_epfd = -1;
+		return false;
+	}
+	uv_unref((uv_handle_t *)p);
+	n->park_poll = p;
+	return true;
+}
+
+void pf_conn_park_shutdown(pf_net_t *n)
+{
+	assert(n->parked == 0);
+	if (!n->park_poll)
+		return;
+	uv_close((uv_handle_t *)n->park_poll, on_park_closed);
+	n->park_poll = NULL;
+	close(n->park_epfd);
+	n->park_epfd = -1;
+}
+
+bool pf_conn_park(pf_conn_t *c)
+{
+	pf_net_t *n = c->net;
+	struct epoll_event ev;
+	uv_os_fd_t fd;
+	int pfd;
+
+	if (c->parked || c->closing || !c->handle_open || !c->reading || c->read_done ||
+	    c->connect_pending || c->tp.ops != &pf_transport_plain || c->rbuf || c->fwd_pending ||
+	    c->pkt_remain || c->peer || c->out_queued || c->send_error || c->throttled ||
+	    c->resume_pending || c->lingering || c->tp.ops->queued(&c->tp, &c->h->stream) > 0 ||
+	    cork.c == c || uv_is_closing(&c->h->handle) || uv_fileno(&c->h->handle, &fd) < 0 ||
+	    !park_set_open(n))
+		return false;
+	/* libuv closes the socket with the handle: the set watches a duplicate. (libuv takes the
+	 * original out of its own epoll set before it closes it.) */
+	pfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (pfd < 0)
+		return false;
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN | EPOLLRDHUP;
+	ev.data.ptr = c;
+	if (epoll_ctl(n->park_epfd, EPOLL_CTL_ADD, pfd, &ev) < 0) {
+		close(pfd);
+		return false;
+	}
+	c->tp.ops->read_stop(&c->tp, &c->h->stream);
+	c->reading = false;
+	c->handle_open = false;
+	c->h->handle.data = n;
+	uv_close(&c->h->handle, on_parked_handle_closed);
+	c->h = NULL;
+	c->parked = true;
+	c->park_fd = pfd;
+	n->parked++;
+	return true;
+}
+
+/* Takes c's socket out of the park set (not closing it). */
+static void park_leave(pf_conn_t *c)
+{
+	assert(c->parked && c->net->parked > 0);
+	epoll_ctl(c->net->park_epfd, EPOLL_CTL_DEL, c->park_fd, NULL);
+	c->parked = false;
+	c->net->parked--;
+}
+
+/*
+ * Gives a parked c a handle again and lets it read. Returns false when that failed: c then has
+ * no socket, and its owner hears PF_CONN_EV_ERROR from the loop.
+ */
+static bool unpark(pf_conn_t *c)
+{
+	int fd = c->park_fd, rc;
+
+	if (!c->parked)
+		return true;
+	park_leave(c);
+	c->park_fd = -1;
+	rc = open_handle(c, c->net->loop);
+	if (rc == 0)
+		rc = c->is_unix ? uv_pipe_open(&c->h->pipe, fd) : uv_tcp_open(&c->h->tcp, fd);
+	if (rc < 0) {
+		if (c->h) {
+			/* The handle never took the socket: closing it leaves fd to us. */
+			c->h->handle.data = c->net;
+			uv_close(&c->h->handle, on_parked_handle_closed);
+			c->h = NULL;
+			c->handle_open = false;
+		}
+		close(fd);
+		send_failed(c, rc);
+		return false;
+	}
+	update_reading(c);
+	return true;
+}
+
+/* Parked sockets with something to read (bytes, EOF, an error): they get their handles back,
+ * and libuv reads them from its next poll on. */
+static void on_park_ready(uv_poll_t *p, int status, int events)
+{
+	pf_net_t *n = p->data;
+	struct epoll_event ev[64];
+	int got;
+
+	(void)status;
+	(void)events;
+	got = epoll_wait(n->park_epfd, ev, (int)PF_ARRAY_SIZE(ev), 0);
+	for (int i = 0; i < got; i++)
+		unpark(ev[i].data.ptr);
+}
+
+int pf_conn_fd(const pf_conn_t *c)
 {
 	uv_os_fd_t fd;
+
+	if (c->parked)
+		return c->park_fd;
+	if (!c->handle_open || uv_fileno(&c->h->handle, &fd) < 0)
+		return -1;
+	return fd;
+}
+
+bool pf_conn_is_abandoned(pf_conn_t *c)
+{
+	int fd;
 	struct pollfd p;
 	bool moved = c->progress != c->progress_seen;
 
 	c->progress_seen = c->progress;
+	/* A parked socket is watched for its end by the park set. */
 	if (c->reading || moved || c->throttled || c->closing || !c->handle_open ||
-	    c->connect_pending || uv_fileno(&c->h.handle, &fd) < 0)
+	    c->connect_pending || (fd = pf_conn_fd(c)) < 0)
 		return false;
 	p.fd = fd;
 	p.events = POLLRDHUP;

@@ -430,7 +430,7 @@ static tls_t *state_of(uv_stream_t *s)
 
 static bool conn_closing(const tls_t *st)
 {
-	return st->conn->closing || uv_is_closing(&st->conn->h.handle);
+	return st->conn->closing || !st->conn->h || uv_is_closing(&st->conn->h->handle);
 }
 
 static void fail(tls_t *st, const char *what)
@@ -510,7 +510,7 @@ static void on_out_written(uv_write_t *req, int status)
  * the bytes are out. Returns 0 or a libuv error. */
 static int flush_out(tls_t *st, uv_write_t *user, uv_write_cb cb)
 {
-	uv_stream_t *s = &st->conn->h.stream;
+	uv_stream_t *s = &st->conn->h->stream;
 	char *data = NULL;
 	long len = BIO_get_mem_data(st->wbio, &data);
 	size_t off = 0;
@@ -601,7 +601,7 @@ static void on_sock_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void sock_update(tls_t *st)
 {
-	uv_stream_t *s = &st->conn->h.stream;
+	uv_stream_t *s = &st->conn->h->stream;
 	bool want = !st->dead && !conn_closing(st) && !st->sock_end && !st->failed &&
 	            (!st->hs_done || st->conn_reading) &&
 	            BIO_ctrl_pending(st->rbio) < TLS_RBIO_MAX &&
@@ -660,13 +660,13 @@ static void tell_end(tls_t *st, int status)
 	uv_buf_t b = uv_buf_init(NULL, 0);
 
 	st->end_told = true;
-	st->read(&st->conn->h.stream, status, &b);
+	st->read(&st->conn->h->stream, status, &b);
 }
 
 /* Hands the conn the plaintext there is, while it reads. */
 static void deliver(tls_t *st)
 {
-	uv_stream_t *s = &st->conn->h.stream;
+	uv_stream_t *s = &st->conn->h->stream;
 
 	while (st->conn_reading && !st->end_told && !st->dead && !conn_closing(st)) {
 		uv_buf_t b;
@@ -702,7 +702,7 @@ static void deliver(tls_t *st)
 			fail(st, "TLS read failed");
 			continue;
 		}
-		st->alloc(&st->conn->h.handle, TLS_READ_CHUNK, &b);
+		st->alloc(&st->conn->h->handle, TLS_READ_CHUNK, &b);
 		if (b.len == 0 || !b.base) {
 			st->read(s, UV_ENOBUFS, &b);
 			continue;
@@ -941,7 +941,7 @@ static int tls_begin(pf_conn_t *c, pf_tls_ctx_t *ctx, tls_t **out)
 	st->conn = c;
 	/* The conn's reading moves to the TLS transport: stop the socket's plain reading. */
 	if (was_reading)
-		c->tp.ops->read_stop(&c->tp, &c->h.stream);
+		c->tp.ops->read_stop(&c->tp, &c->h->stream);
 	c->tp.ops = &tls_ops;
 	c->tp.state = st;
 	if (was_reading) {

@@ -8,6 +8,7 @@
  */
 #include "pfbuild.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <grp.h>
 #include <netdb.h>
@@ -776,6 +777,7 @@ void pf_worker_check_shutdown(pf_worker_t *w)
 	w->closing_all = true;
 	pf_worker_close_all(w);
 	w->closing_all = false;
+	pf_conn_park_shutdown(&w->net);
 	if (!uv_is_closing((uv_handle_t *)&w->janitor))
 		uv_close((uv_handle_t *)&w->janitor, on_handle_closed);
 	if (!uv_is_closing((uv_handle_t *)&w->iteration_check))
@@ -905,6 +907,8 @@ void pf_worker_free(pf_worker_t *w)
 	pf_peer_free(w);
 	pf_dns_free(w->dns);
 	pf_config_unref(w->cfg);
+	/* Every connection closed: its handle went back (a parked one closed its socket). */
+	assert(w->net.handles_in_use == 0 && w->net.parked == 0);
 	pf_net_free(&w->net);
 	free(w);
 }

@@ -134,7 +134,7 @@ static int ft_read_start(pf_transport_t *t, uv_stream_t *s, uv_alloc_cb alloc, u
 {
 	fake_tp_t *ft = t->state;
 
-	assert_ptr_equal(s, &ft->conn->h.stream);
+	assert_ptr_equal(s, &ft->conn->h->stream);
 	assert_false(ft->reading); /* conn tracks c->reading: never started twice */
 	ft->alloc = alloc;
 	ft->read = read;
@@ -158,7 +158,7 @@ static int ft_try_write(pf_transport_t *t, uv_stream_t *s, const uv_buf_t *bufs,
 	fake_tp_t *ft = t->state;
 	size_t take;
 
-	assert_ptr_equal(s, &ft->conn->h.stream);
+	assert_ptr_equal(s, &ft->conn->h->stream);
 	assert_true(n >= 1 && n <= 2 * PF_CONN_SPLICES + 1);
 	/* As uv_try_write: nothing overtakes queued writes. */
 	if (ft->n_pend > 0 || (ft->try_rc == 0 && ft->try_take == 0)) {
@@ -188,7 +188,7 @@ static int ft_write(pf_transport_t *t, uv_write_t *req, uv_stream_t *s, const uv
 	fake_tp_t *ft = t->state;
 	pending_t *p;
 
-	assert_ptr_equal(s, &ft->conn->h.stream);
+	assert_ptr_equal(s, &ft->conn->h->stream);
 	assert_true(n >= 1 && n <= 2 * PF_CONN_SPLICES + 1);
 	assert_true(bufs[0].len > 0);
 	if (ft->write_rc < 0) {
@@ -312,12 +312,12 @@ static void pump_n(fake_tp_t *ft, int max_reads)
 				return;
 			n = (size_t)ft->in_end;
 			ft->in_end = 0;
-			ft->read(&c->h.stream, (ssize_t)(int)n, &b);
+			ft->read(&c->h->stream, (ssize_t)(int)n, &b);
 			continue;
 		}
-		ft->alloc(&c->h.handle, 65536, &b);
+		ft->alloc(&c->h->handle, 65536, &b);
 		if (!b.base || b.len == 0) {
-			ft->read(&c->h.stream, UV_ENOBUFS, &b);
+			ft->read(&c->h->stream, UV_ENOBUFS, &b);
 			continue;
 		}
 		n = ft->in_len - ft->in_pos;
@@ -331,7 +331,7 @@ static void pump_n(fake_tp_t *ft, int max_reads)
 		ft->in_pos += n;
 		if (c->rcap > ft->max_rcap)
 			ft->max_rcap = c->rcap;
-		ft->read(&c->h.stream, (ssize_t)n, &b);
+		ft->read(&c->h->stream, (ssize_t)n, &b);
 	}
 }
 
@@ -515,7 +515,7 @@ static int on_raw(pf_conn_t *c, const uint8_t *data, size_t len)
 /* Bytes the peer's transport has taken (written or queued): what precedes an event. */
 static size_t peer_taken(void)
 {
-	return fx->tp.out_len + ft_queued(&fx->peer.tp, &fx->peer.h.stream);
+	return fx->tp.out_len + ft_queued(&fx->peer.tp, &fx->peer.h->stream);
 }
 
 static void on_event(pf_conn_t *c, pf_conn_event_t ev, int status)
@@ -566,7 +566,9 @@ static void attach(pf_conn_t *c, fake_tp_t *ft, bool is_client)
 	c->tp.ops = &fake_ops;
 	c->tp.state = ft;
 	/* What pf_conn_accept does before it starts reading. */
-	c->h.handle.data = c;
+	c->h = pf_net_get_handle(&fx->net);
+	assert_non_null(c->h);
+	c->h->handle.data = c;
 	c->handle_open = true;
 	c->hold_max = HOLD_MAX;
 }
@@ -632,6 +634,9 @@ static int fx_teardown(void **state)
 	drop_buffer(&fx->c);
 	drop_buffer(&fx->peer);
 	free(fx->c.splices); /* what maybe_free() would free */
+	pf_net_put_handle(&fx->net, fx->c.h);
+	pf_net_put_handle(&fx->net, fx->peer.h);
+	assert_int_equal(fx->net.handles_in_use, 0);
 	/* Every receive buffer taken went back. */
 	assert_int_equal(fx->net.buffers_in_use, 0);
 	pf_net_free(&fx->net);
@@ -1136,7 +1141,7 @@ static void test_backpressure(void **state)
 	{
 		uv_buf_t b;
 
-		fx->tc.alloc(&fx->c.h.handle, 65536, &b);
+		fx->tc.alloc(&fx->c.h->handle, 65536, &b);
 		assert_int_equal(b.len, 0);
 	}
 	assert_ptr_equal(fx->c.rbuf, rbuf);
@@ -1801,6 +1806,59 @@ static void test_bug_send_error_hidden_by_eof(void **state)
 	assert_plan_done();
 }
 
+/* The handle slab: slots do not overlap, chunks are aligned and go back to the system once
+ * empty (one is kept), a slot given back is handed out again before a new chunk is mapped. */
+static int cmp_ptr(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t) * (void *const *)a, y = (uintptr_t) * (void *const *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void test_handle_slab(void **state)
+{
+	enum { N = 600 }; /* more than two chunks */
+	pf_net_handle_t *h[N], *sorted[N];
+	size_t base_chunks = fx->net.slab_chunks, base_used = fx->net.handles_in_use;
+
+	(void)state;
+	for (int i = 0; i < N; i++) {
+		h[i] = pf_net_get_handle(&fx->net);
+		assert_non_null(h[i]);
+		assert_int_equal((uintptr_t)h[i] % 8, 0);
+		memset(h[i], i & 0xff, sizeof(*h[i]));
+	}
+	assert_int_equal(fx->net.handles_in_use, base_used + N);
+	assert_true(fx->net.slab_chunks >= base_chunks + 2);
+	memcpy(sorted, h, sizeof(h));
+	qsort(sorted, N, sizeof(sorted[0]), cmp_ptr);
+	for (int i = 1; i < N; i++)
+		assert_true((uintptr_t)sorted[i] - (uintptr_t)sorted[i - 1] >=
+		            sizeof(pf_net_handle_t));
+	for (int i = 0; i < N; i++) {
+		const uint8_t *p = (const uint8_t *)h[i];
+
+		for (size_t j = 0; j < sizeof(*h[i]); j++)
+			assert_int_equal(p[j], i & 0xff);
+	}
+	/* A slot given back is the next one handed out: no chunk is mapped for it. */
+	size_t chunks = fx->net.slab_chunks;
+
+	pf_net_put_handle(&fx->net, h[N / 2]);
+	assert_ptr_equal(pf_net_get_handle(&fx->net), h[N / 2]);
+	assert_int_equal(fx->net.slab_chunks, chunks);
+	for (int i = 0; i < N; i++)
+		pf_net_put_handle(&fx->net, h[i]);
+	assert_int_equal(fx->net.handles_in_use, base_used);
+	pf_net_trim(&fx->net);
+	/* The fixture's two conns hold slots in the first chunk; of the empty ones, one stays. */
+	assert_int_equal(fx->net.slab_chunks, base_chunks + 1);
+	h[0] = pf_net_get_handle(&fx->net);
+	assert_non_null(h[0]);
+	assert_int_equal(fx->net.slab_chunks, base_chunks + 1);
+	pf_net_put_handle(&fx->net, h[0]);
+}
+
 /* pf_net_trim: a surplus on the free lists survives one tick (it may be the working set of a
  * load between two reads), not two; what is in use is never touched. */
 static void test_net_trim(void **state)
@@ -1891,6 +1949,7 @@ int main(void)
 	        T(test_bug_consumed_with_pause_loses_forwarded),
 	        T(test_bug_send_error_hidden_by_eof),
 	        T(test_net_trim),
+	        T(test_handle_slab),
 #undef T
 	};
 
