@@ -40,21 +40,31 @@ typedef enum pf_var_id {
  * A set of tracked values; NULL = unknown / not set. Values are interned: every equal string
  * set anywhere is one shared, reference-counted copy (a client's "UTF8", "ISO, MDY"... cost it
  * a pointer, not a string of its own), so two values are equal exactly when their pointers
- * are. The extra slots are allocated at the first extra value set (most connections have
- * none). Read values with pf_vars_get(); change them only with pf_vars_set/copy/clear. The
- * intern table is process-wide and not locked: vars are used from the event loop's thread only.
+ * are. A single extra parameter (the default) is held in place; several get an array at the
+ * first extra value set. Read values with pf_vars_get(); change them only with
+ * pf_vars_set/copy/clear. The intern table is process-wide and not locked: vars are used from the
+ * event loop's thread only.
  */
 typedef struct pf_vars {
 	const char *v[PF_VAR_BUILTIN_COUNT];
-	const char **extra; /* pf_var_extra_count() slots, or NULL while none was set */
+	/* With one extra parameter tracked (the default: IntervalStyle), its value itself: no
+	 * allocation per connection for it. With more, pf_var_extra_count() slots allocated at the
+	 * first extra value set (NULL until then). */
+	union {
+		const char *one;
+		const char **many;
+	} extra;
 } pf_vars_t;
+
+/* The value of an extra parameter's id in vars, or NULL (use pf_vars_get). */
+const char *pf_vars_get_extra(const pf_vars_t *vars, pf_var_id_t id);
 
 /* The value of id in vars, or NULL. */
 static inline const char *pf_vars_get(const pf_vars_t *vars, pf_var_id_t id)
 {
 	if ((int)id < PF_VAR_BUILTIN_COUNT)
 		return vars->v[id];
-	return vars->extra ? vars->extra[id - PF_VAR_EXTRA] : NULL;
+	return pf_vars_get_extra(vars, id);
 }
 
 /* How many distinct values are interned now (for tests). */

@@ -293,17 +293,29 @@ void pf_vars_release(const char *s)
 	unintern(s);
 }
 
+const char *pf_vars_get_extra(const pf_vars_t *vars, pf_var_id_t id)
+{
+	assert((int)id >= PF_VAR_EXTRA && (int)(id - PF_VAR_EXTRA) < PF_VAR_EXTRA_MAX);
+	if ((int)(id - PF_VAR_EXTRA) >= n_extra)
+		return NULL;
+	if (n_extra == 1)
+		return vars->extra.one;
+	return vars->extra.many ? vars->extra.many[id - PF_VAR_EXTRA] : NULL;
+}
+
 static const char **slot(pf_vars_t *vars, pf_var_id_t id)
 {
 	if ((int)id < PF_VAR_BUILTIN_COUNT)
 		return &vars->v[id];
 	assert((int)(id - PF_VAR_EXTRA) < n_extra);
-	if (!vars->extra) {
-		vars->extra = calloc((size_t)n_extra, sizeof(*vars->extra));
-		if (!vars->extra)
+	if (n_extra == 1)
+		return &vars->extra.one;
+	if (!vars->extra.many) {
+		vars->extra.many = calloc((size_t)n_extra, sizeof(*vars->extra.many));
+		if (!vars->extra.many)
 			return NULL;
 	}
-	return &vars->extra[id - PF_VAR_EXTRA];
+	return &vars->extra.many[id - PF_VAR_EXTRA];
 }
 
 int pf_vars_set(pf_vars_t *vars, pf_var_id_t id, const char *value)
@@ -348,11 +360,14 @@ void pf_vars_clear(pf_vars_t *vars)
 		unintern(vars->v[i]);
 		vars->v[i] = NULL;
 	}
-	if (vars->extra) {
+	if (n_extra == 1) {
+		unintern(vars->extra.one);
+		vars->extra.one = NULL;
+	} else if (vars->extra.many) {
 		for (int i = 0; i < n_extra; i++)
-			unintern(vars->extra[i]);
-		free(vars->extra);
-		vars->extra = NULL;
+			unintern(vars->extra.many[i]);
+		free(vars->extra.many);
+		vars->extra.many = NULL;
 	}
 }
 

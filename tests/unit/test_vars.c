@@ -342,8 +342,8 @@ static void test_copy(void **state)
 	pf_vars_clear(&dst);
 }
 
-/* Equal values anywhere share one copy, counted: the last slot to drop it frees it; an extra
- * slot's array exists only once an extra value was set. */
+/* Equal values anywhere share one copy, counted: the last slot to drop it frees it; a single
+ * extra parameter's value is held in place. */
 static void test_interned_values(void **state)
 {
 	pf_vars_t a = {0}, b = {0};
@@ -361,15 +361,16 @@ static void test_interned_values(void **state)
 	put(&a, PF_VAR_DATESTYLE, "German");
 	assert_int_equal(pf_vars_interned(), base + 2);
 	assert_string_equal(pf_vars_get(&b, PF_VAR_DATESTYLE), "ISO, MDY");
-	assert_null(a.extra);
+	assert_null(a.extra.one);
 	put(&a, PF_VAR_INTERVALSTYLE, "iso_8601");
-	assert_non_null(a.extra);
+	/* The one extra parameter tracked by default is held in place: nothing allocated. */
+	assert_ptr_equal(a.extra.one, pf_vars_get(&a, PF_VAR_INTERVALSTYLE));
 	assert_string_equal(pf_vars_get(&a, PF_VAR_INTERVALSTYLE), "iso_8601");
 	assert_null(pf_vars_get(&b, PF_VAR_INTERVALSTYLE));
 	pf_vars_clear(&b); /* "ISO, MDY" had two references from b only */
 	assert_int_equal(pf_vars_interned(), base + 2);
 	pf_vars_clear(&a);
-	assert_null(a.extra);
+	assert_null(a.extra.one);
 	assert_int_equal(pf_vars_interned(), base);
 	/* Many distinct values grow the table; all come back intact. */
 	pf_vars_t many[300];
@@ -786,8 +787,12 @@ static void test_extra_needs_reported_value(void **state)
 
 	(void)state;
 	configure("IntervalStyle, default_transaction_read_only");
+	assert_null(wanted.extra.many);
 	put(&wanted, PF_VAR_EXTRA, "iso_8601");
 	put(&wanted, PF_VAR_EXTRA + 1, "on");
+	/* Two extras: an array of two slots, allocated at the first one set. */
+	assert_non_null(wanted.extra.many);
+	assert_string_equal(wanted.extra.many[1], "on");
 	/* Unknown on the server: nothing (PgBouncer's rule). */
 	expect_sql(&wanted, &server, "", 0);
 	put(&server, PF_VAR_STANDARD_CONFORMING_STRINGS, "on");
