@@ -126,6 +126,7 @@ struct pf_conn {
 	bool fwd_open : 1;        /* fwd_start is valid */
 	bool pkt_forward : 1;     /* pkt_remain's bytes are forwarded (else skipped) */
 	bool parked : 1;          /* idle without a handle: park_fd waits in net->park_epfd */
+	bool reap : 1;            /* handle-less after a park: freed from net->reaper when closed */
 	int read_status;          /* 0 for EOF, else the read error */
 	int park_fd;              /* while parked: the socket */
 	uint8_t *rbuf;
@@ -133,7 +134,6 @@ struct pf_conn {
 	uint32_t fwd_start;        /* start of the forward region not yet flushed */
 	uint32_t pkt_remain;       /* bytes of the current message still to pass */
 	uint32_t head;             /* PF_PKT_NEED_HEAD: bytes wanted; PF_PKT_REPLACED: replaced */
-	uint32_t max_packet;       /* max_packet_size for header validation */
 	uint32_t hold_max;      /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
 	uint32_t out_queued;    /* bytes of our own output (with overhead) the socket holds */
 	int send_error;         /* our own output failed (-errno): reported as PF_CONN_EV_ERROR */
@@ -141,9 +141,8 @@ struct pf_conn {
 	uint32_t progress_seen; /* ... as the janitor last saw it (pf_conn_is_abandoned) */
 	uv_write_t *fwd_req; /* while fwd_pending: the forward write's request (pf_net_get_wreq) */
 	struct pf_conn_splices *splices; /* replaced heads in the forward region (or NULL) */
-	uint64_t bytes_in, bytes_out;
-	pf_sockaddr_t addr;      /* remote */
-	uint32_t read_iteration; /* loop iteration of reads_this_iteration (low 32 bits) */
+	pf_sockaddr_t addr;              /* remote */
+	uint32_t read_iteration;         /* loop iteration of reads_this_iteration (low 32 bits) */
 	pf_usec_t connect_time;
 	pf_usec_t request_time;
 	pf_list_node_t node; /* the list its state puts it in */
@@ -303,7 +302,8 @@ int pf_conn_fd(const pf_conn_t *c);
  */
 bool pf_conn_park(pf_conn_t *c);
 
-/* Closes the park epoll set of n (all its connections closed or unparked). */
+/* Closes the park epoll set of n (all its connections closed or unparked) and frees the conns
+ * closed since the reaper last ran. */
 void pf_conn_park_shutdown(pf_net_t *n);
 
 /* c's local address, asked of the socket now (zeroed when unknown: not connected, closing);

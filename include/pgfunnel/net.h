@@ -74,6 +74,10 @@ typedef struct pf_net {
 	int park_epfd;
 	uv_poll_t *park_poll;
 	size_t parked;
+	/* conns closed without a handle after a park (nothing to close asynchronously): freed by
+	 * reaper from the loop, never inside the pf_conn_close() that ended them */
+	pf_list_t dead_conns;
+	uv_idle_t *reaper;
 } pf_net_t;
 
 /* Initialises n for loop (may be NULL in tests) with the settings of cfg. */

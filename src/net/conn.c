@@ -51,6 +51,7 @@ typedef struct owned_write {
 static void maybe_free(pf_conn_t *c);
 static void update_reading(pf_conn_t *c);
 static bool unpark(pf_conn_t *c);
+static void reap_later(pf_conn_t *c);
 static void park_leave(pf_conn_t *c);
 
 /* Tells the owner about the EOF or read error that ended reading (once). */
@@ -74,7 +75,6 @@ void pf_conn_init(pf_conn_t *c, pf_net_t *net, const pf_conn_ops_t *ops, bool is
 	c->tp.ops = &pf_transport_plain;
 	c->is_client = is_client;
 	c->id = pf_net_next_id(net);
-	c->max_packet = net->cfg->max_packet_size;
 	c->hold_max = PF_CONN_HOLD_MAX;
 	c->park_fd = -1;
 	c->connect_time = pf_net_now(net);
@@ -264,7 +264,6 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	if (nread > 0) {
 		c->rend += (uint32_t)nread;
-		c->bytes_in += (uint64_t)nread;
 		c->progress++;
 		if (c->read_paused || c->out_blocked)
 			update_reading(c); /* kept for later; stops when the buffer is full */
@@ -393,7 +392,6 @@ static bool flush_forward(pf_conn_t *c)
 		free_retired(c);
 		return true;
 	}
-	peer->bytes_out += total;
 	c->progress++;
 	n = peer->tp.ops->try_write(&peer->tp, &peer->h->stream, bufs, nb);
 	if (n == (int)total) {
@@ -626,7 +624,7 @@ static walk_t walk_message(pf_conn_t *c, uint32_t avail, bool *starved)
 		}
 		return WALK_BREAK;
 	}
-	rc = pf_proto_read_header(c->rbuf + c->rpos, avail, c->max_packet, &hdr);
+	rc = pf_proto_read_header(c->rbuf + c->rpos, avail, c->net->cfg->max_packet_size, &hdr);
 	if (rc < 0) {
 		flush_forward(c);
 		c->ops->on_event(c, PF_CONN_EV_ERROR, rc);
@@ -791,7 +789,6 @@ void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 		pf_buf_put_bytes(&cork.buf, data, len);
 		return;
 	}
-	c->bytes_out += len;
 	n = c->tp.ops->try_write(&c->tp, &c->h->stream, &b, 1);
 	if (n == (int)len)
 		return;
@@ -979,7 +976,7 @@ typedef struct close_linger {
 static void maybe_free(pf_conn_t *c)
 {
 	if (!c->closing || c->handle_open || c->fwd_pending || c->connect_pending || c->lingering ||
-	    c->out_queued > 0)
+	    c->out_queued > 0 || c->reap)
 		return;
 	if (c->rbuf) {
 		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
@@ -1066,13 +1063,17 @@ void pf_conn_close(pf_conn_t *c)
 		park_leave(c);
 		close(c->park_fd);
 		c->park_fd = -1;
+		c->reap = true;
 	}
 	if (c->reading) {
 		c->tp.ops->read_stop(&c->tp, &c->h->stream);
 		c->reading = false;
 	}
 	if (!c->handle_open) {
-		maybe_free(c);
+		if (c->reap)
+			reap_later(c);
+		else
+			maybe_free(c); /* never opened: nothing refers to it yet */
 		return;
 	}
 	if (!c->connect_pending && c->tp.ops->queued(&c->tp, &c->h->stream) > 0) {
@@ -1112,6 +1113,41 @@ static void on_park_closed(uv_handle_t *h)
 	free(h);
 }
 
+/* Frees the conns closed without a handle (the reaper, from the loop; or at shutdown). */
+static void reap_dead(pf_net_t *n)
+{
+	pf_list_node_t *node;
+
+	while ((node = pf_list_first(&n->dead_conns))) {
+		pf_conn_t *c = PF_CONTAINER_OF(node, pf_conn_t, throttle_node);
+
+		pf_list_remove(&n->dead_conns, node);
+		assert(c->closing && c->reap);
+		c->reap = false;
+		maybe_free(c);
+	}
+}
+
+static void on_reap(uv_idle_t *h)
+{
+	pf_net_t *n = h->data;
+
+	reap_dead(n);
+	uv_idle_stop(h);
+}
+
+/* c (closing, without a handle) is freed from the loop's next iteration: whoever closed it may
+ * still use it until then, as with a handle's close callback. */
+static void reap_later(pf_conn_t *c)
+{
+	pf_net_t *n = c->net;
+
+	assert(c->closing && c->reap && !c->handle_open && !c->throttled && !c->resume_pending);
+	pf_list_append(&n->dead_conns, &c->throttle_node);
+	if (n->reaper)
+		uv_idle_start(n->reaper, on_reap);
+}
+
 /* The park epoll set of n, made at the first park; the loop watches it without being kept
  * alive by it. */
 static bool park_set_open(pf_net_t *n)
@@ -1141,12 +1177,29 @@ static bool park_set_open(pf_net_t *n)
 	}
 	uv_unref((uv_handle_t *)p);
 	n->park_poll = p;
+	if (!n->reaper) {
+		/* Made with the set, so no conn can need it and find none (then no park). */
+		uv_idle_t *r = malloc(sizeof(*r));
+
+		if (!r || uv_idle_init(n->loop, r) < 0) {
+			free(r);
+			pf_conn_park_shutdown(n);
+			return false;
+		}
+		r->data = n;
+		n->reaper = r;
+	}
 	return true;
 }
 
 void pf_conn_park_shutdown(pf_net_t *n)
 {
 	assert(n->parked == 0);
+	reap_dead(n);
+	if (n->reaper) {
+		uv_close((uv_handle_t *)n->reaper, on_park_closed);
+		n->reaper = NULL;
+	}
 	if (!n->park_poll)
 		return;
 	uv_close((uv_handle_t *)n->park_poll, on_park_closed);
@@ -1226,6 +1279,7 @@ static bool unpark(pf_conn_t *c)
 			c->handle_open = false;
 		}
 		close(fd);
+		c->reap = true; /* its close frees it from the loop */
 		send_failed(c, rc);
 		return false;
 	}

@@ -27,6 +27,7 @@ void pf_net_init(pf_net_t *n, uv_loop_t *loop, const pf_config_t *cfg)
 	n->buffer_size = (size_t)(cfg->pkt_buf > 0 ? cfg->pkt_buf : 4096);
 	pf_list_init(&n->throttled_conns);
 	n->park_epfd = -1;
+	pf_list_init(&n->dead_conns);
 	pf_net_now(n);
 }
 
@@ -42,7 +43,8 @@ struct pf_net_slab_chunk {
 #define SLAB_HEADER ((sizeof(pf_net_slab_chunk_t) + 15u) & ~(size_t)15u)
 #define SLAB_SLOT   ((sizeof(pf_net_handle_t) + 7u) & ~(size_t)7u)
 #define SLAB_SLOTS  ((uint32_t)((PF_NET_SLAB_CHUNK - SLAB_HEADER) / SLAB_SLOT))
-/* Empty chunks pf_net_trim() keeps, so a connection coming and going does not map and unmap. */
+/* Empty chunks pf_net_trim() keeps (when no other chunk has room), so a connection coming and
+ * going does not map and unmap. */
 #define SLAB_KEEP_EMPTY 1
 
 static pf_net_slab_chunk_t *chunk_of(const void *slot)
@@ -137,13 +139,17 @@ void pf_net_put_handle(pf_net_t *n, pf_net_handle_t *h)
 	n->handles_free++;
 }
 
-/* Unmaps the empty chunks beyond keep. */
+/* Unmaps the empty chunks beyond keep; none is kept while a chunk in use has a free slot. */
 static void slab_release(pf_net_t *n, unsigned keep)
 {
 	pf_net_slab_chunk_t *k = n->slab_partial, *next;
 	unsigned kept = 0;
 
-	for (; k; k = next) {
+	for (; k && keep > 0; k = k->next) {
+		if (k->used > 0)
+			keep = 0;
+	}
+	for (k = n->slab_partial; k; k = next) {
 		next = k->next;
 		if (k->used > 0)
 			continue;
