@@ -31,19 +31,12 @@ typedef enum pf_admin_wait {
 /* Longest HBA map= name a client's rule may name (Postgres' NAMEDATALEN). */
 #define PF_CLIENT_MAP_MAX 64
 
-struct pf_client {
-	pf_conn_t conn;        /* first: a pf_client_t * is a pf_conn_t * */
-	pf_pool_client_t pc;   /* its place in the pool (state, lists, link) */
-	pf_server_peer_t peer; /* what its server keeps up to date (vars, timings) */
-	pf_database_t *db;
-	pf_user_t *user;              /* the login name the client authenticated as */
-	const char *user_name;        /* interned (pf_vars_intern) */
-	const char *db_name;          /* interned */
-	pf_cancel_key_t ck;           /* the BackendKeyData we gave it, in the worker's table */
-	pf_database_t *admin_wait_db; /* PAUSE / WAIT_CLOSE in progress for this database (NULL =
-	                               * all) */
-	pf_admin_wait_t admin_wait;   /* ... which of them */
-	int admin_shutdown;           /* pf_shutdown_mode_t a SHUTDOWN asked for */
+/*
+ * What a client needs only while it logs in, and a console session for its whole life: kept out
+ * of pf_client_t (allocated with the client, freed once it is logged in unless it is a console
+ * session), so that the thousands of idle clients of a big pool do not carry it.
+ */
+typedef struct pf_client_cold {
 	/* login */
 	char *method_map; /* the HBA rule's map= (peer, cert), NULL for none */
 	pf_scram_server_t *scram;
@@ -53,15 +46,32 @@ struct pf_client {
 	pf_database_t *lookup_db;
 	uint32_t secret_gen; /* the user's secret_gen when its password exchange began */
 	uint8_t md5_salt[4];
-	uint8_t method; /* how it authenticates (client.c's METHOD_*) */
+	/* console */
+	pf_database_t *admin_wait_db; /* PAUSE / WAIT_CLOSE in progress for this database (NULL =
+	                               * all) */
+	pf_admin_wait_t admin_wait;   /* ... which of them */
+	int admin_shutdown;           /* pf_shutdown_mode_t a SHUTDOWN asked for */
+} pf_client_cold_t;
+
+struct pf_client {
+	pf_conn_t conn;        /* first: a pf_client_t * is a pf_conn_t * */
+	pf_pool_client_t pc;   /* its place in the pool (state, lists, link) */
+	pf_server_peer_t peer; /* what its server keeps up to date (vars, timings) */
+	pf_database_t *db;
+	pf_user_t *user;        /* the login name the client authenticated as */
+	const char *user_name;  /* interned (pf_vars_intern) */
+	const char *db_name;    /* interned */
+	pf_cancel_key_t ck;     /* the BackendKeyData we gave it, in the worker's table */
+	pf_client_cold_t *cold; /* while logging in, and for a console session; else NULL */
+	uint8_t method;         /* how it authenticates (client.c's METHOD_*) */
 	uint8_t auth_step;
-	bool method_dn;      /* cert names: the whole subject (clientname=DN), not the CN */
-	bool tls_negotiated; /* it sent SSLRequest (or began direct TLS): no second one */
-	bool auth_lookup;
-	bool db_counted;      /* counted in db->client_conns (max_db_client_connections) */
-	bool admin;           /* logged in to the console */
-	bool admin_can_write; /* admin_users rather than stats_users */
-	bool admin_kill_self; /* KILL_CLIENT named the console client itself */
+	bool method_dn : 1;      /* cert names: the whole subject (clientname=DN), not the CN */
+	bool tls_negotiated : 1; /* it sent SSLRequest (or began direct TLS): no second one */
+	bool auth_lookup : 1;
+	bool db_counted : 1;      /* counted in db->client_conns (max_db_client_connections) */
+	bool admin : 1;           /* logged in to the console */
+	bool admin_can_write : 1; /* admin_users rather than stats_users */
+	bool admin_kill_self : 1; /* KILL_CLIENT named the console client itself */
 };
 
 /* The client of a pool member; a list node of a pool's client list. */

@@ -119,7 +119,7 @@ void pf_authq_start(pf_client_t *c)
 	 * and it keeps the auth database alive while it borrows a server there. */
 	pf_conn_pause_reading(&c->conn, true);
 	c->auth_lookup = true;
-	c->lookup_db = adb;
+	c->cold->lookup_db = adb;
 	adb->client_refs++;
 	/* Linked at once (pf_authq_linked ran) or waiting; either way it may be closed now. */
 	(void)pf_pool_borrow(w, pool, &c->pc);
@@ -278,8 +278,8 @@ void pf_authq_done(pf_client_t *c)
 		return;
 	}
 	c->auth_lookup = false;
-	c->lookup_db->client_refs--;
-	c->lookup_db = NULL;
+	c->cold->lookup_db->client_refs--;
+	c->cold->lookup_db = NULL;
 	ok = apply_answer(c, r);
 	pf_server_lookup_free(r);
 	if (ok)

@@ -169,11 +169,35 @@ void pf_client_send_error(pf_client_t *c, const char *severity, const char *sqls
 	send_error(c, severity, sqlstate, message, detail);
 }
 
+/* Drops what only the login needed (the SCRAM exchange, wiped; the HBA map; a lookup's hold on
+ * its database); the cold part itself stays. Idempotent; nothing to do once it is gone. */
+static void cold_end_login(pf_client_t *c)
+{
+	pf_client_cold_t *x = c->cold;
+
+	if (!x)
+		return;
+	if (x->lookup_db)
+		x->lookup_db->client_refs--;
+	x->lookup_db = NULL;
+	if (x->scram) {
+		pf_scram_server_clear(x->scram);
+		free(x->scram);
+		x->scram = NULL;
+	}
+	free(x->method_map);
+	x->method_map = NULL;
+}
+
 static void accept_client(pf_worker_t *w, uv_stream_t *listener, int fd, bool is_unix)
 {
 	pf_client_t *c = calloc(1, sizeof(*c));
 	int rc;
 
+	if (c && !(c->cold = calloc(1, sizeof(*c->cold)))) {
+		free(c);
+		c = NULL;
+	}
 	if (!c) {
 		pf_log_error(NULL, "out of memory accepting a client");
 		if (!listener)
@@ -267,18 +291,11 @@ void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char
 	}
 	if (c->db)
 		c->db->client_refs--;
-	if (c->lookup_db)
-		c->lookup_db->client_refs--;
-	c->lookup_db = NULL;
+	cold_end_login(c);
 	pf_pool_client_gone(w, &c->pc);
 	if (c->user)
 		pf_user_client_gone(c->user);
 	c->user = NULL;
-	if (c->scram) {
-		pf_scram_server_clear(c->scram);
-		free(c->scram);
-		c->scram = NULL;
-	}
 	w->client_count--;
 	pf_conn_close(&c->conn);
 	pf_worker_settled(w);
@@ -292,7 +309,8 @@ static void client_on_free(pf_conn_t *conn)
 	pf_prepared_client_free(c->peer.prep);
 	pf_vars_release(c->user_name);
 	pf_vars_release(c->db_name);
-	free(c->method_map);
+	cold_end_login(c);
+	free(c->cold);
 	free(c);
 }
 
@@ -410,15 +428,15 @@ static void login_ok(pf_client_t *c)
 	pf_user_t *pool_user;
 
 	c->conn.hold_max = PF_CONN_HOLD_MAX;
-	if (c->scram) {
-		pf_scram_server_clear(c->scram);
-		free(c->scram);
-		c->scram = NULL;
-	}
+	assert(!c->cold->lookup_db);
+	cold_end_login(c);
 	if (c->db->admin) {
+		/* A console session keeps its cold part for its commands' state. */
 		w->ops->console_login(c);
 		return;
 	}
+	free(c->cold);
+	c->cold = NULL;
 	pool_user = c->db->forced_user ? c->db->forced_user : c->user;
 	if (!pool_user) {
 		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000",
@@ -470,16 +488,16 @@ static void start_scram(pf_client_t *c)
 	int rc;
 	pf_buf_t b;
 
-	c->scram = calloc(1, sizeof(*c->scram));
-	if (!c->scram) {
+	c->cold->scram = calloc(1, sizeof(*c->cold->scram));
+	if (!c->cold->scram) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return;
 	}
 	memset(&secret, 0, sizeof(secret));
 	if (c->user)
-		c->secret_gen = c->user->secret_gen;
+		c->cold->secret_gen = c->user->secret_gen;
 	if (sec && sec->present && sec->kind == PF_AUTH_SECRET_SCRAM) {
-		rc = pf_scram_server_start(c->scram, &sec->scram);
+		rc = pf_scram_server_start(c->cold->scram, &sec->scram);
 	} else if (sec && sec->present && sec->kind == PF_AUTH_SECRET_PLAIN) {
 		/* Derived once per user and cached: later logins cost no PBKDF2. */
 		rc = pf_scram_cache_secret_for_password(w->scram_cache, c->user_name, sec->text,
@@ -488,11 +506,11 @@ static void start_scram(pf_client_t *c)
 		                                                : PF_SCRAM_DEFAULT_ITERATIONS,
 		                                        &secret);
 		if (rc == 0)
-			rc = pf_scram_server_start(c->scram, &secret);
+			rc = pf_scram_server_start(c->cold->scram, &secret);
 	} else {
 		/* Unknown user, or only an md5 secret (SCRAM cannot use it): an exchange that
 		 * looks normal and fails like a wrong password. */
-		rc = pf_scram_server_start_mock(c->scram, c->user_name, w->mock_key);
+		rc = pf_scram_server_start_mock(c->cold->scram, c->user_name, w->mock_key);
 	}
 	OPENSSL_cleanse(&secret, sizeof(secret));
 	if (rc < 0) {
@@ -505,8 +523,8 @@ static void start_scram(pf_client_t *c)
 		uint8_t cb[64];
 		int n = pf_tls_server_end_point(&c->conn, cb, sizeof(cb));
 
-		tls = n > 0 &&
-		      pf_scram_server_set_channel_binding(c->scram, false, cb, (size_t)n) == 0;
+		tls = n > 0 && pf_scram_server_set_channel_binding(c->cold->scram, false, cb,
+		                                                   (size_t)n) == 0;
 	}
 	pf_buf_init(&b);
 	pf_proto_be_auth_sasl(&b, tls ? mechs : mechs + 1, tls ? 2 : 1);
@@ -593,8 +611,8 @@ static bool choose_method(pf_client_t *c, const pf_config_t *cfg)
 	pf_hba_conn_t hc;
 	char name[256];
 
-	free(c->method_map);
-	c->method_map = NULL;
+	free(c->cold->method_map);
+	c->cold->method_map = NULL;
 	c->method_dn = false;
 	switch (cfg->auth_type) {
 	case PF_AUTH_ANY:
@@ -637,7 +655,7 @@ static bool choose_method(pf_client_t *c, const pf_config_t *cfg)
 		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", "ident map name too long");
 		return false;
 	}
-	if (rule->map && !(c->method_map = strdup(rule->map))) {
+	if (rule->map && !(c->cold->method_map = strdup(rule->map))) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return false;
 	}
@@ -793,8 +811,8 @@ static void begin_exchange(pf_client_t *c)
 		return;
 	case METHOD_PEER:
 		/* Postgres' words; an unknown user fails the same way. */
-		if (!c->user ||
-		    !name_maps(c, c->method_map, peer_user(c, name, sizeof(name)) ? name : NULL)) {
+		if (!c->user || !name_maps(c, c->cold->method_map,
+		                           peer_user(c, name, sizeof(name)) ? name : NULL)) {
 			snprintf(msg, sizeof(msg), "Peer authentication failed for user \"%s\"",
 			         c->user_name);
 			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
@@ -803,8 +821,8 @@ static void begin_exchange(pf_client_t *c)
 		login_ok(c);
 		return;
 	case METHOD_CERT:
-		if (!c->user ||
-		    !name_maps(c, c->method_map, cert_name(c, c->method_dn, name, sizeof(name)))) {
+		if (!c->user || !name_maps(c, c->cold->method_map,
+		                           cert_name(c, c->method_dn, name, sizeof(name)))) {
 			snprintf(msg, sizeof(msg),
 			         "certificate authentication failed for user \"%s\"", c->user_name);
 			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
@@ -824,7 +842,7 @@ static void begin_exchange(pf_client_t *c)
 			start_scram(c);
 			return;
 		}
-		if (pf_random_bytes(c->md5_salt, sizeof(c->md5_salt)) != 0) {
+		if (pf_random_bytes(c->cold->md5_salt, sizeof(c->cold->md5_salt)) != 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "random generator failed");
 			return;
 		}
@@ -833,7 +851,7 @@ static void begin_exchange(pf_client_t *c)
 			pf_buf_t b;
 
 			pf_buf_init(&b);
-			pf_proto_be_auth_md5(&b, c->md5_salt);
+			pf_proto_be_auth_md5(&b, c->cold->md5_salt);
 			pf_conn_send_buf(&c->conn, &b);
 			pf_buf_free(&b);
 		}
@@ -951,7 +969,7 @@ static bool md5_response_ok(const pf_client_t *c, const char *response)
 	char secret[36];
 	bool ok;
 
-	ok = md5_secret_for(c, secret) && pf_md5_verify(secret, c->md5_salt, response);
+	ok = md5_secret_for(c, secret) && pf_md5_verify(secret, c->cold->md5_salt, response);
 	OPENSSL_cleanse(secret, sizeof(secret));
 	return ok;
 }
@@ -991,7 +1009,7 @@ static pf_pkt_action_t auth_password(pf_client_t *c, const uint8_t *payload, siz
 /* Closes c with the error the SCRAM module recorded for the message it refused. */
 static void scram_refused(pf_client_t *c)
 {
-	const pf_scram_error_t *e = pf_scram_server_error(c->scram);
+	const pf_scram_error_t *e = pf_scram_server_error(c->cold->scram);
 
 	pf_client_close_detail(c, PF_CLOSE_CLIENT_PROTOCOL, e->sqlstate ? e->sqlstate : "08P01",
 	                       e->message ? e->message : "malformed SCRAM message",
@@ -1006,7 +1024,7 @@ static pf_pkt_action_t scram_client_first(pf_client_t *c, const uint8_t *data, s
 	pf_buf_t b;
 	int rc;
 
-	rc = pf_scram_server_first(c->scram, data, dlen, out, sizeof(out), &outlen);
+	rc = pf_scram_server_first(c->cold->scram, data, dlen, out, sizeof(out), &outlen);
 	if (rc < 0) {
 		if (rc == -EPROTO || rc == -ENOTSUP)
 			scram_refused(c);
@@ -1040,13 +1058,13 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 	bool plus;
 	int rc;
 
-	assert(c->auth_step == AUTH_SCRAM_FIRST && c->scram);
+	assert(c->auth_step == AUTH_SCRAM_FIRST && c->cold->scram);
 	if (!memchr(payload, '\0', plen)) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "invalid string in message");
 		return PF_PKT_STOP;
 	}
 	/* PLUS only where it was offered (start_scram kept the binding data then). */
-	plus = pf_scram_server_plus_offered(c->scram) &&
+	plus = pf_scram_server_plus_offered(c->cold->scram) &&
 	       strcmp((const char *)payload, PF_SCRAM_MECHANISM_PLUS) == 0;
 	if (!plus && strcmp((const char *)payload, PF_SCRAM_MECHANISM) != 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
@@ -1054,7 +1072,7 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 		return PF_PKT_STOP;
 	}
 	if (plus)
-		pf_scram_server_select_plus(c->scram);
+		pf_scram_server_select_plus(c->cold->scram);
 	rc = pf_proto_parse_sasl_initial_response(payload, plen, &mech, &data, &dlen);
 	if (rc < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
@@ -1079,7 +1097,7 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 static void learn_client_key(pf_client_t *c)
 {
 	if (c->user && c->user->secret.kind == PF_AUTH_SECRET_SCRAM &&
-	    pf_scram_server_client_key(c->scram, c->user->secret.scram_client_key) == 0)
+	    pf_scram_server_client_key(c->cold->scram, c->user->secret.scram_client_key) == 0)
 		c->user->secret.has_client_key = true; /* for logging in to Postgres */
 }
 
@@ -1091,8 +1109,8 @@ static pf_pkt_action_t auth_sasl_response(pf_client_t *c, const uint8_t *payload
 	pf_buf_t b;
 	int rc;
 
-	assert(c->auth_step == AUTH_SCRAM_FINAL && c->scram);
-	rc = pf_scram_server_final(c->scram, payload, plen, out, sizeof(out), &outlen);
+	assert(c->auth_step == AUTH_SCRAM_FINAL && c->cold->scram);
+	rc = pf_scram_server_final(c->cold->scram, payload, plen, out, sizeof(out), &outlen);
 	/* The proof, with the stored key, gives the ClientKey: not left in a receive buffer that
 	 * goes back to the shared free list (payload is in c's buffer, not const). */
 	OPENSSL_cleanse((uint8_t *)payload, plen);
@@ -1109,7 +1127,7 @@ static pf_pkt_action_t auth_sasl_response(pf_client_t *c, const uint8_t *payload
 		return PF_PKT_STOP;
 	}
 	assert(outlen <= sizeof(out));
-	if (c->user && c->user->secret_gen != c->secret_gen) {
+	if (c->user && c->user->secret_gen != c->cold->secret_gen) {
 		/* A RELOAD changed the password during the exchange: the proof is for the old one,
 		 * which no longer admits anyone (nor may its key be kept for the new secret). */
 		OPENSSL_cleanse(out, sizeof(out));

@@ -222,7 +222,7 @@ static bool wait_done(pf_client_t *c)
 	pf_worker_t *w = pf_conn_worker(&c->conn);
 	pf_list_node_t *it, *tmp, *sit, *stmp;
 
-	if (c->admin_wait == PF_ADMIN_WAIT_SUSPEND)
+	if (c->cold->admin_wait == PF_ADMIN_WAIT_SUSPEND)
 		return suspend_flushed(w);
 	PF_LIST_FOREACH(&w->pools, it, tmp)
 	{
@@ -230,11 +230,11 @@ static bool wait_done(pf_client_t *c)
 		pf_list_t *lists[] = {&p->active_servers, &p->idle_servers, &p->used_servers,
 		                      &p->tested_servers, &p->new_servers};
 
-		if (!pool_in_scope(p, c->admin_wait_db))
+		if (!pool_in_scope(p, c->cold->admin_wait_db))
 			continue;
-		if (c->admin_wait == PF_ADMIN_WAIT_PAUSE && pf_pool_server_count(p) > 0)
+		if (c->cold->admin_wait == PF_ADMIN_WAIT_PAUSE && pf_pool_server_count(p) > 0)
 			return false;
-		if (c->admin_wait != PF_ADMIN_WAIT_CLOSE)
+		if (c->cold->admin_wait != PF_ADMIN_WAIT_CLOSE)
 			continue;
 		for (size_t i = 0; i < PF_ARRAY_SIZE(lists); i++) {
 			PF_LIST_FOREACH(lists[i], sit, stmp)
@@ -296,16 +296,16 @@ again:
 			pf_client_t *c = pf_client_from_node(cit);
 			pf_buf_t out;
 
-			if (c->admin_wait == PF_ADMIN_WAIT_NONE)
+			if (c->cold->admin_wait == PF_ADMIN_WAIT_NONE)
 				continue;
 			if (!wait_done(c)) {
 				waiting = true;
 				continue;
 			}
 			pf_buf_init(&out);
-			command_ok(&out, wait_tags[c->admin_wait]);
-			c->admin_wait = PF_ADMIN_WAIT_NONE;
-			c->admin_wait_db = NULL;
+			command_ok(&out, wait_tags[c->cold->admin_wait]);
+			c->cold->admin_wait = PF_ADMIN_WAIT_NONE;
+			c->cold->admin_wait_db = NULL;
 			pf_conn_send_buf(&c->conn, &out);
 			pf_buf_free(&out);
 			/* Commands it sent meanwhile; they may close any client (KILL_CLIENT) or
@@ -330,12 +330,12 @@ again:
 /* Starts a command that answers later; pf_admin_poll() answers it. */
 static void wait_for(pf_client_t *c, pf_admin_wait_t what, pf_database_t *db, pf_buf_t *out)
 {
-	c->admin_wait = what;
-	c->admin_wait_db = db;
+	c->cold->admin_wait = what;
+	c->cold->admin_wait_db = db;
 	pf_conn_worker(&c->conn)->admin_waiting = true;
 	if (wait_done(c)) {
-		c->admin_wait = PF_ADMIN_WAIT_NONE;
-		c->admin_wait_db = NULL;
+		c->cold->admin_wait = PF_ADMIN_WAIT_NONE;
+		c->cold->admin_wait_db = NULL;
 		command_ok(out, wait_tags[what]);
 	}
 }
@@ -633,7 +633,7 @@ static bool cmd_shutdown(pf_client_t *c, const char *arg, pf_buf_t *out)
 	pf_log_info(c, "SHUTDOWN%s%s requested", arg[0] ? " " : "", arg);
 	command_ok(out, "SHUTDOWN");
 	if (w->hooks && w->hooks->shutdown)
-		c->admin_shutdown = mode;
+		c->cold->admin_shutdown = mode;
 	return true;
 }
 
@@ -780,7 +780,7 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 	bool understood;
 
 	/* pf_admin_packet runs one command at a time: none is waiting for its answer. */
-	assert(c->admin && c->admin_wait == PF_ADMIN_WAIT_NONE);
+	assert(c->admin && c->cold->admin_wait == PF_ADMIN_WAIT_NONE);
 	/* A word cut short or a broken quoted identifier would name something else: refuse. */
 	if (pf_admin_next_word(&rest, verb, sizeof(verb), true) < 0)
 		understood = false;
@@ -794,7 +794,7 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 		invalid_command(out, sql);
 	/* The complete answer, ending with ReadyForQuery ('Z', length 5, status), or none yet for
 	 * a command that waits (pf_admin_poll answers it). */
-	assert(out->failed || (c->admin_wait == PF_ADMIN_WAIT_NONE
+	assert(out->failed || (c->cold->admin_wait == PF_ADMIN_WAIT_NONE
 	                               ? out->len >= start + 6 && out->data[out->len - 6] == 'Z'
 	                               : out->len == start));
 	(void)start;
@@ -816,7 +816,7 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 	size_t len;
 	pf_shutdown_mode_t shutdown;
 
-	if (c->admin_wait != PF_ADMIN_WAIT_NONE)
+	if (c->cold->admin_wait != PF_ADMIN_WAIT_NONE)
 		return PF_PKT_STOP; /* one command at a time: PAUSE/WAIT_CLOSE answer later */
 	if (hdr->type != PF_PROTO_FE_QUERY) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01",
@@ -845,11 +845,11 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 	/* A shutdown begins before the answer goes out: once the client has it, no new
 	 * connection reaches a listener. The shutdown closes connections (this one too) from the
 	 * loop, after this answer. */
-	shutdown = c->admin_shutdown;
+	shutdown = c->cold->admin_shutdown;
 	if (shutdown != PF_SHUTDOWN_NONE) {
 		pf_worker_t *w = pf_conn_worker(&c->conn);
 
-		c->admin_shutdown = PF_SHUTDOWN_NONE;
+		c->cold->admin_shutdown = PF_SHUTDOWN_NONE;
 		w->hooks->shutdown(w->hooks_arg, shutdown);
 	}
 	if (!c->conn.closing)
