@@ -14,14 +14,15 @@
 
 #define PF_CANCEL_BUCKETS 4096
 
-/* One key, embedded in the client it belongs to. */
+/* One key, embedded in the client it belongs to (pid and key must not change while it is in a
+ * table). */
 typedef struct pf_cancel_key {
-	pf_list_node_t node;
+	struct pf_cancel_key *next; /* in its bucket's chain (singly linked: 8 bytes per client) */
 	uint32_t pid, key;
 } pf_cancel_key_t;
 
 typedef struct pf_cancel_table {
-	pf_list_t buckets[PF_CANCEL_BUCKETS];
+	pf_cancel_key_t *buckets[PF_CANCEL_BUCKETS];
 	size_t count;
 } pf_cancel_table_t;
 
@@ -33,7 +34,7 @@ void pf_cancel_key_init(pf_cancel_key_t *k);
 /* Adds k (k->pid and k->key set; not in a table yet). */
 void pf_cancel_table_add(pf_cancel_table_t *t, pf_cancel_key_t *k);
 
-/* Removes k if it is in t; idempotent. */
+/* Removes k if it is in t (found by identity, walking its bucket); idempotent. */
 void pf_cancel_table_remove(pf_cancel_table_t *t, pf_cancel_key_t *k);
 
 /* The entry with exactly this pid and key, or NULL. */

@@ -129,26 +129,26 @@ struct pf_conn {
 	bool reap : 1;            /* handle-less after a park: freed from net->reaper when closed */
 	int read_status;          /* 0 for EOF, else the read error */
 	int park_fd;              /* while parked: the socket */
+	uint32_t reads_this_iteration;
 	uint8_t *rbuf;
 	uint32_t rcap, rpos, rend; /* unprocessed bytes are rbuf[rpos, rend) */
 	uint32_t fwd_start;        /* start of the forward region not yet flushed */
 	uint32_t pkt_remain;       /* bytes of the current message still to pass */
 	uint32_t head;             /* PF_PKT_NEED_HEAD: bytes wanted; PF_PKT_REPLACED: replaced */
-	uint32_t hold_max;      /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
-	uint32_t out_queued;    /* bytes of our own output (with overhead) the socket holds */
-	int send_error;         /* our own output failed (-errno): reported as PF_CONN_EV_ERROR */
-	uint32_t progress;      /* bumped by every read and every forward write */
-	uint32_t progress_seen; /* ... as the janitor last saw it (pf_conn_is_abandoned) */
+	uint32_t hold_max;       /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
+	uint32_t out_queued;     /* bytes of our own output (with overhead) the socket holds */
+	int send_error;          /* our own output failed (-errno): reported as PF_CONN_EV_ERROR */
+	uint32_t progress;       /* bumped by every read and every forward write */
+	uint32_t progress_seen;  /* ... as the janitor last saw it (pf_conn_is_abandoned) */
+	uint32_t read_iteration; /* loop iteration of reads_this_iteration (low 32 bits) */
 	uv_write_t *fwd_req; /* while fwd_pending: the forward write's request (pf_net_get_wreq) */
 	struct pf_conn_splices *splices; /* replaced heads in the forward region (or NULL) */
 	pf_sockaddr_t addr;              /* remote */
-	uint32_t read_iteration;         /* loop iteration of reads_this_iteration (low 32 bits) */
 	pf_usec_t connect_time;
 	pf_usec_t request_time;
 	pf_list_node_t node; /* the list its state puts it in */
-	pf_list_node_t
-	        throttle_node; /* worker->throttled_conns while throttled or resume_pending */
-	uint32_t reads_this_iteration;
+	/* worker->throttled_conns while throttled or resume_pending; net->dead_conns to reap */
+	pf_list_node_t throttle_node;
 };
 
 /* Initialises c (zeroed by the caller) with ops; the handle is not yet created. */

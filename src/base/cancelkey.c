@@ -16,44 +16,54 @@ static uint32_t bucket_of(uint32_t pid)
 
 void pf_cancel_table_init(pf_cancel_table_t *t)
 {
-	for (size_t i = 0; i < PF_CANCEL_BUCKETS; i++)
-		pf_list_init(&t->buckets[i]);
+	memset(t->buckets, 0, sizeof(t->buckets));
 	t->count = 0;
 }
 
 void pf_cancel_key_init(pf_cancel_key_t *k)
 {
-	pf_list_node_init(&k->node);
+	k->next = NULL;
+}
+
+/* Where k is linked in its bucket's chain (the pointer that points at it), or NULL. */
+static pf_cancel_key_t **link_of(pf_cancel_table_t *t, const pf_cancel_key_t *k)
+{
+	pf_cancel_key_t **at = &t->buckets[bucket_of(k->pid)];
+
+	while (*at && *at != k)
+		at = &(*at)->next;
+	return *at ? at : NULL;
 }
 
 void pf_cancel_table_add(pf_cancel_table_t *t, pf_cancel_key_t *k)
 {
-	assert(k->node.next == &k->node);
-	pf_list_append(&t->buckets[bucket_of(k->pid)], &k->node);
+	pf_cancel_key_t **head = &t->buckets[bucket_of(k->pid)];
+
+	assert(!link_of(t, k));
+	k->next = *head;
+	*head = k;
 	t->count++;
 }
 
 void pf_cancel_table_remove(pf_cancel_table_t *t, pf_cancel_key_t *k)
 {
-	if (k->node.next == &k->node)
+	pf_cancel_key_t **at = link_of(t, k);
+
+	if (!at)
 		return;
 	assert(t->count > 0);
-	pf_list_remove(&t->buckets[bucket_of(k->pid)], &k->node);
-	pf_list_node_init(&k->node);
+	*at = k->next;
+	k->next = NULL;
 	t->count--;
 }
 
 pf_cancel_key_t *pf_cancel_table_find(pf_cancel_table_t *t, uint32_t pid, uint32_t key)
 {
-	pf_list_t *l = &t->buckets[bucket_of(pid)];
-	pf_list_node_t *it, *tmp;
 	uint8_t want[8];
 
 	memcpy(want, &pid, 4);
 	memcpy(want + 4, &key, 4);
-	PF_LIST_FOREACH(l, it, tmp)
-	{
-		pf_cancel_key_t *k = PF_CONTAINER_OF(it, pf_cancel_key_t, node);
+	for (pf_cancel_key_t *k = t->buckets[bucket_of(pid)]; k; k = k->next) {
 		uint8_t have[8];
 
 		memcpy(have, &k->pid, 4);
