@@ -41,7 +41,7 @@ typedef union pf_net_handle {
 } pf_net_handle_t;
 
 /* The handle slab: aligned chunks of this many bytes, each a header and slots. */
-#define PF_NET_SLAB_CHUNK (64u * 1024u)
+#define PF_NET_SLAB_CHUNK (16u * 1024u)
 
 typedef struct pf_net_slab_chunk pf_net_slab_chunk_t;
 
