@@ -26,7 +26,7 @@ typedef struct pf_free_buffer {
 #define PF_NET_FREE_BUFFERS_MAX 1024
 /* What pf_net_trim() leaves on each free list, and the least it frees before asking glibc to
  * return the pages (malloc_trim). */
-#define PF_NET_FREE_KEEP 16
+#define PF_NET_FREE_KEEP 8
 #define PF_NET_TRIM_MIN  (64 * 1024)
 
 /*
