@@ -18,7 +18,7 @@ import pfhelpers
 import pgwire
 from test_admin_control import Admin, expect_killed
 
-LONG = 15.0
+LONG = 20.0
 BEYOND = pfhelpers.binary_is_pgbouncer()
 
 
@@ -32,16 +32,17 @@ def handles_used(adm):
     return int(rows["handle_cache"]["used"])
 
 
-def unparked_count(adm):
-    """Connections of pgfunnel that hold a handle, beyond the servers and this console."""
-    return handles_used(adm) - len(adm.show("SERVERS")) - 1
+def unparked_count(adm, consoles=1):
+    """Connections of pgfunnel that hold a handle, beyond the servers and `consoles` console
+    sessions (this one included)."""
+    return handles_used(adm) - len(adm.show("SERVERS")) - consoles
 
 
-def wait_parked(adm, expect_unparked=0, what="the idle clients parked"):
+def wait_parked(adm, expect_unparked=0, consoles=1, what="the idle clients parked"):
     if BEYOND:
         return
-    pfhelpers.wait_until(lambda: unparked_count(adm) <= expect_unparked, LONG, what,
-                         lambda: "unparked: %d" % unparked_count(adm))
+    pfhelpers.wait_until(lambda: unparked_count(adm, consoles) <= expect_unparked, LONG, what,
+                         lambda: "unparked: %d" % unparked_count(adm, consoles))
 
 
 def extended_select(conn, value):

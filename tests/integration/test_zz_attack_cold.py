@@ -30,6 +30,7 @@ import pytest
 
 import pfhelpers
 import pgwire
+from test_zz_attack14 import rst_close
 
 DEADLINE = 15.0
 AUTH_PW = "cold-auth-pw"
@@ -37,15 +38,6 @@ CONSOLE_DBS = ("pgbouncer", "pgfunnel")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def rst_close(sock):
-    """Close with a TCP RST (SO_LINGER 0)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
 
 
 def leave(conn, how):

@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import socket
-import struct
 import threading
 import time
 
@@ -27,6 +26,8 @@ import pytest
 import pfhelpers
 import pgwire
 from test_admin_control import Admin, expect_killed
+from test_park import handles_used, unparked_count, wait_parked
+from test_zz_attack14 import rst_close
 
 LONG = 20.0
 BEYOND = pfhelpers.binary_is_pgbouncer()
@@ -40,23 +41,6 @@ def role(postgres):
 # ---------------------------------------------------------------- helpers
 
 
-def handles_used(adm):
-    rows = {r["name"]: r for r in adm.show("MEM")}
-    return int(rows["handle_cache"]["used"])
-
-
-def unparked_count(adm, consoles=1):
-    """pgfunnel's connections holding a handle beyond its servers and `consoles` sessions."""
-    return handles_used(adm) - len(adm.show("SERVERS")) - consoles
-
-
-def wait_parked(adm, expect_unparked=0, consoles=1, what="the idle clients parked"):
-    if BEYOND:
-        return
-    pfhelpers.wait_until(lambda: unparked_count(adm, consoles) <= expect_unparked, LONG, what,
-                         lambda: "unparked: %d" % unparked_count(adm, consoles))
-
-
 def tx_proxy(proxy, role, **params):
     name, pw = role
     p = {"pool_mode": "transaction", "max_client_conn": 1000}
@@ -68,14 +52,6 @@ def connect(pf, role, host=None, app=None):
     name, pw = role
     return pgwire.connect(host or pf.host, pf.port, name, "appdb", pw,
                           options={"application_name": app} if app else None, timeout=LONG)
-
-
-def rst_close(sock):
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
 
 
 def fd_count(pf):
@@ -271,9 +247,10 @@ def test_data_then_reset_or_eof_while_parked(proxy, role):
 
 
 def test_half_close_after_query_like_unparked(proxy, role):
-    """A client sends a query and shuts its write side at once. Whatever pgfunnel does with
-    that (answer then close, or close), a parked client must see the same as an unparked one
-    and be closed in the end."""
+    """A client sends a query and shuts its write side at once. pgfunnel answers then closes, or
+    closes at once (which one depends on whether the EOF is read before the answer comes, for
+    an unparked client as well): a parked client must get one of those two, never a part of an
+    answer, and be closed in the end."""
     pf = tx_proxy(proxy, role)
     adm = Admin(pf)
 
@@ -292,11 +269,12 @@ def test_half_close_after_query_like_unparked(proxy, role):
     try:
         fresh = connect(pf, role)
         fresh.simple_query("SELECT 1")
-        unparked = outcome(fresh)
+        whole, nothing = ["T", "D", "C", "Z"], []
+        assert outcome(fresh) in (whole, nothing)
         parked = connect(pf, role)
         parked.simple_query("SELECT 1")
         wait_parked(adm)
-        assert outcome(parked) == unparked
+        assert outcome(parked) in (whole, nothing)
     finally:
         adm.close()
 
