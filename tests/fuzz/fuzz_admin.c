@@ -168,6 +168,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	sql = malloc(size);
 	c = calloc(1, sizeof(*c));
 	CHECK(sql && c);
+	c->cold = calloc(1, sizeof(*c->cold)); /* a console session keeps its cold part */
+	CHECK(c->cold);
 	memcpy(sql, data + 1, size - 1);
 	sql[size - 1] = '\0';
 	c->conn.net = &worker->net;
@@ -178,11 +180,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	pf_buf_init(&out);
 	pf_admin_run(c, sql, &out);
 	check_answer(&out);
-	CHECK(c->admin_wait == PF_ADMIN_WAIT_NONE); /* nothing to wait for: no servers */
+	CHECK(c->cold->admin_wait == PF_ADMIN_WAIT_NONE); /* nothing to wait for: no servers */
 	if (!c->admin_can_write)
-		CHECK(worker_untouched() && c->admin_shutdown == 0 && !c->admin_kill_self);
+		CHECK(worker_untouched() && c->cold->admin_shutdown == 0 && !c->admin_kill_self);
 	pf_buf_free(&out);
 	reset_worker();
+	free(c->cold);
 	free(c);
 	free(sql);
 	return 0;
