@@ -681,6 +681,10 @@ def test_pgbench_50_tls_clients_transaction_mode(pgfunnel, ssl_pg, certs):
     assert "number of transactions actually processed: %d/%d" % (total, total) in out, out
     m = re.search(r"number of failed transactions: (\d+)", out)
     assert m and m.group(1) == "0", out
+    # A server launched for a client that waited near the end may still be in its handshake
+    # (state "new", no TLS yet): wait for the pool to settle, then every server is TLS.
+    pfhelpers.wait_until(lambda: all(r["state"] != "new" for r in pfhelpers.show(pf, "SERVERS")),
+                         30, "servers still logging in", lambda: pfhelpers.show(pf, "SERVERS"))
     servers = pfhelpers.show(pf, "SERVERS")
     assert 0 < len(servers) <= 10, servers
     assert all(r["tls"].startswith("TLSv1.") for r in servers), servers

@@ -1081,8 +1081,16 @@ def test_huge_looked_up_password(proxy, postgres, roles, size, auth_type):
     # With the right "password" (a size that a PasswordMessage may carry: refused as too long
     # past pkt_buf, never a crash).
     if auth_type == "plain":
-        err = refused(pf, roles.md5, "x" * min(size, 1_000_000), timeout=30)
-        assert err.sqlstate in ("28P01", "08P01", "08006"), err.fields
+        mark = pf.log_len()
+        try:
+            err = refused(pf, roles.md5, "x" * min(size, 1_000_000), timeout=30)
+        except ConnectionResetError:
+            # pgfunnel refuses the message at its header and closes; when that happens while
+            # the client is still sending, the kernel answers the unread rest with a reset,
+            # which discards the error on its way. The refusal must still be the one meant.
+            pf.wait_for_log(r"authentication message too long \(pkt_buf\)", after=mark)
+        else:
+            assert err.sqlstate in ("28P01", "08P01", "08006"), err.fields
     assert pf.is_running()
 
 
