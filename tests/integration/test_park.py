@@ -93,6 +93,29 @@ def test_idle_clients_park_and_come_back(proxy, pgfunnel, role):
             c.close()
 
 
+def test_a_burst_of_parked_clients_is_answered_whole(proxy, role):
+    """600 parked clients (more than one batch of the park set's wake-up) send a query at the
+    same moment: each gets its own answer, none lost or given to another."""
+    name, pw = role
+    n = 600
+    pf = proxy(params={"pool_mode": "transaction", "max_client_conn": n + 20},
+               userlist={name: pw})
+    clients = []
+    adm = Admin(pf)
+    try:
+        for _ in range(n):
+            clients.append(pgwire.connect(pf.host, pf.port, name, "appdb", pw))
+        wait_parked(adm)
+        for i, c in enumerate(clients):
+            c.send(pgwire.fe_query("SELECT %d" % i))
+        for i, c in enumerate(clients):
+            assert c.read_result() == [(str(i),)]
+    finally:
+        adm.close()
+        for c in clients:
+            c.close()
+
+
 def test_suspend_holds_a_parked_clients_query_until_resume(proxy, role):
     name, pw = role
     pf = proxy(params={"pool_mode": "transaction"}, userlist={name: pw})
