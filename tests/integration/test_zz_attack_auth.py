@@ -1189,6 +1189,12 @@ def test_admin_commands_while_a_lookup_is_pending(proxy, postgres, roles, fake_a
         pt = threading.Thread(target=lambda: pfhelpers.console(pf, "PAUSE fakeauth"),
                               daemon=True)
         pt.start()
+        # The PAUSE must be in force (waiting for the held lookup's server) before the answer
+        # is released; otherwise it may land after the RESUME below and stay.
+        pfhelpers.wait_until(
+            lambda: any(d["name"] == "fakeauth" and d["paused"] == 1
+                        for d in pfhelpers.show(pf, "DATABASES")),
+            DEADLINE, "PAUSE fakeauth in force")
     elif action == "disable_client_db":
         cmd = "DISABLE appdb"
     elif action == "suspend":
@@ -1219,6 +1225,9 @@ def test_admin_commands_while_a_lookup_is_pending(proxy, postgres, roles, fake_a
         assert r[1:] == (u, u), r
     if action == "suspend":
         pfhelpers.console(pf, "RESUME")
+    if action == "pause_auth_db":
+        pt.join(DEADLINE)  # the PAUSE completes once the lookup's server is released
+        assert not pt.is_alive(), "PAUSE fakeauth did not complete after the lookup ended"
     if action in ("pause_auth_db", "kill_auth_db"):
         pfhelpers.console(pf, "RESUME fakeauth")
     if action == "disable_client_db":
