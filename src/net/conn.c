@@ -11,8 +11,9 @@
  *   and nothing of it is buffered, queued or in flight.
  * - Reading goes on while processing is held back (paused by the owner, or a forward write
  *   pending) as long as the buffer has room, so a peer's EOF or error is seen in every state;
- *   only processing waits. A read never grows the buffer (only holding a whole message does,
- *   up to hold_max), and bytes read while paused are not processed until resumed.
+ *   only processing waits. A read never grows the buffer beyond pkt_buf (a client's small
+ *   first buffer becomes a full one; only holding a whole message grows further, up to
+ *   hold_max), and bytes read while paused are not processed until resumed.
  * - Our own output that the socket did not take is bounded: past PF_CONN_OUT_MAX queued bytes
  *   the conn neither reads nor processes until the peer has taken them (out_blocked).
  */
@@ -92,15 +93,64 @@ static void free_retired(pf_conn_t *c)
 		free(sp->retired[--sp->n_retired]);
 }
 
+/* Gives rbuf back (a small one to malloc, a full one to the free list). */
+static void put_rbuf(pf_conn_t *c)
+{
+	if (c->rbuf_small)
+		free(c->rbuf);
+	else
+		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
+	c->rbuf = NULL;
+	c->rbuf_small = false;
+}
+
 static void release_buffer(pf_conn_t *c)
 {
 	/* Splices waiting in the forward region refer to offsets in rbuf. */
 	if (c->rbuf && !c->fwd_pending && c->rpos == c->rend && (!c->splices || !c->splices->n)) {
-		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
-		c->rbuf = NULL;
+		put_rbuf(c);
 		c->rcap = c->rpos = c->rend = 0;
 		c->fwd_open = false;
 	}
+}
+
+/* A fresh rbuf: small for a client that has not outgrown one since it last parked. */
+static bool take_rbuf(pf_conn_t *c)
+{
+	if (c->is_client && !c->rbuf_full_size && PF_CONN_SMALL_RBUF < c->net->buffer_size) {
+		c->rbuf = malloc(PF_CONN_SMALL_RBUF);
+		c->rcap = PF_CONN_SMALL_RBUF;
+		c->rbuf_small = c->rbuf != NULL;
+	} else {
+		c->rbuf = pf_net_get_buffer(c->net, &c->rcap);
+	}
+	c->rpos = c->rend = 0;
+	return c->rbuf != NULL;
+}
+
+/* Whether a full rbuf can still take more bytes: compaction, or a small one becoming full-size
+ * (both only while no write borrows it). */
+static bool rbuf_can_widen(const pf_conn_t *c)
+{
+	return !c->fwd_pending &&
+	       (c->rpos > 0 || (c->rbuf_small && c->net->buffer_size > c->rcap));
+}
+
+/* Replaces rbuf by one of ncap bytes (> rcap) with the same contents at the same offsets (the
+ * forward region and splices refer to them). */
+static bool move_rbuf(pf_conn_t *c, uint32_t ncap, bool pooled)
+{
+	uint32_t cap = ncap;
+	uint8_t *nb = pooled ? pf_net_get_buffer(c->net, &cap) : malloc(ncap);
+
+	assert(!c->fwd_pending && ncap > c->rcap);
+	if (!nb)
+		return false;
+	memcpy(nb, c->rbuf, c->rend);
+	put_rbuf(c);
+	c->rbuf = nb;
+	c->rcap = cap;
+	return true;
 }
 
 /*
@@ -109,16 +159,22 @@ static void release_buffer(pf_conn_t *c)
  */
 static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
 {
-	if (!c->rbuf) {
-		c->rbuf = pf_net_get_buffer(c->net, &c->rcap);
-		if (!c->rbuf)
-			return false;
-		c->rpos = c->rend = 0;
-	}
+	if (!c->rbuf && !take_rbuf(c))
+		return false;
 	if (c->rcap - c->rend >= need)
 		return true;
 	if (c->fwd_pending)
 		return false;
+	if (c->rbuf_small) {
+		/* Outgrown: a full-size buffer now, and for this client's next ones (unless a
+		 * reload made pkt_buf no larger than the small one). */
+		c->rbuf_full_size = true;
+		if (c->net->buffer_size > c->rcap &&
+		    !move_rbuf(c, (uint32_t)c->net->buffer_size, true))
+			return false;
+		if (c->rcap - c->rend >= need)
+			return true;
+	}
 	if (c->rpos > 0) {
 		/* Only unprocessed bytes remain: no write borrows the region before rpos. */
 		memmove(c->rbuf, c->rbuf + c->rpos, c->rend - c->rpos);
@@ -135,15 +191,7 @@ static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
 
 	while (ncap - c->rend < need)
 		ncap *= 2;
-	uint8_t *nb = malloc(ncap);
-
-	if (!nb)
-		return false;
-	memcpy(nb, c->rbuf, c->rend);
-	pf_net_put_buffer(c->net, c->rbuf, c->rcap);
-	c->rbuf = nb;
-	c->rcap = ncap;
-	return true;
+	return move_rbuf(c, ncap, false);
 }
 
 /*
@@ -265,6 +313,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	if (nread > 0) {
 		c->rend += (uint32_t)nread;
 		c->progress++;
+		/* A small buffer a read filled: more is coming (a big query, a COPY); the next
+		 * buffers are full-size, so a stream does not go 512 bytes per read. */
+		if (PF_UNLIKELY(c->rbuf_small) && c->rend == c->rcap)
+			c->rbuf_full_size = true;
 		if (c->read_paused || c->out_blocked)
 			update_reading(c); /* kept for later; stops when the buffer is full */
 		else
@@ -295,8 +347,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void update_reading(pf_conn_t *c)
 {
-	/* A full buffer can be compacted only when no write borrows it. */
-	bool full = c->rbuf && c->rend == c->rcap && (c->rpos == 0 || c->fwd_pending);
+	bool full = c->rbuf && c->rend == c->rcap && !rbuf_can_widen(c);
 	bool want = c->handle_open && !c->closing && !c->read_done && !c->suspended &&
 	            !c->throttled && !full;
 
@@ -978,10 +1029,8 @@ static void maybe_free(pf_conn_t *c)
 	if (!c->closing || c->handle_open || c->fwd_pending || c->connect_pending || c->lingering ||
 	    c->out_queued > 0 || c->reap)
 		return;
-	if (c->rbuf) {
-		pf_net_put_buffer(c->net, c->rbuf, c->rcap);
-		c->rbuf = NULL;
-	}
+	if (c->rbuf)
+		put_rbuf(c);
 	if (c->splices) {
 		free_retired(c);
 		for (uint32_t i = 0; i < c->splices->n; i++)
@@ -1242,6 +1291,7 @@ bool pf_conn_park(pf_conn_t *c)
 	c->h = NULL;
 	c->parked = true;
 	c->park_fd = pfd;
+	c->rbuf_full_size = false; /* what it sends when it wakes starts small again */
 	n->parked++;
 	return true;
 }

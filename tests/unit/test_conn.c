@@ -615,7 +615,9 @@ static int fx_setup_loopcnt(void **state)
 
 static void drop_buffer(pf_conn_t *c)
 {
-	if (c->rbuf)
+	if (c->rbuf_small)
+		free(c->rbuf);
+	else if (c->rbuf)
 		pf_net_put_buffer(&fx->net, c->rbuf, c->rcap);
 	c->rbuf = NULL;
 }
@@ -1869,6 +1871,160 @@ static void test_handle_slab(void **state)
 	assert_int_equal(n2.slab_chunks, 0);
 }
 
+/* ---- a client's small first buffer ---- */
+
+/* Full-size buffers for these tests, so that a small one is smaller. */
+#define WIDE 2048u
+
+static int fx_setup_wide(void **state)
+{
+	int rc = fx_setup(state);
+
+	fx->net.buffer_size = WIDE;
+	return rc;
+}
+
+/* A short query lands in a small buffer, which goes back (to malloc) once it is through; a
+ * server never gets a small one. */
+static void test_small_first_buffer(void **state)
+{
+	wire_t w = {0};
+	expect_out_t e = {0};
+
+	(void)state;
+	add_msg(&w, 'Q', 100);
+	PLAN(FWD);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	check_log("Q100/100 DRAINED ");
+	check_wlog(&fx->tp, "try100 ");
+	want(&e, w.b, w.len);
+	check_out(&fx->tp, &e);
+	assert_int_equal(fx->tc.max_rcap, PF_CONN_SMALL_RBUF);
+	assert_null(fx->c.rbuf);
+	assert_false(fx->c.rbuf_full_size);
+	assert_int_equal(fx->net.buffers_in_use, 0);
+	assert_int_equal(fx->net.free_buffer_count, 0); /* it was not a pooled one */
+	assert_false(fx->peer.is_client);
+}
+
+/*
+ * A message bigger than the small buffer streams through it: the read that fills it makes the
+ * client's next buffers full-size (the rest comes in one read, not 512 bytes at a time), and
+ * they stay so.
+ */
+static void test_small_buffer_filled_by_a_stream(void **state)
+{
+	wire_t w = {0};
+	expect_out_t e = {0};
+
+	(void)state;
+	add_msg(&w, 'D', 900);
+	add_msg(&w, 'C', 6);
+	PLAN(FWD, FWD);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	check_log("D512/900 DRAINED C6/6 DRAINED ");
+	check_wlog(&fx->tp, "try512 try394 ");
+	want(&e, w.b, w.len);
+	check_out(&fx->tp, &e);
+	assert_int_equal(fx->tc.max_rcap, WIDE);
+	assert_true(fx->c.rbuf_full_size);
+	assert_null(fx->c.rbuf);
+	/* The next short query reads into a full-size buffer straight away. */
+	memset(&w, 0, sizeof(w));
+	add_msg(&w, 'Q', 20);
+	PLAN(FWD);
+	feed(&fx->tc, w.b, w.len);
+	chunks(&fx->tc, (size_t)3, (size_t)0); /* half a header: it stays in the buffer */
+	pump_n(&fx->tc, 1);
+	check_no_log();
+	assert_int_equal(fx->c.rcap, WIDE);
+	assert_false(fx->c.rbuf_small);
+	pump(&fx->tc);
+	check_log("Q20/20 DRAINED ");
+	assert_int_equal(fx->net.buffers_in_use, 0);
+}
+
+/* A message held whole outgrows the small buffer: the bytes move to a full-size one at the
+ * same offsets (the forwarded message before it included), where the rest is read. */
+static void test_small_buffer_holds_whole(void **state)
+{
+	wire_t w = {0};
+	expect_out_t e = {0};
+
+	(void)state;
+	fx->c.hold_max = 1000;
+	add_msg(&w, 'A', 100);
+	add_msg(&w, 'E', 950);
+	PLAN(FWD, WHOLE, FWD);
+	feed(&fx->tc, w.b, w.len);
+	pump_n(&fx->tc, 1);
+	check_log("A100/100 E412/950 ");
+	check_wlog(&fx->tp, "try100 ");
+	assert_false(fx->c.rbuf_small);
+	assert_true(fx->c.rbuf_full_size);
+	assert_int_equal(fx->c.rpos, 100);
+	assert_int_equal(fx->c.rend, PF_CONN_SMALL_RBUF);
+	assert_int_equal(fx->c.rcap, WIDE);
+	assert_memory_equal(fx->c.rbuf, w.b, PF_CONN_SMALL_RBUF);
+	pump(&fx->tc);
+	check_log("E950/950 DRAINED ");
+	want(&e, w.b, w.len);
+	check_out(&fx->tp, &e);
+	assert_null(fx->c.rbuf);
+	assert_int_equal(fx->net.buffers_in_use, 0);
+}
+
+/*
+ * While a forward write borrows the small buffer it neither moves nor grows: a read that fills
+ * it stops reading (the pending write's bytes are compared when it completes); afterwards
+ * everything arrives in order.
+ */
+static void test_small_buffer_full_under_pending_write(void **state)
+{
+	wire_t w = {0};
+	expect_out_t e = {0};
+	uint8_t *rbuf;
+
+	(void)state;
+	add_msg(&w, 'A', 100);
+	add_msg(&w, 'B', 900);
+	fx->tp.try_take = 0;
+	PLAN(FWD);
+	feed(&fx->tc, w.b, 100);
+	pump(&fx->tc);
+	check_log("A100/100 ");
+	check_wlog(&fx->tp, "tryEAGAIN write100 ");
+	rbuf = fx->c.rbuf;
+	assert_true(fx->c.rbuf_small);
+	feed(&fx->tc, w.b + 100, w.len - 100);
+	pump_n(&fx->tc, 1);
+	check_no_log();
+	assert_false(fx->tc.reading);
+	assert_ptr_equal(fx->c.rbuf, rbuf);
+	assert_int_equal(fx->c.rend, PF_CONN_SMALL_RBUF);
+	{
+		uv_buf_t b;
+
+		fx->tc.alloc(&fx->c.h->handle, 65536, &b);
+		assert_int_equal(b.len, 0);
+	}
+	assert_ptr_equal(fx->c.rbuf, rbuf);
+	fx->tp.try_take = SIZE_MAX;
+	PLAN(FWD);
+	complete(&fx->tp, 0); /* fails if the 100 borrowed bytes changed */
+	check_log("B412/900 DRAINED ");
+	check_wlog(&fx->tp, "done100 try412 ");
+	assert_true(fx->tc.reading);
+	pump(&fx->tc);
+	check_log("DRAINED ");
+	want(&e, w.b, w.len);
+	check_out(&fx->tp, &e);
+	assert_int_equal(fx->tc.max_rcap, WIDE);
+	assert_int_equal(fx->net.buffers_in_use, 0);
+}
+
 /* pf_net_trim: a surplus on the free lists survives one tick (it may be the working set of a
  * load between two reads), not two; what is in use is never touched. */
 static void test_net_trim(void **state)
@@ -1958,6 +2114,13 @@ int main(void)
 	        T(test_bug_consumed_after_forward_is_forwarded),
 	        T(test_bug_consumed_with_pause_loses_forwarded),
 	        T(test_bug_send_error_hidden_by_eof),
+	        cmocka_unit_test_setup_teardown(test_small_first_buffer, fx_setup_wide, fx_teardown),
+	        cmocka_unit_test_setup_teardown(test_small_buffer_filled_by_a_stream, fx_setup_wide,
+	                                        fx_teardown),
+	        cmocka_unit_test_setup_teardown(test_small_buffer_holds_whole, fx_setup_wide,
+	                                        fx_teardown),
+	        cmocka_unit_test_setup_teardown(test_small_buffer_full_under_pending_write,
+	                                        fx_setup_wide, fx_teardown),
 	        T(test_net_trim),
 	        T(test_handle_slab),
 #undef T
