@@ -24,6 +24,7 @@ import pgwire
 from test_admin_control import Admin
 from test_park import unparked_count, wait_parked
 from test_zz_attack14 import rst_close
+from test_zz_attack_park import alive, connect, tx_proxy
 
 LONG = 20.0
 SMALL = 512
@@ -36,18 +37,6 @@ def role(postgres):
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def tx_proxy(proxy, role, **params):
-    name, pw = role
-    p = {"pool_mode": "transaction", "max_client_conn": 1000}
-    p.update(params)
-    return proxy(params=p, userlist={name: pw})
-
-
-def connect(pf, role, host=None):
-    name, pw = role
-    return pgwire.connect(host or pf.host, pf.port, name, "appdb", pw, timeout=LONG)
 
 
 def q_exact(tag, total):
@@ -76,10 +65,6 @@ def read_rows(conn, n_ready, timeout=LONG):
     return out
 
 
-def alive(pf, role):
-    assert pf.is_running(), "pgfunnel died\n" + pf.all_output()[-6000:]
-    with connect(pf, role) as c:
-        assert c.simple_query("SELECT 'alive'") == [("alive",)]
 
 
 def pools_idle(adm, user):
