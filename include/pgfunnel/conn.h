@@ -4,11 +4,11 @@
  * A conn reads into a receive buffer of pkt_buf bytes taken from the worker's free list when data
  * arrives and given back when it is empty, so an idle connection holds no buffer. A client starts
  * with a small one (PF_CONN_SMALL_RBUF bytes: a query waiting for a server holds no more), which
- * becomes a full one the first time it fills, and then stays full-size until the client parks. The bytes are
- * walked message by message; the owner's packet handler decides for each message whether it is
- * forwarded to the linked peer, skipped, or acted on. Consecutive forwarded messages go out as one
- * write that borrows the receive buffer; while such a write is pending the conn stops reading and
- * processing (backpressure), and resumes when the peer's socket has taken the bytes.
+ * becomes a full one the first time it fills, and then stays full-size until the client parks. The
+ * bytes are walked message by message; the owner's packet handler decides for each message whether
+ * it is forwarded to the linked peer, skipped, or acted on. Consecutive forwarded messages go out
+ * as one write that borrows the receive buffer; while such a write is pending the conn stops
+ * reading and processing (backpressure), and resumes when the peer's socket has taken the bytes.
  *
  * Messages pgfunnel makes itself go out through pf_conn_send(), which copies what the socket
  * does not take at once. libuv keeps writes on one stream in order, so a forwarded region and a
@@ -134,9 +134,9 @@ struct pf_conn {
 	bool parked : 1;          /* idle without a handle: park_fd waits in net->park_epfd */
 	bool reap : 1;            /* handle-less after a park: freed from net->reaper when closed */
 	bool rbuf_small : 1;      /* rbuf is a small buffer (PF_CONN_SMALL_RBUF bytes, malloc's) */
-	bool rbuf_full_size : 1;  /* a client that filled a small buffer: full ones until it parks */
-	int read_status;          /* 0 for EOF, else the read error */
-	int park_fd;              /* while parked: the socket */
+	bool rbuf_full_size : 1; /* a client that filled a small buffer: full ones until it parks */
+	int read_status;         /* 0 for EOF, else the read error */
+	int park_fd;             /* while parked: the socket */
 	uint32_t reads_this_iteration;
 	uint8_t *rbuf;
 	uint32_t rcap, rpos, rend; /* unprocessed bytes are rbuf[rpos, rend) */

@@ -114,7 +114,8 @@ static void release_buffer(pf_conn_t *c)
 	}
 }
 
-/* A fresh rbuf: small for a client that has not outgrown one since it last parked. */
+/* A fresh rbuf: small for a client that has not outgrown one since it last parked (pkt_buf is
+ * restart-only, so a small buffer is smaller than a full one for the life of the process). */
 static bool take_rbuf(pf_conn_t *c)
 {
 	if (c->is_client && !c->rbuf_full_size && PF_CONN_SMALL_RBUF < c->net->buffer_size) {
@@ -132,8 +133,7 @@ static bool take_rbuf(pf_conn_t *c)
  * (both only while no write borrows it). */
 static bool rbuf_can_widen(const pf_conn_t *c)
 {
-	return !c->fwd_pending &&
-	       (c->rpos > 0 || (c->rbuf_small && c->net->buffer_size > c->rcap));
+	return !c->fwd_pending && (c->rpos > 0 || c->rbuf_small);
 }
 
 /* Replaces rbuf by one of ncap bytes (> rcap) with the same contents at the same offsets (the
@@ -166,11 +166,9 @@ static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
 	if (c->fwd_pending)
 		return false;
 	if (c->rbuf_small) {
-		/* Outgrown: a full-size buffer now, and for this client's next ones (unless a
-		 * reload made pkt_buf no larger than the small one). */
+		/* Outgrown: a full-size buffer now, and for this client's next ones. */
 		c->rbuf_full_size = true;
-		if (c->net->buffer_size > c->rcap &&
-		    !move_rbuf(c, (uint32_t)c->net->buffer_size, true))
+		if (!move_rbuf(c, (uint32_t)c->net->buffer_size, true))
 			return false;
 		if (c->rcap - c->rend >= need)
 			return true;

@@ -51,10 +51,10 @@ def q_exact(tag, total):
     return msg, (tag, pad_s)
 
 
-def read_rows(conn, n_ready, timeout=LONG):
-    """Rows (and no error) of the next n_ready answers, by answer."""
+def rows_by_answer(messages):
+    """The rows of each answer (up to its ReadyForQuery) in messages; an error fails."""
     out, cur = [], []
-    for kind, payload in conn.read_until_ready(timeout, count=n_ready):
+    for kind, payload in messages:
         if kind == "D":
             cur.append(pgwire.decode_data_row(payload))
         elif kind == "E":
@@ -63,6 +63,11 @@ def read_rows(conn, n_ready, timeout=LONG):
             out.append(cur)
             cur = []
     return out
+
+
+def read_rows(conn, n_ready, timeout=LONG):
+    """Rows (and no error) of the next n_ready answers, by answer."""
+    return rows_by_answer(conn.read_until_ready(timeout, count=n_ready))
 
 
 
@@ -595,17 +600,11 @@ def test_tls_clients_around_512(pgfunnel, postgres, certs, role):
 def read_rows_blocking(conn, n_ready):
     """read_rows for a TLS connection (blocking reads: pgwire's timed ones poll the raw
     socket, which misses data the TLS layer has buffered)."""
-    out, cur = [], []
-    while len(out) < n_ready:
-        kind, payload = conn.read_message()
-        if kind == "D":
-            cur.append(pgwire.decode_data_row(payload))
-        elif kind == "E":
-            raise AssertionError("error: %r" % pgwire.parse_fields(payload))
-        elif kind == "Z":
-            out.append(cur)
-            cur = []
-    return out
+    msgs = []
+    while n_ready > 0:
+        msgs.append(conn.read_message())
+        n_ready -= msgs[-1][0] == "Z"
+    return rows_by_answer(msgs)
 
 
 # ---------------------------------------------------------------- console

@@ -1905,7 +1905,21 @@ static void test_small_first_buffer(void **state)
 	assert_false(fx->c.rbuf_full_size);
 	assert_int_equal(fx->net.buffers_in_use, 0);
 	assert_int_equal(fx->net.free_buffer_count, 0); /* it was not a pooled one */
-	assert_false(fx->peer.is_client);
+	/* The server's answer of the same size reads into a full-size buffer. */
+	memset(&w, 0, sizeof(w));
+	memset(&e, 0, sizeof(e));
+	add_msg(&w, 'D', 100);
+	PLAN(FWD);
+	pf_conn_pause_reading(&fx->peer, false);
+	feed(&fx->tp, w.b, w.len);
+	pump(&fx->tp);
+	check_log("p:D100/100 p:DRAINED ");
+	check_wlog(&fx->tc, "try100 ");
+	want(&e, w.b, w.len);
+	check_out(&fx->tc, &e);
+	assert_int_equal(fx->tp.max_rcap, WIDE);
+	assert_int_equal(fx->net.buffers_in_use, 0);
+	assert_int_equal(fx->net.free_buffer_count, 1);
 }
 
 /*
@@ -2114,7 +2128,8 @@ int main(void)
 	        T(test_bug_consumed_after_forward_is_forwarded),
 	        T(test_bug_consumed_with_pause_loses_forwarded),
 	        T(test_bug_send_error_hidden_by_eof),
-	        cmocka_unit_test_setup_teardown(test_small_first_buffer, fx_setup_wide, fx_teardown),
+	        cmocka_unit_test_setup_teardown(test_small_first_buffer, fx_setup_wide,
+	                                        fx_teardown),
 	        cmocka_unit_test_setup_teardown(test_small_buffer_filled_by_a_stream, fx_setup_wide,
 	                                        fx_teardown),
 	        cmocka_unit_test_setup_teardown(test_small_buffer_holds_whole, fx_setup_wide,
