@@ -673,19 +673,23 @@ def send_randomly_cut(rng, conn, data):
         pos += step
 
 
-@pytest.mark.parametrize("cfg", ["default", "small_pkt_buf", "prepared_pool1"])
+@pytest.mark.parametrize("cfg", ["default", "small_pkt_buf", "prepared_pool1", "tiny_socket"])
 def test_random_pipelines_many_clients(proxy, role, cfg):
     """Six clients in threads, 25 random pipelines each (simple queries, unnamed extended
     rounds, named prepared rounds with long names; sizes around 512, pkt_buf and beyond) sent
     in randomly cut pieces (1, 511, 512, 513 bytes, ...): each client gets exactly its own rows,
     in order. Configs: defaults; sbuf_loopcnt=1 + pkt_buf=600 + max_prepared_statements=100;
-    max_prepared_statements=100 with a pool of 1. (With a small tcp_socket_buffer as well
-    (4096, and once 16384 under load) a client stalled, with this change and without it
-    alike; that is under investigation and not part of this test.)"""
+    max_prepared_statements=100 with a pool of 1; the second with tcp_socket_buffer=4096 as
+    well. That last one stalled clients for good before pgfunnel kept a socket drained while
+    its output to it waits (conn.c must_drain): a named Parse waiting for the answers before it
+    stopped pgfunnel reading the client, and Linux dropped the client's small segments, with
+    the ACKs those answers needed, once the receive queue was over its memory."""
     import random
     params = {"default": {},
               "small_pkt_buf": {"sbuf_loopcnt": 1, "pkt_buf": 600, "max_prepared_statements": 100},
-              "prepared_pool1": {"max_prepared_statements": 100, "default_pool_size": 1}}[cfg]
+              "prepared_pool1": {"max_prepared_statements": 100, "default_pool_size": 1},
+              "tiny_socket": {"sbuf_loopcnt": 1, "pkt_buf": 600, "max_prepared_statements": 100,
+                              "tcp_socket_buffer": 4096}}[cfg]
     prepared = "max_prepared_statements" in params
     pf = tx_proxy(proxy, role, **params)
     errors = []
