@@ -26,8 +26,8 @@ PACKAGES=(
 	# for the rolling-restart test; npm is added
 	# below only when no npm is on PATH (a node from elsewhere may bring its own)
 	python3-asyncpg python3-psycopg-pool libpostgresql-jdbc-java default-jdk-headless nodejs
-	# users, setpriv/runuser (normally present already)
-	passwd util-linux
+	# users, setpriv/runuser; ss for the socket-buffer tests (normally present already)
+	passwd util-linux iproute2
 )
 
 if ! command -v npm >/dev/null; then

@@ -50,6 +50,17 @@ typedef union pf_sockaddr {
 	struct sockaddr_in6 in6;
 } pf_sockaddr_t;
 
+/*
+ * Sets a TCP socket's kernel send and receive buffers to size bytes (tcp_socket_buffer; nothing
+ * when size <= 0). Only before the handshake: the window the two ends agree on (its scale, the
+ * first advertised size) follows the receive buffer at that time, and a buffer shrunk after it
+ * takes less than the peer was told it may send; the kernel drops the rest (our peer's ACKs
+ * riding on it included) and the peer waits for its retransmission timer: 0.2 s pauses, or
+ * for good. So a listening socket gets it before listen() (accepted sockets inherit it), a
+ * server socket before connect().
+ */
+void pf_conn_size_socket(int fd, int size);
+
 /* What a packet handler tells the loop to do with the message at hand. */
 typedef enum pf_pkt_action {
 	PF_PKT_FORWARD,  /* send the whole message to c->peer (coalesced with its neighbours) */

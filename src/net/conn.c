@@ -217,6 +217,7 @@ static bool make_room(pf_conn_t *c, uint32_t need, bool grow)
 /*
  * TCP options from the config, as PgBouncer applies them to both sides: keepalive with the
  * kernel defaults unless tcp_keepidle/keepintvl/keepcnt say otherwise, and TCP_NODELAY.
+ * tcp_socket_buffer is not among them: it is set before the handshake (pf_conn_size_socket).
  */
 static void tune_tcp(pf_conn_t *c)
 {
@@ -244,12 +245,14 @@ static void tune_tcp(pf_conn_t *c)
 
 		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
 	}
-	if (cfg->tcp_socket_buffer > 0) {
-		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &cfg->tcp_socket_buffer,
-		           sizeof(cfg->tcp_socket_buffer));
-		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &cfg->tcp_socket_buffer,
-		           sizeof(cfg->tcp_socket_buffer));
-	}
+}
+
+void pf_conn_size_socket(int fd, int size)
+{
+	if (size <= 0)
+		return;
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
 }
 
 /* Room to read into while the socket must be drained (must_drain): a buffer twice as big. */
@@ -1041,6 +1044,22 @@ int pf_conn_connect(pf_conn_t *c, const struct sockaddr *addr, const char *path)
 	memcpy(&c->addr, addr,
 	       addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 	                                   : sizeof(struct sockaddr_in));
+	if (c->net->cfg->tcp_socket_buffer > 0) {
+		/* Sized before the handshake (see pf_conn_size_socket): our own socket, then. */
+		int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		if (fd < 0) {
+			free(req);
+			return -errno;
+		}
+		pf_conn_size_socket(fd, c->net->cfg->tcp_socket_buffer);
+		rc = uv_tcp_open(&c->h->tcp, fd);
+		if (rc < 0) {
+			close(fd);
+			free(req);
+			return rc;
+		}
+	}
 	rc = uv_tcp_connect(req, &c->h->tcp, addr, on_connected);
 	if (rc < 0) {
 		free(req);

@@ -318,6 +318,7 @@ static int listen_tcp(pf_worker_t *w, const struct addrinfo *ai, char *err, size
 #endif
 	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
 		goto fail;
+	pf_conn_size_socket(fd, cfg->tcp_socket_buffer); /* inherited by accepted sockets */
 	if (listen(fd, cfg->listen_backlog > 0 ? cfg->listen_backlog : 128) < 0)
 		goto fail;
 
@@ -587,6 +588,18 @@ void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 		/* Buffers of the old size are freed as they come back. */
 		pf_net_free(&w->net);
 		w->net.buffer_size = (size_t)cfg->pkt_buf;
+	}
+	if (old && cfg->tcp_socket_buffer != old->tcp_socket_buffer) {
+		/* For the connections accepted from now on (those accepted before keep theirs:
+		 * resized after their handshake, a socket would take less than its peer was told
+		 * it may send). Back to 0 the listeners keep the last size until a restart. */
+		for (size_t i = 0; i < w->nlisteners; i++) {
+			listener_t *l = &w->listeners[i];
+			uv_os_fd_t fd;
+
+			if (l->open && !l->is_unix && uv_fileno(&l->h.handle, &fd) == 0)
+				pf_conn_size_socket(fd, cfg->tcp_socket_buffer);
+		}
 	}
 	pf_worker_load_auth_file(w);
 	if (pf_database_sync_config(w) < 0)
