@@ -13,9 +13,7 @@
  *   pending) as long as the buffer has room, so a peer's EOF or error is seen in every state;
  *   only processing waits. A read never grows the buffer beyond pkt_buf (a client's small
  *   first buffer becomes a full one; only holding a whole message grows further, up to
- *   hold_max), and bytes read while paused are not processed until resumed. One exception:
- *   while output of ours waits on the conn's own socket, a full buffer grows (up to
- *   PF_CONN_DRAIN_MAX and hold_max) so that the socket is drained (must_drain).
+ *   hold_max), and bytes read while paused are not processed until resumed.
  * - Our own output that the socket did not take is bounded: past PF_CONN_OUT_MAX queued bytes
  *   the conn neither reads nor processes until the peer has taken them (out_blocked).
  */
@@ -43,10 +41,6 @@
 
 /* What a conn may queue of its own output before it stops reading and processing. */
 #define PF_CONN_OUT_MAX (256u * 1024u)
-
-/* How far a conn's buffer grows to keep its socket drained while output to it waits (see
- * must_drain). */
-#define PF_CONN_DRAIN_MAX (64u * 1024u)
 
 /* A copy of bytes libuv could not write at once. */
 typedef struct owned_write {
@@ -135,27 +129,11 @@ static bool take_rbuf(pf_conn_t *c)
 	return c->rbuf != NULL;
 }
 
-/*
- * Whether a conn whose buffer is full keeps reading anyway, into a bigger one (up to
- * PF_CONN_DRAIN_MAX): while bytes of ours to its socket wait for the peer. Those bytes leave
- * only as the peer's ACKs come in, and Linux drops every segment that arrives on a socket whose
- * receive queue is over its memory, ACKs riding on data included: a peer that keeps sending
- * small segments (a pipelining client, with a small tcp_socket_buffer) would never see our
- * output taken while we wait for that output to go before we read it. Not while a write
- * borrows the buffer (it cannot move then), nor beyond hold_max (a client logging in holds
- * no more than pkt_buf).
- */
-static bool must_drain(const pf_conn_t *c)
-{
-	return c->handle_open && !c->fwd_pending && c->rcap < PF_CONN_DRAIN_MAX &&
-	       c->rcap < c->hold_max && c->tp.ops->queued(&c->tp, &c->h->stream) > 0;
-}
-
 /* Whether a full rbuf can still take more bytes: compaction, or a small one becoming full-size
  * (both only while no write borrows it). */
 static bool rbuf_can_widen(const pf_conn_t *c)
 {
-	return !c->fwd_pending && (c->rpos > 0 || c->rbuf_small || must_drain(c));
+	return !c->fwd_pending && (c->rpos > 0 || c->rbuf_small);
 }
 
 /* Replaces rbuf by one of ncap bytes (> rcap) with the same contents at the same offsets (the
@@ -255,26 +233,12 @@ void pf_conn_size_socket(int fd, int size)
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
 }
 
-/* Room to read into while the socket must be drained (must_drain): a buffer twice as big. */
-static bool drain_room(pf_conn_t *c)
-{
-	uint32_t ncap;
-
-	if (!c->rbuf || !must_drain(c))
-		return false;
-	ncap = c->rcap * 2 < PF_CONN_DRAIN_MAX ? c->rcap * 2 : PF_CONN_DRAIN_MAX;
-	ncap = ncap < c->hold_max ? ncap : c->hold_max;
-	if (c->rbuf_small)
-		c->rbuf_full_size = true;
-	return move_rbuf(c, ncap, false);
-}
-
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
 	pf_conn_t *c = h->data;
 
 	(void)suggested;
-	if (c->closing || (!make_room(c, 1, false) && !drain_room(c))) {
+	if (c->closing || !make_room(c, 1, false)) {
 		buf->base = NULL;
 		buf->len = 0;
 		return;
@@ -520,8 +484,6 @@ static bool flush_forward(pf_conn_t *c)
 		return true;
 	}
 	c->fwd_pending = true;
-	if (!peer->reading)
-		update_reading(peer); /* output waits on its socket: keep it drained */
 	return false;
 }
 
@@ -905,10 +867,10 @@ void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 	}
 	/* Counted with the copy's overhead, so that many tiny replies are bounded too. */
 	c->out_queued += (uint32_t)(sizeof(*w) + w->len);
-	if (c->out_queued > PF_CONN_OUT_MAX && !c->out_blocked)
+	if (c->out_queued > PF_CONN_OUT_MAX && !c->out_blocked) {
 		c->out_blocked = true;
-	if (!c->reading)
-		update_reading(c); /* output waits on its socket: keep it drained */
+		update_reading(c);
+	}
 }
 
 void pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b)

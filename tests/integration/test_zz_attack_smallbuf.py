@@ -680,10 +680,9 @@ def test_random_pipelines_many_clients(proxy, role, cfg):
     in randomly cut pieces (1, 511, 512, 513 bytes, ...): each client gets exactly its own rows,
     in order. Configs: defaults; sbuf_loopcnt=1 + pkt_buf=600 + max_prepared_statements=100;
     max_prepared_statements=100 with a pool of 1; the second with tcp_socket_buffer=4096 as
-    well. That last one stalled clients for good before pgfunnel kept a socket drained while
-    its output to it waits (conn.c must_drain): a named Parse waiting for the answers before it
-    stopped pgfunnel reading the client, and Linux dropped the client's small segments, with
-    the ACKs those answers needed, once the receive queue was over its memory."""
+    well. That last one stalled clients for good while pgfunnel sized its sockets after the
+    TCP handshake (see test_socket_buffer.py): the kernel dropped what a client sent beyond
+    the shrunk buffer, the ACKs of the answers a waiting named Parse needed included."""
     import random
     params = {"default": {},
               "small_pkt_buf": {"sbuf_loopcnt": 1, "pkt_buf": 600, "max_prepared_statements": 100},
