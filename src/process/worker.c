@@ -573,6 +573,32 @@ size_t pf_worker_describe_listeners(const pf_worker_t *w, char *buf, size_t n)
 	return len < n ? len : n - 1;
 }
 
+/* Applies a reload's listener options to the open TCP listeners, as PgBouncer does. */
+static void retune_listeners(pf_worker_t *w, const pf_config_t *old, const pf_config_t *cfg)
+{
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		listener_t *l = &w->listeners[i];
+		uv_os_fd_t fd;
+
+		if (!l->open || l->is_unix || uv_fileno(&l->h.handle, &fd) < 0)
+			continue;
+		/* For the connections accepted from now on (resized after its handshake, a socket
+		 * would take less than its peer was told it may send: pf_conn_size_socket). Back
+		 * to 0, the listeners keep the last size until a restart. */
+		if (cfg->tcp_socket_buffer != old->tcp_socket_buffer)
+			pf_conn_size_socket(fd, cfg->tcp_socket_buffer);
+#ifdef TCP_DEFER_ACCEPT
+		if (cfg->tcp_defer_accept != old->tcp_defer_accept) {
+			int secs = cfg->tcp_defer_accept;
+
+			if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs)) < 0)
+				pf_log_warning(NULL, "%s: cannot set TCP_DEFER_ACCEPT: %s", l->desc,
+				               strerror(errno));
+		}
+#endif
+	}
+}
+
 /*
  * The worker holds one reference to its snapshot: it takes one on cfg and drops the old one last,
  * once the pools, users and auth_file have been brought up to date (they copy what they keep).
@@ -589,18 +615,8 @@ void pf_worker_set_config(pf_worker_t *w, const pf_config_t *cfg)
 		pf_net_free(&w->net);
 		w->net.buffer_size = (size_t)cfg->pkt_buf;
 	}
-	if (old && cfg->tcp_socket_buffer != old->tcp_socket_buffer) {
-		/* For the connections accepted from now on (those accepted before keep theirs:
-		 * resized after their handshake, a socket would take less than its peer was told
-		 * it may send). Back to 0 the listeners keep the last size until a restart. */
-		for (size_t i = 0; i < w->nlisteners; i++) {
-			listener_t *l = &w->listeners[i];
-			uv_os_fd_t fd;
-
-			if (l->open && !l->is_unix && uv_fileno(&l->h.handle, &fd) == 0)
-				pf_conn_size_socket(fd, cfg->tcp_socket_buffer);
-		}
-	}
+	if (old)
+		retune_listeners(w, old, cfg);
 	pf_worker_load_auth_file(w);
 	if (pf_database_sync_config(w) < 0)
 		pf_log_error(NULL, "out of memory applying the new [databases]");

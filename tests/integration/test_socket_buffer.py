@@ -1,4 +1,5 @@
-"""tcp_socket_buffer: the kernel buffers are sized before the TCP handshake.
+"""Socket options of the listeners: tcp_socket_buffer sizes the kernel buffers before the TCP
+handshake, and a RELOAD of it or of tcp_defer_accept reaches the listening sockets.
 
 The window the two ends agree on (its scale, the first size advertised) follows the receive
 buffer at handshake time. pgfunnel used to size a socket after it was connected: the peer had
@@ -11,6 +12,7 @@ the listeners) and a server socket before connect(). Needs `ss` (iproute2)."""
 
 import random
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -151,3 +153,45 @@ def test_small_buffers_carry_big_pipelined_answers(proxy, role, size):
         t.join(LONG * 4)
     assert errors == []
     alive(pf, role)
+
+
+def login_clients(adm):
+    return int({r["list"]: r["items"] for r in adm.show("LISTS")}["login_clients"])
+
+
+def test_reload_of_tcp_defer_accept_reaches_the_listeners(proxy, role):
+    """tcp_defer_accept 0 -> 30 -> 0 by RELOAD. A connection that sends nothing is accepted at
+    once with 0 (a login client); with 30 it is not, while a client that connects after it and
+    sends its startup packet is (had the RELOAD not reached the listener, the silent one, first
+    in the accept queue, would have been accepted before it); back to 0, a silent one is
+    accepted again."""
+    pf = tx_proxy(proxy, role, tcp_defer_accept=0)
+    adm = Admin(pf)
+    silent = []
+    try:
+        def reload(secs):
+            pf.params["tcp_defer_accept"] = secs
+            pf.write_ini()
+            assert adm.run("RELOAD") == "RELOAD"
+
+        def connect_silent():
+            s = socket.create_connection((pf.host, pf.port), timeout=LONG)
+            silent.append(s)
+
+        base = login_clients(adm)
+        connect_silent()
+        pfhelpers.wait_until(lambda: login_clients(adm) == base + 1, LONG,
+                             "a silent connection accepted with tcp_defer_accept=0")
+        reload(30)
+        connect_silent()
+        with connect(pf, role) as c:
+            assert c.simple_query("SELECT 'talks'") == [("talks",)]
+        assert login_clients(adm) == base + 1
+        reload(0)
+        connect_silent()
+        pfhelpers.wait_until(lambda: login_clients(adm) == base + 2, LONG,
+                             "a silent connection accepted after tcp_defer_accept went back to 0")
+    finally:
+        for s in silent:
+            s.close()
+        adm.close()
