@@ -6,7 +6,7 @@ unprivileged system user `pgfunnel`, created if missing):
 
     tests/bench/run.py [--duration 10] [--rounds 3] [--quick] [--pooler-only]
                        [--baseline OTHER_PGFUNNEL_BINARY] [--pgbouncer PGBOUNCER_BINARY ...]
-                       [--set default|prepared|tls|goals|all] [--max-prepared-statements 200]
+                       [--set default|prepared|tls|goals|bulk|all] [--max-prepared-statements 200]
                        [--tls-key rsa|ec] [--channel-binding prefer|disable|require]
                        [--tail-duration 20] [--idle-query select1|none] [--goal KEY=RATIO]
 
@@ -25,7 +25,9 @@ which breaks them in transaction mode: its -M prepared rows are skipped).
 prepared statements in transaction mode: select-only with pgbench -M prepared and -M extended,
 50 clients over the pool of 20, each on every pooler, all runs interleaved in every round),
 "tls" (TLS on either leg, see below), "goals" (exactly the rows of issue 14's goal table, see
-below) or "all" (every scenario of every set once). --scenario NAME (repeatable) picks single
+below), "bulk" (big-rows: pgbench -f tests/bench/big-row.sql -c 20 -j 2, every transaction
+one 256 KiB row, to see what streaming costs per byte) or "all" (every scenario of every set
+once). --scenario NAME (repeatable) picks single
 scenarios of any set instead.
 
 The "goals" set, each scenario interleaved over the poolers in every round (A, B, C, then
@@ -217,8 +219,16 @@ GOALS_SCENARIOS = [
     ("tail-10k", ["-S", "-c", str(TAIL_CLIENTS), "-j", "2", "-M", "simple"], "tail"),  # row 6
 ]
 SCENARIO_SETS["goals"] = GOALS_SCENARIOS
+
+# The "bulk" set: big answers streamed through the pooler (each transaction one 256 KiB row,
+# 20 clients on the pool of 20), where sbuf_loopcnt and the read/write path per byte count.
+BULK_SCRIPT = os.path.join(HERE, "big-row.sql")
+BULK_SCENARIOS = [
+    ("big-rows", ["-f", BULK_SCRIPT, "-c", "20", "-j", "2", "-M", "simple"], "excl"),
+]
+SCENARIO_SETS["bulk"] = BULK_SCENARIOS
 SCENARIO_SETS["all"] = []
-for _sc in SCENARIOS + PREPARED_SCENARIOS + TLS_SCENARIOS + GOALS_SCENARIOS:
+for _sc in SCENARIOS + PREPARED_SCENARIOS + TLS_SCENARIOS + GOALS_SCENARIOS + BULK_SCENARIOS:
     if _sc[0] not in [x[0] for x in SCENARIO_SETS["all"]]:
         SCENARIO_SETS["all"].append(_sc)
 
