@@ -280,6 +280,18 @@ static void on_janitor(uv_timer_t *t)
 	pf_conn_next_iteration(&w->net);
 }
 
+/* tcp_defer_accept on a TCP listener (secs 0: off); where the option does not exist, nothing. */
+static int set_defer_accept(int fd, int secs)
+{
+#ifdef TCP_DEFER_ACCEPT
+	return setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs));
+#else
+	(void)fd;
+	(void)secs;
+	return 0;
+#endif
+}
+
 /* Opens a TCP listener on one resolved address. */
 static int listen_tcp(pf_worker_t *w, const struct addrinfo *ai, char *err, size_t errlen)
 {
@@ -308,14 +320,8 @@ static int listen_tcp(pf_worker_t *w, const struct addrinfo *ai, char *err, size
 	if (ai->ai_family == AF_INET6 &&
 	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) < 0)
 		goto fail;
-#ifdef TCP_DEFER_ACCEPT
-	if (cfg->tcp_defer_accept > 0) {
-		int secs = cfg->tcp_defer_accept;
-
-		if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs)) < 0)
-			goto fail;
-	}
-#endif
+	if (cfg->tcp_defer_accept > 0 && set_defer_accept(fd, cfg->tcp_defer_accept) < 0)
+		goto fail;
 	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
 		goto fail;
 	pf_conn_size_socket(fd, cfg->tcp_socket_buffer); /* inherited by accepted sockets */
@@ -587,15 +593,10 @@ static void retune_listeners(pf_worker_t *w, const pf_config_t *old, const pf_co
 		 * to 0, the listeners keep the last size until a restart. */
 		if (cfg->tcp_socket_buffer != old->tcp_socket_buffer)
 			pf_conn_size_socket(fd, cfg->tcp_socket_buffer);
-#ifdef TCP_DEFER_ACCEPT
-		if (cfg->tcp_defer_accept != old->tcp_defer_accept) {
-			int secs = cfg->tcp_defer_accept;
-
-			if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs)) < 0)
-				pf_log_warning(NULL, "%s: cannot set TCP_DEFER_ACCEPT: %s", l->desc,
-				               strerror(errno));
-		}
-#endif
+		if (cfg->tcp_defer_accept != old->tcp_defer_accept &&
+		    set_defer_accept(fd, cfg->tcp_defer_accept) < 0)
+			pf_log_warning(NULL, "%s: cannot set TCP_DEFER_ACCEPT: %s", l->desc,
+			               strerror(errno));
 	}
 }
 

@@ -26,6 +26,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 PG_BINDIR = os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin")
@@ -350,6 +351,27 @@ def wait_for(predicate, timeout, interval=0.05):
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def run_clients(n, client, timeout):
+    """Runs client(i) for i in range(n), each in its own thread, and waits up to timeout for
+    each; returns [(i, what went wrong)] for those that raised or had not finished."""
+    errors = []
+
+    def wrap(i):
+        try:
+            client(i)
+        except Exception as e:  # noqa: BLE001 - reported to the test, which asserts on it
+            errors.append((i, repr(e)[:2000]))
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    errors += [(i, "still running after %.0f s" % timeout)
+               for i, t in enumerate(threads) if t.is_alive()]
+    return errors
 
 
 def wait_until(predicate, timeout, what, details=None, interval=0.05):

@@ -197,28 +197,19 @@ def test_prep_wait_pipelines_in_tiny_pieces(proxy, role, mode, pkt_buf):
     byte by byte. Each gets exactly its own rows in order. (pgfunnel-old stalls here.)"""
     params = dict(TINY, pkt_buf=pkt_buf, pool_mode=mode)
     pf = tx_proxy(proxy, role, **params)
-    errors = []
 
     def run(ci):
+        rng = random.Random(ci * 31 + pkt_buf)
+        c = login_raw(pf, role)
         try:
-            rng = random.Random(ci * 31 + pkt_buf)
-            c = login_raw(pf, role)
-            try:
-                data, expect = prep_pipeline("c%d" % ci, 60000, 80 * 1024)
-                assert answers(Duplex(c.sock, rng).run(data, len(expect))) == expect
-                data, expect = prep_pipeline("d%d" % ci, 20000, 20 * 1024, pad=40)
-                assert answers(Duplex(c.sock, rng, sizes=(1,)).run(data, len(expect))) == expect
-            finally:
-                c.close()
-        except Exception as e:  # noqa: BLE001
-            errors.append((ci, repr(e)[:1500]))
+            data, expect = prep_pipeline("c%d" % ci, 60000, 80 * 1024)
+            assert answers(Duplex(c.sock, rng).run(data, len(expect))) == expect
+            data, expect = prep_pipeline("d%d" % ci, 20000, 20 * 1024, pad=40)
+            assert answers(Duplex(c.sock, rng, sizes=(1,)).run(data, len(expect))) == expect
+        finally:
+            c.close()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(LONG * 4)
-    assert errors == []
+    assert pfhelpers.run_clients(2, run, LONG * 4) == []
     alive(pf, role)
 
 
