@@ -52,7 +52,10 @@ typedef struct pf_net {
 	const pf_config_t *cfg;
 	/* Monotonic time in usec (uv_hrtime by default; tests set their own clock). */
 	pf_usec_t (*clock)(void);
-	pf_usec_t now;             /* the last reading of clock */
+	pf_usec_t now; /* the last reading of clock */
+	/* The reading in now serves the rest of this loop phase (per_iteration: set by the worker,
+	 * whose loop marks it stale before and after the poll; see pf_net_clock_stale). */
+	bool now_fresh, per_iteration;
 	uint64_t iteration;        /* loop iterations (pf_conn_next_iteration) */
 	pf_list_t throttled_conns; /* conns throttled or with a deferred resume */
 	uint64_t next_id;
@@ -86,11 +89,26 @@ void pf_net_init(pf_net_t *n, uv_loop_t *loop, const pf_config_t *cfg);
 /* Frees the buffers and write requests on the free lists, and the handle chunks not in use. */
 void pf_net_free(pf_net_t *n);
 
-/* Reads the clock (and caches the reading in n->now). */
+/*
+ * The clock: read once per loop phase when n->per_iteration, as PgBouncer reads its cached
+ * time once per event loop iteration (a reading costs more than all the rest of a forwarded
+ * message's bookkeeping on some virtual machines), else at every call. The reading is cached in
+ * n->now.
+ */
 static inline pf_usec_t pf_net_now(pf_net_t *n)
 {
-	n->now = n->clock();
+	if (!n->now_fresh) {
+		n->now = n->clock();
+		n->now_fresh = n->per_iteration;
+	}
 	return n->now;
+}
+
+/* The loop is about to wait for I/O, or has run what the wait brought: the next pf_net_now()
+ * reads the clock again. */
+static inline void pf_net_clock_stale(pf_net_t *n)
+{
+	n->now_fresh = false;
 }
 
 /* A fresh connection id (unique for the life of the process). */

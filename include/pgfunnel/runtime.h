@@ -99,9 +99,10 @@ struct pf_worker {
 	const struct pf_pool_ops *pool_ops; /* what the pool asks of clients and servers */
 	pf_listener_t listeners[PF_WORKER_MAX_LISTENERS];
 	size_t nlisteners;
-	size_t open_handles; /* listeners + timer */
+	size_t open_handles; /* listeners, the janitor, the check and prepare handles */
 	uv_timer_t janitor;
-	uv_check_t iteration_check; /* counts loop iterations, lifts sbuf_loopcnt throttling */
+	uv_check_t iteration_check;     /* counts loop iterations, lifts sbuf_loopcnt throttling */
+	uv_prepare_t iteration_prepare; /* before the poll: the clock is read again after it */
 	int link_depth; /* links resuming clients inline, nested this deep (session.c) */
 	/* login_clients: clients in PF_CL_LOGIN; cancel_clients: PF_CL_CANCEL. */
 	pf_list_t login_clients;

@@ -1531,7 +1531,7 @@ static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 /* Bookkeeping of a message that goes to the server (or is answered on its behalf). */
 static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
 {
-	c->conn.request_time = c->conn.net->now;
+	c->conn.request_time = pf_net_now(c->conn.net);
 	/* An empty query is how pools check a connection before a transaction (psycopg_pool
 	 * 3.2): a WAIT_FOR_CLIENTS shutdown does not close the client right after one. */
 	c->pc.ping = hdr->type == PF_PROTO_FE_QUERY && hdr->payload_len == 1;
@@ -1543,7 +1543,7 @@ static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
 		/* fall through */
 	case PF_PROTO_FE_QUERY:
 	case PF_PROTO_FE_FUNCTION_CALL: {
-		pf_usec_t now = c->conn.net->now;
+		pf_usec_t now = c->conn.request_time;
 
 		if (!c->peer.query_start)
 			c->peer.query_start = now;
@@ -1562,7 +1562,7 @@ static void note_request(pf_client_t *c, const pf_proto_hdr_t *hdr)
 		 * xact_start does, so Execute + Flush without a Sync cannot hold a server in an
 		 * implicit transaction for ever. ReadyForQuery 'I' clears it (server.c). */
 		if (!c->peer.xact_start)
-			c->peer.xact_start = c->conn.net->now;
+			c->peer.xact_start = c->conn.request_time;
 		break;
 	default:
 		break;

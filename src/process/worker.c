@@ -59,6 +59,7 @@ static void on_iteration(uv_check_t *h)
 		pf_admin_poll(w);
 	}
 	pf_conn_next_iteration(&w->net);
+	pf_net_clock_stale(&w->net);
 }
 
 /*
@@ -82,10 +83,23 @@ static const pf_worker_ops_t worker_ops = {
         .auth_query = pf_authq_start,
 };
 
-/* Creation failed after the janitor timer was set up: free w once the timer is closed. */
+/* Creation failed after handles were set up: free w once the last of them is closed. */
 static void free_after_close(uv_handle_t *h)
 {
-	pf_worker_free(h->data);
+	pf_worker_t *w = h->data;
+
+	assert(w->open_handles > 0);
+	if (--w->open_handles == 0)
+		pf_worker_free(w);
+}
+
+/* Before the loop waits for I/O and after it ran what the wait brought: the clock is read
+ * again at its next use (pf_net_now), so the callbacks of one wake-up share one reading. */
+static void on_prepare(uv_prepare_t *h)
+{
+	pf_worker_t *w = h->data;
+
+	pf_net_clock_stale(&w->net);
 }
 
 int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
@@ -140,17 +154,27 @@ int pf_worker_create(uv_loop_t *loop, const pf_config_t *cfg, pf_worker_t **out)
 	}
 	w->janitor.data = w;
 	w->open_handles++;
+	w->iteration_check.data = w;
+	w->iteration_prepare.data = w;
 	rc = uv_check_init(loop, &w->iteration_check);
+	if (rc == 0) {
+		w->open_handles++;
+		rc = uv_prepare_init(loop, &w->iteration_prepare);
+	}
 	if (rc < 0) {
-		/* w holds the timer: it is freed only once the loop has closed the handle. */
+		/* w holds the handles: it is freed only once the loop has closed them. */
 		uv_close((uv_handle_t *)&w->janitor, free_after_close);
+		if (w->open_handles > 1)
+			uv_close((uv_handle_t *)&w->iteration_check, free_after_close);
 		uv_run(loop, UV_RUN_NOWAIT);
 		return rc;
 	}
-	w->iteration_check.data = w;
 	w->open_handles++;
 	uv_check_start(&w->iteration_check, on_iteration);
 	uv_unref((uv_handle_t *)&w->iteration_check);
+	uv_prepare_start(&w->iteration_prepare, on_prepare);
+	uv_unref((uv_handle_t *)&w->iteration_prepare);
+	w->net.per_iteration = true;
 	uv_timer_start(&w->janitor, on_janitor, 1000, 1000);
 	uv_unref((uv_handle_t *)&w->janitor);
 	*out = w;
@@ -812,6 +836,8 @@ void pf_worker_check_shutdown(pf_worker_t *w)
 		uv_close((uv_handle_t *)&w->janitor, on_handle_closed);
 	if (!uv_is_closing((uv_handle_t *)&w->iteration_check))
 		uv_close((uv_handle_t *)&w->iteration_check, on_handle_closed);
+	if (!uv_is_closing((uv_handle_t *)&w->iteration_prepare))
+		uv_close((uv_handle_t *)&w->iteration_prepare, on_handle_closed);
 	maybe_done(w);
 }
 
