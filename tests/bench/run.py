@@ -80,6 +80,18 @@ allows, that is a set-up failure. Every pooler's ini has max_client_conn=12000 a
 admin_users=bench (for SHOW POOLS / SHOW LISTS). PostgreSQL gets max_connections=300: each
 pooler may hold 20 servers for each of bench, bench16 and bench4096.
 
+The floor (--floor PATH, by default tests/nullproxy of the build pgfunnel comes from, when it
+was built; --floor none leaves it out): tests/bench/nullproxy.c, a proxy that forwards bytes
+between each client and its own server connection with one read() and one write() each way
+from one epoll loop, parsing nothing and pooling nothing (logins pass through to PostgreSQL).
+It runs as the pseudo-pooler "floor" in 1-client-latency, where a pooler and it make the same
+system calls (per transaction: epoll_wait, read and write on each side): its added latency and
+CPU per transaction are what the kernel and the wake-ups cost any proxy of this design (a
+user-space process relaying TCP through read/write), so a pooler's figure above the floor's is
+its own. The goals table then shows the latency row over the floor. (Not at 200 clients: one
+server per client there is 200 backends, and PostgreSQL on 2 CPUs serves them at a tenth of
+the pooled rate, a different load.)
+
 The "tls" set (same ini otherwise: transaction mode, pool 20, SCRAM with the plain userlist):
   tls-select   pgbench -S -c 200 -j 2, PGSSLMODE=require; poolers with client_tls_sslmode=require
   tls-connect  pgbench -S -C -c 20 -j 2, PGSSLMODE=require: every transaction is a TCP connect,
@@ -243,6 +255,10 @@ SCENARIO_USER = {"scram-login-16": "bench16", "scram-login-4096": "bench4096",
                  "idle-memory": "bench16", "tail-10k": "bench16"}
 # Scenarios measured against PostgreSQL directly too, as the pseudo-pooler "direct".
 DIRECT_SCENARIOS = {"1-client-latency"}
+# Scenarios measured through the floor (--floor: tests/bench/nullproxy.c, a byte-forwarding proxy
+# that pairs every client with its own server and parses nothing) too, as the pseudo-pooler
+# "floor": what the kernel and the wake-ups cost any proxy on this design.
+FLOOR_SCENARIOS = {"1-client-latency"}
 # The file descriptors the biggest scenario needs per process (pgbench's and the pooler's client
 # sockets, plus servers, logs, slack); RLIMIT_NOFILE is raised before anything starts.
 NOFILE_WANT = 65536
@@ -720,6 +736,43 @@ class Direct:
         return True
 
 
+class Floor(Pooler):
+    """The pseudo-pooler "floor": nullproxy LISTEN_PORT PG_PORT (no ini, no auth of its own:
+    the client's login goes through to PostgreSQL; one server connection per client)."""
+
+    def __init__(self, binary, workdir, pg_port):  # pylint: disable=super-init-not-called
+        self.name = self.label = "floor"
+        self.profile = "plain"
+        self.stop_result = None
+        self.version = None
+        self.prepared = True
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.pg_port = pg_port
+        self.logfile = self.outfile = os.path.join(workdir, "floor.out")
+        self.extra_args = [str(self.port), str(pg_port)]
+        self.proc = None
+        self.rss_trace = []
+        self.exit_note = ""
+
+    def start(self):
+        with open(self.outfile, "wb") as out:
+            self.proc = subprocess.Popen([self.binary] + self.extra_args, cwd=self.workdir,
+                                         stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SetupError("floor exited with status %d at start-up:\n%s" % (
+                    self.proc.returncode, read_text(self.outfile)))
+            if port_accepts(self.port):
+                self.rss_trace.append(("start", rss_kib(self.pid)))
+                return
+            time.sleep(0.05)
+        raise SetupError("floor did not listen on port %d within 15 s" % self.port)
+
+
 # ---------------------------------------------------------------- pgbench
 
 RE_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
@@ -1169,6 +1222,24 @@ def print_goal_summary(summary, bouncers, goals, titles):
             for b in bouncers:
                 row += " %16s" % fmt(summary[scen].get(b, {}).get("user_us_per_txn"), ".1f")
             print(row)
+    floor_rows = [g for g in rows if g[3] in ("cpu_us_per_txn", "added_latency_us")
+                  and summary[g[2]].get("floor", {}).get(g[3]) is not None]
+    if floor_rows:
+        print("over the floor (the figure minus the floor's, the byte-forwarding nullproxy's;"
+              " its figure first), and the ratio of those:")
+        for key, label, scen, field, lower, default in floor_rows:
+            base = summary[scen]["floor"][field]
+            a = summary[scen].get("pgfunnel", {}).get(field)
+            over = [None if v is None else v - base
+                    for v in [a] + [summary[scen].get(b, {}).get(field) for b in bouncers]]
+            row = "  %-38s %10s" % (label, fmt(base, ".1f"))
+            for v in over:
+                row += " %16s" % fmt(v, "+.1f")
+            for v in over[1:]:
+                row += " %14s" % fmt(ratio(over[0], v) if over[0] is not None and v and v > 0
+                                     else None, ".2f")
+            print(row)
+        out["floor"] = {g[0]: summary[g[2]]["floor"].get(g[3]) for g in floor_rows}
     sys.stdout.flush()
     return out
 
@@ -1215,6 +1286,9 @@ def parse_args(argv):
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
     ap.add_argument("--pgfunnel", default=None,
                     help="pgfunnel binary (default build-bench/pgfunnel, then build/pgfunnel, then PATH)")
+    ap.add_argument("--floor", default=None, metavar="PATH",
+                    help="the floor proxy (default: tests/nullproxy beside the pgfunnel binary,"
+                    " if built; 'none' to leave it out)")
     ap.add_argument("--baseline", default=None, metavar="PATH",
                     help="another pgfunnel binary, measured in the same run as \"baseline\"")
     ap.add_argument("--pgbouncer", metavar="PATH", action="append",
@@ -1246,6 +1320,14 @@ def parse_args(argv):
     # The poolers start in the temp dir: relative paths are the caller's.
     a.pgfunnel = a.pgfunnel and os.path.abspath(a.pgfunnel)
     a.baseline = a.baseline and os.path.abspath(a.baseline)
+    if a.floor is None and a.pgfunnel:
+        cand = os.path.join(os.path.dirname(os.path.abspath(a.pgfunnel)), "tests", "nullproxy")
+        a.floor = cand if os.access(cand, os.X_OK) else "none"
+    if a.floor == "none":
+        a.floor = None
+    elif a.floor and not os.access(a.floor, os.X_OK):
+        ap.error("--floor %s is not an executable" % a.floor)
+    a.floor = a.floor and os.path.abspath(a.floor)
     explicit = a.pgbouncer is not None
     if not explicit:
         a.pgbouncer = [b for b in PGBOUNCER_DEFAULTS if os.access(b, os.X_OK)]
@@ -1554,6 +1636,7 @@ def main(argv):
         summary = {}
         poolers = []
         current = None
+        floor = None  # the Floor, started with the first scenario that has it
         for group in groups:
             if group[0][2] == "idle":
                 # Fresh poolers per round, interleaved; the profile's poolers stay up (idle).
@@ -1579,8 +1662,14 @@ def main(argv):
                 poolers = start_profile(profile)
                 current = profile
             sslmode = PROFILE_CLIENT_SSLMODE[profile]
+            if a.floor and floor is None and any(sc[0] in FLOOR_SCENARIOS for sc in group):
+                floor = Floor(a.floor, workdir, pg.port)
+                instances.append(floor)
+                floor.start()
+                log("floor (%s) pid %d on 127.0.0.1:%d" % (floor.binary, floor.pid, floor.port))
             targets = {sc[0]: [p for p in poolers if runnable(p, sc[1])]
                        + ([Direct(pg)] if sc[0] in DIRECT_SCENARIOS else [])
+                       + ([floor] if floor and sc[0] in FLOOR_SCENARIOS else [])
                        for sc in group}
             results = {n: {p.name: [] for p in t} for n, t in targets.items()}
             for sc in group:
