@@ -2041,6 +2041,32 @@ static void test_small_buffer_full_under_pending_write(void **state)
 
 /* pf_net_trim: a surplus on the free lists survives one tick (it may be the working set of a
  * load between two reads), not two; what is in use is never touched. */
+/* The worker's clock (per_iteration): one reading serves until the loop marks it stale, before
+ * and after each poll; without per_iteration (tests, no loop) every call reads the clock. */
+static void test_net_clock_per_iteration(void **state)
+{
+	pf_usec_t t0, saved = fake_now;
+
+	(void)state;
+	fake_now = 5000000;
+	assert_int_equal(pf_net_now(&fx->net), 5000000);
+	fake_now += 7;
+	assert_int_equal(pf_net_now(&fx->net), 5000007);
+
+	fx->net.per_iteration = true;
+	pf_net_clock_stale(&fx->net);
+	t0 = pf_net_now(&fx->net);
+	assert_int_equal(t0, 5000007);
+	fake_now += 250;
+	assert_int_equal(pf_net_now(&fx->net), t0);
+	assert_int_equal(fx->net.now, t0);
+	pf_net_clock_stale(&fx->net);
+	assert_int_equal(pf_net_now(&fx->net), 5000257);
+	fx->net.per_iteration = false;
+	pf_net_clock_stale(&fx->net);
+	fake_now = saved;
+}
+
 static void test_net_trim(void **state)
 {
 	enum { N = 100 };
@@ -2136,6 +2162,7 @@ int main(void)
 	                                        fx_teardown),
 	        cmocka_unit_test_setup_teardown(test_small_buffer_full_under_pending_write,
 	                                        fx_setup_wide, fx_teardown),
+	        T(test_net_clock_per_iteration),
 	        T(test_net_trim),
 	        T(test_handle_slab),
 #undef T
