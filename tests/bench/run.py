@@ -795,12 +795,17 @@ def latency_log(prefix):
     """Per-transaction latencies in ms from pgbench -l files PREFIX.PID[.THREAD] (each line
     "client_id transaction_no time_us script_no epoch epoch_us"; a failed or skipped
     transaction has no number there): (sorted latencies, lines not counted, sorted latencies of
-    the transactions after each client's first). The files are removed.
+    the transactions after each client's first, sorted per-client means of those, transactions
+    completed per second of the run). The files are removed.
 
     Every client's first transaction starts in the same instant (pgbench starts them all once
     the connections are made), so with 10000 clients they form a burst that queues behind
-    itself; the latencies without them are the steady state's."""
+    itself; the latencies without them are the steady state's. The per-client means tell
+    unfairness (some clients served later than others, which a FIFO wait queue would not do)
+    from stalls of the whole machine (every client waits longer for a while: the per-second
+    counts dip, and every client's mean moves alike)."""
     lats, other, steady = [], 0, []
+    per_client, per_second = {}, {}
     d, base = os.path.split(prefix)
     for fn in sorted(os.listdir(d)):
         if not fn.startswith(base + "."):
@@ -813,12 +818,18 @@ def latency_log(prefix):
                     lats.append(int(parts[2]) / 1000.0)
                     if parts[1].isdigit() and int(parts[1]) > 1:
                         steady.append(lats[-1])
+                        acc = per_client.setdefault(parts[0], [0.0, 0])
+                        acc[0] += lats[-1]
+                        acc[1] += 1
+                    if len(parts) >= 5 and parts[4].isdigit():
+                        per_second[int(parts[4])] = per_second.get(int(parts[4]), 0) + 1
                 else:
                     other += 1
         os.unlink(path)
     lats.sort()
     steady.sort()
-    return lats, other, steady
+    means = sorted(total / n for total, n in per_client.values())
+    return lats, other, steady, means, [per_second[t] for t in sorted(per_second)]
 
 
 def percentile(sorted_values, q):
@@ -882,11 +893,17 @@ def run_pgbench(bindir, pooler, args, duration, tps_kind, sslmode="disable",
     m = re.search(r"^initial connection time = ([0-9.]+) ms", out, re.M)
     r["conn_time_ms"] = float(m.group(1)) if m else None
     if log_prefix:
-        lats, other, steady = latency_log(log_prefix)
+        lats, other, steady, means, per_second = latency_log(log_prefix)
         r["logged_txns"], r["logged_other"] = len(lats), other
         r["p50_ms"], r["p99_ms"] = percentile(lats, 50), percentile(lats, 99)
         r["p99_p50"] = ratio(r["p99_ms"], r["p50_ms"])
         r["steady_p99_p50"] = ratio(percentile(steady, 99), percentile(steady, 50))
+        # Fairness: p99/p50 of the clients' mean latencies (1.0: every client waited alike).
+        r["client_p99_p50"] = ratio(percentile(means, 99), percentile(means, 50))
+        # Stalls: the slowest second's completions / the median second's (first and last
+        # seconds left out: partial).
+        inner = sorted(per_second[1:-1])
+        r["tps_dip"] = ratio(inner[0], percentile(inner, 50)) if inner else None
         if lats and r["txns"] and len(lats) != r["txns"]:
             r["errors"].append("pgbench -l logged %d transactions, reported %d" % (
                 len(lats), r["txns"]))
@@ -939,6 +956,8 @@ def summarize(runs):
         "p99_p50": med([r.get("p99_p50") for r in runs]),
         "all_p99_p50": [r.get("p99_p50") for r in runs],
         "steady_p99_p50": med([r.get("steady_p99_p50") for r in runs]),
+        "client_p99_p50": med([r.get("client_p99_p50") for r in runs]),
+        "tps_dip": med([r.get("tps_dip") for r in runs]),
         "conn_time_ms": med([r.get("conn_time_ms") for r in runs]),
         # idle-memory
         "bytes_per_client": med([r.get("bytes_per_client") for r in runs]),
@@ -1019,16 +1038,21 @@ def print_table(name, cmdline, rounds, duration, poolers, results, env=""):
             " ".join(fmt(t, ".0f") for t in s["all_tps"]),
             " ".join(fmt(c, ".1f") for c in s["all_cpu"])))
     if any(s["p50_ms"] is not None for s in sums.values()):
-        print("%-15s %10s %10s %8s %11s %14s   %s" % (
-            "latency log", "p50 ms", "p99 ms", "p99/p50", "w/o 1st tx", "conn. set-up s",
-            "p99/p50 per round"))
+        print("%-15s %10s %10s %8s %11s %11s %8s %14s   %s" % (
+            "latency log", "p50 ms", "p99 ms", "p99/p50", "w/o 1st tx", "per client", "tps dip",
+            "conn. set-up s", "p99/p50 per round"))
         for p in poolers:
             s = sums[p.name]
-            print("%-15s %10s %10s %8s %11s %14s   %s" % (
+            print("%-15s %10s %10s %8s %11s %11s %8s %14s   %s" % (
                 p.name, fmt(s["p50_ms"], ".3f"), fmt(s["p99_ms"], ".3f"),
                 fmt(s["p99_p50"], ".2f"), fmt(s["steady_p99_p50"], ".2f"),
+                fmt(s["client_p99_p50"], ".2f"), fmt(s["tps_dip"], ".2f"),
                 fmt(s["conn_time_ms"] and s["conn_time_ms"] / 1000.0, ".1f"),
                 " ".join(fmt(v, ".2f") for v in s["all_p99_p50"])))
+        print("(w/o 1st tx: without each client's first transaction; per client: p99/p50 of the"
+              " clients' mean latencies w/o 1st tx, 1.00 = every client waited alike; tps dip:"
+              " the slowest second's completions / the median second's, low = the machine"
+              " stalled)")
     direct = sums.get("direct")
     if direct and direct["latency_us"] is not None:
         for n, s in sums.items():
@@ -1545,9 +1569,11 @@ def main(argv):
         def log_run(name, rnd, p, r):
             extra = ""
             if r.get("p99_p50") is not None:
-                extra = " p50 %s ms p99 %s ms p99/p50 %s (w/o 1st tx %s)" % (
-                    fmt(r["p50_ms"], ".3f"), fmt(r["p99_ms"], ".3f"), fmt(r["p99_p50"], ".2f"),
-                    fmt(r.get("steady_p99_p50"), ".2f"))
+                extra = (" p50 %s ms p99 %s ms p99/p50 %s (w/o 1st tx %s, per client %s,"
+                         " tps dip %s)" % (
+                             fmt(r["p50_ms"], ".3f"), fmt(r["p99_ms"], ".3f"),
+                             fmt(r["p99_p50"], ".2f"), fmt(r.get("steady_p99_p50"), ".2f"),
+                             fmt(r.get("client_p99_p50"), ".2f"), fmt(r.get("tps_dip"), ".2f")))
             log("  %-24s round %d %-15s tps %s lat %s ms cpu %s us/txn rss %d KiB%s%s" % (
                 name, rnd, p.name, fmt(r["tps"], ".1f"), fmt(r["latency_ms"], ".3f"),
                 fmt(r["cpu_us_per_txn"], ".1f"), r["rss_kib"], extra,
