@@ -80,12 +80,11 @@ static int write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-static void close_pair(int ep, side_t *s)
+/* Closing a socket takes it out of the epoll set (no other descriptor refers to it). */
+static void close_pair(side_t *s)
 {
 	side_t *p = s->peer;
 
-	epoll_ctl(ep, EPOLL_CTL_DEL, s->fd, NULL);
-	epoll_ctl(ep, EPOLL_CTL_DEL, p->fd, NULL);
 	close(s->fd);
 	close(p->fd);
 	free(s < p ? s : p);
@@ -142,7 +141,8 @@ int main(int argc, char **argv)
 	signal(SIGINT, on_term);
 	signal(SIGPIPE, SIG_IGN);
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+	if (lfd >= 0)
+		setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
 	if (lfd < 0 || bind(lfd, (struct sockaddr *)&la, sizeof(la)) < 0 || listen(lfd, 4096) < 0) {
 		perror("nullproxy: listen");
 		return 1;
@@ -168,8 +168,9 @@ int main(int argc, char **argv)
 			if (got < 0 && errno == EAGAIN)
 				continue;
 			if (got <= 0 || write_all(s->peer->fd, buf, (size_t)got) < 0) {
-				close_pair(ep, s);
-				/* Its other side may be later in evs: stop this batch and poll again. */
+				close_pair(s);
+				/* Its other side may be later in evs: stop this batch and poll
+				 * again. */
 				break;
 			}
 		}

@@ -647,11 +647,13 @@ class Pooler:
     def pid(self):
         return self.proc.pid
 
-    def start(self):
+    def command(self):
         # Foreground, -q: logs only to its logfile (stdout/stderr kept in NAME.out).
-        cmd = as_run_user([self.binary, "-q"] + self.extra_args + [self.ini])
+        return as_run_user([self.binary, "-q"] + self.extra_args + [self.ini])
+
+    def start(self):
         with open(self.outfile, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         deadline = time.monotonic() + 15
@@ -749,28 +751,14 @@ class Floor(Pooler):
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
-        self.pg_port = pg_port
         self.logfile = self.outfile = os.path.join(workdir, "floor.out")
         self.extra_args = [str(self.port), str(pg_port)]
         self.proc = None
         self.rss_trace = []
         self.exit_note = ""
 
-    def start(self):
-        with open(self.outfile, "wb") as out:
-            self.proc = subprocess.Popen([self.binary] + self.extra_args, cwd=self.workdir,
-                                         stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SetupError("floor exited with status %d at start-up:\n%s" % (
-                    self.proc.returncode, read_text(self.outfile)))
-            if port_accepts(self.port):
-                self.rss_trace.append(("start", rss_kib(self.pid)))
-                return
-            time.sleep(0.05)
-        raise SetupError("floor did not listen on port %d within 15 s" % self.port)
+    def command(self):
+        return [self.binary] + self.extra_args
 
 
 # ---------------------------------------------------------------- pgbench

@@ -2039,8 +2039,6 @@ static void test_small_buffer_full_under_pending_write(void **state)
 	assert_int_equal(fx->net.buffers_in_use, 0);
 }
 
-/* pf_net_trim: a surplus on the free lists survives one tick (it may be the working set of a
- * load between two reads), not two; what is in use is never touched. */
 /* The worker's clock (per_iteration): one reading serves until the loop marks it stale, before
  * and after each poll; without per_iteration (tests, no loop) every call reads the clock. */
 static void test_net_clock_per_iteration(void **state)
@@ -2067,6 +2065,8 @@ static void test_net_clock_per_iteration(void **state)
 	fake_now = saved;
 }
 
+/* pf_net_trim: a surplus on the free lists survives one tick (it may be the working set of a
+ * load between two reads), not two; what is in use is never touched. */
 static void test_net_trim(void **state)
 {
 	enum { N = 100 };
