@@ -13,7 +13,9 @@
  *   pending) as long as the buffer has room, so a peer's EOF or error is seen in every state;
  *   only processing waits. A read never grows the buffer beyond pkt_buf (a client's small
  *   first buffer becomes a full one; only holding a whole message grows further, up to
- *   hold_max), and bytes read while paused are not processed until resumed.
+ *   hold_max), and bytes read while paused are not processed until resumed. One exception:
+ *   while output of ours waits on the conn's own socket, a full buffer grows (up to
+ *   PF_CONN_DRAIN_MAX) so that the socket is drained (must_drain).
  * - Our own output that the socket did not take is bounded: past PF_CONN_OUT_MAX queued bytes
  *   the conn neither reads nor processes until the peer has taken them (out_blocked).
  */
@@ -41,6 +43,10 @@
 
 /* What a conn may queue of its own output before it stops reading and processing. */
 #define PF_CONN_OUT_MAX (256u * 1024u)
+
+/* How far a conn's buffer grows to keep its socket drained while output to it waits (see
+ * must_drain). */
+#define PF_CONN_DRAIN_MAX (64u * 1024u)
 
 /* A copy of bytes libuv could not write at once. */
 typedef struct owned_write {
@@ -129,11 +135,28 @@ static bool take_rbuf(pf_conn_t *c)
 	return c->rbuf != NULL;
 }
 
-/* Whether a full rbuf can still take more bytes: compaction, or a small one becoming full-size
- * (both only while no write borrows it). */
+/*
+ * Whether a conn whose buffer is full keeps reading anyway, into a bigger one (up to
+ * PF_CONN_DRAIN_MAX): while bytes of ours to its socket wait for the peer. They leave only as
+ * the peer's ACKs come in, and Linux (6.x) drops what arrives on a socket whose receive queue
+ * is over its memory, ACKs included: the window it advertised was sized from big segments, so
+ * a peer's small ones fill the memory first, and its later ACKs (past our window's edge, or
+ * riding on data into a zero window) are dropped unread. A client pipelining in small pieces
+ * behind a message held back (a named Parse waiting for earlier answers) then never saw those
+ * answers go, for good. Not while a write borrows the buffer (it cannot move then), nor
+ * before login (hold_max is pkt_buf then: a client logging in holds no more).
+ */
+static bool must_drain(const pf_conn_t *c)
+{
+	return c->handle_open && !c->fwd_pending && c->rcap < PF_CONN_DRAIN_MAX &&
+	       c->rcap < c->hold_max && c->tp.ops->queued(&c->tp, &c->h->stream) > 0;
+}
+
+/* Whether a full rbuf can still take more bytes: compaction, a small one becoming full-size, or
+ * a drain (all only while no write borrows it). */
 static bool rbuf_can_widen(const pf_conn_t *c)
 {
-	return !c->fwd_pending && (c->rpos > 0 || c->rbuf_small);
+	return !c->fwd_pending && (c->rpos > 0 || c->rbuf_small || must_drain(c));
 }
 
 /* Replaces rbuf by one of ncap bytes (> rcap) with the same contents at the same offsets (the
@@ -233,12 +256,26 @@ void pf_conn_size_socket(int fd, int size)
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
 }
 
+/* Room to read into while the socket must be drained (must_drain): a buffer twice as big. */
+static bool drain_room(pf_conn_t *c)
+{
+	uint32_t ncap;
+
+	if (!c->rbuf || !must_drain(c))
+		return false;
+	ncap = c->rcap * 2 < PF_CONN_DRAIN_MAX ? c->rcap * 2 : PF_CONN_DRAIN_MAX;
+	ncap = ncap < c->hold_max ? ncap : c->hold_max;
+	if (c->rbuf_small)
+		c->rbuf_full_size = true;
+	return move_rbuf(c, ncap, false);
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
 	pf_conn_t *c = h->data;
 
 	(void)suggested;
-	if (c->closing || !make_room(c, 1, false)) {
+	if (c->closing || (!make_room(c, 1, false) && !drain_room(c))) {
 		buf->base = NULL;
 		buf->len = 0;
 		return;
@@ -346,10 +383,21 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		pf_conn_process(c);
 }
 
+/*
+ * SUSPEND stops reading a socket only while nothing of ours is queued to it: that output waits
+ * for the peer's ACKs, which the kernel drops with the rest on a receive queue nobody reads
+ * (see must_drain). Stopped at once (as PgBouncer does), the output never went, SUSPEND waited
+ * for it until suspend_timeout, and after RESUME the client stayed stalled.
+ */
+static bool suspend_holds(const pf_conn_t *c)
+{
+	return c->suspended && !pf_conn_has_pending_writes(c);
+}
+
 static void update_reading(pf_conn_t *c)
 {
 	bool full = c->rbuf && c->rend == c->rcap && !rbuf_can_widen(c);
-	bool want = c->handle_open && !c->closing && !c->read_done && !c->suspended &&
+	bool want = c->handle_open && !c->closing && !c->read_done && !suspend_holds(c) &&
 	            !c->throttled && !full;
 
 	if (want && !c->reading) {
@@ -372,6 +420,9 @@ static void on_forward_written(uv_write_t *req, int status)
 	c->fwd_pending = false;
 	free_retired(c);
 	c->progress++;
+	/* A suspended peer stops reading once nothing is queued to it (suspend_holds). */
+	if (c->peer && c->peer->suspended && !c->peer->closing)
+		update_reading(c->peer);
 	if (c->closing) {
 		maybe_free(c);
 		return;
@@ -484,6 +535,8 @@ static bool flush_forward(pf_conn_t *c)
 		return true;
 	}
 	c->fwd_pending = true;
+	if (!peer->reading)
+		update_reading(peer); /* output waits on its socket: keep it drained */
 	return false;
 }
 
@@ -774,6 +827,8 @@ static void on_owned_written(uv_write_t *req, int status)
 		maybe_free(c);
 		return;
 	}
+	if (c->suspended)
+		update_reading(c); /* stops once nothing is queued (suspend_holds) */
 	/* Below half the bound again: read and process what waits. */
 	if (c->out_blocked && c->out_queued <= PF_CONN_OUT_MAX / 2) {
 		c->out_blocked = false;
@@ -867,10 +922,10 @@ void pf_conn_send(pf_conn_t *c, const void *data, size_t len)
 	}
 	/* Counted with the copy's overhead, so that many tiny replies are bounded too. */
 	c->out_queued += (uint32_t)(sizeof(*w) + w->len);
-	if (c->out_queued > PF_CONN_OUT_MAX && !c->out_blocked) {
+	if (c->out_queued > PF_CONN_OUT_MAX && !c->out_blocked)
 		c->out_blocked = true;
-		update_reading(c);
-	}
+	if (!c->reading)
+		update_reading(c); /* output waits on its socket: keep it drained */
 }
 
 void pf_conn_send_buf(pf_conn_t *c, pf_buf_t *b)

@@ -865,6 +865,87 @@ static void test_stop_full_buffer_stops_reading(void **state)
 }
 
 /*
+ * A stopped conn whose own output waits on its socket keeps reading when its buffer is full:
+ * into a bigger one, up to hold_max (the socket is drained, so the peer's ACKs for that output
+ * are not dropped with its data); then it stops. Everything is processed in order afterwards.
+ */
+static void test_stop_drains_while_output_waits(void **state)
+{
+	wire_t w = {0};
+	expect_out_t e = {0};
+
+	(void)state;
+	add_msg(&w, 'A', 64);
+	add_msg(&w, 'B', 100);
+	add_msg(&w, 'C', 92);
+	add_msg(&w, 'D', 44);
+	fx->tc.try_take = 0;
+	pf_conn_send(&fx->c, "hello", 5);
+	check_wlog(&fx->tc, "tryEAGAIN write5 ");
+	PLAN(STOP, STOP, STOP);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	check_log("A64/64 A64/64 A64/64 ");
+	assert_false(fx->tc.reading);
+	assert_int_equal(fx->tc.in_pos, HOLD_MAX);
+	assert_int_equal(fx->c.rcap, HOLD_MAX);
+	assert_memory_equal(fx->c.rbuf, w.b, HOLD_MAX);
+	/* The output is taken: nothing more to drain, and the buffer stays full. */
+	complete(&fx->tc, 0);
+	assert_false(fx->tc.reading);
+	PLAN(FWD, FWD, FWD, FWD);
+	pf_conn_resume(&fx->c);
+	check_log("A64/64 B100/100 C92/92 DRAINED ");
+	assert_true(fx->tc.reading);
+	pump(&fx->tc);
+	check_log("D44/44 DRAINED ");
+	want(&e, w.b, w.len);
+	check_out(&fx->tp, &e);
+	assert_plan_done();
+	assert_null(fx->c.rbuf);
+}
+
+/* Without output waiting, a full buffer stops reading at pkt_buf; output to the conn that then
+ * waits on its socket (a server's forward to the client) starts its reading again. */
+static void test_output_waiting_restarts_reading(void **state)
+{
+	wire_t w = {0}, a = {0};
+	expect_out_t e = {0};
+
+	(void)state;
+	add_msg(&w, 'A', 64);
+	add_msg(&w, 'B', 60);
+	PLAN(STOP);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	check_log("A64/64 ");
+	assert_false(fx->tc.reading);
+	assert_int_equal(fx->c.rcap, BUF);
+	/* The server's answer to the client waits on the client's socket. */
+	add_msg(&a, 'D', 10);
+	fx->tc.try_take = 0;
+	PLAN(FWD);
+	pf_conn_pause_reading(&fx->peer, false);
+	feed(&fx->tp, a.b, a.len);
+	pump(&fx->tp);
+	check_log("p:D10/10 ");
+	check_wlog(&fx->tc, "tryEAGAIN write10 ");
+	assert_true(fx->tc.reading);
+	PLAN(STOP);
+	pump(&fx->tc);
+	check_log("A64/64 ");
+	assert_int_equal(fx->tc.in_pos, w.len);
+	PLAN(FWD, FWD);
+	pf_conn_resume(&fx->c);
+	check_log("A64/64 B60/60 DRAINED ");
+	want(&e, w.b, w.len);
+	check_out(&fx->tp, &e);
+	complete(&fx->tc, 0);
+	check_log("p:DRAINED ");
+	assert_plan_done();
+}
+
+/*
  * FORWARD_LAST writes everything up to and including the message in one write, then calls
  * on_forwarded once; the walk goes on with the next message.
  */
@@ -1557,6 +1638,43 @@ static void test_suspend(void **state)
 	assert_plan_done();
 }
 
+/*
+ * A suspended conn still reads while bytes of ours wait on its socket (the peer's ACKs for
+ * them must get in: suspend_holds) and stops once they are sent: our own output first, then a
+ * forward from its peer.
+ */
+static void test_suspend_reads_while_owed(void **state)
+{
+	wire_t w = {0};
+
+	(void)state;
+	pf_conn_suspend(&fx->c, true);
+	assert_false(fx->tc.reading);
+	fx->tc.try_take = 2;
+	pf_conn_send(&fx->c, "hello", 5);
+	check_wlog(&fx->tc, "try2 write3 ");
+	assert_true(fx->tc.reading);
+	complete(&fx->tc, 0);
+	assert_false(fx->tc.reading);
+	pf_conn_suspend(&fx->c, false);
+	assert_true(fx->tc.reading);
+
+	pf_conn_suspend(&fx->peer, true);
+	assert_false(fx->tp.reading);
+	add_msg(&w, 'A', 10);
+	fx->tp.try_take = 4;
+	PLAN(FWD);
+	feed(&fx->tc, w.b, w.len);
+	pump(&fx->tc);
+	check_log("A10/10 ");
+	check_wlog(&fx->tp, "try4 write6 ");
+	assert_true(fx->tp.reading);
+	complete(&fx->tp, 0);
+	assert_false(fx->tp.reading);
+	check_log("DRAINED ");
+	assert_plan_done();
+}
+
 /* pf_conn_defer_resume: the walk runs again at the loop's next iteration, not in the call. */
 static void test_defer_resume(void **state)
 {
@@ -2116,6 +2234,8 @@ int main(void)
 	        T(test_flush),
 	        T(test_stop_and_resume),
 	        T(test_stop_full_buffer_stops_reading),
+	        T(test_stop_drains_while_output_waits),
+	        T(test_output_waiting_restarts_reading),
 	        T(test_forward_last),
 	        T(test_forward_last_pending),
 	        T(test_forward_without_peer),
@@ -2143,6 +2263,7 @@ int main(void)
 	        T(test_send_buf_failed),
 	        T(test_own_output_blocks_processing),
 	        T(test_suspend),
+	        T(test_suspend_reads_while_owed),
 	        T(test_defer_resume),
 	        T(test_raw_mode),
 	        T(test_raw_mode_grows),
