@@ -148,8 +148,8 @@ static bool take_rbuf(pf_conn_t *c)
  */
 static bool must_drain(const pf_conn_t *c)
 {
-	return c->handle_open && !c->fwd_pending && c->rcap < PF_CONN_DRAIN_MAX &&
-	       c->rcap < c->hold_max && c->tp.ops->queued(&c->tp, &c->h->stream) > 0;
+	return !c->fwd_pending && c->rcap < PF_CONN_DRAIN_MAX && c->rcap < c->hold_max &&
+	       pf_conn_has_pending_writes(c);
 }
 
 /* Whether a full rbuf can still take more bytes: compaction, a small one becoming full-size, or
