@@ -17,6 +17,7 @@
 #ifndef PGFUNNEL_CONN_H
 #define PGFUNNEL_CONN_H
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -146,7 +147,10 @@ struct pf_conn {
 	bool reap : 1;            /* handle-less after a park: freed from net->reaper when closed */
 	bool rbuf_small : 1;      /* rbuf is a small buffer (PF_CONN_SMALL_RBUF bytes, malloc's) */
 	bool rbuf_full_size : 1; /* a client that filled a small buffer: full ones until it parks */
-	int read_status;         /* 0 for EOF, else the read error */
+	/* The two ends' codes are libuv's (-errno, >= -4095), stored in 16 bits (pf_conn_status16)
+	 * to keep the struct small: one of these per idle client. */
+	int16_t read_status;     /* 0 for EOF, else the read error */
+	int16_t send_error;      /* our own output failed (-errno): reported as PF_CONN_EV_ERROR */
 	int park_fd;             /* while parked: the socket */
 	uint32_t reads_this_iteration;
 	uint8_t *rbuf;
@@ -156,19 +160,26 @@ struct pf_conn {
 	uint32_t head;             /* PF_PKT_NEED_HEAD: bytes wanted; PF_PKT_REPLACED: replaced */
 	uint32_t hold_max;       /* the largest message held whole (PF_CONN_HOLD_MAX by default) */
 	uint32_t out_queued;     /* bytes of our own output (with overhead) the socket holds */
-	int send_error;          /* our own output failed (-errno): reported as PF_CONN_EV_ERROR */
 	uint32_t progress;       /* bumped by every read and every forward write */
 	uint32_t progress_seen;  /* ... as the janitor last saw it (pf_conn_is_abandoned) */
-	uint32_t read_iteration; /* loop iteration of reads_this_iteration (low 32 bits) */
 	uv_write_t *fwd_req; /* while fwd_pending: the forward write's request (pf_net_get_wreq) */
 	struct pf_conn_splices *splices; /* replaced heads in the forward region (or NULL) */
-	pf_sockaddr_t addr;              /* remote */
+	pf_sockaddr_t addr;              /* remote (28 bytes: the next field fills its tail) */
+	uint32_t read_iteration; /* loop iteration of reads_this_iteration (low 32 bits) */
 	pf_usec_t connect_time;
 	pf_usec_t request_time;
 	pf_list_node_t node; /* the list its state puts it in */
 	/* worker->throttled_conns while throttled or resume_pending; net->dead_conns to reap */
 	pf_list_node_t throttle_node;
 };
+
+/* A libuv status (< 0) as pf_conn_t keeps it: anything below int16_t (never from libuv, whose
+ * codes are >= -4095) is kept as UV_EIO rather than wrapped into a wrong or positive code. */
+static inline int16_t pf_conn_status16(long status)
+{
+	assert(status < 0);
+	return status >= INT16_MIN ? (int16_t)status : (int16_t)UV_EIO;
+}
 
 /* Initialises c (zeroed by the caller) with ops; the handle is not yet created. */
 void pf_conn_init(pf_conn_t *c, pf_net_t *net, const pf_conn_ops_t *ops, bool is_client);

@@ -209,8 +209,8 @@ typedef struct pf_database {
 	 * still points at it (a client answering its password has c->db but is not counted in
 	 * client_count until it logs in). */
 	int client_refs;
-	/* Clients counted against max_db_client_connections: from their startup packet to their
-	 * close, logged in or not (PgBouncer's client_connection_count; pf_client_t.db_counted). */
+	/* Clients counted against max_db_client_connections: from their startup packet's database
+	 * lookup to their close, logged in or not (PgBouncer's client_connection_count). */
 	int client_conns;
 	/* Its max_db_client_connections; 0 or -1: the global one applies. */
 	int max_db_client_connections;

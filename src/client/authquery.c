@@ -94,7 +94,7 @@ void pf_authq_start(pf_client_t *c)
 	pf_user_t *au;
 	pf_pool_t *pool;
 
-	assert(auth_user && !c->auth_lookup && c->pc.state == PF_CL_LOGIN);
+	assert(auth_user && !pf_client_in_lookup(c) && c->pc.state == PF_CL_LOGIN);
 	adb = auth_database(c);
 	if (!adb)
 		return;
@@ -118,7 +118,7 @@ void pf_authq_start(pf_client_t *c)
 	/* Nothing it sends is read until the password exchange begins (pf_client_auth_continue),
 	 * and it keeps the auth database alive while it borrows a server there. */
 	pf_conn_pause_reading(&c->conn, true);
-	c->auth_lookup = true;
+	c->cold->auth_lookup = true;
 	c->cold->lookup_db = adb;
 	adb->client_refs++;
 	/* Linked at once (pf_authq_linked ran) or waiting; either way it may be closed now. */
@@ -132,7 +132,7 @@ void pf_authq_linked(pf_client_t *c, pf_server_t *s)
 	const char *params[] = {c->user_name};
 	int rc;
 
-	assert(c->auth_lookup && pf_client_server(c) == s);
+	assert(pf_client_in_lookup(c) && pf_client_server(c) == s);
 	if (!sql || !*sql) {
 		pf_log_error(c, "auth_query is empty");
 		config_error(c); /* the server goes back: nothing was sent */
@@ -265,7 +265,7 @@ void pf_authq_done(pf_client_t *c)
 	pf_server_lookup_t *r = pf_server_take_lookup(s);
 	bool ok;
 
-	assert(c->auth_lookup && s && r);
+	assert(pf_client_in_lookup(c) && s && r);
 	/* The server goes back to its pool (a waiting client's lookup may start on it now), the
 	 * client back to logging in. */
 	pf_server_release(s);
@@ -277,7 +277,7 @@ void pf_authq_done(pf_client_t *c)
 		pf_server_lookup_free(r);
 		return;
 	}
-	c->auth_lookup = false;
+	c->cold->auth_lookup = false;
 	c->cold->lookup_db->client_refs--;
 	c->cold->lookup_db = NULL;
 	ok = apply_answer(c, r);

@@ -44,7 +44,6 @@ enum auth_step {
 	AUTH_SCRAM_FIRST, /* waiting for SASLInitialResponse */
 	AUTH_SCRAM_LATE,  /* waiting for a SASLResponse with client-first (no initial response) */
 	AUTH_SCRAM_FINAL, /* waiting for SASLResponse */
-	AUTH_DONE,
 };
 
 /* How a client authenticates: auth_type, or the method of its auth_hba_file rule. */
@@ -282,15 +281,13 @@ void pf_client_close_detail(pf_client_t *c, pf_close_reason_t reason, const char
 	}
 	pf_cancel_table_remove(&w->cancel_keys, &c->ck);
 	/* A client borrowing a server for its auth_query lookup is in that pool, not counted. */
-	if (c->pc.pool && !c->auth_lookup)
+	if (c->pc.pool && !pf_client_in_lookup(c))
 		c->db->client_count--;
-	if (c->db_counted) {
-		assert(c->db->client_conns > 0);
+	if (c->db) {
+		assert(c->db->client_conns > 0 && c->db->client_refs > 0);
 		c->db->client_conns--;
-		c->db_counted = false;
-	}
-	if (c->db)
 		c->db->client_refs--;
+	}
 	cold_end_login(c);
 	pf_pool_client_gone(w, &c->pc);
 	if (c->user)
@@ -409,7 +406,6 @@ void pf_client_finish_login(pf_client_t *c)
 	}
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
-	c->auth_step = AUTH_DONE;
 	if (w->cfg->log_connections) {
 		char tls[160];
 
@@ -435,8 +431,6 @@ static void login_ok(pf_client_t *c)
 		w->ops->console_login(c);
 		return;
 	}
-	free(c->cold);
-	c->cold = NULL;
 	pool_user = c->db->forced_user ? c->db->forced_user : c->user;
 	if (!pool_user) {
 		pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000",
@@ -449,6 +443,9 @@ static void login_ok(pf_client_t *c)
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return;
 	}
+	/* Only now: every client still in PF_CL_LOGIN (as one closed above) has its cold part. */
+	free(c->cold);
+	c->cold = NULL;
 	c->db->client_count++;
 	/* Named prepared statements are tracked where servers change hands between
 	 * transactions (PgBouncer: transaction and statement mode). */
@@ -530,7 +527,7 @@ static void start_scram(pf_client_t *c)
 	pf_proto_be_auth_sasl(&b, tls ? mechs : mechs + 1, tls ? 2 : 1);
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
-	c->auth_step = AUTH_SCRAM_FIRST;
+	c->cold->auth_step = AUTH_SCRAM_FIRST;
 }
 
 /*
@@ -544,7 +541,7 @@ static bool wants_auth_query(const pf_client_t *c, const pf_config_t *cfg)
 	if (c->db->admin || (c->user && c->user->secret.present) ||
 	    !pf_database_auth_user(c->db, cfg))
 		return false;
-	switch (c->method) {
+	switch (c->cold->method) {
 	case METHOD_TRUST:
 	case METHOD_PLAIN:
 	case METHOD_MD5:
@@ -613,30 +610,30 @@ static bool choose_method(pf_client_t *c, const pf_config_t *cfg)
 
 	free(c->cold->method_map);
 	c->cold->method_map = NULL;
-	c->method_dn = false;
+	c->cold->method_dn = false;
 	switch (cfg->auth_type) {
 	case PF_AUTH_ANY:
-		c->method = METHOD_ANY;
+		c->cold->method = METHOD_ANY;
 		return true;
 	case PF_AUTH_TRUST:
-		c->method = METHOD_TRUST;
+		c->cold->method = METHOD_TRUST;
 		return true;
 	case PF_AUTH_PLAIN:
-		c->method = METHOD_PLAIN;
+		c->cold->method = METHOD_PLAIN;
 		return true;
 	case PF_AUTH_MD5:
-		c->method = METHOD_MD5;
+		c->cold->method = METHOD_MD5;
 		return true;
 	case PF_AUTH_SCRAM_SHA_256:
-		c->method = METHOD_SCRAM;
+		c->cold->method = METHOD_SCRAM;
 		return true;
 	case PF_AUTH_CERT:
-		c->method = METHOD_CERT;
+		c->cold->method = METHOD_CERT;
 		return true;
 	case PF_AUTH_HBA:
 		break;
 	default:
-		c->method = METHOD_UNSUPPORTED;
+		c->cold->method = METHOD_UNSUPPORTED;
 		return true;
 	}
 	memset(&hc, 0, sizeof(hc));
@@ -659,11 +656,11 @@ static bool choose_method(pf_client_t *c, const pf_config_t *cfg)
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 		return false;
 	}
-	c->method_dn = rule->clientname == PF_HBA_CLIENTNAME_DN;
+	c->cold->method_dn = rule->clientname == PF_HBA_CLIENTNAME_DN;
 	/* clientcert= on any rule: a verified certificate (verify-ca), naming the user
 	 * (verify-full). cert rules always mean verify-full. */
 	if (rule->clientcert != PF_HBA_CLIENTCERT_NONE && rule->method != PF_HBA_CERT) {
-		const char *cn = cert_name(c, c->method_dn, name, sizeof(name));
+		const char *cn = cert_name(c, c->cold->method_dn, name, sizeof(name));
 
 		if (!cn || (rule->clientcert == PF_HBA_CLIENTCERT_VERIFY_FULL &&
 		            !name_maps(c, rule->map, cn))) {
@@ -678,22 +675,22 @@ static bool choose_method(pf_client_t *c, const pf_config_t *cfg)
 	}
 	switch (rule->method) {
 	case PF_HBA_TRUST:
-		c->method = METHOD_TRUST;
+		c->cold->method = METHOD_TRUST;
 		break;
 	case PF_HBA_PASSWORD:
-		c->method = METHOD_PLAIN;
+		c->cold->method = METHOD_PLAIN;
 		break;
 	case PF_HBA_MD5:
-		c->method = METHOD_MD5;
+		c->cold->method = METHOD_MD5;
 		break;
 	case PF_HBA_SCRAM_SHA_256:
-		c->method = METHOD_SCRAM;
+		c->cold->method = METHOD_SCRAM;
 		break;
 	case PF_HBA_PEER:
-		c->method = METHOD_PEER;
+		c->cold->method = METHOD_PEER;
 		break;
 	case PF_HBA_CERT:
-		c->method = METHOD_CERT;
+		c->cold->method = METHOD_CERT;
 		break;
 	default:
 		/* ldap and anything else pgfunnel cannot run: refused, never a fall-through. */
@@ -740,7 +737,7 @@ static void start_auth(pf_client_t *c)
 		 * "pgbouncer" (or "pgfunnel"), is admin without a password; under any other name
 		 * it is an ordinary console user. */
 		if (pf_client_peer_is_owner(c)) {
-			c->admin_can_write = true;
+			c->cold->admin_can_write = true;
 			if (cfg->log_connections)
 				pf_log_info(c, "%s access from unix socket", c->user_name);
 			login_ok(c);
@@ -754,7 +751,7 @@ static void start_auth(pf_client_t *c)
 			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "42501", msg);
 			return;
 		}
-		c->admin_can_write = can_write;
+		c->cold->admin_can_write = can_write;
 	}
 	if (!choose_method(c, cfg))
 		return;
@@ -797,7 +794,7 @@ static void begin_exchange(pf_client_t *c)
 	const pf_config_t *cfg = pf_conn_worker(&c->conn)->cfg;
 	char msg[300], name[256];
 
-	switch (c->method) {
+	switch (c->cold->method) {
 	case METHOD_ANY:
 		login_ok(c);
 		return;
@@ -822,7 +819,7 @@ static void begin_exchange(pf_client_t *c)
 		return;
 	case METHOD_CERT:
 		if (!c->user || !name_maps(c, c->cold->method_map,
-		                           cert_name(c, c->method_dn, name, sizeof(name)))) {
+		                           cert_name(c, c->cold->method_dn, name, sizeof(name)))) {
 			snprintf(msg, sizeof(msg),
 			         "certificate authentication failed for user \"%s\"", c->user_name);
 			pf_client_close(c, PF_CLOSE_CLIENT_AUTH, "28000", msg);
@@ -831,7 +828,7 @@ static void begin_exchange(pf_client_t *c)
 		login_ok(c);
 		return;
 	case METHOD_PLAIN:
-		c->auth_step = AUTH_PLAIN;
+		c->cold->auth_step = AUTH_PLAIN;
 		send_auth_request(c, pf_proto_be_auth_cleartext);
 		return;
 	case METHOD_MD5:
@@ -846,7 +843,7 @@ static void begin_exchange(pf_client_t *c)
 			pf_client_close(c, PF_CLOSE_CLIENT_OOM, "58000", "random generator failed");
 			return;
 		}
-		c->auth_step = AUTH_MD5;
+		c->cold->auth_step = AUTH_MD5;
 		{
 			pf_buf_t b;
 
@@ -927,8 +924,8 @@ static bool plain_password_ok(pf_client_t *c, const char *password)
 static bool auth_message_is_whole(pf_client_t *c, const pf_proto_hdr_t *hdr, size_t avail,
                                   pf_pkt_action_t *action)
 {
-	bool sasl = c->auth_step == AUTH_SCRAM_FIRST || c->auth_step == AUTH_SCRAM_LATE ||
-	            c->auth_step == AUTH_SCRAM_FINAL;
+	bool sasl = c->cold->auth_step == AUTH_SCRAM_FIRST || c->cold->auth_step == AUTH_SCRAM_LATE ||
+	            c->cold->auth_step == AUTH_SCRAM_FINAL;
 	char msg[64];
 
 	if (hdr->type != PF_PROTO_FE_PASSWORD_MESSAGE) {
@@ -985,14 +982,14 @@ static pf_pkt_action_t auth_password(pf_client_t *c, const uint8_t *payload, siz
 	const char *checked;
 	bool ok;
 
-	assert(c->auth_step == AUTH_PLAIN || c->auth_step == AUTH_MD5);
+	assert(c->cold->auth_step == AUTH_PLAIN || c->cold->auth_step == AUTH_MD5);
 	if (pf_proto_parse_password(payload, plen, &checked) < 0) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "invalid password message");
 		return PF_PKT_STOP;
 	}
 	/* The parser accepted one NUL-terminated string filling the payload: pw is that. */
 	assert(checked == pw && plen > 0 && pw[plen - 1] == '\0');
-	if (c->auth_step == AUTH_PLAIN)
+	if (c->cold->auth_step == AUTH_PLAIN)
 		ok = plain_password_ok(c, pw);
 	else
 		ok = md5_response_ok(c, pw);
@@ -1037,7 +1034,7 @@ static pf_pkt_action_t scram_client_first(pf_client_t *c, const uint8_t *data, s
 	pf_proto_be_auth_sasl_continue(&b, out, outlen);
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
-	c->auth_step = AUTH_SCRAM_FINAL;
+	c->cold->auth_step = AUTH_SCRAM_FINAL;
 	return PF_PKT_CONSUMED;
 }
 
@@ -1058,7 +1055,7 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 	bool plus;
 	int rc;
 
-	assert(c->auth_step == AUTH_SCRAM_FIRST && c->cold->scram);
+	assert(c->cold->auth_step == AUTH_SCRAM_FIRST && c->cold->scram);
 	if (!memchr(payload, '\0', plen)) {
 		pf_client_close(c, PF_CLOSE_CLIENT_PROTOCOL, "08P01", "invalid string in message");
 		return PF_PKT_STOP;
@@ -1086,7 +1083,7 @@ static pf_pkt_action_t auth_sasl_initial_response(pf_client_t *c, const uint8_t 
 	pf_proto_be_auth_sasl_continue(&b, "", 0);
 	pf_conn_send_buf(&c->conn, &b);
 	pf_buf_free(&b);
-	c->auth_step = AUTH_SCRAM_LATE;
+	c->cold->auth_step = AUTH_SCRAM_LATE;
 	return PF_PKT_CONSUMED;
 }
 
@@ -1109,7 +1106,7 @@ static pf_pkt_action_t auth_sasl_response(pf_client_t *c, const uint8_t *payload
 	pf_buf_t b;
 	int rc;
 
-	assert(c->auth_step == AUTH_SCRAM_FINAL && c->cold->scram);
+	assert(c->cold->auth_step == AUTH_SCRAM_FINAL && c->cold->scram);
 	rc = pf_scram_server_final(c->cold->scram, payload, plen, out, sizeof(out), &outlen);
 	/* The proof, with the stored key, gives the ClientKey: not left in a receive buffer that
 	 * goes back to the shared free list (payload is in c's buffer, not const). */
@@ -1154,11 +1151,11 @@ static pf_pkt_action_t auth_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, co
 	size_t plen = hdr->payload_len;
 	pf_pkt_action_t action;
 
-	assert(c->pc.state == PF_CL_LOGIN && c->auth_step != AUTH_DONE);
+	assert(c->pc.state == PF_CL_LOGIN && c->cold);
 	if (!auth_message_is_whole(c, hdr, avail, &action))
 		return action;
 	assert(plen + PF_PROTO_HDR_LEN == hdr->total && hdr->total <= avail);
-	switch (c->auth_step) {
+	switch (c->cold->auth_step) {
 	case AUTH_PLAIN:
 	case AUTH_MD5:
 		return auth_password(c, payload, plen);
@@ -1302,14 +1299,14 @@ static int handle_ssl_request(pf_client_t *c, int consumed, size_t avail)
 	pf_worker_t *w = pf_conn_worker(&c->conn);
 	int rc;
 
-	if (c->tls_negotiated) {
+	if (c->cold->tls_negotiated) {
 		/* A second request, or one inside TLS: Postgres refuses it as an unknown code. */
 		pf_client_close(
 		        c, PF_CLOSE_CLIENT_STARTUP, "08P01",
 		        "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0");
 		return -1;
 	}
-	c->tls_negotiated = true;
+	c->cold->tls_negotiated = true;
 	if (!w->tls_accept || c->conn.is_unix) {
 		pf_conn_send(&c->conn, "N", 1);
 		return consumed;
@@ -1355,9 +1352,6 @@ static bool check_db_limit(pf_client_t *c)
 	int limit = c->db->max_db_client_connections > 0 ? c->db->max_db_client_connections
 	                                                 : cfg->max_db_client_connections;
 
-	assert(!c->db_counted);
-	c->db_counted = true;
-	c->db->client_conns++;
 	if (limit <= 0 || c->db->client_conns <= limit || limit_exempt(c, cfg))
 		return true;
 	pf_log_debug(c, "db '%s' full (%d > %d)", c->db->name, c->db->client_conns, limit);
@@ -1458,7 +1452,10 @@ static int handle_startup(pf_client_t *c, const pf_proto_startup_t *st, int cons
 		pf_client_close(c, PF_CLOSE_CLIENT_NO_DB, "3D000", msg);
 		return -1;
 	}
-	c->db->client_refs++; /* pf_client_close() drops it */
+	/* Both dropped by pf_client_close(). client_conns counts the client from here on,
+	 * logged in or not, for check_db_limit() (refused now or later, it is uncounted there). */
+	c->db->client_refs++;
+	c->db->client_conns++;
 	if (c->db->disabled) {
 		snprintf(msg, sizeof(msg), "database \"%s\" is disabled", c->db_name);
 		pf_client_close(c, PF_CLOSE_CLIENT_DB_DISABLED, NULL, msg);
@@ -1490,8 +1487,8 @@ static int client_on_raw(pf_conn_t *conn, const uint8_t *data, size_t len)
 	char msg[200];
 
 	/* PostgreSQL 17's direct TLS: a TLS handshake record instead of a startup packet. */
-	if (len > 0 && data[0] == 0x16 && !c->tls_negotiated && w->tls_accept && !conn->is_unix) {
-		c->tls_negotiated = true;
+	if (len > 0 && data[0] == 0x16 && !c->cold->tls_negotiated && w->tls_accept && !conn->is_unix) {
+		c->cold->tls_negotiated = true;
 		if (len > INT_MAX || pf_tls_accept(conn, w->tls_accept, data, len, true) < 0) {
 			pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
 			return -1;
@@ -1922,9 +1919,9 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 	pf_client_t *c = (pf_client_t *)conn;
 	pf_server_t *s;
 	int rc;
-	if (c->pc.state == PF_CL_LOGIN && c->auth_step != AUTH_DONE)
+	if (c->pc.state == PF_CL_LOGIN)
 		return auth_packet(c, hdr, pkt, avail);
-	if (PF_UNLIKELY(c->auth_lookup))
+	if (PF_UNLIKELY(pf_client_in_lookup(c)))
 		return PF_PKT_STOP; /* held until its password exchange begins */
 	if (hdr->type == PF_PROTO_FE_TERMINATE) {
 		pf_client_close(c, PF_CLOSE_CLIENT_EXIT, NULL, NULL);
@@ -1945,7 +1942,7 @@ static pf_pkt_action_t client_on_packet(pf_conn_t *conn, const pf_proto_hdr_t *h
 		pf_client_close(c, PF_CLOSE_CLIENT_PQEXEC, NULL, NULL);
 		return PF_PKT_STOP;
 	}
-	if (c->admin)
+	if (pf_client_is_console(c))
 		return pf_conn_worker(conn)->ops->console_packet(c, hdr, pkt, avail);
 	if (c->pc.state != PF_CL_ACTIVE && c->pc.state != PF_CL_WAITING)
 		return PF_PKT_STOP; /* still waiting for its login to finish */
@@ -2087,7 +2084,7 @@ static void expire_lookups(pf_pool_t *pool, pf_usec_t now)
 		{
 			pf_client_t *c = pf_client_from_node(it);
 
-			if (PF_UNLIKELY(c->auth_lookup) && now - c->conn.connect_time > limit)
+			if (PF_UNLIKELY(pf_client_in_lookup(c)) && now - c->conn.connect_time > limit)
 				pf_client_close(c, PF_CLOSE_CLIENT_LOGIN_TIMEOUT, NULL, NULL);
 		}
 	}
@@ -2111,7 +2108,7 @@ static void notify_waiters(pf_pool_t *pool, pf_usec_t now)
 		pf_client_t *c = pf_client_from_node(it);
 		pf_buf_t b;
 
-		if (c->pc.state != PF_CL_WAITING || c->pc.wait_notified || c->auth_lookup ||
+		if (c->pc.state != PF_CL_WAITING || c->pc.wait_notified || pf_client_in_lookup(c) ||
 		    !c->pc.wait_start || (now - c->pc.wait_start) / PF_USEC_PER_SEC <= notify)
 			continue;
 		assert(!c->pc.link);
@@ -2173,7 +2170,7 @@ void pf_client_maintain(pf_pool_t *pool, pf_usec_t now)
 		if (!s) {
 			if (idle_limit > 0 && now - c->conn.request_time > idle_limit)
 				pf_client_close(c, PF_CLOSE_CLIENT_IDLE_TIMEOUT, NULL, NULL);
-			else if (!c->conn.parked && !c->auth_lookup &&
+			else if (!c->conn.parked && !pf_client_in_lookup(c) &&
 			         now - c->conn.request_time >= PF_CLIENT_PARK_IDLE &&
 			         now - c->pc.released >= PF_CLIENT_PARK_IDLE)
 				pf_conn_park(&c->conn);

@@ -38,7 +38,7 @@ void pf_admin_login(pf_client_t *c)
 	        {"application_name", ""},
 	};
 
-	c->admin = true;
+	c->cold->admin = true;
 	c->pc.pool = pf_pool_get(w, c->db, c->db->forced_user);
 	if (!c->pc.pool) {
 		pf_client_close(c, PF_CLOSE_CLIENT_OOM, NULL, NULL);
@@ -442,7 +442,7 @@ static bool cmd_kill_client(pf_client_t *c, const char *arg, pf_buf_t *out)
 					pf_client_close(victim, PF_CLOSE_CLIENT_ADMIN_KILL, NULL,
 					                NULL);
 				else
-					c->admin_kill_self = true;
+					c->cold->admin_kill_self = true;
 				return true;
 			}
 		}
@@ -716,9 +716,9 @@ static bool read_last_word(const char **rest, char *buf, size_t n, bool upper)
 /* Whether c may run a command that changes something; when not, says so in out. */
 static bool may_write(const pf_client_t *c, pf_buf_t *out)
 {
-	if (!c->admin_can_write)
+	if (!c->cold->admin_can_write)
 		command_error(out, "42501", "admin access needed", NULL);
-	return c->admin_can_write;
+	return c->cold->admin_can_write;
 }
 
 /* SHOW what (or SELECT what). False when what is no SHOW the console knows. */
@@ -780,7 +780,7 @@ void pf_admin_run(pf_client_t *c, const char *sql, pf_buf_t *out)
 	bool understood;
 
 	/* pf_admin_packet runs one command at a time: none is waiting for its answer. */
-	assert(c->admin && c->cold->admin_wait == PF_ADMIN_WAIT_NONE);
+	assert(pf_client_is_console(c) && c->cold->admin_wait == PF_ADMIN_WAIT_NONE);
 	/* A word cut short or a broken quoted identifier would name something else: refuse. */
 	if (pf_admin_next_word(&rest, verb, sizeof(verb), true) < 0)
 		understood = false;
@@ -855,7 +855,7 @@ pf_pkt_action_t pf_admin_packet(pf_client_t *c, const pf_proto_hdr_t *hdr, const
 	if (!c->conn.closing)
 		pf_conn_send_buf(&c->conn, &out);
 	pf_buf_free(&out);
-	if (c->admin_kill_self) {
+	if (c->cold->admin_kill_self) {
 		pf_client_close(c, PF_CLOSE_CLIENT_ADMIN_KILL, NULL, NULL);
 		return PF_PKT_STOP;
 	}

@@ -761,7 +761,7 @@ static void show_fds(pf_client_t *c, const char *arg, pf_buf_t *out)
 
 	(void)arg;
 	/* Cancel keys of every client: admin_users only (the table says so too). */
-	if (!c->admin_can_write) {
+	if (!c->cold->admin_can_write) {
 		pf_proto_be_error(out, "ERROR", "08P01", "admin access needed", NULL, NULL);
 		return;
 	}

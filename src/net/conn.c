@@ -373,7 +373,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	c->tp.ops->read_stop(&c->tp, &c->h->stream);
 	c->reading = false;
 	c->read_done = true;
-	c->read_status = nread == UV_EOF ? 0 : (int)nread;
+	c->read_status = nread == UV_EOF ? 0 : pf_conn_status16(nread);
 	/* Bytes that arrived before the end are still passed on first (a server's last rows and
 	 * its FATAL error; pf_conn_process() tells the end once they are through or can go no
 	 * further); a client queued for a server leaves with its input. */
@@ -846,7 +846,7 @@ static void send_failed(pf_conn_t *c, int status)
 	assert(status < 0);
 	if (c->send_error)
 		return;
-	c->send_error = status;
+	c->send_error = pf_conn_status16(status);
 	pf_conn_defer_resume(c);
 }
 

@@ -31,7 +31,7 @@ static void linked(pf_pool_server_t *ps, pf_pool_client_t *pc)
 	pf_client_t *c = pf_client_of(pc);
 	pf_worker_t *w = ps->pool->worker;
 
-	if (c->auth_lookup) {
+	if (pf_client_in_lookup(c)) {
 		/* A logging-in client's lookup: the server answers it, not the client. */
 		pf_authq_linked(c, s);
 		return;

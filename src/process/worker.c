@@ -729,7 +729,7 @@ static bool client_between_transactions(pf_client_t *c, pf_usec_t now)
 	pf_usec_t last =
 	        c->conn.request_time > c->pc.released ? c->conn.request_time : c->pc.released;
 
-	if (c->admin || c->conn.closing || c->pc.state != PF_CL_ACTIVE ||
+	if (pf_client_is_console(c) || c->conn.closing || c->pc.state != PF_CL_ACTIVE ||
 	    pf_conn_has_input(&c->conn) || pf_conn_mid_message(&c->conn))
 		return false;
 	/* Quiet for a moment: an application that has just checked its connection (an empty
@@ -888,7 +888,7 @@ static void suspend_clients(pf_list_t *l, bool on)
 		pf_client_t *c = pf_client_from_node(it);
 
 		/* The console stays usable: RESUME must be able to arrive. */
-		if (!c->admin)
+		if (!pf_client_is_console(c))
 			pf_conn_suspend(&c->conn, on);
 	}
 }

@@ -173,16 +173,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(sql, data + 1, size - 1);
 	sql[size - 1] = '\0';
 	c->conn.net = &worker->net;
-	c->admin = true;
-	c->admin_can_write = data[0] & 1;
-	c->user_name = (char *)(c->admin_can_write ? "admin" : "stats");
+	c->cold->admin = true;
+	c->cold->admin_can_write = data[0] & 1;
+	c->user_name = (char *)(c->cold->admin_can_write ? "admin" : "stats");
 
 	pf_buf_init(&out);
 	pf_admin_run(c, sql, &out);
 	check_answer(&out);
 	CHECK(c->cold->admin_wait == PF_ADMIN_WAIT_NONE); /* nothing to wait for: no servers */
-	if (!c->admin_can_write)
-		CHECK(worker_untouched() && c->cold->admin_shutdown == 0 && !c->admin_kill_self);
+	if (!c->cold->admin_can_write)
+		CHECK(worker_untouched() && c->cold->admin_shutdown == 0 && !c->cold->admin_kill_self);
 	pf_buf_free(&out);
 	reset_worker();
 	free(c->cold);
