@@ -142,9 +142,15 @@ static void command_error(pf_buf_t *out, const char *sqlstate, const char *msg, 
 	pf_proto_be_ready_for_query(out, PF_PROTO_TX_IDLE);
 }
 
-/* The non-console database called name, or NULL after an error in out. */
-static pf_database_t *target_db(pf_worker_t *w, const char *name, pf_buf_t *out)
+/*
+ * The non-console database called name, or NULL after an error in out: 3D000 for a name that
+ * is no database, and PgBouncer's words (refusal, e.g. "cannot pause admin db") with 42809
+ * for the console's own (pgfunnel, or its alias pgbouncer), which no command controls.
+ */
+static pf_database_t *target_db(pf_worker_t *w, const char *name, const char *refusal,
+                                pf_buf_t *out)
 {
+	const char *look = strcmp(name, PF_ADMIN_DBNAME_ALIAS) == 0 ? PF_ADMIN_DBNAME : name;
 	pf_list_node_t *it, *tmp;
 	char msg[320];
 
@@ -152,8 +158,13 @@ static pf_database_t *target_db(pf_worker_t *w, const char *name, pf_buf_t *out)
 	{
 		pf_database_t *db = PF_CONTAINER_OF(it, pf_database_t, node);
 
-		if (!db->admin && strcmp(db->name, name) == 0)
+		if (strcmp(db->name, look) != 0)
+			continue;
+		if (!db->admin)
 			return db;
+		snprintf(msg, sizeof(msg), "%s: %s", refusal, name);
+		command_error(out, "42809", msg, NULL);
+		return NULL;
 	}
 	snprintf(msg, sizeof(msg), "no such database: %s", name);
 	command_error(out, "3D000", msg, NULL);
@@ -674,19 +685,26 @@ typedef struct control_cmd {
 	const char *name;
 	bool (*run)(pf_client_t *c, const char *arg, pf_buf_t *out);
 	void (*run_scoped)(pf_client_t *c, pf_database_t *db, pf_buf_t *out);
+	const char *console_refusal; /* run_scoped's answer when the word names the console */
 } control_cmd_t;
 
 static const control_cmd_t control_cmds[] = {
-        {.name = "PAUSE", .run_scoped = cmd_pause},
-        {.name = "RESUME", .run_scoped = cmd_resume},
+        {.name = "PAUSE", .run_scoped = cmd_pause, .console_refusal = "cannot pause admin db"},
+        {.name = "RESUME", .run_scoped = cmd_resume, .console_refusal = "cannot resume admin db"},
         {.name = "SUSPEND", .run = cmd_suspend},
-        {.name = "DISABLE", .run_scoped = cmd_disable},
-        {.name = "ENABLE", .run_scoped = cmd_enable},
-        {.name = "RECONNECT", .run_scoped = cmd_reconnect},
-        {.name = "KILL", .run_scoped = cmd_kill},
+        {.name = "DISABLE",
+         .run_scoped = cmd_disable,
+         .console_refusal = "cannot disable admin db"},
+        {.name = "ENABLE", .run_scoped = cmd_enable, .console_refusal = "cannot disable admin db"},
+        {.name = "RECONNECT",
+         .run_scoped = cmd_reconnect,
+         .console_refusal = "cannot reconnect admin db"},
+        {.name = "KILL", .run_scoped = cmd_kill, .console_refusal = "cannot kill admin db"},
         {.name = "RELOAD", .run = cmd_reload},
         {.name = "SHUTDOWN", .run = cmd_shutdown},
-        {.name = "WAIT_CLOSE", .run_scoped = cmd_wait_close},
+        {.name = "WAIT_CLOSE",
+         .run_scoped = cmd_wait_close,
+         .console_refusal = "cannot wait in admin db"},
         {.name = "KILL_CLIENT", .run = cmd_kill_client},
 };
 
@@ -696,7 +714,7 @@ static const control_cmd_t *find_control(const char *verb)
 	for (size_t i = 0; i < PF_ARRAY_SIZE(control_cmds); i++) {
 		const control_cmd_t *cmd = &control_cmds[i];
 
-		assert(!cmd->run != !cmd->run_scoped);
+		assert(!cmd->run != !cmd->run_scoped && !cmd->run_scoped == !cmd->console_refusal);
 		if (strcmp(verb, cmd->name) == 0)
 			return cmd;
 	}
@@ -766,7 +784,7 @@ static bool run_control(pf_client_t *c, const char *verb, const char *rest, pf_b
 		return true;
 	if (cmd->run)
 		return cmd->run(c, arg, out);
-	if (arg[0] && !(db = target_db(pf_conn_worker(&c->conn), arg, out)))
+	if (arg[0] && !(db = target_db(pf_conn_worker(&c->conn), arg, cmd->console_refusal, out)))
 		return true;
 	cmd->run_scoped(c, db, out);
 	return true;

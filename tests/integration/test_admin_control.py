@@ -245,6 +245,26 @@ def test_pause_unknown_database(setup):
     assert adm.state()["paused"] == "no"
 
 
+@pytest.mark.parametrize("cmd,words", [
+    ("PAUSE", "cannot pause admin db"), ("RESUME", "cannot resume admin db"),
+    ("DISABLE", "cannot disable admin db"), ("ENABLE", "cannot disable admin db"),
+    ("RECONNECT", "cannot reconnect admin db"), ("KILL", "cannot kill admin db"),
+    ("WAIT_CLOSE", "cannot wait in admin db")])
+def test_commands_naming_the_console_are_refused(setup, postgres, cmd, words):
+    """A command naming the console database (pgfunnel, or its alias pgbouncer) gets
+    PgBouncer's words for it ("cannot pause admin db: pgbouncer"; SQLSTATE 42809, PgBouncer
+    08P01), changes nothing, and the console goes on answering."""
+    pf, role, pw = setup()
+    adm = Admin(pf)
+    for name in ("pgfunnel", "pgbouncer"):
+        err = error_of(adm.run, "%s %s" % (cmd, name))
+        assert (err.severity, err.sqlstate, err.message) == (
+            "ERROR", "42809", "%s: %s" % (words, name)), err.fields
+    assert adm.state()["paused"] == "no"
+    assert adm.database("appdb")["paused"] == "0" and adm.database("appdb")["disabled"] == "0"
+    assert new_client_query(pf, role, pw, "SELECT 'still'") == [("still",)]
+
+
 # ---------------------------------------------------------------- SUSPEND
 
 
