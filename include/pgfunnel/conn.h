@@ -147,6 +147,7 @@ struct pf_conn {
 	bool reap : 1;            /* handle-less after a park: freed from net->reaper when closed */
 	bool rbuf_small : 1;      /* rbuf is a small buffer (PF_CONN_SMALL_RBUF bytes, malloc's) */
 	bool rbuf_full_size : 1; /* a client that filled a small buffer: full ones until it parks */
+	bool rcvbuf_raised : 1;  /* SO_RCVBUF raised once (see keep_acks_readable in conn.c) */
 	/* The two ends' codes are libuv's (-errno, >= -4095), stored in 16 bits (pf_conn_status16)
 	 * to keep the struct small: one of these per idle client. */
 	int16_t read_status;     /* 0 for EOF, else the read error */

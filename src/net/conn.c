@@ -48,6 +48,10 @@
  * must_drain). */
 #define PF_CONN_DRAIN_MAX (64u * 1024u)
 
+/* What a conn's socket receive buffer (SO_RCVBUF) is raised to once it stops reading while
+ * output of ours waits on it (see keep_acks_readable). */
+#define PF_CONN_STOPPED_RCVBUF (64 * 1024)
+
 /* A copy of bytes libuv could not write at once. */
 typedef struct owned_write {
 	uv_write_t req;
@@ -394,6 +398,40 @@ static bool suspend_holds(const pf_conn_t *c)
 	return c->suspended && !pf_conn_has_pending_writes(c);
 }
 
+/*
+ * A conn stops reading with its buffer full (the drain at its cap, or a write borrowing the
+ * buffer) while output of ours waits on its socket: what the peer sends from now on stays in the
+ * kernel's receive queue, and the ACKs our output waits for come with it. Linux (6.18) counts
+ * each segment's truesize against sk_rcvbuf (a 1-byte one costs ~1 KiB until the queue is
+ * collapsed); when a segment does not fit even after collapsing, it is dropped (PROTO_MEM) and
+ * a zero window is advertised from that segment's start (ICSK_ACK_NOMEM). The peer has sent
+ * past that edge, so from then on each of its segments lies beyond our window and is dropped
+ * before its ACK is read (tcp_sequence(): TCP_INVALID_SEQUENCE for its window updates,
+ * TCP_INVALID_END_SEQUENCE for its retransmissions while the queue is not empty). Our output
+ * never learns that the peer reads again, and the conn never reads again: a stall for good.
+ * With tcp_socket_buffer=4096 (8 KiB of receive memory) a client trickling 1- or 7-byte
+ * segments at the drain cap got there every time (test_zz_drain_stall_repro.py), with a 32 KiB
+ * buffer still, not with 64 KiB. So the socket's receive buffer is raised, once, to
+ * PF_CONN_STOPPED_RCVBUF (rmem_max caps it; never lowered; a bigger one is left alone): the
+ * kernel then has room, after collapsing, for the last window of tiny segments. The price: a
+ * peer that does not read parks up to that much more in the kernel (kernel memory, not ours),
+ * as it may with the kernel's default buffers anyway.
+ */
+static void keep_acks_readable(pf_conn_t *c)
+{
+	int size = PF_CONN_STOPPED_RCVBUF, cur = 0;
+	socklen_t len = sizeof(cur);
+	uv_os_fd_t fd;
+
+	c->rcvbuf_raised = true;
+	if (c->is_unix || uv_fileno(&c->h->handle, &fd) < 0)
+		return;
+	/* getsockopt() reports the doubled value the kernel uses (see socket(7)). */
+	if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &cur, &len) == 0 && cur >= 2 * size)
+		return;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+}
+
 static void update_reading(pf_conn_t *c)
 {
 	bool full = c->rbuf && c->rend == c->rcap && !rbuf_can_widen(c);
@@ -407,6 +445,8 @@ static void update_reading(pf_conn_t *c)
 		c->tp.ops->read_stop(&c->tp, &c->h->stream);
 		c->reading = false;
 	}
+	if (full && !c->rcvbuf_raised && c->handle_open && pf_conn_has_pending_writes(c))
+		keep_acks_readable(c);
 }
 
 static void on_forward_written(uv_write_t *req, int status)
