@@ -410,7 +410,7 @@ static bool suspend_holds(const pf_conn_t *c)
  * TCP_INVALID_END_SEQUENCE for its retransmissions while the queue is not empty). Our output
  * never learns that the peer reads again, and the conn never reads again: a stall for good.
  * With tcp_socket_buffer=4096 (8 KiB of receive memory) a client trickling 1- or 7-byte
- * segments at the drain cap got there every time (test_zz_drain_stall_repro.py), with a 32 KiB
+ * segments at the drain cap got there every time (test_zz_attack_drain_stall.py), with a 32 KiB
  * buffer still, not with 64 KiB. So the socket's receive buffer is raised, once, to
  * PF_CONN_STOPPED_RCVBUF (rmem_max caps it; never lowered; a bigger one is left alone): the
  * kernel then has room, after collapsing, for the last window of tiny segments. The price: a
