@@ -1162,7 +1162,7 @@ def test_console_commands_naming_the_console_database(proxy, roles):
                     assert e.sqlstate == "57P01", (sql, e.fields)
                     gone = True
                 else:
-                    assert e.sqlstate in ("42601", "42704", "0A000", "42501", "08P01", "3D000"), (
+                    assert e.sqlstate in ("42601", "42704", "0A000", "42501", "08P01", "42809"), (
                         sql, e.fields)
                     gone = False
             except pgwire.ProtocolError:
