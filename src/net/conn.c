@@ -48,8 +48,8 @@
  * must_drain). */
 #define PF_CONN_DRAIN_MAX (64u * 1024u)
 
-/* What a conn's socket receive buffer (SO_RCVBUF) is raised to once it stops reading while
- * output of ours waits on it (see keep_acks_readable). */
+/* What a conn's socket receive buffer (SO_RCVBUF) is raised to once it stops reading with its
+ * buffer full (see keep_acks_readable). */
 #define PF_CONN_STOPPED_RCVBUF (64 * 1024)
 
 /* A copy of bytes libuv could not write at once. */
@@ -399,8 +399,8 @@ static bool suspend_holds(const pf_conn_t *c)
 }
 
 /*
- * A conn stops reading with its buffer full (the drain at its cap, or a write borrowing the
- * buffer) while output of ours waits on its socket: what the peer sends from now on stays in the
+ * A conn stops reading with its buffer full (the drain at its cap, a write borrowing the
+ * buffer, our own output over PF_CONN_OUT_MAX) while output of ours waits on its socket: what the peer sends from now on stays in the
  * kernel's receive queue, and the ACKs our output waits for come with it. Linux (6.18) counts
  * each segment's truesize against sk_rcvbuf (a 1-byte one costs ~1 KiB until the queue is
  * collapsed); when a segment does not fit even after collapsing, it is dropped (PROTO_MEM) and
@@ -413,9 +413,13 @@ static bool suspend_holds(const pf_conn_t *c)
  * segments at the drain cap got there every time (test_zz_attack_drain_stall.py), with a 32 KiB
  * buffer still, not with 64 KiB. So the socket's receive buffer is raised, once, to
  * PF_CONN_STOPPED_RCVBUF (rmem_max caps it; never lowered; a bigger one is left alone): the
- * kernel then has room, after collapsing, for the last window of tiny segments. The price: a
- * peer that does not read parks up to that much more in the kernel (kernel memory, not ours),
- * as it may with the kernel's default buffers anyway.
+ * kernel then has room, after collapsing, for the last window of tiny segments. It is raised
+ * the first time the conn stops reading with its buffer full, whether or not output waits in
+ * libuv then: the output may sit in the kernel's send queue only, or come later (a server's
+ * next rows), and a raise after the first drop comes too late (the zero window stays until we
+ * read; a CI run stalled once, 1 MB answer short, with the raise tied to libuv's queue;
+ * not reproduced here). The price: a peer that does not read parks up to that much more in
+ * the kernel (kernel memory, not ours), as it may with the kernel's default buffers anyway.
  */
 static void keep_acks_readable(pf_conn_t *c)
 {
@@ -445,7 +449,7 @@ static void update_reading(pf_conn_t *c)
 		c->tp.ops->read_stop(&c->tp, &c->h->stream);
 		c->reading = false;
 	}
-	if (full && !c->rcvbuf_raised && c->handle_open && pf_conn_has_pending_writes(c))
+	if (full && !c->rcvbuf_raised && c->handle_open)
 		keep_acks_readable(c);
 }
 

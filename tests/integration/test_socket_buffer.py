@@ -179,3 +179,31 @@ def test_reload_of_tcp_defer_accept_reaches_the_listeners(proxy, role):
         for s in silent:
             s.close()
         adm.close()
+
+
+def test_a_client_stopped_with_a_full_buffer_gets_room_for_acks(proxy, role):
+    """tcp_socket_buffer=4096, pool of 1. A client waits for the server (another one holds it in
+    a transaction) while pipelining 12 KB: pgfunnel reads until its buffer is full and stops.
+    Its socket's receive buffer is then raised to 64 KiB (the kernel shows 131072), though no
+    output of ours waits on it yet: once our answers wait for the client's ACKs, tiny segments
+    of the client filling an 8 KiB receive queue would get those ACKs dropped for good
+    (keep_acks_readable). The client gets all its answers; a client that never stopped keeps
+    its 4096 buffer."""
+    pf = tx_proxy(proxy, role, tcp_socket_buffer=4096, default_pool_size=1)
+    holder, waiter, calm = connect(pf, role), connect(pf, role), None
+    try:
+        assert holder.simple_query("BEGIN") == []
+        n = 120
+        waiter.sock.sendall(b"".join(pgwire.fe_query("SELECT %d, '%s'" % (i, "w" * 80))
+                                     for i in range(n)))
+        raised = pfhelpers.wait_for(lambda: client_side(pf, waiter) == [(131072, 8192, 0)], LONG)
+        assert raised, client_side(pf, waiter)
+        assert holder.simple_query("COMMIT") == []
+        assert read_rows(waiter, n, LONG) == [[(str(i), "w" * 80)] for i in range(n)]
+        calm = connect(pf, role)
+        assert calm.simple_query("SELECT 'calm'") == [("calm",)]
+        assert client_side(pf, calm) == [(8192, 8192, 0)]
+    finally:
+        for c in (holder, waiter, calm):
+            if c:
+                c.close()

@@ -27,6 +27,7 @@ import select
 import socket
 import ssl
 import struct
+import subprocess
 import threading
 import time
 
@@ -62,6 +63,18 @@ def parse_messages(buf):
         out.append((chr(buf[pos]), buf[pos + 5:pos + 1 + n]))
         pos += 1 + n
     return out, buf[pos:]
+
+
+def socket_state(sock):
+    """Both ends of sock's TCP connection as ss sees them (queues, windows, memory), for a
+    stall's report: a kernel that stopped passing ACKs looks different from a pooler that
+    stopped writing."""
+    try:
+        port = sock.getsockname()[1]
+        return subprocess.run(["ss", "-tmoin", "( sport = :%d or dport = :%d )" % (port, port)],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return "ss: %s" % e
 
 
 class Duplex:
@@ -113,8 +126,11 @@ class Duplex:
                 except ConnectionResetError:
                     self.eof = True
                 if time.monotonic() > deadline:
-                    raise TimeoutError("%d of %d ReadyForQuery, sent %d of %d; last %r" % (
-                        seen, n_ready, pos, len(data), pgwire.tokens(self.msgs[-4:])))
+                    raise TimeoutError("%d of %d ReadyForQuery, sent %d of %d; last %r; %d bytes "
+                                       "unparsed\n%s" % (
+                                           seen, n_ready, pos, len(data),
+                                           pgwire.tokens(self.msgs[-4:]), len(self.buf),
+                                           socket_state(sock)))
                 if not moved and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                     select.select([sock], [sock] if pos < len(data) else [], [], 0.05)
         finally:
