@@ -399,27 +399,27 @@ static bool suspend_holds(const pf_conn_t *c)
 }
 
 /*
- * A conn stops reading with its buffer full (the drain at its cap, a write borrowing the
- * buffer, our own output over PF_CONN_OUT_MAX) while output of ours waits on its socket: what the peer sends from now on stays in the
- * kernel's receive queue, and the ACKs our output waits for come with it. Linux (6.18) counts
- * each segment's truesize against sk_rcvbuf (a 1-byte one costs ~1 KiB until the queue is
- * collapsed); when a segment does not fit even after collapsing, it is dropped (PROTO_MEM) and
- * a zero window is advertised from that segment's start (ICSK_ACK_NOMEM). The peer has sent
- * past that edge, so from then on each of its segments lies beyond our window and is dropped
- * before its ACK is read (tcp_sequence(): TCP_INVALID_SEQUENCE for its window updates,
- * TCP_INVALID_END_SEQUENCE for its retransmissions while the queue is not empty). Our output
- * never learns that the peer reads again, and the conn never reads again: a stall for good.
- * With tcp_socket_buffer=4096 (8 KiB of receive memory) a client trickling 1- or 7-byte
- * segments at the drain cap got there every time (test_zz_attack_drain_stall.py), with a 32 KiB
- * buffer still, not with 64 KiB. So the socket's receive buffer is raised, once, to
- * PF_CONN_STOPPED_RCVBUF (rmem_max caps it; never lowered; a bigger one is left alone): the
- * kernel then has room, after collapsing, for the last window of tiny segments. It is raised
- * the first time the conn stops reading with its buffer full, whether or not output waits in
- * libuv then: the output may sit in the kernel's send queue only, or come later (a server's
- * next rows), and a raise after the first drop comes too late (the zero window stays until we
- * read; a CI run stalled once, 1 MB answer short, with the raise tied to libuv's queue;
- * not reproduced here). The price: a peer that does not read parks up to that much more in
- * the kernel (kernel memory, not ours), as it may with the kernel's default buffers anyway.
+ * A conn stops reading with its buffer full (the drain at its cap, a write borrowing the buffer,
+ * our own output over PF_CONN_OUT_MAX) while output of ours waits on its socket: what the peer
+ * sends from now on stays in the kernel's receive queue, and the ACKs our output waits for come
+ * with it. Linux (6.18) counts each segment's truesize against sk_rcvbuf (a 1-byte one costs ~1
+ * KiB until the queue is collapsed); when a segment does not fit even after collapsing, it is
+ * dropped (PROTO_MEM) and a zero window is advertised from that segment's start (ICSK_ACK_NOMEM).
+ * The peer has sent past that edge, so from then on each of its segments lies beyond our window
+ * and is dropped before its ACK is read (tcp_sequence(): TCP_INVALID_SEQUENCE for its window
+ * updates, TCP_INVALID_END_SEQUENCE for its retransmissions while the queue is not empty). Our
+ * output never learns that the peer reads again, and the conn never reads again: a stall for good.
+ * With tcp_socket_buffer=4096 (8 KiB of receive memory) a client trickling 1- or 7-byte segments
+ * at the drain cap got there every time (test_zz_attack_drain_stall.py), with a 32 KiB buffer
+ * still, not with 64 KiB. So the socket's receive buffer is raised, once, to
+ * PF_CONN_STOPPED_RCVBUF (rmem_max caps it; never lowered; a bigger one is left alone): the kernel
+ * then has room, after collapsing, for the last window of tiny segments. It is raised the first
+ * time the conn stops reading with its buffer full, whether or not output waits in libuv then: the
+ * output may sit in the kernel's send queue only, or come later (a server's next rows), and a
+ * raise after the first drop comes too late (the zero window stays until we read; a CI run stalled
+ * once, 1 MB answer short, with the raise tied to libuv's queue; not reproduced here). The price:
+ * a peer that does not read parks up to that much more in the kernel (kernel memory, not ours), as
+ * it may with the kernel's default buffers anyway.
  */
 static void keep_acks_readable(pf_conn_t *c)
 {
