@@ -38,6 +38,8 @@ B, C, A, ...: the order turns each round):
                        pooler "direct" in the same rounds: latency added = the pooler's
                        median mean latency - direct's (mean latency = 1/TPS, finer than
                        pgbench's "latency average"; "direct" is in the default set too)  (row 3)
+  select-only-20       pgbench -S -c 20 -j 2 through the poolers and the floor (below): not a
+                       row; the least CPU per transaction a proxy could spend, for rows 1-2
   scram-login-16       pgbench -S -C -c 20 -j 2 as user bench16, whose userlist entry is a
   scram-login-4096     SCRAM secret of 16 (4096) iterations, the same secret as its PostgreSQL
                        password (CREATE ROLE ... PASSWORD 'SCRAM-SHA-256$...' stores it
@@ -90,7 +92,11 @@ CPU per transaction are what the kernel and the wake-ups cost any proxy of this 
 user-space process relaying TCP through read/write), so a pooler's figure above the floor's is
 its own. The goals table then shows the latency row over the floor. (Not at 200 clients: one
 server per client there is 200 backends, and PostgreSQL on 2 CPUs serves them at a tenth of
-the pooled rate, a different load.)
+the pooled rate, a different load.) The goals set therefore also runs select-only-20
+(pgbench -S -c 20 -j 2, as many clients as the pool has servers, so every pooler keeps one
+server per client like the floor) with the floor, and the final table shows its CPU per
+transaction there next to the poolers' and its ratio to each PgBouncer: the least CPU any proxy
+of this design could spend, against the goal of rows 1 and 2.
 
 The "tls" set (same ini otherwise: transaction mode, pool 20, SCRAM with the plain userlist):
   tls-select   pgbench -S -c 200 -j 2, PGSSLMODE=require; poolers with client_tls_sslmode=require
@@ -219,12 +225,17 @@ SCENARIO_SETS["tls"] = TLS_SCENARIOS
 # IDLE_CLIENTS logged-in connections) and "tail" (tail-10k: pgbench -l, percentiles of the
 # per-transaction latencies). scram-login-* log in as the users of SCRAM_USERS.
 LOGIN_ARGS = ["-S", "-C", "-c", "20", "-j", "2", "-M", "simple"]
+# select-only with as many clients as the pool has servers: every client keeps one server, so
+# the floor (one server per client) carries the same load as the poolers here, which it cannot
+# at 200 clients (200 backends).
+FLOOR_SELECT = ("select-only-20", ["-S", "-c", "20", "-j", "2", "-M", "simple"], "excl")
 TAIL_CLIENTS = 10000
 IDLE_CLIENTS = 5000
 GOALS_SCENARIOS = [
     SCENARIOS[0],  # select-only (row 1)
     SCENARIOS[1],  # select-only-extended (row 2)
     SCENARIOS[4],  # 1-client-latency, with the "direct" pseudo-pooler (row 3)
+    FLOOR_SELECT,  # not a row: rows 1 and 2 measured against the floor where it can run
     ("scram-login-16", LOGIN_ARGS, "incl"),  # row 4
     ("scram-login-4096", LOGIN_ARGS, "incl"),
     ("idle-memory", [], "idle"),  # row 5
@@ -258,7 +269,7 @@ DIRECT_SCENARIOS = {"1-client-latency"}
 # Scenarios measured through the floor (--floor: tests/bench/nullproxy.c, a byte-forwarding proxy
 # that pairs every client with its own server and parses nothing) too, as the pseudo-pooler
 # "floor": what the kernel and the wake-ups cost any proxy on this design.
-FLOOR_SCENARIOS = {"1-client-latency"}
+FLOOR_SCENARIOS = {"1-client-latency", "select-only-20"}
 # The file descriptors the biggest scenario needs per process (pgbench's and the pooler's client
 # sockets, plus servers, logs, slack); RLIMIT_NOFILE is raised before anything starts.
 NOFILE_WANT = 65536
@@ -1165,6 +1176,11 @@ GOALS = [
     ("tail-p99-p50", "%d clients/pool 20: p99/p50" % TAIL_CLIENTS, "tail-10k", "p99_p50", True,
      1.3),
 ]
+# Not goals: figures the final table shows next to the floor's (key, figure, scenario, field).
+FLOOR_EVIDENCE = [
+    ("cpu-select-20", "select-only 20 cl/pool 20: CPU us/txn", "select-only-20",
+     "cpu_us_per_txn"),
+]
 # Goals that are pgfunnel's own figure, not a ratio to PgBouncer (issue 14: at most 512 bytes
 # per idle client; p99/p50 at most 1.3).
 ABSOLUTE_GOALS = {"idle-bytes", "tail-p99-p50"}
@@ -1175,7 +1191,9 @@ def print_goal_summary(summary, bouncers, goals, titles):
     pooler, pgfunnel's ratio to each PgBouncer, the goal and whether it is met. titles: pooler
     name -> column title ("PgBouncer 1.25.2"). A dict by key."""
     rows = [g for g in GOALS if g[2] in summary]
-    if not rows:
+    evidence = [e for e in FLOOR_EVIDENCE
+                if summary.get(e[2], {}).get("floor", {}).get(e[3]) is not None]
+    if not rows and not evidence:
         return None
     hb = [titles.get(b, b) for b in bouncers]
     print()
@@ -1252,6 +1270,27 @@ def print_goal_summary(summary, bouncers, goals, titles):
                                      else None, ".2f")
             print(row)
         out["floor"] = {g[0]: summary[g[2]]["floor"].get(g[3]) for g in floor_rows}
+    if evidence:
+        print("the floor where it carries the poolers' load (a client per server; not a goal):"
+              " the floor's figure, then pgfunnel's and each PgBouncer's, then the floor's"
+              " ratio to each PgBouncer, the least any proxy of this design could reach:")
+        head = "  %-38s %10s %16s" % ("", "floor", "pgfunnel")
+        for b in hb:
+            head += " %16s" % b
+        for b in hb:
+            head += " %14s" % ("floor x " + b.replace("PgBouncer ", "PgB "))
+        print(head)
+        for key, label, scen, field in evidence:
+            base = summary[scen]["floor"][field]
+            vals = [summary[scen].get(b, {}).get(field) for b in ["pgfunnel"] + bouncers]
+            row = "  %-38s %10s" % (label, fmt(base, ".1f"))
+            for v in vals:
+                row += " %16s" % fmt(v, ".1f")
+            for v in vals[1:]:
+                row += " %14s" % fmt(ratio(base, v) if v else None, ".2f")
+            print(row)
+            out.setdefault("evidence", {})[key] = {
+                "floor": base, "values": dict(zip(["pgfunnel"] + bouncers, vals))}
     sys.stdout.flush()
     return out
 
