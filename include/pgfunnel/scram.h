@@ -101,6 +101,14 @@ typedef struct {
 } pf_scram_secret_t;
 
 /*
+ * HMAC-SHA-256 (RFC 2104) of data (n bytes) under key (keylen bytes; hashed first when longer
+ * than a SHA-256 block) into out. Returns 0, -EINVAL (NULL with a non-zero length), -ENOMEM,
+ * -EIO.
+ */
+PF_MUSTCHECK int pf_scram_hmac(const uint8_t *key, size_t keylen, const void *data, size_t n,
+                               uint8_t out[PF_SCRAM_KEY_LEN]);
+
+/*
  * Derives the secret for password with the given salt (1..64 bytes) and iterations (>= 1):
  * SaltedPassword = PBKDF2-HMAC-SHA-256(SASLprep(password), salt, iterations), ClientKey,
  * StoredKey, ServerKey per RFC 5802 (see above for SASLprep). Writes ClientKey into

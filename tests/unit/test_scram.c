@@ -1275,9 +1275,72 @@ static void test_random_bytes(void **state)
 	}
 }
 
+static void unhex(const char *h, uint8_t *out)
+{
+	for (size_t i = 0; h[2 * i]; i++) {
+		unsigned v = 0;
+
+		assert_int_equal(sscanf(h + 2 * i, "%2x", &v), 1);
+		out[i] = (uint8_t)v;
+	}
+}
+
+/* pf_scram_hmac: RFC 4231's HMAC-SHA-256 vectors (a key shorter than, and one longer than the
+ * block), then OpenSSL's HMAC() for every key length around the block and data lengths around
+ * SHA-256's padding boundaries. */
+static void test_hmac(void **state)
+{
+	static const struct {
+		uint8_t key_byte;
+		size_t key_len;
+		const char *key, *data, *mac;
+	} rfc[] = {
+	        {0x0b, 20, NULL, "Hi There",
+	         "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"},
+	        {0, 4, "Jefe", "what do ya want for nothing?",
+	         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"},
+	        {0xaa, 131, NULL, "Test Using Larger Than Block-Size Key - Hash Key First",
+	         "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"},
+	};
+	static const size_t data_lens[] = {0, 1, 55, 56, 63, 64, 65, 119, 120, 300};
+	uint8_t key[200], data[300], got[PF_SCRAM_KEY_LEN], want[PF_SCRAM_KEY_LEN];
+	unsigned int len = 0;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(rfc) / sizeof(rfc[0]); i++) {
+		if (rfc[i].key)
+			memcpy(key, rfc[i].key, rfc[i].key_len);
+		else
+			memset(key, rfc[i].key_byte, rfc[i].key_len);
+		unhex(rfc[i].mac, want);
+		assert_int_equal(
+		        pf_scram_hmac(key, rfc[i].key_len, rfc[i].data, strlen(rfc[i].data), got),
+		        0);
+		assert_memory_equal(got, want, sizeof(want));
+	}
+	for (size_t i = 0; i < sizeof(key); i++)
+		key[i] = (uint8_t)(i * 7 + 1);
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 13 + 5);
+	for (size_t kl = 0; kl <= 130; kl++) {
+		for (size_t d = 0; d < sizeof(data_lens) / sizeof(data_lens[0]); d++) {
+			assert_non_null(
+			        HMAC(EVP_sha256(), key, (int)kl, data, data_lens[d], want, &len));
+			assert_int_equal(pf_scram_hmac(key, kl, data, data_lens[d], got), 0);
+			assert_memory_equal(got, want, sizeof(want));
+		}
+	}
+	assert_int_equal(pf_scram_hmac(NULL, 1, data, 1, got), -EINVAL);
+	assert_int_equal(pf_scram_hmac(key, 1, NULL, 1, got), -EINVAL);
+	assert_int_equal(pf_scram_hmac(NULL, 0, NULL, 0, got), 0); /* HMAC of nothing, no key */
+	assert_non_null(HMAC(EVP_sha256(), "", 0, (const uint8_t *)"", 0, want, &len));
+	assert_memory_equal(got, want, sizeof(want));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_hmac),
 	        cmocka_unit_test(test_random_bytes),
 	        cmocka_unit_test(test_rfc7677_client),
 	        cmocka_unit_test(test_rfc7677_server),
