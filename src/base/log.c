@@ -15,6 +15,7 @@
  */
 #include "pfbuild.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -220,16 +221,47 @@ void pf_log_close(void)
 
 size_t pf_log_format_time(char *buf, size_t n, long long usec)
 {
+	/* The date, time and zone of the last second formatted by this thread: localtime_r and
+	 * strftime cost more than the rest of a log line's head, and lines come in bursts. */
+	static _Thread_local struct {
+		bool valid;
+		time_t sec;
+		size_t date_len, zone_len;
+		char date[32];
+		char zone[16];
+	} last;
 	time_t sec = (time_t)(usec / 1000000);
-	struct tm tm;
+	int ms = (int)(usec % 1000000 / 1000);
+	char out[sizeof(last.date) + 5 + sizeof(last.zone)];
 	size_t len;
 
-	localtime_r(&sec, &tm);
-	len = strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
-	len += (size_t)snprintf(buf + len, n - len, ".%03d ", (int)(usec % 1000000 / 1000));
-	if (len < n)
-		len += strftime(buf + len, n - len, "%Z", &tm);
-	return len < n ? len : n - 1;
+	assert(usec >= 0); /* the wall clock's, never before 1970 */
+	if (n == 0)
+		return 0;
+	if (!last.valid || last.sec != sec) {
+		struct tm tm;
+
+		localtime_r(&sec, &tm);
+		last.date_len = strftime(last.date, sizeof(last.date), "%Y-%m-%d %H:%M:%S", &tm);
+		last.zone_len = strftime(last.zone, sizeof(last.zone), "%Z", &tm);
+		last.sec = sec;
+		last.valid = true;
+	}
+	/* date ".mmm " zone, without printf's format parsing */
+	memcpy(out, last.date, last.date_len);
+	len = last.date_len;
+	out[len++] = '.';
+	out[len++] = (char)('0' + ms / 100);
+	out[len++] = (char)('0' + ms / 10 % 10);
+	out[len++] = (char)('0' + ms % 10);
+	out[len++] = ' ';
+	memcpy(out + len, last.zone, last.zone_len);
+	len += last.zone_len;
+	if (len > n - 1)
+		len = n - 1;
+	memcpy(buf, out, len);
+	buf[len] = '\0';
+	return len;
 }
 
 static void write_all(int fd, const char *p, size_t len)

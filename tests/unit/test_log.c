@@ -43,6 +43,17 @@ static void test_time_format(void **state)
 	/* 2026-11-26 07:00:00.123456 UTC */
 	assert_int_equal(pf_log_format_time(buf, sizeof(buf), 1795676400123456LL), 27);
 	assert_string_equal(buf, "2026-11-26 07:00:00.123 UTC");
+	/* The same second again (formatted from the thread's cache), then the next one. */
+	assert_int_equal(pf_log_format_time(buf, sizeof(buf), 1795676400999999LL), 27);
+	assert_string_equal(buf, "2026-11-26 07:00:00.999 UTC");
+	assert_int_equal(pf_log_format_time(buf, sizeof(buf), 1795676401000001LL), 27);
+	assert_string_equal(buf, "2026-11-26 07:00:01.000 UTC");
+	assert_int_equal(pf_log_format_time(buf, sizeof(buf), 1795676400500000LL), 27);
+	assert_string_equal(buf, "2026-11-26 07:00:00.500 UTC");
+	/* A short buffer gets what fits, NUL-terminated. */
+	assert_int_equal(pf_log_format_time(buf, 11, 1795676400123456LL), 10);
+	assert_string_equal(buf, "2026-11-26");
+	assert_int_equal(pf_log_format_time(buf, 0, 1795676400123456LL), 0);
 }
 
 static int evaluated;
