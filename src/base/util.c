@@ -3,7 +3,6 @@
  */
 #include "pfbuild.h"
 
-#include <ctype.h>
 #include <string.h>
 #include <time.h>
 
@@ -21,10 +20,16 @@ size_t pf_strlcpy(char *dst, const char *src, size_t n)
 	return len;
 }
 
+/* 'A'..'Z' to 'a'..'z', every other byte as it is (tolower() would ask the locale). */
+static inline unsigned char ascii_lower(unsigned char c)
+{
+	return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
+}
+
 int pf_strcaseeq(const char *a, const char *b)
 {
 	for (; *a && *b; a++, b++) {
-		if (tolower((unsigned char)*a) != tolower((unsigned char)*b))
+		if (*a != *b && ascii_lower((unsigned char)*a) != ascii_lower((unsigned char)*b))
 			return 0;
 	}
 	return *a == *b;

@@ -64,6 +64,22 @@ static void test_strlcpy_truncates(void **state)
 }
 
 /* SipHash-2-4's reference vectors (the paper's appendix; the first and the 15-byte one). */
+static void test_strcaseeq_ascii_only(void **state)
+{
+	(void)state;
+	assert_true(pf_strcaseeq("DateStyle", "datestyle"));
+	assert_true(pf_strcaseeq("TIMEZONE", "TimeZone"));
+	assert_true(pf_strcaseeq("", ""));
+	assert_false(pf_strcaseeq("datestyle", "datestyl"));
+	assert_false(pf_strcaseeq("a", ""));
+	assert_false(pf_strcaseeq("", "a"));
+	/* Only letters fold: '@' '[' '`' '{' and high bytes (Latin-1 Ä/ä) stay themselves. */
+	assert_false(pf_strcaseeq("@", "`"));
+	assert_false(pf_strcaseeq("[", "{"));
+	assert_false(pf_strcaseeq("\xc4", "\xe4"));
+	assert_true(pf_strcaseeq("\xc4x", "\xc4X"));
+}
+
 static void test_siphash24_vectors(void **state)
 {
 	uint8_t msg[64];
@@ -87,6 +103,7 @@ int main(void)
 	        cmocka_unit_test(test_hash_str_spreads_parameter_names),
 	        cmocka_unit_test(test_memeq_ct),
 	        cmocka_unit_test(test_strlcpy_truncates),
+	        cmocka_unit_test(test_strcaseeq_ascii_only),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
