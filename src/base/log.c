@@ -228,7 +228,7 @@ size_t pf_log_format_time(char *buf, size_t n, long long usec)
 		time_t sec;
 		size_t date_len, zone_len;
 		char date[32];
-		char zone[16];
+		char zone[64];
 	} last;
 	time_t sec = (time_t)(usec / 1000000);
 	int ms = (int)(usec % 1000000 / 1000);
@@ -244,6 +244,10 @@ size_t pf_log_format_time(char *buf, size_t n, long long usec)
 		localtime_r(&sec, &tm);
 		last.date_len = strftime(last.date, sizeof(last.date), "%Y-%m-%d %H:%M:%S", &tm);
 		last.zone_len = strftime(last.zone, sizeof(last.zone), "%Z", &tm);
+		/* A zone name too long for zone[] (TZ="<name>offset" takes any length): the UTC
+		 * offset instead, so the line still has its zone field. */
+		if (last.zone_len == 0)
+			last.zone_len = strftime(last.zone, sizeof(last.zone), "%z", &tm);
 		last.sec = sec;
 		last.valid = true;
 	}

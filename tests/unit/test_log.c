@@ -56,6 +56,26 @@ static void test_time_format(void **state)
 	assert_int_equal(pf_log_format_time(buf, 0, 1795676400123456LL), 0);
 }
 
+/* Zone names of any length (TZ="<name>offset"): the whole name, or the UTC offset when it is
+ * longer than the cache holds; never an empty zone field. Each call is a new second, so none
+ * comes from the cache of another zone. */
+static void test_time_format_long_zone_names(void **state)
+{
+	char buf[160];
+
+	(void)state;
+	setenv("TZ", "<PgfunnelLongZoneNameXYZ>-1", 1);
+	tzset();
+	assert_int_equal(pf_log_format_time(buf, sizeof(buf), 1795676402123456LL), 47);
+	assert_string_equal(buf, "2026-11-26 08:00:02.123 PgfunnelLongZoneNameXYZ");
+	setenv("TZ", "<PgfunnelZoneNameLongerThanTheSixtyFourBytesThatTheCacheHoldsForAZone>-1", 1);
+	tzset();
+	assert_int_equal(pf_log_format_time(buf, sizeof(buf), 1795676403123456LL), 29);
+	assert_string_equal(buf, "2026-11-26 08:00:03.123 +0100");
+	setenv("TZ", "UTC", 1);
+	tzset();
+}
+
 static int evaluated;
 
 static int side_effect(void)
@@ -333,6 +353,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_time_format),
+	        cmocka_unit_test(test_time_format_long_zone_names),
 	        cmocka_unit_test(test_file_sink_format_and_threshold),
 	        cmocka_unit_test(test_reopen_follows_rotation),
 	        cmocka_unit_test(test_sink_errors),
