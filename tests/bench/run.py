@@ -98,6 +98,14 @@ server per client like the floor) with the floor, and the final table shows its 
 transaction there next to the poolers' and its ratio to each PgBouncer: the least CPU any proxy
 of this design could spend, against the goal of rows 1 and 2.
 
+--instructions (instead of the scenarios): each pooler's user-space instructions per operation,
+counted by valgrind's callgrind, which other load on the machine does not disturb: a select-only
+transaction (pgbench -S -c 20 -j 2 -t N, simple and extended protocol) and a SCRAM login (pgbench
+-S -C -c 4 -t N), all as bench16. Every pooler lives twice per operation, under a short and a
+long pgbench; (instructions of the long life - of the short) / (operations of the long - of
+the short) is one operation's cost, start-up and shutdown cancelling out. The kernel's work for
+the system calls is not counted: it compares code, the scenarios compare CPU time.
+
 The "tls" set (same ini otherwise: transaction mode, pool 20, SCRAM with the plain userlist):
   tls-select   pgbench -S -c 200 -j 2, PGSSLMODE=require; poolers with client_tls_sslmode=require
   tls-connect  pgbench -S -C -c 20 -j 2, PGSSLMODE=require: every transaction is a TCP connect,
@@ -782,6 +790,123 @@ RE_TPS_INCL = re.compile(r"^tps = ([0-9.]+) \(including (?:reconnection times|co
                          re.M)
 
 
+class CallgrindPooler(Pooler):
+    """A pooler run under valgrind --tool=callgrind, to count its user-space instructions (Ir)
+    over a whole life (start-up and shutdown included; --instructions subtracts two lives)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cg_out = os.path.join(self.workdir, self.label + ".callgrind")
+
+    def command(self):
+        return as_run_user(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + self.cg_out,
+                            self.binary, "-q"] + self.extra_args + [self.ini])
+
+    def start(self):
+        # valgrind's start-up takes seconds; Pooler.start() allows 15
+        with open(self.outfile, "wb") as out:
+            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SetupError("%s exited with status %d under valgrind:\n%s" % (
+                    self.label, self.proc.returncode, read_text(self.outfile)))
+            if port_accepts(self.port):
+                return
+            time.sleep(0.1)
+        raise SetupError("%s did not listen within 120 s under valgrind" % self.label)
+
+    def instructions(self):
+        """Ir of the whole run, from the callgrind file written at exit (after stop())."""
+        m = re.search(r"^(?:summary|totals): (\d+)", read_text(self.cg_out), re.M)
+        if not m:
+            raise SetupError("no callgrind totals in %s:\n%s" % (self.cg_out,
+                                                                 read_text(self.outfile)))
+        return int(m.group(1))
+
+
+# --instructions: (name, user, pgbench arguments without -t, operations per -t unit, short and
+# long -t). Each pooler lives twice per workload, once per -t; the difference of the two lives'
+# instruction counts over the difference of operations is the cost of one operation, start-up,
+# warm-up and shutdown cancelling out. All as bench16 (a 16-iteration SCRAM secret): with
+# DB_USER's plain-text password PgBouncer runs a 4096-iteration PBKDF2 (about 33 million
+# instructions) for every server it opens, and how many of the 20 it opens varies with timing.
+INSTRUCTION_WORKLOADS = [
+    ("select-only transaction", "bench16", ["-S", "-c", "20", "-j", "2", "-M", "simple"], 20,
+     100, 600),
+    ("-M extended transaction", "bench16", ["-S", "-c", "20", "-j", "2", "-M", "extended"], 20,
+     100, 600),
+    ("SCRAM login (16 it.)", "bench16", ["-S", "-C", "-c", "4", "-j", "1", "-M", "simple"], 4,
+     50, 300),
+]
+
+
+def pgbench_count(bindir, pooler, args, count, user):
+    """pgbench -t count through pooler; the number of transactions it processed."""
+    cmd = [os.path.join(bindir, "pgbench"), "-n", "-t", str(count), "-h", "127.0.0.1",
+           "-p", str(pooler.port), "-U", user] + args + [DB_NAME]
+    res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         env=pgbench_env(user=user), timeout=1800)
+    m = RE_PROCESSED.search(res.stdout)
+    done = int(m.group(1)) if m else 0
+    if res.returncode != 0 or not done:
+        raise SetupError("pgbench through %s failed (status %d):\n%s%s" % (
+            pooler.label, res.returncode, res.stdout[-2000:], res.stderr[-2000:]))
+    return done
+
+
+def count_instructions(a, pg, specs, workdir, ids, titles):
+    """--instructions: user-space instructions per operation of every pooler under callgrind
+    (noise-free, unlike CPU time on a shared machine), and pgfunnel's ratio to each other."""
+    if not shutil.which("valgrind"):
+        raise SetupError("--instructions needs valgrind (scripts/install-deps.sh installs it)")
+    names = [sp[0] for sp in specs]
+    table = {}
+    for wl, user, args, per_t, t_short, t_long in INSTRUCTION_WORKLOADS:
+        table[wl] = {}
+        for name, binary, extra, mp, version in specs:
+            counts = []
+            for t in (t_short, t_long):
+                p = CallgrindPooler(name, binary, workdir, pg.port, ids, extra, max_prepared=mp,
+                                    version=version, label="%s-cg" % name)
+                p.start()
+                try:
+                    done = pgbench_count(a.pg_bindir, p, args, t, user)
+                finally:
+                    problem = p.stop(timeout=120)
+                if problem:
+                    raise SetupError(problem)
+                counts.append((done, p.instructions()))
+            (d0, i0), (d1, i1) = counts
+            per_op = (i1 - i0) / (d1 - d0) if d1 > d0 else None
+            table[wl][name] = per_op
+            log("  %-26s %-16s %s instructions per operation (%d and %d operations: %d, %d Ir)"
+                % (wl, name, fmt(per_op, ".0f"), d0, d1, i0, i1))
+    print()
+    print("== user-space instructions per operation (callgrind Ir; pgbench -t, two lives per"
+          " pooler) ==")
+    others = [n for n in names if n != "pgfunnel"]
+    head = "%-26s" % "operation"
+    for n in names:
+        head += " %16s" % titles.get(n, n)
+    for n in others:
+        head += " %14s" % ("x " + titles.get(n, n).replace("PgBouncer ", "PgB "))
+    print(head)
+    for wl in table:
+        row = "%-26s" % wl
+        for n in names:
+            row += " %16s" % fmt(table[wl][n], ".0f")
+        for n in others:
+            row += " %14s" % fmt(ratio(table[wl]["pgfunnel"], table[wl][n]), ".2f")
+        print(row)
+    print("(the pooler's own code and its libraries in user space; the kernel's work for its"
+          " system calls, most of its CPU here, is not counted)")
+    sys.stdout.flush()
+    return table
+
+
 def pgbench_env(sslmode="disable", channel_binding=None, user=DB_USER):
     env = dict(os.environ, PGPASSWORD=PASSWORDS[user], PGSSLMODE=sslmode)
     env.pop("PGCHANNELBINDING", None)
@@ -1321,6 +1446,10 @@ def parse_args(argv):
                                              ", ".join(s[0] for s in PREPARED_SCENARIOS),
                                              ", ".join(s[0] for s in TLS_SCENARIOS),
                                              ", ".join(s[0] for s in GOALS_SCENARIOS)))
+    ap.add_argument("--instructions", action="store_true",
+                    help="instead of the scenarios: count each pooler's user-space instructions"
+                    " per select-only transaction (simple and extended) and per SCRAM login"
+                    " under valgrind's callgrind (noise-free; about 10 minutes)")
     ap.add_argument("--scenario", action="append", metavar="NAME",
                     choices=[s[0] for s in SCENARIO_SETS["all"]],
                     help="run only this scenario, of any set (repeatable; overrides --set)")
@@ -1501,6 +1630,14 @@ def main(argv):
                 groups[-1].append(sc)
             else:
                 groups.append([sc])
+
+        if a.instructions:
+            summary = {"instructions": count_instructions(a, pg, specs, workdir, ids, {
+                sp[0]: "PgBouncer " + ".".join(map(str, sp[4])) for sp in specs if sp[4]})}
+            if a.json:
+                with open(a.json, "w", encoding="utf-8") as f:
+                    json.dump({"summary": summary}, f, indent=1)
+            return 0
 
         def start_profile(profile):
             """Start every pooler with profile's configuration, print the TLS notes, warm up."""
