@@ -670,12 +670,14 @@ class Pooler:
         # Foreground, -q: logs only to its logfile (stdout/stderr kept in NAME.out).
         return as_run_user([self.binary, "-q"] + self.extra_args + [self.ini])
 
+    start_timeout = 15  # seconds until the pooler must listen
+
     def start(self):
         with open(self.outfile, "wb") as out:
             self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SetupError("%s exited with status %d at start-up:\n%s\n%s" % (
@@ -684,8 +686,9 @@ class Pooler:
                 self.rss_trace.append(("start", rss_kib(self.pid)))
                 return
             time.sleep(0.05)
-        raise SetupError("%s did not listen on port %d within 15 s:\n%s\n%s" % (
-            self.label, self.port, read_text(self.outfile), tail(self.logfile)))
+        raise SetupError("%s did not listen on port %d within %d s:\n%s\n%s" % (
+            self.label, self.port, self.start_timeout, read_text(self.outfile),
+            tail(self.logfile)))
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -794,6 +797,8 @@ class CallgrindPooler(Pooler):
     """A pooler run under valgrind --tool=callgrind, to count its user-space instructions (Ir)
     over a whole life (start-up and shutdown included; --instructions subtracts two lives)."""
 
+    start_timeout = 120  # valgrind's start-up takes seconds
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cg_out = os.path.join(self.workdir, self.label + ".callgrind")
@@ -801,22 +806,6 @@ class CallgrindPooler(Pooler):
     def command(self):
         return as_run_user(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + self.cg_out,
                             self.binary, "-q"] + self.extra_args + [self.ini])
-
-    def start(self):
-        # valgrind's start-up takes seconds; Pooler.start() allows 15
-        with open(self.outfile, "wb") as out:
-            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SetupError("%s exited with status %d under valgrind:\n%s" % (
-                    self.label, self.proc.returncode, read_text(self.outfile)))
-            if port_accepts(self.port):
-                return
-            time.sleep(0.1)
-        raise SetupError("%s did not listen within 120 s under valgrind" % self.label)
 
     def instructions(self):
         """Ir of the whole run, from the callgrind file written at exit (after stop())."""
