@@ -178,7 +178,7 @@ static int sha256(const void *data, size_t n, uint8_t out[PF_SCRAM_KEY_LEN])
 #define SHA256_BLOCK_LEN 64
 
 /* One HMAC pass: SHA-256((key XOR pad byte) padded to a block || data). */
-static bool hmac_pass(EVP_MD_CTX *ctx, const EVP_MD *md, uint8_t block[SHA256_BLOCK_LEN],
+static bool hmac_pass(EVP_MD_CTX *ctx, const EVP_MD *md, const uint8_t block[SHA256_BLOCK_LEN],
                       const void *data, size_t n, uint8_t out[PF_SCRAM_KEY_LEN])
 {
 	unsigned int len = 0;
@@ -236,6 +236,7 @@ static int derive_keys(const char *password, const uint8_t *salt, size_t salt_le
                        uint8_t client_key[PF_SCRAM_KEY_LEN], uint8_t stored_key[PF_SCRAM_KEY_LEN],
                        uint8_t server_key[PF_SCRAM_KEY_LEN])
 {
+	const EVP_MD *md = sha256_md();
 	uint8_t salted[PF_SCRAM_KEY_LEN];
 	char *prepared = NULL;
 	size_t pwlen;
@@ -251,8 +252,8 @@ static int derive_keys(const char *password, const uint8_t *salt, size_t salt_le
 		return -EINVAL;
 	}
 	atomic_fetch_add_explicit(&pbkdf2_runs, 1, memory_order_relaxed);
-	if (!sha256_md() || !PKCS5_PBKDF2_HMAC(prepared, (int)pwlen, salt, (int)salt_len,
-	                                       iterations, sha256_md(), PF_SCRAM_KEY_LEN, salted))
+	if (!md || !PKCS5_PBKDF2_HMAC(prepared, (int)pwlen, salt, (int)salt_len, iterations, md,
+	                              PF_SCRAM_KEY_LEN, salted))
 		rc = -EIO;
 	pf_saslprep_free(prepared);
 	if (rc == 0)
@@ -286,6 +287,7 @@ static void hex_encode(const uint8_t *in, size_t n, char *out)
 /* "md5" + hex(md5(a || b)) into out[36]. */
 static int md5_hex2(const void *a, size_t alen, const void *b, size_t blen, char out[36])
 {
+	const EVP_MD *md = md5_md();
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	uint8_t digest[16];
 	unsigned int dlen = 0;
@@ -293,9 +295,9 @@ static int md5_hex2(const void *a, size_t alen, const void *b, size_t blen, char
 
 	if (!ctx)
 		return -ENOMEM;
-	ok = md5_md() && EVP_DigestInit_ex2(ctx, md5_md(), NULL) &&
-	     EVP_DigestUpdate(ctx, a, alen) && EVP_DigestUpdate(ctx, b, blen) &&
-	     EVP_DigestFinal_ex(ctx, digest, &dlen) && dlen == sizeof(digest);
+	ok = md && EVP_DigestInit_ex2(ctx, md, NULL) && EVP_DigestUpdate(ctx, a, alen) &&
+	     EVP_DigestUpdate(ctx, b, blen) && EVP_DigestFinal_ex(ctx, digest, &dlen) &&
+	     dlen == sizeof(digest);
 	EVP_MD_CTX_free(ctx);
 	if (!ok)
 		return -EIO;
@@ -569,6 +571,7 @@ static struct cache_entry *cache_claim(pf_scram_cache_t *c, const uint8_t id[PF_
 static int cache_id(const char *tag, int iterations, const void *a, size_t alen,
                     const char *password, uint8_t id[PF_SCRAM_KEY_LEN])
 {
+	const EVP_MD *md = sha256_md();
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	uint8_t hdr[8];
 	unsigned int len = 0;
@@ -584,7 +587,7 @@ static int cache_id(const char *tag, int iterations, const void *a, size_t alen,
 	hdr[5] = (uint8_t)(alen >> 16);
 	hdr[6] = (uint8_t)(alen >> 8);
 	hdr[7] = (uint8_t)alen;
-	ok = sha256_md() && EVP_DigestInit_ex2(ctx, sha256_md(), NULL) &&
+	ok = md && EVP_DigestInit_ex2(ctx, md, NULL) &&
 	     EVP_DigestUpdate(ctx, tag, strlen(tag) + 1) && EVP_DigestUpdate(ctx, hdr, 8) &&
 	     EVP_DigestUpdate(ctx, a, alen) && EVP_DigestUpdate(ctx, password, strlen(password)) &&
 	     EVP_DigestFinal_ex(ctx, id, &len) && len == PF_SCRAM_KEY_LEN;
