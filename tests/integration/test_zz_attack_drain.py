@@ -528,6 +528,14 @@ def small_buffers(sock, size=4096):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
+def read_rest(sock, rest, n, seed, timeout=LONG * 3):
+    """The client reads at last: its socket's buffers widened to 1 MiB, it sends rest in
+    200..4096-byte pieces while reading until n ReadyForQuery; returns answers()."""
+    small_buffers(sock, 1 << 20)
+    return answers(Duplex(sock, random.Random(seed), sizes=(200, 1024, 4096), recv_size=65536,
+                          pause=0).run(rest, n, timeout=timeout))
+
+
 def socket_row(pf, sock):
     """pgfunnel's SHOW SOCKETS row of the client whose socket is sock (or None)."""
     port = sock.getsockname()[1]
@@ -587,11 +595,8 @@ def test_oversize_message_mid_drain(proxy, role, kind):
                   "another client served in %.2f s" % (kind, sent, len(data), held, served))
             assert served < 5.0
             assert sent < len(head) + len(big), "the pipeline went through unstopped"
-            small_buffers(c.sock, 1 << 20)
             try:
-                got = answers(Duplex(c.sock, random.Random(14), sizes=(200, 1024, 4096),
-                                     recv_size=65536, pause=0).run(data[sent:], len(expect),
-                                                                   timeout=LONG * 3))
+                got = read_rest(c.sock, data[sent:], len(expect), 14)
             except TimeoutError as e:
                 # Held at the drain cap, pgfunnel stops reading this client. Once the client's
                 # tiny segments have filled pgfunnel's 4 KiB socket's receive memory before its
@@ -818,10 +823,7 @@ def test_tls_client_drained_while_not_reading(pgfunnel, postgres, certs, role, m
               "client served in %.2f s" % (mode, sent, len(data), held, served))
         assert served < 5.0
         assert sent < len(data), "the pipeline went through unstopped"
-        small_buffers(c.sock, 1 << 20)
-        got = answers(Duplex(c.sock, random.Random(32), sizes=(200, 1024, 4096),
-                             recv_size=65536, pause=0).run(data[sent:], len(expect),
-                                                           timeout=LONG * 3))
+        got = read_rest(c.sock, data[sent:], len(expect), 32)
         assert got == expect
     finally:
         c.sock.close()
